@@ -1,0 +1,352 @@
+//! The app's HTTP routes.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::{SecondsFormat, Utc};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{CONTENT_TYPE, COOKIE, HeaderValue, SET_COOKIE};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::json;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::redis::{Client, Reply};
+
+const SESSION_COOKIE: &str = "cryptus_sid";
+const MAX_SLEEP: Duration = Duration::from_secs(60);
+
+pub struct App {
+    config: Config,
+    redis: Option<Client>,
+    started: Instant,
+    draining: AtomicBool,
+    /// Requests that may be failed on purpose, for `APP_ERROR_RATIO`.
+    counted: AtomicU64,
+    metrics: Metrics,
+}
+
+type Answer = Response<Full<Bytes>>;
+
+/// The seed's health document, field for field and in its order.
+#[derive(serde::Serialize)]
+struct Health<'a> {
+    status: &'a str,
+    timestamp: String,
+    uptime: f64,
+    instance: &'a str,
+    version: &'a str,
+    memory: Memory,
+}
+
+#[derive(serde::Serialize)]
+struct Visits<'a> {
+    visits: i64,
+    instance: &'a str,
+}
+
+#[derive(serde::Serialize)]
+struct Memory {
+    used: f64,
+    total: f64,
+}
+
+impl App {
+    pub fn new(config: Config) -> App {
+        let redis = config.redis.clone().map(Client::new);
+        App {
+            config,
+            redis,
+            started: Instant::now(),
+            draining: AtomicBool::new(false),
+            counted: AtomicU64::new(0),
+            metrics: Metrics::default(),
+        }
+    }
+
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub async fn handle(&self, request: Request<Incoming>) -> Result<Answer, Infallible> {
+        let begun = Instant::now();
+        let route = route_of(request.uri().path());
+        let mut answer = if request.method() != Method::GET && request.method() != Method::HEAD {
+            json_answer(
+                StatusCode::METHOD_NOT_ALLOWED,
+                json!({"error": "method not allowed"}),
+            )
+        } else if route != "/api/health" && route != "/metrics" && self.fail_on_purpose() {
+            json_answer(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                json!({"error": "failed on purpose (APP_ERROR_RATIO)", "instance": self.config.color}),
+            )
+        } else {
+            match route {
+                "/api/health" => self.health(),
+                "/api/session" => self.session(&request).await,
+                "/api/sleep" => self.sleep(request.uri().query()).await,
+                "/metrics" => self.metrics(),
+                "/" => self.index(),
+                _ => json_answer(StatusCode::NOT_FOUND, json!({"error": "not found"})),
+            }
+        };
+        if let Ok(color) = HeaderValue::from_str(&self.config.color) {
+            answer.headers_mut().insert("x-cryptus-instance", color);
+        }
+        self.metrics
+            .observe(route, answer.status().as_u16(), begun.elapsed());
+        Ok(answer)
+    }
+
+    fn fail_on_purpose(&self) -> bool {
+        let ratio = self.config.error_ratio;
+        if ratio <= 0.0 {
+            return false;
+        }
+        fails_on_purpose(self.counted.fetch_add(1, Ordering::Relaxed) + 1, ratio)
+    }
+
+    fn health(&self) -> Answer {
+        let status = if self.config.never_healthy {
+            "unhealthy"
+        } else if self.draining.load(Ordering::SeqCst) {
+            "draining"
+        } else {
+            "healthy"
+        };
+        let (used, total) = memory_mb();
+        let body = Health {
+            status,
+            timestamp: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
+            uptime: round2(self.started.elapsed().as_secs_f64()),
+            instance: &self.config.color,
+            version: &self.config.version,
+            memory: Memory {
+                used: round2(used),
+                total: round2(total),
+            },
+        };
+        let code = if status == "healthy" {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        json_answer(code, body)
+    }
+
+    async fn session(&self, request: &Request<Incoming>) -> Answer {
+        let Some(redis) = &self.redis else {
+            return json_answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"error": "sessions need REDIS_URL", "instance": self.config.color}),
+            );
+        };
+        let existing = session_id(request);
+        let id = existing.clone().unwrap_or_else(new_session_id);
+        let key = format!("cryptus:session:{id}:visits");
+        match redis.command(&[b"INCR", key.as_bytes()]).await {
+            Ok(Reply::Integer(visits)) => {
+                let mut answer = json_answer(
+                    StatusCode::OK,
+                    Visits {
+                        visits,
+                        instance: &self.config.color,
+                    },
+                );
+                if existing.is_none() {
+                    let cookie = format!("{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Lax");
+                    if let Ok(cookie) = HeaderValue::from_str(&cookie) {
+                        answer.headers_mut().insert(SET_COOKIE, cookie);
+                    }
+                }
+                answer
+            }
+            Ok(other) => json_answer(
+                StatusCode::BAD_GATEWAY,
+                json!({"error": format!("unexpected redis reply {other:?}"), "instance": self.config.color}),
+            ),
+            Err(err) => json_answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"error": format!("sessions unavailable: {err}"), "instance": self.config.color}),
+            ),
+        }
+    }
+
+    async fn sleep(&self, query: Option<&str>) -> Answer {
+        let ms = query
+            .unwrap_or_default()
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("ms="))
+            .map(str::parse::<u64>);
+        let ms = match ms {
+            Some(Ok(ms)) => ms,
+            None => 0,
+            Some(Err(_)) => {
+                return json_answer(
+                    StatusCode::BAD_REQUEST,
+                    json!({"error": "ms must be a whole number of milliseconds"}),
+                );
+            }
+        };
+        let wanted = Duration::from_millis(ms).min(MAX_SLEEP);
+        tokio::time::sleep(wanted).await;
+        json_answer(
+            StatusCode::OK,
+            json!({"slept_ms": wanted.as_millis() as u64, "instance": self.config.color}),
+        )
+    }
+
+    fn metrics(&self) -> Answer {
+        let text = self.metrics.render(
+            &self.config.color,
+            &self.config.version,
+            self.started.elapsed().as_secs_f64(),
+        );
+        let mut answer = Response::new(Full::new(Bytes::from(text)));
+        answer.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        answer
+    }
+
+    fn index(&self) -> Answer {
+        let color = html_escape(&self.config.color);
+        let version = html_escape(&self.config.version);
+        let page = format!(
+            "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>Cryptus</title></head>\n\
+             <body><h1>Cryptus</h1><p>Served by the <b>{color}</b> instance, version {version}.</p>\n\
+             <p>{filler}</p></body></html>\n",
+            // Enough text for gzip to be worth it, so the proxy's compression is testable.
+            filler = "Zero-downtime blue/green deployments. ".repeat(40),
+        );
+        let mut answer = Response::new(Full::new(Bytes::from(page)));
+        answer.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        answer
+    }
+}
+
+/// Whether the n-th counted request (from 1) fails: deterministic, so with a
+/// ratio of 0.2 exactly every fifth request fails.
+fn fails_on_purpose(n: u64, ratio: f64) -> bool {
+    (n as f64 * ratio).floor() > ((n - 1) as f64 * ratio).floor()
+}
+
+fn route_of(path: &str) -> &'static str {
+    match path {
+        "/api/health" => "/api/health",
+        "/api/session" => "/api/session",
+        "/api/sleep" => "/api/sleep",
+        "/metrics" => "/metrics",
+        "/" | "/index.html" => "/",
+        _ => "other",
+    }
+}
+
+fn json_answer(code: StatusCode, body: impl serde::Serialize) -> Answer {
+    let body = serde_json::to_vec(&body).unwrap_or_default();
+    let mut answer = Response::new(Full::new(Bytes::from(body)));
+    *answer.status_mut() = code;
+    answer
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    answer
+}
+
+fn session_id(request: &Request<Incoming>) -> Option<String> {
+    request
+        .headers()
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, id)| id.to_owned())
+        .filter(|id| (8..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+fn new_session_id() -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    if read.is_err() {
+        // No /dev/urandom: fall back to the clock and a counter, still unique.
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let nanos = Utc::now().timestamp_nanos_opt().unwrap_or_default() as u64;
+        let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+        bytes[..8].copy_from_slice(&nanos.to_le_bytes());
+        bytes[8..].copy_from_slice(&(count ^ u64::from(std::process::id())).to_le_bytes());
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Resident memory of this process and the memory it may use, in MB.
+fn memory_mb() -> (f64, f64) {
+    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+    let kb_field = |text: &str, field: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|line| line.strip_prefix(field))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kb| kb.parse::<f64>().ok())
+    };
+    let used = kb_field(&read("/proc/self/status"), "VmRSS:").unwrap_or(0.0) / 1024.0;
+    let limit = [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]
+    .iter()
+    .find_map(|path| read(path).trim().parse::<f64>().ok())
+    .filter(|bytes| *bytes < 1e15)
+    .map(|bytes| bytes / 1024.0 / 1024.0);
+    let total = limit
+        .or_else(|| kb_field(&read("/proc/meminfo"), "MemTotal:").map(|kb| kb / 1024.0))
+        .unwrap_or(0.0);
+    (used, total)
+}
+
+fn round2(value: f64) -> f64 {
+    (value * 100.0).round() / 100.0
+}
+
+fn html_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_are_a_closed_set() {
+        assert_eq!(route_of("/api/health"), "/api/health");
+        assert_eq!(route_of("/api/health/x"), "other");
+        assert_eq!(route_of("/"), "/");
+    }
+
+    #[test]
+    fn error_ratio_fails_that_share_of_requests() {
+        let failed = |ratio| (1..=1000).filter(|n| fails_on_purpose(*n, ratio)).count();
+        assert_eq!(failed(0.2), 200);
+        assert_eq!(failed(0.0), 0);
+        assert_eq!(failed(1.0), 1000);
+        assert!(!fails_on_purpose(4, 0.2) && fails_on_purpose(5, 0.2));
+    }
+
+    #[test]
+    fn session_ids_are_hex() {
+        let id = new_session_id();
+        assert_eq!(id.len(), 32);
+        assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(id, new_session_id());
+    }
+}

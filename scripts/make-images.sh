@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# Makes every image the cryptus stack needs, on a machine with no image registry.
+#
+#   scripts/make-images.sh [--rebuild]
+#
+# nginx and redis come from this host's Debian packages: the binary and every
+# shared library `ldd` lists are copied into a root filesystem with the users,
+# groups and directories they need, and `docker import`ed. The reference app is
+# a static binary in a `FROM scratch` image. Images that already exist are kept
+# unless --rebuild is given; the app image is rebuilt whenever its binary changed.
+#
+# The images (and the variables that select them, see README.md):
+#   NGINX_IMAGE=cryptus/nginx:offline    REDIS_IMAGE=cryptus/redis:offline
+#   CRYPTUS_IMAGE=cryptus:latest         (also tagged cryptus-app:<version>)
+# With a registry, the compose defaults (nginx:1.27-alpine, redis:7-alpine)
+# are pulled instead: `docker pull nginx:1.27-alpine redis:7-alpine`.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+work="$here/target/images"
+rebuild=0
+[ "${1:-}" = "--rebuild" ] && rebuild=1
+
+NGINX_TAG=${NGINX_OFFLINE_IMAGE:-cryptus/nginx:offline}
+REDIS_TAG=${REDIS_OFFLINE_IMAGE:-cryptus/redis:offline}
+APP_TAG=${CRYPTUS_APP_IMAGE:-cryptus:latest}
+APP_VERSION=${APP_VERSION:-$(sed -n 's/^version = "\(.*\)"/\1/p' "$here/app/Cargo.toml" | head -n1)}
+
+say() { printf 'make-images: %s\n' "$*" >&2; }
+die() { say "error: $*"; exit 1; }
+
+command -v docker >/dev/null || die "the docker CLI is missing; hint: apt-get install docker.io"
+docker info >/dev/null 2>&1 || die "no Docker engine answers; hint: start dockerd or set DOCKER_HOST"
+
+# The host packages the images are made from.
+need_packages=()
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_packages+=(nginx)
+[ -x /usr/bin/redis-server ] || need_packages+=(redis-server)
+[ -x /usr/bin/redis-cli ] || need_packages+=(redis-tools)
+if [ ${#need_packages[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing ${need_packages[*]} from Debian's packages"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_packages[@]}" >/dev/null
+  else
+    die "missing host packages: ${need_packages[*]}; hint: sudo apt-get install ${need_packages[*]}"
+  fi
+fi
+
+exists() { docker image inspect "$1" >/dev/null 2>&1; }
+
+# copy_with_libs ROOTFS FILE [AS]: copies FILE (following links) to AS inside
+# ROOTFS, with every shared library it loads at the same path as on the host.
+copy_with_libs() {
+  local root=$1 file=$2 as=${3:-$2}
+  install -D -m 0755 "$(readlink -f "$file")" "$root$as"
+  ldd "$file" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\/.*ld-linux/ {print $1}' | while read -r lib; do
+    [ -e "$root$lib" ] || install -D -m 0755 "$(readlink -f "$lib")" "$root$lib"
+  done
+}
+
+# base_rootfs ROOTFS: users, groups, name resolution and the dirs every image needs.
+base_rootfs() {
+  local root=$1
+  rm -rf "$root"
+  mkdir -p "$root"/{etc,tmp,run,data,var/run,var/log,var/lib}
+  chmod 1777 "$root/tmp"
+  cat > "$root/etc/passwd" <<'EOF'
+root:x:0:0:root:/root:/usr/sbin/nologin
+www-data:x:33:33:www-data:/var/www:/usr/sbin/nologin
+nginx:x:101:101:nginx:/var/cache/nginx:/usr/sbin/nologin
+redis:x:999:999:redis:/data:/usr/sbin/nologin
+nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin
+EOF
+  cat > "$root/etc/group" <<'EOF'
+root:x:0:
+www-data:x:33:
+nginx:x:101:
+redis:x:999:
+nogroup:x:65534:
+EOF
+  echo 'hosts: files dns' > "$root/etc/nsswitch.conf"
+  # mv lets cryptus replace the upstream file atomically (write, then rename).
+  copy_with_libs "$root" /bin/mv /bin/mv
+}
+
+import_rootfs() {
+  local root=$1 tag=$2; shift 2
+  tar -C "$root" --numeric-owner -c . | docker import "$@" - "$tag" >/dev/null
+  say "made $tag"
+}
+
+make_nginx() {
+  if exists "$NGINX_TAG" && [ $rebuild = 0 ]; then say "$NGINX_TAG exists"; return; fi
+  local root="$work/nginx"
+  base_rootfs "$root"
+  copy_with_libs "$root" /usr/sbin/nginx
+  install -D -m 0644 /etc/nginx/mime.types "$root/etc/nginx/mime.types"
+  mkdir -p "$root"/etc/nginx/conf.d "$root"/var/lib/nginx "$root"/var/log/nginx "$root"/var/cache/nginx
+  chown 33:33 "$root/var/lib/nginx"
+  local version
+  version=$(nginx -v 2>&1 | sed -n 's|.*nginx/\([0-9.]*\).*|\1|p')
+  import_rootfs "$root" "$NGINX_TAG" \
+    --change 'ENV PATH=/usr/sbin:/usr/bin:/sbin:/bin' \
+    --change 'EXPOSE 80' \
+    --change 'CMD ["nginx", "-g", "daemon off;"]' \
+    --message "nginx $version from Debian's package"
+}
+
+make_redis() {
+  if exists "$REDIS_TAG" && [ $rebuild = 0 ]; then say "$REDIS_TAG exists"; return; fi
+  local root="$work/redis"
+  base_rootfs "$root"
+  copy_with_libs "$root" /usr/bin/redis-server /usr/bin/redis-server
+  copy_with_libs "$root" /usr/bin/redis-cli /usr/bin/redis-cli
+  chown 999:999 "$root/data"
+  import_rootfs "$root" "$REDIS_TAG" \
+    --change 'ENV PATH=/usr/bin:/bin' \
+    --change 'WORKDIR /data' \
+    --change 'VOLUME /data' \
+    --change 'EXPOSE 6379' \
+    --change 'CMD ["redis-server"]' \
+    --message "redis $(redis-server --version | sed -n 's/.*v=\([0-9.]*\).*/\1/p') from Debian's package"
+}
+
+make_app() {
+  say "building the reference app as a static binary"
+  (cd "$here" && RUSTFLAGS='-C target-feature=+crt-static' \
+    cargo build --quiet --release -p cryptus-app --target x86_64-unknown-linux-gnu)
+  local context="$work/app"
+  rm -rf "$context"; mkdir -p "$context/dist"
+  cp "$here/target/x86_64-unknown-linux-gnu/release/cryptus-app" "$context/dist/cryptus-app"
+  cp "$here/app/Dockerfile" "$context/Dockerfile"
+  local sum
+  sum=$(sha256sum "$context/dist/cryptus-app" | cut -c1-64)
+  if exists "$APP_TAG" && [ $rebuild = 0 ] &&
+     [ "$(docker image inspect -f '{{index .Config.Labels "cryptus.app.sha256"}}' "$APP_TAG")" = "$sum" ] &&
+     [ "$(docker image inspect -f '{{index .Config.Labels "org.opencontainers.image.version"}}' "$APP_TAG")" = "$APP_VERSION" ]; then
+    say "$APP_TAG is up to date"
+  else
+    # The classic builder builds FROM scratch with no registry; BuildKit may try to resolve it.
+    DOCKER_BUILDKIT=0 docker build --quiet \
+      --build-arg "VERSION=$APP_VERSION" --label "cryptus.app.sha256=$sum" \
+      -t "$APP_TAG" "$context" >/dev/null 2>"$work/app-build.log" ||
+      { cat "$work/app-build.log" >&2; die "building $APP_TAG failed"; }
+    say "made $APP_TAG (version $APP_VERSION)"
+  fi
+  docker tag "$APP_TAG" "cryptus-app:$APP_VERSION"
+}
+
+mkdir -p "$work"
+make_nginx
+make_redis
+make_app
