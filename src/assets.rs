@@ -1,0 +1,26 @@
+//! The default project files, embedded so the binary alone can start a
+//! project (`cryptus init`). They are the repository's own files.
+
+pub struct Asset {
+    pub path: &'static str,
+    pub text: &'static str,
+}
+
+pub const DEFAULTS: &[Asset] = &[
+    Asset {
+        path: "compose/docker-compose.zero-downtime.yml",
+        text: include_str!("../compose/docker-compose.zero-downtime.yml"),
+    },
+    Asset {
+        path: "compose/.env.example",
+        text: include_str!("../compose/.env.example"),
+    },
+    Asset {
+        path: "nginx/nginx.conf",
+        text: include_str!("../nginx/nginx.conf"),
+    },
+    Asset {
+        path: "monitoring/prometheus.yml",
+        text: include_str!("../monitoring/prometheus.yml"),
+    },
+];

@@ -1,0 +1,67 @@
+//! `cryptus init [DIR]`: write the default project files.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde_json::json;
+
+use crate::assets::DEFAULTS;
+use crate::error::EXIT_OK;
+use crate::output::Printer;
+
+pub fn run(dir: &Path, force: bool, printer: &Printer) -> Result<u8> {
+    let mut written = Vec::new();
+    let mut kept = Vec::new();
+    for asset in DEFAULTS {
+        let path = dir.join(asset.path);
+        if path.exists() && !force {
+            kept.push(asset.path);
+            continue;
+        }
+        write_atomically(&path, asset.text.as_bytes())?;
+        written.push(asset.path);
+    }
+    if printer.json() {
+        printer.out_json(&json!({
+            "ok": true,
+            "dir": dir.display().to_string(),
+            "written": written,
+            "kept": kept,
+        }))?;
+    } else {
+        for path in &written {
+            printer.info(format!("wrote {}", dir.join(path).display()));
+        }
+        for path in &kept {
+            printer.info(format!(
+                "kept {} (it exists; --force overwrites it)",
+                dir.join(path).display()
+            ));
+        }
+        if !written.is_empty() {
+            printer.info(format!(
+                "next: make the images (scripts/make-images.sh), then `cryptus --project-dir {} start`",
+                dir.display()
+            ));
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+/// Writes to a temporary file beside the target, then renames it into place.
+fn write_atomically(path: &Path, content: &[u8]) -> Result<()> {
+    let parent = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temporary = parent.join(format!(".{name}.cryptus-tmp"));
+    let mut file = std::fs::File::create(&temporary)
+        .with_context(|| format!("creating {}", temporary.display()))?;
+    file.write_all(content)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing {}", temporary.display()))?;
+    std::fs::rename(&temporary, path).with_context(|| format!("writing {}", path.display()))
+}

@@ -1,0 +1,38 @@
+//! `cryptus start`: bring the stack up.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use serde_json::json;
+
+use crate::engine::Engine;
+use crate::error::EXIT_OK;
+use crate::lifecycle::Stack;
+use crate::output::Printer;
+use crate::project::Project;
+
+pub async fn run(project: &Project, timeout: Duration, printer: &Printer) -> Result<u8> {
+    let compose = project.load()?;
+    let engine = Engine::connect().await?;
+    let stack = Stack {
+        engine: &engine,
+        project,
+        compose: &compose,
+        printer,
+    };
+    let summary = stack.up(timeout).await?;
+    if printer.json() {
+        printer.out_json(&json!({"ok": true, "changed": summary.changed(), "start": summary}))?;
+    } else if summary.changed() {
+        printer.info(format!(
+            "the stack is up: {} {} serves at {}",
+            summary.active, summary.version, summary.url
+        ));
+    } else {
+        printer.info(format!(
+            "the stack is already up; nothing changed ({} {} serves at {})",
+            summary.active, summary.version, summary.url
+        ));
+    }
+    Ok(EXIT_OK)
+}

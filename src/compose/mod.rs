@@ -1,0 +1,1070 @@
+//! The compose model: cryptus reads the stack's Compose files itself.
+//!
+//! [`load`] parses each file with serde_yaml, interpolating `${VAR}` from the
+//! process environment over the `.env` beside the file, rejects any key it
+//! does not support (naming the key, the file and the line), and resolves the
+//! result into plain [`Service`]s that the engine layer turns into containers.
+
+pub mod interpolate;
+mod model;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::{Deserialize, Serialize};
+
+pub use interpolate::Vars;
+pub use model::parse_duration;
+use model::{Either, ShortOrLong, Text};
+
+/// The network a service joins when it names none, as in Compose.
+pub const DEFAULT_NETWORK: &str = "default";
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Compose {
+    pub services: BTreeMap<String, Service>,
+    pub networks: BTreeMap<String, Network>,
+    pub volumes: BTreeMap<String, Volume>,
+    /// The files, absolute, in the order given.
+    pub files: Vec<PathBuf>,
+    /// Compose's project directory: the first file's directory. Relative bind
+    /// mounts and build contexts are resolved against it.
+    pub working_dir: PathBuf,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Service {
+    pub name: String,
+    pub image: Option<String>,
+    pub build: Option<Build>,
+    pub command: Option<Vec<String>>,
+    pub entrypoint: Option<Vec<String>>,
+    pub environment: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub ports: Vec<Port>,
+    pub mounts: Vec<Mount>,
+    pub networks: Vec<ServiceNetwork>,
+    pub depends_on: Vec<Dependency>,
+    pub healthcheck: Option<Healthcheck>,
+    pub restart: String,
+    pub replicas: u32,
+    pub limits: Limits,
+    pub stop_grace_period: Option<Duration>,
+    pub stop_signal: Option<String>,
+    pub user: Option<String>,
+    pub read_only: bool,
+    pub tmpfs: Vec<String>,
+    pub cap_drop: Vec<String>,
+    pub security_opt: Vec<String>,
+    /// The file that defines the service, for messages.
+    #[serde(skip)]
+    pub file: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Build {
+    pub context: String,
+    pub dockerfile: Option<String>,
+    pub args: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Port {
+    /// The host address; `None` binds every interface.
+    pub host_ip: Option<String>,
+    /// The host port; `None` lets the engine choose a free one.
+    pub host_port: Option<u16>,
+    pub container_port: u16,
+    pub protocol: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MountKind {
+    Volume,
+    Bind,
+    Tmpfs,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Mount {
+    pub kind: MountKind,
+    /// A volume's name as the file writes it, or a bind mount's host path
+    /// (absolute after [`load`]); empty for tmpfs and anonymous volumes.
+    pub source: String,
+    pub target: String,
+    pub read_only: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ServiceNetwork {
+    pub name: String,
+    pub aliases: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Condition {
+    #[serde(rename = "service_started")]
+    Started,
+    #[serde(rename = "service_healthy")]
+    Healthy,
+    #[serde(rename = "service_completed_successfully")]
+    CompletedSuccessfully,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Dependency {
+    pub service: String,
+    pub condition: Condition,
+    pub required: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Healthcheck {
+    /// The engine's form: `["CMD", ...]`, `["CMD-SHELL", "..."]` or `["NONE"]`.
+    pub test: Vec<String>,
+    pub interval: Option<Duration>,
+    pub timeout: Option<Duration>,
+    pub retries: Option<u32>,
+    pub start_period: Option<Duration>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Limits {
+    pub cpus: Option<f64>,
+    pub memory: Option<u64>,
+    pub pids: Option<i64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Network {
+    pub driver: Option<String>,
+    pub internal: bool,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Volume {
+    pub driver: Option<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+// ---------------------------------------------------------------------------
+// Short and long forms.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LongPort {
+    target: model::Parsed<u32>,
+    published: Option<Text>,
+    host_ip: Option<Text>,
+    protocol: Option<Text>,
+}
+
+impl ShortOrLong for Port {
+    type Long = LongPort;
+    const EXPECTING: &'static str = "a port as \"[ip:][host:]container[/protocol]\" or a map";
+
+    fn from_short(text: &str) -> Result<Port, String> {
+        parse_port(text)
+    }
+
+    fn from_long(long: LongPort) -> Result<Port, String> {
+        let container_port = port_number(&long.target.0.to_string())?;
+        let host_port = match long.published.map(|t| t.0) {
+            Some(p) if !p.trim().is_empty() => Some(port_number(p.trim())?),
+            _ => None,
+        };
+        let host_ip = long.host_ip.map(|t| t.0).filter(|ip| !ip.is_empty());
+        if let Some(ip) = &host_ip {
+            ip.parse::<IpAddr>()
+                .map_err(|_| format!("host_ip {ip:?} is not an IP address"))?;
+        }
+        let protocol = protocol(long.protocol.map(|t| t.0).as_deref().unwrap_or("tcp"))?;
+        Ok(Port {
+            host_ip,
+            host_port,
+            container_port,
+            protocol,
+        })
+    }
+}
+
+fn protocol(text: &str) -> Result<String, String> {
+    match text {
+        "tcp" | "udp" | "sctp" => Ok(text.to_owned()),
+        other => Err(format!("protocol {other:?} is not tcp, udp or sctp")),
+    }
+}
+
+fn port_number(text: &str) -> Result<u16, String> {
+    if text.contains('-') {
+        return Err(format!("port ranges such as {text:?} are not supported"));
+    }
+    text.parse::<u16>()
+        .ok()
+        .filter(|port| *port != 0)
+        .ok_or_else(|| format!("{text:?} is not a port number (1-65535)"))
+}
+
+/// `[ip:][host:]container[/protocol]`; an IPv6 address is written in brackets.
+pub fn parse_port(text: &str) -> Result<Port, String> {
+    let text = text.trim();
+    let (spec, protocol) = match text.rsplit_once('/') {
+        Some((spec, proto)) => (spec, self::protocol(proto)?),
+        None => (text, "tcp".to_owned()),
+    };
+    let (host_ip, rest) = if let Some(after) = spec.strip_prefix('[') {
+        let (ip, rest) = after
+            .split_once(']')
+            .ok_or_else(|| format!("port {text:?}: unclosed '[' in the address"))?;
+        let rest = rest
+            .strip_prefix(':')
+            .ok_or_else(|| format!("port {text:?}: expected ':' after the address"))?;
+        (Some(ip.to_owned()), rest)
+    } else {
+        let parts: Vec<&str> = spec.split(':').collect();
+        match parts.len() {
+            1 | 2 => (None, spec),
+            3 => (Some(parts[0].to_owned()), &spec[parts[0].len() + 1..]),
+            _ => {
+                return Err(format!(
+                    "port {text:?} is not \"[ip:][host:]container[/protocol]\""
+                ));
+            }
+        }
+    };
+    if let Some(ip) = &host_ip {
+        ip.parse::<IpAddr>()
+            .map_err(|_| format!("port {text:?}: {ip:?} is not an IP address"))?;
+    }
+    let (host_port, container_port) = match rest.split_once(':') {
+        Some(("", container)) => (None, port_number(container)?),
+        Some((host, container)) => (Some(port_number(host)?), port_number(container)?),
+        None => (None, port_number(rest)?),
+    };
+    Ok(Port {
+        host_ip,
+        host_port,
+        container_port,
+        protocol,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LongMount {
+    #[serde(rename = "type")]
+    kind: Text,
+    source: Option<Text>,
+    target: Text,
+    read_only: Option<model::Parsed<bool>>,
+}
+
+impl ShortOrLong for Mount {
+    type Long = LongMount;
+    const EXPECTING: &'static str = "a volume as \"source:target[:ro]\" or a map";
+
+    fn from_short(text: &str) -> Result<Mount, String> {
+        let parts: Vec<&str> = text.split(':').collect();
+        let (source, target, mode) = match parts.as_slice() {
+            [target] => ("", *target, ""),
+            [source, target] => (*source, *target, ""),
+            [source, target, mode] => (*source, *target, *mode),
+            _ => return Err(format!("volume {text:?} is not \"source:target[:mode]\"")),
+        };
+        let read_only = match mode {
+            "" | "rw" => false,
+            "ro" => true,
+            other => return Err(format!("volume {text:?}: mode {other:?} is not ro or rw")),
+        };
+        let kind = if source.starts_with(['/', '.', '~']) {
+            MountKind::Bind
+        } else {
+            MountKind::Volume
+        };
+        mount(kind, source, target, read_only)
+    }
+
+    fn from_long(long: LongMount) -> Result<Mount, String> {
+        let kind = match long.kind.0.as_str() {
+            "volume" => MountKind::Volume,
+            "bind" => MountKind::Bind,
+            "tmpfs" => MountKind::Tmpfs,
+            other => {
+                return Err(format!(
+                    "volume type {other:?} is not volume, bind or tmpfs"
+                ));
+            }
+        };
+        let source = long.source.map(|t| t.0).unwrap_or_default();
+        mount(
+            kind,
+            &source,
+            &long.target.0,
+            long.read_only.is_some_and(|r| r.0),
+        )
+    }
+}
+
+fn mount(kind: MountKind, source: &str, target: &str, read_only: bool) -> Result<Mount, String> {
+    if !target.starts_with('/') {
+        return Err(format!(
+            "the mount target {target:?} is not an absolute path"
+        ));
+    }
+    if kind == MountKind::Bind && source.is_empty() {
+        return Err(format!("the bind mount at {target:?} has no source"));
+    }
+    Ok(Mount {
+        kind,
+        source: source.to_owned(),
+        target: target.to_owned(),
+        read_only,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LongBuild {
+    context: Option<Text>,
+    dockerfile: Option<Text>,
+    #[serde(default)]
+    args: model::KeyValues,
+}
+
+impl ShortOrLong for Build {
+    type Long = LongBuild;
+    const EXPECTING: &'static str = "a build context path or a map";
+
+    fn from_short(text: &str) -> Result<Build, String> {
+        Ok(Build {
+            context: text.to_owned(),
+            dockerfile: None,
+            args: BTreeMap::new(),
+        })
+    }
+
+    fn from_long(long: LongBuild) -> Result<Build, String> {
+        Ok(Build {
+            context: long.context.map_or_else(|| ".".to_owned(), |t| t.0),
+            dockerfile: long.dockerfile.map(|t| t.0),
+            args: long.args.0,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Loading.
+
+/// Reads the variables for a compose file: the process environment over the
+/// `.env` beside the first file, if there is one.
+pub fn variables(first_file: &Path) -> Result<Vars> {
+    let env_path = first_file.parent().unwrap_or(Path::new(".")).join(".env");
+    let env_file = match std::fs::read_to_string(&env_path) {
+        Ok(text) => interpolate::parse_env_file(&text)
+            .map_err(|err| anyhow!("{}: {err}", env_path.display()))?,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+        Err(err) => return Err(err).with_context(|| format!("reading {}", env_path.display())),
+    };
+    Ok(Vars::from_env_file_and_process(env_file))
+}
+
+/// Parses, interpolates, merges and checks the compose files.
+pub fn load(files: &[PathBuf], vars: &Vars) -> Result<Compose> {
+    let first = files.first().context("no compose file given")?;
+    let working_dir = first.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let mut compose = Compose {
+        services: BTreeMap::new(),
+        networks: BTreeMap::new(),
+        volumes: BTreeMap::new(),
+        files: files.to_vec(),
+        working_dir,
+    };
+    for path in files {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the compose file {}", path.display()))?;
+        let file = parse(&text, vars).map_err(|err| anyhow!("{}: {err}", path.display()))?;
+        merge(&mut compose, file, path).map_err(|err| anyhow!("{}: {err}", path.display()))?;
+    }
+    check(&compose)?;
+    Ok(compose)
+}
+
+/// Parses one file's text. Errors carry the key path, line and column.
+pub fn parse(text: &str, vars: &Vars) -> Result<model::File, String> {
+    if text.trim().is_empty() {
+        return Err("the file is empty".to_owned());
+    }
+    model::with_vars(vars, || serde_yaml::from_str::<model::File>(text))
+        .map_err(|err| shorten(&err.to_string()))
+}
+
+/// serde's "unknown field `x`, expected one of <every key>" is long; the
+/// supported keys are in README.md, so the message keeps the key and place.
+fn shorten(message: &str) -> String {
+    let message = message.replace("unknown field", "unsupported key");
+    match (message.find(", expected one of"), message.find(" at line")) {
+        (Some(start), Some(end)) if start < end => {
+            format!("{}{}", &message[..start], &message[end..])
+        }
+        _ => message,
+    }
+}
+
+fn merge(compose: &mut Compose, file: model::File, path: &Path) -> Result<(), String> {
+    for (name, raw) in file.networks {
+        let raw = raw.unwrap_or_default();
+        compose.networks.insert(
+            name,
+            Network {
+                driver: raw.driver.map(|t| t.0),
+                internal: raw.internal.is_some_and(|i| i.0),
+                labels: raw.labels.0,
+            },
+        );
+    }
+    for (name, raw) in file.volumes {
+        let raw = raw.unwrap_or_default();
+        compose.volumes.insert(
+            name,
+            Volume {
+                driver: raw.driver.map(|t| t.0),
+                labels: raw.labels.0,
+            },
+        );
+    }
+    for (name, raw) in file.services {
+        if let Some(existing) = compose.services.get(&name) {
+            return Err(format!(
+                "service {name:?} is already defined in {}; define each service in one file",
+                existing.file.display()
+            ));
+        }
+        let service = resolve(&name, raw, path, &compose.working_dir)
+            .map_err(|err| format!("services.{name}: {err}"))?;
+        compose.services.insert(name, service);
+    }
+    Ok(())
+}
+
+fn resolve(
+    name: &str,
+    raw: model::RawService,
+    file: &Path,
+    base: &Path,
+) -> Result<Service, String> {
+    if !valid_name(name) {
+        return Err("a service name may hold only letters, digits, '_', '.' and '-'".to_owned());
+    }
+    let image = raw.image.map(|i| i.0);
+    let build = raw.build.map(|Either(build)| build);
+    if image.is_none() && build.is_none() {
+        return Err("has neither image nor build".to_owned());
+    }
+    let mut mounts: Vec<Mount> = raw.volumes.into_iter().map(|Either(m)| m).collect();
+    for mount in &mut mounts {
+        if mount.kind == MountKind::Bind {
+            mount.source = absolute(&mount.source, base);
+        }
+    }
+    let networks = match raw.networks {
+        Some(model::NamesOr(list)) => list
+            .into_iter()
+            .map(|(name, options)| ServiceNetwork {
+                name,
+                aliases: options.aliases.into_iter().map(|t| t.0).collect(),
+            })
+            .collect(),
+        None => vec![ServiceNetwork {
+            name: DEFAULT_NETWORK.to_owned(),
+            aliases: Vec::new(),
+        }],
+    };
+    let mut depends_on = Vec::new();
+    for (service, options) in raw.depends_on.map(|d| d.0).unwrap_or_default() {
+        let condition = match options.condition.as_ref().map(|t| t.0.as_str()) {
+            None | Some("service_started") => Condition::Started,
+            Some("service_healthy") => Condition::Healthy,
+            Some("service_completed_successfully") => Condition::CompletedSuccessfully,
+            Some(other) => {
+                return Err(format!(
+                    "depends_on.{service}.condition {other:?} is not service_started, service_healthy or service_completed_successfully"
+                ));
+            }
+        };
+        depends_on.push(Dependency {
+            service,
+            condition,
+            required: options.required.is_none_or(|r| r.0),
+        });
+    }
+    let healthcheck = match raw.healthcheck {
+        Some(h) if h.disable.is_some_and(|d| d.0) => Some(Healthcheck {
+            test: vec!["NONE".to_owned()],
+            interval: None,
+            timeout: None,
+            retries: None,
+            start_period: None,
+        }),
+        Some(h) => {
+            let test = match h.test {
+                Some(model::Command(test)) => test,
+                None => return Err("healthcheck has no test".to_owned()),
+            };
+            let test = match test.first().map(String::as_str) {
+                Some("CMD" | "CMD-SHELL" | "NONE") => test,
+                Some(_) => {
+                    // A plain string test is a shell command, as in Compose.
+                    vec!["CMD-SHELL".to_owned(), test.join(" ")]
+                }
+                None => return Err("healthcheck.test is empty".to_owned()),
+            };
+            Some(Healthcheck {
+                test,
+                interval: h.interval.map(|d| d.0),
+                timeout: h.timeout.map(|d| d.0),
+                retries: h.retries.map(|r| r.0),
+                start_period: h.start_period.map(|d| d.0),
+            })
+        }
+        None => None,
+    };
+    let restart = raw.restart.map_or_else(|| "no".to_owned(), |t| t.0);
+    restart_policy(&restart)?;
+    let deploy = raw.deploy;
+    let replicas = deploy.as_ref().and_then(|d| d.replicas).map_or(1, |r| r.0);
+    let limits = deploy
+        .and_then(|d| d.resources)
+        .and_then(|r| r.limits)
+        .map(|l| Limits {
+            cpus: l.cpus.map(|c| c.0.0),
+            memory: l.memory.map(|m| m.0.0),
+            pids: l.pids.map(|p| p.0),
+        })
+        .unwrap_or_default();
+    Ok(Service {
+        name: name.to_owned(),
+        image,
+        build,
+        command: raw.command.map(|c| c.0),
+        entrypoint: raw.entrypoint.map(|c| c.0),
+        environment: raw.environment.0,
+        labels: raw.labels.0,
+        ports: raw.ports.into_iter().map(|Either(p)| p).collect(),
+        mounts,
+        networks,
+        depends_on,
+        healthcheck,
+        restart,
+        replicas,
+        limits,
+        stop_grace_period: raw.stop_grace_period.map(|d| d.0),
+        stop_signal: raw.stop_signal.map(|t| t.0),
+        user: raw.user.map(|t| t.0),
+        read_only: raw.read_only.is_some_and(|r| r.0),
+        tmpfs: raw.tmpfs.into_iter().map(|t| t.0).collect(),
+        cap_drop: raw.cap_drop.into_iter().map(|t| t.0).collect(),
+        security_opt: raw.security_opt.into_iter().map(|t| t.0).collect(),
+        file: file.to_path_buf(),
+    })
+}
+
+fn absolute(path: &str, base: &Path) -> String {
+    let expanded = match path.strip_prefix("~/") {
+        Some(rest) => std::env::var("HOME")
+            .map_or_else(|_| PathBuf::from(path), |home| Path::new(&home).join(rest)),
+        None => PathBuf::from(path),
+    };
+    let joined = if expanded.is_absolute() {
+        expanded
+    } else {
+        base.join(expanded)
+    };
+    // Lexically drop `.` and `..`, so the engine gets a clean path even when
+    // the file does not exist yet.
+    let mut clean = PathBuf::new();
+    for part in joined.components() {
+        match part {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                clean.pop();
+            }
+            other => clean.push(other),
+        }
+    }
+    clean.to_string_lossy().into_owned()
+}
+
+/// The engine's restart policy for a Compose `restart` value.
+pub fn restart_policy(text: &str) -> Result<(String, Option<i64>), String> {
+    match text {
+        "no" | "always" | "unless-stopped" | "on-failure" => Ok((text.to_owned(), None)),
+        other => match other.strip_prefix("on-failure:").map(str::parse::<i64>) {
+            Some(Ok(count)) if count >= 0 => Ok(("on-failure".to_owned(), Some(count))),
+            _ => Err(format!(
+                "restart {other:?} is not no, always, unless-stopped or on-failure[:N]"
+            )),
+        },
+    }
+}
+
+pub fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// Checks an image reference against the engine's grammar, loosely: a name of
+/// lowercase path components with an optional registry, tag and digest. It
+/// refuses spaces, shell characters and anything the engine would refuse.
+pub fn check_image_reference(reference: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("image reference {reference:?} is invalid: {why}"));
+    if reference.is_empty() {
+        return bad("it is empty");
+    }
+    if reference.len() > 255 {
+        return bad("it is longer than 255 characters");
+    }
+    if let Some(c) = reference
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/' | ':' | '@')))
+    {
+        return bad(&format!("it contains {c:?}"));
+    }
+    let (rest, digest) = match reference.split_once('@') {
+        Some((rest, digest)) => (rest, Some(digest)),
+        None => (reference, None),
+    };
+    if let Some(digest) = digest {
+        let ok = digest.split_once(':').is_some_and(|(algorithm, hex)| {
+            !algorithm.is_empty() && hex.len() >= 32 && hex.chars().all(|c| c.is_ascii_hexdigit())
+        });
+        if !ok {
+            return bad("the digest is not algorithm:hex");
+        }
+    }
+    // A tag follows the last ':' that comes after the last '/'.
+    let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
+    let (name, tag) = match rest[last_slash..].rfind(':') {
+        Some(i) => (&rest[..last_slash + i], Some(&rest[last_slash + i + 1..])),
+        None => (rest, None),
+    };
+    if let Some(tag) = tag {
+        let mut chars = tag.chars();
+        let first_ok = chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !first_ok || tag.len() > 128 || tag.contains(['/', ':', '@']) {
+            return bad(
+                "the tag must start with a letter, digit or '_' and be at most 128 characters",
+            );
+        }
+    }
+    for (index, component) in name.split('/').enumerate() {
+        let is_registry = index == 0
+            && name.contains('/')
+            && (component.contains(['.', ':']) || component == "localhost");
+        let ok = if is_registry {
+            !component.is_empty()
+        } else {
+            let separators_ok = !component.starts_with(['.', '_', '-'])
+                && !component.ends_with(['.', '_', '-'])
+                && !component.contains("..");
+            !component.is_empty()
+                && separators_ok
+                && component.chars().all(|c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')
+                })
+        };
+        if !ok {
+            return bad("each name component must be lowercase letters, digits and separators");
+        }
+    }
+    Ok(())
+}
+
+fn check(compose: &Compose) -> Result<()> {
+    for service in compose.services.values() {
+        let at = || format!("{}: services.{}", service.file.display(), service.name);
+        for network in &service.networks {
+            if network.name != DEFAULT_NETWORK && !compose.networks.contains_key(&network.name) {
+                bail!(
+                    "{}: networks: {:?} is not declared under the top-level networks",
+                    at(),
+                    network.name
+                );
+            }
+        }
+        for mount in &service.mounts {
+            if mount.kind == MountKind::Volume
+                && !mount.source.is_empty()
+                && !compose.volumes.contains_key(&mount.source)
+            {
+                bail!(
+                    "{}: volumes: {:?} is not declared under the top-level volumes",
+                    at(),
+                    mount.source
+                );
+            }
+        }
+        for dependency in &service.depends_on {
+            if dependency.required && !compose.services.contains_key(&dependency.service) {
+                bail!(
+                    "{}: depends_on: there is no service {:?}",
+                    at(),
+                    dependency.service
+                );
+            }
+        }
+    }
+    compose.start_order()?;
+    Ok(())
+}
+
+impl Compose {
+    /// Services ordered so that each comes after what it depends on.
+    pub fn start_order(&self) -> Result<Vec<&Service>> {
+        let mut order: Vec<&Service> = Vec::new();
+        let mut placed: BTreeSet<&str> = BTreeSet::new();
+        while order.len() < self.services.len() {
+            let ready: Vec<&Service> = self
+                .services
+                .values()
+                .filter(|s| !placed.contains(s.name.as_str()))
+                .filter(|s| {
+                    s.depends_on.iter().all(|d| {
+                        placed.contains(d.service.as_str())
+                            || !self.services.contains_key(&d.service)
+                    })
+                })
+                .collect();
+            if ready.is_empty() {
+                let stuck: Vec<&str> = self
+                    .services
+                    .keys()
+                    .map(String::as_str)
+                    .filter(|name| !placed.contains(name))
+                    .collect();
+                bail!("depends_on forms a cycle among {}", stuck.join(", "));
+            }
+            for service in ready {
+                placed.insert(&service.name);
+                order.push(service);
+            }
+        }
+        Ok(order)
+    }
+
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services.get(name)
+    }
+
+    /// Whether any service joins the implicit default network.
+    pub fn uses_default_network(&self) -> bool {
+        self.services
+            .values()
+            .any(|s| s.networks.iter().any(|n| n.name == DEFAULT_NETWORK))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vars {
+        Vars::new(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    fn load_text(text: &str, vars: &Vars) -> Result<Compose> {
+        let file = parse(text, vars).map_err(|e| anyhow!("test.yml: {e}"))?;
+        let mut compose = Compose {
+            services: BTreeMap::new(),
+            networks: BTreeMap::new(),
+            volumes: BTreeMap::new(),
+            files: vec![PathBuf::from("/p/compose/test.yml")],
+            working_dir: PathBuf::from("/p/compose"),
+        };
+        merge(&mut compose, file, Path::new("/p/compose/test.yml")).map_err(|e| anyhow!("{e}"))?;
+        check(&compose)?;
+        Ok(compose)
+    }
+
+    #[test]
+    fn the_shipped_compose_file_parses_with_its_defaults() {
+        let text = include_str!("../../compose/docker-compose.zero-downtime.yml");
+        let compose = load_text(text, &vars(&[])).unwrap();
+        let names: Vec<&str> = compose.services.keys().map(String::as_str).collect();
+        assert_eq!(names, ["cryptus-blue", "cryptus-green", "nginx", "redis"]);
+        assert_eq!(
+            compose.services["nginx"].image.as_deref(),
+            Some("nginx:1.27-alpine")
+        );
+        assert_eq!(
+            compose.services["redis"].image.as_deref(),
+            Some("redis:7-alpine")
+        );
+        assert_eq!(
+            compose.services["cryptus-blue"].image.as_deref(),
+            Some("cryptus:latest")
+        );
+        let lb = &compose.services["nginx"].ports[0];
+        assert_eq!(
+            (lb.host_ip.as_deref(), lb.host_port, lb.container_port),
+            (Some("0.0.0.0"), Some(80), 80)
+        );
+        let nginx_conf = &compose.services["nginx"].mounts[0];
+        assert_eq!(nginx_conf.kind, MountKind::Bind);
+        assert_eq!(nginx_conf.source, "/p/nginx/nginx.conf");
+        assert!(nginx_conf.read_only);
+        let blue = &compose.services["cryptus-blue"];
+        assert_eq!(blue.depends_on[0].condition, Condition::Healthy);
+        assert!(blue.healthcheck.is_some());
+        assert!(blue.limits.memory.is_some());
+    }
+
+    #[test]
+    fn the_shipped_compose_file_follows_its_variables() {
+        let text = include_str!("../../compose/docker-compose.zero-downtime.yml");
+        let v = vars(&[
+            ("NGINX_IMAGE", "cryptus/nginx:offline"),
+            ("CRYPTUS_BIND", "127.0.0.1"),
+            ("CRYPTUS_HTTP_PORT", "18080"),
+        ]);
+        let compose = load_text(text, &v).unwrap();
+        assert_eq!(
+            compose.services["nginx"].image.as_deref(),
+            Some("cryptus/nginx:offline")
+        );
+        let lb = &compose.services["nginx"].ports[0];
+        assert_eq!(
+            (lb.host_ip.as_deref(), lb.host_port),
+            (Some("127.0.0.1"), Some(18080))
+        );
+    }
+
+    #[test]
+    fn unknown_keys_name_the_key_path_and_line() {
+        let text = "services:\n  web:\n    image: nginx\n    bogus_key: 1\n";
+        let err = load_text(text, &vars(&[])).unwrap_err().to_string();
+        assert!(err.contains("services.web"), "{err}");
+        assert!(err.contains("bogus_key"), "{err}");
+        assert!(err.contains("line 4"), "{err}");
+        let text = "services:\n  web:\n    image: nginx\n    deploy:\n      placement: {}\n";
+        let err = load_text(text, &vars(&[])).unwrap_err().to_string();
+        assert!(err.contains("placement") && err.contains("line 5"), "{err}");
+        let err = load_text("services: {}\nsecrets: {}\n", &vars(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("secrets"), "{err}");
+    }
+
+    #[test]
+    fn syntax_errors_carry_the_line() {
+        let err = load_text("services:\n  web: [\n", &vars(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line"), "{err}");
+        assert!(
+            load_text("", &vars(&[]))
+                .unwrap_err()
+                .to_string()
+                .contains("empty")
+        );
+    }
+
+    #[test]
+    fn interpolation_errors_carry_the_line() {
+        let text = "services:\n  web:\n    image: ${IMAGE:?set IMAGE}\n";
+        let err = load_text(text, &vars(&[])).unwrap_err().to_string();
+        assert!(
+            err.contains("IMAGE is not set") && err.contains("line 3"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn numbers_may_come_from_variables() {
+        let text = "services:\n  web:\n    image: nginx\n    deploy:\n      replicas: ${N:-2}\n      resources: {limits: {cpus: '0.5', memory: 64M}}\n";
+        let compose = load_text(text, &vars(&[])).unwrap();
+        assert_eq!(compose.services["web"].replicas, 2);
+        assert_eq!(compose.services["web"].limits.memory, Some(64 << 20));
+        let compose = load_text(text, &vars(&[("N", "3")])).unwrap();
+        assert_eq!(compose.services["web"].replicas, 3);
+        let err = load_text(text, &vars(&[("N", "many")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("\"many\"") && err.contains("whole number") && err.contains("line 5"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn environment_and_labels_as_list_or_map() {
+        let text = "services:\n  web:\n    image: nginx\n    environment: [A=1, B, C=x=y]\n    labels: {x: 1, y: true}\n";
+        let compose = load_text(text, &vars(&[("B", "from-env")])).unwrap();
+        let env = &compose.services["web"].environment;
+        assert_eq!(env["A"], "1");
+        assert_eq!(env["B"], "from-env");
+        assert_eq!(env["C"], "x=y");
+        assert_eq!(compose.services["web"].labels["y"], "true");
+    }
+
+    #[test]
+    fn commands_as_string_or_list() {
+        let text = "services:\n  a:\n    image: x\n    command: redis-server --save \"60 1000\"\n  b:\n    image: x\n    command: [nginx, -g, 'daemon off;']\n";
+        let compose = load_text(text, &vars(&[])).unwrap();
+        assert_eq!(
+            compose.services["a"].command.as_deref().unwrap(),
+            ["redis-server", "--save", "60 1000"]
+        );
+        assert_eq!(
+            compose.services["b"].command.as_deref().unwrap(),
+            ["nginx", "-g", "daemon off;"]
+        );
+    }
+
+    #[test]
+    fn ports_short_and_long() {
+        assert_eq!(
+            parse_port("127.0.0.1::3000").unwrap(),
+            Port {
+                host_ip: Some("127.0.0.1".into()),
+                host_port: None,
+                container_port: 3000,
+                protocol: "tcp".into()
+            }
+        );
+        assert_eq!(parse_port("8080:80/udp").unwrap().protocol, "udp");
+        assert_eq!(
+            parse_port("[::1]:80:80").unwrap().host_ip.as_deref(),
+            Some("::1")
+        );
+        assert_eq!(parse_port("80").unwrap().host_port, None);
+        assert!(parse_port("a.b.c.d:80:80").is_err());
+        assert!(parse_port("8000-8010:80").unwrap_err().contains("ranges"));
+        assert!(parse_port("70000:80").is_err());
+        assert!(parse_port("1:2:3:4").is_err());
+        let text = "services:\n  web:\n    image: x\n    ports:\n      - {target: 80, published: '8080', host_ip: 127.0.0.1}\n";
+        let compose = load_text(text, &vars(&[])).unwrap();
+        assert_eq!(compose.services["web"].ports[0].host_port, Some(8080));
+    }
+
+    #[test]
+    fn volumes_must_be_declared() {
+        let text = "services:\n  web:\n    image: x\n    volumes: [data:/data]\n";
+        let err = load_text(text, &vars(&[])).unwrap_err().to_string();
+        assert!(err.contains("\"data\" is not declared"), "{err}");
+        let text = "services:\n  web:\n    image: x\n    volumes: [data:/data, ./conf:/etc/conf:ro, /abs:/abs]\nvolumes:\n  data:\n";
+        let compose = load_text(text, &vars(&[])).unwrap();
+        let mounts = &compose.services["web"].mounts;
+        assert_eq!(mounts[0].kind, MountKind::Volume);
+        assert_eq!(mounts[1].source, "/p/compose/conf");
+        assert!(mounts[1].read_only);
+        assert!(
+            load_text(
+                "services:\n  web:\n    image: x\n    volumes: ['data:rel']\nvolumes: {data: }\n",
+                &vars(&[])
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn depends_on_is_checked_and_ordered() {
+        let text = "services:\n  web:\n    image: x\n    depends_on: {db: {condition: service_healthy}}\n  db:\n    image: y\n";
+        let compose = load_text(text, &vars(&[])).unwrap();
+        let order: Vec<&str> = compose
+            .start_order()
+            .unwrap()
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(order, ["db", "web"]);
+        let err = load_text(
+            "services:\n  web:\n    image: x\n    depends_on: [nope]\n",
+            &vars(&[]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("no service \"nope\""), "{err}");
+        let cycle = "services:\n  a:\n    image: x\n    depends_on: [b]\n  b:\n    image: x\n    depends_on: [a]\n";
+        assert!(
+            load_text(cycle, &vars(&[]))
+                .unwrap_err()
+                .to_string()
+                .contains("cycle")
+        );
+        let bad = "services:\n  a:\n    image: x\n    depends_on: {b: {condition: sometime}}\n  b:\n    image: x\n";
+        assert!(
+            load_text(bad, &vars(&[]))
+                .unwrap_err()
+                .to_string()
+                .contains("sometime")
+        );
+    }
+
+    #[test]
+    fn restart_values() {
+        assert_eq!(
+            restart_policy("on-failure:3").unwrap(),
+            ("on-failure".into(), Some(3))
+        );
+        assert!(restart_policy("sometimes").is_err());
+        let err = load_text(
+            "services:\n  a:\n    image: x\n    restart: sometimes\n",
+            &vars(&[]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("sometimes"));
+    }
+
+    #[test]
+    fn image_references() {
+        for good in [
+            "nginx",
+            "nginx:1.27-alpine",
+            "cryptus/nginx:offline",
+            "localhost:5000/team/app:v1.2",
+            "ghcr.io/org/app@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        ] {
+            assert!(check_image_reference(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "nginx latest",
+            "nginx;rm -rf /",
+            "Nginx",
+            "app:",
+            "app:-x",
+            "$(whoami)",
+            "a//b",
+            "app@md5:1",
+        ] {
+            assert!(check_image_reference(bad).is_err(), "{bad}");
+        }
+        let err = load_text("services:\n  a:\n    image: 'bad image'\n", &vars(&[])).unwrap_err();
+        assert!(err.to_string().contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn services_need_an_image_or_a_build() {
+        let err = load_text("services:\n  a:\n    restart: always\n", &vars(&[])).unwrap_err();
+        assert!(err.to_string().contains("neither image nor build"));
+        let compose = load_text(
+            "services:\n  a:\n    build: {context: ../app, args: {V: 1}}\n",
+            &vars(&[]),
+        )
+        .unwrap();
+        assert_eq!(compose.services["a"].build.as_ref().unwrap().args["V"], "1");
+    }
+}

@@ -1,0 +1,513 @@
+//! The compose file as written: every key cryptus supports, and nothing else.
+//!
+//! Scalars are interpolated while they are deserialized, so that every error
+//! (an unknown key, a bad `${VAR}`, a port that does not parse) carries the
+//! key path and the line and column serde_yaml knows at that point. The
+//! variables come from [`with_vars`], set for the duration of one parse.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use serde::de::{self, DeserializeOwned, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+
+use super::interpolate::{Vars, interpolate};
+
+thread_local! {
+    static VARS: RefCell<Option<Vars>> = const { RefCell::new(None) };
+}
+
+/// Runs `parse` with `vars` as the interpolation context of this thread.
+pub fn with_vars<T>(vars: &Vars, parse: impl FnOnce() -> T) -> T {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            VARS.with(|slot| slot.borrow_mut().take());
+        }
+    }
+    VARS.with(|slot| *slot.borrow_mut() = Some(vars.clone()));
+    let _reset = Reset;
+    parse()
+}
+
+fn interpolated<E: de::Error>(raw: &str) -> Result<String, E> {
+    VARS.with(|slot| match slot.borrow().as_ref() {
+        Some(vars) => interpolate(raw, vars).map_err(E::custom),
+        None => Ok(raw.to_owned()),
+    })
+}
+
+fn variable(name: &str) -> Option<String> {
+    VARS.with(|slot| {
+        slot.borrow()
+            .as_ref()
+            .and_then(|vars| vars.get(name).map(str::to_owned))
+    })
+}
+
+/// Any YAML scalar (string, number, bool) as interpolated text.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Text(pub String);
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Text, D::Error> {
+        struct TextVisitor;
+        impl Visitor<'_> for TextVisitor {
+            type Value = Text;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string, number or boolean")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Text, E> {
+                interpolated(v).map(Text)
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Text, E> {
+                Ok(Text(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Text, E> {
+                Ok(Text(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Text, E> {
+                Ok(Text(v.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Text, E> {
+                Ok(Text(v.to_string()))
+            }
+        }
+        deserializer.deserialize_any(TextVisitor)
+    }
+}
+
+/// An image reference, checked as it is read so the error carries the line.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImageRef(pub String);
+
+impl<'de> Deserialize<'de> for ImageRef {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<ImageRef, D::Error> {
+        let Text(text) = Text::deserialize(deserializer)?;
+        super::check_image_reference(&text).map_err(de::Error::custom)?;
+        Ok(ImageRef(text))
+    }
+}
+
+/// A value parsed from an interpolated scalar, so `replicas: ${N:-2}` works.
+pub trait FromText: Sized {
+    const EXPECTING: &'static str;
+    fn from_text(text: &str) -> Option<Self>;
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Parsed<T>(pub T);
+
+impl<'de, T: FromText> Deserialize<'de> for Parsed<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Parsed<T>, D::Error> {
+        let Text(text) = Text::deserialize(deserializer)?;
+        T::from_text(text.trim()).map(Parsed).ok_or_else(|| {
+            de::Error::custom(format!("invalid value {text:?}: expected {}", T::EXPECTING))
+        })
+    }
+}
+
+impl FromText for u32 {
+    const EXPECTING: &'static str = "a whole number";
+    fn from_text(text: &str) -> Option<u32> {
+        text.parse().ok()
+    }
+}
+
+impl FromText for i64 {
+    const EXPECTING: &'static str = "a whole number";
+    fn from_text(text: &str) -> Option<i64> {
+        text.parse().ok()
+    }
+}
+
+impl FromText for bool {
+    const EXPECTING: &'static str = "true or false";
+    fn from_text(text: &str) -> Option<bool> {
+        match text {
+            "true" | "True" | "yes" => Some(true),
+            "false" | "False" | "no" => Some(false),
+            _ => None,
+        }
+    }
+}
+
+/// CPUs as in `cpus: "0.5"`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Cpus(pub f64);
+
+impl FromText for Cpus {
+    const EXPECTING: &'static str = "a positive number of CPUs such as 0.5";
+    fn from_text(text: &str) -> Option<Cpus> {
+        text.parse::<f64>()
+            .ok()
+            .filter(|cpus| cpus.is_finite() && *cpus > 0.0 && *cpus <= 1024.0)
+            .map(Cpus)
+    }
+}
+
+impl FromText for Duration {
+    const EXPECTING: &'static str = "a duration such as 10s, 1m30s or 500ms";
+    fn from_text(text: &str) -> Option<Duration> {
+        parse_duration(text)
+    }
+}
+
+/// Parses Go-style durations as Compose writes them: `1h2m3s`, `500ms`, `1.5s`.
+/// A bare number is seconds.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    if text.is_empty() {
+        return None;
+    }
+    if let Ok(seconds) = text.parse::<f64>() {
+        return (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds));
+    }
+    let mut total = 0f64;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let number: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return None,
+        };
+        total += number * scale;
+        rest = &rest[unit_len..];
+    }
+    (total.is_finite() && total < 1e9).then(|| Duration::from_secs_f64(total))
+}
+
+/// A size in bytes as in `memory: 512M`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Bytes(pub u64);
+
+impl FromText for Bytes {
+    const EXPECTING: &'static str = "a size such as 512M, 1g or 1048576";
+    fn from_text(text: &str) -> Option<Bytes> {
+        let lower = text.to_ascii_lowercase();
+        let lower = lower.strip_suffix('b').unwrap_or(&lower);
+        let (number, scale) = match lower.char_indices().last()? {
+            (i, 'k') => (&lower[..i], 1u64 << 10),
+            (i, 'm') => (&lower[..i], 1 << 20),
+            (i, 'g') => (&lower[..i], 1 << 30),
+            (i, 't') => (&lower[..i], 1 << 40),
+            _ => (lower, 1),
+        };
+        let number: f64 = number.trim().parse().ok()?;
+        let bytes = number * scale as f64;
+        (1.0..1e18).contains(&bytes).then_some(Bytes(bytes as u64))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Shapes that are either a list or a map.
+
+/// `environment`, `labels` and `build.args`: a map, or a list of `KEY=VALUE`.
+/// A key without a value takes the variable of that name (Compose's rule).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct KeyValues(pub BTreeMap<String, String>);
+
+impl<'de> Deserialize<'de> for KeyValues {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<KeyValues, D::Error> {
+        struct KvVisitor;
+        impl<'de> Visitor<'de> for KvVisitor {
+            type Value = KeyValues;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a map of KEY: value, or a list of KEY=value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<KeyValues, A::Error> {
+                let mut out = BTreeMap::new();
+                while let Some((key, value)) = map.next_entry::<String, Option<Text>>()? {
+                    let value = match value {
+                        Some(Text(value)) => Some(value),
+                        None => variable(&key),
+                    };
+                    if let Some(value) = value {
+                        out.insert(key, value);
+                    }
+                }
+                Ok(KeyValues(out))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<KeyValues, A::Error> {
+                let mut out = BTreeMap::new();
+                while let Some(Text(item)) = seq.next_element::<Text>()? {
+                    match item.split_once('=') {
+                        Some((key, value)) => {
+                            out.insert(key.to_owned(), value.to_owned());
+                        }
+                        None => {
+                            if let Some(value) = variable(&item) {
+                                out.insert(item, value);
+                            }
+                        }
+                    }
+                }
+                Ok(KeyValues(out))
+            }
+        }
+        deserializer.deserialize_any(KvVisitor)
+    }
+}
+
+/// `command` and `entrypoint`: a list, or a string split the way a shell would.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(transparent)]
+pub struct Command(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for Command {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Command, D::Error> {
+        struct CommandVisitor;
+        impl<'de> Visitor<'de> for CommandVisitor {
+            type Value = Command;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a command as a string or a list of strings")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Command, E> {
+                let text = interpolated::<E>(v)?;
+                shell_words::split(&text)
+                    .map(Command)
+                    .map_err(|err| E::custom(format!("cannot split the command {text:?}: {err}")))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Command, A::Error> {
+                let mut words = Vec::new();
+                while let Some(Text(word)) = seq.next_element::<Text>()? {
+                    words.push(word);
+                }
+                Ok(Command(words))
+            }
+        }
+        deserializer.deserialize_any(CommandVisitor)
+    }
+}
+
+/// A value written either as a short string or as a long-form map.
+pub trait ShortOrLong: Sized {
+    type Long: DeserializeOwned;
+    const EXPECTING: &'static str;
+    fn from_short(text: &str) -> Result<Self, String>;
+    fn from_long(long: Self::Long) -> Result<Self, String>;
+}
+
+#[derive(Debug)]
+pub struct Either<T>(pub T);
+
+impl<'de, T: ShortOrLong> Deserialize<'de> for Either<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Either<T>, D::Error> {
+        struct EitherVisitor<T>(PhantomData<T>);
+        impl<'de, T: ShortOrLong> Visitor<'de> for EitherVisitor<T> {
+            type Value = Either<T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(T::EXPECTING)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Either<T>, E> {
+                let text = interpolated::<E>(v)?;
+                T::from_short(&text).map(Either).map_err(E::custom)
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Either<T>, E> {
+                T::from_short(&v.to_string()).map(Either).map_err(E::custom)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Either<T>, A::Error> {
+                let long = T::Long::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                T::from_long(long).map(Either).map_err(de::Error::custom)
+            }
+        }
+        deserializer.deserialize_any(EitherVisitor(PhantomData))
+    }
+}
+
+/// A list of names, or a map from name to options (`depends_on`, `networks`).
+#[derive(Debug)]
+pub struct NamesOr<T>(pub Vec<(String, T)>);
+
+impl<'de, T: DeserializeOwned + Default> Deserialize<'de> for NamesOr<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<NamesOr<T>, D::Error> {
+        struct NamesVisitor<T>(PhantomData<T>);
+        impl<'de, T: DeserializeOwned + Default> Visitor<'de> for NamesVisitor<T> {
+            type Value = NamesOr<T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a list of names or a map from name to options")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<NamesOr<T>, A::Error> {
+                let mut out = Vec::new();
+                while let Some(Text(name)) = seq.next_element::<Text>()? {
+                    out.push((name, T::default()));
+                }
+                Ok(NamesOr(out))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<NamesOr<T>, A::Error> {
+                let mut out = Vec::new();
+                while let Some((name, options)) = map.next_entry::<String, Option<T>>()? {
+                    out.push((name, options.unwrap_or_default()));
+                }
+                Ok(NamesOr(out))
+            }
+        }
+        deserializer.deserialize_any(NamesVisitor(PhantomData))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The file.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    /// Obsolete in the Compose specification; accepted and ignored, as Compose does.
+    #[allow(dead_code)]
+    pub version: Option<Text>,
+    #[serde(default)]
+    pub services: BTreeMap<String, RawService>,
+    #[serde(default)]
+    pub networks: BTreeMap<String, Option<RawNetwork>>,
+    #[serde(default)]
+    pub volumes: BTreeMap<String, Option<RawVolume>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    pub image: Option<ImageRef>,
+    pub build: Option<Either<super::Build>>,
+    pub command: Option<Command>,
+    pub entrypoint: Option<Command>,
+    #[serde(default)]
+    pub environment: KeyValues,
+    #[serde(default)]
+    pub labels: KeyValues,
+    #[serde(default)]
+    pub ports: Vec<Either<super::Port>>,
+    #[serde(default)]
+    pub volumes: Vec<Either<super::Mount>>,
+    pub networks: Option<NamesOr<NetworkOptions>>,
+    pub depends_on: Option<NamesOr<DependsOptions>>,
+    pub healthcheck: Option<RawHealthcheck>,
+    pub restart: Option<Text>,
+    pub deploy: Option<RawDeploy>,
+    pub stop_grace_period: Option<Parsed<Duration>>,
+    pub stop_signal: Option<Text>,
+    pub user: Option<Text>,
+    pub read_only: Option<Parsed<bool>>,
+    #[serde(default)]
+    pub tmpfs: Vec<Text>,
+    #[serde(default)]
+    pub cap_drop: Vec<Text>,
+    #[serde(default)]
+    pub security_opt: Vec<Text>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkOptions {
+    #[serde(default)]
+    pub aliases: Vec<Text>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DependsOptions {
+    pub condition: Option<Text>,
+    /// Compose's `required: false` lets a dependency be absent.
+    pub required: Option<Parsed<bool>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthcheck {
+    pub test: Option<Command>,
+    pub interval: Option<Parsed<Duration>>,
+    pub timeout: Option<Parsed<Duration>>,
+    pub retries: Option<Parsed<u32>>,
+    pub start_period: Option<Parsed<Duration>>,
+    pub disable: Option<Parsed<bool>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDeploy {
+    pub replicas: Option<Parsed<u32>>,
+    pub resources: Option<RawResources>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawResources {
+    pub limits: Option<RawLimits>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub cpus: Option<Parsed<Cpus>>,
+    pub memory: Option<Parsed<Bytes>>,
+    pub pids: Option<Parsed<i64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNetwork {
+    pub driver: Option<Text>,
+    pub internal: Option<Parsed<bool>>,
+    #[serde(default)]
+    pub labels: KeyValues,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVolume {
+    pub driver: Option<Text>,
+    #[serde(default)]
+    pub labels: KeyValues,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s"), Some(Duration::from_secs(10)));
+        assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2h"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("3"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_duration("10 s"), None);
+        assert_eq!(parse_duration("-1s"), None);
+        assert_eq!(parse_duration("10x"), None);
+        assert_eq!(parse_duration(""), None);
+        assert_eq!(parse_duration("s"), None);
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(Bytes::from_text("512M"), Some(Bytes(512 << 20)));
+        assert_eq!(Bytes::from_text("1g"), Some(Bytes(1 << 30)));
+        assert_eq!(Bytes::from_text("256mb"), Some(Bytes(256 << 20)));
+        assert_eq!(Bytes::from_text("1048576"), Some(Bytes(1 << 20)));
+        assert_eq!(Bytes::from_text("lots"), None);
+        assert_eq!(Bytes::from_text("0"), None);
+    }
+
+    #[test]
+    fn cpus() {
+        assert_eq!(Cpus::from_text("0.5"), Some(Cpus(0.5)));
+        assert_eq!(Cpus::from_text("0"), None);
+        assert_eq!(Cpus::from_text("-1"), None);
+    }
+}

@@ -1,0 +1,589 @@
+//! The Docker Engine client: the only module that talks to bollard.
+//!
+//! Every call names the object it acts on in its error, because raw engine
+//! errors ("Docker responded with status code 404") do not say which
+//! container or path was meant.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use bollard::Docker;
+use bollard::errors::Error as BollardError;
+use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, EndpointSettings, HealthStatusEnum,
+    NetworkConnectRequest, NetworkCreateRequest, VolumeCreateRequest,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, DownloadFromContainerOptionsBuilder,
+    ListContainersOptionsBuilder, ListNetworksOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder, UploadToContainerOptionsBuilder,
+};
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+
+use crate::error::usage;
+
+/// The label Compose puts on everything of a project.
+pub const PROJECT_LABEL: &str = "com.docker.compose.project";
+pub const SERVICE_LABEL: &str = "com.docker.compose.service";
+pub const NUMBER_LABEL: &str = "com.docker.compose.container-number";
+pub const ONEOFF_LABEL: &str = "com.docker.compose.oneoff";
+pub const CONFIG_HASH_LABEL: &str = "com.docker.compose.config-hash";
+pub const CONFIG_FILES_LABEL: &str = "com.docker.compose.project.config_files";
+pub const WORKING_DIR_LABEL: &str = "com.docker.compose.project.working_dir";
+pub const NETWORK_LABEL: &str = "com.docker.compose.network";
+pub const VOLUME_LABEL: &str = "com.docker.compose.volume";
+
+/// How long to wait for the engine to answer its first ping.
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone)]
+pub struct Engine {
+    docker: Docker,
+}
+
+/// A container as cryptus sees it, read from the engine's inspect.
+#[derive(Clone, Debug)]
+pub struct Container {
+    pub id: String,
+    pub name: String,
+    pub service: String,
+    pub number: u32,
+    /// The engine's state: created, running, restarting, exited, ...
+    pub state: String,
+    pub running: bool,
+    /// none, starting, healthy or unhealthy; `None` without a healthcheck.
+    pub health: Option<String>,
+    /// The last healthcheck output, for messages.
+    pub health_log: Option<String>,
+    pub image: String,
+    pub started_at: Option<DateTime<Utc>>,
+    pub exit_code: Option<i64>,
+    pub labels: BTreeMap<String, String>,
+    /// Container port ("3000/tcp") to the host address and port it is published on.
+    pub published: BTreeMap<String, (String, u16)>,
+    /// Network name to the container's address on it.
+    pub addresses: BTreeMap<String, String>,
+}
+
+impl Container {
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.labels.get(key).map(String::as_str)
+    }
+
+    /// Where the host reaches a container port: the published address, with
+    /// "every interface" read as loopback.
+    pub fn published_addr(&self, port: u16) -> Option<String> {
+        let (ip, host_port) = self.published.get(&format!("{port}/tcp"))?;
+        let ip = match ip.as_str() {
+            "" | "0.0.0.0" => "127.0.0.1",
+            "::" => "::1",
+            other => other,
+        };
+        Some(if ip.contains(':') {
+            format!("[{ip}]:{host_port}")
+        } else {
+            format!("{ip}:{host_port}")
+        })
+    }
+}
+
+/// The result of a command run inside a container.
+#[derive(Debug)]
+pub struct ExecOutput {
+    pub code: i64,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Engine {
+    /// Connects to the engine named by DOCKER_HOST (or the local socket) and
+    /// agrees on an API version both sides speak.
+    pub async fn connect() -> Result<Engine> {
+        let host = std::env::var("DOCKER_HOST")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "unix:///var/run/docker.sock".to_owned());
+        let unreachable = |detail: String| {
+            usage(
+                format!("cannot reach the Docker engine at {host}: {detail}"),
+                "is dockerd running? Start it, or point DOCKER_HOST at a running engine",
+            )
+        };
+        let docker = Docker::connect_with_defaults().map_err(|err| unreachable(err.to_string()))?;
+        // Ask `/version` unversioned: every engine answers it, whatever API
+        // versions it supports. bollard then speaks the older of its own
+        // version and the engine's, so old engines (API 1.41) and new ones work.
+        let docker = docker.with_request_modifier(|mut request| {
+            let path = request.uri().path();
+            if let Some(rest) = path.strip_prefix("/v")
+                && let Some((_, tail)) = rest.split_once('/')
+                && tail == "version"
+            {
+                let mut parts = request.uri().clone().into_parts();
+                parts.path_and_query = "/version".parse().ok();
+                if let Ok(uri) = hyper_uri(parts) {
+                    *request.uri_mut() = uri;
+                }
+            }
+            request
+        });
+        let docker = tokio::time::timeout(PING_TIMEOUT, docker.negotiate_version())
+            .await
+            .map_err(|_| unreachable(format!("no answer within {PING_TIMEOUT:?}")))?
+            .map_err(|err| unreachable(describe(&err)))?;
+        Ok(Engine { docker })
+    }
+
+    /// Every container of a project, running or not, ordered by service and number.
+    pub async fn containers(&self, project: &str) -> Result<Vec<Container>> {
+        let filter = format!("{PROJECT_LABEL}={project}");
+        let filters: HashMap<&str, Vec<&str>> = HashMap::from([("label", vec![filter.as_str()])]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let summaries = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .with_context(|| format!("listing the containers of project {project}"))?;
+        let ids: Vec<String> = summaries.into_iter().filter_map(|s| s.id).collect();
+        let inspected = futures_util::future::join_all(ids.iter().map(|id| self.inspect(id))).await;
+        let mut containers = Vec::new();
+        for result in inspected {
+            match result {
+                Ok(Some(container)) => containers.push(container),
+                // Removed between the list and the inspect: it is gone.
+                Ok(None) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        containers.sort_by(|a, b| (&a.service, a.number).cmp(&(&b.service, b.number)));
+        Ok(containers)
+    }
+
+    /// One container by name or id; `None` if there is no such container.
+    pub async fn inspect(&self, name: &str) -> Result<Option<Container>> {
+        match self.docker.inspect_container(name, None).await {
+            Ok(response) => Ok(Some(container_from(response))),
+            Err(err) if is_not_found(&err) => Ok(None),
+            Err(err) => {
+                Err(anyhow!(describe(&err))).with_context(|| format!("inspecting container {name}"))
+            }
+        }
+    }
+
+    /// The labels of a local image; `None` if the engine does not have it.
+    pub async fn image_labels(&self, reference: &str) -> Result<Option<BTreeMap<String, String>>> {
+        match self.docker.inspect_image(reference).await {
+            Ok(image) => Ok(Some(
+                image
+                    .config
+                    .and_then(|c| c.labels)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect(),
+            )),
+            Err(err) if is_not_found(&err) => Ok(None),
+            Err(err) => Err(anyhow!(describe(&err)))
+                .with_context(|| format!("inspecting image {reference}")),
+        }
+    }
+
+    /// Creates the network unless it exists. Returns whether it was created.
+    pub async fn ensure_network(
+        &self,
+        name: &str,
+        driver: Option<&str>,
+        internal: bool,
+        labels: BTreeMap<String, String>,
+    ) -> Result<bool> {
+        if self.network_exists(name).await? {
+            return Ok(false);
+        }
+        let request = NetworkCreateRequest {
+            name: name.to_owned(),
+            driver: Some(driver.unwrap_or("bridge").to_owned()),
+            internal: Some(internal),
+            labels: Some(labels.into_iter().collect()),
+            ..Default::default()
+        };
+        match self.docker.create_network(request).await {
+            Ok(_) => Ok(true),
+            // Created meanwhile by a concurrent cryptus: that is fine.
+            Err(err) if status(&err) == Some(409) => Ok(false),
+            Err(err) => {
+                Err(anyhow!(describe(&err))).with_context(|| format!("creating network {name}"))
+            }
+        }
+    }
+
+    async fn network_exists(&self, name: &str) -> Result<bool> {
+        let filters: HashMap<&str, Vec<&str>> = HashMap::from([("name", vec![name])]);
+        let networks = self
+            .docker
+            .list_networks(Some(
+                ListNetworksOptionsBuilder::default()
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .with_context(|| format!("looking up network {name}"))?;
+        // The name filter matches substrings; compare exactly.
+        Ok(networks.iter().any(|n| n.name.as_deref() == Some(name)))
+    }
+
+    /// Creates the volume unless it exists. Returns whether it was created.
+    pub async fn ensure_volume(
+        &self,
+        name: &str,
+        driver: Option<&str>,
+        labels: BTreeMap<String, String>,
+    ) -> Result<bool> {
+        match self.docker.inspect_volume(name).await {
+            Ok(_) => return Ok(false),
+            Err(err) if is_not_found(&err) => {}
+            Err(err) => {
+                return Err(anyhow!(describe(&err)))
+                    .with_context(|| format!("inspecting volume {name}"));
+            }
+        }
+        let request = VolumeCreateRequest {
+            name: Some(name.to_owned()),
+            driver: Some(driver.unwrap_or("local").to_owned()),
+            labels: Some(labels.into_iter().collect()),
+            ..Default::default()
+        };
+        self.docker
+            .create_volume(request)
+            .await
+            .with_context(|| format!("creating volume {name}"))?;
+        Ok(true)
+    }
+
+    /// Creates a container. `extra_networks` are joined after creation, since
+    /// older engines accept only one network at create time.
+    pub async fn create_container(
+        &self,
+        name: &str,
+        body: ContainerCreateBody,
+        extra_networks: &[(String, Vec<String>)],
+    ) -> Result<String> {
+        let options = CreateContainerOptionsBuilder::default().name(name).build();
+        let created = self
+            .docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(|err| anyhow!(describe(&err)))
+            .with_context(|| format!("creating container {name}"))?;
+        for (network, aliases) in extra_networks {
+            let request = NetworkConnectRequest {
+                container: created.id.clone(),
+                endpoint_config: Some(EndpointSettings {
+                    aliases: Some(aliases.clone()),
+                    ..Default::default()
+                }),
+            };
+            self.docker
+                .connect_network(network, request)
+                .await
+                .with_context(|| format!("connecting container {name} to network {network}"))?;
+        }
+        Ok(created.id)
+    }
+
+    pub async fn start(&self, name: &str) -> Result<()> {
+        match self.docker.start_container(name, None).await {
+            Ok(()) => Ok(()),
+            // 304: already running.
+            Err(err) if status(&err) == Some(304) => Ok(()),
+            Err(err) => {
+                Err(anyhow!(describe(&err))).with_context(|| format!("starting container {name}"))
+            }
+        }
+    }
+
+    /// Stops a container: its stop signal, then SIGKILL after `timeout`
+    /// (the container's own stop timeout when `None`).
+    pub async fn stop(&self, name: &str, timeout: Option<Duration>) -> Result<()> {
+        let mut options = StopContainerOptionsBuilder::default();
+        if let Some(timeout) = timeout {
+            options = options.t(i32::try_from(timeout.as_secs()).unwrap_or(i32::MAX));
+        }
+        match self
+            .docker
+            .stop_container(name, Some(options.build()))
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(err) if status(&err) == Some(304) || is_not_found(&err) => Ok(()),
+            Err(err) => {
+                Err(anyhow!(describe(&err))).with_context(|| format!("stopping container {name}"))
+            }
+        }
+    }
+
+    /// Removes a container, stopping it first if `force`. Gone already is fine.
+    pub async fn remove(&self, name: &str, force: bool) -> Result<()> {
+        let options = RemoveContainerOptionsBuilder::default()
+            .force(force)
+            .build();
+        match self.docker.remove_container(name, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(err) if is_not_found(&err) => Ok(()),
+            // 409 "removal already in progress": the engine finishes it.
+            Err(err) if status(&err) == Some(409) && describe(&err).contains("in progress") => {
+                Ok(())
+            }
+            Err(err) => {
+                Err(anyhow!(describe(&err))).with_context(|| format!("removing container {name}"))
+            }
+        }
+    }
+
+    /// Runs a command in a running container and collects its output.
+    pub async fn exec(&self, container: &str, command: &[&str]) -> Result<ExecOutput> {
+        let what = || format!("running `{}` in {container}", command.join(" "));
+        let options = CreateExecOptions {
+            cmd: Some(command.to_vec()),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_exec(container, options)
+            .await
+            .map_err(|err| anyhow!(describe(&err)))
+            .with_context(what)?;
+        let mut stdout = String::new();
+        let mut stderr = String::new();
+        match self
+            .docker
+            .start_exec(&created.id, None)
+            .await
+            .with_context(what)?
+        {
+            StartExecResults::Attached { mut output, .. } => {
+                while let Some(chunk) = output.next().await {
+                    match chunk.with_context(what)? {
+                        bollard::container::LogOutput::StdOut { message } => {
+                            stdout.push_str(&String::from_utf8_lossy(&message));
+                        }
+                        bollard::container::LogOutput::StdErr { message } => {
+                            stderr.push_str(&String::from_utf8_lossy(&message));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            StartExecResults::Detached => {}
+        }
+        let inspected = self
+            .docker
+            .inspect_exec(&created.id)
+            .await
+            .with_context(what)?;
+        Ok(ExecOutput {
+            code: inspected.exit_code.unwrap_or(-1),
+            stdout,
+            stderr,
+        })
+    }
+
+    /// Reads one file from a container (running or not, volumes included).
+    /// `None` if the path does not exist.
+    pub async fn read_file(&self, container: &str, path: &str) -> Result<Option<Vec<u8>>> {
+        let options = DownloadFromContainerOptionsBuilder::default()
+            .path(path)
+            .build();
+        let mut stream = self
+            .docker
+            .download_from_container(container, Some(options));
+        let mut archive = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(bytes) => archive.extend_from_slice(&bytes),
+                Err(err) if is_not_found(&err) => return Ok(None),
+                Err(err) => {
+                    return Err(anyhow!(describe(&err)))
+                        .with_context(|| format!("reading {path} from container {container}"));
+                }
+            }
+        }
+        let mut reader = tar::Archive::new(archive.as_slice());
+        let entries = reader
+            .entries()
+            .with_context(|| format!("reading the archive of {path} from {container}"))?;
+        for entry in entries {
+            let mut entry =
+                entry.with_context(|| format!("reading the archive of {path} from {container}"))?;
+            if entry.header().entry_type().is_file() {
+                let mut content = Vec::new();
+                std::io::Read::read_to_end(&mut entry, &mut content)
+                    .with_context(|| format!("reading {path} from container {container}"))?;
+                return Ok(Some(content));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Writes files into a directory of a container (running or not, volumes
+    /// included) in one archive upload.
+    pub async fn write_files(
+        &self,
+        container: &str,
+        dir: &str,
+        files: &[(&str, &[u8], u32)],
+    ) -> Result<()> {
+        let mut builder = tar::Builder::new(Vec::new());
+        let now = u64::try_from(Utc::now().timestamp()).unwrap_or_default();
+        for (name, content, mode) in files {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(content.len() as u64);
+            header.set_mode(*mode);
+            header.set_mtime(now);
+            header.set_entry_type(tar::EntryType::Regular);
+            builder
+                .append_data(&mut header, name, *content)
+                .with_context(|| format!("packing {name}"))?;
+        }
+        let archive = builder.into_inner().context("packing files for upload")?;
+        let options = UploadToContainerOptionsBuilder::default().path(dir).build();
+        self.docker
+            .upload_to_container(container, Some(options), bollard::body_full(archive.into()))
+            .await
+            .map_err(|err| anyhow!(describe(&err)))
+            .with_context(|| format!("writing into {dir} of container {container}"))
+    }
+
+    /// The last `lines` lines a container wrote, stdout and stderr together.
+    pub async fn logs_tail(&self, container: &str, lines: usize) -> Result<String> {
+        let options = LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .tail(&lines.to_string())
+            .build();
+        let mut stream = self.docker.logs(container, Some(options));
+        let mut text = String::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk
+                .map_err(|err| anyhow!(describe(&err)))
+                .with_context(|| format!("reading the logs of {container}"))?;
+            text.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+        }
+        Ok(text)
+    }
+}
+
+fn hyper_uri(parts: http::uri::Parts) -> Result<http::Uri, http::uri::InvalidUriParts> {
+    http::Uri::from_parts(parts)
+}
+
+fn container_from(response: ContainerInspectResponse) -> Container {
+    let config = response.config.unwrap_or_default();
+    let labels: BTreeMap<String, String> = config.labels.unwrap_or_default().into_iter().collect();
+    let state = response.state.unwrap_or_default();
+    let health = state.health.as_ref().and_then(|h| h.status).map(|status| {
+        match status {
+            HealthStatusEnum::STARTING => "starting",
+            HealthStatusEnum::HEALTHY => "healthy",
+            HealthStatusEnum::UNHEALTHY => "unhealthy",
+            HealthStatusEnum::NONE | HealthStatusEnum::EMPTY => "none",
+        }
+        .to_owned()
+    });
+    let health_log = state
+        .health
+        .as_ref()
+        .and_then(|h| h.log.as_ref())
+        .and_then(|log| log.last())
+        .and_then(|last| last.output.clone())
+        .map(|output| output.trim().to_owned());
+    let running = state.running.unwrap_or(false);
+    let started_at = state
+        .started_at
+        .as_deref()
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&Utc))
+        .filter(|t| t.timestamp() > 0);
+    let network_settings = response.network_settings.unwrap_or_default();
+    let mut published = BTreeMap::new();
+    for (port, bindings) in network_settings.ports.unwrap_or_default() {
+        if let Some(binding) = bindings.unwrap_or_default().into_iter().next() {
+            let host_port = binding.host_port.as_deref().and_then(|p| p.parse().ok());
+            if let Some(host_port) = host_port {
+                published.insert(port, (binding.host_ip.unwrap_or_default(), host_port));
+            }
+        }
+    }
+    let addresses = network_settings
+        .networks
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(name, endpoint)| {
+            endpoint
+                .ip_address
+                .filter(|ip| !ip.is_empty())
+                .map(|ip| (name, ip))
+        })
+        .collect();
+    Container {
+        id: response.id.unwrap_or_default(),
+        name: response
+            .name
+            .unwrap_or_default()
+            .trim_start_matches('/')
+            .to_owned(),
+        service: labels.get(SERVICE_LABEL).cloned().unwrap_or_default(),
+        number: labels
+            .get(NUMBER_LABEL)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0),
+        state: state
+            .status
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "unknown".to_owned()),
+        running,
+        health,
+        health_log,
+        image: config.image.unwrap_or_default(),
+        started_at,
+        exit_code: state.exit_code,
+        labels,
+        published,
+        addresses,
+    }
+}
+
+fn status(err: &BollardError) -> Option<u16> {
+    match err {
+        BollardError::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}
+
+fn is_not_found(err: &BollardError) -> bool {
+    status(err) == Some(404)
+}
+
+/// The engine's own message where there is one, rather than bollard's wrapper.
+pub fn describe(err: &BollardError) -> String {
+    match err {
+        BollardError::DockerResponseServerError { message, .. } => message.trim().to_owned(),
+        other => {
+            // Walk to the innermost cause: "No such file or directory" beats
+            // "error trying to connect".
+            let mut text = other.to_string();
+            let mut source = std::error::Error::source(other);
+            while let Some(cause) = source {
+                text = format!("{text}: {cause}");
+                source = cause.source();
+            }
+            text
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! Health polling: the app's `/api/health`, directly and through the load
+//! balancer, every interval until an overall deadline.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::stack::Color;
+
+pub const HEALTH_PATH: &str = "/api/health";
+
+/// The seed's health document.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct Report {
+    pub status: String,
+    pub timestamp: String,
+    pub uptime: f64,
+    pub instance: String,
+    pub version: String,
+    pub memory: Memory,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct Memory {
+    pub used: f64,
+    pub total: f64,
+}
+
+/// One look at a health endpoint.
+#[derive(Clone, Debug)]
+pub enum Probe {
+    /// 200 with a health document.
+    Answered(Report),
+    /// Any other answer.
+    Refused { code: u16, body: String },
+    /// No answer: refused connection, timeout, reset.
+    Unreachable(String),
+}
+
+impl fmt::Display for Probe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Probe::Answered(report) => write!(
+                f,
+                "200 status={} instance={} version={}",
+                report.status, report.instance, report.version
+            ),
+            Probe::Refused { code, body } => {
+                let body: String = body.trim().chars().take(200).collect();
+                write!(f, "{code} {body}")
+            }
+            Probe::Unreachable(reason) => write!(f, "no answer ({reason})"),
+        }
+    }
+}
+
+/// What a healthy answer must say.
+#[derive(Clone, Debug)]
+pub struct Expect {
+    pub color: Color,
+    /// `None` accepts any version.
+    pub version: Option<String>,
+}
+
+impl Probe {
+    /// Whether the probe shows a healthy app of the expected color and version.
+    pub fn satisfies(&self, expect: &Expect) -> bool {
+        match self {
+            Probe::Answered(report) => {
+                report.status == "healthy"
+                    && report.instance == expect.color.as_str()
+                    && expect.version.as_ref().is_none_or(|v| *v == report.version)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// An HTTP client for probes: no proxy (probes go to loopback and the
+/// project's own containers), short timeouts, no connection reuse across
+/// probes so a dead backend is noticed at once.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(5))
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap_or_default()
+}
+
+pub async fn probe(client: &reqwest::Client, addr: &str, timeout: Duration) -> Probe {
+    let url = format!("http://{addr}{HEALTH_PATH}");
+    let answer = match client.get(&url).timeout(timeout).send().await {
+        Ok(answer) => answer,
+        Err(err) => return Probe::Unreachable(reason(&err)),
+    };
+    let code = answer.status().as_u16();
+    let body = match answer.text().await {
+        Ok(body) => body,
+        Err(err) => return Probe::Unreachable(reason(&err)),
+    };
+    if code == 200 {
+        match serde_json::from_str::<Report>(&body) {
+            Ok(report) => Probe::Answered(report),
+            Err(err) => Probe::Refused {
+                code,
+                body: format!("not a health document ({err}): {body}"),
+            },
+        }
+    } else {
+        Probe::Refused { code, body }
+    }
+}
+
+fn reason(err: &reqwest::Error) -> String {
+    if err.is_timeout() {
+        return "timed out".to_owned();
+    }
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        text = cause.to_string();
+        source = cause.source();
+    }
+    text
+}
+
+/// Polls `addr` every `interval` until it satisfies `expect`, or `deadline`
+/// passes. The error is the last answer seen.
+pub async fn wait_until(
+    client: &reqwest::Client,
+    addr: &str,
+    expect: &Expect,
+    interval: Duration,
+    deadline: Instant,
+) -> Result<Report, Probe> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let probe = probe(
+            client,
+            addr,
+            left.clamp(Duration::from_millis(100), Duration::from_secs(5)),
+        )
+        .await;
+        if probe.satisfies(expect) {
+            if let Probe::Answered(report) = probe {
+                return Ok(report);
+            }
+        }
+        if Instant::now() + interval >= deadline {
+            return Err(probe);
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(status: &str, instance: &str, version: &str) -> Probe {
+        Probe::Answered(Report {
+            status: status.to_owned(),
+            timestamp: "2026-01-01T00:00:00.000Z".to_owned(),
+            uptime: 1.0,
+            instance: instance.to_owned(),
+            version: version.to_owned(),
+            memory: Memory {
+                used: 1.0,
+                total: 2.0,
+            },
+        })
+    }
+
+    #[test]
+    fn healthy_means_status_color_and_version() {
+        let expect = Expect {
+            color: Color::Green,
+            version: Some("v2".to_owned()),
+        };
+        assert!(report("healthy", "green", "v2").satisfies(&expect));
+        assert!(!report("healthy", "blue", "v2").satisfies(&expect));
+        assert!(!report("healthy", "green", "v1").satisfies(&expect));
+        assert!(!report("starting", "green", "v2").satisfies(&expect));
+        let any = Expect {
+            color: Color::Green,
+            version: None,
+        };
+        assert!(report("healthy", "green", "v9").satisfies(&any));
+        assert!(!Probe::Unreachable("refused".into()).satisfies(&any));
+    }
+
+    #[test]
+    fn the_seed_document_parses() {
+        let seed = r#"{"status":"healthy","timestamp":"2023-12-01T12:00:00.000Z","uptime":123.45,"instance":"blue","version":"0.1.0","memory":{"used":45.67,"total":128.00}}"#;
+        let parsed: Report = serde_json::from_str(seed).unwrap();
+        assert_eq!(parsed.instance, "blue");
+        assert_eq!(parsed.memory.total, 128.0);
+    }
+}

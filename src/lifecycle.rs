@@ -1,0 +1,716 @@
+//! Bringing the stack's services up and down on the engine: networks and
+//! volumes, containers in dependency order, readiness waits, and stopping.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::compose::{Compose, Condition, DEFAULT_NETWORK, MountKind, Network, Service};
+use crate::engine::{CONFIG_HASH_LABEL, Container, Engine};
+use crate::error::{failed, failed_with_hint};
+use crate::health::{self, Expect};
+use crate::nginx::{self, Nginx};
+use crate::output::Printer;
+use crate::project::Project;
+use crate::stack::{
+    self, APP_PORT, Color, LB_SERVICE, Release, VERSION_LABEL, container_name, network_labels,
+    network_name, plan_container, volume_labels, volume_name,
+};
+
+/// How often readiness is polled.
+pub const POLL: Duration = Duration::from_millis(100);
+/// Lines of a failed container's log to show.
+pub const LOG_LINES: usize = 50;
+
+pub struct Stack<'a> {
+    pub engine: &'a Engine,
+    pub project: &'a Project,
+    pub compose: &'a Compose,
+    pub printer: &'a Printer,
+}
+
+/// What happened to one container.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Change {
+    Unchanged,
+    Started,
+    Created,
+    Recreated,
+}
+
+/// What `up` did.
+#[derive(Debug, Serialize)]
+pub struct UpSummary {
+    pub active: Color,
+    pub version: String,
+    pub changes: BTreeMap<String, Change>,
+    pub created_networks: Vec<String>,
+    pub created_volumes: Vec<String>,
+    /// Where the load balancer answers, from this host.
+    pub url: String,
+}
+
+impl UpSummary {
+    pub fn changed(&self) -> bool {
+        !self.created_networks.is_empty()
+            || !self.created_volumes.is_empty()
+            || self.changes.values().any(|c| *c != Change::Unchanged)
+    }
+}
+
+/// The release a color's containers run, read from the containers.
+pub fn release_of(containers: &[&Container]) -> Option<Release> {
+    containers.first().map(|c| Release {
+        image: c.image.clone(),
+        version: c.label(VERSION_LABEL).unwrap_or("unknown").to_owned(),
+    })
+}
+
+pub fn of_service<'c>(containers: &'c [Container], service: &str) -> Vec<&'c Container> {
+    containers.iter().filter(|c| c.service == service).collect()
+}
+
+impl Stack<'_> {
+    pub fn lb_container(&self) -> String {
+        container_name(&self.project.name, LB_SERVICE, 1)
+    }
+
+    pub fn nginx(&self) -> Nginx<'_> {
+        Nginx {
+            engine: self.engine,
+            container: self.lb_container(),
+        }
+    }
+
+    pub async fn containers(&self) -> Result<Vec<Container>> {
+        self.engine.containers(&self.project.name).await
+    }
+
+    /// The release the compose file names for a color: its image, and the
+    /// version that image declares.
+    pub async fn default_release(&self, color: Color) -> Result<Release> {
+        let service = self
+            .compose
+            .service(color.service())
+            .with_context(|| format!("the compose file has no service {}", color.service()))?;
+        let image = service
+            .image
+            .clone()
+            .unwrap_or_else(|| format!("{}-{}", self.project.name, service.name));
+        let labels = self.engine.image_labels(&image).await?.unwrap_or_default();
+        Ok(Release {
+            version: stack::image_version(&image, &labels),
+            image,
+        })
+    }
+
+    /// Fails, naming every image that is missing, before anything is changed.
+    pub async fn check_images(&self, images: &[(String, String)]) -> Result<()> {
+        let mut missing = Vec::new();
+        for (service, image) in images {
+            if self.engine.image_labels(image).await?.is_none() {
+                missing.push(format!("{image} (service {service})"));
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(failed_with_hint(
+            format!("the engine has no image {}", missing.join(", ")),
+            "make the offline images with `scripts/make-images.sh`, or `docker pull` them where a registry is reachable; NGINX_IMAGE, REDIS_IMAGE and CRYPTUS_IMAGE choose them",
+        ))
+    }
+
+    /// Bind-mounted files must exist, or the engine would make empty
+    /// directories in their place.
+    pub fn check_bind_sources(&self, service: &Service) -> Result<()> {
+        for mount in &service.mounts {
+            if mount.kind == MountKind::Bind && !std::path::Path::new(&mount.source).exists() {
+                return Err(crate::error::usage(
+                    format!(
+                        "{} (mounted into {}) does not exist",
+                        mount.source, service.name
+                    ),
+                    "run `cryptus init` to write the default files",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the project's networks and volumes that are missing.
+    pub async fn ensure_infrastructure(&self) -> Result<(Vec<String>, Vec<String>)> {
+        let project = &self.project.name;
+        let mut networks: Vec<(String, Network)> = self
+            .compose
+            .networks
+            .iter()
+            .map(|(name, network)| (name.clone(), network.clone()))
+            .collect();
+        if self.compose.uses_default_network()
+            && !self.compose.networks.contains_key(DEFAULT_NETWORK)
+        {
+            let default = Network {
+                driver: None,
+                internal: false,
+                labels: BTreeMap::new(),
+            };
+            networks.push((DEFAULT_NETWORK.to_owned(), default));
+        }
+        let mut created_networks = Vec::new();
+        for (name, network) in networks {
+            let full = network_name(project, &name);
+            let labels = network_labels(project, &name, &network.labels);
+            if self
+                .engine
+                .ensure_network(&full, network.driver.as_deref(), network.internal, labels)
+                .await?
+            {
+                created_networks.push(full);
+            }
+        }
+        let mut created_volumes = Vec::new();
+        for (name, volume) in &self.compose.volumes {
+            let full = volume_name(project, name);
+            let labels = volume_labels(project, name, &volume.labels);
+            if self
+                .engine
+                .ensure_volume(&full, volume.driver.as_deref(), labels)
+                .await?
+            {
+                created_volumes.push(full);
+            }
+        }
+        Ok((created_networks, created_volumes))
+    }
+
+    /// Makes `replicas` containers of `service` exist and run. A container
+    /// whose configuration no longer matches the file is recreated when
+    /// `recreate` is set.
+    pub async fn ensure_service(
+        &self,
+        service: &Service,
+        replicas: u32,
+        release: Option<&Release>,
+        existing: &[Container],
+        recreate: bool,
+        start: bool,
+    ) -> Result<Vec<(String, Change)>> {
+        let mut changes = Vec::new();
+        for number in 1..=replicas {
+            let plan = plan_container(&self.project.name, self.compose, service, number, release)?;
+            let current = existing.iter().find(|c| c.name == plan.name);
+            let change = match current {
+                Some(c)
+                    if !recreate
+                        || c.label(CONFIG_HASH_LABEL) == Some(plan.config_hash.as_str()) =>
+                {
+                    if c.running || !start {
+                        Change::Unchanged
+                    } else {
+                        self.engine.start(&c.name).await?;
+                        Change::Started
+                    }
+                }
+                Some(c) => {
+                    self.printer.info(format!(
+                        "{}: its configuration changed, recreating it",
+                        c.name
+                    ));
+                    self.engine.remove(&c.id, true).await?;
+                    self.engine
+                        .create_container(&plan.name, plan.body, &plan.extra_networks)
+                        .await?;
+                    if start {
+                        self.engine.start(&plan.name).await?;
+                    }
+                    Change::Recreated
+                }
+                None => {
+                    self.engine
+                        .create_container(&plan.name, plan.body, &plan.extra_networks)
+                        .await?;
+                    if start {
+                        self.engine.start(&plan.name).await?;
+                    }
+                    Change::Created
+                }
+            };
+            changes.push((plan.name, change));
+        }
+        Ok(changes)
+    }
+
+    /// Waits until what `service` depends on meets its condition.
+    pub async fn wait_dependencies(&self, service: &Service, deadline: Instant) -> Result<()> {
+        for dependency in &service.depends_on {
+            let Some(target) = self.compose.service(&dependency.service) else {
+                continue;
+            };
+            let names: Vec<String> = (1..=target.replicas.max(1))
+                .map(|n| container_name(&self.project.name, &target.name, n))
+                .collect();
+            for name in names {
+                match dependency.condition {
+                    Condition::Started => self.wait_running(&name, deadline).await?,
+                    Condition::Healthy => {
+                        let Some(check) = &target.healthcheck else {
+                            bail!(
+                                "{} depends on {} being healthy, but {} has no healthcheck",
+                                service.name,
+                                target.name,
+                                target.name
+                            );
+                        };
+                        self.wait_healthy(&name, &check.test, deadline).await?;
+                    }
+                    Condition::CompletedSuccessfully => {
+                        self.wait_completed(&name, deadline).await?
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn wait_running(&self, name: &str, deadline: Instant) -> Result<()> {
+        loop {
+            let container = self.must_inspect(name).await?;
+            if container.running {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(failed(format!(
+                    "{name} is not running (state {})",
+                    container.state
+                )));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    async fn wait_completed(&self, name: &str, deadline: Instant) -> Result<()> {
+        loop {
+            let container = self.must_inspect(name).await?;
+            if !container.running && container.state == "exited" {
+                return match container.exit_code {
+                    Some(0) => Ok(()),
+                    code => Err(failed(format!(
+                        "{name} exited with code {}",
+                        code.unwrap_or(-1)
+                    ))),
+                };
+            }
+            if Instant::now() >= deadline {
+                return Err(failed(format!("{name} did not complete in time")));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Waits for a container's healthcheck to pass. While the engine still
+    /// says "starting", cryptus runs the same check itself, so readiness is
+    /// seen at once rather than after the engine's first interval.
+    pub async fn wait_healthy(&self, name: &str, test: &[String], deadline: Instant) -> Result<()> {
+        let command: Vec<String> = match test.first().map(String::as_str) {
+            Some("CMD") => test[1..].to_vec(),
+            Some("CMD-SHELL") => vec!["/bin/sh".into(), "-c".into(), test[1..].join(" ")],
+            _ => Vec::new(),
+        };
+        let mut last = String::new();
+        loop {
+            let container = self.must_inspect(name).await?;
+            if !container.running && container.state != "restarting" {
+                self.show_logs(name).await;
+                return Err(failed(format!(
+                    "{name} is not running: {} with code {}",
+                    container.state,
+                    container.exit_code.unwrap_or(-1)
+                )));
+            }
+            match container.health.as_deref() {
+                Some("healthy") => return Ok(()),
+                Some("starting") | None if !command.is_empty() && container.running => {
+                    let argv: Vec<&str> = command.iter().map(String::as_str).collect();
+                    match self.engine.exec(name, &argv).await {
+                        Ok(output) if output.code == 0 => return Ok(()),
+                        Ok(output) => {
+                            last = format!("{}{}", output.stdout, output.stderr)
+                                .trim()
+                                .to_owned()
+                        }
+                        Err(err) => last = format!("{err:#}"),
+                    }
+                }
+                Some(other) => {
+                    last = format!("{other}: {}", container.health_log.unwrap_or_default())
+                }
+                None => {}
+            }
+            if Instant::now() >= deadline {
+                self.show_logs(name).await;
+                return Err(failed(format!(
+                    "{name} is not healthy in time; last check: {last}"
+                )));
+            }
+            tokio::time::sleep(POLL * 2).await;
+        }
+    }
+
+    async fn must_inspect(&self, name: &str) -> Result<Container> {
+        self.engine
+            .inspect(name)
+            .await?
+            .ok_or_else(|| failed(format!("container {name} is gone")))
+    }
+
+    /// Prints the last lines a container wrote, to explain a failure.
+    pub async fn show_logs(&self, name: &str) {
+        if let Ok(text) = self.engine.logs_tail(name, LOG_LINES).await
+            && !text.trim().is_empty()
+        {
+            self.printer
+                .info(format!("--- last {LOG_LINES} log lines of {name} ---"));
+            for line in text.lines() {
+                self.printer.info(format!("  {line}"));
+            }
+            self.printer.info("---");
+        }
+    }
+
+    /// Where this host reaches an app container's port.
+    pub fn app_addr(container: &Container) -> Option<String> {
+        container.published_addr(APP_PORT).or_else(|| {
+            container
+                .addresses
+                .values()
+                .next()
+                .map(|ip| format!("{ip}:{APP_PORT}"))
+        })
+    }
+
+    /// Polls each container's `/api/health` until it answers as expected.
+    pub async fn wait_app_ready(
+        &self,
+        names: &[String],
+        expect: &Expect,
+        deadline: Instant,
+    ) -> Result<()> {
+        let client = health::client();
+        for name in names {
+            let container = self.must_inspect(name).await?;
+            let Some(addr) = Self::app_addr(&container) else {
+                bail!("{name} publishes no port {APP_PORT} and has no address on a network");
+            };
+            if let Err(last) = health::wait_until(&client, &addr, expect, POLL, deadline).await {
+                self.show_logs(name).await;
+                let version = expect
+                    .version
+                    .as_deref()
+                    .map(|v| format!(" version {v}"))
+                    .unwrap_or_default();
+                return Err(failed(format!(
+                    "{name} did not answer healthy as {}{version} in time; its health endpoint last answered: {last}",
+                    expect.color
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The load balancer's address on this host.
+    pub async fn lb_addr(&self) -> Result<String> {
+        let container = self.must_inspect(&self.lb_container()).await?;
+        container
+            .published_addr(nginx::HTTP_PORT)
+            .ok_or_else(|| anyhow!("{} publishes no port {}", container.name, nginx::HTTP_PORT))
+    }
+
+    /// nginx's status address on this host.
+    pub fn status_addr(container: &Container) -> Option<String> {
+        container.published_addr(nginx::STATUS_PORT)
+    }
+
+    /// The rate limits the compose file asks for.
+    pub fn limits_file(&self) -> Result<String> {
+        let labels = self
+            .compose
+            .service(LB_SERVICE)
+            .map(|s| s.labels.clone())
+            .unwrap_or_default();
+        let site = labels
+            .get("cryptus.rate.site")
+            .map_or("30r/s", String::as_str);
+        let api = labels
+            .get("cryptus.rate.api")
+            .map_or("10r/s", String::as_str);
+        nginx::render_limits(site, api).map_err(|err| {
+            crate::error::usage(
+                format!("{err:#}"),
+                "set CRYPTUS_RATE_SITE and CRYPTUS_RATE_API to rates such as 30r/s",
+            )
+        })
+    }
+
+    /// The upstream file for the running containers of `color`.
+    pub fn upstream_file(color: Color, containers: &[&Container]) -> Result<String> {
+        let servers: Vec<String> = containers
+            .iter()
+            .filter(|c| c.running)
+            .map(|c| format!("{}:{APP_PORT}", c.name))
+            .collect();
+        nginx::render_upstream(color, &servers)
+    }
+
+    /// The color in nginx's upstream file; `None` if there is none yet.
+    pub async fn upstream_color(&self) -> Result<Option<Color>> {
+        match self.engine.inspect(&self.lb_container()).await? {
+            Some(_) => Ok(self
+                .nginx()
+                .read(nginx::UPSTREAM_FILE)
+                .await?
+                .as_deref()
+                .and_then(nginx::upstream_color)),
+            None => Ok(None),
+        }
+    }
+
+    /// Brings the stack up: redis, the active color (blue the first time),
+    /// then nginx, and returns once the app answers through the load balancer.
+    pub async fn up(&self, timeout: Duration) -> Result<UpSummary> {
+        let deadline = Instant::now() + timeout;
+        let existing = self.containers().await?;
+        let lb_service = self
+            .compose
+            .service(LB_SERVICE)
+            .context("the compose file has no nginx service")?;
+
+        // Which color is active: nginx's upstream file says, if there is one.
+        let mut active = self.upstream_color().await?;
+
+        // Every image must be here before anything changes.
+        let mut images: Vec<(String, String)> = Vec::new();
+        for service in self.compose.services.values() {
+            if Color::of_service(&service.name).is_none() {
+                if let Some(image) = &service.image {
+                    images.push((service.name.clone(), image.clone()));
+                }
+            }
+            self.check_bind_sources(service)?;
+        }
+        self.check_images(&images).await?;
+
+        let step = self.printer.step("networks and volumes");
+        let (created_networks, created_volumes) = self.ensure_infrastructure().await?;
+        step.done_with(
+            if created_networks.is_empty() && created_volumes.is_empty() {
+                "present".to_owned()
+            } else {
+                format!(
+                    "created {}",
+                    [created_networks.clone(), created_volumes.clone()]
+                        .concat()
+                        .join(", ")
+                )
+            },
+        );
+
+        // Without an nginx container there is no upstream file to read; the
+        // state volume may still hold one, so create nginx (not started) first.
+        let mut changes: BTreeMap<String, Change> = BTreeMap::new();
+        if active.is_none() && !existing.iter().any(|c| c.service == LB_SERVICE) {
+            for (name, change) in self
+                .ensure_service(lb_service, 1, None, &existing, true, false)
+                .await?
+            {
+                changes.insert(name, change);
+            }
+            active = self.upstream_color().await?;
+        }
+        let active = active.unwrap_or(Color::Blue);
+        let color_containers = of_service(&existing, active.service());
+        let release = match release_of(&color_containers) {
+            Some(release) => release,
+            None => self.default_release(active).await?,
+        };
+        self.check_images(&[(active.service().to_owned(), release.image.clone())])
+            .await?;
+        let replicas = if color_containers.is_empty() {
+            self.compose
+                .service(active.service())
+                .map_or(1, |s| s.replicas.max(1))
+        } else {
+            color_containers.iter().map(|c| c.number).max().unwrap_or(1)
+        };
+
+        for service in self.compose.start_order()? {
+            let color = Color::of_service(&service.name);
+            if service.name == LB_SERVICE || color == Some(active.other()) {
+                continue;
+            }
+            self.wait_dependencies(service, deadline).await?;
+            let step = self.printer.step(service.name.clone());
+            let result = match color {
+                Some(color) => {
+                    let outcome = self
+                        .ensure_service(service, replicas, Some(&release), &existing, false, true)
+                        .await?;
+                    let names: Vec<String> = outcome.iter().map(|(n, _)| n.clone()).collect();
+                    let expect = Expect {
+                        color,
+                        version: Some(release.version.clone()),
+                    };
+                    self.wait_app_ready(&names, &expect, deadline)
+                        .await
+                        .map(|()| outcome)
+                }
+                None => {
+                    self.ensure_service(
+                        service,
+                        service.replicas.max(1),
+                        None,
+                        &existing,
+                        true,
+                        true,
+                    )
+                    .await
+                }
+            };
+            match result {
+                Ok(outcome) => {
+                    let summary = describe_changes(&outcome);
+                    for (name, change) in outcome {
+                        changes.insert(name, change);
+                    }
+                    step.done_with(summary);
+                }
+                Err(err) => {
+                    step.fail();
+                    return Err(err);
+                }
+            }
+        }
+
+        // nginx last: its upstream names the running containers of the active color.
+        let step = self.printer.step("nginx");
+        self.wait_dependencies(lb_service, deadline).await?;
+        let now = self.containers().await?;
+        let upstream = Self::upstream_file(active, &of_service(&now, active.service()))?;
+        let limits = self.limits_file()?;
+        let outcome = self
+            .ensure_service(lb_service, 1, None, &now, true, false)
+            .await?;
+        let lb = self.must_inspect(&self.lb_container()).await?;
+        let nginx = self.nginx();
+        let files = [
+            (nginx::UPSTREAM_FILE, upstream.as_str()),
+            (nginx::LIMITS_FILE, limits.as_str()),
+        ];
+        let mut lb_change = outcome.first().map_or(Change::Unchanged, |(_, c)| *c);
+        if lb.running {
+            let mut stale = false;
+            for (name, text) in files {
+                stale |= nginx.read(name).await?.as_deref() != Some(text);
+            }
+            if stale {
+                nginx.apply(&files).await?;
+                lb_change = Change::Started.max_with(lb_change);
+            }
+        } else {
+            nginx.write(&files, false).await?;
+            self.engine.start(&lb.name).await?;
+            lb_change = Change::Started.max_with(lb_change);
+        }
+        let lb_change = changes
+            .get(&lb.name)
+            .map_or(lb_change, |c| c.max_with(lb_change));
+        changes.insert(lb.name.clone(), lb_change);
+        step.done_with(format!("{lb_change:?}").to_lowercase());
+
+        let step = self.printer.step("the app through the load balancer");
+        let addr = self.lb_addr().await?;
+        let expect = Expect {
+            color: active,
+            version: None,
+        };
+        let client = health::client();
+        if let Err(last) = health::wait_until(&client, &addr, &expect, POLL, deadline).await {
+            step.fail();
+            self.show_logs(&self.lb_container()).await;
+            return Err(failed(format!(
+                "the load balancer at {addr} did not answer healthy as {active} in time; last answer: {last}"
+            )));
+        }
+        step.done_with(format!("{active} answers at http://{addr}"));
+        Ok(UpSummary {
+            active,
+            version: release.version,
+            changes,
+            created_networks,
+            created_volumes,
+            url: format!("http://{addr}"),
+        })
+    }
+}
+
+/// Stops every container of a project, the load balancer first so no request
+/// reaches a stopping app, then the colors, then the rest. It needs no
+/// compose file: the engine's labels say what belongs to the project.
+pub async fn stop_project(
+    engine: &Engine,
+    project: &str,
+    timeout: Option<Duration>,
+) -> Result<Vec<String>> {
+    let containers = engine.containers(project).await?;
+    let tiers: [&dyn Fn(&Container) -> bool; 3] = [
+        &|c| c.service == LB_SERVICE,
+        &|c| Color::of_service(&c.service).is_some(),
+        &|c| c.service != LB_SERVICE && Color::of_service(&c.service).is_none(),
+    ];
+    let mut stopped = Vec::new();
+    for tier in tiers {
+        let running: Vec<&Container> = containers.iter().filter(|c| c.running && tier(c)).collect();
+        let results =
+            futures_util::future::join_all(running.iter().map(|c| engine.stop(&c.name, timeout)))
+                .await;
+        for (container, result) in running.iter().zip(results) {
+            result?;
+            stopped.push(container.name.clone());
+        }
+    }
+    Ok(stopped)
+}
+
+impl Change {
+    /// The more significant of two changes, for one line per service.
+    fn max_with(self, other: Change) -> Change {
+        let rank = |c: Change| match c {
+            Change::Unchanged => 0,
+            Change::Started => 1,
+            Change::Created => 2,
+            Change::Recreated => 3,
+        };
+        if rank(other) > rank(self) {
+            other
+        } else {
+            self
+        }
+    }
+}
+
+fn describe_changes(outcome: &[(String, Change)]) -> String {
+    let change = outcome
+        .iter()
+        .fold(Change::Unchanged, |acc, (_, c)| acc.max_with(*c));
+    let count = outcome.len();
+    let what = format!("{change:?}").to_lowercase();
+    if count == 1 {
+        what
+    } else {
+        format!("{what} ({count} containers)")
+    }
+}

@@ -1,0 +1,269 @@
+//! nginx: rendering the files cryptus owns, and applying them to the running
+//! load balancer (write, `nginx -t`, reload), and reading the color it serves.
+//!
+//! cryptus owns two files in the `nginx-state` volume, mounted at
+//! [`STATE_DIR`]: `upstream.conf` names the running containers of the active
+//! color, and `limits.conf` holds the rate-limit zones. Each write goes to a
+//! temporary name and is renamed into place inside the container, so nginx
+//! never reads half a file.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::engine::Engine;
+use crate::stack::Color;
+
+/// Where nginx reads the files cryptus renders.
+pub const STATE_DIR: &str = "/etc/nginx/cryptus";
+pub const UPSTREAM_FILE: &str = "upstream.conf";
+pub const LIMITS_FILE: &str = "limits.conf";
+/// The internal status port: stub_status and the served color.
+pub const STATUS_PORT: u16 = 8081;
+/// The load balancer's port inside its container.
+pub const HTTP_PORT: u16 = 80;
+
+const HEADER: &str =
+    "# Rendered by cryptus: do not edit. cryptus rewrites this file on every deploy.";
+
+/// The upstream file for `color`, naming each of its containers.
+pub fn render_upstream(color: Color, servers: &[String]) -> Result<String> {
+    if servers.is_empty() {
+        bail!("the {color} color has no running container to send traffic to");
+    }
+    let mut text = format!(
+        "{HEADER}\n# active: {color}\nmap $host $cryptus_active_color {{\n    default \"{color}\";\n}}\n\nupstream cryptus_app {{\n"
+    );
+    for server in servers {
+        if !server
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'))
+        {
+            bail!("refusing to write the upstream server {server:?} into nginx's configuration");
+        }
+        text.push_str(&format!("    server {server};\n"));
+    }
+    // Kept-alive connections to the app: a reload opens new ones to the new color.
+    text.push_str("    keepalive 32;\n}\n");
+    Ok(text)
+}
+
+/// The color an upstream file routes to, from the line [`render_upstream`] writes.
+pub fn upstream_color(text: &str) -> Option<Color> {
+    text.lines()
+        .find_map(|line| line.strip_prefix("# active: "))
+        .and_then(Color::parse)
+}
+
+/// A rate as nginx writes it: `30r/s` or `600r/m`.
+pub fn check_rate(rate: &str) -> Result<(), String> {
+    let ok = rate
+        .strip_suffix("r/s")
+        .or_else(|| rate.strip_suffix("r/m"))
+        .is_some_and(|n| {
+            !n.is_empty() && n.len() <= 9 && n.chars().all(|c| c.is_ascii_digit()) && n != "0"
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "rate {rate:?} is invalid: write it as nginx does, e.g. 30r/s or 600r/m"
+        ))
+    }
+}
+
+pub fn render_limits(site: &str, api: &str) -> Result<String> {
+    check_rate(site).map_err(anyhow::Error::msg)?;
+    check_rate(api).map_err(anyhow::Error::msg)?;
+    Ok(format!(
+        "{HEADER}\n\
+         limit_req_zone $binary_remote_addr zone=cryptus_site:10m rate={site};\n\
+         limit_req_zone $binary_remote_addr zone=cryptus_api:10m rate={api};\n"
+    ))
+}
+
+/// The running nginx container of a project, through the engine.
+pub struct Nginx<'a> {
+    pub engine: &'a Engine,
+    pub container: String,
+}
+
+impl Nginx<'_> {
+    pub async fn read(&self, file: &str) -> Result<Option<String>> {
+        let path = format!("{STATE_DIR}/{file}");
+        Ok(self
+            .engine
+            .read_file(&self.container, &path)
+            .await?
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
+    }
+
+    /// Writes files into the state directory. In a running container each
+    /// file is written under a temporary name and renamed into place.
+    pub async fn write(&self, files: &[(&str, &str)], running: bool) -> Result<()> {
+        if !running {
+            // Nothing reads the files until nginx starts.
+            let entries: Vec<(&str, &[u8], u32)> = files
+                .iter()
+                .map(|(name, text)| (*name, text.as_bytes(), 0o644))
+                .collect();
+            return self
+                .engine
+                .write_files(&self.container, STATE_DIR, &entries)
+                .await;
+        }
+        let temporary: Vec<(String, &str)> = files
+            .iter()
+            .map(|(name, text)| (format!(".{name}.tmp"), *text))
+            .collect();
+        let entries: Vec<(&str, &[u8], u32)> = temporary
+            .iter()
+            .map(|(name, text)| (name.as_str(), text.as_bytes(), 0o644))
+            .collect();
+        self.engine
+            .write_files(&self.container, STATE_DIR, &entries)
+            .await?;
+        for ((temporary, _), (name, _)) in temporary.iter().zip(files) {
+            let from = format!("{STATE_DIR}/{temporary}");
+            let to = format!("{STATE_DIR}/{name}");
+            let output = self
+                .engine
+                .exec(&self.container, &["mv", "-f", &from, &to])
+                .await?;
+            if output.code != 0 {
+                bail!(
+                    "renaming {from} to {to} in {} failed: {}",
+                    self.container,
+                    output.stderr.trim()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// `nginx -t`: Ok, or the reason nginx gives.
+    pub async fn test(&self) -> Result<Result<(), String>> {
+        let output = self
+            .engine
+            .exec(&self.container, &["nginx", "-t", "-q"])
+            .await?;
+        if output.code == 0 {
+            Ok(Ok(()))
+        } else {
+            let reason = format!("{}{}", output.stderr, output.stdout);
+            let reason = reason
+                .lines()
+                .find(|line| line.contains("[emerg]") || line.contains("failed"))
+                .unwrap_or(reason.trim())
+                .trim()
+                .to_owned();
+            Ok(Err(reason))
+        }
+    }
+
+    pub async fn reload(&self) -> Result<()> {
+        let output = self
+            .engine
+            .exec(&self.container, &["nginx", "-s", "reload"])
+            .await
+            .with_context(|| format!("reloading nginx in {}", self.container))?;
+        if output.code != 0 {
+            bail!(
+                "reloading nginx in {} failed: {}",
+                self.container,
+                output.stderr.trim()
+            );
+        }
+        Ok(())
+    }
+
+    /// Writes the files, checks the result with `nginx -t` and reloads. If
+    /// nginx rejects the files, the previous ones are put back and nothing
+    /// is reloaded.
+    pub async fn apply(&self, files: &[(&str, &str)]) -> Result<()> {
+        let mut previous = Vec::new();
+        for (name, _) in files {
+            previous.push((*name, self.read(name).await?));
+        }
+        self.write(files, true).await?;
+        if let Err(reason) = self.test().await? {
+            let restore: Vec<(&str, &str)> = previous
+                .iter()
+                .filter_map(|(name, text)| text.as_deref().map(|text| (*name, text)))
+                .collect();
+            self.write(&restore, true)
+                .await
+                .context("putting the previous nginx files back")?;
+            bail!("nginx rejected the new configuration, so it was not applied: {reason}");
+        }
+        self.reload().await
+    }
+}
+
+/// The color the running nginx serves, asked from its status port: this is
+/// the configuration nginx has loaded, not the file on disk.
+pub async fn served_color(client: &reqwest::Client, status_addr: &str) -> Result<Color> {
+    let url = format!("http://{status_addr}/cryptus/active");
+    let answer = client
+        .get(&url)
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .with_context(|| format!("asking nginx which color it serves ({url})"))?;
+    let code = answer.status();
+    let text = answer.text().await.unwrap_or_default();
+    if !code.is_success() {
+        bail!("nginx answered {code} at {url}");
+    }
+    Color::parse(&text).with_context(|| format!("nginx names no color at {url}: {text:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_upstream_names_each_container_and_the_color() {
+        let text = render_upstream(
+            Color::Green,
+            &[
+                "demo-cryptus-green-1:3000".to_owned(),
+                "demo-cryptus-green-2:3000".to_owned(),
+            ],
+        )
+        .unwrap();
+        assert!(text.contains("upstream cryptus_app {"));
+        assert!(text.contains(
+            "    server demo-cryptus-green-1:3000;\n    server demo-cryptus-green-2:3000;\n"
+        ));
+        assert!(text.contains("default \"green\";"));
+        assert!(text.contains("keepalive"));
+        assert_eq!(upstream_color(&text), Some(Color::Green));
+    }
+
+    #[test]
+    fn an_upstream_needs_a_server_and_refuses_injection() {
+        assert!(render_upstream(Color::Blue, &[]).is_err());
+        assert!(render_upstream(Color::Blue, &["a:1; } server evil:80".to_owned()]).is_err());
+        assert!(render_upstream(Color::Blue, &["a:1\nx".to_owned()]).is_err());
+    }
+
+    #[test]
+    fn an_unknown_file_has_no_color() {
+        assert_eq!(upstream_color("upstream x { server a:1; }"), None);
+        assert_eq!(upstream_color("# active: purple"), None);
+    }
+
+    #[test]
+    fn rates() {
+        assert!(check_rate("30r/s").is_ok());
+        assert!(check_rate("600r/m").is_ok());
+        for bad in ["30", "r/s", "0r/s", "30r/h", "3 0r/s", "30r/s;", "-1r/s"] {
+            assert!(check_rate(bad).is_err(), "{bad}");
+        }
+        let limits = render_limits("30r/s", "10r/s").unwrap();
+        assert!(limits.contains("zone=cryptus_site:10m rate=30r/s;"));
+        assert!(limits.contains("zone=cryptus_api:10m rate=10r/s;"));
+        assert!(render_limits("1000r/s; evil", "10r/s").is_err());
+    }
+}
