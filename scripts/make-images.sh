@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Makes every image the cryptus stack needs, on a machine with no image registry.
 #
-#   scripts/make-images.sh [--rebuild]
+#   scripts/make-images.sh [--rebuild] [--pull]
 #
 # nginx and redis come from this host's Debian packages: the binary and every
 # shared library `ldd` lists are copied into a root filesystem with the users,
@@ -12,14 +12,22 @@
 # The images (and the variables that select them, see README.md):
 #   NGINX_IMAGE=cryptus/nginx:offline    REDIS_IMAGE=cryptus/redis:offline
 #   CRYPTUS_IMAGE=cryptus:latest         (also tagged cryptus-app:<version>)
-# With a registry, the compose defaults (nginx:1.27-alpine, redis:7-alpine)
-# are pulled instead: `docker pull nginx:1.27-alpine redis:7-alpine`.
+# With --pull, where a registry is reachable, the official images the compose
+# file defaults to (nginx:1.27-alpine, redis:7-alpine) are pulled instead and
+# no offline nginx or redis image is made; without it nothing leaves the host.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
 work="$here/target/images"
 rebuild=0
-[ "${1:-}" = "--rebuild" ] && rebuild=1
+pull=0
+for arg in "$@"; do
+  case "$arg" in
+    --rebuild) rebuild=1 ;;
+    --pull) pull=1 ;;
+    *) echo "usage: scripts/make-images.sh [--rebuild] [--pull]" >&2; exit 2 ;;
+  esac
+done
 
 NGINX_TAG=${NGINX_OFFLINE_IMAGE:-cryptus/nginx:offline}
 REDIS_TAG=${REDIS_OFFLINE_IMAGE:-cryptus/redis:offline}
@@ -149,6 +157,11 @@ make_app() {
 }
 
 mkdir -p "$work"
-make_nginx
-make_redis
+if [ $pull = 1 ] && docker pull -q nginx:1.27-alpine >/dev/null 2>&1 && docker pull -q redis:7-alpine >/dev/null 2>&1; then
+  say "pulled the official nginx:1.27-alpine and redis:7-alpine"
+else
+  [ $pull = 1 ] && say "no registry answers; making the images offline"
+  make_nginx
+  make_redis
+fi
 make_app
