@@ -135,10 +135,12 @@ make_app() {
   say "building the reference app as a static binary"
   (cd "$here" && RUSTFLAGS='-C target-feature=+crt-static' \
     cargo build --quiet --release -p cryptus-app --target x86_64-unknown-linux-gnu)
-  local context="$work/app"
-  rm -rf "$context"; mkdir -p "$context/dist"
-  cp "$here/target/x86_64-unknown-linux-gnu/release/cryptus-app" "$context/dist/cryptus-app"
-  cp "$here/app/Dockerfile" "$context/Dockerfile"
+  # app/ with app/dist/cryptus-app is the app's build context: this script
+  # builds it here, and `cryptus deploy --build` builds it the same way.
+  local context="$here/app"
+  mkdir -p "$context/dist"
+  cp "$here/target/x86_64-unknown-linux-gnu/release/cryptus-app" "$context/dist/cryptus-app.tmp"
+  mv -f "$context/dist/cryptus-app.tmp" "$context/dist/cryptus-app"
   local sum
   sum=$(sha256sum "$context/dist/cryptus-app" | cut -c1-64)
   if exists "$APP_TAG" && [ $rebuild = 0 ] &&

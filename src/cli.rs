@@ -4,12 +4,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{ArgAction, Parser, Subcommand};
+use clap::{ArgAction, Args, Parser, Subcommand};
 
 const AFTER_HELP: &str = "\
 Exit codes:
   0  done
-  1  the operation failed cleanly (unhealthy, rolled back, lock held, missing image)
+  1  the operation failed cleanly (unhealthy, rolled back, lock held, missing image,
+     nothing to roll back to)
   2  usage, configuration or unexpected error (bad arguments, broken compose file,
      unreachable engine)
 
@@ -23,8 +24,7 @@ Environment:
     name = "cryptus",
     version,
     about = "Zero-downtime blue/green deployments of a web app on a Docker host",
-    after_help = AFTER_HELP,
-    propagate_version = true
+    after_help = AFTER_HELP
 )]
 pub struct Cli {
     /// Directory holding compose/, nginx/ and monitoring/.
@@ -90,8 +90,75 @@ pub enum Command {
         #[arg(long, default_value = "120s", value_parser = duration, value_name = "DUR")]
         timeout: Duration,
     },
-    /// Show each service's containers, the color nginx serves and each color's version.
+    /// Show each service's containers, the color nginx serves, each color's
+    /// version, the deploy lock and the last deployments.
     Status,
+    /// Deploy a new version into the idle color and switch traffic to it with
+    /// no failed request; roll back by itself if the new color fails.
+    ///
+    /// Steps: take the deploy lock, find the active color from nginx, get the
+    /// image, start the idle color with it, wait until every new container
+    /// answers /api/health healthy as that color and version, rewrite nginx's
+    /// upstream (nginx -t, reload), verify through the load balancer, watch,
+    /// drain nginx's old workers, stop the old color, record the deployment.
+    Deploy {
+        /// The image to deploy (default: the compose file's image, CRYPTUS_IMAGE).
+        #[arg(long, value_name = "REF", conflicts_with = "build")]
+        image: Option<String>,
+        /// Build the image through the engine from CONTEXT (default: the color's
+        /// compose build: context) and tag it with the version.
+        #[arg(long, value_name = "CONTEXT", num_args = 0..=1)]
+        build: Option<Option<PathBuf>>,
+        /// The version the app answers as (default: the image's
+        /// org.opencontainers.image.version label, else its tag).
+        #[arg(long, value_name = "V")]
+        version: Option<String>,
+        /// Watch the new color this long after the switch; a failure flips back.
+        #[arg(long, default_value = "10s", value_parser = duration, value_name = "DUR")]
+        watch: Duration,
+        /// Keep the new containers when the deploy fails, to inspect them.
+        #[arg(long)]
+        keep_failed: bool,
+        #[command(flatten)]
+        switch: SwitchArgs,
+    },
+    /// Switch back to the previous deployment, with the same zero-downtime path.
+    ///
+    /// Starts the other color's containers if they are stopped (recreates them
+    /// from the recorded image if they were removed), health-gates, flips,
+    /// verifies and drains. Rolling back twice returns to where you were.
+    Rollback {
+        #[command(flatten)]
+        switch: SwitchArgs,
+    },
+}
+
+/// Options shared by deploy and rollback.
+#[derive(Debug, Args)]
+pub struct SwitchArgs {
+    /// Deadline for the new color to answer healthy.
+    #[arg(long, default_value = "60s", value_parser = duration, value_name = "DUR")]
+    pub timeout: Duration,
+    /// How long nginx's old workers may finish in-flight requests before the
+    /// old color stops.
+    #[arg(long, default_value = "30s", value_parser = duration, value_name = "DUR")]
+    pub drain: Duration,
+    /// How often health is polled.
+    #[arg(long, default_value = "100ms", value_parser = duration, value_name = "DUR")]
+    pub poll: Duration,
+    /// Answers in a row from the new color, through the load balancer, that
+    /// prove the switch.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000), value_name = "N")]
+    pub verify: u32,
+    /// Keep the old color running as a warm standby (instant rollback).
+    #[arg(long)]
+    pub keep_standby: bool,
+    /// Wait this long for the deploy lock instead of failing at once.
+    #[arg(long, default_value = "0s", value_parser = duration, value_name = "DUR")]
+    pub lock_wait: Duration,
+    /// Break the deploy lock, whoever holds it (with a warning).
+    #[arg(long)]
+    pub force_unlock: bool,
 }
 
 /// A duration as `30s`, `1m30s`, `500ms` or plain seconds.

@@ -59,6 +59,8 @@ pub struct Container {
     /// The last healthcheck output, for messages.
     pub health_log: Option<String>,
     pub image: String,
+    /// The id of the image the container runs.
+    pub image_id: String,
     pub started_at: Option<DateTime<Utc>>,
     pub exit_code: Option<i64>,
     pub labels: BTreeMap<String, String>,
@@ -295,6 +297,24 @@ impl Engine {
         Ok(created.id)
     }
 
+    /// Creates a container whose name must be new: `None` if a container of
+    /// that name exists. The engine checks names atomically, which makes this
+    /// a lock.
+    pub async fn create_container_exclusive(
+        &self,
+        name: &str,
+        body: ContainerCreateBody,
+    ) -> Result<Option<String>> {
+        let options = CreateContainerOptionsBuilder::default().name(name).build();
+        match self.docker.create_container(Some(options), body).await {
+            Ok(created) => Ok(Some(created.id)),
+            Err(err) if status(&err) == Some(409) => Ok(None),
+            Err(err) => {
+                Err(anyhow!(describe(&err))).with_context(|| format!("creating container {name}"))
+            }
+        }
+    }
+
     pub async fn start(&self, name: &str) -> Result<()> {
         match self.docker.start_container(name, None).await {
             Ok(()) => Ok(()),
@@ -394,9 +414,9 @@ impl Engine {
         })
     }
 
-    /// Reads one file from a container (running or not, volumes included).
-    /// `None` if the path does not exist.
-    pub async fn read_file(&self, container: &str, path: &str) -> Result<Option<Vec<u8>>> {
+    /// The engine's tar archive of a path in a container (running or not,
+    /// volumes included); `None` if the path does not exist.
+    async fn download(&self, container: &str, path: &str) -> Result<Option<Vec<u8>>> {
         let options = DownloadFromContainerOptionsBuilder::default()
             .path(path)
             .build();
@@ -414,21 +434,46 @@ impl Engine {
                 }
             }
         }
+        Ok(Some(archive))
+    }
+
+    /// Reads one file from a container; `None` if the path does not exist.
+    pub async fn read_file(&self, container: &str, path: &str) -> Result<Option<Vec<u8>>> {
+        let Some(archive) = self.download(container, path).await? else {
+            return Ok(None);
+        };
+        let what = || format!("reading {path} from container {container}");
         let mut reader = tar::Archive::new(archive.as_slice());
-        let entries = reader
-            .entries()
-            .with_context(|| format!("reading the archive of {path} from {container}"))?;
-        for entry in entries {
-            let mut entry =
-                entry.with_context(|| format!("reading the archive of {path} from {container}"))?;
+        for entry in reader.entries().with_context(what)? {
+            let mut entry = entry.with_context(what)?;
             if entry.header().entry_type().is_file() {
                 let mut content = Vec::new();
-                std::io::Read::read_to_end(&mut entry, &mut content)
-                    .with_context(|| format!("reading {path} from container {container}"))?;
+                std::io::Read::read_to_end(&mut entry, &mut content).with_context(what)?;
                 return Ok(Some(content));
             }
         }
         Ok(None)
+    }
+
+    /// When a file in a container was last written; `None` if it does not exist.
+    pub async fn file_mtime(&self, container: &str, path: &str) -> Result<Option<DateTime<Utc>>> {
+        let Some(archive) = self.download(container, path).await? else {
+            return Ok(None);
+        };
+        let what = || format!("reading {path} from container {container}");
+        let mut reader = tar::Archive::new(archive.as_slice());
+        let Some(entry) = reader.entries().with_context(what)?.next() else {
+            return Ok(None);
+        };
+        let mtime = entry
+            .with_context(what)?
+            .header()
+            .mtime()
+            .unwrap_or_default();
+        Ok(DateTime::from_timestamp(
+            i64::try_from(mtime).unwrap_or_default(),
+            0,
+        ))
     }
 
     /// Writes files into a directory of a container (running or not, volumes
@@ -476,6 +521,90 @@ impl Engine {
             text.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
         }
         Ok(text)
+    }
+
+    /// The command lines of the processes running in a container.
+    pub async fn processes(&self, container: &str) -> Result<Vec<String>> {
+        let top = self
+            .docker
+            .top_processes(container, None)
+            .await
+            .map_err(|err| anyhow!(describe(&err)))
+            .with_context(|| format!("listing the processes of {container}"))?;
+        let column = top
+            .titles
+            .as_ref()
+            .and_then(|titles| titles.iter().position(|t| t == "CMD" || t == "COMMAND"));
+        Ok(top
+            .processes
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|row| match column {
+                Some(column) => row.get(column).cloned(),
+                None => row.last().cloned(),
+            })
+            .collect())
+    }
+
+    /// Builds an image from a tar of its context with the classic builder,
+    /// which builds `FROM scratch` with no registry. Returns the image id.
+    pub async fn build_image(
+        &self,
+        context: Vec<u8>,
+        dockerfile: &str,
+        tag: &str,
+        labels: BTreeMap<String, String>,
+        args: BTreeMap<String, String>,
+    ) -> Result<String> {
+        let options = bollard::query_parameters::BuildImageOptionsBuilder::default()
+            .dockerfile(dockerfile)
+            .t(tag)
+            .rm(true)
+            .forcerm(true)
+            .labels(&labels.into_iter().collect())
+            .buildargs(&args.into_iter().collect())
+            .build();
+        let mut stream =
+            self.docker
+                .build_image(options, None, Some(bollard::body_full(context.into())));
+        let mut id = None;
+        let mut last_lines: Vec<String> = Vec::new();
+        while let Some(item) = stream.next().await {
+            let info = item
+                .map_err(|err| anyhow!(describe(&err)))
+                .with_context(|| format!("building image {tag}"))?;
+            if let Some(detail) = info.error_detail {
+                let message = detail
+                    .message
+                    .unwrap_or_else(|| "the build failed".to_owned());
+                return Err(anyhow!("building image {tag}: {}", message.trim()));
+            }
+            if let Some(text) = info.stream {
+                for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                    tracing::debug!("build: {line}");
+                    last_lines.push(line.to_owned());
+                    if last_lines.len() > 20 {
+                        last_lines.remove(0);
+                    }
+                }
+            }
+            if let Some(aux) = info.aux {
+                id = aux.id.or(id);
+            }
+        }
+        match id {
+            Some(id) => Ok(id),
+            None => self
+                .image_labels(tag)
+                .await?
+                .map(|_| tag.to_owned())
+                .ok_or_else(|| {
+                    anyhow!(
+                        "building image {tag} produced no image: {}",
+                        last_lines.join(" | ")
+                    )
+                }),
+        }
     }
 }
 
@@ -551,6 +680,7 @@ fn container_from(response: ContainerInspectResponse) -> Container {
         health,
         health_log,
         image: config.image.unwrap_or_default(),
+        image_id: response.image.unwrap_or_default(),
         started_at,
         exit_code: state.exit_code,
         labels,

@@ -393,11 +393,13 @@ impl Stack<'_> {
         })
     }
 
-    /// Polls each container's `/api/health` until it answers as expected.
+    /// Polls each container's `/api/health` every `poll` until it answers as
+    /// expected or `deadline` passes; the error shows its last answer.
     pub async fn wait_app_ready(
         &self,
         names: &[String],
         expect: &Expect,
+        poll: Duration,
         deadline: Instant,
     ) -> Result<()> {
         let client = health::client();
@@ -406,16 +408,20 @@ impl Stack<'_> {
             let Some(addr) = Self::app_addr(&container) else {
                 bail!("{name} publishes no port {APP_PORT} and has no address on a network");
             };
-            if let Err(last) = health::wait_until(&client, &addr, expect, POLL, deadline).await {
+            if let Err(last) = health::wait_until(&client, &addr, expect, poll, deadline).await {
                 self.show_logs(name).await;
-                let version = expect
-                    .version
-                    .as_deref()
-                    .map(|v| format!(" version {v}"))
-                    .unwrap_or_default();
+                let state = match self.engine.inspect(name).await {
+                    Ok(Some(c)) if !c.running => format!(
+                        " (the container {} with code {})",
+                        c.state,
+                        c.exit_code.unwrap_or(-1)
+                    ),
+                    _ => String::new(),
+                };
                 return Err(failed(format!(
-                    "{name} did not answer healthy as {}{version} in time; its health endpoint last answered: {last}",
-                    expect.color
+                    "{name} did not answer healthy as {} {} in time{state}; its health endpoint last answered: {last}",
+                    expect.color,
+                    expect.version.as_deref().unwrap_or("(any version)")
                 )));
             }
         }
@@ -564,7 +570,7 @@ impl Stack<'_> {
                         color,
                         version: Some(release.version.clone()),
                     };
-                    self.wait_app_ready(&names, &expect, deadline)
+                    self.wait_app_ready(&names, &expect, POLL, deadline)
                         .await
                         .map(|()| outcome)
                 }

@@ -4,13 +4,17 @@
 //! subcommand lives in `commands/`, and the domain in the modules below.
 
 mod assets;
+mod build;
 mod cli;
 mod commands;
 mod compose;
+mod deploy;
 mod engine;
 mod error;
 mod health;
+mod history;
 mod lifecycle;
+mod lock;
 mod nginx;
 mod output;
 mod project;

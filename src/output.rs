@@ -96,6 +96,11 @@ pub struct Step {
 }
 
 impl Step {
+    /// Ends the step as done and returns how long it took.
+    pub fn done(self) -> Duration {
+        self.finish("✓", None)
+    }
+
     /// Ends the step as done, with a word on the outcome.
     pub fn done_with(self, detail: impl Display) -> Duration {
         self.finish("✓", Some(detail.to_string()))

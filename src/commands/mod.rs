@@ -1,6 +1,7 @@
 //! One function per subcommand. Each takes resolved settings and the printer
 //! and returns the exit code.
 
+mod deploy;
 mod init;
 mod restart;
 mod start;
@@ -24,5 +25,25 @@ pub async fn run(cli: Cli, printer: &Printer) -> Result<u8> {
         Command::Stop { timeout } => stop::run(&project, timeout, printer).await,
         Command::Restart { timeout } => restart::run(&project, timeout, printer).await,
         Command::Status => status::run(&project, printer).await,
+        Command::Deploy {
+            image,
+            build,
+            version,
+            watch,
+            keep_failed,
+            switch,
+        } => {
+            let source = match (image, build) {
+                (Some(image), _) => crate::deploy::Source::Image(image),
+                (None, Some(context)) => crate::deploy::Source::Build(context),
+                (None, None) => crate::deploy::Source::Compose,
+            };
+            let settings = deploy::settings(&switch, watch, keep_failed);
+            deploy::deploy(&project, source, version, &settings, printer).await
+        }
+        Command::Rollback { switch } => {
+            let settings = deploy::settings(&switch, std::time::Duration::ZERO, false);
+            deploy::rollback(&project, &settings, printer).await
+        }
     }
 }

@@ -10,7 +10,9 @@ use serde::Serialize;
 use crate::engine::{Container, Engine};
 use crate::error::EXIT_OK;
 use crate::health;
+use crate::history;
 use crate::lifecycle::{Stack, of_service, release_of};
+use crate::lock;
 use crate::nginx;
 use crate::output::{self, Printer};
 use crate::project::Project;
@@ -25,6 +27,10 @@ struct Status {
     nginx: NginxView,
     colors: BTreeMap<Color, ColorView>,
     services: Vec<ServiceView>,
+    /// Who holds the deploy lock, if anyone.
+    lock: Option<lock::Holder>,
+    /// Every recorded deployment, oldest first.
+    history: Vec<history::Entry>,
 }
 
 #[derive(Serialize)]
@@ -75,7 +81,13 @@ pub async fn run(project: &Project, printer: &Printer) -> Result<u8> {
         }
     };
     let engine = Engine::connect().await?;
-    let containers = engine.containers(&project.name).await?;
+    // The lock container belongs to the project but to no service.
+    let containers: Vec<Container> = engine
+        .containers(&project.name)
+        .await?
+        .into_iter()
+        .filter(|c| !c.service.is_empty())
+        .collect();
     let status = gather(&engine, project, &containers, &declared).await;
     if printer.json() {
         printer.out_json(&status)?;
@@ -93,19 +105,25 @@ async fn gather(
 ) -> Status {
     let lb_name = container_name(&project.name, LB_SERVICE, 1);
     let lb = containers.iter().find(|c| c.name == lb_name);
+    let nginx = nginx::Nginx {
+        engine,
+        container: lb_name.clone(),
+    };
     let upstream_file = match lb {
-        Some(_) => nginx::Nginx {
-            engine,
-            container: lb_name.clone(),
-        }
-        .read(nginx::UPSTREAM_FILE)
-        .await
-        .ok()
-        .flatten()
-        .as_deref()
-        .and_then(nginx::upstream_color),
+        Some(_) => nginx
+            .read(nginx::UPSTREAM_FILE)
+            .await
+            .ok()
+            .flatten()
+            .as_deref()
+            .and_then(nginx::upstream_color),
         None => None,
     };
+    let history = match lb {
+        Some(_) => history::read(&nginx).await.unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let lock = lock::holder_of(engine, &project.name).await.ok().flatten();
     let (served, mut note) = match lb {
         None => (None, Some("there is no nginx container".to_owned())),
         Some(c) if !c.running => (None, Some(format!("nginx is {}", c.state))),
@@ -152,7 +170,8 @@ async fn gather(
                 .map(|c| ContainerView {
                     name: c.name.clone(),
                     state: c.state.clone(),
-                    health: c.health.clone().filter(|h| h != "none"),
+                    // An exited container keeps its last health; it means nothing.
+                    health: c.health.clone().filter(|h| h != "none" && c.running),
                     image: c.image.clone(),
                     version: c.label(VERSION_LABEL).map(str::to_owned),
                     started_at: c.started_at.filter(|_| c.running).map(|t| t.to_rfc3339()),
@@ -176,6 +195,8 @@ async fn gather(
         },
         colors,
         services,
+        lock,
+        history,
     }
 }
 
@@ -244,5 +265,50 @@ fn render(status: &Status) -> String {
         ],
         &rows,
     ));
+    if let Some(holder) = &status.lock {
+        text.push_str(&format!(
+            "\ndeploy lock: held by {} {}@{} (pid {}) since {}\n",
+            holder.operation,
+            holder.user,
+            holder.host,
+            holder.pid,
+            holder.since.format("%Y-%m-%d %H:%M:%S UTC")
+        ));
+    }
+    if !status.history.is_empty() {
+        let rows: Vec<Vec<String>> = status
+            .history
+            .iter()
+            .rev()
+            .take(10)
+            .map(|e| {
+                vec![
+                    e.time.format("%Y-%m-%d %H:%M:%S").to_string(),
+                    e.operation.clone(),
+                    format!("{} {}", e.from.color, e.from.version),
+                    format!("{} {}", e.to.color, e.to.version),
+                    e.outcome.as_str().to_owned(),
+                    e.durations
+                        .get("total")
+                        .map(|t| format!("{t:.2}s"))
+                        .unwrap_or_default(),
+                    format!("{}@{}", e.user, e.host),
+                ]
+            })
+            .collect();
+        text.push_str("\nlast deployments, newest first:\n");
+        text.push_str(&output::table(
+            &[
+                "TIME (UTC)",
+                "OPERATION",
+                "FROM",
+                "TO",
+                "OUTCOME",
+                "TOOK",
+                "BY",
+            ],
+            &rows,
+        ));
+    }
     text
 }

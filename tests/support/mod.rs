@@ -41,6 +41,11 @@ pub fn free_port() -> u16 {
 
 /// Runs the cryptus binary with a clean cryptus environment.
 pub fn cryptus(args: &[&str], env: &[(&str, &str)]) -> Output {
+    command(args, env).output().expect("running cryptus")
+}
+
+/// The cryptus binary with a clean cryptus environment.
+pub fn command(args: &[&str], env: &[(&str, &str)]) -> std::process::Command {
     let mut command = std::process::Command::new(BIN);
     command.args(args);
     for name in [
@@ -57,7 +62,7 @@ pub fn cryptus(args: &[&str], env: &[(&str, &str)]) -> Output {
     for (key, value) in env {
         command.env(key, value);
     }
-    command.output().expect("running cryptus")
+    command
 }
 
 pub fn stdout(output: &Output) -> String {
@@ -127,8 +132,8 @@ impl TestProject {
         self.env.push((key.to_owned(), value.to_owned()));
     }
 
-    /// Runs cryptus against this project.
-    pub fn run(&self, args: &[&str]) -> Output {
+    /// The command that runs cryptus against this project.
+    pub fn command(&self, args: &[&str]) -> std::process::Command {
         let dir = self.path().to_string_lossy().into_owned();
         let mut full = vec!["--project-dir", dir.as_str(), "-p", self.name.as_str()];
         full.extend_from_slice(args);
@@ -137,7 +142,51 @@ impl TestProject {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        cryptus(&full, &env)
+        command(&full, &env)
+    }
+
+    /// Runs cryptus against this project.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("running cryptus")
+    }
+
+    /// Runs cryptus without blocking the async runtime (load keeps flowing).
+    pub async fn run_async(&self, args: &[&str]) -> Output {
+        tokio::process::Command::from(self.command(args))
+            .output()
+            .await
+            .expect("running cryptus")
+    }
+
+    /// Edits the project's copy of the compose file.
+    pub fn edit_compose(&self, edit: impl FnOnce(String) -> String) {
+        let path = self.path().join("compose/docker-compose.zero-downtime.yml");
+        let text = std::fs::read_to_string(&path).expect("reading the compose file");
+        let edited = edit(text.clone());
+        assert_ne!(edited, text, "the edit changed nothing");
+        std::fs::write(&path, edited).expect("writing the compose file");
+    }
+
+    /// Adds an environment variable to one color of the compose file.
+    pub fn set_service_env(&self, color: &str, key: &str, value: &str) {
+        let anchor = format!("      INSTANCE_COLOR: {color}\n");
+        self.edit_compose(|text| {
+            text.replacen(&anchor, &format!("{anchor}      {key}: \"{value}\"\n"), 1)
+        });
+    }
+
+    pub fn lb_addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// The color and version answering through the load balancer.
+    #[track_caller]
+    pub fn serving(&self) -> (String, String) {
+        let health = get_json(&self.url("/api/health"), None);
+        (
+            health["instance"].as_str().unwrap_or_default().to_owned(),
+            health["version"].as_str().unwrap_or_default().to_owned(),
+        )
     }
 
     /// Runs cryptus and requires exit 0.

@@ -1,0 +1,92 @@
+//! `cryptus deploy` and `cryptus rollback`.
+
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::cli::SwitchArgs;
+use crate::deploy::{self, Report, Settings, Source};
+use crate::engine::Engine;
+use crate::error::{EXIT_FAILED, EXIT_OK};
+use crate::lifecycle::Stack;
+use crate::lock;
+use crate::output::{Printer, seconds};
+use crate::project::Project;
+
+pub fn settings(args: &SwitchArgs, watch: Duration, keep_failed: bool) -> Settings {
+    Settings {
+        timeout: args.timeout,
+        drain: args.drain,
+        watch,
+        poll: args.poll,
+        verify: args.verify,
+        keep_standby: args.keep_standby,
+        keep_failed,
+        lock: lock::Options {
+            wait: args.lock_wait,
+            force_unlock: args.force_unlock,
+        },
+    }
+}
+
+pub async fn deploy(
+    project: &Project,
+    source: Source,
+    version: Option<String>,
+    settings: &Settings,
+    printer: &Printer,
+) -> Result<u8> {
+    let compose = project.load()?;
+    let engine = Engine::connect().await?;
+    let stack = Stack {
+        engine: &engine,
+        project,
+        compose: &compose,
+        printer,
+    };
+    let report = deploy::deploy(&stack, source, version, settings).await?;
+    show(&report, printer)
+}
+
+pub async fn rollback(project: &Project, settings: &Settings, printer: &Printer) -> Result<u8> {
+    let compose = project.load()?;
+    let engine = Engine::connect().await?;
+    let stack = Stack {
+        engine: &engine,
+        project,
+        compose: &compose,
+        printer,
+    };
+    let report = deploy::rollback(&stack, settings).await?;
+    show(&report, printer)
+}
+
+fn show(report: &Report, printer: &Printer) -> Result<u8> {
+    if printer.json() {
+        printer.out_json(report)?;
+    }
+    match report.error() {
+        None => {
+            if !printer.json() {
+                printer.info(format!(
+                    "{}: {} {} -> {} {} in {}",
+                    if report.operation == "rollback" {
+                        "rolled back"
+                    } else {
+                        "deployed"
+                    },
+                    report.from.color,
+                    report.from.version,
+                    report.to.color,
+                    report.to.version,
+                    seconds(Duration::from_secs_f64(report.total)),
+                ));
+            }
+            Ok(EXIT_OK)
+        }
+        Some(error) => {
+            eprintln!("error: {error}");
+            Ok(EXIT_FAILED)
+        }
+    }
+}

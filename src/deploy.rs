@@ -1,0 +1,893 @@
+//! The zero-downtime switch: deploy and rollback.
+//!
+//! Both take the deploy lock, find the active color from nginx, bring the
+//! other color up with a release, gate on its `/api/health`, flip nginx's
+//! upstream (write, `nginx -t`, reload), prove through the load balancer that
+//! the new color serves, watch it, drain nginx's old workers and stop the old
+//! color, then record the outcome. Before the flip any failure leaves traffic
+//! untouched; after it, a failure flips back by itself.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use chrono::Utc;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::engine::Container;
+use crate::error::{failed, failed_with_hint, usage};
+use crate::health::{self, Expect, Probe};
+use crate::history::{self, Entry, Outcome, Side};
+use crate::lifecycle::{Stack, of_service, release_of};
+use crate::lock::{self, Lock};
+use crate::nginx;
+use crate::stack::{Color, Release, container_name, image_version, plan_container};
+
+pub struct Settings {
+    /// The health gate's deadline, from the moment the new containers start.
+    pub timeout: Duration,
+    /// How long nginx's old workers may take to finish in-flight requests.
+    pub drain: Duration,
+    /// How long the new color is watched after the flip.
+    pub watch: Duration,
+    /// How often health is polled.
+    pub poll: Duration,
+    /// Answers in a row from the new color, through the load balancer.
+    pub verify: u32,
+    pub keep_standby: bool,
+    pub keep_failed: bool,
+    pub lock: lock::Options,
+}
+
+pub enum Source {
+    /// The image the compose file names for the color.
+    Compose,
+    Image(String),
+    /// Build this context (the compose `build:` of the color when `None`).
+    Build(Option<PathBuf>),
+}
+
+/// What a deploy or rollback did, for the terminal and for `--json`. A
+/// failure after the lock was taken is a report too, with `ok: false`.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub ok: bool,
+    pub operation: String,
+    pub outcome: Outcome,
+    pub from: Side,
+    pub to: Side,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Each step and its seconds, in order.
+    pub steps: Vec<StepTime>,
+    pub total: f64,
+    /// Notes an operator should see, e.g. sessions degraded.
+    pub warnings: Vec<String>,
+}
+
+impl Report {
+    /// The one-line error of a failed report.
+    pub fn error(&self) -> Option<String> {
+        let reason = self.reason.as_deref().unwrap_or("unknown");
+        match self.outcome {
+            Outcome::Ok => None,
+            Outcome::RolledBack => Some(format!("rolled back: {reason}")),
+            Outcome::Failed => Some(format!(
+                "{} failed; traffic stays on {} {}: {reason}",
+                self.operation, self.from.color, self.from.version
+            )),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StepTime {
+    pub step: String,
+    pub seconds: f64,
+}
+
+/// Step timings, printed as they finish.
+struct Steps<'p> {
+    printer: &'p crate::output::Printer,
+    done: Vec<StepTime>,
+}
+
+impl Steps<'_> {
+    async fn run<T>(
+        &mut self,
+        name: &str,
+        message: impl Into<String>,
+        work: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let step = self.printer.step(message);
+        match work.await {
+            Ok(value) => {
+                let took = step.done();
+                self.done.push(StepTime {
+                    step: name.to_owned(),
+                    seconds: round(took),
+                });
+                Ok(value)
+            }
+            Err(err) => {
+                let took = step.fail();
+                self.done.push(StepTime {
+                    step: name.to_owned(),
+                    seconds: round(took),
+                });
+                Err(err)
+            }
+        }
+    }
+}
+
+fn round(duration: Duration) -> f64 {
+    (duration.as_secs_f64() * 1000.0).round() / 1000.0
+}
+
+/// The state of the switch, so a failure knows what to undo.
+struct Switch<'s> {
+    stack: &'s Stack<'s>,
+    operation: &'static str,
+    from: Side,
+    from_containers: Vec<String>,
+    to: Side,
+    /// New containers this run created (removed on failure).
+    created: Vec<String>,
+    /// Containers of the new color that were stopped and that this run started.
+    started: Vec<String>,
+    warnings: Vec<String>,
+}
+
+pub async fn deploy(
+    stack: &Stack<'_>,
+    source: Source,
+    version: Option<String>,
+    settings: &Settings,
+) -> Result<Report> {
+    run(stack, Operation::Deploy { source, version }, settings).await
+}
+
+pub async fn rollback(stack: &Stack<'_>, settings: &Settings) -> Result<Report> {
+    run(stack, Operation::Rollback, settings).await
+}
+
+enum Operation {
+    Deploy {
+        source: Source,
+        version: Option<String>,
+    },
+    Rollback,
+}
+
+async fn run(stack: &Stack<'_>, operation: Operation, settings: &Settings) -> Result<Report> {
+    let began = Instant::now();
+    let name = match operation {
+        Operation::Deploy { .. } => "deploy",
+        Operation::Rollback => "rollback",
+    };
+    if let Operation::Deploy {
+        version: Some(version),
+        ..
+    } = &operation
+    {
+        check_version(version)?;
+    }
+    let lb = stack
+        .engine
+        .inspect(&stack.lb_container())
+        .await?
+        .filter(|c| c.running)
+        .ok_or_else(|| {
+            failed_with_hint(
+                format!("the stack of project {} is not running", stack.project.name),
+                "run `cryptus start` first",
+            )
+        })?;
+    let mut steps = Steps {
+        printer: stack.printer,
+        done: Vec::new(),
+    };
+    let lock = steps
+        .run(
+            "lock",
+            "taking the deploy lock",
+            Lock::acquire(
+                stack.engine,
+                &stack.project.name,
+                name,
+                &lb.image,
+                &settings.lock,
+                stack.printer,
+            ),
+        )
+        .await?;
+    let result = locked(stack, operation, settings, &lb, &mut steps, began).await;
+    if let Err(err) = lock.release().await {
+        stack
+            .printer
+            .warn(format!("releasing the deploy lock: {err:#}"));
+    }
+    result
+}
+
+async fn locked(
+    stack: &Stack<'_>,
+    operation: Operation,
+    settings: &Settings,
+    lb: &Container,
+    steps: &mut Steps<'_>,
+    began: Instant,
+) -> Result<Report> {
+    let client = health::client();
+    let status_addr = Stack::status_addr(lb).context("nginx publishes no status port")?;
+    let active = steps
+        .run("active", "finding the active color", async {
+            nginx::served_color(&client, &status_addr).await
+        })
+        .await?;
+    let target = active.other();
+    let containers = stack.containers().await?;
+    let active_containers: Vec<&Container> = of_service(&containers, active.service())
+        .into_iter()
+        .filter(|c| c.running)
+        .collect();
+    let active_release = release_of(&active_containers).ok_or_else(|| {
+        failed_with_hint(
+            format!("nginx serves {active}, but no {active} container is running"),
+            "run `cryptus start` to repair the stack",
+        )
+    })?;
+    let replicas = u32::try_from(active_containers.len()).unwrap_or(1).max(1);
+    let from = Side {
+        color: active,
+        image: active_release.image.clone(),
+        version: active_release.version.clone(),
+        image_id: None,
+        replicas,
+    };
+    let target_containers = of_service(&containers, target.service());
+
+    let operation_name = match operation {
+        Operation::Deploy { .. } => "deploy",
+        Operation::Rollback => "rollback",
+    };
+    let (release, reuse) = match operation {
+        Operation::Deploy { source, version } => {
+            let release = steps
+                .run(
+                    "image",
+                    "getting the image",
+                    resolve_image(stack, target, source, version),
+                )
+                .await?;
+            (release, false)
+        }
+        Operation::Rollback => {
+            let release = match release_of(&target_containers) {
+                Some(release) => release,
+                None => {
+                    let entries = history::read(&stack.nginx()).await.unwrap_or_default();
+                    history::last_release(&entries, target).ok_or_else(|| {
+                        failed(format!(
+                            "nothing to roll back to: {target} has no containers and no recorded deployment"
+                        ))
+                    })?
+                }
+            };
+            if stack.engine.image_labels(&release.image).await?.is_none() {
+                return Err(failed_with_hint(
+                    format!(
+                        "cannot roll back to {target} {}: the engine no longer has image {}",
+                        release.version, release.image
+                    ),
+                    "deploy that version again with `cryptus deploy --image ...`",
+                ));
+            }
+            let reuse = !target_containers.is_empty()
+                && release_of(&target_containers).as_ref() == Some(&release)
+                && target_containers.len() == replicas as usize;
+            (release, reuse)
+        }
+    };
+    let mut switch = Switch {
+        stack,
+        operation: operation_name,
+        from_containers: active_containers.iter().map(|c| c.name.clone()).collect(),
+        from,
+        to: Side {
+            color: target,
+            image: release.image.clone(),
+            version: release.version.clone(),
+            image_id: None,
+            replicas,
+        },
+        created: Vec::new(),
+        started: Vec::new(),
+        warnings: Vec::new(),
+    };
+
+    // Bring the new color up.
+    let outcome = steps
+        .run(
+            "start",
+            format!(
+                "starting {target} {} ({replicas} replica{})",
+                release.version,
+                if replicas == 1 { "" } else { "s" }
+            ),
+            switch.bring_up(&release, replicas, reuse, &target_containers),
+        )
+        .await;
+    if let Err(err) = outcome {
+        return switch.fail_before_flip(steps, began, err).await;
+    }
+    let names = switch.target_names();
+    let expect = Expect {
+        color: target,
+        version: Some(release.version.clone()),
+    };
+    let gate = steps
+        .run(
+            "health",
+            format!(
+                "waiting for {target} to answer healthy as {}",
+                release.version
+            ),
+            stack.wait_app_ready(
+                &names,
+                &expect,
+                settings.poll,
+                Instant::now() + settings.timeout,
+            ),
+        )
+        .await;
+    if let Err(err) = gate {
+        if !settings.keep_failed {
+            switch.undo_start().await;
+        }
+        return switch.fail_before_flip(steps, began, err).await;
+    }
+    if let Err(err) = switch.check_sessions().await {
+        switch.warnings.push(err);
+    }
+
+    // Flip.
+    let flipped = steps
+        .run(
+            "switch",
+            format!("switching nginx to {target}"),
+            switch.flip(target, &names, &status_addr, &client),
+        )
+        .await;
+    if let Err(err) = flipped {
+        if !settings.keep_failed {
+            switch.undo_start().await;
+        }
+        return switch.fail_before_flip(steps, began, err).await;
+    }
+
+    // Prove it, then watch it.
+    let lb_addr = stack.lb_addr().await?;
+    let verified = steps
+        .run(
+            "verify",
+            format!(
+                "verifying {} answers in a row from {target} through the load balancer",
+                settings.verify
+            ),
+            verify(&client, &lb_addr, &expect, settings.verify, settings.poll),
+        )
+        .await;
+    let watched = match verified {
+        Ok(()) if !settings.watch.is_zero() => {
+            steps
+                .run(
+                    "watch",
+                    format!(
+                        "watching {target} for {}",
+                        crate::output::seconds(settings.watch)
+                    ),
+                    watch(
+                        stack,
+                        &client,
+                        &lb_addr,
+                        &names,
+                        &expect,
+                        settings.watch,
+                        settings.poll,
+                    ),
+                )
+                .await
+        }
+        other => other,
+    };
+    if let Err(err) = watched {
+        return switch
+            .flip_back(steps, began, &status_addr, &client, err, settings)
+            .await;
+    }
+
+    // Drain the old color, then stop it (or keep it warm).
+    let old = switch.from_containers.clone();
+    let keep = settings.keep_standby;
+    steps
+        .run(
+            "drain",
+            if keep {
+                format!("draining nginx's old workers; {active} stays up as a warm standby")
+            } else {
+                format!("draining nginx's old workers, then stopping {active}")
+            },
+            async {
+                drain(stack, settings.drain).await?;
+                if !keep {
+                    stop_all(stack, &old).await;
+                }
+                Ok(())
+            },
+        )
+        .await?;
+
+    let mut to = switch.to.clone();
+    to.image_id = image_id(stack, &names).await;
+    let report = finish(
+        stack,
+        steps,
+        began,
+        operation_name,
+        switch.from.clone(),
+        to,
+        Outcome::Ok,
+        None,
+        switch.warnings.clone(),
+    )
+    .await;
+    Ok(report)
+}
+
+/// Checks a version string before it goes anywhere near a config file or a
+/// label: letters, digits and `._+-`, at most 64 characters.
+pub fn check_version(version: &str) -> Result<()> {
+    let ok = !version.is_empty()
+        && version.len() <= 64
+        && version
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(usage(
+            format!("version {version:?} is invalid"),
+            "use at most 64 letters, digits and . _ + -",
+        ))
+    }
+}
+
+async fn resolve_image(
+    stack: &Stack<'_>,
+    target: Color,
+    source: Source,
+    version: Option<String>,
+) -> Result<Release> {
+    let reference = match source {
+        Source::Compose => stack.default_release(target).await?.image,
+        Source::Image(reference) => {
+            crate::compose::check_image_reference(&reference).map_err(|err| {
+                usage(
+                    err,
+                    "name an image such as myapp:1.2.3 or registry.example.com/team/app:v2",
+                )
+            })?;
+            reference
+        }
+        Source::Build(context) => {
+            let version = version
+                .clone()
+                .unwrap_or_else(|| Utc::now().format("%Y%m%d-%H%M%S").to_string());
+            check_version(&version)?;
+            return crate::build::build_color(stack, target, context, &version).await;
+        }
+    };
+    let Some(labels) = stack.engine.image_labels(&reference).await? else {
+        return Err(failed_with_hint(
+            format!("the engine has no image {reference}"),
+            "build it (cryptus deploy --build, scripts/make-images.sh) or docker pull it",
+        ));
+    };
+    let version = match version {
+        Some(version) => version,
+        None => image_version(&reference, &labels),
+    };
+    check_version(&version)?;
+    Ok(Release {
+        image: reference,
+        version,
+    })
+}
+
+impl Switch<'_> {
+    fn target_names(&self) -> Vec<String> {
+        (1..=self.to.replicas)
+            .map(|n| container_name(&self.stack.project.name, self.to.color.service(), n))
+            .collect()
+    }
+
+    /// Starts the new color: fresh containers for a deploy; for a rollback the
+    /// standby's own containers when they still run the release.
+    async fn bring_up(
+        &mut self,
+        release: &Release,
+        replicas: u32,
+        reuse: bool,
+        existing: &[&Container],
+    ) -> Result<()> {
+        let service = self
+            .stack
+            .compose
+            .service(self.to.color.service())
+            .with_context(|| {
+                format!(
+                    "the compose file has no service {}",
+                    self.to.color.service()
+                )
+            })?;
+        if reuse {
+            for container in existing {
+                if !container.running {
+                    self.stack.engine.start(&container.name).await?;
+                    self.started.push(container.name.clone());
+                }
+            }
+            return Ok(());
+        }
+        for container in existing {
+            self.stack.engine.remove(&container.id, true).await?;
+        }
+        for number in 1..=replicas {
+            let plan = plan_container(
+                &self.stack.project.name,
+                self.stack.compose,
+                service,
+                number,
+                Some(release),
+            )?;
+            self.stack
+                .engine
+                .create_container(&plan.name, plan.body, &plan.extra_networks)
+                .await?;
+            self.created.push(plan.name.clone());
+            self.stack.engine.start(&plan.name).await?;
+        }
+        Ok(())
+    }
+
+    /// Undoes `bring_up`: removes what it created, stops what it started.
+    async fn undo_start(&mut self) {
+        for name in self.created.drain(..) {
+            if let Err(err) = self.stack.engine.remove(&name, true).await {
+                self.stack.printer.warn(format!("removing {name}: {err:#}"));
+            }
+        }
+        let started: Vec<String> = self.started.drain(..).collect();
+        stop_all(self.stack, &started).await;
+    }
+
+    /// Redis down does not stop a deploy, but sessions are degraded.
+    async fn check_sessions(&self) -> Result<(), String> {
+        let containers = self
+            .stack
+            .containers()
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        let redis: Vec<&Container> = of_service(&containers, "redis");
+        if redis.is_empty() {
+            return Ok(());
+        }
+        if redis.iter().all(|c| c.running) {
+            return Ok(());
+        }
+        Err(
+            "redis is not running: sessions are degraded until it is back (cryptus start)"
+                .to_owned(),
+        )
+    }
+
+    async fn flip(
+        &self,
+        target: Color,
+        names: &[String],
+        status_addr: &str,
+        client: &reqwest::Client,
+    ) -> Result<()> {
+        let servers: Vec<String> = names
+            .iter()
+            .map(|n| format!("{n}:{}", crate::stack::APP_PORT))
+            .collect();
+        let upstream = nginx::render_upstream(target, &servers)?;
+        let nginx = self.stack.nginx();
+        nginx.apply(&[(nginx::UPSTREAM_FILE, &upstream)]).await?;
+        wait_served(client, status_addr, target).await
+    }
+
+    async fn fail_before_flip(
+        &mut self,
+        steps: &mut Steps<'_>,
+        began: Instant,
+        err: anyhow::Error,
+    ) -> Result<Report> {
+        let reason = format!("{err:#}");
+        Ok(finish(
+            self.stack,
+            steps,
+            began,
+            self.operation,
+            self.from.clone(),
+            self.to.clone(),
+            Outcome::Failed,
+            Some(reason),
+            self.warnings.clone(),
+        )
+        .await)
+    }
+
+    async fn flip_back(
+        &mut self,
+        steps: &mut Steps<'_>,
+        began: Instant,
+        status_addr: &str,
+        client: &reqwest::Client,
+        err: anyhow::Error,
+        settings: &Settings,
+    ) -> Result<Report> {
+        let reason = format!("{err:#}");
+        let from = self.from.color;
+        let names = self.from_containers.clone();
+        let back = steps
+            .run(
+                "rollback",
+                format!("flipping back to {from}"),
+                self.flip(from, &names, status_addr, client),
+            )
+            .await;
+        if let Err(back_err) = back {
+            return Err(back_err.context(format!(
+                "the new color failed ({reason}) and flipping back to {from} failed too"
+            )));
+        }
+        if !settings.keep_failed {
+            // Give nginx's old workers their in-flight requests before the
+            // failed color goes away.
+            let _ = drain(self.stack, settings.drain).await;
+            self.undo_start().await;
+        }
+        Ok(finish(
+            self.stack,
+            steps,
+            began,
+            self.operation,
+            self.from.clone(),
+            self.to.clone(),
+            Outcome::RolledBack,
+            Some(reason),
+            self.warnings.clone(),
+        )
+        .await)
+    }
+}
+
+/// Waits until nginx's loaded configuration names `color`.
+async fn wait_served(client: &reqwest::Client, status_addr: &str, color: Color) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let served = nginx::served_color(client, status_addr).await;
+        match served {
+            Ok(served) if served == color => return Ok(()),
+            _ if Instant::now() >= deadline => {
+                return Err(failed(format!(
+                    "nginx did not pick up the new upstream in time (it serves {})",
+                    served
+                        .map(|c| c.to_string())
+                        .unwrap_or_else(|e| format!("? ({e:#})"))
+                )));
+            }
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// `count` answers in a row from the expected color through the load balancer.
+async fn verify(
+    client: &reqwest::Client,
+    lb_addr: &str,
+    expect: &Expect,
+    count: u32,
+    poll: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut in_a_row = 0;
+    while in_a_row < count {
+        let probe = health::probe(client, lb_addr, Duration::from_secs(2)).await;
+        if probe.satisfies(expect) {
+            in_a_row += 1;
+            continue;
+        }
+        in_a_row = 0;
+        if Instant::now() >= deadline {
+            return Err(failed(format!(
+                "the load balancer did not answer {count} times in a row from {}; last answer: {probe}",
+                expect.color,
+            )));
+        }
+        tokio::time::sleep(poll.min(Duration::from_millis(50))).await;
+    }
+    Ok(())
+}
+
+/// Failures in a row that end the watch.
+const WATCH_FAILURES: u32 = 3;
+
+/// Probes each new container directly and the load balancer until `length`
+/// has passed; three failures in a row of any of them fail the watch.
+async fn watch(
+    stack: &Stack<'_>,
+    client: &reqwest::Client,
+    lb_addr: &str,
+    names: &[String],
+    expect: &Expect,
+    length: Duration,
+    poll: Duration,
+) -> Result<()> {
+    let end = Instant::now() + length;
+    let mut targets = vec![(format!("the load balancer ({lb_addr})"), lb_addr.to_owned())];
+    for name in names {
+        if let Some(container) = stack.engine.inspect(name).await?
+            && let Some(addr) = Stack::app_addr(&container)
+        {
+            targets.push((name.clone(), addr));
+        }
+    }
+    let mut failures: BTreeMap<String, (u32, Probe)> = BTreeMap::new();
+    let interval = poll.max(Duration::from_millis(100));
+    while Instant::now() < end {
+        for (label, addr) in &targets {
+            let probe = health::probe(client, addr, Duration::from_secs(2)).await;
+            if probe.satisfies(expect) {
+                failures.remove(label);
+                continue;
+            }
+            let entry = failures.entry(label.clone()).or_insert((0, probe.clone()));
+            entry.0 += 1;
+            entry.1 = probe;
+            if entry.0 >= WATCH_FAILURES {
+                return Err(anyhow!(
+                    "{label} failed {WATCH_FAILURES} health checks in a row during the watch; last answer: {}",
+                    entry.1
+                ));
+            }
+        }
+        tokio::time::sleep(interval).await;
+    }
+    Ok(())
+}
+
+/// Waits until nginx's old workers, those shutting down after a reload, have
+/// finished their in-flight requests, up to `limit`.
+pub async fn drain(stack: &Stack<'_>, limit: Duration) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let processes = stack.engine.processes(&stack.lb_container()).await?;
+        let old = processes
+            .iter()
+            .filter(|p| p.contains("shutting down"))
+            .count();
+        if old == 0 {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            stack.printer.warn(format!(
+                "{old} old nginx worker{} still busy after {}; stopping the old color anyway",
+                if old == 1 { " is" } else { "s are" },
+                crate::output::seconds(limit)
+            ));
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Stops containers gracefully (their stop signal, then their stop timeout),
+/// all at once; a failure is a warning, the switch is already done.
+async fn stop_all(stack: &Stack<'_>, names: &[String]) {
+    let results =
+        futures_util::future::join_all(names.iter().map(|n| stack.engine.stop(n, None))).await;
+    for (name, result) in names.iter().zip(results) {
+        if let Err(err) = result {
+            stack.printer.warn(format!("stopping {name}: {err:#}"));
+        }
+    }
+}
+
+async fn image_id(stack: &Stack<'_>, names: &[String]) -> Option<String> {
+    let first = names.first()?;
+    stack
+        .engine
+        .inspect(first)
+        .await
+        .ok()
+        .flatten()
+        .map(|c| c.image_id)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn finish(
+    stack: &Stack<'_>,
+    steps: &mut Steps<'_>,
+    began: Instant,
+    operation: &str,
+    from: Side,
+    to: Side,
+    outcome: Outcome,
+    reason: Option<String>,
+    warnings: Vec<String>,
+) -> Report {
+    let total = round(began.elapsed());
+    let mut durations: BTreeMap<String, f64> = steps
+        .done
+        .iter()
+        .map(|s| (s.step.clone(), s.seconds))
+        .collect();
+    durations.insert("total".to_owned(), total);
+    let entry = Entry {
+        time: Utc::now(),
+        operation: operation.to_owned(),
+        user: lock::user(),
+        host: lock::hostname(),
+        from: from.clone(),
+        to: to.clone(),
+        outcome,
+        reason: reason.clone(),
+        durations,
+    };
+    if let Err(err) = history::record(&stack.nginx(), entry).await {
+        stack
+            .printer
+            .warn(format!("recording the deployment: {err:#}"));
+    }
+    for warning in &warnings {
+        stack.printer.warn(warning);
+    }
+    Report {
+        ok: outcome == Outcome::Ok,
+        operation: operation.to_owned(),
+        outcome,
+        from,
+        to,
+        reason,
+        steps: steps.done.clone(),
+        total,
+        warnings,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_cannot_inject() {
+        assert!(check_version("v1.2.3+build-7").is_ok());
+        for bad in [
+            "",
+            "v1; }",
+            "a b",
+            "x\"y",
+            "v1\nserver evil:80;",
+            &"9".repeat(65),
+        ] {
+            assert!(check_version(bad).is_err(), "{bad:?}");
+        }
+    }
+}

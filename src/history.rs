@@ -1,0 +1,199 @@
+//! The deployment history, kept with the engine: a JSON file in the
+//! `nginx-state` volume, next to the upstream it describes, so every machine
+//! that talks to the engine sees the same history.
+
+use anyhow::{Context, Result};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::nginx::Nginx;
+use crate::stack::{Color, Release};
+
+pub const HISTORY_FILE: &str = "history.json";
+/// How many entries are kept.
+pub const KEEP: usize = 200;
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct Entry {
+    pub time: DateTime<Utc>,
+    /// deploy, rollback, scale, ...
+    pub operation: String,
+    pub user: String,
+    pub host: String,
+    pub from: Side,
+    pub to: Side,
+    pub outcome: Outcome,
+    /// Why it did not deploy, for rolled-back and failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Seconds per step, and `total`.
+    pub durations: std::collections::BTreeMap<String, f64>,
+}
+
+/// How a deploy or rollback ended.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// Traffic moved to the new color and stayed.
+    Ok,
+    /// It failed before the switch; traffic never moved.
+    Failed,
+    /// The new color failed after the switch; traffic went back by itself.
+    RolledBack,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Failed => "failed",
+            Outcome::RolledBack => "rolled-back",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct Side {
+    pub color: Color,
+    pub image: String,
+    pub version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+    #[serde(default)]
+    pub replicas: u32,
+}
+
+impl Side {
+    pub fn release(&self) -> Release {
+        Release {
+            image: self.image.clone(),
+            version: self.version.clone(),
+        }
+    }
+}
+
+/// Parses the history file; an unreadable file is reported, not trusted.
+pub fn parse(text: &str) -> Result<Vec<Entry>> {
+    serde_json::from_str(text).context("the deployment history is not valid JSON")
+}
+
+/// Appends an entry, keeping the newest [`KEEP`].
+pub fn append(mut entries: Vec<Entry>, entry: Entry) -> Vec<Entry> {
+    entries.push(entry);
+    let excess = entries.len().saturating_sub(KEEP);
+    entries.drain(..excess);
+    entries
+}
+
+/// The release that last ran on `color`, as the history recorded it: what a
+/// rollback brings back when the color's containers were removed.
+pub fn last_release(entries: &[Entry], color: Color) -> Option<Release> {
+    entries.iter().rev().find_map(|entry| {
+        if entry.to.color == color && entry.outcome == Outcome::Ok {
+            Some(entry.to.release())
+        } else if entry.from.color == color {
+            Some(entry.from.release())
+        } else {
+            None
+        }
+    })
+}
+
+pub async fn read(nginx: &Nginx<'_>) -> Result<Vec<Entry>> {
+    match nginx.read(HISTORY_FILE).await? {
+        Some(text) if !text.trim().is_empty() => parse(&text),
+        _ => Ok(Vec::new()),
+    }
+}
+
+/// Records an entry: read, append, write under a temporary name and rename.
+pub async fn record(nginx: &Nginx<'_>, entry: Entry) -> Result<()> {
+    let entries = match read(nginx).await {
+        Ok(entries) => entries,
+        // A damaged history must not block deploys: start it afresh.
+        Err(err) => {
+            tracing::warn!("{err:#}; starting a new history");
+            Vec::new()
+        }
+    };
+    let entries = append(entries, entry);
+    let text = serde_json::to_string_pretty(&entries).context("encoding the history")?;
+    nginx.write(&[(HISTORY_FILE, &text)], true).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(from: Color, to: Color, version: &str, outcome: Outcome) -> Entry {
+        entry_from(from, "old", to, version, outcome)
+    }
+
+    fn entry_from(
+        from: Color,
+        from_version: &str,
+        to: Color,
+        version: &str,
+        outcome: Outcome,
+    ) -> Entry {
+        Entry {
+            time: Utc::now(),
+            operation: "deploy".into(),
+            user: "u".into(),
+            host: "h".into(),
+            from: Side {
+                color: from,
+                image: format!("app:{from_version}"),
+                version: from_version.into(),
+                image_id: None,
+                replicas: 1,
+            },
+            to: Side {
+                color: to,
+                image: format!("app:{version}"),
+                version: version.into(),
+                image_id: None,
+                replicas: 1,
+            },
+            outcome,
+            reason: None,
+            durations: Default::default(),
+        }
+    }
+
+    #[test]
+    fn the_newest_entries_are_kept() {
+        let mut entries = Vec::new();
+        for i in 0..KEEP + 5 {
+            entries = append(
+                entries,
+                entry(Color::Blue, Color::Green, &i.to_string(), Outcome::Ok),
+            );
+        }
+        assert_eq!(entries.len(), KEEP);
+        assert_eq!(entries.last().unwrap().to.version, (KEEP + 4).to_string());
+        assert_eq!(entries.first().unwrap().to.version, "5");
+    }
+
+    #[test]
+    fn the_last_release_of_a_color() {
+        let entries = vec![
+            entry_from(Color::Blue, "v1", Color::Green, "v2", Outcome::Ok),
+            entry_from(Color::Green, "v2", Color::Blue, "v3", Outcome::Failed),
+        ];
+        // The failed v3 never stayed on blue: blue last ran v1.
+        assert_eq!(last_release(&entries, Color::Blue).unwrap().version, "v1");
+        assert_eq!(last_release(&entries, Color::Green).unwrap().version, "v2");
+        let entries = vec![entry(Color::Blue, Color::Green, "v2", Outcome::Ok)];
+        assert_eq!(last_release(&entries, Color::Green).unwrap().version, "v2");
+        assert!(last_release(&[], Color::Blue).is_none());
+    }
+
+    #[test]
+    fn entries_round_trip() {
+        let entries = vec![entry(Color::Blue, Color::Green, "v2", Outcome::Ok)];
+        let text = serde_json::to_string(&entries).unwrap();
+        assert_eq!(parse(&text).unwrap(), entries);
+        assert!(parse("{broken").is_err());
+    }
+}
