@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Quick start: on a machine with a Docker engine and no registry, makes the
-# images, builds cryptus, brings the stack up on http://127.0.0.1:8000 and
-# shows its status.
+# images, builds cryptus, brings the stack up on http://127.0.0.1:8000, then
+# runs a demo deploy: it builds version 0.2.0 of the app through the engine,
+# switches traffic to it with no failed request, and shows the status.
 #
 #   scripts/quickstart.sh
 #
@@ -28,7 +29,9 @@ fi
 
 cryptus=target/release/cryptus
 $cryptus start
+echo "quickstart: demo deploy of version 0.2.0, built from app/" >&2
+$cryptus deploy --build --version 0.2.0 --watch 3s
 $cryptus status
 echo >&2
-echo "quickstart: the app answers at http://127.0.0.1:${CRYPTUS_HTTP_PORT:-8000}/api/health" >&2
-echo "quickstart: try $cryptus status, $cryptus stop, $cryptus start" >&2
+echo "quickstart: the app answers at http://127.0.0.1:8000/api/health" >&2
+echo "quickstart: try $cryptus rollback, $cryptus status, $cryptus stop, $cryptus start" >&2
