@@ -245,10 +245,33 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
+/// The user running cryptus: $USER, else the name of this process's uid.
 pub fn user() -> String {
-    std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".to_owned())
+    if let Ok(user) = std::env::var("USER").or_else(|_| std::env::var("LOGNAME"))
+        && !user.is_empty()
+    {
+        return user;
+    }
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().next().map(str::to_owned))
+        });
+    let Some(uid) = uid else {
+        return "unknown".to_owned();
+    };
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|passwd| {
+            passwd.lines().find_map(|line| {
+                let fields: Vec<&str> = line.split(':').collect();
+                (fields.get(2) == Some(&uid.as_str())).then(|| fields[0].to_owned())
+            })
+        })
+        .unwrap_or_else(|| format!("uid {uid}"))
 }
 
 fn pid_alive(pid: u32) -> bool {
@@ -285,6 +308,12 @@ mod tests {
         assert_eq!(me.stale_because(Utc::now()), None);
         let elsewhere = holder("other-host", 1, 600, Some(3));
         assert_eq!(elsewhere.stale_because(Utc::now()), None);
+    }
+
+    #[test]
+    fn the_user_has_a_name() {
+        let user = user();
+        assert!(!user.is_empty() && user != "unknown", "{user}");
     }
 
     #[test]

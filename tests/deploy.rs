@@ -185,7 +185,10 @@ async fn deploy_rollback_deploy_under_load_fails_no_request() {
     }
     let text = support::stdout(&project.ok(&["status"]));
     assert!(text.contains("last deployments, newest first:"), "{text}");
-    assert!(text.contains("blue 2.0.0") || text.contains("green 3.0.0"), "{text}");
+    assert!(
+        text.contains("blue 2.0.0") || text.contains("green 3.0.0"),
+        "{text}"
+    );
     // The old color is stopped and kept for rollback.
     let containers = project.containers();
     let blue = format!("{}-cryptus-blue-1", project.name);
@@ -423,14 +426,9 @@ fn two_deploys_at_once_one_is_refused() {
     assert!(project.status()["lock"].is_null(), "the lock is released");
 }
 
-#[test]
-fn a_lock_whose_holder_is_gone_is_broken() {
-    let project = TestProject::new("stale");
-    project.ok(&["start"]);
-    // A lock left by a process of this host that no longer exists.
-    let mut child = std::process::Command::new("true").spawn().unwrap();
-    let dead_pid = child.id();
-    child.wait().unwrap();
+/// Creates the project's lock container by hand, as a holder with `pid` on
+/// this host would have.
+fn plant_lock(project: &TestProject, pid: u32) {
     let name = format!("{}-deploy-lock", project.name);
     let project_name = project.name.clone();
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -445,7 +443,7 @@ fn a_lock_whose_holder_is_gone_is_broken() {
             ("cryptus.lock.operation".to_owned(), "deploy".to_owned()),
             ("cryptus.lock.user".to_owned(), "ci".to_owned()),
             ("cryptus.lock.host".to_owned(), host),
-            ("cryptus.lock.pid".to_owned(), dead_pid.to_string()),
+            ("cryptus.lock.pid".to_owned(), pid.to_string()),
             (
                 "cryptus.lock.since".to_owned(),
                 chrono::Utc::now().to_rfc3339(),
@@ -461,6 +459,17 @@ fn a_lock_whose_holder_is_gone_is_broken() {
             .build();
         docker.create_container(Some(options), body).await.unwrap();
     });
+}
+
+#[test]
+fn a_lock_whose_holder_is_gone_is_broken() {
+    let project = TestProject::new("stale");
+    project.ok(&["start"]);
+    // A lock left by a process of this host that no longer exists.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = child.id();
+    child.wait().unwrap();
+    plant_lock(&project, dead_pid);
     let output = project.run(&[
         "deploy",
         "--image",
@@ -473,6 +482,44 @@ fn a_lock_whose_holder_is_gone_is_broken() {
     assert_code(&output, 0);
     assert!(
         stderr(&output).contains("breaking a stale lock"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(stderr(&output).contains("is gone"), "{}", stderr(&output));
+    assert_eq!(project.serving().0, "green");
+}
+
+#[test]
+fn a_live_lock_holds_until_force_unlock_breaks_it() {
+    let project = TestProject::new("force");
+    project.ok(&["start"]);
+    // This test process is alive: its lock is not stale.
+    plant_lock(&project, std::process::id());
+    let output = project.run(&[
+        "deploy",
+        "--image",
+        &app_image(),
+        "--version",
+        "2.0.0",
+        "--watch",
+        "0s",
+    ]);
+    assert_code(&output, 1);
+    assert!(stderr(&output).contains("is held"), "{}", stderr(&output));
+    assert_eq!(project.serving().0, "blue");
+    let output = project.run(&[
+        "deploy",
+        "--image",
+        &app_image(),
+        "--version",
+        "2.0.0",
+        "--watch",
+        "0s",
+        "--force-unlock",
+    ]);
+    assert_code(&output, 0);
+    assert!(
+        stderr(&output).contains("(--force-unlock)"),
         "{}",
         stderr(&output)
     );
