@@ -131,6 +131,49 @@ pub enum Command {
         #[command(flatten)]
         switch: SwitchArgs,
     },
+    /// Check every service: nginx (config and an answer through the load
+    /// balancer), each app container, redis. Exits 1 naming what is unhealthy.
+    Health {
+        /// Deadline for each check.
+        #[arg(long, default_value = "5s", value_parser = duration, value_name = "DUR")]
+        timeout: Duration,
+    },
+    /// Show the logs of one service, several, or all, multiplexed with a prefix.
+    ///
+    /// The seed's form `logs nginx true` (follow as a last word) works too.
+    Logs {
+        /// Services (default: all).
+        services: Vec<String>,
+        /// Keep following until Ctrl-C, including containers that start later
+        /// (a deploy's new color).
+        #[arg(short, long)]
+        follow: bool,
+        /// Lines from the end of each container's log.
+        #[arg(long, value_name = "N")]
+        tail: Option<usize>,
+        /// Only lines since a duration ago (10m) or a time (2026-01-02T15:04:05Z).
+        #[arg(long, value_name = "DUR|TIME")]
+        since: Option<String>,
+        /// Show the engine's timestamp on each line.
+        #[arg(short, long)]
+        timestamps: bool,
+    },
+    /// Set a color's replica count: `scale cryptus-blue 3`.
+    ///
+    /// The active color grows or shrinks with no failed request; for the idle
+    /// color the count is what the next deploy into it starts.
+    #[command(allow_negative_numbers = true)]
+    Scale {
+        /// cryptus-blue or cryptus-green.
+        service: String,
+        /// Replicas, 1 to 32.
+        replicas: i64,
+        #[command(flatten)]
+        switch: SwitchArgs,
+    },
+    /// One sample of every container's CPU, memory, network and disk I/O and
+    /// processes, and the host's cores, memory and disk.
+    Resources,
 }
 
 /// Options shared by deploy and rollback.

@@ -23,6 +23,7 @@ use crate::history::{self, Entry, Outcome, Side};
 use crate::lifecycle::{Stack, of_service, release_of};
 use crate::lock::{self, Lock};
 use crate::nginx;
+use crate::scale;
 use crate::stack::{Color, Release, container_name, image_version, plan_container};
 
 pub struct Settings {
@@ -138,6 +139,8 @@ struct Switch<'s> {
     created: Vec<String>,
     /// Containers of the new color that were stopped and that this run started.
     started: Vec<String>,
+    /// nginx workers from before the last reload, still to drain.
+    old_workers: Vec<String>,
     warnings: Vec<String>,
 }
 
@@ -240,13 +243,20 @@ async fn locked(
             "run `cryptus start` to repair the stack",
         )
     })?;
-    let replicas = u32::try_from(active_containers.len()).unwrap_or(1).max(1);
+    let active_replicas = u32::try_from(active_containers.len()).unwrap_or(1).max(1);
+    // A deploy starts as many replicas as the active color runs, unless
+    // `scale` set a count for the idle color; a rollback keeps the count.
+    let mut pending = scale::read_pending(&stack.nginx()).await;
+    let replicas = match operation {
+        Operation::Deploy { .. } => pending.get(&target).copied().unwrap_or(active_replicas),
+        Operation::Rollback => active_replicas,
+    };
     let from = Side {
         color: active,
         image: active_release.image.clone(),
         version: active_release.version.clone(),
         image_id: None,
-        replicas,
+        replicas: active_replicas,
     };
     let target_containers = of_service(&containers, target.service());
 
@@ -306,6 +316,7 @@ async fn locked(
         },
         created: Vec::new(),
         started: Vec::new(),
+        old_workers: Vec::new(),
         warnings: Vec::new(),
     };
 
@@ -412,6 +423,7 @@ async fn locked(
 
     // Drain the old color, then stop it (or keep it warm).
     let old = switch.from_containers.clone();
+    let old_workers = switch.old_workers.clone();
     let keep = settings.keep_standby;
     steps
         .run(
@@ -422,7 +434,7 @@ async fn locked(
                 format!("draining nginx's old workers, then stopping {active}")
             },
             async {
-                drain(stack, settings.drain).await?;
+                drain(stack, &old_workers, settings.drain).await?;
                 if !keep {
                     stop_all(stack, &old).await;
                 }
@@ -431,6 +443,13 @@ async fn locked(
         )
         .await?;
 
+    if operation_name == "deploy" && pending.remove(&target).is_some() {
+        if let Err(err) = scale::write_pending(&stack.nginx(), &pending).await {
+            stack
+                .printer
+                .warn(format!("clearing the replica count of {target}: {err:#}"));
+        }
+    }
     let mut to = switch.to.clone();
     to.image_id = image_id(stack, &names).await;
     let report = finish(
@@ -596,7 +615,7 @@ impl Switch<'_> {
     }
 
     async fn flip(
-        &self,
+        &mut self,
         target: Color,
         names: &[String],
         status_addr: &str,
@@ -608,7 +627,7 @@ impl Switch<'_> {
             .collect();
         let upstream = nginx::render_upstream(target, &servers)?;
         let nginx = self.stack.nginx();
-        nginx.apply(&[(nginx::UPSTREAM_FILE, &upstream)]).await?;
+        self.old_workers = nginx.apply(&[(nginx::UPSTREAM_FILE, &upstream)]).await?;
         wait_served(client, status_addr, target).await
     }
 
@@ -660,7 +679,8 @@ impl Switch<'_> {
         if !settings.keep_failed {
             // Give nginx's old workers their in-flight requests before the
             // failed color goes away.
-            let _ = drain(self.stack, settings.drain).await;
+            let old_workers = self.old_workers.clone();
+            let _ = drain(self.stack, &old_workers, settings.drain).await;
             self.undo_start().await;
         }
         Ok(finish(
@@ -773,29 +793,18 @@ async fn watch(
     Ok(())
 }
 
-/// Waits until nginx's old workers, those shutting down after a reload, have
-/// finished their in-flight requests, up to `limit`.
-pub async fn drain(stack: &Stack<'_>, limit: Duration) -> Result<()> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let processes = stack.engine.processes(&stack.lb_container()).await?;
-        let old = processes
-            .iter()
-            .filter(|p| p.contains("shutting down"))
-            .count();
-        if old == 0 {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            stack.printer.warn(format!(
-                "{old} old nginx worker{} still busy after {}; stopping the old color anyway",
-                if old == 1 { " is" } else { "s are" },
-                crate::output::seconds(limit)
-            ));
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+/// Waits until the nginx workers that ran before a reload have finished
+/// their in-flight requests, up to `limit`; past it, warns and goes on.
+pub async fn drain(stack: &Stack<'_>, old_workers: &[String], limit: Duration) -> Result<()> {
+    let busy = stack.nginx().drain(old_workers, limit).await?;
+    if busy > 0 {
+        stack.printer.warn(format!(
+            "{busy} old nginx worker{} still busy after {}; going on anyway",
+            if busy == 1 { " is" } else { "s are" },
+            crate::output::seconds(limit)
+        ));
     }
+    Ok(())
 }
 
 /// Stops containers gracefully (their stop signal, then their stop timeout),

@@ -523,26 +523,106 @@ impl Engine {
         Ok(text)
     }
 
-    /// The command lines of the processes running in a container.
-    pub async fn processes(&self, container: &str) -> Result<Vec<String>> {
+    /// A container's log as a stream of lines (stdout and stderr together),
+    /// each with the engine's timestamp. `follow` keeps it open.
+    pub fn log_lines(
+        &self,
+        container: &str,
+        follow: bool,
+        tail: Option<usize>,
+        since: i64,
+    ) -> impl futures_util::Stream<Item = Result<String>> + Send + 'static {
+        let mut options = LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .follow(follow)
+            .timestamps(true)
+            .since(i32::try_from(since).unwrap_or(0));
+        if let Some(tail) = tail {
+            options = options.tail(&tail.to_string());
+        }
+        let name = container.to_owned();
+        self.docker
+            .logs(container, Some(options.build()))
+            .map(move |chunk| {
+                chunk
+                    .map(|output| String::from_utf8_lossy(&output.into_bytes()).into_owned())
+                    .map_err(|err| anyhow!(describe(&err)))
+                    .with_context(|| format!("reading the logs of {name}"))
+            })
+    }
+
+    /// The ids of the project's containers as they start, from the engine's
+    /// event stream.
+    pub fn container_starts(
+        &self,
+        project: &str,
+    ) -> impl futures_util::Stream<Item = Result<String>> + Send + 'static {
+        let label = format!("{PROJECT_LABEL}={project}");
+        let filters: HashMap<&str, Vec<&str>> = HashMap::from([
+            ("type", vec!["container"]),
+            ("event", vec!["start"]),
+            ("label", vec![label.as_str()]),
+        ]);
+        let options = bollard::query_parameters::EventsOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        self.docker
+            .events(Some(options))
+            .filter_map(|event| async move {
+                match event {
+                    Ok(event) => event.actor.and_then(|actor| actor.id).map(Ok),
+                    Err(err) => Some(Err(
+                        anyhow!(describe(&err)).context("following the engine's events")
+                    )),
+                }
+            })
+    }
+
+    /// One sample of a container's resource use. The engine takes two
+    /// readings about a second apart, so CPU use is a rate.
+    pub async fn stats(&self, container: &str) -> Result<bollard::models::ContainerStatsResponse> {
+        let options = bollard::query_parameters::StatsOptionsBuilder::default()
+            .stream(false)
+            .build();
+        let mut stream = self.docker.stats(container, Some(options));
+        match stream.next().await {
+            Some(result) => result
+                .map_err(|err| anyhow!(describe(&err)))
+                .with_context(|| format!("reading the resource use of {container}")),
+            None => Err(anyhow!("the engine sent no resource use for {container}")),
+        }
+    }
+
+    /// The engine's host: cores, memory and where it keeps its data.
+    pub async fn host(&self) -> Result<bollard::models::SystemInfo> {
+        self.docker
+            .info()
+            .await
+            .map_err(|err| anyhow!(describe(&err)))
+            .context("reading the engine's host information")
+    }
+
+    /// The processes running in a container: pid (as the host sees it) and
+    /// command line.
+    pub async fn processes(&self, container: &str) -> Result<Vec<(String, String)>> {
         let top = self
             .docker
             .top_processes(container, None)
             .await
             .map_err(|err| anyhow!(describe(&err)))
             .with_context(|| format!("listing the processes of {container}"))?;
-        let column = top
-            .titles
-            .as_ref()
-            .and_then(|titles| titles.iter().position(|t| t == "CMD" || t == "COMMAND"));
+        let titles = top.titles.unwrap_or_default();
+        let pid = titles.iter().position(|t| t == "PID").unwrap_or(1);
+        let command = titles
+            .iter()
+            .position(|t| t == "CMD" || t == "COMMAND")
+            .unwrap_or(titles.len().saturating_sub(1));
         Ok(top
             .processes
             .unwrap_or_default()
             .into_iter()
-            .filter_map(|row| match column {
-                Some(column) => row.get(column).cloned(),
-                None => row.last().cloned(),
-            })
+            .filter_map(|row| Some((row.get(pid)?.clone(), row.get(command)?.clone())))
             .collect())
     }
 

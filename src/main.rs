@@ -18,6 +18,8 @@ mod lock;
 mod nginx;
 mod output;
 mod project;
+mod redis;
+mod scale;
 mod stack;
 
 use std::process::ExitCode;

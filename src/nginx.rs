@@ -177,10 +177,23 @@ impl Nginx<'_> {
         Ok(())
     }
 
+    /// The pids of nginx's worker processes.
+    pub async fn workers(&self) -> Result<Vec<String>> {
+        Ok(self
+            .engine
+            .processes(&self.container)
+            .await?
+            .into_iter()
+            .filter(|(_, command)| command.contains("worker process"))
+            .map(|(pid, _)| pid)
+            .collect())
+    }
+
     /// Writes the files, checks the result with `nginx -t` and reloads. If
     /// nginx rejects the files, the previous ones are put back and nothing
-    /// is reloaded.
-    pub async fn apply(&self, files: &[(&str, &str)]) -> Result<()> {
+    /// is reloaded. Returns the workers that ran before the reload: they
+    /// finish their in-flight requests and exit (see [`Nginx::drain`]).
+    pub async fn apply(&self, files: &[(&str, &str)]) -> Result<Vec<String>> {
         let mut previous = Vec::new();
         for (name, _) in files {
             previous.push((*name, self.read(name).await?));
@@ -196,7 +209,24 @@ impl Nginx<'_> {
                 .context("putting the previous nginx files back")?;
             bail!("nginx rejected the new configuration, so it was not applied: {reason}");
         }
-        self.reload().await
+        let old = self.workers().await?;
+        self.reload().await?;
+        Ok(old)
+    }
+
+    /// Waits until the workers `old` have exited, up to `limit`: a reload
+    /// tells them to finish their in-flight requests and go. Returns how many
+    /// are still busy when the limit passes.
+    pub async fn drain(&self, old: &[String], limit: Duration) -> Result<usize> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let running = self.engine.processes(&self.container).await?;
+            let busy = running.iter().filter(|(pid, _)| old.contains(pid)).count();
+            if busy == 0 || tokio::time::Instant::now() >= deadline {
+                return Ok(busy);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 

@@ -37,6 +37,11 @@ impl Printer {
         self.json
     }
 
+    /// Whether stdout is a terminal (colors in `logs`).
+    pub fn stdout_is_terminal(&self) -> bool {
+        std::io::stdout().is_terminal()
+    }
+
     /// A progress or status line on stderr.
     pub fn info(&self, message: impl Display) {
         if self.verbosity >= Verbosity::Normal {

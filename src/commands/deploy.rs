@@ -1,4 +1,5 @@
-//! `cryptus deploy` and `cryptus rollback`.
+//! `cryptus deploy`, `cryptus rollback` and `cryptus scale`: the commands
+//! that move traffic.
 
 use std::time::Duration;
 
@@ -59,6 +60,42 @@ pub async fn rollback(project: &Project, settings: &Settings, printer: &Printer)
     };
     let report = deploy::rollback(&stack, settings).await?;
     show(&report, printer)
+}
+
+pub async fn scale(
+    project: &Project,
+    service: &str,
+    replicas: i64,
+    settings: &Settings,
+    printer: &Printer,
+) -> Result<u8> {
+    let replicas = u32::try_from(replicas).map_err(|_| {
+        crate::error::usage(
+            format!("{replicas} is not a replica count"),
+            format!("choose 1 to {}", crate::scale::MAX_REPLICAS),
+        )
+    })?;
+    let compose = project.load()?;
+    let engine = Engine::connect().await?;
+    let stack = Stack {
+        engine: &engine,
+        project,
+        compose: &compose,
+        printer,
+    };
+    let report = crate::scale::scale(&stack, service, replicas, settings).await?;
+    if printer.json() {
+        printer.out_json(&report)?;
+    } else if report.active {
+        printer.info(format!(
+            "{} runs {} replica{} (was {})",
+            report.service,
+            report.to,
+            if report.to == 1 { "" } else { "s" },
+            report.from
+        ));
+    }
+    Ok(EXIT_OK)
 }
 
 fn show(report: &Report, printer: &Printer) -> Result<u8> {

@@ -2,7 +2,10 @@
 //! and returns the exit code.
 
 mod deploy;
+mod health;
 mod init;
+mod logs;
+mod resources;
 mod restart;
 mod start;
 mod status;
@@ -41,6 +44,33 @@ pub async fn run(cli: Cli, printer: &Printer) -> Result<u8> {
             let settings = deploy::settings(&switch, watch, keep_failed);
             deploy::deploy(&project, source, version, &settings, printer).await
         }
+        Command::Health { timeout } => health::run(&project, timeout, printer).await,
+        Command::Logs {
+            services,
+            follow,
+            tail,
+            since,
+            timestamps,
+        } => {
+            let (services, follow) = logs::seed_form(services, follow);
+            let options = logs::Options {
+                services,
+                follow,
+                tail,
+                since,
+                timestamps,
+            };
+            logs::run(&project, options, printer).await
+        }
+        Command::Scale {
+            service,
+            replicas,
+            switch,
+        } => {
+            let settings = deploy::settings(&switch, std::time::Duration::ZERO, false);
+            deploy::scale(&project, &service, replicas, &settings, printer).await
+        }
+        Command::Resources => resources::run(&project, printer).await,
         Command::Rollback { switch } => {
             let settings = deploy::settings(&switch, std::time::Duration::ZERO, false);
             deploy::rollback(&project, &settings, printer).await

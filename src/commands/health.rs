@@ -1,0 +1,326 @@
+//! `cryptus health`: checks every service of the project, each within a
+//! deadline, and exits 1 naming what is unhealthy and why.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::engine::{Container, Engine};
+use crate::error::{EXIT_FAILED, EXIT_OK};
+use crate::health::{self, Expect, Probe};
+use crate::lifecycle::Stack;
+use crate::nginx::{self, Nginx};
+use crate::output::{self, Printer};
+use crate::project::Project;
+use crate::redis::Redis;
+use crate::stack::{Color, LB_SERVICE, VERSION_LABEL};
+
+#[derive(Debug, Serialize)]
+struct Check {
+    component: String,
+    healthy: bool,
+    detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    color: Option<Color>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    memory_mb: Option<health::Memory>,
+}
+
+impl Check {
+    fn new(component: impl Into<String>, healthy: bool, detail: impl Into<String>) -> Check {
+        Check {
+            component: component.into(),
+            healthy,
+            detail: detail.into(),
+            color: None,
+            version: None,
+            memory_mb: None,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Report {
+    ok: bool,
+    project: String,
+    active: Option<Color>,
+    checks: Vec<Check>,
+}
+
+pub async fn run(project: &Project, timeout: Duration, printer: &Printer) -> Result<u8> {
+    let engine = Engine::connect().await?;
+    let containers: Vec<Container> = engine
+        .containers(&project.name)
+        .await?
+        .into_iter()
+        .filter(|c| !c.service.is_empty())
+        .collect();
+    let client = health::client();
+    let lb = containers.iter().find(|c| c.service == LB_SERVICE);
+
+    // The active color: what nginx serves, else what its upstream file says.
+    let nginx = Nginx {
+        engine: &engine,
+        container: lb.map(|c| c.name.clone()).unwrap_or_default(),
+    };
+    let served = match lb.and_then(Stack::status_addr) {
+        Some(addr) if lb.is_some_and(|c| c.running) => {
+            within(timeout, nginx::served_color(&client, &addr))
+                .await
+                .ok()
+        }
+        _ => None,
+    };
+    let active = match served {
+        Some(color) => Some(color),
+        None if lb.is_some() => within(timeout, nginx.read(nginx::UPSTREAM_FILE))
+            .await
+            .ok()
+            .flatten()
+            .as_deref()
+            .and_then(nginx::upstream_color),
+        None => None,
+    };
+
+    let mut checks = vec![check_nginx(&engine, lb, active, &client, timeout).await];
+    for color in Color::ALL {
+        checks.extend(check_color(color, active, &containers, &client, timeout).await);
+    }
+    checks.push(check_redis(&engine, &containers, timeout).await);
+
+    let ok = checks.iter().all(|c| c.healthy);
+    let report = Report {
+        ok,
+        project: project.name.clone(),
+        active,
+        checks,
+    };
+    if printer.json() {
+        printer.out_json(&report)?;
+    } else {
+        let rows: Vec<Vec<String>> = report
+            .checks
+            .iter()
+            .map(|c| {
+                vec![
+                    c.component.clone(),
+                    if c.healthy { "ok" } else { "UNHEALTHY" }.to_owned(),
+                    c.detail.clone(),
+                ]
+            })
+            .collect();
+        printer.out(&output::table(&["COMPONENT", "STATUS", "DETAIL"], &rows))?;
+    }
+    if ok {
+        Ok(EXIT_OK)
+    } else {
+        let unhealthy: Vec<String> = report
+            .checks
+            .iter()
+            .filter(|c| !c.healthy)
+            .map(|c| format!("{} ({})", c.component, c.detail))
+            .collect();
+        eprintln!("error: unhealthy: {}", unhealthy.join("; "));
+        Ok(EXIT_FAILED)
+    }
+}
+
+async fn within<T>(timeout: Duration, work: impl Future<Output = Result<T>>) -> Result<T> {
+    match tokio::time::timeout(timeout, work).await {
+        Ok(result) => result,
+        Err(_) => Err(anyhow::anyhow!(
+            "no answer within {}",
+            output::seconds(timeout)
+        )),
+    }
+}
+
+async fn check_nginx(
+    engine: &Engine,
+    lb: Option<&Container>,
+    active: Option<Color>,
+    client: &reqwest::Client,
+    timeout: Duration,
+) -> Check {
+    let Some(lb) = lb else {
+        return Check::new(
+            "nginx",
+            false,
+            "there is no nginx container (cryptus start)",
+        );
+    };
+    if !lb.running {
+        return Check::new("nginx", false, format!("{} is {}", lb.name, lb.state));
+    }
+    let nginx = Nginx {
+        engine,
+        container: lb.name.clone(),
+    };
+    match within(timeout, nginx.test()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(reason)) => return Check::new("nginx", false, format!("nginx -t fails: {reason}")),
+        Err(err) => return Check::new("nginx", false, format!("nginx -t: {err:#}")),
+    }
+    let Some(addr) = lb.published_addr(nginx::HTTP_PORT) else {
+        return Check::new("nginx", false, "the load balancer publishes no port");
+    };
+    let Some(active) = active else {
+        return Check::new("nginx", false, "nginx names no active color");
+    };
+    let expect = Expect {
+        color: active,
+        version: None,
+    };
+    let probe = health::probe(client, &addr, timeout).await;
+    if probe.satisfies(&expect) {
+        Check::new(
+            "nginx",
+            true,
+            format!("config ok; {active} answers through http://{addr}"),
+        )
+    } else {
+        Check::new(
+            "nginx",
+            false,
+            format!("config ok, but the load balancer at {addr} answered: {probe}"),
+        )
+    }
+}
+
+async fn check_color(
+    color: Color,
+    active: Option<Color>,
+    containers: &[Container],
+    client: &reqwest::Client,
+    timeout: Duration,
+) -> Vec<Check> {
+    let of_color: Vec<&Container> = containers
+        .iter()
+        .filter(|c| c.service == color.service())
+        .collect();
+    let is_active = active == Some(color);
+    if of_color.is_empty() {
+        return if is_active {
+            vec![Check::new(
+                color.service(),
+                false,
+                "the active color has no container",
+            )]
+        } else {
+            Vec::new()
+        };
+    }
+    if is_active && !of_color.iter().any(|c| c.running) {
+        return vec![Check::new(
+            color.service(),
+            false,
+            format!(
+                "the active color has no running container ({} stopped)",
+                of_color.len()
+            ),
+        )];
+    }
+    let probes = futures_util::future::join_all(of_color.iter().map(|container| async move {
+        let probe = match Stack::app_addr(container).filter(|_| container.running) {
+            Some(addr) => Some(health::probe(client, &addr, timeout).await),
+            None => None,
+        };
+        (*container, probe)
+    }))
+    .await;
+    probes
+        .into_iter()
+        .map(|(container, probe)| {
+            let role = if is_active { "active" } else { "standby" };
+            let mut check = match probe {
+                None => Check::new(
+                    &container.name,
+                    !is_active,
+                    format!("{role}, {} (not serving)", container.state),
+                ),
+                Some(Probe::Answered(report))
+                    if report.status == "healthy" && report.instance == color.as_str() =>
+                {
+                    let mut check = Check::new(
+                        &container.name,
+                        true,
+                        format!(
+                            "{role}, {} {} healthy, memory {:.1}/{:.0} MB, up {}",
+                            report.instance,
+                            report.version,
+                            report.memory.used,
+                            report.memory.total,
+                            output::uptime(Duration::from_secs_f64(report.uptime.max(0.0)))
+                        ),
+                    );
+                    check.version = Some(report.version.clone());
+                    check.memory_mb = Some(report.memory.clone());
+                    check
+                }
+                Some(probe) => Check::new(
+                    &container.name,
+                    false,
+                    format!("{role}, /api/health answered: {probe}"),
+                ),
+            };
+            check.color = Some(color);
+            if check.version.is_none() {
+                check.version = container.label(VERSION_LABEL).map(str::to_owned);
+            }
+            check
+        })
+        .collect()
+}
+
+async fn check_redis(engine: &Engine, containers: &[Container], timeout: Duration) -> Check {
+    let Some(container) = containers.iter().find(|c| c.service == "redis") else {
+        return Check::new(
+            "redis",
+            false,
+            "there is no redis container (cryptus start)",
+        );
+    };
+    if !container.running {
+        return Check::new(
+            "redis",
+            false,
+            format!("{} is {}", container.name, container.state),
+        );
+    }
+    let redis = Redis {
+        engine,
+        container: container.name.clone(),
+    };
+    let result = within(timeout, async {
+        redis.ping().await?;
+        let memory = redis.info("memory").await?;
+        let persistence = redis.info("persistence").await?;
+        Ok((memory, persistence))
+    })
+    .await;
+    let (memory, persistence) = match result {
+        Ok(info) => info,
+        Err(err) => return Check::new("redis", false, format!("{err:#}")),
+    };
+    let get = |map: &std::collections::BTreeMap<String, String>, key: &str| {
+        map.get(key).cloned().unwrap_or_else(|| "?".to_owned())
+    };
+    let rdb = get(&persistence, "rdb_last_bgsave_status");
+    let aof = if get(&persistence, "aof_enabled") == "1" {
+        format!("aof on ({})", get(&persistence, "aof_last_write_status"))
+    } else {
+        "aof off".to_owned()
+    };
+    let healthy = rdb != "err" && !aof.contains("(err)");
+    Check::new(
+        "redis",
+        healthy,
+        format!(
+            "PONG; memory {}; last snapshot {rdb}; {aof}",
+            get(&memory, "used_memory_human")
+        ),
+    )
+}

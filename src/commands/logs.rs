@@ -1,0 +1,344 @@
+//! `cryptus logs [SERVICE...]`: the logs of one service, several, or all,
+//! multiplexed with a prefix per container; `--follow` keeps following
+//! across a deploy, as new containers of a service start.
+
+use std::collections::{BTreeSet, HashSet};
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
+use crate::engine::{Container, Engine};
+use crate::error::{EXIT_OK, usage};
+use crate::output::Printer;
+use crate::project::Project;
+
+pub struct Options {
+    pub services: Vec<String>,
+    pub follow: bool,
+    pub tail: Option<usize>,
+    pub since: Option<String>,
+    pub timestamps: bool,
+}
+
+/// The seed's `logs nginx true`: a trailing `true`/`false` is the follow flag.
+pub fn seed_form(mut services: Vec<String>, follow: bool) -> (Vec<String>, bool) {
+    match services.last().map(String::as_str) {
+        Some("true") => {
+            services.pop();
+            (services, true)
+        }
+        Some("false") => {
+            services.pop();
+            (services, follow)
+        }
+        _ => (services, follow),
+    }
+}
+
+/// `--since`: a duration back from now (`10m`) or a time (RFC 3339).
+pub fn parse_since(text: &str, now: DateTime<Utc>) -> Result<i64, String> {
+    if let Some(duration) = crate::compose::parse_duration(text) {
+        let back = chrono::Duration::from_std(duration)
+            .map_err(|_| format!("{text:?} is too long ago"))?;
+        return Ok((now - back).timestamp());
+    }
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.timestamp())
+        .map_err(|_| {
+            format!(
+                "--since {text:?} is neither a duration (10m) nor a time (2026-01-02T15:04:05Z)"
+            )
+        })
+}
+
+/// One line of a container's log: the engine's timestamp, then the text.
+fn split_timestamp(line: &str) -> (Option<DateTime<Utc>>, &str) {
+    match line.split_once(' ') {
+        Some((stamp, rest)) => match DateTime::parse_from_rfc3339(stamp) {
+            Ok(time) => (Some(time.with_timezone(&Utc)), rest),
+            Err(_) => (None, line),
+        },
+        None => (None, line),
+    }
+}
+
+const COLORS: [&str; 6] = ["36", "33", "32", "35", "34", "31"];
+
+#[derive(Clone, Copy)]
+struct Prefixer {
+    multiplex: bool,
+    colored: bool,
+    width: usize,
+}
+
+impl Prefixer {
+    fn line(
+        &self,
+        label: &str,
+        index: usize,
+        time: Option<DateTime<Utc>>,
+        text: &str,
+        timestamps: bool,
+    ) -> String {
+        let mut out = String::new();
+        if self.multiplex {
+            let padded = format!("{label:<width$} |", width = self.width);
+            if self.colored {
+                out.push_str(&format!(
+                    "\x1b[{}m{padded}\x1b[0m ",
+                    COLORS[index % COLORS.len()]
+                ));
+            } else {
+                out.push_str(&padded);
+                out.push(' ');
+            }
+        }
+        if timestamps && let Some(time) = time {
+            out.push_str(&time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+            out.push(' ');
+        }
+        out.push_str(text);
+        out.push('\n');
+        out
+    }
+}
+
+/// The label of a container in the prefix: `cryptus-blue-1`.
+fn label(container: &Container) -> String {
+    format!("{}-{}", container.service, container.number)
+}
+
+pub async fn run(project: &Project, options: Options, printer: &Printer) -> Result<u8> {
+    let declared: Vec<String> = project
+        .load()
+        .map(|compose| compose.services.keys().cloned().collect())
+        .unwrap_or_default();
+    let since = match &options.since {
+        Some(text) => parse_since(text, Utc::now())
+            .map_err(|err| usage(err, "write --since 10m or --since 2026-01-02T15:04:05Z"))?,
+        None => 0,
+    };
+    let engine = Engine::connect().await?;
+    let containers: Vec<Container> = engine
+        .containers(&project.name)
+        .await?
+        .into_iter()
+        .filter(|c| !c.service.is_empty())
+        .collect();
+    let mut known: BTreeSet<String> = declared.into_iter().collect();
+    known.extend(containers.iter().map(|c| c.service.clone()));
+    for service in &options.services {
+        if !known.contains(service) {
+            let list: Vec<&str> = known.iter().map(String::as_str).collect();
+            return Err(usage(
+                format!(
+                    "there is no service {service:?} in project {}",
+                    project.name
+                ),
+                format!("the services are: {}", list.join(", ")),
+            ));
+        }
+    }
+    let selected: BTreeSet<String> = if options.services.is_empty() {
+        known.clone()
+    } else {
+        options.services.iter().cloned().collect()
+    };
+    let chosen: Vec<&Container> = containers
+        .iter()
+        .filter(|c| selected.contains(&c.service))
+        .collect();
+    let prefixer = Prefixer {
+        multiplex: selected.len() > 1 || chosen.len() > 1,
+        colored: printer.stdout_is_terminal(),
+        width: chosen
+            .iter()
+            .map(|c| label(c).len())
+            .max()
+            .unwrap_or(0)
+            .max(14),
+    };
+    if options.follow {
+        follow(
+            &engine, project, &selected, &chosen, &options, since, prefixer,
+        )
+        .await
+    } else {
+        dump(&engine, &chosen, &options, since, &prefixer, printer).await
+    }
+}
+
+/// Prints what the containers logged so far, interleaved by time.
+async fn dump(
+    engine: &Engine,
+    chosen: &[&Container],
+    options: &Options,
+    since: i64,
+    prefixer: &Prefixer,
+    printer: &Printer,
+) -> Result<u8> {
+    let mut lines: Vec<(Option<DateTime<Utc>>, usize, String, String)> = Vec::new();
+    for (index, container) in chosen.iter().enumerate() {
+        let mut stream = Box::pin(engine.log_lines(&container.name, false, options.tail, since));
+        while let Some(chunk) = stream.next().await {
+            for line in chunk?.lines() {
+                let (time, text) = split_timestamp(line);
+                lines.push((time, index, label(container), text.to_owned()));
+            }
+        }
+    }
+    // Stable: lines of one container keep their order when times tie.
+    lines.sort_by_key(|(time, _, _, _)| *time);
+    let mut text = String::new();
+    for (time, index, label, line) in lines {
+        text.push_str(&prefixer.line(&label, index, time, &line, options.timestamps));
+    }
+    printer.out(&text)?;
+    Ok(EXIT_OK)
+}
+
+/// Streams the logs until Ctrl-C, adding containers of the selected services
+/// as they start.
+async fn follow(
+    engine: &Engine,
+    project: &Project,
+    selected: &BTreeSet<String>,
+    chosen: &[&Container],
+    options: &Options,
+    since: i64,
+    prefixer: Prefixer,
+) -> Result<u8> {
+    let (sender, mut receiver) = mpsc::channel::<String>(1024);
+    let mut followed: HashSet<String> = HashSet::new();
+    let mut index = 0usize;
+    let spawn = |container: &Container, since: i64, tail: Option<usize>, index: usize| {
+        let sender = sender.clone();
+        let label = label(container);
+        let stream = engine.log_lines(&container.name, true, tail, since);
+        let timestamps = options.timestamps;
+        tokio::spawn(async move {
+            let mut stream = Box::pin(stream);
+            while let Some(Ok(chunk)) = stream.next().await {
+                for line in chunk.lines() {
+                    let (time, text) = split_timestamp(line);
+                    if sender
+                        .send(prefixer.line(&label, index, time, text, timestamps))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        });
+    };
+    for container in chosen {
+        spawn(container, since, options.tail, index);
+        followed.insert(container.id.clone());
+        index += 1;
+    }
+    let mut starts = Box::pin(engine.container_starts(&project.name));
+    let mut stdout = std::io::stdout().lock();
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("listening for SIGTERM")?;
+    loop {
+        tokio::select! {
+            line = receiver.recv() => {
+                if let Some(line) = line {
+                    stdout.write_all(line.as_bytes()).context("writing to stdout")?;
+                    stdout.flush().context("writing to stdout")?;
+                }
+            }
+            started = starts.next() => {
+                let Some(started) = started else {
+                    // The engine closed the event stream; keep what we follow.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                };
+                let id = started?;
+                if let Some(container) = engine.inspect(&id).await?
+                    && selected.contains(&container.service)
+                {
+                    // A restarted container is followed again from now, so no
+                    // line is printed twice.
+                    let from = if followed.insert(container.id.clone()) { 0 } else { Utc::now().timestamp() };
+                    spawn(&container, from.max(since), None, index);
+                    index += 1;
+                }
+            }
+            _ = &mut interrupted => return Ok(EXIT_OK),
+            _ = terminate.recv() => return Ok(EXIT_OK),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_seed_form_follows() {
+        let (services, follow) = seed_form(vec!["nginx".into(), "true".into()], false);
+        assert_eq!((services, follow), (vec!["nginx".to_owned()], true));
+        let (services, follow) = seed_form(vec!["nginx".into()], false);
+        assert_eq!((services, follow), (vec!["nginx".to_owned()], false));
+        let (services, follow) = seed_form(vec!["nginx".into(), "false".into()], false);
+        assert_eq!((services, follow), (vec!["nginx".to_owned()], false));
+    }
+
+    #[test]
+    fn since_as_duration_or_time() {
+        let now = DateTime::parse_from_rfc3339("2026-01-02T15:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(parse_since("10m", now).unwrap(), now.timestamp() - 600);
+        assert_eq!(
+            parse_since("2026-01-02T14:00:00Z", now).unwrap(),
+            now.timestamp() - 3600
+        );
+        assert!(parse_since("yesterday", now).is_err());
+    }
+
+    #[test]
+    fn lines_carry_their_time() {
+        let (time, text) = split_timestamp("2026-01-02T15:04:05.123456789Z hello world");
+        assert_eq!(text, "hello world");
+        assert_eq!(time.unwrap().timestamp_subsec_millis(), 123);
+        assert_eq!(split_timestamp("no stamp here"), (None, "no stamp here"));
+    }
+
+    #[test]
+    fn prefixes_only_when_multiplexed() {
+        let plain = Prefixer {
+            multiplex: false,
+            colored: false,
+            width: 14,
+        };
+        assert_eq!(plain.line("nginx-1", 0, None, "hi", false), "hi\n");
+        let multiplexed = Prefixer {
+            multiplex: true,
+            colored: false,
+            width: 14,
+        };
+        assert_eq!(
+            multiplexed.line("nginx-1", 0, None, "hi", false),
+            "nginx-1        | hi\n"
+        );
+        let colored = Prefixer {
+            multiplex: true,
+            colored: true,
+            width: 7,
+        };
+        assert!(
+            colored
+                .line("nginx-1", 1, None, "hi", false)
+                .starts_with("\x1b[33m")
+        );
+    }
+}
