@@ -174,6 +174,38 @@ pub enum Command {
     /// One sample of every container's CPU, memory, network and disk I/O and
     /// processes, and the host's cores, memory and disk.
     Resources,
+    /// Back up Redis (a consistent snapshot), nginx's configuration and live
+    /// upstream, the compose files and .env, and the deployment history.
+    ///
+    /// Writes OUT/<YYYYMMDD_HHMMSS>/ atomically: complete or absent. Quiet on
+    /// success unless -v or --json; on failure one line and exit 1.
+    Backup {
+        /// The directory that holds the backups (default: PROJECT_DIR/backups).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Keep only the newest N complete backups.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        keep: Option<u32>,
+        /// Check a backup's manifest and every checksum, touching nothing else.
+        #[arg(long, value_name = "DIR", conflicts_with_all = ["out", "keep"])]
+        verify: Option<PathBuf>,
+        /// Wait this long for a deploy in progress to finish.
+        #[arg(long, default_value = "10m", value_parser = duration, value_name = "DUR")]
+        lock_wait: Duration,
+    },
+    /// Restore a backup: verified first, then Redis, configuration and history.
+    ///
+    /// Asks for confirmation on a terminal; elsewhere it needs --yes.
+    Restore {
+        /// The backup directory, e.g. backups/20261128_030000.
+        dir: PathBuf,
+        /// Do not ask for confirmation.
+        #[arg(short, long)]
+        yes: bool,
+        /// Wait this long for a deploy in progress to finish.
+        #[arg(long, default_value = "10m", value_parser = duration, value_name = "DUR")]
+        lock_wait: Duration,
+    },
 }
 
 /// Options shared by deploy and rollback.

@@ -68,6 +68,8 @@ pub struct Container {
     pub published: BTreeMap<String, (String, u16)>,
     /// Network name to the container's address on it.
     pub addresses: BTreeMap<String, String>,
+    /// Named volumes: volume name to where it is mounted.
+    pub volumes: Vec<(String, String)>,
 }
 
 impl Container {
@@ -366,9 +368,21 @@ impl Engine {
 
     /// Runs a command in a running container and collects its output.
     pub async fn exec(&self, container: &str, command: &[&str]) -> Result<ExecOutput> {
+        self.exec_with_input(container, command, None).await
+    }
+
+    /// Runs a command in a running container, feeding `input` to its stdin,
+    /// and collects its output.
+    pub async fn exec_with_input(
+        &self,
+        container: &str,
+        command: &[&str],
+        input: Option<&[u8]>,
+    ) -> Result<ExecOutput> {
         let what = || format!("running `{}` in {container}", command.join(" "));
         let options = CreateExecOptions {
             cmd: Some(command.to_vec()),
+            attach_stdin: Some(input.is_some()),
             attach_stdout: Some(true),
             attach_stderr: Some(true),
             ..Default::default()
@@ -387,7 +401,15 @@ impl Engine {
             .await
             .with_context(what)?
         {
-            StartExecResults::Attached { mut output, .. } => {
+            StartExecResults::Attached {
+                mut output,
+                input: mut stdin,
+            } => {
+                if let Some(bytes) = input {
+                    use tokio::io::AsyncWriteExt;
+                    stdin.write_all(bytes).await.with_context(what)?;
+                    stdin.shutdown().await.with_context(what)?;
+                }
                 while let Some(chunk) = output.next().await {
                     match chunk.with_context(what)? {
                         bollard::container::LogOutput::StdOut { message } => {
@@ -740,7 +762,15 @@ fn container_from(response: ContainerInspectResponse) -> Container {
                 .map(|ip| (name, ip))
         })
         .collect();
+    let volumes = response
+        .mounts
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| m.typ.as_deref() == Some("volume"))
+        .filter_map(|m| Some((m.name?, m.destination?)))
+        .collect();
     Container {
+        volumes,
         id: response.id.unwrap_or_default(),
         name: response
             .name

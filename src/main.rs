@@ -4,6 +4,7 @@
 //! subcommand lives in `commands/`, and the domain in the modules below.
 
 mod assets;
+mod backup;
 mod build;
 mod cli;
 mod commands;
@@ -11,6 +12,7 @@ mod compose;
 mod deploy;
 mod engine;
 mod error;
+mod files;
 mod health;
 mod history;
 mod lifecycle;

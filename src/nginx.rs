@@ -18,6 +18,9 @@ use crate::stack::Color;
 pub const STATE_DIR: &str = "/etc/nginx/cryptus";
 pub const UPSTREAM_FILE: &str = "upstream.conf";
 pub const LIMITS_FILE: &str = "limits.conf";
+/// nginx's main configuration inside its container: the project's `nginx/`
+/// directory is mounted at `/etc/cryptus/nginx`.
+pub const CONF: &str = "/etc/cryptus/nginx/nginx.conf";
 /// The internal status port: stub_status and the served color.
 pub const STATUS_PORT: u16 = 8081;
 /// The load balancer's port inside its container.
@@ -145,7 +148,7 @@ impl Nginx<'_> {
     pub async fn test(&self) -> Result<Result<(), String>> {
         let output = self
             .engine
-            .exec(&self.container, &["nginx", "-t", "-q"])
+            .exec(&self.container, &["nginx", "-t", "-q", "-c", CONF])
             .await?;
         if output.code == 0 {
             Ok(Ok(()))
@@ -164,7 +167,7 @@ impl Nginx<'_> {
     pub async fn reload(&self) -> Result<()> {
         let output = self
             .engine
-            .exec(&self.container, &["nginx", "-s", "reload"])
+            .exec(&self.container, &["nginx", "-c", CONF, "-s", "reload"])
             .await
             .with_context(|| format!("reloading nginx in {}", self.container))?;
         if output.code != 0 {

@@ -33,6 +33,19 @@ impl Printer {
         }
     }
 
+    /// This printer, but silent at the normal level: for commands cron runs,
+    /// which speak only when asked (`-v`) or when they fail.
+    pub fn quiet_unless_verbose(&self) -> Printer {
+        let verbosity = match self.verbosity {
+            Verbosity::Verbose => Verbosity::Normal,
+            _ => Verbosity::Quiet,
+        };
+        Printer {
+            verbosity,
+            ..self.clone()
+        }
+    }
+
     pub fn json(&self) -> bool {
         self.json
     }

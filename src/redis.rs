@@ -45,6 +45,83 @@ impl Redis<'_> {
     }
 }
 
+impl Redis<'_> {
+    /// `CONFIG GET name`.
+    pub async fn config(&self, name: &str) -> Result<String> {
+        let answer = self.cli(&["config", "get", name]).await?;
+        let mut lines = answer.lines();
+        match (lines.next(), lines.next()) {
+            (Some(key), Some(value)) if key == name => Ok(value.to_owned()),
+            _ => bail!("redis answered {answer:?} to CONFIG GET {name}"),
+        }
+    }
+
+    /// Takes a snapshot: BGSAVE, then waits until a save that began after it
+    /// finished, and succeeded. Waits for a save already running first.
+    pub async fn snapshot(&self, deadline: tokio::time::Instant) -> Result<()> {
+        loop {
+            let before = self.info("persistence").await?;
+            if before.get("rdb_bgsave_in_progress").map(String::as_str) == Some("1") {
+                self.wait_bgsave(deadline).await?;
+                continue;
+            }
+            let saves = |info: &BTreeMap<String, String>| {
+                info.get("rdb_saves").and_then(|n| n.parse::<u64>().ok())
+            };
+            let saves_before = saves(&before);
+            let answer = self.cli(&["bgsave"]).await;
+            match answer {
+                // "started", or "scheduled" behind an AOF rewrite: either way
+                // a save will run.
+                Ok(text) if text.contains("Background saving") => {}
+                Ok(text) => bail!("redis answered {text:?} to BGSAVE"),
+                Err(err) if format!("{err:#}").contains("already in progress") => {}
+                Err(err) => return Err(err),
+            }
+            loop {
+                self.wait_bgsave(deadline).await?;
+                let after = self.info("persistence").await?;
+                // Redis before 7.0 has no rdb_saves: the finished save is ours.
+                if saves_before.is_none() || saves(&after) > saves_before {
+                    return Ok(());
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    bail!("redis did not take a snapshot in time");
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    /// The number of keys in every database, from `INFO keyspace`.
+    pub async fn keys(&self) -> Result<u64> {
+        let info = self.info("keyspace").await?;
+        Ok(count_keys(&info))
+    }
+
+    /// Waits until no BGSAVE runs and the last one succeeded. LASTSAVE alone
+    /// is not enough: it has one second resolution.
+    async fn wait_bgsave(&self, deadline: tokio::time::Instant) -> Result<()> {
+        loop {
+            let info = self.info("persistence").await?;
+            let running = info.get("rdb_bgsave_in_progress").map(String::as_str) != Some("0");
+            if !running {
+                return match info.get("rdb_last_bgsave_status").map(String::as_str) {
+                    Some("ok") => Ok(()),
+                    status => bail!(
+                        "redis's snapshot failed (rdb_last_bgsave_status {}); is its disk full?",
+                        status.unwrap_or("?")
+                    ),
+                };
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("redis's snapshot did not finish in time");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+}
+
 /// Parses `INFO` output: `key:value` lines, `#` section headers.
 pub fn parse_info(text: &str) -> BTreeMap<String, String> {
     text.lines()
@@ -53,6 +130,142 @@ pub fn parse_info(text: &str) -> BTreeMap<String, String> {
         .filter_map(|line| line.split_once(':'))
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect()
+}
+
+/// Sums `keys=` over the `dbN:keys=..,expires=..` lines of `INFO keyspace`.
+pub fn count_keys(keyspace: &BTreeMap<String, String>) -> u64 {
+    keyspace
+        .iter()
+        .filter(|(db, _)| db.starts_with("db"))
+        .filter_map(|(_, value)| {
+            value
+                .split(',')
+                .find_map(|field| field.strip_prefix("keys="))
+                .and_then(|n| n.parse::<u64>().ok())
+        })
+        .sum()
+}
+
+/// What a [`Scratch`] Redis loads: `dir/file`, from `volume` (name, mount
+/// point) when given, after writing `dump` there when given.
+pub struct Load<'d> {
+    pub dir: &'d str,
+    pub file: &'d str,
+    pub volume: Option<(String, String)>,
+    pub dump: Option<&'d [u8]>,
+}
+
+/// A throwaway Redis beside the real one, on no network: it loads a dump to
+/// count its keys (proving the dump loads) or to restore it onto a volume.
+pub struct Scratch<'a> {
+    engine: &'a Engine,
+    pub name: String,
+}
+
+impl<'a> Scratch<'a> {
+    /// Starts `redis-server` from `image` with AOF off, loading what `load`
+    /// says, as the container `<project>-redis-<purpose>`.
+    pub async fn start(
+        engine: &'a Engine,
+        project: &str,
+        purpose: &str,
+        image: &str,
+        load: Load<'_>,
+    ) -> Result<Scratch<'a>> {
+        let Load {
+            dir,
+            file,
+            volume,
+            dump,
+        } = load;
+        let name = format!("{project}-redis-{purpose}");
+        let labels =
+            BTreeMap::from([(crate::engine::PROJECT_LABEL.to_owned(), project.to_owned())]);
+        engine.remove(&name, true).await?;
+        let command = [
+            "redis-server",
+            "--appendonly",
+            "no",
+            "--save",
+            "",
+            "--dir",
+            dir,
+            "--dbfilename",
+            file,
+            "--protected-mode",
+            "no",
+        ];
+        let body = bollard::models::ContainerCreateBody {
+            image: Some(image.to_owned()),
+            cmd: Some(command.iter().map(|s| (*s).to_owned()).collect()),
+            labels: Some(labels.into_iter().collect()),
+            host_config: Some(bollard::models::HostConfig {
+                network_mode: Some("none".to_owned()),
+                mounts: volume.map(|(source, target)| {
+                    vec![bollard::models::Mount {
+                        target: Some(target),
+                        source: Some(source),
+                        typ: Some(bollard::models::MountType::VOLUME),
+                        ..Default::default()
+                    }]
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        engine.create_container(&name, body, &[]).await?;
+        let scratch = Scratch { engine, name };
+        let started = async {
+            if let Some(dump) = dump {
+                engine
+                    .write_files(&scratch.name, dir, &[(file, dump, 0o644)])
+                    .await?;
+            }
+            engine.start(&scratch.name).await
+        }
+        .await;
+        if let Err(err) = started {
+            scratch.remove().await;
+            return Err(err);
+        }
+        Ok(scratch)
+    }
+
+    pub fn redis(&self) -> Redis<'a> {
+        Redis {
+            engine: self.engine,
+            container: self.name.clone(),
+        }
+    }
+
+    /// Waits until it answers and has loaded its data.
+    pub async fn ready(&self, deadline: tokio::time::Instant) -> Result<()> {
+        wait_loaded(&self.redis(), deadline).await
+    }
+
+    pub async fn remove(self) {
+        let _ = self.engine.remove(&self.name, true).await;
+    }
+}
+
+/// Waits until Redis answers PING and has finished loading its data.
+pub async fn wait_loaded(redis: &Redis<'_>, deadline: tokio::time::Instant) -> Result<()> {
+    loop {
+        if redis.ping().await.is_ok()
+            && redis
+                .info("persistence")
+                .await?
+                .get("loading")
+                .map(String::as_str)
+                == Some("0")
+        {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("{} did not load its data in time", redis.container);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 #[cfg(test)]
@@ -68,5 +281,14 @@ mod tests {
         assert_eq!(info["rdb_last_bgsave_status"], "ok");
         assert_eq!(info["aof_enabled"], "1");
         assert!(!info.contains_key("# Persistence"));
+    }
+
+    #[test]
+    fn keys_over_every_database() {
+        let info = parse_info(
+            "# Keyspace\r\ndb0:keys=10000,expires=2,avg_ttl=0\r\ndb3:keys=5,expires=0,avg_ttl=0\r\n",
+        );
+        assert_eq!(count_keys(&info), 10005);
+        assert_eq!(count_keys(&parse_info("# Keyspace\r\n")), 0);
     }
 }

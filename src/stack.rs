@@ -24,6 +24,8 @@ use crate::engine::{
 
 /// The load balancer's service.
 pub const LB_SERVICE: &str = "nginx";
+/// The session store's service.
+pub const REDIS_SERVICE: &str = "redis";
 /// The app version a container runs, as cryptus deployed it.
 pub const VERSION_LABEL: &str = "cryptus.version";
 /// The port the app listens on inside its container.
@@ -472,13 +474,7 @@ mod tests {
             .clone()
             .unwrap();
         assert_eq!(mounts[0].typ, Some(MountType::BIND));
-        assert!(
-            mounts[0]
-                .source
-                .as_ref()
-                .unwrap()
-                .ends_with("/nginx/nginx.conf")
-        );
+        assert!(mounts[0].source.as_ref().unwrap().ends_with("/nginx"));
         assert_eq!(mounts[1].source.as_deref(), Some("demo_nginx-state"));
         assert_eq!(plan.body.stop_signal.as_deref(), Some("SIGQUIT"));
         assert_eq!(plan.body.image.as_deref(), Some("nginx:1.27-alpine"));

@@ -1,9 +1,8 @@
 //! `cryptus init [DIR]`: write the default project files.
 
-use std::io::Write;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde_json::json;
 
 use crate::assets::DEFAULTS;
@@ -19,7 +18,7 @@ pub fn run(dir: &Path, force: bool, printer: &Printer) -> Result<u8> {
             kept.push(asset.path);
             continue;
         }
-        write_atomically(&path, asset.text.as_bytes())?;
+        crate::files::write_atomically(&path, asset.text.as_bytes())?;
         written.push(asset.path);
     }
     if printer.json() {
@@ -47,21 +46,4 @@ pub fn run(dir: &Path, force: bool, printer: &Printer) -> Result<u8> {
         }
     }
     Ok(EXIT_OK)
-}
-
-/// Writes to a temporary file beside the target, then renames it into place.
-fn write_atomically(path: &Path, content: &[u8]) -> Result<()> {
-    let parent = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temporary = parent.join(format!(".{name}.cryptus-tmp"));
-    let mut file = std::fs::File::create(&temporary)
-        .with_context(|| format!("creating {}", temporary.display()))?;
-    file.write_all(content)
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("writing {}", temporary.display()))?;
-    std::fs::rename(&temporary, path).with_context(|| format!("writing {}", path.display()))
 }

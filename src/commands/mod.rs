@@ -1,6 +1,7 @@
 //! One function per subcommand. Each takes resolved settings and the printer
 //! and returns the exit code.
 
+mod backup;
 mod deploy;
 mod health;
 mod init;
@@ -71,6 +72,23 @@ pub async fn run(cli: Cli, printer: &Printer) -> Result<u8> {
             deploy::scale(&project, &service, replicas, &settings, printer).await
         }
         Command::Resources => resources::run(&project, printer).await,
+        Command::Backup {
+            out,
+            keep,
+            verify,
+            lock_wait,
+        } => match verify {
+            Some(dir) => backup::verify(&dir, printer),
+            None => {
+                let out = out.unwrap_or_else(|| project.dir.join("backups"));
+                backup::backup(&project, out, keep, lock_wait, printer).await
+            }
+        },
+        Command::Restore {
+            dir,
+            yes,
+            lock_wait,
+        } => backup::restore(&project, &dir, yes, lock_wait, printer).await,
         Command::Rollback { switch } => {
             let settings = deploy::settings(&switch, std::time::Duration::ZERO, false);
             deploy::rollback(&project, &settings, printer).await

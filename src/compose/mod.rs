@@ -824,7 +824,7 @@ mod tests {
         );
         let nginx_conf = &compose.services["nginx"].mounts[0];
         assert_eq!(nginx_conf.kind, MountKind::Bind);
-        assert_eq!(nginx_conf.source, "/p/nginx/nginx.conf");
+        assert_eq!(nginx_conf.source, "/p/nginx");
         assert!(nginx_conf.read_only);
         let blue = &compose.services["cryptus-blue"];
         assert_eq!(blue.depends_on[0].condition, Condition::Healthy);

@@ -240,6 +240,51 @@ impl TestProject {
         })
     }
 
+    /// Runs `redis-cli` in the project's redis container and returns stdout.
+    pub fn redis_cli(&self, args: &[&str]) -> String {
+        let container = format!("{}-redis-1", self.name);
+        let mut command = vec!["redis-cli".to_owned()];
+        command.extend(args.iter().map(|a| (*a).to_owned()));
+        on_engine(move |docker| async move {
+            use futures_util::StreamExt;
+            let options = bollard::exec::CreateExecOptions {
+                cmd: Some(command),
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                ..Default::default()
+            };
+            let exec = docker
+                .create_exec(&container, options)
+                .await
+                .expect("creating an exec");
+            let mut text = String::new();
+            if let bollard::exec::StartExecResults::Attached { mut output, .. } = docker
+                .start_exec(&exec.id, None)
+                .await
+                .expect("starting an exec")
+            {
+                while let Some(Ok(chunk)) = output.next().await {
+                    text.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+                }
+            }
+            text.trim().to_owned()
+        })
+    }
+
+    /// When a container last started, from the engine.
+    pub fn started_at(&self, container: &str) -> String {
+        let container = container.to_owned();
+        on_engine(move |docker| async move {
+            docker
+                .inspect_container(&container, None)
+                .await
+                .expect("inspecting a container")
+                .state
+                .and_then(|s| s.started_at)
+                .unwrap_or_default()
+        })
+    }
+
     /// The labels of one container.
     pub fn labels(&self, container: &str) -> HashMap<String, String> {
         let container = container.to_owned();

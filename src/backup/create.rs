@@ -1,0 +1,195 @@
+//! Writing a backup: Redis's snapshot, nginx's configuration and live
+//! upstream, the compose files and `.env`, and the deployment history.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use tokio::time::Instant;
+
+use super::{
+    COMPOSE_ARCHIVE, Manifest, NGINX_ARCHIVE, Pending, REDIS_ARCHIVE, STATE_ARCHIVE, pack,
+};
+use crate::engine::{Container, Engine};
+use crate::error::{failed, failed_with_hint};
+use crate::lock::{self, Lock};
+use crate::nginx::{self, Nginx};
+use crate::output::Printer;
+use crate::project::Project;
+use crate::redis::{Load, Redis, Scratch};
+use crate::stack::{LB_SERVICE, REDIS_SERVICE};
+
+/// How long Redis's snapshot may take.
+const SNAPSHOT_DEADLINE: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Serialize)]
+pub struct Created {
+    pub ok: bool,
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    pub pruned: Vec<PathBuf>,
+}
+
+pub struct Options {
+    pub out: PathBuf,
+    pub keep: Option<usize>,
+    pub lock: lock::Options,
+}
+
+pub async fn create(
+    engine: &Engine,
+    project: &Project,
+    options: &Options,
+    printer: &Printer,
+) -> Result<Created> {
+    let containers: Vec<Container> = engine.containers(&project.name).await?;
+    let redis = containers
+        .iter()
+        .find(|c| c.service == REDIS_SERVICE)
+        .ok_or_else(|| {
+            failed_with_hint(
+                format!("project {} has no redis container", project.name),
+                "run `cryptus start` first",
+            )
+        })?;
+    if !redis.running {
+        return Err(failed_with_hint(
+            format!("redis is not running ({} is {})", redis.name, redis.state),
+            "run `cryptus start`, then back up",
+        ));
+    }
+    let lb = containers.iter().find(|c| c.service == LB_SERVICE);
+
+    // A deploy in progress finishes first: the backup sees a settled stack.
+    let step = printer.step("taking the deploy lock");
+    let lock = Lock::acquire(
+        engine,
+        &project.name,
+        "backup",
+        &redis.image,
+        &options.lock,
+        printer,
+    )
+    .await?;
+    step.done();
+    let result = write(engine, project, redis, lb, options, printer).await;
+    if let Err(err) = lock.release().await {
+        printer.warn(format!("releasing the deploy lock: {err:#}"));
+    }
+    result
+}
+
+async fn write(
+    engine: &Engine,
+    project: &Project,
+    redis: &Container,
+    lb: Option<&Container>,
+    options: &Options,
+    printer: &Printer,
+) -> Result<Created> {
+    let time = super::fresh_second(&options.out).await;
+    let mut pending = Pending::start(&options.out, time)?;
+
+    let step = printer.step("snapshotting redis");
+    let client = Redis {
+        engine,
+        container: redis.name.clone(),
+    };
+    let deadline = Instant::now() + SNAPSHOT_DEADLINE;
+    client.snapshot(deadline).await?;
+    let dir = client.config("dir").await?;
+    let file = client.config("dbfilename").await?;
+    let path = format!("{}/{file}", dir.trim_end_matches('/'));
+    let dump = engine
+        .read_file(&redis.name, &path)
+        .await?
+        .ok_or_else(|| failed(format!("redis saved no {path} in {}", redis.name)))?;
+    // The snapshot's key count comes from loading it: that also proves the
+    // dump loads. Counting on the live Redis would race with its writes.
+    let keys = count_keys(engine, project, &redis.image, &dump, deadline).await?;
+    pending.add(REDIS_ARCHIVE, &pack(&[("dump.rdb".to_owned(), dump)])?)?;
+    step.done_with(format!("{keys} keys"));
+
+    let step = printer.step("nginx's configuration and live upstream");
+    let mut files = vec![(
+        "nginx.conf".to_owned(),
+        read_local(&project.dir.join("nginx/nginx.conf"))?,
+    )];
+    let mut state = Vec::new();
+    if let Some(lb) = lb {
+        let nginx = Nginx {
+            engine,
+            container: lb.name.clone(),
+        };
+        for name in [nginx::UPSTREAM_FILE, nginx::LIMITS_FILE] {
+            if let Some(text) = nginx.read(name).await? {
+                files.push((format!("cryptus/{name}"), text.into_bytes()));
+            }
+        }
+        for name in [crate::history::HISTORY_FILE, crate::scale::PENDING_FILE] {
+            if let Some(text) = nginx.read(name).await? {
+                state.push((name.to_owned(), text.into_bytes()));
+            }
+        }
+    }
+    pending.add(NGINX_ARCHIVE, &pack(&files)?)?;
+    step.done();
+
+    let step = printer.step("compose files, .env and the deployment history");
+    let mut compose = Vec::new();
+    let compose_dir = project.dir.join("compose");
+    for entry in std::fs::read_dir(&compose_dir)
+        .with_context(|| format!("reading {}", compose_dir.display()))?
+    {
+        let entry = entry.with_context(|| format!("reading {}", compose_dir.display()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let wanted = name.ends_with(".yml") || name.ends_with(".yaml") || name == ".env";
+        if wanted && entry.file_type().is_ok_and(|t| t.is_file()) {
+            compose.push((name, read_local(&entry.path())?));
+        }
+    }
+    compose.sort();
+    pending.add(COMPOSE_ARCHIVE, &pack(&compose)?)?;
+    pending.add(STATE_ARCHIVE, &pack(&state)?)?;
+    step.done();
+
+    let (dir, manifest) = pending.commit(&project.name, keys, time)?;
+    let pruned = match options.keep {
+        Some(keep) => super::prune(&options.out, keep)?,
+        None => Vec::new(),
+    };
+    Ok(Created {
+        ok: true,
+        dir,
+        manifest,
+        pruned,
+    })
+}
+
+async fn count_keys(
+    engine: &Engine,
+    project: &Project,
+    image: &str,
+    dump: &[u8],
+    deadline: Instant,
+) -> Result<u64> {
+    let load = Load {
+        dir: "/tmp",
+        file: "dump.rdb",
+        volume: None,
+        dump: Some(dump),
+    };
+    let scratch = Scratch::start(engine, &project.name, "check", image, load).await?;
+    let counted = async {
+        scratch.ready(deadline).await?;
+        scratch.redis().keys().await
+    }
+    .await;
+    scratch.remove().await;
+    counted.context("loading the snapshot to check it")
+}
+
+fn read_local(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+}

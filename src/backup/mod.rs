@@ -1,0 +1,545 @@
+//! Backups: consistent, verified, atomic; and restores that check first.
+//!
+//! A backup is a directory `<YYYYMMDD_HHMMSS>/` of `.tar.gz` files and a
+//! `manifest.json` naming each with its size and sha256. It is written under
+//! a temporary name and renamed only when complete, so a backup is either
+//! complete or absent.
+
+pub mod create;
+pub mod restore;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{failed, failed_with_hint, usage};
+
+/// The manifest's format; a newer one is refused rather than misread.
+pub const FORMAT: u32 = 1;
+pub const MANIFEST: &str = "manifest.json";
+/// The directory name of a backup: its UTC time.
+pub const NAME_FORMAT: &str = "%Y%m%d_%H%M%S";
+/// Files larger than this in a manifest are not believed.
+const MAX_FILE: u64 = 1 << 40;
+
+pub const REDIS_ARCHIVE: &str = "redis.tar.gz";
+pub const NGINX_ARCHIVE: &str = "nginx.tar.gz";
+pub const COMPOSE_ARCHIVE: &str = "compose.tar.gz";
+pub const STATE_ARCHIVE: &str = "state.tar.gz";
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format: u32,
+    pub cryptus_version: String,
+    pub time: DateTime<Utc>,
+    pub project: String,
+    /// Keys in Redis's snapshot, counted at the instant of its fork.
+    pub redis_keys: u64,
+    pub files: Vec<FileEntry>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileEntry {
+    pub name: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// Reads a manifest and checks everything in it that can be checked alone.
+pub fn parse_manifest(text: &str) -> Result<Manifest, String> {
+    let manifest: Manifest = serde_json::from_str(text)
+        .map_err(|err| format!("manifest.json is not a cryptus manifest: {err}"))?;
+    if manifest.format != FORMAT {
+        return Err(format!(
+            "manifest.json has format {}; this cryptus reads format {FORMAT}",
+            manifest.format
+        ));
+    }
+    if manifest.files.is_empty() {
+        return Err("manifest.json lists no files".to_owned());
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for file in &manifest.files {
+        let plain = !file.name.is_empty()
+            && file.name != "."
+            && file.name != ".."
+            && file.name != MANIFEST
+            && !file.name.contains(['/', '\\', '\0']);
+        if !plain {
+            return Err(format!(
+                "manifest.json names {:?}, which is not a plain file name",
+                file.name
+            ));
+        }
+        if !seen.insert(file.name.as_str()) {
+            return Err(format!("manifest.json names {:?} twice", file.name));
+        }
+        if file.size > MAX_FILE {
+            return Err(format!(
+                "manifest.json gives {:?} an impossible size",
+                file.name
+            ));
+        }
+        if file.sha256.len() != 64 || !file.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(format!("manifest.json has no sha256 for {:?}", file.name));
+        }
+    }
+    Ok(manifest)
+}
+
+pub fn sha256(bytes: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(bytes))
+}
+
+/// Checks a backup directory against its manifest, touching nothing else.
+/// Returns the manifest and the verified contents of each file.
+pub fn verify(dir: &Path) -> Result<(Manifest, BTreeMap<String, Vec<u8>>)> {
+    let hint = "name a backup directory such as backups/20261128_030000";
+    let meta =
+        std::fs::metadata(dir).map_err(|err| usage(format!("{}: {err}", dir.display()), hint))?;
+    if !meta.is_dir() {
+        return Err(usage(
+            format!("{} is a file, not a backup directory", dir.display()),
+            hint,
+        ));
+    }
+    let entries: Vec<_> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("reading {}", dir.display()))?;
+    if entries.is_empty() {
+        return Err(usage(
+            format!("{} is empty, not a backup", dir.display()),
+            hint,
+        ));
+    }
+    let manifest_path = dir.join(MANIFEST);
+    let text = match std::fs::read_to_string(&manifest_path) {
+        Ok(text) => text,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            return Err(failed(format!(
+                "{} is not a complete backup: it has no {MANIFEST}",
+                dir.display()
+            )));
+        }
+        Err(err) => {
+            return Err(err).with_context(|| format!("reading {}", manifest_path.display()));
+        }
+    };
+    let manifest =
+        parse_manifest(&text).map_err(|err| failed(format!("{}: {err}", dir.display())))?;
+    let mut contents = BTreeMap::new();
+    for file in &manifest.files {
+        let path = dir.join(&file.name);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                return Err(failed(format!(
+                    "{} is damaged: {} is missing",
+                    dir.display(),
+                    file.name
+                )));
+            }
+            Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
+        };
+        if bytes.len() as u64 != file.size {
+            return Err(failed(format!(
+                "{} is damaged: {} has {} bytes, the manifest says {}",
+                dir.display(),
+                file.name,
+                bytes.len(),
+                file.size
+            )));
+        }
+        if sha256(&bytes) != file.sha256 {
+            return Err(failed(format!(
+                "{} is damaged: {} does not match its sha256 in the manifest",
+                dir.display(),
+                file.name
+            )));
+        }
+        contents.insert(file.name.clone(), bytes);
+    }
+    Ok((manifest, contents))
+}
+
+/// Unpacks a `.tar.gz` into memory: entry path to content. An entry with an
+/// absolute path, a `..`, or a link is refused: a restore never writes
+/// outside where it means to.
+pub fn unpack(name: &str, bytes: &[u8]) -> Result<BTreeMap<String, Vec<u8>>> {
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
+    let mut files = BTreeMap::new();
+    let entries = archive
+        .entries()
+        .map_err(|err| failed(format!("{name} is not a readable archive: {err}")))?;
+    for entry in entries {
+        let mut entry =
+            entry.map_err(|err| failed(format!("{name} is not a readable archive: {err}")))?;
+        let path = entry
+            .path()
+            .map_err(|err| failed(format!("{name} has an unreadable entry: {err}")))?
+            .into_owned();
+        check_entry_path(name, &path)?;
+        let kind = entry.header().entry_type();
+        if kind.is_symlink() || kind.is_hard_link() {
+            return Err(failed(format!(
+                "refusing {name}: its entry {} is a link",
+                path.display()
+            )));
+        }
+        if kind.is_dir() {
+            continue;
+        }
+        if !kind.is_file() {
+            return Err(failed(format!(
+                "refusing {name}: its entry {} is not a regular file",
+                path.display()
+            )));
+        }
+        let mut content = Vec::new();
+        entry
+            .read_to_end(&mut content)
+            .map_err(|err| failed(format!("{name} is not a readable archive: {err}")))?;
+        files.insert(path.to_string_lossy().into_owned(), content);
+    }
+    Ok(files)
+}
+
+fn check_entry_path(name: &str, path: &Path) -> Result<()> {
+    for part in path.components() {
+        match part {
+            Component::Normal(_) | Component::CurDir => {}
+            Component::ParentDir => {
+                return Err(failed(format!(
+                    "refusing {name}: its entry {} climbs out with '..'",
+                    path.display()
+                )));
+            }
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(failed(format!(
+                    "refusing {name}: its entry {} is an absolute path",
+                    path.display()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Packs files (path in the archive, content) into a `.tar.gz`.
+pub fn pack(files: &[(String, Vec<u8>)]) -> Result<Vec<u8>> {
+    let encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut builder = tar::Builder::new(encoder);
+    let now = u64::try_from(Utc::now().timestamp()).unwrap_or(0);
+    for (path, content) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(content.len() as u64);
+        header.set_mode(0o644);
+        header.set_mtime(now);
+        header.set_entry_type(tar::EntryType::Regular);
+        builder
+            .append_data(&mut header, path, content.as_slice())
+            .with_context(|| format!("packing {path}"))?;
+    }
+    builder
+        .into_inner()
+        .and_then(|encoder| encoder.finish())
+        .context("packing an archive")
+}
+
+/// A backup being written: a temporary directory that becomes the backup
+/// when [`Pending::commit`] renames it, and is removed if dropped before.
+pub struct Pending {
+    temporary: PathBuf,
+    target: PathBuf,
+    files: Vec<FileEntry>,
+    committed: bool,
+}
+
+impl Pending {
+    /// Starts a backup in `out`, named after the current second.
+    pub fn start(out: &Path, now: DateTime<Utc>) -> Result<Pending> {
+        std::fs::create_dir_all(out).map_err(|err| io_failure(out, &err))?;
+        let target = out.join(now.format(NAME_FORMAT).to_string());
+        if target.exists() {
+            bail!("{} exists already", target.display());
+        }
+        let temporary = out.join(format!(
+            ".tmp-{}-{}",
+            now.format(NAME_FORMAT),
+            std::process::id()
+        ));
+        std::fs::create_dir(&temporary).map_err(|err| io_failure(&temporary, &err))?;
+        Ok(Pending {
+            temporary,
+            target,
+            files: Vec::new(),
+            committed: false,
+        })
+    }
+
+    pub fn add(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        let path = self.temporary.join(name);
+        write_synced(&path, bytes)?;
+        self.files.push(FileEntry {
+            name: name.to_owned(),
+            size: bytes.len() as u64,
+            sha256: sha256(bytes),
+        });
+        Ok(())
+    }
+
+    /// Writes the manifest, then renames the directory into place.
+    pub fn commit(
+        mut self,
+        project: &str,
+        redis_keys: u64,
+        time: DateTime<Utc>,
+    ) -> Result<(PathBuf, Manifest)> {
+        let manifest = Manifest {
+            format: FORMAT,
+            cryptus_version: env!("CARGO_PKG_VERSION").to_owned(),
+            time,
+            project: project.to_owned(),
+            redis_keys,
+            files: self.files.clone(),
+        };
+        let text = serde_json::to_vec_pretty(&manifest).context("encoding the manifest")?;
+        write_synced(&self.temporary.join(MANIFEST), &text)?;
+        sync_dir(&self.temporary)?;
+        std::fs::rename(&self.temporary, &self.target)
+            .map_err(|err| io_failure(&self.target, &err))?;
+        if let Some(parent) = self.target.parent() {
+            sync_dir(parent)?;
+        }
+        self.committed = true;
+        Ok((self.target.clone(), manifest))
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_dir_all(&self.temporary);
+        }
+    }
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut file = std::fs::File::create(path).map_err(|err| io_failure(path, &err))?;
+    file.write_all(bytes)
+        .map_err(|err| io_failure(path, &err))?;
+    file.sync_all().map_err(|err| io_failure(path, &err))
+}
+
+fn sync_dir(path: &Path) -> Result<()> {
+    std::fs::File::open(path)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|err| io_failure(path, &err))
+}
+
+/// A write that failed (disk full, no permission): the backup failed cleanly.
+fn io_failure(path: &Path, err: &std::io::Error) -> anyhow::Error {
+    let hint = match err.raw_os_error() {
+        Some(28) => "free some space or pass --out on another disk; --keep N prunes old backups",
+        Some(13) => "run as a user who may write there, or pass --out",
+        _ => "pass --out to write somewhere else",
+    };
+    failed_with_hint(format!("writing {}: {err}", path.display()), hint)
+}
+
+/// The complete backups in `out`, oldest first.
+pub fn complete_backups(out: &Path) -> Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    let entries = match std::fs::read_dir(out) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(found),
+        Err(err) => return Err(err).with_context(|| format!("reading {}", out.display())),
+    };
+    for entry in entries {
+        let entry = entry.with_context(|| format!("reading {}", out.display()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let named_like_a_backup = chrono::NaiveDateTime::parse_from_str(&name, NAME_FORMAT).is_ok();
+        if named_like_a_backup && entry.path().join(MANIFEST).is_file() {
+            found.push(entry.path());
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Removes the oldest complete backups beyond the newest `keep`.
+pub fn prune(out: &Path, keep: usize) -> Result<Vec<PathBuf>> {
+    let backups = complete_backups(out)?;
+    let excess = backups.len().saturating_sub(keep);
+    let mut removed = Vec::new();
+    for old in backups.into_iter().take(excess) {
+        std::fs::remove_dir_all(&old)
+            .with_context(|| format!("removing the old backup {}", old.display()))?;
+        removed.push(old);
+    }
+    Ok(removed)
+}
+
+/// Waits for the next second, so two backups never share a name.
+pub async fn fresh_second(out: &Path) -> DateTime<Utc> {
+    loop {
+        let now = Utc::now();
+        if !out.join(now.format(NAME_FORMAT).to_string()).exists() {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest_text(files: &str) -> String {
+        format!(
+            r#"{{"format":1,"cryptus_version":"0.1.0","time":"2026-11-28T03:00:00Z","project":"p","redis_keys":3,"files":{files}}}"#
+        )
+    }
+
+    #[test]
+    fn a_manifest_is_checked_on_its_own() {
+        let good = manifest_text(&format!(
+            r#"[{{"name":"redis.tar.gz","size":10,"sha256":"{}"}}]"#,
+            "a".repeat(64)
+        ));
+        assert_eq!(parse_manifest(&good).unwrap().redis_keys, 3);
+        for bad in [
+            manifest_text(&format!(
+                r#"[{{"name":"../x","size":10,"sha256":"{}"}}]"#,
+                "a".repeat(64)
+            )),
+            manifest_text(&format!(
+                r#"[{{"name":"/etc/passwd","size":10,"sha256":"{}"}}]"#,
+                "a".repeat(64)
+            )),
+            manifest_text(r#"[{"name":"a","size":10,"sha256":"short"}]"#),
+            manifest_text("[]"),
+            manifest_text(&format!(
+                r#"[{{"name":"a","size":10,"sha256":"{0}"}},{{"name":"a","size":1,"sha256":"{0}"}}]"#,
+                "b".repeat(64)
+            )),
+            good.replace("\"format\":1", "\"format\":2"),
+            good.replace("\"project\"", "\"extra\":1,\"project\""),
+            "not json".to_owned(),
+        ] {
+            assert!(parse_manifest(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn archives_round_trip() {
+        let packed = pack(&[("dump.rdb".to_owned(), b"REDIS0010".to_vec())]).unwrap();
+        let files = unpack("redis.tar.gz", &packed).unwrap();
+        assert_eq!(files["dump.rdb"], b"REDIS0010");
+    }
+
+    fn raw_tar(path: &str, kind: tar::EntryType, link: Option<&str>) -> Vec<u8> {
+        let encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        let mut builder = tar::Builder::new(encoder);
+        let mut header = tar::Header::new_old();
+        // Write the name by hand: the tar crate refuses '..' in set_path.
+        let name = &mut header.as_old_mut().name;
+        name[..path.len()].copy_from_slice(path.as_bytes());
+        header.set_size(if kind.is_file() { 1 } else { 0 });
+        header.set_entry_type(kind);
+        header.set_mode(0o644);
+        if let Some(link) = link {
+            header.set_link_name(link).unwrap();
+        }
+        header.set_cksum();
+        let data: &[u8] = if kind.is_file() { b"x" } else { b"" };
+        builder.append(&header, data).unwrap();
+        builder.into_inner().unwrap().finish().unwrap()
+    }
+
+    #[test]
+    fn dangerous_entries_are_refused() {
+        let traversal = raw_tar("../../etc/evil", tar::EntryType::Regular, None);
+        let err = unpack("nginx.tar.gz", &traversal).unwrap_err().to_string();
+        assert!(err.contains("'..'"), "{err}");
+        let absolute = raw_tar("/etc/evil", tar::EntryType::Regular, None);
+        let err = unpack("nginx.tar.gz", &absolute).unwrap_err().to_string();
+        assert!(err.contains("absolute"), "{err}");
+        let link = raw_tar("conf", tar::EntryType::Symlink, Some("/etc/shadow"));
+        let err = unpack("nginx.tar.gz", &link).unwrap_err().to_string();
+        assert!(err.contains("is a link"), "{err}");
+        assert!(unpack("x.tar.gz", b"not gzip at all").is_err());
+    }
+
+    #[test]
+    fn a_backup_is_complete_or_absent_and_verified() {
+        let out = tempfile::tempdir().unwrap();
+        let now = Utc::now();
+        {
+            let mut pending = Pending::start(out.path(), now).unwrap();
+            pending.add("a.tar.gz", b"abc").unwrap();
+            // Dropped before commit: nothing is left.
+        }
+        assert!(std::fs::read_dir(out.path()).unwrap().next().is_none());
+        let mut pending = Pending::start(out.path(), now).unwrap();
+        pending.add("a.tar.gz", b"abc").unwrap();
+        let (dir, manifest) = pending.commit("p", 7, now).unwrap();
+        assert_eq!(complete_backups(out.path()).unwrap(), vec![dir.clone()]);
+        let (read, contents) = verify(&dir).unwrap();
+        assert_eq!(read, manifest);
+        assert_eq!(contents["a.tar.gz"], b"abc");
+
+        std::fs::write(dir.join("a.tar.gz"), b"abd").unwrap();
+        assert!(
+            verify(&dir)
+                .unwrap_err()
+                .to_string()
+                .contains("does not match its sha256")
+        );
+        std::fs::remove_file(dir.join("a.tar.gz")).unwrap();
+        assert!(verify(&dir).unwrap_err().to_string().contains("is missing"));
+        std::fs::remove_file(dir.join(MANIFEST)).unwrap();
+        assert!(verify(&dir).unwrap_err().to_string().contains("is empty"));
+        std::fs::write(dir.join("a.tar.gz"), b"abc").unwrap();
+        assert!(
+            verify(&dir)
+                .unwrap_err()
+                .to_string()
+                .contains("no manifest.json")
+        );
+        assert!(verify(&out.path().join("nope")).is_err());
+    }
+
+    #[test]
+    fn pruning_keeps_the_newest() {
+        let out = tempfile::tempdir().unwrap();
+        for second in 0..5 {
+            let dir = out.path().join(format!("20260101_00000{second}"));
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::write(dir.join(MANIFEST), "{}").unwrap();
+        }
+        std::fs::create_dir(out.path().join(".tmp-20260101_000009-1")).unwrap();
+        std::fs::create_dir(out.path().join("not-a-backup")).unwrap();
+        let removed = prune(out.path(), 3).unwrap();
+        assert_eq!(removed.len(), 2);
+        let left: Vec<String> = complete_backups(out.path())
+            .unwrap()
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            left,
+            ["20260101_000002", "20260101_000003", "20260101_000004"]
+        );
+        assert!(out.path().join("not-a-backup").exists());
+    }
+}

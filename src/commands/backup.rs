@@ -1,0 +1,124 @@
+//! `cryptus backup`, `cryptus backup --verify` and `cryptus restore`.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde_json::json;
+
+use crate::backup::{create, restore};
+use crate::engine::Engine;
+use crate::error::{EXIT_FAILED, EXIT_OK, usage};
+use crate::lock;
+use crate::output::Printer;
+use crate::project::Project;
+
+pub async fn backup(
+    project: &Project,
+    out: PathBuf,
+    keep: Option<u32>,
+    lock_wait: Duration,
+    printer: &Printer,
+) -> Result<u8> {
+    // Cron runs this: it speaks when asked (-v, --json) or when it fails.
+    let quiet = printer.quiet_unless_verbose();
+    let engine = Engine::connect().await?;
+    let options = create::Options {
+        out,
+        keep: keep.map(|k| k as usize),
+        lock: lock::Options {
+            wait: lock_wait,
+            force_unlock: false,
+        },
+    };
+    let created = create::create(&engine, project, &options, &quiet).await?;
+    if printer.json() {
+        printer.out_json(&created)?;
+    } else {
+        quiet.info(format!(
+            "backup written to {} ({} redis keys)",
+            created.dir.display(),
+            created.manifest.redis_keys
+        ));
+        for old in &created.pruned {
+            quiet.info(format!("removed the old backup {}", old.display()));
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+pub fn verify(dir: &Path, printer: &Printer) -> Result<u8> {
+    let contents = restore::open(dir)?;
+    let manifest = &contents.manifest;
+    if printer.json() {
+        printer.out_json(&json!({"ok": true, "dir": dir, "manifest": manifest}))?;
+    } else {
+        printer.out(&format!(
+            "{}: ok, a backup of project {} from {}: {} files, {} redis keys\n",
+            dir.display(),
+            manifest.project,
+            manifest.time.format("%Y-%m-%d %H:%M:%S UTC"),
+            manifest.files.len(),
+            manifest.redis_keys
+        ))?;
+    }
+    Ok(EXIT_OK)
+}
+
+pub async fn restore(
+    project: &Project,
+    dir: &Path,
+    yes: bool,
+    lock_wait: Duration,
+    printer: &Printer,
+) -> Result<u8> {
+    // Everything is checked before anything is changed.
+    let contents = restore::open(dir)?;
+    if !yes {
+        if !std::io::stdin().is_terminal() {
+            return Err(usage(
+                format!("refusing to restore {} without confirmation", dir.display()),
+                "not on a terminal: pass --yes to restore",
+            ));
+        }
+        eprint!(
+            "Restore project {} from {} ({})? Redis's data is replaced. [y/N] ",
+            project.name,
+            dir.display(),
+            contents.manifest.time.format("%Y-%m-%d %H:%M:%S UTC")
+        );
+        std::io::stderr().flush().context("writing the question")?;
+        let mut answer = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut answer)
+            .context("reading the answer")?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            eprintln!("not restored");
+            return Ok(EXIT_FAILED);
+        }
+    }
+    let engine = Engine::connect().await?;
+    let options = lock::Options {
+        wait: lock_wait,
+        force_unlock: false,
+    };
+    let restored = restore::restore(&engine, project, dir, contents, &options, printer).await?;
+    if printer.json() {
+        printer.out_json(&restored)?;
+    } else {
+        printer.info(format!(
+            "restored {} redis keys from {}",
+            restored.redis_keys,
+            dir.display()
+        ));
+        for file in &restored.files {
+            printer.info(format!("restored {file}"));
+        }
+        for file in &restored.state {
+            printer.info(format!("restored {file} into the engine"));
+        }
+    }
+    Ok(EXIT_OK)
+}

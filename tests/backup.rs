@@ -1,0 +1,370 @@
+//! `backup` and `restore` on the real engine with real redis.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use support::{TestProject, app_image, assert_code, get, get_json, stderr, stdout};
+
+/// Writes 10,000 keys k:1..k:10000 with values v:1..v:10000.
+fn write_keys(project: &TestProject) {
+    let answer = project.redis_cli(&[
+        "EVAL",
+        "for i=1,10000 do redis.call('SET','k:'..i,'v:'..i) end return 1",
+        "0",
+    ]);
+    assert_eq!(answer, "1");
+}
+
+/// How many of the 10,000 keys are missing or wrong.
+fn wrong_keys(project: &TestProject) -> u64 {
+    project
+        .redis_cli(&[
+            "EVAL",
+            "local bad=0 for i=1,10000 do if redis.call('GET','k:'..i) ~= 'v:'..i then bad=bad+1 end end return bad",
+            "0",
+        ])
+        .parse()
+        .unwrap()
+}
+
+fn backups(out: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(out)
+        .map(|entries| entries.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    found.sort();
+    found
+}
+
+fn one_backup(project: &TestProject, out: &Path) -> PathBuf {
+    project.ok(&["backup", "--out", &out.to_string_lossy()]);
+    backups(out).pop().expect("a backup")
+}
+
+#[test]
+fn backup_flushall_restore_brings_every_key_and_session_back() {
+    let project = TestProject::new("restore");
+    project.ok(&["start"]);
+    write_keys(&project);
+    let (_, headers, _) = get(&project.url("/api/session"), None).unwrap();
+    let cookie = headers["set-cookie"].split(';').next().unwrap().to_owned();
+    get_json(&project.url("/api/session"), Some(&cookie));
+    assert_eq!(
+        get_json(&project.url("/api/session"), Some(&cookie))["visits"],
+        3
+    );
+    let keys: u64 = project.redis_cli(&["DBSIZE"]).parse().unwrap();
+    assert!(keys > 10_000);
+
+    let out = project.path().join("backups");
+    let output = project.ok(&["backup", "--out", &out.to_string_lossy(), "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["manifest"]["redis_keys"], keys);
+    assert_eq!(report["manifest"]["project"], project.name.as_str());
+    let dir = PathBuf::from(report["dir"].as_str().unwrap());
+    let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        chrono::NaiveDateTime::parse_from_str(&name, "%Y%m%d_%H%M%S").is_ok(),
+        "the seed's layout: {name}"
+    );
+    for file in [
+        "manifest.json",
+        "redis.tar.gz",
+        "nginx.tar.gz",
+        "compose.tar.gz",
+        "state.tar.gz",
+    ] {
+        assert!(dir.join(file).is_file(), "{file} is missing");
+    }
+    let verified = project.ok(&["backup", "--verify", &dir.to_string_lossy()]);
+    assert!(stdout(&verified).contains(": ok"), "{}", stdout(&verified));
+
+    project.redis_cli(&["FLUSHALL"]);
+    assert_eq!(project.redis_cli(&["DBSIZE"]), "0");
+    let output = project.ok(&["restore", &dir.to_string_lossy(), "--yes"]);
+    assert!(
+        stderr(&output).contains(&format!("restored {keys} redis keys")),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(wrong_keys(&project), 0, "every key and value is back");
+    assert_eq!(project.redis_cli(&["DBSIZE"]), keys.to_string());
+    assert_eq!(
+        get_json(&project.url("/api/session"), Some(&cookie))["visits"],
+        4,
+        "the session is back"
+    );
+    // AOF is on again, and the restored data survives a restart of redis.
+    assert_eq!(
+        project.redis_cli(&["CONFIG", "GET", "appendonly"]),
+        "appendonly\nyes"
+    );
+    project.ok(&["restart"]);
+    assert_eq!(wrong_keys(&project), 0, "the restored data is in the AOF");
+    assert!(
+        project
+            .containers()
+            .keys()
+            .all(|n| !n.contains("-redis-restore") && !n.contains("-redis-check"))
+    );
+}
+
+#[test]
+fn a_damaged_backup_is_refused_and_the_stack_is_untouched() {
+    let project = TestProject::new("damaged");
+    project.ok(&["start"]);
+    write_keys(&project);
+    let out = project.path().join("backups");
+    let good = one_backup(&project, &out);
+    project.redis_cli(&["SET", "after-backup", "1"]);
+    let redis = format!("{}-redis-1", project.name);
+    let started = project.started_at(&redis);
+    let untouched = |project: &TestProject| {
+        assert_eq!(
+            project.started_at(&redis),
+            started,
+            "redis was not restarted"
+        );
+        assert_eq!(
+            project.redis_cli(&["GET", "after-backup"]),
+            "1",
+            "redis data is unchanged"
+        );
+    };
+
+    let copy = |name: &str| {
+        let dir = project.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        for entry in std::fs::read_dir(&good).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+        }
+        dir
+    };
+
+    // A corrupted file.
+    let corrupted = copy("corrupted");
+    let mut bytes = std::fs::read(corrupted.join("redis.tar.gz")).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(corrupted.join("redis.tar.gz"), bytes).unwrap();
+    let output = project.run(&["restore", &corrupted.to_string_lossy(), "--yes"]);
+    assert_code(&output, 1);
+    assert!(
+        stderr(&output).contains("redis.tar.gz does not match its sha256"),
+        "{}",
+        stderr(&output)
+    );
+    assert_code(
+        &project.run(&["backup", "--verify", &corrupted.to_string_lossy()]),
+        1,
+    );
+    untouched(&project);
+
+    // A truncated backup directory.
+    let truncated = copy("truncated");
+    std::fs::remove_file(truncated.join("nginx.tar.gz")).unwrap();
+    let output = project.run(&["restore", &truncated.to_string_lossy(), "--yes"]);
+    assert_code(&output, 1);
+    assert!(
+        stderr(&output).contains("nginx.tar.gz is missing"),
+        "{}",
+        stderr(&output)
+    );
+    untouched(&project);
+
+    // An archive entry that climbs out, with a manifest that matches it.
+    let traversal = copy("traversal");
+    let evil = traversal_archive();
+    std::fs::write(traversal.join("nginx.tar.gz"), &evil).unwrap();
+    let manifest_path = traversal.join("manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    for file in manifest["files"].as_array_mut().unwrap() {
+        if file["name"] == "nginx.tar.gz" {
+            file["size"] = evil.len().into();
+            file["sha256"] = sha256(&evil).into();
+        }
+    }
+    std::fs::write(&manifest_path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let output = project.run(&["restore", &traversal.to_string_lossy(), "--yes"]);
+    assert_code(&output, 1);
+    assert!(
+        stderr(&output).contains("climbs out with '..'"),
+        "{}",
+        stderr(&output)
+    );
+    untouched(&project);
+
+    // Not a backup at all: a file, an empty directory.
+    let file = project.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let output = project.run(&["restore", &file.to_string_lossy(), "--yes"]);
+    assert_code(&output, 2);
+    assert!(stderr(&output).contains("is a file"), "{}", stderr(&output));
+    let empty = project.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let output = project.run(&["restore", &empty.to_string_lossy(), "--yes"]);
+    assert_code(&output, 2);
+    assert!(stderr(&output).contains("is empty"), "{}", stderr(&output));
+
+    // Not on a terminal, a restore needs --yes.
+    let output = project.run(&["restore", &good.to_string_lossy()]);
+    assert_code(&output, 2);
+    assert!(stderr(&output).contains("--yes"), "{}", stderr(&output));
+    untouched(&project);
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    format!("{:x}", sha2::Sha256::digest(bytes))
+}
+
+/// A .tar.gz whose one entry is `../../evil`, written by hand because the
+/// tar crate refuses to make one.
+fn traversal_archive() -> Vec<u8> {
+    let mut header = tar::Header::new_old();
+    let path = b"../../evil";
+    header.as_old_mut().name[..path.len()].copy_from_slice(path);
+    header.set_size(4);
+    header.set_mode(0o644);
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_cksum();
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::default(),
+    ));
+    builder.append(&header, &b"evil"[..]).unwrap();
+    builder.into_inner().unwrap().finish().unwrap()
+}
+
+#[test]
+fn keep_3_keeps_exactly_3_and_cron_runs_are_quiet() {
+    let project = TestProject::new("keep");
+    project.ok(&["start"]);
+    let out = project.path().join("backups");
+    let out_str = out.to_string_lossy().into_owned();
+    let mut made = Vec::new();
+    for _ in 0..5 {
+        let output = project.ok(&["backup", "--out", &out_str, "--keep", "3"]);
+        assert!(
+            output.stdout.is_empty() && output.stderr.is_empty(),
+            "a successful backup is quiet: {output:?}"
+        );
+        made.push(backups(&out).pop().unwrap());
+    }
+    let left = backups(&out);
+    assert_eq!(left, made[2..].to_vec(), "the newest 3 are kept");
+    // The README's cron line, as cron would run it.
+    let line = format!(
+        "cd {} && {} -p {} -q backup --keep 3",
+        project.path().display(),
+        support::BIN,
+        project.name
+    );
+    let mut command = std::process::Command::new("sh");
+    command.args(["-c", &line]);
+    for (key, value) in &project.env {
+        command.env(key, value);
+    }
+    let output = command.output().unwrap();
+    assert_code(&output, 0);
+    assert!(output.stdout.is_empty() && output.stderr.is_empty());
+    assert_eq!(backups(&out).len(), 3);
+
+    // The systemd unit's command, as systemd would run it: in its working
+    // directory, with its arguments (our binary and project standing in).
+    let unit = std::fs::read_to_string(
+        Path::new(support::REPO).join("contrib/systemd/cryptus-backup.service"),
+    )
+    .unwrap();
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .unwrap();
+    let mut words = exec.split_whitespace();
+    assert_eq!(words.next(), Some("/usr/local/bin/cryptus"));
+    let mut args = vec!["-p", project.name.as_str()];
+    args.extend(words);
+    let mut command = support::command(&args, &[]);
+    command.current_dir(project.path());
+    for (key, value) in &project.env {
+        command.env(key, value);
+    }
+    let output = command.output().unwrap();
+    assert_code(&output, 0);
+    assert!(output.stdout.is_empty() && output.stderr.is_empty());
+    assert_eq!(backups(&out).len(), 4, "--keep 14 keeps the 3 and adds one");
+}
+
+#[test]
+fn a_failing_backup_says_why_in_one_line_and_leaves_nothing() {
+    let project = TestProject::new("backupfail");
+    project.ok(&["start"]);
+    // Not a directory: the write fails.
+    let output = project.run(&["backup", "--out", "/etc/hostname/backups"]);
+    assert_code(&output, 1);
+    assert_eq!(
+        stderr(&output)
+            .lines()
+            .filter(|l| l.starts_with("error:"))
+            .count(),
+        1,
+        "{}",
+        stderr(&output)
+    );
+
+    let redis = format!("{}-redis-1", project.name);
+    support::on_engine(move |docker| async move {
+        docker.stop_container(&redis, None).await.unwrap();
+    });
+    let out = project.path().join("backups");
+    let output = project.run(&["backup", "--out", &out.to_string_lossy()]);
+    assert_code(&output, 1);
+    assert!(
+        stderr(&output).contains("redis is not running"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(backups(&out).is_empty(), "a failed backup leaves nothing");
+}
+
+#[test]
+fn a_backup_started_during_a_deploy_waits_for_the_lock() {
+    let project = TestProject::new("backuplock");
+    project.ok(&["start"]);
+    let mut deploy = project
+        .command(&[
+            "deploy",
+            "--image",
+            &app_image(),
+            "--version",
+            "2.0.0",
+            "--watch",
+            "3s",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while project.status()["lock"].is_null() {
+        assert!(Instant::now() < deadline, "the deploy never took the lock");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = project.path().join("backups");
+    let output = project.ok(&["backup", "--out", &out.to_string_lossy(), "-v"]);
+    assert!(
+        stderr(&output).contains("waiting for the deploy lock"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(
+        deploy.try_wait().unwrap().is_some(),
+        "the backup ran after the deploy finished"
+    );
+    assert!(deploy.wait().unwrap().success());
+    let dir = backups(&out).pop().unwrap();
+    project.ok(&["backup", "--verify", &dir.to_string_lossy()]);
+}
