@@ -45,6 +45,7 @@ need_packages=()
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_packages+=(nginx)
 [ -x /usr/bin/redis-server ] || need_packages+=(redis-server)
 [ -x /usr/bin/redis-cli ] || need_packages+=(redis-tools)
+[ -x /bin/busybox ] || need_packages+=(busybox-static)
 if [ ${#need_packages[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     say "installing ${need_packages[*]} from Debian's packages"
@@ -88,8 +89,15 @@ redis:x:999:
 nogroup:x:65534:
 EOF
   echo 'hosts: files dns' > "$root/etc/nsswitch.conf"
-  # mv lets cryptus replace the upstream file atomically (write, then rename).
-  copy_with_libs "$root" /bin/mv /bin/mv
+}
+
+# add_shell ROOTFS: a static busybox as /bin/sh with the few tools cryptus
+# runs in nginx's container (as the official images have): one exec writes,
+# renames, checks and reloads nginx's upstream.
+add_shell() {
+  local root=$1
+  install -D -m 0755 /bin/busybox "$root/bin/busybox"
+  for tool in sh cat cp mv rm; do ln -sf busybox "$root/bin/$tool"; done
 }
 
 import_rootfs() {
@@ -103,6 +111,7 @@ make_nginx() {
   local root="$work/nginx"
   base_rootfs "$root"
   copy_with_libs "$root" /usr/sbin/nginx
+  add_shell "$root"
   install -D -m 0644 /etc/nginx/mime.types "$root/etc/nginx/mime.types"
   mkdir -p "$root"/etc/nginx/conf.d "$root"/var/lib/nginx "$root"/var/log/nginx "$root"/var/cache/nginx
   chown 33:33 "$root/var/lib/nginx"

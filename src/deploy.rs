@@ -64,6 +64,13 @@ pub struct Report {
     /// Each step and its seconds, in order.
     pub steps: Vec<StepTime>,
     pub total: f64,
+    /// Seconds from the first new container's start to every new container
+    /// answering healthy: the app's own readiness.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<f64>,
+    /// When nginx began to serve the new color.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub switched_at: Option<chrono::DateTime<Utc>>,
     /// Notes an operator should see, e.g. sessions degraded.
     pub warnings: Vec<String>,
 }
@@ -141,6 +148,12 @@ struct Switch<'s> {
     started: Vec<String>,
     /// nginx workers from before the last reload, still to drain.
     old_workers: Vec<String>,
+    /// When the first new container was asked to start.
+    start_called: Option<Instant>,
+    /// Seconds from then until every new container answered healthy.
+    readiness: Option<f64>,
+    /// When nginx began to serve the new color.
+    switched_at: Option<chrono::DateTime<Utc>>,
     warnings: Vec<String>,
 }
 
@@ -317,6 +330,9 @@ async fn locked(
         created: Vec::new(),
         started: Vec::new(),
         old_workers: Vec::new(),
+        start_called: None,
+        readiness: None,
+        switched_at: None,
         warnings: Vec::new(),
     };
 
@@ -340,8 +356,11 @@ async fn locked(
         color: target,
         version: Some(release.version.clone()),
     };
-    let gate = steps
-        .run(
+    // nginx's current workers are read while the new color gets ready:
+    // they are the ones that drain after the reload.
+    let nginx_now = stack.nginx();
+    let (gate, workers) = tokio::join!(
+        steps.run(
             "health",
             format!(
                 "waiting for {target} to answer healthy as {}",
@@ -353,8 +372,11 @@ async fn locked(
                 settings.poll,
                 Instant::now() + settings.timeout,
             ),
-        )
-        .await;
+        ),
+        nginx_now.workers()
+    );
+    switch.readiness = switch.start_called.map(|t| round(t.elapsed()));
+    switch.old_workers = workers.unwrap_or_default();
     if let Err(err) = gate {
         if !settings.keep_failed {
             switch.undo_start().await;
@@ -422,48 +444,44 @@ async fn locked(
     }
 
     // Drain the old color, then stop it (or keep it warm).
+    // The switch is proven: it is recorded while the old color drains and
+    // stops, so the operator does not wait for the write.
+    switch.to.image_id = image_id(stack, &names).await;
+    let proven = switch.report(steps, began, Outcome::Ok, None);
+    let bookkeeping = async {
+        if operation_name == "deploy" && pending.remove(&target).is_some() {
+            if let Err(err) = scale::write_pending(&stack.nginx(), &pending).await {
+                stack
+                    .printer
+                    .warn(format!("clearing the replica count of {target}: {err:#}"));
+            }
+        }
+        record(stack, &proven).await;
+    };
     let old = switch.from_containers.clone();
     let old_workers = switch.old_workers.clone();
     let keep = settings.keep_standby;
-    steps
-        .run(
-            "drain",
-            if keep {
-                format!("draining nginx's old workers; {active} stays up as a warm standby")
-            } else {
-                format!("draining nginx's old workers, then stopping {active}")
-            },
-            async {
-                drain(stack, &old_workers, settings.drain).await?;
-                if !keep {
-                    stop_all(stack, &old).await;
-                }
-                Ok(())
-            },
-        )
-        .await?;
-
-    if operation_name == "deploy" && pending.remove(&target).is_some() {
-        if let Err(err) = scale::write_pending(&stack.nginx(), &pending).await {
-            stack
-                .printer
-                .warn(format!("clearing the replica count of {target}: {err:#}"));
-        }
+    let drained = steps.run(
+        "drain",
+        if keep {
+            format!("draining nginx's old workers; {active} stays up as a warm standby")
+        } else {
+            format!("draining nginx's old workers, then stopping {active}")
+        },
+        async {
+            drain(stack, &old_workers, settings.drain).await?;
+            if !keep {
+                stop_all(stack, &old).await;
+            }
+            Ok(())
+        },
+    );
+    let (drained, ()) = tokio::join!(drained, bookkeeping);
+    drained?;
+    let report = switch.report(steps, began, Outcome::Ok, None);
+    for warning in &report.warnings {
+        stack.printer.warn(warning);
     }
-    let mut to = switch.to.clone();
-    to.image_id = image_id(stack, &names).await;
-    let report = finish(
-        stack,
-        steps,
-        began,
-        operation_name,
-        switch.from.clone(),
-        to,
-        Outcome::Ok,
-        None,
-        switch.warnings.clone(),
-    )
-    .await;
     Ok(report)
 }
 
@@ -528,6 +546,44 @@ async fn resolve_image(
 }
 
 impl Switch<'_> {
+    fn report(
+        &self,
+        steps: &Steps<'_>,
+        began: Instant,
+        outcome: Outcome,
+        reason: Option<String>,
+    ) -> Report {
+        Report {
+            ok: outcome == Outcome::Ok,
+            operation: self.operation.to_owned(),
+            outcome,
+            from: self.from.clone(),
+            to: self.to.clone(),
+            reason,
+            steps: steps.done.clone(),
+            total: round(began.elapsed()),
+            readiness: self.readiness,
+            switched_at: self.switched_at,
+            warnings: self.warnings.clone(),
+        }
+    }
+
+    /// Ends a switch that did not deploy: report, record, warn.
+    async fn conclude(
+        &self,
+        steps: &Steps<'_>,
+        began: Instant,
+        outcome: Outcome,
+        reason: Option<String>,
+    ) -> Report {
+        let report = self.report(steps, began, outcome, reason);
+        record(self.stack, &report).await;
+        for warning in &report.warnings {
+            self.stack.printer.warn(warning);
+        }
+        report
+    }
+
     fn target_names(&self) -> Vec<String> {
         (1..=self.to.replicas)
             .map(|n| container_name(&self.stack.project.name, self.to.color.service(), n))
@@ -556,6 +612,7 @@ impl Switch<'_> {
         if reuse {
             for container in existing {
                 if !container.running {
+                    self.start_called.get_or_insert_with(Instant::now);
                     self.stack.engine.start(&container.name).await?;
                     self.started.push(container.name.clone());
                 }
@@ -578,6 +635,7 @@ impl Switch<'_> {
                 .create_container(&plan.name, plan.body, &plan.extra_networks)
                 .await?;
             self.created.push(plan.name.clone());
+            self.start_called.get_or_insert_with(Instant::now);
             self.stack.engine.start(&plan.name).await?;
         }
         Ok(())
@@ -627,8 +685,16 @@ impl Switch<'_> {
             .collect();
         let upstream = nginx::render_upstream(target, &servers)?;
         let nginx = self.stack.nginx();
-        self.old_workers = nginx.apply(&[(nginx::UPSTREAM_FILE, &upstream)]).await?;
-        wait_served(client, status_addr, target).await
+        // The workers that serve now are the ones to drain after the reload.
+        if self.old_workers.is_empty() {
+            self.old_workers = nginx.workers().await?;
+        }
+        nginx.apply(&[(nginx::UPSTREAM_FILE, &upstream)]).await?;
+        let began = Instant::now();
+        wait_served(client, status_addr, target).await?;
+        tracing::debug!("nginx served {target} after {:?}", began.elapsed());
+        self.switched_at = Some(Utc::now());
+        Ok(())
     }
 
     async fn fail_before_flip(
@@ -638,18 +704,9 @@ impl Switch<'_> {
         err: anyhow::Error,
     ) -> Result<Report> {
         let reason = format!("{err:#}");
-        Ok(finish(
-            self.stack,
-            steps,
-            began,
-            self.operation,
-            self.from.clone(),
-            self.to.clone(),
-            Outcome::Failed,
-            Some(reason),
-            self.warnings.clone(),
-        )
-        .await)
+        Ok(self
+            .conclude(steps, began, Outcome::Failed, Some(reason))
+            .await)
     }
 
     async fn flip_back(
@@ -664,6 +721,8 @@ impl Switch<'_> {
         let reason = format!("{err:#}");
         let from = self.from.color;
         let names = self.from_containers.clone();
+        // The workers to drain now are those serving the failed color.
+        self.old_workers.clear();
         let back = steps
             .run(
                 "rollback",
@@ -683,18 +742,9 @@ impl Switch<'_> {
             let _ = drain(self.stack, &old_workers, settings.drain).await;
             self.undo_start().await;
         }
-        Ok(finish(
-            self.stack,
-            steps,
-            began,
-            self.operation,
-            self.from.clone(),
-            self.to.clone(),
-            Outcome::RolledBack,
-            Some(reason),
-            self.warnings.clone(),
-        )
-        .await)
+        Ok(self
+            .conclude(steps, began, Outcome::RolledBack, Some(reason))
+            .await)
     }
 }
 
@@ -830,54 +880,30 @@ async fn image_id(stack: &Stack<'_>, names: &[String]) -> Option<String> {
         .map(|c| c.image_id)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn finish(
-    stack: &Stack<'_>,
-    steps: &mut Steps<'_>,
-    began: Instant,
-    operation: &str,
-    from: Side,
-    to: Side,
-    outcome: Outcome,
-    reason: Option<String>,
-    warnings: Vec<String>,
-) -> Report {
-    let total = round(began.elapsed());
-    let mut durations: BTreeMap<String, f64> = steps
-        .done
+/// Records a report in the history. A failure to record is a warning: the
+/// switch itself is done.
+async fn record(stack: &Stack<'_>, report: &Report) {
+    let mut durations: BTreeMap<String, f64> = report
+        .steps
         .iter()
         .map(|s| (s.step.clone(), s.seconds))
         .collect();
-    durations.insert("total".to_owned(), total);
+    durations.insert("total".to_owned(), report.total);
     let entry = Entry {
         time: Utc::now(),
-        operation: operation.to_owned(),
+        operation: report.operation.clone(),
         user: lock::user(),
         host: lock::hostname(),
-        from: from.clone(),
-        to: to.clone(),
-        outcome,
-        reason: reason.clone(),
+        from: report.from.clone(),
+        to: report.to.clone(),
+        outcome: report.outcome,
+        reason: report.reason.clone(),
         durations,
     };
     if let Err(err) = history::record(&stack.nginx(), entry).await {
         stack
             .printer
             .warn(format!("recording the deployment: {err:#}"));
-    }
-    for warning in &warnings {
-        stack.printer.warn(warning);
-    }
-    Report {
-        ok: outcome == Outcome::Ok,
-        operation: operation.to_owned(),
-        outcome,
-        from,
-        to,
-        reason,
-        steps: steps.done.clone(),
-        total,
-        warnings,
     }
 }
 

@@ -219,6 +219,9 @@ pub async fn read_holder(engine: &Engine, name: &str) -> Result<Option<(String, 
 fn spawn_heartbeat(engine: Engine, id: String) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
+            // The lock's `since` label is the first beat: a short deploy
+            // writes no heartbeat at all, and races no engine call with it.
+            tokio::time::sleep(HEARTBEAT_EVERY).await;
             let beat = Utc::now().to_rfc3339();
             if let Err(err) = engine
                 .write_files(
@@ -230,7 +233,6 @@ fn spawn_heartbeat(engine: Engine, id: String) -> JoinHandle<()> {
             {
                 tracing::warn!("lock heartbeat failed: {err:#}");
             }
-            tokio::time::sleep(HEARTBEAT_EVERY).await;
         }
     })
 }

@@ -91,6 +91,53 @@ pub struct Nginx<'a> {
     pub container: String,
 }
 
+/// Writes one file of the state directory in one exec: the content arrives
+/// on stdin, goes to a temporary name, and is renamed into place.
+const WRITE_SCRIPT: &str = r#"cat > "$1.tmp" && mv -f "$1.tmp" "$1""#;
+
+/// Replaces one file, checks nginx's configuration and reloads, in one exec.
+/// If nginx rejects the configuration the previous file is put back.
+/// Exit 1: rejected (nginx's reason on the output); 3: writing failed;
+/// 4: the reload failed.
+const APPLY_SCRIPT: &str = r#"f="$1"; conf="$2"
+workers() {
+  for p in /proc/[0-9]*; do
+    case "$(cat "$p/cmdline" 2>/dev/null)" in "nginx: worker process"*) echo "${p#/proc/}" ;; esac
+  done
+}
+cat > "$f.next" || exit 3
+if [ -e "$f" ]; then cp -p "$f" "$f.prev" || exit 3; else rm -f "$f.prev"; fi
+mv -f "$f.next" "$f" || exit 3
+if ! nginx -t -q -c "$conf" 2>&1; then
+  if [ -e "$f.prev" ]; then mv -f "$f.prev" "$f"; else rm -f "$f"; fi
+  exit 1
+fi
+case "$(cat /proc/1/cmdline 2>/dev/null)" in
+  nginx*) ;;
+  # nginx is not PID 1: let it reload itself.
+  *) nginx -s reload -c "$conf" 2>&1 || exit 4; exit 0 ;;
+esac
+old=$(workers)
+kill -HUP 1 || exit 4
+# The master starts new workers, then waits 100 ms before it tells the old
+# ones to stop accepting. Tell them as soon as as many new ones run: they
+# finish their in-flight requests either way.
+count() { set -- $1; echo $#; }
+tries=0
+while [ $tries -lt 100 ]; do
+  fresh=""
+  for p in $(workers); do
+    case " $(echo $old) " in *" $p "*) ;; *) fresh="$fresh $p" ;; esac
+  done
+  if [ "$(count "$fresh")" -ge "$(count "$old")" ]; then
+    [ -n "$old" ] && kill -QUIT $old 2>/dev/null
+    exit 0
+  fi
+  sleep 0.01
+  tries=$((tries + 1))
+done
+exit 0"#;
+
 impl Nginx<'_> {
     pub async fn read(&self, file: &str) -> Result<Option<String>> {
         let path = format!("{STATE_DIR}/{file}");
@@ -101,47 +148,55 @@ impl Nginx<'_> {
             .map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
     }
 
-    /// Writes files into the state directory. In a running container each
-    /// file is written under a temporary name and renamed into place.
-    pub async fn write(&self, files: &[(&str, &str)], running: bool) -> Result<()> {
-        if !running {
-            // Nothing reads the files until nginx starts.
-            let entries: Vec<(&str, &[u8], u32)> = files
-                .iter()
-                .map(|(name, text)| (*name, text.as_bytes(), 0o644))
-                .collect();
-            return self
-                .engine
-                .write_files(&self.container, STATE_DIR, &entries)
-                .await;
-        }
-        let temporary: Vec<(String, &str)> = files
-            .iter()
-            .map(|(name, text)| (format!(".{name}.tmp"), *text))
-            .collect();
-        let entries: Vec<(&str, &[u8], u32)> = temporary
-            .iter()
-            .map(|(name, text)| (name.as_str(), text.as_bytes(), 0o644))
-            .collect();
-        self.engine
-            .write_files(&self.container, STATE_DIR, &entries)
+    /// Runs a script with `sh` in the container, `input` on its stdin;
+    /// `None` if the image has no shell.
+    async fn shell(
+        &self,
+        script: &str,
+        args: &[&str],
+        input: &[u8],
+    ) -> Result<Option<crate::engine::ExecOutput>> {
+        let mut command = vec!["sh", "-c", script, "sh"];
+        command.extend_from_slice(args);
+        let output = self
+            .engine
+            .exec_with_input(&self.container, &command, Some(input))
             .await?;
-        for ((temporary, _), (name, _)) in temporary.iter().zip(files) {
-            let from = format!("{STATE_DIR}/{temporary}");
-            let to = format!("{STATE_DIR}/{name}");
-            let output = self
-                .engine
-                .exec(&self.container, &["mv", "-f", &from, &to])
-                .await?;
-            if output.code != 0 {
-                bail!(
-                    "renaming {from} to {to} in {} failed: {}",
+        let missing = (output.code == 126 || output.code == 127)
+            && format!("{}{}", output.stdout, output.stderr).contains("executable file not found");
+        Ok(if missing { None } else { Some(output) })
+    }
+
+    /// Writes files into the state directory. While nginx runs, each file is
+    /// written under a temporary name and renamed into place, so nginx never
+    /// reads half a file (this needs a shell in the image, as the official
+    /// images have; without one the engine's archive upload replaces it).
+    pub async fn write(&self, files: &[(&str, &str)], running: bool) -> Result<()> {
+        let mut rest = Vec::new();
+        for (name, text) in files {
+            let path = format!("{STATE_DIR}/{name}");
+            let written = if running {
+                self.shell(WRITE_SCRIPT, &[&path], text.as_bytes()).await?
+            } else {
+                None
+            };
+            match written {
+                Some(output) if output.code != 0 => bail!(
+                    "writing {path} in {} failed: {}{}",
                     self.container,
+                    output.stdout.trim(),
                     output.stderr.trim()
-                );
+                ),
+                Some(_) => {}
+                None => rest.push((*name, text.as_bytes(), 0o644)),
             }
         }
-        Ok(())
+        if rest.is_empty() {
+            return Ok(());
+        }
+        self.engine
+            .write_files(&self.container, STATE_DIR, &rest)
+            .await
     }
 
     /// `nginx -t`: Ok, or the reason nginx gives.
@@ -153,14 +208,7 @@ impl Nginx<'_> {
         if output.code == 0 {
             Ok(Ok(()))
         } else {
-            let reason = format!("{}{}", output.stderr, output.stdout);
-            let reason = reason
-                .lines()
-                .find(|line| line.contains("[emerg]") || line.contains("failed"))
-                .unwrap_or(reason.trim())
-                .trim()
-                .to_owned();
-            Ok(Err(reason))
+            Ok(Err(reason(&format!("{}{}", output.stderr, output.stdout))))
         }
     }
 
@@ -180,7 +228,7 @@ impl Nginx<'_> {
         Ok(())
     }
 
-    /// The pids of nginx's worker processes.
+    /// The pids of nginx's worker processes, as the host sees them.
     pub async fn workers(&self) -> Result<Vec<String>> {
         Ok(self
             .engine
@@ -194,9 +242,40 @@ impl Nginx<'_> {
 
     /// Writes the files, checks the result with `nginx -t` and reloads. If
     /// nginx rejects the files, the previous ones are put back and nothing
-    /// is reloaded. Returns the workers that ran before the reload: they
-    /// finish their in-flight requests and exit (see [`Nginx::drain`]).
-    pub async fn apply(&self, files: &[(&str, &str)]) -> Result<Vec<String>> {
+    /// is reloaded. One file goes in one exec; more, or an image without a
+    /// shell, take one engine call per stage.
+    pub async fn apply(&self, files: &[(&str, &str)]) -> Result<()> {
+        if let [(name, text)] = files {
+            let path = format!("{STATE_DIR}/{name}");
+            let began = std::time::Instant::now();
+            let applied = self
+                .shell(APPLY_SCRIPT, &[&path, CONF], text.as_bytes())
+                .await?;
+            tracing::debug!(
+                "{path} written, checked and reloaded in {:?}",
+                began.elapsed()
+            );
+            if let Some(output) = applied {
+                let said = format!("{}{}", output.stdout, output.stderr);
+                return match output.code {
+                    0 => Ok(()),
+                    1 => bail!(
+                        "nginx rejected the new configuration, so it was not applied: {}",
+                        reason(&said)
+                    ),
+                    4 => bail!(
+                        "reloading nginx in {} failed: {}",
+                        self.container,
+                        said.trim()
+                    ),
+                    _ => bail!(
+                        "writing {path} in {} failed: {}",
+                        self.container,
+                        said.trim()
+                    ),
+                };
+            }
+        }
         let mut previous = Vec::new();
         for (name, _) in files {
             previous.push((*name, self.read(name).await?));
@@ -212,9 +291,7 @@ impl Nginx<'_> {
                 .context("putting the previous nginx files back")?;
             bail!("nginx rejected the new configuration, so it was not applied: {reason}");
         }
-        let old = self.workers().await?;
-        self.reload().await?;
-        Ok(old)
+        self.reload().await
     }
 
     /// Waits until the workers `old` have exited, up to `limit`: a reload
@@ -231,6 +308,16 @@ impl Nginx<'_> {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// The line of nginx's output that says why it refused a configuration.
+fn reason(output: &str) -> String {
+    output
+        .lines()
+        .find(|line| line.contains("[emerg]") || line.contains("failed"))
+        .unwrap_or(output.trim())
+        .trim()
+        .to_owned()
 }
 
 /// The color the running nginx serves, asked from its status port: this is

@@ -282,7 +282,8 @@ async fn scale_active(
             "removing {} from nginx's upstream",
             removed.join(", ")
         ));
-        let old_workers = nginx
+        let old_workers = nginx.workers().await?;
+        nginx
             .apply(&[(nginx::UPSTREAM_FILE, &upstream_for(&keep)?)])
             .await?;
         step.done();
