@@ -119,6 +119,7 @@ make_nginx() {
   version=$(nginx -v 2>&1 | sed -n 's|.*nginx/\([0-9.]*\).*|\1|p')
   import_rootfs "$root" "$NGINX_TAG" \
     --change 'ENV PATH=/usr/sbin:/usr/bin:/sbin:/bin' \
+    --change "ENV NGINX_VERSION=$version" \
     --change 'EXPOSE 80' \
     --change 'CMD ["nginx", "-g", "daemon off;"]' \
     --message "nginx $version from Debian's package"

@@ -64,8 +64,9 @@ pub struct Report {
     /// Each step and its seconds, in order.
     pub steps: Vec<StepTime>,
     pub total: f64,
-    /// Seconds from the first new container's start to every new container
-    /// answering healthy: the app's own readiness.
+    /// Seconds from the first new container's start call until the last new
+    /// container could answer healthy, by the app's own uptime: the app's
+    /// readiness, without the polling.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub readiness: Option<f64>,
     /// When nginx began to serve the new color.
@@ -220,6 +221,8 @@ async fn run(stack: &Stack<'_>, operation: Operation, settings: &Settings) -> Re
             ),
         )
         .await?;
+    // The lock is held until the old color has stopped: a rollback that
+    // started meanwhile would start that color while this one stops it.
     let result = locked(stack, operation, settings, &lb, &mut steps, began).await;
     if let Err(err) = lock.release().await {
         stack
@@ -239,13 +242,17 @@ async fn locked(
 ) -> Result<Report> {
     let client = health::client();
     let status_addr = Stack::status_addr(lb).context("nginx publishes no status port")?;
-    let active = steps
-        .run("active", "finding the active color", async {
+    // What the switch needs to know, read at once.
+    let nginx_state = stack.nginx();
+    let (active, containers, pending) = tokio::join!(
+        steps.run("active", "finding the active color", async {
             nginx::served_color(&client, &status_addr).await
-        })
-        .await?;
+        }),
+        stack.containers(),
+        scale::read_pending(&nginx_state),
+    );
+    let (active, containers, mut pending) = (active?, containers?, pending);
     let target = active.other();
-    let containers = stack.containers().await?;
     let active_containers: Vec<&Container> = of_service(&containers, active.service())
         .into_iter()
         .filter(|c| c.running)
@@ -259,7 +266,6 @@ async fn locked(
     let active_replicas = u32::try_from(active_containers.len()).unwrap_or(1).max(1);
     // A deploy starts as many replicas as the active color runs, unless
     // `scale` set a count for the idle color; a rollback keeps the count.
-    let mut pending = scale::read_pending(&stack.nginx()).await;
     let replicas = match operation {
         Operation::Deploy { .. } => pending.get(&target).copied().unwrap_or(active_replicas),
         Operation::Rollback => active_replicas,
@@ -375,15 +381,21 @@ async fn locked(
         ),
         nginx_now.workers()
     );
-    switch.readiness = switch.start_called.map(|t| round(t.elapsed()));
     switch.old_workers = workers.unwrap_or_default();
+    let gate = gate.map(|ready| {
+        // The app's own readiness: from the start call until it could first
+        // answer healthy, by its own uptime; not when the poll noticed.
+        switch.readiness = switch
+            .start_called
+            .map(|started| round(ready.saturating_duration_since(started)));
+    });
     if let Err(err) = gate {
         if !settings.keep_failed {
             switch.undo_start().await;
         }
         return switch.fail_before_flip(steps, began, err).await;
     }
-    if let Err(err) = switch.check_sessions().await {
+    if let Err(err) = Switch::check_sessions(&containers) {
         switch.warnings.push(err);
     }
 
@@ -403,17 +415,20 @@ async fn locked(
     }
 
     // Prove it, then watch it.
-    let lb_addr = stack.lb_addr().await?;
-    let verified = steps
-        .run(
+    let lb_addr = lb
+        .published_addr(nginx::HTTP_PORT)
+        .with_context(|| format!("{} publishes no port {}", lb.name, nginx::HTTP_PORT))?;
+    let (verified, image_id) = tokio::join!(
+        steps.run(
             "verify",
             format!(
                 "verifying {} answers in a row from {target} through the load balancer",
                 settings.verify
             ),
             verify(&client, &lb_addr, &expect, settings.verify, settings.poll),
-        )
-        .await;
+        ),
+        image_id(stack, &names)
+    );
     let watched = match verified {
         Ok(()) if !settings.watch.is_zero() => {
             steps
@@ -446,7 +461,7 @@ async fn locked(
     // Drain the old color, then stop it (or keep it warm).
     // The switch is proven: it is recorded while the old color drains and
     // stops, so the operator does not wait for the write.
-    switch.to.image_id = image_id(stack, &names).await;
+    switch.to.image_id = image_id;
     let proven = switch.report(steps, began, Outcome::Ok, None);
     let bookkeeping = async {
         if operation_name == "deploy" && pending.remove(&target).is_some() {
@@ -461,23 +476,25 @@ async fn locked(
     let old = switch.from_containers.clone();
     let old_workers = switch.old_workers.clone();
     let keep = settings.keep_standby;
-    let drained = steps.run(
-        "drain",
-        if keep {
-            format!("draining nginx's old workers; {active} stays up as a warm standby")
-        } else {
-            format!("draining nginx's old workers, then stopping {active}")
-        },
-        async {
-            drain(stack, &old_workers, settings.drain).await?;
-            if !keep {
-                stop_all(stack, &old).await;
-            }
-            Ok(())
-        },
-    );
-    let (drained, ()) = tokio::join!(drained, bookkeeping);
-    drained?;
+    steps
+        .run(
+            "drain",
+            if keep {
+                format!("draining nginx's old workers; {active} stays up as a warm standby")
+            } else {
+                format!("draining nginx's old workers, then stopping {active}")
+            },
+            async {
+                let (drained, ()) =
+                    tokio::join!(drain(stack, &old_workers, settings.drain), bookkeeping);
+                drained?;
+                if !keep {
+                    stop_all(stack, &old).await;
+                }
+                Ok(())
+            },
+        )
+        .await?;
     let report = switch.report(steps, began, Outcome::Ok, None);
     for warning in &report.warnings {
         stack.printer.warn(warning);
@@ -653,17 +670,9 @@ impl Switch<'_> {
     }
 
     /// Redis down does not stop a deploy, but sessions are degraded.
-    async fn check_sessions(&self) -> Result<(), String> {
-        let containers = self
-            .stack
-            .containers()
-            .await
-            .map_err(|e| format!("{e:#}"))?;
-        let redis: Vec<&Container> = of_service(&containers, "redis");
-        if redis.is_empty() {
-            return Ok(());
-        }
-        if redis.iter().all(|c| c.running) {
+    fn check_sessions(containers: &[Container]) -> Result<(), String> {
+        let redis: Vec<&Container> = of_service(containers, "redis");
+        if redis.is_empty() || redis.iter().all(|c| c.running) {
             return Ok(());
         }
         Err(

@@ -70,11 +70,20 @@ pub struct Container {
     pub addresses: BTreeMap<String, String>,
     /// Named volumes: volume name to where it is mounted.
     pub volumes: Vec<(String, String)>,
+    /// The environment, `KEY=value`; private, as it may hold secrets.
+    env: Vec<String>,
 }
 
 impl Container {
     pub fn label(&self, key: &str) -> Option<&str> {
         self.labels.get(key).map(String::as_str)
+    }
+
+    /// One variable of the container's environment.
+    pub fn env_var(&self, key: &str) -> Option<&str> {
+        self.env
+            .iter()
+            .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
     }
 
     /// Where the host reaches a container port: the published address, with
@@ -770,6 +779,7 @@ fn container_from(response: ContainerInspectResponse) -> Container {
         .filter_map(|m| Some((m.name?, m.destination?)))
         .collect();
     Container {
+        env: config.env.clone().unwrap_or_default(),
         volumes,
         id: response.id.unwrap_or_default(),
         name: response

@@ -128,15 +128,21 @@ fn reason(err: &reqwest::Error) -> String {
     text
 }
 
+/// While nothing answers (the app does not listen yet), probes come this
+/// often: a refused or dropped connection costs nothing, and the moment the
+/// app starts listening is the moment to see.
+const NOT_LISTENING_RETRY: Duration = Duration::from_millis(10);
+
 /// Polls `addr` every `interval` until it satisfies `expect`, or `deadline`
-/// passes. The error is the last answer seen.
+/// passes. Returns the answer and when the app became ready by its own clock
+/// (the answer's time less its uptime). The error is the last answer seen.
 pub async fn wait_until(
     client: &reqwest::Client,
     addr: &str,
     expect: &Expect,
     interval: Duration,
     deadline: Instant,
-) -> Result<Report, Probe> {
+) -> Result<(Report, Instant), Probe> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let probe = probe(
@@ -145,15 +151,21 @@ pub async fn wait_until(
             left.clamp(Duration::from_millis(100), Duration::from_secs(5)),
         )
         .await;
-        if probe.satisfies(expect) {
-            if let Probe::Answered(report) = probe {
-                return Ok(report);
-            }
+        if probe.satisfies(expect)
+            && let Probe::Answered(report) = probe
+        {
+            let now = Instant::now();
+            let up = Duration::try_from_secs_f64(report.uptime).unwrap_or_default();
+            return Ok((report, now.checked_sub(up).unwrap_or(now)));
         }
-        if Instant::now() + interval >= deadline {
+        let wait = match probe {
+            Probe::Unreachable(_) => interval.min(NOT_LISTENING_RETRY),
+            _ => interval,
+        };
+        if Instant::now() + wait >= deadline {
             return Err(probe);
         }
-        tokio::time::sleep(interval).await;
+        tokio::time::sleep(wait).await;
     }
 }
 

@@ -395,37 +395,53 @@ impl Stack<'_> {
 
     /// Polls each container's `/api/health` every `poll` until it answers as
     /// expected or `deadline` passes; the error shows its last answer.
+    /// Returns when the last of them became ready, by its own clock.
     pub async fn wait_app_ready(
         &self,
         names: &[String],
         expect: &Expect,
         poll: Duration,
         deadline: Instant,
-    ) -> Result<()> {
+    ) -> Result<Instant> {
         let client = health::client();
-        for name in names {
-            let container = self.must_inspect(name).await?;
-            let Some(addr) = Self::app_addr(&container) else {
-                bail!("{name} publishes no port {APP_PORT} and has no address on a network");
-            };
-            if let Err(last) = health::wait_until(&client, &addr, expect, poll, deadline).await {
-                self.show_logs(name).await;
-                let state = match self.engine.inspect(name).await {
-                    Ok(Some(c)) if !c.running => format!(
-                        " (the container {} with code {})",
-                        c.state,
-                        c.exit_code.unwrap_or(-1)
-                    ),
-                    _ => String::new(),
+        let waits = names.iter().map(|name| {
+            let client = &client;
+            async move {
+                let container = self.must_inspect(name).await?;
+                let Some(addr) = Self::app_addr(&container) else {
+                    bail!("{name} publishes no port {APP_PORT} and has no address on a network");
                 };
-                return Err(failed(format!(
-                    "{name} did not answer healthy as {} {} in time{state}; its health endpoint last answered: {last}",
-                    expect.color,
-                    expect.version.as_deref().unwrap_or("(any version)")
-                )));
+                match health::wait_until(client, &addr, expect, poll, deadline).await {
+                    Ok((_, ready)) => Ok(ready),
+                    Err(last) => {
+                        self.show_logs(name).await;
+                        let state = match self.engine.inspect(name).await {
+                            Ok(Some(c)) if !c.running => format!(
+                                " (the container {} with code {})",
+                                c.state,
+                                c.exit_code.unwrap_or(-1)
+                            ),
+                            _ => String::new(),
+                        };
+                        Err(failed(format!(
+                            "{name} did not answer healthy as {} {} in time{state}; its health endpoint last answered: {last}",
+                            expect.color,
+                            expect.version.as_deref().unwrap_or("(any version)")
+                        )))
+                    }
+                }
+            }
+        });
+        let mut latest = Instant::now();
+        let mut first = true;
+        for result in futures_util::future::join_all(waits).await {
+            let ready = result?;
+            if first || ready > latest {
+                latest = ready;
+                first = false;
             }
         }
-        Ok(())
+        Ok(latest)
     }
 
     /// The load balancer's address on this host.
@@ -441,8 +457,9 @@ impl Stack<'_> {
         container.published_addr(nginx::STATUS_PORT)
     }
 
-    /// The rate limits the compose file asks for.
-    pub fn limits_file(&self) -> Result<String> {
+    /// The http-level settings cryptus renders: the rate limits the compose
+    /// file asks for, and `keepalive_min_timeout` where nginx has it.
+    pub fn limits_file(&self, nginx_version: Option<&str>) -> Result<String> {
         let labels = self
             .compose
             .service(LB_SERVICE)
@@ -454,7 +471,8 @@ impl Stack<'_> {
         let api = labels
             .get("cryptus.rate.api")
             .map_or("10r/s", String::as_str);
-        nginx::render_limits(site, api).map_err(|err| {
+        let keepalive_min = nginx_version.is_some_and(nginx::has_keepalive_min_timeout);
+        nginx::render_limits(site, api, keepalive_min).map_err(|err| {
             crate::error::usage(
                 format!("{err:#}"),
                 "set CRYPTUS_RATE_SITE and CRYPTUS_RATE_API to rates such as 30r/s",
@@ -572,7 +590,7 @@ impl Stack<'_> {
                     };
                     self.wait_app_ready(&names, &expect, POLL, deadline)
                         .await
-                        .map(|()| outcome)
+                        .map(|_| outcome)
                 }
                 None => {
                     self.ensure_service(
@@ -606,11 +624,11 @@ impl Stack<'_> {
         self.wait_dependencies(lb_service, deadline).await?;
         let now = self.containers().await?;
         let upstream = Self::upstream_file(active, &of_service(&now, active.service()))?;
-        let limits = self.limits_file()?;
         let outcome = self
             .ensure_service(lb_service, 1, None, &now, true, false)
             .await?;
         let lb = self.must_inspect(&self.lb_container()).await?;
+        let limits = self.limits_file(lb.env_var("NGINX_VERSION"))?;
         let nginx = self.nginx();
         let files = [
             (nginx::UPSTREAM_FILE, upstream.as_str()),

@@ -75,14 +75,32 @@ pub fn check_rate(rate: &str) -> Result<(), String> {
     }
 }
 
-pub fn render_limits(site: &str, api: &str) -> Result<String> {
+/// Whether an nginx version (`1.27.4`) has `keepalive_min_timeout`.
+pub fn has_keepalive_min_timeout(version: &str) -> bool {
+    let parts: Vec<u32> = version
+        .trim()
+        .split('.')
+        .map_while(|part| part.parse().ok())
+        .collect();
+    parts.len() >= 2 && (parts[0], parts[1], parts.get(2).copied().unwrap_or(0)) >= (1, 27, 4)
+}
+
+/// The http-level settings: rate-limit zones, and, where nginx has it,
+/// `keepalive_min_timeout`, which keeps idle keep-alive client connections
+/// open through a reload instead of closing them under a client that is
+/// about to send on them.
+pub fn render_limits(site: &str, api: &str, keepalive_min_timeout: bool) -> Result<String> {
     check_rate(site).map_err(anyhow::Error::msg)?;
     check_rate(api).map_err(anyhow::Error::msg)?;
-    Ok(format!(
+    let mut text = format!(
         "{HEADER}\n\
          limit_req_zone $binary_remote_addr zone=cryptus_site:10m rate={site};\n\
          limit_req_zone $binary_remote_addr zone=cryptus_api:10m rate={api};\n"
-    ))
+    );
+    if keepalive_min_timeout {
+        text.push_str("keepalive_min_timeout 1s;\n");
+    }
+    Ok(text)
 }
 
 /// The running nginx container of a project, through the engine.
@@ -100,9 +118,14 @@ const WRITE_SCRIPT: &str = r#"cat > "$1.tmp" && mv -f "$1.tmp" "$1""#;
 /// Exit 1: rejected (nginx's reason on the output); 3: writing failed;
 /// 4: the reload failed.
 const APPLY_SCRIPT: &str = r#"f="$1"; conf="$2"
+# nginx's workers: processes named nginx whose parent is the master, PID 1.
+# Shell builtins only: this runs inside the switch.
 workers() {
   for p in /proc/[0-9]*; do
-    case "$(cat "$p/cmdline" 2>/dev/null)" in "nginx: worker process"*) echo "${p#/proc/}" ;; esac
+    read -r stat < "$p/stat" 2>/dev/null || continue
+    case "$stat" in *"(nginx) "*) ;; *) continue ;; esac
+    set -- ${stat##*) }
+    [ "$2" = 1 ] && echo "${p#/proc/}"
   done
 }
 cat > "$f.next" || exit 3
@@ -112,28 +135,29 @@ if ! nginx -t -q -c "$conf" 2>&1; then
   if [ -e "$f.prev" ]; then mv -f "$f.prev" "$f"; else rm -f "$f"; fi
   exit 1
 fi
-case "$(cat /proc/1/cmdline 2>/dev/null)" in
-  nginx*) ;;
+read -r master < /proc/1/stat 2>/dev/null
+case "$master" in
+  *"(nginx) "*) ;;
   # nginx is not PID 1: let it reload itself.
   *) nginx -s reload -c "$conf" 2>&1 || exit 4; exit 0 ;;
 esac
-old=$(workers)
+old=" $(echo $(workers)) "
 kill -HUP 1 || exit 4
 # The master starts new workers, then waits 100 ms before it tells the old
 # ones to stop accepting. Tell them as soon as as many new ones run: they
 # finish their in-flight requests either way.
-count() { set -- $1; echo $#; }
 tries=0
-while [ $tries -lt 100 ]; do
-  fresh=""
+while [ $tries -lt 200 ]; do
+  fresh=0
   for p in $(workers); do
-    case " $(echo $old) " in *" $p "*) ;; *) fresh="$fresh $p" ;; esac
+    case "$old" in *" $p "*) ;; *) fresh=$((fresh + 1)) ;; esac
   done
-  if [ "$(count "$fresh")" -ge "$(count "$old")" ]; then
-    [ -n "$old" ] && kill -QUIT $old 2>/dev/null
+  set -- $old
+  if [ $fresh -ge $# ]; then
+    [ $# -gt 0 ] && kill -QUIT "$@" 2>/dev/null
     exit 0
   fi
-  sleep 0.01
+  sleep 0.005
   tries=$((tries + 1))
 done
 exit 0"#;
@@ -305,7 +329,7 @@ impl Nginx<'_> {
             if busy == 0 || tokio::time::Instant::now() >= deadline {
                 return Ok(busy);
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }
@@ -381,9 +405,25 @@ mod tests {
         for bad in ["30", "r/s", "0r/s", "30r/h", "3 0r/s", "30r/s;", "-1r/s"] {
             assert!(check_rate(bad).is_err(), "{bad}");
         }
-        let limits = render_limits("30r/s", "10r/s").unwrap();
+        let limits = render_limits("30r/s", "10r/s", false).unwrap();
         assert!(limits.contains("zone=cryptus_site:10m rate=30r/s;"));
         assert!(limits.contains("zone=cryptus_api:10m rate=10r/s;"));
-        assert!(render_limits("1000r/s; evil", "10r/s").is_err());
+        assert!(!limits.contains("keepalive_min_timeout"));
+        assert!(
+            render_limits("30r/s", "10r/s", true)
+                .unwrap()
+                .contains("keepalive_min_timeout 1s;")
+        );
+        assert!(render_limits("1000r/s; evil", "10r/s", false).is_err());
+    }
+
+    #[test]
+    fn keepalive_min_timeout_came_with_1_27_4() {
+        assert!(has_keepalive_min_timeout("1.27.4"));
+        assert!(has_keepalive_min_timeout("1.29.0"));
+        assert!(has_keepalive_min_timeout("2.0"));
+        assert!(!has_keepalive_min_timeout("1.27.3"));
+        assert!(!has_keepalive_min_timeout("1.22.1"));
+        assert!(!has_keepalive_min_timeout("mainline"));
     }
 }

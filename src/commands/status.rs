@@ -109,32 +109,41 @@ async fn gather(
         engine,
         container: lb_name.clone(),
     };
-    let upstream_file = match lb {
-        Some(_) => nginx
-            .read(nginx::UPSTREAM_FILE)
-            .await
-            .ok()
-            .flatten()
-            .as_deref()
-            .and_then(nginx::upstream_color),
-        None => None,
+    // Every read is independent: ask them all at once.
+    let upstream_file = async {
+        match lb {
+            Some(_) => nginx
+                .read(nginx::UPSTREAM_FILE)
+                .await
+                .ok()
+                .flatten()
+                .as_deref()
+                .and_then(nginx::upstream_color),
+            None => None,
+        }
     };
-    let history = match lb {
-        Some(_) => history::read(&nginx).await.unwrap_or_default(),
-        None => Vec::new(),
+    let history = async {
+        match lb {
+            Some(_) => history::read(&nginx).await.unwrap_or_default(),
+            None => Vec::new(),
+        }
     };
-    let lock = lock::holder_of(engine, &project.name).await.ok().flatten();
-    let (served, mut note) = match lb {
-        None => (None, Some("there is no nginx container".to_owned())),
-        Some(c) if !c.running => (None, Some(format!("nginx is {}", c.state))),
-        Some(c) => match Stack::status_addr(c) {
-            None => (None, Some("nginx publishes no status port".to_owned())),
-            Some(addr) => match nginx::served_color(&health::client(), &addr).await {
-                Ok(color) => (Some(color), None),
-                Err(err) => (None, Some(format!("{err:#}"))),
+    let lock = async { lock::holder_of(engine, &project.name).await.ok().flatten() };
+    let served = async {
+        match lb {
+            None => (None, Some("there is no nginx container".to_owned())),
+            Some(c) if !c.running => (None, Some(format!("nginx is {}", c.state))),
+            Some(c) => match Stack::status_addr(c) {
+                None => (None, Some("nginx publishes no status port".to_owned())),
+                Some(addr) => match nginx::served_color(&health::client(), &addr).await {
+                    Ok(color) => (Some(color), None),
+                    Err(err) => (None, Some(format!("{err:#}"))),
+                },
             },
-        },
+        }
     };
+    let (upstream_file, history, lock, (served, mut note)) =
+        tokio::join!(upstream_file, history, lock, served);
     if let (Some(served), Some(file)) = (served, upstream_file)
         && served != file
     {
