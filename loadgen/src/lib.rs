@@ -72,6 +72,8 @@ pub struct Sample {
     pub outcome: Outcome,
     /// The color that answered (`x-cryptus-instance`).
     pub color: Option<String>,
+    /// Retried once after a reused keep-alive connection closed unanswered.
+    pub retried: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -141,6 +143,7 @@ impl Report {
 
 /// A running load; [`Load::stop`] ends it and returns the report.
 pub struct Load {
+    began: Instant,
     stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     report: Arc<Mutex<Report>>,
@@ -176,11 +179,17 @@ impl Load {
             }
         }
         Load {
+            began,
             stop,
             tasks,
             report,
             stale,
         }
+    }
+
+    /// When the load began: samples' `at` counts from here.
+    pub fn began(&self) -> Instant {
+        self.began
     }
 
     /// Stops the clients (each finishes its request in flight) and reports.
@@ -240,9 +249,16 @@ impl Client {
         while !self.stop.load(Ordering::SeqCst) {
             let started = Instant::now();
             let at = started.duration_since(self.began).as_secs_f64();
+            let mut retried = false;
             let result = tokio::time::timeout(
                 self.mix.timeout,
-                self.exchange(&mut connection, &path, cookie.as_deref(), reuse),
+                self.exchange(
+                    &mut connection,
+                    &path,
+                    cookie.as_deref(),
+                    reuse,
+                    &mut retried,
+                ),
             )
             .await
             .unwrap_or(Err(Failure::Timeout));
@@ -287,6 +303,7 @@ impl Client {
                 latency,
                 outcome,
                 color,
+                retried,
             });
             if self.kind != Kind::Slow && !self.mix.pause.is_zero() {
                 tokio::time::sleep(self.mix.pause).await;
@@ -301,10 +318,12 @@ impl Client {
         path: &str,
         cookie: Option<&str>,
         reuse: bool,
+        retried: &mut bool,
     ) -> Result<Answer, Failure> {
         let reused = connection.is_some();
         match self.once(connection, path, cookie, reuse).await {
             Err(Failure::Stale) if reused => {
+                *retried = true;
                 self.stale.fetch_add(1, Ordering::SeqCst);
                 *connection = None;
                 match self.once(connection, path, cookie, reuse).await {

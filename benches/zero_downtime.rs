@@ -1,0 +1,709 @@
+//! The zero-downtime benchmark: cryptus and the seed's script way, side by
+//! side, under the same load, in the same run.
+//!
+//!   cargo bench --bench zero_downtime -- [--cycles 20] [--json]
+//!
+//! It brings up its own stack (its own project, a loopback port, rate limits
+//! raised above one client IP's load), runs a mix of keep-alive, new-
+//! connection, 2 s and session clients through the load balancer for the
+//! whole run, and flips colors: each cycle deploys a new version then rolls
+//! back, first with cryptus, then with `benches/baseline.sh`. Every request
+//! is counted by outcome. It exits 1 if any request failed during cryptus's
+//! flips: a count, not a timing, so CI can run a short version as a guard.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::collections::BTreeMap;
+use std::process::Output;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use loadgen::{Kind, Load, Mix, Outcome, Report, Sample, percentile};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+struct Args {
+    cycles: usize,
+    json: bool,
+}
+
+fn args() -> Result<Args, String> {
+    let mut args = Args {
+        cycles: 20,
+        json: false,
+    };
+    let mut words = std::env::args().skip(1);
+    while let Some(word) = words.next() {
+        match word.as_str() {
+            // cargo bench passes --bench to every bench binary.
+            "--bench" => {}
+            "--json" => args.json = true,
+            "--cycles" => {
+                args.cycles = words
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|n| *n > 0)
+                    .ok_or("--cycles takes a whole number above 0")?;
+            }
+            other => {
+                return Err(format!(
+                    "unknown argument {other:?}; usage: zero_downtime [--cycles N] [--json]"
+                ));
+            }
+        }
+    }
+    Ok(args)
+}
+
+/// One flip as an approach did it.
+#[derive(Clone, Debug, Serialize)]
+struct Flip {
+    operation: &'static str,
+    /// Whether the color switched to was still running (a warm standby).
+    warm: bool,
+    seconds: f64,
+    readiness: f64,
+    drain: f64,
+    overhead: f64,
+    /// When nginx began to serve the new color, in seconds from the load's start.
+    switched: f64,
+    /// Seconds from the command's start until nginx served the new color:
+    /// for a rollback, how long users waited for the previous version.
+    to_switch: f64,
+    /// cryptus's own step timings.
+    steps: BTreeMap<String, f64>,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Approach {
+    requests: u64,
+    failed: u64,
+    failures: BTreeMap<String, u64>,
+    stale_keepalive_closes: u64,
+    latency_ms_steady: Percentiles,
+    latency_ms_near_switch: Percentiles,
+    deploy_seconds: f64,
+    readiness_seconds: f64,
+    overhead_seconds: f64,
+    drain_seconds: f64,
+    /// Rollbacks: from the command's start until traffic is back on the
+    /// previous version (the drain of the rolled-back color comes after).
+    rollback_warm_seconds: Option<f64>,
+    rollback_cold_seconds: Option<f64>,
+    /// Rollbacks: the whole command, drain included.
+    rollback_warm_total_seconds: Option<f64>,
+    rollback_cold_total_seconds: Option<f64>,
+    /// cryptus's own step timings, median over its flips.
+    steps_median: BTreeMap<String, f64>,
+    flips: Vec<Flip>,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Percentiles {
+    p50: f64,
+    p99: f64,
+    max: f64,
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    percentile(&mut values, 50.0)
+}
+
+fn round3(value: f64) -> f64 {
+    (value * 1000.0).round() / 1000.0
+}
+
+fn epoch_now() -> f64 {
+    epoch(SystemTime::now())
+}
+
+fn epoch(time: SystemTime) -> f64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+fn run_ok(output: Output, what: &str) -> Result<Output, String> {
+    if output.status.success() {
+        Ok(output)
+    } else {
+        Err(format!(
+            "{what} failed: {}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
+/// A cryptus flip: the wall time of the command, and its report.
+async fn cryptus_flip(
+    project: &support::TestProject,
+    args: &[&str],
+    operation: &'static str,
+    warm: bool,
+    load_epoch: f64,
+) -> Result<Flip, String> {
+    let began = Instant::now();
+    let output = run_ok(
+        project.run_async(args).await,
+        &format!("cryptus {}", args.join(" ")),
+    )?;
+    let seconds = began.elapsed().as_secs_f64();
+    let report: Value =
+        serde_json::from_slice(&output.stdout).map_err(|e| format!("cryptus --json: {e}"))?;
+    let step = |name: &str| {
+        report["steps"]
+            .as_array()
+            .and_then(|steps| steps.iter().find(|s| s["step"] == name))
+            .and_then(|s| s["seconds"].as_f64())
+            .unwrap_or(0.0)
+    };
+    let readiness = report["readiness"].as_f64().unwrap_or(0.0);
+    let drain = step("drain");
+    let switched = report["switched_at"]
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.timestamp_micros() as f64 / 1e6 - load_epoch)
+        .unwrap_or(0.0);
+    let steps = report["steps"]
+        .as_array()
+        .map(|steps| {
+            steps
+                .iter()
+                .filter_map(|s| Some((s["step"].as_str()?.to_owned(), s["seconds"].as_f64()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Flip {
+        operation,
+        warm,
+        seconds,
+        readiness,
+        drain,
+        overhead: seconds - readiness - drain,
+        switched,
+        to_switch: switched - (epoch_now() - load_epoch - seconds),
+        steps,
+    })
+}
+
+/// A baseline flip, from the script's four timestamps.
+async fn baseline_flip(
+    project: &support::TestProject,
+    mode: &'static str,
+    to: &str,
+    version: &str,
+    load_epoch: f64,
+) -> Result<Flip, String> {
+    let script = std::path::Path::new(support::REPO).join("benches/baseline.sh");
+    let began = Instant::now();
+    let output = tokio::process::Command::new("bash")
+        .arg(&script)
+        .args([
+            project.name.as_str(),
+            mode,
+            to,
+            version,
+            &support::app_image(),
+        ])
+        .output()
+        .await
+        .map_err(|e| format!("running {}: {e}", script.display()))?;
+    let output = run_ok(output, "the baseline script")?;
+    let seconds = began.elapsed().as_secs_f64();
+    let times: Vec<f64> = String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    let [start, healthy, uptime, switched, done] = times[..] else {
+        return Err(format!(
+            "the baseline printed {:?}",
+            String::from_utf8_lossy(&output.stdout)
+        ));
+    };
+    // The app's own readiness: when it could first answer, by its uptime.
+    let readiness = (healthy - uptime - start).max(0.0);
+    let drain = done - switched;
+    Ok(Flip {
+        operation: if mode == "rollback" {
+            "rollback"
+        } else {
+            "deploy"
+        },
+        warm: false,
+        seconds,
+        readiness,
+        drain,
+        overhead: seconds - readiness - drain,
+        switched: switched - load_epoch,
+        to_switch: switched - start,
+        steps: BTreeMap::new(),
+    })
+}
+
+fn summarize(samples: &[&Sample], flips: Vec<Flip>) -> Approach {
+    let mut report = Report::default();
+    let mut steady = Vec::new();
+    let mut near = Vec::new();
+    let mut stale = 0;
+    for sample in samples {
+        let failure = match &sample.outcome {
+            Outcome::Ok => None,
+            Outcome::Status(code) => Some(format!("status_{code}")),
+            Outcome::ConnectError => Some("connect_error".to_owned()),
+            Outcome::Reset => Some("reset".to_owned()),
+            Outcome::Timeout => Some("timeout".to_owned()),
+            Outcome::SessionLost => Some("session_lost".to_owned()),
+        };
+        report.requests += 1;
+        if let Some(kind) = failure {
+            report.failed += 1;
+            *report.failures.entry(kind).or_default() += 1;
+        }
+        if sample.retried {
+            stale += 1;
+        }
+        // The 2 s requests measure the drain, not the proxy's latency.
+        if sample.kind != Kind::Slow && sample.outcome == Outcome::Ok {
+            let middle = sample.at + sample.latency / 2.0;
+            let close = flips.iter().any(|f| (middle - f.switched).abs() <= 1.0);
+            if close {
+                near.push(sample.latency * 1000.0)
+            } else {
+                steady.push(sample.latency * 1000.0)
+            }
+        }
+    }
+    let percentiles = |values: &mut Vec<f64>| Percentiles {
+        p50: round3(percentile(values, 50.0)),
+        p99: round3(percentile(values, 99.0)),
+        max: round3(values.iter().copied().fold(0.0, f64::max)),
+    };
+    let of = |pick: &dyn Fn(&Flip) -> bool, field: &dyn Fn(&Flip) -> f64| {
+        let values: Vec<f64> = flips.iter().filter(|f| pick(f)).map(field).collect();
+        (!values.is_empty()).then(|| round3(median(values)))
+    };
+    let deploys = |f: &Flip| f.operation == "deploy";
+    Approach {
+        requests: report.requests,
+        failed: report.failed,
+        failures: report.failures,
+        stale_keepalive_closes: stale,
+        latency_ms_steady: percentiles(&mut steady),
+        latency_ms_near_switch: percentiles(&mut near),
+        deploy_seconds: of(&deploys, &|f| f.seconds).unwrap_or(0.0),
+        readiness_seconds: of(&|_| true, &|f| f.readiness).unwrap_or(0.0),
+        overhead_seconds: of(&|_| true, &|f| f.overhead).unwrap_or(0.0),
+        drain_seconds: of(&|_| true, &|f| f.drain).unwrap_or(0.0),
+        rollback_warm_seconds: of(&|f| f.operation == "rollback" && f.warm, &|f| f.to_switch),
+        rollback_cold_seconds: of(&|f| f.operation == "rollback" && !f.warm, &|f| f.to_switch),
+        rollback_warm_total_seconds: of(&|f| f.operation == "rollback" && f.warm, &|f| f.seconds),
+        rollback_cold_total_seconds: of(&|f| f.operation == "rollback" && !f.warm, &|f| f.seconds),
+        steps_median: {
+            let mut names: Vec<String> =
+                flips.iter().flat_map(|f| f.steps.keys().cloned()).collect();
+            names.sort();
+            names.dedup();
+            names
+                .into_iter()
+                .map(|name| {
+                    let values: Vec<f64> = flips
+                        .iter()
+                        .filter_map(|f| f.steps.get(&name).copied())
+                        .collect();
+                    (name, round3(median(values)))
+                })
+                .collect()
+        },
+        flips,
+    }
+}
+
+fn nginx_version(project: &support::TestProject) -> String {
+    let container = format!("{}-nginx-1", project.name);
+    support::on_engine(move |docker| async move {
+        docker
+            .inspect_container(&container, None)
+            .await
+            .ok()
+            .and_then(|c| c.config)
+            .and_then(|c| c.env)
+            .and_then(|env| {
+                env.iter()
+                    .find_map(|e| e.strip_prefix("NGINX_VERSION=").map(str::to_owned))
+            })
+            .unwrap_or_else(|| "unknown".to_owned())
+    })
+}
+
+fn engine_version() -> String {
+    support::on_engine(|docker| async move {
+        docker
+            .version()
+            .await
+            .map(|v| {
+                format!(
+                    "{} (API {})",
+                    v.version.unwrap_or_default(),
+                    v.api_version.unwrap_or_default()
+                )
+            })
+            .unwrap_or_default()
+    })
+}
+
+fn machine() -> String {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0 / 1024.0)
+        .unwrap_or(0.0);
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_default();
+    format!("{cores} cores ({cpu}), {memory:.0} GiB")
+}
+
+async fn bench(args: &Args) -> Result<(Value, bool), String> {
+    let mut project = support::TestProject::new("bench");
+    for key in ["CRYPTUS_RATE_SITE", "CRYPTUS_RATE_API"] {
+        project.set_env(key, "1000000r/s");
+    }
+    run_ok(project.run_async(&["start"]).await, "cryptus start")?;
+    let mix = Mix {
+        keep_alive: 3,
+        new_connection: 1,
+        slow: 2,
+        slow_ms: 2000,
+        session: 1,
+        pause: Duration::from_millis(6),
+        timeout: Duration::from_secs(10),
+    };
+    let load = Load::start(project.lb_addr(), &mix);
+    let load_epoch = epoch(SystemTime::now()) - load.began().elapsed().as_secs_f64();
+    let since = |at: Instant| at.duration_since(load.began()).as_secs_f64();
+    let pause = Duration::from_secs(2);
+    let image = support::app_image();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // cryptus: deploy a new version, roll back; every other deploy keeps the
+    // old color running, so half the rollbacks are warm and half cold.
+    let cryptus_began = since(Instant::now());
+    let mut flips = Vec::new();
+    let mut status_ms = Vec::new();
+    for cycle in 0..args.cycles {
+        let version = format!("1.{cycle}.0");
+        let warm = cycle % 2 == 0;
+        let mut deploy = vec![
+            "deploy",
+            "--image",
+            &image,
+            "--version",
+            &version,
+            "--watch",
+            "0s",
+            "--json",
+        ];
+        if warm {
+            deploy.push("--keep-standby");
+        }
+        flips.push(cryptus_flip(&project, &deploy, "deploy", false, load_epoch).await?);
+        tokio::time::sleep(pause).await;
+        flips.push(
+            cryptus_flip(
+                &project,
+                &["rollback", "--json"],
+                "rollback",
+                warm,
+                load_epoch,
+            )
+            .await?,
+        );
+        tokio::time::sleep(pause).await;
+        let began = Instant::now();
+        run_ok(
+            project.run_async(&["status", "--json"]).await,
+            "cryptus status",
+        )?;
+        status_ms.push(began.elapsed().as_secs_f64() * 1000.0);
+        eprintln!("cryptus cycle {}/{} done", cycle + 1, args.cycles);
+    }
+    let cryptus_ended = since(Instant::now());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // The seed's way, on the same stack, under the same load.
+    let baseline_began = since(Instant::now());
+    let mut baseline = Vec::new();
+    let active = project.status()["active"]
+        .as_str()
+        .unwrap_or("blue")
+        .to_owned();
+    let idle = if active == "blue" { "green" } else { "blue" };
+    for cycle in 0..args.cycles {
+        let version = format!("2.{cycle}.0");
+        baseline.push(baseline_flip(&project, "deploy", idle, &version, load_epoch).await?);
+        tokio::time::sleep(pause).await;
+        baseline.push(baseline_flip(&project, "rollback", &active, &version, load_epoch).await?);
+        tokio::time::sleep(pause).await;
+        eprintln!("baseline cycle {}/{} done", cycle + 1, args.cycles);
+    }
+    let baseline_ended = since(Instant::now());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let report = load.stop().await;
+
+    let window = |from: f64, to: f64| -> Vec<&Sample> {
+        report
+            .samples
+            .iter()
+            .filter(|s| s.at >= from && s.at < to)
+            .collect()
+    };
+    let cryptus = summarize(&window(cryptus_began, cryptus_ended + 2.0), flips);
+    let seed = summarize(&window(baseline_began, baseline_ended + 2.0), baseline);
+    let ratio = |a: f64, b: f64| if b > 0.0 { round3(a / b) } else { 0.0 };
+    let status_p50 = round3(median(status_ms));
+    let targets = json!({
+        "no_failed_request": cryptus.failed == 0,
+        "at_least_20_flips": cryptus.flips.len() >= 20,
+        "at_least_50000_requests": cryptus.requests >= 50_000,
+        "median_overhead_at_most_0_3s": cryptus.overhead_seconds <= 0.3,
+        "median_warm_rollback_at_most_1s": cryptus.rollback_warm_seconds.is_some_and(|s| s <= 1.0),
+        "overhead_5x_lower_than_baseline": cryptus.overhead_seconds * 5.0 <= seed.overhead_seconds,
+    });
+    let clean = cryptus.failed == 0;
+    // cryptus renders keepalive_min_timeout where nginx has it (1.27.4+).
+    let nginx = nginx_version(&project);
+    let parts: Vec<u32> = nginx.split('.').map_while(|p| p.parse().ok()).collect();
+    let keepalive_min_timeout = parts >= vec![1, 27, 4];
+    let document = json!({
+        "cycles": args.cycles,
+        "flips_each": cryptus.flips.len(),
+        "machine": machine(),
+        "engine": engine_version(),
+        "nginx": nginx,
+        "keepalive_min_timeout": keepalive_min_timeout,
+        "cryptus_status_ms_p50": status_p50,
+        "cryptus": cryptus,
+        "baseline": seed,
+        "ratio_cryptus_to_baseline": {
+            "deploy": ratio(cryptus.deploy_seconds, seed.deploy_seconds),
+            "overhead": ratio(cryptus.overhead_seconds, seed.overhead_seconds),
+            "rollback_cold": ratio(cryptus.rollback_cold_seconds.unwrap_or(0.0), seed.rollback_cold_seconds.unwrap_or(0.0)),
+        },
+        "targets": targets,
+    });
+    Ok((document, clean))
+}
+
+fn table(d: &Value) -> String {
+    let c = &d["cryptus"];
+    let b = &d["baseline"];
+    let seconds = |v: &Value| v.as_f64().map_or("n/a".to_owned(), |s| format!("{s:.3} s"));
+    let lat = |v: &Value| format!("{}/{}/{} ms", v["p50"], v["p99"], v["max"]);
+    let kinds = |v: &Value| {
+        let map = v.as_object().cloned().unwrap_or_default();
+        if map.is_empty() {
+            "-".to_owned()
+        } else {
+            map.iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    let r = &d["ratio_cryptus_to_baseline"];
+    let rows = [
+        (
+            "requests",
+            c["requests"].to_string(),
+            b["requests"].to_string(),
+            String::new(),
+        ),
+        (
+            "failed requests",
+            c["failed"].to_string(),
+            b["failed"].to_string(),
+            String::new(),
+        ),
+        (
+            "  by kind",
+            kinds(&c["failures"]),
+            kinds(&b["failures"]),
+            String::new(),
+        ),
+        (
+            "stale keep-alive closes (retried)",
+            c["stale_keepalive_closes"].to_string(),
+            b["stale_keepalive_closes"].to_string(),
+            String::new(),
+        ),
+        (
+            "latency p50/p99/max, steady",
+            lat(&c["latency_ms_steady"]),
+            lat(&b["latency_ms_steady"]),
+            String::new(),
+        ),
+        (
+            "latency p50/p99/max, switch ±1 s",
+            lat(&c["latency_ms_near_switch"]),
+            lat(&b["latency_ms_near_switch"]),
+            String::new(),
+        ),
+        (
+            "deploy time (median)",
+            seconds(&c["deploy_seconds"]),
+            seconds(&b["deploy_seconds"]),
+            r["deploy"].to_string(),
+        ),
+        (
+            "app readiness, start to healthy (median)",
+            seconds(&c["readiness_seconds"]),
+            seconds(&b["readiness_seconds"]),
+            String::new(),
+        ),
+        (
+            "drain, switch to old color stopped (median)",
+            seconds(&c["drain_seconds"]),
+            seconds(&b["drain_seconds"]),
+            String::new(),
+        ),
+        (
+            "overhead = deploy - readiness - drain (median)",
+            seconds(&c["overhead_seconds"]),
+            seconds(&b["overhead_seconds"]),
+            r["overhead"].to_string(),
+        ),
+        (
+            "rollback to traffic back, warm standby (median)",
+            seconds(&c["rollback_warm_seconds"]),
+            seconds(&b["rollback_warm_seconds"]),
+            String::new(),
+        ),
+        (
+            "rollback to traffic back, cold (median)",
+            seconds(&c["rollback_cold_seconds"]),
+            seconds(&b["rollback_cold_seconds"]),
+            r["rollback_cold"].to_string(),
+        ),
+        (
+            "rollback command incl. drain, warm (median)",
+            seconds(&c["rollback_warm_total_seconds"]),
+            seconds(&b["rollback_warm_total_seconds"]),
+            String::new(),
+        ),
+        (
+            "rollback command incl. drain, cold (median)",
+            seconds(&c["rollback_cold_total_seconds"]),
+            seconds(&b["rollback_cold_total_seconds"]),
+            String::new(),
+        ),
+        (
+            "`cryptus status` (median)",
+            format!("{} ms", d["cryptus_status_ms_p50"]),
+            "-".to_owned(),
+            String::new(),
+        ),
+    ];
+    let mut out = format!(
+        "zero-downtime benchmark: {} cycles of deploy + rollback ({} flips each way), nginx {}, keepalive_min_timeout {}\nmachine: {}; Docker Engine {}\n\n",
+        d["cycles"],
+        d["flips_each"],
+        d["nginx"].as_str().unwrap_or("?"),
+        if d["keepalive_min_timeout"] == true {
+            "on"
+        } else {
+            "not available"
+        },
+        d["machine"].as_str().unwrap_or("?"),
+        d["engine"].as_str().unwrap_or("?"),
+    );
+    out.push_str(&format!(
+        "| {:<47} | {:<24} | {:<24} | {:<16} |\n",
+        "", "cryptus", "baseline (seed's way)", "cryptus/baseline"
+    ));
+    out.push_str(&format!(
+        "|{}|{}|{}|{}|\n",
+        "-".repeat(49),
+        "-".repeat(26),
+        "-".repeat(26),
+        "-".repeat(18)
+    ));
+    for (name, cryptus, baseline, ratio) in rows {
+        out.push_str(&format!(
+            "| {name:<47} | {cryptus:<24} | {baseline:<24} | {ratio:<16} |\n"
+        ));
+    }
+    if let Some(steps) = c["steps_median"].as_object() {
+        let line: Vec<String> = steps.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        out.push_str(&format!(
+            "\ncryptus steps, median seconds: {}\n",
+            line.join(", ")
+        ));
+    }
+    out.push_str("\ntargets:\n");
+    if let Some(targets) = d["targets"].as_object() {
+        for (name, met) in targets {
+            out.push_str(&format!(
+                "  {} {}\n",
+                if met == true { "met " } else { "MISS" },
+                name.replace('_', " ")
+            ));
+        }
+    }
+    out
+}
+
+fn main() -> std::process::ExitCode {
+    let args = match args() {
+        Ok(args) => args,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(bench(&args)) {
+        Ok((document, clean)) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&document).unwrap_or_default()
+                );
+            } else {
+                print!("{}", table(&document));
+            }
+            if clean {
+                std::process::ExitCode::SUCCESS
+            } else {
+                eprintln!("error: requests failed during cryptus's flips");
+                std::process::ExitCode::FAILURE
+            }
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
