@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Makes every image the cryptus stack needs, on a machine with no image registry.
 #
-#   scripts/make-images.sh [--rebuild] [--pull]
+#   scripts/make-images.sh [--rebuild] [--pull] [--monitoring]
 #
 # nginx and redis come from this host's Debian packages: the binary and every
 # shared library `ldd` lists are copied into a root filesystem with the users,
@@ -12,6 +12,14 @@
 # The images (and the variables that select them, see README.md):
 #   NGINX_IMAGE=cryptus/nginx:offline    REDIS_IMAGE=cryptus/redis:offline
 #   CRYPTUS_IMAGE=cryptus:latest         (also tagged cryptus-app:<version>)
+# With --monitoring, from Debian's prometheus packages, with the official
+# images' entrypoints so the same compose file runs either:
+#   PROMETHEUS_IMAGE=cryptus/prometheus:offline (with promtool)
+#   ALERTMANAGER_IMAGE=cryptus/alertmanager:offline (with amtool)
+#   NODE_EXPORTER_IMAGE=cryptus/node-exporter:offline
+#   NGINX_EXPORTER_IMAGE=cryptus/nginx-exporter:offline
+#   REDIS_EXPORTER_IMAGE=cryptus/redis-exporter:offline
+# Grafana and cAdvisor are not in Debian: pull them where a registry answers.
 # With --pull, where a registry is reachable, the official images the compose
 # file defaults to (nginx:1.27-alpine, redis:7-alpine) are pulled instead and
 # no offline nginx or redis image is made; without it nothing leaves the host.
@@ -21,11 +29,13 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 work="$here/target/images"
 rebuild=0
 pull=0
+monitoring=0
 for arg in "$@"; do
   case "$arg" in
     --rebuild) rebuild=1 ;;
     --pull) pull=1 ;;
-    *) echo "usage: scripts/make-images.sh [--rebuild] [--pull]" >&2; exit 2 ;;
+    --monitoring) monitoring=1 ;;
+    *) echo "usage: scripts/make-images.sh [--rebuild] [--pull] [--monitoring]" >&2; exit 2 ;;
   esac
 done
 
@@ -46,6 +56,13 @@ command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_packages+=(nginx)
 [ -x /usr/bin/redis-server ] || need_packages+=(redis-server)
 [ -x /usr/bin/redis-cli ] || need_packages+=(redis-tools)
 [ -x /bin/busybox ] || need_packages+=(busybox-static)
+if [ $monitoring = 1 ]; then
+  [ -x /usr/bin/prometheus ] || need_packages+=(prometheus)
+  [ -x /usr/bin/prometheus-alertmanager ] || need_packages+=(prometheus-alertmanager)
+  [ -x /usr/bin/prometheus-node-exporter ] || need_packages+=(prometheus-node-exporter)
+  [ -x /usr/bin/prometheus-nginx-exporter ] || need_packages+=(prometheus-nginx-exporter)
+  [ -x /usr/bin/prometheus-redis-exporter ] || need_packages+=(prometheus-redis-exporter)
+fi
 if [ ${#need_packages[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     say "installing ${need_packages[*]} from Debian's packages"
@@ -141,6 +158,48 @@ make_redis() {
     --message "redis $(redis-server --version | sed -n 's/.*v=\([0-9.]*\).*/\1/p') from Debian's package"
 }
 
+# make_tool TAG [HOST_BINARY:IMAGE_PATH | dir:HOST_DIR ...]: an image of
+# Debian binaries (with their libraries and a busybox shell) and directories
+# they read, whose entrypoint is the first binary's path in the image, as in
+# the official image.
+make_tool() {
+  local tag=$1; shift
+  if exists "$tag" && [ $rebuild = 0 ]; then say "$tag exists"; return; fi
+  local root="$work/$(echo "$tag" | tr '/:' '__')"
+  base_rootfs "$root"
+  add_shell "$root"
+  local entry=""
+  for pair in "$@"; do
+    if [ "${pair%%:*}" = dir ]; then
+      mkdir -p "$root$(dirname "${pair#dir:}")"
+      cp -a "${pair#dir:}" "$root${pair#dir:}"
+      continue
+    fi
+    copy_with_libs "$root" "${pair%%:*}" "${pair#*:}"
+    [ -n "$entry" ] || entry=${pair#*:}
+  done
+  mkdir -p "$root/prometheus" "$root/alertmanager" "$root/etc/prometheus" "$root/etc/alertmanager"
+  chown 65534:65534 "$root/prometheus" "$root/alertmanager"
+  import_rootfs "$root" "$tag" \
+    --change 'ENV PATH=/usr/local/bin:/usr/bin:/bin' \
+    --change "ENTRYPOINT [\"$entry\"]" \
+    --message "$(basename "$entry") from Debian's package"
+}
+
+make_monitoring() {
+  make_tool "${PROMETHEUS_OFFLINE_IMAGE:-cryptus/prometheus:offline}" \
+    /usr/bin/prometheus:/bin/prometheus /usr/bin/promtool:/bin/promtool
+  make_tool "${ALERTMANAGER_OFFLINE_IMAGE:-cryptus/alertmanager:offline}" \
+    /usr/bin/prometheus-alertmanager:/bin/alertmanager /usr/bin/amtool:/bin/amtool \
+    dir:/usr/share/prometheus/alertmanager
+  make_tool "${NODE_EXPORTER_OFFLINE_IMAGE:-cryptus/node-exporter:offline}" \
+    /usr/bin/prometheus-node-exporter:/bin/node_exporter
+  make_tool "${NGINX_EXPORTER_OFFLINE_IMAGE:-cryptus/nginx-exporter:offline}" \
+    /usr/bin/prometheus-nginx-exporter:/usr/bin/nginx-prometheus-exporter
+  make_tool "${REDIS_EXPORTER_OFFLINE_IMAGE:-cryptus/redis-exporter:offline}" \
+    /usr/bin/prometheus-redis-exporter:/redis_exporter
+}
+
 make_app() {
   say "building the reference app as a static binary"
   (cd "$here" && RUSTFLAGS='-C target-feature=+crt-static' \
@@ -177,3 +236,5 @@ else
   make_redis
 fi
 make_app
+[ $monitoring = 1 ] && make_monitoring
+exit 0

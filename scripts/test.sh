@@ -22,5 +22,5 @@ sweep() {
 }
 trap sweep EXIT
 
-scripts/make-images.sh
+scripts/make-images.sh --monitoring
 cargo test --workspace --locked "$@"

@@ -20,7 +20,31 @@ pub const DEFAULTS: &[Asset] = &[
         text: include_str!("../nginx/nginx.conf"),
     },
     Asset {
+        path: "compose/docker-compose.monitoring.yml",
+        text: include_str!("../compose/docker-compose.monitoring.yml"),
+    },
+    Asset {
         path: "monitoring/prometheus.yml",
         text: include_str!("../monitoring/prometheus.yml"),
+    },
+    Asset {
+        path: "monitoring/alerts.yml",
+        text: include_str!("../monitoring/alerts.yml"),
+    },
+    Asset {
+        path: "monitoring/alertmanager.yml",
+        text: include_str!("../monitoring/alertmanager.yml"),
+    },
+    Asset {
+        path: "monitoring/grafana/provisioning/datasources/prometheus.yml",
+        text: include_str!("../monitoring/grafana/provisioning/datasources/prometheus.yml"),
+    },
+    Asset {
+        path: "monitoring/grafana/provisioning/dashboards/cryptus.yml",
+        text: include_str!("../monitoring/grafana/provisioning/dashboards/cryptus.yml"),
+    },
+    Asset {
+        path: "monitoring/grafana/dashboards/cryptus.json",
+        text: include_str!("../monitoring/grafana/dashboards/cryptus.json"),
     },
 ];

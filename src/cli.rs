@@ -76,6 +76,10 @@ pub enum Command {
         /// Give up after this long.
         #[arg(long, default_value = "120s", value_parser = duration, value_name = "DUR")]
         timeout: Duration,
+        /// Bring up the monitoring services too (compose/docker-compose.monitoring.yml);
+        /// CRYPTUS_MONITORING=1 does the same.
+        #[arg(long)]
+        monitoring: bool,
     },
     /// Stop every container of the project; volumes (and Redis data) are kept.
     Stop {
@@ -89,6 +93,9 @@ pub enum Command {
         /// Give up starting after this long.
         #[arg(long, default_value = "120s", value_parser = duration, value_name = "DUR")]
         timeout: Duration,
+        /// Bring up the monitoring services too; CRYPTUS_MONITORING=1 does the same.
+        #[arg(long)]
+        monitoring: bool,
     },
     /// Show each service's containers, the color nginx serves, each color's
     /// version, the deploy lock and the last deployments.
@@ -234,6 +241,11 @@ pub struct SwitchArgs {
     /// Break the deploy lock, whoever holds it (with a warning).
     #[arg(long)]
     pub force_unlock: bool,
+    /// When Prometheus runs, roll back if this PromQL condition holds during
+    /// the watch window; `{color}`, `{version}` and `{window}` are filled in
+    /// (default: the new version answers more than 1% 5xx over the window).
+    #[arg(long, value_name = "PROMQL", env = "CRYPTUS_GATE")]
+    pub gate: Option<String>,
 }
 
 /// A duration as `30s`, `1m30s`, `500ms` or plain seconds.

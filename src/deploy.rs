@@ -22,6 +22,7 @@ use crate::health::{self, Expect, Probe};
 use crate::history::{self, Entry, Outcome, Side};
 use crate::lifecycle::{Stack, of_service, release_of};
 use crate::lock::{self, Lock};
+use crate::metrics;
 use crate::nginx;
 use crate::scale;
 use crate::stack::{Color, Release, container_name, image_version, plan_container};
@@ -40,6 +41,8 @@ pub struct Settings {
     pub keep_standby: bool,
     pub keep_failed: bool,
     pub lock: lock::Options,
+    /// The metric gate's PromQL condition, with `{color}` and `{window}`.
+    pub gate: String,
 }
 
 pub enum Source {
@@ -429,14 +432,24 @@ async fn locked(
         ),
         image_id(stack, &names)
     );
+    // With Prometheus running, the watch also asks it the gate's question.
+    let gate = metrics::prometheus_addr(&containers).map(|addr| Gate {
+        addr,
+        query: metrics::gate_query(&settings.gate, target, &release.version, settings.watch),
+    });
     let watched = match verified {
         Ok(()) if !settings.watch.is_zero() => {
             steps
                 .run(
                     "watch",
                     format!(
-                        "watching {target} for {}",
-                        crate::output::seconds(settings.watch)
+                        "watching {target} for {}{}",
+                        crate::output::seconds(settings.watch),
+                        if gate.is_some() {
+                            ", with the metric gate"
+                        } else {
+                            ""
+                        }
                     ),
                     watch(
                         stack,
@@ -444,8 +457,8 @@ async fn locked(
                         &lb_addr,
                         &names,
                         &expect,
-                        settings.watch,
-                        settings.poll,
+                        settings,
+                        gate.as_ref(),
                     ),
                 )
                 .await
@@ -810,16 +823,28 @@ const WATCH_FAILURES: u32 = 3;
 
 /// Probes each new container directly and the load balancer until `length`
 /// has passed; three failures in a row of any of them fail the watch.
+/// The metric gate: a PromQL condition that, when true, rolls back.
+struct Gate {
+    addr: String,
+    query: String,
+}
+
+/// How often the gate asks Prometheus during the watch.
+const GATE_EVERY: Duration = Duration::from_secs(2);
+
 async fn watch(
     stack: &Stack<'_>,
     client: &reqwest::Client,
     lb_addr: &str,
     names: &[String],
     expect: &Expect,
-    length: Duration,
-    poll: Duration,
+    settings: &Settings,
+    gate: Option<&Gate>,
 ) -> Result<()> {
+    let (length, poll) = (settings.watch, settings.poll);
     let end = Instant::now() + length;
+    let mut next_gate = Instant::now() + GATE_EVERY;
+    let mut gate_said = false;
     let mut targets = vec![(format!("the load balancer ({lb_addr})"), lb_addr.to_owned())];
     for name in names {
         if let Some(container) = stack.engine.inspect(name).await?
@@ -847,9 +872,45 @@ async fn watch(
                 ));
             }
         }
+        if let Some(gate) = gate
+            && Instant::now() >= next_gate
+        {
+            next_gate = Instant::now() + GATE_EVERY;
+            ask_gate(stack, client, gate, &mut gate_said).await?;
+        }
         tokio::time::sleep(interval).await;
     }
+    // Once more at the end, over the whole window.
+    if let Some(gate) = gate {
+        ask_gate(stack, client, gate, &mut gate_said).await?;
+    }
     Ok(())
+}
+
+/// Fails when the gate's condition holds. Prometheus not answering is a
+/// warning (said once), not a reason to roll back.
+async fn ask_gate(
+    stack: &Stack<'_>,
+    client: &reqwest::Client,
+    gate: &Gate,
+    said: &mut bool,
+) -> Result<()> {
+    match metrics::query(client, &gate.addr, &gate.query).await {
+        Ok(Some(value)) => Err(anyhow!(
+            "the metric gate's condition is true (value {value}): {}",
+            gate.query
+        )),
+        Ok(None) => Ok(()),
+        Err(err) => {
+            if !*said {
+                stack
+                    .printer
+                    .warn(format!("the metric gate could not ask Prometheus: {err:#}"));
+                *said = true;
+            }
+            Ok(())
+        }
+    }
 }
 
 /// Waits until the nginx workers that ran before a reload have finished
@@ -909,12 +970,32 @@ async fn record(stack: &Stack<'_>, report: &Report) {
         reason: report.reason.clone(),
         durations,
     };
-    if let Err(err) = history::record(&stack.nginx(), entry).await {
+    let nginx = stack.nginx();
+    if let Err(err) = history::record(&nginx, entry.clone()).await {
         stack
             .printer
             .warn(format!("recording the deployment: {err:#}"));
     }
+    // The deploy marks, where monitoring runs.
+    let active = if report.outcome == Outcome::Ok {
+        report.to.color
+    } else {
+        report.from.color
+    };
+    let containers = stack.containers().await.unwrap_or_default();
+    let history = history::read(&nginx).await.unwrap_or_default();
+    let password = stack.project.dir.join(GRAFANA_PASSWORD);
+    let (published, annotated) = tokio::join!(
+        metrics::publish(stack.engine, &containers, Some(active), &history),
+        metrics::annotate(&containers, &password, &entry)
+    );
+    for err in [published.err(), annotated.err()].into_iter().flatten() {
+        stack.printer.warn(format!("{err:#}"));
+    }
 }
+
+/// Grafana's admin password, generated at the first start.
+pub const GRAFANA_PASSWORD: &str = "monitoring/grafana/admin-password";
 
 #[cfg(test)]
 mod tests {

@@ -445,6 +445,53 @@ impl Engine {
         })
     }
 
+    /// Runs a script with `sh` in a running container, `input` on its stdin;
+    /// `None` if the image has no shell.
+    pub async fn shell(
+        &self,
+        container: &str,
+        script: &str,
+        args: &[&str],
+        input: &[u8],
+    ) -> Result<Option<ExecOutput>> {
+        let mut command = vec!["sh", "-c", script, "sh"];
+        command.extend_from_slice(args);
+        let output = self
+            .exec_with_input(container, &command, Some(input))
+            .await?;
+        let missing = (output.code == 126 || output.code == 127)
+            && format!("{}{}", output.stdout, output.stderr).contains("executable file not found");
+        Ok(if missing { None } else { Some(output) })
+    }
+
+    /// Writes one file into a running container so that no reader sees half
+    /// of it: in one exec the content arrives on stdin, goes to a temporary
+    /// name and is renamed into place. That needs a shell in the image (the
+    /// official images have one); without one the archive upload replaces
+    /// the file.
+    pub async fn put_file(
+        &self,
+        container: &str,
+        dir: &str,
+        name: &str,
+        content: &[u8],
+    ) -> Result<()> {
+        const SCRIPT: &str = r#"cat > "$1.tmp" && mv -f "$1.tmp" "$1""#;
+        let path = format!("{}/{name}", dir.trim_end_matches('/'));
+        match self.shell(container, SCRIPT, &[&path], content).await? {
+            Some(output) if output.code != 0 => Err(anyhow!(
+                "writing {path} in {container} failed: {}{}",
+                output.stdout.trim(),
+                output.stderr.trim()
+            )),
+            Some(_) => Ok(()),
+            None => {
+                self.write_files(container, dir, &[(name, content, 0o644)])
+                    .await
+            }
+        }
+    }
+
     /// The engine's tar archive of a path in a container (running or not,
     /// volumes included); `None` if the path does not exist.
     async fn download(&self, container: &str, path: &str) -> Result<Option<Vec<u8>>> {

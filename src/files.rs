@@ -24,9 +24,65 @@ pub fn write_atomically(path: &Path, content: &[u8]) -> Result<()> {
     std::fs::rename(&temporary, path).with_context(|| format!("writing {}", path.display()))
 }
 
+/// Writes a secret: created with mode 0600 under a temporary name, then
+/// renamed into place.
+pub fn write_secret(path: &Path, content: &[u8]) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let parent = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let temporary = parent.join(".secret.cryptus-tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temporary)
+        .with_context(|| format!("creating {}", temporary.display()))?;
+    file.write_all(content)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing {}", temporary.display()))?;
+    std::fs::rename(&temporary, path).with_context(|| format!("writing {}", path.display()))
+}
+
+/// A random token of `length` letters and digits, from the kernel's RNG.
+pub fn random_token(length: usize) -> Result<String> {
+    use std::io::Read;
+    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
+    let mut bytes = vec![0u8; length * 2];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("reading /dev/urandom")?;
+    // Rejection sampling keeps every character equally likely.
+    let limit = 256 - 256 % ALPHABET.len();
+    let token: String = bytes
+        .iter()
+        .filter(|b| usize::from(**b) < limit)
+        .take(length)
+        .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]))
+        .collect();
+    if token.len() < length {
+        return random_token(length);
+    }
+    Ok(token)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_are_private_and_random() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("grafana/admin-password");
+        let token = random_token(24).unwrap();
+        assert_eq!(token.len(), 24);
+        assert_ne!(token, random_token(24).unwrap());
+        write_secret(&path, token.as_bytes()).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), token);
+    }
 
     #[test]
     fn writes_replace_the_file_whole() {

@@ -125,6 +125,44 @@ impl Stack<'_> {
         ))
     }
 
+    /// Writes cryptus's metrics for node-exporter, if it runs; a failure is
+    /// a warning.
+    pub async fn publish_metrics(&self, active: Option<Color>) {
+        let containers = self.containers().await.unwrap_or_default();
+        let history = crate::history::read(&self.nginx())
+            .await
+            .unwrap_or_default();
+        if let Err(err) = crate::metrics::publish(self.engine, &containers, active, &history).await
+        {
+            self.printer.warn(format!("{err:#}"));
+        }
+    }
+
+    /// Secrets a service needs that cryptus makes: Grafana's admin password,
+    /// generated at the first start, stored with mode 0600 and shown once.
+    /// There is no default password anywhere.
+    pub fn ensure_secrets(&self) -> Result<()> {
+        let Some(grafana) = self.compose.service("grafana").filter(|s| s.replicas > 0) else {
+            return Ok(());
+        };
+        for mount in &grafana.mounts {
+            let path = std::path::Path::new(&mount.source);
+            if mount.kind == MountKind::Bind
+                && path.file_name().is_some_and(|n| n == "admin-password")
+                && !path.exists()
+            {
+                let password = crate::files::random_token(24)?;
+                crate::files::write_secret(path, password.as_bytes())?;
+                // Shown once: on stderr, never in --json or the logs.
+                eprintln!(
+                    "grafana's admin password (shown once; stored in {} with mode 0600): {password}",
+                    path.display()
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Bind-mounted files must exist, or the engine would make empty
     /// directories in their place.
     pub fn check_bind_sources(&self, service: &Service) -> Result<()> {
@@ -251,7 +289,7 @@ impl Stack<'_> {
             let Some(target) = self.compose.service(&dependency.service) else {
                 continue;
             };
-            let names: Vec<String> = (1..=target.replicas.max(1))
+            let names: Vec<String> = (1..=target.replicas)
                 .map(|n| container_name(&self.project.name, &target.name, n))
                 .collect();
             for name in names {
@@ -516,9 +554,14 @@ impl Stack<'_> {
         // Which color is active: nginx's upstream file says, if there is one.
         let mut active = self.upstream_color().await?;
 
-        // Every image must be here before anything changes.
+        // Every image must be here before anything changes. A service with
+        // `deploy.replicas: 0` is left out, as in Compose.
+        self.ensure_secrets()?;
         let mut images: Vec<(String, String)> = Vec::new();
         for service in self.compose.services.values() {
+            if service.replicas == 0 && Color::of_service(&service.name).is_none() {
+                continue;
+            }
             if Color::of_service(&service.name).is_none() {
                 if let Some(image) = &service.image {
                     images.push((service.name.clone(), image.clone()));
@@ -573,7 +616,10 @@ impl Stack<'_> {
 
         for service in self.compose.start_order()? {
             let color = Color::of_service(&service.name);
-            if service.name == LB_SERVICE || color == Some(active.other()) {
+            if service.name == LB_SERVICE
+                || color == Some(active.other())
+                || (color.is_none() && service.replicas == 0)
+            {
                 continue;
             }
             self.wait_dependencies(service, deadline).await?;
@@ -593,15 +639,8 @@ impl Stack<'_> {
                         .map(|_| outcome)
                 }
                 None => {
-                    self.ensure_service(
-                        service,
-                        service.replicas.max(1),
-                        None,
-                        &existing,
-                        true,
-                        true,
-                    )
-                    .await
+                    self.ensure_service(service, service.replicas, None, &existing, true, true)
+                        .await
                 }
             };
             match result {
@@ -670,6 +709,7 @@ impl Stack<'_> {
             )));
         }
         step.done_with(format!("{active} answers at http://{addr}"));
+        self.publish_metrics(Some(active)).await;
         Ok(UpSummary {
             active,
             version: release.version,

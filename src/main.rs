@@ -17,6 +17,7 @@ mod health;
 mod history;
 mod lifecycle;
 mod lock;
+mod metrics;
 mod nginx;
 mod output;
 mod project;

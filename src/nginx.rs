@@ -109,10 +109,6 @@ pub struct Nginx<'a> {
     pub container: String,
 }
 
-/// Writes one file of the state directory in one exec: the content arrives
-/// on stdin, goes to a temporary name, and is renamed into place.
-const WRITE_SCRIPT: &str = r#"cat > "$1.tmp" && mv -f "$1.tmp" "$1""#;
-
 /// Replaces one file, checks nginx's configuration and reloads, in one exec.
 /// If nginx rejects the configuration the previous file is put back.
 /// Exit 1: rejected (nginx's reason on the output); 3: writing failed;
@@ -172,55 +168,28 @@ impl Nginx<'_> {
             .map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
     }
 
-    /// Runs a script with `sh` in the container, `input` on its stdin;
-    /// `None` if the image has no shell.
-    async fn shell(
-        &self,
-        script: &str,
-        args: &[&str],
-        input: &[u8],
-    ) -> Result<Option<crate::engine::ExecOutput>> {
-        let mut command = vec!["sh", "-c", script, "sh"];
-        command.extend_from_slice(args);
-        let output = self
-            .engine
-            .exec_with_input(&self.container, &command, Some(input))
-            .await?;
-        let missing = (output.code == 126 || output.code == 127)
-            && format!("{}{}", output.stdout, output.stderr).contains("executable file not found");
-        Ok(if missing { None } else { Some(output) })
-    }
-
     /// Writes files into the state directory. While nginx runs, each file is
     /// written under a temporary name and renamed into place, so nginx never
     /// reads half a file (this needs a shell in the image, as the official
     /// images have; without one the engine's archive upload replaces it).
     pub async fn write(&self, files: &[(&str, &str)], running: bool) -> Result<()> {
-        let mut rest = Vec::new();
+        if !running {
+            // Nothing reads the files until nginx starts.
+            let entries: Vec<(&str, &[u8], u32)> = files
+                .iter()
+                .map(|(name, text)| (*name, text.as_bytes(), 0o644))
+                .collect();
+            return self
+                .engine
+                .write_files(&self.container, STATE_DIR, &entries)
+                .await;
+        }
         for (name, text) in files {
-            let path = format!("{STATE_DIR}/{name}");
-            let written = if running {
-                self.shell(WRITE_SCRIPT, &[&path], text.as_bytes()).await?
-            } else {
-                None
-            };
-            match written {
-                Some(output) if output.code != 0 => bail!(
-                    "writing {path} in {} failed: {}{}",
-                    self.container,
-                    output.stdout.trim(),
-                    output.stderr.trim()
-                ),
-                Some(_) => {}
-                None => rest.push((*name, text.as_bytes(), 0o644)),
-            }
+            self.engine
+                .put_file(&self.container, STATE_DIR, name, text.as_bytes())
+                .await?;
         }
-        if rest.is_empty() {
-            return Ok(());
-        }
-        self.engine
-            .write_files(&self.container, STATE_DIR, &rest)
-            .await
+        Ok(())
     }
 
     /// `nginx -t`: Ok, or the reason nginx gives.
@@ -273,7 +242,13 @@ impl Nginx<'_> {
             let path = format!("{STATE_DIR}/{name}");
             let began = std::time::Instant::now();
             let applied = self
-                .shell(APPLY_SCRIPT, &[&path, CONF], text.as_bytes())
+                .engine
+                .shell(
+                    &self.container,
+                    APPLY_SCRIPT,
+                    &[&path, CONF],
+                    text.as_bytes(),
+                )
                 .await?;
             tracing::debug!(
                 "{path} written, checked and reloaded in {:?}",

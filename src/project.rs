@@ -10,11 +10,16 @@ use crate::stack::check_project_name;
 
 /// The stack's compose file, relative to the project directory.
 pub const MAIN_FILE: &str = "compose/docker-compose.zero-downtime.yml";
+/// The monitoring services, loaded beside the stack with `--monitoring`.
+pub const MONITORING_FILE: &str = "compose/docker-compose.monitoring.yml";
 
 #[derive(Clone, Debug)]
 pub struct Project {
     pub name: String,
     pub dir: PathBuf,
+    /// Whether the monitoring services belong to the stack: `--monitoring`
+    /// or CRYPTUS_MONITORING=1.
+    pub monitoring: bool,
 }
 
 impl Project {
@@ -22,9 +27,12 @@ impl Project {
         check_project_name(name)
             .map_err(|message| usage(message, "pass -p NAME or set CRYPTUS_PROJECT"))?;
         let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        let monitoring = std::env::var("CRYPTUS_MONITORING")
+            .is_ok_and(|v| matches!(v.trim(), "1" | "true" | "yes"));
         Ok(Project {
             name: name.to_owned(),
             dir,
+            monitoring,
         })
     }
 
@@ -44,7 +52,20 @@ impl Project {
                 ),
             ));
         }
-        let files = vec![main];
+        let mut files = vec![main];
+        if self.monitoring {
+            let monitoring = self.dir.join(MONITORING_FILE);
+            if !monitoring.exists() {
+                return Err(usage(
+                    format!("{} does not exist", monitoring.display()),
+                    format!(
+                        "run `cryptus init {}` to write the default files",
+                        self.dir.display()
+                    ),
+                ));
+            }
+            files.push(monitoring);
+        }
         let vars = compose::variables(&files[0]).map_err(|err| {
             usage(
                 format!("{err:#}"),

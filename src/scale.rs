@@ -323,5 +323,6 @@ async fn scale_active(
     if let Err(err) = history::record(&nginx, entry).await {
         stack.printer.warn(format!("recording the scale: {err:#}"));
     }
+    stack.publish_metrics(Some(color)).await;
     Ok(report)
 }

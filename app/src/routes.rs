@@ -26,6 +26,8 @@ pub struct App {
     /// Requests that may be failed on purpose, for `APP_ERROR_RATIO`.
     counted: AtomicU64,
     metrics: Metrics,
+    /// Notifications received on /api/alerts.
+    alerts: std::sync::Mutex<Vec<serde_json::Value>>,
 }
 
 type Answer = Response<Full<Bytes>>;
@@ -63,6 +65,7 @@ impl App {
             draining: AtomicBool::new(false),
             counted: AtomicU64::new(0),
             metrics: Metrics::default(),
+            alerts: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -73,7 +76,9 @@ impl App {
     pub async fn handle(&self, request: Request<Incoming>) -> Result<Answer, Infallible> {
         let begun = Instant::now();
         let route = route_of(request.uri().path());
-        let mut answer = if request.method() != Method::GET && request.method() != Method::HEAD {
+        let mut answer = if route == "/api/alerts" {
+            self.alerts(request).await
+        } else if request.method() != Method::GET && request.method() != Method::HEAD {
             json_answer(
                 StatusCode::METHOD_NOT_ALLOWED,
                 json!({"error": "method not allowed"}),
@@ -199,6 +204,45 @@ impl App {
         )
     }
 
+    /// An alert webhook for tests: POST stores Alertmanager's notification,
+    /// GET lists what was stored (the newest 100).
+    async fn alerts(&self, request: Request<Incoming>) -> Answer {
+        use http_body_util::BodyExt;
+        match *request.method() {
+            Method::POST => {
+                let body = match http_body_util::Limited::new(request.into_body(), 1 << 20)
+                    .collect()
+                    .await
+                {
+                    Ok(body) => body.to_bytes(),
+                    Err(_) => {
+                        return json_answer(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            json!({"error": "body too large"}),
+                        );
+                    }
+                };
+                let Ok(value) = serde_json::from_slice::<serde_json::Value>(&body) else {
+                    return json_answer(StatusCode::BAD_REQUEST, json!({"error": "not JSON"}));
+                };
+                if let Ok(mut alerts) = self.alerts.lock() {
+                    alerts.push(value);
+                    let excess = alerts.len().saturating_sub(100);
+                    alerts.drain(..excess);
+                }
+                json_answer(StatusCode::OK, json!({"stored": true}))
+            }
+            Method::GET => {
+                let alerts = self.alerts.lock().map(|a| a.clone()).unwrap_or_default();
+                json_answer(StatusCode::OK, json!({"alerts": alerts}))
+            }
+            _ => json_answer(
+                StatusCode::METHOD_NOT_ALLOWED,
+                json!({"error": "method not allowed"}),
+            ),
+        }
+    }
+
     fn metrics(&self) -> Answer {
         let text = self.metrics.render(
             &self.config.color,
@@ -244,6 +288,7 @@ fn route_of(path: &str) -> &'static str {
         "/api/session" => "/api/session",
         "/api/sleep" => "/api/sleep",
         "/metrics" => "/metrics",
+        "/api/alerts" => "/api/alerts",
         "/" | "/index.html" => "/",
         _ => "other",
     }

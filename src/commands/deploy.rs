@@ -27,6 +27,10 @@ pub fn settings(args: &SwitchArgs, watch: Duration, keep_failed: bool) -> Settin
             wait: args.lock_wait,
             force_unlock: args.force_unlock,
         },
+        gate: args
+            .gate
+            .clone()
+            .unwrap_or_else(|| crate::metrics::DEFAULT_GATE.to_owned()),
     }
 }
 

@@ -90,6 +90,7 @@ pub async fn run(project: &Project, timeout: Duration, printer: &Printer) -> Res
         checks.extend(check_color(color, active, &containers, &client, timeout).await);
     }
     checks.push(check_redis(&engine, &containers, timeout).await);
+    checks.extend(check_monitoring(&containers, &client, timeout).await);
 
     let ok = checks.iter().all(|c| c.healthy);
     let report = Report {
@@ -273,6 +274,113 @@ async fn check_color(
             check
         })
         .collect()
+}
+
+/// Prometheus ready, Grafana healthy, every scrape target up: for the
+/// monitoring services that run.
+async fn check_monitoring(
+    containers: &[Container],
+    client: &reqwest::Client,
+    timeout: Duration,
+) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let get = |addr: String, path: &'static str| async move {
+        let answer = client
+            .get(format!("http://{addr}{path}"))
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|err| format!("no answer at {path}: {err}"))?;
+        let code = answer.status();
+        let body = answer.text().await.unwrap_or_default();
+        if code.is_success() {
+            Ok(body)
+        } else {
+            Err(format!("{path} answered {code}"))
+        }
+    };
+    let running = |service: &str| {
+        containers
+            .iter()
+            .find(|c| c.service == service && c.running)
+    };
+    if let Some(prometheus) = running("prometheus") {
+        let Some(addr) = prometheus.published_addr(9090) else {
+            checks.push(Check::new("prometheus", false, "publishes no port 9090"));
+            return checks;
+        };
+        match get(addr.clone(), "/-/ready").await {
+            Ok(_) => checks.push(Check::new(
+                "prometheus",
+                true,
+                format!("ready at http://{addr}"),
+            )),
+            Err(err) => checks.push(Check::new("prometheus", false, err)),
+        }
+        match get(addr, "/api/v1/targets").await {
+            Ok(body) => {
+                let targets: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                let active = targets["data"]["activeTargets"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                let down: Vec<String> = active
+                    .iter()
+                    .filter(|t| t["health"] != "up")
+                    .map(|t| {
+                        format!(
+                            "{} {} ({})",
+                            t["labels"]["job"].as_str().unwrap_or("?"),
+                            t["labels"]["instance"].as_str().unwrap_or("?"),
+                            t["lastError"]
+                                .as_str()
+                                .unwrap_or(t["health"].as_str().unwrap_or("?"))
+                        )
+                    })
+                    .collect();
+                if down.is_empty() {
+                    checks.push(Check::new(
+                        "scrape targets",
+                        true,
+                        format!("all {} up", active.len()),
+                    ));
+                } else {
+                    checks.push(Check::new(
+                        "scrape targets",
+                        false,
+                        format!("down: {}", down.join("; ")),
+                    ));
+                }
+            }
+            Err(err) => checks.push(Check::new("scrape targets", false, err)),
+        }
+    }
+    if let Some(grafana) = running("grafana") {
+        match grafana.published_addr(3000) {
+            Some(addr) => match get(addr.clone(), "/api/health").await {
+                Ok(_) => checks.push(Check::new(
+                    "grafana",
+                    true,
+                    format!("healthy at http://{addr}"),
+                )),
+                Err(err) => checks.push(Check::new("grafana", false, err)),
+            },
+            None => checks.push(Check::new("grafana", false, "publishes no port 3000")),
+        }
+    }
+    if let Some(alertmanager) = running("alertmanager")
+        && let Some(addr) = alertmanager.published_addr(9093)
+    {
+        match get(addr.clone(), "/-/ready").await {
+            Ok(_) => checks.push(Check::new(
+                "alertmanager",
+                true,
+                format!("ready at http://{addr}"),
+            )),
+            Err(err) => checks.push(Check::new("alertmanager", false, err)),
+        }
+    }
+    checks
 }
 
 async fn check_redis(engine: &Engine, containers: &[Container], timeout: Duration) -> Check {

@@ -1,0 +1,533 @@
+//! The monitoring stack on the real engine: real Prometheus, Alertmanager,
+//! node-exporter, nginx-exporter and redis-exporter (from Debian's packages,
+//! imported by scripts/make-images.sh --monitoring). Grafana and cAdvisor are
+//! not in Debian: their provisioning is checked as files.
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use loadgen::{Load, Mix};
+use support::{TestProject, app_image, assert_code, stderr};
+
+fn repo(path: &str) -> std::path::PathBuf {
+    Path::new(support::REPO).join(path)
+}
+
+/// Runs a host tool from Debian's prometheus packages.
+fn tool(name: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(name)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{name} is missing ({e}); install Debian's prometheus and prometheus-alertmanager"
+            )
+        })
+}
+
+#[test]
+fn the_shipped_configuration_passes_promtool_and_amtool() {
+    let config = repo("monitoring/prometheus.yml");
+    let output = tool("promtool", &["check", "config", &config.to_string_lossy()]);
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let rules = repo("monitoring/alerts.yml");
+    let output = tool("promtool", &["check", "rules", &rules.to_string_lossy()]);
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success() && text.contains("SUCCESS: 6 rules"),
+        "{text}"
+    );
+    let alertmanager = repo("monitoring/alertmanager.yml");
+    let output = tool("amtool", &["check-config", &alertmanager.to_string_lossy()]);
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success() && text.contains("2 receivers"),
+        "{text}"
+    );
+    assert!(
+        text.contains("webhook")
+            || std::fs::read_to_string(&alertmanager)
+                .unwrap()
+                .contains("webhook_configs")
+    );
+    assert!(
+        std::fs::read_to_string(&alertmanager)
+            .unwrap()
+            .contains("email_configs")
+    );
+}
+
+/// cAdvisor's metrics the dashboard uses, as cAdvisor documents them
+/// (docs/storage/prometheus.md); cAdvisor cannot run here.
+const CADVISOR_METRICS: [&str; 2] = [
+    "container_cpu_usage_seconds_total",
+    "container_memory_usage_bytes",
+];
+
+/// The metric names a PromQL expression reads.
+fn metric_names(expr: &str) -> Vec<String> {
+    const WORDS: [&str; 16] = [
+        "sum",
+        "by",
+        "rate",
+        "max",
+        "avg",
+        "histogram_quantile",
+        "changes",
+        "without",
+        "on",
+        "unless",
+        "and",
+        "or",
+        "label_replace",
+        "absent",
+        "le",
+        "color",
+    ];
+    let mut names = Vec::new();
+    let mut rest = expr;
+    // Drop label matchers and strings first: only names outside them count.
+    let mut cleaned = String::new();
+    let mut depth = 0;
+    let mut in_string = false;
+    for c in rest.chars() {
+        match c {
+            '"' => in_string = !in_string,
+            '{' if !in_string => depth += 1,
+            '}' if !in_string => depth -= 1,
+            _ if in_string || depth > 0 => {}
+            _ => cleaned.push(c),
+        }
+    }
+    rest = &cleaned;
+    for word in rest.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':')) {
+        if word.contains('_')
+            && !WORDS.contains(&word)
+            && !word.chars().next().is_some_and(|c| c.is_ascii_digit())
+        {
+            names.push(word.to_owned());
+        }
+    }
+    names
+}
+
+#[test]
+fn grafana_is_provisioned_from_files_that_fit_together() {
+    let datasource: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(repo(
+            "monitoring/grafana/provisioning/datasources/prometheus.yml",
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let source = &datasource["datasources"][0];
+    assert_eq!(source["type"], "prometheus");
+    assert_eq!(
+        source["url"], "http://prometheus:9090",
+        "the compose service prometheus on its port"
+    );
+    let uid = source["uid"].as_str().unwrap().to_owned();
+
+    let compose = std::fs::read_to_string(repo("compose/docker-compose.monitoring.yml")).unwrap();
+    assert!(
+        compose.contains("GF_PATHS_PROVISIONING: /etc/cryptus/monitoring/grafana/provisioning")
+    );
+    assert!(compose.contains("../monitoring:/etc/cryptus/monitoring:ro"));
+    let provider: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(repo(
+            "monitoring/grafana/provisioning/dashboards/cryptus.yml",
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let path = provider["providers"][0]["options"]["path"]
+        .as_str()
+        .unwrap();
+    let local = path.replace(
+        "/etc/cryptus/monitoring",
+        &repo("monitoring").to_string_lossy(),
+    );
+    let dashboards: Vec<_> = std::fs::read_dir(&local).unwrap().collect();
+    assert!(
+        !dashboards.is_empty(),
+        "the provider's path {path} holds the dashboards"
+    );
+
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo("monitoring/grafana/dashboards/cryptus.json")).unwrap(),
+    )
+    .unwrap();
+    let titles: Vec<&str> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["title"].as_str().unwrap())
+        .collect();
+    for wanted in [
+        "Requests by color",
+        "5xx by color",
+        "Latency p99 by color",
+        "Active color",
+        "Container CPU",
+        "Container memory",
+        "Redis",
+        "Host",
+    ] {
+        assert!(
+            titles.contains(&wanted),
+            "the dashboard lacks {wanted}: {titles:?}"
+        );
+    }
+    for panel in dashboard["panels"].as_array().unwrap() {
+        assert_eq!(
+            panel["datasource"]["uid"],
+            uid.as_str(),
+            "{}",
+            panel["title"]
+        );
+    }
+    let annotations = dashboard["annotations"]["list"].as_array().unwrap();
+    assert!(
+        annotations
+            .iter()
+            .any(|a| a["target"]["tags"][0] == "cryptus"),
+        "deploy marks are shown"
+    );
+}
+
+fn prometheus(project: &TestProject, port: u16, query: &str) -> serde_json::Value {
+    let url = format!(
+        "http://127.0.0.1:{port}/api/v1/query?query={}",
+        query
+            .bytes()
+            .map(|b| if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            })
+            .collect::<String>()
+    );
+    let (code, _, body) = support::get(&url, None).unwrap_or_else(|e| panic!("{url}: {e}"));
+    assert_eq!(code, 200, "{body}");
+    let _ = project;
+    serde_json::from_str(&body).unwrap()
+}
+
+fn wait_for(what: &str, deadline: Duration, mut check: impl FnMut() -> bool) {
+    let end = Instant::now() + deadline;
+    while !check() {
+        assert!(
+            Instant::now() < end,
+            "{what} did not happen in {deadline:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Sets up a project with monitoring: offline images, fast intervals, and a
+/// webhook receiver (the reference app) for Alertmanager.
+fn monitored() -> (TestProject, u16) {
+    let mut project = TestProject::new("monitor");
+    let prometheus_port = support::free_port();
+    for (key, value) in [
+        ("CRYPTUS_MONITORING", "1".to_owned()),
+        ("PROMETHEUS_IMAGE", "cryptus/prometheus:offline".to_owned()),
+        (
+            "ALERTMANAGER_IMAGE",
+            "cryptus/alertmanager:offline".to_owned(),
+        ),
+        (
+            "NODE_EXPORTER_IMAGE",
+            "cryptus/node-exporter:offline".to_owned(),
+        ),
+        (
+            "NGINX_EXPORTER_IMAGE",
+            "cryptus/nginx-exporter:offline".to_owned(),
+        ),
+        (
+            "REDIS_EXPORTER_IMAGE",
+            "cryptus/redis-exporter:offline".to_owned(),
+        ),
+        ("GRAFANA_REPLICAS", "0".to_owned()),
+        ("CADVISOR_REPLICAS", "0".to_owned()),
+        ("PROMETHEUS_PORT", prometheus_port.to_string()),
+        ("ALERTMANAGER_PORT", support::free_port().to_string()),
+        ("CRYPTUS_RATE_SITE", "100000r/s".to_owned()),
+        ("CRYPTUS_RATE_API", "100000r/s".to_owned()),
+    ] {
+        project.set_env(key, &value);
+    }
+    let edit = |file: &str, pairs: &[(&str, &str)]| {
+        let path = project.path().join(file);
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        for (from, to) in pairs {
+            assert!(text.contains(from), "{file} has no {from:?}");
+            text = text.replace(from, to);
+        }
+        std::fs::write(&path, text).unwrap();
+    };
+    edit(
+        "monitoring/prometheus.yml",
+        &[
+            ("scrape_interval: 15s", "scrape_interval: 1s"),
+            ("evaluation_interval: 15s", "evaluation_interval: 1s"),
+            ("scrape_interval: 5s", "scrape_interval: 1s"),
+            ("refresh_interval: 5s", "refresh_interval: 1s"),
+        ],
+    );
+    edit(
+        "monitoring/alerts.yml",
+        &[("for: 30s", "for: 2s"), ("for: 1m", "for: 2s")],
+    );
+    edit(
+        "monitoring/alertmanager.yml",
+        &[
+            ("group_wait: 10s", "group_wait: 1s"),
+            (
+                "http://alert-webhook:5001/alerts",
+                "http://webhook:3000/api/alerts",
+            ),
+        ],
+    );
+    edit(
+        "compose/docker-compose.monitoring.yml",
+        &[(
+            "services:\n",
+            "services:\n  webhook:\n    image: ${CRYPTUS_IMAGE}\n    environment: {INSTANCE_COLOR: webhook}\n    ports: [\"127.0.0.1::3000\"]\n    networks: [cryptus]\n\n",
+        )],
+    );
+    edit(
+        "compose/docker-compose.zero-downtime.yml",
+        &[(
+            "      INSTANCE_COLOR: green\n",
+            "      INSTANCE_COLOR: green\n      APP_ERROR_RATIO: ${GREEN_ERROR_RATIO:-0}\n",
+        )],
+    );
+    (project, prometheus_port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn monitoring_scrapes_everything_alerts_and_gates_deploys() {
+    let (mut project, port) = monitored();
+    assert!(project.containers().is_empty());
+    let output = project.run_async(&["start"]).await;
+    assert_code(&output, 0);
+
+    // Every target is up.
+    let targets_url = format!("http://127.0.0.1:{port}/api/v1/targets");
+    wait_for("every scrape target up", Duration::from_secs(60), || {
+        let Ok((200, _, body)) = support::get(&targets_url, None) else {
+            return false;
+        };
+        let targets: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let active = targets["data"]["activeTargets"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let jobs: Vec<&str> = active
+            .iter()
+            .filter_map(|t| t["labels"]["job"].as_str())
+            .collect();
+        [
+            "prometheus",
+            "alertmanager",
+            "node",
+            "nginx",
+            "redis",
+            "cryptus-blue",
+        ]
+        .iter()
+        .all(|j| jobs.contains(j))
+            && active.iter().all(|t| t["health"] == "up")
+    });
+    let output = project.run_async(&["health", "--json"]).await;
+    assert_code(&output, 0);
+    let health: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let components: Vec<&str> = health["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["component"].as_str().unwrap())
+        .collect();
+    assert!(
+        components.contains(&"prometheus")
+            && components.contains(&"scrape targets")
+            && components.contains(&"alertmanager")
+    );
+
+    // cryptus's own metrics reach Prometheus.
+    wait_for("cryptus_active_color", Duration::from_secs(20), || {
+        let answer = prometheus(&project, port, "cryptus_active_color{color=\"blue\"} == 1");
+        !answer["data"]["result"].as_array().unwrap().is_empty()
+    });
+
+    // A version answering 20% 5xx is rolled back by the metric gate.
+    let mix = Mix {
+        keep_alive: 0,
+        new_connection: 1,
+        slow: 0,
+        session: 3,
+        pause: Duration::from_millis(10),
+        ..Mix::default()
+    };
+    let load = Load::start(project.lb_addr(), &mix);
+    project.set_env("GREEN_ERROR_RATIO", "0.2");
+    let output = project
+        .run_async(&[
+            "deploy",
+            "--image",
+            &app_image(),
+            "--version",
+            "2.0.0",
+            "--watch",
+            "12s",
+        ])
+        .await;
+    assert_code(&output, 1);
+    let text = stderr(&output);
+    assert!(
+        text.contains("rolled back:") && text.contains("metric gate"),
+        "{text}"
+    );
+    assert_eq!(project.serving().0, "blue");
+
+    // One with 0% is kept.
+    project.set_env("GREEN_ERROR_RATIO", "0");
+    let output = project
+        .run_async(&[
+            "deploy",
+            "--image",
+            &app_image(),
+            "--version",
+            "3.0.0",
+            "--watch",
+            "12s",
+        ])
+        .await;
+    assert_code(&output, 0);
+    assert_eq!(project.serving(), ("green".to_owned(), "3.0.0".to_owned()));
+    let _ = load.stop().await;
+
+    // The deploy marks: the active color and the history, in Prometheus.
+    wait_for(
+        "the deploy marks in Prometheus",
+        Duration::from_secs(20),
+        || {
+            let active = prometheus(&project, port, "cryptus_active_color{color=\"green\"} == 1");
+            let rolled = prometheus(
+                &project,
+                port,
+                "cryptus_deploys{operation=\"deploy\",outcome=\"rolled-back\"} == 1",
+            );
+            !active["data"]["result"].as_array().unwrap().is_empty()
+                && !rolled["data"]["result"].as_array().unwrap().is_empty()
+        },
+    );
+
+    // The dashboard's queries name metrics the exporters really export.
+    let names_url = format!("http://127.0.0.1:{port}/api/v1/label/__name__/values");
+    let (_, _, body) = support::get(&names_url, None).unwrap();
+    let known: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let known: Vec<&str> = known["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo("monitoring/grafana/dashboards/cryptus.json")).unwrap(),
+    )
+    .unwrap();
+    let mut exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| {
+            p["targets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["expr"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    exprs.extend(
+        dashboard["annotations"]["list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|a| a["expr"].as_str().map(str::to_owned)),
+    );
+    for expr in &exprs {
+        for name in metric_names(expr) {
+            assert!(
+                known.contains(&name.as_str()) || CADVISOR_METRICS.contains(&name.as_str()),
+                "the dashboard reads {name}, which no exporter exports ({expr})"
+            );
+        }
+    }
+
+    // An alert fires and reaches the webhook when the active color dies.
+    let green = format!("{}-cryptus-green-1", project.name);
+    support::on_engine(move |docker| async move {
+        // Stopped, not killed: its restart policy would bring a killed one back.
+        docker.stop_container(&green, None).await.unwrap();
+    });
+    let webhook = format!("{}-webhook-1", project.name);
+    let webhook_port = {
+        let name = webhook.clone();
+        support::on_engine(move |docker| async move {
+            let inspect = docker.inspect_container(&name, None).await.unwrap();
+            let ports = inspect.network_settings.unwrap().ports.unwrap();
+            ports["3000/tcp"].as_ref().unwrap()[0]
+                .host_port
+                .clone()
+                .unwrap()
+                .parse::<u16>()
+                .unwrap()
+        })
+    };
+    let alerts_url = format!("http://127.0.0.1:{webhook_port}/api/alerts");
+    wait_for(
+        "the ActiveColorUnhealthy alert at the webhook",
+        Duration::from_secs(90),
+        || {
+            let Ok((200, _, body)) = support::get(&alerts_url, None) else {
+                return false;
+            };
+            body.contains("ActiveColorUnhealthy") && body.contains("\"status\":\"firing\"")
+        },
+    );
+
+    // stop stops the monitoring services too.
+    let output = project.run_async(&["stop"]).await;
+    assert_code(&output, 0);
+    assert!(project.containers().values().all(|(_, running)| !running));
+}
+
+#[test]
+fn metric_names_are_read_from_queries() {
+    assert_eq!(
+        metric_names(r#"sum by (color) (rate(http_requests_total{status=~"5.."}[1m]))"#),
+        ["http_requests_total"]
+    );
+    assert_eq!(
+        metric_names(
+            "histogram_quantile(0.99, sum by (le, color) (rate(http_request_duration_seconds_bucket[5m])))"
+        ),
+        ["http_request_duration_seconds_bucket"]
+    );
+    assert_eq!(
+        metric_names("1 - node_memory_MemAvailable_bytes / node_memory_MemTotal_bytes"),
+        [
+            "node_memory_MemAvailable_bytes",
+            "node_memory_MemTotal_bytes"
+        ]
+    );
+}
