@@ -494,7 +494,7 @@ impl Engine {
 
     /// The engine's tar archive of a path in a container (running or not,
     /// volumes included); `None` if the path does not exist.
-    async fn download(&self, container: &str, path: &str) -> Result<Option<Vec<u8>>> {
+    pub async fn download(&self, container: &str, path: &str) -> Result<Option<Vec<u8>>> {
         let options = DownloadFromContainerOptionsBuilder::default()
             .path(path)
             .build();

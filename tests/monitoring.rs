@@ -505,6 +505,43 @@ async fn monitoring_scrapes_everything_alerts_and_gates_deploys() {
         },
     );
 
+    // Backups hold a snapshot of Prometheus's data, and restore it.
+    let out = project.path().join("backups");
+    let output = project
+        .run_async(&["backup", "--out", &out.to_string_lossy(), "--json"])
+        .await;
+    assert_code(&output, 0);
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let files = report["manifest"]["files"].as_array().unwrap();
+    let prometheus_file = files
+        .iter()
+        .find(|f| f["name"] == "prometheus.tar.gz")
+        .expect("Prometheus's data is backed up");
+    assert!(
+        prometheus_file["size"].as_u64().unwrap() > 1000,
+        "{prometheus_file}"
+    );
+    let dir = report["dir"].as_str().unwrap().to_owned();
+    let output = project.run_async(&["restore", &dir, "--yes"]).await;
+    assert_code(&output, 0);
+    assert!(
+        stderr(&output).contains("restored prometheus data into the engine"),
+        "{}",
+        stderr(&output)
+    );
+    wait_for(
+        "Prometheus back with the restored data",
+        Duration::from_secs(30),
+        || {
+            support::get(&format!("http://127.0.0.1:{port}/-/ready"), None)
+                .is_ok_and(|(code, _, _)| code == 200)
+                && !prometheus(&project, port, "cryptus_deploys")["data"]["result"]
+                    .as_array()
+                    .unwrap()
+                    .is_empty()
+        },
+    );
+
     // stop stops the monitoring services too.
     let output = project.run_async(&["stop"]).await;
     assert_code(&output, 0);

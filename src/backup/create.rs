@@ -73,7 +73,7 @@ pub async fn create(
     )
     .await?;
     step.done();
-    let result = write(engine, project, redis, lb, options, printer).await;
+    let result = write(engine, project, redis, lb, &containers, options, printer).await;
     if let Err(err) = lock.release().await {
         printer.warn(format!("releasing the deploy lock: {err:#}"));
     }
@@ -85,6 +85,7 @@ async fn write(
     project: &Project,
     redis: &Container,
     lb: Option<&Container>,
+    containers: &[Container],
     options: &Options,
     printer: &Printer,
 ) -> Result<Created> {
@@ -154,6 +155,22 @@ async fn write(
     pending.add(STATE_ARCHIVE, &pack(&state)?)?;
     step.done();
 
+    for (archive, service, dir) in super::MONITORING_ARCHIVES {
+        let Some(container) = containers.iter().find(|c| c.service == service) else {
+            continue;
+        };
+        let step = printer.step(format!("{service}'s data"));
+        let tar = if service == "prometheus" && container.running {
+            prometheus_snapshot(engine, container).await?
+        } else {
+            engine.download(&container.name, dir).await?
+        };
+        if let Some(tar) = tar {
+            pending.add(archive, &super::gzip(&tar)?)?;
+        }
+        step.done();
+    }
+
     let (dir, manifest) = pending.commit(&project.name, keys, time)?;
     let pruned = match options.keep {
         Some(keep) => super::prune(&options.out, keep)?,
@@ -165,6 +182,39 @@ async fn write(
         manifest,
         pruned,
     })
+}
+
+/// A consistent copy of Prometheus's data: its snapshot API writes the
+/// blocks (the head included) under /prometheus/snapshots, which is copied
+/// out and removed.
+async fn prometheus_snapshot(engine: &Engine, prometheus: &Container) -> Result<Option<Vec<u8>>> {
+    let addr = prometheus
+        .published_addr(9090)
+        .ok_or_else(|| failed(format!("{} publishes no port 9090", prometheus.name)))?;
+    let answer: serde_json::Value = crate::health::client()
+        .post(format!("http://{addr}/api/v1/admin/tsdb/snapshot"))
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .context("asking Prometheus for a snapshot")?
+        .json()
+        .await
+        .context("reading Prometheus's snapshot answer")?;
+    let name = answer["data"]["name"].as_str().ok_or_else(|| {
+        failed_with_hint(
+            format!("Prometheus made no snapshot: {answer}"),
+            "run it with --web.enable-admin-api, as the shipped compose file does",
+        )
+    })?;
+    if name.contains(['/', '.']) {
+        return Err(failed(format!("Prometheus named its snapshot {name:?}")));
+    }
+    let path = format!("/prometheus/snapshots/{name}");
+    let tar = engine.download(&prometheus.name, &path).await?;
+    let _ = engine
+        .shell(&prometheus.name, r#"rm -rf "$1""#, &[&path], b"")
+        .await;
+    Ok(tar)
 }
 
 async fn count_keys(

@@ -33,6 +33,13 @@ pub const NGINX_ARCHIVE: &str = "nginx.tar.gz";
 pub const COMPOSE_ARCHIVE: &str = "compose.tar.gz";
 pub const STATE_ARCHIVE: &str = "state.tar.gz";
 
+/// Monitoring data, when present: the archive, the service, and where its
+/// data lives in the container.
+pub const MONITORING_ARCHIVES: [(&str, &str, &str); 2] = [
+    ("prometheus.tar.gz", "prometheus", "/prometheus"),
+    ("grafana.tar.gz", "grafana", "/var/lib/grafana"),
+];
+
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
@@ -232,6 +239,25 @@ fn check_entry_path(name: &str, path: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Compresses a tar archive as the engine gave it.
+pub fn gzip(tar: &[u8]) -> Result<Vec<u8>> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(tar).context("compressing an archive")?;
+    encoder.finish().context("compressing an archive")
+}
+
+/// Drops the first component of every path: the engine archives a
+/// directory under its own name.
+pub fn strip_first(files: BTreeMap<String, Vec<u8>>) -> Vec<(String, Vec<u8>)> {
+    files
+        .into_iter()
+        .filter_map(|(path, content)| {
+            let (_, rest) = path.split_once('/')?;
+            (!rest.is_empty()).then(|| (rest.to_owned(), content))
+        })
+        .collect()
 }
 
 /// Packs files (path in the archive, content) into a `.tar.gz`.
@@ -438,6 +464,21 @@ mod tests {
         ] {
             assert!(parse_manifest(&bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_engines_directory_name_is_dropped() {
+        let files = BTreeMap::from([
+            (
+                "20261128T000000Z-abc/01H/meta.json".to_owned(),
+                b"{}".to_vec(),
+            ),
+            ("20261128T000000Z-abc".to_owned(), b"".to_vec()),
+        ]);
+        assert_eq!(
+            strip_first(files),
+            vec![("01H/meta.json".to_owned(), b"{}".to_vec())]
+        );
     }
 
     #[test]

@@ -40,6 +40,15 @@ pub struct Contents {
     pub nginx: BTreeMap<String, Vec<u8>>,
     pub compose: BTreeMap<String, Vec<u8>>,
     pub state: BTreeMap<String, Vec<u8>>,
+    pub volumes: Vec<VolumeData>,
+}
+
+/// Monitoring data to put back: the service, where its data lives in the
+/// container, and the files.
+pub struct VolumeData {
+    pub service: String,
+    pub dir: String,
+    pub files: Vec<(String, Vec<u8>)>,
 }
 
 /// Verifies a backup and unpacks it, refusing any unsafe entry. Nothing
@@ -68,7 +77,19 @@ pub fn open(dir: &Path) -> Result<Contents> {
             dir.display()
         )));
     }
+    let mut volumes = Vec::new();
+    for (archive, service, dir) in super::MONITORING_ARCHIVES {
+        if files.contains_key(archive) {
+            let unpacked = unpack(archive, &files[archive])?;
+            volumes.push(VolumeData {
+                service: service.to_owned(),
+                dir: dir.to_owned(),
+                files: super::strip_first(unpacked),
+            });
+        }
+    }
     Ok(Contents {
+        volumes,
         manifest,
         dump,
         nginx: archive(NGINX_ARCHIVE)?,
@@ -206,6 +227,39 @@ async fn apply(
         }
     }
     step.done();
+    for VolumeData {
+        service,
+        dir,
+        files,
+    } in &contents.volumes
+    {
+        let Some(container) = engine
+            .containers(&project.name)
+            .await?
+            .into_iter()
+            .find(|c| &c.service == service)
+        else {
+            printer.warn(format!(
+                "there is no {service} container; its data was not restored"
+            ));
+            continue;
+        };
+        let step = printer.step(format!("{service}'s data"));
+        // Into the stopped container's volume, then it starts again.
+        let was_running = container.running;
+        engine.stop(&container.name, None).await?;
+        let entries: Vec<(&str, &[u8], u32)> = files
+            .iter()
+            .map(|(path, content)| (path.as_str(), content.as_slice(), 0o644))
+            .collect();
+        let written = engine.write_files(&container.name, dir, &entries).await;
+        if was_running {
+            engine.start(&container.name).await?;
+        }
+        written?;
+        step.done();
+        state.push(format!("{service} data"));
+    }
     // The live upstream is not put back: it names the containers running now.
     Ok(Restored {
         ok: true,
