@@ -188,12 +188,14 @@ async fn run(stack: &Stack<'_>, operation: Operation, settings: &Settings) -> Re
         Operation::Deploy { .. } => "deploy",
         Operation::Rollback => "rollback",
     };
-    if let Operation::Deploy {
-        version: Some(version),
-        ..
-    } = &operation
-    {
-        check_version(version)?;
+    // Bad input is refused before anything is touched.
+    if let Operation::Deploy { version, source } = &operation {
+        if let Some(version) = version {
+            check_version(version)?;
+        }
+        if let Source::Image(reference) = source {
+            check_image(reference)?;
+        }
     }
     let lb = stack
         .engine
@@ -515,6 +517,15 @@ async fn locked(
     Ok(report)
 }
 
+fn check_image(reference: &str) -> Result<()> {
+    crate::compose::check_image_reference(reference).map_err(|err| {
+        usage(
+            err,
+            "name an image such as myapp:1.2.3 or registry.example.com/team/app:v2",
+        )
+    })
+}
+
 /// Checks a version string before it goes anywhere near a config file or a
 /// label: letters, digits and `._+-`, at most 64 characters.
 pub fn check_version(version: &str) -> Result<()> {
@@ -542,12 +553,7 @@ async fn resolve_image(
     let reference = match source {
         Source::Compose => stack.default_release(target).await?.image,
         Source::Image(reference) => {
-            crate::compose::check_image_reference(&reference).map_err(|err| {
-                usage(
-                    err,
-                    "name an image such as myapp:1.2.3 or registry.example.com/team/app:v2",
-                )
-            })?;
+            check_image(&reference)?;
             reference
         }
         Source::Build(context) => {
