@@ -1,36 +1,15 @@
 //! cryptus: zero-downtime blue/green deployments of a web app on a Docker host.
 //!
 //! `main` sets up logging and the runtime and owns the exit codes; each
-//! subcommand lives in `commands/`, and the domain in the modules below.
-
-mod assets;
-mod backup;
-mod build;
-mod cli;
-mod commands;
-mod compose;
-mod deploy;
-mod engine;
-mod error;
-mod files;
-mod health;
-mod history;
-mod lifecycle;
-mod lock;
-mod metrics;
-mod nginx;
-mod output;
-mod project;
-mod redis;
-mod scale;
-mod stack;
+//! subcommand lives in `commands/`, and the domain in the library's modules.
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::Cli;
-use crate::output::{Printer, Verbosity};
+use cryptus::cli::Cli;
+use cryptus::output::{Printer, Verbosity};
+use cryptus::{commands, error};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -1,0 +1,27 @@
+//! cryptus: zero-downtime blue/green deployments of a web app on a Docker host.
+//!
+//! The library behind the `cryptus` binary (`src/main.rs`), also what the
+//! fuzz targets exercise: the compose model, the backup manifest, and the
+//! rest of the domain, one module each.
+
+pub mod assets;
+pub mod backup;
+pub mod build;
+pub mod cli;
+pub mod commands;
+pub mod compose;
+pub mod deploy;
+pub mod engine;
+pub mod error;
+pub mod files;
+pub mod health;
+pub mod history;
+pub mod lifecycle;
+pub mod lock;
+pub mod metrics;
+pub mod nginx;
+pub mod output;
+pub mod project;
+pub mod redis;
+pub mod scale;
+pub mod stack;

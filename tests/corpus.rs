@@ -1,0 +1,62 @@
+//! The fuzzing corpus (fuzz/corpus, grown by `cargo +nightly fuzz run`),
+//! replayed on stable with every test run: each input the fuzzers kept must
+//! still be refused or accepted without a panic, by the same checks.
+
+use std::path::Path;
+
+fn inputs(target: &str) -> Vec<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus")
+        .join(target);
+    let mut texts: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|entry| std::fs::read(entry.ok()?.path()).ok())
+        .filter_map(|bytes| String::from_utf8(bytes).ok())
+        .collect();
+    texts.sort();
+    assert!(texts.len() > 10, "the {target} corpus is nearly empty");
+    texts
+}
+
+#[test]
+fn the_compose_corpus_is_refused_or_accepted_without_panic() {
+    let vars = cryptus::compose::Vars::default();
+    let mut accepted = 0;
+    for text in inputs("compose") {
+        if cryptus::compose::parse(&text, &vars).is_ok() {
+            accepted += 1;
+        }
+    }
+    assert!(accepted > 0, "the corpus keeps valid files too");
+}
+
+#[test]
+fn the_interpolation_corpus_keeps_dollar_free_text() {
+    let vars = cryptus::compose::Vars::from_env_file_and_process(
+        [
+            ("SET".to_owned(), "value".to_owned()),
+            ("EMPTY".to_owned(), String::new()),
+        ]
+        .into(),
+    );
+    for text in inputs("interpolate") {
+        let result = cryptus::compose::interpolate::interpolate(&text, &vars);
+        if !text.contains('$') {
+            assert_eq!(result.as_deref(), Ok(text.as_str()));
+        }
+        let _ = cryptus::compose::interpolate::parse_env_file(&text);
+    }
+}
+
+#[test]
+fn the_manifest_corpus_round_trips_what_it_accepts() {
+    let mut accepted = 0;
+    for text in inputs("manifest") {
+        if let Ok(manifest) = cryptus::backup::parse_manifest(&text) {
+            let again = serde_json::to_string(&manifest).unwrap();
+            assert_eq!(cryptus::backup::parse_manifest(&again), Ok(manifest));
+            accepted += 1;
+        }
+    }
+    assert!(accepted > 0);
+}
