@@ -107,6 +107,23 @@ struct Steps<'p> {
 }
 
 impl Steps<'_> {
+    /// Runs a step that only waits: Ctrl-C (or SIGTERM) ends it as a
+    /// failure, so the caller undoes what came before.
+    async fn wait<T>(
+        &mut self,
+        name: &str,
+        message: impl Into<String>,
+        work: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let interruptible = async {
+            tokio::select! {
+                result = work => result,
+                () = interrupted() => Err(failed("interrupted (Ctrl-C or SIGTERM)")),
+            }
+        };
+        self.run(name, message, interruptible).await
+    }
+
     async fn run<T>(
         &mut self,
         name: &str,
@@ -132,6 +149,45 @@ impl Steps<'_> {
                 Err(err)
             }
         }
+    }
+}
+
+static INTERRUPTS: std::sync::OnceLock<tokio::sync::watch::Receiver<bool>> =
+    std::sync::OnceLock::new();
+
+/// From here on SIGINT and SIGTERM no longer kill the process: they are
+/// remembered, and the next step that waits ends as interrupted, so the run
+/// undoes its partial work before it exits.
+fn catch_interrupts() {
+    INTERRUPTS.get_or_init(|| {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (sender, receiver) = tokio::sync::watch::channel(false);
+        if let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+                let _ = sender.send(true);
+            });
+        }
+        receiver
+    });
+}
+
+/// Resolves once SIGINT or SIGTERM has come (at once if it already has).
+async fn interrupted() {
+    match INTERRUPTS.get() {
+        Some(receiver) => {
+            let mut receiver = receiver.clone();
+            if receiver.wait_for(|seen| *seen).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -184,6 +240,7 @@ enum Operation {
 
 async fn run(stack: &Stack<'_>, operation: Operation, settings: &Settings) -> Result<Report> {
     let began = Instant::now();
+    catch_interrupts();
     let name = match operation {
         Operation::Deploy { .. } => "deploy",
         Operation::Rollback => "rollback",
@@ -213,7 +270,7 @@ async fn run(stack: &Stack<'_>, operation: Operation, settings: &Settings) -> Re
         done: Vec::new(),
     };
     let lock = steps
-        .run(
+        .wait(
             "lock",
             "taking the deploy lock",
             Lock::acquire(
@@ -371,7 +428,7 @@ async fn locked(
     // they are the ones that drain after the reload.
     let nginx_now = stack.nginx();
     let (gate, workers) = tokio::join!(
-        steps.run(
+        steps.wait(
             "health",
             format!(
                 "waiting for {target} to answer healthy as {}",
@@ -424,7 +481,7 @@ async fn locked(
         .published_addr(nginx::HTTP_PORT)
         .with_context(|| format!("{} publishes no port {}", lb.name, nginx::HTTP_PORT))?;
     let (verified, image_id) = tokio::join!(
-        steps.run(
+        steps.wait(
             "verify",
             format!(
                 "verifying {} answers in a row from {target} through the load balancer",
@@ -442,7 +499,7 @@ async fn locked(
     let watched = match verified {
         Ok(()) if !settings.watch.is_zero() => {
             steps
-                .run(
+                .wait(
                     "watch",
                     format!(
                         "watching {target} for {}{}",
@@ -654,6 +711,27 @@ impl Switch<'_> {
                 }
             }
             return Ok(());
+        }
+        // A still-running idle color may have requests in flight from
+        // nginx's old workers (an earlier run was killed before its drain):
+        // let those finish, stop it gracefully, then replace it.
+        if existing.iter().any(|c| c.running) {
+            let busy = self
+                .stack
+                .nginx()
+                .drain_shutting_down(Duration::from_secs(30))
+                .await?;
+            if busy > 0 {
+                self.stack.printer.warn(format!(
+                    "{busy} old nginx workers are still busy; replacing {} anyway",
+                    self.to.color
+                ));
+            }
+            stop_all(
+                self.stack,
+                &existing.iter().map(|c| c.name.clone()).collect::<Vec<_>>(),
+            )
+            .await;
         }
         for container in existing {
             self.stack.engine.remove(&container.id, true).await?;

@@ -293,6 +293,25 @@ impl Nginx<'_> {
         self.reload().await
     }
 
+    /// Waits until no worker is shutting down (finishing its in-flight
+    /// requests after a reload), up to `limit`. Returns how many still are.
+    pub async fn drain_shutting_down(&self, limit: Duration) -> Result<usize> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let busy = self
+                .engine
+                .processes(&self.container)
+                .await?
+                .iter()
+                .filter(|(_, command)| command.contains("shutting down"))
+                .count();
+            if busy == 0 || tokio::time::Instant::now() >= deadline {
+                return Ok(busy);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits until the workers `old` have exited, up to `limit`: a reload
     /// tells them to finish their in-flight requests and go. Returns how many
     /// are still busy when the limit passes.

@@ -1,0 +1,202 @@
+//! Crash safety on the real engine: cryptus killed at each step of a deploy
+//! loses no request, `status` tells the truth afterwards, and the next deploy
+//! and rollback work; Ctrl-C undoes a deploy in progress.
+
+mod support;
+
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use loadgen::{Load, Mix};
+use support::{TestProject, app_image, assert_code, stderr};
+
+fn spawn_deploy(project: &TestProject, version: &str) -> Child {
+    project
+        .command(&[
+            "deploy",
+            "--image",
+            &app_image(),
+            "--version",
+            version,
+            "--watch",
+            "0s",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Polls `check` every 10 ms for up to 20 s.
+fn until(what: &str, mut check: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(20);
+    while !check() {
+        assert!(Instant::now() < end, "never saw: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn running_version(project: &TestProject, color: &str) -> Option<String> {
+    let name = format!("{}-cryptus-{color}-1", project.name);
+    let (_, running) = project.containers().get(&name).cloned()?;
+    running
+        .then(|| project.labels(&name).get("cryptus.version").cloned())
+        .flatten()
+}
+
+fn lb_answer(project: &TestProject) -> Option<(String, String)> {
+    let (code, _, body) = support::get(&project.url("/api/health"), None).ok()?;
+    let health: serde_json::Value = serde_json::from_str(&body).ok().filter(|_| code == 200)?;
+    Some((
+        health["instance"].as_str()?.to_owned(),
+        health["version"].as_str()?.to_owned(),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_at_each_step_loses_no_request_and_the_next_deploy_works() {
+    let mut project = TestProject::new("sigkill");
+    project.set_env("CRYPTUS_RATE_SITE", "100000r/s");
+    project.set_env("CRYPTUS_RATE_API", "100000r/s");
+    // A start-up delay when asked, so a kill can land between start and switch.
+    for color in ["blue", "green"] {
+        project.set_service_env(color, "APP_STARTUP_DELAY_MS", "${STARTUP_DELAY:-0}");
+    }
+    project.ok(&["start"]);
+    let mix = Mix {
+        keep_alive: 2,
+        new_connection: 1,
+        slow: 2,
+        slow_ms: 1500,
+        session: 1,
+        ..Mix::default()
+    };
+    let load = Load::start(project.lb_addr(), &mix);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    for (point, version) in [
+        ("the new container started", "2.1.0"),
+        ("the reload", "2.2.0"),
+        ("the drain", "2.3.0"),
+    ] {
+        let (active, _) = lb_answer(&project).expect("the stack serves");
+        let target = if active == "blue" { "green" } else { "blue" };
+        let delay = if point == "the new container started" {
+            "3000"
+        } else {
+            "0"
+        };
+        project.set_env("STARTUP_DELAY", delay);
+        let project_ref = &project;
+        let mut child = spawn_deploy(project_ref, version);
+        tokio::task::block_in_place(|| match point {
+            "the new container started" => until(point, || {
+                running_version(project_ref, target).as_deref() == Some(version)
+            }),
+            "the reload" => until(point, || {
+                lb_answer(project_ref) == Some((target.to_owned(), version.to_owned()))
+            }),
+            _ => until(point, || {
+                lb_answer(project_ref).is_some_and(|(color, _)| color == target)
+                    && running_version(project_ref, &active).is_some()
+            }),
+        });
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // An exec cryptus had started in nginx's container still finishes
+        // there (write, check, reload: one script); let it.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+
+        // status tells the truth: what nginx serves is what answers.
+        let status = project.status();
+        let (serving, _) = lb_answer(&project).expect("the stack still serves");
+        assert_eq!(
+            status["nginx"]["served"],
+            serving.as_str(),
+            "after a kill at {point}: {status}"
+        );
+        assert!(
+            !status["lock"].is_null(),
+            "the killed deploy's lock is left behind"
+        );
+
+        // The next deploy breaks the stale lock and works; so does a rollback.
+        project.set_env("STARTUP_DELAY", "0");
+        let next = format!("{version}-next");
+        let output = project
+            .run_async(&[
+                "deploy",
+                "--image",
+                &app_image(),
+                "--version",
+                &next,
+                "--watch",
+                "0s",
+            ])
+            .await;
+        assert_code(&output, 0);
+        assert!(
+            stderr(&output).contains("breaking a stale lock"),
+            "{}",
+            stderr(&output)
+        );
+        assert_eq!(lb_answer(&project).unwrap().1, next);
+        let output = project.run_async(&["rollback"]).await;
+        assert_code(&output, 0);
+    }
+
+    let report = load.stop().await;
+    eprintln!(
+        "load: {} requests, {} failed, {} stale keep-alive closes retried",
+        report.requests, report.failed, report.stale_keepalive_closes
+    );
+    assert_eq!(
+        report.failed,
+        0,
+        "{:?} {:?}",
+        report.failures,
+        report.failures_detail().iter().take(5).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn ctrl_c_during_a_deploy_undoes_it() {
+    let project = TestProject::new("sigint");
+    project.set_service_env("green", "APP_STARTUP_DELAY_MS", "5000");
+    project.ok(&["start"]);
+    let child = spawn_deploy(&project, "2.0.0");
+    until("the green container", || {
+        running_version(&project, "green").is_some()
+    });
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let began = Instant::now();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        began.elapsed() < Duration::from_secs(10),
+        "Ctrl-C is answered at once"
+    );
+    assert_code(&output, 1);
+    assert!(
+        stderr(&output).contains("interrupted"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(
+        !project
+            .containers()
+            .keys()
+            .any(|n| n.contains("cryptus-green")),
+        "the new container is removed"
+    );
+    assert_eq!(project.serving().0, "blue");
+    let status = project.status();
+    assert!(status["lock"].is_null(), "the lock is released");
+    assert_eq!(
+        status["history"].as_array().unwrap().last().unwrap()["outcome"],
+        "failed"
+    );
+}
