@@ -23,6 +23,7 @@ REDIS_IMAGE=cryptus/redis:offline
 CRYPTUS_IMAGE=cryptus:latest
 CRYPTUS_BIND=127.0.0.1
 CRYPTUS_HTTP_PORT=8000
+CRYPTUS_HTTPS_PORT=8443
 ENV
   echo "quickstart: wrote compose/.env" >&2
 fi

@@ -20,6 +20,10 @@ pub const DEFAULTS: &[Asset] = &[
         text: include_str!("../nginx/nginx.conf"),
     },
     Asset {
+        path: "nginx/app.conf",
+        text: include_str!("../nginx/app.conf"),
+    },
+    Asset {
         path: "compose/docker-compose.monitoring.yml",
         text: include_str!("../compose/docker-compose.monitoring.yml"),
     },

@@ -496,8 +496,9 @@ impl Stack<'_> {
     }
 
     /// The http-level settings cryptus renders: the rate limits the compose
-    /// file asks for, and `keepalive_min_timeout` where nginx has it.
-    pub fn limits_file(&self, nginx_version: Option<&str>) -> Result<String> {
+    /// file asks for, `keepalive_min_timeout` where nginx has it, and HTTPS
+    /// when nginx/ssl/ holds cert.pem and key.pem.
+    pub fn http_file(&self, nginx_version: Option<&str>) -> Result<String> {
         let labels = self
             .compose
             .service(LB_SERVICE)
@@ -509,8 +510,14 @@ impl Stack<'_> {
         let api = labels
             .get("cryptus.rate.api")
             .map_or("10r/s", String::as_str);
-        let keepalive_min = nginx_version.is_some_and(nginx::has_keepalive_min_timeout);
-        nginx::render_limits(site, api, keepalive_min).map_err(|err| {
+        let ssl = self.project.dir.join("nginx/ssl");
+        let settings = nginx::HttpSettings {
+            site_rate: site,
+            api_rate: api,
+            keepalive_min_timeout: nginx_version.is_some_and(nginx::has_keepalive_min_timeout),
+            tls: ssl.join("cert.pem").is_file() && ssl.join("key.pem").is_file(),
+        };
+        nginx::render_http(&settings).map_err(|err| {
             crate::error::usage(
                 format!("{err:#}"),
                 "set CRYPTUS_RATE_SITE and CRYPTUS_RATE_API to rates such as 30r/s",
@@ -667,11 +674,11 @@ impl Stack<'_> {
             .ensure_service(lb_service, 1, None, &now, true, false)
             .await?;
         let lb = self.must_inspect(&self.lb_container()).await?;
-        let limits = self.limits_file(lb.env_var("NGINX_VERSION"))?;
+        let limits = self.http_file(lb.env_var("NGINX_VERSION"))?;
         let nginx = self.nginx();
         let files = [
             (nginx::UPSTREAM_FILE, upstream.as_str()),
-            (nginx::LIMITS_FILE, limits.as_str()),
+            (nginx::HTTP_FILE, limits.as_str()),
         ];
         let mut lb_change = outcome.first().map_or(Change::Unchanged, |(_, c)| *c);
         if lb.running {

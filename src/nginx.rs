@@ -3,7 +3,7 @@
 //!
 //! cryptus owns two files in the `nginx-state` volume, mounted at
 //! [`STATE_DIR`]: `upstream.conf` names the running containers of the active
-//! color, and `limits.conf` holds the rate-limit zones. Each write goes to a
+//! color, and `http.conf` holds the rate-limit zones and HTTPS. Each write goes to a
 //! temporary name and is renamed into place inside the container, so nginx
 //! never reads half a file.
 
@@ -17,7 +17,7 @@ use crate::stack::Color;
 /// Where nginx reads the files cryptus renders.
 pub const STATE_DIR: &str = "/etc/nginx/cryptus";
 pub const UPSTREAM_FILE: &str = "upstream.conf";
-pub const LIMITS_FILE: &str = "limits.conf";
+pub const HTTP_FILE: &str = "http.conf";
 /// nginx's main configuration inside its container: the project's `nginx/`
 /// directory is mounted at `/etc/cryptus/nginx`.
 pub const CONF: &str = "/etc/cryptus/nginx/nginx.conf";
@@ -85,11 +85,25 @@ pub fn has_keepalive_min_timeout(version: &str) -> bool {
     parts.len() >= 2 && (parts[0], parts[1], parts.get(2).copied().unwrap_or(0)) >= (1, 27, 4)
 }
 
-/// The http-level settings: rate-limit zones, and, where nginx has it,
-/// `keepalive_min_timeout`, which keeps idle keep-alive client connections
-/// open through a reload instead of closing them under a client that is
-/// about to send on them.
-pub fn render_limits(site: &str, api: &str, keepalive_min_timeout: bool) -> Result<String> {
+/// What http.conf says.
+pub struct HttpSettings<'a> {
+    pub site_rate: &'a str,
+    pub api_rate: &'a str,
+    /// Where nginx has it (1.27.4+): `keepalive_min_timeout` keeps idle
+    /// keep-alive client connections open through a reload instead of
+    /// closing them under a client that is about to send on them.
+    pub keepalive_min_timeout: bool,
+    /// nginx/ssl/ holds cert.pem and key.pem: serve HTTPS, redirect HTTP.
+    pub tls: bool,
+}
+
+/// Where the project's certificate and key are, inside nginx's container.
+pub const TLS_DIR: &str = "/etc/cryptus/nginx/ssl";
+
+/// The http-level settings: rate-limit zones, `$cryptus_https`, and the
+/// HTTPS server when there are certificates.
+pub fn render_http(settings: &HttpSettings<'_>) -> Result<String> {
+    let (site, api) = (settings.site_rate, settings.api_rate);
     check_rate(site).map_err(anyhow::Error::msg)?;
     check_rate(api).map_err(anyhow::Error::msg)?;
     let mut text = format!(
@@ -97,8 +111,23 @@ pub fn render_limits(site: &str, api: &str, keepalive_min_timeout: bool) -> Resu
          limit_req_zone $binary_remote_addr zone=cryptus_site:10m rate={site};\n\
          limit_req_zone $binary_remote_addr zone=cryptus_api:10m rate={api};\n"
     );
-    if keepalive_min_timeout {
+    if settings.keepalive_min_timeout {
         text.push_str("keepalive_min_timeout 1s;\n");
+    }
+    let https = u8::from(settings.tls);
+    text.push_str(&format!(
+        "map $host $cryptus_https {{\n    default {https};\n}}\n"
+    ));
+    if settings.tls {
+        text.push_str(&format!(
+            "server {{\n    listen 443 ssl;\n    server_name _;\n\
+             \x20   ssl_certificate {TLS_DIR}/cert.pem;\n\
+             \x20   ssl_certificate_key {TLS_DIR}/key.pem;\n\
+             \x20   ssl_protocols TLSv1.2 TLSv1.3;\n\
+             \x20   ssl_session_cache shared:cryptus_tls:10m;\n\
+             \x20   add_header Strict-Transport-Security \"max-age=31536000\" always;\n\
+             \x20   include /etc/cryptus/nginx/app.conf;\n}}\n"
+        ));
     }
     Ok(text)
 }
@@ -399,10 +428,23 @@ mod tests {
         for bad in ["30", "r/s", "0r/s", "30r/h", "3 0r/s", "30r/s;", "-1r/s"] {
             assert!(check_rate(bad).is_err(), "{bad}");
         }
+        let settings = |site, api, keepalive_min_timeout, tls| HttpSettings {
+            site_rate: site,
+            api_rate: api,
+            keepalive_min_timeout,
+            tls,
+        };
+        let render_limits =
+            |site, api, keepalive| render_http(&settings(site, api, keepalive, false));
         let limits = render_limits("30r/s", "10r/s", false).unwrap();
         assert!(limits.contains("zone=cryptus_site:10m rate=30r/s;"));
         assert!(limits.contains("zone=cryptus_api:10m rate=10r/s;"));
         assert!(!limits.contains("keepalive_min_timeout"));
+        assert!(limits.contains("default 0;") && !limits.contains("listen 443"));
+        let tls = render_http(&settings("30r/s", "10r/s", false, true)).unwrap();
+        assert!(tls.contains("default 1;") && tls.contains("listen 443 ssl;"));
+        assert!(tls.contains("ssl_certificate /etc/cryptus/nginx/ssl/cert.pem;"));
+        assert!(tls.contains("    include /etc/cryptus/nginx/app.conf;"));
         assert!(
             render_limits("30r/s", "10r/s", true)
                 .unwrap()

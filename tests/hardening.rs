@@ -272,3 +272,82 @@ fn a_deploy_with_redis_down_still_flips_and_says_sessions_are_degraded() {
     project.ok(&["start"]);
     assert_eq!(get(&project.url("/api/session"), None).unwrap().0, 200);
 }
+
+#[test]
+fn with_certificates_nginx_serves_https_and_redirects_http() {
+    let project = TestProject::new("tls");
+    let ssl = project.path().join("nginx/ssl");
+    std::fs::create_dir_all(&ssl).unwrap();
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .arg("-keyout")
+        .arg(ssl.join("key.pem"))
+        .arg("-out")
+        .arg(ssl.join("cert.pem"))
+        .output()
+        .expect("openssl makes a self-signed certificate");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    project.ok(&["start"]);
+    let https_port = project
+        .env
+        .iter()
+        .find(|(k, _)| k == "CRYPTUS_HTTPS_PORT")
+        .unwrap()
+        .1
+        .clone();
+    let curl = |args: &[&str]| {
+        let output = std::process::Command::new("curl")
+            .args(args)
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let https = format!("https://127.0.0.1:{https_port}");
+    let body = curl(&["-sk", &format!("{https}/api/health")]);
+    assert!(
+        body.contains("\"instance\":\"blue\""),
+        "HTTPS serves the app: {body}"
+    );
+    let headers = curl(&["-sk", "-D", "-", "-o", "/dev/null", &format!("{https}/")]);
+    assert!(
+        headers
+            .to_ascii_lowercase()
+            .contains("strict-transport-security"),
+        "{headers}"
+    );
+    // Plain HTTP redirects to HTTPS, but for /api/health.
+    let (code, headers, _) = get(&project.url("/some/page?x=1"), None).unwrap();
+    assert_eq!(code, 301);
+    assert!(
+        headers["location"].starts_with("https://")
+            && headers["location"].ends_with("/some/page?x=1"),
+        "{headers:?}"
+    );
+    assert_eq!(get(&project.url("/api/health"), None).unwrap().0, 200);
+    // Deploys keep working behind it.
+    project.ok(&[
+        "deploy",
+        "--image",
+        &app_image(),
+        "--version",
+        "2.0.0",
+        "--watch",
+        "0s",
+    ]);
+    let body = curl(&["-sk", &format!("{https}/api/health")]);
+    assert!(body.contains("\"instance\":\"green\""), "{body}");
+}

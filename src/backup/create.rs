@@ -123,7 +123,7 @@ async fn write(
             engine,
             container: lb.name.clone(),
         };
-        for name in [nginx::UPSTREAM_FILE, nginx::LIMITS_FILE] {
+        for name in [nginx::UPSTREAM_FILE, nginx::HTTP_FILE] {
             if let Some(text) = nginx.read(name).await? {
                 files.push((format!("cryptus/{name}"), text.into_bytes()));
             }

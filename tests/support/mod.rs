@@ -114,6 +114,7 @@ impl TestProject {
             ("CRYPTUS_IMAGE".to_owned(), app_image()),
             ("CRYPTUS_BIND".to_owned(), "127.0.0.1".to_owned()),
             ("CRYPTUS_HTTP_PORT".to_owned(), port.to_string()),
+            ("CRYPTUS_HTTPS_PORT".to_owned(), free_port().to_string()),
         ];
         TestProject {
             name,
