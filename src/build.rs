@@ -10,6 +10,25 @@ use crate::error::usage;
 use crate::lifecycle::Stack;
 use crate::stack::{Color, Release};
 
+/// The label on the images `deploy --build` makes: the project's name.
+pub const BUILT_LABEL: &str = "cryptus.built-for";
+
+/// Removes the images cryptus built for a project that no container uses:
+/// both colors' images are in use, so what rollback needs stays.
+pub async fn prune(stack: &Stack<'_>) -> Result<Vec<String>> {
+    let mut removed = Vec::new();
+    for id in stack
+        .engine
+        .images_labelled(BUILT_LABEL, &stack.project.name)
+        .await?
+    {
+        if stack.engine.remove_unused_image(&id).await? {
+            removed.push(id);
+        }
+    }
+    Ok(removed)
+}
+
 /// Directories never sent to the engine.
 const SKIPPED: [&str; 2] = [".git", "target"];
 
@@ -57,10 +76,14 @@ pub async fn build_color(
         .unwrap_or_else(|| format!("{}-app", stack.project.name));
     let tag = format!("{repository}:{version}");
     let archive = tar_context(&context)?;
-    let labels = BTreeMap::from([(
-        "org.opencontainers.image.version".to_owned(),
-        version.to_owned(),
-    )]);
+    let labels = BTreeMap::from([
+        (
+            "org.opencontainers.image.version".to_owned(),
+            version.to_owned(),
+        ),
+        // cryptus prunes what it built once no container uses it.
+        (BUILT_LABEL.to_owned(), stack.project.name.clone()),
+    ]);
     let args = build.map(|b| b.args).unwrap_or_default();
     stack
         .engine

@@ -544,6 +544,15 @@ async fn locked(
             }
         }
         record(stack, &proven).await;
+        // Images cryptus built that no container uses any more go; both
+        // colors' containers exist here, so what rollback needs stays.
+        match crate::build::prune(stack).await {
+            Ok(removed) if !removed.is_empty() => {
+                tracing::debug!("pruned {} unused images", removed.len());
+            }
+            Ok(_) => {}
+            Err(err) => stack.printer.warn(format!("pruning old images: {err:#}")),
+        }
     };
     let old = switch.from_containers.clone();
     let old_workers = switch.old_workers.clone();

@@ -445,6 +445,59 @@ impl Engine {
         })
     }
 
+    /// Image ids with a label `key=value`, newest first.
+    pub async fn images_labelled(&self, key: &str, value: &str) -> Result<Vec<String>> {
+        let filter = format!("{key}={value}");
+        let filters: HashMap<&str, Vec<&str>> = HashMap::from([("label", vec![filter.as_str()])]);
+        let options = bollard::query_parameters::ListImagesOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        let mut images = self
+            .docker
+            .list_images(Some(options))
+            .await
+            .map_err(|err| anyhow!(describe(&err)))
+            .context("listing images")?;
+        images.sort_by_key(|i| std::cmp::Reverse(i.created));
+        Ok(images.into_iter().map(|i| i.id).collect())
+    }
+
+    /// Removes an image and its tags unless a container uses it. Returns
+    /// whether it was removed.
+    pub async fn remove_unused_image(&self, id: &str) -> Result<bool> {
+        // Any container, running or stopped (a warm standby), keeps its
+        // image: that is what keeps rollback possible. Asked first, because
+        // whether a forced removal spares a stopped container's image
+        // depends on the engine's version.
+        let filters: HashMap<&str, Vec<&str>> = HashMap::from([("ancestor", vec![id])]);
+        let users = self
+            .docker
+            .list_containers(Some(
+                ListContainersOptionsBuilder::default()
+                    .all(true)
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .map_err(|err| anyhow!(describe(&err)))
+            .with_context(|| format!("listing the containers of image {id}"))?;
+        if !users.is_empty() {
+            return Ok(false);
+        }
+        // Forced: the image may carry more than one tag. A container made
+        // meanwhile still makes the engine refuse (409).
+        let options = bollard::query_parameters::RemoveImageOptionsBuilder::default()
+            .force(true)
+            .build();
+        match self.docker.remove_image(id, Some(options), None).await {
+            Ok(_) => Ok(true),
+            Err(err) if status(&err) == Some(409) || is_not_found(&err) => Ok(false),
+            Err(err) => {
+                Err(anyhow!(describe(&err))).with_context(|| format!("removing image {id}"))
+            }
+        }
+    }
+
     /// Runs a script with `sh` in a running container, `input` on its stdin;
     /// `None` if the image has no shell.
     pub async fn shell(

@@ -556,7 +556,12 @@ fn deploy_build_builds_the_context_through_the_engine_and_tags_the_version() {
     let version = format!("5.0.{}", std::process::id());
     let tag = format!("cryptus:{version}");
     // Declared before the project, so it drops after the project's containers.
-    let _images = ImageGuard(vec![tag.clone()]);
+    let later: Vec<String> = (1..=2).map(|n| format!("{version}.{n}")).collect();
+    let _images = ImageGuard(
+        std::iter::once(tag.clone())
+            .chain(later.iter().map(|v| format!("cryptus:{v}")))
+            .collect(),
+    );
     let project = TestProject::new("build");
     project.ok(&["start"]);
     let output = project.run(&[
@@ -586,6 +591,31 @@ fn deploy_build_builds_the_context_through_the_engine_and_tags_the_version() {
         }
     });
     assert_eq!(label.as_deref(), Some(version.as_str()));
+
+    // Two more builds: the first built image then runs nowhere and is
+    // pruned; the two colors' images stay for rollback.
+    for version in &later {
+        project.ok(&[
+            "deploy",
+            "--build",
+            &context.to_string_lossy(),
+            "--version",
+            version,
+            "--watch",
+            "0s",
+        ]);
+    }
+    let exists = |tag: String| {
+        support::on_engine(move |docker| async move { docker.inspect_image(&tag).await.is_ok() })
+    };
+    assert!(!exists(tag.clone()), "{tag} runs nowhere and is pruned");
+    assert!(exists(format!("cryptus:{}", later[0])) && exists(format!("cryptus:{}", later[1])));
+    project.ok(&["rollback"]);
+    assert_eq!(
+        project.serving().1,
+        later[0],
+        "rollback still has its image"
+    );
 
     let output = project.run(&["deploy", "--build", "/nonexistent/context"]);
     assert_code(&output, 2);
