@@ -19,6 +19,22 @@ sweep() {
   done
   docker network ls --format '{{.Name}}' | grep '^ct-' | xargs -r docker network rm >/dev/null || true
   docker volume ls --format '{{.Name}}' | grep '^ct-' | xargs -r docker volume rm >/dev/null || true
+  # A private engine a killed test left running (tests/support/private_engine.rs):
+  # its dockerd, its firewall rule, its mounts and its files.
+  local dir pid
+  for dir in /tmp/ct-engine-*; do
+    [ -d "$dir" ] || continue
+    pid=$(cat "$dir/dockerd.pid" 2>/dev/null || true)
+    if [ -n "$pid" ] && kill "$pid" 2>/dev/null; then
+      for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    fi
+    while iptables -D FORWARD -s 10.213.0.0/16 -d 10.213.0.0/16 \
+      -m comment --comment "$dir" -j ACCEPT 2>/dev/null; do :; done
+    grep -o " $dir[^ ]*" /proc/self/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+    rm -rf "$dir"
+  done
+  ip -o link show type bridge 2>/dev/null | awk -F': ' '{print $2}' | grep '^cteng' |
+    xargs -r -n1 ip link del 2>/dev/null || true
 }
 trap sweep EXIT
 

@@ -64,6 +64,9 @@ pub struct Report {
     pub to: Side,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// What the operator can do about the failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
     /// Each step and its seconds, in order.
     pub steps: Vec<StepTime>,
     pub total: f64,
@@ -662,6 +665,7 @@ impl Switch<'_> {
             from: self.from.clone(),
             to: self.to.clone(),
             reason,
+            hint: None,
             steps: steps.done.clone(),
             total: round(began.elapsed()),
             readiness: self.readiness,
@@ -676,9 +680,10 @@ impl Switch<'_> {
         steps: &Steps<'_>,
         began: Instant,
         outcome: Outcome,
-        reason: Option<String>,
+        err: &anyhow::Error,
     ) -> Report {
-        let report = self.report(steps, began, outcome, reason);
+        let mut report = self.report(steps, began, outcome, Some(format!("{err:#}")));
+        report.hint = crate::error::classify(err).1.map(str::to_owned);
         record(self.stack, &report).await;
         for warning in &report.warnings {
             self.stack.printer.warn(warning);
@@ -818,10 +823,7 @@ impl Switch<'_> {
         began: Instant,
         err: anyhow::Error,
     ) -> Result<Report> {
-        let reason = format!("{err:#}");
-        Ok(self
-            .conclude(steps, began, Outcome::Failed, Some(reason))
-            .await)
+        Ok(self.conclude(steps, began, Outcome::Failed, &err).await)
     }
 
     async fn flip_back(
@@ -857,9 +859,7 @@ impl Switch<'_> {
             let _ = drain(self.stack, &old_workers, settings.drain).await;
             self.undo_start().await;
         }
-        Ok(self
-            .conclude(steps, began, Outcome::RolledBack, Some(reason))
-            .await)
+        Ok(self.conclude(steps, began, Outcome::RolledBack, &err).await)
     }
 }
 

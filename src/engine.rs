@@ -210,18 +210,33 @@ impl Engine {
     pub async fn ensure_network(
         &self,
         name: &str,
-        driver: Option<&str>,
-        internal: bool,
+        network: &crate::compose::Network,
         labels: BTreeMap<String, String>,
     ) -> Result<bool> {
         if self.network_exists(name).await? {
             return Ok(false);
         }
+        let ipam = network.ipam.as_ref().map(|ipam| bollard::models::Ipam {
+            driver: ipam.driver.clone(),
+            config: Some(
+                ipam.config
+                    .iter()
+                    .map(|range| bollard::models::IpamConfig {
+                        subnet: range.subnet.clone(),
+                        ip_range: range.ip_range.clone(),
+                        gateway: range.gateway.clone(),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        });
         let request = NetworkCreateRequest {
             name: name.to_owned(),
-            driver: Some(driver.unwrap_or("bridge").to_owned()),
-            internal: Some(internal),
+            driver: Some(network.driver.as_deref().unwrap_or("bridge").to_owned()),
+            internal: Some(network.internal),
             labels: Some(labels.into_iter().collect()),
+            ipam,
             ..Default::default()
         };
         match self.docker.create_network(request).await {
@@ -925,15 +940,13 @@ pub fn describe(err: &BollardError) -> String {
     match err {
         BollardError::DockerResponseServerError { message, .. } => message.trim().to_owned(),
         other => {
-            // Walk to the innermost cause: "No such file or directory" beats
-            // "error trying to connect".
-            let mut text = other.to_string();
-            let mut source = std::error::Error::source(other);
-            while let Some(cause) = source {
-                text = format!("{text}: {cause}");
-                source = cause.source();
+            // The innermost cause says what happened: "No such file or
+            // directory (os error 2)" beats "error trying to connect".
+            let mut innermost: &dyn std::error::Error = other;
+            while let Some(cause) = innermost.source() {
+                innermost = cause;
             }
-            text
+            innermost.to_string()
         }
     }
 }

@@ -25,6 +25,9 @@ pub const POLL: Duration = Duration::from_millis(100);
 /// Lines of a failed container's log to show.
 pub const LOG_LINES: usize = 50;
 
+/// How often a container that is getting ready is checked on the engine.
+const CONTAINER_WATCH: Duration = Duration::from_millis(500);
+
 pub struct Stack<'a> {
     pub engine: &'a Engine,
     pub project: &'a Project,
@@ -196,6 +199,7 @@ impl Stack<'_> {
                 driver: None,
                 internal: false,
                 labels: BTreeMap::new(),
+                ipam: None,
             };
             networks.push((DEFAULT_NETWORK.to_owned(), default));
         }
@@ -203,11 +207,7 @@ impl Stack<'_> {
         for (name, network) in networks {
             let full = network_name(project, &name);
             let labels = network_labels(project, &name, &network.labels);
-            if self
-                .engine
-                .ensure_network(&full, network.driver.as_deref(), network.internal, labels)
-                .await?
-            {
+            if self.engine.ensure_network(&full, &network, labels).await? {
                 created_networks.push(full);
             }
         }
@@ -449,7 +449,11 @@ impl Stack<'_> {
                 let Some(addr) = Self::app_addr(&container) else {
                     bail!("{name} publishes no port {APP_PORT} and has no address on a network");
                 };
-                match health::wait_until(client, &addr, expect, poll, deadline).await {
+                let answered = tokio::select! {
+                    answered = health::wait_until(client, &addr, expect, poll, deadline) => answered,
+                    lost = self.watch_container(&container) => return Err(lost),
+                };
+                match answered {
                     Ok((_, ready)) => Ok(ready),
                     Err(last) => {
                         self.show_logs(name).await;
@@ -480,6 +484,43 @@ impl Stack<'_> {
             }
         }
         Ok(latest)
+    }
+
+    /// Returns, as an error, the first sign that `container` is no longer the
+    /// one being waited for: it exited, restarted or went away, or the engine
+    /// stopped answering (dockerd restarting). Its address may then belong to
+    /// another container, so polling it could only mislead.
+    async fn watch_container(&self, container: &Container) -> anyhow::Error {
+        let name = &container.name;
+        loop {
+            tokio::time::sleep(CONTAINER_WATCH).await;
+            match self.engine.inspect(name).await {
+                Err(err) => {
+                    return failed_with_hint(
+                        format!(
+                            "the Docker engine stopped answering while {name} got ready: {err:#}"
+                        ),
+                        "was dockerd restarted? The stack comes back by its restart policies: check `cryptus status`, then run the deploy again",
+                    );
+                }
+                Ok(None) => return failed(format!("{name} was removed while it got ready")),
+                Ok(Some(now)) if now.started_at != container.started_at => {
+                    return failed_with_hint(
+                        format!("{name} restarted while it got ready"),
+                        "did it crash, or was dockerd restarted? Check `cryptus logs`, then run the deploy again",
+                    );
+                }
+                Ok(Some(now)) if !now.running => {
+                    self.show_logs(name).await;
+                    return failed(format!(
+                        "{name} stopped while it got ready: {} with code {}",
+                        now.state,
+                        now.exit_code.unwrap_or(-1)
+                    ));
+                }
+                Ok(Some(_)) => {}
+            }
+        }
     }
 
     /// The load balancer's address on this host.

@@ -8,7 +8,8 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use loadgen::{Load, Mix};
-use support::{TestProject, app_image, assert_code, stderr};
+use support::private_engine::PrivateEngine;
+use support::{TestProject, app_image, assert_code, nginx_image, redis_image, stderr};
 
 fn spawn_deploy(project: &TestProject, version: &str) -> Child {
     project
@@ -199,4 +200,76 @@ fn ctrl_c_during_a_deploy_undoes_it() {
         status["history"].as_array().unwrap().last().unwrap()["outcome"],
         "failed"
     );
+}
+
+/// `systemctl restart docker` in the middle of a deploy, on an engine of the
+/// test's own: cryptus fails clearly, the stack comes back serving by its
+/// restart policies, `status` tells the truth, and a re-run finishes.
+#[test]
+fn dockerd_restarting_mid_deploy_fails_clearly_and_a_rerun_finishes() {
+    let mut engine = PrivateEngine::start(&[nginx_image(), redis_image(), app_image()]);
+    let mut project = TestProject::new("dockerd");
+    project.set_env("DOCKER_HOST", &engine.host());
+    project.edit_compose(|text| {
+        text.replace(
+            "  cryptus:\n    driver: bridge\n",
+            &format!(
+                "  cryptus:\n    driver: bridge\n    ipam:\n      config:\n        - subnet: {}\n",
+                PrivateEngine::SUBNET
+            ),
+        )
+    });
+    project.set_service_env("green", "APP_STARTUP_DELAY_MS", "${STARTUP_DELAY:-0}");
+    project.ok(&["start"]);
+    let (before, _) = lb_answer(&project).expect("the stack serves");
+    assert_eq!(before, "blue");
+
+    project.set_env("STARTUP_DELAY", "4000");
+    let child = spawn_deploy(&project, "2.0.0");
+    until("the green container", || {
+        running_version(&project, "green").is_some()
+    });
+    engine.restart();
+    let began = Instant::now();
+    let output = child.wait_with_output().unwrap();
+    let text = stderr(&output);
+    assert_code(&output, 1);
+    assert!(
+        text.contains("the Docker engine stopped answering") || text.contains("restarted while"),
+        "{text}"
+    );
+    assert!(text.contains("hint:"), "{text}");
+    assert!(
+        began.elapsed() < Duration::from_secs(30),
+        "the deploy failed only after {:?}, not when the engine went: {text}",
+        began.elapsed()
+    );
+
+    // The stack comes back by itself, serving what nginx was told to serve.
+    let end = Instant::now() + Duration::from_secs(60);
+    let serving = loop {
+        if let Some(answer) = lb_answer(&project) {
+            break answer;
+        }
+        assert!(Instant::now() < end, "the stack never served again");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let status = project.status();
+    assert_eq!(status["nginx"]["served"], serving.0.as_str(), "{status}");
+
+    project.set_env("STARTUP_DELAY", "0");
+    let output = project.run(&[
+        "deploy",
+        "--image",
+        &app_image(),
+        "--version",
+        "2.0.1",
+        "--watch",
+        "0s",
+    ]);
+    assert_code(&output, 0);
+    let (color, version) = lb_answer(&project).expect("the stack serves");
+    assert_eq!(version, "2.0.1");
+    assert_ne!(color, serving.0, "the re-run flipped to the other color");
+    assert!(project.status()["lock"].is_null(), "the lock is released");
 }

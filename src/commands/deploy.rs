@@ -127,6 +127,9 @@ fn show(report: &Report, printer: &Printer) -> Result<u8> {
         }
         Some(error) => {
             eprintln!("error: {error}");
+            if let Some(hint) = &report.hint {
+                eprintln!("hint: {hint}");
+            }
             Ok(EXIT_FAILED)
         }
     }

@@ -145,6 +145,21 @@ pub struct Network {
     pub driver: Option<String>,
     pub internal: bool,
     pub labels: BTreeMap<String, String>,
+    /// `ipam:`, when the file sets address ranges.
+    pub ipam: Option<Ipam>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Ipam {
+    pub driver: Option<String>,
+    pub config: Vec<IpamRange>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct IpamRange {
+    pub subnet: Option<String>,
+    pub ip_range: Option<String>,
+    pub gateway: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -425,6 +440,18 @@ fn merge(compose: &mut Compose, file: model::File, path: &Path) -> Result<(), St
                 driver: raw.driver.map(|t| t.0),
                 internal: raw.internal.is_some_and(|i| i.0),
                 labels: raw.labels.0,
+                ipam: raw.ipam.map(|ipam| Ipam {
+                    driver: ipam.driver.map(|t| t.0),
+                    config: ipam
+                        .config
+                        .into_iter()
+                        .map(|range| IpamRange {
+                            subnet: range.subnet.map(|t| t.0),
+                            ip_range: range.ip_range.map(|t| t.0),
+                            gateway: range.gateway.map(|t| t.0),
+                        })
+                        .collect(),
+                }),
             },
         );
     }
@@ -918,6 +945,18 @@ mod tests {
         assert_eq!(env["B"], "from-env");
         assert_eq!(env["C"], "x=y");
         assert_eq!(compose.services["web"].labels["y"], "true");
+    }
+
+    #[test]
+    fn networks_may_set_their_address_ranges() {
+        let text = "services:\n  web:\n    image: nginx\n    networks: [n]\nnetworks:\n  n:\n    ipam:\n      config:\n        - subnet: ${NET:-10.5.0.0/24}\n          gateway: 10.5.0.1\n";
+        let compose = load_text(text, &vars(&[])).unwrap();
+        let ipam = compose.networks["n"].ipam.as_ref().unwrap();
+        assert_eq!(ipam.config[0].subnet.as_deref(), Some("10.5.0.0/24"));
+        assert_eq!(ipam.config[0].gateway.as_deref(), Some("10.5.0.1"));
+        let bad = text.replace("gateway", "gatway");
+        let err = load_text(&bad, &vars(&[])).unwrap_err().to_string();
+        assert!(err.contains("gatway"), "{err}");
     }
 
     #[test]

@@ -465,6 +465,24 @@ pub struct RawNetwork {
     pub internal: Option<Parsed<bool>>,
     #[serde(default)]
     pub labels: KeyValues,
+    pub ipam: Option<RawIpam>,
+}
+
+/// A network's `ipam:`: its address ranges.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIpam {
+    pub driver: Option<Text>,
+    #[serde(default)]
+    pub config: Vec<RawIpamConfig>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIpamConfig {
+    pub subnet: Option<Text>,
+    pub ip_range: Option<Text>,
+    pub gateway: Option<Text>,
 }
 
 #[derive(Debug, Default, Deserialize)]

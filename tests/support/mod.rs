@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod private_engine;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -128,6 +130,24 @@ impl TestProject {
         self.dir.path()
     }
 
+    /// The engine this project runs on when it is not the shared one.
+    fn docker_host(&self) -> Option<String> {
+        self.env
+            .iter()
+            .find(|(key, _)| key == "DOCKER_HOST")
+            .map(|(_, value)| value.clone())
+    }
+
+    /// Runs engine calls against the engine this project runs on.
+    pub fn on_engine<F, Fut, T>(&self, work: F) -> T
+    where
+        F: FnOnce(Docker) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = T>,
+        T: Send + 'static,
+    {
+        on_engine_at(self.docker_host(), work)
+    }
+
     pub fn set_env(&mut self, key: &str, value: &str) {
         self.env.retain(|(k, _)| k != key);
         self.env.push((key.to_owned(), value.to_owned()));
@@ -212,7 +232,7 @@ impl TestProject {
     /// The engine's view of this project's containers: name to (id, running).
     pub fn containers(&self) -> HashMap<String, (String, bool)> {
         let name = self.name.clone();
-        on_engine(move |docker| async move {
+        self.on_engine(move |docker| async move {
             let filter = format!("com.docker.compose.project={name}");
             let filters = HashMap::from([("label", vec![filter.as_str()])]);
             let options = ListContainersOptionsBuilder::default()
@@ -246,7 +266,7 @@ impl TestProject {
         let container = format!("{}-redis-1", self.name);
         let mut command = vec!["redis-cli".to_owned()];
         command.extend(args.iter().map(|a| (*a).to_owned()));
-        on_engine(move |docker| async move {
+        self.on_engine(move |docker| async move {
             use futures_util::StreamExt;
             let options = bollard::exec::CreateExecOptions {
                 cmd: Some(command),
@@ -275,7 +295,7 @@ impl TestProject {
     /// When a container last started, from the engine.
     pub fn started_at(&self, container: &str) -> String {
         let container = container.to_owned();
-        on_engine(move |docker| async move {
+        self.on_engine(move |docker| async move {
             docker
                 .inspect_container(&container, None)
                 .await
@@ -289,7 +309,7 @@ impl TestProject {
     /// The labels of one container.
     pub fn labels(&self, container: &str) -> HashMap<String, String> {
         let container = container.to_owned();
-        on_engine(move |docker| async move {
+        self.on_engine(move |docker| async move {
             docker
                 .inspect_container(&container, None)
                 .await
@@ -303,16 +323,30 @@ impl TestProject {
 
 impl Drop for TestProject {
     fn drop(&mut self) {
-        remove_project(&self.name);
+        remove_at(self.docker_host(), Some(&self.name));
     }
 }
 
 /// Removes every container, network and volume labelled with the project.
 pub fn remove_project(project: &str) {
-    let project = project.to_owned();
-    on_engine(move |docker| async move {
-        let filter = format!("com.docker.compose.project={project}");
-        let filters = HashMap::from([("label", vec![filter.as_str()])]);
+    remove_at(None, Some(project));
+}
+
+/// Removes every container, network and volume labelled with `project` on
+/// the engine at `host`; everything there when `project` is `None` (an
+/// engine of the test's own; the engine refuses to remove its predefined
+/// networks, and that refusal is ignored).
+pub fn remove_at(host: Option<String>, project: Option<&str>) {
+    let project = project.map(str::to_owned);
+    on_engine_at(host, move |docker| async move {
+        let filter = project
+            .map(|project| format!("com.docker.compose.project={project}"))
+            .unwrap_or_default();
+        let filters = if filter.is_empty() {
+            HashMap::new()
+        } else {
+            HashMap::from([("label", vec![filter.as_str()])])
+        };
         let options = ListContainersOptionsBuilder::default()
             .all(true)
             .filters(&filters)
@@ -369,13 +403,24 @@ where
     Fut: std::future::Future<Output = T>,
     T: Send + 'static,
 {
+    on_engine_at(None, work)
+}
+
+/// [`on_engine`] against the engine at `host` (a DOCKER_HOST value), or the
+/// shared one.
+pub fn on_engine_at<F, Fut, T>(host: Option<String>, work: F) -> T
+where
+    F: FnOnce(Docker) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T>,
+    T: Send + 'static,
+{
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("a runtime for engine calls");
         runtime.block_on(async move {
-            let docker = connect().await;
+            let docker = connect(host.as_deref()).await;
             work(docker).await
         })
     })
@@ -383,8 +428,12 @@ where
     .expect("engine calls panicked")
 }
 
-async fn connect() -> Docker {
-    let docker = Docker::connect_with_defaults().expect("connecting to the engine");
+async fn connect(host: Option<&str>) -> Docker {
+    let docker = match host.and_then(|host| host.strip_prefix("unix://")) {
+        Some(socket) => Docker::connect_with_unix(socket, 120, bollard::API_DEFAULT_VERSION),
+        None => Docker::connect_with_defaults(),
+    }
+    .expect("connecting to the engine");
     // Speak the engine's API version when it is older than bollard's.
     let docker = docker.with_request_modifier(|mut request| {
         if request.uri().path().ends_with("/version") {

@@ -1,0 +1,241 @@
+//! A Docker engine of a test's own: a second dockerd with its own socket,
+//! data and exec roots under /tmp/ct-engine-*, so a test can stop and restart
+//! an engine without touching the one every other test (and the operator)
+//! uses. It carries copies of the images the test names, and on drop its
+//! containers and networks are removed, the daemon stopped and its files
+//! deleted, pass or fail.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use futures_util::StreamExt;
+
+/// How long dockerd may take to answer after starting, or to exit after
+/// SIGTERM (it stops every container first, 10 s each at most).
+/// The addresses this engine's networks take, apart from the shared
+/// engine's default pools (172.17.0.0/16 and up, 192.168.0.0/16). A compose
+/// network sets its range with `ipam:` ([`PrivateEngine::SUBNET`]); the
+/// engine is not given a default address pool, because a dockerd with one
+/// deletes the host's docker0 when it restarts.
+const POOL: &str = "10.213.0.0/16";
+
+/// The address of its default bridge, inside its pool, which its networks
+/// then avoid.
+const BRIDGE_ADDRESS: &str = "10.213.255.1/24";
+
+const DAEMON_DEADLINE: Duration = Duration::from_secs(60);
+
+pub struct PrivateEngine {
+    dir: PathBuf,
+    socket: PathBuf,
+    /// Its default bridge, made for it: a dockerd told `--bridge none`
+    /// deletes the host's docker0, which the shared engine needs.
+    bridge: String,
+    daemon: Option<Child>,
+}
+
+impl PrivateEngine {
+    /// A subnet for a project network on this engine, inside its pool.
+    pub const SUBNET: &str = "10.213.1.0/24";
+
+    /// Starts a private dockerd and loads `images` into it from the shared
+    /// engine. Needs root and `dockerd` on PATH, as an engine does.
+    pub fn start(images: &[String]) -> PrivateEngine {
+        let dir = PathBuf::from(format!(
+            "/tmp/ct-engine-{}-{}",
+            std::process::id(),
+            super::COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("making the private engine's directory");
+        // Its own settings, not the host's daemon.json (which may name a data
+        // root or a storage driver meant for the shared engine).
+        std::fs::write(dir.join("daemon.json"), "{}").expect("writing daemon.json");
+        let bridge = format!(
+            "cteng{}",
+            dir.display()
+                .to_string()
+                .trim_start_matches("/tmp/ct-engine-")
+        )
+        .replace('-', "x");
+        let mut engine = PrivateEngine {
+            socket: dir.join("docker.sock"),
+            dir,
+            bridge,
+            daemon: None,
+        };
+        engine.make_bridge();
+        engine.firewall("-I");
+        engine.run_daemon();
+        let names: Vec<String> = images.to_vec();
+        let target = engine.host();
+        super::on_engine(move |shared| async move {
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            let tar = shared.export_images(&names);
+            let private = connect(&target);
+            let mut load = private.import_image_stream(
+                bollard::query_parameters::ImportImageOptions::default(),
+                tar,
+                None,
+            );
+            while let Some(step) = load.next().await {
+                let step = step.expect("loading images into the private engine");
+                if let Some(error) = step.error_detail {
+                    panic!("loading images into the private engine: {error:?}");
+                }
+            }
+        });
+        engine
+    }
+
+    /// DOCKER_HOST for this engine.
+    pub fn host(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    /// Stops dockerd the way `systemctl restart docker` does (SIGTERM: it
+    /// stops every container), then starts it again on the same state.
+    pub fn restart(&mut self) {
+        self.stop_daemon();
+        self.run_daemon();
+    }
+
+    /// The shared engine sets the host's FORWARD policy to DROP and accepts
+    /// only its own bridges; with `--iptables=false` this engine adds no rule,
+    /// so this lets its containers reach each other (its address pool only).
+    /// `-I` adds the rule, `-D` removes it.
+    fn firewall(&self, action: &str) {
+        let comment = self.dir.display().to_string();
+        let status = Command::new("iptables")
+            .args([action, "FORWARD", "-s", POOL, "-d", POOL])
+            .args(["-m", "comment", "--comment", &comment, "-j", "ACCEPT"])
+            .status();
+        if action == "-I" {
+            assert!(
+                status.is_ok_and(|s| s.success()),
+                "adding a FORWARD rule for the private engine (needs root and iptables)"
+            );
+        }
+    }
+
+    fn make_bridge(&self) {
+        let ip = |args: &[&str]| {
+            Command::new("ip")
+                .args(args)
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        assert!(
+            ip(&["link", "add", &self.bridge, "type", "bridge"])
+                && ip(&["addr", "add", BRIDGE_ADDRESS, "dev", &self.bridge])
+                && ip(&["link", "set", &self.bridge, "up"]),
+            "making bridge {} for the private engine (needs root and iproute2)",
+            self.bridge
+        );
+    }
+
+    fn run_daemon(&mut self) {
+        let arg = |name: &str| self.dir.join(name).display().to_string();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("dockerd.log"))
+            .expect("opening the private engine's log");
+        let daemon = Command::new("dockerd")
+            .args(["--config-file", &arg("daemon.json")])
+            .args(["--host", &self.host()])
+            .args(["--data-root", &arg("data")])
+            .args(["--exec-root", &arg("exec")])
+            .args(["--pidfile", &arg("dockerd.pid")])
+            // Its own default bridge and no iptables rules: the shared engine
+            // owns those. Published ports still work through docker-proxy.
+            .args([
+                "--bridge",
+                &self.bridge,
+                "--iptables=false",
+                "--ip-masq=false",
+            ])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("cloning a file handle"))
+            .stderr(log)
+            .spawn()
+            .expect("starting dockerd (a private engine needs root and dockerd on PATH)");
+        self.daemon = Some(daemon);
+        let host = self.host();
+        let end = Instant::now() + DAEMON_DEADLINE;
+        loop {
+            let answered = self.socket.exists()
+                && super::on_engine_at(Some(host.clone()), |docker| async move {
+                    docker.ping().await.is_ok()
+                });
+            if answered {
+                return;
+            }
+            assert!(
+                Instant::now() < end,
+                "the private engine did not answer within {DAEMON_DEADLINE:?}; see {}",
+                self.dir.join("dockerd.log").display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn stop_daemon(&mut self) {
+        let Some(mut daemon) = self.daemon.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &daemon.id().to_string()])
+            .status();
+        let end = Instant::now() + DAEMON_DEADLINE;
+        while daemon.try_wait().ok().flatten().is_none() {
+            if Instant::now() >= end {
+                let _ = daemon.kill();
+                let _ = daemon.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for PrivateEngine {
+    fn drop(&mut self) {
+        if self.daemon.is_some() {
+            // Everything on this engine is the test's: remove it all, so the
+            // daemon leaves no bridge or mount behind.
+            super::remove_at(Some(self.host()), None);
+        }
+        self.stop_daemon();
+        self.firewall("-D");
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .status();
+        unmount_under(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Unmounts whatever a killed daemon left mounted under `dir`, deepest first.
+fn unmount_under(dir: &Path) {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
+        return;
+    };
+    let prefix = dir.display().to_string();
+    let mut points: Vec<&str> = mounts
+        .lines()
+        .filter_map(|line| line.split(' ').nth(1))
+        .filter(|point| point.starts_with(&prefix))
+        .collect();
+    points.sort_by_key(|point| std::cmp::Reverse(point.len()));
+    for point in points {
+        let _ = Command::new("umount").args(["-l", point]).status();
+    }
+}
+
+fn connect(host: &str) -> Docker {
+    let path = host.trim_start_matches("unix://");
+    Docker::connect_with_unix(path, 120, bollard::API_DEFAULT_VERSION)
+        .expect("connecting to the private engine")
+}
