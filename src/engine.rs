@@ -191,15 +191,24 @@ impl Engine {
 
     /// The labels of a local image; `None` if the engine does not have it.
     pub async fn image_labels(&self, reference: &str) -> Result<Option<BTreeMap<String, String>>> {
+        Ok(self
+            .image_config(reference)
+            .await?
+            .map(|config| config.labels.unwrap_or_default().into_iter().collect()))
+    }
+
+    /// The user a local image runs as (`USER`), empty for root; `None` if
+    /// the engine does not have the image.
+    pub async fn image_user(&self, reference: &str) -> Result<Option<String>> {
+        Ok(self
+            .image_config(reference)
+            .await?
+            .map(|config| config.user.unwrap_or_default()))
+    }
+
+    async fn image_config(&self, reference: &str) -> Result<Option<bollard::models::ImageConfig>> {
         match self.docker.inspect_image(reference).await {
-            Ok(image) => Ok(Some(
-                image
-                    .config
-                    .and_then(|c| c.labels)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .collect(),
-            )),
+            Ok(image) => Ok(Some(image.config.unwrap_or_default())),
             Err(err) if is_not_found(&err) => Ok(None),
             Err(err) => Err(anyhow!(describe(&err)))
                 .with_context(|| format!("inspecting image {reference}")),

@@ -166,6 +166,50 @@ impl Stack<'_> {
         Ok(())
     }
 
+    /// A secret file is mode 0600, so the container must run as its owner to
+    /// read it: Grafana's image runs as uid 472, not as whoever ran cryptus.
+    /// The file is handed to the uid the service runs as (its `user:`, else
+    /// its image's `USER`); where cryptus may not (not root), a warning says
+    /// what to do.
+    pub async fn hand_over_secrets(&self) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let Some(grafana) = self.compose.service("grafana").filter(|s| s.replicas > 0) else {
+            return Ok(());
+        };
+        let user = match (&grafana.user, &grafana.image) {
+            (Some(user), _) => user.clone(),
+            (None, Some(image)) => self.engine.image_user(image).await?.unwrap_or_default(),
+            (None, None) => return Ok(()),
+        };
+        let Some(uid) = numeric_uid(&user) else {
+            self.printer.warn(format!(
+                "grafana runs as user {user:?}, not a number: cryptus cannot give it its 0600 password file; set `user:` on the grafana service to a uid"
+            ));
+            return Ok(());
+        };
+        for mount in &grafana.mounts {
+            let path = std::path::Path::new(&mount.source);
+            if mount.kind != MountKind::Bind
+                || path.file_name().is_none_or(|n| n != "admin-password")
+            {
+                continue;
+            }
+            let owner = std::fs::metadata(path)
+                .with_context(|| format!("reading {}", path.display()))?
+                .uid();
+            if owner == uid {
+                continue;
+            }
+            if let Err(err) = std::os::unix::fs::chown(path, Some(uid), None) {
+                self.printer.warn(format!(
+                    "grafana runs as uid {uid} and cannot read {} (mode 0600, owner {owner}): {err}; run cryptus as root, or set `user: \"{owner}\"` on the grafana service",
+                    path.display()
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Bind-mounted files must exist, or the engine would make empty
     /// directories in their place.
     pub fn check_bind_sources(&self, service: &Service) -> Result<()> {
@@ -618,6 +662,7 @@ impl Stack<'_> {
             self.check_bind_sources(service)?;
         }
         self.check_images(&images).await?;
+        self.hand_over_secrets().await?;
 
         let step = self.printer.step("networks and volumes");
         let (created_networks, created_volumes) = self.ensure_infrastructure().await?;
@@ -824,5 +869,30 @@ fn describe_changes(outcome: &[(String, Change)]) -> String {
         what
     } else {
         format!("{what} ({count} containers)")
+    }
+}
+
+/// The uid in a container's `user` (`472`, `472:0`); root when empty or
+/// `root`; `None` for a name only the image's /etc/passwd knows.
+fn numeric_uid(user: &str) -> Option<u32> {
+    let name = user.split(':').next().unwrap_or_default().trim();
+    match name {
+        "" | "root" => Some(0),
+        number => number.parse().ok(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_container_user_names_its_uid() {
+        assert_eq!(numeric_uid(""), Some(0));
+        assert_eq!(numeric_uid("root"), Some(0));
+        assert_eq!(numeric_uid("472"), Some(472));
+        assert_eq!(numeric_uid("472:0"), Some(472));
+        assert_eq!(numeric_uid("grafana"), None);
+        assert_eq!(numeric_uid("grafana:472"), None);
     }
 }

@@ -1,11 +1,15 @@
 //! The monitoring stack on the real engine: real Prometheus, Alertmanager,
 //! node-exporter, nginx-exporter and redis-exporter (from Debian's packages,
 //! imported by scripts/make-images.sh --monitoring). Grafana and cAdvisor are
-//! not in Debian: their provisioning is checked as files.
+//! not in Debian: their provisioning is checked as files, and the reference
+//! app stands in for Grafana's annotations API.
 
 mod support;
 
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+
+use base64::Engine;
 use std::time::{Duration, Instant};
 
 use loadgen::{Load, Mix};
@@ -255,7 +259,10 @@ fn monitored() -> (TestProject, u16) {
             "REDIS_EXPORTER_IMAGE",
             "cryptus/redis-exporter:offline".to_owned(),
         ),
-        ("GRAFANA_REPLICAS", "0".to_owned()),
+        // The reference app stands in for Grafana's annotations API (no
+        // Grafana package exists to make an offline image from).
+        ("GRAFANA_IMAGE", app_image()),
+        ("GRAFANA_PORT", support::free_port().to_string()),
         ("CADVISOR_REPLICAS", "0".to_owned()),
         ("PROMETHEUS_PORT", prometheus_port.to_string()),
         ("ALERTMANAGER_PORT", support::free_port().to_string()),
@@ -302,6 +309,11 @@ fn monitored() -> (TestProject, u16) {
             "services:\n",
             "services:\n  webhook:\n    image: ${CRYPTUS_IMAGE}\n    environment: {INSTANCE_COLOR: webhook}\n    ports: [\"127.0.0.1::3000\"]\n    networks: [cryptus]\n\n",
         )],
+    );
+    // As Grafana's image does, the stand-in runs as uid 472.
+    edit(
+        "compose/docker-compose.monitoring.yml",
+        &[("  grafana:\n", "  grafana:\n    user: \"472\"\n")],
     );
     edit(
         "compose/docker-compose.zero-downtime.yml",
@@ -429,6 +441,55 @@ async fn monitoring_scrapes_everything_alerts_and_gates_deploys() {
             !active["data"]["result"].as_array().unwrap().is_empty()
                 && !rolled["data"]["result"].as_array().unwrap().is_empty()
         },
+    );
+
+    // ... and in Grafana, which runs as uid 472 and reads the 0600 password
+    // file cryptus generated and handed to that uid.
+    let password_file = project.path().join("monitoring/grafana/admin-password");
+    let meta = std::fs::metadata(&password_file).unwrap();
+    assert_eq!(
+        meta.uid(),
+        472,
+        "the password file belongs to Grafana's uid"
+    );
+    assert_eq!(meta.mode() & 0o777, 0o600);
+    let password = std::fs::read_to_string(&password_file).unwrap();
+    let grafana_port = project
+        .env
+        .iter()
+        .find(|(k, _)| k == "GRAFANA_PORT")
+        .unwrap()
+        .1
+        .clone();
+    let annotations_url = format!("http://127.0.0.1:{grafana_port}/api/annotations");
+    let (code, _, _) = support::get(&annotations_url, None).unwrap();
+    assert_eq!(code, 401, "Grafana's API asks for the password");
+    let auth = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("admin:{}", password.trim()))
+    );
+    let (code, _, body) =
+        support::get_with_headers(&annotations_url, &[("Authorization", &auth)]).unwrap();
+    assert_eq!(code, 200, "{body}");
+    let marks: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let texts: Vec<&str> = marks["annotations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["tags"][0] == "cryptus" && m["time"].as_i64().unwrap_or(0) > 0)
+        .filter_map(|m| m["text"].as_str())
+        .collect();
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.starts_with("deploy rolled-back:") && t.contains("green 2.0.0")),
+        "{texts:?}"
+    );
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.starts_with("deploy ok:") && t.contains("-> green 3.0.0")),
+        "{texts:?}"
     );
 
     // The dashboard's queries name metrics the exporters really export.

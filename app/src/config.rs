@@ -15,6 +15,8 @@ pub struct Config {
     pub crash_after: Option<Duration>,
     /// Share of non-health requests answered with 500, from 0 to 1.
     pub error_ratio: f64,
+    /// Grafana's admin password file: /api/annotations then asks for it.
+    pub grafana_password_file: Option<std::path::PathBuf>,
 }
 
 impl Config {
@@ -58,6 +60,7 @@ impl Config {
                 .filter(|s| *s > 0.0)
                 .map(Duration::from_secs_f64),
             error_ratio,
+            grafana_password_file: var("GF_SECURITY_ADMIN_PASSWORD__FILE").map(Into::into),
         })
     }
 }

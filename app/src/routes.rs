@@ -28,6 +28,8 @@ pub struct App {
     metrics: Metrics,
     /// Notifications received on /api/alerts.
     alerts: std::sync::Mutex<Vec<serde_json::Value>>,
+    /// Marks received on /api/annotations.
+    annotations: std::sync::Mutex<Vec<serde_json::Value>>,
 }
 
 type Answer = Response<Full<Bytes>>;
@@ -66,6 +68,7 @@ impl App {
             counted: AtomicU64::new(0),
             metrics: Metrics::default(),
             alerts: std::sync::Mutex::new(Vec::new()),
+            annotations: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -77,7 +80,12 @@ impl App {
         let begun = Instant::now();
         let route = route_of(request.uri().path());
         let mut answer = if route == "/api/alerts" {
-            self.alerts(request).await
+            receive(request, &self.alerts, "alerts").await
+        } else if route == "/api/annotations" {
+            match self.grafana_denial(&request) {
+                None => receive(request, &self.annotations, "annotations").await,
+                Some(denied) => denied,
+            }
         } else if request.method() != Method::GET && request.method() != Method::HEAD {
             json_answer(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -204,43 +212,26 @@ impl App {
         )
     }
 
-    /// An alert webhook for tests: POST stores Alertmanager's notification,
-    /// GET lists what was stored (the newest 100).
-    async fn alerts(&self, request: Request<Incoming>) -> Answer {
-        use http_body_util::BodyExt;
-        match *request.method() {
-            Method::POST => {
-                let body = match http_body_util::Limited::new(request.into_body(), 1 << 20)
-                    .collect()
-                    .await
-                {
-                    Ok(body) => body.to_bytes(),
-                    Err(_) => {
-                        return json_answer(
-                            StatusCode::PAYLOAD_TOO_LARGE,
-                            json!({"error": "body too large"}),
-                        );
-                    }
-                };
-                let Ok(value) = serde_json::from_slice::<serde_json::Value>(&body) else {
-                    return json_answer(StatusCode::BAD_REQUEST, json!({"error": "not JSON"}));
-                };
-                if let Ok(mut alerts) = self.alerts.lock() {
-                    alerts.push(value);
-                    let excess = alerts.len().saturating_sub(100);
-                    alerts.drain(..excess);
-                }
-                json_answer(StatusCode::OK, json!({"stored": true}))
-            }
-            Method::GET => {
-                let alerts = self.alerts.lock().map(|a| a.clone()).unwrap_or_default();
-                json_answer(StatusCode::OK, json!({"alerts": alerts}))
-            }
-            _ => json_answer(
-                StatusCode::METHOD_NOT_ALLOWED,
-                json!({"error": "method not allowed"}),
-            ),
-        }
+    /// Grafana's basic auth, as a stand-in for Grafana's annotations API:
+    /// with `GF_SECURITY_ADMIN_PASSWORD__FILE` set (as the compose file sets
+    /// it for Grafana), only `admin` with that file's password gets in.
+    /// Returns the 401 for anyone else.
+    fn grafana_denial(&self, request: &Request<Incoming>) -> Option<Answer> {
+        use base64::Engine;
+        let file = self.config.grafana_password_file.as_ref()?;
+        let denied = |why: &str| json_answer(StatusCode::UNAUTHORIZED, json!({"message": why}));
+        let password = match std::fs::read_to_string(file) {
+            Ok(password) => password,
+            Err(err) => return Some(denied(&format!("cannot read {}: {err}", file.display()))),
+        };
+        let expected =
+            base64::engine::general_purpose::STANDARD.encode(format!("admin:{}", password.trim()));
+        let given = request
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Basic "));
+        (given != Some(expected.as_str())).then(|| denied("invalid username or password"))
     }
 
     fn metrics(&self) -> Answer {
@@ -282,6 +273,50 @@ fn fails_on_purpose(n: u64, ratio: f64) -> bool {
     (n as f64 * ratio).floor() > ((n - 1) as f64 * ratio).floor()
 }
 
+/// A receiver for tests and demos: POST stores a JSON body (the newest 100
+/// are kept), GET lists them under `key`. /api/alerts takes Alertmanager's
+/// notifications; /api/annotations takes Grafana annotations.
+async fn receive(
+    request: Request<Incoming>,
+    store: &std::sync::Mutex<Vec<serde_json::Value>>,
+    key: &str,
+) -> Answer {
+    use http_body_util::BodyExt;
+    match *request.method() {
+        Method::POST => {
+            let body = match http_body_util::Limited::new(request.into_body(), 1 << 20)
+                .collect()
+                .await
+            {
+                Ok(body) => body.to_bytes(),
+                Err(_) => {
+                    return json_answer(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        json!({"error": "body too large"}),
+                    );
+                }
+            };
+            let Ok(value) = serde_json::from_slice::<serde_json::Value>(&body) else {
+                return json_answer(StatusCode::BAD_REQUEST, json!({"error": "not JSON"}));
+            };
+            if let Ok(mut stored) = store.lock() {
+                stored.push(value);
+                let excess = stored.len().saturating_sub(100);
+                stored.drain(..excess);
+            }
+            json_answer(StatusCode::OK, json!({"stored": true}))
+        }
+        Method::GET => {
+            let stored = store.lock().map(|a| a.clone()).unwrap_or_default();
+            json_answer(StatusCode::OK, json!({ key: stored }))
+        }
+        _ => json_answer(
+            StatusCode::METHOD_NOT_ALLOWED,
+            json!({"error": "method not allowed"}),
+        ),
+    }
+}
+
 fn route_of(path: &str) -> &'static str {
     match path {
         "/api/health" => "/api/health",
@@ -289,6 +324,7 @@ fn route_of(path: &str) -> &'static str {
         "/api/sleep" => "/api/sleep",
         "/metrics" => "/metrics",
         "/api/alerts" => "/api/alerts",
+        "/api/annotations" => "/api/annotations",
         "/" | "/index.html" => "/",
         _ => "other",
     }

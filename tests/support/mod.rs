@@ -470,6 +470,15 @@ pub fn get(
     url: &str,
     cookie: Option<&str>,
 ) -> Result<(u16, HashMap<String, String>, String), String> {
+    let headers: Vec<(&str, &str)> = cookie.map(|c| ("Cookie", c)).into_iter().collect();
+    get_with_headers(url, &headers)
+}
+
+/// [`get`] with any request headers.
+pub fn get_with_headers(
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Result<(u16, HashMap<String, String>, String), String> {
     use std::io::{Read, Write};
     let rest = url.strip_prefix("http://").ok_or("http only")?;
     let (hostport, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
@@ -478,12 +487,13 @@ pub fn get(
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(|e| e.to_string())?;
-    let cookie = cookie
-        .map(|c| format!("Cookie: {c}\r\n"))
-        .unwrap_or_default();
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     write!(
         stream,
-        "GET {path} HTTP/1.0\r\nHost: {hostport}\r\n{cookie}\r\n"
+        "GET {path} HTTP/1.0\r\nHost: {hostport}\r\n{extra}\r\n"
     )
     .map_err(|e| e.to_string())?;
     let mut raw = Vec::new();
