@@ -23,6 +23,8 @@ struct Figures {
     containers: usize,
     networks: usize,
     volumes: usize,
+    /// Volumes no container uses, engine-wide: anonymous ones leaked.
+    dangling_volumes: usize,
     built_images: usize,
     dockerd_files: usize,
     nginx_files: usize,
@@ -36,7 +38,7 @@ fn open_files(pid: &str) -> usize {
 
 fn figures(project: &support::TestProject) -> Figures {
     let name = project.name.clone();
-    let (containers, networks, volumes, built, nginx_pids) =
+    let (containers, networks, volumes, dangling_volumes, built, nginx_pids) =
         support::on_engine(move |docker| async move {
             let filter = format!("com.docker.compose.project={name}");
             let filters = HashMap::from([("label", vec![filter.as_str()])]);
@@ -70,6 +72,18 @@ fn figures(project: &support::TestProject) -> Figures {
                 .and_then(|v| v.volumes)
                 .unwrap_or_default()
                 .len();
+            let dangling = HashMap::from([("dangling", vec!["true"])]);
+            let dangling_volumes = docker
+                .list_volumes(Some(
+                    bollard::query_parameters::ListVolumesOptionsBuilder::default()
+                        .filters(&dangling)
+                        .build(),
+                ))
+                .await
+                .ok()
+                .and_then(|v| v.volumes)
+                .unwrap_or_default()
+                .len();
             let label = format!("cryptus.built-for={name}");
             let image_filters = HashMap::from([("label", vec![label.as_str()])]);
             let built = docker
@@ -91,7 +105,7 @@ fn figures(project: &support::TestProject) -> Figures {
                 .into_iter()
                 .filter_map(|row| row.get(1).cloned())
                 .collect();
-            (containers, networks, volumes, built, pids)
+            (containers, networks, volumes, dangling_volumes, built, pids)
         });
     // The engine's own dockerd (its pid file), not any other dockerd that
     // runs on the host, such as a test's private engine.
@@ -102,6 +116,7 @@ fn figures(project: &support::TestProject) -> Figures {
         containers,
         networks,
         volumes,
+        dangling_volumes,
         built_images: built,
         dockerd_files: dockerd,
         nginx_files: nginx_pids.iter().map(|p| open_files(p)).sum(),
@@ -190,6 +205,7 @@ fn main() -> std::process::ExitCode {
             ("project containers", before.containers, after.containers),
             ("project networks", before.networks, after.networks),
             ("project volumes", before.volumes, after.volumes),
+            ("unused volumes, engine-wide", before.dangling_volumes, after.dangling_volumes),
             ("images cryptus built", before.built_images, after.built_images),
             ("  most at once, during", before.built_images, peak_built),
             ("dockerd open files", before.dockerd_files, after.dockerd_files),
@@ -200,6 +216,7 @@ fn main() -> std::process::ExitCode {
         let grew = after.containers > before.containers
             || after.networks > before.networks
             || after.volumes > before.volumes
+            || after.dangling_volumes > before.dangling_volumes
             // The two colors' images are what rollback keeps.
             || after.built_images > 2
             || peak_built > 2

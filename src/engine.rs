@@ -381,10 +381,14 @@ impl Engine {
         }
     }
 
-    /// Removes a container, stopping it first if `force`. Gone already is fine.
+    /// Removes a container, stopping it first if `force`, with its anonymous
+    /// volumes (an image's `VOLUME` that nothing mounted over: redis's /data
+    /// in a scratch container), which nothing could ever use again. Named
+    /// volumes stay. Gone already is fine.
     pub async fn remove(&self, name: &str, force: bool) -> Result<()> {
         let options = RemoveContainerOptionsBuilder::default()
             .force(force)
+            .v(true)
             .build();
         match self.docker.remove_container(name, Some(options)).await {
             Ok(()) => Ok(()),

@@ -44,6 +44,7 @@ fn one_backup(project: &TestProject, out: &Path) -> PathBuf {
 
 #[test]
 fn backup_flushall_restore_brings_every_key_and_session_back() {
+    let dangling = support::dangling_volumes();
     let project = TestProject::new("restore");
     project.ok(&["start"]);
     write_keys(&project);
@@ -108,6 +109,13 @@ fn backup_flushall_restore_brings_every_key_and_session_back() {
             .keys()
             .all(|n| !n.contains("-redis-restore") && !n.contains("-redis-check"))
     );
+    // The scratch containers went with their anonymous volumes (the redis
+    // image declares VOLUME /data).
+    let left: Vec<String> = support::dangling_volumes()
+        .difference(&dangling)
+        .cloned()
+        .collect();
+    assert!(left.is_empty(), "anonymous volumes left behind: {left:?}");
 }
 
 #[test]

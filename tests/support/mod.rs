@@ -395,6 +395,27 @@ pub fn remove_at(host: Option<String>, project: Option<&str>) {
     });
 }
 
+/// The engine's volumes that no container uses (anonymous ones a removal
+/// left behind among them).
+pub fn dangling_volumes() -> std::collections::HashSet<String> {
+    on_engine(|docker| async move {
+        let filters = HashMap::from([("dangling", vec!["true"])]);
+        docker
+            .list_volumes(Some(
+                ListVolumesOptionsBuilder::default()
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .expect("listing volumes")
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| v.name)
+            .collect()
+    })
+}
+
 /// Runs engine calls on a runtime of their own, in a thread of their own, so
 /// it works from sync tests, async tests and `Drop` alike.
 pub fn on_engine<F, Fut, T>(work: F) -> T
