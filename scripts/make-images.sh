@@ -180,8 +180,11 @@ make_tool() {
   done
   mkdir -p "$root/prometheus" "$root/alertmanager" "$root/etc/prometheus" "$root/etc/alertmanager"
   chown 65534:65534 "$root/prometheus" "$root/alertmanager"
+  # They run as nobody, as the official images do: data directories are
+  # theirs, and whatever cryptus restores into them must be too.
   import_rootfs "$root" "$tag" \
     --change 'ENV PATH=/usr/local/bin:/usr/bin:/bin' \
+    --change 'USER nobody' \
     --change "ENTRYPOINT [\"$entry\"]" \
     --message "$(basename "$entry") from Debian's package"
 }

@@ -416,9 +416,21 @@ impl Engine {
         command: &[&str],
         input: Option<&[u8]>,
     ) -> Result<ExecOutput> {
+        self.exec_as(container, command, input, None).await
+    }
+
+    /// [`Engine::exec_with_input`] as `user` (the container's own when `None`).
+    async fn exec_as(
+        &self,
+        container: &str,
+        command: &[&str],
+        input: Option<&[u8]>,
+        user: Option<&str>,
+    ) -> Result<ExecOutput> {
         let what = || format!("running `{}` in {container}", command.join(" "));
         let options = CreateExecOptions {
             cmd: Some(command.to_vec()),
+            user,
             attach_stdin: Some(input.is_some()),
             attach_stdout: Some(true),
             attach_stderr: Some(true),
@@ -535,11 +547,21 @@ impl Engine {
         args: &[&str],
         input: &[u8],
     ) -> Result<Option<ExecOutput>> {
+        self.shell_as(container, script, args, input, None).await
+    }
+
+    /// [`Engine::shell`] as `user` (the container's own when `None`).
+    async fn shell_as(
+        &self,
+        container: &str,
+        script: &str,
+        args: &[&str],
+        input: &[u8],
+        user: Option<&str>,
+    ) -> Result<Option<ExecOutput>> {
         let mut command = vec!["sh", "-c", script, "sh"];
         command.extend_from_slice(args);
-        let output = self
-            .exec_with_input(container, &command, Some(input))
-            .await?;
+        let output = self.exec_as(container, &command, Some(input), user).await?;
         let missing = (output.code == 126 || output.code == 127)
             && format!("{}{}", output.stdout, output.stderr).contains("executable file not found");
         Ok(if missing { None } else { Some(output) })
@@ -559,7 +581,13 @@ impl Engine {
     ) -> Result<()> {
         const SCRIPT: &str = r#"cat > "$1.tmp" && mv -f "$1.tmp" "$1""#;
         let path = format!("{}/{name}", dir.trim_end_matches('/'));
-        match self.shell(container, SCRIPT, &[&path], content).await? {
+        // As root: the directory is cryptus's (a volume the engine made,
+        // owned by root), while the image may run as nobody, as the official
+        // node-exporter does. Readers get the file 0644.
+        match self
+            .shell_as(container, SCRIPT, &[&path], content, Some("0"))
+            .await?
+        {
             Some(output) if output.code != 0 => Err(anyhow!(
                 "writing {path} in {container} failed: {}{}",
                 output.stdout.trim(),
@@ -576,6 +604,33 @@ impl Engine {
     /// The engine's tar archive of a path in a container (running or not,
     /// volumes included); `None` if the path does not exist.
     pub async fn download(&self, container: &str, path: &str) -> Result<Option<Vec<u8>>> {
+        self.download_head(container, path, usize::MAX).await
+    }
+
+    /// Who owns a path in a container, as (uid, gid): the first header of
+    /// its archive, without reading the rest.
+    pub async fn owner_of(&self, container: &str, path: &str) -> Result<(u64, u64)> {
+        let head = self
+            .download_head(container, path, 512)
+            .await?
+            .ok_or_else(|| anyhow!("{path} does not exist in container {container}"))?;
+        let block = head
+            .get(..512)
+            .ok_or_else(|| anyhow!("the engine's archive of {path} is empty"))?;
+        let header = tar::Header::from_byte_slice(block);
+        Ok((
+            header.uid().context("reading an owner")?,
+            header.gid().context("reading a group")?,
+        ))
+    }
+
+    /// [`Engine::download`], stopping once `limit` bytes have arrived.
+    async fn download_head(
+        &self,
+        container: &str,
+        path: &str,
+        limit: usize,
+    ) -> Result<Option<Vec<u8>>> {
         let options = DownloadFromContainerOptionsBuilder::default()
             .path(path)
             .build();
@@ -583,7 +638,9 @@ impl Engine {
             .docker
             .download_from_container(container, Some(options));
         let mut archive = Vec::new();
-        while let Some(chunk) = stream.next().await {
+        while archive.len() < limit
+            && let Some(chunk) = stream.next().await
+        {
             match chunk {
                 Ok(bytes) => archive.extend_from_slice(&bytes),
                 Err(err) if is_not_found(&err) => return Ok(None),
@@ -643,13 +700,51 @@ impl Engine {
         dir: &str,
         files: &[(&str, &[u8], u32)],
     ) -> Result<()> {
+        self.write_files_as(container, dir, files, (0, 0)).await
+    }
+
+    /// [`Engine::write_files`], owned by `owner` (uid, gid), the directories
+    /// the paths name included: a service that runs as another user (the
+    /// official Prometheus image runs as nobody) must be able to write and
+    /// delete what is restored for it.
+    pub async fn write_files_as(
+        &self,
+        container: &str,
+        dir: &str,
+        files: &[(&str, &[u8], u32)],
+        owner: (u64, u64),
+    ) -> Result<()> {
         let mut builder = tar::Builder::new(Vec::new());
         let now = u64::try_from(Utc::now().timestamp()).unwrap_or_default();
+        let mut dirs: Vec<&str> = files
+            .iter()
+            .flat_map(|(name, _, _)| {
+                name.match_indices('/')
+                    .map(|(end, _)| &name[..end])
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        dirs.sort_unstable();
+        dirs.dedup();
+        for name in dirs {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(0);
+            header.set_mode(0o755);
+            header.set_mtime(now);
+            header.set_uid(owner.0);
+            header.set_gid(owner.1);
+            header.set_entry_type(tar::EntryType::Directory);
+            builder
+                .append_data(&mut header, format!("{name}/"), std::io::empty())
+                .with_context(|| format!("packing {name}/"))?;
+        }
         for (name, content, mode) in files {
             let mut header = tar::Header::new_gnu();
             header.set_size(content.len() as u64);
             header.set_mode(*mode);
             header.set_mtime(now);
+            header.set_uid(owner.0);
+            header.set_gid(owner.1);
             header.set_entry_type(tar::EntryType::Regular);
             builder
                 .append_data(&mut header, name, *content)

@@ -603,6 +603,35 @@ async fn monitoring_scrapes_everything_alerts_and_gates_deploys() {
         },
     );
 
+    // What was restored belongs to the user Prometheus runs as (nobody, as
+    // in the official image), so it can write and compact it.
+    let container = format!("{}-prometheus-1", project.name);
+    let owners = support::on_engine(move |docker| async move {
+        use futures_util::TryStreamExt;
+        let options = bollard::query_parameters::DownloadFromContainerOptionsBuilder::default()
+            .path("/prometheus")
+            .build();
+        let bytes: Vec<u8> = docker
+            .download_from_container(&container, Some(options))
+            .map_ok(|chunk| chunk.to_vec())
+            .try_concat()
+            .await
+            .unwrap();
+        let mut archive = tar::Archive::new(bytes.as_slice());
+        archive
+            .entries()
+            .unwrap()
+            .map(|entry| {
+                let entry = entry.unwrap();
+                let path = entry.path().unwrap().display().to_string();
+                (path, entry.header().uid().unwrap())
+            })
+            .collect::<Vec<_>>()
+    });
+    assert!(owners.len() > 3, "{owners:?}");
+    let foreign: Vec<_> = owners.iter().filter(|(_, uid)| *uid != 65534).collect();
+    assert!(foreign.is_empty(), "not Prometheus's: {foreign:?}");
+
     // stop stops the monitoring services too.
     let output = project.run_async(&["stop"]).await;
     assert_code(&output, 0);

@@ -252,7 +252,14 @@ async fn apply(
             .iter()
             .map(|(path, content)| (path.as_str(), content.as_slice(), 0o644))
             .collect();
-        let written = engine.write_files(&container.name, dir, &entries).await;
+        // Owned as the data directory is: the service's own user.
+        let written = async {
+            let owner = engine.owner_of(&container.name, dir).await?;
+            engine
+                .write_files_as(&container.name, dir, &entries, owner)
+                .await
+        }
+        .await;
         if was_running {
             engine.start(&container.name).await?;
         }
