@@ -304,6 +304,47 @@ fn keep_3_keeps_exactly_3_and_cron_runs_are_quiet() {
     assert_code(&output, 0);
     assert!(output.stdout.is_empty() && output.stderr.is_empty());
     assert_eq!(backups(&out).len(), 4, "--keep 14 keeps the 3 and adds one");
+
+    // The units as systemd reads them: `systemd-analyze verify` loads the
+    // service and the timer (with our binary and project dir in place of
+    // the installed ones) and finds nothing wrong; the timer's calendar
+    // has a next elapse.
+    let units = project.path().join("units");
+    std::fs::create_dir_all(&units).unwrap();
+    let service = unit
+        .replace("/usr/local/bin/cryptus", support::BIN)
+        .replace(
+            "WorkingDirectory=/srv/cryptus",
+            &format!("WorkingDirectory={}", project.path().display()),
+        );
+    std::fs::write(units.join("cryptus-backup.service"), service).unwrap();
+    let timer = std::fs::read_to_string(
+        Path::new(support::REPO).join("contrib/systemd/cryptus-backup.timer"),
+    )
+    .unwrap();
+    std::fs::write(units.join("cryptus-backup.timer"), &timer).unwrap();
+    let verify = std::process::Command::new("systemd-analyze")
+        .args(["verify", "cryptus-backup.service", "cryptus-backup.timer"])
+        .current_dir(&units)
+        .env("SYSTEMD_UNIT_PATH", format!("{}:", units.display()))
+        .output()
+        .expect("systemd-analyze (Debian's systemd package) is needed");
+    assert_code(&verify, 0);
+    assert!(
+        verify.stdout.is_empty() && verify.stderr.is_empty(),
+        "{}",
+        stderr(&verify)
+    );
+    let calendar = timer
+        .lines()
+        .find_map(|l| l.strip_prefix("OnCalendar="))
+        .unwrap();
+    let next = std::process::Command::new("systemd-analyze")
+        .args(["calendar", calendar])
+        .output()
+        .unwrap();
+    assert_code(&next, 0);
+    assert!(stdout(&next).contains("03:00:00"), "{}", stdout(&next));
 }
 
 #[test]
