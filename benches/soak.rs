@@ -38,85 +38,40 @@ fn open_files(pid: &str) -> usize {
 
 fn figures(project: &support::TestProject) -> Figures {
     let name = project.name.clone();
-    let (containers, networks, volumes, dangling_volumes, built, nginx_pids) =
-        support::on_engine(move |docker| async move {
-            let filter = format!("com.docker.compose.project={name}");
-            let filters = HashMap::from([("label", vec![filter.as_str()])]);
-            let containers = docker
-                .list_containers(Some(
-                    bollard::query_parameters::ListContainersOptionsBuilder::default()
-                        .all(true)
-                        .filters(&filters)
-                        .build(),
-                ))
-                .await
-                .unwrap_or_default()
-                .len();
-            let networks = docker
-                .list_networks(Some(
-                    bollard::query_parameters::ListNetworksOptionsBuilder::default()
-                        .filters(&filters)
-                        .build(),
-                ))
-                .await
-                .unwrap_or_default()
-                .len();
-            let volumes = docker
-                .list_volumes(Some(
-                    bollard::query_parameters::ListVolumesOptionsBuilder::default()
-                        .filters(&filters)
-                        .build(),
-                ))
-                .await
-                .ok()
-                .and_then(|v| v.volumes)
-                .unwrap_or_default()
-                .len();
-            let dangling = HashMap::from([("dangling", vec!["true"])]);
-            let dangling_volumes = docker
-                .list_volumes(Some(
-                    bollard::query_parameters::ListVolumesOptionsBuilder::default()
-                        .filters(&dangling)
-                        .build(),
-                ))
-                .await
-                .ok()
-                .and_then(|v| v.volumes)
-                .unwrap_or_default()
-                .len();
-            let label = format!("cryptus.built-for={name}");
-            let image_filters = HashMap::from([("label", vec![label.as_str()])]);
-            let built = docker
-                .list_images(Some(
-                    bollard::query_parameters::ListImagesOptionsBuilder::default()
-                        .filters(&image_filters)
-                        .build(),
-                ))
-                .await
-                .unwrap_or_default()
-                .len();
-            let top = docker
-                .top_processes(&format!("{name}-nginx-1"), None)
-                .await
-                .ok();
-            let pids: Vec<String> = top
-                .and_then(|t| t.processes)
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|row| row.get(1).cloned())
-                .collect();
-            (containers, networks, volumes, dangling_volumes, built, pids)
-        });
+    let (built, nginx_pids) = support::on_engine(move |docker| async move {
+        let label = format!("cryptus.built-for={name}");
+        let image_filters = HashMap::from([("label", vec![label.as_str()])]);
+        let built = docker
+            .list_images(Some(
+                bollard::query_parameters::ListImagesOptionsBuilder::default()
+                    .filters(&image_filters)
+                    .build(),
+            ))
+            .await
+            .unwrap_or_default()
+            .len();
+        let top = docker
+            .top_processes(&format!("{name}-nginx-1"), None)
+            .await
+            .ok();
+        let pids: Vec<String> = top
+            .and_then(|t| t.processes)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|row| row.get(1).cloned())
+            .collect();
+        (built, pids)
+    });
     // The engine's own dockerd (its pid file), not any other dockerd that
     // runs on the host, such as a test's private engine.
     let dockerd = std::fs::read_to_string("/var/run/docker.pid")
         .map(|pid| open_files(pid.trim()))
         .unwrap_or(0);
     Figures {
-        containers,
-        networks,
-        volumes,
-        dangling_volumes,
+        containers: project.containers().len(),
+        networks: project.networks().len(),
+        volumes: project.volumes().len(),
+        dangling_volumes: support::dangling_volumes().len(),
         built_images: built,
         dockerd_files: dockerd,
         nginx_files: nginx_pids.iter().map(|p| open_files(p)).sum(),

@@ -261,6 +261,44 @@ impl TestProject {
         })
     }
 
+    /// The names of the project's networks on its engine.
+    pub fn networks(&self) -> Vec<String> {
+        let filter = format!("com.docker.compose.project={}", self.name);
+        self.on_engine(move |docker| async move {
+            let filters = HashMap::from([("label", vec![filter.as_str()])]);
+            let options = ListNetworksOptionsBuilder::default()
+                .filters(&filters)
+                .build();
+            docker
+                .list_networks(Some(options))
+                .await
+                .expect("listing networks")
+                .into_iter()
+                .filter_map(|n| n.name)
+                .collect()
+        })
+    }
+
+    /// The names of the project's volumes on its engine.
+    pub fn volumes(&self) -> Vec<String> {
+        let filter = format!("com.docker.compose.project={}", self.name);
+        self.on_engine(move |docker| async move {
+            let filters = HashMap::from([("label", vec![filter.as_str()])]);
+            let options = ListVolumesOptionsBuilder::default()
+                .filters(&filters)
+                .build();
+            docker
+                .list_volumes(Some(options))
+                .await
+                .expect("listing volumes")
+                .volumes
+                .unwrap_or_default()
+                .into_iter()
+                .map(|v| v.name)
+                .collect()
+        })
+    }
+
     /// Runs `redis-cli` in the project's redis container and returns stdout.
     pub fn redis_cli(&self, args: &[&str]) -> String {
         let container = format!("{}-redis-1", self.name);
