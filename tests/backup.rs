@@ -417,3 +417,85 @@ fn a_backup_started_during_a_deploy_waits_for_the_lock() {
     let dir = backups(&out).pop().unwrap();
     project.ok(&["backup", "--verify", &dir.to_string_lossy()]);
 }
+
+/// A cron daemon (busybox's crond, in the foreground) killed when dropped.
+struct Crond(std::process::Child);
+
+impl Drop for Crond {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_readme_cron_line_runs_under_a_real_cron_daemon() {
+    let project = TestProject::new("cron");
+    project.ok(&["start"]);
+    // README's line, every minute instead of 03:00, with this project's
+    // directory, binary and settings in place of the installed ones.
+    let readme = std::fs::read_to_string(Path::new(support::REPO).join("README.md")).unwrap();
+    let line = readme
+        .lines()
+        .find(|l| l.starts_with("0 3 * * * "))
+        .expect("README gives a cron line");
+    let settings: String = project
+        .env
+        .iter()
+        .map(|(key, value)| format!("{key}='{value}' "))
+        .collect();
+    let dir = project.path().display().to_string();
+    let line = line
+        .replacen("0 3 * * * ", "* * * * * ", 1)
+        .replace("/srv/cryptus", &dir)
+        .replace(
+            "/usr/local/bin/cryptus",
+            &format!("{settings}{} -p {}", support::BIN, project.name),
+        );
+    let crontabs = project.path().join("crontabs");
+    std::fs::create_dir_all(&crontabs).unwrap();
+    // What cron would mail: a quiet backup leaves this empty.
+    let mail = project.path().join("cron-output");
+    std::fs::write(
+        crontabs.join("root"),
+        format!("{line} >{} 2>&1\n", mail.display()),
+    )
+    .unwrap();
+    let _crond = Crond(
+        std::process::Command::new("busybox")
+            .args(["crond", "-f", "-l", "0", "-c"])
+            .arg(&crontabs)
+            .arg("-L")
+            .arg(project.path().join("crond.log"))
+            .spawn()
+            .expect("busybox crond (Debian's busybox-static)"),
+    );
+    let out = project.path().join("backups");
+    let end = Instant::now() + Duration::from_secs(100);
+    let complete = |out: &Path| -> Vec<PathBuf> {
+        backups(out)
+            .into_iter()
+            .filter(|dir| dir.join("manifest.json").is_file())
+            .collect()
+    };
+    while complete(&out).is_empty() || !mail.exists() {
+        assert!(
+            Instant::now() < end,
+            "cron ran no backup in 100 s; crond's log: {}",
+            std::fs::read_to_string(project.path().join("crond.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // A backup appears whole, by rename; give the run a moment to end.
+    std::thread::sleep(Duration::from_millis(1000));
+    let made = backups(&out);
+    assert_eq!(made, complete(&out), "only complete backups are left");
+    assert_eq!(made.len(), 1, "{made:?}");
+    let verified = project.ok(&["backup", "--verify", &made[0].to_string_lossy()]);
+    assert!(stdout(&verified).contains(": ok"), "{}", stdout(&verified));
+    assert_eq!(
+        std::fs::read_to_string(&mail).unwrap(),
+        "",
+        "a successful cron run says nothing"
+    );
+}
