@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Makes every image the cryptus stack needs, on a machine with no image registry.
 #
-#   scripts/make-images.sh [--rebuild] [--pull] [--monitoring]
+#   scripts/make-images.sh [--rebuild] [--pull] [--monitoring] [--systemd]
 #
 # nginx and redis come from this host's Debian packages: the binary and every
 # shared library `ldd` lists are copied into a root filesystem with the users,
@@ -20,6 +20,9 @@
 #   NGINX_EXPORTER_IMAGE=cryptus/nginx-exporter:offline
 #   REDIS_EXPORTER_IMAGE=cryptus/redis-exporter:offline
 # Grafana and cAdvisor are not in Debian: pull them where a registry answers.
+# With --systemd, for the tests only: cryptus/systemd:offline, this host's
+# systemd as PID 1 with its unit files (and the libraries a cryptus binary
+# mounted into it needs), so README's backup timer fires under real systemd.
 # With --pull, where a registry is reachable, the official images the compose
 # file defaults to (nginx:1.27-alpine, redis:7-alpine) are pulled instead and
 # no offline nginx or redis image is made; without it nothing leaves the host.
@@ -30,12 +33,14 @@ work="$here/target/images"
 rebuild=0
 pull=0
 monitoring=0
+systemd=0
 for arg in "$@"; do
   case "$arg" in
     --rebuild) rebuild=1 ;;
     --pull) pull=1 ;;
     --monitoring) monitoring=1 ;;
-    *) echo "usage: scripts/make-images.sh [--rebuild] [--pull] [--monitoring]" >&2; exit 2 ;;
+    --systemd) systemd=1 ;;
+    *) echo "usage: scripts/make-images.sh [--rebuild] [--pull] [--monitoring] [--systemd]" >&2; exit 2 ;;
   esac
 done
 
@@ -56,6 +61,7 @@ command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_packages+=(nginx)
 [ -x /usr/bin/redis-server ] || need_packages+=(redis-server)
 [ -x /usr/bin/redis-cli ] || need_packages+=(redis-tools)
 [ -x /bin/busybox ] || need_packages+=(busybox-static)
+[ $systemd = 0 ] || [ -x /lib/systemd/systemd ] || need_packages+=(systemd)
 if [ $monitoring = 1 ]; then
   [ -x /usr/bin/prometheus ] || need_packages+=(prometheus)
   [ -x /usr/bin/prometheus-alertmanager ] || need_packages+=(prometheus-alertmanager)
@@ -230,6 +236,26 @@ make_app() {
   docker tag "$APP_TAG" "cryptus-app:$APP_VERSION"
 }
 
+make_systemd() {
+  local tag=${SYSTEMD_TEST_IMAGE:-cryptus/systemd:offline}
+  if exists "$tag" && [ $rebuild = 0 ]; then say "$tag exists"; return; fi
+  local root="$work/systemd"
+  base_rootfs "$root"
+  add_shell "$root"
+  copy_with_libs "$root" /lib/systemd/systemd
+  mkdir -p "$root/lib/systemd" "$root/etc/systemd/system"
+  cp -a /lib/systemd/system "$root/lib/systemd/"
+  # What a cryptus binary mounted at /usr/local/bin/cryptus loads.
+  for lib in /lib/x86_64-linux-gnu/libgcc_s.so.1 /lib/x86_64-linux-gnu/libm.so.6; do
+    [ -e "$lib" ] && install -D -m 0644 "$(readlink -f "$lib")" "$root$lib"
+  done
+  cp /etc/os-release "$root/etc/os-release"
+  : > "$root/etc/machine-id"
+  import_rootfs "$root" "$tag" \
+    --change 'CMD ["/lib/systemd/systemd"]' \
+    --message "systemd $(/lib/systemd/systemd --version | sed -n '1s/^systemd \([0-9]*\).*/\1/p') from Debian's package, for tests"
+}
+
 mkdir -p "$work"
 if [ $pull = 1 ] && docker pull -q nginx:1.27-alpine >/dev/null 2>&1 && docker pull -q redis:7-alpine >/dev/null 2>&1; then
   say "pulled the official nginx:1.27-alpine and redis:7-alpine"
@@ -240,4 +266,5 @@ else
 fi
 make_app
 [ $monitoring = 1 ] && make_monitoring
+[ $systemd = 1 ] && make_systemd
 exit 0

@@ -40,5 +40,5 @@ sweep() {
 }
 trap sweep EXIT
 
-scripts/make-images.sh --monitoring
+scripts/make-images.sh --monitoring --systemd
 cargo test --workspace --locked "$@"

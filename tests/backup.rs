@@ -499,3 +499,123 @@ fn the_readme_cron_line_runs_under_a_real_cron_daemon() {
         "a successful cron run says nothing"
     );
 }
+
+/// README's systemd units, verbatim, under a real systemd (PID 1 of a
+/// container made from this host's systemd by make-images.sh --systemd):
+/// drop-ins only make the timer fire every 5 s and name the project, and the
+/// service's backup lands in the project directory mounted at the unit's
+/// WorkingDirectory.
+#[test]
+fn the_systemd_timer_fires_the_backup_under_real_systemd() {
+    let project = TestProject::new("systemd");
+    project.ok(&["start"]);
+    let dropins = project.path().join("dropins");
+    let service_d = dropins.join("cryptus-backup.service.d");
+    let timer_d = dropins.join("cryptus-backup.timer.d");
+    std::fs::create_dir_all(&service_d).unwrap();
+    std::fs::create_dir_all(&timer_d).unwrap();
+    let mut environment = format!(
+        "[Service]\nEnvironment=\"CRYPTUS_PROJECT={}\"\n",
+        project.name
+    );
+    for (key, value) in &project.env {
+        environment.push_str(&format!("Environment=\"{key}={value}\"\n"));
+    }
+    std::fs::write(service_d.join("test.conf"), environment).unwrap();
+    std::fs::write(
+        timer_d.join("test.conf"),
+        "[Timer]\nOnCalendar=\nOnCalendar=*:*:0/5\nRandomizedDelaySec=0\nAccuracySec=1s\n",
+    )
+    .unwrap();
+    let units = Path::new(support::REPO).join("contrib/systemd");
+    let mut binds = vec![
+        "/sys/fs/cgroup:/sys/fs/cgroup:ro".to_owned(),
+        "/var/run/docker.sock:/var/run/docker.sock".to_owned(),
+        format!("{}:/usr/local/bin/cryptus:ro", support::BIN),
+        format!("{}:/srv/cryptus", project.path().display()),
+    ];
+    for unit in ["cryptus-backup.service", "cryptus-backup.timer"] {
+        binds.push(format!(
+            "{}:/etc/systemd/system/{unit}:ro",
+            units.join(unit).display()
+        ));
+        binds.push(format!(
+            "{}:/etc/systemd/system/{unit}.d:ro",
+            dropins.join(format!("{unit}.d")).display()
+        ));
+    }
+    let name = format!("{}-systemd-1", project.name);
+    let labels = std::collections::HashMap::from([(
+        "com.docker.compose.project".to_owned(),
+        project.name.clone(),
+    )]);
+    let container = name.clone();
+    support::on_engine(move |docker| async move {
+        let tmpfs = ["/run", "/run/lock", "/tmp"]
+            .into_iter()
+            .map(|path| (path.to_owned(), String::new()))
+            .collect();
+        let body = bollard::models::ContainerCreateBody {
+            image: Some("cryptus/systemd:offline".to_owned()),
+            cmd: Some(vec![
+                "/lib/systemd/systemd".to_owned(),
+                "--log-target=console".to_owned(),
+                "--unit=cryptus-backup.timer".to_owned(),
+            ]),
+            tty: Some(true),
+            labels: Some(labels),
+            host_config: Some(bollard::models::HostConfig {
+                binds: Some(binds),
+                tmpfs: Some(tmpfs),
+                network_mode: Some("none".to_owned()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let options = bollard::query_parameters::CreateContainerOptionsBuilder::default()
+            .name(&container)
+            .build();
+        docker
+            .create_container(Some(options), body)
+            .await
+            .expect("creating the systemd container (scripts/make-images.sh --systemd)");
+        docker
+            .start_container(
+                &container,
+                None::<bollard::query_parameters::StartContainerOptions>,
+            )
+            .await
+            .expect("starting systemd");
+    });
+    let out = project.path().join("backups");
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        let complete: Vec<PathBuf> = backups(&out)
+            .into_iter()
+            .filter(|dir| dir.join("manifest.json").is_file())
+            .collect();
+        if let Some(made) = complete.first() {
+            let verified = project.ok(&["backup", "--verify", &made.to_string_lossy()]);
+            assert!(stdout(&verified).contains(": ok"), "{}", stdout(&verified));
+            break;
+        }
+        if Instant::now() >= end {
+            let name = name.clone();
+            let log = support::on_engine(move |docker| async move {
+                use futures_util::StreamExt;
+                let options = bollard::query_parameters::LogsOptionsBuilder::default()
+                    .stdout(true)
+                    .stderr(true)
+                    .build();
+                let mut text = String::new();
+                let mut logs = docker.logs(&name, Some(options));
+                while let Some(Ok(chunk)) = logs.next().await {
+                    text.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+                }
+                text
+            });
+            panic!("systemd's timer ran no backup in 60 s; its console:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
