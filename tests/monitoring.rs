@@ -372,6 +372,8 @@ async fn monitoring_scrapes_everything_alerts_and_gates_deploys() {
         components.contains(&"prometheus")
             && components.contains(&"scrape targets")
             && components.contains(&"alertmanager")
+            && components.contains(&"grafana"),
+        "{components:?}"
     );
 
     // cryptus's own metrics reach Prometheus.
