@@ -245,6 +245,45 @@ fn rolling_back_twice_returns_and_nothing_to_roll_back_to_is_an_error() {
     assert_eq!(project.serving().0, "blue");
 }
 
+/// A new container that crashes before it is ready (its restart policy
+/// brings it back, over and over) fails the deploy at once, not at the
+/// health timeout.
+#[test]
+fn a_version_that_crashes_while_getting_ready_fails_at_once() {
+    let project = TestProject::new("crashready");
+    project.set_service_env("green", "APP_STARTUP_DELAY_MS", "5000");
+    project.set_service_env("green", "APP_CRASH_AFTER_S", "1");
+    project.ok(&["start"]);
+    let began = Instant::now();
+    let output = project.run(&[
+        "deploy",
+        "--image",
+        &app_image(),
+        "--version",
+        "2.0.0",
+        "--timeout",
+        "60s",
+    ]);
+    let took = began.elapsed();
+    assert_code(&output, 1);
+    let text = stderr(&output);
+    assert!(
+        took < Duration::from_secs(15),
+        "the crash was seen only after {took:?}: {text}"
+    );
+    assert!(
+        text.contains("restarted while it got ready")
+            || text.contains("stopped while it got ready"),
+        "{text}"
+    );
+    assert!(text.contains("traffic stays on blue"), "{text}");
+    assert_eq!(project.serving().0, "blue");
+    assert!(
+        green_containers(&project).is_empty(),
+        "the failed container is removed"
+    );
+}
+
 #[test]
 fn a_version_that_never_turns_healthy_fails_in_time_and_traffic_stays() {
     let project = TestProject::new("unhealthy");
