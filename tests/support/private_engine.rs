@@ -156,6 +156,10 @@ impl PrivateEngine {
                 "--iptables=false",
                 "--ip-masq=false",
             ])
+            // Should it share a system containerd with the shared engine,
+            // its containers stay in namespaces of their own.
+            .args(["--containerd-namespace", "ct-engine"])
+            .args(["--containerd-plugins-namespace", "ct-engine-plugins"])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("cloning a file handle"))
             .stderr(log)
