@@ -621,10 +621,8 @@ async fn resolve_image(
 ) -> Result<Release> {
     let reference = match source {
         Source::Compose => stack.default_release(target).await?.image,
-        Source::Image(reference) => {
-            check_image(&reference)?;
-            reference
-        }
+        // Checked in `run`, before anything was touched.
+        Source::Image(reference) => reference,
         Source::Build(context) => {
             let version = version
                 .clone()
@@ -914,8 +912,6 @@ async fn verify(
 /// Failures in a row that end the watch.
 const WATCH_FAILURES: u32 = 3;
 
-/// Probes each new container directly and the load balancer until `length`
-/// has passed; three failures in a row of any of them fail the watch.
 /// The metric gate: a PromQL condition that, when true, rolls back.
 struct Gate {
     addr: String,
@@ -925,6 +921,9 @@ struct Gate {
 /// How often the gate asks Prometheus during the watch.
 const GATE_EVERY: Duration = Duration::from_secs(2);
 
+/// Probes each new container directly and the load balancer until the watch
+/// window has passed; three failures in a row of any of them fail the watch,
+/// and so does the gate's condition holding.
 async fn watch(
     stack: &Stack<'_>,
     client: &reqwest::Client,
@@ -1064,11 +1063,15 @@ async fn record(stack: &Stack<'_>, report: &Report) {
         durations,
     };
     let nginx = stack.nginx();
-    if let Err(err) = history::record(&nginx, entry.clone()).await {
-        stack
-            .printer
-            .warn(format!("recording the deployment: {err:#}"));
-    }
+    let history = match history::record(&nginx, entry.clone()).await {
+        Ok(history) => history,
+        Err(err) => {
+            stack
+                .printer
+                .warn(format!("recording the deployment: {err:#}"));
+            history::read(&nginx).await.unwrap_or_default()
+        }
+    };
     // The deploy marks, where monitoring runs.
     let active = if report.outcome == Outcome::Ok {
         report.to.color
@@ -1076,19 +1079,18 @@ async fn record(stack: &Stack<'_>, report: &Report) {
         report.from.color
     };
     let containers = stack.containers().await.unwrap_or_default();
-    let history = history::read(&nginx).await.unwrap_or_default();
-    let password = stack.project.dir.join(GRAFANA_PASSWORD);
     let (published, annotated) = tokio::join!(
         metrics::publish(stack.engine, &containers, Some(active), &history),
-        metrics::annotate(&containers, &password, &entry)
+        metrics::annotate(
+            &containers,
+            stack.grafana_password_file().map(|(_, path)| path),
+            &entry
+        )
     );
     for err in [published.err(), annotated.err()].into_iter().flatten() {
         stack.printer.warn(format!("{err:#}"));
     }
 }
-
-/// Grafana's admin password, generated at the first start.
-pub const GRAFANA_PASSWORD: &str = "monitoring/grafana/admin-password";
 
 #[cfg(test)]
 mod tests {

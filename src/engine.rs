@@ -103,6 +103,16 @@ impl Container {
     }
 }
 
+/// One container event from the engine.
+#[derive(Debug)]
+pub struct ContainerEvent {
+    pub id: String,
+    /// start, die, destroy, ...
+    pub action: String,
+    /// For `die`: the exit code.
+    pub exit_code: Option<i64>,
+}
+
 /// The result of a command run inside a container.
 #[derive(Debug)]
 pub struct ExecOutput {
@@ -485,20 +495,19 @@ impl Engine {
         })
     }
 
-    /// Image ids with a label `key=value`, newest first.
+    /// Image ids with a label `key=value`.
     pub async fn images_labelled(&self, key: &str, value: &str) -> Result<Vec<String>> {
         let filter = format!("{key}={value}");
         let filters: HashMap<&str, Vec<&str>> = HashMap::from([("label", vec![filter.as_str()])]);
         let options = bollard::query_parameters::ListImagesOptionsBuilder::default()
             .filters(&filters)
             .build();
-        let mut images = self
+        let images = self
             .docker
             .list_images(Some(options))
             .await
             .map_err(|err| anyhow!(describe(&err)))
             .context("listing images")?;
-        images.sort_by_key(|i| std::cmp::Reverse(i.created));
         Ok(images.into_iter().map(|i| i.id).collect())
     }
 
@@ -524,8 +533,8 @@ impl Engine {
         if !users.is_empty() {
             return Ok(false);
         }
-        // Forced: the image may carry more than one tag. A container made
-        // meanwhile still makes the engine refuse (409).
+        // Forced: the image may carry more than one tag. A container started
+        // from it meanwhile still makes the engine refuse (409).
         let options = bollard::query_parameters::RemoveImageOptionsBuilder::default()
             .force(true)
             .build();
@@ -813,19 +822,52 @@ impl Engine {
         project: &str,
     ) -> impl futures_util::Stream<Item = Result<String>> + Send + 'static {
         let label = format!("{PROJECT_LABEL}={project}");
+        self.container_events(("label", &label), &["start"], None)
+            .map(|event| event.map(|event| event.id))
+    }
+
+    /// The engine's events of the containers `filter` names (`("label",
+    /// "k=v")`, `("container", name)`) whose action is one of `actions`, as
+    /// they happen, from `since` on when given (so nothing since then is
+    /// missed). The stream ends, or errs, when the engine goes away.
+    pub fn container_events(
+        &self,
+        filter: (&str, &str),
+        actions: &[&str],
+        since: Option<DateTime<Utc>>,
+    ) -> impl futures_util::Stream<Item = Result<ContainerEvent>> + Send + use<> {
         let filters: HashMap<&str, Vec<&str>> = HashMap::from([
             ("type", vec!["container"]),
-            ("event", vec!["start"]),
-            ("label", vec![label.as_str()]),
+            ("event", actions.to_vec()),
+            (filter.0, vec![filter.1]),
         ]);
-        let options = bollard::query_parameters::EventsOptionsBuilder::default()
-            .filters(&filters)
-            .build();
+        let mut options =
+            bollard::query_parameters::EventsOptionsBuilder::default().filters(&filters);
+        if let Some(since) = since {
+            let since = format!(
+                "{}.{:09}",
+                since.timestamp(),
+                since.timestamp_subsec_nanos()
+            );
+            options = options.since(&since);
+        }
         self.docker
-            .events(Some(options))
+            .events(Some(options.build()))
             .filter_map(|event| async move {
                 match event {
-                    Ok(event) => event.actor.and_then(|actor| actor.id).map(Ok),
+                    Ok(event) => {
+                        let actor = event.actor?;
+                        let exit_code = actor
+                            .attributes
+                            .as_ref()
+                            .and_then(|a| a.get("exitCode"))
+                            .and_then(|code| code.parse().ok());
+                        Some(Ok(ContainerEvent {
+                            id: actor.id?,
+                            action: event.action.unwrap_or_default(),
+                            exit_code,
+                        }))
+                    }
                     Err(err) => Some(Err(
                         anyhow!(describe(&err)).context("following the engine's events")
                     )),

@@ -9,6 +9,18 @@ use anyhow::{Context, Result};
 /// Writes to a temporary file beside the target, syncs it, then renames it
 /// into place.
 pub fn write_atomically(path: &Path, content: &[u8]) -> Result<()> {
+    write_with_mode(path, content, 0o666)
+}
+
+/// Writes a secret the same way, the temporary file created with mode 0600,
+/// so the secret is never readable by others, not even for a moment.
+pub fn write_secret(path: &Path, content: &[u8]) -> Result<()> {
+    write_with_mode(path, content, 0o600)
+}
+
+/// The temporary file is created with `mode` (less the umask).
+fn write_with_mode(path: &Path, content: &[u8], mode: u32) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let parent = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     let name = path
@@ -16,26 +28,12 @@ pub fn write_atomically(path: &Path, content: &[u8]) -> Result<()> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let temporary = parent.join(format!(".{name}.cryptus-tmp"));
-    let mut file = std::fs::File::create(&temporary)
-        .with_context(|| format!("creating {}", temporary.display()))?;
-    file.write_all(content)
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("writing {}", temporary.display()))?;
-    std::fs::rename(&temporary, path).with_context(|| format!("writing {}", path.display()))
-}
-
-/// Writes a secret: created with mode 0600 under a temporary name, then
-/// renamed into place.
-pub fn write_secret(path: &Path, content: &[u8]) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let parent = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    let temporary = parent.join(".secret.cryptus-tmp");
+    // A leftover of a killed run keeps its own mode if reused: start afresh.
+    let _ = std::fs::remove_file(&temporary);
     let mut file = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
+        .create_new(true)
+        .mode(mode)
         .open(&temporary)
         .with_context(|| format!("creating {}", temporary.display()))?;
     file.write_all(content)

@@ -107,7 +107,8 @@ pub async fn read(nginx: &Nginx<'_>) -> Result<Vec<Entry>> {
 }
 
 /// Records an entry: read, append, write under a temporary name and rename.
-pub async fn record(nginx: &Nginx<'_>, entry: Entry) -> Result<()> {
+/// Returns the history as kept now.
+pub async fn record(nginx: &Nginx<'_>, entry: Entry) -> Result<Vec<Entry>> {
     let entries = match read(nginx).await {
         Ok(entries) => entries,
         // A damaged history must not block deploys: start it afresh.
@@ -118,7 +119,8 @@ pub async fn record(nginx: &Nginx<'_>, entry: Entry) -> Result<()> {
     };
     let entries = append(entries, entry);
     let text = serde_json::to_string_pretty(&entries).context("encoding the history")?;
-    nginx.write(&[(HISTORY_FILE, &text)], true).await
+    nginx.write(&[(HISTORY_FILE, &text)], true).await?;
+    Ok(entries)
 }
 
 #[cfg(test)]

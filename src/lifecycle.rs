@@ -22,11 +22,12 @@ use crate::stack::{
 
 /// How often readiness is polled.
 pub const POLL: Duration = Duration::from_millis(100);
+/// How soon after a container's death the engine's event stream must end
+/// for the death to count as the engine going down.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
 /// Lines of a failed container's log to show.
 pub const LOG_LINES: usize = 50;
-
-/// How often a container that is getting ready is checked on the engine.
-const CONTAINER_WATCH: Duration = Duration::from_millis(500);
 
 pub struct Stack<'a> {
     pub engine: &'a Engine,
@@ -128,54 +129,62 @@ impl Stack<'_> {
         ))
     }
 
-    /// Writes cryptus's metrics for node-exporter, if it runs; a failure is
-    /// a warning.
-    pub async fn publish_metrics(&self, active: Option<Color>) {
+    /// Writes cryptus's metrics for node-exporter, if it runs, from
+    /// `history` (read from nginx when `None`); a failure is a warning.
+    pub async fn publish_metrics(
+        &self,
+        active: Option<Color>,
+        history: Option<Vec<crate::history::Entry>>,
+    ) {
         let containers = self.containers().await.unwrap_or_default();
-        let history = crate::history::read(&self.nginx())
-            .await
-            .unwrap_or_default();
+        let history = match history {
+            Some(history) => history,
+            None => crate::history::read(&self.nginx())
+                .await
+                .unwrap_or_default(),
+        };
         if let Err(err) = crate::metrics::publish(self.engine, &containers, active, &history).await
         {
             self.printer.warn(format!("{err:#}"));
         }
     }
 
-    /// Secrets a service needs that cryptus makes: Grafana's admin password,
-    /// generated at the first start, stored with mode 0600 and shown once.
-    /// There is no default password anywhere.
-    pub fn ensure_secrets(&self) -> Result<()> {
-        let Some(grafana) = self.compose.service("grafana").filter(|s| s.replicas > 0) else {
-            return Ok(());
-        };
-        for mount in &grafana.mounts {
-            let path = std::path::Path::new(&mount.source);
-            if mount.kind == MountKind::Bind
-                && path.file_name().is_some_and(|n| n == "admin-password")
-                && !path.exists()
-            {
-                let password = crate::files::random_token(24)?;
-                crate::files::write_secret(path, password.as_bytes())?;
-                // Shown once: on stderr, never in --json or the logs.
-                eprintln!(
-                    "grafana's admin password (shown once; stored in {} with mode 0600): {password}",
-                    path.display()
-                );
-            }
-        }
-        Ok(())
+    /// Grafana's admin password file, when Grafana runs: the host side of
+    /// the grafana service's bind mount named `admin-password`.
+    pub fn grafana_password_file(&self) -> Option<(&Service, &std::path::Path)> {
+        let grafana = self
+            .compose
+            .service(crate::metrics::GRAFANA)
+            .filter(|s| s.replicas > 0)?;
+        grafana
+            .mounts
+            .iter()
+            .filter(|mount| mount.kind == MountKind::Bind)
+            .map(|mount| std::path::Path::new(&mount.source))
+            .find(|path| path.file_name().is_some_and(|n| n == "admin-password"))
+            .map(|path| (grafana, path))
     }
 
-    /// A secret file is mode 0600, so the container must run as its owner to
-    /// read it: Grafana's image runs as uid 472, not as whoever ran cryptus.
-    /// The file is handed to the uid the service runs as (its `user:`, else
-    /// its image's `USER`); where cryptus may not (not root), a warning says
-    /// what to do.
-    pub async fn hand_over_secrets(&self) -> Result<()> {
+    /// Grafana's admin password: generated at the first start, stored with
+    /// mode 0600 and shown once; there is no default password anywhere.
+    /// Being 0600, the file must belong to the uid Grafana runs as (its
+    /// `user:`, else its image's `USER`: 472 for the official image), not to
+    /// whoever ran cryptus; where cryptus may not hand it over (not root), a
+    /// warning says what to do.
+    pub async fn ensure_secrets(&self) -> Result<()> {
         use std::os::unix::fs::MetadataExt;
-        let Some(grafana) = self.compose.service("grafana").filter(|s| s.replicas > 0) else {
+        let Some((grafana, path)) = self.grafana_password_file() else {
             return Ok(());
         };
+        if !path.exists() {
+            let password = crate::files::random_token(24)?;
+            crate::files::write_secret(path, password.as_bytes())?;
+            // Shown once: on stderr, never in --json or the logs.
+            eprintln!(
+                "grafana's admin password (shown once; stored in {} with mode 0600): {password}",
+                path.display()
+            );
+        }
         let user = match (&grafana.user, &grafana.image) {
             (Some(user), _) => user.clone(),
             (None, Some(image)) => self.engine.image_user(image).await?.unwrap_or_default(),
@@ -187,25 +196,16 @@ impl Stack<'_> {
             ));
             return Ok(());
         };
-        for mount in &grafana.mounts {
-            let path = std::path::Path::new(&mount.source);
-            if mount.kind != MountKind::Bind
-                || path.file_name().is_none_or(|n| n != "admin-password")
-            {
-                continue;
-            }
-            let owner = std::fs::metadata(path)
-                .with_context(|| format!("reading {}", path.display()))?
-                .uid();
-            if owner == uid {
-                continue;
-            }
-            if let Err(err) = std::os::unix::fs::chown(path, Some(uid), None) {
-                self.printer.warn(format!(
-                    "grafana runs as uid {uid} and cannot read {} (mode 0600, owner {owner}): {err}; run cryptus as root, or set `user: \"{owner}\"` on the grafana service",
-                    path.display()
-                ));
-            }
+        let owner = std::fs::metadata(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .uid();
+        if owner != uid
+            && let Err(err) = std::os::unix::fs::chown(path, Some(uid), None)
+        {
+            self.printer.warn(format!(
+                "grafana runs as uid {uid} and cannot read {} (mode 0600, owner {owner}): {err}; run cryptus as root, or set `user: \"{owner}\"` on the grafana service",
+                path.display()
+            ));
         }
         Ok(())
     }
@@ -497,20 +497,14 @@ impl Stack<'_> {
                     answered = health::wait_until(client, &addr, expect, poll, deadline) => answered,
                     lost = self.watch_container(&container) => return Err(lost),
                 };
+                // A container that stopped is the watch's to report; here
+                // it runs, and only its answers were wrong.
                 match answered {
                     Ok((_, ready)) => Ok(ready),
                     Err(last) => {
                         self.show_logs(name).await;
-                        let state = match self.engine.inspect(name).await {
-                            Ok(Some(c)) if !c.running => format!(
-                                " (the container {} with code {})",
-                                c.state,
-                                c.exit_code.unwrap_or(-1)
-                            ),
-                            _ => String::new(),
-                        };
                         Err(failed(format!(
-                            "{name} did not answer healthy as {} {} in time{state}; its health endpoint last answered: {last}",
+                            "{name} did not answer healthy as {} {} in time; its health endpoint last answered: {last}",
                             expect.color,
                             expect.version.as_deref().unwrap_or("(any version)")
                         )))
@@ -518,52 +512,58 @@ impl Stack<'_> {
                 }
             }
         });
-        let mut latest = Instant::now();
-        let mut first = true;
-        for result in futures_util::future::join_all(waits).await {
-            let ready = result?;
-            if first || ready > latest {
-                latest = ready;
-                first = false;
-            }
-        }
-        Ok(latest)
+        let ready = futures_util::future::try_join_all(waits).await?;
+        Ok(ready.into_iter().max().unwrap_or_else(Instant::now))
     }
 
     /// Returns, as an error, the first sign that `container` is no longer the
-    /// one being waited for: it exited, restarted or went away, or the engine
-    /// stopped answering (dockerd restarting). Its address may then belong to
-    /// another container, so polling it could only mislead.
+    /// one being waited for: it died (crashed, or was stopped, perhaps by a
+    /// dockerd going down) or was removed since it started, or the engine
+    /// went away. Its address may then belong to another container, so
+    /// polling it could only mislead. Events, not polling: the engine says
+    /// so the moment it happens, and replays what came since the start.
     async fn watch_container(&self, container: &Container) -> anyhow::Error {
+        use futures_util::StreamExt;
         let name = &container.name;
-        loop {
-            tokio::time::sleep(CONTAINER_WATCH).await;
-            match self.engine.inspect(name).await {
-                Err(err) => {
-                    return failed_with_hint(
-                        format!(
-                            "the Docker engine stopped answering while {name} got ready: {err:#}"
-                        ),
-                        "was dockerd restarted? The stack comes back by its restart policies: check `cryptus status`, then run the deploy again",
-                    );
-                }
-                Ok(None) => return failed(format!("{name} was removed while it got ready")),
-                Ok(Some(now)) if now.started_at != container.started_at => {
-                    return failed_with_hint(
-                        format!("{name} restarted while it got ready"),
-                        "did it crash, or was dockerd restarted? Check `cryptus logs`, then run the deploy again",
-                    );
-                }
-                Ok(Some(now)) if !now.running => {
-                    self.show_logs(name).await;
-                    return failed(format!(
-                        "{name} stopped while it got ready: {} with code {}",
-                        now.state,
-                        now.exit_code.unwrap_or(-1)
+        let lost = |detail: String| {
+            failed_with_hint(
+                format!("the Docker engine stopped answering while {name} got ready: {detail}"),
+                "was dockerd restarted? The stack comes back by its restart policies: check `cryptus status`, then run the deploy again",
+            )
+        };
+        let events = self.engine.container_events(
+            ("container", &container.id),
+            &["die", "destroy"],
+            container.started_at,
+        );
+        let mut events = std::pin::pin!(events);
+        match events.next().await {
+            Some(Ok(event)) if event.action == "destroy" => {
+                failed(format!("{name} was removed while it got ready"))
+            }
+            Some(Ok(event)) => {
+                // A dockerd going down stops its containers, then closes its
+                // API: the event stream ending soon after the death is what
+                // tells that apart from a crash.
+                if let Ok(None | Some(Err(_))) =
+                    tokio::time::timeout(SHUTDOWN_GRACE, events.next()).await
+                {
+                    return lost(format!(
+                        "{name} was stopped (code {}), then the event stream closed",
+                        event.exit_code.unwrap_or(-1)
                     ));
                 }
-                Ok(Some(_)) => {}
+                self.show_logs(name).await;
+                failed_with_hint(
+                    format!(
+                        "{name} stopped while it got ready, with code {}",
+                        event.exit_code.unwrap_or(-1)
+                    ),
+                    "did it crash, or was dockerd restarted? Check `cryptus logs`, then run the deploy again",
+                )
             }
+            Some(Err(err)) => lost(format!("{err:#}")),
+            None => lost("it closed its event stream".to_owned()),
         }
     }
 
@@ -648,21 +648,23 @@ impl Stack<'_> {
 
         // Every image must be here before anything changes. A service with
         // `deploy.replicas: 0` is left out, as in Compose.
-        self.ensure_secrets()?;
-        let mut images: Vec<(String, String)> = Vec::new();
-        for service in self.compose.services.values() {
-            if service.replicas == 0 && Color::of_service(&service.name).is_none() {
-                continue;
-            }
-            if Color::of_service(&service.name).is_none() {
-                if let Some(image) = &service.image {
-                    images.push((service.name.clone(), image.clone()));
-                }
-            }
+        let services: Vec<&Service> = self
+            .compose
+            .services
+            .values()
+            .filter(|s| s.replicas > 0 || Color::of_service(&s.name).is_some())
+            .collect();
+        let images: Vec<(String, String)> = services
+            .iter()
+            .filter(|s| Color::of_service(&s.name).is_none())
+            .filter_map(|s| Some((s.name.clone(), s.image.clone()?)))
+            .collect();
+        self.check_images(&images).await?;
+        // The secrets first: they are bind-mounted files too.
+        self.ensure_secrets().await?;
+        for service in services {
             self.check_bind_sources(service)?;
         }
-        self.check_images(&images).await?;
-        self.hand_over_secrets().await?;
 
         let step = self.printer.step("networks and volumes");
         let (created_networks, created_volumes) = self.ensure_infrastructure().await?;
@@ -802,7 +804,7 @@ impl Stack<'_> {
             )));
         }
         step.done_with(format!("{active} answers at http://{addr}"));
-        self.publish_metrics(Some(active)).await;
+        self.publish_metrics(Some(active), None).await;
         Ok(UpSummary {
             active,
             version: release.version,

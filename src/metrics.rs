@@ -115,7 +115,8 @@ pub fn render(active: Option<Color>, versions: &[(Color, String)], history: &[En
     out
 }
 
-fn running<'c>(containers: &'c [Container], service: &str) -> Option<&'c Container> {
+/// The first running container of a service.
+pub fn running<'c>(containers: &'c [Container], service: &str) -> Option<&'c Container> {
     containers
         .iter()
         .find(|c| c.service == service && c.running)
@@ -151,10 +152,10 @@ pub async fn publish(
 /// Marks a deploy in Grafana, if it runs and its admin password is known.
 pub async fn annotate(
     containers: &[Container],
-    password_file: &std::path::Path,
+    password_file: Option<&std::path::Path>,
     entry: &Entry,
 ) -> Result<()> {
-    let Some(grafana) = running(containers, GRAFANA) else {
+    let (Some(grafana), Some(password_file)) = (running(containers, GRAFANA), password_file) else {
         return Ok(());
     };
     let Some(addr) = grafana.published_addr(3000) else {

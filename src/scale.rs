@@ -320,9 +320,13 @@ async fn scale_active(
         reason: None,
         durations: BTreeMap::from([("total".to_owned(), began.elapsed().as_secs_f64())]),
     };
-    if let Err(err) = history::record(&nginx, entry).await {
-        stack.printer.warn(format!("recording the scale: {err:#}"));
-    }
-    stack.publish_metrics(Some(color)).await;
+    let history = match history::record(&nginx, entry).await {
+        Ok(history) => Some(history),
+        Err(err) => {
+            stack.printer.warn(format!("recording the scale: {err:#}"));
+            None
+        }
+    };
+    stack.publish_metrics(Some(color), history).await;
     Ok(report)
 }

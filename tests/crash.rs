@@ -13,15 +13,7 @@ use support::{TestProject, app_image, assert_code, nginx_image, redis_image, std
 
 fn spawn_deploy(project: &TestProject, version: &str) -> Child {
     project
-        .command(&[
-            "deploy",
-            "--image",
-            &app_image(),
-            "--version",
-            version,
-            "--watch",
-            "0s",
-        ])
+        .deploy_command(version, &[])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -258,15 +250,7 @@ fn dockerd_restarting_mid_deploy_fails_clearly_and_a_rerun_finishes() {
     assert_eq!(status["nginx"]["served"], serving.0.as_str(), "{status}");
 
     project.set_env("STARTUP_DELAY", "0");
-    let output = project.run(&[
-        "deploy",
-        "--image",
-        &app_image(),
-        "--version",
-        "2.0.1",
-        "--watch",
-        "0s",
-    ]);
+    let output = project.deploy("2.0.1", &[]);
     assert_code(&output, 0);
     let (color, version) = lb_answer(&project).expect("the stack serves");
     assert_eq!(version, "2.0.1");

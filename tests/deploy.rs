@@ -212,16 +212,7 @@ fn rolling_back_twice_returns_and_nothing_to_roll_back_to_is_an_error() {
     );
     assert_eq!(project.serving().0, "blue");
 
-    project.ok(&[
-        "deploy",
-        "--image",
-        &app_image(),
-        "--version",
-        "2.0.0",
-        "--watch",
-        "0s",
-        "--keep-standby",
-    ]);
+    project.deploy_ok("2.0.0", &["--keep-standby"]);
     // With --keep-standby blue keeps running: a warm rollback.
     let blue = format!("{}-cryptus-blue-1", project.name);
     assert!(project.containers()[&blue].1, "blue keeps running");
@@ -396,15 +387,7 @@ fn an_upstream_nginx_rejects_is_not_applied() {
     assert!(green_containers(&project).is_empty());
 
     std::fs::write(&conf, good).unwrap();
-    project.ok(&[
-        "deploy",
-        "--image",
-        &app_image(),
-        "--version",
-        "2.0.0",
-        "--watch",
-        "0s",
-    ]);
+    project.deploy_ok("2.0.0", &[]);
     assert_eq!(project.serving(), ("green".to_owned(), "2.0.0".to_owned()));
 }
 
@@ -509,15 +492,7 @@ fn a_lock_whose_holder_is_gone_is_broken() {
     let dead_pid = child.id();
     child.wait().unwrap();
     plant_lock(&project, dead_pid);
-    let output = project.run(&[
-        "deploy",
-        "--image",
-        &app_image(),
-        "--version",
-        "2.0.0",
-        "--watch",
-        "0s",
-    ]);
+    let output = project.deploy("2.0.0", &[]);
     assert_code(&output, 0);
     assert!(
         stderr(&output).contains("breaking a stale lock"),
@@ -534,28 +509,11 @@ fn a_live_lock_holds_until_force_unlock_breaks_it() {
     project.ok(&["start"]);
     // This test process is alive: its lock is not stale.
     plant_lock(&project, std::process::id());
-    let output = project.run(&[
-        "deploy",
-        "--image",
-        &app_image(),
-        "--version",
-        "2.0.0",
-        "--watch",
-        "0s",
-    ]);
+    let output = project.deploy("2.0.0", &[]);
     assert_code(&output, 1);
     assert!(stderr(&output).contains("is held"), "{}", stderr(&output));
     assert_eq!(project.serving().0, "blue");
-    let output = project.run(&[
-        "deploy",
-        "--image",
-        &app_image(),
-        "--version",
-        "2.0.0",
-        "--watch",
-        "0s",
-        "--force-unlock",
-    ]);
+    let output = project.deploy("2.0.0", &["--force-unlock"]);
     assert_code(&output, 0);
     assert!(
         stderr(&output).contains("(--force-unlock)"),

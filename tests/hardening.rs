@@ -124,16 +124,7 @@ fn secrets_never_appear_in_output() {
         )
     });
     let mut outputs = vec![project.ok(&["start", "--json"])];
-    outputs.push(project.ok(&[
-        "deploy",
-        "--image",
-        &app_image(),
-        "--version",
-        "2.0.0",
-        "--watch",
-        "0s",
-        "--json",
-    ]));
+    outputs.push(project.deploy_ok("2.0.0", &["--json"]));
     for args in [
         vec!["status", "--json"],
         vec!["status"],
@@ -206,15 +197,7 @@ fn nginx_limits_requests_and_sends_security_headers() {
 fn start_repairs_a_stack_whose_nginx_is_gone() {
     let project = TestProject::new("repair");
     project.ok(&["start"]);
-    project.ok(&[
-        "deploy",
-        "--image",
-        &app_image(),
-        "--version",
-        "2.0.0",
-        "--watch",
-        "0s",
-    ]);
+    project.deploy_ok("2.0.0", &[]);
     let nginx = format!("{}-nginx-1", project.name);
     support::on_engine(move |docker| async move {
         let options = bollard::query_parameters::RemoveContainerOptionsBuilder::default()
@@ -245,16 +228,7 @@ fn a_deploy_with_redis_down_still_flips_and_says_sessions_are_degraded() {
     support::on_engine(move |docker| async move {
         docker.stop_container(&redis, None).await.unwrap();
     });
-    let output = project.run(&[
-        "deploy",
-        "--image",
-        &app_image(),
-        "--version",
-        "2.0.0",
-        "--watch",
-        "0s",
-        "--json",
-    ]);
+    let output = project.deploy("2.0.0", &["--json"]);
     assert_code(&output, 0);
     assert!(
         stderr(&output).contains("sessions are degraded"),
@@ -302,13 +276,7 @@ fn with_certificates_nginx_serves_https_and_redirects_http() {
         String::from_utf8_lossy(&made.stderr)
     );
     project.ok(&["start"]);
-    let https_port = project
-        .env
-        .iter()
-        .find(|(k, _)| k == "CRYPTUS_HTTPS_PORT")
-        .unwrap()
-        .1
-        .clone();
+    let https_port = project.env_value("CRYPTUS_HTTPS_PORT").unwrap().to_owned();
     let curl = |args: &[&str]| {
         let output = std::process::Command::new("curl")
             .args(args)
@@ -339,15 +307,7 @@ fn with_certificates_nginx_serves_https_and_redirects_http() {
     );
     assert_eq!(get(&project.url("/api/health"), None).unwrap().0, 200);
     // Deploys keep working behind it.
-    project.ok(&[
-        "deploy",
-        "--image",
-        &app_image(),
-        "--version",
-        "2.0.0",
-        "--watch",
-        "0s",
-    ]);
+    project.deploy_ok("2.0.0", &[]);
     let body = curl(&["-sk", &format!("{https}/api/health")]);
     assert!(body.contains("\"instance\":\"green\""), "{body}");
 }

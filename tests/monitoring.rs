@@ -456,13 +456,7 @@ async fn monitoring_scrapes_everything_alerts_and_gates_deploys() {
     );
     assert_eq!(meta.mode() & 0o777, 0o600);
     let password = std::fs::read_to_string(&password_file).unwrap();
-    let grafana_port = project
-        .env
-        .iter()
-        .find(|(k, _)| k == "GRAFANA_PORT")
-        .unwrap()
-        .1
-        .clone();
+    let grafana_port = project.env_value("GRAFANA_PORT").unwrap().to_owned();
     let annotations_url = format!("http://127.0.0.1:{grafana_port}/api/annotations");
     let (code, _, _) = support::get(&annotations_url, None).unwrap();
     assert_eq!(code, 401, "Grafana's API asks for the password");

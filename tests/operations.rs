@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::time::{Duration, Instant};
 
 use loadgen::{Load, Mix};
-use support::{TestProject, app_image, assert_code, stderr, stdout};
+use support::{TestProject, assert_code, stderr, stdout};
 
 /// The host port a container publishes its app port on.
 fn app_port(container: &str) -> u16 {
@@ -81,15 +81,7 @@ async fn scale_one_to_three_to_one_under_load_fails_no_request() {
 
     // Deploy and rollback keep the count.
     project.ok(&["scale", "cryptus-blue", "2"]);
-    project.ok(&[
-        "deploy",
-        "--image",
-        &app_image(),
-        "--version",
-        "2.0.0",
-        "--watch",
-        "0s",
-    ]);
+    project.deploy_ok("2.0.0", &[]);
     assert_eq!(project.status()["colors"]["green"]["running"], 2);
     project.ok(&["rollback"]);
     assert_eq!(project.status()["colors"]["blue"]["running"], 2);
@@ -110,15 +102,7 @@ fn scaling_the_idle_color_sets_the_next_deploy_and_bad_counts_are_refused() {
         0,
         "nothing started yet"
     );
-    project.ok(&[
-        "deploy",
-        "--image",
-        &app_image(),
-        "--version",
-        "2.0.0",
-        "--watch",
-        "0s",
-    ]);
+    project.deploy_ok("2.0.0", &[]);
     assert_eq!(project.status()["colors"]["green"]["running"], 2);
 
     for (args, needle) in [
@@ -195,15 +179,7 @@ fn logs_follow_a_color_across_a_deploy() {
         }
     });
     std::thread::sleep(Duration::from_millis(500));
-    project.ok(&[
-        "deploy",
-        "--image",
-        &app_image(),
-        "--version",
-        "2.0.0",
-        "--watch",
-        "0s",
-    ]);
+    project.deploy_ok("2.0.0", &[]);
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut seen = Vec::new();
     while !seen

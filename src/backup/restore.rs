@@ -134,8 +134,16 @@ pub async fn restore(
     )
     .await?;
     step.done();
-    let lb = containers.iter().find(|c| c.service == LB_SERVICE);
-    let result = apply(engine, project, from, &contents, redis, lb, printer).await;
+    let result = apply(
+        engine,
+        project,
+        from,
+        &contents,
+        redis,
+        &containers,
+        printer,
+    )
+    .await;
     if let Err(err) = lock.release().await {
         printer.warn(format!("releasing the deploy lock: {err:#}"));
     }
@@ -148,9 +156,10 @@ async fn apply(
     from: &Path,
     contents: &Contents,
     redis: &Container,
-    lb: Option<&Container>,
+    containers: &[Container],
     printer: &Printer,
 ) -> Result<Restored> {
+    let lb = containers.iter().find(|c| c.service == LB_SERVICE);
     let step = printer.step(format!(
         "restoring redis ({} keys)",
         contents.manifest.redis_keys
@@ -233,12 +242,7 @@ async fn apply(
         files,
     } in &contents.volumes
     {
-        let Some(container) = engine
-            .containers(&project.name)
-            .await?
-            .into_iter()
-            .find(|c| &c.service == service)
-        else {
+        let Some(container) = containers.iter().find(|c| &c.service == service) else {
             printer.warn(format!(
                 "there is no {service} container; its data was not restored"
             ));

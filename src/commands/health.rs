@@ -299,12 +299,8 @@ async fn check_monitoring(
             Err(format!("{path} answered {code}"))
         }
     };
-    let running = |service: &str| {
-        containers
-            .iter()
-            .find(|c| c.service == service && c.running)
-    };
-    if let Some(prometheus) = running("prometheus") {
+    let running = |service| crate::metrics::running(containers, service);
+    if let Some(prometheus) = running(crate::metrics::PROMETHEUS) {
         let Some(addr) = prometheus.published_addr(9090) else {
             checks.push(Check::new("prometheus", false, "publishes no port 9090"));
             return checks;
@@ -355,7 +351,7 @@ async fn check_monitoring(
             Err(err) => checks.push(Check::new("scrape targets", false, err)),
         }
     }
-    if let Some(grafana) = running("grafana") {
+    if let Some(grafana) = running(crate::metrics::GRAFANA) {
         match grafana.published_addr(3000) {
             Some(addr) => match get(addr.clone(), "/api/health").await {
                 Ok(_) => checks.push(Check::new(

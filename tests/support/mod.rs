@@ -130,12 +130,17 @@ impl TestProject {
         self.dir.path()
     }
 
-    /// The engine this project runs on when it is not the shared one.
-    fn docker_host(&self) -> Option<String> {
+    /// A variable of the environment cryptus runs with here.
+    pub fn env_value(&self, key: &str) -> Option<&str> {
         self.env
             .iter()
-            .find(|(key, _)| key == "DOCKER_HOST")
-            .map(|(_, value)| value.clone())
+            .find(|(k, _)| k == key)
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// The engine this project runs on when it is not the shared one.
+    fn docker_host(&self) -> Option<String> {
+        self.env_value("DOCKER_HOST").map(str::to_owned)
     }
 
     /// Runs engine calls against the engine this project runs on.
@@ -174,6 +179,46 @@ impl TestProject {
     /// Runs cryptus without blocking the async runtime (load keeps flowing).
     pub async fn run_async(&self, args: &[&str]) -> Output {
         tokio::process::Command::from(self.command(args))
+            .output()
+            .await
+            .expect("running cryptus")
+    }
+
+    /// `deploy --image <the app image> --version VERSION --watch 0s`, then
+    /// `extra`: the deploy most tests make.
+    pub fn deploy_command(&self, version: &str, extra: &[&str]) -> std::process::Command {
+        let image = app_image();
+        let mut args = vec![
+            "deploy",
+            "--image",
+            &image,
+            "--version",
+            version,
+            "--watch",
+            "0s",
+        ];
+        args.extend_from_slice(extra);
+        self.command(&args)
+    }
+
+    /// Runs [`TestProject::deploy_command`].
+    pub fn deploy(&self, version: &str, extra: &[&str]) -> Output {
+        self.deploy_command(version, extra)
+            .output()
+            .expect("running cryptus")
+    }
+
+    /// [`TestProject::deploy`], requiring exit 0.
+    #[track_caller]
+    pub fn deploy_ok(&self, version: &str, extra: &[&str]) -> Output {
+        let output = self.deploy(version, extra);
+        assert_code(&output, 0);
+        output
+    }
+
+    /// [`TestProject::deploy`] without blocking the async runtime.
+    pub async fn deploy_async(&self, version: &str, extra: &[&str]) -> Output {
+        tokio::process::Command::from(self.deploy_command(version, extra))
             .output()
             .await
             .expect("running cryptus")
@@ -231,9 +276,8 @@ impl TestProject {
 
     /// The engine's view of this project's containers: name to (id, running).
     pub fn containers(&self) -> HashMap<String, (String, bool)> {
-        let name = self.name.clone();
+        let filter = self.label_filter();
         self.on_engine(move |docker| async move {
-            let filter = format!("com.docker.compose.project={name}");
             let filters = HashMap::from([("label", vec![filter.as_str()])]);
             let options = ListContainersOptionsBuilder::default()
                 .all(true)
@@ -263,15 +307,14 @@ impl TestProject {
 
     /// The names of the project's networks on its engine.
     pub fn networks(&self) -> Vec<String> {
-        let filter = format!("com.docker.compose.project={}", self.name);
+        let filter = self.label_filter();
         self.on_engine(move |docker| async move {
             let filters = HashMap::from([("label", vec![filter.as_str()])]);
             let options = ListNetworksOptionsBuilder::default()
                 .filters(&filters)
                 .build();
-            docker
-                .list_networks(Some(options))
-                .await
+            let networks = docker.list_networks(Some(options)).await;
+            networks
                 .expect("listing networks")
                 .into_iter()
                 .filter_map(|n| n.name)
@@ -281,22 +324,24 @@ impl TestProject {
 
     /// The names of the project's volumes on its engine.
     pub fn volumes(&self) -> Vec<String> {
-        let filter = format!("com.docker.compose.project={}", self.name);
+        let filter = self.label_filter();
         self.on_engine(move |docker| async move {
             let filters = HashMap::from([("label", vec![filter.as_str()])]);
             let options = ListVolumesOptionsBuilder::default()
                 .filters(&filters)
                 .build();
-            docker
-                .list_volumes(Some(options))
-                .await
+            let volumes = docker.list_volumes(Some(options)).await;
+            let volumes = volumes
                 .expect("listing volumes")
                 .volumes
-                .unwrap_or_default()
-                .into_iter()
-                .map(|v| v.name)
-                .collect()
+                .unwrap_or_default();
+            volumes.into_iter().map(|v| v.name).collect()
         })
+    }
+
+    /// The label every object of the project carries, as a filter.
+    fn label_filter(&self) -> String {
+        format!("com.docker.compose.project={}", self.name)
     }
 
     /// Runs `redis-cli` in the project's redis container and returns stdout.
