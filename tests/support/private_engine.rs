@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bollard::Docker;
 use futures_util::StreamExt;
 
 /// How long dockerd may take to answer after starting, or to exit after
@@ -73,7 +72,7 @@ impl PrivateEngine {
         super::on_engine(move |shared| async move {
             let names: Vec<&str> = names.iter().map(String::as_str).collect();
             let tar = shared.export_images(&names);
-            let private = connect(&target);
+            let private = super::connect(Some(&target)).await;
             let mut load = private.import_image_stream(
                 bollard::query_parameters::ImportImageOptions::default(),
                 tar,
@@ -236,10 +235,4 @@ fn unmount_under(dir: &Path) {
     for point in points {
         let _ = Command::new("umount").args(["-l", point]).status();
     }
-}
-
-fn connect(host: &str) -> Docker {
-    let path = host.trim_start_matches("unix://");
-    Docker::connect_with_unix(path, 120, bollard::API_DEFAULT_VERSION)
-        .expect("connecting to the private engine")
 }
