@@ -246,15 +246,7 @@ fn a_version_that_crashes_while_getting_ready_fails_at_once() {
     project.set_service_env("green", "APP_CRASH_AFTER_S", "1");
     project.ok(&["start"]);
     let began = Instant::now();
-    let output = project.run(&[
-        "deploy",
-        "--image",
-        &app_image(),
-        "--version",
-        "2.0.0",
-        "--timeout",
-        "60s",
-    ]);
+    let output = project.deploy("2.0.0", &["--timeout", "60s"]);
     let took = began.elapsed();
     assert_code(&output, 1);
     let text = stderr(&output);
@@ -281,15 +273,7 @@ fn a_version_that_never_turns_healthy_fails_in_time_and_traffic_stays() {
     project.set_service_env("green", "APP_UNHEALTHY", "1");
     project.ok(&["start"]);
     let began = Instant::now();
-    let output = project.run(&[
-        "deploy",
-        "--image",
-        &app_image(),
-        "--version",
-        "2.0.0",
-        "--timeout",
-        "3s",
-    ]);
+    let output = project.deploy("2.0.0", &["--timeout", "3s"]);
     let took = began.elapsed();
     assert_code(&output, 1);
     assert!(
