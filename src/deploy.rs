@@ -118,13 +118,8 @@ impl Steps<'_> {
         message: impl Into<String>,
         work: impl Future<Output = Result<T>>,
     ) -> Result<T> {
-        let interruptible = async {
-            tokio::select! {
-                result = work => result,
-                () = interrupted() => Err(failed("interrupted (Ctrl-C or SIGTERM)")),
-            }
-        };
-        self.run(name, message, interruptible).await
+        self.run(name, message, crate::interrupt::or_interrupted(work))
+            .await
     }
 
     async fn run<T>(
@@ -152,45 +147,6 @@ impl Steps<'_> {
                 Err(err)
             }
         }
-    }
-}
-
-static INTERRUPTS: std::sync::OnceLock<tokio::sync::watch::Receiver<bool>> =
-    std::sync::OnceLock::new();
-
-/// From here on SIGINT and SIGTERM no longer kill the process: they are
-/// remembered, and the next step that waits ends as interrupted, so the run
-/// undoes its partial work before it exits.
-fn catch_interrupts() {
-    INTERRUPTS.get_or_init(|| {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (sender, receiver) = tokio::sync::watch::channel(false);
-        if let (Ok(mut int), Ok(mut term)) = (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) {
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = int.recv() => {}
-                    _ = term.recv() => {}
-                }
-                let _ = sender.send(true);
-            });
-        }
-        receiver
-    });
-}
-
-/// Resolves once SIGINT or SIGTERM has come (at once if it already has).
-async fn interrupted() {
-    match INTERRUPTS.get() {
-        Some(receiver) => {
-            let mut receiver = receiver.clone();
-            if receiver.wait_for(|seen| *seen).await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
-        None => std::future::pending().await,
     }
 }
 
@@ -243,7 +199,7 @@ enum Operation {
 
 async fn run(stack: &Stack<'_>, operation: Operation, settings: &Settings) -> Result<Report> {
     let began = Instant::now();
-    catch_interrupts();
+    crate::interrupt::catch();
     let name = match operation {
         Operation::Deploy { .. } => "deploy",
         Operation::Rollback => "rollback",

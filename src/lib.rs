@@ -16,6 +16,7 @@ pub mod error;
 pub mod files;
 pub mod health;
 pub mod history;
+pub mod interrupt;
 pub mod lifecycle;
 pub mod lock;
 pub mod metrics;

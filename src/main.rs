@@ -8,11 +8,15 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use cryptus::cli::Cli;
+use cryptus::error::{EXIT_OK, EXIT_USAGE};
 use cryptus::output::{Printer, Verbosity};
 use cryptus::{commands, error};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return argument_error(&err),
+    };
     let verbosity = if cli.quiet {
         Verbosity::Quiet
     } else if cli.verbose > 0 {
@@ -22,6 +26,7 @@ fn main() -> ExitCode {
     };
     init_tracing(cli.verbose);
     let printer = Printer::new(verbosity, cli.json);
+    install_panic_hook(printer.clone());
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -30,32 +35,86 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(err) => {
-            eprintln!("error: cannot start the async runtime: {err}");
-            return ExitCode::from(error::EXIT_USAGE);
+            printer.report_failure(
+                &format!("cannot start the async runtime: {err}"),
+                None,
+                EXIT_USAGE,
+            );
+            return ExitCode::from(EXIT_USAGE);
         }
     };
-    let json = cli.json;
     match runtime.block_on(commands::run(cli, &printer)) {
         Ok(code) => ExitCode::from(code),
         Err(err) if error::is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             let (code, hint) = error::classify(&err);
-            eprintln!("error: {err:#}");
-            if let Some(hint) = hint {
-                eprintln!("hint: {hint}");
-            }
-            if json {
-                let document = serde_json::json!({
-                    "ok": false,
-                    "error": format!("{err:#}"),
-                    "hint": hint,
-                    "exit_code": code,
-                });
-                let _ = printer.out_json(&document);
-            }
+            printer.report_failure(&format!("{err:#}"), hint, code);
             ExitCode::from(code)
         }
     }
+}
+
+/// Bad arguments exit 2 with clap's message; under `--json` the failure
+/// document goes to stdout as for any other error. `--help` and `--version`
+/// print as usual and exit 0.
+fn argument_error(err: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) && err.exit_code() == 0
+    {
+        let _ = err.print();
+        return ExitCode::from(EXIT_OK);
+    }
+    let _ = err.print();
+    let json = std::env::args_os()
+        .skip(1)
+        .take_while(|arg| arg != "--")
+        .any(|arg| arg == "--json");
+    if json {
+        let rendered = err.render().to_string();
+        let message = rendered
+            .lines()
+            .find(|line| !line.trim().is_empty())
+            .unwrap_or("bad arguments")
+            .trim_start_matches("error: ")
+            .to_owned();
+        let printer = Printer::new(Verbosity::Quiet, true);
+        let document = cryptus::output::failure_document(
+            &message,
+            Some("see `cryptus --help` or `cryptus COMMAND --help`"),
+            EXIT_USAGE,
+        );
+        let _ = printer.out_json(&document);
+    }
+    ExitCode::from(EXIT_USAGE)
+}
+
+/// A panic is a bug: it is reported as an internal error with exit 2 (not
+/// Rust's 101), under `--json` as the usual failure document. The tests
+/// assert that this never fires.
+fn install_panic_hook(printer: Printer) {
+    std::panic::set_hook(Box::new(move |info| {
+        let location = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let payload = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic".to_owned());
+        printer.report_failure(
+            &format!("internal error: {payload}{location}"),
+            Some("this is a bug in cryptus; please report it with the command you ran"),
+            EXIT_USAGE,
+        );
+        std::process::exit(i32::from(EXIT_USAGE));
+    }));
 }
 
 /// Tracing on stderr: off unless `-v` (cryptus at debug) or RUST_LOG asks.

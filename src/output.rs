@@ -97,6 +97,25 @@ impl Printer {
         stdout.flush().context("writing to stdout")
     }
 
+    /// `error:` and `hint:` lines on stderr, for a failure whose `--json`
+    /// document the command prints itself.
+    pub fn error(&self, error: &str, hint: Option<&str>) {
+        eprintln!("error: {error}");
+        if let Some(hint) = hint {
+            eprintln!("hint: {hint}");
+        }
+    }
+
+    /// A failure, reported the one way every command reports one: `error:`
+    /// and `hint:` lines on stderr and, under `--json`, one document with
+    /// `ok`, `error`, `hint` and `exit_code` on stdout.
+    pub fn report_failure(&self, error: &str, hint: Option<&str>, code: u8) {
+        self.error(error, hint);
+        if self.json {
+            let _ = self.out_json(&failure_document(error, hint, code));
+        }
+    }
+
     /// The one JSON document of a `--json` run.
     pub fn out_json(&self, value: &impl Serialize) -> Result<()> {
         let mut text = serde_json::to_string_pretty(value).context("encoding JSON")?;
@@ -148,6 +167,16 @@ impl Drop for Step {
             bar.finish_and_clear();
         }
     }
+}
+
+/// The `--json` document of a failed run.
+pub fn failure_document(error: &str, hint: Option<&str>, code: u8) -> serde_json::Value {
+    serde_json::json!({
+        "ok": false,
+        "error": error,
+        "hint": hint,
+        "exit_code": code,
+    })
 }
 
 pub fn seconds(duration: Duration) -> String {

@@ -103,10 +103,19 @@ pub async fn scale(
 }
 
 fn show(report: &Report, printer: &Printer) -> Result<u8> {
+    let error = report.error();
     if printer.json() {
-        printer.out_json(report)?;
+        // A failed report carries the contract's fields too: `error` and
+        // `exit_code` beside `ok` and `hint`.
+        let mut document = serde_json::to_value(report)?;
+        if let (Some(error), Some(fields)) = (&error, document.as_object_mut()) {
+            fields.insert("error".into(), error.clone().into());
+            fields.insert("exit_code".into(), EXIT_FAILED.into());
+            fields.entry("hint").or_insert(serde_json::Value::Null);
+        }
+        printer.out_json(&document)?;
     }
-    match report.error() {
+    match error {
         None => {
             if !printer.json() {
                 printer.info(format!(
@@ -126,10 +135,7 @@ fn show(report: &Report, printer: &Printer) -> Result<u8> {
             Ok(EXIT_OK)
         }
         Some(error) => {
-            eprintln!("error: {error}");
-            if let Some(hint) = &report.hint {
-                eprintln!("hint: {hint}");
-            }
+            printer.error(&error, report.hint.as_deref());
             Ok(EXIT_FAILED)
         }
     }

@@ -42,9 +42,18 @@ impl Check {
     }
 }
 
+const HINT: &str = "`cryptus status` and `cryptus logs SERVICE` show more; `cryptus start` repairs a stopped or missing service";
+
 #[derive(Serialize)]
 struct Report {
     ok: bool,
+    /// When unhealthy: what is, in one line (the contract's failure fields).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hint: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exit_code: Option<u8>,
     project: String,
     active: Option<Color>,
     checks: Vec<Check>,
@@ -93,8 +102,18 @@ pub async fn run(project: &Project, timeout: Duration, printer: &Printer) -> Res
     checks.extend(check_monitoring(&containers, &client, timeout).await);
 
     let ok = checks.iter().all(|c| c.healthy);
+    let unhealthy: Vec<String> = checks
+        .iter()
+        .filter(|c| !c.healthy)
+        .map(|c| format!("{} ({})", c.component, c.detail))
+        .collect();
+    let error = (!ok).then(|| format!("unhealthy: {}", unhealthy.join("; ")));
+    let hint = (!ok).then_some(HINT);
     let report = Report {
         ok,
+        error: error.clone(),
+        hint,
+        exit_code: (!ok).then_some(EXIT_FAILED),
         project: project.name.clone(),
         active,
         checks,
@@ -115,17 +134,12 @@ pub async fn run(project: &Project, timeout: Duration, printer: &Printer) -> Res
             .collect();
         printer.out(&output::table(&["COMPONENT", "STATUS", "DETAIL"], &rows))?;
     }
-    if ok {
-        Ok(EXIT_OK)
-    } else {
-        let unhealthy: Vec<String> = report
-            .checks
-            .iter()
-            .filter(|c| !c.healthy)
-            .map(|c| format!("{} ({})", c.component, c.detail))
-            .collect();
-        eprintln!("error: unhealthy: {}", unhealthy.join("; "));
-        Ok(EXIT_FAILED)
+    match error {
+        None => Ok(EXIT_OK),
+        Some(error) => {
+            printer.error(&error, hint);
+            Ok(EXIT_FAILED)
+        }
     }
 }
 
