@@ -10,6 +10,7 @@
 //! cryptus built, and the open files of dockerd and nginx. It exits 1 on any
 //! failed request or on growth beyond what rollback keeps.
 
+mod results;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -81,6 +82,7 @@ fn figures(project: &support::TestProject) -> Figures {
 fn main() -> std::process::ExitCode {
     let mut cycles = 100usize;
     let mut build_every = 10usize;
+    let mut results: Option<std::path::PathBuf> = None;
     let mut words = std::env::args().skip(1);
     while let Some(word) = words.next() {
         match word.as_str() {
@@ -93,9 +95,10 @@ fn main() -> std::process::ExitCode {
                     .unwrap_or(build_every)
                     .max(1)
             }
+            "--results" => results = words.next().map(Into::into),
             other => {
                 eprintln!(
-                    "error: unknown argument {other:?}; usage: soak [--cycles N] [--build-every N]"
+                    "error: unknown argument {other:?}; usage: soak [--cycles N] [--build-every N] [--results FILE]"
                 );
                 return std::process::ExitCode::from(2);
             }
@@ -152,10 +155,11 @@ fn main() -> std::process::ExitCode {
         }
         let report = load.stop().await;
         let after = figures(&project);
-        println!("soak: {cycles} cycles of deploy + rollback ({} flips), one deploy in {build_every} built from app/", cycles * 2);
-        println!("requests {}, failed {} {:?}, stale keep-alive closes retried {}", report.requests, report.failed, report.failures, report.stale_keepalive_closes);
-        println!("flips that failed: {flips_failed}");
-        println!("{:<28} {:>8} {:>8}", "", "before", "after");
+        let mut out = String::new();
+        out += &format!("soak: {cycles} cycles of deploy + rollback ({} flips), one deploy in {build_every} built from app/\n", cycles * 2);
+        out += &format!("requests {}, failed {} {:?}, stale keep-alive closes retried {}\n", report.requests, report.failed, report.failures, report.stale_keepalive_closes);
+        out += &format!("flips that failed: {flips_failed}\n");
+        out += &format!("{:<28} {:>8} {:>8}\n", "", "before", "after");
         for (name, a, b) in [
             ("project containers", before.containers, after.containers),
             ("project networks", before.networks, after.networks),
@@ -166,7 +170,15 @@ fn main() -> std::process::ExitCode {
             ("dockerd open files", before.dockerd_files, after.dockerd_files),
             ("nginx open files", before.nginx_files, after.nginx_files),
         ] {
-            println!("{name:<28} {a:>8} {b:>8}");
+            out += &format!("{name:<28} {a:>8} {b:>8}\n");
+        }
+        print!("{out}");
+        if let Some(path) = &results {
+            let command = format!("cargo bench --locked --bench soak -- --cycles {cycles} --build-every {build_every} --results {}", path.display());
+            if let Err(err) = results::write(path, "Soak", &command, &out) {
+                eprintln!("error: {err}");
+                return std::process::ExitCode::from(2);
+            }
         }
         let grew = after.containers > before.containers
             || after.networks > before.networks

@@ -11,6 +11,7 @@
 //! is counted by outcome. It exits 1 if any request failed during cryptus's
 //! flips: a count, not a timing, so CI can run a short version as a guard.
 
+mod results;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -25,12 +26,16 @@ use serde_json::{Value, json};
 struct Args {
     cycles: usize,
     json: bool,
+    /// A Markdown file the figures are written to (docs/benchmark-results.md):
+    /// the published figures come from this program, never typed by hand.
+    results: Option<std::path::PathBuf>,
 }
 
 fn args() -> Result<Args, String> {
     let mut args = Args {
         cycles: 20,
         json: false,
+        results: None,
     };
     let mut words = std::env::args().skip(1);
     while let Some(word) = words.next() {
@@ -38,6 +43,9 @@ fn args() -> Result<Args, String> {
             // cargo bench passes --bench to every bench binary.
             "--bench" => {}
             "--json" => args.json = true,
+            "--results" => {
+                args.results = Some(words.next().ok_or("--results takes a file")?.into());
+            }
             "--cycles" => {
                 args.cycles = words
                     .next()
@@ -47,7 +55,7 @@ fn args() -> Result<Args, String> {
             }
             other => {
                 return Err(format!(
-                    "unknown argument {other:?}; usage: zero_downtime [--cycles N] [--json]"
+                    "unknown argument {other:?}; usage: zero_downtime [--cycles N] [--json] [--results FILE]"
                 ));
             }
         }
@@ -693,6 +701,22 @@ fn main() -> std::process::ExitCode {
                 );
             } else {
                 print!("{}", table(&document));
+            }
+            if let Some(path) = &args.results {
+                let command = format!(
+                    "cargo bench --locked --bench zero_downtime -- --cycles {} --results {}",
+                    args.cycles,
+                    path.display()
+                );
+                if let Err(err) = results::write(
+                    path,
+                    "The zero-downtime benchmark",
+                    &command,
+                    &table(&document),
+                ) {
+                    eprintln!("error: {err}");
+                    return std::process::ExitCode::from(2);
+                }
             }
             if clean {
                 std::process::ExitCode::SUCCESS
