@@ -129,9 +129,69 @@ import_rootfs() {
   say "made $tag"
 }
 
+# nginx comes from Debian's newest suite (NGINX_SUITE, default sid), in a
+# `debootstrap --variant=minbase` root filesystem: an official-like image (a
+# shell, real users and paths) of nginx 1.27.4 or later, which has
+# keepalive_min_timeout: with it a reload no longer closes idle keep-alive
+# connections under clients that never retry. Only that root filesystem sees
+# sid; the host is never upgraded. Where debootstrap cannot reach Debian's
+# servers, the image is made from the host's nginx package instead, and says so.
+NGINX_SUITE=${NGINX_SUITE:-sid}
+
 make_nginx() {
-  if exists "$NGINX_TAG" && [ $rebuild = 0 ]; then say "$NGINX_TAG exists"; return; fi
+  # An image made another way (the host's nginx, an older recipe) is remade.
+  local recipe="debian-$NGINX_SUITE-1"
+  if exists "$NGINX_TAG" && [ $rebuild = 0 ] &&
+    [ "$(docker image inspect -f '{{index .Config.Labels "cryptus.recipe"}}' "$NGINX_TAG" 2>/dev/null)" = "$recipe" ]; then
+    say "$NGINX_TAG exists"; return
+  fi
   local root="$work/nginx"
+  if nginx_rootfs_from_suite "$root"; then
+    local version
+    version=$(chroot "$root" nginx -v 2>&1 | sed -n 's|.*nginx/\([0-9.]*\).*|\1|p')
+    # No NGINX_VERSION variable: cryptus asks nginx itself (`nginx -v`).
+    import_rootfs "$root" "$NGINX_TAG" \
+      --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+      --change 'EXPOSE 80' \
+      --change 'CMD ["nginx", "-g", "daemon off;"]' \
+      --change "LABEL cryptus.recipe=$recipe" \
+      --message "nginx $version from Debian $NGINX_SUITE"
+  else
+    say "warning: no Debian $NGINX_SUITE root filesystem (see $work/debootstrap.log); making $NGINX_TAG from the host's nginx $(nginx -v 2>&1 | sed -n 's|.*nginx/||p'), which may lack keepalive_min_timeout"
+    nginx_from_host "$root"
+  fi
+}
+
+# nginx_rootfs_from_suite ROOTFS: Debian's nginx package in a minimal root
+# filesystem of NGINX_SUITE, with the official image's user (nginx, 101) and
+# directories, and without apt's caches, documentation and locales.
+nginx_rootfs_from_suite() {
+  local root=$1
+  if ! command -v debootstrap >/dev/null; then
+    [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null || return 1
+    say "installing debootstrap from Debian's packages"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >/dev/null 2>&1 ||
+      { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >/dev/null; } ||
+      return 1
+  fi
+  rm -rf "$root"
+  mkdir -p "$work"
+  say "making a Debian $NGINX_SUITE root filesystem with nginx (debootstrap --variant=minbase)"
+  timeout 600 debootstrap --variant=minbase --include=nginx "$NGINX_SUITE" "$root" >"$work/debootstrap.log" 2>&1 || return 1
+  chroot "$root" sh -e -c '
+    getent group nginx >/dev/null || groupadd --system --gid 101 nginx
+    getent passwd nginx >/dev/null || useradd --system --uid 101 --gid nginx --home-dir /var/cache/nginx --shell /usr/sbin/nologin nginx
+    mkdir -p /var/cache/nginx /var/run /var/log/nginx
+    ln -sf /dev/stdout /var/log/nginx/access.log
+    ln -sf /dev/stderr /var/log/nginx/error.log
+    apt-get clean
+    rm -rf /var/lib/apt/lists/* /usr/share/doc/* /usr/share/man/* /usr/share/locale/* /usr/share/info/*
+  ' >>"$work/debootstrap.log" 2>&1 || return 1
+}
+
+# nginx_from_host ROOTFS: the host's nginx binary with its libraries.
+nginx_from_host() {
+  local root=$1
   base_rootfs "$root"
   copy_with_libs "$root" /usr/sbin/nginx
   add_shell "$root"
@@ -142,10 +202,9 @@ make_nginx() {
   version=$(nginx -v 2>&1 | sed -n 's|.*nginx/\([0-9.]*\).*|\1|p')
   import_rootfs "$root" "$NGINX_TAG" \
     --change 'ENV PATH=/usr/sbin:/usr/bin:/sbin:/bin' \
-    --change "ENV NGINX_VERSION=$version" \
     --change 'EXPOSE 80' \
     --change 'CMD ["nginx", "-g", "daemon off;"]' \
-    --message "nginx $version from Debian's package"
+    --message "nginx $version from the host's Debian package"
 }
 
 make_redis() {

@@ -75,6 +75,19 @@ pub fn check_rate(rate: &str) -> Result<(), String> {
     }
 }
 
+/// The version in `nginx -v`'s answer: `nginx version: nginx/1.30.6` (or a
+/// build's `nginx version: nginx/1.27.4 (Ubuntu)`).
+pub fn parse_version(text: &str) -> Option<String> {
+    let rest = text.split("nginx/").nth(1)?;
+    let version: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    let version = version.trim_end_matches('.');
+    (!version.is_empty() && version.starts_with(|c: char| c.is_ascii_digit()))
+        .then(|| version.to_owned())
+}
+
 /// Whether an nginx version (`1.27.4`) has `keepalive_min_timeout`.
 pub fn has_keepalive_min_timeout(version: &str) -> bool {
     let parts: Vec<u32> = version
@@ -219,6 +232,22 @@ impl Nginx<'_> {
                 .await?;
         }
         Ok(())
+    }
+
+    /// The version nginx itself reports (`nginx -v`), such as `1.30.6`: any
+    /// nginx image, official or not, says it; `None` when it cannot be read,
+    /// and then no version-dependent directive is rendered. Needs nginx's
+    /// container to run.
+    pub async fn version(&self) -> Result<Option<String>> {
+        let output = self
+            .engine
+            .exec(&self.container, &["nginx", "-v"])
+            .await
+            .with_context(|| format!("asking nginx in {} for its version", self.container))?;
+        Ok(parse_version(&format!(
+            "{}{}",
+            output.stderr, output.stdout
+        )))
     }
 
     /// `nginx -t`: Ok, or the reason nginx gives.
@@ -451,6 +480,21 @@ mod tests {
                 .contains("keepalive_min_timeout 1s;")
         );
         assert!(render_limits("1000r/s; evil", "10r/s", false).is_err());
+    }
+
+    #[test]
+    fn the_version_is_read_from_nginx_v() {
+        assert_eq!(
+            parse_version("nginx version: nginx/1.30.6\n").as_deref(),
+            Some("1.30.6")
+        );
+        assert_eq!(
+            parse_version("nginx version: nginx/1.22.1 (Debian)").as_deref(),
+            Some("1.22.1")
+        );
+        assert_eq!(parse_version("nginx version: openresty/1.25"), None);
+        assert_eq!(parse_version("sh: nginx: not found"), None);
+        assert_eq!(parse_version("nginx/"), None);
     }
 
     #[test]
