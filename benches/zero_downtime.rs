@@ -327,21 +327,30 @@ fn summarize(samples: &[&Sample], flips: Vec<Flip>) -> Approach {
     }
 }
 
+/// The version nginx itself reports (`nginx -v`), as cryptus asks it: an
+/// image need not set NGINX_VERSION.
 fn nginx_version(project: &support::TestProject) -> String {
     let container = format!("{}-nginx-1", project.name);
-    support::on_engine(move |docker| async move {
-        docker
-            .inspect_container(&container, None)
-            .await
-            .ok()
-            .and_then(|c| c.config)
-            .and_then(|c| c.env)
-            .and_then(|env| {
-                env.iter()
-                    .find_map(|e| e.strip_prefix("NGINX_VERSION=").map(str::to_owned))
-            })
-            .unwrap_or_else(|| "unknown".to_owned())
-    })
+    let answer = support::on_engine(move |docker| async move {
+        use futures_util::StreamExt;
+        let options = bollard::exec::CreateExecOptions {
+            cmd: Some(vec!["nginx".to_owned(), "-v".to_owned()]),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            ..Default::default()
+        };
+        let mut text = String::new();
+        if let Ok(exec) = docker.create_exec(&container, options).await
+            && let Ok(bollard::exec::StartExecResults::Attached { mut output, .. }) =
+                docker.start_exec(&exec.id, None).await
+        {
+            while let Some(Ok(chunk)) = output.next().await {
+                text.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+            }
+        }
+        text
+    });
+    cryptus::nginx::parse_version(&answer).unwrap_or_else(|| "unknown".to_owned())
 }
 
 fn engine_version() -> String {
