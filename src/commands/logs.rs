@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
+use crate::compose::duration;
 use crate::engine::{Container, Engine};
 use crate::error::{EXIT_OK, usage};
 use crate::output::Printer;
@@ -39,20 +40,29 @@ pub fn seed_form(mut services: Vec<String>, follow: bool) -> (Vec<String>, bool)
     }
 }
 
-/// `--since`: a duration back from now (`10m`) or a time (RFC 3339).
+/// `--since`: a duration back from now (`10m`, at most ten years) or a time
+/// (RFC 3339) from 1970 to now, as seconds since the epoch.
 pub fn parse_since(text: &str, now: DateTime<Utc>) -> Result<i64, String> {
-    if let Some(duration) = crate::compose::parse_duration(text) {
-        let back = chrono::Duration::from_std(duration)
-            .map_err(|_| format!("{text:?} is too long ago"))?;
-        return Ok((now - back).timestamp());
+    if duration::parse(text).is_ok() {
+        let back = duration::parse_in(text, &duration::LOOKBACK)
+            .map_err(|err| format!("--since {err}"))?;
+        let back = chrono::Duration::from_std(back)
+            .map_err(|_| format!("--since {text:?} is too long ago"))?;
+        return now
+            .checked_sub_signed(back)
+            .map(|t| t.timestamp().max(0))
+            .ok_or_else(|| format!("--since {text:?} is too long ago"));
     }
-    DateTime::parse_from_rfc3339(text)
-        .map(|t| t.timestamp())
-        .map_err(|_| {
-            format!(
-                "--since {text:?} is neither a duration (10m) nor a time (2026-01-02T15:04:05Z)"
-            )
-        })
+    let time = DateTime::parse_from_rfc3339(text.trim()).map_err(|_| {
+        format!("--since {text:?} is neither a duration (10m) nor a time (2026-01-02T15:04:05Z)")
+    })?;
+    if time.timestamp() < 0 {
+        return Err(format!("--since {text:?} is before 1970"));
+    }
+    if time > now {
+        return Err(format!("--since {text:?} is in the future"));
+    }
+    Ok(time.timestamp())
 }
 
 /// One line of a container's log: the engine's timestamp, then the text.
