@@ -134,7 +134,7 @@ fn show(report: &Report, printer: &Printer) -> Result<u8> {
                     report.from.version,
                     report.to.color,
                     report.to.version,
-                    seconds(Duration::from_secs_f64(report.total)),
+                    seconds(Duration::try_from_secs_f64(report.total).unwrap_or_default()),
                 ));
             }
             Ok(EXIT_OK)
