@@ -106,6 +106,13 @@ struct Entry<'a> {
     line: &'a str,
 }
 
+/// The one document of `logs --json` without `--follow`.
+#[derive(Serialize)]
+struct Document<'a> {
+    ok: bool,
+    lines: Vec<Entry<'a>>,
+}
+
 impl<'a> Record<'a> {
     fn entry(&self) -> Entry<'a> {
         Entry {
@@ -300,7 +307,7 @@ async fn dump(
     records.sort_by_key(|record| record.time);
     if let Render::Json = render {
         let lines: Vec<Entry<'_>> = records.iter().map(Record::entry).collect();
-        printer.out_json(&serde_json::json!({ "ok": true, "lines": lines }))?;
+        printer.out_json(&Document { ok: true, lines })?;
         return Ok(EXIT_OK);
     }
     let mut text = String::new();
