@@ -16,6 +16,10 @@ Exit codes:
   2  usage, configuration or unexpected error (bad arguments, broken compose file,
      unreachable engine)
 
+Durations:
+  30s, 1m30s, 500ms, 2h or plain seconds (1.5); each flag gives its range, at
+  most 24h (logs --since: 87600h). Out of range is a usage error (exit 2).
+
 Environment:
   CRYPTUS_PROJECT  project name (as -p)
   DOCKER_HOST      the Docker engine (default unix:///var/run/docker.sock)
