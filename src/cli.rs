@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 
+use crate::compose::duration;
+
 const AFTER_HELP: &str = "\
 Exit codes:
   0  done
@@ -13,6 +15,10 @@ Exit codes:
      nothing to roll back to)
   2  usage, configuration or unexpected error (bad arguments, broken compose file,
      unreachable engine)
+
+Durations:
+  30s, 1m30s, 500ms, 2h or plain seconds (1.5); each flag gives its range, at
+  most 24h (logs --since: 87600h). Out of range is a usage error (exit 2).
 
 Environment:
   CRYPTUS_PROJECT  project name (as -p)
@@ -73,8 +79,8 @@ pub enum Command {
     /// Returns once the app answers healthy through the load balancer. A second
     /// start changes nothing.
     Start {
-        /// Give up after this long.
-        #[arg(long, default_value = "120s", value_parser = duration, value_name = "DUR")]
+        /// Give up after this long (100ms to 24h).
+        #[arg(long, default_value = "120s", value_parser = deadline, value_name = "DUR")]
         timeout: Duration,
         /// Bring up the monitoring services too (compose/docker-compose.monitoring.yml);
         /// CRYPTUS_MONITORING=1 does the same.
@@ -83,15 +89,15 @@ pub enum Command {
     },
     /// Stop every container of the project; volumes (and Redis data) are kept.
     Stop {
-        /// Seconds each container gets to stop before it is killed (default: its
-        /// stop_grace_period).
-        #[arg(long, value_parser = duration, value_name = "DUR")]
+        /// How long each container gets to stop before it is killed, 0 to 24h
+        /// (default: its stop_grace_period).
+        #[arg(long, value_parser = wait, value_name = "DUR")]
         timeout: Option<Duration>,
     },
     /// Stop, then start.
     Restart {
-        /// Give up starting after this long.
-        #[arg(long, default_value = "120s", value_parser = duration, value_name = "DUR")]
+        /// Give up starting after this long (100ms to 24h).
+        #[arg(long, default_value = "120s", value_parser = deadline, value_name = "DUR")]
         timeout: Duration,
         /// Bring up the monitoring services too; CRYPTUS_MONITORING=1 does the same.
         #[arg(long)]
@@ -120,8 +126,9 @@ pub enum Command {
         /// org.opencontainers.image.version label, else its tag).
         #[arg(long, value_name = "V")]
         version: Option<String>,
-        /// Watch the new color this long after the switch; a failure flips back.
-        #[arg(long, default_value = "10s", value_parser = duration, value_name = "DUR")]
+        /// Watch the new color this long after the switch; a failure flips back
+        /// (0 to 24h).
+        #[arg(long, default_value = "10s", value_parser = wait, value_name = "DUR")]
         watch: Duration,
         /// Keep the new containers when the deploy fails, to inspect them.
         #[arg(long)]
@@ -141,8 +148,8 @@ pub enum Command {
     /// Check every service: nginx (config and an answer through the load
     /// balancer), each app container, redis. Exits 1 naming what is unhealthy.
     Health {
-        /// Deadline for each check.
-        #[arg(long, default_value = "5s", value_parser = duration, value_name = "DUR")]
+        /// Deadline for each check (100ms to 24h).
+        #[arg(long, default_value = "5s", value_parser = deadline, value_name = "DUR")]
         timeout: Duration,
     },
     /// Show the logs of one service, several, or all, multiplexed with a prefix.
@@ -155,10 +162,11 @@ pub enum Command {
         /// (a deploy's new color).
         #[arg(short, long)]
         follow: bool,
-        /// Lines from the end of each container's log.
-        #[arg(long, value_name = "N")]
+        /// Lines from the end of each container's log (0 to 1000000).
+        #[arg(long, value_name = "N", value_parser = tail)]
         tail: Option<usize>,
-        /// Only lines since a duration ago (10m) or a time (2026-01-02T15:04:05Z).
+        /// Only lines since a duration ago (10m, at most 87600h) or a time
+        /// (2026-01-02T15:04:05Z, from 1970 to now).
         #[arg(long, value_name = "DUR|TIME")]
         since: Option<String>,
         /// Show the engine's timestamp on each line.
@@ -190,14 +198,14 @@ pub enum Command {
         /// The directory that holds the backups (default: PROJECT_DIR/backups).
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
-        /// Keep only the newest N complete backups.
+        /// Keep only the newest N complete backups (1 to 100000).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
         keep: Option<u32>,
         /// Check a backup's manifest and every checksum, touching nothing else.
         #[arg(long, value_name = "DIR", conflicts_with_all = ["out", "keep"])]
         verify: Option<PathBuf>,
-        /// Wait this long for a deploy in progress to finish.
-        #[arg(long, default_value = "10m", value_parser = duration, value_name = "DUR")]
+        /// Wait this long for a deploy in progress to finish (0 to 24h).
+        #[arg(long, default_value = "10m", value_parser = wait, value_name = "DUR")]
         lock_wait: Duration,
     },
     /// Restore a backup: verified first, then Redis, configuration and history.
@@ -209,8 +217,8 @@ pub enum Command {
         /// Do not ask for confirmation.
         #[arg(short, long)]
         yes: bool,
-        /// Wait this long for a deploy in progress to finish.
-        #[arg(long, default_value = "10m", value_parser = duration, value_name = "DUR")]
+        /// Wait this long for a deploy in progress to finish (0 to 24h).
+        #[arg(long, default_value = "10m", value_parser = wait, value_name = "DUR")]
         lock_wait: Duration,
     },
 }
@@ -218,25 +226,25 @@ pub enum Command {
 /// Options shared by deploy and rollback.
 #[derive(Debug, Args)]
 pub struct SwitchArgs {
-    /// Deadline for the new color to answer healthy.
-    #[arg(long, default_value = "60s", value_parser = duration, value_name = "DUR")]
+    /// Deadline for the new color to answer healthy (100ms to 24h).
+    #[arg(long, default_value = "60s", value_parser = deadline, value_name = "DUR")]
     pub timeout: Duration,
     /// How long nginx's old workers may finish in-flight requests before the
-    /// old color stops.
-    #[arg(long, default_value = "30s", value_parser = duration, value_name = "DUR")]
+    /// old color stops (0 to 24h).
+    #[arg(long, default_value = "30s", value_parser = wait, value_name = "DUR")]
     pub drain: Duration,
-    /// How often health is polled.
-    #[arg(long, default_value = "100ms", value_parser = duration, value_name = "DUR")]
+    /// How often health is polled (10ms to 1m).
+    #[arg(long, default_value = "100ms", value_parser = poll, value_name = "DUR")]
     pub poll: Duration,
     /// Answers in a row from the new color, through the load balancer, that
-    /// prove the switch.
+    /// prove the switch (1 to 1000).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000), value_name = "N")]
     pub verify: u32,
     /// Keep the old color running as a warm standby (instant rollback).
     #[arg(long)]
     pub keep_standby: bool,
-    /// Wait this long for the deploy lock instead of failing at once.
-    #[arg(long, default_value = "0s", value_parser = duration, value_name = "DUR")]
+    /// Wait this long for the deploy lock instead of failing at once (0 to 24h).
+    #[arg(long, default_value = "0s", value_parser = wait, value_name = "DUR")]
     pub lock_wait: Duration,
     /// Break the deploy lock, whoever holds it (with a warning).
     #[arg(long)]
@@ -248,10 +256,34 @@ pub struct SwitchArgs {
     pub gate: Option<String>,
 }
 
-/// A duration as `30s`, `1m30s`, `500ms` or plain seconds.
-pub fn duration(text: &str) -> Result<Duration, String> {
-    crate::compose::parse_duration(text)
-        .ok_or_else(|| format!("{text:?} is not a duration; write it as 30s, 1m30s or 500ms"))
+// Every duration goes through the one bounded parser, with the range of its
+// kind; clap prefixes the flag: `invalid value '1e30' for '--drain <DUR>'`.
+
+/// A timeout or deadline: 100ms to 24h.
+pub fn deadline(text: &str) -> Result<Duration, String> {
+    duration::parse_in(text, &duration::DEADLINE)
+}
+
+/// A wait that may be zero (drain, watch, lock wait, stop grace): 0 to 24h.
+pub fn wait(text: &str) -> Result<Duration, String> {
+    duration::parse_in(text, &duration::WAIT)
+}
+
+/// A polling interval: 10ms to 1m.
+pub fn poll(text: &str) -> Result<Duration, String> {
+    duration::parse_in(text, &duration::POLL)
+}
+
+/// The most lines `logs --tail` asks each container for.
+pub const MAX_TAIL: usize = 1_000_000;
+
+/// `logs --tail N`: 0 to [`MAX_TAIL`].
+pub fn tail(text: &str) -> Result<usize, String> {
+    text.trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|n| *n <= MAX_TAIL)
+        .ok_or_else(|| format!("{text:?} is not a line count from 0 to {MAX_TAIL}"))
 }
 
 #[cfg(test)]
@@ -266,8 +298,22 @@ mod tests {
 
     #[test]
     fn durations_are_checked() {
-        assert_eq!(duration("90s"), Ok(Duration::from_secs(90)));
-        assert!(duration("soon").is_err());
+        assert_eq!(deadline("90s"), Ok(Duration::from_secs(90)));
+        assert!(deadline("soon").unwrap_err().contains("not a duration"));
+        assert!(deadline("0s").is_err());
+        assert_eq!(wait("0"), Ok(Duration::ZERO));
+        assert!(wait("1e30").is_err());
+        assert!(poll("0s").is_err());
         assert!(Cli::try_parse_from(["cryptus", "start", "--timeout", "soon"]).is_err());
+        assert!(Cli::try_parse_from(["cryptus", "deploy", "--timeout", "1e19"]).is_err());
+    }
+
+    #[test]
+    fn tails_are_bounded() {
+        assert_eq!(tail("0"), Ok(0));
+        assert_eq!(tail("1000000"), Ok(1_000_000));
+        for bad in ["-1", "1000001", "18446744073709551616", "1e3", "all"] {
+            assert!(tail(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -44,6 +44,14 @@ pub struct Engine {
     docker: Docker,
 }
 
+/// A piece of a container's log: whole lines, all from one stream.
+#[derive(Clone, Debug)]
+pub struct LogChunk {
+    /// `stdout` or `stderr`.
+    pub stream: &'static str,
+    pub text: String,
+}
+
 /// A container as cryptus sees it, read from the engine's inspect.
 #[derive(Clone, Debug)]
 pub struct Container {
@@ -786,15 +794,16 @@ impl Engine {
         Ok(text)
     }
 
-    /// A container's log as a stream of lines (stdout and stderr together),
-    /// each with the engine's timestamp. `follow` keeps it open.
+    /// A container's log as a stream of chunks of lines, each line with the
+    /// engine's timestamp, each chunk naming its stream. `follow` keeps it
+    /// open.
     pub fn log_lines(
         &self,
         container: &str,
         follow: bool,
         tail: Option<usize>,
         since: i64,
-    ) -> impl futures_util::Stream<Item = Result<String>> + Send + 'static {
+    ) -> impl futures_util::Stream<Item = Result<LogChunk>> + Send + 'static {
         let mut options = LogsOptionsBuilder::default()
             .stdout(true)
             .stderr(true)
@@ -809,7 +818,17 @@ impl Engine {
             .logs(container, Some(options.build()))
             .map(move |chunk| {
                 chunk
-                    .map(|output| String::from_utf8_lossy(&output.into_bytes()).into_owned())
+                    .map(|output| {
+                        let stream = match &output {
+                            bollard::container::LogOutput::StdErr { .. } => "stderr",
+                            bollard::container::LogOutput::StdIn { .. } => "stdin",
+                            _ => "stdout",
+                        };
+                        LogChunk {
+                            stream,
+                            text: String::from_utf8_lossy(&output.into_bytes()).into_owned(),
+                        }
+                    })
                     .map_err(|err| anyhow!(describe(&err)))
                     .with_context(|| format!("reading the logs of {name}"))
             })

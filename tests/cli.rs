@@ -168,3 +168,37 @@ fn an_unreachable_engine_exits_2_with_a_hint() {
     assert_eq!(report["ok"], false);
     assert_eq!(report["exit_code"], 2);
 }
+
+#[test]
+fn clap_errors_under_json_print_the_failure_document() {
+    for args in [
+        vec!["--json", "no-such-command"],
+        vec!["--json", "start", "--bogus"],
+        vec!["start", "--json", "--timeout", "soon"],
+        vec!["logs", "--tail", "x", "--json"],
+        vec!["--json", "scale"],
+        vec!["--json", "deploy", "--drain", "1e30"],
+        vec!["--json", "--verbose", "--quiet", "status"],
+    ] {
+        let output = cryptus(&args, &[]);
+        assert_code(&output, 2);
+        let text = stderr(&output);
+        assert!(!text.contains("internal error"), "{args:?}: {text}");
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {}", stdout(&output)));
+        assert_eq!(report["ok"], false, "{args:?}");
+        assert_eq!(report["exit_code"], 2, "{args:?}");
+        assert!(
+            report["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{args:?}: {report}"
+        );
+        assert!(report["hint"].is_string(), "{args:?}: {report}");
+    }
+    // Without --json, and with --json only after `--`, nothing on stdout.
+    let output = cryptus(&["start", "--timeout", "soon"], &[]);
+    assert_code(&output, 2);
+    assert!(output.stdout.is_empty(), "{}", stdout(&output));
+    let output = cryptus(&["logs", "--tail", "x", "--", "--json"], &[]);
+    assert_code(&output, 2);
+    assert!(output.stdout.is_empty(), "{}", stdout(&output));
+}

@@ -73,12 +73,17 @@ pub async fn scale(
     settings: &Settings,
     printer: &Printer,
 ) -> Result<u8> {
-    let replicas = u32::try_from(replicas).map_err(|_| {
-        crate::error::usage(
-            format!("{replicas} is not a replica count"),
-            format!("choose 1 to {}", crate::scale::MAX_REPLICAS),
-        )
-    })?;
+    // 0 would take the color down: the range is 1 to MAX_REPLICAS, and the
+    // upper bound is checked where the service is known.
+    let replicas = u32::try_from(replicas)
+        .ok()
+        .filter(|r| *r >= 1)
+        .ok_or_else(|| {
+            crate::error::usage(
+                format!("{replicas} is not a replica count"),
+                format!("choose 1 to {}", crate::scale::MAX_REPLICAS),
+            )
+        })?;
     let compose = project.load()?;
     let engine = Engine::connect().await?;
     let stack = Stack {
@@ -129,7 +134,7 @@ fn show(report: &Report, printer: &Printer) -> Result<u8> {
                     report.from.version,
                     report.to.color,
                     report.to.version,
-                    seconds(Duration::from_secs_f64(report.total)),
+                    seconds(Duration::try_from_secs_f64(report.total).unwrap_or_default()),
                 ));
             }
             Ok(EXIT_OK)

@@ -268,7 +268,9 @@ async fn check_color(
                             report.version,
                             report.memory.used,
                             report.memory.total,
-                            output::uptime(Duration::from_secs_f64(report.uptime.max(0.0)))
+                            output::uptime(
+                                Duration::try_from_secs_f64(report.uptime).unwrap_or_default()
+                            )
                         ),
                     );
                     check.version = Some(report.version.clone());

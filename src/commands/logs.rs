@@ -1,6 +1,11 @@
 //! `cryptus logs [SERVICE...]`: the logs of one service, several, or all,
 //! multiplexed with a prefix per container; `--follow` keeps following
 //! across a deploy, as new containers of a service start.
+//!
+//! Under `--json` every line is an object `{"service", "container", "stream",
+//! "time", "line"}`: without `--follow` they come in one document
+//! `{"ok": true, "lines": [...]}`; with `--follow`, which streams, one
+//! object per line of output (JSON Lines).
 
 use std::collections::{BTreeSet, HashSet};
 use std::io::Write;
@@ -11,6 +16,9 @@ use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
+use serde::Serialize;
+
+use crate::compose::duration;
 use crate::engine::{Container, Engine};
 use crate::error::{EXIT_OK, usage};
 use crate::output::Printer;
@@ -39,20 +47,29 @@ pub fn seed_form(mut services: Vec<String>, follow: bool) -> (Vec<String>, bool)
     }
 }
 
-/// `--since`: a duration back from now (`10m`) or a time (RFC 3339).
+/// `--since`: a duration back from now (`10m`, at most ten years) or a time
+/// (RFC 3339) from 1970 to now, as seconds since the epoch.
 pub fn parse_since(text: &str, now: DateTime<Utc>) -> Result<i64, String> {
-    if let Some(duration) = crate::compose::parse_duration(text) {
-        let back = chrono::Duration::from_std(duration)
-            .map_err(|_| format!("{text:?} is too long ago"))?;
-        return Ok((now - back).timestamp());
+    if duration::parse(text).is_ok() {
+        let back = duration::parse_in(text, &duration::LOOKBACK)
+            .map_err(|err| format!("--since {err}"))?;
+        let back = chrono::Duration::from_std(back)
+            .map_err(|_| format!("--since {text:?} is too long ago"))?;
+        return now
+            .checked_sub_signed(back)
+            .map(|t| t.timestamp().max(0))
+            .ok_or_else(|| format!("--since {text:?} is too long ago"));
     }
-    DateTime::parse_from_rfc3339(text)
-        .map(|t| t.timestamp())
-        .map_err(|_| {
-            format!(
-                "--since {text:?} is neither a duration (10m) nor a time (2026-01-02T15:04:05Z)"
-            )
-        })
+    let time = DateTime::parse_from_rfc3339(text.trim()).map_err(|_| {
+        format!("--since {text:?} is neither a duration (10m) nor a time (2026-01-02T15:04:05Z)")
+    })?;
+    if time.timestamp() < 0 {
+        return Err(format!("--since {text:?} is before 1970"));
+    }
+    if time > now {
+        return Err(format!("--since {text:?} is in the future"));
+    }
+    Ok(time.timestamp())
 }
 
 /// One line of a container's log: the engine's timestamp, then the text.
@@ -67,6 +84,82 @@ fn split_timestamp(line: &str) -> (Option<DateTime<Utc>>, &str) {
 }
 
 const COLORS: [&str; 6] = ["36", "33", "32", "35", "34", "31"];
+
+/// One line of a container's log, as it is shown.
+struct Record<'a> {
+    container: &'a Container,
+    /// The container's place among those followed, for its color.
+    index: usize,
+    stream: &'static str,
+    time: Option<DateTime<Utc>>,
+    text: &'a str,
+}
+
+/// A line under `--json`.
+#[derive(Serialize)]
+struct Entry<'a> {
+    service: &'a str,
+    container: &'a str,
+    stream: &'a str,
+    /// RFC 3339, as the engine stamped the line.
+    time: Option<String>,
+    line: &'a str,
+}
+
+/// The one document of `logs --json` without `--follow`.
+#[derive(Serialize)]
+struct Document<'a> {
+    ok: bool,
+    lines: Vec<Entry<'a>>,
+}
+
+impl<'a> Record<'a> {
+    fn entry(&self) -> Entry<'a> {
+        Entry {
+            service: &self.container.service,
+            container: &self.container.name,
+            stream: self.stream,
+            time: self
+                .time
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
+            line: self.text,
+        }
+    }
+}
+
+/// How lines are written: plain text with a prefix, or JSON.
+#[derive(Clone, Copy)]
+enum Render {
+    Text {
+        prefixer: Prefixer,
+        timestamps: bool,
+    },
+    Json,
+}
+
+impl Render {
+    /// One line of output for a record, newline included.
+    fn line(&self, record: &Record<'_>) -> Result<String> {
+        match self {
+            Render::Text {
+                prefixer,
+                timestamps,
+            } => Ok(prefixer.line(
+                &label(record.container),
+                record.index,
+                record.time,
+                record.text,
+                *timestamps,
+            )),
+            Render::Json => {
+                let mut line =
+                    serde_json::to_string(&record.entry()).context("encoding a log line")?;
+                line.push('\n');
+                Ok(line)
+            }
+        }
+    }
+}
 
 #[derive(Clone, Copy)]
 struct Prefixer {
@@ -152,53 +245,109 @@ pub async fn run(project: &Project, options: Options, printer: &Printer) -> Resu
         .iter()
         .filter(|c| selected.contains(&c.service))
         .collect();
-    let prefixer = Prefixer {
-        multiplex: selected.len() > 1 || chosen.len() > 1,
-        colored: printer.stdout_is_terminal(),
-        width: chosen
-            .iter()
-            .map(|c| label(c).len())
-            .max()
-            .unwrap_or(0)
-            .max(14),
+    let render = if printer.json() {
+        Render::Json
+    } else {
+        Render::Text {
+            prefixer: Prefixer {
+                multiplex: selected.len() > 1 || chosen.len() > 1,
+                colored: printer.stdout_is_terminal(),
+                width: chosen
+                    .iter()
+                    .map(|c| label(c).len())
+                    .max()
+                    .unwrap_or(0)
+                    .max(14),
+            },
+            timestamps: options.timestamps,
+        }
     };
     if options.follow {
         follow(
-            &engine, project, &selected, &chosen, &options, since, prefixer,
+            &engine, project, &selected, &chosen, &options, since, render,
         )
         .await
     } else {
-        dump(&engine, &chosen, &options, since, &prefixer, printer).await
+        dump(&engine, &chosen, &options, since, render, printer).await
     }
 }
 
-/// Prints what the containers logged so far, interleaved by time.
+/// Prints what the containers logged so far, interleaved by time: text, or
+/// one JSON document.
 async fn dump(
     engine: &Engine,
     chosen: &[&Container],
     options: &Options,
     since: i64,
-    prefixer: &Prefixer,
+    render: Render,
     printer: &Printer,
 ) -> Result<u8> {
-    let mut lines: Vec<(Option<DateTime<Utc>>, usize, String, String)> = Vec::new();
+    let mut chunks: Vec<(usize, &'static str, String)> = Vec::new();
     for (index, container) in chosen.iter().enumerate() {
         let mut stream = Box::pin(engine.log_lines(&container.name, false, options.tail, since));
         while let Some(chunk) = stream.next().await {
-            for line in chunk?.lines() {
-                let (time, text) = split_timestamp(line);
-                lines.push((time, index, label(container), text.to_owned()));
-            }
+            let chunk = chunk?;
+            chunks.push((index, chunk.stream, chunk.text));
+        }
+    }
+    let mut records: Vec<Record<'_>> = Vec::new();
+    for (index, stream, text) in &chunks {
+        for line in text.lines() {
+            let (time, text) = split_timestamp(line);
+            records.push(Record {
+                container: chosen[*index],
+                index: *index,
+                stream,
+                time,
+                text,
+            });
         }
     }
     // Stable: lines of one container keep their order when times tie.
-    lines.sort_by_key(|(time, _, _, _)| *time);
+    records.sort_by_key(|record| record.time);
+    if let Render::Json = render {
+        let lines: Vec<Entry<'_>> = records.iter().map(Record::entry).collect();
+        printer.out_json(&Document { ok: true, lines })?;
+        return Ok(EXIT_OK);
+    }
     let mut text = String::new();
-    for (time, index, label, line) in lines {
-        text.push_str(&prefixer.line(&label, index, time, &line, options.timestamps));
+    for record in &records {
+        text.push_str(&render.line(record)?);
     }
     printer.out(&text)?;
     Ok(EXIT_OK)
+}
+
+/// Follows one container's log, sending each rendered line to `sender`.
+fn spawn_follower(
+    engine: &Engine,
+    container: &Container,
+    index: usize,
+    from: (i64, Option<usize>),
+    render: Render,
+    sender: mpsc::Sender<Result<String>>,
+) {
+    let (since, tail) = from;
+    let stream = engine.log_lines(&container.name, true, tail, since);
+    let container = container.clone();
+    tokio::spawn(async move {
+        let mut stream = Box::pin(stream);
+        while let Some(Ok(chunk)) = stream.next().await {
+            for line in chunk.text.lines() {
+                let (time, text) = split_timestamp(line);
+                let record = Record {
+                    container: &container,
+                    index,
+                    stream: chunk.stream,
+                    time,
+                    text,
+                };
+                if sender.send(render.line(&record)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
 }
 
 /// Streams the logs until Ctrl-C, adding containers of the selected services
@@ -210,34 +359,14 @@ async fn follow(
     chosen: &[&Container],
     options: &Options,
     since: i64,
-    prefixer: Prefixer,
+    render: Render,
 ) -> Result<u8> {
-    let (sender, mut receiver) = mpsc::channel::<String>(1024);
+    let (sender, mut receiver) = mpsc::channel::<Result<String>>(1024);
     let mut followed: HashSet<String> = HashSet::new();
     let mut index = 0usize;
-    let spawn = |container: &Container, since: i64, tail: Option<usize>, index: usize| {
-        let sender = sender.clone();
-        let label = label(container);
-        let stream = engine.log_lines(&container.name, true, tail, since);
-        let timestamps = options.timestamps;
-        tokio::spawn(async move {
-            let mut stream = Box::pin(stream);
-            while let Some(Ok(chunk)) = stream.next().await {
-                for line in chunk.lines() {
-                    let (time, text) = split_timestamp(line);
-                    if sender
-                        .send(prefixer.line(&label, index, time, text, timestamps))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-            }
-        });
-    };
     for container in chosen {
-        spawn(container, since, options.tail, index);
+        let from = (since, options.tail);
+        spawn_follower(engine, container, index, from, render, sender.clone());
         followed.insert(container.id.clone());
         index += 1;
     }
@@ -251,7 +380,7 @@ async fn follow(
         tokio::select! {
             line = receiver.recv() => {
                 if let Some(line) = line {
-                    stdout.write_all(line.as_bytes()).context("writing to stdout")?;
+                    stdout.write_all(line?.as_bytes()).context("writing to stdout")?;
                     stdout.flush().context("writing to stdout")?;
                 }
             }
@@ -268,7 +397,7 @@ async fn follow(
                     // A restarted container is followed again from now, so no
                     // line is printed twice.
                     let from = if followed.insert(container.id.clone()) { 0 } else { Utc::now().timestamp() };
-                    spawn(&container, from.max(since), None, index);
+                    spawn_follower(engine, &container, index, (from.max(since), None), render, sender.clone());
                     index += 1;
                 }
             }

@@ -32,8 +32,20 @@ impl Vars {
     }
 }
 
+/// How deep `${A:-${B:-...}}` may nest.
+pub const MAX_NESTING: usize = 16;
+
 /// Interpolates `text`; the error says what is wrong in one line.
 pub fn interpolate(text: &str, vars: &Vars) -> Result<String, String> {
+    interpolate_at(text, vars, 0)
+}
+
+fn interpolate_at(text: &str, vars: &Vars, depth: usize) -> Result<String, String> {
+    if depth > MAX_NESTING {
+        return Err(format!(
+            "interpolations nest deeper than {MAX_NESTING} levels; cryptus refuses them"
+        ));
+    }
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = rest.find('$') {
@@ -46,7 +58,7 @@ pub fn interpolate(text: &str, vars: &Vars) -> Result<String, String> {
             let end = closing_brace(inner).ok_or_else(|| {
                 format!("invalid interpolation format in {text:?}: unclosed \"${{\"")
             })?;
-            out.push_str(&expand(&inner[..end], vars, text)?);
+            out.push_str(&expand(&inner[..end], vars, text, depth)?);
             rest = &inner[end + 1..];
         } else {
             let length = name_length(after);
@@ -96,7 +108,7 @@ fn closing_brace(text: &str) -> Option<usize> {
     None
 }
 
-fn expand(expression: &str, vars: &Vars, whole: &str) -> Result<String, String> {
+fn expand(expression: &str, vars: &Vars, whole: &str, depth: usize) -> Result<String, String> {
     let length = name_length(expression);
     let name = &expression[..length];
     if name.is_empty() {
@@ -126,12 +138,12 @@ fn expand(expression: &str, vars: &Vars, whole: &str) -> Result<String, String> 
     let argument = &operator[kind.len_utf8()..];
     match kind {
         '-' if set => Ok(value.unwrap_or_default().to_owned()),
-        '-' => interpolate(argument, vars),
-        '+' if set => interpolate(argument, vars),
+        '-' => interpolate_at(argument, vars, depth + 1),
+        '+' if set => interpolate_at(argument, vars, depth + 1),
         '+' => Ok(String::new()),
         '?' if set => Ok(value.unwrap_or_default().to_owned()),
         '?' => {
-            let message = interpolate(argument, vars)?;
+            let message = interpolate_at(argument, vars, depth + 1)?;
             let message = if message.is_empty() {
                 "is required".to_owned()
             } else {
@@ -259,6 +271,18 @@ mod tests {
         assert_eq!(err, "variable TOKEN is not set: set the API token");
         let err = interpolate("${TOKEN?}", &v).unwrap_err();
         assert!(err.contains("TOKEN is not set"), "{err}");
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_a_stack_overflow() {
+        let v = vars(&[]);
+        let deep = format!("{}x{}", "${A:-".repeat(100_000), "}".repeat(100_000));
+        let started = std::time::Instant::now();
+        let err = interpolate(&deep, &v).unwrap_err();
+        assert!(err.contains("deeper than 16"), "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        let fine = format!("{}x{}", "${A:-".repeat(16), "}".repeat(16));
+        assert_eq!(interpolate(&fine, &v).unwrap(), "x");
     }
 
     #[test]

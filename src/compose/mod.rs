@@ -5,7 +5,9 @@
 //! does not support (naming the key, the file and the line), and resolves the
 //! result into plain [`Service`]s that the engine layer turns into containers.
 
+pub mod duration;
 pub mod interpolate;
+mod limits;
 mod model;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -17,7 +19,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
 pub use interpolate::Vars;
-pub use model::parse_duration;
+pub use limits::{MAX_ENV_FILE_BYTES, MAX_FILE_BYTES, MAX_NESTING};
 use model::{Either, ShortOrLong, Text};
 
 /// The network a service joins when it names none, as in Compose.
@@ -380,7 +382,7 @@ impl ShortOrLong for Build {
 /// `.env` beside the first file, if there is one.
 pub fn variables(first_file: &Path) -> Result<Vars> {
     let env_path = first_file.parent().unwrap_or(Path::new(".")).join(".env");
-    let env_file = match std::fs::read_to_string(&env_path) {
+    let env_file = match limits::read_bounded(&env_path, limits::MAX_ENV_FILE_BYTES, "the file") {
         Ok(text) => interpolate::parse_env_file(&text)
             .map_err(|err| anyhow!("{}: {err}", env_path.display()))?,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
@@ -401,8 +403,7 @@ pub fn load(files: &[PathBuf], vars: &Vars) -> Result<Compose> {
         working_dir,
     };
     for path in files {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading the compose file {}", path.display()))?;
+        let text = limits::read_compose_file(path)?;
         let file = parse(&text, vars).map_err(|err| anyhow!("{}: {err}", path.display()))?;
         merge(&mut compose, file, path).map_err(|err| anyhow!("{}: {err}", path.display()))?;
     }
@@ -415,6 +416,13 @@ pub fn parse(text: &str, vars: &Vars) -> Result<model::File, String> {
     if text.trim().is_empty() {
         return Err("the file is empty".to_owned());
     }
+    if text.len() as u64 > limits::MAX_FILE_BYTES {
+        return Err(format!(
+            "the file is larger than {} KiB",
+            limits::MAX_FILE_BYTES / 1024
+        ));
+    }
+    limits::check_yaml(text)?;
     model::with_vars(vars, || serde_yaml::from_str::<model::File>(text))
         .map_err(|err| shorten(&err.to_string()))
 }
@@ -555,7 +563,7 @@ fn resolve(
                 test,
                 interval: h.interval.map(|d| d.0),
                 timeout: h.timeout.map(|d| d.0),
-                retries: h.retries.map(|r| r.0),
+                retries: h.retries.and_then(|r| u32::try_from(r.0).ok()),
                 start_period: h.start_period.map(|d| d.0),
             })
         }
@@ -564,7 +572,10 @@ fn resolve(
     let restart = raw.restart.map_or_else(|| "no".to_owned(), |t| t.0);
     restart_policy(&restart)?;
     let deploy = raw.deploy;
-    let replicas = deploy.as_ref().and_then(|d| d.replicas).map_or(1, |r| r.0);
+    let replicas = deploy
+        .as_ref()
+        .and_then(|d| d.replicas)
+        .map_or(1, |r| u32::try_from(r.0).unwrap_or(1));
     let limits = deploy
         .and_then(|d| d.resources)
         .and_then(|r| r.limits)
@@ -627,14 +638,19 @@ fn absolute(path: &str, base: &Path) -> String {
     clean.to_string_lossy().into_owned()
 }
 
+/// The most restarts `restart: on-failure:N` may ask for.
+pub const MAX_RESTARTS: i64 = 10_000;
+
 /// The engine's restart policy for a Compose `restart` value.
 pub fn restart_policy(text: &str) -> Result<(String, Option<i64>), String> {
     match text {
         "no" | "always" | "unless-stopped" | "on-failure" => Ok((text.to_owned(), None)),
         other => match other.strip_prefix("on-failure:").map(str::parse::<i64>) {
-            Some(Ok(count)) if count >= 0 => Ok(("on-failure".to_owned(), Some(count))),
+            Some(Ok(count)) if (0..=MAX_RESTARTS).contains(&count) => {
+                Ok(("on-failure".to_owned(), Some(count)))
+            }
             _ => Err(format!(
-                "restart {other:?} is not no, always, unless-stopped or on-failure[:N]"
+                "restart {other:?} is not no, always, unless-stopped or on-failure[:N] (N from 0 to {MAX_RESTARTS})"
             )),
         },
     }
@@ -934,6 +950,122 @@ mod tests {
             err.contains("\"many\"") && err.contains("whole number") && err.contains("line 5"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn durations_and_counts_beyond_their_range_name_the_key_and_line() {
+        let base = "services:\n  web:\n    image: nginx\n    restart: always\n";
+        for (extra, key) in [
+            ("    stop_grace_period: 1e30\n", "stop_grace_period"),
+            ("    stop_grace_period: 99999999999h\n", "stop_grace_period"),
+            (
+                "    stop_grace_period: 18446744073709551616\n",
+                "stop_grace_period",
+            ),
+            ("    stop_grace_period: -1s\n", "stop_grace_period"),
+            ("    stop_grace_period: .nan\n", "stop_grace_period"),
+            ("    stop_grace_period: .inf\n", "stop_grace_period"),
+            (
+                "    healthcheck:\n      test: [CMD, x]\n      interval: 25h\n",
+                "healthcheck.interval",
+            ),
+            (
+                "    healthcheck:\n      test: [CMD, x]\n      timeout: 0s\n",
+                "healthcheck.timeout",
+            ),
+            (
+                "    healthcheck:\n      test: [CMD, x]\n      start_period: 1e19\n",
+                "healthcheck.start_period",
+            ),
+            (
+                "    healthcheck:\n      test: [CMD, x]\n      retries: -1\n",
+                "healthcheck.retries",
+            ),
+            (
+                "    deploy:\n      replicas: 4294967296\n",
+                "deploy.replicas",
+            ),
+            ("    deploy:\n      replicas: 33\n", "deploy.replicas"),
+            (
+                "    deploy:\n      resources: {limits: {pids: -2}}\n",
+                "limits.pids",
+            ),
+        ] {
+            let text = format!("{base}{extra}");
+            let line = text.lines().count();
+            let err = load_text(&text, &vars(&[])).unwrap_err().to_string();
+            assert!(err.contains(key), "{extra}: {err}");
+            assert!(err.contains(&format!("line {line}")), "{extra}: {err}");
+        }
+        let text = format!("{base}    stop_grace_period: 24h\n");
+        let compose = load_text(&text, &vars(&[])).unwrap();
+        assert_eq!(
+            compose.services["web"].stop_grace_period,
+            Some(Duration::from_secs(86400))
+        );
+        let err = load_text(
+            "services:\n  a:\n    image: x\n    restart: on-failure:99999999999\n",
+            &vars(&[]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("on-failure"), "{err}");
+    }
+
+    #[test]
+    fn deeply_nested_yaml_is_refused_in_milliseconds() {
+        for text in [
+            format!("services: {}{}\n", "[".repeat(200_000), "]".repeat(200_000)),
+            format!(
+                "services: {}1{}\n",
+                "{a: ".repeat(200_000),
+                "}".repeat(200_000)
+            ),
+            format!("services:\n{}x\n", "- ".repeat(200_000)),
+            format!("services: {}{}\n", "[".repeat(9_000), "]".repeat(9_000)),
+        ] {
+            let started = std::time::Instant::now();
+            let err = parse(&text, &vars(&[])).unwrap_err();
+            assert!(
+                started.elapsed() < Duration::from_millis(500),
+                "took {:?}",
+                started.elapsed()
+            );
+            assert!(err.contains("refuses"), "{err}");
+        }
+    }
+
+    #[test]
+    fn aliases_cannot_blow_up() {
+        // Billion laughs where the schema takes lists: refused, quickly.
+        let mut text = String::from("services:\n  web:\n    image: x\n");
+        text.push_str("    tmpfs: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+        for (level, key) in ["cap_drop", "security_opt", "environment", "labels"]
+            .iter()
+            .enumerate()
+        {
+            let refs = vec![format!("*a{level}"); 9].join(", ");
+            text.push_str(&format!("    {key}: &a{} [{refs}]\n", level + 1));
+        }
+        let started = std::time::Instant::now();
+        assert!(parse(&text, &vars(&[])).is_err());
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn the_pre_scan_is_linear_on_hostile_text() {
+        let size = limits::MAX_FILE_BYTES as usize - 16;
+        for unit in [
+            "'", "\"", "|: ", "- ", "a: ", "# [", "  \n", "x\\\"", "[]", "> \n  ",
+        ] {
+            let text = unit.repeat(size / unit.len());
+            let started = std::time::Instant::now();
+            let _ = limits::check_yaml(&text);
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "{unit:?} took {:?}",
+                started.elapsed()
+            );
+        }
     }
 
     #[test]

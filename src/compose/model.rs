@@ -87,9 +87,8 @@ pub struct ImageRef(pub String);
 
 impl<'de> Deserialize<'de> for ImageRef {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<ImageRef, D::Error> {
-        let Text(text) = Text::deserialize(deserializer)?;
-        super::check_image_reference(&text).map_err(de::Error::custom)?;
-        Ok(ImageRef(text))
+        let check = |text: String| super::check_image_reference(&text).map(|()| ImageRef(text));
+        deserializer.deserialize_any(Checked(check, "an image reference"))
     }
 }
 
@@ -104,23 +103,18 @@ pub struct Parsed<T>(pub T);
 
 impl<'de, T: FromText> Deserialize<'de> for Parsed<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Parsed<T>, D::Error> {
-        let Text(text) = Text::deserialize(deserializer)?;
-        T::from_text(text.trim()).map(Parsed).ok_or_else(|| {
-            de::Error::custom(format!("invalid value {text:?}: expected {}", T::EXPECTING))
-        })
+        let check = |text: String| {
+            T::from_text(text.trim())
+                .map(Parsed)
+                .ok_or_else(|| format!("invalid value {text:?}: expected {}", T::EXPECTING))
+        };
+        deserializer.deserialize_any(Checked(check, T::EXPECTING))
     }
 }
 
 impl FromText for u32 {
     const EXPECTING: &'static str = "a whole number";
     fn from_text(text: &str) -> Option<u32> {
-        text.parse().ok()
-    }
-}
-
-impl FromText for i64 {
-    const EXPECTING: &'static str = "a whole number";
-    fn from_text(text: &str) -> Option<i64> {
         text.parse().ok()
     }
 }
@@ -150,48 +144,100 @@ impl FromText for Cpus {
     }
 }
 
-impl FromText for Duration {
-    const EXPECTING: &'static str = "a duration such as 10s, 1m30s or 500ms";
-    fn from_text(text: &str) -> Option<Duration> {
-        parse_duration(text)
+/// A scalar as interpolated text, checked by `check` inside serde_yaml's
+/// call, so that a refusal carries the line of the value itself.
+struct Checked<F>(F, &'static str);
+
+impl<T, F: FnOnce(String) -> Result<T, String>> Visitor<'_> for Checked<F> {
+    type Value = T;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.1)
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+        let text = interpolated::<E>(v)?;
+        (self.0)(text).map_err(E::custom)
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<T, E> {
+        (self.0)(v.to_string()).map_err(E::custom)
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
+        (self.0)(v.to_string()).map_err(E::custom)
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
+        (self.0)(v.to_string()).map_err(E::custom)
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<T, E> {
+        (self.0)(v.to_string()).map_err(E::custom)
     }
 }
 
-/// Parses Go-style durations as Compose writes them: `1h2m3s`, `500ms`, `1.5s`.
-/// A bare number is seconds.
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    if text.is_empty() {
-        return None;
-    }
-    if let Ok(seconds) = text.parse::<f64>() {
-        return (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds));
-    }
-    let mut total = 0f64;
-    let mut rest = text;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        let number: f64 = rest[..digits].parse().ok()?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let scale = match &rest[..unit_len] {
-            "h" => 3600.0,
-            "m" => 60.0,
-            "s" => 1.0,
-            "ms" => 1e-3,
-            "us" | "µs" => 1e-6,
-            "ns" => 1e-9,
-            _ => return None,
-        };
-        total += number * scale;
-        rest = &rest[unit_len..];
-    }
-    (total.is_finite() && total < 1e9).then(|| Duration::from_secs_f64(total))
+/// A duration key held to its range (see [`super::duration`]); the error
+/// names the key, the value and the range.
+macro_rules! duration_key {
+    ($name:ident, $key:literal, $range:expr) => {
+        #[derive(Clone, Copy, Debug, PartialEq)]
+        pub struct $name(pub Duration);
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<$name, D::Error> {
+                let check = |text: String| {
+                    super::duration::parse_in(text.trim(), &$range)
+                        .map($name)
+                        .map_err(|err| format!("{}: {err}", $key))
+                };
+                deserializer.deserialize_any(Checked(check, "a duration such as 10s"))
+            }
+        }
+    };
 }
+
+duration_key!(StopGracePeriod, "stop_grace_period", super::duration::WAIT);
+duration_key!(
+    HealthInterval,
+    "healthcheck.interval",
+    super::duration::HEALTHCHECK
+);
+duration_key!(
+    HealthTimeout,
+    "healthcheck.timeout",
+    super::duration::HEALTHCHECK
+);
+duration_key!(
+    StartPeriod,
+    "healthcheck.start_period",
+    super::duration::WAIT
+);
+
+/// A count key: a whole number from `$min` to `$max`, named in the error.
+macro_rules! count_key {
+    ($name:ident, $key:literal, $min:expr, $max:expr) => {
+        #[derive(Clone, Copy, Debug, PartialEq)]
+        pub struct $name(pub i64);
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<$name, D::Error> {
+                let check = |text: String| {
+                    text.trim()
+                        .parse::<i64>()
+                        .ok()
+                        .filter(|n| ($min..=$max).contains(n))
+                        .map($name)
+                        .ok_or_else(|| {
+                            format!(
+                                "{}: invalid value {text:?}: expected a whole number from {} to {}",
+                                $key, $min, $max
+                            )
+                        })
+                };
+                deserializer.deserialize_any(Checked(check, "a whole number"))
+            }
+        }
+    };
+}
+
+count_key!(Replicas, "deploy.replicas", 0, MAX_REPLICAS);
+count_key!(Retries, "healthcheck.retries", 0, MAX_RETRIES);
+count_key!(Pids, "deploy.resources.limits.pids", -1, MAX_PIDS);
 
 /// A size in bytes as in `memory: 512M`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -365,6 +411,13 @@ impl<'de, T: DeserializeOwned + Default> Deserialize<'de> for NamesOr<T> {
 // ---------------------------------------------------------------------------
 // The file.
 
+/// `deploy.replicas`: as many as `cryptus scale` allows.
+pub const MAX_REPLICAS: i64 = crate::scale::MAX_REPLICAS as i64;
+/// `healthcheck.retries`.
+pub const MAX_RETRIES: i64 = 10_000;
+/// `deploy.resources.limits.pids` (-1: unlimited); Linux's own maximum.
+pub const MAX_PIDS: i64 = 4_194_304;
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct File {
@@ -399,7 +452,7 @@ pub struct RawService {
     pub healthcheck: Option<RawHealthcheck>,
     pub restart: Option<Text>,
     pub deploy: Option<RawDeploy>,
-    pub stop_grace_period: Option<Parsed<Duration>>,
+    pub stop_grace_period: Option<StopGracePeriod>,
     pub stop_signal: Option<Text>,
     pub user: Option<Text>,
     pub read_only: Option<Parsed<bool>>,
@@ -430,17 +483,17 @@ pub struct DependsOptions {
 #[serde(deny_unknown_fields)]
 pub struct RawHealthcheck {
     pub test: Option<Command>,
-    pub interval: Option<Parsed<Duration>>,
-    pub timeout: Option<Parsed<Duration>>,
-    pub retries: Option<Parsed<u32>>,
-    pub start_period: Option<Parsed<Duration>>,
+    pub interval: Option<HealthInterval>,
+    pub timeout: Option<HealthTimeout>,
+    pub retries: Option<Retries>,
+    pub start_period: Option<StartPeriod>,
     pub disable: Option<Parsed<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawDeploy {
-    pub replicas: Option<Parsed<u32>>,
+    pub replicas: Option<Replicas>,
     pub resources: Option<RawResources>,
 }
 
@@ -455,7 +508,7 @@ pub struct RawResources {
 pub struct RawLimits {
     pub cpus: Option<Parsed<Cpus>>,
     pub memory: Option<Parsed<Bytes>>,
-    pub pids: Option<Parsed<i64>>,
+    pub pids: Option<Pids>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -496,21 +549,6 @@ pub struct RawVolume {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("10s"), Some(Duration::from_secs(10)));
-        assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
-        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("2h"), Some(Duration::from_secs(7200)));
-        assert_eq!(parse_duration("3"), Some(Duration::from_secs(3)));
-        assert_eq!(parse_duration("10 s"), None);
-        assert_eq!(parse_duration("-1s"), None);
-        assert_eq!(parse_duration("10x"), None);
-        assert_eq!(parse_duration(""), None);
-        assert_eq!(parse_duration("s"), None);
-    }
 
     #[test]
     fn sizes() {
