@@ -89,6 +89,10 @@ impl Report {
         match self.outcome {
             Outcome::Ok => None,
             Outcome::RolledBack => Some(format!("rolled back: {reason}")),
+            // Failed after the switch: the reason says where traffic is.
+            Outcome::Failed if self.switched_at.is_some() => {
+                Some(format!("{} failed: {reason}", self.operation))
+            }
             Outcome::Failed => Some(format!(
                 "{} failed; traffic stays on {} {}: {reason}",
                 self.operation, self.from.color, self.from.version
@@ -229,7 +233,7 @@ async fn run(stack: &Stack<'_>, operation: Operation, settings: &Settings) -> Re
         done: Vec::new(),
     };
     let lock = steps
-        .wait(
+        .run(
             "lock",
             "taking the deploy lock",
             Lock::acquire(
@@ -272,7 +276,12 @@ async fn locked(
         stack.containers(),
         scale::read_pending(&nginx_state),
     );
-    let (active, containers, mut pending) = (active?, containers?, pending);
+    let unchanged = |err: anyhow::Error| nothing_changed(err, operation_name(&operation));
+    let (active, containers, mut pending) = (
+        active.map_err(unchanged)?,
+        containers.map_err(unchanged)?,
+        pending,
+    );
     let target = active.other();
     let active_containers: Vec<&Container> = of_service(&containers, active.service())
         .into_iter()
@@ -299,49 +308,13 @@ async fn locked(
         replicas: active_replicas,
     };
     let target_containers = of_service(&containers, target.service());
+    let lb_addr = lb
+        .published_addr(nginx::HTTP_PORT)
+        .with_context(|| format!("{} publishes no port {}", lb.name, nginx::HTTP_PORT))
+        .map_err(unchanged)?;
 
-    let operation_name = match operation {
-        Operation::Deploy { .. } => "deploy",
-        Operation::Rollback => "rollback",
-    };
-    let (release, reuse) = match operation {
-        Operation::Deploy { source, version } => {
-            let release = steps
-                .run(
-                    "image",
-                    "getting the image",
-                    resolve_image(stack, target, source, version),
-                )
-                .await?;
-            (release, false)
-        }
-        Operation::Rollback => {
-            let release = match release_of(&target_containers) {
-                Some(release) => release,
-                None => {
-                    let entries = history::read(&stack.nginx()).await.unwrap_or_default();
-                    history::last_release(&entries, target).ok_or_else(|| {
-                        failed(format!(
-                            "nothing to roll back to: {target} has no containers and no recorded deployment"
-                        ))
-                    })?
-                }
-            };
-            if stack.engine.image_labels(&release.image).await?.is_none() {
-                return Err(failed_with_hint(
-                    format!(
-                        "cannot roll back to {target} {}: the engine no longer has image {}",
-                        release.version, release.image
-                    ),
-                    "deploy that version again with `cryptus deploy --image ...`",
-                ));
-            }
-            let reuse = !target_containers.is_empty()
-                && release_of(&target_containers).as_ref() == Some(&release)
-                && target_containers.len() == replicas as usize;
-            (release, reuse)
-        }
-    };
+    let operation_name = operation_name(&operation);
+    // From here on every failure is a report, recorded in the history.
     let mut switch = Switch {
         stack,
         operation: operation_name,
@@ -349,8 +322,8 @@ async fn locked(
         from,
         to: Side {
             color: target,
-            image: release.image.clone(),
-            version: release.version.clone(),
+            image: String::new(),
+            version: String::new(),
             image_id: None,
             replicas,
         },
@@ -362,6 +335,28 @@ async fn locked(
         switched_at: None,
         warnings: Vec::new(),
     };
+    let chosen = match operation {
+        Operation::Deploy { source, version } => {
+            if let (Source::Image(image), Some(version)) = (&source, &version) {
+                // Known before the engine is asked: a failure records them.
+                (switch.to.image, switch.to.version) = (image.clone(), version.clone());
+            }
+            steps
+                .wait(
+                    "image",
+                    "getting the image",
+                    resolve_image(stack, target, source, version),
+                )
+                .await
+                .map(|release| (release, false))
+        }
+        Operation::Rollback => rollback_release(stack, target, &target_containers, replicas).await,
+    };
+    let (release, reuse) = match chosen {
+        Ok(chosen) => chosen,
+        Err(err) => return switch.fail_before_flip(steps, began, err, settings).await,
+    };
+    (switch.to.image, switch.to.version) = (release.image.clone(), release.version.clone());
 
     // Bring the new color up.
     let outcome = steps
@@ -376,7 +371,7 @@ async fn locked(
         )
         .await;
     if let Err(err) = outcome {
-        return switch.fail_before_flip(steps, began, err).await;
+        return switch.fail_before_flip(steps, began, err, settings).await;
     }
     let names = switch.target_names();
     let expect = Expect {
@@ -411,10 +406,7 @@ async fn locked(
             .map(|started| round(ready.saturating_duration_since(started)));
     });
     if let Err(err) = gate {
-        if !settings.keep_failed {
-            switch.undo_start().await;
-        }
-        return switch.fail_before_flip(steps, began, err).await;
+        return switch.fail_before_flip(steps, began, err, settings).await;
     }
     if let Err(err) = Switch::check_sessions(&containers) {
         switch.warnings.push(err);
@@ -429,16 +421,10 @@ async fn locked(
         )
         .await;
     if let Err(err) = flipped {
-        if !settings.keep_failed {
-            switch.undo_start().await;
-        }
-        return switch.fail_before_flip(steps, began, err).await;
+        return switch.fail_before_flip(steps, began, err, settings).await;
     }
 
     // Prove it, then watch it.
-    let lb_addr = lb
-        .published_addr(nginx::HTTP_PORT)
-        .with_context(|| format!("{} publishes no port {}", lb.name, nginx::HTTP_PORT))?;
     let (verified, image_id) = tokio::join!(
         steps.wait(
             "verify",
@@ -527,19 +513,88 @@ async fn locked(
             async {
                 let (drained, ()) =
                     tokio::join!(drain(stack, &old_workers, settings.drain), bookkeeping);
-                drained?;
+                if let Err(err) = drained {
+                    // The switch is proven and recorded: waiting for the old
+                    // workers is a courtesy to their requests, not the deploy.
+                    stack
+                        .printer
+                        .warn(format!("waiting for nginx's old workers: {err:#}"));
+                }
                 if !keep {
                     stop_all(stack, &old).await;
                 }
-                Ok(())
+                Ok::<(), anyhow::Error>(())
             },
         )
         .await?;
+    if crate::interrupt::seen() {
+        stack.printer.warn(format!(
+            "interrupted after the switch was proven: the {operation_name} was finished, not undone"
+        ));
+    }
     let report = switch.report(steps, began, Outcome::Ok, None);
     for warning in &report.warnings {
         stack.printer.warn(warning);
     }
     Ok(report)
+}
+
+fn operation_name(operation: &Operation) -> &'static str {
+    match operation {
+        Operation::Deploy { .. } => "deploy",
+        Operation::Rollback => "rollback",
+    }
+}
+
+/// An error after the lock was taken but before anything changed: a clean
+/// failure (exit 1) that says so, whatever the engine's error was.
+fn nothing_changed(err: anyhow::Error, operation: &str) -> anyhow::Error {
+    if err
+        .chain()
+        .any(|cause| cause.downcast_ref::<crate::error::UserError>().is_some())
+    {
+        return err;
+    }
+    err.context(crate::error::UserError {
+        message: format!("{operation} failed before changing anything"),
+        hint: Some("traffic is unchanged; `cryptus status` shows the stack".to_owned()),
+        code: crate::error::EXIT_FAILED,
+    })
+}
+
+/// What a rollback brings back: the idle color's own release, else the one
+/// the history last recorded for it; and whether its containers can be
+/// started as they are.
+async fn rollback_release(
+    stack: &Stack<'_>,
+    target: Color,
+    target_containers: &[&Container],
+    replicas: u32,
+) -> Result<(Release, bool)> {
+    let release = match release_of(target_containers) {
+        Some(release) => release,
+        None => {
+            let entries = history::read(&stack.nginx()).await.unwrap_or_default();
+            history::last_release(&entries, target).ok_or_else(|| {
+                failed(format!(
+                    "nothing to roll back to: {target} has no containers and no recorded deployment"
+                ))
+            })?
+        }
+    };
+    if stack.engine.image_labels(&release.image).await?.is_none() {
+        return Err(failed_with_hint(
+            format!(
+                "cannot roll back to {target} {}: the engine no longer has image {}",
+                release.version, release.image
+            ),
+            "deploy that version again with `cryptus deploy --image ...`",
+        ));
+    }
+    let reuse = !target_containers.is_empty()
+        && release_of(target_containers).as_ref() == Some(&release)
+        && target_containers.len() == replicas as usize;
+    Ok((release, reuse))
 }
 
 fn check_image(reference: &str) -> Result<()> {
@@ -771,12 +826,18 @@ impl Switch<'_> {
         Ok(())
     }
 
+    /// Ends a switch whose traffic never moved: what it started goes
+    /// (unless --keep-failed), and the failure is recorded.
     async fn fail_before_flip(
         &mut self,
         steps: &mut Steps<'_>,
         began: Instant,
         err: anyhow::Error,
+        settings: &Settings,
     ) -> Result<Report> {
+        if !settings.keep_failed {
+            self.undo_start().await;
+        }
         Ok(self.conclude(steps, began, Outcome::Failed, &err).await)
     }
 
@@ -802,9 +863,18 @@ impl Switch<'_> {
             )
             .await;
         if let Err(back_err) = back {
-            return Err(back_err.context(format!(
-                "the new color failed ({reason}) and flipping back to {from} failed too"
-            )));
+            // Nothing more can be undone without nginx: both colors stay up
+            // so that whichever nginx serves when it is back can answer.
+            let to = &self.to;
+            let err = crate::error::failed_with_hint(
+                format!(
+                    "after the switch to {} {}: {reason}; flipping back to {from} failed too ({back_err:#}); \
+                     nginx's upstream names {} {}, and {from} is still running",
+                    to.color, to.version, to.color, to.version
+                ),
+                "bring nginx back with `cryptus start`, then `cryptus rollback` if the new color is bad",
+            );
+            return Ok(self.conclude(steps, began, Outcome::Failed, &err).await);
         }
         if !settings.keep_failed {
             // Give nginx's old workers their in-flight requests before the
@@ -1019,7 +1089,7 @@ async fn record(stack: &Stack<'_>, report: &Report) {
         durations,
     };
     let nginx = stack.nginx();
-    let history = match history::record(&nginx, entry.clone()).await {
+    let history = match history::record(&nginx, entry.clone(), stack.printer).await {
         Ok(history) => history,
         Err(err) => {
             stack

@@ -254,7 +254,13 @@ impl Lock {
                         ));
                         waiting_said = true;
                     }
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    // Waiting is the one part a signal ends: the lock is
+                    // either taken or not, never left half-made.
+                    crate::interrupt::or_interrupted(async {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        Ok(())
+                    })
+                    .await?;
                 }
             }
         }
