@@ -80,6 +80,9 @@ pub struct Report {
     pub switched_at: Option<chrono::DateTime<Utc>>,
     /// Notes an operator should see, e.g. sessions degraded.
     pub warnings: Vec<String>,
+    /// The reason itself says where traffic is: putting it back failed.
+    #[serde(skip)]
+    pub traffic_unsettled: bool,
 }
 
 impl Report {
@@ -89,8 +92,7 @@ impl Report {
         match self.outcome {
             Outcome::Ok => None,
             Outcome::RolledBack => Some(format!("rolled back: {reason}")),
-            // Failed after the switch: the reason says where traffic is.
-            Outcome::Failed if self.switched_at.is_some() => {
+            Outcome::Failed if self.traffic_unsettled => {
                 Some(format!("{} failed: {reason}", self.operation))
             }
             Outcome::Failed => Some(format!(
@@ -177,6 +179,10 @@ struct Switch<'s> {
     readiness: Option<f64>,
     /// When nginx began to serve the new color.
     switched_at: Option<chrono::DateTime<Utc>>,
+    /// Whether nginx's upstream file may have been rewritten.
+    upstream_touched: bool,
+    /// Traffic could not be put back: the failure says where it is.
+    traffic_unsettled: bool,
     warnings: Vec<String>,
 }
 
@@ -333,6 +339,8 @@ async fn locked(
         start_called: None,
         readiness: None,
         switched_at: None,
+        upstream_touched: false,
+        traffic_unsettled: false,
         warnings: Vec::new(),
     };
     let chosen = match operation {
@@ -421,7 +429,9 @@ async fn locked(
         )
         .await;
     if let Err(err) = flipped {
-        return switch.fail_before_flip(steps, began, err, settings).await;
+        return switch
+            .fail_in_flip(steps, began, &status_addr, &client, err, settings)
+            .await;
     }
 
     // Prove it, then watch it.
@@ -680,6 +690,7 @@ impl Switch<'_> {
             readiness: self.readiness,
             switched_at: self.switched_at,
             warnings: self.warnings.clone(),
+            traffic_unsettled: self.traffic_unsettled,
         }
     }
 
@@ -739,11 +750,12 @@ impl Switch<'_> {
         // nginx's old workers (an earlier run was killed before its drain):
         // let those finish, stop it gracefully, then replace it.
         if existing.iter().any(|c| c.running) {
-            let busy = self
-                .stack
-                .nginx()
-                .drain_shutting_down(Duration::from_secs(30))
-                .await?;
+            let busy = crate::interrupt::or_interrupted(
+                self.stack
+                    .nginx()
+                    .drain_shutting_down(Duration::from_secs(30)),
+            )
+            .await?;
             if busy > 0 {
                 self.stack.printer.warn(format!(
                     "{busy} old nginx workers are still busy; replacing {} anyway",
@@ -818,6 +830,7 @@ impl Switch<'_> {
         if self.old_workers.is_empty() {
             self.old_workers = nginx.workers().await?;
         }
+        self.upstream_touched = true;
         nginx.apply(&[(nginx::UPSTREAM_FILE, &upstream)]).await?;
         let began = Instant::now();
         wait_served(client, status_addr, target).await?;
@@ -841,6 +854,85 @@ impl Switch<'_> {
         Ok(self.conclude(steps, began, Outcome::Failed, &err).await)
     }
 
+    /// Ends a switch whose flip itself failed. Once nginx's upstream may
+    /// have been rewritten (a reload that failed, nginx too slow to pick it
+    /// up), it is put back on the old color before the new one goes; if that
+    /// fails too, both colors stay up and the failure says so.
+    async fn fail_in_flip(
+        &mut self,
+        steps: &mut Steps<'_>,
+        began: Instant,
+        status_addr: &str,
+        client: &reqwest::Client,
+        err: anyhow::Error,
+        settings: &Settings,
+    ) -> Result<Report> {
+        if !self.upstream_touched {
+            return self.fail_before_flip(steps, began, err, settings).await;
+        }
+        let from = self.from.color;
+        let names = self.from_containers.clone();
+        let back = steps
+            .run(
+                "rollback",
+                format!("putting nginx back on {from}"),
+                self.flip(from, &names, status_addr, client),
+            )
+            .await;
+        self.switched_at = None;
+        match back {
+            Ok(()) => self.fail_before_flip(steps, began, err, settings).await,
+            // nginx is down, but its upstream file still names the old
+            // color: that is what it serves when it is back.
+            Err(_) if self.upstream_names_from().await => {
+                self.fail_before_flip(steps, began, err, settings).await
+            }
+            Err(back_err) => {
+                let err = self.unsettled("switching to", &err, &back_err);
+                Ok(self.conclude(steps, began, Outcome::Failed, &err).await)
+            }
+        }
+    }
+
+    /// Whether nginx's upstream file (read through the engine, nginx running
+    /// or not) names the old color's containers and none of the new one's.
+    async fn upstream_names_from(&self) -> bool {
+        match self.stack.nginx().read(nginx::UPSTREAM_FILE).await {
+            Ok(Some(text)) => {
+                self.from_containers
+                    .iter()
+                    .all(|n| text.contains(n.as_str()))
+                    && !self
+                        .target_names()
+                        .iter()
+                        .any(|n| text.contains(n.as_str()))
+            }
+            _ => false,
+        }
+    }
+
+    /// The failure when traffic could not be put back on the old color:
+    /// both colors stay up, so whichever nginx serves when it is back can
+    /// answer.
+    fn unsettled(
+        &mut self,
+        when: &str,
+        err: &anyhow::Error,
+        back_err: &anyhow::Error,
+    ) -> anyhow::Error {
+        self.traffic_unsettled = true;
+        let (from, to) = (self.from.color, &self.to);
+        failed_with_hint(
+            format!(
+                "{when} {} {}: {err:#}; flipping back to {from} failed too ({back_err:#}); \
+                 nginx's upstream may name {} {}, and both colors are left running",
+                to.color, to.version, to.color, to.version
+            ),
+            "bring nginx back with `cryptus start`, then `cryptus status` shows what it serves; \
+             `cryptus rollback` if the new color is bad",
+        )
+    }
+
     async fn flip_back(
         &mut self,
         steps: &mut Steps<'_>,
@@ -850,7 +942,6 @@ impl Switch<'_> {
         err: anyhow::Error,
         settings: &Settings,
     ) -> Result<Report> {
-        let reason = format!("{err:#}");
         let from = self.from.color;
         let names = self.from_containers.clone();
         // The workers to drain now are those serving the failed color.
@@ -863,17 +954,7 @@ impl Switch<'_> {
             )
             .await;
         if let Err(back_err) = back {
-            // Nothing more can be undone without nginx: both colors stay up
-            // so that whichever nginx serves when it is back can answer.
-            let to = &self.to;
-            let err = crate::error::failed_with_hint(
-                format!(
-                    "after the switch to {} {}: {reason}; flipping back to {from} failed too ({back_err:#}); \
-                     nginx's upstream names {} {}, and {from} is still running",
-                    to.color, to.version, to.color, to.version
-                ),
-                "bring nginx back with `cryptus start`, then `cryptus rollback` if the new color is bad",
-            );
+            let err = self.unsettled("after the switch to", &err, &back_err);
             return Ok(self.conclude(steps, began, Outcome::Failed, &err).await);
         }
         if !settings.keep_failed {

@@ -194,6 +194,49 @@ fn nginx_killed_after_the_switch_exits_1_and_is_recorded() {
     assert!(project.serving().0 == "blue" || project.serving().0 == "green");
 }
 
+/// The same class before the switch: the flip cannot reach nginx, its
+/// upstream still names blue, so green goes and blue serves once nginx is back.
+#[test]
+fn nginx_killed_before_the_switch_exits_1_and_traffic_stays() {
+    let project = TestProject::new("nginxkill2");
+    project.set_service_env("green", "APP_STARTUP_DELAY_MS", "3000");
+    project.ok(&["start"]);
+    let args = deploy_args("2.0.0", &["--json"]);
+    let mut deploy =
+        Running::spawn(project.command(&args.iter().map(String::as_str).collect::<Vec<_>>()));
+    deploy.until_line("starting green");
+    let killed = docker(&["kill", &nginx_container(&project)]);
+    assert!(killed.status.success(), "{}", stderr(&killed));
+    let output = deploy.finish();
+    assert_code(&output, 1);
+    no_internal_error(&output);
+    let doc = document(&output);
+    assert_eq!(
+        (doc["ok"].clone(), doc["exit_code"].clone()),
+        (false.into(), 1.into()),
+        "{doc}"
+    );
+    assert!(
+        doc["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("traffic stays on blue")),
+        "{doc}"
+    );
+    assert!(
+        !project
+            .containers()
+            .keys()
+            .any(|n| n.contains("cryptus-green")),
+        "green is removed: {}",
+        stderr(&output)
+    );
+    project.ok(&["start"]);
+    assert_eq!(project.serving().0, "blue");
+    let last = history(&project).last().cloned().expect("an entry");
+    assert_eq!(last["outcome"], "failed", "{last}");
+    assert!(project.status()["lock"].is_null());
+}
+
 #[test]
 fn a_corrupt_history_is_kept_and_warned_about() {
     let project = TestProject::new("corrupt");
