@@ -584,7 +584,12 @@ async fn rollback_release(
     let release = match release_of(target_containers) {
         Some(release) => release,
         None => {
-            let entries = history::read(&stack.nginx()).await.unwrap_or_default();
+            let entries = history::read(&stack.nginx()).await.map_err(|err| {
+                failed_with_hint(
+                    format!("nothing to roll back to: {target} has no containers, and {err:#}"),
+                    "deploy the version you want with `cryptus deploy --image ...`",
+                )
+            })?;
             history::last_release(&entries, target).ok_or_else(|| {
                 failed(format!(
                     "nothing to roll back to: {target} has no containers and no recorded deployment"

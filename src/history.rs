@@ -113,23 +113,36 @@ pub async fn read(nginx: &Nginx<'_>) -> Result<Vec<Entry>> {
 /// [`corrupt_name`], with a warning, and a new history starts; if it cannot
 /// be kept, nothing is written.
 pub async fn record(nginx: &Nginx<'_>, entry: Entry, printer: &Printer) -> Result<Vec<Entry>> {
-    let text = nginx.read(HISTORY_FILE).await?;
-    let entries = match text.as_deref().map(str::trim) {
-        None | Some("") => Vec::new(),
-        Some(_) => {
-            let text = text.unwrap_or_default();
-            match parse(&text) {
-                Ok(entries) => entries,
-                Err(err) => {
-                    let kept = corrupt_name(Utc::now());
-                    write(nginx, &kept, &text).await.with_context(|| {
+    let path = format!("{}/{HISTORY_FILE}", crate::nginx::STATE_DIR);
+    let bytes = nginx.engine.read_file(&nginx.container, &path).await?;
+    let text = bytes
+        .as_deref()
+        .map(String::from_utf8_lossy)
+        .unwrap_or_default();
+    let entries = if text.trim().is_empty() {
+        Vec::new()
+    } else {
+        match parse(&text) {
+            Ok(entries) => entries,
+            Err(err) => {
+                // Kept byte for byte: it is evidence, not something to repair.
+                let kept = corrupt_name(Utc::now());
+                let original = bytes.as_deref().unwrap_or_default();
+                nginx
+                    .engine
+                    .write_files(
+                        &nginx.container,
+                        crate::nginx::STATE_DIR,
+                        &[(kept.as_str(), original, 0o644)],
+                    )
+                    .await
+                    .with_context(|| {
                         format!("{err:#}; keeping it as {kept} failed, so it was left as it is")
                     })?;
-                    printer.warn(format!(
-                        "{err:#}: kept it as {kept} in the nginx-state volume and started a new history"
-                    ));
-                    Vec::new()
-                }
+                printer.warn(format!(
+                    "{err:#}: kept it as {kept} in the nginx-state volume and started a new history"
+                ));
+                Vec::new()
             }
         }
     };

@@ -248,7 +248,8 @@ fn a_corrupt_history_is_kept_and_warned_about() {
         &nginx,
         "sh",
         "-c",
-        "printf '{broken' > /etc/nginx/cryptus/history.json",
+        // Not JSON, and not even UTF-8: the copy must be the very bytes.
+        "printf '{broken\\377' > /etc/nginx/cryptus/history.json",
     ]);
     assert!(broken.status.success(), "{}", stderr(&broken));
 
@@ -266,8 +267,7 @@ fn a_corrupt_history_is_kept_and_warned_about() {
         "cat /etc/nginx/cryptus/history.json.corrupt-*",
     ]);
     assert_eq!(
-        stdout(&listing),
-        "{broken",
+        listing.stdout, b"{broken\xff",
         "the old file is kept as it was"
     );
     let entries = history(&project);
