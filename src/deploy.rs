@@ -565,11 +565,12 @@ fn nothing_changed(err: anyhow::Error, operation: &str) -> anyhow::Error {
     {
         return err;
     }
-    err.context(crate::error::UserError {
-        message: format!("{operation} failed before changing anything"),
-        hint: Some("traffic is unchanged; `cryptus status` shows the stack".to_owned()),
-        code: crate::error::EXIT_FAILED,
-    })
+    // A new error, not a context: `classify` finds a UserError among the
+    // causes, and a context's type is not one of them.
+    failed_with_hint(
+        format!("{operation} failed before changing anything: {err:#}"),
+        "traffic is unchanged; `cryptus status` shows the stack",
+    )
 }
 
 /// What a rollback brings back: the idle color's own release, else the one
@@ -1207,6 +1208,60 @@ async fn record(stack: &Stack<'_>, report: &Report) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn report(outcome: Outcome, unsettled: bool) -> Report {
+        let side = |color, version: &str| Side {
+            color,
+            image: format!("app:{version}"),
+            version: version.into(),
+            image_id: None,
+            replicas: 1,
+        };
+        Report {
+            ok: outcome == Outcome::Ok,
+            operation: "deploy".into(),
+            outcome,
+            from: side(Color::Blue, "1"),
+            to: side(Color::Green, "2"),
+            reason: Some("boom".into()),
+            hint: None,
+            steps: Vec::new(),
+            total: 1.0,
+            readiness: None,
+            switched_at: None,
+            warnings: Vec::new(),
+            traffic_unsettled: unsettled,
+        }
+    }
+
+    #[test]
+    fn a_failure_says_where_traffic_is() {
+        assert_eq!(report(Outcome::Ok, false).error(), None);
+        let stays = report(Outcome::Failed, false).error().unwrap();
+        assert!(stays.contains("traffic stays on blue 1"), "{stays}");
+        // When putting traffic back failed, the reason says where it is:
+        // the line must not claim it stayed.
+        let unsettled = report(Outcome::Failed, true).error().unwrap();
+        assert!(!unsettled.contains("stays"), "{unsettled}");
+        assert!(
+            report(Outcome::RolledBack, false)
+                .error()
+                .unwrap()
+                .starts_with("rolled back")
+        );
+    }
+
+    #[test]
+    fn an_unexpected_error_after_the_lock_is_a_clean_failure() {
+        let err = nothing_changed(anyhow!("engine hiccup"), "deploy");
+        assert_eq!(crate::error::classify(&err).0, crate::error::EXIT_FAILED);
+        assert!(
+            format!("{err:#}").contains("deploy failed before changing anything: engine hiccup")
+        );
+        // A failure that already chose its code keeps it.
+        let usage = nothing_changed(usage("bad", "fix it"), "deploy");
+        assert_eq!(crate::error::classify(&usage).0, crate::error::EXIT_USAGE);
+    }
 
     #[test]
     fn versions_cannot_inject() {

@@ -157,11 +157,8 @@ pub async fn scale(
         {
             err
         } else {
-            err.context(crate::error::UserError {
-                message: format!("scaling {service} failed"),
-                hint: Some("`cryptus status` shows what serves now".to_owned()),
-                code: crate::error::EXIT_FAILED,
-            })
+            // A new error: `classify` looks for a UserError among the causes.
+            failed_with_hint(format!("{err:#}"), "`cryptus status` shows what serves now")
         }
     })
 }
@@ -333,6 +330,11 @@ async fn grow(
             };
             if applied.is_ok() {
                 step.done();
+                if crate::interrupt::seen() {
+                    stack.printer.warn(
+                        "interrupted while nginx took the new replicas: the scale was finished, not undone",
+                    );
+                }
                 return Ok(());
             }
             step.fail();
