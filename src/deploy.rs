@@ -80,6 +80,9 @@ pub struct Report {
     pub switched_at: Option<chrono::DateTime<Utc>>,
     /// Notes an operator should see, e.g. sessions degraded.
     pub warnings: Vec<String>,
+    /// The reason itself says where traffic is: putting it back failed.
+    #[serde(skip)]
+    pub traffic_unsettled: bool,
 }
 
 impl Report {
@@ -89,6 +92,9 @@ impl Report {
         match self.outcome {
             Outcome::Ok => None,
             Outcome::RolledBack => Some(format!("rolled back: {reason}")),
+            Outcome::Failed if self.traffic_unsettled => {
+                Some(format!("{} failed: {reason}", self.operation))
+            }
             Outcome::Failed => Some(format!(
                 "{} failed; traffic stays on {} {}: {reason}",
                 self.operation, self.from.color, self.from.version
@@ -173,6 +179,10 @@ struct Switch<'s> {
     readiness: Option<f64>,
     /// When nginx began to serve the new color.
     switched_at: Option<chrono::DateTime<Utc>>,
+    /// Whether nginx's upstream file may have been rewritten.
+    upstream_touched: bool,
+    /// Traffic could not be put back: the failure says where it is.
+    traffic_unsettled: bool,
     warnings: Vec<String>,
 }
 
@@ -229,7 +239,7 @@ async fn run(stack: &Stack<'_>, operation: Operation, settings: &Settings) -> Re
         done: Vec::new(),
     };
     let lock = steps
-        .wait(
+        .run(
             "lock",
             "taking the deploy lock",
             Lock::acquire(
@@ -272,7 +282,12 @@ async fn locked(
         stack.containers(),
         scale::read_pending(&nginx_state),
     );
-    let (active, containers, mut pending) = (active?, containers?, pending);
+    let unchanged = |err: anyhow::Error| nothing_changed(err, operation_name(&operation));
+    let (active, containers, mut pending) = (
+        active.map_err(unchanged)?,
+        containers.map_err(unchanged)?,
+        pending,
+    );
     let target = active.other();
     let active_containers: Vec<&Container> = of_service(&containers, active.service())
         .into_iter()
@@ -299,49 +314,13 @@ async fn locked(
         replicas: active_replicas,
     };
     let target_containers = of_service(&containers, target.service());
+    let lb_addr = lb
+        .published_addr(nginx::HTTP_PORT)
+        .with_context(|| format!("{} publishes no port {}", lb.name, nginx::HTTP_PORT))
+        .map_err(unchanged)?;
 
-    let operation_name = match operation {
-        Operation::Deploy { .. } => "deploy",
-        Operation::Rollback => "rollback",
-    };
-    let (release, reuse) = match operation {
-        Operation::Deploy { source, version } => {
-            let release = steps
-                .run(
-                    "image",
-                    "getting the image",
-                    resolve_image(stack, target, source, version),
-                )
-                .await?;
-            (release, false)
-        }
-        Operation::Rollback => {
-            let release = match release_of(&target_containers) {
-                Some(release) => release,
-                None => {
-                    let entries = history::read(&stack.nginx()).await.unwrap_or_default();
-                    history::last_release(&entries, target).ok_or_else(|| {
-                        failed(format!(
-                            "nothing to roll back to: {target} has no containers and no recorded deployment"
-                        ))
-                    })?
-                }
-            };
-            if stack.engine.image_labels(&release.image).await?.is_none() {
-                return Err(failed_with_hint(
-                    format!(
-                        "cannot roll back to {target} {}: the engine no longer has image {}",
-                        release.version, release.image
-                    ),
-                    "deploy that version again with `cryptus deploy --image ...`",
-                ));
-            }
-            let reuse = !target_containers.is_empty()
-                && release_of(&target_containers).as_ref() == Some(&release)
-                && target_containers.len() == replicas as usize;
-            (release, reuse)
-        }
-    };
+    let operation_name = operation_name(&operation);
+    // From here on every failure is a report, recorded in the history.
     let mut switch = Switch {
         stack,
         operation: operation_name,
@@ -349,8 +328,8 @@ async fn locked(
         from,
         to: Side {
             color: target,
-            image: release.image.clone(),
-            version: release.version.clone(),
+            image: String::new(),
+            version: String::new(),
             image_id: None,
             replicas,
         },
@@ -360,8 +339,32 @@ async fn locked(
         start_called: None,
         readiness: None,
         switched_at: None,
+        upstream_touched: false,
+        traffic_unsettled: false,
         warnings: Vec::new(),
     };
+    let chosen = match operation {
+        Operation::Deploy { source, version } => {
+            if let (Source::Image(image), Some(version)) = (&source, &version) {
+                // Known before the engine is asked: a failure records them.
+                (switch.to.image, switch.to.version) = (image.clone(), version.clone());
+            }
+            steps
+                .wait(
+                    "image",
+                    "getting the image",
+                    resolve_image(stack, target, source, version),
+                )
+                .await
+                .map(|release| (release, false))
+        }
+        Operation::Rollback => rollback_release(stack, target, &target_containers, replicas).await,
+    };
+    let (release, reuse) = match chosen {
+        Ok(chosen) => chosen,
+        Err(err) => return switch.fail_before_flip(steps, began, err, settings).await,
+    };
+    (switch.to.image, switch.to.version) = (release.image.clone(), release.version.clone());
 
     // Bring the new color up.
     let outcome = steps
@@ -376,7 +379,7 @@ async fn locked(
         )
         .await;
     if let Err(err) = outcome {
-        return switch.fail_before_flip(steps, began, err).await;
+        return switch.fail_before_flip(steps, began, err, settings).await;
     }
     let names = switch.target_names();
     let expect = Expect {
@@ -411,10 +414,7 @@ async fn locked(
             .map(|started| round(ready.saturating_duration_since(started)));
     });
     if let Err(err) = gate {
-        if !settings.keep_failed {
-            switch.undo_start().await;
-        }
-        return switch.fail_before_flip(steps, began, err).await;
+        return switch.fail_before_flip(steps, began, err, settings).await;
     }
     if let Err(err) = Switch::check_sessions(&containers) {
         switch.warnings.push(err);
@@ -429,16 +429,12 @@ async fn locked(
         )
         .await;
     if let Err(err) = flipped {
-        if !settings.keep_failed {
-            switch.undo_start().await;
-        }
-        return switch.fail_before_flip(steps, began, err).await;
+        return switch
+            .fail_in_flip(steps, began, &status_addr, &client, err, settings)
+            .await;
     }
 
     // Prove it, then watch it.
-    let lb_addr = lb
-        .published_addr(nginx::HTTP_PORT)
-        .with_context(|| format!("{} publishes no port {}", lb.name, nginx::HTTP_PORT))?;
     let (verified, image_id) = tokio::join!(
         steps.wait(
             "verify",
@@ -527,19 +523,94 @@ async fn locked(
             async {
                 let (drained, ()) =
                     tokio::join!(drain(stack, &old_workers, settings.drain), bookkeeping);
-                drained?;
+                if let Err(err) = drained {
+                    // The switch is proven and recorded: waiting for the old
+                    // workers is a courtesy to their requests, not the deploy.
+                    stack
+                        .printer
+                        .warn(format!("waiting for nginx's old workers: {err:#}"));
+                }
                 if !keep {
                     stop_all(stack, &old).await;
                 }
-                Ok(())
+                Ok::<(), anyhow::Error>(())
             },
         )
         .await?;
+    if crate::interrupt::seen() {
+        stack.printer.warn(format!(
+            "interrupted after the switch was proven: the {operation_name} was finished, not undone"
+        ));
+    }
     let report = switch.report(steps, began, Outcome::Ok, None);
     for warning in &report.warnings {
         stack.printer.warn(warning);
     }
     Ok(report)
+}
+
+fn operation_name(operation: &Operation) -> &'static str {
+    match operation {
+        Operation::Deploy { .. } => "deploy",
+        Operation::Rollback => "rollback",
+    }
+}
+
+/// An error after the lock was taken but before anything changed: a clean
+/// failure (exit 1) that says so, whatever the engine's error was.
+fn nothing_changed(err: anyhow::Error, operation: &str) -> anyhow::Error {
+    if err
+        .chain()
+        .any(|cause| cause.downcast_ref::<crate::error::UserError>().is_some())
+    {
+        return err;
+    }
+    // A new error, not a context: `classify` finds a UserError among the
+    // causes, and a context's type is not one of them.
+    failed_with_hint(
+        format!("{operation} failed before changing anything: {err:#}"),
+        "traffic is unchanged; `cryptus status` shows the stack",
+    )
+}
+
+/// What a rollback brings back: the idle color's own release, else the one
+/// the history last recorded for it; and whether its containers can be
+/// started as they are.
+async fn rollback_release(
+    stack: &Stack<'_>,
+    target: Color,
+    target_containers: &[&Container],
+    replicas: u32,
+) -> Result<(Release, bool)> {
+    let release = match release_of(target_containers) {
+        Some(release) => release,
+        None => {
+            let entries = history::read(&stack.nginx()).await.map_err(|err| {
+                failed_with_hint(
+                    format!("nothing to roll back to: {target} has no containers, and {err:#}"),
+                    "deploy the version you want with `cryptus deploy --image ...`",
+                )
+            })?;
+            history::last_release(&entries, target).ok_or_else(|| {
+                failed(format!(
+                    "nothing to roll back to: {target} has no containers and no recorded deployment"
+                ))
+            })?
+        }
+    };
+    if stack.engine.image_labels(&release.image).await?.is_none() {
+        return Err(failed_with_hint(
+            format!(
+                "cannot roll back to {target} {}: the engine no longer has image {}",
+                release.version, release.image
+            ),
+            "deploy that version again with `cryptus deploy --image ...`",
+        ));
+    }
+    let reuse = !target_containers.is_empty()
+        && release_of(target_containers).as_ref() == Some(&release)
+        && target_containers.len() == replicas as usize;
+    Ok((release, reuse))
 }
 
 fn check_image(reference: &str) -> Result<()> {
@@ -625,6 +696,7 @@ impl Switch<'_> {
             readiness: self.readiness,
             switched_at: self.switched_at,
             warnings: self.warnings.clone(),
+            traffic_unsettled: self.traffic_unsettled,
         }
     }
 
@@ -684,11 +756,12 @@ impl Switch<'_> {
         // nginx's old workers (an earlier run was killed before its drain):
         // let those finish, stop it gracefully, then replace it.
         if existing.iter().any(|c| c.running) {
-            let busy = self
-                .stack
-                .nginx()
-                .drain_shutting_down(Duration::from_secs(30))
-                .await?;
+            let busy = crate::interrupt::or_interrupted(
+                self.stack
+                    .nginx()
+                    .drain_shutting_down(Duration::from_secs(30)),
+            )
+            .await?;
             if busy > 0 {
                 self.stack.printer.warn(format!(
                     "{busy} old nginx workers are still busy; replacing {} anyway",
@@ -763,6 +836,7 @@ impl Switch<'_> {
         if self.old_workers.is_empty() {
             self.old_workers = nginx.workers().await?;
         }
+        self.upstream_touched = true;
         nginx.apply(&[(nginx::UPSTREAM_FILE, &upstream)]).await?;
         let began = Instant::now();
         wait_served(client, status_addr, target).await?;
@@ -771,13 +845,98 @@ impl Switch<'_> {
         Ok(())
     }
 
+    /// Ends a switch whose traffic never moved: what it started goes
+    /// (unless --keep-failed), and the failure is recorded.
     async fn fail_before_flip(
         &mut self,
         steps: &mut Steps<'_>,
         began: Instant,
         err: anyhow::Error,
+        settings: &Settings,
     ) -> Result<Report> {
+        if !settings.keep_failed {
+            self.undo_start().await;
+        }
         Ok(self.conclude(steps, began, Outcome::Failed, &err).await)
+    }
+
+    /// Ends a switch whose flip itself failed. Once nginx's upstream may
+    /// have been rewritten (a reload that failed, nginx too slow to pick it
+    /// up), it is put back on the old color before the new one goes; if that
+    /// fails too, both colors stay up and the failure says so.
+    async fn fail_in_flip(
+        &mut self,
+        steps: &mut Steps<'_>,
+        began: Instant,
+        status_addr: &str,
+        client: &reqwest::Client,
+        err: anyhow::Error,
+        settings: &Settings,
+    ) -> Result<Report> {
+        if !self.upstream_touched {
+            return self.fail_before_flip(steps, began, err, settings).await;
+        }
+        let from = self.from.color;
+        let names = self.from_containers.clone();
+        let back = steps
+            .run(
+                "rollback",
+                format!("putting nginx back on {from}"),
+                self.flip(from, &names, status_addr, client),
+            )
+            .await;
+        self.switched_at = None;
+        match back {
+            Ok(()) => self.fail_before_flip(steps, began, err, settings).await,
+            // nginx is down, but its upstream file still names the old
+            // color: that is what it serves when it is back.
+            Err(_) if self.upstream_names_from().await => {
+                self.fail_before_flip(steps, began, err, settings).await
+            }
+            Err(back_err) => {
+                let err = self.unsettled("switching to", &err, &back_err);
+                Ok(self.conclude(steps, began, Outcome::Failed, &err).await)
+            }
+        }
+    }
+
+    /// Whether nginx's upstream file (read through the engine, nginx running
+    /// or not) names the old color's containers and none of the new one's.
+    async fn upstream_names_from(&self) -> bool {
+        match self.stack.nginx().read(nginx::UPSTREAM_FILE).await {
+            Ok(Some(text)) => {
+                self.from_containers
+                    .iter()
+                    .all(|n| text.contains(n.as_str()))
+                    && !self
+                        .target_names()
+                        .iter()
+                        .any(|n| text.contains(n.as_str()))
+            }
+            _ => false,
+        }
+    }
+
+    /// The failure when traffic could not be put back on the old color:
+    /// both colors stay up, so whichever nginx serves when it is back can
+    /// answer.
+    fn unsettled(
+        &mut self,
+        when: &str,
+        err: &anyhow::Error,
+        back_err: &anyhow::Error,
+    ) -> anyhow::Error {
+        self.traffic_unsettled = true;
+        let (from, to) = (self.from.color, &self.to);
+        failed_with_hint(
+            format!(
+                "{when} {} {}: {err:#}; flipping back to {from} failed too ({back_err:#}); \
+                 nginx's upstream may name {} {}, and both colors are left running",
+                to.color, to.version, to.color, to.version
+            ),
+            "bring nginx back with `cryptus start`, then `cryptus status` shows what it serves; \
+             `cryptus rollback` if the new color is bad",
+        )
     }
 
     async fn flip_back(
@@ -789,7 +948,6 @@ impl Switch<'_> {
         err: anyhow::Error,
         settings: &Settings,
     ) -> Result<Report> {
-        let reason = format!("{err:#}");
         let from = self.from.color;
         let names = self.from_containers.clone();
         // The workers to drain now are those serving the failed color.
@@ -802,9 +960,8 @@ impl Switch<'_> {
             )
             .await;
         if let Err(back_err) = back {
-            return Err(back_err.context(format!(
-                "the new color failed ({reason}) and flipping back to {from} failed too"
-            )));
+            let err = self.unsettled("after the switch to", &err, &back_err);
+            return Ok(self.conclude(steps, began, Outcome::Failed, &err).await);
         }
         if !settings.keep_failed {
             // Give nginx's old workers their in-flight requests before the
@@ -1019,7 +1176,7 @@ async fn record(stack: &Stack<'_>, report: &Report) {
         durations,
     };
     let nginx = stack.nginx();
-    let history = match history::record(&nginx, entry.clone()).await {
+    let history = match history::record(&nginx, entry.clone(), stack.printer).await {
         Ok(history) => history,
         Err(err) => {
             stack
@@ -1051,6 +1208,60 @@ async fn record(stack: &Stack<'_>, report: &Report) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn report(outcome: Outcome, unsettled: bool) -> Report {
+        let side = |color, version: &str| Side {
+            color,
+            image: format!("app:{version}"),
+            version: version.into(),
+            image_id: None,
+            replicas: 1,
+        };
+        Report {
+            ok: outcome == Outcome::Ok,
+            operation: "deploy".into(),
+            outcome,
+            from: side(Color::Blue, "1"),
+            to: side(Color::Green, "2"),
+            reason: Some("boom".into()),
+            hint: None,
+            steps: Vec::new(),
+            total: 1.0,
+            readiness: None,
+            switched_at: None,
+            warnings: Vec::new(),
+            traffic_unsettled: unsettled,
+        }
+    }
+
+    #[test]
+    fn a_failure_says_where_traffic_is() {
+        assert_eq!(report(Outcome::Ok, false).error(), None);
+        let stays = report(Outcome::Failed, false).error().unwrap();
+        assert!(stays.contains("traffic stays on blue 1"), "{stays}");
+        // When putting traffic back failed, the reason says where it is:
+        // the line must not claim it stayed.
+        let unsettled = report(Outcome::Failed, true).error().unwrap();
+        assert!(!unsettled.contains("stays"), "{unsettled}");
+        assert!(
+            report(Outcome::RolledBack, false)
+                .error()
+                .unwrap()
+                .starts_with("rolled back")
+        );
+    }
+
+    #[test]
+    fn an_unexpected_error_after_the_lock_is_a_clean_failure() {
+        let err = nothing_changed(anyhow!("engine hiccup"), "deploy");
+        assert_eq!(crate::error::classify(&err).0, crate::error::EXIT_FAILED);
+        assert!(
+            format!("{err:#}").contains("deploy failed before changing anything: engine hiccup")
+        );
+        // A failure that already chose its code keeps it.
+        let usage = nothing_changed(usage("bad", "fix it"), "deploy");
+        assert_eq!(crate::error::classify(&usage).0, crate::error::EXIT_USAGE);
+    }
 
     #[test]
     fn versions_cannot_inject() {

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::nginx::Nginx;
+use crate::output::Printer;
 use crate::stack::{Color, Release};
 
 pub const HISTORY_FILE: &str = "history.json";
@@ -107,20 +108,68 @@ pub async fn read(nginx: &Nginx<'_>) -> Result<Vec<Entry>> {
 }
 
 /// Records an entry: read, append, write under a temporary name and rename.
-/// Returns the history as kept now.
-pub async fn record(nginx: &Nginx<'_>, entry: Entry) -> Result<Vec<Entry>> {
-    let entries = match read(nginx).await {
-        Ok(entries) => entries,
-        // A damaged history must not block deploys: start it afresh.
-        Err(err) => {
-            tracing::warn!("{err:#}; starting a new history");
-            Vec::new()
+/// Returns the history as kept now. A history that is not valid JSON is
+/// never overwritten in silence: it is kept beside, under
+/// [`corrupt_name`], with a warning, and a new history starts; if it cannot
+/// be kept, nothing is written.
+pub async fn record(nginx: &Nginx<'_>, entry: Entry, printer: &Printer) -> Result<Vec<Entry>> {
+    let path = format!("{}/{HISTORY_FILE}", crate::nginx::STATE_DIR);
+    let bytes = nginx.engine.read_file(&nginx.container, &path).await?;
+    let text = bytes
+        .as_deref()
+        .map(String::from_utf8_lossy)
+        .unwrap_or_default();
+    let entries = if text.trim().is_empty() {
+        Vec::new()
+    } else {
+        match parse(&text) {
+            Ok(entries) => entries,
+            Err(err) => {
+                // Kept byte for byte: it is evidence, not something to repair.
+                let kept = corrupt_name(Utc::now());
+                let original = bytes.as_deref().unwrap_or_default();
+                nginx
+                    .engine
+                    .write_files(
+                        &nginx.container,
+                        crate::nginx::STATE_DIR,
+                        &[(kept.as_str(), original, 0o644)],
+                    )
+                    .await
+                    .with_context(|| {
+                        format!("{err:#}; keeping it as {kept} failed, so it was left as it is")
+                    })?;
+                printer.warn(format!(
+                    "{err:#}: kept it as {kept} in the nginx-state volume and started a new history"
+                ));
+                Vec::new()
+            }
         }
     };
     let entries = append(entries, entry);
     let text = serde_json::to_string_pretty(&entries).context("encoding the history")?;
-    nginx.write(&[(HISTORY_FILE, &text)], true).await?;
+    write(nginx, HISTORY_FILE, &text).await?;
     Ok(entries)
+}
+
+/// The name a corrupt history is kept under.
+pub fn corrupt_name(now: DateTime<Utc>) -> String {
+    format!(
+        "{HISTORY_FILE}.corrupt-{}",
+        now.format("%Y%m%dT%H%M%S%.3fZ")
+    )
+}
+
+/// Writes a file of the state volume: renamed into place while nginx runs;
+/// through the engine's archive upload when nginx is down (killed during a
+/// deploy), so that the failure is still recorded.
+async fn write(nginx: &Nginx<'_>, name: &str, text: &str) -> Result<()> {
+    match nginx.write(&[(name, text)], true).await {
+        Ok(()) => Ok(()),
+        Err(running) => nginx.write(&[(name, text)], false).await.with_context(|| {
+            format!("writing {name} while nginx runs failed ({running:#}), and without it too")
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -197,5 +246,16 @@ mod tests {
         let text = serde_json::to_string(&entries).unwrap();
         assert_eq!(parse(&text).unwrap(), entries);
         assert!(parse("{broken").is_err());
+    }
+
+    #[test]
+    fn a_corrupt_history_is_kept_under_a_name_of_its_own() {
+        let at = DateTime::parse_from_rfc3339("2026-11-29T18:30:05.250Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(
+            corrupt_name(at),
+            "history.json.corrupt-20261129T183005.250Z"
+        );
     }
 }

@@ -5,8 +5,12 @@
 //! refuses a second container of the same name, atomically. The container is
 //! never started; its labels record the holder, host, pid and start time, and
 //! the holder rewrites a heartbeat file in it every few seconds. A lock whose
-//! holder is gone is stale and is broken: the same host with a dead pid, or a
-//! heartbeat older than [`STALE_AFTER`].
+//! holder is gone is stale and is broken: a dead pid in the very same process
+//! space (same host, same boot, same PID namespace: see [`Identity`]), or a
+//! heartbeat older than [`STALE_AFTER`]. Where the pid cannot be checked
+//! (another host, boot or PID namespace, or a lock taken by an older cryptus
+//! that did not record them) only the heartbeat decides: a CI runner in a
+//! container with `--network host` shares the hostname, not the pids.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -38,6 +42,49 @@ pub struct Holder {
     pub since: DateTime<Utc>,
     /// When the holder last proved it is alive.
     pub heartbeat: Option<DateTime<Utc>>,
+    /// The kernel boot the holder ran in (`None`: not recorded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
+    /// The PID namespace its pid means something in (`None`: not recorded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid_namespace: Option<String>,
+}
+
+/// The process space a pid belongs to: a pid says whether a process is alive
+/// only to a reader in the same one. Host names repeat across containers
+/// (`--network host`), so the boot and the PID namespace are compared too.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub host: String,
+    pub boot_id: Option<String>,
+    pub pid_namespace: Option<String>,
+}
+
+impl Identity {
+    /// This process's identity.
+    pub fn here() -> Identity {
+        Identity {
+            host: hostname(),
+            boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .ok()
+                .map(|id| id.trim().to_owned())
+                .filter(|id| !id.is_empty()),
+            // `pid:[4026531836]`: the namespace's inode, as the kernel names it.
+            pid_namespace: std::fs::read_link("/proc/self/ns/pid")
+                .ok()
+                .map(|link| link.to_string_lossy().into_owned())
+                .filter(|ns| !ns.is_empty()),
+        }
+    }
+
+    /// Whether a pid recorded by `holder` can be looked up here: same host,
+    /// same boot and same PID namespace, each of them known on both sides.
+    fn shares_pids_with(&self, holder: &Holder) -> bool {
+        let same = |mine: &Option<String>, theirs: &Option<String>| matches!((mine, theirs), (Some(a), Some(b)) if a == b);
+        self.host == holder.host
+            && same(&self.boot_id, &holder.boot_id)
+            && same(&self.pid_namespace, &holder.pid_namespace)
+    }
 }
 
 impl Holder {
@@ -53,9 +100,15 @@ impl Holder {
         )
     }
 
-    /// Why the holder is gone, if it is.
-    fn stale_because(&self, now: DateTime<Utc>) -> Option<String> {
-        if self.host == hostname() && !pid_alive(self.pid) {
+    /// Why the holder is gone, if it is, judged from `here`. `alive` looks a
+    /// pid up; it is asked only when the pid means the same process here.
+    fn stale_because(
+        &self,
+        now: DateTime<Utc>,
+        here: &Identity,
+        alive: impl Fn(u32) -> bool,
+    ) -> Option<String> {
+        if here.shares_pids_with(self) && !alive(self.pid) {
             return Some(format!("its process {} on this host is gone", self.pid));
         }
         let last = self.heartbeat.unwrap_or(self.since);
@@ -79,6 +132,8 @@ impl Holder {
                 .map(|t| t.with_timezone(&Utc))
                 .unwrap_or_else(|_| Utc::now()),
             heartbeat: None,
+            boot_id: Some(get("boot-id")).filter(|id| !id.is_empty()),
+            pid_namespace: Some(get("pid-namespace")).filter(|ns| !ns.is_empty()),
         }
     }
 }
@@ -121,8 +176,9 @@ impl Lock {
         let name = lock_name(project);
         let deadline = Instant::now() + options.wait;
         let mut waiting_said = false;
+        let here = Identity::here();
         loop {
-            let labels = BTreeMap::from([
+            let mut labels = BTreeMap::from([
                 (PROJECT_LABEL.to_owned(), project.to_owned()),
                 (LOCK_LABEL.to_owned(), "deploy".to_owned()),
                 (format!("{LOCK_LABEL}.operation"), operation.to_owned()),
@@ -131,6 +187,14 @@ impl Lock {
                 (format!("{LOCK_LABEL}.pid"), std::process::id().to_string()),
                 (format!("{LOCK_LABEL}.since"), Utc::now().to_rfc3339()),
             ]);
+            for (key, value) in [
+                ("boot-id", &here.boot_id),
+                ("pid-namespace", &here.pid_namespace),
+            ] {
+                if let Some(value) = value {
+                    labels.insert(format!("{LOCK_LABEL}.{key}"), value.clone());
+                }
+            }
             let body = ContainerCreateBody {
                 image: Some(image.to_owned()),
                 labels: Some(labels.into_iter().collect()),
@@ -164,7 +228,7 @@ impl Lock {
                         engine.remove(&id, true).await?;
                         continue;
                     }
-                    if let Some(why) = holder.stale_because(Utc::now()) {
+                    if let Some(why) = holder.stale_because(Utc::now(), &here, pid_alive) {
                         printer.warn(format!(
                             "breaking a stale lock held by {}: {why}",
                             holder.describe()
@@ -190,7 +254,13 @@ impl Lock {
                         ));
                         waiting_said = true;
                     }
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    // Waiting is the one part a signal ends: the lock is
+                    // either taken or not, never left half-made.
+                    crate::interrupt::or_interrupted(async {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        Ok(())
+                    })
+                    .await?;
                 }
             }
         }
@@ -292,24 +362,54 @@ pub async fn holder_of(engine: &Engine, project: &str) -> Result<Option<Holder>>
 mod tests {
     use super::*;
 
-    fn holder(host: &str, pid: u32, seconds_ago: i64, heartbeat_ago: Option<i64>) -> Holder {
+    fn space(host: &str, boot: Option<&str>, ns: Option<&str>) -> Identity {
+        Identity {
+            host: host.into(),
+            boot_id: boot.map(Into::into),
+            pid_namespace: ns.map(Into::into),
+        }
+    }
+
+    fn holder(at: &Identity, pid: u32, seconds_ago: i64, heartbeat_ago: Option<i64>) -> Holder {
         let now = Utc::now();
         Holder {
             operation: "deploy".into(),
             user: "ci".into(),
-            host: host.into(),
+            host: at.host.clone(),
             pid,
             since: now - chrono::Duration::seconds(seconds_ago),
             heartbeat: heartbeat_ago.map(|s| now - chrono::Duration::seconds(s)),
+            boot_id: at.boot_id.clone(),
+            pid_namespace: at.pid_namespace.clone(),
         }
     }
 
+    /// Every pid is dead, as seen from wherever the check runs.
+    fn dead(_: u32) -> bool {
+        false
+    }
+
+    const HOST: Option<&str> = Some("pid:[4026531836]");
+    const BOOT: Option<&str> = Some("c5f4ab52");
+
     #[test]
     fn a_live_holder_is_not_stale() {
-        let me = holder(&hostname(), std::process::id(), 600, Some(2));
-        assert_eq!(me.stale_because(Utc::now()), None);
-        let elsewhere = holder("other-host", 1, 600, Some(3));
-        assert_eq!(elsewhere.stale_because(Utc::now()), None);
+        let here = Identity::here();
+        let me = holder(&here, std::process::id(), 600, Some(2));
+        assert_eq!(me.stale_because(Utc::now(), &here, pid_alive), None);
+        let elsewhere = holder(&space("other-host", BOOT, HOST), 1, 600, Some(3));
+        assert_eq!(elsewhere.stale_because(Utc::now(), &here, dead), None);
+    }
+
+    #[test]
+    fn this_process_has_an_identity() {
+        let here = Identity::here();
+        assert!(here.boot_id.is_some(), "{here:?}");
+        assert!(
+            here.pid_namespace
+                .as_deref()
+                .is_some_and(|ns| ns.starts_with("pid:["))
+        );
     }
 
     #[test]
@@ -319,21 +419,77 @@ mod tests {
     }
 
     #[test]
-    fn a_dead_pid_on_this_host_is_stale() {
-        let gone = holder(&hostname(), 4_000_000, 1, Some(1));
-        assert!(gone.stale_because(Utc::now()).unwrap().contains("is gone"));
+    fn a_dead_pid_in_the_same_process_space_is_stale() {
+        let here = space("vm", BOOT, HOST);
+        let gone = holder(&here, 4_000_000, 1, Some(1));
+        let why = gone.stale_because(Utc::now(), &here, dead).unwrap();
+        assert!(why.contains("is gone"), "{why}");
+        let real = Identity::here();
+        let gone = holder(&real, 4_000_000, 1, Some(1));
+        assert!(gone.stale_because(Utc::now(), &real, pid_alive).is_some());
+    }
+
+    /// Issue 12, fault 3: the same hostname is not the same process space.
+    #[test]
+    fn a_pid_from_another_process_space_is_never_judged() {
+        let here = space("vm", BOOT, HOST);
+        for (what, there) in [
+            (
+                "another PID namespace",
+                space("vm", BOOT, Some("pid:[4026532179]")),
+            ),
+            ("another boot", space("vm", Some("0d3a"), HOST)),
+            ("another host", space("ci-7", BOOT, HOST)),
+            ("an older cryptus: no namespace", space("vm", BOOT, None)),
+            ("an older cryptus: no boot id", space("vm", None, HOST)),
+        ] {
+            let live = holder(&there, 4_000_000, 600, Some(4));
+            assert_eq!(
+                live.stale_because(Utc::now(), &here, dead),
+                None,
+                "a holder in {what} with a recent heartbeat is alive"
+            );
+        }
+        // Nor is an unknown side here trusted.
+        let unknown_here = space("vm", BOOT, None);
+        let live = holder(&space("vm", BOOT, None), 4_000_000, 600, Some(4));
+        assert_eq!(live.stale_because(Utc::now(), &unknown_here, dead), None);
     }
 
     #[test]
-    fn a_silent_holder_elsewhere_is_stale() {
-        let silent = holder("other-host", 1, 600, Some(120));
-        assert!(
-            silent
-                .stale_because(Utc::now())
-                .unwrap()
-                .contains("no heartbeat")
-        );
-        let never = holder("other-host", 1, 60, None);
-        assert!(never.stale_because(Utc::now()).is_some());
+    fn a_silent_holder_anywhere_is_stale() {
+        let here = space("vm", BOOT, HOST);
+        for there in [
+            space("other-host", BOOT, HOST),
+            space("vm", BOOT, Some("pid:[4026532179]")),
+        ] {
+            let silent = holder(&there, 1, 600, Some(120));
+            let why = silent.stale_because(Utc::now(), &here, |_| true).unwrap();
+            assert!(why.contains("no heartbeat"), "{why}");
+            let never = holder(&there, 1, 60, None);
+            assert!(never.stale_because(Utc::now(), &here, |_| true).is_some());
+        }
+    }
+
+    #[test]
+    fn the_identity_survives_the_labels() {
+        let here = Identity::here();
+        let labels: BTreeMap<String, String> = [
+            ("host", here.host.clone()),
+            ("pid", "42".to_owned()),
+            ("boot-id", here.boot_id.clone().unwrap_or_default()),
+            (
+                "pid-namespace",
+                here.pid_namespace.clone().unwrap_or_default(),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (format!("{LOCK_LABEL}.{k}"), v))
+        .collect();
+        let holder = Holder::from_labels(&labels);
+        assert!(here.shares_pids_with(&holder));
+        let mut older = labels.clone();
+        older.remove(&format!("{LOCK_LABEL}.pid-namespace"));
+        assert!(!here.shares_pids_with(&Holder::from_labels(&older)));
     }
 }

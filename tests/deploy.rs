@@ -432,9 +432,17 @@ fn two_deploys_at_once_one_is_refused() {
     assert!(project.status()["lock"].is_null(), "the lock is released");
 }
 
-/// Creates the project's lock container by hand, as a holder with `pid` on
-/// this host would have.
+/// Creates the project's lock container by hand, as a holder with `pid` in
+/// this process space (host, boot, PID namespace) would have.
 fn plant_lock(project: &TestProject, pid: u32) {
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .unwrap()
+        .trim()
+        .to_owned();
+    let pid_namespace = std::fs::read_link("/proc/self/ns/pid")
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
     let name = format!("{}-deploy-lock", project.name);
     let project_name = project.name.clone();
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -450,6 +458,8 @@ fn plant_lock(project: &TestProject, pid: u32) {
             ("cryptus.lock.user".to_owned(), "ci".to_owned()),
             ("cryptus.lock.host".to_owned(), host),
             ("cryptus.lock.pid".to_owned(), pid.to_string()),
+            ("cryptus.lock.boot-id".to_owned(), boot_id),
+            ("cryptus.lock.pid-namespace".to_owned(), pid_namespace),
             (
                 "cryptus.lock.since".to_owned(),
                 chrono::Utc::now().to_rfc3339(),
