@@ -146,6 +146,23 @@ pub fn count_keys(keyspace: &BTreeMap<String, String>) -> u64 {
         .sum()
 }
 
+/// Removes a scratch Redis by name. After a signal cut its creation short
+/// the engine may still be making it, so it is looked for a moment more.
+pub async fn remove_scratch(engine: &Engine, name: &str, interrupted: bool) -> Result<()> {
+    engine.remove(name, true).await?;
+    if !interrupted {
+        return Ok(());
+    }
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if engine.inspect(name).await?.is_some() {
+            engine.remove(name, true).await?;
+        }
+    }
+    Ok(())
+}
+
 /// What a [`Scratch`] Redis loads: `dir/file`, from `volume` (name, mount
 /// point) when given, after writing `dump` there when given.
 pub struct Load<'d> {

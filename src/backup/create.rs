@@ -98,7 +98,8 @@ pub async fn create(
     // The scratch redis goes whatever happened (an interrupted wait drops
     // the future that would have removed it).
     let scratch = crate::redis::scratch_name(&project.name, "check");
-    if let Err(err) = super::cleanup(engine.remove(&scratch, true)).await {
+    let removed = crate::redis::remove_scratch(engine, &scratch, interrupt::seen());
+    if let Err(err) = super::cleanup(removed).await {
         printer.warn(format!("removing {scratch}: {err:#}"));
     }
     super::release_lock(lock, printer).await;

@@ -595,22 +595,32 @@ pub async fn take_lock(
     ))
     .await;
     if acquired.is_err() && interrupt::seen() {
-        let name = lock::lock_name(&project.name);
-        let removed = cleanup(async {
-            if let Some((id, holder)) = lock::read_holder(engine, &name).await?
-                && holder.pid == std::process::id()
-                && holder.host == lock::hostname()
-            {
-                engine.remove(&id, true).await?;
-            }
-            Ok(())
-        })
-        .await;
+        let removed = cleanup(remove_own_lock(engine, &project.name)).await;
         if let Err(err) = removed {
             printer.warn(format!("releasing the deploy lock: {err:#}"));
         }
     }
     acquired
+}
+
+/// After a signal cut a lock request short: the engine may still be
+/// creating the lock, so it is looked for a moment and removed if it is
+/// this process's.
+async fn remove_own_lock(engine: &Engine, project: &str) -> Result<()> {
+    let name = lock::lock_name(project);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        if let Some((id, holder)) = lock::read_holder(engine, &name).await? {
+            if holder.pid == std::process::id() && holder.host == lock::hostname() {
+                engine.remove(&id, true).await?;
+            }
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Releases the lock at the end of a run, under a deadline.
