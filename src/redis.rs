@@ -309,18 +309,28 @@ impl<'a> Scratch<'a> {
     }
 }
 
-/// Waits until Redis answers PING and has finished loading its data.
+/// Waits until Redis answers PING and has finished loading its data; a
+/// container that stopped meanwhile fails the wait at once.
 pub async fn wait_loaded(redis: &Redis<'_>, deadline: tokio::time::Instant) -> Result<()> {
     loop {
-        if redis.ping().await.is_ok()
-            && redis
-                .info("persistence")
-                .await?
-                .get("loading")
-                .map(String::as_str)
-                == Some("0")
-        {
-            return Ok(());
+        match redis.ping().await {
+            Ok(()) => {
+                let info = redis.info("persistence").await?;
+                if info.get("loading").map(String::as_str) == Some("0") {
+                    return Ok(());
+                }
+            }
+            Err(err) => {
+                if let Some(container) = redis.engine.inspect(&redis.container).await?
+                    && matches!(container.state.as_str(), "exited" | "dead")
+                {
+                    bail!(
+                        "{} stopped before it loaded its data (exit code {}): {err:#}",
+                        redis.container,
+                        container.exit_code.unwrap_or_default()
+                    );
+                }
+            }
         }
         if tokio::time::Instant::now() >= deadline {
             bail!("{} did not load its data in time", redis.container);

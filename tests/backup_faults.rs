@@ -604,6 +604,7 @@ fn redis_killed_during_backup_exits_1() {
     let output = finish(child);
     assert_code(&output, 1);
     let said = stderr(&output);
+    eprintln!("{said}");
     assert!(!said.contains("internal error"), "{said}");
     assert!(said.contains("error:") && said.contains("redis"), "{said}");
     assert!(said.contains("hint:"), "{said}");
@@ -617,4 +618,64 @@ fn redis_killed_during_backup_exits_1() {
         "{said}"
     );
     assert!(entries(&out).iter().all(|n| !n.starts_with(".tmp-")));
+}
+
+#[test]
+fn restore_without_aof_commits_the_dump_and_a_killed_scratch_leaves_the_old_data() {
+    let project = TestProject::new("noaof");
+    project.edit_compose(|text| text.replace("--appendonly yes", "--appendonly no"));
+    project.ok(&["start"]);
+    assert_eq!(
+        project.redis_cli(&["CONFIG", "GET", "appendonly"]),
+        "appendonly\nno"
+    );
+    write_keys(&project);
+    let out = project.path().join("backups");
+    let backup = one_backup(&project, &out);
+    let backup = backup.to_string_lossy().into_owned();
+    let keys: u64 = project.redis_cli(&["DBSIZE"]).parse().unwrap();
+
+    // The scratch redis dies (an engine failure mid-restore): exit 1, a
+    // hint, and redis back with its previous data.
+    project.redis_cli(&["FLUSHALL"]);
+    project.redis_cli(&["SET", "old-marker", "1"]);
+    project.redis_cli(&["SAVE"]);
+    let child = spawn(&project, &["restore", &backup, "--yes"]);
+    let scratch = format!("{}-redis-restore", project.name);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let running = |project: &TestProject| {
+        project
+            .containers()
+            .iter()
+            .any(|(name, (_, running))| name.ends_with("-redis-restore") && *running)
+    };
+    while !running(&project) {
+        assert!(Instant::now() < deadline, "no scratch redis ran");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    project.on_engine(move |docker| async move {
+        let _ = docker.kill_container(&scratch, None).await;
+    });
+    let output = finish(child);
+    let said = stderr(&output);
+    eprintln!("{said}");
+    assert_clean(&project, &out, &output);
+    if output.status.code() == Some(1) {
+        assert!(said.contains("hint:"), "{said}");
+        assert_eq!(project.redis_cli(&["GET", "old-marker"]), "1", "{said}");
+        assert_eq!(project.redis_cli(&["DBSIZE"]), "1");
+    } else {
+        // The scratch had committed before it was killed.
+        assert_code(&output, 0);
+        assert_eq!(wrong_keys(&project), 0);
+    }
+
+    // Without AOF the restored dump is redis's dump file: it survives a
+    // restart.
+    let output = project.ok(&["restore", &backup, "--yes"]);
+    assert_clean(&project, &out, &output);
+    assert_eq!(project.redis_cli(&["DBSIZE"]), keys.to_string());
+    project.ok(&["restart"]);
+    assert_eq!(wrong_keys(&project), 0);
+    assert_eq!(project.redis_cli(&["GET", "old-marker"]), "");
 }

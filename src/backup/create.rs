@@ -106,7 +106,7 @@ pub async fn create(
     result.map_err(|err| {
         super::as_failure(
             "the backup",
-            "check the stack with `cryptus status` and run the backup again; nothing was written",
+            "check that redis runs (`cryptus status`; `cryptus start` starts it), then run the backup again; nothing was written",
             err,
         )
     })
