@@ -266,6 +266,12 @@ fn restore_refuses_state_entries_outside_the_allowlist_and_changes_nothing() {
             "twice",
         ),
         (
+            "history-garbage",
+            "state.tar.gz",
+            archive(&[("history.json", b"rm -rf /")]),
+            "history.json",
+        ),
+        (
             "compose-nested",
             "compose.tar.gz",
             archive(&[("sub/x.yml", b"x")]),
@@ -332,9 +338,21 @@ fn restore_refuses_state_entries_outside_the_allowlist_and_changes_nothing() {
     assert!(stderr(&output).contains("nginx -t"), "{}", stderr(&output));
     untouched("broken nginx.conf");
 
-    // The good backup still restores, and the upstream it holds is not
-    // restored: nginx keeps serving.
-    project.ok(&["restore", &good.to_string_lossy(), "--yes"]);
+    // The good backup still restores (its nginx.conf through nginx -t and a
+    // reload), and the upstream it holds is not restored: nginx keeps
+    // serving.
+    std::fs::write(
+        &conf_path,
+        [conf_before.as_slice(), b"\n# edited\n"].concat(),
+    )
+    .unwrap();
+    let output = project.ok(&["restore", &good.to_string_lossy(), "--yes"]);
+    assert!(
+        stderr(&output).contains("restored nginx/nginx.conf"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(std::fs::read(&conf_path).unwrap(), conf_before);
     assert_eq!(wrong_keys(&project), 0);
     assert_eq!(project.redis_cli(&["GET", "after-backup"]), "");
     support::get_json(&project.url("/api/health"), None);

@@ -113,9 +113,31 @@ pub fn open(dir: &Path) -> Result<Contents> {
         compose: archive(COMPOSE_ARCHIVE)?,
         state: archive(STATE_ARCHIVE)?
             .into_iter()
-            .map(|(name, entry)| (name, entry.content))
-            .collect(),
+            .map(|(name, entry)| check_state(&name, entry.content).map(|bytes| (name, bytes)))
+            .collect::<Result<_>>()?,
     })
+}
+
+/// A state file is restored only if cryptus can read it back: the history
+/// as a history, the pending replicas as replica counts.
+fn check_state(name: &str, bytes: Vec<u8>) -> Result<Vec<u8>> {
+    let text = std::str::from_utf8(&bytes).ok();
+    let empty = text.is_some_and(|text| text.trim().is_empty());
+    let readable = match (name, text) {
+        (crate::history::HISTORY_FILE | crate::scale::PENDING_FILE, _) if empty => true,
+        (crate::history::HISTORY_FILE, Some(text)) => crate::history::parse(text).is_ok(),
+        (crate::scale::PENDING_FILE, Some(text)) => {
+            serde_json::from_str::<BTreeMap<crate::stack::Color, u32>>(text).is_ok()
+        }
+        _ => false,
+    };
+    if !readable {
+        return Err(failed_with_hint(
+            format!("refusing {STATE_ARCHIVE}: its {name} is not one cryptus wrote"),
+            "restore only backups written by `cryptus backup`; nothing was changed",
+        ));
+    }
+    Ok(bytes)
 }
 
 pub async fn restore(
@@ -324,17 +346,20 @@ async fn apply(
 
     let step = printer.step("configuration and history");
     let lb = containers.iter().find(|c| c.service == LB_SERVICE);
-    let files = write_local(&writes)?;
-    let state = match lb {
-        Some(lb) => restore_nginx(engine, lb, contents, &writes).await?,
+    let partly = "redis's data was restored, but the rest of the backup was not";
+    let files = write_local(&writes).context(partly)?;
+    let mut state = match lb {
+        Some(lb) => restore_nginx(engine, lb, contents, &writes)
+            .await
+            .context(partly)?,
         None => {
             printer.warn("there is no nginx container; the deployment history was not restored");
             Vec::new()
         }
     };
     step.done();
-    let mut state = state;
-    state.extend(restore_volumes(engine, contents, containers, printer).await?);
+    let volumes = restore_volumes(engine, contents, containers, printer).await;
+    state.extend(volumes.context("the backup was restored but for the monitoring data")?);
     if interrupt::seen() {
         printer.warn("a signal came after redis's data was replaced; the restore was finished");
     }
@@ -678,5 +703,21 @@ mod tests {
         assert_eq!(restored_mode(&env, 0o600).unwrap(), 0o600);
         let new = dir.path().join("new.yml");
         assert_eq!(restored_mode(&new, 0o4755).unwrap(), 0o755);
+    }
+
+    #[test]
+    fn state_files_must_read_back() {
+        assert!(check_state("history.json", b"[]".to_vec()).is_ok());
+        assert!(check_state("history.json", b"\n".to_vec()).is_ok());
+        assert!(check_state("replicas.json", br#"{"blue":3}"#.to_vec()).is_ok());
+        for (name, bad) in [
+            ("history.json", b"not json".to_vec()),
+            ("history.json", vec![0xff, 0xfe]),
+            ("replicas.json", br#"{"purple":3}"#.to_vec()),
+            ("replicas.json", br#"{"blue":-1}"#.to_vec()),
+            ("other.json", b"[]".to_vec()),
+        ] {
+            assert!(check_state(name, bad.clone()).is_err(), "{name} {bad:?}");
+        }
     }
 }
