@@ -255,10 +255,42 @@ async fn stage(
             previous,
         });
     }
+    for write in &writes {
+        probe_writable(&write.path)?;
+    }
     if let Some(conf) = writes.iter().find(|w| w.label == "nginx/nginx.conf") {
         test_nginx_conf(engine, containers, &conf.content).await?;
     }
     Ok(writes)
+}
+
+/// Whether a file can be written where the restore will write it (the
+/// directory exists and is writable), found before redis changes rather
+/// than after.
+fn probe_writable(path: &Path) -> Result<()> {
+    let parent = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if !parent.exists() {
+        // Made when the file is written; made now, it would be a change.
+        return Ok(());
+    }
+    let probe = parent.join(format!(".{name}.cryptus-probe"));
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&probe)
+        .map(drop);
+    let _ = std::fs::remove_file(&probe);
+    created.map_err(|err| {
+        failed_with_hint(
+            format!("cannot write {}: {err}", path.display()),
+            "run as a user who may write the project directory; nothing was changed",
+        )
+    })
 }
 
 /// The mode a restored file gets: an existing file keeps its own; a new
@@ -703,6 +735,19 @@ mod tests {
         assert_eq!(restored_mode(&env, 0o600).unwrap(), 0o600);
         let new = dir.path().join("new.yml");
         assert_eq!(restored_mode(&new, 0o4755).unwrap(), 0o755);
+    }
+
+    #[test]
+    fn an_unwritable_place_is_found_before_anything_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(probe_writable(&dir.path().join("compose/.env")).is_ok());
+        assert!(!dir.path().join("compose").exists(), "nothing is made");
+        assert!(probe_writable(&dir.path().join(".env")).is_ok());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, "x").unwrap();
+        let err = probe_writable(&file.join("x.yml")).unwrap_err().to_string();
+        assert!(err.contains("cannot write"), "{err}");
     }
 
     #[test]
