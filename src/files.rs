@@ -18,8 +18,30 @@ pub fn write_secret(path: &Path, content: &[u8]) -> Result<()> {
     write_with_mode(path, content, 0o600)
 }
 
+/// Writes a file the same way, with exactly `mode` (the umask does not
+/// apply): a restore gives a file back the mode it had. The temporary file
+/// is private until its mode is set.
+pub fn write_with_exact_mode(path: &Path, content: &[u8], mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    write_then(path, content, 0o600, |temporary| {
+        std::fs::set_permissions(temporary, std::fs::Permissions::from_mode(mode & 0o777))
+            .with_context(|| format!("setting the mode of {}", temporary.display()))
+    })
+}
+
 /// The temporary file is created with `mode` (less the umask).
 fn write_with_mode(path: &Path, content: &[u8], mode: u32) -> Result<()> {
+    write_then(path, content, mode, |_| Ok(()))
+}
+
+/// Writes `content` to a temporary file created with `mode`, runs `before`
+/// on it, then renames it into place.
+fn write_then(
+    path: &Path,
+    content: &[u8],
+    mode: u32,
+    before: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let parent = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
@@ -39,6 +61,10 @@ fn write_with_mode(path: &Path, content: &[u8], mode: u32) -> Result<()> {
     file.write_all(content)
         .and_then(|()| file.sync_all())
         .with_context(|| format!("writing {}", temporary.display()))?;
+    if let Err(err) = before(&temporary) {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(err);
+    }
     std::fs::rename(&temporary, path).with_context(|| format!("writing {}", path.display()))
 }
 

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
 use crate::engine::Engine;
 
@@ -146,6 +146,23 @@ pub fn count_keys(keyspace: &BTreeMap<String, String>) -> u64 {
         .sum()
 }
 
+/// Removes a scratch Redis by name. After a signal cut its creation short
+/// the engine may still be making it, so it is looked for a moment more.
+pub async fn remove_scratch(engine: &Engine, name: &str, interrupted: bool) -> Result<()> {
+    engine.remove(name, true).await?;
+    if !interrupted {
+        return Ok(());
+    }
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if engine.inspect(name).await?.is_some() {
+            engine.remove(name, true).await?;
+        }
+    }
+    Ok(())
+}
+
 /// What a [`Scratch`] Redis loads: `dir/file`, from `volume` (name, mount
 /// point) when given, after writing `dump` there when given.
 pub struct Load<'d> {
@@ -153,6 +170,45 @@ pub struct Load<'d> {
     pub file: &'d str,
     pub volume: Option<(String, String)>,
     pub dump: Option<&'d [u8]>,
+    /// More `redis-server` options (the live AOF file names).
+    pub args: Vec<String>,
+}
+
+/// What a scratch Redis is for; each has one fixed container name, so a
+/// later run finds what a killed one left.
+pub const SCRATCH_PURPOSES: [&str; 2] = ["restore", "check"];
+
+/// The container name of the project's scratch Redis for `purpose`.
+pub fn scratch_name(project: &str, purpose: &str) -> String {
+    format!("{project}-redis-{purpose}")
+}
+
+/// Removes the scratch Redis containers a killed backup or restore left
+/// (`<project>-redis-restore`, `<project>-redis-check`), saying so. Call it
+/// while holding the deploy lock, before starting the real Redis: a scratch
+/// left on the data volume must be gone before the real one starts, or two
+/// servers would write one volume. Returns the names removed.
+pub async fn sweep_scratch(
+    engine: &Engine,
+    project: &str,
+    printer: &crate::output::Printer,
+) -> Result<Vec<String>> {
+    let mut removed = Vec::new();
+    for purpose in SCRATCH_PURPOSES {
+        let name = scratch_name(project, purpose);
+        if engine.inspect(&name).await?.is_none() {
+            continue;
+        }
+        engine
+            .remove(&name, true)
+            .await
+            .with_context(|| format!("removing {name}, a scratch redis an interrupted run left"))?;
+        printer.warn(format!(
+            "removed {name}, a scratch redis left by an interrupted backup or restore"
+        ));
+        removed.push(name);
+    }
+    Ok(removed)
 }
 
 /// A throwaway Redis beside the real one, on no network: it loads a dump to
@@ -177,12 +233,13 @@ impl<'a> Scratch<'a> {
             file,
             volume,
             dump,
+            args,
         } = load;
-        let name = format!("{project}-redis-{purpose}");
+        let name = scratch_name(project, purpose);
         let labels =
             BTreeMap::from([(crate::engine::PROJECT_LABEL.to_owned(), project.to_owned())]);
         engine.remove(&name, true).await?;
-        let command = [
+        let mut command: Vec<String> = [
             "redis-server",
             "--appendonly",
             "no",
@@ -194,10 +251,14 @@ impl<'a> Scratch<'a> {
             file,
             "--protected-mode",
             "no",
-        ];
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        command.extend(args);
         let body = bollard::models::ContainerCreateBody {
             image: Some(image.to_owned()),
-            cmd: Some(command.iter().map(|s| (*s).to_owned()).collect()),
+            cmd: Some(command),
             labels: Some(labels.into_iter().collect()),
             host_config: Some(bollard::models::HostConfig {
                 network_mode: Some("none".to_owned()),
@@ -248,18 +309,28 @@ impl<'a> Scratch<'a> {
     }
 }
 
-/// Waits until Redis answers PING and has finished loading its data.
+/// Waits until Redis answers PING and has finished loading its data; a
+/// container that stopped meanwhile fails the wait at once.
 pub async fn wait_loaded(redis: &Redis<'_>, deadline: tokio::time::Instant) -> Result<()> {
     loop {
-        if redis.ping().await.is_ok()
-            && redis
-                .info("persistence")
-                .await?
-                .get("loading")
-                .map(String::as_str)
-                == Some("0")
-        {
-            return Ok(());
+        match redis.ping().await {
+            Ok(()) => {
+                let info = redis.info("persistence").await?;
+                if info.get("loading").map(String::as_str) == Some("0") {
+                    return Ok(());
+                }
+            }
+            Err(err) => {
+                if let Some(container) = redis.engine.inspect(&redis.container).await?
+                    && matches!(container.state.as_str(), "exited" | "dead")
+                {
+                    bail!(
+                        "{} stopped before it loaded its data (exit code {}): {err:#}",
+                        redis.container,
+                        container.exit_code.unwrap_or_default()
+                    );
+                }
+            }
         }
         if tokio::time::Instant::now() >= deadline {
             bail!("{} did not load its data in time", redis.container);

@@ -13,7 +13,8 @@ use super::{
 };
 use crate::engine::{Container, Engine};
 use crate::error::{failed, failed_with_hint};
-use crate::lock::{self, Lock};
+use crate::interrupt;
+use crate::lock;
 use crate::nginx::{self, Nginx};
 use crate::output::Printer;
 use crate::project::Project;
@@ -42,7 +43,11 @@ pub async fn create(
     project: &Project,
     options: &Options,
     printer: &Printer,
+    warnings: &Printer,
 ) -> Result<Created> {
+    // From here SIGINT and SIGTERM unwind: the partial backup, the scratch
+    // redis and the lock go.
+    interrupt::catch();
     let containers: Vec<Container> = engine.containers(&project.name).await?;
     let redis = containers
         .iter()
@@ -63,9 +68,9 @@ pub async fn create(
 
     // A deploy in progress finishes first: the backup sees a settled stack.
     let step = printer.step("taking the deploy lock");
-    let lock = Lock::acquire(
+    let lock = super::take_lock(
         engine,
-        &project.name,
+        project,
         "backup",
         &redis.image,
         &options.lock,
@@ -73,11 +78,38 @@ pub async fn create(
     )
     .await?;
     step.done();
-    let result = write(engine, project, redis, lb, &containers, options, printer).await;
-    if let Err(err) = lock.release().await {
-        printer.warn(format!("releasing the deploy lock: {err:#}"));
+    let result = async {
+        // What a killed run left goes first, under the lock: no live
+        // backup or restore owns it.
+        crate::redis::sweep_scratch(engine, &project.name, warnings).await?;
+        super::sweep_temporaries(&options.out, warnings)?;
+        interrupt::or_interrupted(write(
+            engine,
+            project,
+            redis,
+            lb,
+            &containers,
+            options,
+            printer,
+        ))
+        .await
     }
-    result
+    .await;
+    // The scratch redis goes whatever happened (an interrupted wait drops
+    // the future that would have removed it).
+    let scratch = crate::redis::scratch_name(&project.name, "check");
+    let removed = crate::redis::remove_scratch(engine, &scratch, interrupt::seen());
+    if let Err(err) = super::cleanup(removed).await {
+        printer.warn(format!("removing {scratch}: {err:#}"));
+    }
+    super::release_lock(lock, printer).await;
+    result.map_err(|err| {
+        super::as_failure(
+            "the backup",
+            "check that redis runs (`cryptus status`; `cryptus start` starts it), then run the backup again; nothing was written",
+            err,
+        )
+    })
 }
 
 async fn write(
@@ -98,25 +130,30 @@ async fn write(
         container: redis.name.clone(),
     };
     let deadline = Instant::now() + SNAPSHOT_DEADLINE;
-    client.snapshot(deadline).await?;
+    client
+        .snapshot(deadline)
+        .await
+        .with_context(|| format!("snapshotting redis in {}", redis.name))?;
     let dir = client.config("dir").await?;
     let file = client.config("dbfilename").await?;
     let path = format!("{}/{file}", dir.trim_end_matches('/'));
     let dump = engine
         .read_file(&redis.name, &path)
-        .await?
+        .await
+        .with_context(|| format!("reading redis's snapshot from {}", redis.name))?
         .ok_or_else(|| failed(format!("redis saved no {path} in {}", redis.name)))?;
     // The snapshot's key count comes from loading it: that also proves the
     // dump loads. Counting on the live Redis would race with its writes.
     let keys = count_keys(engine, project, &redis.image, &dump, deadline).await?;
-    pending.add(REDIS_ARCHIVE, &pack(&[("dump.rdb".to_owned(), dump)])?)?;
+    pending.add(
+        REDIS_ARCHIVE,
+        &pack(&[("dump.rdb".to_owned(), dump, 0o600)])?,
+    )?;
     step.done_with(format!("{keys} keys"));
 
     let step = printer.step("nginx's configuration and live upstream");
-    let mut files = vec![(
-        "nginx.conf".to_owned(),
-        read_local(&project.dir.join("nginx/nginx.conf"))?,
-    )];
+    let conf = project.dir.join("nginx/nginx.conf");
+    let mut files = vec![("nginx.conf".to_owned(), read_local(&conf)?, mode_of(&conf)?)];
     let mut state = Vec::new();
     if let Some(lb) = lb {
         let nginx = Nginx {
@@ -125,12 +162,12 @@ async fn write(
         };
         for name in [nginx::UPSTREAM_FILE, nginx::HTTP_FILE] {
             if let Some(text) = nginx.read(name).await? {
-                files.push((format!("cryptus/{name}"), text.into_bytes()));
+                files.push((format!("cryptus/{name}"), text.into_bytes(), 0o644));
             }
         }
         for name in [crate::history::HISTORY_FILE, crate::scale::PENDING_FILE] {
             if let Some(text) = nginx.read(name).await? {
-                state.push((name.to_owned(), text.into_bytes()));
+                state.push((name.to_owned(), text.into_bytes(), 0o644));
             }
         }
     }
@@ -145,9 +182,9 @@ async fn write(
     {
         let entry = entry.with_context(|| format!("reading {}", compose_dir.display()))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        let wanted = name.ends_with(".yml") || name.ends_with(".yaml") || name == ".env";
-        if wanted && entry.file_type().is_ok_and(|t| t.is_file()) {
-            compose.push((name, read_local(&entry.path())?));
+        if super::is_compose_file(&name) && entry.file_type().is_ok_and(|t| t.is_file()) {
+            let path = entry.path();
+            compose.push((name, read_local(&path)?, mode_of(&path)?));
         }
     }
     compose.sort();
@@ -229,6 +266,7 @@ async fn count_keys(
         file: "dump.rdb",
         volume: None,
         dump: Some(dump),
+        args: Vec::new(),
     };
     let scratch = Scratch::start(engine, &project.name, "check", image, load).await?;
     let counted = async {
@@ -238,6 +276,14 @@ async fn count_keys(
     .await;
     scratch.remove().await;
     counted.context("loading the snapshot to check it")
+}
+
+/// A file's permission bits, recorded in the archive so a restore can
+/// give a new file the mode the old one had.
+fn mode_of(path: &Path) -> Result<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(meta.permissions().mode() & 0o777)
 }
 
 fn read_local(path: &Path) -> Result<Vec<u8>> {

@@ -18,7 +18,12 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::engine::Engine;
 use crate::error::{failed, failed_with_hint, usage};
+use crate::interrupt;
+use crate::lock::{self, Lock};
+use crate::output::Printer;
+use crate::project::Project;
 
 /// The manifest's format; a newer one is refused rather than misread.
 pub const FORMAT: u32 = 1;
@@ -32,6 +37,11 @@ pub const REDIS_ARCHIVE: &str = "redis.tar.gz";
 pub const NGINX_ARCHIVE: &str = "nginx.tar.gz";
 pub const COMPOSE_ARCHIVE: &str = "compose.tar.gz";
 pub const STATE_ARCHIVE: &str = "state.tar.gz";
+/// Where a backup is written before it is complete: `.tmp-<time>-<pid>`.
+const TEMPORARY_PREFIX: &str = ".tmp-";
+/// Backups hold secrets (`.env`, the data): only their owner reads them.
+const PRIVATE_DIR: u32 = 0o700;
+const PRIVATE_FILE: u32 = 0o600;
 
 /// Monitoring data, when present: the archive, the service, and where its
 /// data lives in the container.
@@ -60,6 +70,63 @@ pub struct FileEntry {
     pub sha256: String,
 }
 
+/// One file of an archive: its content and the mode it was backed up with.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry {
+    pub content: Vec<u8>,
+    pub mode: u32,
+}
+
+/// Whether `name` is a file a backup holds: the four archives of every
+/// backup and the monitoring ones. Anything else is refused.
+pub fn is_known_archive(name: &str) -> bool {
+    [REDIS_ARCHIVE, NGINX_ARCHIVE, COMPOSE_ARCHIVE, STATE_ARCHIVE].contains(&name)
+        || MONITORING_ARCHIVES
+            .iter()
+            .any(|(archive, _, _)| *archive == name)
+}
+
+/// Whether `name` is a compose file or `.env`: what `backup` takes from
+/// `compose/`, plain names only.
+pub fn is_compose_file(name: &str) -> bool {
+    !name.contains('/')
+        && !name.starts_with('.')
+        && (name.ends_with(".yml") || name.ends_with(".yaml"))
+        && name.len() > 4
+        || name == ".env"
+}
+
+/// The allowlist of a restore: whether `path` may appear in `archive`.
+/// The live upstream and http files are backed up for reference but never
+/// restored; they are accepted and ignored.
+pub fn is_allowed_entry(archive: &str, path: &str) -> bool {
+    match archive {
+        REDIS_ARCHIVE => path == "dump.rdb",
+        NGINX_ARCHIVE => {
+            ["nginx.conf", "cryptus/upstream.conf", "cryptus/http.conf"].contains(&path)
+        }
+        COMPOSE_ARCHIVE => is_compose_file(path),
+        STATE_ARCHIVE => [crate::history::HISTORY_FILE, crate::scale::PENDING_FILE].contains(&path),
+        // Monitoring data: anything under the one directory the engine
+        // archived (checked by `strip_first`).
+        _ => MONITORING_ARCHIVES
+            .iter()
+            .any(|(name, _, _)| *name == archive),
+    }
+}
+
+/// Unpacks an archive and refuses any entry outside the allowlist.
+pub fn unpack_allowed(name: &str, bytes: &[u8]) -> Result<BTreeMap<String, Entry>> {
+    let files = unpack(name, bytes)?;
+    if let Some(path) = files.keys().find(|path| !is_allowed_entry(name, path)) {
+        return Err(failed_with_hint(
+            format!("refusing {name}: it holds {path:?}, which a backup never holds there"),
+            "restore only backups written by `cryptus backup`; nothing was changed",
+        ));
+    }
+    Ok(files)
+}
+
 /// Reads a manifest and checks everything in it that can be checked alone.
 pub fn parse_manifest(text: &str) -> Result<Manifest, String> {
     let manifest: Manifest = serde_json::from_str(text)
@@ -83,6 +150,12 @@ pub fn parse_manifest(text: &str) -> Result<Manifest, String> {
         if !plain {
             return Err(format!(
                 "manifest.json names {:?}, which is not a plain file name",
+                file.name
+            ));
+        }
+        if !is_known_archive(&file.name) {
+            return Err(format!(
+                "manifest.json names {:?}, which is not a file a backup holds",
                 file.name
             ));
         }
@@ -178,10 +251,11 @@ pub fn verify(dir: &Path) -> Result<(Manifest, BTreeMap<String, Vec<u8>>)> {
     Ok((manifest, contents))
 }
 
-/// Unpacks a `.tar.gz` into memory: entry path to content. An entry with an
-/// absolute path, a `..`, or a link is refused: a restore never writes
-/// outside where it means to.
-pub fn unpack(name: &str, bytes: &[u8]) -> Result<BTreeMap<String, Vec<u8>>> {
+/// Unpacks a `.tar.gz` into memory: entry path (`./` and `//` dropped) to
+/// content and mode. An entry with an absolute path, a `..`, a link, or a
+/// path that comes twice is refused: a restore never writes outside where
+/// it means to, nor picks one of two answers.
+pub fn unpack(name: &str, bytes: &[u8]) -> Result<BTreeMap<String, Entry>> {
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
     let mut files = BTreeMap::new();
     let entries = archive
@@ -211,13 +285,33 @@ pub fn unpack(name: &str, bytes: &[u8]) -> Result<BTreeMap<String, Vec<u8>>> {
                 path.display()
             )));
         }
+        let mode = entry.header().mode().unwrap_or(0o644) & 0o777;
         let mut content = Vec::new();
         entry
             .read_to_end(&mut content)
             .map_err(|err| failed(format!("{name} is not a readable archive: {err}")))?;
-        files.insert(path.to_string_lossy().into_owned(), content);
+        let key = normalize(&path);
+        if key.is_empty() {
+            return Err(failed(format!(
+                "refusing {name}: it has an entry with no name"
+            )));
+        }
+        if files.insert(key.clone(), Entry { content, mode }).is_some() {
+            return Err(failed(format!("refusing {name}: it holds {key:?} twice")));
+        }
     }
     Ok(files)
+}
+
+/// A checked entry path as one string: its plain components joined by `/`.
+fn normalize(path: &Path) -> String {
+    path.components()
+        .filter_map(|part| match part {
+            Component::Normal(part) => Some(part.to_string_lossy().into_owned()),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 fn check_entry_path(name: &str, path: &Path) -> Result<()> {
@@ -249,26 +343,40 @@ pub fn gzip(tar: &[u8]) -> Result<Vec<u8>> {
 }
 
 /// Drops the first component of every path: the engine archives a
-/// directory under its own name.
-pub fn strip_first(files: BTreeMap<String, Vec<u8>>) -> Vec<(String, Vec<u8>)> {
-    files
-        .into_iter()
-        .filter_map(|(path, content)| {
-            let (_, rest) = path.split_once('/')?;
-            (!rest.is_empty()).then(|| (rest.to_owned(), content))
-        })
-        .collect()
+/// directory under its own name. Every entry must be under that one
+/// directory; anything else is refused.
+pub fn strip_first(name: &str, files: BTreeMap<String, Entry>) -> Result<Vec<(String, Entry)>> {
+    let mut root: Option<String> = None;
+    let mut stripped = Vec::new();
+    for (path, entry) in files {
+        let Some((first, rest)) = path.split_once('/') else {
+            return Err(failed(format!(
+                "refusing {name}: its entry {path:?} is outside the data directory"
+            )));
+        };
+        match &root {
+            Some(root) if root != first => {
+                return Err(failed(format!(
+                    "refusing {name}: its entry {path:?} is outside the data directory {root}"
+                )));
+            }
+            Some(_) => {}
+            None => root = Some(first.to_owned()),
+        }
+        stripped.push((rest.to_owned(), entry));
+    }
+    Ok(stripped)
 }
 
-/// Packs files (path in the archive, content) into a `.tar.gz`.
-pub fn pack(files: &[(String, Vec<u8>)]) -> Result<Vec<u8>> {
+/// Packs files (path in the archive, content, mode) into a `.tar.gz`.
+pub fn pack(files: &[(String, Vec<u8>, u32)]) -> Result<Vec<u8>> {
     let encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     let mut builder = tar::Builder::new(encoder);
     let now = u64::try_from(Utc::now().timestamp()).unwrap_or(0);
-    for (path, content) in files {
+    for (path, content, mode) in files {
         let mut header = tar::Header::new_gnu();
         header.set_size(content.len() as u64);
-        header.set_mode(0o644);
+        header.set_mode(mode & 0o777);
         header.set_mtime(now);
         header.set_entry_type(tar::EntryType::Regular);
         builder
@@ -293,17 +401,27 @@ pub struct Pending {
 impl Pending {
     /// Starts a backup in `out`, named after the current second.
     pub fn start(out: &Path, now: DateTime<Utc>) -> Result<Pending> {
-        std::fs::create_dir_all(out).map_err(|err| io_failure(out, &err))?;
+        use std::os::unix::fs::DirBuilderExt;
+        // Directories cryptus creates are its owner's only; one the
+        // operator made keeps the mode they gave it.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(PRIVATE_DIR)
+            .create(out)
+            .map_err(|err| io_failure(out, &err))?;
         let target = out.join(now.format(NAME_FORMAT).to_string());
         if target.exists() {
             bail!("{} exists already", target.display());
         }
         let temporary = out.join(format!(
-            ".tmp-{}-{}",
+            "{TEMPORARY_PREFIX}{}-{}",
             now.format(NAME_FORMAT),
             std::process::id()
         ));
-        std::fs::create_dir(&temporary).map_err(|err| io_failure(&temporary, &err))?;
+        std::fs::DirBuilder::new()
+            .mode(PRIVATE_DIR)
+            .create(&temporary)
+            .map_err(|err| io_failure(&temporary, &err))?;
         Ok(Pending {
             temporary,
             target,
@@ -360,7 +478,13 @@ impl Drop for Pending {
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut file = std::fs::File::create(path).map_err(|err| io_failure(path, &err))?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(PRIVATE_FILE)
+        .open(path)
+        .map_err(|err| io_failure(path, &err))?;
     file.write_all(bytes)
         .map_err(|err| io_failure(path, &err))?;
     file.sync_all().map_err(|err| io_failure(path, &err))
@@ -380,6 +504,130 @@ fn io_failure(path: &Path, err: &std::io::Error) -> anyhow::Error {
         _ => "pass --out to write somewhere else",
     };
     failed_with_hint(format!("writing {}: {err}", path.display()), hint)
+}
+
+/// Removes what interrupted backups left in `out`: `.tmp-<time>-<pid>`
+/// directories whose process is gone (a SIGKILL, a power cut), saying so.
+/// A live backup's directory is left alone. Returns what was removed.
+pub fn sweep_temporaries(out: &Path, printer: &Printer) -> Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    let entries = match std::fs::read_dir(out) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(removed),
+        Err(err) => return Err(err).with_context(|| format!("reading {}", out.display())),
+    };
+    for entry in entries {
+        let entry = entry.with_context(|| format!("reading {}", out.display()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = temporary_pid(&name) else {
+            continue;
+        };
+        if pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let path = entry.path();
+        std::fs::remove_dir_all(&path)
+            .with_context(|| format!("removing the partial backup {}", path.display()))?;
+        printer.warn(format!(
+            "removed {}, a partial backup left by an interrupted run",
+            path.display()
+        ));
+        removed.push(path);
+    }
+    Ok(removed)
+}
+
+/// The pid in a temporary backup's name `.tmp-<time>-<pid>`; a name of
+/// that shape without a readable pid is an orphan too (pid 0).
+fn temporary_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix(TEMPORARY_PREFIX)?;
+    Some(
+        rest.rsplit_once('-')
+            .and_then(|(_, pid)| pid.parse().ok())
+            .unwrap_or(0),
+    )
+}
+
+/// An error of a backup or restore as the user sees it: a failure already
+/// explained keeps its words and exit code; anything else (an engine error,
+/// a container that vanished) becomes a clean failure (exit 1) naming what
+/// was being done, with a hint.
+pub fn as_failure(doing: &str, hint: &str, err: anyhow::Error) -> anyhow::Error {
+    let explained = err
+        .chain()
+        .any(|cause| cause.downcast_ref::<crate::error::UserError>().is_some());
+    if explained {
+        return err;
+    }
+    failed_with_hint(format!("{doing} failed: {err:#}"), hint)
+}
+
+/// How long each cleanup step (removing a scratch container, releasing the
+/// lock, starting redis again) may take once a run is ending.
+pub const CLEANUP_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Runs a cleanup step under [`CLEANUP_DEADLINE`]; it is not interrupted by
+/// a signal: it is what a signal asks for.
+pub async fn cleanup<T>(work: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    match tokio::time::timeout(CLEANUP_DEADLINE, work).await {
+        Ok(result) => result,
+        Err(_) => bail!("it did not finish in {}s", CLEANUP_DEADLINE.as_secs()),
+    }
+}
+
+/// Takes the deploy lock; a signal while waiting for it ends the wait, and
+/// a lock this process took at that instant is removed again.
+pub async fn take_lock(
+    engine: &Engine,
+    project: &Project,
+    operation: &str,
+    image: &str,
+    options: &lock::Options,
+    printer: &Printer,
+) -> Result<Lock> {
+    let acquired = interrupt::or_interrupted(Lock::acquire(
+        engine,
+        &project.name,
+        operation,
+        image,
+        options,
+        printer,
+    ))
+    .await;
+    if acquired.is_err() && interrupt::seen() {
+        let removed = cleanup(remove_own_lock(engine, &project.name)).await;
+        if let Err(err) = removed {
+            printer.warn(format!("releasing the deploy lock: {err:#}"));
+        }
+    }
+    acquired
+}
+
+/// After a signal cut a lock request short: the engine may still be
+/// creating the lock, so it is looked for a moment and removed if it is
+/// this process's.
+async fn remove_own_lock(engine: &Engine, project: &str) -> Result<()> {
+    let name = lock::lock_name(project);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        if let Some((id, holder)) = lock::read_holder(engine, &name).await? {
+            if holder.pid == std::process::id() && holder.host == lock::hostname() {
+                engine.remove(&id, true).await?;
+            }
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Releases the lock at the end of a run, under a deadline.
+pub async fn release_lock(lock: Lock, printer: &Printer) {
+    if let Err(err) = cleanup(lock.release()).await {
+        printer.warn(format!("releasing the deploy lock: {err:#}"));
+    }
 }
 
 /// The complete backups in `out`, oldest first.
@@ -453,9 +701,13 @@ mod tests {
                 "a".repeat(64)
             )),
             manifest_text(r#"[{"name":"a","size":10,"sha256":"short"}]"#),
+            manifest_text(&format!(
+                r#"[{{"name":"extra.tar.gz","size":10,"sha256":"{}"}}]"#,
+                "a".repeat(64)
+            )),
             manifest_text("[]"),
             manifest_text(&format!(
-                r#"[{{"name":"a","size":10,"sha256":"{0}"}},{{"name":"a","size":1,"sha256":"{0}"}}]"#,
+                r#"[{{"name":"redis.tar.gz","size":10,"sha256":"{0}"}},{{"name":"redis.tar.gz","size":1,"sha256":"{0}"}}]"#,
                 "b".repeat(64)
             )),
             good.replace("\"format\":1", "\"format\":2"),
@@ -466,26 +718,135 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_engines_directory_name_is_dropped() {
-        let files = BTreeMap::from([
-            (
-                "20261128T000000Z-abc/01H/meta.json".to_owned(),
-                b"{}".to_vec(),
-            ),
-            ("20261128T000000Z-abc".to_owned(), b"".to_vec()),
-        ]);
-        assert_eq!(
-            strip_first(files),
-            vec![("01H/meta.json".to_owned(), b"{}".to_vec())]
-        );
+    fn entry(content: &[u8]) -> Entry {
+        Entry {
+            content: content.to_vec(),
+            mode: 0o644,
+        }
     }
 
     #[test]
-    fn archives_round_trip() {
-        let packed = pack(&[("dump.rdb".to_owned(), b"REDIS0010".to_vec())]).unwrap();
+    fn the_engines_directory_name_is_dropped() {
+        let files = BTreeMap::from([(
+            "20261128T000000Z-abc/01H/meta.json".to_owned(),
+            entry(b"{}"),
+        )]);
+        assert_eq!(
+            strip_first("prometheus.tar.gz", files).unwrap(),
+            vec![("01H/meta.json".to_owned(), entry(b"{}"))]
+        );
+        for outside in [
+            BTreeMap::from([("top-level-file".to_owned(), entry(b"x"))]),
+            BTreeMap::from([
+                ("a/x".to_owned(), entry(b"x")),
+                ("b/y".to_owned(), entry(b"y")),
+            ]),
+        ] {
+            assert!(strip_first("grafana.tar.gz", outside).is_err());
+        }
+    }
+
+    #[test]
+    fn archives_round_trip_with_their_modes() {
+        let packed = pack(&[
+            ("dump.rdb".to_owned(), b"REDIS0010".to_vec(), 0o600),
+            ("x".to_owned(), b"x".to_vec(), 0o4755),
+        ])
+        .unwrap();
         let files = unpack("redis.tar.gz", &packed).unwrap();
-        assert_eq!(files["dump.rdb"], b"REDIS0010");
+        assert_eq!(files["dump.rdb"].content, b"REDIS0010");
+        assert_eq!(files["dump.rdb"].mode, 0o600);
+        assert_eq!(files["x"].mode, 0o755);
+    }
+
+    #[test]
+    fn only_the_documented_entries_are_restored() {
+        let allowed = [
+            (REDIS_ARCHIVE, "dump.rdb"),
+            (NGINX_ARCHIVE, "nginx.conf"),
+            (NGINX_ARCHIVE, "cryptus/upstream.conf"),
+            (NGINX_ARCHIVE, "cryptus/http.conf"),
+            (COMPOSE_ARCHIVE, "docker-compose.zero-downtime.yml"),
+            (COMPOSE_ARCHIVE, "x.yaml"),
+            (COMPOSE_ARCHIVE, ".env"),
+            (STATE_ARCHIVE, "history.json"),
+            (STATE_ARCHIVE, "replicas.json"),
+            ("grafana.tar.gz", "grafana/grafana.db"),
+        ];
+        for (archive, path) in allowed {
+            assert!(is_allowed_entry(archive, path), "{archive} {path}");
+        }
+        let refused = [
+            (REDIS_ARCHIVE, "appendonly.aof"),
+            (NGINX_ARCHIVE, "app.conf"),
+            (NGINX_ARCHIVE, "upstream.conf"),
+            (COMPOSE_ARCHIVE, "sub/x.yml"),
+            (COMPOSE_ARCHIVE, ".yml"),
+            (COMPOSE_ARCHIVE, ".hidden.yml"),
+            (COMPOSE_ARCHIVE, "notes.txt"),
+            (STATE_ARCHIVE, "upstream.conf"),
+            (STATE_ARCHIVE, "http.conf"),
+            (STATE_ARCHIVE, "sub/dir/x"),
+            ("other.tar.gz", "x"),
+        ];
+        for (archive, path) in refused {
+            assert!(!is_allowed_entry(archive, path), "{archive} {path}");
+        }
+        let packed = pack(&[("upstream.conf".to_owned(), b"x".to_vec(), 0o644)]).unwrap();
+        let err = unpack_allowed(STATE_ARCHIVE, &packed)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("upstream.conf"), "{err}");
+    }
+
+    #[test]
+    fn an_entry_named_twice_is_refused() {
+        let packed = pack(&[
+            ("history.json".to_owned(), b"[]".to_vec(), 0o644),
+            ("./history.json".to_owned(), b"[1]".to_vec(), 0o644),
+        ])
+        .unwrap();
+        let err = unpack(STATE_ARCHIVE, &packed).unwrap_err().to_string();
+        assert!(err.contains("twice"), "{err}");
+    }
+
+    #[test]
+    fn backups_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let out = root.path().join("backups");
+        let now = Utc::now();
+        let mut pending = Pending::start(&out, now).unwrap();
+        pending.add(COMPOSE_ARCHIVE, b"abc").unwrap();
+        let (dir, _) = pending.commit("p", 0, now).unwrap();
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&out), 0o700);
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join(COMPOSE_ARCHIVE)), 0o600);
+        assert_eq!(mode(&dir.join(MANIFEST)), 0o600);
+    }
+
+    #[test]
+    fn partial_backups_of_dead_runs_are_swept() {
+        let out = tempfile::tempdir().unwrap();
+        let dead = out.path().join(".tmp-20260101_000000-4000000");
+        let live = out
+            .path()
+            .join(format!(".tmp-20260101_000001-{}", std::process::id()));
+        let garbled = out.path().join(".tmp-x");
+        let backup = out.path().join("20260101_000002");
+        for dir in [&dead, &live, &garbled, &backup] {
+            std::fs::create_dir(dir).unwrap();
+        }
+        // The parent of this test process is alive.
+        let parent = std::os::unix::process::parent_id();
+        let alive = out.path().join(format!(".tmp-20260101_000003-{parent}"));
+        std::fs::create_dir(&alive).unwrap();
+        let printer = Printer::new(crate::output::Verbosity::Quiet, false);
+        let removed = sweep_temporaries(out.path(), &printer).unwrap();
+        assert!(!dead.exists() && !garbled.exists() && !live.exists());
+        assert!(alive.exists() && backup.exists());
+        assert_eq!(removed.len(), 3);
     }
 
     fn raw_tar(path: &str, kind: tar::EntryType, link: Option<&str>) -> Vec<u8> {
@@ -527,30 +888,30 @@ mod tests {
         let now = Utc::now();
         {
             let mut pending = Pending::start(out.path(), now).unwrap();
-            pending.add("a.tar.gz", b"abc").unwrap();
+            pending.add(COMPOSE_ARCHIVE, b"abc").unwrap();
             // Dropped before commit: nothing is left.
         }
         assert!(std::fs::read_dir(out.path()).unwrap().next().is_none());
         let mut pending = Pending::start(out.path(), now).unwrap();
-        pending.add("a.tar.gz", b"abc").unwrap();
+        pending.add(COMPOSE_ARCHIVE, b"abc").unwrap();
         let (dir, manifest) = pending.commit("p", 7, now).unwrap();
         assert_eq!(complete_backups(out.path()).unwrap(), vec![dir.clone()]);
         let (read, contents) = verify(&dir).unwrap();
         assert_eq!(read, manifest);
-        assert_eq!(contents["a.tar.gz"], b"abc");
+        assert_eq!(contents[COMPOSE_ARCHIVE], b"abc");
 
-        std::fs::write(dir.join("a.tar.gz"), b"abd").unwrap();
+        std::fs::write(dir.join(COMPOSE_ARCHIVE), b"abd").unwrap();
         assert!(
             verify(&dir)
                 .unwrap_err()
                 .to_string()
                 .contains("does not match its sha256")
         );
-        std::fs::remove_file(dir.join("a.tar.gz")).unwrap();
+        std::fs::remove_file(dir.join(COMPOSE_ARCHIVE)).unwrap();
         assert!(verify(&dir).unwrap_err().to_string().contains("is missing"));
         std::fs::remove_file(dir.join(MANIFEST)).unwrap();
         assert!(verify(&dir).unwrap_err().to_string().contains("is empty"));
-        std::fs::write(dir.join("a.tar.gz"), b"abc").unwrap();
+        std::fs::write(dir.join(COMPOSE_ARCHIVE), b"abc").unwrap();
         assert!(
             verify(&dir)
                 .unwrap_err()

@@ -1,5 +1,7 @@
-//! Restoring a backup: verify everything first, then Redis (safely, through
-//! a temporary instance with AOF off), then the configuration and history.
+//! Restoring a backup: verify and stage everything first (the allowlist,
+//! `nginx -t` on the backup's nginx.conf), then Redis (safely, through a
+//! temporary instance with AOF off, with one point of no return), then the
+//! configuration and history.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -9,17 +11,28 @@ use anyhow::{Context, Result, anyhow};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::{COMPOSE_ARCHIVE, Manifest, NGINX_ARCHIVE, REDIS_ARCHIVE, STATE_ARCHIVE, unpack};
+use super::{
+    COMPOSE_ARCHIVE, Entry, Manifest, NGINX_ARCHIVE, REDIS_ARCHIVE, STATE_ARCHIVE, cleanup,
+    unpack_allowed,
+};
 use crate::engine::{Container, Engine};
 use crate::error::{failed, failed_with_hint};
-use crate::lock::{self, Lock};
+use crate::interrupt;
+use crate::lock;
 use crate::nginx::Nginx;
 use crate::output::Printer;
 use crate::project::Project;
-use crate::redis::{Load, Redis, Scratch, wait_loaded};
+use crate::redis::{Load, Redis, Scratch, scratch_name, wait_loaded};
 use crate::stack::{LB_SERVICE, REDIS_SERVICE};
 
 const REDIS_DEADLINE: Duration = Duration::from_secs(120);
+/// Where the scratch redis loads the backup's dump from: its own
+/// filesystem, not the volume, so nothing on the volume changes before the
+/// commit and nothing is left there after.
+const STAGED_DIR: &str = "/tmp";
+const STAGED_DUMP: &str = "dump.rdb";
+/// Where the backup's nginx.conf is checked inside the load balancer.
+const CANDIDATE_CONF: &str = "/tmp/cryptus-restore-nginx.conf";
 
 #[derive(Debug, Serialize)]
 pub struct Restored {
@@ -33,12 +46,13 @@ pub struct Restored {
     pub state: Vec<String>,
 }
 
-/// What a verified backup holds, unpacked and checked entry by entry.
+/// What a verified backup holds, unpacked and checked entry by entry
+/// against the allowlist.
 pub struct Contents {
     pub manifest: Manifest,
     pub dump: Vec<u8>,
-    pub nginx: BTreeMap<String, Vec<u8>>,
-    pub compose: BTreeMap<String, Vec<u8>>,
+    pub nginx_conf: Option<Entry>,
+    pub compose: BTreeMap<String, Entry>,
     pub state: BTreeMap<String, Vec<u8>>,
     pub volumes: Vec<VolumeData>,
 }
@@ -48,16 +62,16 @@ pub struct Contents {
 pub struct VolumeData {
     pub service: String,
     pub dir: String,
-    pub files: Vec<(String, Vec<u8>)>,
+    pub files: Vec<(String, Entry)>,
 }
 
-/// Verifies a backup and unpacks it, refusing any unsafe entry. Nothing
-/// outside the backup is touched.
+/// Verifies a backup and unpacks it, refusing any unsafe entry and any
+/// entry outside the allowlist. Nothing outside the backup is touched.
 pub fn open(dir: &Path) -> Result<Contents> {
     let (manifest, files) = super::verify(dir)?;
-    let archive = |name: &str| -> Result<BTreeMap<String, Vec<u8>>> {
+    let archive = |name: &str| -> Result<BTreeMap<String, Entry>> {
         match files.get(name) {
-            Some(bytes) => unpack(name, bytes),
+            Some(bytes) => unpack_allowed(name, bytes),
             None => Err(failed(format!(
                 "{} is not a complete backup: it has no {name}",
                 dir.display()
@@ -65,12 +79,15 @@ pub fn open(dir: &Path) -> Result<Contents> {
         }
     };
     let mut redis = archive(REDIS_ARCHIVE)?;
-    let dump = redis.remove("dump.rdb").ok_or_else(|| {
-        failed(format!(
-            "{REDIS_ARCHIVE} in {} holds no dump.rdb",
-            dir.display()
-        ))
-    })?;
+    let dump = redis
+        .remove("dump.rdb")
+        .ok_or_else(|| {
+            failed(format!(
+                "{REDIS_ARCHIVE} in {} holds no dump.rdb",
+                dir.display()
+            ))
+        })?
+        .content;
     if !dump.starts_with(b"REDIS") {
         return Err(failed(format!(
             "{REDIS_ARCHIVE} in {} holds no Redis snapshot",
@@ -78,13 +95,13 @@ pub fn open(dir: &Path) -> Result<Contents> {
         )));
     }
     let mut volumes = Vec::new();
-    for (archive, service, dir) in super::MONITORING_ARCHIVES {
-        if files.contains_key(archive) {
-            let unpacked = unpack(archive, &files[archive])?;
+    for (archive, service, data_dir) in super::MONITORING_ARCHIVES {
+        if let Some(bytes) = files.get(archive) {
+            let unpacked = unpack_allowed(archive, bytes)?;
             volumes.push(VolumeData {
                 service: service.to_owned(),
-                dir: dir.to_owned(),
-                files: super::strip_first(unpacked),
+                dir: data_dir.to_owned(),
+                files: super::strip_first(archive, unpacked)?,
             });
         }
     }
@@ -92,10 +109,35 @@ pub fn open(dir: &Path) -> Result<Contents> {
         volumes,
         manifest,
         dump,
-        nginx: archive(NGINX_ARCHIVE)?,
+        nginx_conf: archive(NGINX_ARCHIVE)?.remove("nginx.conf"),
         compose: archive(COMPOSE_ARCHIVE)?,
-        state: archive(STATE_ARCHIVE)?,
+        state: archive(STATE_ARCHIVE)?
+            .into_iter()
+            .map(|(name, entry)| check_state(&name, entry.content).map(|bytes| (name, bytes)))
+            .collect::<Result<_>>()?,
     })
+}
+
+/// A state file is restored only if cryptus can read it back: the history
+/// as a history, the pending replicas as replica counts.
+fn check_state(name: &str, bytes: Vec<u8>) -> Result<Vec<u8>> {
+    let text = std::str::from_utf8(&bytes).ok();
+    let empty = text.is_some_and(|text| text.trim().is_empty());
+    let readable = match (name, text) {
+        (crate::history::HISTORY_FILE | crate::scale::PENDING_FILE, _) if empty => true,
+        (crate::history::HISTORY_FILE, Some(text)) => crate::history::parse(text).is_ok(),
+        (crate::scale::PENDING_FILE, Some(text)) => {
+            serde_json::from_str::<BTreeMap<crate::stack::Color, u32>>(text).is_ok()
+        }
+        _ => false,
+    };
+    if !readable {
+        return Err(failed_with_hint(
+            format!("refusing {STATE_ARCHIVE}: its {name} is not one cryptus wrote"),
+            "restore only backups written by `cryptus backup`; nothing was changed",
+        ));
+    }
+    Ok(bytes)
 }
 
 pub async fn restore(
@@ -106,17 +148,18 @@ pub async fn restore(
     lock_options: &lock::Options,
     printer: &Printer,
 ) -> Result<Restored> {
+    interrupt::catch();
     let containers = engine.containers(&project.name).await?;
+    let not_running = || {
+        failed_with_hint(
+            format!("the redis of project {} is not running", project.name),
+            "run `cryptus start` first; restore needs the running stack's configuration",
+        )
+    };
     let redis = containers
         .iter()
         .find(|c| c.service == REDIS_SERVICE)
-        .filter(|c| c.running)
-        .ok_or_else(|| {
-            failed_with_hint(
-                format!("the redis of project {} is not running", project.name),
-                "run `cryptus start` first; restore needs the running stack's configuration",
-            )
-        })?;
+        .ok_or_else(not_running)?;
     if contents.manifest.project != project.name {
         printer.warn(format!(
             "the backup is of project {}; restoring it into project {}",
@@ -124,9 +167,9 @@ pub async fn restore(
         ));
     }
     let step = printer.step("taking the deploy lock");
-    let lock = Lock::acquire(
+    let lock = super::take_lock(
         engine,
-        &project.name,
+        project,
         "restore",
         &redis.image,
         lock_options,
@@ -134,108 +177,293 @@ pub async fn restore(
     )
     .await?;
     step.done();
-    let result = apply(
-        engine,
-        project,
-        from,
-        &contents,
-        redis,
-        &containers,
-        printer,
-    )
-    .await;
-    if let Err(err) = lock.release().await {
-        printer.warn(format!("releasing the deploy lock: {err:#}"));
+    let result = async {
+        // A scratch redis a killed run left goes before anything else.
+        crate::redis::sweep_scratch(engine, &project.name, printer).await?;
+        let containers = engine.containers(&project.name).await?;
+        let redis = containers
+            .iter()
+            .find(|c| c.service == REDIS_SERVICE && c.running)
+            .ok_or_else(not_running)?;
+        let staged =
+            interrupt::or_interrupted(stage(engine, project, &contents, &containers)).await?;
+        interrupt::check()?;
+        apply(
+            engine,
+            project,
+            from,
+            &contents,
+            staged,
+            redis,
+            &containers,
+            printer,
+        )
+        .await
     }
-    result
+    .await;
+    super::release_lock(lock, printer).await;
+    result.map_err(|err| {
+        super::as_failure(
+            "the restore",
+            "check the stack with `cryptus status`; redis runs with its previous data unless the restore said otherwise",
+            err,
+        )
+    })
 }
 
+/// A file of the project directory the restore will write.
+struct LocalWrite {
+    path: PathBuf,
+    label: String,
+    content: Vec<u8>,
+    mode: u32,
+    /// What it holds now, to put back if nginx refuses it.
+    previous: Option<Vec<u8>>,
+}
+
+/// Decides every local write and checks the backup's nginx.conf with
+/// `nginx -t`, changing nothing.
+async fn stage(
+    engine: &Engine,
+    project: &Project,
+    contents: &Contents,
+    containers: &[Container],
+) -> Result<Vec<LocalWrite>> {
+    let mut wanted: Vec<(PathBuf, String, &Entry)> = Vec::new();
+    if let Some(conf) = &contents.nginx_conf {
+        let label = "nginx/nginx.conf".to_owned();
+        wanted.push((project.dir.join(&label), label, conf));
+    }
+    for (name, entry) in &contents.compose {
+        wanted.push((
+            project.dir.join("compose").join(name),
+            format!("compose/{name}"),
+            entry,
+        ));
+    }
+    let mut writes = Vec::new();
+    for (path, label, entry) in wanted {
+        let previous = std::fs::read(&path).ok();
+        if previous.as_deref() == Some(entry.content.as_slice()) {
+            continue;
+        }
+        writes.push(LocalWrite {
+            mode: restored_mode(&path, entry.mode)?,
+            path,
+            label,
+            content: entry.content.clone(),
+            previous,
+        });
+    }
+    for write in &writes {
+        probe_writable(&write.path)?;
+    }
+    if let Some(conf) = writes.iter().find(|w| w.label == "nginx/nginx.conf") {
+        test_nginx_conf(engine, containers, &conf.content).await?;
+    }
+    Ok(writes)
+}
+
+/// Whether a file can be written where the restore will write it (the
+/// directory exists and is writable), found before redis changes rather
+/// than after.
+fn probe_writable(path: &Path) -> Result<()> {
+    let parent = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if !parent.exists() {
+        // Made when the file is written; made now, it would be a change.
+        return Ok(());
+    }
+    let probe = parent.join(format!(".{name}.cryptus-probe"));
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&probe)
+        .map(drop);
+    let _ = std::fs::remove_file(&probe);
+    created.map_err(|err| {
+        failed_with_hint(
+            format!("cannot write {}: {err}", path.display()),
+            "run as a user who may write the project directory; nothing was changed",
+        )
+    })
+}
+
+/// The mode a restored file gets: an existing file keeps its own; a new
+/// one gets the mode the backup recorded, and `.env` never more than 0600.
+fn restored_mode(path: &Path, recorded: u32) -> Result<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata(path) {
+        Ok(meta) => Ok(meta.permissions().mode() & 0o777),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            let secret = path.file_name().is_some_and(|name| name == ".env");
+            Ok(if secret {
+                recorded & 0o600
+            } else {
+                recorded & 0o777
+            })
+        }
+        Err(err) => Err(err).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// `nginx -t` on the backup's nginx.conf inside the running load balancer,
+/// before anything changes: a configuration nginx refuses is never written.
+async fn test_nginx_conf(engine: &Engine, containers: &[Container], conf: &[u8]) -> Result<()> {
+    let Some(lb) = containers
+        .iter()
+        .find(|c| c.service == LB_SERVICE && c.running)
+    else {
+        return Err(failed_with_hint(
+            "the backup's nginx/nginx.conf differs from this one, and nginx is not running to check it",
+            "run `cryptus start`, then restore; nothing was changed",
+        ));
+    };
+    let dir = "/tmp";
+    let name = CANDIDATE_CONF.trim_start_matches("/tmp/");
+    engine
+        .put_file(&lb.name, dir, name, conf)
+        .await
+        .with_context(|| format!("copying the backup's nginx.conf into {}", lb.name))?;
+    let tested = engine
+        .exec(&lb.name, &["nginx", "-t", "-q", "-c", CANDIDATE_CONF])
+        .await;
+    let _ = engine.exec(&lb.name, &["rm", "-f", CANDIDATE_CONF]).await;
+    let output = tested.with_context(|| format!("running nginx -t in {}", lb.name))?;
+    if output.code != 0 {
+        let said = format!("{}{}", output.stderr, output.stdout);
+        let reason = said.lines().last().unwrap_or("").trim().to_owned();
+        return Err(failed_with_hint(
+            format!("the backup's nginx/nginx.conf does not pass nginx -t: {reason}"),
+            "nothing was changed; fix nginx.conf in the backup (and its manifest) or restore another backup",
+        ));
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn apply(
     engine: &Engine,
     project: &Project,
     from: &Path,
     contents: &Contents,
+    writes: Vec<LocalWrite>,
     redis: &Container,
     containers: &[Container],
     printer: &Printer,
 ) -> Result<Restored> {
-    let lb = containers.iter().find(|c| c.service == LB_SERVICE);
-    let step = printer.step(format!(
-        "restoring redis ({} keys)",
-        contents.manifest.redis_keys
-    ));
-    restore_redis(engine, project, redis, &contents.dump).await?;
+    let expected = contents.manifest.redis_keys;
+    let step = printer.step(format!("restoring redis ({expected} keys)"));
+    if let Err(err) = restore_redis(engine, project, redis, &contents.dump, expected).await {
+        step.fail();
+        return Err(err);
+    }
+    // Past the point of no return: the rest is finished, not undone.
     let live = Redis {
         engine,
         container: redis.name.clone(),
     };
     let keys = live.keys().await?;
-    if keys != contents.manifest.redis_keys {
+    if keys != expected {
         step.fail();
         return Err(failed(format!(
-            "redis holds {keys} keys after the restore, the backup's manifest says {}",
-            contents.manifest.redis_keys
+            "redis holds {keys} keys after the restore, the backup's manifest says {expected}"
         )));
     }
     step.done_with(format!("{keys} keys"));
 
     let step = printer.step("configuration and history");
-    let mut files = Vec::new();
-    let mut wanted: Vec<(PathBuf, &[u8], String)> = Vec::new();
-    if let Some(conf) = contents.nginx.get("nginx.conf") {
-        wanted.push((
-            project.dir.join("nginx/nginx.conf"),
-            conf,
-            "nginx/nginx.conf".to_owned(),
-        ));
-    }
-    for (name, bytes) in &contents.compose {
-        wanted.push((
-            project.dir.join("compose").join(name),
-            bytes,
-            format!("compose/{name}"),
-        ));
-    }
-    for (path, bytes, label) in wanted {
-        if std::fs::read(&path).ok().as_deref() != Some(bytes) {
-            crate::files::write_atomically(&path, bytes)?;
-            files.push(label);
-        }
-    }
-    let mut state = Vec::new();
-    match lb {
-        Some(lb) => {
-            let nginx = Nginx {
-                engine,
-                container: lb.name.clone(),
-            };
-            let texts: Vec<(String, String)> = contents
-                .state
-                .iter()
-                .map(|(name, bytes)| (name.clone(), String::from_utf8_lossy(bytes).into_owned()))
-                .collect();
-            let entries: Vec<(&str, &str)> = texts
-                .iter()
-                .map(|(n, t)| (n.as_str(), t.as_str()))
-                .collect();
-            if !entries.is_empty() {
-                nginx.write(&entries, lb.running).await?;
-                state.extend(texts.iter().map(|(n, _)| n.clone()));
-            }
-            if lb.running && files.iter().any(|f| f == "nginx/nginx.conf") {
-                match nginx.test().await? {
-                    Ok(()) => nginx.reload().await?,
-                    Err(reason) => printer.warn(format!(
-                        "the restored nginx/nginx.conf does not pass nginx -t, so nginx keeps its running configuration: {reason}"
-                    )),
-                }
-            }
-        }
+    let lb = containers.iter().find(|c| c.service == LB_SERVICE);
+    let partly = "redis's data was restored, but the rest of the backup was not";
+    let files = write_local(&writes).context(partly)?;
+    let mut state = match lb {
+        Some(lb) => restore_nginx(engine, lb, contents, &writes)
+            .await
+            .context(partly)?,
         None => {
-            printer.warn("there is no nginx container; the deployment history was not restored")
+            printer.warn("there is no nginx container; the deployment history was not restored");
+            Vec::new()
         }
-    }
+    };
     step.done();
+    let volumes = restore_volumes(engine, contents, containers, printer).await;
+    state.extend(volumes.context("the backup was restored but for the monitoring data")?);
+    if interrupt::seen() {
+        printer.warn("a signal came after redis's data was replaced; the restore was finished");
+    }
+    // The live upstream is not put back: it names the containers running now.
+    Ok(Restored {
+        ok: true,
+        from: from.to_path_buf(),
+        manifest_time: contents.manifest.time,
+        redis_keys: keys,
+        files,
+        state,
+    })
+}
+
+fn write_local(writes: &[LocalWrite]) -> Result<Vec<String>> {
+    let mut files = Vec::new();
+    for write in writes {
+        crate::files::write_with_exact_mode(&write.path, &write.content, write.mode)?;
+        files.push(write.label.clone());
+    }
+    Ok(files)
+}
+
+/// The deployment history and pending replicas into nginx's state, and
+/// the restored nginx.conf through `nginx -t` and a reload. Returns the
+/// state files written.
+async fn restore_nginx(
+    engine: &Engine,
+    lb: &Container,
+    contents: &Contents,
+    writes: &[LocalWrite],
+) -> Result<Vec<String>> {
+    let nginx = Nginx {
+        engine,
+        container: lb.name.clone(),
+    };
+    let texts: Vec<(String, String)> = contents
+        .state
+        .iter()
+        .map(|(name, bytes)| (name.clone(), String::from_utf8_lossy(bytes).into_owned()))
+        .collect();
+    let entries: Vec<(&str, &str)> = texts
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.as_str()))
+        .collect();
+    if !entries.is_empty() {
+        nginx.write(&entries, lb.running).await?;
+    }
+    let conf = writes.iter().find(|w| w.label == "nginx/nginx.conf");
+    if let (Some(conf), true) = (conf, lb.running) {
+        // Checked before anything changed; checked again where it lives.
+        if let Err(reason) = nginx.test().await? {
+            if let Some(previous) = &conf.previous {
+                crate::files::write_with_exact_mode(&conf.path, previous, conf.mode)?;
+            }
+            return Err(failed(format!(
+                "nginx refused the restored nginx/nginx.conf, so the previous one was put back: {reason}"
+            )));
+        }
+        nginx.reload().await?;
+    }
+    Ok(texts.into_iter().map(|(name, _)| name).collect())
+}
+
+/// Monitoring data into each stopped service's volume; then it starts again.
+async fn restore_volumes(
+    engine: &Engine,
+    contents: &Contents,
+    containers: &[Container],
+    printer: &Printer,
+) -> Result<Vec<String>> {
+    let mut restored = Vec::new();
     for VolumeData {
         service,
         dir,
@@ -249,12 +477,11 @@ async fn apply(
             continue;
         };
         let step = printer.step(format!("{service}'s data"));
-        // Into the stopped container's volume, then it starts again.
         let was_running = container.running;
         engine.stop(&container.name, None).await?;
         let entries: Vec<(&str, &[u8], u32)> = files
             .iter()
-            .map(|(path, content)| (path.as_str(), content.as_slice(), 0o644))
+            .map(|(path, entry)| (path.as_str(), entry.content.as_slice(), entry.mode))
             .collect();
         // Owned as the data directory is: the service's own user.
         let written = async {
@@ -269,71 +496,202 @@ async fn apply(
         }
         written?;
         step.done();
-        state.push(format!("{service} data"));
+        restored.push(format!("{service} data"));
     }
-    // The live upstream is not put back: it names the containers running now.
-    Ok(Restored {
-        ok: true,
-        from: from.to_path_buf(),
-        manifest_time: contents.manifest.time,
-        redis_keys: keys,
-        files,
-        state,
-    })
+    Ok(restored)
 }
 
-/// Replaces Redis's data with `dump` safely. Redis ignores `dump.rdb` when
-/// appendonly is on and an AOF exists, so the dump is loaded by a temporary
-/// Redis on the same volume with appendonly off; if the live configuration
-/// wants AOF, that instance turns it on, which rewrites the AOF from the
-/// restored data. Then the real Redis starts again on it.
-async fn restore_redis(
-    engine: &Engine,
-    project: &Project,
-    redis: &Container,
-    dump: &[u8],
-) -> Result<()> {
-    let live = Redis {
-        engine,
-        container: redis.name.clone(),
-    };
+/// How the live Redis keeps its data, read before it is stopped.
+struct Setup {
+    dir: String,
+    file: String,
+    wants_aof: bool,
+    /// The live AOF names, for the scratch redis that writes the AOF, and
+    /// leave to move its `dir` onto the volume.
+    scratch_args: Vec<String>,
+    volume: (String, String),
+}
+
+async fn read_setup(live: &Redis<'_>, redis: &Container) -> Result<Setup> {
     let dir = live.config("dir").await?;
     let file = live.config("dbfilename").await?;
     let wants_aof = live.config("appendonly").await? == "yes";
-    let (volume, target) = redis
+    let mut scratch_args = Vec::new();
+    for name in ["appendfilename", "appenddirname"] {
+        // appenddirname is Redis 7's; an older one has none.
+        if let Ok(value) = live.config(name).await {
+            scratch_args.extend([format!("--{name}"), value]);
+        }
+    }
+    // Redis 7 refuses CONFIG SET dir unless protected configs are enabled;
+    // the scratch is on no network, so that opens nothing.
+    let version = live.info("server").await?;
+    let major = version
+        .get("redis_version")
+        .and_then(|v| v.split('.').next())
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(0);
+    if major >= 7 {
+        scratch_args.extend(["--enable-protected-configs".to_owned(), "yes".to_owned()]);
+    }
+    let volume = redis
         .volumes
         .iter()
         .find(|(_, target)| dir.starts_with(target.as_str()))
         .cloned()
         .ok_or_else(|| anyhow!("redis keeps its data in {dir}, which is on no named volume"))?;
+    Ok(Setup {
+        dir,
+        file,
+        wants_aof,
+        scratch_args,
+        volume,
+    })
+}
 
-    engine.stop(&redis.name, None).await?;
-    let deadline = Instant::now() + REDIS_DEADLINE;
-    let loaded = async {
-        let load = Load {
-            dir: &dir,
-            file: &file,
-            volume: Some((volume, target)),
-            dump: Some(dump),
-        };
-        let scratch = Scratch::start(engine, &project.name, "restore", &redis.image, load).await?;
-        let result = async {
-            scratch.ready(deadline).await?;
-            if wants_aof {
-                let loader = scratch.redis();
-                loader.cli(&["config", "set", "appendonly", "yes"]).await?;
-                wait_aof(&loader, deadline).await?;
-            }
-            Ok::<(), anyhow::Error>(())
-        }
-        .await;
-        scratch.remove().await;
-        result
+/// Replaces Redis's data with `dump`, or leaves the previous data.
+///
+/// Redis is stopped; a scratch Redis on its volume (AOF off) loads the dump
+/// from a staged name that the live data never uses, and its key count is
+/// checked. Only then comes the one point of no return, an atomic rename
+/// inside Redis: the AOF rewrite when the live configuration wants AOF,
+/// otherwise SAVE to the live dump file. A failure or a signal before it
+/// leaves the previous data in place. Whatever happens, the scratch is
+/// removed and only then does the real Redis start again.
+async fn restore_redis(
+    engine: &Engine,
+    project: &Project,
+    redis: &Container,
+    dump: &[u8],
+    expected: u64,
+) -> Result<()> {
+    let live = Redis {
+        engine,
+        container: redis.name.clone(),
+    };
+    let setup = interrupt::or_interrupted(read_setup(&live, redis)).await?;
+    interrupt::check()?;
+    // Not interrupted: a stop half-asked would race the start that follows.
+    let stopped = cleanup(engine.stop(&redis.name, None))
+        .await
+        .with_context(|| format!("stopping {}", redis.name));
+    let replaced = match stopped {
+        Ok(()) => replace(engine, project, redis, &setup, dump, expected).await,
+        Err(err) => Err(err),
+    };
+    let back = bring_back(engine, project, redis, &setup).await;
+    match (replaced, back) {
+        (Ok(()), Ok(())) => Ok(()),
+        (Err(err), Ok(())) => Err(err.context("redis runs again with its previous data")),
+        (replaced, Err(err)) => Err(failed_with_hint(
+            format!(
+                "redis could not be started again after the restore{}: {err:#}",
+                replaced
+                    .err()
+                    .map(|e| format!(" (which failed: {e:#})"))
+                    .unwrap_or_default()
+            ),
+            "run `cryptus start`; it removes a scratch redis left behind before it starts redis",
+        )),
     }
-    .await;
-    // Whatever happened, the real redis runs again.
-    engine.start(&redis.name).await?;
-    loaded.context("loading the backup into redis")?;
+}
+
+/// Loads the dump into a scratch Redis and commits it. Ok means committed.
+async fn replace(
+    engine: &Engine,
+    project: &Project,
+    redis: &Container,
+    setup: &Setup,
+    dump: &[u8],
+    expected: u64,
+) -> Result<()> {
+    let deadline = Instant::now() + REDIS_DEADLINE;
+    let load = Load {
+        dir: STAGED_DIR,
+        file: STAGED_DUMP,
+        volume: Some(setup.volume.clone()),
+        dump: Some(dump),
+        args: setup.scratch_args.clone(),
+    };
+    // Creating and starting it is not interrupted (a creation half-asked
+    // could finish after the cleanup); waiting for it to load is.
+    let scratch = Scratch::start(engine, &project.name, "restore", &redis.image, load).await?;
+    let loader = scratch.redis();
+    interrupt::or_interrupted(async {
+        scratch.ready(deadline).await?;
+        let loaded = loader.keys().await?;
+        if loaded != expected {
+            return Err(failed(format!(
+                "the backup's snapshot loads {loaded} keys, its manifest says {expected}"
+            )));
+        }
+        Ok(())
+    })
+    .await
+    .context("loading the backup into a scratch redis")?;
+    interrupt::check()?;
+    commit(&loader, setup, deadline)
+        .await
+        .context("writing the restored data to redis's volume")
+}
+
+/// The point of no return, bounded by its deadline and not interrupted.
+/// The scratch moves its `dir` onto the volume; with AOF the AOF rewrite
+/// is the commit (Redis replaces its AOF atomically, and the real one then
+/// loads the AOF, not the dump file), and SAVE writes the dump file too;
+/// without AOF, SAVE's atomic rename is the commit.
+async fn commit(loader: &Redis<'_>, setup: &Setup, deadline: Instant) -> Result<()> {
+    loader.cli(&["config", "set", "dir", &setup.dir]).await?;
+    loader
+        .cli(&["config", "set", "dbfilename", &setup.file])
+        .await?;
+    if setup.wants_aof {
+        loader.cli(&["config", "set", "appendonly", "yes"]).await?;
+        wait_aof(loader, deadline).await?;
+    }
+    let saved = loader.cli(&["save"]).await?;
+    if saved != "OK" {
+        return Err(anyhow!("redis answered {saved:?} to SAVE"));
+    }
+    Ok(())
+}
+
+/// Removes the scratch Redis, makes sure nothing else runs on the volume,
+/// and starts the real Redis again; each step under a deadline. The real
+/// one never starts while a scratch may still exist.
+async fn bring_back(
+    engine: &Engine,
+    project: &Project,
+    redis: &Container,
+    setup: &Setup,
+) -> Result<()> {
+    let scratch = scratch_name(&project.name, "restore");
+    cleanup(engine.remove(&scratch, true))
+        .await
+        .with_context(|| format!("removing the scratch redis {scratch}"))?;
+    let others: Vec<String> = cleanup(engine.containers(&project.name))
+        .await?
+        .into_iter()
+        .filter(|c| c.name != redis.name && c.running)
+        .filter(|c| {
+            c.volumes
+                .iter()
+                .any(|(volume, _)| *volume == setup.volume.0)
+        })
+        .map(|c| c.name)
+        .collect();
+    if !others.is_empty() {
+        return Err(anyhow!(
+            "{} still run on the volume {}; redis was not started beside them",
+            others.join(", "),
+            setup.volume.0
+        ));
+    }
+    cleanup(engine.start(&redis.name)).await?;
+    let live = Redis {
+        engine,
+        container: redis.name.clone(),
+    };
     wait_loaded(&live, Instant::now() + REDIS_DEADLINE).await
 }
 
@@ -357,5 +715,54 @@ async fn wait_aof(redis: &Redis<'_>, deadline: Instant) -> Result<()> {
             return Err(anyhow!("redis did not write its AOF in time"));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restored_files_keep_their_modes() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let existing = dir.path().join("docker-compose.yml");
+        std::fs::write(&existing, "x").unwrap();
+        std::fs::set_permissions(&existing, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert_eq!(restored_mode(&existing, 0o644).unwrap(), 0o640);
+        let env = dir.path().join(".env");
+        assert_eq!(restored_mode(&env, 0o644).unwrap(), 0o600);
+        assert_eq!(restored_mode(&env, 0o600).unwrap(), 0o600);
+        let new = dir.path().join("new.yml");
+        assert_eq!(restored_mode(&new, 0o4755).unwrap(), 0o755);
+    }
+
+    #[test]
+    fn an_unwritable_place_is_found_before_anything_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(probe_writable(&dir.path().join("compose/.env")).is_ok());
+        assert!(!dir.path().join("compose").exists(), "nothing is made");
+        assert!(probe_writable(&dir.path().join(".env")).is_ok());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, "x").unwrap();
+        let err = probe_writable(&file.join("x.yml")).unwrap_err().to_string();
+        assert!(err.contains("cannot write"), "{err}");
+    }
+
+    #[test]
+    fn state_files_must_read_back() {
+        assert!(check_state("history.json", b"[]".to_vec()).is_ok());
+        assert!(check_state("history.json", b"\n".to_vec()).is_ok());
+        assert!(check_state("replicas.json", br#"{"blue":3}"#.to_vec()).is_ok());
+        for (name, bad) in [
+            ("history.json", b"not json".to_vec()),
+            ("history.json", vec![0xff, 0xfe]),
+            ("replicas.json", br#"{"purple":3}"#.to_vec()),
+            ("replicas.json", br#"{"blue":-1}"#.to_vec()),
+            ("other.json", b"[]".to_vec()),
+        ] {
+            assert!(check_state(name, bad.clone()).is_err(), "{name} {bad:?}");
+        }
     }
 }

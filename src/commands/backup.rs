@@ -21,7 +21,9 @@ pub async fn backup(
     lock_wait: Duration,
     printer: &Printer,
 ) -> Result<u8> {
-    // Cron runs this: it speaks when asked (-v, --json) or when it fails.
+    crate::interrupt::catch();
+    // Cron runs this: it speaks when asked (-v, --json) or when it fails,
+    // or when it cleans up after a killed run.
     let quiet = printer.quiet_unless_verbose();
     let engine = Engine::connect().await?;
     let options = create::Options {
@@ -32,7 +34,7 @@ pub async fn backup(
             force_unlock: false,
         },
     };
-    let created = create::create(&engine, project, &options, &quiet).await?;
+    let created = create::create(&engine, project, &options, &quiet, printer).await?;
     if printer.json() {
         printer.out_json(&created)?;
     } else {
@@ -73,6 +75,12 @@ pub async fn restore(
     lock_wait: Duration,
     printer: &Printer,
 ) -> Result<u8> {
+    // With --yes nothing waits for a person: SIGINT and SIGTERM are caught
+    // from the start, so a signal at any instant unwinds. Without it, Ctrl-C
+    // at the question still simply ends the program.
+    if yes {
+        crate::interrupt::catch();
+    }
     // Everything is checked before anything is changed.
     let contents = restore::open(dir)?;
     if !yes {
