@@ -677,8 +677,12 @@ impl Stack<'_> {
             .collect();
         self.check_images(&images).await?;
         let existing = self.containers().await?;
-        let idle = |s: &&Service| Color::of_service(&s.name).is_some();
-        let publishing: Vec<&Service> = services.iter().filter(|s| !idle(s)).collect();
+        // The colors publish engine-chosen ports, and which one starts is
+        // known only once nginx's volume is read.
+        let publishing: Vec<&Service> = services
+            .iter()
+            .filter(|s| Color::of_service(&s.name).is_none())
+            .collect();
         self.check_ports(&publishing, &existing).await?;
         // The secrets first: they are bind-mounted files too.
         self.ensure_secrets().await?;
@@ -843,12 +847,11 @@ impl Stack<'_> {
             .any(|(name, change)| name.starts_with(&prefix) && *change != Change::Unchanged);
         changes.extend(services);
         interrupt::check()?;
+        // nginx may have been created early, to read its volume.
+        let earlier = changes.get(&self.lb_container()).copied();
         let (lb_name, lb_change) = self
-            .start_nginx(&lb_service, active, reload, deadline, saga)
+            .start_nginx(&lb_service, active, reload, earlier, deadline, saga)
             .await?;
-        let lb_change = changes
-            .get(&lb_name)
-            .map_or(lb_change, |c| c.max_with(lb_change));
         changes.insert(lb_name, lb_change);
         let addr = self.wait_served(active, deadline).await?;
         self.record_restore(&restore, &release, &changes, began)
@@ -928,6 +931,7 @@ impl Stack<'_> {
             release,
             running_before,
             upstream_missing,
+            started,
         })
     }
 
@@ -1082,6 +1086,7 @@ impl Stack<'_> {
         lb_service: &Service,
         active: Color,
         reload: bool,
+        earlier: Option<Change>,
         deadline: Instant,
         saga: &mut Saga,
     ) -> Result<(String, Change)> {
@@ -1121,6 +1126,7 @@ impl Stack<'_> {
             }
             lb_change = Change::Started.max_with(lb_change);
         }
+        let lb_change = earlier.map_or(lb_change, |c| c.max_with(lb_change));
         step.done_with(format!("{lb_change:?}").to_lowercase());
         Ok((lb.name, lb_change))
     }
@@ -1176,15 +1182,10 @@ impl Stack<'_> {
             .map(|(name, _)| name)
             .collect();
         let nginx = self.nginx();
-        if !made.is_empty() {
-            let mut started = recorded::parse_started(
-                nginx
-                    .read(recorded::STARTED_FILE)
-                    .await
-                    .ok()
-                    .flatten()
-                    .as_deref(),
-            );
+        // Kept current, so a stack that is never deployed (or one an older
+        // cryptus started) can be repaired at the release it runs.
+        if restore.started.get(&color) != Some(release) {
+            let mut started = restore.started.clone();
             started.insert(color, release.clone());
             let written = match serde_json::to_string(&started) {
                 Ok(text) => nginx.write(&[(recorded::STARTED_FILE, &text)], true).await,
@@ -1384,6 +1385,8 @@ pub enum Ensure {
 struct Restore {
     plan: recorded::Plan,
     release: Release,
+    /// The releases former starts recorded.
+    started: BTreeMap<Color, Release>,
     /// The active color's running containers before this run.
     running_before: u32,
     upstream_missing: bool,
