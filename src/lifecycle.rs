@@ -703,8 +703,24 @@ impl Stack<'_> {
         };
         let engine_ports = self.engine.published_host_ports().await?;
         let mut taken = Vec::new();
+        let mut wanted: BTreeMap<(u16, &str), &str> = BTreeMap::new();
         for service in services {
             for port in &service.ports {
+                if let Some(host_port) = port.host_port
+                    && let Some(other) =
+                        wanted.insert((host_port, port.protocol.as_str()), &service.name)
+                {
+                    return Err(failed_with_hint(
+                        format!(
+                            "host port {host_port} is published twice ({other} and {}), so nothing was created",
+                            service.name
+                        ),
+                        format!(
+                            "give each its own port: {} sets this one",
+                            port_variable(&service.name, port.container_port)
+                        ),
+                    ));
+                }
                 let Some(host_port) = port.host_port.filter(|p| !ours(*p)) else {
                     continue;
                 };
@@ -761,6 +777,19 @@ impl Stack<'_> {
             self.printer,
         ))
         .await
+        .map_err(|err| {
+            // The lock's own hint names deploy's flags, which start lacks.
+            match err.downcast_ref::<crate::error::UserError>() {
+                Some(held) if held.message.contains("is held") => failed_with_hint(
+                    held.message.clone(),
+                    format!(
+                        "{operation} waited {}s (its --timeout) for it; run it again once that operation ends. A lock whose holder is gone is broken by the next run",
+                        wait.as_secs()
+                    ),
+                ),
+                _ => err,
+            }
+        })
     }
 
     /// Brings the stack up: redis, the active color at its recorded release

@@ -230,6 +230,32 @@ fn start_with_an_unreadable_upstream_refuses_and_changes_nothing() {
     assert!(!project.containers().contains_key(&nginx));
 }
 
+#[test]
+fn start_with_a_corrupt_history_and_the_serving_color_gone_refuses() {
+    let project = TestProject::new("corrupt-history");
+    project.ok(&["start"]);
+    project.deploy_ok("2.0.0", &[]);
+    let nginx = format!("{}-nginx-1", project.name);
+    assert_eq!(
+        exec(
+            &nginx,
+            "printf '[{\"broken' > /etc/nginx/cryptus/history.json"
+        ),
+        0
+    );
+    remove_container(&format!("{}-cryptus-green-1", project.name));
+    let before = project.containers();
+    let output = project.run(&["start"]);
+    assert_code(&output, 1);
+    let text = stderr(&output);
+    assert_clean_exit(&project, &text);
+    assert!(
+        text.contains("history cannot be read") && text.contains("hint:"),
+        "{text}"
+    );
+    assert_eq!(project.containers(), before, "no color was guessed");
+}
+
 /// A self-signed certificate and key in the project's nginx/ssl/.
 fn make_certificate(project: &TestProject) {
     let ssl = project.path().join("nginx/ssl");
@@ -261,7 +287,7 @@ fn make_certificate(project: &TestProject) {
 
 #[test]
 fn https_port_is_published_only_with_certificates() {
-    let project = TestProject::new("https-port");
+    let mut project = TestProject::new("https-port");
     // The HTTPS port is taken by something else: without certificates, no
     // matter.
     let https_port: u16 = project
@@ -289,6 +315,15 @@ fn https_port_is_published_only_with_certificates() {
     assert_clean_exit(&project, &text);
     assert_eq!(project.containers(), before);
     assert_eq!(project.serving().0, "blue");
+
+    // One host port for both is refused as such, before anything changes.
+    project.set_env("CRYPTUS_HTTPS_PORT", &project.port.to_string());
+    let output = project.run(&["start"]);
+    assert_code(&output, 1);
+    let text = stderr(&output);
+    assert!(text.contains("published twice"), "{text}");
+    assert_eq!(project.containers(), before);
+    project.set_env("CRYPTUS_HTTPS_PORT", &https_port.to_string());
 
     // Freed, it is published and serves HTTPS.
     drop(holder);
