@@ -1442,6 +1442,10 @@ fn port_variable(service: &str, container_port: u16) -> String {
     match (service, container_port) {
         (LB_SERVICE, nginx::HTTP_PORT) => "CRYPTUS_HTTP_PORT".to_owned(),
         (LB_SERVICE, HTTPS_PORT) => "CRYPTUS_HTTPS_PORT".to_owned(),
+        ("prometheus", 9090) => "PROMETHEUS_PORT".to_owned(),
+        ("alertmanager", 9093) => "ALERTMANAGER_PORT".to_owned(),
+        ("cadvisor", 8080) => "CADVISOR_PORT".to_owned(),
+        ("grafana", 3000) => "GRAFANA_PORT".to_owned(),
         _ => format!("the ports: of service {service} in the compose file"),
     }
 }
@@ -1489,6 +1493,24 @@ fn numeric_uid(user: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_taken_port_names_the_variable_that_sets_it() {
+        assert_eq!(port_variable("nginx", 80), "CRYPTUS_HTTP_PORT");
+        assert_eq!(port_variable("nginx", 443), "CRYPTUS_HTTPS_PORT");
+        assert_eq!(port_variable("grafana", 3000), "GRAFANA_PORT");
+        assert!(port_variable("web", 8000).contains("service web"));
+    }
+
+    #[test]
+    fn a_listening_port_is_seen_as_in_use() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert!(port_in_use(Some("127.0.0.1"), port, "tcp"));
+        assert!(port_in_use(None, port, "tcp"));
+        drop(listener);
+        assert!(!port_in_use(Some("127.0.0.1"), port, "tcp"));
+    }
 
     #[test]
     fn a_container_user_names_its_uid() {
