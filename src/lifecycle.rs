@@ -1192,8 +1192,8 @@ impl Stack<'_> {
         }
     }
 
-    /// Records what a start restored: the release it created containers
-    /// of, and, when it repaired served state, a history entry.
+    /// Records what a start restored: the release it runs (for a stack
+    /// never deployed), and, when it repaired served state, a history entry.
     async fn record_restore(
         &self,
         restore: &Restore,
@@ -1202,67 +1202,24 @@ impl Stack<'_> {
         began: Instant,
     ) {
         let color = restore.plan.color;
-        let made: Vec<&String> = changes
+        let prefix = format!("{}-{}-", self.project.name, color.service());
+        let ours: Vec<(&String, &Change)> = changes
             .iter()
-            .filter(|(name, change)| {
-                name.starts_with(&format!("{}-{}-", self.project.name, color.service()))
-                    && matches!(change, Change::Created | Change::Recreated)
-            })
-            .map(|(name, _)| name)
+            .filter(|(name, _)| name.starts_with(&prefix))
             .collect();
-        let nginx = self.nginx();
-        // Kept current, so a stack that is never deployed (or one an older
-        // cryptus started) can be repaired at the release it runs.
-        if restore.started.get(&color) != Some(release) {
-            let mut started = restore.started.clone();
-            started.insert(color, release.clone());
-            let written = match serde_json::to_string(&started) {
-                Ok(text) => nginx.write(&[(recorded::STARTED_FILE, &text)], true).await,
-                Err(err) => Err(err.into()),
-            };
-            if let Err(err) = written {
-                self.printer
-                    .warn(format!("recording the started release: {err:#}"));
-            }
-        }
-        let repaired_upstream =
-            restore.upstream_missing && restore.plan.source != recorded::Source::Fresh;
-        if restore.plan.source == recorded::Source::Fresh || (made.is_empty() && !repaired_upstream)
-        {
+        let made: Vec<String> = ours
+            .iter()
+            .filter(|(_, change)| matches!(change, Change::Created | Change::Recreated))
+            .map(|(name, _)| (*name).clone())
+            .collect();
+        self.record_started(restore, release).await;
+        let Some(reason) =
+            recorded::repair_reason(&restore.plan, release, &made, restore.upstream_missing)
+        else {
             self.publish_metrics(Some(color), None).await;
             return;
-        }
-        let mut what = Vec::new();
-        if !made.is_empty() {
-            what.push(format!(
-                "recreated {}",
-                made.iter()
-                    .map(|n| n.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-        }
-        if repaired_upstream {
-            what.push("rewrote nginx's missing upstream file".to_owned());
-        }
-        let reason = format!(
-            "{} at {color} {} from the {}",
-            what.join(" and "),
-            release.version,
-            match restore.plan.source {
-                recorded::Source::History => "deployment history",
-                recorded::Source::Started => "release start recorded",
-                _ => "containers' labels",
-            }
-        );
+        };
         self.printer.info(format!("repaired: {reason}"));
-        let replicas = u32::try_from(
-            changes
-                .keys()
-                .filter(|n| n.starts_with(&format!("{}-{}-", self.project.name, color.service())))
-                .count(),
-        )
-        .unwrap_or(0);
         let side = |replicas: u32| crate::history::Side {
             color,
             image: release.image.clone(),
@@ -1276,12 +1233,12 @@ impl Stack<'_> {
             user: crate::lock::user(),
             host: crate::lock::hostname(),
             from: side(restore.running_before),
-            to: side(replicas),
+            to: side(u32::try_from(ours.len()).unwrap_or(u32::MAX)),
             outcome: crate::history::Outcome::Ok,
             reason: Some(reason),
             durations: BTreeMap::from([("total".to_owned(), began.elapsed().as_secs_f64())]),
         };
-        let history = match crate::history::record(&nginx, entry).await {
+        let history = match crate::history::record(&self.nginx(), entry).await {
             Ok(history) => Some(history),
             Err(err) => {
                 self.printer.warn(format!("recording the repair: {err:#}"));
@@ -1289,6 +1246,30 @@ impl Stack<'_> {
             }
         };
         self.publish_metrics(Some(color), history).await;
+    }
+
+    /// Keeps the started releases current, so a stack that is never
+    /// deployed (or one an older cryptus started) can be repaired at the
+    /// release it runs. A failure is a warning: the stack is up.
+    async fn record_started(&self, restore: &Restore, release: &Release) {
+        let color = restore.plan.color;
+        if restore.started.get(&color) == Some(release) {
+            return;
+        }
+        let mut started = restore.started.clone();
+        started.insert(color, release.clone());
+        let written = match serde_json::to_string(&started) {
+            Ok(text) => {
+                self.nginx()
+                    .write(&[(recorded::STARTED_FILE, &text)], true)
+                    .await
+            }
+            Err(err) => Err(err.into()),
+        };
+        if let Err(err) = written {
+            self.printer
+                .warn(format!("recording the started release: {err:#}"));
+        }
     }
 
     /// Undoes a failed or interrupted run, newest first, under a deadline:

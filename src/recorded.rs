@@ -287,6 +287,42 @@ fn describe_both(facts: &Facts<'_>) -> String {
         .join(" and ")
 }
 
+/// What a start repaired, for the history, or `None` when it repaired
+/// nothing: it recreated containers of the serving color (`made`), or wrote
+/// nginx's upstream file anew when it was missing. A first start repairs
+/// nothing.
+pub fn repair_reason(
+    plan: &Plan,
+    release: &Release,
+    made: &[String],
+    upstream_missing: bool,
+) -> Option<String> {
+    if plan.source == Source::Fresh {
+        return None;
+    }
+    let mut what = Vec::new();
+    if !made.is_empty() {
+        what.push(format!("recreated {}", made.join(", ")));
+    }
+    if upstream_missing {
+        what.push("rewrote nginx's missing upstream file".to_owned());
+    }
+    if what.is_empty() {
+        return None;
+    }
+    let from = match plan.source {
+        Source::History => "the deployment history",
+        Source::Started => "the release start recorded",
+        Source::Containers | Source::Fresh => "the containers' labels",
+    };
+    Some(format!(
+        "{} at {} {} from {from}",
+        what.join(" and "),
+        plan.color,
+        release.version
+    ))
+}
+
 /// Parses the started releases; a damaged file counts as none recorded.
 pub fn parse_started(text: Option<&str>) -> BTreeMap<Color, Release> {
     text.and_then(|text| serde_json::from_str(text).ok())
@@ -487,6 +523,32 @@ mod tests {
         )];
         let disagree = facts(Upstream::Active(Color::Green), Ok(&history), &none);
         assert!(decide(&disagree).is_err());
+    }
+
+    #[test]
+    fn a_repair_says_what_it_did_and_a_first_start_is_none() {
+        let plan = |source| Plan {
+            color: Color::Green,
+            release: Some(release("2.0.0")),
+            replicas: None,
+            source,
+        };
+        let made = ["p-cryptus-green-1".to_owned()];
+        let reason = repair_reason(&plan(Source::History), &release("2.0.0"), &made, false);
+        assert_eq!(
+            reason.as_deref(),
+            Some("recreated p-cryptus-green-1 at green 2.0.0 from the deployment history")
+        );
+        let reason = repair_reason(&plan(Source::Containers), &release("2.0.0"), &[], true);
+        assert!(reason.unwrap().contains("missing upstream"));
+        assert_eq!(
+            repair_reason(&plan(Source::Containers), &release("2.0.0"), &[], false),
+            None
+        );
+        assert_eq!(
+            repair_reason(&plan(Source::Fresh), &release("1.0.0"), &made, true),
+            None
+        );
     }
 
     #[test]
