@@ -696,12 +696,15 @@ impl Stack<'_> {
     /// else holds: another container (any project) or, when the engine runs
     /// here, any process.
     async fn check_ports(&self, services: &[&Service], existing: &[Container]) -> Result<()> {
+        // This project's own containers (running, or restarting) hold their
+        // ports for the stack this start keeps or replaces.
         let ours = |port: u16| {
             existing
                 .iter()
-                .any(|c| c.running && c.published.values().any(|(_, p)| *p == port))
+                .any(|c| c.published.values().any(|(_, p)| *p == port))
         };
-        let engine_ports = self.engine.published_host_ports().await?;
+        let mut engine_ports = self.engine.published_host_ports().await?;
+        engine_ports.retain(|(_, project, _)| project.as_deref() != Some(&self.project.name));
         let mut taken = Vec::new();
         let mut wanted: BTreeMap<(u16, &str), &str> = BTreeMap::new();
         for service in services {

@@ -440,10 +440,15 @@ impl Running {
     }
 
     /// SIGTERM, then the exit code and all of stderr (at most 150 s).
-    fn terminate(mut self) -> (Option<i32>, String) {
+    fn terminate(self) -> (Option<i32>, String) {
+        self.signal("-TERM")
+    }
+
+    /// `kill SIGNAL`, then the exit code and all of stderr (at most 150 s).
+    fn signal(mut self, signal: &str) -> (Option<i32>, String) {
         let pid = self.child.id().to_string();
         let killed = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
+            .args([signal, &pid])
             .status()
             .expect("kill");
         assert!(killed.success());
@@ -470,15 +475,16 @@ fn sigterm_during_a_first_start_leaves_nothing_half_made() {
     // Moments: after the networks and volumes, while redis gets healthy;
     // after redis, while blue gets ready; after nginx, while the load
     // balancer is checked (that one may finish first).
-    for (marker, must_interrupt) in [
-        ("✓ networks and volumes", true),
-        ("✓ redis:", true),
-        ("✓ nginx:", false),
+    // SIGINT (Ctrl-C) is handled as SIGTERM is.
+    for (marker, signal, must_interrupt) in [
+        ("✓ networks and volumes", "-TERM", true),
+        ("✓ redis:", "-INT", true),
+        ("✓ nginx:", "-TERM", false),
     ] {
         let project = TestProject::new("sigterm-first");
         let mut run = Running::spawn(&project, &["start"]);
         run.wait_for(marker);
-        let (code, text) = run.terminate();
+        let (code, text) = run.signal(signal);
         assert_clean_exit(&project, &text);
         match code {
             Some(1) => {
