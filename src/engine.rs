@@ -196,6 +196,72 @@ impl Engine {
         Ok(containers)
     }
 
+    /// The host ports running containers publish, engine-wide: (container
+    /// name, its project label, host port), to tell a taken port before
+    /// anything is created.
+    pub async fn published_host_ports(&self) -> Result<Vec<(String, Option<String>, u16)>> {
+        let options = ListContainersOptionsBuilder::default().all(false).build();
+        let summaries = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .context("listing the engine's running containers")?;
+        let mut ports = Vec::new();
+        for summary in summaries {
+            let name = summary
+                .names
+                .as_ref()
+                .and_then(|names| names.first())
+                .map(|n| n.trim_start_matches('/').to_owned())
+                .unwrap_or_default();
+            let project = summary
+                .labels
+                .as_ref()
+                .and_then(|labels| labels.get(PROJECT_LABEL).cloned());
+            for port in summary.ports.unwrap_or_default() {
+                if let Some(public) = port.public_port {
+                    ports.push((name.clone(), project.clone(), public));
+                }
+            }
+        }
+        Ok(ports)
+    }
+
+    /// Removes a network; gone already is fine.
+    pub async fn remove_network(&self, name: &str) -> Result<()> {
+        match self.docker.remove_network(name).await {
+            Ok(()) => Ok(()),
+            Err(err) if is_not_found(&err) => Ok(()),
+            Err(err) => {
+                Err(anyhow!(describe(&err))).with_context(|| format!("removing network {name}"))
+            }
+        }
+    }
+
+    /// Removes a volume; gone already is fine.
+    pub async fn remove_volume(&self, name: &str) -> Result<()> {
+        match self
+            .docker
+            .remove_volume(name, None::<bollard::query_parameters::RemoveVolumeOptions>)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(err) if is_not_found(&err) => Ok(()),
+            Err(err) => {
+                Err(anyhow!(describe(&err))).with_context(|| format!("removing volume {name}"))
+            }
+        }
+    }
+
+    /// Whether the engine runs on this host (a unix socket), where a port
+    /// can be tried by binding it.
+    pub fn is_local() -> bool {
+        std::env::var("DOCKER_HOST")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .is_none_or(|host| host.starts_with("unix://"))
+    }
+
     /// One container by name or id; `None` if there is no such container.
     pub async fn inspect(&self, name: &str) -> Result<Option<Container>> {
         match self.docker.inspect_container(name, None).await {

@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod nginx;
 pub mod output;
 pub mod project;
+pub mod recorded;
 pub mod redis;
 pub mod scale;
 pub mod stack;

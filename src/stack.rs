@@ -131,7 +131,7 @@ pub fn image_version(reference: &str, labels: &BTreeMap<String, String>) -> Stri
 }
 
 /// What a color's containers run: the image and the version it answers as.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Release {
     pub image: String,
     pub version: String,

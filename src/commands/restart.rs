@@ -1,9 +1,10 @@
-//! `cryptus restart`: stop, then start.
+//! `cryptus restart`: stop, then start, under the deploy lock.
 
 use std::time::Duration;
 
 use anyhow::Result;
 use serde_json::json;
+use tokio::time::Instant;
 
 use crate::engine::Engine;
 use crate::error::EXIT_OK;
@@ -15,14 +16,31 @@ pub async fn run(project: &Project, timeout: Duration, printer: &Printer) -> Res
     // Load the files first: a broken compose file must not leave the stack stopped.
     let compose = project.load()?;
     let engine = Engine::connect().await?;
-    let stopped = super::stop::stop(&engine, project, None, printer).await?;
     let stack = Stack {
         engine: &engine,
         project,
         compose: &compose,
         printer,
     };
-    let summary = stack.up(timeout).await?;
+    crate::interrupt::catch();
+    let deadline = Instant::now() + timeout;
+    // What would make the start fail (an image gone, a port taken) is
+    // found while the stack still runs.
+    stack.preflight().await?;
+    let lock = stack.lock("restart", timeout).await?;
+    let result = async {
+        // A state start would refuse to restore is refused before the stop.
+        stack.check_restorable().await?;
+        let stopped = super::stop::stop(&engine, project, None, printer).await?;
+        crate::interrupt::check()?;
+        let summary = stack.up_locked(deadline).await?;
+        Ok::<_, anyhow::Error>((stopped, summary))
+    }
+    .await;
+    if let Err(err) = lock.release().await {
+        printer.warn(format!("releasing the deploy lock: {err:#}"));
+    }
+    let (stopped, summary) = result?;
     if printer.json() {
         printer.out_json(&json!({"ok": true, "stopped": stopped, "start": summary}))?;
     } else {

@@ -20,7 +20,7 @@ pub async fn run(project: &Project, timeout: Duration, printer: &Printer) -> Res
         compose: &compose,
         printer,
     };
-    let summary = stack.up(timeout).await?;
+    let summary = stack.up("start", timeout).await?;
     if printer.json() {
         printer.out_json(&json!({"ok": true, "changed": summary.changed(), "start": summary}))?;
     } else if summary.changed() {
