@@ -819,6 +819,9 @@ impl Stack<'_> {
         let began = Instant::now();
         let mut saga = Saga::default();
         interrupt::check()?;
+        // A scratch redis a killed restore left on the data volume goes
+        // before the real one starts: two servers never write one volume.
+        crate::redis::sweep_scratch(self.engine, &self.project.name, self.printer).await?;
         match self.bring_up(deadline, &mut saga, began).await {
             Ok(summary) => Ok(summary),
             Err(err) => {
@@ -886,6 +889,7 @@ impl Stack<'_> {
             .await?;
         changes.insert(lb_name, lb_change);
         let addr = self.wait_served(active, deadline).await?;
+        self.settle_http_file().await;
         self.record_restore(&restore, &release, &changes, began)
             .await;
         Ok(UpSummary {
@@ -1130,7 +1134,14 @@ impl Stack<'_> {
             .ensure_service(lb_service, 1, None, &now, Ensure::CreateOnly, saga)
             .await?;
         let lb = self.must_inspect(&self.lb_container()).await?;
-        let limits = self.http_file(lb.env_var("NGINX_VERSION"))?;
+        // A running nginx says its version; a stopped one is asked once it
+        // serves (see `settle_http_file`).
+        let version = if lb.running {
+            self.nginx().version().await.ok().flatten()
+        } else {
+            None
+        };
+        let limits = self.http_file(version.as_deref())?;
         let nginx = self.nginx();
         let files = [
             (nginx::UPSTREAM_FILE, upstream.as_str()),
@@ -1161,6 +1172,27 @@ impl Stack<'_> {
         let lb_change = earlier.map_or(lb_change, |c| c.max_with(lb_change));
         step.done_with(format!("{lb_change:?}").to_lowercase());
         Ok((lb.name, lb_change))
+    }
+
+    /// Once nginx serves, renders the http-level file with what nginx itself
+    /// says its version is (`nginx -v`): an nginx started by this run got
+    /// the version-less file, and gains `keepalive_min_timeout` here when it
+    /// has it. A failure leaves the working file and is a warning.
+    async fn settle_http_file(&self) {
+        let nginx = self.nginx();
+        let settled = async {
+            let version = nginx.version().await?;
+            let wanted = self.http_file(version.as_deref())?;
+            if nginx.read(nginx::HTTP_FILE).await?.as_deref() != Some(wanted.as_str()) {
+                nginx.apply(&[(nginx::HTTP_FILE, wanted.as_str())]).await?;
+            }
+            Ok::<(), anyhow::Error>(())
+        }
+        .await;
+        if let Err(err) = settled {
+            self.printer
+                .warn(format!("nginx keeps its http settings: {err:#}"));
+        }
     }
 
     /// Waits until the load balancer answers healthy as `active`.
@@ -1241,7 +1273,7 @@ impl Stack<'_> {
             reason: Some(reason),
             durations: BTreeMap::from([("total".to_owned(), began.elapsed().as_secs_f64())]),
         };
-        let history = match crate::history::record(&self.nginx(), entry).await {
+        let history = match crate::history::record(&self.nginx(), entry, self.printer).await {
             Ok(history) => Some(history),
             Err(err) => {
                 self.printer.warn(format!("recording the repair: {err:#}"));

@@ -135,3 +135,32 @@ fn a_missing_image_is_named_with_how_to_get_it_and_nothing_is_created() {
     );
     assert!(project.containers().is_empty(), "nothing was created");
 }
+
+/// cryptus asks nginx its version (`nginx -v`) rather than trusting
+/// NGINX_VERSION, which only the official image sets: an nginx of 1.27.4 or
+/// later gets `keepalive_min_timeout` whatever image it comes in, on a first
+/// start (nginx not yet running) and on a start that finds it running.
+#[test]
+fn keepalive_min_timeout_follows_what_nginx_v_says() {
+    let project = TestProject::new("nginxv");
+    project.ok(&["start"]);
+    let answer = project.exec("nginx", &["nginx", "-v"]);
+    let version = cryptus::nginx::parse_version(&answer)
+        .unwrap_or_else(|| panic!("nginx -v answered {answer:?}"));
+    let expected = cryptus::nginx::has_keepalive_min_timeout(&version);
+    if support::nginx_image() == "cryptus/nginx:offline" {
+        let variable = project.exec("nginx", &["sh", "-c", "echo \"${NGINX_VERSION:-none}\""]);
+        assert_eq!(variable, "none", "the offline image sets no NGINX_VERSION");
+    }
+    let http = || project.exec("nginx", &["cat", "/etc/nginx/cryptus/http.conf"]);
+    assert_eq!(
+        http().contains("keepalive_min_timeout"),
+        expected,
+        "nginx {version}:\n{}",
+        http()
+    );
+    // A start that finds nginx running renders the same.
+    project.ok(&["start"]);
+    assert_eq!(http().contains("keepalive_min_timeout"), expected);
+    assert_code(&project.run(&["health"]), 0);
+}

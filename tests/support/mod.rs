@@ -346,9 +346,16 @@ impl TestProject {
 
     /// Runs `redis-cli` in the project's redis container and returns stdout.
     pub fn redis_cli(&self, args: &[&str]) -> String {
-        let container = format!("{}-redis-1", self.name);
-        let mut command = vec!["redis-cli".to_owned()];
-        command.extend(args.iter().map(|a| (*a).to_owned()));
+        let mut command = vec!["redis-cli"];
+        command.extend_from_slice(args);
+        self.exec("redis", &command)
+    }
+
+    /// Runs a command in a service's first container through the engine
+    /// and returns its stdout and stderr, trimmed.
+    pub fn exec(&self, service: &str, command: &[&str]) -> String {
+        let container = format!("{}-{service}-1", self.name);
+        let command: Vec<String> = command.iter().map(|a| (*a).to_owned()).collect();
         self.on_engine(move |docker| async move {
             use futures_util::StreamExt;
             let options = bollard::exec::CreateExecOptions {
