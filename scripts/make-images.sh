@@ -24,7 +24,7 @@
 # systemd as PID 1 with its unit files (and the libraries a cryptus binary
 # mounted into it needs), so README's backup timer fires under real systemd.
 # With --pull, where a registry is reachable, the official images the compose
-# file defaults to (nginx:1.27-alpine, redis:7-alpine) are pulled instead and
+# file defaults to (nginx:1.28-alpine, redis:7-alpine) are pulled instead and
 # no offline nginx or redis image is made; without it nothing leaves the host.
 set -euo pipefail
 
@@ -316,8 +316,8 @@ make_systemd() {
 }
 
 mkdir -p "$work"
-if [ $pull = 1 ] && docker pull -q nginx:1.27-alpine >/dev/null 2>&1 && docker pull -q redis:7-alpine >/dev/null 2>&1; then
-  say "pulled the official nginx:1.27-alpine and redis:7-alpine"
+if [ $pull = 1 ] && docker pull -q nginx:1.28-alpine >/dev/null 2>&1 && docker pull -q redis:7-alpine >/dev/null 2>&1; then
+  say "pulled the official nginx:1.28-alpine and redis:7-alpine"
 else
   [ $pull = 1 ] && say "no registry answers; making the images offline"
   make_nginx

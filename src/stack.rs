@@ -477,7 +477,7 @@ mod tests {
         assert!(mounts[0].source.as_ref().unwrap().ends_with("/nginx"));
         assert_eq!(mounts[1].source.as_deref(), Some("demo_nginx-state"));
         assert_eq!(plan.body.stop_signal.as_deref(), Some("SIGQUIT"));
-        assert_eq!(plan.body.image.as_deref(), Some("nginx:1.27-alpine"));
+        assert_eq!(plan.body.image.as_deref(), Some("nginx:1.28-alpine"));
     }
 
     #[test]

@@ -240,8 +240,8 @@ mod tests {
         assert_eq!(interpolate("${UNSET-d}", &v).unwrap(), "d");
         assert_eq!(interpolate("${SET:-d}", &v).unwrap(), "yes");
         assert_eq!(
-            interpolate("${NGINX_IMAGE:-nginx:1.27-alpine}", &v).unwrap(),
-            "nginx:1.27-alpine"
+            interpolate("${NGINX_IMAGE:-nginx:1.28-alpine}", &v).unwrap(),
+            "nginx:1.28-alpine"
         );
         assert_eq!(
             interpolate("${CRYPTUS_BIND:-0.0.0.0}:${CRYPTUS_HTTP_PORT:-80}:80", &v).unwrap(),

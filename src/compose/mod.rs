@@ -850,7 +850,7 @@ mod tests {
         assert_eq!(names, ["cryptus-blue", "cryptus-green", "nginx", "redis"]);
         assert_eq!(
             compose.services["nginx"].image.as_deref(),
-            Some("nginx:1.27-alpine")
+            Some("nginx:1.28-alpine")
         );
         assert_eq!(
             compose.services["redis"].image.as_deref(),
@@ -1203,7 +1203,7 @@ mod tests {
     fn image_references() {
         for good in [
             "nginx",
-            "nginx:1.27-alpine",
+            "nginx:1.28-alpine",
             "cryptus/nginx:offline",
             "localhost:5000/team/app:v1.2",
             "ghcr.io/org/app@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
