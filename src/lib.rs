@@ -4,6 +4,8 @@
 //! fuzz targets exercise: the compose model, the backup manifest, and the
 //! rest of the domain, one module each.
 
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 pub mod assets;
 pub mod backup;
 pub mod build;

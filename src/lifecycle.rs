@@ -182,10 +182,10 @@ impl Stack<'_> {
             let password = crate::files::random_token(24)?;
             crate::files::write_secret(path, password.as_bytes())?;
             // Shown once: on stderr, never in --json or the logs.
-            eprintln!(
+            self.printer.always(format!(
                 "grafana's admin password (shown once; stored in {} with mode 0600): {password}",
                 path.display()
-            );
+            ));
         }
         let user = match (&grafana.user, &grafana.image) {
             (Some(user), _) => user.clone(),

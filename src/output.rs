@@ -1,6 +1,8 @@
 //! All output goes through the [`Printer`]: data and JSON on stdout;
 //! progress, warnings and errors on stderr. Progress is a spinner on a
 //! terminal and plain lines otherwise (CI, cron), and nothing with `-q`.
+//! Clippy refuses `print!` and `eprint!` everywhere else in the library.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::fmt::Display;
 use std::io::{IsTerminal, Write};
@@ -66,6 +68,25 @@ impl Printer {
         if self.verbosity >= Verbosity::Normal {
             eprintln!("warning: {message}");
         }
+    }
+
+    /// A line on stderr whatever the verbosity: for what is said once and
+    /// would be lost otherwise, such as a generated password.
+    pub fn always(&self, message: impl Display) {
+        eprintln!("{message}");
+    }
+
+    /// Asks a question on stderr and reads one line of answer from stdin.
+    pub fn ask(&self, question: impl Display) -> Result<String> {
+        use std::io::BufRead;
+        eprint!("{question} ");
+        std::io::stderr().flush().context("writing the question")?;
+        let mut answer = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut answer)
+            .context("reading the answer")?;
+        Ok(answer.trim().to_owned())
     }
 
     /// Starts a step; finish it with [`Step::done`].

@@ -1,15 +1,15 @@
 //! `cryptus backup`, `cryptus backup --verify` and `cryptus restore`.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde_json::json;
 
 use crate::backup::{create, restore};
 use crate::engine::Engine;
-use crate::error::{EXIT_FAILED, EXIT_OK, usage};
+use crate::error::{EXIT_OK, failed_with_hint, usage};
 use crate::lock;
 use crate::output::Printer;
 use crate::project::Project;
@@ -90,21 +90,17 @@ pub async fn restore(
                 "not on a terminal: pass --yes to restore",
             ));
         }
-        eprint!(
-            "Restore project {} from {} ({})? Redis's data is replaced. [y/N] ",
+        let answer = printer.ask(format!(
+            "Restore project {} from {} ({})? Redis's data is replaced. [y/N]",
             project.name,
             dir.display(),
             contents.manifest.time.format("%Y-%m-%d %H:%M:%S UTC")
-        );
-        std::io::stderr().flush().context("writing the question")?;
-        let mut answer = String::new();
-        std::io::stdin()
-            .lock()
-            .read_line(&mut answer)
-            .context("reading the answer")?;
-        if !matches!(answer.trim(), "y" | "Y" | "yes") {
-            eprintln!("not restored");
-            return Ok(EXIT_FAILED);
+        ))?;
+        if !matches!(answer.as_str(), "y" | "Y" | "yes") {
+            return Err(failed_with_hint(
+                format!("not restored: the answer was {answer:?}, not yes"),
+                "answer y to restore, or pass --yes",
+            ));
         }
     }
     let engine = Engine::connect().await?;
