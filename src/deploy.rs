@@ -854,6 +854,16 @@ impl Switch<'_> {
         err: anyhow::Error,
         settings: &Settings,
     ) -> Result<Report> {
+        // Bad input found before anything was made (a build context that is
+        // no directory, a version nginx could not carry) changes nothing, not
+        // even the history, and keeps its exit 2.
+        let bad_input = crate::error::classify(&err).0 == crate::error::EXIT_USAGE
+            && err
+                .chain()
+                .any(|cause| cause.downcast_ref::<crate::error::UserError>().is_some());
+        if bad_input && self.created.is_empty() && self.started.is_empty() {
+            return Err(err);
+        }
         if !settings.keep_failed {
             self.undo_start().await;
         }
