@@ -255,14 +255,7 @@ fn summarize(samples: &[&Sample], flips: Vec<Flip>) -> Approach {
     let mut near = Vec::new();
     let mut stale = 0;
     for sample in samples {
-        let failure = match &sample.outcome {
-            Outcome::Ok => None,
-            Outcome::Status(code) => Some(format!("status_{code}")),
-            Outcome::ConnectError => Some("connect_error".to_owned()),
-            Outcome::Reset => Some("reset".to_owned()),
-            Outcome::Timeout => Some("timeout".to_owned()),
-            Outcome::SessionLost => Some("session_lost".to_owned()),
-        };
+        let failure = sample.outcome.failure_key();
         report.requests += 1;
         if let Some(kind) = failure {
             report.failed += 1;
@@ -405,6 +398,8 @@ async fn bench(args: &Args) -> Result<(Value, bool), String> {
         slow: 2,
         slow_ms: 2000,
         session: 1,
+        keep_alive_no_retry: 0,
+        post: 0,
         pause: Duration::from_millis(6),
         timeout: Duration::from_secs(10),
     };
