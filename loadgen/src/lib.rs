@@ -13,6 +13,8 @@
 //! (`closed_unanswered`). Any other error, or a retry that fails, is a failure
 //! for every kind.
 
+pub mod wrk;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
