@@ -1,15 +1,25 @@
 //! The zero-downtime benchmark: cryptus and the seed's script way, side by
 //! side, under the same load, in the same run.
 //!
-//!   cargo bench --bench zero_downtime -- [--cycles 20] [--json]
+//!   cargo bench --bench zero_downtime -- [--cycles 20] [--json] [--strict]
 //!
 //! It brings up its own stack (its own project, a loopback port, rate limits
 //! raised above one client IP's load), runs a mix of keep-alive, new-
-//! connection, 2 s and session clients through the load balancer for the
-//! whole run, and flips colors: each cycle deploys a new version then rolls
-//! back, first with cryptus, then with `benches/baseline.sh`. Every request
-//! is counted by outcome. It exits 1 if any request failed during cryptus's
-//! flips: a count, not a timing, so CI can run a short version as a guard.
+//! connection, 2 s, session and POST clients through the load balancer for
+//! the whole run, and flips colors: each cycle deploys a new version then
+//! rolls back, first with cryptus, then with `benches/baseline.sh`. Every
+//! request is counted by outcome. Beside them, during each approach's flips,
+//! wrk (a third-party load generator that never retries) sends its own GETs.
+//!
+//! Only the keep-alive GET clients retry a request once when a reused
+//! connection closes under it, as browsers do; the never-retrying GET and
+//! POST clients and wrk count that as a failure. It exits 1 if any of our
+//! clients' requests failed during cryptus's flips, or wrk's (refused,
+//! timed out, answered 400 or above, or sent and never answered): a count,
+//! not a timing, so CI can run a short version as a guard. GETs that needed
+//! a retry, and wrk's read and write errors (Debian's wrk 4.1.0 counts any
+//! close by the server as one, even of an idle connection), are stale
+//! keep-alive closes: reported, and failing only with --strict.
 
 mod results;
 #[path = "../tests/support/mod.rs"]
@@ -19,6 +29,7 @@ use std::collections::BTreeMap;
 use std::process::Output;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use loadgen::wrk::{StartError, Wrk, WrkReport};
 use loadgen::{Kind, Load, Mix, Outcome, Report, Sample, percentile};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -26,6 +37,8 @@ use serde_json::{Value, json};
 struct Args {
     cycles: usize,
     json: bool,
+    /// Stale keep-alive closes fail the run too.
+    strict: bool,
     /// A Markdown file the figures are written to (docs/benchmark-results.md):
     /// the published figures come from this program, never typed by hand.
     results: Option<std::path::PathBuf>,
@@ -35,6 +48,7 @@ fn args() -> Result<Args, String> {
     let mut args = Args {
         cycles: 20,
         json: false,
+        strict: false,
         results: None,
     };
     let mut words = std::env::args().skip(1);
@@ -43,6 +57,7 @@ fn args() -> Result<Args, String> {
             // cargo bench passes --bench to every bench binary.
             "--bench" => {}
             "--json" => args.json = true,
+            "--strict" => args.strict = true,
             "--results" => {
                 args.results = Some(words.next().ok_or("--results takes a file")?.into());
             }
@@ -55,7 +70,7 @@ fn args() -> Result<Args, String> {
             }
             other => {
                 return Err(format!(
-                    "unknown argument {other:?}; usage: zero_downtime [--cycles N] [--json] [--results FILE]"
+                    "unknown argument {other:?}; usage: zero_downtime [--cycles N] [--json] [--strict] [--results FILE]"
                 ));
             }
         }
@@ -87,7 +102,18 @@ struct Approach {
     requests: u64,
     failed: u64,
     failures: BTreeMap<String, u64>,
+    /// Failed requests by client kind: `post`, `keep_alive_no_retry`, ...
+    failed_by_kind: BTreeMap<String, u64>,
+    /// GETs that needed a retry: a reused keep-alive connection closed
+    /// under them (the retrying clients only).
     stale_keepalive_closes: u64,
+    /// The clients that never retry: their requests and failures.
+    posts: u64,
+    failed_posts: u64,
+    gets_no_retry: u64,
+    failed_gets_no_retry: u64,
+    /// wrk, beside our clients during this approach's flips.
+    wrk: ThirdParty,
     latency_ms_steady: Percentiles,
     latency_ms_near_switch: Percentiles,
     deploy_seconds: f64,
@@ -104,6 +130,97 @@ struct Approach {
     /// cryptus's own step timings, median over its flips.
     steps_median: BTreeMap<String, f64>,
     flips: Vec<Flip>,
+}
+
+/// A third-party load generator's view of one approach's flips.
+#[derive(Debug, Default, Serialize)]
+struct ThirdParty {
+    /// The tool and how it ran.
+    tool: String,
+    run: bool,
+    /// Why it did not run, or what went wrong with it.
+    note: Option<String>,
+    /// Its requests that failed: connect errors, timeouts, answers of 400
+    /// and above, and requests sent and never answered.
+    failed: Option<u64>,
+    #[serde(flatten)]
+    report: Option<WrkReport>,
+}
+
+impl ThirdParty {
+    /// Failed requests, counted as failures of the run.
+    fn failed(&self) -> u64 {
+        self.failed.unwrap_or(0)
+    }
+
+    /// Read and write errors: in wrk's eyes, keep-alive connections closed
+    /// by the server (idle or not; lost requests are in `failed`).
+    fn closes(&self) -> u64 {
+        self.report
+            .as_ref()
+            .map_or(0, |r| r.read_errors + r.write_errors)
+    }
+}
+
+/// wrk's connections, and their pause between requests (as our clients').
+const WRK_CONNECTIONS: u64 = 4;
+const WRK_PATH: &str = "/api/health";
+
+fn start_wrk(addr: std::net::SocketAddr, pause: Duration, bound: Duration) -> Result<Wrk, String> {
+    match Wrk::start(addr, WRK_PATH, WRK_CONNECTIONS, pause, bound) {
+        Ok(wrk) => Ok(wrk),
+        Err(StartError::Missing) => {
+            eprintln!(
+                "warning: wrk is not installed, so the third-party client is not run (hint: apt-get install wrk)"
+            );
+            Err("not installed (hint: apt-get install wrk)".to_owned())
+        }
+        Err(err) => {
+            eprintln!("warning: wrk did not start: {err}");
+            Err(err.to_string())
+        }
+    }
+}
+
+async fn stop_wrk(wrk: Result<Wrk, String>, pause: Duration) -> ThirdParty {
+    let tool = format!(
+        "wrk -t 1 -c {WRK_CONNECTIONS} GET {WRK_PATH}, {} ms between a connection's requests",
+        pause.as_millis()
+    );
+    let wrk = match wrk {
+        Ok(wrk) => wrk,
+        Err(note) => {
+            return ThirdParty {
+                tool,
+                note: Some(note),
+                ..ThirdParty::default()
+            };
+        }
+    };
+    match wrk.stop().await {
+        Ok(report) => ThirdParty {
+            tool,
+            run: true,
+            note: report
+                .ended_early
+                .then(|| "its -d ran out before the phase ended".to_owned()),
+            failed: Some(
+                report.connect_errors
+                    + report.timeouts
+                    + report.status_errors
+                    + report.unanswered.unwrap_or(0),
+            ),
+            report: Some(report),
+        },
+        Err(err) => {
+            eprintln!("warning: {err}");
+            ThirdParty {
+                tool,
+                note: Some(err),
+                ..ThirdParty::default()
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -254,19 +371,29 @@ fn summarize(samples: &[&Sample], flips: Vec<Flip>) -> Approach {
     let mut steady = Vec::new();
     let mut near = Vec::new();
     let mut stale = 0;
+    let mut failed_by_kind = BTreeMap::new();
+    let (mut posts, mut failed_posts, mut gets_no_retry, mut failed_gets_no_retry) = (0, 0, 0, 0);
     for sample in samples {
-        let failure = match &sample.outcome {
-            Outcome::Ok => None,
-            Outcome::Status(code) => Some(format!("status_{code}")),
-            Outcome::ConnectError => Some("connect_error".to_owned()),
-            Outcome::Reset => Some("reset".to_owned()),
-            Outcome::Timeout => Some("timeout".to_owned()),
-            Outcome::SessionLost => Some("session_lost".to_owned()),
-        };
+        let failure = sample.outcome.failure_key();
         report.requests += 1;
+        let failed = u64::from(failure.is_some());
         if let Some(kind) = failure {
             report.failed += 1;
             *report.failures.entry(kind).or_default() += 1;
+            *failed_by_kind
+                .entry(sample.kind.name().to_owned())
+                .or_default() += 1;
+        }
+        match sample.kind {
+            Kind::Post => {
+                posts += 1;
+                failed_posts += failed;
+            }
+            Kind::KeepAliveNoRetry => {
+                gets_no_retry += 1;
+                failed_gets_no_retry += failed;
+            }
+            _ => {}
         }
         if sample.retried {
             stale += 1;
@@ -296,7 +423,13 @@ fn summarize(samples: &[&Sample], flips: Vec<Flip>) -> Approach {
         requests: report.requests,
         failed: report.failed,
         failures: report.failures,
+        failed_by_kind,
         stale_keepalive_closes: stale,
+        posts,
+        failed_posts,
+        gets_no_retry,
+        failed_gets_no_retry,
+        wrk: ThirdParty::default(),
         latency_ms_steady: percentiles(&mut steady),
         latency_ms_near_switch: percentiles(&mut near),
         deploy_seconds: of(&deploys, &|f| f.seconds).unwrap_or(0.0),
@@ -405,6 +538,8 @@ async fn bench(args: &Args) -> Result<(Value, bool), String> {
         slow: 2,
         slow_ms: 2000,
         session: 1,
+        keep_alive_no_retry: 1,
+        post: 2,
         pause: Duration::from_millis(6),
         timeout: Duration::from_secs(10),
     };
@@ -415,8 +550,13 @@ async fn bench(args: &Args) -> Result<(Value, bool), String> {
     let image = support::app_image();
     tokio::time::sleep(Duration::from_secs(2)).await;
 
+    // wrk runs through each approach's flips and the 2 s after, like the
+    // window our clients' samples are counted in; -d only bounds it.
+    let wrk_bound = Duration::from_secs(60 + 180 * args.cycles as u64);
+
     // cryptus: deploy a new version, roll back; every other deploy keeps the
     // old color running, so half the rollbacks are warm and half cold.
+    let wrk = start_wrk(project.lb_addr(), mix.pause, wrk_bound);
     let cryptus_began = since(Instant::now());
     let mut flips = Vec::new();
     let mut status_ms = Vec::new();
@@ -459,8 +599,10 @@ async fn bench(args: &Args) -> Result<(Value, bool), String> {
     }
     let cryptus_ended = since(Instant::now());
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let cryptus_wrk = stop_wrk(wrk, mix.pause).await;
 
     // The seed's way, on the same stack, under the same load.
+    let wrk = start_wrk(project.lb_addr(), mix.pause, wrk_bound);
     let baseline_began = since(Instant::now());
     let mut baseline = Vec::new();
     let active = project.status()["active"]
@@ -478,6 +620,7 @@ async fn bench(args: &Args) -> Result<(Value, bool), String> {
     }
     let baseline_ended = since(Instant::now());
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let baseline_wrk = stop_wrk(wrk, mix.pause).await;
     let report = load.stop().await;
 
     let window = |from: f64, to: f64| -> Vec<&Sample> {
@@ -487,25 +630,39 @@ async fn bench(args: &Args) -> Result<(Value, bool), String> {
             .filter(|s| s.at >= from && s.at < to)
             .collect()
     };
-    let cryptus = summarize(&window(cryptus_began, cryptus_ended + 2.0), flips);
-    let seed = summarize(&window(baseline_began, baseline_ended + 2.0), baseline);
+    let mut cryptus = summarize(&window(cryptus_began, cryptus_ended + 2.0), flips);
+    cryptus.wrk = cryptus_wrk;
+    let mut seed = summarize(&window(baseline_began, baseline_ended + 2.0), baseline);
+    seed.wrk = baseline_wrk;
     let ratio = |a: f64, b: f64| if b > 0.0 { round3(a / b) } else { 0.0 };
     let status_p50 = round3(median(status_ms));
     let targets = json!({
         "no_failed_request": cryptus.failed == 0,
+        "no_failed_post": cryptus.failed_posts == 0,
+        "no_stale_keep_alive_close": cryptus.stale_keepalive_closes == 0,
+        // null: wrk did not run.
+        "no_failed_wrk_request": cryptus.wrk.run.then(|| cryptus.wrk.failed() == 0),
+        "no_wrk_error": cryptus.wrk.run.then(|| cryptus.wrk.report.as_ref().is_some_and(WrkReport::clean)),
         "at_least_20_flips": cryptus.flips.len() >= 20,
         "at_least_50000_requests": cryptus.requests >= 50_000,
         "median_overhead_at_most_300ms": cryptus.overhead_seconds <= 0.3,
         "median_warm_rollback_at_most_1s": cryptus.rollback_warm_seconds.is_some_and(|s| s <= 1.0),
         "overhead_5x_lower_than_baseline": cryptus.overhead_seconds * 5.0 <= seed.overhead_seconds,
     });
-    let clean = cryptus.failed == 0;
+    // Failed requests of every kind of client count (failed POSTs among
+    // them), and wrk's; stale keep-alive closes only with --strict, until
+    // cryptus renders nginx's keepalive_min_timeout (1.27.4+).
+    let clean = cryptus.failed == 0
+        && cryptus.failed_posts == 0
+        && cryptus.wrk.failed() == 0
+        && (!args.strict || (cryptus.stale_keepalive_closes == 0 && cryptus.wrk.closes() == 0));
     // cryptus renders keepalive_min_timeout where nginx has it (1.27.4+).
     let nginx = nginx_version(&project);
     let parts: Vec<u32> = nginx.split('.').map_while(|p| p.parse().ok()).collect();
     let keepalive_min_timeout = parts >= vec![1, 27, 4];
     let document = json!({
         "cycles": args.cycles,
+        "strict": args.strict,
         "flips_each": cryptus.flips.len(),
         "machine": machine(),
         "engine": engine_version(),
@@ -540,6 +697,20 @@ fn table(d: &Value) -> String {
                 .join(", ")
         }
     };
+    let of = |part: &Value, whole: &Value| format!("{part} of {whole}");
+    let wrk = |w: &Value, show: &dyn Fn(&Value) -> String| {
+        if w["run"] == true {
+            show(w)
+        } else {
+            "not run".to_owned()
+        }
+    };
+    let socket_errors = |w: &Value| {
+        format!(
+            "{}/{}/{}/{}",
+            w["connect_errors"], w["read_errors"], w["write_errors"], w["timeouts"]
+        )
+    };
     let r = &d["ratio_cryptus_to_baseline"];
     let rows = [
         (
@@ -561,9 +732,55 @@ fn table(d: &Value) -> String {
             String::new(),
         ),
         (
-            "stale keep-alive closes (retried)",
+            "  by client kind",
+            kinds(&c["failed_by_kind"]),
+            kinds(&b["failed_by_kind"]),
+            String::new(),
+        ),
+        (
+            "GETs that needed a retry (stale keep-alive)",
             c["stale_keepalive_closes"].to_string(),
             b["stale_keepalive_closes"].to_string(),
+            String::new(),
+        ),
+        (
+            "failed GETs, clients that never retry",
+            of(&c["failed_gets_no_retry"], &c["gets_no_retry"]),
+            of(&b["failed_gets_no_retry"], &b["gets_no_retry"]),
+            String::new(),
+        ),
+        (
+            "failed POSTs (never retried)",
+            of(&c["failed_posts"], &c["posts"]),
+            of(&b["failed_posts"], &b["posts"]),
+            String::new(),
+        ),
+        (
+            "wrk (never retries): requests answered",
+            wrk(&c["wrk"], &|w| w["requests"].to_string()),
+            wrk(&b["wrk"], &|w| w["requests"].to_string()),
+            String::new(),
+        ),
+        (
+            "wrk failed requests",
+            wrk(&c["wrk"], &|w| w["failed"].to_string()),
+            wrk(&b["wrk"], &|w| w["failed"].to_string()),
+            String::new(),
+        ),
+        (
+            "  sent, never answered / answers >= 400",
+            wrk(&c["wrk"], &|w| {
+                format!("{} / {}", w["unanswered"], w["status_errors"])
+            }),
+            wrk(&b["wrk"], &|w| {
+                format!("{} / {}", w["unanswered"], w["status_errors"])
+            }),
+            String::new(),
+        ),
+        (
+            "wrk socket errors connect/read/write/timeout",
+            wrk(&c["wrk"], &socket_errors),
+            wrk(&b["wrk"], &socket_errors),
             String::new(),
         ),
         (
@@ -662,6 +879,14 @@ fn table(d: &Value) -> String {
             "| {name:<47} | {cryptus:<24} | {baseline:<24} | {ratio:<16} |\n"
         ));
     }
+    for (name, w) in [("cryptus", &c["wrk"]), ("baseline", &b["wrk"])] {
+        if let Some(note) = w["note"].as_str() {
+            out.push_str(&format!("\nwrk during {name}'s flips: {note}"));
+        }
+    }
+    if let Some(tool) = c["wrk"]["tool"].as_str() {
+        out.push_str(&format!("\nthird-party client: {tool}\n"));
+    }
     if let Some(steps) = c["steps_median"].as_object() {
         let line: Vec<String> = steps.iter().map(|(k, v)| format!("{k} {v}")).collect();
         out.push_str(&format!(
@@ -672,11 +897,12 @@ fn table(d: &Value) -> String {
     out.push_str("\ntargets:\n");
     if let Some(targets) = d["targets"].as_object() {
         for (name, met) in targets {
-            out.push_str(&format!(
-                "  {} {}\n",
-                if met == true { "met " } else { "MISS" },
-                name.replace('_', " ")
-            ));
+            let verdict = match met.as_bool() {
+                Some(true) => "met ",
+                Some(false) => "MISS",
+                None => "n/a ",
+            };
+            out.push_str(&format!("  {verdict} {}\n", name.replace('_', " ")));
         }
     }
     out
@@ -730,7 +956,14 @@ fn main() -> std::process::ExitCode {
             if clean {
                 std::process::ExitCode::SUCCESS
             } else {
-                eprintln!("error: requests failed during cryptus's flips");
+                eprintln!(
+                    "error: requests failed during cryptus's flips (our clients' or wrk's{})",
+                    if args.strict {
+                        ", or a keep-alive connection closed under one (--strict)"
+                    } else {
+                        ""
+                    }
+                );
                 std::process::ExitCode::FAILURE
             }
         }

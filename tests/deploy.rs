@@ -18,6 +18,7 @@ async fn start_load(project: &TestProject) -> Load {
         session: 1,
         pause: Duration::from_millis(5),
         timeout: Duration::from_secs(10),
+        ..Mix::default()
     };
     let load = Load::start(project.lb_addr(), &mix);
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -17,6 +17,8 @@ use crate::redis::{Client, Reply};
 
 const SESSION_COOKIE: &str = "cryptus_sid";
 const MAX_SLEEP: Duration = Duration::from_secs(60);
+/// The largest body `POST /api/echo` reads.
+const MAX_ECHO: usize = 64 * 1024;
 
 pub struct App {
     config: Config,
@@ -86,16 +88,24 @@ impl App {
                 None => receive(request, &self.annotations, "annotations").await,
                 Some(denied) => denied,
             }
+        } else if route == "/api/echo" {
+            if request.method() != Method::POST {
+                json_answer(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    json!({"error": "method not allowed"}),
+                )
+            } else if self.fail_on_purpose() {
+                self.failed_on_purpose()
+            } else {
+                self.echo(request.into_body()).await
+            }
         } else if request.method() != Method::GET && request.method() != Method::HEAD {
             json_answer(
                 StatusCode::METHOD_NOT_ALLOWED,
                 json!({"error": "method not allowed"}),
             )
         } else if route != "/api/health" && route != "/metrics" && self.fail_on_purpose() {
-            json_answer(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                json!({"error": "failed on purpose (APP_ERROR_RATIO)", "instance": self.config.color}),
-            )
+            self.failed_on_purpose()
         } else {
             match route {
                 "/api/health" => self.health(),
@@ -120,6 +130,30 @@ impl App {
             return false;
         }
         fails_on_purpose(self.counted.fetch_add(1, Ordering::Relaxed) + 1, ratio)
+    }
+
+    fn failed_on_purpose(&self) -> Answer {
+        json_answer(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"error": "failed on purpose (APP_ERROR_RATIO)", "instance": self.config.color}),
+        )
+    }
+
+    /// `POST /api/echo`: the cheapest request with a body, for clients that
+    /// must never be retried (the benchmark's POST clients). It reads the
+    /// whole body, so a body cut off by a switch shows as a wrong length.
+    async fn echo(&self, body: Incoming) -> Answer {
+        use http_body_util::BodyExt;
+        match http_body_util::Limited::new(body, MAX_ECHO).collect().await {
+            Ok(body) => json_answer(
+                StatusCode::OK,
+                json!({"length": body.to_bytes().len(), "instance": self.config.color}),
+            ),
+            Err(_) => json_answer(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                json!({"error": format!("body above {MAX_ECHO} bytes or cut off")}),
+            ),
+        }
     }
 
     fn health(&self) -> Answer {
@@ -322,6 +356,7 @@ fn route_of(path: &str) -> &'static str {
         "/api/health" => "/api/health",
         "/api/session" => "/api/session",
         "/api/sleep" => "/api/sleep",
+        "/api/echo" => "/api/echo",
         "/metrics" => "/metrics",
         "/api/alerts" => "/api/alerts",
         "/api/annotations" => "/api/annotations",
@@ -421,6 +456,85 @@ mod tests {
         assert_eq!(failed(0.0), 0);
         assert_eq!(failed(1.0), 1000);
         assert!(!fails_on_purpose(4, 0.2) && fails_on_purpose(5, 0.2));
+    }
+
+    fn config(color: &str) -> Config {
+        Config {
+            port: 0,
+            color: color.to_owned(),
+            version: "1.0.0".to_owned(),
+            redis: None,
+            startup_delay: Duration::ZERO,
+            never_healthy: false,
+            crash_after: None,
+            error_ratio: 0.0,
+            grafana_password_file: None,
+        }
+    }
+
+    /// Sends `request` to the app served on a loopback port, as nginx would,
+    /// and returns the raw answer (the app closes after it: `Connection: close`).
+    async fn ask(app: App, request: String) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = std::sync::Arc::new(app);
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let service = hyper::service::service_fn(move |request| {
+                let app = std::sync::Arc::clone(&app);
+                async move { app.handle(request).await }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        answer
+    }
+
+    #[tokio::test]
+    async fn echo_answers_the_body_length_with_the_instance_header() {
+        let body = r#"{"n":1,"pad":"xxxxxxxx"}"#;
+        let answer = ask(
+            App::new(config("green")),
+            format!(
+                "POST /api/echo HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(
+            answer
+                .to_ascii_lowercase()
+                .contains("x-cryptus-instance: green"),
+            "{answer}"
+        );
+        assert!(
+            answer.ends_with(&format!(
+                r#"{{"instance":"green","length":{}}}"#,
+                body.len()
+            )),
+            "{answer}"
+        );
+    }
+
+    #[tokio::test]
+    async fn echo_takes_only_post() {
+        let answer = ask(
+            App::new(config("blue")),
+            "GET /api/echo HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".to_owned(),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
     }
 
     #[test]
