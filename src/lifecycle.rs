@@ -771,14 +771,17 @@ impl Stack<'_> {
             wait,
             force_unlock: false,
         };
-        interrupt::or_interrupted(crate::lock::Lock::acquire(
+        // Not wrapped in `or_interrupted`: a signal ends only the wait inside
+        // `acquire`, never the request that creates the lock, which would
+        // leave a lock with no holder.
+        crate::lock::Lock::acquire(
             self.engine,
             &self.project.name,
             operation,
             &image,
             &options,
             self.printer,
-        ))
+        )
         .await
         .map_err(|err| {
             // The lock's own hint names deploy's flags, which start lacks.
@@ -915,6 +918,38 @@ impl Stack<'_> {
         self.check_release_image(&restore).await
     }
 
+    /// The upstream file's color, unless a running nginx serves another:
+    /// then the file cannot be trusted to say what serves, and is treated
+    /// as unreadable (with a warning naming both).
+    async fn upstream_as_served(&self, text: Option<&str>) -> recorded::Upstream {
+        let upstream = recorded::Upstream::from_text(text);
+        let recorded::Upstream::Active(color) = upstream else {
+            return upstream;
+        };
+        let lb = self
+            .engine
+            .inspect(&self.lb_container())
+            .await
+            .ok()
+            .flatten();
+        let Some(addr) = lb
+            .filter(|lb| lb.running)
+            .as_ref()
+            .and_then(Self::status_addr)
+        else {
+            return upstream;
+        };
+        match nginx::served_color(&health::client(), &addr).await {
+            Ok(served) if served != color => {
+                self.printer.warn(format!(
+                    "nginx serves {served}, but its upstream file says {color}"
+                ));
+                recorded::Upstream::Unreadable
+            }
+            _ => upstream,
+        }
+    }
+
     /// Reads what is recorded and decides what to restore, or refuses.
     async fn restore_plan(&self, existing: &[Container]) -> Result<Restore> {
         let nginx = self.nginx();
@@ -941,7 +976,7 @@ impl Stack<'_> {
             }
         };
         let facts = recorded::Facts {
-            upstream: recorded::Upstream::from_text(upstream.as_deref()),
+            upstream: self.upstream_as_served(upstream.as_deref()).await,
             history: entries.as_deref().map_err(Clone::clone),
             started: &started,
             blue: color_state(Color::Blue),

@@ -51,11 +51,49 @@ pub fn render_upstream(color: Color, servers: &[String]) -> Result<String> {
     Ok(text)
 }
 
-/// The color an upstream file routes to, from the line [`render_upstream`] writes.
+/// The color an upstream file routes to, when the whole file agrees on it:
+/// the `# active:` line [`render_upstream`] writes, the color nginx reports
+/// (`map ... default "COLOR"`), and every `server` line naming a container
+/// of that color (`<project>-cryptus-COLOR-<n>:<port>`). A file edited so
+/// that one line says otherwise names no color: a comment alone is never
+/// trusted to move traffic.
 pub fn upstream_color(text: &str) -> Option<Color> {
-    text.lines()
-        .find_map(|line| line.strip_prefix("# active: "))
-        .and_then(Color::parse)
+    let mut active = None;
+    let mut reported = None;
+    let mut servers = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if let Some(color) = line.strip_prefix("# active: ") {
+            if active.is_some() {
+                return None;
+            }
+            active = Some(Color::parse(color)?);
+        } else if let Some(color) = line.strip_prefix("default \"") {
+            reported = Some(color.strip_suffix("\";")?.to_owned());
+        } else if let Some(server) = line.strip_prefix("server ") {
+            servers.push(
+                server
+                    .strip_suffix(';')?
+                    .split_whitespace()
+                    .next()?
+                    .to_owned(),
+            );
+        }
+    }
+    let color = active?;
+    let names_color = |server: &String| {
+        let host = server
+            .rsplit_once(':')
+            .map_or(server.as_str(), |(host, _)| host);
+        host.rsplit_once('-').is_some_and(|(prefix, number)| {
+            !number.is_empty()
+                && number.chars().all(|c| c.is_ascii_digit())
+                && (prefix == color.service() || prefix.ends_with(&format!("-{}", color.service())))
+        })
+    };
+    let agrees = reported.as_deref() == Some(color.as_str())
+        && !servers.is_empty()
+        && servers.iter().all(names_color);
+    agrees.then_some(color)
 }
 
 /// A rate as nginx writes it: `30r/s` or `600r/m`.
@@ -435,6 +473,15 @@ mod tests {
         assert!(text.contains("default \"green\";"));
         assert!(text.contains("keepalive"));
         assert_eq!(upstream_color(&text), Some(Color::Green));
+        // One edited line is not enough to move traffic.
+        let moved = text.replace("# active: green", "# active: blue");
+        assert_eq!(upstream_color(&moved), None);
+        let servers = text.replace("cryptus-green-1", "cryptus-blue-1");
+        assert_eq!(upstream_color(&servers), None);
+        let reported = text.replace("default \"green\"", "default \"blue\"");
+        assert_eq!(upstream_color(&reported), None);
+        let twice = format!("{text}# active: blue\n");
+        assert_eq!(upstream_color(&twice), None);
     }
 
     #[test]
@@ -447,6 +494,7 @@ mod tests {
     #[test]
     fn an_unknown_file_has_no_color() {
         assert_eq!(upstream_color("upstream x { server a:1; }"), None);
+
         assert_eq!(upstream_color("# active: purple"), None);
     }
 

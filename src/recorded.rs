@@ -556,8 +556,16 @@ mod tests {
         assert_eq!(Upstream::from_text(None), Upstream::Missing);
         assert_eq!(Upstream::from_text(Some("")), Upstream::Unreadable);
         assert_eq!(Upstream::from_text(Some("garbage {")), Upstream::Unreadable);
+        // A comment alone names no color; a whole rendered file does.
         assert_eq!(
             Upstream::from_text(Some("# active: green\n")),
+            Upstream::Unreadable
+        );
+        let rendered =
+            crate::nginx::render_upstream(Color::Green, &["p-cryptus-green-1:3000".to_owned()])
+                .unwrap();
+        assert_eq!(
+            Upstream::from_text(Some(&rendered)),
             Upstream::Active(Color::Green)
         );
         assert!(parse_started(Some("{broken")).is_empty());

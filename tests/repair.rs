@@ -559,3 +559,81 @@ fn sigterm_during_restart_leaves_the_stack_stopped_and_unlocked() {
     project.ok(&["start"]);
     assert_eq!(project.serving().0, "blue");
 }
+
+/// Hostile run: one edited comment line (`# active: green` made `blue`) used
+/// to move traffic back to blue's old release on `start`, unrecorded. The
+/// file's own server lines, nginx's reported color and what nginx serves
+/// must all agree before the file is believed.
+#[test]
+fn start_never_moves_traffic_on_an_edited_upstream_comment() {
+    let project = TestProject::new("upcomment");
+    project.ok(&["start"]);
+    project.deploy_ok("2.0.0", &[]);
+    assert_eq!(project.serving(), ("green".to_owned(), "2.0.0".to_owned()));
+    let nginx = format!("{}-nginx-1", project.name);
+    let file = "/etc/nginx/cryptus/upstream.conf";
+    let entries = history(&project).len();
+    for edit in [
+        // The comment alone.
+        format!("sed -i 's/^# active: green/# active: blue/' {file}"),
+        // The comment and the reported color, not the servers.
+        format!(
+            "sed -i -e 's/^# active: green/# active: blue/' -e 's/default \"green\"/default \"blue\"/' {file}"
+        ),
+        // A whole consistent file for blue, which nginx does not serve.
+        format!("sed -i -e 's/green/blue/g' {file}"),
+    ] {
+        assert_eq!(
+            exec(&nginx, &format!("cp {file} /tmp/upstream.keep && {edit}")),
+            0
+        );
+        let output = project.run(&["start"]);
+        assert_code(&output, 1);
+        assert_clean_exit(&project, &stderr(&output));
+        assert_eq!(
+            project.serving(),
+            ("green".to_owned(), "2.0.0".to_owned()),
+            "{edit}: traffic stays\n{}",
+            stderr(&output)
+        );
+        assert_eq!(history(&project).len(), entries, "nothing recorded");
+        assert_eq!(exec(&nginx, &format!("cp /tmp/upstream.keep {file}")), 0);
+    }
+    // With the file whole again, start changes nothing and succeeds.
+    project.ok(&["start"]);
+    assert_eq!(project.serving(), ("green".to_owned(), "2.0.0".to_owned()));
+}
+
+/// Hostile run: SIGTERM while `start` took the lock dropped the request
+/// that creates it, and the engine finished creating a lock with no holder.
+/// Whatever the moment, no lock is left.
+#[test]
+fn a_signal_while_start_takes_the_lock_leaves_no_lock() {
+    let project = TestProject::new("locksig");
+    project.ok(&["start"]);
+    for delay_ms in [40, 70, 100, 130, 160, 200] {
+        let mut child = project
+            .command(&["start"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawning cryptus");
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let pid = child.id().to_string();
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status();
+        let output = child.wait_with_output().expect("waiting for cryptus");
+        let text = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(
+            matches!(output.status.code(), Some(0) | Some(1) | None),
+            "{delay_ms} ms: {:?}\n{text}",
+            output.status
+        );
+        // The engine may still be answering a create the run began: give it
+        // the time a lock request takes, then look.
+        std::thread::sleep(Duration::from_millis(500));
+        assert_clean_exit(&project, &text);
+    }
+    project.ok(&["start"]);
+}

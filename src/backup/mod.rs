@@ -20,7 +20,6 @@ use sha2::{Digest, Sha256};
 
 use crate::engine::Engine;
 use crate::error::{failed, failed_with_hint, usage};
-use crate::interrupt;
 use crate::lock::{self, Lock};
 use crate::output::Printer;
 use crate::project::Project;
@@ -575,8 +574,9 @@ pub async fn cleanup<T>(work: impl std::future::Future<Output = Result<T>>) -> R
     }
 }
 
-/// Takes the deploy lock; a signal while waiting for it ends the wait, and
-/// a lock this process took at that instant is removed again.
+/// Takes the deploy lock. A signal ends only the wait for it, inside
+/// [`Lock::acquire`]: the request that creates the lock is never dropped
+/// half-way, so an interrupted run leaves no lock behind.
 pub async fn take_lock(
     engine: &Engine,
     project: &Project,
@@ -585,42 +585,7 @@ pub async fn take_lock(
     options: &lock::Options,
     printer: &Printer,
 ) -> Result<Lock> {
-    let acquired = interrupt::or_interrupted(Lock::acquire(
-        engine,
-        &project.name,
-        operation,
-        image,
-        options,
-        printer,
-    ))
-    .await;
-    if acquired.is_err() && interrupt::seen() {
-        let removed = cleanup(remove_own_lock(engine, &project.name)).await;
-        if let Err(err) = removed {
-            printer.warn(format!("releasing the deploy lock: {err:#}"));
-        }
-    }
-    acquired
-}
-
-/// After a signal cut a lock request short: the engine may still be
-/// creating the lock, so it is looked for a moment and removed if it is
-/// this process's.
-async fn remove_own_lock(engine: &Engine, project: &str) -> Result<()> {
-    let name = lock::lock_name(project);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-    loop {
-        if let Some((id, holder)) = lock::read_holder(engine, &name).await? {
-            if holder.pid == std::process::id() && holder.host == lock::hostname() {
-                engine.remove(&id, true).await?;
-            }
-            return Ok(());
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    Lock::acquire(engine, &project.name, operation, image, options, printer).await
 }
 
 /// Releases the lock at the end of a run, under a deadline.

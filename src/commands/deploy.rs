@@ -79,9 +79,17 @@ pub async fn scale(
         .ok()
         .filter(|r| *r >= 1)
         .ok_or_else(|| {
+            let why = if replicas == 0 {
+                format!("0 replicas of {service} would stop all traffic to it")
+            } else {
+                format!("{replicas} is not a replica count")
+            };
             crate::error::usage(
-                format!("{replicas} is not a replica count"),
-                format!("choose 1 to {}", crate::scale::MAX_REPLICAS),
+                why,
+                format!(
+                    "choose 1 to {}; `cryptus stop` stops the stack",
+                    crate::scale::MAX_REPLICAS
+                ),
             )
         })?;
     let compose = project.load()?;
