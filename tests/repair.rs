@@ -612,7 +612,7 @@ fn a_signal_while_start_takes_the_lock_leaves_no_lock() {
     let project = TestProject::new("locksig");
     project.ok(&["start"]);
     for delay_ms in [40, 70, 100, 130, 160, 200] {
-        let mut child = project
+        let child = project
             .command(&["start"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
