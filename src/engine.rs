@@ -133,9 +133,9 @@ impl Engine {
     /// Connects to the engine named by DOCKER_HOST (or the local socket) and
     /// agrees on an API version both sides speak.
     pub async fn connect() -> Result<Engine> {
-        let host = std::env::var("DOCKER_HOST")
-            .ok()
-            .filter(|h| !h.is_empty())
+        let set = std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty());
+        let host = set
+            .clone()
             .unwrap_or_else(|| "unix:///var/run/docker.sock".to_owned());
         let unreachable = |detail: String| {
             usage(
@@ -143,7 +143,12 @@ impl Engine {
                 "is dockerd running? Start it, or point DOCKER_HOST at a running engine",
             )
         };
-        let docker = Docker::connect_with_defaults().map_err(|err| unreachable(err.to_string()))?;
+        // An empty DOCKER_HOST means the local socket, as for the docker CLI.
+        let docker = match set {
+            Some(_) => Docker::connect_with_defaults(),
+            None => Docker::connect_with_local_defaults(),
+        }
+        .map_err(|err| unreachable(err.to_string()))?;
         // Ask `/version` unversioned: every engine answers it, whatever API
         // versions it supports. bollard then speaks the older of its own
         // version and the engine's, so old engines (API 1.41) and new ones work.

@@ -105,6 +105,19 @@ fn bad_arguments_under_json_print_the_failure_document() {
     assert!(stdout(&output).is_empty(), "{}", stdout(&output));
 }
 
+/// An empty DOCKER_HOST means the local socket, as for the docker CLI; it
+/// once failed with "URI scheme is not supported".
+#[test]
+fn an_empty_docker_host_means_the_local_engine() {
+    let output = cryptus(
+        &["--json", "status", "-p", "ct-contract-none"],
+        &[("DOCKER_HOST", "")],
+    );
+    assert_code(&output, 0);
+    let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(status["ok"], true, "{status}");
+}
+
 #[test]
 fn help_and_version_exit_0_even_with_json() {
     for args in [
