@@ -713,7 +713,8 @@ impl Stack<'_> {
                     && let Some(other) =
                         wanted.insert((host_port, port.protocol.as_str()), &service.name)
                 {
-                    return Err(failed_with_hint(
+                    // The configuration contradicts itself: a usage error.
+                    return Err(crate::error::usage(
                         format!(
                             "host port {host_port} is published twice ({other} and {}), so nothing was created",
                             service.name

@@ -316,10 +316,11 @@ fn https_port_is_published_only_with_certificates() {
     assert_eq!(project.containers(), before);
     assert_eq!(project.serving().0, "blue");
 
-    // One host port for both is refused as such, before anything changes.
+    // One host port for both is a configuration error (exit 2), refused
+    // before anything changes.
     project.set_env("CRYPTUS_HTTPS_PORT", &project.port.to_string());
     let output = project.run(&["start"]);
-    assert_code(&output, 1);
+    assert_code(&output, 2);
     let text = stderr(&output);
     assert!(text.contains("published twice"), "{text}");
     assert_eq!(project.containers(), before);
