@@ -279,6 +279,14 @@ pub fn human_size(bytes: u64) -> String {
     }
 }
 
+/// A refused archive: one line, and what to do.
+fn refused(message: String) -> anyhow::Error {
+    failed_with_hint(
+        message,
+        "restore only backups written by `cryptus backup`; nothing was changed",
+    )
+}
+
 fn too_large(name: &str, what: &str, cap: u64) -> anyhow::Error {
     failed_with_hint(
         format!(
@@ -306,7 +314,7 @@ pub fn unpack(name: &str, bytes: &[u8]) -> Result<BTreeMap<String, Entry>> {
 
 fn unpack_bounded(name: &str, bytes: &[u8], cap: u64) -> Result<BTreeMap<String, Entry>> {
     let unreadable =
-        |err: std::io::Error| failed(format!("{name} is not a readable archive: {err}"));
+        |err: std::io::Error| refused(format!("{name} is not a readable archive: {err}"));
     // Only the monitoring archives, which the engine writes from a data
     // directory, hold directories.
     let directories_allowed = archive_cap(name) == DATA_CAP && name != REDIS_ARCHIVE;
@@ -319,12 +327,12 @@ fn unpack_bounded(name: &str, bytes: &[u8], cap: u64) -> Result<BTreeMap<String,
             let mut entry = entry.map_err(unreadable)?;
             let path = entry
                 .path()
-                .map_err(|err| failed(format!("{name} has an unreadable entry: {err}")))?
+                .map_err(|err| refused(format!("{name} has an unreadable entry: {err}")))?
                 .into_owned();
             check_entry_path(name, &path)?;
             let kind = entry.header().entry_type();
             if kind.is_symlink() || kind.is_hard_link() {
-                return Err(failed(format!(
+                return Err(refused(format!(
                     "refusing {name}: its entry {} is a link",
                     path.display()
                 )));
@@ -333,13 +341,13 @@ fn unpack_bounded(name: &str, bytes: &[u8], cap: u64) -> Result<BTreeMap<String,
                 continue;
             }
             if kind.is_dir() {
-                return Err(failed(format!(
+                return Err(refused(format!(
                     "refusing {name}: its entry {} is a directory",
                     path.display()
                 )));
             }
             if !kind.is_file() {
-                return Err(failed(format!(
+                return Err(refused(format!(
                     "refusing {name}: its entry {} is not a regular file",
                     path.display()
                 )));
@@ -364,19 +372,19 @@ fn unpack_bounded(name: &str, bytes: &[u8], cap: u64) -> Result<BTreeMap<String,
                 .read_to_end(&mut content)
                 .map_err(unreadable)?;
             if content.len() as u64 != size {
-                return Err(failed(format!(
+                return Err(refused(format!(
                     "{name} is not a readable archive: its entry {} is cut short",
                     path.display()
                 )));
             }
             let key = normalize(&path);
             if key.is_empty() {
-                return Err(failed(format!(
+                return Err(refused(format!(
                     "refusing {name}: it has an entry with no name"
                 )));
             }
             if files.insert(key.clone(), Entry { content, mode }).is_some() {
-                return Err(failed(format!("refusing {name}: it holds {key:?} twice")));
+                return Err(refused(format!("refusing {name}: it holds {key:?} twice")));
             }
         }
     }
@@ -423,13 +431,13 @@ fn check_entry_path(name: &str, path: &Path) -> Result<()> {
         match part {
             Component::Normal(_) | Component::CurDir => {}
             Component::ParentDir => {
-                return Err(failed(format!(
+                return Err(refused(format!(
                     "refusing {name}: its entry {} climbs out with '..'",
                     path.display()
                 )));
             }
             Component::RootDir | Component::Prefix(_) => {
-                return Err(failed(format!(
+                return Err(refused(format!(
                     "refusing {name}: its entry {} is an absolute path",
                     path.display()
                 )));
@@ -454,13 +462,13 @@ pub fn strip_first(name: &str, files: BTreeMap<String, Entry>) -> Result<Vec<(St
     let mut stripped = Vec::new();
     for (path, entry) in files {
         let Some((first, rest)) = path.split_once('/') else {
-            return Err(failed(format!(
+            return Err(refused(format!(
                 "refusing {name}: its entry {path:?} is outside the data directory"
             )));
         };
         match &root {
             Some(root) if root != first => {
-                return Err(failed(format!(
+                return Err(refused(format!(
                     "refusing {name}: its entry {path:?} is outside the data directory {root}"
                 )));
             }

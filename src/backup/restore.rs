@@ -319,7 +319,7 @@ async fn stage(
         .iter()
         .find(|(_, label, _, _)| label == NGINX_CONF_LABEL)
         .map(|(_, _, entry, _)| entry.content.as_slice());
-    require_containers(project, contents, containers, conf.is_some())?;
+    require_containers(project, contents, containers)?;
     let mut staged = Staged::default();
     for (path, label, entry, previous) in changed {
         let mode = restored_mode(&path, entry.mode)?;
@@ -342,18 +342,18 @@ async fn stage(
 
 /// Restore puts back every part of the backup or nothing: each part needs
 /// its container, found before anything changes. The history and pending
-/// replicas live in nginx's state volume, a different nginx.conf is
-/// checked inside the running nginx, and monitoring data goes into its
-/// service's volume.
+/// replicas live in nginx's state volume and nginx.conf is nginx's own (a
+/// different one is checked inside the running nginx, in `stage`):
+/// without nginx's container neither can be put back. Monitoring data goes
+/// into its service's volume.
 fn require_containers(
     project: &Project,
     contents: &Contents,
     containers: &[Container],
-    new_conf: bool,
 ) -> Result<()> {
     let nothing = "nothing was changed";
     let lb = containers.iter().find(|c| c.service == LB_SERVICE);
-    if lb.is_none() && (!contents.state.is_empty() || new_conf) {
+    if lb.is_none() && (!contents.state.is_empty() || contents.nginx_conf.is_some()) {
         return Err(failed_with_hint(
             format!(
                 "project {} has no nginx container, and the backup's deployment history and nginx configuration go into it",
