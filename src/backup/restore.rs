@@ -199,6 +199,7 @@ pub async fn restore(
             .iter()
             .find(|c| c.service == REDIS_SERVICE && c.running)
             .ok_or_else(not_running)?;
+        sweep_staged(project, printer);
         let staged =
             interrupt::or_interrupted(stage(engine, project, &contents, &containers)).await?;
         interrupt::check()?;
@@ -285,6 +286,34 @@ impl Drop for Staged {
 }
 
 const NGINX_CONF_LABEL: &str = "nginx/nginx.conf";
+/// What a staged file's name holds, before the pid of the restore.
+const STAGED_MARK: &str = ".cryptus-restore-";
+
+/// Removes the staged files a killed restore left in compose/ and nginx/
+/// (`.<name>.cryptus-restore-<pid>` of a process that is gone), saying so.
+fn sweep_staged(project: &Project, printer: &Printer) {
+    for sub in ["compose", "nginx"] {
+        let Ok(entries) = std::fs::read_dir(project.dir.join(sub)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some((_, pid)) = name.rsplit_once(STAGED_MARK) else {
+                continue;
+            };
+            let Ok(pid) = pid.parse::<u32>() else {
+                continue;
+            };
+            let alive = pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists();
+            if name.starts_with('.') && !alive && std::fs::remove_file(entry.path()).is_ok() {
+                printer.warn(format!(
+                    "removed {}, left by an interrupted restore",
+                    entry.path().display()
+                ));
+            }
+        }
+    }
+}
 
 /// Checks that every part of the backup has somewhere to go, stages every
 /// project file and checks the backup's nginx.conf with `nginx -t` as
@@ -432,7 +461,7 @@ fn stage_file(path: &Path, content: &[u8], mode: u32) -> Result<PathBuf> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let temporary = parent.join(format!(".{name}.cryptus-restore-{}", std::process::id()));
+    let temporary = parent.join(format!(".{name}{STAGED_MARK}{}", std::process::id()));
     let cannot = |err: std::io::Error| {
         failed_with_hint(
             format!("cannot write {}: {err}", temporary.display()),
@@ -939,6 +968,26 @@ mod tests {
         drop(staged);
         assert_eq!(std::fs::read(&target).unwrap(), b"x");
         assert_eq!(std::fs::read_dir(&compose).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn staged_files_of_a_killed_restore_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let compose = dir.path().join("compose");
+        std::fs::create_dir(&compose).unwrap();
+        let dead = compose.join(".x.yml.cryptus-restore-4000000");
+        let mine = compose.join(format!(".x.yml.cryptus-restore-{}", std::process::id()));
+        let parent = std::os::unix::process::parent_id();
+        let alive = compose.join(format!(".x.yml.cryptus-restore-{parent}"));
+        let other = compose.join("x.yml");
+        for path in [&dead, &mine, &alive, &other] {
+            std::fs::write(path, "x").unwrap();
+        }
+        let project = Project::new(dir.path(), "p").unwrap();
+        let printer = Printer::new(crate::output::Verbosity::Quiet, false);
+        sweep_staged(&project, &printer);
+        assert!(!dead.exists());
+        assert!(mine.exists() && alive.exists() && other.exists());
     }
 
     #[test]
