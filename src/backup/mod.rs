@@ -301,6 +301,22 @@ fn too_large(name: &str, what: &str, cap: u64) -> anyhow::Error {
     )
 }
 
+/// Refuses to write an archive whose content (`size` bytes unpacked)
+/// a restore would refuse: a backup that cannot be restored is no backup.
+pub fn check_fits(archive: &str, size: u64) -> Result<()> {
+    let cap = archive_cap(archive);
+    if size > cap {
+        return Err(failed_with_hint(
+            format!(
+                "{archive} would unpack to {size} bytes, more than the {} a restore accepts",
+                human_size(cap)
+            ),
+            "no backup was written; see docs/backups.md for the limits",
+        ));
+    }
+    Ok(())
+}
+
 /// Unpacks a `.tar.gz` into memory: entry path (`./` and `//` dropped) to
 /// content and mode. An entry with an absolute path, a `..`, a link, or a
 /// path that comes twice is refused: a restore never writes outside where
@@ -1081,6 +1097,11 @@ mod tests {
             .to_string();
         assert!(err.contains("4 GiB"), "{err}");
         assert_eq!(archive_cap(NGINX_ARCHIVE), 16 << 20);
+        // A backup never writes what a restore would refuse.
+        assert!(check_fits(COMPOSE_ARCHIVE, 16 << 20).is_ok());
+        assert!(check_fits(COMPOSE_ARCHIVE, (16 << 20) + 1).is_err());
+        assert!(check_fits(REDIS_ARCHIVE, 1 << 30).is_ok());
+        assert!(check_fits(REDIS_ARCHIVE, DATA_CAP + 1).is_err());
     }
 
     #[test]
