@@ -697,3 +697,335 @@ fn restore_without_aof_commits_the_dump_and_a_killed_scratch_leaves_the_old_data
     assert_eq!(wrong_keys(&project), 0);
     assert_eq!(project.redis_cli(&["GET", "old-marker"]), "");
 }
+
+/// What a refused restore must leave exactly as it was: redis (not
+/// restarted, same keys), every file of compose/ and nginx/ with its mode
+/// (and no temporary file), and nginx's state files.
+#[derive(Debug, PartialEq)]
+struct Live {
+    redis_started: String,
+    redis_keys: String,
+    marker: String,
+    files: std::collections::BTreeMap<String, (Vec<u8>, u32)>,
+    nginx_state: Option<String>,
+}
+
+fn files_under(
+    root: &Path,
+    dir: &Path,
+    found: &mut std::collections::BTreeMap<String, (Vec<u8>, u32)>,
+) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path
+            .strip_prefix(root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        if meta.is_dir() {
+            found.insert(format!("{name}/"), (Vec::new(), mode(&path)));
+            files_under(root, &path, found);
+        } else {
+            found.insert(name, (std::fs::read(&path).unwrap(), mode(&path)));
+        }
+    }
+}
+
+fn live(project: &TestProject, nginx: bool) -> Live {
+    let redis = format!("{}-redis-1", project.name);
+    let mut files = std::collections::BTreeMap::new();
+    for sub in ["compose", "nginx"] {
+        files_under(project.path(), &project.path().join(sub), &mut files);
+    }
+    let nginx_state = nginx.then(|| {
+        exec_in(
+            project,
+            &format!("{}-nginx-1", project.name),
+            &[
+                "sh",
+                "-c",
+                "for f in /etc/nginx/cryptus/*; do echo \"== $f\"; cat \"$f\"; done",
+            ],
+        )
+    });
+    Live {
+        redis_started: project.started_at(&redis),
+        redis_keys: project.redis_cli(&["DBSIZE"]),
+        marker: project.redis_cli(&["GET", "after-backup"]),
+        files,
+        nginx_state,
+    }
+}
+
+/// A started project with keys, one good backup, and a key written after
+/// it (which a restore would remove).
+fn backed_up(hint: &str) -> (TestProject, PathBuf) {
+    let project = TestProject::new(hint);
+    project.ok(&["start"]);
+    write_keys(&project);
+    let out = project.path().join("backups");
+    let good = one_backup(&project, &out);
+    project.redis_cli(&["SET", "after-backup", "1"]);
+    (project, good)
+}
+
+/// The files of one archive of a backup, as (path, content).
+fn archive_files(backup: &Path, name: &str) -> Vec<(String, Vec<u8>)> {
+    use std::io::Read;
+    let bytes = std::fs::read(backup.join(name)).unwrap();
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes.as_slice()));
+    archive
+        .entries()
+        .unwrap()
+        .map(|entry| {
+            let mut entry = entry.unwrap();
+            let path = entry.path().unwrap().to_string_lossy().into_owned();
+            let mut content = Vec::new();
+            entry.read_to_end(&mut content).unwrap();
+            (path, content)
+        })
+        .collect()
+}
+
+/// Restores `dir` (and verifies it when `verify`), expecting exit 1 and
+/// nothing live changed.
+#[track_caller]
+fn refused_and_unchanged(project: &TestProject, dir: &Path, verify: bool, said: &str) -> Output {
+    let before = live(project, true);
+    let dir = dir.to_string_lossy();
+    if verify {
+        let output = project.run(&["backup", "--verify", &dir]);
+        assert_code(&output, 1);
+        assert!(stderr(&output).contains(said), "{}", stderr(&output));
+    }
+    let output = project.run(&["restore", &dir, "--yes", "--json"]);
+    assert_code(&output, 1);
+    assert!(stderr(&output).contains(said), "{}", stderr(&output));
+    assert!(stderr(&output).contains("hint:"), "{}", stderr(&output));
+    assert!(
+        !stderr(&output).contains("internal error"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(live(project, true), before, "{}", stderr(&output));
+    output
+}
+
+#[test]
+fn restore_tests_nginx_conf_where_its_relative_includes_resolve_live() {
+    let (project, good) = backed_up("relinclude");
+    let conf = std::fs::read(project.path().join("nginx/nginx.conf")).unwrap();
+    // Under /tmp the glob matches nothing and nginx -t passed; live it
+    // includes app.conf at the top level, which nginx refuses.
+    let hostile = [b"include app.con*;\n".as_slice(), &conf].concat();
+    let dir = crafted(
+        &project,
+        &good,
+        "relinclude",
+        "nginx.tar.gz",
+        &archive(&[("nginx.conf", &hostile)]),
+    );
+    // A compose file the restore would also write is staged, then removed.
+    let compose = project
+        .path()
+        .join("compose/docker-compose.zero-downtime.yml");
+    std::fs::write(
+        &compose,
+        std::fs::read_to_string(&compose).unwrap() + "\n# edited\n",
+    )
+    .unwrap();
+    refused_and_unchanged(&project, &dir, false, "nginx -t");
+    let scratch = exec_in(
+        &project,
+        &format!("{}-nginx-1", project.name),
+        &["ls", "/tmp"],
+    );
+    assert!(!scratch.contains("cryptus-restore"), "{scratch}");
+
+    // A relative include that resolves in the live directory passes.
+    let text = String::from_utf8(conf.clone()).unwrap();
+    assert!(
+        text.contains("include /etc/cryptus/nginx/app.conf;"),
+        "{text}"
+    );
+    let relative = text.replace("include /etc/cryptus/nginx/app.conf;", "include app.conf;");
+    let dir = crafted(
+        &project,
+        &good,
+        "relative-ok",
+        "nginx.tar.gz",
+        &archive(&[("nginx.conf", relative.as_bytes())]),
+    );
+    project.ok(&["restore", &dir.to_string_lossy(), "--yes"]);
+    assert_eq!(
+        std::fs::read_to_string(project.path().join("nginx/nginx.conf")).unwrap(),
+        relative
+    );
+    assert_eq!(wrong_keys(&project), 0);
+    support::get_json(&project.url("/api/health"), None);
+}
+
+#[test]
+fn restore_refuses_a_compose_target_that_is_a_directory_before_redis_changes() {
+    let (project, good) = backed_up("dirtarget");
+    let compose = project.path().join("compose");
+    std::fs::create_dir(compose.join("extra.yml")).unwrap();
+    // Other files the restore would write: they must not be written either.
+    let env = compose.join(".env");
+    std::fs::write(&env, "CHANGED=1\n").unwrap();
+    std::fs::set_permissions(&env, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let mut files = archive_files(&good, "compose.tar.gz");
+    files.retain(|(name, _)| name != ".env");
+    files.push(("extra.yml".to_owned(), b"# extra\n".to_vec()));
+    files.push((".env".to_owned(), b"RESTORED=1\n".to_vec()));
+    let refs: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(n, c)| (n.as_str(), c.as_slice()))
+        .collect();
+    let dir = crafted(
+        &project,
+        &good,
+        "dirtarget",
+        "compose.tar.gz",
+        &archive(&refs),
+    );
+    refused_and_unchanged(&project, &dir, false, "is a directory");
+    let left: Vec<String> = entries(&compose)
+        .into_iter()
+        .filter(|n| n.contains("cryptus-restore"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn restore_without_the_nginx_container_is_refused_before_anything_changes() {
+    let (project, good) = backed_up("nonginx");
+    let nginx = format!("{}-nginx-1", project.name);
+    let state_before = live(&project, true).nginx_state;
+    project.on_engine(move |docker| async move {
+        let options = bollard::query_parameters::RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .build();
+        docker
+            .remove_container(&nginx, Some(options))
+            .await
+            .unwrap();
+    });
+    let before = live(&project, false);
+    let output = project.run(&["restore", &good.to_string_lossy(), "--yes", "--json"]);
+    assert_code(&output, 1);
+    let said = stderr(&output);
+    assert!(said.contains("no nginx container"), "{said}");
+    assert!(said.contains("cryptus start"), "{said}");
+    let document: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(document["ok"], false);
+    assert!(document["hint"].is_string(), "{document}");
+    assert_eq!(live(&project, false), before, "{said}");
+    // nginx's state volume kept its files: start brings them back as they were.
+    project.ok(&["start"]);
+    assert_eq!(live(&project, true).nginx_state, state_before);
+    assert_eq!(project.redis_cli(&["GET", "after-backup"]), "1");
+}
+
+#[test]
+fn verify_and_restore_refuse_an_archive_that_unpacks_past_its_limit() {
+    let (project, good) = backed_up("bomb");
+    // A header claiming 5 GiB: refused from the header, before reading.
+    let mut header = tar::Header::new_gnu();
+    header.set_path("dump.rdb").unwrap();
+    header.set_size(5 << 30);
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_mode(0o600);
+    header.set_cksum();
+    let mut tar = header.as_bytes().to_vec();
+    tar.extend_from_slice(b"REDIS0011");
+    tar.extend_from_slice(&[0u8; 1 << 20]);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, &tar).unwrap();
+    let bomb = gz.finish().unwrap();
+    let dir = crafted(&project, &good, "bomb", "redis.tar.gz", &bomb);
+    refused_and_unchanged(&project, &dir, true, "limit of 4 GiB");
+    // A config archive holding 17 MiB, really there.
+    let big = vec![b'#'; 17 << 20];
+    let dir = crafted(
+        &project,
+        &good,
+        "big-compose",
+        "compose.tar.gz",
+        &archive(&[("big.yml", &big)]),
+    );
+    refused_and_unchanged(&project, &dir, true, "limit of 16 MiB");
+}
+
+#[test]
+fn verify_and_restore_refuse_directory_entries_extra_gzip_members_and_trailing_garbage() {
+    let (project, good) = backed_up("lenient");
+    let dump = archive_files(&good, "redis.tar.gz")
+        .into_iter()
+        .find(|(name, _)| name == "dump.rdb")
+        .unwrap()
+        .1;
+    let with_dir = |file: &str, dir_name: &str| {
+        let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            flate2::Compression::default(),
+        ));
+        let mut header = tar::Header::new_gnu();
+        header.set_size(0);
+        header.set_mode(0o755);
+        header.set_entry_type(tar::EntryType::Directory);
+        builder
+            .append_data(&mut header, dir_name, std::io::empty())
+            .unwrap();
+        let mut header = tar::Header::new_gnu();
+        header.set_size(dump.len() as u64);
+        header.set_mode(0o600);
+        header.set_entry_type(tar::EntryType::Regular);
+        builder
+            .append_data(&mut header, file, dump.as_slice())
+            .unwrap();
+        builder.into_inner().unwrap().finish().unwrap()
+    };
+    let dir = crafted(
+        &project,
+        &good,
+        "dump-dir",
+        "redis.tar.gz",
+        &with_dir("dump.rdb", "dump.rdb/"),
+    );
+    refused_and_unchanged(&project, &dir, true, "is a directory");
+    let mut env_dir = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::default(),
+    ));
+    let mut header = tar::Header::new_gnu();
+    header.set_size(0);
+    header.set_mode(0o700);
+    header.set_entry_type(tar::EntryType::Directory);
+    env_dir
+        .append_data(&mut header, ".env/", std::io::empty())
+        .unwrap();
+    let env_dir = env_dir.into_inner().unwrap().finish().unwrap();
+    let dir = crafted(&project, &good, "env-dir", "compose.tar.gz", &env_dir);
+    refused_and_unchanged(&project, &dir, true, "is a directory");
+
+    let redis = std::fs::read(good.join("redis.tar.gz")).unwrap();
+    let evil = archive(&[("evil", b"evil")]);
+    let dir = crafted(
+        &project,
+        &good,
+        "two-members",
+        "redis.tar.gz",
+        &[redis.as_slice(), evil.as_slice()].concat(),
+    );
+    refused_and_unchanged(&project, &dir, true, "after the end of its gzip stream");
+    let dir = crafted(
+        &project,
+        &good,
+        "garbage",
+        "redis.tar.gz",
+        &[redis.as_slice(), b"trailing garbage"].concat(),
+    );
+    refused_and_unchanged(&project, &dir, true, "after the end of its gzip stream");
+}

@@ -144,6 +144,7 @@ async fn write(
         .ok_or_else(|| failed(format!("redis saved no {path} in {}", redis.name)))?;
     // The snapshot's key count comes from loading it: that also proves the
     // dump loads. Counting on the live Redis would race with its writes.
+    super::check_fits(REDIS_ARCHIVE, dump.len() as u64)?;
     let keys = count_keys(engine, project, &redis.image, &dump, deadline).await?;
     pending.add(
         REDIS_ARCHIVE,
@@ -171,6 +172,7 @@ async fn write(
             }
         }
     }
+    super::check_fits(NGINX_ARCHIVE, unpacked_size(&files))?;
     pending.add(NGINX_ARCHIVE, &pack(&files)?)?;
     step.done();
 
@@ -188,6 +190,8 @@ async fn write(
         }
     }
     compose.sort();
+    super::check_fits(COMPOSE_ARCHIVE, unpacked_size(&compose))?;
+    super::check_fits(STATE_ARCHIVE, unpacked_size(&state))?;
     pending.add(COMPOSE_ARCHIVE, &pack(&compose)?)?;
     pending.add(STATE_ARCHIVE, &pack(&state)?)?;
     step.done();
@@ -203,6 +207,8 @@ async fn write(
             engine.download(&container.name, dir).await?
         };
         if let Some(tar) = tar {
+            // The tar's own size bounds what its files hold.
+            super::check_fits(archive, tar.len() as u64)?;
             pending.add(archive, &super::gzip(&tar)?)?;
         }
         step.done();
@@ -288,4 +294,12 @@ fn mode_of(path: &Path) -> Result<u32> {
 
 fn read_local(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// What packed files hold, unpacked.
+fn unpacked_size(files: &[(String, Vec<u8>, u32)]) -> u64 {
+    files
+        .iter()
+        .map(|(_, content, _)| content.len() as u64)
+        .sum()
 }

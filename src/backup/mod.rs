@@ -161,7 +161,10 @@ pub fn parse_manifest(text: &str) -> Result<Manifest, String> {
         if !seen.insert(file.name.as_str()) {
             return Err(format!("manifest.json names {:?} twice", file.name));
         }
-        if file.size > MAX_FILE {
+        // Gzip never grows data by more than a sliver: a larger file could
+        // not unpack within its archive's limit.
+        let cap = archive_cap(&file.name);
+        if file.size > MAX_FILE || file.size > cap + cap / 64 + (1 << 20) {
             return Err(format!(
                 "manifest.json gives {:?} an impossible size",
                 file.name
@@ -250,54 +253,179 @@ pub fn verify(dir: &Path) -> Result<(Manifest, BTreeMap<String, Vec<u8>>)> {
     Ok((manifest, contents))
 }
 
+/// The most a config archive (nginx, compose, state) may unpack to.
+pub const CONFIG_CAP: u64 = 16 << 20;
+/// The most the redis dump or a monitoring archive may unpack to: it is
+/// held in memory while it is checked and loaded.
+pub const DATA_CAP: u64 = 4 << 30;
+
+/// How much `archive` may unpack to, in all.
+pub fn archive_cap(archive: &str) -> u64 {
+    match archive {
+        NGINX_ARCHIVE | COMPOSE_ARCHIVE | STATE_ARCHIVE => CONFIG_CAP,
+        _ => DATA_CAP,
+    }
+}
+
+/// A size for people: `16 MiB`, `4 GiB`.
+pub fn human_size(bytes: u64) -> String {
+    if bytes >= 1 << 30 && bytes % (1 << 30) == 0 {
+        format!("{} GiB", bytes >> 30)
+    } else if bytes >= 1 << 20 && bytes % (1 << 20) == 0 {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
+/// A refused archive: one line, and what to do.
+fn refused(message: String) -> anyhow::Error {
+    failed_with_hint(
+        message,
+        "restore only backups written by `cryptus backup`; nothing was changed",
+    )
+}
+
+fn too_large(name: &str, what: &str, cap: u64) -> anyhow::Error {
+    failed_with_hint(
+        format!(
+            "refusing {name}: {what} more than its limit of {}",
+            human_size(cap)
+        ),
+        format!(
+            "a backup's archives unpack to at most {} (redis and monitoring data) and {} (configuration); nothing was changed",
+            human_size(DATA_CAP),
+            human_size(CONFIG_CAP)
+        ),
+    )
+}
+
+/// Refuses to write an archive whose content (`size` bytes unpacked)
+/// a restore would refuse: a backup that cannot be restored is no backup.
+pub fn check_fits(archive: &str, size: u64) -> Result<()> {
+    let cap = archive_cap(archive);
+    if size > cap {
+        return Err(failed_with_hint(
+            format!(
+                "{archive} would unpack to {size} bytes, more than the {} a restore accepts",
+                human_size(cap)
+            ),
+            "no backup was written; see docs/backups.md for the limits",
+        ));
+    }
+    Ok(())
+}
+
 /// Unpacks a `.tar.gz` into memory: entry path (`./` and `//` dropped) to
 /// content and mode. An entry with an absolute path, a `..`, a link, or a
 /// path that comes twice is refused: a restore never writes outside where
-/// it means to, nor picks one of two answers.
+/// it means to, nor picks one of two answers. What it unpacks to is
+/// bounded by [`archive_cap`], checked from each header before the entry
+/// is read; the input must be one gzip member holding one tar stream and
+/// nothing after it, so nothing is hidden from `backup --verify`.
 pub fn unpack(name: &str, bytes: &[u8]) -> Result<BTreeMap<String, Entry>> {
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
+    unpack_bounded(name, bytes, archive_cap(name))
+}
+
+fn unpack_bounded(name: &str, bytes: &[u8], cap: u64) -> Result<BTreeMap<String, Entry>> {
+    let unreadable =
+        |err: std::io::Error| refused(format!("{name} is not a readable archive: {err}"));
+    // Only the monitoring archives, which the engine writes from a data
+    // directory, hold directories.
+    let directories_allowed = archive_cap(name) == DATA_CAP && name != REDIS_ARCHIVE;
+    let mut archive = tar::Archive::new(flate2::bufread::GzDecoder::new(bytes));
     let mut files = BTreeMap::new();
-    let entries = archive
-        .entries()
-        .map_err(|err| failed(format!("{name} is not a readable archive: {err}")))?;
-    for entry in entries {
-        let mut entry =
-            entry.map_err(|err| failed(format!("{name} is not a readable archive: {err}")))?;
-        let path = entry
-            .path()
-            .map_err(|err| failed(format!("{name} has an unreadable entry: {err}")))?
-            .into_owned();
-        check_entry_path(name, &path)?;
-        let kind = entry.header().entry_type();
-        if kind.is_symlink() || kind.is_hard_link() {
-            return Err(failed(format!(
-                "refusing {name}: its entry {} is a link",
-                path.display()
-            )));
+    let mut total: u64 = 0;
+    {
+        let entries = archive.entries().map_err(unreadable)?;
+        for entry in entries {
+            let mut entry = entry.map_err(unreadable)?;
+            let path = entry
+                .path()
+                .map_err(|err| refused(format!("{name} has an unreadable entry: {err}")))?
+                .into_owned();
+            check_entry_path(name, &path)?;
+            let kind = entry.header().entry_type();
+            if kind.is_symlink() || kind.is_hard_link() {
+                return Err(refused(format!(
+                    "refusing {name}: its entry {} is a link",
+                    path.display()
+                )));
+            }
+            if kind.is_dir() && directories_allowed {
+                continue;
+            }
+            if kind.is_dir() {
+                return Err(refused(format!(
+                    "refusing {name}: its entry {} is a directory",
+                    path.display()
+                )));
+            }
+            if !kind.is_file() {
+                return Err(refused(format!(
+                    "refusing {name}: its entry {} is not a regular file",
+                    path.display()
+                )));
+            }
+            let size = entry.size();
+            total = total.saturating_add(size);
+            if size > cap {
+                return Err(too_large(
+                    name,
+                    &format!("its entry {} holds", path.display()),
+                    cap,
+                ));
+            }
+            if total > cap {
+                return Err(too_large(name, "its entries hold", cap));
+            }
+            let mode = entry.header().mode().unwrap_or(0o644) & 0o777;
+            let mut content = Vec::new();
+            // The header said how much; never read more than it said.
+            (&mut entry)
+                .take(size)
+                .read_to_end(&mut content)
+                .map_err(unreadable)?;
+            if content.len() as u64 != size {
+                return Err(refused(format!(
+                    "{name} is not a readable archive: its entry {} is cut short",
+                    path.display()
+                )));
+            }
+            let key = normalize(&path);
+            if key.is_empty() {
+                return Err(refused(format!(
+                    "refusing {name}: it has an entry with no name"
+                )));
+            }
+            if files.insert(key.clone(), Entry { content, mode }).is_some() {
+                return Err(refused(format!("refusing {name}: it holds {key:?} twice")));
+            }
         }
-        if kind.is_dir() {
-            continue;
+    }
+    // After the end of the tar stream only its zero padding may follow,
+    // and after the gzip member nothing at all.
+    let mut decoder = archive.into_inner();
+    let mut padding = [0u8; 8192];
+    let mut padded: u64 = 0;
+    loop {
+        let read = decoder.read(&mut padding).map_err(unreadable)?;
+        if read == 0 {
+            break;
         }
-        if !kind.is_file() {
-            return Err(failed(format!(
-                "refusing {name}: its entry {} is not a regular file",
-                path.display()
-            )));
+        padded += read as u64;
+        if padding[..read].iter().any(|b| *b != 0) || padded > 1 << 20 {
+            return Err(failed_with_hint(
+                format!("refusing {name}: it holds data after the end of its tar archive"),
+                "restore only backups written by `cryptus backup`; nothing was changed",
+            ));
         }
-        let mode = entry.header().mode().unwrap_or(0o644) & 0o777;
-        let mut content = Vec::new();
-        entry
-            .read_to_end(&mut content)
-            .map_err(|err| failed(format!("{name} is not a readable archive: {err}")))?;
-        let key = normalize(&path);
-        if key.is_empty() {
-            return Err(failed(format!(
-                "refusing {name}: it has an entry with no name"
-            )));
-        }
-        if files.insert(key.clone(), Entry { content, mode }).is_some() {
-            return Err(failed(format!("refusing {name}: it holds {key:?} twice")));
-        }
+    }
+    if !decoder.into_inner().is_empty() {
+        return Err(failed_with_hint(
+            format!("refusing {name}: it holds data after the end of its gzip stream"),
+            "restore only backups written by `cryptus backup`; nothing was changed",
+        ));
     }
     Ok(files)
 }
@@ -318,13 +446,13 @@ fn check_entry_path(name: &str, path: &Path) -> Result<()> {
         match part {
             Component::Normal(_) | Component::CurDir => {}
             Component::ParentDir => {
-                return Err(failed(format!(
+                return Err(refused(format!(
                     "refusing {name}: its entry {} climbs out with '..'",
                     path.display()
                 )));
             }
             Component::RootDir | Component::Prefix(_) => {
-                return Err(failed(format!(
+                return Err(refused(format!(
                     "refusing {name}: its entry {} is an absolute path",
                     path.display()
                 )));
@@ -349,13 +477,13 @@ pub fn strip_first(name: &str, files: BTreeMap<String, Entry>) -> Result<Vec<(St
     let mut stripped = Vec::new();
     for (path, entry) in files {
         let Some((first, rest)) = path.split_once('/') else {
-            return Err(failed(format!(
+            return Err(refused(format!(
                 "refusing {name}: its entry {path:?} is outside the data directory"
             )));
         };
         match &root {
             Some(root) if root != first => {
-                return Err(failed(format!(
+                return Err(refused(format!(
                     "refusing {name}: its entry {path:?} is outside the data directory {root}"
                 )));
             }
@@ -845,6 +973,100 @@ mod tests {
         let err = unpack("nginx.tar.gz", &link).unwrap_err().to_string();
         assert!(err.contains("is a link"), "{err}");
         assert!(unpack("x.tar.gz", b"not gzip at all").is_err());
+    }
+
+    fn gz(bytes: &[u8]) -> Vec<u8> {
+        gzip(bytes).unwrap()
+    }
+
+    fn plain_tar(entries: &[(&str, tar::EntryType, &[u8])]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (path, kind, content) in entries {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(content.len() as u64);
+            header.set_entry_type(*kind);
+            header.set_mode(0o644);
+            builder.append_data(&mut header, path, *content).unwrap();
+        }
+        builder.into_inner().unwrap()
+    }
+
+    #[test]
+    fn directory_entries_are_refused_in_the_config_and_redis_archives() {
+        for (archive, dir) in [
+            (REDIS_ARCHIVE, "dump.rdb/"),
+            (COMPOSE_ARCHIVE, ".env/"),
+            (NGINX_ARCHIVE, "cryptus/"),
+            (STATE_ARCHIVE, "x/"),
+        ] {
+            let tar = plain_tar(&[(dir, tar::EntryType::Directory, b"")]);
+            let err = unpack(archive, &gz(&tar)).unwrap_err().to_string();
+            assert!(err.contains("is a directory"), "{archive}: {err}");
+        }
+        // The engine archives monitoring data with its directories.
+        let tar = plain_tar(&[
+            ("prometheus/", tar::EntryType::Directory, b""),
+            ("prometheus/x", tar::EntryType::Regular, b"x"),
+        ]);
+        let files = unpack("prometheus.tar.gz", &gz(&tar)).unwrap();
+        assert_eq!(files.len(), 1);
+    }
+
+    #[test]
+    fn a_second_gzip_member_or_trailing_garbage_is_refused() {
+        let good = gz(&plain_tar(&[(
+            "dump.rdb",
+            tar::EntryType::Regular,
+            b"REDIS0011",
+        )]));
+        assert!(unpack(REDIS_ARCHIVE, &good).is_ok());
+        let evil = gz(&plain_tar(&[("evil", tar::EntryType::Regular, b"evil")]));
+        let two_members = [good.as_slice(), evil.as_slice()].concat();
+        let err = unpack(REDIS_ARCHIVE, &two_members).unwrap_err().to_string();
+        assert!(err.contains("after the end of its gzip stream"), "{err}");
+        let garbage = [good.as_slice(), b"garbage"].concat();
+        let err = unpack(REDIS_ARCHIVE, &garbage).unwrap_err().to_string();
+        assert!(err.contains("after the end of its gzip stream"), "{err}");
+        // Inside the gzip member, after the tar's end: only zeros.
+        let mut tar = plain_tar(&[("dump.rdb", tar::EntryType::Regular, b"REDIS0011")]);
+        tar.extend_from_slice(b"hidden");
+        let err = unpack(REDIS_ARCHIVE, &gz(&tar)).unwrap_err().to_string();
+        assert!(err.contains("after the end of its tar archive"), "{err}");
+    }
+
+    #[test]
+    fn unpacking_is_bounded_before_an_entry_is_read() {
+        let tar = plain_tar(&[("dump.rdb", tar::EntryType::Regular, &[7u8; 2000])]);
+        let err = unpack_bounded(REDIS_ARCHIVE, &gz(&tar), 1000)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("more than its limit"), "{err}");
+        let tar = plain_tar(&[
+            ("a.yml", tar::EntryType::Regular, &[7u8; 600]),
+            ("b.yml", tar::EntryType::Regular, &[7u8; 600]),
+        ]);
+        let err = unpack_bounded(COMPOSE_ARCHIVE, &gz(&tar), 1000)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("more than its limit"), "{err}");
+        // A header that claims far more than the data: refused from the
+        // header alone, nothing is read.
+        let mut header = tar::Header::new_gnu();
+        header.set_path("dump.rdb").unwrap();
+        header.set_size(DATA_CAP + 1);
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_mode(0o600);
+        header.set_cksum();
+        let err = unpack(REDIS_ARCHIVE, &gz(header.as_bytes()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("4 GiB"), "{err}");
+        assert_eq!(archive_cap(NGINX_ARCHIVE), 16 << 20);
+        // A backup never writes what a restore would refuse.
+        assert!(check_fits(COMPOSE_ARCHIVE, 16 << 20).is_ok());
+        assert!(check_fits(COMPOSE_ARCHIVE, (16 << 20) + 1).is_err());
+        assert!(check_fits(REDIS_ARCHIVE, 1 << 30).is_ok());
+        assert!(check_fits(REDIS_ARCHIVE, DATA_CAP + 1).is_err());
     }
 
     #[test]

@@ -31,8 +31,22 @@ const REDIS_DEADLINE: Duration = Duration::from_secs(120);
 /// commit and nothing is left there after.
 const STAGED_DIR: &str = "/tmp";
 const STAGED_DUMP: &str = "dump.rdb";
-/// Where the backup's nginx.conf is checked inside the load balancer.
-const CANDIDATE_CONF: &str = "/tmp/cryptus-restore-nginx.conf";
+/// Where the backup's nginx.conf is checked inside the load balancer: a
+/// copy of the live configuration directory, so that its relative paths
+/// (`include app.conf;`) resolve as they will once it is live: nginx
+/// resolves them against the directory of the file given to `-c`.
+const CANDIDATE_DIR: &str = "/tmp/cryptus-restore-nginx";
+/// Copies the live directory ($1) to the scratch one ($2), puts the
+/// candidate (stdin) in it as nginx.conf, runs `nginx -t` on it and removes
+/// the scratch directory. Exit 3: the copy failed; otherwise nginx's code.
+const TEST_SCRIPT: &str = r#"live="$1"; d="$2"
+rm -rf "$d"
+if ! { mkdir -p "$d" && cp -a "$live/." "$d/" && cat > "$d/nginx.conf"; }; then
+  rm -rf "$d"; exit 3
+fi
+nginx -t -q -c "$d/nginx.conf" 2>&1; code=$?
+rm -rf "$d"
+exit $code"#;
 
 #[derive(Debug, Serialize)]
 pub struct Restored {
@@ -185,6 +199,7 @@ pub async fn restore(
             .iter()
             .find(|c| c.service == REDIS_SERVICE && c.running)
             .ok_or_else(not_running)?;
+        sweep_staged(project, printer);
         let staged =
             interrupt::or_interrupted(stage(engine, project, &contents, &containers)).await?;
         interrupt::check()?;
@@ -211,27 +226,107 @@ pub async fn restore(
     })
 }
 
-/// A file of the project directory the restore will write.
+/// A file of the project directory the restore will write, staged: its
+/// whole content is already in a temporary file beside it, with its mode.
 struct LocalWrite {
     path: PathBuf,
     label: String,
-    content: Vec<u8>,
     mode: u32,
     /// What it holds now, to put back if nginx refuses it.
     previous: Option<Vec<u8>>,
+    /// The staged file, until it is renamed into place.
+    temporary: Option<PathBuf>,
 }
 
-/// Decides every local write and checks the backup's nginx.conf with
-/// `nginx -t`, changing nothing.
+/// Every project file the restore writes, staged before anything live
+/// changes: renaming a temporary file in its own directory into place is
+/// all that is left, and it does not fail for want of space or permission.
+/// Dropped before [`Staged::commit`] (an error, a signal), it removes its
+/// temporary files and any directory it made: nothing changed.
+#[derive(Default)]
+struct Staged {
+    writes: Vec<LocalWrite>,
+    /// Directories made for new files, outermost first.
+    made: Vec<PathBuf>,
+}
+
+impl Staged {
+    /// Renames every staged file into place. Returns what it wrote.
+    fn commit(&mut self) -> Result<Vec<String>> {
+        let mut files = Vec::new();
+        for write in &mut self.writes {
+            if let Some(temporary) = write.temporary.take() {
+                if let Err(err) = std::fs::rename(&temporary, &write.path) {
+                    write.temporary = Some(temporary);
+                    return Err(err).with_context(|| format!("writing {}", write.path.display()));
+                }
+                files.push(write.label.clone());
+            }
+        }
+        self.made.clear();
+        Ok(files)
+    }
+
+    fn conf(&self) -> Option<&LocalWrite> {
+        self.writes.iter().find(|w| w.label == NGINX_CONF_LABEL)
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        for write in &self.writes {
+            if let Some(temporary) = &write.temporary {
+                let _ = std::fs::remove_file(temporary);
+            }
+        }
+        for dir in self.made.iter().rev() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+const NGINX_CONF_LABEL: &str = "nginx/nginx.conf";
+/// What a staged file's name holds, before the pid of the restore.
+const STAGED_MARK: &str = ".cryptus-restore-";
+
+/// Removes the staged files a killed restore left in compose/ and nginx/
+/// (`.<name>.cryptus-restore-<pid>` of a process that is gone), saying so.
+fn sweep_staged(project: &Project, printer: &Printer) {
+    for sub in ["compose", "nginx"] {
+        let Ok(entries) = std::fs::read_dir(project.dir.join(sub)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some((_, pid)) = name.rsplit_once(STAGED_MARK) else {
+                continue;
+            };
+            let Ok(pid) = pid.parse::<u32>() else {
+                continue;
+            };
+            let alive = pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists();
+            if name.starts_with('.') && !alive && std::fs::remove_file(entry.path()).is_ok() {
+                printer.warn(format!(
+                    "removed {}, left by an interrupted restore",
+                    entry.path().display()
+                ));
+            }
+        }
+    }
+}
+
+/// Checks that every part of the backup has somewhere to go, stages every
+/// project file and checks the backup's nginx.conf with `nginx -t` as
+/// nginx will load it, changing nothing live.
 async fn stage(
     engine: &Engine,
     project: &Project,
     contents: &Contents,
     containers: &[Container],
-) -> Result<Vec<LocalWrite>> {
+) -> Result<Staged> {
     let mut wanted: Vec<(PathBuf, String, &Entry)> = Vec::new();
     if let Some(conf) = &contents.nginx_conf {
-        let label = "nginx/nginx.conf".to_owned();
+        let label = NGINX_CONF_LABEL.to_owned();
         wanted.push((project.dir.join(&label), label, conf));
     }
     for (name, entry) in &contents.compose {
@@ -241,56 +336,156 @@ async fn stage(
             entry,
         ));
     }
-    let mut writes = Vec::new();
+    let mut changed = Vec::new();
     for (path, label, entry) in wanted {
+        refuse_unless_plain_file(&path)?;
         let previous = std::fs::read(&path).ok();
-        if previous.as_deref() == Some(entry.content.as_slice()) {
-            continue;
+        if previous.as_deref() != Some(entry.content.as_slice()) {
+            changed.push((path, label, entry, previous));
         }
-        writes.push(LocalWrite {
-            mode: restored_mode(&path, entry.mode)?,
+    }
+    let conf = changed
+        .iter()
+        .find(|(_, label, _, _)| label == NGINX_CONF_LABEL)
+        .map(|(_, _, entry, _)| entry.content.as_slice());
+    require_containers(project, contents, containers)?;
+    let mut staged = Staged::default();
+    for (path, label, entry, previous) in changed {
+        let mode = restored_mode(&path, entry.mode)?;
+        let parent = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        make_dirs(&parent, &mut staged.made)?;
+        let temporary = stage_file(&path, &entry.content, mode)?;
+        staged.writes.push(LocalWrite {
             path,
             label,
-            content: entry.content.clone(),
+            mode,
             previous,
+            temporary: Some(temporary),
         });
     }
-    for write in &writes {
-        probe_writable(&write.path)?;
+    if let Some(conf) = conf {
+        test_nginx_conf(engine, containers, conf).await?;
     }
-    if let Some(conf) = writes.iter().find(|w| w.label == "nginx/nginx.conf") {
-        test_nginx_conf(engine, containers, &conf.content).await?;
-    }
-    Ok(writes)
+    Ok(staged)
 }
 
-/// Whether a file can be written where the restore will write it (the
-/// directory exists and is writable), found before redis changes rather
-/// than after.
-fn probe_writable(path: &Path) -> Result<()> {
+/// Restore puts back every part of the backup or nothing: each part needs
+/// its container, found before anything changes. The history and pending
+/// replicas live in nginx's state volume and nginx.conf is nginx's own (a
+/// different one is checked inside the running nginx, in `stage`):
+/// without nginx's container neither can be put back. Monitoring data goes
+/// into its service's volume.
+fn require_containers(
+    project: &Project,
+    contents: &Contents,
+    containers: &[Container],
+) -> Result<()> {
+    let nothing = "nothing was changed";
+    let lb = containers.iter().find(|c| c.service == LB_SERVICE);
+    if lb.is_none() && (!contents.state.is_empty() || contents.nginx_conf.is_some()) {
+        return Err(failed_with_hint(
+            format!(
+                "project {} has no nginx container, and the backup's deployment history and nginx configuration go into it",
+                project.name
+            ),
+            format!("run `cryptus start` first; {nothing}"),
+        ));
+    }
+    for data in &contents.volumes {
+        if !containers.iter().any(|c| c.service == data.service) {
+            return Err(failed_with_hint(
+                format!(
+                    "the backup holds {}'s data, and project {} has no {} container to put it in",
+                    data.service, project.name, data.service
+                ),
+                format!("run `cryptus start --monitoring` first; {nothing}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A restored file replaces a regular file or nothing: never a directory,
+/// a link (whose target the rename would not follow), a fifo or a device.
+fn refuse_unless_plain_file(path: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_file() => Ok(()),
+        Ok(meta) => {
+            let kind = if meta.file_type().is_dir() {
+                "a directory"
+            } else if meta.file_type().is_symlink() {
+                "a symbolic link"
+            } else {
+                "not a regular file"
+            };
+            Err(failed_with_hint(
+                format!("cannot restore {}: it is {kind}", path.display()),
+                "move it out of the way, then restore; nothing was changed",
+            ))
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(err) => Err(err).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Makes `dir` and its missing parents, recording each one made.
+fn make_dirs(dir: &Path, made: &mut Vec<PathBuf>) -> Result<()> {
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(path) = at {
+        if path.as_os_str().is_empty() || std::fs::symlink_metadata(path).is_ok() {
+            break;
+        }
+        missing.push(path.to_path_buf());
+        at = path.parent();
+    }
+    for path in missing.into_iter().rev() {
+        std::fs::create_dir(&path).map_err(|err| {
+            failed_with_hint(
+                format!("cannot create {}: {err}", path.display()),
+                "run as a user who may write the project directory; nothing was changed",
+            )
+        })?;
+        made.push(path);
+    }
+    Ok(())
+}
+
+/// Writes `content` whole to `.<name>.cryptus-restore-<pid>` beside
+/// `path`, synced, with exactly `mode`: private until its mode is set.
+fn stage_file(path: &Path, content: &[u8], mode: u32) -> Result<PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let parent = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    if !parent.exists() {
-        // Made when the file is written; made now, it would be a change.
-        return Ok(());
-    }
-    let probe = parent.join(format!(".{name}.cryptus-probe"));
-    let created = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&probe)
-        .map(drop);
-    let _ = std::fs::remove_file(&probe);
-    created.map_err(|err| {
+    let temporary = parent.join(format!(".{name}{STAGED_MARK}{}", std::process::id()));
+    let cannot = |err: std::io::Error| {
         failed_with_hint(
-            format!("cannot write {}: {err}", path.display()),
-            "run as a user who may write the project directory; nothing was changed",
+            format!("cannot write {}: {err}", temporary.display()),
+            "run as a user who may write the project directory, with space on its disk; nothing was changed",
         )
-    })
+    };
+    let _ = std::fs::remove_file(&temporary);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&temporary)
+        .map_err(cannot)?;
+    let written = file
+        .write_all(content)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| {
+            std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(mode & 0o777))
+        });
+    if let Err(err) = written {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(cannot(err));
+    }
+    Ok(temporary)
 }
 
 /// The mode a restored file gets: an existing file keeps its own; a new
@@ -323,20 +518,30 @@ async fn test_nginx_conf(engine: &Engine, containers: &[Container], conf: &[u8])
             "run `cryptus start`, then restore; nothing was changed",
         ));
     };
-    let dir = "/tmp";
-    let name = CANDIDATE_CONF.trim_start_matches("/tmp/");
-    engine
-        .put_file(&lb.name, dir, name, conf)
+    let live_dir = Path::new(crate::nginx::CONF)
+        .parent()
+        .map(|dir| dir.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let output = engine
+        .exec_with_input(
+            &lb.name,
+            &["sh", "-c", TEST_SCRIPT, "sh", &live_dir, CANDIDATE_DIR],
+            Some(conf),
+        )
         .await
-        .with_context(|| format!("copying the backup's nginx.conf into {}", lb.name))?;
-    let tested = engine
-        .exec(&lb.name, &["nginx", "-t", "-q", "-c", CANDIDATE_CONF])
-        .await;
-    let _ = engine.exec(&lb.name, &["rm", "-f", CANDIDATE_CONF]).await;
-    let output = tested.with_context(|| format!("running nginx -t in {}", lb.name))?;
+        .with_context(|| format!("running nginx -t in {}", lb.name))?;
+    let said = format!("{}{}", output.stderr, output.stdout);
+    let reason = said.lines().last().unwrap_or("").trim().to_owned();
+    if output.code == 3 {
+        return Err(failed_with_hint(
+            format!(
+                "copying {live_dir} to {CANDIDATE_DIR} in {} to check the backup's nginx.conf failed: {reason}",
+                lb.name
+            ),
+            "check that nginx's container has room in /tmp; nothing was changed",
+        ));
+    }
     if output.code != 0 {
-        let said = format!("{}{}", output.stderr, output.stdout);
-        let reason = said.lines().last().unwrap_or("").trim().to_owned();
         return Err(failed_with_hint(
             format!("the backup's nginx/nginx.conf does not pass nginx -t: {reason}"),
             "nothing was changed; fix nginx.conf in the backup (and its manifest) or restore another backup",
@@ -351,7 +556,7 @@ async fn apply(
     project: &Project,
     from: &Path,
     contents: &Contents,
-    writes: Vec<LocalWrite>,
+    mut staged: Staged,
     redis: &Container,
     containers: &[Container],
     printer: &Printer,
@@ -377,17 +582,14 @@ async fn apply(
     step.done_with(format!("{keys} keys"));
 
     let step = printer.step("configuration and history");
-    let lb = containers.iter().find(|c| c.service == LB_SERVICE);
     let partly = "redis's data was restored, but the rest of the backup was not";
-    let files = write_local(&writes).context(partly)?;
-    let mut state = match lb {
-        Some(lb) => restore_nginx(engine, lb, contents, &writes)
+    let files = staged.commit().context(partly)?;
+    // Found before anything changed when the backup has anything for it.
+    let mut state = match containers.iter().find(|c| c.service == LB_SERVICE) {
+        Some(lb) => restore_nginx(engine, lb, contents, &staged)
             .await
             .context(partly)?,
-        None => {
-            printer.warn("there is no nginx container; the deployment history was not restored");
-            Vec::new()
-        }
+        None => Vec::new(),
     };
     step.done();
     let volumes = restore_volumes(engine, contents, containers, printer).await;
@@ -406,15 +608,6 @@ async fn apply(
     })
 }
 
-fn write_local(writes: &[LocalWrite]) -> Result<Vec<String>> {
-    let mut files = Vec::new();
-    for write in writes {
-        crate::files::write_with_exact_mode(&write.path, &write.content, write.mode)?;
-        files.push(write.label.clone());
-    }
-    Ok(files)
-}
-
 /// The deployment history and pending replicas into nginx's state, and
 /// the restored nginx.conf through `nginx -t` and a reload. Returns the
 /// state files written.
@@ -422,7 +615,7 @@ async fn restore_nginx(
     engine: &Engine,
     lb: &Container,
     contents: &Contents,
-    writes: &[LocalWrite],
+    staged: &Staged,
 ) -> Result<Vec<String>> {
     let nginx = Nginx {
         engine,
@@ -440,7 +633,7 @@ async fn restore_nginx(
     if !entries.is_empty() {
         nginx.write(&entries, lb.running).await?;
     }
-    let conf = writes.iter().find(|w| w.label == "nginx/nginx.conf");
+    let conf = staged.conf();
     if let (Some(conf), true) = (conf, lb.running) {
         // Checked before anything changed; checked again where it lives.
         if let Err(reason) = nginx.test().await? {
@@ -470,11 +663,9 @@ async fn restore_volumes(
         files,
     } in &contents.volumes
     {
+        // Found before anything changed (`require_containers`).
         let Some(container) = containers.iter().find(|c| &c.service == service) else {
-            printer.warn(format!(
-                "there is no {service} container; its data was not restored"
-            ));
-            continue;
+            return Err(anyhow!("there is no {service} container for its data"));
         };
         let step = printer.step(format!("{service}'s data"));
         let was_running = container.running;
@@ -738,16 +929,82 @@ mod tests {
     }
 
     #[test]
-    fn an_unwritable_place_is_found_before_anything_changes() {
+    fn staging_writes_beside_the_target_and_a_drop_undoes_it() {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        assert!(probe_writable(&dir.path().join("compose/.env")).is_ok());
-        assert!(!dir.path().join("compose").exists(), "nothing is made");
-        assert!(probe_writable(&dir.path().join(".env")).is_ok());
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
-        let file = dir.path().join("a-file");
+        let compose = dir.path().join("compose");
+        let mut staged = Staged::default();
+        make_dirs(&compose, &mut staged.made).unwrap();
+        let target = compose.join("x.yml");
+        let temporary = stage_file(&target, b"x", 0o640).unwrap();
+        assert_eq!(temporary.parent(), Some(compose.as_path()));
+        let mode = std::fs::metadata(&temporary).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o640);
+        staged.writes.push(LocalWrite {
+            path: target.clone(),
+            label: "compose/x.yml".to_owned(),
+            mode: 0o640,
+            previous: None,
+            temporary: Some(temporary),
+        });
+        drop(staged);
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "nothing left"
+        );
+
+        let mut staged = Staged::default();
+        make_dirs(&compose, &mut staged.made).unwrap();
+        let temporary = stage_file(&target, b"x", 0o600).unwrap();
+        staged.writes.push(LocalWrite {
+            path: target.clone(),
+            label: "compose/x.yml".to_owned(),
+            mode: 0o600,
+            previous: None,
+            temporary: Some(temporary),
+        });
+        assert_eq!(staged.commit().unwrap(), ["compose/x.yml"]);
+        drop(staged);
+        assert_eq!(std::fs::read(&target).unwrap(), b"x");
+        assert_eq!(std::fs::read_dir(&compose).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn staged_files_of_a_killed_restore_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let compose = dir.path().join("compose");
+        std::fs::create_dir(&compose).unwrap();
+        let dead = compose.join(".x.yml.cryptus-restore-4000000");
+        let mine = compose.join(format!(".x.yml.cryptus-restore-{}", std::process::id()));
+        let parent = std::os::unix::process::parent_id();
+        let alive = compose.join(format!(".x.yml.cryptus-restore-{parent}"));
+        let other = compose.join("x.yml");
+        for path in [&dead, &mine, &alive, &other] {
+            std::fs::write(path, "x").unwrap();
+        }
+        let project = Project::new(dir.path(), "p").unwrap();
+        let printer = Printer::new(crate::output::Verbosity::Quiet, false);
+        sweep_staged(&project, &printer);
+        assert!(!dead.exists());
+        assert!(mine.exists() && alive.exists() && other.exists());
+    }
+
+    #[test]
+    fn only_a_regular_file_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(refuse_unless_plain_file(&dir.path().join("absent.yml")).is_ok());
+        let file = dir.path().join("file.yml");
         std::fs::write(&file, "x").unwrap();
-        let err = probe_writable(&file.join("x.yml")).unwrap_err().to_string();
-        assert!(err.contains("cannot write"), "{err}");
+        assert!(refuse_unless_plain_file(&file).is_ok());
+        let sub = dir.path().join("extra.yml");
+        std::fs::create_dir(&sub).unwrap();
+        let err = refuse_unless_plain_file(&sub).unwrap_err().to_string();
+        assert!(err.contains("is a directory"), "{err}");
+        let link = dir.path().join("link.yml");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        let err = refuse_unless_plain_file(&link).unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
     }
 
     #[test]
