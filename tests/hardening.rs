@@ -250,31 +250,7 @@ fn a_deploy_with_redis_down_still_flips_and_says_sessions_are_degraded() {
 #[test]
 fn with_certificates_nginx_serves_https_and_redirects_http() {
     let project = TestProject::new("tls");
-    let ssl = project.path().join("nginx/ssl");
-    std::fs::create_dir_all(&ssl).unwrap();
-    let made = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-        ])
-        .arg("-keyout")
-        .arg(ssl.join("key.pem"))
-        .arg("-out")
-        .arg(ssl.join("cert.pem"))
-        .output()
-        .expect("openssl makes a self-signed certificate");
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    project.make_certificate();
     project.ok(&["start"]);
     let https_port = project.env_value("CRYPTUS_HTTPS_PORT").unwrap().to_owned();
     let curl = |args: &[&str]| {

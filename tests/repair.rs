@@ -256,35 +256,6 @@ fn start_with_a_corrupt_history_and_the_serving_color_gone_refuses() {
     assert_eq!(project.containers(), before, "no color was guessed");
 }
 
-/// A self-signed certificate and key in the project's nginx/ssl/.
-fn make_certificate(project: &TestProject) {
-    let ssl = project.path().join("nginx/ssl");
-    std::fs::create_dir_all(&ssl).unwrap();
-    let made = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-        ])
-        .arg("-keyout")
-        .arg(ssl.join("key.pem"))
-        .arg("-out")
-        .arg(ssl.join("cert.pem"))
-        .output()
-        .expect("openssl makes a self-signed certificate");
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
-}
-
 #[test]
 fn https_port_is_published_only_with_certificates() {
     let mut project = TestProject::new("https-port");
@@ -303,7 +274,7 @@ fn https_port_is_published_only_with_certificates() {
 
     // With certificates, 443 is needed: a taken port is refused before
     // anything changes.
-    make_certificate(&project);
+    project.make_certificate();
     let before = project.containers();
     let output = project.run(&["start"]);
     assert_code(&output, 1);

@@ -344,6 +344,29 @@ impl TestProject {
         format!("com.docker.compose.project={}", self.name)
     }
 
+    /// A self-signed certificate and key in the project's nginx/ssl/, so
+    /// nginx serves HTTPS.
+    pub fn make_certificate(&self) {
+        let ssl = self.path().join("nginx/ssl");
+        std::fs::create_dir_all(&ssl).unwrap();
+        let made = std::process::Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                "/CN=localhost",
+            ])
+            .arg("-keyout")
+            .arg(ssl.join("key.pem"))
+            .arg("-out")
+            .arg(ssl.join("cert.pem"))
+            .output()
+            .expect("openssl makes a self-signed certificate");
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+    }
+
     /// Runs `redis-cli` in the project's redis container and returns stdout.
     pub fn redis_cli(&self, args: &[&str]) -> String {
         let mut command = vec!["redis-cli"];
