@@ -939,8 +939,9 @@ fn main() -> std::process::ExitCode {
             }
             if let Some(path) = &args.results {
                 let command = format!(
-                    "cargo bench --locked --bench zero_downtime -- --cycles {} --results {}",
+                    "cargo bench --locked --bench zero_downtime -- --cycles {}{} --results {}",
                     args.cycles,
+                    if args.strict { " --strict" } else { "" },
                     path.display()
                 );
                 if let Err(err) = results::write(
