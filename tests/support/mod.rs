@@ -351,7 +351,14 @@ impl TestProject {
         std::fs::create_dir_all(&ssl).unwrap();
         let made = std::process::Command::new("openssl")
             .args([
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
                 "/CN=localhost",
             ])
             .arg("-keyout")
