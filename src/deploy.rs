@@ -24,7 +24,6 @@ use crate::lifecycle::{Stack, of_service, release_of};
 use crate::lock::{self, Lock};
 use crate::metrics;
 use crate::nginx;
-use crate::scale;
 use crate::stack::{Color, Release, container_name, image_version, plan_container};
 
 pub struct Settings {
@@ -280,7 +279,7 @@ async fn locked(
             nginx::served_color(&client, &status_addr).await
         }),
         stack.containers(),
-        scale::read_pending(&nginx_state),
+        crate::replicas::read_pending(&nginx_state),
     );
     let unchanged = |err: anyhow::Error| nothing_changed(err, operation_name(&operation));
     let (active, containers, mut pending) = (
@@ -492,7 +491,7 @@ async fn locked(
     let proven = switch.report(steps, began, Outcome::Ok, None);
     let bookkeeping = async {
         if operation_name == "deploy" && pending.remove(&target).is_some() {
-            if let Err(err) = scale::write_pending(&stack.nginx(), &pending).await {
+            if let Err(err) = crate::replicas::write_pending(&stack.nginx(), &pending).await {
                 stack
                     .printer
                     .warn(format!("clearing the replica count of {target}: {err:#}"));
@@ -886,14 +885,8 @@ impl Switch<'_> {
         if !self.upstream_touched {
             return self.fail_before_flip(steps, began, err, settings).await;
         }
-        let from = self.from.color;
-        let names = self.from_containers.clone();
-        let back = steps
-            .run(
-                "rollback",
-                format!("putting nginx back on {from}"),
-                self.flip(from, &names, status_addr, client),
-            )
+        let back = self
+            .put_back(steps, "putting nginx back on", status_addr, client)
             .await;
         self.switched_at = None;
         match back {
@@ -908,6 +901,26 @@ impl Switch<'_> {
                 Ok(self.conclude(steps, began, Outcome::Failed, &err).await)
             }
         }
+    }
+
+    /// Flips nginx back to the old color's containers, as the step
+    /// "rollback" (`what` begins its message).
+    async fn put_back(
+        &mut self,
+        steps: &mut Steps<'_>,
+        what: &str,
+        status_addr: &str,
+        client: &reqwest::Client,
+    ) -> Result<()> {
+        let from = self.from.color;
+        let names = self.from_containers.clone();
+        steps
+            .run(
+                "rollback",
+                format!("{what} {from}"),
+                self.flip(from, &names, status_addr, client),
+            )
+            .await
     }
 
     /// Whether nginx's upstream file (read through the engine, nginx running
@@ -958,16 +971,10 @@ impl Switch<'_> {
         err: anyhow::Error,
         settings: &Settings,
     ) -> Result<Report> {
-        let from = self.from.color;
-        let names = self.from_containers.clone();
         // The workers to drain now are those serving the failed color.
         self.old_workers.clear();
-        let back = steps
-            .run(
-                "rollback",
-                format!("flipping back to {from}"),
-                self.flip(from, &names, status_addr, client),
-            )
+        let back = self
+            .put_back(steps, "flipping back to", status_addr, client)
             .await;
         if let Err(back_err) = back {
             let err = self.unsettled("after the switch to", &err, &back_err);

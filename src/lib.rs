@@ -27,5 +27,6 @@ pub mod output;
 pub mod project;
 pub mod recorded;
 pub mod redis;
+pub mod replicas;
 pub mod scale;
 pub mod stack;

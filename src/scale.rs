@@ -17,13 +17,9 @@ use crate::health::{self, Expect};
 use crate::history::{self, Entry, Outcome, Side};
 use crate::lifecycle::{Stack, of_service, release_of};
 use crate::lock::{self, Lock};
-use crate::nginx::{self, Nginx};
+use crate::nginx;
+use crate::replicas::{MAX_REPLICAS, read_pending, write_pending};
 use crate::stack::{APP_PORT, Color, LB_SERVICE, Release, plan_container};
-
-/// More replicas than this on one host is a typo, not a plan.
-pub const MAX_REPLICAS: u32 = 32;
-/// Counts recorded for the next deploy into a color.
-pub const PENDING_FILE: &str = "replicas.json";
 
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -70,18 +66,6 @@ pub fn color_to_scale(stack: &Stack<'_>, service: &str, replicas: u32) -> Result
         ));
     }
     Ok(color)
-}
-
-pub async fn read_pending(nginx: &Nginx<'_>) -> BTreeMap<Color, u32> {
-    match nginx.read(PENDING_FILE).await {
-        Ok(Some(text)) => serde_json::from_str(&text).unwrap_or_default(),
-        _ => BTreeMap::new(),
-    }
-}
-
-pub async fn write_pending(nginx: &Nginx<'_>, pending: &BTreeMap<Color, u32>) -> Result<()> {
-    let text = serde_json::to_string(pending).context("encoding the replica counts")?;
-    nginx.write(&[(PENDING_FILE, &text)], true).await
 }
 
 pub async fn scale(

@@ -7,28 +7,6 @@ use std::time::{Duration, Instant};
 
 use support::{TestProject, app_image, assert_code, get, get_json, stderr, stdout};
 
-/// Writes 10,000 keys k:1..k:10000 with values v:1..v:10000.
-fn write_keys(project: &TestProject) {
-    let answer = project.redis_cli(&[
-        "EVAL",
-        "for i=1,10000 do redis.call('SET','k:'..i,'v:'..i) end return 1",
-        "0",
-    ]);
-    assert_eq!(answer, "1");
-}
-
-/// How many of the 10,000 keys are missing or wrong.
-fn wrong_keys(project: &TestProject) -> u64 {
-    project
-        .redis_cli(&[
-            "EVAL",
-            "local bad=0 for i=1,10000 do if redis.call('GET','k:'..i) ~= 'v:'..i then bad=bad+1 end end return bad",
-            "0",
-        ])
-        .parse()
-        .unwrap()
-}
-
 fn backups(out: &Path) -> Vec<PathBuf> {
     let mut found: Vec<PathBuf> = std::fs::read_dir(out)
         .map(|entries| entries.map(|e| e.unwrap().path()).collect())
@@ -47,7 +25,7 @@ fn backup_flushall_restore_brings_every_key_and_session_back() {
     let dangling = support::dangling_volumes();
     let project = TestProject::new("restore");
     project.ok(&["start"]);
-    write_keys(&project);
+    project.write_keys();
     let (_, headers, _) = get(&project.url("/api/session"), None).unwrap();
     let cookie = headers["set-cookie"].split(';').next().unwrap().to_owned();
     get_json(&project.url("/api/session"), Some(&cookie));
@@ -89,7 +67,7 @@ fn backup_flushall_restore_brings_every_key_and_session_back() {
         "{}",
         stderr(&output)
     );
-    assert_eq!(wrong_keys(&project), 0, "every key and value is back");
+    assert_eq!(project.wrong_keys(), 0, "every key and value is back");
     assert_eq!(project.redis_cli(&["DBSIZE"]), keys.to_string());
     assert_eq!(
         get_json(&project.url("/api/session"), Some(&cookie))["visits"],
@@ -102,7 +80,7 @@ fn backup_flushall_restore_brings_every_key_and_session_back() {
         "appendonly\nyes"
     );
     project.ok(&["restart"]);
-    assert_eq!(wrong_keys(&project), 0, "the restored data is in the AOF");
+    assert_eq!(project.wrong_keys(), 0, "the restored data is in the AOF");
     assert!(
         project
             .containers()
@@ -122,7 +100,7 @@ fn backup_flushall_restore_brings_every_key_and_session_back() {
 fn a_damaged_backup_is_refused_and_the_stack_is_untouched() {
     let project = TestProject::new("damaged");
     project.ok(&["start"]);
-    write_keys(&project);
+    project.write_keys();
     let out = project.path().join("backups");
     let good = one_backup(&project, &out);
     project.redis_cli(&["SET", "after-backup", "1"]);

@@ -14,28 +14,6 @@ use std::time::{Duration, Instant};
 use bollard::query_parameters::ListContainersOptionsBuilder;
 use support::{TestProject, assert_code, stderr, stdout};
 
-/// Writes 10,000 keys k:1..k:10000 with values v:1..v:10000.
-fn write_keys(project: &TestProject) {
-    let answer = project.redis_cli(&[
-        "EVAL",
-        "for i=1,10000 do redis.call('SET','k:'..i,'v:'..i) end return 1",
-        "0",
-    ]);
-    assert_eq!(answer, "1");
-}
-
-/// How many of the 10,000 keys are missing or wrong.
-fn wrong_keys(project: &TestProject) -> u64 {
-    project
-        .redis_cli(&[
-            "EVAL",
-            "local bad=0 for i=1,10000 do if redis.call('GET','k:'..i) ~= 'v:'..i then bad=bad+1 end end return bad",
-            "0",
-        ])
-        .parse()
-        .unwrap()
-}
-
 fn entries(dir: &Path) -> Vec<String> {
     let mut found: Vec<String> = std::fs::read_dir(dir)
         .map(|entries| {
@@ -226,7 +204,7 @@ fn crafted(project: &TestProject, good: &Path, name: &str, file: &str, bytes: &[
 fn restore_refuses_state_entries_outside_the_allowlist_and_changes_nothing() {
     let project = TestProject::new("allowlist");
     project.ok(&["start"]);
-    write_keys(&project);
+    project.write_keys();
     let out = project.path().join("backups");
     let good = one_backup(&project, &out);
     project.redis_cli(&["SET", "after-backup", "1"]);
@@ -353,7 +331,7 @@ fn restore_refuses_state_entries_outside_the_allowlist_and_changes_nothing() {
         stderr(&output)
     );
     assert_eq!(std::fs::read(&conf_path).unwrap(), conf_before);
-    assert_eq!(wrong_keys(&project), 0);
+    assert_eq!(project.wrong_keys(), 0);
     assert_eq!(project.redis_cli(&["GET", "after-backup"]), "");
     support::get_json(&project.url("/api/health"), None);
 }
@@ -402,7 +380,7 @@ fn backup_and_restore_keep_secret_modes() {
 fn sigterm_during_backup_leaves_nothing_and_the_next_run_sweeps() {
     let project = TestProject::new("termbackup");
     project.ok(&["start"]);
-    write_keys(&project);
+    project.write_keys();
     let out = project.path().join("backups");
     let out_str = out.to_string_lossy().into_owned();
 
@@ -487,7 +465,7 @@ fn sigterm_during_backup_leaves_nothing_and_the_next_run_sweeps() {
 fn sigterm_during_restore_leaves_redis_running_with_old_or_restored_data() {
     let project = TestProject::new("termrestore");
     project.ok(&["start"]);
-    write_keys(&project);
+    project.write_keys();
     let out = project.path().join("backups");
     let backup = one_backup(&project, &out);
     let backup = backup.to_string_lossy().into_owned();
@@ -505,7 +483,7 @@ fn sigterm_during_restore_leaves_redis_running_with_old_or_restored_data() {
             false
         } else {
             assert_eq!(size, keys, "restored data, whole\n{}", stderr(output));
-            assert_eq!(wrong_keys(project), 0);
+            assert_eq!(project.wrong_keys(), 0);
             true
         }
     };
@@ -606,7 +584,7 @@ fn sigterm_during_restore_leaves_redis_running_with_old_or_restored_data() {
 fn redis_killed_during_backup_exits_1() {
     let project = TestProject::new("killredis");
     project.ok(&["start"]);
-    write_keys(&project);
+    project.write_keys();
     let out = project.path().join("backups");
     let out_str = out.to_string_lossy().into_owned();
     let child = spawn(&project, &["backup", "--out", &out_str, "--json"]);
@@ -647,7 +625,7 @@ fn restore_without_aof_commits_the_dump_and_a_killed_scratch_leaves_the_old_data
         project.redis_cli(&["CONFIG", "GET", "appendonly"]),
         "appendonly\nno"
     );
-    write_keys(&project);
+    project.write_keys();
     let out = project.path().join("backups");
     let backup = one_backup(&project, &out);
     let backup = backup.to_string_lossy().into_owned();
@@ -685,7 +663,7 @@ fn restore_without_aof_commits_the_dump_and_a_killed_scratch_leaves_the_old_data
     } else {
         // The scratch had committed before it was killed.
         assert_code(&output, 0);
-        assert_eq!(wrong_keys(&project), 0);
+        assert_eq!(project.wrong_keys(), 0);
     }
 
     // Without AOF the restored dump is redis's dump file: it survives a
@@ -694,7 +672,7 @@ fn restore_without_aof_commits_the_dump_and_a_killed_scratch_leaves_the_old_data
     assert_clean(&project, &out, &output);
     assert_eq!(project.redis_cli(&["DBSIZE"]), keys.to_string());
     project.ok(&["restart"]);
-    assert_eq!(wrong_keys(&project), 0);
+    assert_eq!(project.wrong_keys(), 0);
     assert_eq!(project.redis_cli(&["GET", "old-marker"]), "");
 }
 
@@ -763,7 +741,7 @@ fn live(project: &TestProject, nginx: bool) -> Live {
 fn backed_up(hint: &str) -> (TestProject, PathBuf) {
     let project = TestProject::new(hint);
     project.ok(&["start"]);
-    write_keys(&project);
+    project.write_keys();
     let out = project.path().join("backups");
     let good = one_backup(&project, &out);
     project.redis_cli(&["SET", "after-backup", "1"]);
@@ -862,7 +840,7 @@ fn restore_tests_nginx_conf_where_its_relative_includes_resolve_live() {
         std::fs::read_to_string(project.path().join("nginx/nginx.conf")).unwrap(),
         relative
     );
-    assert_eq!(wrong_keys(&project), 0);
+    assert_eq!(project.wrong_keys(), 0);
     support::get_json(&project.url("/api/health"), None);
 }
 

@@ -125,6 +125,63 @@ async fn write(
     let mut pending = Pending::start(&options.out, time)?;
 
     let step = printer.step("snapshotting redis");
+    let keys = add_redis(engine, project, redis, &mut pending).await?;
+    step.done_with(format!("{keys} keys"));
+
+    let step = printer.step("nginx's configuration and live upstream");
+    let conf = project.dir.join("nginx/nginx.conf");
+    let mut files = vec![("nginx.conf".to_owned(), read_local(&conf)?, mode_of(&conf)?)];
+    let mut state = Vec::new();
+    if let Some(lb) = lb {
+        let nginx = Nginx {
+            engine,
+            container: lb.name.clone(),
+        };
+        for name in [nginx::UPSTREAM_FILE, nginx::HTTP_FILE] {
+            if let Some(text) = nginx.read(name).await? {
+                files.push((format!("cryptus/{name}"), text.into_bytes(), 0o644));
+            }
+        }
+        for name in [crate::history::HISTORY_FILE, crate::replicas::PENDING_FILE] {
+            if let Some(text) = nginx.read(name).await? {
+                state.push((name.to_owned(), text.into_bytes(), 0o644));
+            }
+        }
+    }
+    super::check_fits(NGINX_ARCHIVE, unpacked_size(&files))?;
+    pending.add(NGINX_ARCHIVE, &pack(&files)?)?;
+    step.done();
+
+    let step = printer.step("compose files, .env and the deployment history");
+    let compose = compose_files(project)?;
+    super::check_fits(COMPOSE_ARCHIVE, unpacked_size(&compose))?;
+    super::check_fits(STATE_ARCHIVE, unpacked_size(&state))?;
+    pending.add(COMPOSE_ARCHIVE, &pack(&compose)?)?;
+    pending.add(STATE_ARCHIVE, &pack(&state)?)?;
+    step.done();
+
+    add_monitoring(engine, containers, &mut pending, printer).await?;
+
+    let (dir, manifest) = pending.commit(&project.name, keys, time)?;
+    let pruned = match options.keep {
+        Some(keep) => super::prune(&options.out, keep)?,
+        None => Vec::new(),
+    };
+    Ok(Created {
+        ok: true,
+        dir,
+        manifest,
+        pruned,
+    })
+}
+
+/// Redis's snapshot into the backup; returns its key count.
+async fn add_redis(
+    engine: &Engine,
+    project: &Project,
+    redis: &Container,
+    pending: &mut Pending,
+) -> Result<u64> {
     let client = Redis {
         engine,
         container: redis.name.clone(),
@@ -150,33 +207,11 @@ async fn write(
         REDIS_ARCHIVE,
         &pack(&[("dump.rdb".to_owned(), dump, 0o600)])?,
     )?;
-    step.done_with(format!("{keys} keys"));
+    Ok(keys)
+}
 
-    let step = printer.step("nginx's configuration and live upstream");
-    let conf = project.dir.join("nginx/nginx.conf");
-    let mut files = vec![("nginx.conf".to_owned(), read_local(&conf)?, mode_of(&conf)?)];
-    let mut state = Vec::new();
-    if let Some(lb) = lb {
-        let nginx = Nginx {
-            engine,
-            container: lb.name.clone(),
-        };
-        for name in [nginx::UPSTREAM_FILE, nginx::HTTP_FILE] {
-            if let Some(text) = nginx.read(name).await? {
-                files.push((format!("cryptus/{name}"), text.into_bytes(), 0o644));
-            }
-        }
-        for name in [crate::history::HISTORY_FILE, crate::scale::PENDING_FILE] {
-            if let Some(text) = nginx.read(name).await? {
-                state.push((name.to_owned(), text.into_bytes(), 0o644));
-            }
-        }
-    }
-    super::check_fits(NGINX_ARCHIVE, unpacked_size(&files))?;
-    pending.add(NGINX_ARCHIVE, &pack(&files)?)?;
-    step.done();
-
-    let step = printer.step("compose files, .env and the deployment history");
+/// The compose files and `.env` of the project, with their modes, by name.
+fn compose_files(project: &Project) -> Result<Vec<(String, Vec<u8>, u32)>> {
     let mut compose = Vec::new();
     let compose_dir = project.dir.join("compose");
     for entry in std::fs::read_dir(&compose_dir)
@@ -190,12 +225,16 @@ async fn write(
         }
     }
     compose.sort();
-    super::check_fits(COMPOSE_ARCHIVE, unpacked_size(&compose))?;
-    super::check_fits(STATE_ARCHIVE, unpacked_size(&state))?;
-    pending.add(COMPOSE_ARCHIVE, &pack(&compose)?)?;
-    pending.add(STATE_ARCHIVE, &pack(&state)?)?;
-    step.done();
+    Ok(compose)
+}
 
+/// Prometheus's and Grafana's data, for those of them that exist.
+async fn add_monitoring(
+    engine: &Engine,
+    containers: &[Container],
+    pending: &mut Pending,
+    printer: &Printer,
+) -> Result<()> {
     for (archive, service, dir) in super::MONITORING_ARCHIVES {
         let Some(container) = containers.iter().find(|c| c.service == service) else {
             continue;
@@ -213,18 +252,7 @@ async fn write(
         }
         step.done();
     }
-
-    let (dir, manifest) = pending.commit(&project.name, keys, time)?;
-    let pruned = match options.keep {
-        Some(keep) => super::prune(&options.out, keep)?,
-        None => Vec::new(),
-    };
-    Ok(Created {
-        ok: true,
-        dir,
-        manifest,
-        pruned,
-    })
+    Ok(())
 }
 
 /// A consistent copy of Prometheus's data: its snapshot API writes the

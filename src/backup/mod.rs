@@ -105,7 +105,9 @@ pub fn is_allowed_entry(archive: &str, path: &str) -> bool {
             ["nginx.conf", "cryptus/upstream.conf", "cryptus/http.conf"].contains(&path)
         }
         COMPOSE_ARCHIVE => is_compose_file(path),
-        STATE_ARCHIVE => [crate::history::HISTORY_FILE, crate::scale::PENDING_FILE].contains(&path),
+        STATE_ARCHIVE => {
+            [crate::history::HISTORY_FILE, crate::replicas::PENDING_FILE].contains(&path)
+        }
         // Monitoring data: anything under the one directory the engine
         // archived (checked by `strip_first`).
         _ => MONITORING_ARCHIVES
@@ -345,27 +347,13 @@ fn unpack_bounded(name: &str, bytes: &[u8], cap: u64) -> Result<BTreeMap<String,
                 .map_err(|err| refused(format!("{name} has an unreadable entry: {err}")))?
                 .into_owned();
             check_entry_path(name, &path)?;
-            let kind = entry.header().entry_type();
-            if kind.is_symlink() || kind.is_hard_link() {
-                return Err(refused(format!(
-                    "refusing {name}: its entry {} is a link",
-                    path.display()
-                )));
-            }
-            if kind.is_dir() && directories_allowed {
+            if !is_file_to_keep(
+                name,
+                &path,
+                entry.header().entry_type(),
+                directories_allowed,
+            )? {
                 continue;
-            }
-            if kind.is_dir() {
-                return Err(refused(format!(
-                    "refusing {name}: its entry {} is a directory",
-                    path.display()
-                )));
-            }
-            if !kind.is_file() {
-                return Err(refused(format!(
-                    "refusing {name}: its entry {} is not a regular file",
-                    path.display()
-                )));
             }
             let size = entry.size();
             total = total.saturating_add(size);
@@ -403,9 +391,41 @@ fn unpack_bounded(name: &str, bytes: &[u8], cap: u64) -> Result<BTreeMap<String,
             }
         }
     }
-    // After the end of the tar stream only its zero padding may follow,
-    // and after the gzip member nothing at all.
-    let mut decoder = archive.into_inner();
+    nothing_after(name, archive.into_inner())?;
+    Ok(files)
+}
+
+/// Whether an entry is a file to keep (`false`: a directory skipped where
+/// directories may be), or why it is refused: a link, a directory where
+/// none may be, anything that is not a regular file.
+fn is_file_to_keep(
+    name: &str,
+    path: &Path,
+    kind: tar::EntryType,
+    directories_allowed: bool,
+) -> Result<bool> {
+    let what = if kind.is_symlink() || kind.is_hard_link() {
+        "a link"
+    } else if kind.is_dir() && directories_allowed {
+        return Ok(false);
+    } else if kind.is_dir() {
+        "a directory"
+    } else if !kind.is_file() {
+        "not a regular file"
+    } else {
+        return Ok(true);
+    };
+    Err(refused(format!(
+        "refusing {name}: its entry {} is {what}",
+        path.display()
+    )))
+}
+
+/// After the end of the tar stream only its zero padding may follow, and
+/// after the gzip member nothing at all.
+fn nothing_after(name: &str, mut decoder: flate2::bufread::GzDecoder<&[u8]>) -> Result<()> {
+    let unreadable =
+        |err: std::io::Error| refused(format!("{name} is not a readable archive: {err}"));
     let mut padding = [0u8; 8192];
     let mut padded: u64 = 0;
     loop {
@@ -427,7 +447,7 @@ fn unpack_bounded(name: &str, bytes: &[u8], cap: u64) -> Result<BTreeMap<String,
             "restore only backups written by `cryptus backup`; nothing was changed",
         ));
     }
-    Ok(files)
+    Ok(())
 }
 
 /// A checked entry path as one string: its plain components joined by `/`.

@@ -88,7 +88,7 @@ pub async fn scale(
                 why,
                 format!(
                     "choose 1 to {}; `cryptus stop` stops the stack",
-                    crate::scale::MAX_REPLICAS
+                    crate::replicas::MAX_REPLICAS
                 ),
             )
         })?;

@@ -374,6 +374,28 @@ impl TestProject {
         );
     }
 
+    /// Writes 10,000 keys k:1..k:10000 with values v:1..v:10000 into redis.
+    pub fn write_keys(&self) {
+        let answer = self.redis_cli(&[
+            "EVAL",
+            "for i=1,10000 do redis.call('SET','k:'..i,'v:'..i) end return 1",
+            "0",
+        ]);
+        assert_eq!(answer, "1");
+    }
+
+    /// How many of the 10,000 keys of [`TestProject::write_keys`] are
+    /// missing or wrong.
+    pub fn wrong_keys(&self) -> u64 {
+        self.redis_cli(&[
+            "EVAL",
+            "local bad=0 for i=1,10000 do if redis.call('GET','k:'..i) ~= 'v:'..i then bad=bad+1 end end return bad",
+            "0",
+        ])
+        .parse()
+        .unwrap()
+    }
+
     /// Runs `redis-cli` in the project's redis container and returns stdout.
     pub fn redis_cli(&self, args: &[&str]) -> String {
         let mut command = vec!["redis-cli"];
