@@ -520,55 +520,8 @@ fn resolve(
             aliases: Vec::new(),
         }],
     };
-    let mut depends_on = Vec::new();
-    for (service, options) in raw.depends_on.map(|d| d.0).unwrap_or_default() {
-        let condition = match options.condition.as_ref().map(|t| t.0.as_str()) {
-            None | Some("service_started") => Condition::Started,
-            Some("service_healthy") => Condition::Healthy,
-            Some("service_completed_successfully") => Condition::CompletedSuccessfully,
-            Some(other) => {
-                return Err(format!(
-                    "depends_on.{service}.condition {other:?} is not service_started, service_healthy or service_completed_successfully"
-                ));
-            }
-        };
-        depends_on.push(Dependency {
-            service,
-            condition,
-            required: options.required.is_none_or(|r| r.0),
-        });
-    }
-    let healthcheck = match raw.healthcheck {
-        Some(h) if h.disable.is_some_and(|d| d.0) => Some(Healthcheck {
-            test: vec!["NONE".to_owned()],
-            interval: None,
-            timeout: None,
-            retries: None,
-            start_period: None,
-        }),
-        Some(h) => {
-            let test = match h.test {
-                Some(model::Command(test)) => test,
-                None => return Err("healthcheck has no test".to_owned()),
-            };
-            let test = match test.first().map(String::as_str) {
-                Some("CMD" | "CMD-SHELL" | "NONE") => test,
-                Some(_) => {
-                    // A plain string test is a shell command, as in Compose.
-                    vec!["CMD-SHELL".to_owned(), test.join(" ")]
-                }
-                None => return Err("healthcheck.test is empty".to_owned()),
-            };
-            Some(Healthcheck {
-                test,
-                interval: h.interval.map(|d| d.0),
-                timeout: h.timeout.map(|d| d.0),
-                retries: h.retries.and_then(|r| u32::try_from(r.0).ok()),
-                start_period: h.start_period.map(|d| d.0),
-            })
-        }
-        None => None,
-    };
+    let depends_on = resolve_depends_on(raw.depends_on)?;
+    let healthcheck = raw.healthcheck.map(resolve_healthcheck).transpose()?;
     let restart = raw.restart.map_or_else(|| "no".to_owned(), |t| t.0);
     restart_policy(&restart)?;
     let deploy = raw.deploy;
@@ -609,6 +562,62 @@ fn resolve(
         cap_drop: raw.cap_drop.into_iter().map(|t| t.0).collect(),
         security_opt: raw.security_opt.into_iter().map(|t| t.0).collect(),
         file: file.to_path_buf(),
+    })
+}
+
+/// `depends_on`, short or long, with its condition and `required`.
+fn resolve_depends_on(
+    raw: Option<model::NamesOr<model::DependsOptions>>,
+) -> Result<Vec<Dependency>, String> {
+    let mut depends_on = Vec::new();
+    for (service, options) in raw.map(|d| d.0).unwrap_or_default() {
+        let condition = match options.condition.as_ref().map(|t| t.0.as_str()) {
+            None | Some("service_started") => Condition::Started,
+            Some("service_healthy") => Condition::Healthy,
+            Some("service_completed_successfully") => Condition::CompletedSuccessfully,
+            Some(other) => {
+                return Err(format!(
+                    "depends_on.{service}.condition {other:?} is not service_started, service_healthy or service_completed_successfully"
+                ));
+            }
+        };
+        depends_on.push(Dependency {
+            service,
+            condition,
+            required: options.required.is_none_or(|r| r.0),
+        });
+    }
+    Ok(depends_on)
+}
+
+/// A service's `healthcheck`: `disable`, or a test in Compose's forms (a
+/// plain string is a shell command).
+fn resolve_healthcheck(h: model::RawHealthcheck) -> Result<Healthcheck, String> {
+    if h.disable.is_some_and(|d| d.0) {
+        return Ok(Healthcheck {
+            test: vec!["NONE".to_owned()],
+            interval: None,
+            timeout: None,
+            retries: None,
+            start_period: None,
+        });
+    }
+    let test = match h.test {
+        Some(model::Command(test)) => test,
+        None => return Err("healthcheck has no test".to_owned()),
+    };
+    let test = match test.first().map(String::as_str) {
+        Some("CMD" | "CMD-SHELL" | "NONE") => test,
+        // A plain string test is a shell command, as in Compose.
+        Some(_) => vec!["CMD-SHELL".to_owned(), test.join(" ")],
+        None => return Err("healthcheck.test is empty".to_owned()),
+    };
+    Ok(Healthcheck {
+        test,
+        interval: h.interval.map(|d| d.0),
+        timeout: h.timeout.map(|d| d.0),
+        retries: h.retries.and_then(|r| u32::try_from(r.0).ok()),
+        start_period: h.start_period.map(|d| d.0),
     })
 }
 
