@@ -888,12 +888,15 @@ impl Stack<'_> {
         interrupt::check()?;
         // nginx may have been created early, to read its volume.
         let earlier = changes.get(&self.lb_container()).copied();
-        let (lb_name, lb_change) = self
+        let (lb_name, lb_change, started) = self
             .start_nginx(&lb_service, active, reload, earlier, deadline, saga)
             .await?;
         changes.insert(lb_name, lb_change);
         let addr = self.wait_served(active, deadline).await?;
-        self.settle_http_file().await;
+        if started {
+            // It got the version-less file: nginx -v is asked once, now.
+            self.settle_http_file().await;
+        }
         self.record_restore(&restore, &release, &changes, began)
             .await;
         Ok(UpSummary {
@@ -1152,7 +1155,8 @@ impl Stack<'_> {
 
     /// nginx last: its upstream names the running containers of the active
     /// color; written before it starts, or applied if it runs and differs
-    /// or `reload` says its names may point elsewhere now.
+    /// or `reload` says its names may point elsewhere now. The last value
+    /// says whether this run started nginx.
     async fn start_nginx(
         &self,
         lb_service: &Service,
@@ -1161,7 +1165,7 @@ impl Stack<'_> {
         earlier: Option<Change>,
         deadline: Instant,
         saga: &mut Saga,
-    ) -> Result<(String, Change)> {
+    ) -> Result<(String, Change, bool)> {
         let step = self.printer.step("nginx");
         interrupt::or_interrupted(self.wait_dependencies(lb_service, deadline)).await?;
         let now = self.containers().await?;
@@ -1207,7 +1211,7 @@ impl Stack<'_> {
         }
         let lb_change = earlier.map_or(lb_change, |c| c.max_with(lb_change));
         step.done_with(format!("{lb_change:?}").to_lowercase());
-        Ok((lb.name, lb_change))
+        Ok((lb.name, lb_change, !lb.running))
     }
 
     /// Once nginx serves, renders the http-level file with what nginx itself
