@@ -30,3 +30,4 @@ pub mod redis;
 pub mod replicas;
 pub mod scale;
 pub mod stack;
+pub mod wait;
