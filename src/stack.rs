@@ -26,6 +26,9 @@ use crate::engine::{
 pub const LB_SERVICE: &str = "nginx";
 /// The session store's service.
 pub const REDIS_SERVICE: &str = "redis";
+/// More replicas of a color than this on one host is a typo, not a plan.
+pub const MAX_REPLICAS: u32 = 32;
+
 /// The app version a container runs, as cryptus deployed it.
 pub const VERSION_LABEL: &str = "cryptus.version";
 /// The port the app listens on inside its container.

@@ -142,7 +142,10 @@ async fn write(
                 files.push((format!("cryptus/{name}"), text.into_bytes(), 0o644));
             }
         }
-        for name in [crate::history::HISTORY_FILE, crate::replicas::PENDING_FILE] {
+        for name in [
+            crate::history::HISTORY_FILE,
+            crate::switch::state::PENDING_FILE,
+        ] {
             if let Some(text) = nginx.read(name).await? {
                 state.push((name.to_owned(), text.into_bytes(), 0o644));
             }

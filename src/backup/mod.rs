@@ -105,9 +105,11 @@ pub fn is_allowed_entry(archive: &str, path: &str) -> bool {
             ["nginx.conf", "cryptus/upstream.conf", "cryptus/http.conf"].contains(&path)
         }
         COMPOSE_ARCHIVE => is_compose_file(path),
-        STATE_ARCHIVE => {
-            [crate::history::HISTORY_FILE, crate::replicas::PENDING_FILE].contains(&path)
-        }
+        STATE_ARCHIVE => [
+            crate::history::HISTORY_FILE,
+            crate::switch::state::PENDING_FILE,
+        ]
+        .contains(&path),
         // Monitoring data: anything under the one directory the engine
         // archived (checked by `strip_first`).
         _ => MONITORING_ARCHIVES

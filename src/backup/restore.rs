@@ -138,9 +138,9 @@ fn check_state(name: &str, bytes: Vec<u8>) -> Result<Vec<u8>> {
     let text = std::str::from_utf8(&bytes).ok();
     let empty = text.is_some_and(|text| text.trim().is_empty());
     let readable = match (name, text) {
-        (crate::history::HISTORY_FILE | crate::replicas::PENDING_FILE, _) if empty => true,
+        (crate::history::HISTORY_FILE | crate::switch::state::PENDING_FILE, _) if empty => true,
         (crate::history::HISTORY_FILE, Some(text)) => crate::history::parse(text).is_ok(),
-        (crate::replicas::PENDING_FILE, Some(text)) => {
+        (crate::switch::state::PENDING_FILE, Some(text)) => {
             serde_json::from_str::<BTreeMap<crate::stack::Color, u32>>(text).is_ok()
         }
         _ => false,

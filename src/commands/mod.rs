@@ -8,6 +8,8 @@ mod init;
 mod logs;
 mod resources;
 mod restart;
+mod rollback;
+mod scale;
 mod start;
 mod status;
 mod stop;
@@ -50,12 +52,13 @@ pub async fn run(cli: Cli, printer: &Printer) -> Result<u8> {
             switch,
         } => {
             let source = match (image, build) {
-                (Some(image), _) => crate::deploy::Source::Image(image),
-                (None, Some(context)) => crate::deploy::Source::Build(context),
-                (None, None) => crate::deploy::Source::Compose,
+                (Some(image), _) => crate::switch::Source::Image(image),
+                (None, Some(context)) => crate::switch::Source::Build(context),
+                (None, None) => crate::switch::Source::Compose,
             };
             let settings = deploy::settings(&switch, watch, keep_failed);
-            deploy::deploy(&project, source, version, &settings, printer).await
+            let dry_run = switch.dry_run;
+            deploy::deploy(&project, source, version, &settings, dry_run, printer).await
         }
         Command::Health { timeout } => health::run(&project, timeout, printer).await,
         Command::Logs {
@@ -81,7 +84,15 @@ pub async fn run(cli: Cli, printer: &Printer) -> Result<u8> {
             switch,
         } => {
             let settings = deploy::settings(&switch, std::time::Duration::ZERO, false);
-            deploy::scale(&project, &service, replicas, &settings, printer).await
+            scale::run(
+                &project,
+                &service,
+                replicas,
+                &settings,
+                switch.dry_run,
+                printer,
+            )
+            .await
         }
         Command::Resources => resources::run(&project, printer).await,
         Command::Backup {
@@ -103,7 +114,7 @@ pub async fn run(cli: Cli, printer: &Printer) -> Result<u8> {
         } => backup::restore(&project, &dir, yes, lock_wait, printer).await,
         Command::Rollback { switch } => {
             let settings = deploy::settings(&switch, std::time::Duration::ZERO, false);
-            deploy::rollback(&project, &settings, printer).await
+            rollback::run(&project, &settings, switch.dry_run, printer).await
         }
     }
 }
