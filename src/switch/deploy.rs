@@ -315,7 +315,7 @@ impl<'s> Switch<'s> {
             from,
             to,
             serve: Vec::new(),
-            runner: Runner::new(stack),
+            runner: Runner::new(stack, settings.drain),
             old_workers: Vec::new(),
             readiness: None,
             switched_at: None,

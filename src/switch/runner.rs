@@ -15,10 +15,6 @@ use crate::stack::{Color, Release, plan_container};
 
 use super::plan::Plan;
 
-/// How long the old workers of an earlier, killed run may take before a
-/// still-running idle color is replaced anyway.
-const EARLIER_DRAIN: Duration = Duration::from_secs(30);
-
 /// Containers on one engine, and what this run did to them.
 pub struct Runner<'s> {
     stack: &'s Stack<'s>,
@@ -28,15 +24,19 @@ pub struct Runner<'s> {
     started: Vec<String>,
     /// When the first container was asked to start.
     start_called: Option<Instant>,
+    /// How long nginx's old workers may take to finish their requests to a
+    /// container before it is replaced anyway (`--drain`).
+    drain: Duration,
 }
 
 impl<'s> Runner<'s> {
-    pub fn new(stack: &'s Stack<'s>) -> Runner<'s> {
+    pub fn new(stack: &'s Stack<'s>, drain: Duration) -> Runner<'s> {
         Runner {
             stack,
             created: Vec::new(),
             started: Vec::new(),
             start_called: None,
+            drain,
         }
     }
 
@@ -90,7 +90,7 @@ impl<'s> Runner<'s> {
     async fn replace(&self, color: Color, replaced: &[&Container]) -> Result<()> {
         if replaced.iter().any(|c| c.running) {
             let busy = crate::interrupt::or_interrupted(
-                self.stack.nginx().drain_shutting_down(EARLIER_DRAIN),
+                self.stack.nginx().drain_shutting_down(self.drain),
             )
             .await?;
             if busy > 0 {

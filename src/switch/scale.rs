@@ -209,7 +209,7 @@ async fn grow(
     release: &Release,
     settings: &Settings,
 ) -> Result<()> {
-    let mut runner = Runner::new(stack);
+    let mut runner = Runner::new(stack, settings.drain);
     let step = stack.printer.step(format!(
         "starting {} more {} replicas",
         plan.start.len(),
@@ -320,7 +320,9 @@ async fn shrink(stack: &Stack<'_>, plan: &Plan, settings: &Settings) -> Result<(
             .printer
             .warn(format!("waiting for nginx's old workers: {err:#}"));
     }
-    Runner::new(stack).retire(&plan.remove).await;
+    Runner::new(stack, settings.drain)
+        .retire(&plan.remove)
+        .await;
     step.done();
     if crate::interrupt::seen() {
         stack.printer.warn(
