@@ -30,4 +30,5 @@ pub mod redis;
 pub mod replicas;
 pub mod scale;
 pub mod stack;
+pub mod status;
 pub mod wait;
