@@ -9,6 +9,7 @@
 pub mod assets;
 pub mod backup;
 pub mod build;
+pub mod checks;
 pub mod cli;
 pub mod commands;
 pub mod compose;
