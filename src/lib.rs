@@ -22,6 +22,7 @@ pub mod history;
 pub mod interrupt;
 pub mod lifecycle;
 pub mod lock;
+pub mod logs;
 pub mod metrics;
 pub mod nginx;
 pub mod output;

@@ -19,11 +19,50 @@ use crate::output::Printer;
 use crate::project::Project;
 
 pub async fn run(cli: Cli, printer: &Printer) -> Result<u8> {
-    let mut project = Project::new(&cli.project_dir, &cli.project)?;
+    let project = Project::new(&cli.project_dir, &cli.project)?;
     match cli.command {
+        Command::Deploy {
+            image,
+            build,
+            version,
+            watch,
+            keep_failed,
+            switch,
+        } => {
+            let source = match (image, build) {
+                (Some(image), _) => crate::deploy::Source::Image(image),
+                (None, Some(context)) => crate::deploy::Source::Build(context),
+                (None, None) => crate::deploy::Source::Compose,
+            };
+            let settings = deploy::settings(&switch, watch, keep_failed);
+            deploy::deploy(&project, source, version, &settings, printer).await
+        }
+        Command::Scale {
+            service,
+            replicas,
+            switch,
+        } => {
+            let settings = deploy::settings(&switch, std::time::Duration::ZERO, false);
+            deploy::scale(&project, &service, replicas, &settings, printer).await
+        }
+        Command::Rollback { switch } => {
+            let settings = deploy::settings(&switch, std::time::Duration::ZERO, false);
+            deploy::rollback(&project, &settings, printer).await
+        }
+        command => run_stack_command(command, project, printer).await,
+    }
+}
+
+/// Every command but the switch's: bringing the stack up and down, looking
+/// at it, and backing it up.
+async fn run_stack_command(
+    command: Command,
+    mut project: Project,
+    printer: &Printer,
+) -> Result<u8> {
+    match command {
         Command::Init { dir, force } => {
-            let dir = dir.unwrap_or_else(|| project.dir.clone());
-            init::run(&dir, force, printer)
+            init::run(dir.as_deref().unwrap_or(&project.dir), force, printer)
         }
         Command::Start {
             timeout,
@@ -41,22 +80,6 @@ pub async fn run(cli: Cli, printer: &Printer) -> Result<u8> {
             restart::run(&project, timeout, printer).await
         }
         Command::Status => status::run(&project, printer).await,
-        Command::Deploy {
-            image,
-            build,
-            version,
-            watch,
-            keep_failed,
-            switch,
-        } => {
-            let source = match (image, build) {
-                (Some(image), _) => crate::deploy::Source::Image(image),
-                (None, Some(context)) => crate::deploy::Source::Build(context),
-                (None, None) => crate::deploy::Source::Compose,
-            };
-            let settings = deploy::settings(&switch, watch, keep_failed);
-            deploy::deploy(&project, source, version, &settings, printer).await
-        }
         Command::Health { timeout } => health::run(&project, timeout, printer).await,
         Command::Logs {
             services,
@@ -65,23 +88,8 @@ pub async fn run(cli: Cli, printer: &Printer) -> Result<u8> {
             since,
             timestamps,
         } => {
-            let (services, follow) = logs::seed_form(services, follow);
-            let options = logs::Options {
-                services,
-                follow,
-                tail,
-                since,
-                timestamps,
-            };
+            let options = logs::Options::new(services, follow, tail, since, timestamps);
             logs::run(&project, options, printer).await
-        }
-        Command::Scale {
-            service,
-            replicas,
-            switch,
-        } => {
-            let settings = deploy::settings(&switch, std::time::Duration::ZERO, false);
-            deploy::scale(&project, &service, replicas, &settings, printer).await
         }
         Command::Resources => resources::run(&project, printer).await,
         Command::Backup {
@@ -89,21 +97,14 @@ pub async fn run(cli: Cli, printer: &Printer) -> Result<u8> {
             keep,
             verify,
             lock_wait,
-        } => match verify {
-            Some(dir) => backup::verify(&dir, printer),
-            None => {
-                let out = out.unwrap_or_else(|| project.dir.join("backups"));
-                backup::backup(&project, out, keep, lock_wait, printer).await
-            }
-        },
+        } => backup::run(&project, out, keep, verify, lock_wait, printer).await,
         Command::Restore {
             dir,
             yes,
             lock_wait,
         } => backup::restore(&project, &dir, yes, lock_wait, printer).await,
-        Command::Rollback { switch } => {
-            let settings = deploy::settings(&switch, std::time::Duration::ZERO, false);
-            deploy::rollback(&project, &settings, printer).await
-        }
+        Command::Deploy { .. } | Command::Scale { .. } | Command::Rollback { .. } => Err(
+            anyhow::anyhow!("deploy, scale and rollback are run by commands::run"),
+        ),
     }
 }
