@@ -121,7 +121,7 @@ async fn write(
     options: &Options,
     printer: &Printer,
 ) -> Result<Created> {
-    let time = super::fresh_second(&options.out).await;
+    let time = super::fresh_second(&options.out).await?;
     let mut pending = Pending::start(&options.out, time)?;
 
     let step = printer.step("snapshotting redis");

@@ -13,7 +13,7 @@ use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -23,6 +23,7 @@ use crate::error::{failed, failed_with_hint, usage};
 use crate::lock::{self, Lock};
 use crate::output::Printer;
 use crate::project::Project;
+use crate::wait::{self, Limits, Seen};
 
 /// The manifest's format; a newer one is refused rather than misread.
 pub const FORMAT: u32 = 1;
@@ -776,15 +777,26 @@ pub fn prune(out: &Path, keep: usize) -> Result<Vec<PathBuf>> {
     Ok(removed)
 }
 
+/// How long a backup waits for a free name: the current second's is free
+/// a second later.
+const FRESH_SECOND_DEADLINE: Duration = Duration::from_secs(5);
+
 /// Waits for the next second, so two backups never share a name.
-pub async fn fresh_second(out: &Path) -> DateTime<Utc> {
-    loop {
+pub async fn fresh_second(out: &Path) -> Result<DateTime<Utc>> {
+    let probe = || async {
         let now = Utc::now();
-        if !out.join(now.format(NAME_FORMAT).to_string()).exists() {
-            return now;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        let path = out.join(now.format(NAME_FORMAT).to_string());
+        Ok(if path.exists() {
+            Seen::Not(format!("{} exists", path.display()))
+        } else {
+            Seen::Ready(now)
+        })
+    };
+    let limits = Limits::within(FRESH_SECOND_DEADLINE, Duration::from_millis(50));
+    wait::until(limits, probe, |last| {
+        anyhow!("no free backup name in {}: {last}", out.display())
+    })
+    .await
 }
 
 #[cfg(test)]
@@ -1126,6 +1138,19 @@ mod tests {
                 .contains("no manifest.json")
         );
         assert!(verify(&out.path().join("nope")).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_fresh_second_names_no_backup_that_exists() {
+        let out = tempfile::tempdir().unwrap();
+        let taken = Utc::now();
+        std::fs::create_dir(out.path().join(taken.format(NAME_FORMAT).to_string())).unwrap();
+        let fresh = fresh_second(out.path()).await.unwrap();
+        assert_ne!(
+            fresh.format(NAME_FORMAT).to_string(),
+            taken.format(NAME_FORMAT).to_string()
+        );
+        assert!(fresh > taken);
     }
 
     #[test]

@@ -24,8 +24,12 @@ use crate::output::Printer;
 use crate::project::Project;
 use crate::redis::{Load, Redis, Scratch, scratch_name, wait_loaded};
 use crate::stack::{LB_SERVICE, REDIS_SERVICE};
+use crate::wait::{self, Limits, Seen};
 
 const REDIS_DEADLINE: Duration = Duration::from_secs(120);
+/// How often the AOF rewrite is looked at: it takes milliseconds for a
+/// small data set.
+const AOF_INTERVAL: Duration = Duration::from_millis(50);
 /// Where the scratch redis loads the backup's dump from: its own
 /// filesystem, not the volume, so nothing on the volume changes before the
 /// commit and nothing is left there after.
@@ -886,27 +890,36 @@ async fn bring_back(
     wait_loaded(&live, Instant::now() + REDIS_DEADLINE).await
 }
 
+/// Waits until the scratch Redis has rewritten its AOF: enabled, no rewrite
+/// running or scheduled. A failed rewrite ends the wait at once.
 async fn wait_aof(redis: &Redis<'_>, deadline: Instant) -> Result<()> {
-    loop {
+    let probe = || async {
         let info = redis.info("persistence").await?;
         let get = |key: &str| info.get(key).map(String::as_str);
-        if get("aof_enabled") == Some("1")
-            && get("aof_rewrite_in_progress") == Some("0")
-            && get("aof_rewrite_scheduled") == Some("0")
-        {
-            return match get("aof_last_bgrewrite_status") {
-                Some("ok") => Ok(()),
-                status => Err(anyhow!(
-                    "redis could not write its AOF (status {})",
-                    status.unwrap_or("?")
-                )),
-            };
+        let wanted = [
+            ("aof_enabled", "1"),
+            ("aof_rewrite_in_progress", "0"),
+            ("aof_rewrite_scheduled", "0"),
+        ];
+        if wanted.iter().any(|(key, value)| get(key) != Some(value)) {
+            let seen: Vec<String> = wanted
+                .iter()
+                .map(|(key, _)| format!("{key}={}", get(key).unwrap_or("?")))
+                .collect();
+            return Ok(Seen::Not(seen.join(" ")));
         }
-        if Instant::now() >= deadline {
-            return Err(anyhow!("redis did not write its AOF in time"));
+        match get("aof_last_bgrewrite_status") {
+            Some("ok") => Ok(Seen::Ready(())),
+            status => Err(anyhow!(
+                "redis could not write its AOF (status {})",
+                status.unwrap_or("?")
+            )),
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    };
+    wait::until(Limits::until(deadline, AOF_INTERVAL), probe, |_| {
+        anyhow!("redis did not write its AOF in time")
+    })
+    .await
 }
 
 #[cfg(test)]
