@@ -168,16 +168,10 @@ pub async fn restore(
 ) -> Result<Restored> {
     interrupt::catch();
     let containers = engine.containers(&project.name).await?;
-    let not_running = || {
-        failed_with_hint(
-            format!("the redis of project {} is not running", project.name),
-            "run `cryptus start` first; restore needs the running stack's configuration",
-        )
-    };
     let redis = containers
         .iter()
         .find(|c| c.service == REDIS_SERVICE)
-        .ok_or_else(not_running)?;
+        .ok_or_else(|| redis_not_running(project))?;
     if contents.manifest.project != project.name {
         printer.warn(format!(
             "the backup is of project {}; restoring it into project {}",
@@ -195,31 +189,7 @@ pub async fn restore(
     )
     .await?;
     step.done();
-    let result = async {
-        // A scratch redis a killed run left goes before anything else.
-        crate::redis::sweep_scratch(engine, &project.name, printer).await?;
-        let containers = engine.containers(&project.name).await?;
-        let redis = containers
-            .iter()
-            .find(|c| c.service == REDIS_SERVICE && c.running)
-            .ok_or_else(not_running)?;
-        sweep_staged(project, printer);
-        let staged =
-            interrupt::or_interrupted(stage(engine, project, &contents, &containers)).await?;
-        interrupt::check()?;
-        apply(
-            engine,
-            project,
-            from,
-            &contents,
-            staged,
-            redis,
-            &containers,
-            printer,
-        )
-        .await
-    }
-    .await;
+    let result = locked(engine, project, from, &contents, printer).await;
     super::release_lock(lock, printer).await;
     result.map_err(|err| {
         super::as_failure(
@@ -228,6 +198,46 @@ pub async fn restore(
             err,
         )
     })
+}
+
+fn redis_not_running(project: &Project) -> anyhow::Error {
+    failed_with_hint(
+        format!("the redis of project {} is not running", project.name),
+        "run `cryptus start` first; restore needs the running stack's configuration",
+    )
+}
+
+/// The restore under the lock: the containers are listed again, as they
+/// may have changed while the lock was awaited; everything is staged and
+/// checked, then applied.
+async fn locked(
+    engine: &Engine,
+    project: &Project,
+    from: &Path,
+    contents: &Contents,
+    printer: &Printer,
+) -> Result<Restored> {
+    // A scratch redis a killed run left goes before anything else.
+    crate::redis::sweep_scratch(engine, &project.name, printer).await?;
+    let containers = engine.containers(&project.name).await?;
+    let redis = containers
+        .iter()
+        .find(|c| c.service == REDIS_SERVICE && c.running)
+        .ok_or_else(|| redis_not_running(project))?;
+    sweep_staged(project, printer);
+    let staged = interrupt::or_interrupted(stage(engine, project, contents, &containers)).await?;
+    interrupt::check()?;
+    apply(
+        engine,
+        project,
+        from,
+        contents,
+        staged,
+        redis,
+        &containers,
+        printer,
+    )
+    .await
 }
 
 /// A file of the project directory the restore will write, staged: its
