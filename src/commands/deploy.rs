@@ -2,6 +2,7 @@
 //! to it. Also what rollback and scale share: their settings, and how a
 //! report and a plan are shown.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -32,6 +33,15 @@ pub fn settings(args: &SwitchArgs, watch: Duration, keep_failed: bool) -> Settin
             .gate
             .clone()
             .unwrap_or_else(|| crate::metrics::DEFAULT_GATE.to_owned()),
+    }
+}
+
+/// Where a deploy's image comes from: `--image`, `--build`, or the compose file.
+pub fn source(image: Option<String>, build: Option<Option<PathBuf>>) -> Source {
+    match (image, build) {
+        (Some(image), _) => Source::Image(image),
+        (None, Some(context)) => Source::Build(context),
+        (None, None) => Source::Compose,
     }
 }
 
