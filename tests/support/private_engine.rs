@@ -72,7 +72,7 @@ impl PrivateEngine {
         super::on_engine(move |shared| async move {
             let names: Vec<&str> = names.iter().map(String::as_str).collect();
             let tar = shared.export_images(&names);
-            let private = super::connect(Some(&target)).await;
+            let private = super::engine::connect(Some(&target)).await;
             let mut load = private.import_image_stream(
                 bollard::query_parameters::ImportImageOptions::default(),
                 tar,
