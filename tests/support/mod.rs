@@ -5,7 +5,7 @@
 //!
 //! Here: the cryptus binary and the images; [`project`] the isolated project,
 //! [`engine`] engine calls and removal, [`http`] single requests,
-//! [`private_engine`] a dockerd of a test's own.
+//! [`private_engine`] a dockerd of a test's own, [`wait`] every wait.
 
 // Each test file compiles this module and uses a part of it.
 #![allow(dead_code)]
@@ -14,12 +14,14 @@ mod engine;
 mod http;
 pub mod private_engine;
 mod project;
+pub mod wait;
 
 // Each test file uses a part of these: what one leaves unused is not dead.
 #[allow(unused_imports)]
 pub use engine::{dangling_volumes, on_engine, on_engine_at, remove_at, remove_project};
 #[allow(unused_imports)]
 pub use http::{get, get_json, get_with_headers};
+#[allow(unused_imports)]
 pub use project::TestProject;
 
 use std::process::Output;
