@@ -1,12 +1,17 @@
 //! The test helpers themselves, with no engine: a wait returns what its
-//! probe found or fails with the last state it saw, on time.
+//! probe found or fails with the last state it saw, on time; a load counts
+//! every request by kind and outcome and ends at its bounds. The load runs
+//! against a stand-in server on loopback.
 
 mod support;
 
 use std::cell::Cell;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use support::load::Mix;
 use support::wait::{eventually, eventually_async, exited, poll};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[test]
 fn a_wait_returns_what_the_probe_found_as_soon_as_it_holds() {
@@ -137,4 +142,152 @@ async fn the_async_wait_lets_the_runtime_run() {
     )
     .await;
     assert_eq!(seen, 5);
+}
+
+/// A stand-in for the load balancer on loopback: `/api/health` answers
+/// 200, `POST /api/echo` the length of its body, as the reference app
+/// does; every connection is kept.
+async fn stand_in() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buffer = [0u8; 4096];
+                // loadgen writes each request at once: one read each.
+                while let Ok(n) = socket.read(&mut buffer).await {
+                    if n == 0 {
+                        return;
+                    }
+                    let request = String::from_utf8_lossy(&buffer[..n]).into_owned();
+                    let length = request.split_once("\r\n\r\n").map_or(0, |(_, b)| b.len());
+                    let body = format!("{{\"instance\":\"blue\",\"length\":{length}}}");
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nx-cryptus-instance: blue\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if socket.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn only(keep_alive: usize, new_connection: usize, post: usize) -> Mix {
+    Mix {
+        keep_alive,
+        new_connection,
+        slow: 0,
+        session: 0,
+        keep_alive_no_retry: 0,
+        post,
+        pause: Duration::from_millis(5),
+        ..Mix::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_counts_every_request_by_kind_until_the_test_stops_it() {
+    let load = only(1, 1, 1).start(stand_in().await);
+    load.flowing(30, Duration::from_secs(10)).await;
+    let report = load.stop().await;
+    eprintln!("{}", report.summary());
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert_eq!(report.ok, report.requests);
+    for kind in ["keep_alive", "new_connection", "post"] {
+        assert!(report.by_kind.get(kind) > Some(&0), "{kind}: {report:?}");
+    }
+    assert_eq!(report.by_color.get("blue"), Some(&report.requests));
+    assert_eq!(report.cut_short, None);
+    assert!(report.first_failures.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_ends_at_its_request_bound() {
+    let mix = Mix {
+        max_requests: 40,
+        ..only(1, 0, 0)
+    };
+    let load = mix.start(stand_in().await);
+    eventually_async(
+        "the load ended by itself",
+        Duration::from_secs(20),
+        Duration::from_millis(20),
+        || async {
+            if load.running().await {
+                Err("running".to_owned())
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await;
+    let report = load.stop().await;
+    // One client, a request every 5 ms at most: a few more than the bound
+    // in the 20 ms between checks, more if the machine is busy.
+    assert!((40..100).contains(&report.requests), "{}", report.summary());
+    let bound = report.cut_short.as_deref().unwrap_or_default();
+    assert!(bound.contains("max_requests 40"), "{bound:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_ends_at_its_time_bound() {
+    let mix = Mix {
+        max_time: Duration::from_millis(300),
+        ..only(1, 0, 0)
+    };
+    let began = Instant::now();
+    let load = mix.start(stand_in().await);
+    eventually_async(
+        "the load ended by itself",
+        Duration::from_secs(20),
+        Duration::from_millis(20),
+        || async {
+            if load.running().await {
+                Err("running".to_owned())
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await;
+    let took = began.elapsed();
+    assert!(took >= Duration::from_millis(300), "{took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    let report = load.stop().await;
+    assert!(report.requests > 0, "{}", report.summary());
+    let bound = report.cut_short.as_deref().unwrap_or_default();
+    assert!(bound.contains("max_time 300ms"), "{bound:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_against_nothing_reports_its_failures_one_by_one() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap();
+    drop(closed);
+    let load = only(0, 1, 0).start(addr);
+    load.flowing(5, Duration::from_secs(10)).await;
+    let report = load.stop().await;
+    assert_eq!(report.ok, 0);
+    assert_eq!(report.failed, report.requests);
+    assert_eq!(report.failures.get("connect_error"), Some(&report.failed));
+    assert_eq!(
+        report.failed_by_kind.get("new_connection"),
+        Some(&report.failed)
+    );
+    assert_eq!(report.first_failures.len(), 10.min(report.failed as usize));
+    assert!(
+        report.first_failures[0].contains("new_connection connect_error"),
+        "{:?}",
+        report.first_failures
+    );
+}
+
+#[tokio::test]
+#[should_panic(expected = "load goes to loopback only")]
+async fn a_load_goes_to_loopback_only() {
+    only(1, 0, 0).start(SocketAddr::from(([192, 0, 2, 1], 80)));
 }

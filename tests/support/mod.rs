@@ -5,13 +5,15 @@
 //!
 //! Here: the cryptus binary and the images; [`project`] the isolated project,
 //! [`engine`] engine calls and removal, [`http`] single requests,
-//! [`private_engine`] a dockerd of a test's own, [`wait`] every wait.
+//! [`private_engine`] a dockerd of a test's own, [`wait`] every wait,
+//! [`load`] load through the load balancer.
 
 // Each test file compiles this module and uses a part of it.
 #![allow(dead_code)]
 
 mod engine;
 mod http;
+pub mod load;
 pub mod private_engine;
 mod project;
 pub mod wait;
