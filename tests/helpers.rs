@@ -10,7 +10,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use support::load::Mix;
-use support::wait::{eventually, eventually_async, exited, poll};
+use support::wait::{
+    eventually, eventually_async, exit_within, exited, output_within, poll, run_within,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[test]
@@ -95,6 +97,63 @@ fn a_child_is_waited_for_until_it_exits() {
         || exited(&mut child),
     );
     assert!(status.success());
+}
+
+fn sh(script: &str) -> std::process::Command {
+    let mut command = std::process::Command::new("sh");
+    command.args(["-c", script]);
+    command
+}
+
+#[test]
+fn a_run_collects_both_streams_and_the_code_as_output_does() {
+    let output = run_within(
+        "sh ended",
+        sh("echo out; echo err >&2; exit 3"),
+        Duration::from_secs(10),
+    );
+    assert_eq!(output.status.code(), Some(3));
+    assert_eq!(output.stdout, b"out\n");
+    assert_eq!(output.stderr, b"err\n");
+    // stdin is closed, as `output` closes it: `cat` ends at once.
+    let output = run_within("cat ended", sh("cat"), Duration::from_secs(10));
+    assert!(output.status.success());
+}
+
+#[test]
+fn a_child_that_writes_much_is_read_while_waited_for() {
+    let child = sh("head -c 1000000 /dev/zero")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let output = output_within("head ended", child, Duration::from_secs(20));
+    assert_eq!(output.stdout.len(), 1_000_000);
+}
+
+#[test]
+#[should_panic(expected = "sleep ended not true after 200ms; last seen: pid")]
+fn a_run_that_hangs_fails_at_its_deadline() {
+    run_within(
+        "sleep ended",
+        sh("exec sleep 30"),
+        Duration::from_millis(200),
+    );
+}
+
+#[test]
+fn a_hung_child_is_killed_at_the_deadline() {
+    let mut child = sh("exec sleep 30").spawn().unwrap();
+    let pid = child.id();
+    let began = Instant::now();
+    let failed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        exit_within("sleep ended", &mut child, Duration::from_millis(200))
+    }));
+    assert!(failed.is_err(), "the wait failed");
+    assert!(began.elapsed() < Duration::from_secs(5));
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "the child was killed and reaped"
+    );
 }
 
 #[tokio::test]

@@ -3,10 +3,11 @@
 //! engine, and everything carrying that project's label is removed when the
 //! test ends, pass or fail.
 //!
-//! Here: the cryptus binary and the images; [`project`] the isolated project,
-//! [`engine`] engine calls and removal, [`http`] single requests,
-//! [`private_engine`] a dockerd of a test's own, [`wait`] every wait,
-//! [`load`] load through the load balancer.
+//! Here: the cryptus binary, its runs (each under a deadline) and the
+//! images. [`project`]: the isolated project; [`engine`]: engine calls and
+//! removal; [`http`]: single requests; [`private_engine`]: a dockerd of a
+//! test's own; [`wait`]: every wait; [`load`]: load through the load
+//! balancer.
 
 // Each test file compiles this module and uses a part of it.
 #![allow(dead_code)]
@@ -28,6 +29,7 @@ pub use project::TestProject;
 
 use std::process::Output;
 use std::sync::atomic::AtomicU32;
+use std::time::Duration;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_cryptus");
 pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
@@ -51,9 +53,45 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("reading the port").port()
 }
 
+/// How long one cryptus run may take in a test: far longer than any takes,
+/// so that only a hang reaches it, and a hang fails the test instead of
+/// holding it forever.
+pub const RUN_DEADLINE: Duration = Duration::from_secs(600);
+
 /// Runs the cryptus binary with a clean cryptus environment.
+#[track_caller]
 pub fn cryptus(args: &[&str], env: &[(&str, &str)]) -> Output {
-    command(args, env).output().expect("running cryptus")
+    run(command(args, env))
+}
+
+/// Runs a cryptus command to its end and collects its output (as
+/// `Command::output` does), for at most [`RUN_DEADLINE`].
+#[track_caller]
+pub fn run(command: std::process::Command) -> Output {
+    let what = format!("{} ended", shown(&command));
+    wait::run_within(&what, command, RUN_DEADLINE)
+}
+
+/// [`run`] without blocking the async runtime (load keeps flowing).
+pub async fn run_async(command: std::process::Command) -> Output {
+    let what = format!("{} ended", shown(&command));
+    let mut command = tokio::process::Command::from(command);
+    // Past the deadline the future is dropped, and the child with it.
+    command.kill_on_drop(true);
+    match tokio::time::timeout(RUN_DEADLINE, command.output()).await {
+        Ok(output) => output.expect("running cryptus"),
+        Err(_) => panic!("{what} not true after {RUN_DEADLINE:?}; last seen: still running"),
+    }
+}
+
+/// A command line, for messages.
+fn shown(command: &std::process::Command) -> String {
+    let mut line = command.get_program().to_string_lossy().into_owned();
+    for arg in command.get_args() {
+        line.push(' ');
+        line.push_str(&arg.to_string_lossy());
+    }
+    line
 }
 
 /// The cryptus binary with a clean cryptus environment.

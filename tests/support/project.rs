@@ -100,16 +100,14 @@ impl TestProject {
     }
 
     /// Runs cryptus against this project.
+    #[track_caller]
     pub fn run(&self, args: &[&str]) -> Output {
-        self.command(args).output().expect("running cryptus")
+        super::run(self.command(args))
     }
 
     /// Runs cryptus without blocking the async runtime (load keeps flowing).
     pub async fn run_async(&self, args: &[&str]) -> Output {
-        tokio::process::Command::from(self.command(args))
-            .output()
-            .await
-            .expect("running cryptus")
+        super::run_async(self.command(args)).await
     }
 
     /// `deploy --image <the app image> --version VERSION --watch 0s`, then
@@ -130,10 +128,9 @@ impl TestProject {
     }
 
     /// Runs [`TestProject::deploy_command`].
+    #[track_caller]
     pub fn deploy(&self, version: &str, extra: &[&str]) -> Output {
-        self.deploy_command(version, extra)
-            .output()
-            .expect("running cryptus")
+        super::run(self.deploy_command(version, extra))
     }
 
     /// [`TestProject::deploy`], requiring exit 0.
@@ -146,10 +143,7 @@ impl TestProject {
 
     /// [`TestProject::deploy`] without blocking the async runtime.
     pub async fn deploy_async(&self, version: &str, extra: &[&str]) -> Output {
-        tokio::process::Command::from(self.deploy_command(version, extra))
-            .output()
-            .await
-            .expect("running cryptus")
+        super::run_async(self.deploy_command(version, extra)).await
     }
 
     /// Edits the project's copy of the compose file.

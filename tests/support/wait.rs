@@ -9,7 +9,7 @@
 //! moment) needs a few milliseconds, a Prometheus scrape half a second.
 
 use std::future::Future;
-use std::process::{Child, ExitStatus};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// A wait that ran out: how long it waited and the probe's last answer.
@@ -91,4 +91,55 @@ pub fn exited(child: &mut Child) -> Result<ExitStatus, String> {
         Ok(None) => Err(format!("pid {} still running", child.id())),
         Err(err) => panic!("waiting for pid {}: {err}", child.id()),
     }
+}
+
+/// Waits for `child` to end, for at most `within`; past that kills it and
+/// panics naming `what`.
+#[track_caller]
+pub fn exit_within(what: &str, child: &mut Child, within: Duration) -> ExitStatus {
+    match poll(within, Duration::from_millis(20), || exited(child)) {
+        Ok(status) => status,
+        Err(TimedOut { within, last }) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} not true after {within:?}; last seen: {last}")
+        }
+    }
+}
+
+/// [`Child::wait_with_output`] for at most `within`; past that kills the
+/// child and panics naming `what`. Its pipes are read meanwhile, as
+/// `wait_with_output` does, so a child that writes much never blocks.
+#[track_caller]
+pub fn output_within(what: &str, child: Child, within: Duration) -> Output {
+    let pid = child.id();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = sender.send(child.wait_with_output());
+    });
+    match receiver.recv_timeout(within) {
+        Ok(output) => output.unwrap_or_else(|err| panic!("waiting for pid {pid}: {err}")),
+        Err(_) => {
+            // Not reaped until that wait returns, the pid is still the
+            // child's.
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("{what} not true after {within:?}; last seen: pid {pid} still running")
+        }
+    }
+}
+
+/// [`Command::output`] for at most `within` (stdin closed, stdout and
+/// stderr collected, as `output` does); past that kills the child and
+/// panics naming `what`.
+#[track_caller]
+pub fn run_within(what: &str, mut command: Command, within: Duration) -> Output {
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|err| panic!("starting {:?}: {err}", command.get_program()));
+    output_within(what, child, within)
 }
