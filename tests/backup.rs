@@ -5,8 +5,8 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use support::wait::{eventually, poll};
-use support::{TestProject, app_image, assert_code, get, get_json, stderr, stdout};
+use support::wait::{eventually, exit_within, poll};
+use support::{RUN_DEADLINE, TestProject, app_image, assert_code, get, get_json, stderr, stdout};
 
 fn backups(out: &Path) -> Vec<PathBuf> {
     let mut found: Vec<PathBuf> = std::fs::read_dir(out)
@@ -255,7 +255,7 @@ fn keep_3_keeps_exactly_3_and_cron_runs_are_quiet() {
     for (key, value) in &project.env {
         command.env(key, value);
     }
-    let output = command.output().unwrap();
+    let output = support::run(command);
     assert_code(&output, 0);
     assert!(output.stdout.is_empty() && output.stderr.is_empty());
     assert_eq!(backups(&out).len(), 3);
@@ -279,7 +279,7 @@ fn keep_3_keeps_exactly_3_and_cron_runs_are_quiet() {
     for (key, value) in &project.env {
         command.env(key, value);
     }
-    let output = command.output().unwrap();
+    let output = support::run(command);
     assert_code(&output, 0);
     assert!(output.stdout.is_empty() && output.stderr.is_empty());
     assert_eq!(backups(&out).len(), 4, "--keep 14 keeps the 3 and adds one");
@@ -400,7 +400,7 @@ fn a_backup_started_during_a_deploy_waits_for_the_lock() {
         deploy.try_wait().unwrap().is_some(),
         "the backup ran after the deploy finished"
     );
-    assert!(deploy.wait().unwrap().success());
+    assert!(exit_within("the deploy ended", &mut deploy, RUN_DEADLINE).success());
     let dir = backups(&out).pop().unwrap();
     project.ok(&["backup", "--verify", &dir.to_string_lossy()]);
 }

@@ -9,8 +9,10 @@ use std::time::{Duration, Instant};
 
 use support::load::Mix;
 use support::private_engine::PrivateEngine;
-use support::wait::eventually;
-use support::{TestProject, app_image, assert_code, nginx_image, redis_image, stderr};
+use support::wait::{eventually, output_within};
+use support::{
+    RUN_DEADLINE, TestProject, app_image, assert_code, nginx_image, redis_image, stderr,
+};
 
 fn spawn_deploy(project: &TestProject, version: &str) -> Child {
     project
@@ -185,7 +187,7 @@ fn ctrl_c_during_a_deploy_undoes_it() {
         .unwrap();
     assert!(status.success());
     let began = Instant::now();
-    let output = child.wait_with_output().unwrap();
+    let output = output_within("the deploy ended after SIGINT", child, RUN_DEADLINE);
     assert!(
         began.elapsed() < Duration::from_secs(10),
         "Ctrl-C is answered at once"
@@ -241,7 +243,11 @@ fn dockerd_restarting_mid_deploy_fails_clearly_and_a_rerun_finishes() {
     });
     engine.restart();
     let began = Instant::now();
-    let output = child.wait_with_output().unwrap();
+    let output = output_within(
+        "the deploy ended after dockerd restarted",
+        child,
+        RUN_DEADLINE,
+    );
     let text = stderr(&output);
     assert_code(&output, 1);
     assert!(

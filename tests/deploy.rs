@@ -6,8 +6,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::load::{Load, Mix};
-use support::wait::eventually;
-use support::{TestProject, app_image, assert_code, get, get_json, stderr};
+use support::wait::{eventually, exit_within};
+use support::{RUN_DEADLINE, TestProject, app_image, assert_code, get, get_json, stderr};
 
 /// Starts load and waits until it flows.
 async fn start_load(project: &TestProject) -> Load {
@@ -427,7 +427,7 @@ fn two_deploys_at_once_one_is_refused() {
     // A third waits for the lock and then deploys.
     let third = project.run(&["rollback", "--lock-wait", "60s"]);
     assert_code(&third, 0);
-    assert!(first.wait().unwrap().success());
+    assert!(exit_within("the first deploy ended", &mut first, RUN_DEADLINE).success());
     assert_eq!(
         project.serving().0,
         "blue",

@@ -6,8 +6,8 @@ use std::io::{BufRead, BufReader};
 use std::time::Duration;
 
 use support::load::Mix;
-use support::wait::eventually;
-use support::{TestProject, assert_code, stderr, stdout};
+use support::wait::{eventually, exit_within};
+use support::{RUN_DEADLINE, TestProject, assert_code, stderr, stdout};
 
 /// The host port a container publishes its app port on.
 fn app_port(container: &str) -> u16 {
@@ -218,7 +218,11 @@ fn logs_follow_a_color_across_a_deploy() {
     );
     // Ctrl-C ends it cleanly.
     interrupt(follower.id());
-    let status = follower.wait().unwrap();
+    let status = exit_within(
+        "logs --follow ended after SIGINT",
+        &mut follower,
+        RUN_DEADLINE,
+    );
     assert!(
         status.success(),
         "logs --follow exits 0 on Ctrl-C: {status:?}"
@@ -237,7 +241,14 @@ fn logs_follow_a_color_across_a_deploy() {
         "`logs nginx true` keeps following"
     );
     interrupt(seed.id());
-    assert!(seed.wait().unwrap().success());
+    assert!(
+        exit_within(
+            "logs nginx true ended after SIGINT",
+            &mut seed,
+            RUN_DEADLINE
+        )
+        .success()
+    );
 }
 
 /// Sends SIGINT, as Ctrl-C would.

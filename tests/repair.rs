@@ -9,8 +9,8 @@ mod support;
 use std::io::BufRead;
 use std::time::Duration;
 
-use support::wait::{eventually, exited, poll};
-use support::{TestProject, app_image, assert_code, get, stderr};
+use support::wait::{eventually, exited, output_within, poll};
+use support::{RUN_DEADLINE, TestProject, app_image, assert_code, get, stderr};
 
 /// Removes a container, running or not, as `docker rm -f` does.
 fn remove_container(name: &str) {
@@ -601,7 +601,7 @@ fn a_signal_while_start_takes_the_lock_leaves_no_lock() {
         let _ = std::process::Command::new("kill")
             .args(["-TERM", &pid])
             .status();
-        let output = child.wait_with_output().expect("waiting for cryptus");
+        let output = output_within("start ended after SIGTERM", child, RUN_DEADLINE);
         let text = String::from_utf8_lossy(&output.stderr).into_owned();
         assert!(
             matches!(output.status.code(), Some(0) | Some(1) | None),

@@ -150,7 +150,7 @@ fn a_live_lock_in_another_pid_namespace_is_not_broken() {
             None => second.env_remove(key),
         };
     }
-    let output = second.output().expect("running cryptus under unshare");
+    let output = support::run(second);
     assert_code(&output, 1);
     let text = stderr(&output);
     assert!(text.contains("deploy lock of project"), "{text}");
