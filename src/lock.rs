@@ -16,13 +16,12 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use bollard::models::{ContainerCreateBody, HostConfig};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::engine::{Engine, PROJECT_LABEL};
+use crate::engine::{ContainerSpec, Engine, PROJECT_LABEL};
 use crate::error::failed_with_hint;
 use crate::output::Printer;
 
@@ -195,18 +194,15 @@ impl Lock {
                     labels.insert(format!("{LOCK_LABEL}.{key}"), value.clone());
                 }
             }
-            let body = ContainerCreateBody {
-                image: Some(image.to_owned()),
-                labels: Some(labels.into_iter().collect()),
-                cmd: Some(vec!["cryptus-lock".to_owned()]),
-                network_disabled: Some(true),
-                host_config: Some(HostConfig {
-                    network_mode: Some("none".to_owned()),
-                    ..Default::default()
-                }),
+            // On no network: the lock container is never started.
+            let spec = ContainerSpec {
+                name: name.clone(),
+                image: image.to_owned(),
+                labels,
+                command: Some(vec!["cryptus-lock".to_owned()]),
                 ..Default::default()
             };
-            match engine.create_container_exclusive(&name, body).await? {
+            match engine.create_container_exclusive(&spec).await? {
                 Some(id) => {
                     let heartbeat = spawn_heartbeat(engine.clone(), id.clone());
                     return Ok(Lock {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context, Result, bail};
 
-use crate::engine::Engine;
+use crate::engine::{ContainerSpec, Engine, MountSpec};
 
 pub struct Redis<'a> {
     pub engine: &'a Engine,
@@ -256,25 +256,23 @@ impl<'a> Scratch<'a> {
         .map(|s| (*s).to_owned())
         .collect();
         command.extend(args);
-        let body = bollard::models::ContainerCreateBody {
-            image: Some(image.to_owned()),
-            cmd: Some(command),
-            labels: Some(labels.into_iter().collect()),
-            host_config: Some(bollard::models::HostConfig {
-                network_mode: Some("none".to_owned()),
-                mounts: volume.map(|(source, target)| {
-                    vec![bollard::models::Mount {
-                        target: Some(target),
-                        source: Some(source),
-                        typ: Some(bollard::models::MountType::VOLUME),
-                        ..Default::default()
-                    }]
-                }),
-                ..Default::default()
-            }),
+        // No networks: on no network at all.
+        let spec = ContainerSpec {
+            name: name.clone(),
+            image: image.to_owned(),
+            command: Some(command),
+            labels,
+            mounts: volume
+                .map(|(source, target)| MountSpec::Volume {
+                    name: Some(source),
+                    target,
+                    read_only: false,
+                })
+                .into_iter()
+                .collect(),
             ..Default::default()
         };
-        engine.create_container(&name, body, &[]).await?;
+        engine.create_container(&spec).await?;
         let scratch = Scratch { engine, name };
         let started = async {
             if let Some(dump) = dump {

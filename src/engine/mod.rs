@@ -12,8 +12,8 @@ use bollard::Docker;
 use bollard::errors::Error as BollardError;
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, EndpointSettings, HealthStatusEnum,
-    NetworkConnectRequest, NetworkCreateRequest, VolumeCreateRequest,
+    ContainerInspectResponse, HealthStatusEnum, NetworkConnectRequest, NetworkCreateRequest,
+    VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, DownloadFromContainerOptionsBuilder,
@@ -24,6 +24,10 @@ use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 
 use crate::error::usage;
+
+mod spec;
+
+pub use spec::{ContainerSpec, HealthSpec, MountSpec, NetworkSpec, PortSpec, RestartSpec};
 
 /// The label Compose puts on everything of a project.
 pub const PROJECT_LABEL: &str = "com.docker.compose.project";
@@ -390,46 +394,40 @@ impl Engine {
         Ok(true)
     }
 
-    /// Creates a container. `extra_networks` are joined after creation, since
-    /// older engines accept only one network at create time.
-    pub async fn create_container(
-        &self,
-        name: &str,
-        body: ContainerCreateBody,
-        extra_networks: &[(String, Vec<String>)],
-    ) -> Result<String> {
+    /// Creates the container `spec` describes. Networks after the first are
+    /// joined after creation, since older engines accept only one network at
+    /// create time.
+    pub async fn create_container(&self, spec: &ContainerSpec) -> Result<String> {
+        let name = &spec.name;
         let options = CreateContainerOptionsBuilder::default().name(name).build();
         let created = self
             .docker
-            .create_container(Some(options), body)
+            .create_container(Some(options), spec::create_body(spec))
             .await
             .map_err(|err| anyhow!(describe(&err)))
             .with_context(|| format!("creating container {name}"))?;
-        for (network, aliases) in extra_networks {
+        for network in spec.networks.iter().skip(1) {
             let request = NetworkConnectRequest {
                 container: created.id.clone(),
-                endpoint_config: Some(EndpointSettings {
-                    aliases: Some(aliases.clone()),
-                    ..Default::default()
-                }),
+                endpoint_config: Some(spec::endpoint(&network.aliases)),
             };
             self.docker
-                .connect_network(network, request)
+                .connect_network(&network.name, request)
                 .await
-                .with_context(|| format!("connecting container {name} to network {network}"))?;
+                .with_context(|| {
+                    format!("connecting container {name} to network {}", network.name)
+                })?;
         }
         Ok(created.id)
     }
 
     /// Creates a container whose name must be new: `None` if a container of
     /// that name exists. The engine checks names atomically, which makes this
-    /// a lock.
-    pub async fn create_container_exclusive(
-        &self,
-        name: &str,
-        body: ContainerCreateBody,
-    ) -> Result<Option<String>> {
+    /// a lock. The spec's networks after the first are not joined.
+    pub async fn create_container_exclusive(&self, spec: &ContainerSpec) -> Result<Option<String>> {
+        let name = &spec.name;
         let options = CreateContainerOptionsBuilder::default().name(name).build();
+        let body = spec::create_body(spec);
         match self.docker.create_container(Some(options), body).await {
             Ok(created) => Ok(Some(created.id)),
             Err(err) if status(&err) == Some(409) => Ok(None),
