@@ -26,8 +26,10 @@ use futures_util::StreamExt;
 use crate::error::usage;
 
 mod spec;
+mod stats;
 
 pub use spec::{ContainerSpec, HealthSpec, MountSpec, NetworkSpec, PortSpec, RestartSpec};
+pub use stats::{HostInfo, Usage};
 
 /// The label Compose puts on everything of a project.
 pub const PROJECT_LABEL: &str = "com.docker.compose.project";
@@ -965,13 +967,14 @@ impl Engine {
 
     /// One sample of a container's resource use. The engine takes two
     /// readings about a second apart, so CPU use is a rate.
-    pub async fn stats(&self, container: &str) -> Result<bollard::models::ContainerStatsResponse> {
+    pub async fn stats(&self, container: &str) -> Result<Usage> {
         let options = bollard::query_parameters::StatsOptionsBuilder::default()
             .stream(false)
             .build();
         let mut stream = self.docker.stats(container, Some(options));
         match stream.next().await {
             Some(result) => result
+                .map(|sample| stats::usage(&sample))
                 .map_err(|err| anyhow!(describe(&err)))
                 .with_context(|| format!("reading the resource use of {container}")),
             None => Err(anyhow!("the engine sent no resource use for {container}")),
@@ -979,10 +982,11 @@ impl Engine {
     }
 
     /// The engine's host: cores, memory and where it keeps its data.
-    pub async fn host(&self) -> Result<bollard::models::SystemInfo> {
+    pub async fn host(&self) -> Result<HostInfo> {
         self.docker
             .info()
             .await
+            .map(HostInfo::from)
             .map_err(|err| anyhow!(describe(&err)))
             .context("reading the engine's host information")
     }
