@@ -41,6 +41,10 @@ pub const WORKING_DIR_LABEL: &str = "com.docker.compose.project.working_dir";
 pub const NETWORK_LABEL: &str = "com.docker.compose.network";
 pub const VOLUME_LABEL: &str = "com.docker.compose.volume";
 
+/// The tracing target of the engine client library, so that `-vv` can show
+/// its requests without naming it outside this module.
+pub const CLIENT_LOG_TARGET: &str = "bollard";
+
 /// How long to wait for the engine to answer its first ping.
 const PING_TIMEOUT: Duration = Duration::from_secs(5);
 
