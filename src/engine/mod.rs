@@ -1041,7 +1041,7 @@ fn is_not_found(err: &BollardError) -> bool {
 }
 
 /// The engine's own message where there is one, rather than bollard's wrapper.
-pub fn describe(err: &BollardError) -> String {
+fn describe(err: &BollardError) -> String {
     match err {
         BollardError::DockerResponseServerError { message, .. } => message.trim().to_owned(),
         other => {
