@@ -128,10 +128,7 @@ impl<'s> Runner<'s> {
             number,
             Some(release),
         )?;
-        stack
-            .engine
-            .create_container(&plan.name, plan.body, &plan.extra_networks)
-            .await?;
+        stack.engine.create_container(&plan).await?;
         self.created.push(plan.name.clone());
         self.start_called.get_or_insert_with(Instant::now);
         stack.engine.start(&plan.name).await
