@@ -3,13 +3,17 @@
 //! Supported forms: `$VAR`, `${VAR}`, `${VAR:-default}`, `${VAR-default}`,
 //! `${VAR:?error}`, `${VAR?error}`, `${VAR:+replacement}`, `${VAR+replacement}`
 //! and `$$` for a literal dollar. Defaults and replacements may themselves
-//! contain interpolations, as in `${A:-${B:-x}}`.
+//! contain interpolations, as in `${A:-${B:-x}}`. The variables of the parse
+//! under way are kept per thread ([`with_vars`]), for the model's scalars.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
+
+use serde::de;
 
 /// The variables a compose file is interpolated with: the process environment
 /// over the `.env` file beside the compose file.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Vars {
     values: BTreeMap<String, String>,
 }
@@ -27,9 +31,74 @@ impl Vars {
         Vars { values }
     }
 
+    /// These variables, with `defaults` for the names they lack: an included
+    /// application's `.env` under the including project's environment.
+    pub fn with_defaults(&self, defaults: BTreeMap<String, String>) -> Vars {
+        let mut values = defaults;
+        values.extend(self.values.clone());
+        Vars { values }
+    }
+
     pub fn get(&self, name: &str) -> Option<&str> {
         self.values.get(name).map(String::as_str)
     }
+}
+
+thread_local! {
+    static CONTEXT: RefCell<Option<Context>> = const { RefCell::new(None) };
+}
+
+/// The variables of one parse, and whether its scalars are still to be
+/// interpolated (a file's own text) or were already (the merged model).
+struct Context {
+    vars: Vars,
+    interpolate: bool,
+}
+
+/// Runs `parse` with `vars` as the interpolation context of this thread:
+/// the model's scalars interpolate as they are read, so that an error
+/// carries the line serde_yaml knows at that point.
+pub fn with_vars<T>(vars: &Vars, parse: impl FnOnce() -> T) -> T {
+    with_context(vars, true, parse)
+}
+
+/// Runs `parse` over values interpolated already: `$` is kept as it is, and
+/// `vars` only fill in `environment` entries written without a value.
+pub fn with_resolved<T>(vars: &Vars, parse: impl FnOnce() -> T) -> T {
+    with_context(vars, false, parse)
+}
+
+fn with_context<T>(vars: &Vars, interpolate: bool, parse: impl FnOnce() -> T) -> T {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            CONTEXT.with(|slot| slot.borrow_mut().take());
+        }
+    }
+    let context = Context {
+        vars: vars.clone(),
+        interpolate,
+    };
+    CONTEXT.with(|slot| *slot.borrow_mut() = Some(context));
+    let _reset = Reset;
+    parse()
+}
+
+/// A scalar as the model reads it: interpolated in a file's own parse,
+/// as it is in the merged model's.
+pub fn interpolated<E: de::Error>(raw: &str) -> Result<String, E> {
+    CONTEXT.with(|slot| match slot.borrow().as_ref() {
+        Some(context) if context.interpolate => interpolate(raw, &context.vars).map_err(E::custom),
+        _ => Ok(raw.to_owned()),
+    })
+}
+
+pub fn variable(name: &str) -> Option<String> {
+    CONTEXT.with(|slot| {
+        slot.borrow()
+            .as_ref()
+            .and_then(|context| context.vars.get(name).map(str::to_owned))
+    })
 }
 
 /// How deep `${A:-${B:-...}}` may nest.

@@ -1,14 +1,23 @@
 //! The compose model: cryptus reads the stack's Compose files itself.
 //!
-//! [`load`] parses each file with serde_yaml, interpolating `${VAR}` from the
-//! process environment over the `.env` beside the file, rejects any key it
-//! does not support (naming the key, the file and the line), and resolves the
-//! result into plain [`Service`]s that the engine layer turns into containers.
+//! [`load`] checks each file's text with serde_yaml, interpolating `${VAR}`
+//! from the process environment over the `.env` beside the file, and rejects
+//! any key it does not support (naming the key, the file and the line). The
+//! files then merge as value trees under the Compose Specification's rules
+//! ([`sources`], [`merge`]); the merged tree is read into plain [`Service`]s
+//! that the engine layer turns into containers, those the active
+//! [`profiles`] leave out set aside.
 
 pub mod duration;
 pub mod interpolate;
+mod lenient;
 mod limits;
+mod merge;
 mod model;
+mod paths;
+pub mod profiles;
+mod sources;
+mod tree;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -21,15 +30,23 @@ use serde::{Deserialize, Serialize};
 pub use interpolate::Vars;
 pub use limits::{MAX_ENV_FILE_BYTES, MAX_FILE_BYTES, MAX_NESTING};
 use model::{Either, ShortOrLong, Text};
+pub use profiles::Profiles;
+pub use sources::{MAX_DEPTH, MAX_FILES};
 
 /// The network a service joins when it names none, as in Compose.
 pub const DEFAULT_NETWORK: &str = "default";
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Compose {
+    /// The project name the files give (`name:`), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     pub services: BTreeMap<String, Service>,
     pub networks: BTreeMap<String, Network>,
     pub volumes: BTreeMap<String, Volume>,
+    /// The services no active profile enables, with their profiles.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub disabled: BTreeMap<String, Vec<String>>,
     /// The files, absolute, in the order given.
     pub files: Vec<PathBuf>,
     /// Compose's project directory: the first file's directory. Relative bind
@@ -40,6 +57,14 @@ pub struct Compose {
 #[derive(Clone, Debug, Serialize)]
 pub struct Service {
     pub name: String,
+    /// The profiles that enable the service; none: it always runs. Left out
+    /// of the configuration hash when empty, as before profiles existed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub profiles: Vec<String>,
+    /// Every file that defines the service (a base, its overrides), for
+    /// messages; `file` is the first.
+    #[serde(skip)]
+    pub defined_in: Vec<PathBuf>,
     pub image: Option<String>,
     pub build: Option<Build>,
     pub command: Option<Vec<String>>,
@@ -382,37 +407,102 @@ impl ShortOrLong for Build {
 /// `.env` beside the first file, if there is one.
 pub fn variables(first_file: &Path) -> Result<Vars> {
     let env_path = first_file.parent().unwrap_or(Path::new(".")).join(".env");
-    let env_file = match limits::read_bounded(&env_path, limits::MAX_ENV_FILE_BYTES, "the file") {
-        Ok(text) => interpolate::parse_env_file(&text)
-            .map_err(|err| anyhow!("{}: {err}", env_path.display()))?,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-        Err(err) => return Err(err).with_context(|| format!("reading {}", env_path.display())),
+    let env_file = match read_env_file(&env_path) {
+        Ok(values) => values,
+        Err(err) if is_not_found(&err) => BTreeMap::new(),
+        Err(err) => return Err(err),
     };
     Ok(Vars::from_env_file_and_process(env_file))
 }
 
-/// Parses, interpolates, merges and checks the compose files.
+/// Reads and parses a `.env` file, bounded in size.
+pub fn read_env_file(path: &Path) -> Result<BTreeMap<String, String>> {
+    let text = limits::read_bounded(path, limits::MAX_ENV_FILE_BYTES, "the file")
+        .with_context(|| format!("reading {}", path.display()))?;
+    interpolate::parse_env_file(&text).map_err(|err| anyhow!("{}: {err}", path.display()))
+}
+
+fn is_not_found(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)
+    })
+}
+
+/// Parses, interpolates, merges and checks the compose files, every service
+/// enabled whatever its profiles.
 pub fn load(files: &[PathBuf], vars: &Vars) -> Result<Compose> {
+    load_with(files, vars, &Profiles::all())
+}
+
+/// Parses, interpolates and merges the compose files in order (each
+/// later one over the earlier ones, with their includes and extends), keeps
+/// the services the active `profiles` enable, and checks the result.
+pub fn load_with(files: &[PathBuf], vars: &Vars, profiles: &Profiles) -> Result<Compose> {
+    load_from(files, vars, profiles, &|path| {
+        limits::read_compose_file(path)
+    })
+}
+
+fn load_from(
+    files: &[PathBuf],
+    vars: &Vars,
+    profiles: &Profiles,
+    read: sources::Reader,
+) -> Result<Compose> {
     let first = files.first().context("no compose file given")?;
     let working_dir = first.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let merged = sources::load(files, vars, &working_dir, read)?;
+    let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    let file =
+        merged_model(merged.tree, vars).map_err(|err| anyhow!("{}: {err}", names.join(", ")))?;
     let mut compose = Compose {
+        name: None,
         services: BTreeMap::new(),
         networks: BTreeMap::new(),
         volumes: BTreeMap::new(),
+        disabled: BTreeMap::new(),
         files: files.to_vec(),
         working_dir,
     };
-    for path in files {
-        let text = limits::read_compose_file(path)?;
-        let file = parse(&text, vars).map_err(|err| anyhow!("{}: {err}", path.display()))?;
-        merge(&mut compose, file, path).map_err(|err| anyhow!("{}: {err}", path.display()))?;
-    }
+    build(&mut compose, file, &merged.origins)?;
+    profiles.apply(&mut compose)?;
     check(&compose)?;
     Ok(compose)
 }
 
-/// Parses one file's text. Errors carry the key path, line and column.
+/// Parses one file's text: every key checked, interpolated, with the line
+/// of what is wrong. Errors carry the key path, line and column.
 pub fn parse(text: &str, vars: &Vars) -> Result<model::File, String> {
+    let (tagged, resets) = checked_tree(text)?;
+    let file = typed(text, vars, resets.as_ref())?;
+    tagged?;
+    Ok(file)
+}
+
+/// One file: checked as [`parse`] does, then as the tree it merges.
+fn parse_file(text: &str, vars: &Vars) -> Result<sources::Parsed, String> {
+    let (tagged, resets) = checked_tree(text)?;
+    let file = typed(text, vars, resets.as_ref())?;
+    let tagged = tagged?;
+    Ok(sources::Parsed {
+        includes: file
+            .include
+            .unwrap_or_default()
+            .into_iter()
+            .map(|Either(include)| include)
+            .collect(),
+        tree: tree::prepare(tagged.value, vars)?,
+        cleared: tagged.cleared,
+    })
+}
+
+/// The limits, then the value tree (whose error waits: the typed pass names
+/// a broken file's key path first).
+type Checked = (Result<tree::Tagged, String>, Option<lenient::Resets>);
+
+fn checked_tree(text: &str) -> Result<Checked, String> {
     if text.trim().is_empty() {
         return Err("the file is empty".to_owned());
     }
@@ -423,8 +513,40 @@ pub fn parse(text: &str, vars: &Vars) -> Result<model::File, String> {
         ));
     }
     limits::check_yaml(text)?;
-    model::with_vars(vars, || serde_yaml::from_str::<model::File>(text))
-        .map_err(|err| shorten(&err.to_string()))
+    let mut tagged = tree::parse(text);
+    let resets = tagged
+        .as_mut()
+        .ok()
+        .map(|tagged| std::mem::take(&mut tagged.resets));
+    Ok((tagged, resets))
+}
+
+/// The typed pass over a file's own text, interpolating as it reads.
+fn typed(text: &str, vars: &Vars, resets: Option<&lenient::Resets>) -> Result<model::File, String> {
+    interpolate::with_vars(vars, || {
+        let de = serde_yaml::Deserializer::from_str(text);
+        model::File::deserialize(lenient::Lenient::new(de, resets))
+    })
+    .map_err(|err| shorten(&err.to_string()))
+}
+
+/// The merged tree read as the model. Every file's text was checked with
+/// its lines already, so what fails here (a combination) names its key path.
+fn merged_model(tree: serde_yaml::Mapping, vars: &Vars) -> Result<model::File, String> {
+    let text = serde_yaml::to_string(&tree).map_err(|err| err.to_string())?;
+    interpolate::with_resolved(vars, || {
+        let de = serde_yaml::Deserializer::from_str(&text);
+        model::File::deserialize(lenient::Lenient::new(de, None))
+    })
+    .map_err(|err| without_position(&shorten(&err.to_string())))
+}
+
+/// A message without serde_yaml's position, which names a line of no file.
+fn without_position(message: &str) -> String {
+    match message.find(" at line ") {
+        Some(at) => format!("{} (after merging)", &message[..at]),
+        None => message.to_owned(),
+    }
 }
 
 /// serde's "unknown field `x`, expected one of <every key>" is long; the
@@ -435,33 +557,22 @@ fn shorten(message: &str) -> String {
         (Some(start), Some(end)) if start < end => {
             format!("{}{}", &message[..start], &message[end..])
         }
+        (Some(start), None) => message[..start].to_owned(),
         _ => message,
     }
 }
 
-fn merge(compose: &mut Compose, file: model::File, path: &Path) -> Result<(), String> {
+/// The model's networks, volumes and services, from the merged file.
+fn build(
+    compose: &mut Compose,
+    file: model::File,
+    origins: &BTreeMap<String, Vec<PathBuf>>,
+) -> Result<()> {
+    compose.name = file.name.map(|t| t.0);
     for (name, raw) in file.networks {
-        let raw = raw.unwrap_or_default();
-        compose.networks.insert(
-            name,
-            Network {
-                driver: raw.driver.map(|t| t.0),
-                internal: raw.internal.is_some_and(|i| i.0),
-                labels: raw.labels.0,
-                ipam: raw.ipam.map(|ipam| Ipam {
-                    driver: ipam.driver.map(|t| t.0),
-                    config: ipam
-                        .config
-                        .into_iter()
-                        .map(|range| IpamRange {
-                            subnet: range.subnet.map(|t| t.0),
-                            ip_range: range.ip_range.map(|t| t.0),
-                            gateway: range.gateway.map(|t| t.0),
-                        })
-                        .collect(),
-                }),
-            },
-        );
+        compose
+            .networks
+            .insert(name, network(raw.unwrap_or_default()));
     }
     for (name, raw) in file.volumes {
         let raw = raw.unwrap_or_default();
@@ -474,17 +585,51 @@ fn merge(compose: &mut Compose, file: model::File, path: &Path) -> Result<(), St
         );
     }
     for (name, raw) in file.services {
-        if let Some(existing) = compose.services.get(&name) {
-            return Err(format!(
-                "service {name:?} is already defined in {}; define each service in one file",
-                existing.file.display()
-            ));
-        }
-        let service = resolve(&name, raw, path, &compose.working_dir)
-            .map_err(|err| format!("services.{name}: {err}"))?;
+        let defined_in = origins
+            .get(&name)
+            .filter(|files| !files.is_empty())
+            .cloned()
+            .unwrap_or_else(|| compose.files.clone());
+        let first = defined_in.first().cloned().unwrap_or_default();
+        let mut service = resolve(&name, raw, &first, &compose.working_dir)
+            .map_err(|err| anyhow!("{}: services.{name}: {err}", file_list(&defined_in)))?;
+        service.defined_in = defined_in;
         compose.services.insert(name, service);
     }
     Ok(())
+}
+
+/// Files as messages name them: `a.yml, b.yml`.
+fn file_list(files: &[PathBuf]) -> String {
+    let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    names.join(", ")
+}
+
+impl Service {
+    /// Where the service is, for messages: `a.yml, b.yml: services.web`.
+    pub fn location(&self) -> String {
+        format!("{}: services.{}", file_list(&self.defined_in), self.name)
+    }
+}
+
+fn network(raw: model::RawNetwork) -> Network {
+    Network {
+        driver: raw.driver.map(|t| t.0),
+        internal: raw.internal.is_some_and(|i| i.0),
+        labels: raw.labels.0,
+        ipam: raw.ipam.map(|ipam| Ipam {
+            driver: ipam.driver.map(|t| t.0),
+            config: ipam
+                .config
+                .into_iter()
+                .map(|range| IpamRange {
+                    subnet: range.subnet.map(|t| t.0),
+                    ip_range: range.ip_range.map(|t| t.0),
+                    gateway: range.gateway.map(|t| t.0),
+                })
+                .collect(),
+        }),
+    }
 }
 
 fn resolve(
@@ -540,6 +685,8 @@ fn resolve(
         .unwrap_or_default();
     Ok(Service {
         name: name.to_owned(),
+        profiles: raw.profiles.into_iter().map(|p| p.0).collect(),
+        defined_in: vec![file.to_path_buf()],
         image,
         build,
         command: raw.command.map(|c| c.0),
@@ -621,7 +768,7 @@ fn resolve_healthcheck(h: model::RawHealthcheck) -> Result<Healthcheck, String> 
     })
 }
 
-fn absolute(path: &str, base: &Path) -> String {
+pub(super) fn absolute(path: &str, base: &Path) -> String {
     let expanded = match path.strip_prefix("~/") {
         Some(rest) => std::env::var("HOME")
             .map_or_else(|_| PathBuf::from(path), |home| Path::new(&home).join(rest)),
@@ -742,7 +889,7 @@ pub fn check_image_reference(reference: &str) -> Result<(), String> {
 
 fn check(compose: &Compose) -> Result<()> {
     for service in compose.services.values() {
-        let at = || format!("{}: services.{}", service.file.display(), service.name);
+        let at = || service.location();
         for network in &service.networks {
             if network.name != DEFAULT_NETWORK && !compose.networks.contains_key(&network.name) {
                 bail!(
@@ -824,6 +971,28 @@ impl Compose {
     }
 }
 
+/// Loads `listed` in order, reading every file (and `.env`) from `texts`.
+#[cfg(test)]
+fn load_texts(
+    listed: &[&str],
+    texts: &[(&str, &str)],
+    vars: &Vars,
+    profiles: &Profiles,
+) -> Result<Compose> {
+    let texts: BTreeMap<PathBuf, String> = texts
+        .iter()
+        .map(|(path, text)| (PathBuf::from(path), text.to_string()))
+        .collect();
+    let read = |path: &Path| {
+        texts.get(path).cloned().ok_or_else(|| {
+            let missing = std::io::Error::from(std::io::ErrorKind::NotFound);
+            anyhow!(missing).context(format!("reading {}", path.display()))
+        })
+    };
+    let files: Vec<PathBuf> = listed.iter().map(PathBuf::from).collect();
+    load_from(&files, vars, profiles, &read)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -838,17 +1007,16 @@ mod tests {
     }
 
     fn load_text(text: &str, vars: &Vars) -> Result<Compose> {
-        let file = parse(text, vars).map_err(|e| anyhow!("test.yml: {e}"))?;
-        let mut compose = Compose {
-            services: BTreeMap::new(),
-            networks: BTreeMap::new(),
-            volumes: BTreeMap::new(),
-            files: vec![PathBuf::from("/p/compose/test.yml")],
-            working_dir: PathBuf::from("/p/compose"),
-        };
-        merge(&mut compose, file, Path::new("/p/compose/test.yml")).map_err(|e| anyhow!("{e}"))?;
-        check(&compose)?;
-        Ok(compose)
+        load_files(
+            &["/p/compose/test.yml"],
+            &[("/p/compose/test.yml", text)],
+            vars,
+        )
+    }
+
+    /// Loads `listed` in order, reading files from `texts` (by path).
+    fn load_files(listed: &[&str], texts: &[(&str, &str)], vars: &Vars) -> Result<Compose> {
+        load_texts(listed, texts, vars, &Profiles::none())
     }
 
     #[test]

@@ -3,9 +3,9 @@
 //! Scalars are interpolated while they are deserialized, so that every error
 //! (an unknown key, a bad `${VAR}`, a port that does not parse) carries the
 //! key path and the line and column serde_yaml knows at that point. The
-//! variables come from [`with_vars`], set for the duration of one parse.
+//! variables come from [`super::interpolate::with_vars`], set for the
+//! duration of one parse.
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::marker::PhantomData;
@@ -14,39 +14,7 @@ use std::time::Duration;
 use serde::de::{self, DeserializeOwned, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
-use super::interpolate::{Vars, interpolate};
-
-thread_local! {
-    static VARS: RefCell<Option<Vars>> = const { RefCell::new(None) };
-}
-
-/// Runs `parse` with `vars` as the interpolation context of this thread.
-pub fn with_vars<T>(vars: &Vars, parse: impl FnOnce() -> T) -> T {
-    struct Reset;
-    impl Drop for Reset {
-        fn drop(&mut self) {
-            VARS.with(|slot| slot.borrow_mut().take());
-        }
-    }
-    VARS.with(|slot| *slot.borrow_mut() = Some(vars.clone()));
-    let _reset = Reset;
-    parse()
-}
-
-fn interpolated<E: de::Error>(raw: &str) -> Result<String, E> {
-    VARS.with(|slot| match slot.borrow().as_ref() {
-        Some(vars) => interpolate(raw, vars).map_err(E::custom),
-        None => Ok(raw.to_owned()),
-    })
-}
-
-fn variable(name: &str) -> Option<String> {
-    VARS.with(|slot| {
-        slot.borrow()
-            .as_ref()
-            .and_then(|vars| vars.get(name).map(str::to_owned))
-    })
-}
+use super::interpolate::{interpolated, variable};
 
 /// Any YAML scalar (string, number, bool) as interpolated text.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -369,7 +337,10 @@ impl<'de, T: ShortOrLong> Deserialize<'de> for Either<T> {
                 T::from_short(&v.to_string()).map(Either).map_err(E::custom)
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Either<T>, A::Error> {
-                let long = T::Long::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                // Through the lenient view again: the long form is a struct,
+                // whose `x-*` keys are extension fields.
+                let map = de::value::MapAccessDeserializer::new(map);
+                let long = T::Long::deserialize(super::lenient::Lenient::new(map, None))?;
                 T::from_long(long).map(Either).map_err(de::Error::custom)
             }
         }
@@ -408,6 +379,123 @@ impl<'de, T: DeserializeOwned + Default> Deserialize<'de> for NamesOr<T> {
     }
 }
 
+/// A string or a list of strings (`include`'s `path` and `env_file`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Strings(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for Strings {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Strings, D::Error> {
+        struct StringsVisitor;
+        impl<'de> Visitor<'de> for StringsVisitor {
+            type Value = Strings;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string or a list of strings")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Strings, E> {
+                interpolated::<E>(v).map(|text| Strings(vec![text]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Strings, A::Error> {
+                let mut out = Vec::new();
+                while let Some(Text(item)) = seq.next_element::<Text>()? {
+                    out.push(item);
+                }
+                Ok(Strings(out))
+            }
+        }
+        deserializer.deserialize_any(StringsVisitor)
+    }
+}
+
+/// One `include:` entry: a path, or `path` (one or several files merged),
+/// `project_directory` and `env_file`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Include {
+    pub path: Vec<String>,
+    pub project_directory: Option<String>,
+    pub env_file: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LongInclude {
+    path: Strings,
+    project_directory: Option<Text>,
+    env_file: Option<Strings>,
+}
+
+impl ShortOrLong for Include {
+    type Long = LongInclude;
+    const EXPECTING: &'static str = "a path or a map with path, project_directory and env_file";
+
+    fn from_short(text: &str) -> Result<Include, String> {
+        Include::from_long(LongInclude {
+            path: Strings(vec![text.to_owned()]),
+            project_directory: None,
+            env_file: None,
+        })
+    }
+
+    fn from_long(long: LongInclude) -> Result<Include, String> {
+        if long.path.0.is_empty() || long.path.0.iter().any(|p| p.trim().is_empty()) {
+            return Err("include: every path must name a file".to_owned());
+        }
+        Ok(Include {
+            path: long.path.0,
+            project_directory: long.project_directory.map(|t| t.0),
+            env_file: long.env_file.map(|e| e.0).unwrap_or_default(),
+        })
+    }
+}
+
+/// A service's `extends:`: the service it starts from, in this file or in
+/// `file`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Extends {
+    pub service: String,
+    pub file: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LongExtends {
+    service: Text,
+    file: Option<Text>,
+}
+
+impl ShortOrLong for Extends {
+    type Long = LongExtends;
+    const EXPECTING: &'static str = "a service name or a map with service and file";
+
+    fn from_short(text: &str) -> Result<Extends, String> {
+        Extends::from_long(LongExtends {
+            service: Text(text.to_owned()),
+            file: None,
+        })
+    }
+
+    fn from_long(long: LongExtends) -> Result<Extends, String> {
+        if long.service.0.trim().is_empty() {
+            return Err("extends.service names no service".to_owned());
+        }
+        Ok(Extends {
+            service: long.service.0,
+            file: long.file.map(|t| t.0),
+        })
+    }
+}
+
+/// A profile name, as the Compose Specification writes it:
+/// `[a-zA-Z0-9][a-zA-Z0-9_.-]+`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Profile(pub String);
+
+impl<'de> Deserialize<'de> for Profile {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Profile, D::Error> {
+        let check = |text: String| super::profiles::check_name(&text).map(|()| Profile(text));
+        deserializer.deserialize_any(Checked(check, "a profile name"))
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The file.
 
@@ -421,6 +509,10 @@ pub const MAX_PIDS: i64 = 4_194_304;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct File {
+    /// The project's name, which must be the one cryptus runs it as.
+    pub name: Option<Text>,
+    /// Other Compose applications whose resources join this one.
+    pub include: Option<Vec<Either<Include>>>,
     /// Obsolete in the Compose specification; accepted and ignored, as Compose does.
     #[allow(dead_code)]
     pub version: Option<Text>,
@@ -435,6 +527,11 @@ pub struct File {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawService {
+    // How the service is composed and when it runs: applied on the value
+    // tree before this struct is read for the merged model.
+    pub extends: Option<Either<Extends>>,
+    #[serde(default)]
+    pub profiles: Vec<Profile>,
     pub image: Option<ImageRef>,
     pub build: Option<Either<super::Build>>,
     pub command: Option<Command>,
