@@ -22,6 +22,8 @@ Durations:
 
 Environment:
   CRYPTUS_PROJECT  project name (as -p)
+  COMPOSE_FILE     compose files (as -f), separated by COMPOSE_PATH_SEPARATOR (default :)
+  COMPOSE_PROFILES active profiles (as --profile), separated by commas
   DOCKER_HOST      the Docker engine (default unix:///var/run/docker.sock)
   RUST_LOG         tracing filter for -v style diagnostics, e.g. cryptus=debug";
 
@@ -47,6 +49,22 @@ pub struct Cli {
         value_name = "NAME"
     )]
     pub project: String,
+
+    /// A compose file, instead of the project's own (before the command, as
+    /// with docker compose); repeat it: each file merges over the ones
+    /// before.
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: Vec<PathBuf>,
+
+    /// Enable the services of this profile; repeat it for more ('*': all).
+    #[arg(
+        long = "profile",
+        global = true,
+        env = "COMPOSE_PROFILES",
+        value_delimiter = ',',
+        value_name = "NAME"
+    )]
+    pub profile: Vec<String>,
 
     /// Print one JSON document on stdout (progress stays on stderr).
     #[arg(long, global = true)]

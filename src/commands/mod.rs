@@ -23,7 +23,8 @@ use crate::output::Printer;
 use crate::project::Project;
 
 pub async fn run(cli: Cli, printer: &Printer) -> Result<u8> {
-    let mut project = Project::new(&cli.project_dir, &cli.project)?;
+    let mut project =
+        Project::new(&cli.project_dir, &cli.project)?.with_compose(cli.file, &cli.profile)?;
     // One arm per subcommand, each handing resolved options to its file.
     match cli.command {
         Command::Init { dir, force } => {
