@@ -207,6 +207,13 @@ pub enum Command {
     /// One sample of every container's CPU, memory, network and disk I/O and
     /// processes, and the host's cores, memory and disk.
     Resources,
+    /// Print the resolved compose model: the files merged, variables
+    /// interpolated, anchors, includes and extends resolved, profiles
+    /// applied; as YAML, or as one JSON document with --json.
+    ///
+    /// Changes nothing and needs no engine: a check to run before a deploy.
+    /// A broken file exits 2 naming the file, the key and the line.
+    Config,
     /// Back up Redis (a consistent snapshot), nginx's configuration and live
     /// upstream, the compose files and .env, and the deployment history.
     ///

@@ -2,6 +2,7 @@
 //! and returns the exit code.
 
 mod backup;
+mod config;
 mod deploy;
 mod health;
 mod init;
@@ -98,6 +99,7 @@ pub async fn run(cli: Cli, printer: &Printer) -> Result<u8> {
             logs::run(&project, options, printer).await
         }
         Command::Resources => resources::run(&project, printer).await,
+        Command::Config => config::run(&project, printer),
         Command::Backup {
             out,
             keep,

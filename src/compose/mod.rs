@@ -16,6 +16,7 @@ mod merge;
 mod model;
 mod paths;
 pub mod profiles;
+pub mod render;
 mod sources;
 mod tree;
 
