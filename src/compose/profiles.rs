@@ -150,7 +150,10 @@ mod tests {
         assert_eq!(off.services.keys().collect::<Vec<_>>(), ["web"]);
         assert_eq!(off.disabled["debug-tool"], ["debug"]);
         let on = load(STACK, &Profiles::new(&names(&["debug"])).unwrap()).unwrap();
-        assert_eq!(on.services.keys().collect::<Vec<_>>(), ["debug-tool", "web"]);
+        assert_eq!(
+            on.services.keys().collect::<Vec<_>>(),
+            ["debug-tool", "web"]
+        );
         let ci = load(STACK, &Profiles::new(&names(&["ci"])).unwrap()).unwrap();
         assert!(ci.services.contains_key("test-db"));
         let all = load(STACK, &Profiles::new(&names(&["*"])).unwrap()).unwrap();
@@ -163,9 +166,14 @@ mod tests {
         let text = format!("{STACK}  app:\n    image: app\n    depends_on: [debug-tool]\n");
         let err = format!("{:#}", load(&text, &Profiles::none()).unwrap_err());
         assert!(err.contains("services.app.depends_on"), "{err}");
-        assert!(err.contains("\"debug-tool\" is not enabled") && err.contains("--profile debug"), "{err}");
+        assert!(
+            err.contains("\"debug-tool\" is not enabled") && err.contains("--profile debug"),
+            "{err}"
+        );
         assert!(load(&text, &Profiles::new(&names(&["debug"])).unwrap()).is_ok());
-        let optional = format!("{STACK}  app:\n    image: app\n    depends_on: {{debug-tool: {{required: false}}}}\n");
+        let optional = format!(
+            "{STACK}  app:\n    image: app\n    depends_on: {{debug-tool: {{required: false}}}}\n"
+        );
         assert!(load(&optional, &Profiles::none()).is_ok());
         let bad = "services:\n  a:\n    image: x\n    profiles: ['no good']\n";
         let err = format!("{:#}", load(bad, &Profiles::none()).unwrap_err());

@@ -316,12 +316,15 @@ mod tests {
         let listed = ["/p/compose/a.yml", "/p/compose/b.yml", "/p/compose/c.yml"];
         let compose = load_texts(&listed, &files, &vars, &all).unwrap();
         let text = serde_yaml::to_string(&document("demo", &compose)).unwrap();
-        let again = load_texts(&["/p/compose/r.yml"], &[("/p/compose/r.yml", &text)], &vars, &all)
-            .unwrap_or_else(|err| panic!("{err:#}\n{text}"));
+        let again = load_texts(
+            &["/p/compose/r.yml"],
+            &[("/p/compose/r.yml", &text)],
+            &vars,
+            &all,
+        )
+        .unwrap_or_else(|err| panic!("{err:#}\n{text}"));
         assert_eq!(again.name.as_deref(), Some("demo"));
-        let model = |c: &Compose| {
-            serde_json::json!({"services": c.services, "networks": c.networks, "volumes": c.volumes})
-        };
+        let model = |c: &Compose| serde_json::json!({"services": c.services, "networks": c.networks, "volumes": c.volumes});
         assert_eq!(model(&again), model(&compose), "{text}");
     }
 
