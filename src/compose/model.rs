@@ -439,12 +439,22 @@ impl ShortOrLong for Include {
         if long.path.0.is_empty() || long.path.0.iter().any(|p| p.trim().is_empty()) {
             return Err("include: every path must name a file".to_owned());
         }
+        if let Some(remote) = long.path.0.iter().find(|p| is_remote(p)) {
+            return Err(format!(
+                "include: {remote:?} is remote; cryptus reads only files on this host"
+            ));
+        }
         Ok(Include {
             path: long.path.0,
             project_directory: long.project_directory.map(|t| t.0),
             env_file: long.env_file.map(|e| e.0).unwrap_or_default(),
         })
     }
+}
+
+/// A Compose file elsewhere than on this host (`oci://`, a Git URL).
+fn is_remote(path: &str) -> bool {
+    path.contains("://") || path.starts_with("git@")
 }
 
 /// A service's `extends:`: the service it starts from, in this file or in
@@ -476,6 +486,12 @@ impl ShortOrLong for Extends {
     fn from_long(long: LongExtends) -> Result<Extends, String> {
         if long.service.0.trim().is_empty() {
             return Err("extends.service names no service".to_owned());
+        }
+        if let Some(remote) = long.file.as_ref().filter(|f| is_remote(&f.0)) {
+            return Err(format!(
+                "extends.file {:?} is remote; cryptus reads only files on this host",
+                remote.0
+            ));
         }
         Ok(Extends {
             service: long.service.0,

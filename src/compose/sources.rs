@@ -649,6 +649,11 @@ mod tests {
 
         let missing = error(one("include: [nope.yml]\nservices: {}\n"));
         assert!(missing.contains("nope.yml"), "{missing}");
+        let remote = error(one("services: {}\ninclude:\n  - oci://registry/app:1\n"));
+        assert!(
+            remote.contains("is remote") && remote.contains("line 3"),
+            "{remote}"
+        );
     }
 
     #[test]
