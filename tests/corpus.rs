@@ -60,3 +60,38 @@ fn the_manifest_corpus_round_trips_what_it_accepts() {
     }
     assert!(accepted > 0);
 }
+
+/// Each compose input through the whole loader (as the one file of a
+/// project, every profile on) and, when it loads, through `config`'s
+/// document, which must read back to the same model.
+#[test]
+fn the_compose_corpus_loads_merged_or_is_refused_without_panic() {
+    use cryptus::compose::{Profiles, Vars, load_with, render};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/compose");
+    let scratch = tempfile::tempdir().unwrap();
+    let all = Profiles::new(&["*".to_owned()]).unwrap();
+    let mut paths: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|entry| Some(entry.ok()?.path()))
+        .collect();
+    paths.sort();
+    let mut loaded = 0;
+    for path in paths {
+        let Ok(compose) = load_with(std::slice::from_ref(&path), &Vars::default(), &all) else {
+            continue;
+        };
+        loaded += 1;
+        let text = serde_yaml::to_string(&render::document("corpus", &compose)).unwrap();
+        let again_path = scratch.path().join("again.yml");
+        std::fs::write(&again_path, &text).unwrap();
+        let again = load_with(&[again_path], &Vars::default(), &all)
+            .unwrap_or_else(|err| panic!("{}: {err:#}\n{text}", path.display()));
+        assert_eq!(
+            serde_json::to_value(&again.services).unwrap(),
+            serde_json::to_value(&compose.services).unwrap(),
+            "{}",
+            path.display()
+        );
+    }
+    assert!(loaded > 0, "the corpus keeps valid files too");
+}
