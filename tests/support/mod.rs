@@ -106,6 +106,9 @@ pub fn command(args: &[&str], env: &[(&str, &str)]) -> std::process::Command {
         "CRYPTUS_BIND",
         "CRYPTUS_HTTP_PORT",
         "RUST_LOG",
+        "COMPOSE_FILE",
+        "COMPOSE_PATH_SEPARATOR",
+        "COMPOSE_PROFILES",
     ] {
         command.env_remove(name);
     }
