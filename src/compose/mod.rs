@@ -6,9 +6,12 @@
 //! result into plain [`Service`]s that the engine layer turns into containers.
 
 pub mod duration;
+mod env_file;
 pub mod interpolate;
 mod limits;
 mod model;
+mod options;
+mod secrets;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -21,6 +24,8 @@ use serde::{Deserialize, Serialize};
 pub use interpolate::Vars;
 pub use limits::{MAX_ENV_FILE_BYTES, MAX_FILE_BYTES, MAX_NESTING};
 use model::{Either, ShortOrLong, Text};
+pub use options::{ContainerOptions, Device, Logging, Swarm, Ulimit};
+pub use secrets::{Grant, Kind, SECRETS_DIR, Sensitive, Source};
 
 /// The network a service joins when it names none, as in Compose.
 pub const DEFAULT_NETWORK: &str = "default";
@@ -35,6 +40,9 @@ pub struct Compose {
     /// Compose's project directory: the first file's directory. Relative bind
     /// mounts and build contexts are resolved against it.
     pub working_dir: PathBuf,
+    /// The top-level `secrets` and `configs`: where each value comes from.
+    pub secrets: BTreeMap<String, Source>,
+    pub configs: BTreeMap<String, Source>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -64,6 +72,13 @@ pub struct Service {
     /// The file that defines the service, for messages.
     #[serde(skip)]
     pub file: PathBuf,
+    /// `logging`, `init`, `extra_hosts` and the other runtime options.
+    pub options: ContainerOptions,
+    /// The secrets and configs it is granted.
+    pub secrets: Vec<Grant>,
+    pub configs: Vec<Grant>,
+    /// The deploy keys only Swarm applies.
+    pub swarm: Swarm,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -123,6 +138,8 @@ pub struct Dependency {
     pub service: String,
     pub condition: Condition,
     pub required: bool,
+    /// Restart this service when cryptus recreates the dependency.
+    pub restart: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -133,6 +150,8 @@ pub struct Healthcheck {
     pub timeout: Option<Duration>,
     pub retries: Option<u32>,
     pub start_period: Option<Duration>,
+    /// The interval during the start period (the engine's API 1.44 and newer).
+    pub start_interval: Option<Duration>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -140,6 +159,10 @@ pub struct Limits {
     pub cpus: Option<f64>,
     pub memory: Option<u64>,
     pub pids: Option<i64>,
+    /// Memory and swap together; -1 is unlimited swap.
+    pub memory_swap: Option<i64>,
+    pub memory_reservation: Option<u64>,
+    pub cpu_shares: Option<i64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -401,10 +424,15 @@ pub fn load(files: &[PathBuf], vars: &Vars) -> Result<Compose> {
         volumes: BTreeMap::new(),
         files: files.to_vec(),
         working_dir,
+        secrets: BTreeMap::new(),
+        configs: BTreeMap::new(),
     };
     for path in files {
         let text = limits::read_compose_file(path)?;
-        let file = parse(&text, vars).map_err(|err| anyhow!("{}: {err}", path.display()))?;
+        // A relative env_file is read from the compose file's directory.
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let file = model::service_keys::with_base(dir, || parse(&text, vars))
+            .map_err(|err| anyhow!("{}: {err}", path.display()))?;
         merge(&mut compose, file, path).map_err(|err| anyhow!("{}: {err}", path.display()))?;
     }
     check(&compose)?;
@@ -473,6 +501,15 @@ fn merge(compose: &mut Compose, file: model::File, path: &Path) -> Result<(), St
             },
         );
     }
+    for (kind, declared) in [(Kind::Secret, file.secrets), (Kind::Config, file.configs)] {
+        for (name, raw) in declared {
+            let source = secrets::source(kind, &name, raw, &compose.working_dir)?;
+            match kind {
+                Kind::Secret => compose.secrets.insert(name, source),
+                Kind::Config => compose.configs.insert(name, source),
+            };
+        }
+    }
     for (name, raw) in file.services {
         if let Some(existing) = compose.services.get(&name) {
             return Err(format!(
@@ -489,13 +526,14 @@ fn merge(compose: &mut Compose, file: model::File, path: &Path) -> Result<(), St
 
 fn resolve(
     name: &str,
-    raw: model::RawService,
+    mut raw: model::RawService,
     file: &Path,
     base: &Path,
 ) -> Result<Service, String> {
     if !valid_name(name) {
         return Err("a service name may hold only letters, digits, '_', '.' and '-'".to_owned());
     }
+    let extra = options::take(&mut raw)?;
     let image = raw.image.map(|i| i.0);
     let build = raw.build.map(|Either(build)| build);
     if image.is_none() && build.is_none() {
@@ -536,6 +574,7 @@ fn resolve(
             cpus: l.cpus.map(|c| c.0.0),
             memory: l.memory.map(|m| m.0.0),
             pids: l.pids.map(|p| p.0),
+            ..Limits::default()
         })
         .unwrap_or_default();
     Ok(Service {
@@ -544,16 +583,16 @@ fn resolve(
         build,
         command: raw.command.map(|c| c.0),
         entrypoint: raw.entrypoint.map(|c| c.0),
-        environment: raw.environment.0,
+        environment: extra.environment(raw.environment.0),
         labels: raw.labels.0,
         ports: raw.ports.into_iter().map(|Either(p)| p).collect(),
         mounts,
         networks,
         depends_on,
         healthcheck,
-        restart,
+        restart: extra.restart(restart),
         replicas,
-        limits,
+        limits: extra.limits(limits)?,
         stop_grace_period: raw.stop_grace_period.map(|d| d.0),
         stop_signal: raw.stop_signal.map(|t| t.0),
         user: raw.user.map(|t| t.0),
@@ -562,6 +601,10 @@ fn resolve(
         cap_drop: raw.cap_drop.into_iter().map(|t| t.0).collect(),
         security_opt: raw.security_opt.into_iter().map(|t| t.0).collect(),
         file: file.to_path_buf(),
+        options: extra.options,
+        secrets: extra.secrets,
+        configs: extra.configs,
+        swarm: extra.swarm,
     })
 }
 
@@ -585,6 +628,7 @@ fn resolve_depends_on(
             service,
             condition,
             required: options.required.is_none_or(|r| r.0),
+            restart: options.restart.is_some_and(|r| r.0),
         });
     }
     Ok(depends_on)
@@ -600,6 +644,7 @@ fn resolve_healthcheck(h: model::RawHealthcheck) -> Result<Healthcheck, String> 
             timeout: None,
             retries: None,
             start_period: None,
+            start_interval: None,
         });
     }
     let test = match h.test {
@@ -618,6 +663,7 @@ fn resolve_healthcheck(h: model::RawHealthcheck) -> Result<Healthcheck, String> 
         timeout: h.timeout.map(|d| d.0),
         retries: h.retries.and_then(|r| u32::try_from(r.0).ok()),
         start_period: h.start_period.map(|d| d.0),
+        start_interval: h.start_interval.map(|d| d.0),
     })
 }
 
@@ -774,6 +820,7 @@ fn check(compose: &Compose) -> Result<()> {
             }
         }
     }
+    secrets::check(compose).map_err(|err| anyhow!(err))?;
     compose.start_order()?;
     Ok(())
 }
@@ -845,6 +892,8 @@ mod tests {
             volumes: BTreeMap::new(),
             files: vec![PathBuf::from("/p/compose/test.yml")],
             working_dir: PathBuf::from("/p/compose"),
+            secrets: BTreeMap::new(),
+            configs: BTreeMap::new(),
         };
         merge(&mut compose, file, Path::new("/p/compose/test.yml")).map_err(|e| anyhow!("{e}"))?;
         check(&compose)?;
@@ -911,13 +960,13 @@ mod tests {
         assert!(err.contains("services.web"), "{err}");
         assert!(err.contains("bogus_key"), "{err}");
         assert!(err.contains("line 4"), "{err}");
-        let text = "services:\n  web:\n    image: nginx\n    deploy:\n      placement: {}\n";
+        let text = "services:\n  web:\n    image: nginx\n    deploy:\n      placement: {zone: a}\n";
         let err = load_text(text, &vars(&[])).unwrap_err().to_string();
-        assert!(err.contains("placement") && err.contains("line 5"), "{err}");
-        let err = load_text("services: {}\nsecrets: {}\n", &vars(&[]))
+        assert!(err.contains("zone") && err.contains("line 5"), "{err}");
+        let err = load_text("services: {}\nsecretz: {}\n", &vars(&[]))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("secrets"), "{err}");
+        assert!(err.contains("secretz"), "{err}");
     }
 
     #[test]
