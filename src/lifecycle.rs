@@ -308,14 +308,14 @@ impl Stack<'_> {
                         c.name
                     ));
                     self.engine.remove(&c.id, true).await?;
-                    self.engine.create_container(&plan).await?;
+                    crate::host_files::create_container(self.engine, &plan, self.printer).await?;
                     if start {
                         self.engine.start(&plan.name).await?;
                     }
                     Change::Recreated
                 }
                 None => {
-                    self.engine.create_container(&plan).await?;
+                    crate::host_files::create_container(self.engine, &plan, self.printer).await?;
                     saga.created.push(plan.name.clone());
                     if start {
                         self.engine.start(&plan.name).await?;
