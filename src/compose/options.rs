@@ -929,4 +929,40 @@ mod keys_tests {
             Some(std::time::Duration::from_secs(2))
         );
     }
+
+    /// cryptus's own services rotate their logs, by default and as told.
+    #[test]
+    fn the_shipped_files_rotate_every_log() {
+        let monitoring = format!(
+            "{}networks:\n  cryptus:\n",
+            include_str!("../../compose/docker-compose.monitoring.yml")
+        );
+        for text in [
+            include_str!("../../compose/docker-compose.zero-downtime.yml"),
+            monitoring.as_str(),
+        ] {
+            let dir = Path::new("/p/compose");
+            for (vars, size, files) in [
+                (&[][..], "10m", "3"),
+                (
+                    &[
+                        ("CRYPTUS_LOG_MAX_SIZE", "50m"),
+                        ("CRYPTUS_LOG_MAX_FILE", "5"),
+                    ][..],
+                    "50m",
+                    "5",
+                ),
+            ] {
+                let compose = load_in(dir, text, vars).unwrap();
+                for service in compose.services.values() {
+                    let logging = service.options.logging.as_ref().expect(&service.name);
+                    assert_eq!(logging.driver.as_deref(), Some("json-file"));
+                    assert_eq!(logging.options["max-size"], size, "{}", service.name);
+                    assert_eq!(logging.options["max-file"], files, "{}", service.name);
+                }
+            }
+            let err = load_in(dir, text, &[("CRYPTUS_LOG_MAX_FILE", "0")]).unwrap_err();
+            assert!(err.contains("max-file"), "{err}");
+        }
+    }
 }
