@@ -103,7 +103,7 @@ fn owner_and_mode(
                     "{container} runs as user {name:?}, a name: cryptus cannot tell its uid, so {} is mode 0444 (Compose's default) for it to read; set `uid:` on the grant, or a numeric `user:`",
                     file.path
                 ));
-                file.mode | 0o444
+                0o444
             } else {
                 file.mode
             };
@@ -194,7 +194,7 @@ mod tests {
         let named = User::Named("node".to_owned());
         assert_eq!(
             owner_and_mode(&file(path, None, true), &named, "c", &printer),
-            (0o644, None, None)
+            (0o444, None, None)
         );
         assert_eq!(
             owner_and_mode(&file(path, None, false), &named, "c", &printer),
