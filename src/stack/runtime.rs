@@ -226,6 +226,10 @@ mod tests {
             "    hostname: web\n    ulimits: {nofile: {soft: 1024, hard: 2048}}\n",
             "    devices: [/dev/null]\n    logging: {driver: local}\n",
             "    mem_limit: 64m\n    memswap_limit: 128m\n    mem_reservation: 32m\n    cpu_shares: 256\n",
+            "    privileged: true\n    domainname: example.org\n    extra_hosts: {db: 10.0.0.5}\n",
+            "    dns: 1.1.1.1\n    dns_search: example.org\n    expose: [\"7000/udp\"]\n",
+            "    sysctls: [net.core.somaxconn=1024]\n    shm_size: 1m\n    group_add: [audio]\n",
+            "    tty: true\n    stdin_open: true\n",
         );
         let compose = compose(dir.path(), extra, SECRET);
         let plan = plan_container("demo", &compose, &compose.services["web"], 1, None).unwrap();
@@ -251,6 +255,15 @@ mod tests {
         assert_eq!(runtime.memory_swap, Some(128 << 20));
         assert_eq!(runtime.memory_reservation, Some(32 << 20));
         assert_eq!(runtime.cpu_shares, Some(256));
+        assert!(runtime.privileged && runtime.tty && runtime.stdin_open);
+        assert_eq!(runtime.domainname.as_deref(), Some("example.org"));
+        assert_eq!(runtime.extra_hosts, ["db:10.0.0.5"]);
+        assert_eq!(runtime.dns, ["1.1.1.1"]);
+        assert_eq!(runtime.dns_search, ["example.org"]);
+        assert_eq!(runtime.expose, ["7000/udp"]);
+        assert_eq!(runtime.sysctls["net.core.somaxconn"], "1024");
+        assert_eq!(runtime.shm_size, Some(1 << 20));
+        assert_eq!(runtime.group_add, ["audio"]);
         assert!(plan.files.is_empty());
     }
 }
