@@ -31,6 +31,14 @@ fn warn_not_applied(compose: &Compose, engine: &Engine, printer: &Printer) {
     for warning in compose.warnings() {
         printer.warn_once(warning);
     }
+    for service in compose.services.values() {
+        if service.builds() && crate::stack::Color::of_service(&service.name).is_none() {
+            printer.warn_once(format!(
+                "services.{}: pull_policy: build builds only the app's colors (cryptus deploy); its image is taken from the engine",
+                service.name
+            ));
+        }
+    }
     let api = engine.api_version();
     if api < START_INTERVAL_API {
         for service in compose.services.values() {
