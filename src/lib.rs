@@ -18,6 +18,7 @@ pub mod error;
 pub mod files;
 pub mod health;
 pub mod history;
+pub mod host_files;
 pub mod interrupt;
 pub mod lifecycle;
 pub mod lock;

@@ -308,14 +308,14 @@ impl Stack<'_> {
                         c.name
                     ));
                     self.engine.remove(&c.id, true).await?;
-                    self.engine.create_container(&plan).await?;
+                    crate::host_files::create_container(self.engine, &plan, self.printer).await?;
                     if start {
                         self.engine.start(&plan.name).await?;
                     }
                     Change::Recreated
                 }
                 None => {
-                    self.engine.create_container(&plan).await?;
+                    crate::host_files::create_container(self.engine, &plan, self.printer).await?;
                     saga.created.push(plan.name.clone());
                     if start {
                         self.engine.start(&plan.name).await?;
@@ -1103,6 +1103,12 @@ impl Stack<'_> {
                     .await
                 }
             };
+            let result = match result {
+                Ok(outcome) => {
+                    (self.restart_dependents(service, &outcome, &changes).await).map(|()| outcome)
+                }
+                failed => failed,
+            };
             match result {
                 Ok(outcome) => {
                     step.done_with(describe_changes(&outcome));
@@ -1116,6 +1122,52 @@ impl Stack<'_> {
             interrupt::check()?;
         }
         Ok(changes)
+    }
+
+    /// Compose's `depends_on: {x: {restart: true}}`: when this run recreated
+    /// `x`, the service's containers it kept are restarted too. Not the
+    /// app's colors: cryptus restarts no serving color (a deploy replaces
+    /// one without downtime), and says so.
+    async fn restart_dependents(
+        &self,
+        service: &Service,
+        outcome: &[(String, Change)],
+        earlier: &[(String, Change)],
+    ) -> Result<()> {
+        let recreated = |dependency: &str| {
+            let prefix = format!("{}-{dependency}-", self.project.name);
+            earlier.iter().any(|(name, change)| {
+                *change == Change::Recreated
+                    && name
+                        .strip_prefix(&prefix)
+                        .is_some_and(|n| n.parse::<u32>().is_ok())
+            })
+        };
+        let Some(dependency) = service
+            .depends_on
+            .iter()
+            .find(|d| d.restart && recreated(&d.service))
+        else {
+            return Ok(());
+        };
+        if Color::of_service(&service.name).is_some() {
+            self.printer.warn_once(format!(
+                "services.{}.depends_on.{}: restart: true does not restart a serving color; deploy to replace it",
+                service.name, dependency.service
+            ));
+            return Ok(());
+        }
+        for (name, change) in outcome {
+            if matches!(change, Change::Unchanged | Change::Started) {
+                self.printer.info(format!(
+                    "{name}: restarting, as {} was recreated",
+                    dependency.service
+                ));
+                self.engine.stop(name, None).await?;
+                self.engine.start(name).await?;
+            }
+        }
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]

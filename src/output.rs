@@ -24,6 +24,8 @@ pub struct Printer {
     verbosity: Verbosity,
     json: bool,
     terminal: bool,
+    /// The warnings given once per run, shared by the clones.
+    warned: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
 }
 
 impl Printer {
@@ -32,6 +34,7 @@ impl Printer {
             verbosity,
             json,
             terminal: std::io::stderr().is_terminal(),
+            warned: Default::default(),
         }
     }
 
@@ -67,6 +70,19 @@ impl Printer {
     pub fn warn(&self, message: impl Display) {
         if self.verbosity >= Verbosity::Normal {
             eprintln!("warning: {message}");
+        }
+    }
+
+    /// A warning given at most once in a run, however often its cause is
+    /// met (a key that does not apply, checked for every container).
+    pub fn warn_once(&self, message: impl Display) {
+        let message = message.to_string();
+        let first = match self.warned.lock() {
+            Ok(mut warned) => warned.insert(message.clone()),
+            Err(_) => true,
+        };
+        if first {
+            self.warn(message);
         }
     }
 

@@ -14,10 +14,14 @@ use sha2::{Digest, Sha256};
 
 use crate::compose::{self, Compose, MountKind, Service};
 use crate::engine::{
-    CONFIG_FILES_LABEL, CONFIG_HASH_LABEL, ContainerSpec, HealthSpec, MountSpec, NETWORK_LABEL,
-    NUMBER_LABEL, NetworkSpec, ONEOFF_LABEL, PROJECT_LABEL, PortSpec, RestartSpec, SERVICE_LABEL,
-    VOLUME_LABEL, WORKING_DIR_LABEL,
+    CONFIG_FILES_LABEL, CONFIG_HASH_LABEL, ContainerSpec, HealthSpec, HostFile, MountSpec,
+    NETWORK_LABEL, NUMBER_LABEL, NetworkSpec, ONEOFF_LABEL, PROJECT_LABEL, PortSpec, RestartSpec,
+    SERVICE_LABEL, VOLUME_LABEL, WORKING_DIR_LABEL,
 };
+
+mod runtime;
+
+pub use runtime::{CONFIG_MODE, SECRET_MODE, files_dir};
 
 /// The load balancer's service.
 pub const LB_SERVICE: &str = "nginx";
@@ -168,12 +172,19 @@ pub fn volume_labels(
 }
 
 /// A hash of everything that shapes a service's containers, so `start` can
-/// tell when a container no longer matches the file.
-pub fn config_hash(service: &Service, release: Option<&Release>) -> String {
+/// tell when a container no longer matches the file: the service, the
+/// release, and the files written for it (a secret's new value recreates
+/// the container, since a running one keeps the file it mounted).
+pub fn config_hash(service: &Service, release: Option<&Release>, files: &[HostFile]) -> String {
     let mut hasher = Sha256::new();
     hasher.update(serde_json::to_vec(service).unwrap_or_default());
     if let Some(release) = release {
         hasher.update(serde_json::to_vec(release).unwrap_or_default());
+    }
+    for file in files {
+        hasher.update(file.path.as_bytes());
+        hasher.update(file.content.expose().as_bytes());
+        hasher.update(format!("{:o} {:?} {:?}", file.mode, file.uid, file.gid));
     }
     format!("{:x}", hasher.finalize())
 }
@@ -189,7 +200,8 @@ pub fn plan_container(
 ) -> Result<ContainerSpec> {
     let restart = restart(&service.restart)?;
     let networks = networks(project, service)?;
-    let config_hash = config_hash(service, release);
+    let (granted, files) = runtime::granted(project, compose, service);
+    let config_hash = config_hash(service, release, &files);
     let mut labels = container_labels(project, compose, service, number, config_hash);
     let mut env = service.environment.clone();
     let image = match (release, Color::of_service(&service.name)) {
@@ -213,7 +225,10 @@ pub fn plan_container(
         env,
         labels,
         ports: service.ports.iter().map(port).collect(),
-        mounts: mounts(project, service),
+        mounts: mounts(project, service)
+            .into_iter()
+            .chain(granted)
+            .collect(),
         tmpfs: tmpfs(service),
         networks,
         healthcheck: service.healthcheck.as_ref().map(healthcheck),
@@ -227,6 +242,8 @@ pub fn plan_container(
         read_only: service.read_only,
         cap_drop: service.cap_drop.clone(),
         security_opt: service.security_opt.clone(),
+        runtime: runtime::runtime(service),
+        files,
     })
 }
 
@@ -320,6 +337,7 @@ fn healthcheck(health: &compose::Healthcheck) -> HealthSpec {
         timeout: health.timeout,
         retries: health.retries,
         start_period: health.start_period,
+        start_interval: health.start_interval,
     }
 }
 
@@ -401,7 +419,7 @@ mod tests {
         assert_eq!(labels[VERSION_LABEL], "v2");
         assert_eq!(
             labels[CONFIG_HASH_LABEL],
-            config_hash(service, Some(&release))
+            config_hash(service, Some(&release), &[])
         );
         assert!(labels[CONFIG_FILES_LABEL].ends_with("docker-compose.zero-downtime.yml"));
         assert_eq!(plan.image, "cryptus-app:v2");
@@ -459,7 +477,7 @@ mod tests {
         assert!(!plan.labels.contains_key(VERSION_LABEL));
         assert_eq!(
             plan.label(CONFIG_HASH_LABEL),
-            Some(config_hash(service, None).as_str())
+            Some(config_hash(service, None, &[]).as_str())
         );
     }
 
@@ -534,9 +552,9 @@ mod tests {
     fn the_hash_follows_the_configuration() {
         let compose = shipped();
         let mut service = compose.services["redis"].clone();
-        let before = config_hash(&service, None);
-        assert_eq!(before, config_hash(&service, None));
+        let before = config_hash(&service, None, &[]);
+        assert_eq!(before, config_hash(&service, None, &[]));
         service.environment.insert("X".to_owned(), "1".to_owned());
-        assert_ne!(before, config_hash(&service, None));
+        assert_ne!(before, config_hash(&service, None, &[]));
     }
 }

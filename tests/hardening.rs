@@ -76,7 +76,7 @@ fn bad_input_is_refused_in_one_line_and_changes_nothing() {
         good.replacen("services:", "services: [", 1),
         good.replacen(
             "    restart: unless-stopped\n",
-            "    restart: unless-stopped\n    privileged: true\n",
+            "    restart: unless-stopped\n    ipc: host\n",
             1,
         ),
         good.replacen(

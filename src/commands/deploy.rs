@@ -55,6 +55,7 @@ pub async fn deploy(
 ) -> Result<u8> {
     let compose = project.load()?;
     let engine = Engine::connect().await?;
+    super::warn_not_applied(&compose, &engine, printer);
     let stack = Stack {
         engine: &engine,
         project,

@@ -20,8 +20,42 @@ use std::time::Duration;
 use anyhow::Result;
 
 use crate::cli::{Cli, Command};
+use crate::compose::Compose;
+use crate::engine::{Engine, START_INTERVAL_API};
 use crate::output::Printer;
 use crate::project::Project;
+
+/// Says once what the compose file asks that cryptus on this engine does
+/// not do: Swarm's keys, a pull, a `start_interval` the engine's API lacks.
+/// For the commands that create containers.
+fn warn_not_applied(compose: &Compose, engine: &Engine, printer: &Printer) {
+    for warning in compose.warnings() {
+        printer.warn_once(warning);
+    }
+    for service in compose.services.values() {
+        if service.builds() && crate::stack::Color::of_service(&service.name).is_none() {
+            printer.warn_once(format!(
+                "services.{}: pull_policy: build builds only the app's colors (cryptus deploy); its image is taken from the engine",
+                service.name
+            ));
+        }
+    }
+    let api = engine.api_version();
+    if api < START_INTERVAL_API {
+        for service in compose.services.values() {
+            if service
+                .healthcheck
+                .as_ref()
+                .is_some_and(|h| h.start_interval.is_some())
+            {
+                printer.warn_once(format!(
+                    "services.{}.healthcheck.start_interval does not apply: the engine speaks API {}.{} and start_interval needs {}.{}",
+                    service.name, api.0, api.1, START_INTERVAL_API.0, START_INTERVAL_API.1
+                ));
+            }
+        }
+    }
+}
 
 pub async fn run(cli: Cli, printer: &Printer) -> Result<u8> {
     let mut project =

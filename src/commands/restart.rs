@@ -16,6 +16,7 @@ pub async fn run(project: &Project, timeout: Duration, printer: &Printer) -> Res
     // Load the files first: a broken compose file must not leave the stack stopped.
     let compose = project.load()?;
     let engine = Engine::connect().await?;
+    super::warn_not_applied(&compose, &engine, printer);
     let stack = Stack {
         engine: &engine,
         project,

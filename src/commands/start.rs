@@ -14,6 +14,7 @@ use crate::project::Project;
 pub async fn run(project: &Project, timeout: Duration, printer: &Printer) -> Result<u8> {
     let compose = project.load()?;
     let engine = Engine::connect().await?;
+    super::warn_not_applied(&compose, &engine, printer);
     let stack = Stack {
         engine: &engine,
         project,

@@ -39,6 +39,12 @@ impl Vars {
         Vars { values }
     }
 
+    /// Variables from a map: for values interpolated outside a compose
+    /// file, such as an `env_file`'s.
+    pub fn from_values(values: BTreeMap<String, String>) -> Vars {
+        Vars { values }
+    }
+
     pub fn get(&self, name: &str) -> Option<&str> {
         self.values.get(name).map(String::as_str)
     }
@@ -237,10 +243,8 @@ pub fn parse_env_file(text: &str) -> Result<BTreeMap<String, String>, String> {
         }
         let line = line.strip_prefix("export ").unwrap_or(line).trim_start();
         let Some((key, value)) = line.split_once('=') else {
-            return Err(format!(
-                "line {}: expected KEY=VALUE, found {line:?}",
-                index + 1
-            ));
+            // The line is not quoted back: it may hold a secret.
+            return Err(format!("line {}: expected KEY=VALUE", index + 1));
         };
         let key = key.trim();
         if name_length(key) != key.len() || key.is_empty() {

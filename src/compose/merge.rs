@@ -443,7 +443,9 @@ fn entry_key(index: Index, entry: &Value) -> Option<String> {
             field("protocol").unwrap_or_else(|| "tcp".to_owned()),
         )),
         (Index::Port, entry) => scalar_text(entry),
-        (Index::Mount | Index::Device, Value::Mapping(_)) => field("target"),
+        (Index::Mount, Value::Mapping(_)) => field("target"),
+        // A device's target defaults to its source.
+        (Index::Device, Value::Mapping(_)) => field("target").or_else(|| field("source")),
         // `source:target[:mode]`, or a lone target.
         (Index::Mount | Index::Device, Value::String(text)) => {
             let parts: Vec<&str> = text.split(':').collect();

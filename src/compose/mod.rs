@@ -9,14 +9,17 @@
 //! [`profiles`] leave out set aside.
 
 pub mod duration;
+mod env_file;
 pub mod interpolate;
 mod lenient;
 mod limits;
 mod merge;
 mod model;
+mod options;
 mod paths;
 pub mod profiles;
 pub mod render;
+mod secrets;
 mod sources;
 mod tree;
 
@@ -31,7 +34,9 @@ use serde::{Deserialize, Serialize};
 pub use interpolate::Vars;
 pub use limits::{MAX_ENV_FILE_BYTES, MAX_FILE_BYTES, MAX_NESTING};
 use model::{Either, ShortOrLong, Text};
+pub use options::{ContainerOptions, Device, Logging, Swarm, Ulimit};
 pub use profiles::Profiles;
+pub use secrets::{Grant, Kind, SECRETS_DIR, Sensitive, Source};
 pub use sources::{MAX_DEPTH, MAX_FILES};
 
 /// The network a service joins when it names none, as in Compose.
@@ -53,6 +58,9 @@ pub struct Compose {
     /// Compose's project directory: the first file's directory. Relative bind
     /// mounts and build contexts are resolved against it.
     pub working_dir: PathBuf,
+    /// The top-level `secrets` and `configs`: where each value comes from.
+    pub secrets: BTreeMap<String, Source>,
+    pub configs: BTreeMap<String, Source>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -90,6 +98,13 @@ pub struct Service {
     /// The file that defines the service, for messages.
     #[serde(skip)]
     pub file: PathBuf,
+    /// `logging`, `init`, `extra_hosts` and the other runtime options.
+    pub options: ContainerOptions,
+    /// The secrets and configs it is granted.
+    pub secrets: Vec<Grant>,
+    pub configs: Vec<Grant>,
+    /// The deploy keys only Swarm applies.
+    pub swarm: Swarm,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -149,6 +164,8 @@ pub struct Dependency {
     pub service: String,
     pub condition: Condition,
     pub required: bool,
+    /// Restart this service when cryptus recreates the dependency.
+    pub restart: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -159,6 +176,8 @@ pub struct Healthcheck {
     pub timeout: Option<Duration>,
     pub retries: Option<u32>,
     pub start_period: Option<Duration>,
+    /// The interval during the start period (the engine's API 1.44 and newer).
+    pub start_interval: Option<Duration>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -166,6 +185,10 @@ pub struct Limits {
     pub cpus: Option<f64>,
     pub memory: Option<u64>,
     pub pids: Option<i64>,
+    /// Memory and swap together; -1 is unlimited swap.
+    pub memory_swap: Option<i64>,
+    pub memory_reservation: Option<u64>,
+    pub cpu_shares: Option<i64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -456,8 +479,9 @@ fn load_from(
     let working_dir = first.parent().unwrap_or(Path::new(".")).to_path_buf();
     let merged = sources::load(files, vars, &working_dir, read)?;
     let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
-    let file =
-        merged_model(merged.tree, vars).map_err(|err| anyhow!("{}: {err}", names.join(", ")))?;
+    // A relative env_file left in the merged tree is the first file's.
+    let file = model::service_keys::with_base(&working_dir, || merged_model(merged.tree, vars))
+        .map_err(|err| anyhow!("{}: {err}", names.join(", ")))?;
     let mut compose = Compose {
         name: None,
         services: BTreeMap::new(),
@@ -466,6 +490,8 @@ fn load_from(
         disabled: BTreeMap::new(),
         files: files.to_vec(),
         working_dir,
+        secrets: BTreeMap::new(),
+        configs: BTreeMap::new(),
     };
     build(&mut compose, file, &merged.origins)?;
     profiles.apply(&mut compose)?;
@@ -585,6 +611,16 @@ fn build(
             },
         );
     }
+    for (kind, declared) in [(Kind::Secret, file.secrets), (Kind::Config, file.configs)] {
+        for (name, raw) in declared {
+            let source = secrets::source(kind, &name, raw, &compose.working_dir)
+                .map_err(|err| anyhow!("{}: {err}", file_list(&compose.files)))?;
+            match kind {
+                Kind::Secret => compose.secrets.insert(name, source),
+                Kind::Config => compose.configs.insert(name, source),
+            };
+        }
+    }
     for (name, raw) in file.services {
         let defined_in = origins
             .get(&name)
@@ -635,13 +671,14 @@ fn network(raw: model::RawNetwork) -> Network {
 
 fn resolve(
     name: &str,
-    raw: model::RawService,
+    mut raw: model::RawService,
     file: &Path,
     base: &Path,
 ) -> Result<Service, String> {
     if !valid_name(name) {
         return Err("a service name may hold only letters, digits, '_', '.' and '-'".to_owned());
     }
+    let extra = options::take(&mut raw)?;
     let image = raw.image.map(|i| i.0);
     let build = raw.build.map(|Either(build)| build);
     if image.is_none() && build.is_none() {
@@ -682,6 +719,7 @@ fn resolve(
             cpus: l.cpus.map(|c| c.0.0),
             memory: l.memory.map(|m| m.0.0),
             pids: l.pids.map(|p| p.0),
+            ..Limits::default()
         })
         .unwrap_or_default();
     Ok(Service {
@@ -692,16 +730,16 @@ fn resolve(
         build,
         command: raw.command.map(|c| c.0),
         entrypoint: raw.entrypoint.map(|c| c.0),
-        environment: raw.environment.0,
+        environment: extra.environment(raw.environment.0),
         labels: raw.labels.0,
         ports: raw.ports.into_iter().map(|Either(p)| p).collect(),
         mounts,
         networks,
         depends_on,
         healthcheck,
-        restart,
+        restart: extra.restart(restart),
         replicas,
-        limits,
+        limits: extra.limits(limits)?,
         stop_grace_period: raw.stop_grace_period.map(|d| d.0),
         stop_signal: raw.stop_signal.map(|t| t.0),
         user: raw.user.map(|t| t.0),
@@ -710,6 +748,10 @@ fn resolve(
         cap_drop: raw.cap_drop.into_iter().map(|t| t.0).collect(),
         security_opt: raw.security_opt.into_iter().map(|t| t.0).collect(),
         file: file.to_path_buf(),
+        options: extra.options,
+        secrets: extra.secrets,
+        configs: extra.configs,
+        swarm: extra.swarm,
     })
 }
 
@@ -733,6 +775,7 @@ fn resolve_depends_on(
             service,
             condition,
             required: options.required.is_none_or(|r| r.0),
+            restart: options.restart.is_some_and(|r| r.0),
         });
     }
     Ok(depends_on)
@@ -748,6 +791,7 @@ fn resolve_healthcheck(h: model::RawHealthcheck) -> Result<Healthcheck, String> 
             timeout: None,
             retries: None,
             start_period: None,
+            start_interval: None,
         });
     }
     let test = match h.test {
@@ -766,6 +810,7 @@ fn resolve_healthcheck(h: model::RawHealthcheck) -> Result<Healthcheck, String> 
         timeout: h.timeout.map(|d| d.0),
         retries: h.retries.and_then(|r| u32::try_from(r.0).ok()),
         start_period: h.start_period.map(|d| d.0),
+        start_interval: h.start_interval.map(|d| d.0),
     })
 }
 
@@ -922,6 +967,7 @@ fn check(compose: &Compose) -> Result<()> {
             }
         }
     }
+    secrets::check(compose).map_err(|err| anyhow!(err))?;
     compose.start_order()?;
     Ok(())
 }
@@ -1080,13 +1126,13 @@ mod tests {
         assert!(err.contains("services.web"), "{err}");
         assert!(err.contains("bogus_key"), "{err}");
         assert!(err.contains("line 4"), "{err}");
-        let text = "services:\n  web:\n    image: nginx\n    deploy:\n      placement: {}\n";
+        let text = "services:\n  web:\n    image: nginx\n    deploy:\n      placement: {zone: a}\n";
         let err = load_text(text, &vars(&[])).unwrap_err().to_string();
-        assert!(err.contains("placement") && err.contains("line 5"), "{err}");
-        let err = load_text("services: {}\nsecrets: {}\n", &vars(&[]))
+        assert!(err.contains("zone") && err.contains("line 5"), "{err}");
+        let err = load_text("services: {}\nsecretz: {}\n", &vars(&[]))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("secrets"), "{err}");
+        assert!(err.contains("secretz"), "{err}");
     }
 
     #[test]

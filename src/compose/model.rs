@@ -149,7 +149,7 @@ macro_rules! duration_key {
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<$name, D::Error> {
                 let check = |text: String| {
-                    super::duration::parse_in(text.trim(), &$range)
+                    crate::compose::duration::parse_in(text.trim(), &$range)
                         .map($name)
                         .map_err(|err| format!("{}: {err}", $key))
                 };
@@ -174,6 +174,11 @@ duration_key!(
     StartPeriod,
     "healthcheck.start_period",
     super::duration::WAIT
+);
+duration_key!(
+    StartInterval,
+    "healthcheck.start_interval",
+    super::duration::HEALTHCHECK
 );
 
 /// A count key: a whole number from `$min` to `$max`, named in the error.
@@ -206,6 +211,8 @@ macro_rules! count_key {
 count_key!(Replicas, "deploy.replicas", 0, MAX_REPLICAS);
 count_key!(Retries, "healthcheck.retries", 0, MAX_RETRIES);
 count_key!(Pids, "deploy.resources.limits.pids", -1, MAX_PIDS);
+count_key!(PidsLimit, "pids_limit", -1, MAX_PIDS);
+count_key!(CpuShares, "cpu_shares", 0, MAX_CPU_SHARES);
 
 /// A size in bytes as in `memory: 512M`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -521,6 +528,8 @@ pub const MAX_REPLICAS: i64 = crate::stack::MAX_REPLICAS as i64;
 pub const MAX_RETRIES: i64 = 10_000;
 /// `deploy.resources.limits.pids` (-1: unlimited); Linux's own maximum.
 pub const MAX_PIDS: i64 = 4_194_304;
+/// `cpu_shares`: the kernel's largest weight (0 leaves the default).
+pub const MAX_CPU_SHARES: i64 = 262_144;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -538,6 +547,10 @@ pub struct File {
     pub networks: BTreeMap<String, Option<RawNetwork>>,
     #[serde(default)]
     pub volumes: BTreeMap<String, Option<RawVolume>>,
+    #[serde(default)]
+    pub secrets: BTreeMap<String, service_keys::RawFileObject>,
+    #[serde(default)]
+    pub configs: BTreeMap<String, service_keys::RawFileObject>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -575,6 +588,42 @@ pub struct RawService {
     pub cap_drop: Vec<Text>,
     #[serde(default)]
     pub security_opt: Vec<Text>,
+    // The keys below shape the container further; see `service_keys`.
+    pub env_file: Option<service_keys::EnvFiles>,
+    #[serde(default)]
+    pub secrets: Vec<Either<service_keys::RawGrant>>,
+    #[serde(default)]
+    pub configs: Vec<Either<service_keys::RawGrant>>,
+    pub logging: Option<service_keys::RawLogging>,
+    pub init: Option<Parsed<bool>>,
+    pub extra_hosts: Option<service_keys::ExtraHosts>,
+    #[serde(default)]
+    pub cap_add: Vec<Text>,
+    pub privileged: Option<Parsed<bool>>,
+    pub working_dir: Option<Text>,
+    pub hostname: Option<Parsed<service_keys::HostName>>,
+    pub domainname: Option<Parsed<service_keys::HostName>>,
+    pub dns: Option<service_keys::OneOrMany<Parsed<service_keys::Ip>>>,
+    pub dns_search: Option<service_keys::OneOrMany<Text>>,
+    #[serde(default)]
+    pub expose: Vec<Parsed<service_keys::Expose>>,
+    #[serde(default)]
+    pub ulimits: BTreeMap<String, service_keys::Ulimit>,
+    pub sysctls: Option<service_keys::Sysctls>,
+    pub shm_size: Option<Parsed<Bytes>>,
+    #[serde(default)]
+    pub group_add: Vec<Text>,
+    pub tty: Option<Parsed<bool>>,
+    pub stdin_open: Option<Parsed<bool>>,
+    #[serde(default)]
+    pub devices: Vec<Either<service_keys::RawDevice>>,
+    pub pull_policy: Option<Parsed<service_keys::PullPolicy>>,
+    pub mem_limit: Option<Parsed<Bytes>>,
+    pub memswap_limit: Option<Parsed<service_keys::SwapLimit>>,
+    pub mem_reservation: Option<Parsed<Bytes>>,
+    pub cpus: Option<Parsed<service_keys::CpuLimit>>,
+    pub cpu_shares: Option<CpuShares>,
+    pub pids_limit: Option<PidsLimit>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -590,6 +639,9 @@ pub struct DependsOptions {
     pub condition: Option<Text>,
     /// Compose's `required: false` lets a dependency be absent.
     pub required: Option<Parsed<bool>>,
+    /// Compose's `restart: true`: restart this service when cryptus
+    /// recreates the dependency.
+    pub restart: Option<Parsed<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -601,6 +653,7 @@ pub struct RawHealthcheck {
     pub retries: Option<Retries>,
     pub start_period: Option<StartPeriod>,
     pub disable: Option<Parsed<bool>>,
+    pub start_interval: Option<StartInterval>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -608,12 +661,22 @@ pub struct RawHealthcheck {
 pub struct RawDeploy {
     pub replicas: Option<Replicas>,
     pub resources: Option<RawResources>,
+    /// Applied to the container as Compose applies it (over `restart`).
+    pub restart_policy: Option<service_keys::RawRestartPolicy>,
+    // Swarm's alone: kept in the model, not applied on one engine.
+    pub mode: Option<Parsed<service_keys::DeployMode>>,
+    pub endpoint_mode: Option<Parsed<service_keys::EndpointMode>>,
+    pub placement: Option<service_keys::RawPlacement>,
+    pub update_config: Option<service_keys::RawUpdateConfig>,
+    pub rollback_config: Option<service_keys::RawUpdateConfig>,
+    pub labels: Option<KeyValues>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawResources {
     pub limits: Option<RawLimits>,
+    pub reservations: Option<service_keys::RawReservations>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -658,6 +721,8 @@ pub struct RawVolume {
     #[serde(default)]
     pub labels: KeyValues,
 }
+
+pub mod service_keys;
 
 #[cfg(test)]
 mod tests {

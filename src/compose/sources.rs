@@ -75,7 +75,9 @@ impl Loader<'_> {
             );
         }
         let text = (self.read)(path)?;
-        let parsed = super::parse_file(&text, vars)
+        // A relative env_file is read from the compose file's directory.
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let parsed = super::model::service_keys::with_base(dir, || super::parse_file(&text, vars))
             .map(Rc::new)
             .map_err(|err| anyhow!("{}: {err}", path.display()))?;
         self.parsed

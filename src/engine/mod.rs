@@ -27,7 +27,10 @@ mod spec;
 mod stats;
 
 pub use container::Container;
-pub use spec::{ContainerSpec, HealthSpec, MountSpec, NetworkSpec, PortSpec, RestartSpec};
+pub use spec::{
+    ApiVersion, ContainerSpec, DeviceSpec, HealthSpec, HostFile, LogSpec, MountSpec, NetworkSpec,
+    PortSpec, RestartSpec, RuntimeSpec, START_INTERVAL_API, UlimitSpec,
+};
 pub use stats::{HostInfo, Usage};
 
 /// The label Compose puts on everything of a project.
@@ -121,6 +124,12 @@ impl Engine {
             .map_err(|_| unreachable(format!("no answer within {PING_TIMEOUT:?}")))?
             .map_err(|err| unreachable(describe(&err)))?;
         Ok(Engine { docker })
+    }
+
+    /// The API version agreed with the engine at connection.
+    pub fn api_version(&self) -> ApiVersion {
+        let version = self.docker.client_version();
+        ApiVersion(version.major_version, version.minor_version)
     }
 
     /// Every container of a project, running or not, ordered by service and number.
@@ -348,7 +357,7 @@ impl Engine {
         let options = CreateContainerOptionsBuilder::default().name(name).build();
         let created = self
             .docker
-            .create_container(Some(options), spec::create_body(spec))
+            .create_container(Some(options), spec::create_body(spec, self.api_version()))
             .await
             .map_err(|err| anyhow!(describe(&err)))
             .with_context(|| format!("creating container {name}"))?;
@@ -373,7 +382,7 @@ impl Engine {
     pub async fn create_container_exclusive(&self, spec: &ContainerSpec) -> Result<Option<String>> {
         let name = &spec.name;
         let options = CreateContainerOptionsBuilder::default().name(name).build();
-        let body = spec::create_body(spec);
+        let body = spec::create_body(spec, self.api_version());
         match self.docker.create_container(Some(options), body).await {
             Ok(created) => Ok(Some(created.id)),
             Err(err) if status(&err) == Some(409) => Ok(None),

@@ -33,6 +33,21 @@ pub enum Source {
     Build(Option<PathBuf>),
 }
 
+impl Source {
+    /// What `Compose` means for `target`: its image, or a build of its
+    /// `build:` when the service says `pull_policy: build`.
+    pub fn for_color(self, stack: &Stack<'_>, target: Color) -> Source {
+        let builds = stack
+            .compose
+            .service(target.service())
+            .is_some_and(|s| s.builds() && s.build.is_some());
+        match self {
+            Source::Compose if builds => Source::Build(None),
+            other => other,
+        }
+    }
+}
+
 /// What was asked of the switch.
 pub enum Ask {
     Deploy {
@@ -229,7 +244,7 @@ async fn resolve_image(
     source: Source,
     version: Option<String>,
 ) -> Result<Release> {
-    let reference = match source {
+    let reference = match source.for_color(stack, target) {
         Source::Compose => stack.default_release(target).await?.image,
         // Checked in `run`, before anything was touched.
         Source::Image(reference) => reference,

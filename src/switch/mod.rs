@@ -107,7 +107,7 @@ async fn release_of(
     source: Source,
     version: Option<String>,
 ) -> Result<Option<Release>> {
-    let reference = match source {
+    let reference = match source.for_color(stack, target) {
         Source::Compose => stack.default_release(target).await?.image,
         Source::Image(reference) => reference,
         Source::Build(_) => return Ok(None),

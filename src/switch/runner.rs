@@ -128,7 +128,7 @@ impl<'s> Runner<'s> {
             number,
             Some(release),
         )?;
-        stack.engine.create_container(&plan).await?;
+        crate::host_files::create_container(stack.engine, &plan, stack.printer).await?;
         self.created.push(plan.name.clone());
         self.start_called.get_or_insert_with(Instant::now);
         stack.engine.start(&plan.name).await
