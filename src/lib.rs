@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod nginx;
 pub mod output;
 pub mod project;
+pub mod ready;
 pub mod recorded;
 pub mod redis;
 pub mod replicas;

@@ -10,23 +10,23 @@ use tokio::time::Instant;
 
 use crate::compose::{Compose, Condition, DEFAULT_NETWORK, MountKind, Network, Service};
 use crate::engine::{CONFIG_HASH_LABEL, Container, Engine};
-use crate::error::{failed, failed_with_hint};
+use crate::error::failed_with_hint;
 use crate::health::{self, Expect};
 use crate::interrupt;
 use crate::nginx::{self, Nginx};
 use crate::output::Printer;
 use crate::project::Project;
+use crate::ready::{self, Probes, WaitFor};
 use crate::recorded;
 use crate::stack::{
     self, APP_PORT, Color, LB_SERVICE, Release, VERSION_LABEL, container_name, network_labels,
     network_name, plan_container, volume_labels, volume_name,
 };
+use crate::wait::Limits;
 
-/// How often readiness is polled.
-pub const POLL: Duration = Duration::from_millis(100);
-/// How soon after a container's death the engine's event stream must end
-/// for the death to count as the engine going down.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// How often a dependency's healthcheck is looked at: each look may run the
+/// check inside the container.
+const HEALTHCHECK_POLL: Duration = Duration::from_millis(200);
 
 /// Lines of a failed container's log to show.
 pub const LOG_LINES: usize = 50;
@@ -343,8 +343,9 @@ impl Stack<'_> {
                 .map(|n| container_name(&self.project.name, &target.name, n))
                 .collect();
             for name in names {
-                match dependency.condition {
-                    Condition::Started => self.wait_running(&name, deadline).await?,
+                let container = name.as_str();
+                let (what, interval) = match dependency.condition {
+                    Condition::Started => (WaitFor::Running { container }, ready::POLL),
                     Condition::Healthy => {
                         let Some(check) = &target.healthcheck else {
                             bail!(
@@ -354,106 +355,40 @@ impl Stack<'_> {
                                 target.name
                             );
                         };
-                        self.wait_healthy(&name, &check.test, deadline).await?;
+                        let test = &check.test;
+                        (WaitFor::Healthy { container, test }, HEALTHCHECK_POLL)
                     }
                     Condition::CompletedSuccessfully => {
-                        self.wait_completed(&name, deadline).await?
+                        (WaitFor::Completed { container }, ready::POLL)
                     }
-                }
+                };
+                self.wait(&what, Limits::until(deadline, interval)).await?;
             }
         }
         Ok(())
     }
 
-    async fn wait_running(&self, name: &str, deadline: Instant) -> Result<()> {
-        loop {
-            let container = self.must_inspect(name).await?;
-            if container.running {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(failed(format!(
-                    "{name} is not running (state {})",
-                    container.state
-                )));
-            }
-            tokio::time::sleep(POLL).await;
-        }
+    pub async fn must_inspect(&self, name: &str) -> Result<Container> {
+        ready::inspect(self.engine, name).await
     }
 
-    async fn wait_completed(&self, name: &str, deadline: Instant) -> Result<()> {
-        loop {
-            let container = self.must_inspect(name).await?;
-            if !container.running && container.state == "exited" {
-                return match container.exit_code {
-                    Some(0) => Ok(()),
-                    code => Err(failed(format!(
-                        "{name} exited with code {}",
-                        code.unwrap_or(-1)
-                    ))),
-                };
-            }
-            if Instant::now() >= deadline {
-                return Err(failed(format!("{name} did not complete in time")));
-            }
-            tokio::time::sleep(POLL).await;
-        }
-    }
-
-    /// Waits for a container's healthcheck to pass. While the engine still
-    /// says "starting", cryptus runs the same check itself, so readiness is
-    /// seen at once rather than after the engine's first interval.
-    pub async fn wait_healthy(&self, name: &str, test: &[String], deadline: Instant) -> Result<()> {
-        let command: Vec<String> = match test.first().map(String::as_str) {
-            Some("CMD") => test[1..].to_vec(),
-            Some("CMD-SHELL") => vec!["/bin/sh".into(), "-c".into(), test[1..].join(" ")],
-            _ => Vec::new(),
+    /// Waits for `what` under `limits`; when a container's own log explains
+    /// the failure, shows it first.
+    pub async fn wait(&self, what: &WaitFor<'_>, limits: Limits) -> Result<Instant> {
+        let client = health::client();
+        let probes = Probes {
+            engine: self.engine,
+            client: &client,
         };
-        let mut last = String::new();
-        loop {
-            let container = self.must_inspect(name).await?;
-            if !container.running && container.state != "restarting" {
-                self.show_logs(name).await;
-                return Err(failed(format!(
-                    "{name} is not running: {} with code {}",
-                    container.state,
-                    container.exit_code.unwrap_or(-1)
-                )));
-            }
-            match container.health.as_deref() {
-                Some("healthy") => return Ok(()),
-                Some("starting") | None if !command.is_empty() && container.running => {
-                    let argv: Vec<&str> = command.iter().map(String::as_str).collect();
-                    match self.engine.exec(name, &argv).await {
-                        Ok(output) if output.code == 0 => return Ok(()),
-                        Ok(output) => {
-                            last = format!("{}{}", output.stdout, output.stderr)
-                                .trim()
-                                .to_owned()
-                        }
-                        Err(err) => last = format!("{err:#}"),
-                    }
+        match what.wait(&probes, limits).await {
+            Ok(at) => Ok(at),
+            Err(not) => {
+                if let Some(name) = &not.explained_by {
+                    self.show_logs(name).await;
                 }
-                Some(other) => {
-                    last = format!("{other}: {}", container.health_log.unwrap_or_default())
-                }
-                None => {}
+                Err(not.error)
             }
-            if Instant::now() >= deadline {
-                self.show_logs(name).await;
-                return Err(failed(format!(
-                    "{name} is not healthy in time; last check: {last}"
-                )));
-            }
-            tokio::time::sleep(POLL * 2).await;
         }
-    }
-
-    async fn must_inspect(&self, name: &str) -> Result<Container> {
-        self.engine
-            .inspect(name)
-            .await?
-            .ok_or_else(|| failed(format!("container {name} is gone")))
     }
 
     /// Prints the last lines a container wrote, to explain a failure.
@@ -472,18 +407,12 @@ impl Stack<'_> {
 
     /// Where this host reaches an app container's port.
     pub fn app_addr(container: &Container) -> Option<String> {
-        container.published_addr(APP_PORT).or_else(|| {
-            container
-                .addresses
-                .values()
-                .next()
-                .map(|ip| format!("{ip}:{APP_PORT}"))
-        })
+        health::app_addr(container)
     }
 
-    /// Polls each container's `/api/health` every `poll` until it answers as
-    /// expected or `deadline` passes; the error shows its last answer.
-    /// Returns when the last of them became ready, by its own clock.
+    /// Waits until each container's `/api/health` answers as expected,
+    /// looking every `poll` until `deadline`; the error shows its last
+    /// answer. Returns when the last of them became ready, by its own clock.
     pub async fn wait_app_ready(
         &self,
         names: &[String],
@@ -491,86 +420,13 @@ impl Stack<'_> {
         poll: Duration,
         deadline: Instant,
     ) -> Result<Instant> {
-        let client = health::client();
-        let waits = names.iter().map(|name| {
-            let client = &client;
-            async move {
-                let container = self.must_inspect(name).await?;
-                let Some(addr) = Self::app_addr(&container) else {
-                    bail!("{name} publishes no port {APP_PORT} and has no address on a network");
-                };
-                let answered = tokio::select! {
-                    answered = health::wait_until(client, &addr, expect, poll, deadline) => answered,
-                    lost = self.watch_container(&container) => return Err(lost),
-                };
-                // A container that stopped is the watch's to report; here
-                // it runs, and only its answers were wrong.
-                match answered {
-                    Ok((_, ready)) => Ok(ready),
-                    Err(last) => {
-                        self.show_logs(name).await;
-                        Err(failed(format!(
-                            "{name} did not answer healthy as {} {} in time; its health endpoint last answered: {last}",
-                            expect.color,
-                            expect.version.as_deref().unwrap_or("(any version)")
-                        )))
-                    }
-                }
-            }
+        let limits = Limits::until(deadline, poll);
+        let waits = names.iter().map(|container| {
+            let app = WaitFor::App { container, expect };
+            async move { self.wait(&app, limits).await }
         });
         let ready = futures_util::future::try_join_all(waits).await?;
         Ok(ready.into_iter().max().unwrap_or_else(Instant::now))
-    }
-
-    /// Returns, as an error, the first sign that `container` is no longer the
-    /// one being waited for: it died (crashed, or was stopped, perhaps by a
-    /// dockerd going down) or was removed since it started, or the engine
-    /// went away. Its address may then belong to another container, so
-    /// polling it could only mislead. Events, not polling: the engine says
-    /// so the moment it happens, and replays what came since the start.
-    async fn watch_container(&self, container: &Container) -> anyhow::Error {
-        use futures_util::StreamExt;
-        let name = &container.name;
-        let lost = |detail: String| {
-            failed_with_hint(
-                format!("the Docker engine stopped answering while {name} got ready: {detail}"),
-                "was dockerd restarted? The stack comes back by its restart policies: check `cryptus status`, then run the deploy again",
-            )
-        };
-        let events = self.engine.container_events(
-            ("container", &container.id),
-            &["die", "destroy"],
-            container.started_at,
-        );
-        let mut events = std::pin::pin!(events);
-        match events.next().await {
-            Some(Ok(event)) if event.action == "destroy" => {
-                failed(format!("{name} was removed while it got ready"))
-            }
-            Some(Ok(event)) => {
-                // A dockerd going down stops its containers, then closes its
-                // API: the event stream ending soon after the death is what
-                // tells that apart from a crash.
-                if let Ok(None | Some(Err(_))) =
-                    tokio::time::timeout(SHUTDOWN_GRACE, events.next()).await
-                {
-                    return lost(format!(
-                        "{name} was stopped (code {}), then the event stream closed",
-                        event.exit_code.unwrap_or(-1)
-                    ));
-                }
-                self.show_logs(name).await;
-                failed_with_hint(
-                    format!(
-                        "{name} stopped while it got ready, with code {}",
-                        event.exit_code.unwrap_or(-1)
-                    ),
-                    "did it crash, or was dockerd restarted? Check `cryptus logs`, then run the deploy again",
-                )
-            }
-            Some(Err(err)) => lost(format!("{err:#}")),
-            None => lost("it closed its event stream".to_owned()),
-        }
     }
 
     /// The load balancer's address on this host.
@@ -1149,7 +1005,8 @@ impl Stack<'_> {
             color,
             version: Some(release.version.clone()),
         };
-        interrupt::or_interrupted(self.wait_app_ready(&names, &expect, POLL, deadline)).await?;
+        interrupt::or_interrupted(self.wait_app_ready(&names, &expect, ready::POLL, deadline))
+            .await?;
         Ok(outcome)
     }
 
@@ -1244,21 +1101,27 @@ impl Stack<'_> {
             version: None,
         };
         let client = health::client();
-        let waited = interrupt::or_interrupted(async {
-            Ok(health::wait_until(&client, &addr, &expect, POLL, deadline).await)
-        })
-        .await;
+        let probes = Probes {
+            engine: self.engine,
+            client: &client,
+        };
+        let balanced = WaitFor::Balanced {
+            lb_addr: &addr,
+            expect: &expect,
+        };
+        let limits = Limits::until(deadline, ready::POLL);
+        let waited =
+            interrupt::or_interrupted(async { Ok(balanced.wait(&probes, limits).await) }).await;
         match waited {
             Ok(Ok(_)) => {
                 step.done_with(format!("{active} answers at http://{addr}"));
                 Ok(addr)
             }
-            Ok(Err(last)) => {
+            Ok(Err(not)) => {
+                // Its own log explains a load balancer that answers wrong.
                 step.fail();
                 self.show_logs(&self.lb_container()).await;
-                Err(failed(format!(
-                    "the load balancer at {addr} did not answer healthy as {active} in time; last answer: {last}"
-                )))
+                Err(not.error)
             }
             Err(err) => {
                 step.fail();
