@@ -16,11 +16,11 @@ use chrono::Utc;
 use serde::Serialize;
 use tokio::time::Instant;
 
+use crate::context::{Stack, of_service, release_of};
 use crate::engine::Container;
 use crate::error::{failed, failed_with_hint, usage};
 use crate::health::{self, Expect, Probe};
 use crate::history::{self, Entry, Outcome, Side};
-use crate::lifecycle::{Stack, of_service, release_of};
 use crate::lock::{self, Lock};
 use crate::metrics;
 use crate::nginx;

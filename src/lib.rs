@@ -12,6 +12,7 @@ pub mod build;
 pub mod cli;
 pub mod commands;
 pub mod compose;
+pub mod context;
 pub mod deploy;
 pub mod engine;
 pub mod error;

@@ -1,42 +1,32 @@
 //! Bringing the stack's services up and down on the engine: networks and
 //! volumes, containers in dependency order, readiness waits, and stopping.
+//! The steps are methods of the command's [`Stack`] (see `context`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::compose::{Compose, Condition, DEFAULT_NETWORK, MountKind, Network, Service};
+use crate::compose::{Condition, DEFAULT_NETWORK, MountKind, Network, Service};
+use crate::context::{Stack, of_service, release_of};
 use crate::engine::{CONFIG_HASH_LABEL, Container, Engine};
 use crate::error::failed_with_hint;
 use crate::health::{self, Expect};
 use crate::interrupt;
-use crate::nginx::{self, Nginx};
-use crate::output::Printer;
-use crate::project::Project;
+use crate::nginx;
 use crate::ready::{self, Probes, WaitFor};
 use crate::recorded;
 use crate::stack::{
-    self, APP_PORT, Color, LB_SERVICE, Release, VERSION_LABEL, container_name, network_labels,
-    network_name, plan_container, volume_labels, volume_name,
+    APP_PORT, Color, LB_SERVICE, Release, container_name, network_labels, network_name,
+    plan_container, volume_labels, volume_name,
 };
 use crate::wait::Limits;
 
 /// How often a dependency's healthcheck is looked at: each look may run the
 /// check inside the container.
 const HEALTHCHECK_POLL: Duration = Duration::from_millis(200);
-
-/// Lines of a failed container's log to show.
-pub const LOG_LINES: usize = 50;
-
-pub struct Stack<'a> {
-    pub engine: &'a Engine,
-    pub project: &'a Project,
-    pub compose: &'a Compose,
-    pub printer: &'a Printer,
-}
 
 /// What happened to one container.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -68,52 +58,7 @@ impl UpSummary {
     }
 }
 
-/// The release a color's containers run, read from the containers.
-pub fn release_of(containers: &[&Container]) -> Option<Release> {
-    containers.first().map(|c| Release {
-        image: c.image.clone(),
-        version: c.label(VERSION_LABEL).unwrap_or("unknown").to_owned(),
-    })
-}
-
-pub fn of_service<'c>(containers: &'c [Container], service: &str) -> Vec<&'c Container> {
-    containers.iter().filter(|c| c.service == service).collect()
-}
-
 impl Stack<'_> {
-    pub fn lb_container(&self) -> String {
-        container_name(&self.project.name, LB_SERVICE, 1)
-    }
-
-    pub fn nginx(&self) -> Nginx<'_> {
-        Nginx {
-            engine: self.engine,
-            container: self.lb_container(),
-        }
-    }
-
-    pub async fn containers(&self) -> Result<Vec<Container>> {
-        self.engine.containers(&self.project.name).await
-    }
-
-    /// The release the compose file names for a color: its image, and the
-    /// version that image declares.
-    pub async fn default_release(&self, color: Color) -> Result<Release> {
-        let service = self
-            .compose
-            .service(color.service())
-            .with_context(|| format!("the compose file has no service {}", color.service()))?;
-        let image = service
-            .image
-            .clone()
-            .unwrap_or_else(|| format!("{}-{}", self.project.name, service.name));
-        let labels = self.engine.image_labels(&image).await?.unwrap_or_default();
-        Ok(Release {
-            version: stack::image_version(&image, &labels),
-            image,
-        })
-    }
-
     /// Fails, naming every image that is missing, before anything is changed.
     pub async fn check_images(&self, images: &[(String, String)]) -> Result<()> {
         let mut missing = Vec::new();
@@ -366,80 +311,6 @@ impl Stack<'_> {
             }
         }
         Ok(())
-    }
-
-    pub async fn must_inspect(&self, name: &str) -> Result<Container> {
-        ready::inspect(self.engine, name).await
-    }
-
-    /// Waits for `what` under `limits`; when a container's own log explains
-    /// the failure, shows it first.
-    pub async fn wait(&self, what: &WaitFor<'_>, limits: Limits) -> Result<Instant> {
-        let client = health::client();
-        let probes = Probes {
-            engine: self.engine,
-            client: &client,
-        };
-        match what.wait(&probes, limits).await {
-            Ok(at) => Ok(at),
-            Err(not) => {
-                if let Some(name) = &not.explained_by {
-                    self.show_logs(name).await;
-                }
-                Err(not.error)
-            }
-        }
-    }
-
-    /// Prints the last lines a container wrote, to explain a failure.
-    pub async fn show_logs(&self, name: &str) {
-        if let Ok(text) = self.engine.logs_tail(name, LOG_LINES).await
-            && !text.trim().is_empty()
-        {
-            self.printer
-                .info(format!("--- last {LOG_LINES} log lines of {name} ---"));
-            for line in text.lines() {
-                self.printer.info(format!("  {line}"));
-            }
-            self.printer.info("---");
-        }
-    }
-
-    /// Where this host reaches an app container's port.
-    pub fn app_addr(container: &Container) -> Option<String> {
-        health::app_addr(container)
-    }
-
-    /// Waits until each container's `/api/health` answers as expected,
-    /// looking every `poll` until `deadline`; the error shows its last
-    /// answer. Returns when the last of them became ready, by its own clock.
-    pub async fn wait_app_ready(
-        &self,
-        names: &[String],
-        expect: &Expect,
-        poll: Duration,
-        deadline: Instant,
-    ) -> Result<Instant> {
-        let limits = Limits::until(deadline, poll);
-        let waits = names.iter().map(|container| {
-            let app = WaitFor::App { container, expect };
-            async move { self.wait(&app, limits).await }
-        });
-        let ready = futures_util::future::try_join_all(waits).await?;
-        Ok(ready.into_iter().max().unwrap_or_else(Instant::now))
-    }
-
-    /// The load balancer's address on this host.
-    pub async fn lb_addr(&self) -> Result<String> {
-        let container = self.must_inspect(&self.lb_container()).await?;
-        container
-            .published_addr(nginx::HTTP_PORT)
-            .ok_or_else(|| anyhow!("{} publishes no port {}", container.name, nginx::HTTP_PORT))
-    }
-
-    /// nginx's status address on this host.
-    pub fn status_addr(container: &Container) -> Option<String> {
-        container.published_addr(nginx::STATUS_PORT)
     }
 
     /// The http-level settings cryptus renders: the rate limits the compose

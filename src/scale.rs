@@ -10,12 +10,12 @@ use chrono::Utc;
 use serde::Serialize;
 use tokio::time::Instant;
 
+use crate::context::{Stack, of_service, release_of};
 use crate::deploy;
 use crate::engine::Container;
 use crate::error::{failed, failed_with_hint, usage};
 use crate::health::{self, Expect};
 use crate::history::{self, Entry, Outcome, Side};
-use crate::lifecycle::{Stack, of_service, release_of};
 use crate::lock::{self, Lock};
 use crate::nginx;
 use crate::replicas::{MAX_REPLICAS, read_pending, write_pending};

@@ -6,10 +6,10 @@ use std::time::Duration;
 use anyhow::Result;
 
 use crate::cli::SwitchArgs;
+use crate::context::Stack;
 use crate::deploy::{self, Report, Settings, Source};
 use crate::engine::Engine;
 use crate::error::{EXIT_FAILED, EXIT_OK};
-use crate::lifecycle::Stack;
 use crate::lock;
 use crate::output::{Printer, seconds};
 use crate::project::Project;

@@ -7,11 +7,11 @@ use anyhow::Result;
 use chrono::Utc;
 use serde::Serialize;
 
+use crate::context::{Stack, of_service, release_of};
 use crate::engine::{Container, Engine};
 use crate::error::EXIT_OK;
 use crate::health;
 use crate::history;
-use crate::lifecycle::{Stack, of_service, release_of};
 use crate::lock;
 use crate::nginx;
 use crate::output::{self, Printer};
