@@ -15,6 +15,7 @@ use crate::engine::{CONFIG_HASH_LABEL, Container, Engine};
 use crate::error::failed_with_hint;
 use crate::health::{self, Expect};
 use crate::interrupt;
+use crate::lb;
 use crate::nginx;
 use crate::ready::{self, Probes, WaitFor};
 use crate::recorded;
@@ -74,87 +75,6 @@ impl Stack<'_> {
             format!("the engine has no image {}", missing.join(", ")),
             "make the offline images with `scripts/make-images.sh`, or `docker pull` them where a registry is reachable; NGINX_IMAGE, REDIS_IMAGE and CRYPTUS_IMAGE choose them",
         ))
-    }
-
-    /// Writes cryptus's metrics for node-exporter, if it runs, from
-    /// `history` (read from nginx when `None`); a failure is a warning.
-    pub async fn publish_metrics(
-        &self,
-        active: Option<Color>,
-        history: Option<Vec<crate::history::Entry>>,
-    ) {
-        let containers = self.containers().await.unwrap_or_default();
-        let history = match history {
-            Some(history) => history,
-            None => crate::history::read(&self.nginx())
-                .await
-                .unwrap_or_default(),
-        };
-        if let Err(err) = crate::metrics::publish(self.engine, &containers, active, &history).await
-        {
-            self.printer.warn(format!("{err:#}"));
-        }
-    }
-
-    /// Grafana's admin password file, when Grafana runs: the host side of
-    /// the grafana service's bind mount named `admin-password`.
-    pub fn grafana_password_file(&self) -> Option<(&Service, &std::path::Path)> {
-        let grafana = self
-            .compose
-            .service(crate::metrics::GRAFANA)
-            .filter(|s| s.replicas > 0)?;
-        grafana
-            .mounts
-            .iter()
-            .filter(|mount| mount.kind == MountKind::Bind)
-            .map(|mount| std::path::Path::new(&mount.source))
-            .find(|path| path.file_name().is_some_and(|n| n == "admin-password"))
-            .map(|path| (grafana, path))
-    }
-
-    /// Grafana's admin password: generated at the first start, stored with
-    /// mode 0600 and shown once; there is no default password anywhere.
-    /// Being 0600, the file must belong to the uid Grafana runs as (its
-    /// `user:`, else its image's `USER`: 472 for the official image), not to
-    /// whoever ran cryptus; where cryptus may not hand it over (not root), a
-    /// warning says what to do.
-    pub async fn ensure_secrets(&self) -> Result<()> {
-        use std::os::unix::fs::MetadataExt;
-        let Some((grafana, path)) = self.grafana_password_file() else {
-            return Ok(());
-        };
-        if !path.exists() {
-            let password = crate::files::random_token(24)?;
-            crate::files::write_secret(path, password.as_bytes())?;
-            // Shown once: on stderr, never in --json or the logs.
-            self.printer.always(format!(
-                "grafana's admin password (shown once; stored in {} with mode 0600): {password}",
-                path.display()
-            ));
-        }
-        let user = match (&grafana.user, &grafana.image) {
-            (Some(user), _) => user.clone(),
-            (None, Some(image)) => self.engine.image_user(image).await?.unwrap_or_default(),
-            (None, None) => return Ok(()),
-        };
-        let Some(uid) = numeric_uid(&user) else {
-            self.printer.warn(format!(
-                "grafana runs as user {user:?}, not a number: cryptus cannot give it its 0600 password file; set `user:` on the grafana service to a uid"
-            ));
-            return Ok(());
-        };
-        let owner = std::fs::metadata(path)
-            .with_context(|| format!("reading {}", path.display()))?
-            .uid();
-        if owner != uid
-            && let Err(err) = std::os::unix::fs::chown(path, Some(uid), None)
-        {
-            self.printer.warn(format!(
-                "grafana runs as uid {uid} and cannot read {} (mode 0600, owner {owner}): {err}; run cryptus as root, or set `user: \"{owner}\"` on the grafana service",
-                path.display()
-            ));
-        }
-        Ok(())
     }
 
     /// Bind-mounted files must exist, or the engine would make empty
@@ -313,35 +233,6 @@ impl Stack<'_> {
         Ok(())
     }
 
-    /// The http-level settings cryptus renders: the rate limits the compose
-    /// file asks for, `keepalive_min_timeout` where nginx has it, and HTTPS
-    /// when nginx/ssl/ holds cert.pem and key.pem.
-    pub fn http_file(&self, nginx_version: Option<&str>) -> Result<String> {
-        let labels = self
-            .compose
-            .service(LB_SERVICE)
-            .map(|s| s.labels.clone())
-            .unwrap_or_default();
-        let site = labels
-            .get("cryptus.rate.site")
-            .map_or("30r/s", String::as_str);
-        let api = labels
-            .get("cryptus.rate.api")
-            .map_or("10r/s", String::as_str);
-        let settings = nginx::HttpSettings {
-            site_rate: site,
-            api_rate: api,
-            keepalive_min_timeout: nginx_version.is_some_and(nginx::has_keepalive_min_timeout),
-            tls: self.tls(),
-        };
-        nginx::render_http(&settings).map_err(|err| {
-            crate::error::usage(
-                format!("{err:#}"),
-                "set CRYPTUS_RATE_SITE and CRYPTUS_RATE_API to rates such as 30r/s",
-            )
-        })
-    }
-
     /// The upstream file for the running containers of `color`.
     pub fn upstream_file(color: Color, containers: &[&Container]) -> Result<String> {
         let servers: Vec<String> = containers
@@ -352,31 +243,10 @@ impl Stack<'_> {
         nginx::render_upstream(color, &servers)
     }
 
-    /// The nginx service as it runs here: the HTTPS port is published only
-    /// when nginx/ssl/ holds a certificate and key, so a stack without them
-    /// neither takes nor needs port 443.
-    pub fn lb_service(&self) -> Result<Service> {
-        let mut service = self
-            .compose
-            .service(LB_SERVICE)
-            .context("the compose file has no nginx service")?
-            .clone();
-        if !self.tls() {
-            service.ports.retain(|p| p.container_port != HTTPS_PORT);
-        }
-        Ok(service)
-    }
-
-    /// Whether nginx/ssl/ holds cert.pem and key.pem.
-    pub fn tls(&self) -> bool {
-        let ssl = self.project.dir.join("nginx/ssl");
-        ssl.join("cert.pem").is_file() && ssl.join("key.pem").is_file()
-    }
-
     /// The services `start` runs, nginx as it runs here: a service with
     /// `deploy.replicas: 0` is left out, as in Compose; both colors are in.
     fn services_to_run(&self) -> Result<Vec<Service>> {
-        let lb = self.lb_service()?;
+        let lb = lb::service(self.compose, &self.project.dir)?;
         Ok(self
             .compose
             .services
@@ -491,8 +361,7 @@ impl Stack<'_> {
     /// Takes the deploy lock for `operation`, waiting up to `wait` for a
     /// deploy that holds it.
     pub async fn lock(&self, operation: &str, wait: Duration) -> Result<crate::lock::Lock> {
-        let image = self
-            .lb_service()?
+        let image = lb::service(self.compose, &self.project.dir)?
             .image
             .context("the nginx service names no image")?;
         let options = crate::lock::Options {
@@ -568,7 +437,7 @@ impl Stack<'_> {
         saga: &mut Saga,
         began: Instant,
     ) -> Result<UpSummary> {
-        let lb_service = self.lb_service()?;
+        let lb_service = lb::service(self.compose, &self.project.dir)?;
         let step = self.printer.step("networks and volumes");
         self.ensure_infrastructure(saga).await?;
         step.done_with(if saga.networks.is_empty() && saga.volumes.is_empty() {
@@ -909,7 +778,7 @@ impl Stack<'_> {
         } else {
             None
         };
-        let limits = self.http_file(version.as_deref())?;
+        let limits = lb::http_file(self.compose, &self.project.dir, version.as_deref())?;
         let nginx = self.nginx();
         let files = [
             (nginx::UPSTREAM_FILE, upstream.as_str()),
@@ -950,7 +819,7 @@ impl Stack<'_> {
         let nginx = self.nginx();
         let settled = async {
             let version = nginx.version().await?;
-            let wanted = self.http_file(version.as_deref())?;
+            let wanted = lb::http_file(self.compose, &self.project.dir, version.as_deref())?;
             if nginx.read(nginx::HTTP_FILE).await?.as_deref() != Some(wanted.as_str()) {
                 nginx.apply(&[(nginx::HTTP_FILE, wanted.as_str())]).await?;
             }
@@ -1161,8 +1030,6 @@ pub async fn stop_project(
     Ok(stopped)
 }
 
-/// nginx's HTTPS port inside its container.
-const HTTPS_PORT: u16 = 443;
 /// How long undoing a failed start may take (stopping an app container
 /// waits its stop grace period).
 const UNDO_DEADLINE: Duration = Duration::from_secs(90);
@@ -1231,7 +1098,7 @@ fn port_in_use(host_ip: Option<&str>, port: u16, protocol: &str) -> bool {
 fn port_variable(service: &str, container_port: u16) -> String {
     match (service, container_port) {
         (LB_SERVICE, nginx::HTTP_PORT) => "CRYPTUS_HTTP_PORT".to_owned(),
-        (LB_SERVICE, HTTPS_PORT) => "CRYPTUS_HTTPS_PORT".to_owned(),
+        (LB_SERVICE, lb::HTTPS_PORT) => "CRYPTUS_HTTPS_PORT".to_owned(),
         ("prometheus", 9090) => "PROMETHEUS_PORT".to_owned(),
         ("alertmanager", 9093) => "ALERTMANAGER_PORT".to_owned(),
         ("cadvisor", 8080) => "CADVISOR_PORT".to_owned(),
@@ -1270,16 +1137,6 @@ fn describe_changes(outcome: &[(String, Change)]) -> String {
     }
 }
 
-/// The uid in a container's `user` (`472`, `472:0`); root when empty or
-/// `root`; `None` for a name only the image's /etc/passwd knows.
-fn numeric_uid(user: &str) -> Option<u32> {
-    let name = user.split(':').next().unwrap_or_default().trim();
-    match name {
-        "" | "root" => Some(0),
-        number => number.parse().ok(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1300,15 +1157,5 @@ mod tests {
         assert!(port_in_use(None, port, "tcp"));
         drop(listener);
         assert!(!port_in_use(Some("127.0.0.1"), port, "tcp"));
-    }
-
-    #[test]
-    fn a_container_user_names_its_uid() {
-        assert_eq!(numeric_uid(""), Some(0));
-        assert_eq!(numeric_uid("root"), Some(0));
-        assert_eq!(numeric_uid("472"), Some(472));
-        assert_eq!(numeric_uid("472:0"), Some(472));
-        assert_eq!(numeric_uid("grafana"), None);
-        assert_eq!(numeric_uid("grafana:472"), None);
     }
 }
