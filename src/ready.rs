@@ -125,13 +125,7 @@ impl WaitFor<'_> {
             }
             WaitFor::App { container, expect } => app(on, container, expect, limits).await,
             WaitFor::Balanced { lb_addr, expect } => {
-                let expired = |last: String| {
-                    failed(format!(
-                        "the load balancer at {lb_addr} did not answer healthy as {} in time; last answer: {last}",
-                        expect.color
-                    ))
-                };
-                Ok(answers(on.client, lb_addr, expect, limits, expired).await?)
+                Ok(balanced(on.client, lb_addr, expect, limits).await?)
             }
             WaitFor::Served { status_addr, color } => {
                 Ok(served(on.client, status_addr, color, limits).await?)
@@ -285,6 +279,21 @@ async fn app(
         }
         lost = watch(on.engine, &container) => Err(lost),
     }
+}
+
+async fn balanced(
+    client: &reqwest::Client,
+    lb_addr: &str,
+    expect: &Expect,
+    limits: Limits,
+) -> anyhow::Result<Instant> {
+    let expired = |last| {
+        failed(format!(
+            "the load balancer at {lb_addr} did not answer healthy as {} in time; last answer: {last}",
+            expect.color
+        ))
+    };
+    answers(client, lb_addr, expect, limits, expired).await
 }
 
 /// Polls `addr` until it answers as `expect`; returns when the app became
@@ -550,6 +559,20 @@ mod tests {
         .await
         .unwrap_err();
         assert_eq!(err.to_string(), r#"last answer: 503 {"status":"starting"}"#);
+    }
+
+    #[tokio::test]
+    async fn the_load_balancer_names_its_last_answer() {
+        let addr = server(vec![(502, "bad gateway".to_owned())]).await;
+        let err = balanced(&health::client(), &addr, &green(), limits(50))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "the load balancer at {addr} did not answer healthy as green in time; last answer: 502 bad gateway"
+            )
+        );
     }
 
     #[tokio::test]
