@@ -223,10 +223,11 @@ pub enum Command {
     },
 }
 
-/// Options shared by deploy and rollback.
+/// Options shared by deploy, rollback and scale.
 #[derive(Debug, Args)]
 pub struct SwitchArgs {
-    /// Deadline for the new color to answer healthy (100ms to 24h).
+    /// Deadline of each wait: the new color answering healthy, nginx
+    /// serving it, the answers in a row through the load balancer (100ms to 24h).
     #[arg(long, default_value = "60s", value_parser = deadline, value_name = "DUR")]
     pub timeout: Duration,
     /// How long nginx's old workers may finish in-flight requests before the
@@ -254,6 +255,10 @@ pub struct SwitchArgs {
     /// (default: the new version answers more than 1% 5xx over the window).
     #[arg(long, value_name = "PROMQL", env = "CRYPTUS_GATE")]
     pub gate: Option<String>,
+    /// Print the plan (the target color, replicas, what starts, what nginx
+    /// names, what drains and stops) and change nothing; no lock is taken.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 // Every duration goes through the one bounded parser, with the range of its

@@ -64,6 +64,12 @@ pub fn classify(err: &anyhow::Error) -> (u8, Option<&str>) {
     }
 }
 
+/// Whether a cause of the error already chose its exit code and hint.
+pub fn is_user_error(err: &anyhow::Error) -> bool {
+    err.chain()
+        .any(|cause| cause.downcast_ref::<UserError>().is_some())
+}
+
 /// Whether the error is a closed stdout (`cryptus status | head`).
 pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
     err.chain().any(|cause| {

@@ -13,21 +13,23 @@
 //! container with `--network host` shares the hostname, not the pids.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use bollard::models::{ContainerCreateBody, HostConfig};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 
-use crate::engine::{Engine, PROJECT_LABEL};
+use crate::engine::{ContainerSpec, Engine, PROJECT_LABEL};
 use crate::error::failed_with_hint;
 use crate::output::Printer;
+use crate::wait::{self, Limits, Seen};
 
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 pub const STALE_AFTER: Duration = Duration::from_secs(30);
+/// How often a held lock is tried again while waiting for it.
+const RETRY_EVERY: Duration = Duration::from_millis(500);
 const HEARTBEAT_DIR: &str = "/";
 const HEARTBEAT_FILE: &str = "cryptus-heartbeat";
 pub const LOCK_LABEL: &str = "cryptus.lock";
@@ -173,103 +175,120 @@ impl Lock {
         options: &Options,
         printer: &Printer,
     ) -> Result<Lock> {
-        let name = lock_name(project);
-        let deadline = Instant::now() + options.wait;
-        let mut waiting_said = false;
         let here = Identity::here();
-        loop {
-            let mut labels = BTreeMap::from([
-                (PROJECT_LABEL.to_owned(), project.to_owned()),
-                (LOCK_LABEL.to_owned(), "deploy".to_owned()),
-                (format!("{LOCK_LABEL}.operation"), operation.to_owned()),
-                (format!("{LOCK_LABEL}.user"), user()),
-                (format!("{LOCK_LABEL}.host"), hostname()),
-                (format!("{LOCK_LABEL}.pid"), std::process::id().to_string()),
-                (format!("{LOCK_LABEL}.since"), Utc::now().to_rfc3339()),
-            ]);
-            for (key, value) in [
-                ("boot-id", &here.boot_id),
-                ("pid-namespace", &here.pid_namespace),
-            ] {
-                if let Some(value) = value {
-                    labels.insert(format!("{LOCK_LABEL}.{key}"), value.clone());
+        let limits = Limits::within(options.wait, RETRY_EVERY);
+        // Atomics, not cells: the acquiring future stays Send.
+        let looked = AtomicBool::new(false);
+        let waiting_said = AtomicBool::new(false);
+        let id = wait::until(
+            limits,
+            || async {
+                // A signal ends the wait between tries, never during one:
+                // the lock is either taken or not, never left half-made.
+                if looked.swap(true, Ordering::Relaxed) {
+                    crate::interrupt::check()?;
                 }
-            }
-            let body = ContainerCreateBody {
-                image: Some(image.to_owned()),
-                labels: Some(labels.into_iter().collect()),
-                cmd: Some(vec!["cryptus-lock".to_owned()]),
-                network_disabled: Some(true),
-                host_config: Some(HostConfig {
-                    network_mode: Some("none".to_owned()),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            };
-            match engine.create_container_exclusive(&name, body).await? {
-                Some(id) => {
-                    let heartbeat = spawn_heartbeat(engine.clone(), id.clone());
-                    return Ok(Lock {
-                        engine: engine.clone(),
-                        id,
-                        heartbeat,
-                    });
+                let spec = lock_spec(project, operation, image, &here);
+                let seen = try_take(engine, &spec, options.force_unlock, &here, printer).await?;
+                if let Seen::Not(holder) = &seen
+                    && !limits.expired()
+                    && !waiting_said.swap(true, Ordering::Relaxed)
+                {
+                    printer.info(format!("waiting for the deploy lock, held by {holder}"));
                 }
-                None => {
-                    let Some((id, holder)) = read_holder(engine, &name).await? else {
-                        // Released between our attempt and the read: try again.
-                        continue;
-                    };
-                    if options.force_unlock {
-                        printer.warn(format!(
-                            "breaking the lock held by {} (--force-unlock)",
-                            holder.describe()
-                        ));
-                        engine.remove(&id, true).await?;
-                        continue;
-                    }
-                    if let Some(why) = holder.stale_because(Utc::now(), &here, pid_alive) {
-                        printer.warn(format!(
-                            "breaking a stale lock held by {}: {why}",
-                            holder.describe()
-                        ));
-                        // By id: if another cryptus broke it first and took a
-                        // new lock, that new lock is not removed.
-                        engine.remove(&id, true).await?;
-                        continue;
-                    }
-                    if Instant::now() >= deadline {
-                        return Err(failed_with_hint(
-                            format!(
-                                "the deploy lock of project {project} is held: {}",
-                                holder.describe()
-                            ),
-                            "wait for it with --lock-wait 5m; if its holder is gone, --force-unlock breaks it",
-                        ));
-                    }
-                    if !waiting_said {
-                        printer.info(format!(
-                            "waiting for the deploy lock, held by {}",
-                            holder.describe()
-                        ));
-                        waiting_said = true;
-                    }
-                    // Waiting is the one part a signal ends: the lock is
-                    // either taken or not, never left half-made.
-                    crate::interrupt::or_interrupted(async {
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                        Ok(())
-                    })
-                    .await?;
-                }
-            }
-        }
+                Ok(seen)
+            },
+            |holder| {
+                failed_with_hint(
+                    format!("the deploy lock of project {project} is held: {holder}"),
+                    "wait for it with --lock-wait 5m; if its holder is gone, --force-unlock breaks it",
+                )
+            },
+        )
+        .await?;
+        Ok(Lock {
+            engine: engine.clone(),
+            heartbeat: spawn_heartbeat(engine.clone(), id.clone()),
+            id,
+        })
     }
 
     pub async fn release(self) -> Result<()> {
         self.heartbeat.abort();
         self.engine.remove(&self.id, true).await
     }
+}
+
+/// The lock container: labelled with its holder, never started, on no network.
+fn lock_spec(project: &str, operation: &str, image: &str, here: &Identity) -> ContainerSpec {
+    let mut labels = BTreeMap::from([
+        (PROJECT_LABEL.to_owned(), project.to_owned()),
+        (LOCK_LABEL.to_owned(), "deploy".to_owned()),
+        (format!("{LOCK_LABEL}.operation"), operation.to_owned()),
+        (format!("{LOCK_LABEL}.user"), user()),
+        (format!("{LOCK_LABEL}.host"), hostname()),
+        (format!("{LOCK_LABEL}.pid"), std::process::id().to_string()),
+        (format!("{LOCK_LABEL}.since"), Utc::now().to_rfc3339()),
+    ]);
+    for (key, value) in [
+        ("boot-id", &here.boot_id),
+        ("pid-namespace", &here.pid_namespace),
+    ] {
+        if let Some(value) = value {
+            labels.insert(format!("{LOCK_LABEL}.{key}"), value.clone());
+        }
+    }
+    ContainerSpec {
+        name: lock_name(project),
+        image: image.to_owned(),
+        labels,
+        command: Some(vec!["cryptus-lock".to_owned()]),
+        ..Default::default()
+    }
+}
+
+/// One try at the lock: its container's id when taken, else who holds it.
+/// A lock released meanwhile, stale, or broken by `force_unlock` is tried
+/// again at once.
+async fn try_take(
+    engine: &Engine,
+    spec: &ContainerSpec,
+    force_unlock: bool,
+    here: &Identity,
+    printer: &Printer,
+) -> Result<Seen<String>> {
+    loop {
+        if let Some(id) = engine.create_container_exclusive(spec).await? {
+            return Ok(Seen::Ready(id));
+        }
+        let Some((id, holder)) = read_holder(engine, &spec.name).await? else {
+            // Released between our attempt and the read: try again.
+            continue;
+        };
+        let Some(warning) = why_break(&holder, force_unlock, here) else {
+            return Ok(Seen::Not(holder.describe()));
+        };
+        printer.warn(warning);
+        // By id: if another cryptus broke it first and took a new lock, that
+        // new lock is not removed.
+        engine.remove(&id, true).await?;
+    }
+}
+
+/// Why a held lock is broken, as the warning that says so; `None` while its
+/// holder is alive and no `--force-unlock` asks.
+fn why_break(holder: &Holder, force_unlock: bool, here: &Identity) -> Option<String> {
+    if force_unlock {
+        return Some(format!(
+            "breaking the lock held by {} (--force-unlock)",
+            holder.describe()
+        ));
+    }
+    let why = holder.stale_because(Utc::now(), here, pid_alive)?;
+    Some(format!(
+        "breaking a stale lock held by {}: {why}",
+        holder.describe()
+    ))
 }
 
 /// The lock's holder, if the lock is held.

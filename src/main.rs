@@ -124,7 +124,7 @@ fn init_tracing(verbose: u8) {
         _ => match verbose {
             0 => "off".to_owned(),
             1 => "cryptus=debug".to_owned(),
-            _ => "cryptus=trace,bollard=debug".to_owned(),
+            _ => format!("cryptus=trace,{}=debug", cryptus::engine::CLIENT_LOG_TARGET),
         },
     };
     let _ = tracing_subscriber::fmt()

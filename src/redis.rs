@@ -2,10 +2,19 @@
 //! checks and backups need no network path to Redis and no client library.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
+use tokio::time::Instant;
 
-use crate::engine::Engine;
+use crate::engine::{ContainerSpec, Engine, MountSpec, PROJECT_LABEL};
+use crate::wait::{self, Limits, Seen};
+
+/// How often a wait on Redis looks again.
+const POLL_EVERY: Duration = Duration::from_millis(50);
+/// How long a scratch Redis whose creation a signal cut short is looked for.
+const LATE_SCRATCH_WITHIN: Duration = Duration::from_secs(1);
+const LATE_SCRATCH_EVERY: Duration = Duration::from_millis(100);
 
 pub struct Redis<'a> {
     pub engine: &'a Engine,
@@ -58,39 +67,49 @@ impl Redis<'_> {
 
     /// Takes a snapshot: BGSAVE, then waits until a save that began after it
     /// finished, and succeeded. Waits for a save already running first.
-    pub async fn snapshot(&self, deadline: tokio::time::Instant) -> Result<()> {
+    pub async fn snapshot(&self, deadline: Instant) -> Result<()> {
         loop {
             let before = self.info("persistence").await?;
             if before.get("rdb_bgsave_in_progress").map(String::as_str) == Some("1") {
                 self.wait_bgsave(deadline).await?;
                 continue;
             }
-            let saves = |info: &BTreeMap<String, String>| {
-                info.get("rdb_saves").and_then(|n| n.parse::<u64>().ok())
-            };
             let saves_before = saves(&before);
-            let answer = self.cli(&["bgsave"]).await;
-            match answer {
-                // "started", or "scheduled" behind an AOF rewrite: either way
-                // a save will run.
-                Ok(text) if text.contains("Background saving") => {}
-                Ok(text) => bail!("redis answered {text:?} to BGSAVE"),
-                Err(err) if format!("{err:#}").contains("already in progress") => {}
-                Err(err) => return Err(err),
-            }
-            loop {
-                self.wait_bgsave(deadline).await?;
-                let after = self.info("persistence").await?;
-                // Redis before 7.0 has no rdb_saves: the finished save is ours.
-                if saves_before.is_none() || saves(&after) > saves_before {
-                    return Ok(());
-                }
-                if tokio::time::Instant::now() >= deadline {
-                    bail!("redis did not take a snapshot in time");
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
+            self.bgsave().await?;
+            return self.wait_saved(saves_before, deadline).await;
         }
+    }
+
+    /// Asks for a background save.
+    async fn bgsave(&self) -> Result<()> {
+        match self.cli(&["bgsave"]).await {
+            // "started", or "scheduled" behind an AOF rewrite: either way
+            // a save will run.
+            Ok(text) if text.contains("Background saving") => Ok(()),
+            Ok(text) => bail!("redis answered {text:?} to BGSAVE"),
+            Err(err) if format!("{err:#}").contains("already in progress") => Ok(()),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Waits until a save after the `saves_before`th has finished, and
+    /// succeeded.
+    async fn wait_saved(&self, saves_before: Option<u64>, deadline: Instant) -> Result<()> {
+        wait::until(
+            Limits::until(deadline, POLL_EVERY),
+            || async {
+                self.wait_bgsave(deadline).await?;
+                let after = saves(&self.info("persistence").await?);
+                // Redis before 7.0 has no rdb_saves: the finished save is ours.
+                Ok(if saves_before.is_none() || after > saves_before {
+                    Seen::Ready(())
+                } else {
+                    Seen::Not(format!("{after:?} saves"))
+                })
+            },
+            |_| anyhow!("redis did not take a snapshot in time"),
+        )
+        .await
     }
 
     /// The number of keys in every database, from `INFO keyspace`.
@@ -101,25 +120,31 @@ impl Redis<'_> {
 
     /// Waits until no BGSAVE runs and the last one succeeded. LASTSAVE alone
     /// is not enough: it has one second resolution.
-    async fn wait_bgsave(&self, deadline: tokio::time::Instant) -> Result<()> {
-        loop {
-            let info = self.info("persistence").await?;
-            let running = info.get("rdb_bgsave_in_progress").map(String::as_str) != Some("0");
-            if !running {
-                return match info.get("rdb_last_bgsave_status").map(String::as_str) {
-                    Some("ok") => Ok(()),
+    async fn wait_bgsave(&self, deadline: Instant) -> Result<()> {
+        wait::until(
+            Limits::until(deadline, POLL_EVERY),
+            || async {
+                let info = self.info("persistence").await?;
+                if info.get("rdb_bgsave_in_progress").map(String::as_str) != Some("0") {
+                    return Ok(Seen::Not("a save in progress".to_owned()));
+                }
+                match info.get("rdb_last_bgsave_status").map(String::as_str) {
+                    Some("ok") => Ok(Seen::Ready(())),
                     status => bail!(
                         "redis's snapshot failed (rdb_last_bgsave_status {}); is its disk full?",
                         status.unwrap_or("?")
                     ),
-                };
-            }
-            if tokio::time::Instant::now() >= deadline {
-                bail!("redis's snapshot did not finish in time");
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+                }
+            },
+            |_| anyhow!("redis's snapshot did not finish in time"),
+        )
+        .await
     }
+}
+
+/// How many saves Redis has made (`rdb_saves`, Redis 7.0 on).
+fn saves(persistence: &BTreeMap<String, String>) -> Option<u64> {
+    persistence.get("rdb_saves").and_then(|n| n.parse().ok())
 }
 
 /// Parses `INFO` output: `key:value` lines, `#` section headers.
@@ -153,15 +178,36 @@ pub async fn remove_scratch(engine: &Engine, name: &str, interrupted: bool) -> R
     if !interrupted {
         return Ok(());
     }
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
-    while tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        if engine.inspect(name).await?.is_some() {
+    let late = wait::until(
+        Limits::within(LATE_SCRATCH_WITHIN, LATE_SCRATCH_EVERY),
+        || async {
+            if engine.inspect(name).await?.is_none() {
+                return Ok(Seen::Not("no container".to_owned()));
+            }
             engine.remove(name, true).await?;
-        }
+            Ok(Seen::Ready(()))
+        },
+        |_| anyhow::Error::new(NeverMade),
+    )
+    .await;
+    match late {
+        Err(err) if err.is::<NeverMade>() => Ok(()),
+        other => other,
     }
-    Ok(())
 }
+
+/// The end of the look for a late scratch Redis when none came: not a
+/// failure, the creation never reached the engine.
+#[derive(Debug)]
+struct NeverMade;
+
+impl std::fmt::Display for NeverMade {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("no late scratch redis appeared")
+    }
+}
+
+impl std::error::Error for NeverMade {}
 
 /// What a [`Scratch`] Redis loads: `dir/file`, from `volume` (name, mount
 /// point) when given, after writing `dump` there when given.
@@ -228,58 +274,16 @@ impl<'a> Scratch<'a> {
         image: &str,
         load: Load<'_>,
     ) -> Result<Scratch<'a>> {
-        let Load {
-            dir,
-            file,
-            volume,
-            dump,
-            args,
-        } = load;
         let name = scratch_name(project, purpose);
-        let labels =
-            BTreeMap::from([(crate::engine::PROJECT_LABEL.to_owned(), project.to_owned())]);
         engine.remove(&name, true).await?;
-        let mut command: Vec<String> = [
-            "redis-server",
-            "--appendonly",
-            "no",
-            "--save",
-            "",
-            "--dir",
-            dir,
-            "--dbfilename",
-            file,
-            "--protected-mode",
-            "no",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-        command.extend(args);
-        let body = bollard::models::ContainerCreateBody {
-            image: Some(image.to_owned()),
-            cmd: Some(command),
-            labels: Some(labels.into_iter().collect()),
-            host_config: Some(bollard::models::HostConfig {
-                network_mode: Some("none".to_owned()),
-                mounts: volume.map(|(source, target)| {
-                    vec![bollard::models::Mount {
-                        target: Some(target),
-                        source: Some(source),
-                        typ: Some(bollard::models::MountType::VOLUME),
-                        ..Default::default()
-                    }]
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        engine.create_container(&name, body, &[]).await?;
+        engine
+            .create_container(&scratch_spec(&name, project, image, &load))
+            .await?;
         let scratch = Scratch { engine, name };
         let started = async {
-            if let Some(dump) = dump {
+            if let Some(dump) = load.dump {
                 engine
-                    .write_files(&scratch.name, dir, &[(file, dump, 0o644)])
+                    .write_files(&scratch.name, load.dir, &[(load.file, dump, 0o644)])
                     .await?;
             }
             engine.start(&scratch.name).await
@@ -300,7 +304,7 @@ impl<'a> Scratch<'a> {
     }
 
     /// Waits until it answers and has loaded its data.
-    pub async fn ready(&self, deadline: tokio::time::Instant) -> Result<()> {
+    pub async fn ready(&self, deadline: Instant) -> Result<()> {
         wait_loaded(&self.redis(), deadline).await
     }
 
@@ -309,34 +313,74 @@ impl<'a> Scratch<'a> {
     }
 }
 
+/// The scratch container `name`: `redis-server` with AOF and saving off,
+/// loading `load`'s file, on no network (it has no networks).
+fn scratch_spec(name: &str, project: &str, image: &str, load: &Load<'_>) -> ContainerSpec {
+    let mut command: Vec<String> = [
+        "redis-server",
+        "--appendonly",
+        "no",
+        "--save",
+        "",
+        "--dir",
+        load.dir,
+        "--dbfilename",
+        load.file,
+        "--protected-mode",
+        "no",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    command.extend(load.args.iter().cloned());
+    ContainerSpec {
+        name: name.to_owned(),
+        image: image.to_owned(),
+        command: Some(command),
+        labels: BTreeMap::from([(PROJECT_LABEL.to_owned(), project.to_owned())]),
+        mounts: load
+            .volume
+            .iter()
+            .map(|(source, target)| MountSpec::Volume {
+                name: Some(source.clone()),
+                target: target.clone(),
+                read_only: false,
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
 /// Waits until Redis answers PING and has finished loading its data; a
 /// container that stopped meanwhile fails the wait at once.
-pub async fn wait_loaded(redis: &Redis<'_>, deadline: tokio::time::Instant) -> Result<()> {
-    loop {
-        match redis.ping().await {
-            Ok(()) => {
-                let info = redis.info("persistence").await?;
-                if info.get("loading").map(String::as_str) == Some("0") {
-                    return Ok(());
+pub async fn wait_loaded(redis: &Redis<'_>, deadline: Instant) -> Result<()> {
+    wait::until(
+        Limits::until(deadline, POLL_EVERY),
+        || async {
+            let err = match redis.ping().await {
+                Ok(()) => {
+                    let info = redis.info("persistence").await?;
+                    return Ok(match info.get("loading").map(String::as_str) {
+                        Some("0") => Seen::Ready(()),
+                        _ => Seen::Not("loading".to_owned()),
+                    });
                 }
+                Err(err) => err,
+            };
+            if let Some(container) = redis.engine.inspect(&redis.container).await?
+                && matches!(container.state.as_str(), "exited" | "dead")
+            {
+                bail!(
+                    "{} stopped before it loaded its data (exit code {}): {err:#}",
+                    redis.container,
+                    container.exit_code.unwrap_or_default()
+                );
             }
-            Err(err) => {
-                if let Some(container) = redis.engine.inspect(&redis.container).await?
-                    && matches!(container.state.as_str(), "exited" | "dead")
-                {
-                    bail!(
-                        "{} stopped before it loaded its data (exit code {}): {err:#}",
-                        redis.container,
-                        container.exit_code.unwrap_or_default()
-                    );
-                }
-            }
-        }
-        if tokio::time::Instant::now() >= deadline {
-            bail!("{} did not load its data in time", redis.container);
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+            Ok(Seen::Not(format!("{err:#}")))
+        },
+        |_| anyhow!("{} did not load its data in time", redis.container),
+    )
+    .await
 }
 
 #[cfg(test)]
@@ -352,6 +396,38 @@ mod tests {
         assert_eq!(info["rdb_last_bgsave_status"], "ok");
         assert_eq!(info["aof_enabled"], "1");
         assert!(!info.contains_key("# Persistence"));
+    }
+
+    #[test]
+    fn a_scratch_redis_loads_its_file_from_the_volume_on_no_network() {
+        let load = Load {
+            dir: "/data",
+            file: "dump.rdb",
+            volume: Some(("demo_redis-data".to_owned(), "/data".to_owned())),
+            dump: None,
+            args: vec!["--appendfilename".to_owned(), "live.aof".to_owned()],
+        };
+        let spec = scratch_spec("demo-redis-restore", "demo", "redis:7-alpine", &load);
+        assert_eq!(spec.name, "demo-redis-restore");
+        assert_eq!(spec.image, "redis:7-alpine");
+        let command = spec.command.unwrap().join(" ");
+        assert!(
+            command.starts_with(
+                "redis-server --appendonly no --save  --dir /data --dbfilename dump.rdb"
+            ),
+            "{command}"
+        );
+        assert!(command.ends_with("--appendfilename live.aof"), "{command}");
+        assert_eq!(spec.labels[PROJECT_LABEL], "demo");
+        assert_eq!(
+            spec.mounts,
+            [MountSpec::Volume {
+                name: Some("demo_redis-data".to_owned()),
+                target: "/data".to_owned(),
+                read_only: false,
+            }]
+        );
+        assert!(spec.networks.is_empty() && spec.ports.is_empty());
     }
 
     #[test]

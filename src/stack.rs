@@ -1,31 +1,31 @@
 //! From compose services to engine objects: names, labels and container
-//! configurations. Pure: nothing here talks to the engine.
+//! specs ([`ContainerSpec`]). Pure: nothing here talks to the engine.
 //!
 //! Names follow Compose v2 (`<project>-<service>-<n>` for containers,
 //! `<project>_<name>` for networks and volumes) and every object carries
 //! Compose's labels, so `docker compose ls/ps` list what cryptus made.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 
 use anyhow::{Result, bail};
-use bollard::models::{
-    ContainerCreateBody, EndpointSettings, HealthConfig, HostConfig, Mount as EngineMount,
-    MountType, NetworkingConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
-};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::compose::{self, Compose, MountKind, Service};
 use crate::engine::{
-    CONFIG_FILES_LABEL, CONFIG_HASH_LABEL, NETWORK_LABEL, NUMBER_LABEL, ONEOFF_LABEL,
-    PROJECT_LABEL, SERVICE_LABEL, VOLUME_LABEL, WORKING_DIR_LABEL,
+    CONFIG_FILES_LABEL, CONFIG_HASH_LABEL, ContainerSpec, HealthSpec, MountSpec, NETWORK_LABEL,
+    NUMBER_LABEL, NetworkSpec, ONEOFF_LABEL, PROJECT_LABEL, PortSpec, RestartSpec, SERVICE_LABEL,
+    VOLUME_LABEL, WORKING_DIR_LABEL,
 };
 
 /// The load balancer's service.
 pub const LB_SERVICE: &str = "nginx";
 /// The session store's service.
 pub const REDIS_SERVICE: &str = "redis";
+/// More replicas of a color than this on one host is a typo, not a plan.
+pub const MAX_REPLICAS: u32 = 32;
+
 /// The app version a container runs, as cryptus deployed it.
 pub const VERSION_LABEL: &str = "cryptus.version";
 /// The port the app listens on inside its container.
@@ -137,15 +137,6 @@ pub struct Release {
     pub version: String,
 }
 
-/// A container to create: its name, its configuration, and the networks it
-/// joins after creation.
-pub struct ContainerPlan {
-    pub name: String,
-    pub body: ContainerCreateBody,
-    pub extra_networks: Vec<(String, Vec<String>)>,
-    pub config_hash: String,
-}
-
 /// The labels every object of the project carries.
 fn project_labels(project: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
@@ -195,171 +186,150 @@ pub fn plan_container(
     service: &Service,
     number: u32,
     release: Option<&Release>,
-) -> Result<ContainerPlan> {
-    let name = container_name(project, &service.name, number);
+) -> Result<ContainerSpec> {
+    let restart = restart(&service.restart)?;
+    let networks = networks(project, service)?;
     let config_hash = config_hash(service, release);
-
-    let mut labels = service.labels.clone();
-    labels.extend(project_labels(project));
-    labels.insert(SERVICE_LABEL.to_owned(), service.name.clone());
-    labels.insert(NUMBER_LABEL.to_owned(), number.to_string());
-    labels.insert(ONEOFF_LABEL.to_owned(), "False".to_owned());
-    labels.insert(CONFIG_HASH_LABEL.to_owned(), config_hash.clone());
-    labels.insert(
-        CONFIG_FILES_LABEL.to_owned(),
-        compose
-            .files
-            .iter()
-            .map(|f| f.to_string_lossy())
-            .collect::<Vec<_>>()
-            .join(","),
-    );
-    labels.insert(
-        WORKING_DIR_LABEL.to_owned(),
-        compose.working_dir.to_string_lossy().into_owned(),
-    );
-
-    let mut environment = service.environment.clone();
+    let mut labels = container_labels(project, compose, service, number, config_hash);
+    let mut env = service.environment.clone();
     let image = match (release, Color::of_service(&service.name)) {
         (Some(release), Some(color)) => {
             labels.insert(VERSION_LABEL.to_owned(), release.version.clone());
-            environment.insert("INSTANCE_COLOR".to_owned(), color.as_str().to_owned());
-            environment.insert("APP_VERSION".to_owned(), release.version.clone());
+            env.insert("INSTANCE_COLOR".to_owned(), color.as_str().to_owned());
+            env.insert("APP_VERSION".to_owned(), release.version.clone());
             release.image.clone()
         }
-        _ => match &service.image {
-            Some(image) => image.clone(),
-            None => format!("{project}-{}", service.name),
-        },
+        // Without an image the service is built, and tagged as Compose does.
+        _ => service
+            .image
+            .clone()
+            .unwrap_or_else(|| format!("{project}-{}", service.name)),
     };
-
-    let mut exposed = Vec::new();
-    let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
-    for port in &service.ports {
-        let key = format!("{}/{}", port.container_port, port.protocol);
-        if !exposed.contains(&key) {
-            exposed.push(key.clone());
-        }
-        bindings
-            .entry(key)
-            .or_insert_with(|| Some(Vec::new()))
-            .get_or_insert_with(Vec::new)
-            .push(PortBinding {
-                host_ip: port.host_ip.clone(),
-                host_port: Some(port.host_port.map(|p| p.to_string()).unwrap_or_default()),
-            });
-    }
-
-    let mut mounts = Vec::new();
-    let mut tmpfs: HashMap<String, String> = service
-        .tmpfs
-        .iter()
-        .map(|path| (path.clone(), String::new()))
-        .collect();
-    for mount in &service.mounts {
-        match mount.kind {
-            MountKind::Tmpfs => {
-                tmpfs.insert(mount.target.clone(), String::new());
-            }
-            MountKind::Volume => mounts.push(EngineMount {
-                target: Some(mount.target.clone()),
-                source: (!mount.source.is_empty()).then(|| volume_name(project, &mount.source)),
-                typ: Some(MountType::VOLUME),
-                read_only: Some(mount.read_only),
-                ..Default::default()
-            }),
-            MountKind::Bind => mounts.push(EngineMount {
-                target: Some(mount.target.clone()),
-                source: Some(mount.source.clone()),
-                typ: Some(MountType::BIND),
-                read_only: Some(mount.read_only),
-                ..Default::default()
-            }),
-        }
-    }
-
-    let (policy, retries) =
-        compose::restart_policy(&service.restart).map_err(anyhow::Error::msg)?;
-    let policy = match policy.as_str() {
-        "always" => RestartPolicyNameEnum::ALWAYS,
-        "unless-stopped" => RestartPolicyNameEnum::UNLESS_STOPPED,
-        "on-failure" => RestartPolicyNameEnum::ON_FAILURE,
-        _ => RestartPolicyNameEnum::NO,
-    };
-
-    let nanos = |d: std::time::Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
-    let healthcheck = service.healthcheck.as_ref().map(|h| HealthConfig {
-        test: Some(h.test.clone()),
-        interval: h.interval.map(nanos),
-        timeout: h.timeout.map(nanos),
-        retries: h.retries.map(i64::from),
-        start_period: h.start_period.map(nanos),
-        ..Default::default()
-    });
-
-    let mut networks = service.networks.iter().map(|n| {
-        let mut aliases = vec![service.name.clone()];
-        aliases.extend(n.aliases.iter().cloned());
-        (network_name(project, &n.name), aliases)
-    });
-    let Some((first_network, first_aliases)) = networks.next() else {
-        bail!("service {} joins no network", service.name);
-    };
-    let extra_networks: Vec<(String, Vec<String>)> = networks.collect();
-
-    let host_config = HostConfig {
-        port_bindings: (!bindings.is_empty()).then_some(bindings),
-        mounts: (!mounts.is_empty()).then_some(mounts),
-        tmpfs: (!tmpfs.is_empty()).then_some(tmpfs),
-        restart_policy: Some(RestartPolicy {
-            name: Some(policy),
-            maximum_retry_count: retries,
-        }),
-        nano_cpus: service.limits.cpus.map(|c| (c * 1e9) as i64),
-        memory: service.limits.memory.and_then(|m| i64::try_from(m).ok()),
-        pids_limit: service.limits.pids,
-        network_mode: Some(first_network.clone()),
-        readonly_rootfs: service.read_only.then_some(true),
-        cap_drop: (!service.cap_drop.is_empty()).then(|| service.cap_drop.clone()),
-        security_opt: (!service.security_opt.is_empty()).then(|| service.security_opt.clone()),
-        ..Default::default()
-    };
-
-    let body = ContainerCreateBody {
-        image: Some(image),
-        cmd: service.command.clone(),
+    Ok(ContainerSpec {
+        name: container_name(project, &service.name, number),
+        image,
+        command: service.command.clone(),
         entrypoint: service.entrypoint.clone(),
-        env: Some(
-            environment
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect(),
-        ),
-        labels: Some(labels.into_iter().collect()),
-        exposed_ports: (!exposed.is_empty()).then_some(exposed),
-        healthcheck,
+        env,
+        labels,
+        ports: service.ports.iter().map(port).collect(),
+        mounts: mounts(project, service),
+        tmpfs: tmpfs(service),
+        networks,
+        healthcheck: service.healthcheck.as_ref().map(healthcheck),
+        restart,
+        cpus: service.limits.cpus,
+        memory: service.limits.memory,
+        pids: service.limits.pids,
         stop_signal: service.stop_signal.clone(),
-        stop_timeout: service
-            .stop_grace_period
-            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
+        stop_timeout: service.stop_grace_period,
         user: service.user.clone(),
-        host_config: Some(host_config),
-        networking_config: Some(NetworkingConfig {
-            endpoints_config: Some(HashMap::from([(
-                first_network,
-                EndpointSettings {
-                    aliases: Some(first_aliases),
-                    ..Default::default()
-                },
-            )])),
-        }),
-        ..Default::default()
-    };
-    Ok(ContainerPlan {
-        name,
-        body,
-        extra_networks,
-        config_hash,
+        read_only: service.read_only,
+        cap_drop: service.cap_drop.clone(),
+        security_opt: service.security_opt.clone(),
+    })
+}
+
+/// Compose's labels for replica `number` of `service`, and the file's own.
+fn container_labels(
+    project: &str,
+    compose: &Compose,
+    service: &Service,
+    number: u32,
+    config_hash: String,
+) -> BTreeMap<String, String> {
+    let files: Vec<_> = compose.files.iter().map(|f| f.to_string_lossy()).collect();
+    let mut labels = service.labels.clone();
+    labels.extend(project_labels(project));
+    labels.extend([
+        (SERVICE_LABEL.to_owned(), service.name.clone()),
+        (NUMBER_LABEL.to_owned(), number.to_string()),
+        (ONEOFF_LABEL.to_owned(), "False".to_owned()),
+        (CONFIG_HASH_LABEL.to_owned(), config_hash),
+        (CONFIG_FILES_LABEL.to_owned(), files.join(",")),
+        (
+            WORKING_DIR_LABEL.to_owned(),
+            compose.working_dir.to_string_lossy().into_owned(),
+        ),
+    ]);
+    labels
+}
+
+fn port(port: &compose::Port) -> PortSpec {
+    PortSpec {
+        container_port: port.container_port,
+        protocol: port.protocol.clone(),
+        host_ip: port.host_ip.clone(),
+        host_port: port.host_port,
+    }
+}
+
+/// Volumes and bind mounts; a named volume is the project's.
+fn mounts(project: &str, service: &Service) -> Vec<MountSpec> {
+    service
+        .mounts
+        .iter()
+        .filter_map(|mount| match mount.kind {
+            MountKind::Tmpfs => None,
+            MountKind::Volume => Some(MountSpec::Volume {
+                name: (!mount.source.is_empty()).then(|| volume_name(project, &mount.source)),
+                target: mount.target.clone(),
+                read_only: mount.read_only,
+            }),
+            MountKind::Bind => Some(MountSpec::Bind {
+                source: mount.source.clone(),
+                target: mount.target.clone(),
+                read_only: mount.read_only,
+            }),
+        })
+        .collect()
+}
+
+/// The paths that get a tmpfs: `tmpfs:` and the tmpfs mounts of `volumes:`.
+fn tmpfs(service: &Service) -> Vec<String> {
+    let mounts = service
+        .mounts
+        .iter()
+        .filter(|mount| mount.kind == MountKind::Tmpfs)
+        .map(|mount| mount.target.clone());
+    service.tmpfs.iter().cloned().chain(mounts).collect()
+}
+
+/// The project's networks the service joins, each with the service's name
+/// as an alias; a service must join one.
+fn networks(project: &str, service: &Service) -> Result<Vec<NetworkSpec>> {
+    if service.networks.is_empty() {
+        bail!("service {} joins no network", service.name);
+    }
+    Ok(service
+        .networks
+        .iter()
+        .map(|network| NetworkSpec {
+            name: network_name(project, &network.name),
+            aliases: std::iter::once(service.name.clone())
+                .chain(network.aliases.iter().cloned())
+                .collect(),
+        })
+        .collect())
+}
+
+fn healthcheck(health: &compose::Healthcheck) -> HealthSpec {
+    HealthSpec {
+        test: health.test.clone(),
+        interval: health.interval,
+        timeout: health.timeout,
+        retries: health.retries,
+        start_period: health.start_period,
+    }
+}
+
+fn restart(text: &str) -> Result<RestartSpec> {
+    let (policy, retries) = compose::restart_policy(text).map_err(anyhow::Error::msg)?;
+    Ok(match policy.as_str() {
+        "always" => RestartSpec::Always,
+        "unless-stopped" => RestartSpec::UnlessStopped,
+        "on-failure" => RestartSpec::OnFailure(retries),
+        _ => RestartSpec::No,
     })
 }
 
@@ -423,61 +393,141 @@ mod tests {
         };
         let plan = plan_container("demo", &compose, service, 2, Some(&release)).unwrap();
         assert_eq!(plan.name, "demo-cryptus-green-2");
-        let labels = plan.body.labels.as_ref().unwrap();
+        let labels = &plan.labels;
         assert_eq!(labels[PROJECT_LABEL], "demo");
         assert_eq!(labels[SERVICE_LABEL], "cryptus-green");
         assert_eq!(labels[NUMBER_LABEL], "2");
         assert_eq!(labels[ONEOFF_LABEL], "False");
         assert_eq!(labels[VERSION_LABEL], "v2");
-        assert_eq!(labels[CONFIG_HASH_LABEL], plan.config_hash);
-        assert!(labels[CONFIG_FILES_LABEL].ends_with("docker-compose.zero-downtime.yml"));
-        assert_eq!(plan.body.image.as_deref(), Some("cryptus-app:v2"));
-        let env = plan.body.env.as_ref().unwrap();
-        assert!(env.contains(&"INSTANCE_COLOR=green".to_owned()));
-        assert!(env.contains(&"APP_VERSION=v2".to_owned()));
-        let host = plan.body.host_config.as_ref().unwrap();
-        let binding = &host.port_bindings.as_ref().unwrap()["3000/tcp"]
-            .as_ref()
-            .unwrap()[0];
-        assert_eq!(binding.host_ip.as_deref(), Some("127.0.0.1"));
-        assert_eq!(binding.host_port.as_deref(), Some(""));
-        assert_eq!(host.memory, Some(512 << 20));
-        assert_eq!(host.nano_cpus, Some(1_000_000_000));
-        assert_eq!(host.network_mode.as_deref(), Some("demo_cryptus"));
-        let endpoints = plan
-            .body
-            .networking_config
-            .as_ref()
-            .unwrap()
-            .endpoints_config
-            .as_ref()
-            .unwrap();
         assert_eq!(
-            endpoints["demo_cryptus"].aliases.as_deref(),
-            Some(&["cryptus-green".to_owned()][..])
+            labels[CONFIG_HASH_LABEL],
+            config_hash(service, Some(&release))
         );
-        let health = plan.body.healthcheck.as_ref().unwrap();
-        assert_eq!(health.interval, Some(10_000_000_000));
-        assert_eq!(plan.body.stop_timeout, Some(30));
+        assert!(labels[CONFIG_FILES_LABEL].ends_with("docker-compose.zero-downtime.yml"));
+        assert_eq!(plan.image, "cryptus-app:v2");
+        assert_eq!(plan.env["INSTANCE_COLOR"], "green");
+        assert_eq!(plan.env["APP_VERSION"], "v2");
+        assert_eq!(
+            plan.ports,
+            [PortSpec {
+                container_port: APP_PORT,
+                protocol: "tcp".to_owned(),
+                host_ip: Some("127.0.0.1".to_owned()),
+                host_port: None,
+            }]
+        );
+        assert_eq!(plan.memory, Some(512 << 20));
+        assert_eq!(plan.cpus, Some(1.0));
+        assert_eq!(
+            plan.networks,
+            [NetworkSpec {
+                name: "demo_cryptus".to_owned(),
+                aliases: vec!["cryptus-green".to_owned()],
+            }]
+        );
+        let health = plan.healthcheck.as_ref().unwrap();
+        assert_eq!(health.interval, Some(std::time::Duration::from_secs(10)));
+        assert_eq!(plan.stop_timeout, Some(std::time::Duration::from_secs(30)));
     }
 
     #[test]
     fn volumes_are_prefixed_and_binds_absolute() {
         let compose = shipped();
         let plan = plan_container("demo", &compose, &compose.services["nginx"], 1, None).unwrap();
-        let mounts = plan
-            .body
-            .host_config
-            .as_ref()
-            .unwrap()
-            .mounts
-            .clone()
-            .unwrap();
-        assert_eq!(mounts[0].typ, Some(MountType::BIND));
-        assert!(mounts[0].source.as_ref().unwrap().ends_with("/nginx"));
-        assert_eq!(mounts[1].source.as_deref(), Some("demo_nginx-state"));
-        assert_eq!(plan.body.stop_signal.as_deref(), Some("SIGQUIT"));
-        assert_eq!(plan.body.image.as_deref(), Some("nginx:1.28-alpine"));
+        assert!(
+            matches!(&plan.mounts[0], MountSpec::Bind { source, .. } if source.ends_with("/nginx")),
+            "{:?}",
+            plan.mounts
+        );
+        assert!(
+            matches!(&plan.mounts[1], MountSpec::Volume { name: Some(name), .. } if name == "demo_nginx-state"),
+            "{:?}",
+            plan.mounts
+        );
+        assert_eq!(plan.stop_signal.as_deref(), Some("SIGQUIT"));
+        assert_eq!(plan.image, "nginx:1.28-alpine");
+    }
+
+    /// Without a release a color runs what the file names, with no version.
+    #[test]
+    fn without_a_release_a_color_runs_the_files_image() {
+        let compose = shipped();
+        let service = &compose.services["cryptus-blue"];
+        let plan = plan_container("demo", &compose, service, 1, None).unwrap();
+        assert_eq!(plan.image, service.image.clone().unwrap());
+        assert!(!plan.env.contains_key("APP_VERSION"));
+        assert!(!plan.labels.contains_key(VERSION_LABEL));
+        assert_eq!(
+            plan.label(CONFIG_HASH_LABEL),
+            Some(config_hash(service, None).as_str())
+        );
+    }
+
+    /// Only a color's service takes a release: redis keeps its own image.
+    #[test]
+    fn a_release_changes_only_a_colors_image() {
+        let compose = shipped();
+        let release = Release {
+            image: "cryptus-app:v2".to_owned(),
+            version: "v2".to_owned(),
+        };
+        let service = &compose.services["redis"];
+        let plan = plan_container("demo", &compose, service, 1, Some(&release)).unwrap();
+        assert_eq!(plan.image, service.image.clone().unwrap());
+        assert!(!plan.env.contains_key("APP_VERSION"));
+    }
+
+    #[test]
+    fn the_compose_model_becomes_the_spec() {
+        let compose = shipped();
+        let mut service = compose.services["redis"].clone();
+        service.image = None;
+        service.restart = "on-failure:3".to_owned();
+        service.tmpfs = vec!["/run".to_owned()];
+        service.mounts.push(compose::Mount {
+            kind: MountKind::Tmpfs,
+            source: String::new(),
+            target: "/cache".to_owned(),
+            read_only: false,
+        });
+        service.mounts.push(compose::Mount {
+            kind: MountKind::Volume,
+            source: String::new(),
+            target: "/scratch".to_owned(),
+            read_only: true,
+        });
+        service.networks.push(compose::ServiceNetwork {
+            name: "backend".to_owned(),
+            aliases: vec!["cache".to_owned()],
+        });
+        let plan = plan_container("demo", &compose, &service, 1, None).unwrap();
+        // A service without an image runs the one built for it.
+        assert_eq!(plan.image, "demo-redis");
+        assert_eq!(plan.restart, RestartSpec::OnFailure(Some(3)));
+        assert_eq!(plan.tmpfs, ["/run", "/cache"]);
+        // The tmpfs mount is a tmpfs, not a mount.
+        assert_eq!(
+            plan.mounts.len(),
+            compose.services["redis"].mounts.len() + 1
+        );
+        assert_eq!(
+            plan.mounts.last(),
+            Some(&MountSpec::Volume {
+                name: None,
+                target: "/scratch".to_owned(),
+                read_only: true,
+            })
+        );
+        assert_eq!(
+            plan.networks.last(),
+            Some(&NetworkSpec {
+                name: "demo_backend".to_owned(),
+                aliases: vec!["redis".to_owned(), "cache".to_owned()],
+            })
+        );
+        service.networks.clear();
+        let err = plan_container("demo", &compose, &service, 1, None).unwrap_err();
+        assert_eq!(err.to_string(), "service redis joins no network");
     }
 
     #[test]

@@ -3,9 +3,10 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use support::{TestProject, app_image, assert_code, get, get_json, stderr, stdout};
+use support::wait::{eventually, exit_within, poll};
+use support::{RUN_DEADLINE, TestProject, app_image, assert_code, get, get_json, stderr, stdout};
 
 fn backups(out: &Path) -> Vec<PathBuf> {
     let mut found: Vec<PathBuf> = std::fs::read_dir(out)
@@ -254,7 +255,7 @@ fn keep_3_keeps_exactly_3_and_cron_runs_are_quiet() {
     for (key, value) in &project.env {
         command.env(key, value);
     }
-    let output = command.output().unwrap();
+    let output = support::run(command);
     assert_code(&output, 0);
     assert!(output.stdout.is_empty() && output.stderr.is_empty());
     assert_eq!(backups(&out).len(), 3);
@@ -278,7 +279,7 @@ fn keep_3_keeps_exactly_3_and_cron_runs_are_quiet() {
     for (key, value) in &project.env {
         command.env(key, value);
     }
-    let output = command.output().unwrap();
+    let output = support::run(command);
     assert_code(&output, 0);
     assert!(output.stdout.is_empty() && output.stderr.is_empty());
     assert_eq!(backups(&out).len(), 4, "--keep 14 keeps the 3 and adds one");
@@ -375,11 +376,19 @@ fn a_backup_started_during_a_deploy_waits_for_the_lock() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while project.status()["lock"].is_null() {
-        assert!(Instant::now() < deadline, "the deploy never took the lock");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually(
+        "the deploy holds the lock",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || {
+            let lock = &project.status()["lock"];
+            if lock.is_null() {
+                Err(format!("lock {lock}"))
+            } else {
+                Ok(())
+            }
+        },
+    );
     let out = project.path().join("backups");
     let output = project.ok(&["backup", "--out", &out.to_string_lossy(), "-v"]);
     assert!(
@@ -391,7 +400,7 @@ fn a_backup_started_during_a_deploy_waits_for_the_lock() {
         deploy.try_wait().unwrap().is_some(),
         "the backup ran after the deploy finished"
     );
-    assert!(deploy.wait().unwrap().success());
+    assert!(exit_within("the deploy ended", &mut deploy, RUN_DEADLINE).success());
     let dir = backups(&out).pop().unwrap();
     project.ok(&["backup", "--verify", &dir.to_string_lossy()]);
 }
@@ -449,22 +458,33 @@ fn the_readme_cron_line_runs_under_a_real_cron_daemon() {
             .expect("busybox crond (Debian's busybox-static)"),
     );
     let out = project.path().join("backups");
-    let end = Instant::now() + Duration::from_secs(100);
     let complete = |out: &Path| -> Vec<PathBuf> {
         backups(out)
             .into_iter()
             .filter(|dir| dir.join("manifest.json").is_file())
             .collect()
     };
-    while complete(&out).is_empty() || !mail.exists() {
-        assert!(
-            Instant::now() < end,
-            "cron ran no backup in 100 s; crond's log: {}",
+    let ran = poll(Duration::from_secs(100), Duration::from_millis(200), || {
+        let made = complete(&out).len();
+        if made == 0 || !mail.exists() {
+            Err(format!(
+                "{made} complete backups, cron's output file {}",
+                if mail.exists() { "written" } else { "absent" }
+            ))
+        } else {
+            Ok(())
+        }
+    });
+    if let Err(timed_out) = ran {
+        panic!(
+            "cron ran no backup in 100 s (last seen: {}); crond's log: {}",
+            timed_out.last,
             std::fs::read_to_string(project.path().join("crond.log")).unwrap_or_default()
         );
-        std::thread::sleep(Duration::from_millis(200));
     }
-    // A backup appears whole, by rename; give the run a moment to end.
+    // A backup appears whole, by rename; give the run a moment to end. Not a
+    // poll: cron started the run, so there is no process to wait for, and
+    // what is checked next (nothing half-made left) must hold once it ends.
     std::thread::sleep(Duration::from_millis(1000));
     let made = backups(&out);
     assert_eq!(made, complete(&out), "only complete backups are left");
@@ -566,34 +586,32 @@ fn the_systemd_timer_fires_the_backup_under_real_systemd() {
             .expect("starting systemd");
     });
     let out = project.path().join("backups");
-    let end = Instant::now() + Duration::from_secs(60);
-    loop {
-        let complete: Vec<PathBuf> = backups(&out)
+    let made = poll(Duration::from_secs(60), Duration::from_millis(200), || {
+        backups(&out)
             .into_iter()
-            .filter(|dir| dir.join("manifest.json").is_file())
-            .collect();
-        if let Some(made) = complete.first() {
-            let verified = project.ok(&["backup", "--verify", &made.to_string_lossy()]);
-            assert!(stdout(&verified).contains(": ok"), "{}", stdout(&verified));
-            break;
-        }
-        if Instant::now() >= end {
-            let name = name.clone();
-            let log = support::on_engine(move |docker| async move {
-                use futures_util::StreamExt;
-                let options = bollard::query_parameters::LogsOptionsBuilder::default()
-                    .stdout(true)
-                    .stderr(true)
-                    .build();
-                let mut text = String::new();
-                let mut logs = docker.logs(&name, Some(options));
-                while let Some(Ok(chunk)) = logs.next().await {
-                    text.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
-                }
-                text
-            });
-            panic!("systemd's timer ran no backup in 60 s; its console:\n{log}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+            .find(|dir| dir.join("manifest.json").is_file())
+            .ok_or_else(|| format!("no complete backup in {}", out.display()))
+    });
+    let made = made.unwrap_or_else(|timed_out| {
+        let name = name.clone();
+        let log = support::on_engine(move |docker| async move {
+            use futures_util::StreamExt;
+            let options = bollard::query_parameters::LogsOptionsBuilder::default()
+                .stdout(true)
+                .stderr(true)
+                .build();
+            let mut text = String::new();
+            let mut logs = docker.logs(&name, Some(options));
+            while let Some(Ok(chunk)) = logs.next().await {
+                text.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+            }
+            text
+        });
+        panic!(
+            "systemd's timer ran no backup in 60 s ({}); its console:\n{log}",
+            timed_out.last
+        );
+    });
+    let verified = project.ok(&["backup", "--verify", &made.to_string_lossy()]);
+    assert!(stdout(&verified).contains(": ok"), "{}", stdout(&verified));
 }

@@ -9,9 +9,10 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bollard::query_parameters::ListContainersOptionsBuilder;
+use support::wait::{eventually, exited};
 use support::{TestProject, assert_code, stderr, stdout};
 
 fn entries(dir: &Path) -> Vec<String> {
@@ -54,11 +55,12 @@ fn signal(child: &Child, name: &str) {
 
 /// Waits for a spawned cryptus, at most two minutes.
 fn finish(mut child: Child) -> Output {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "cryptus did not end");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually(
+        "cryptus ended",
+        Duration::from_secs(120),
+        Duration::from_millis(20),
+        || exited(&mut child),
+    );
     child.wait_with_output().unwrap()
 }
 
@@ -78,6 +80,19 @@ fn containers_named(project: &TestProject, suffixes: &[&str]) -> Vec<String> {
         .into_keys()
         .filter(|name| suffixes.iter().any(|s| name.ends_with(s)))
         .collect()
+}
+
+/// Waits up to 30 s for a container of the project named `*{suffix}`,
+/// looking every `every`: a few milliseconds, to catch one that runs only
+/// for a moment.
+fn until_container(project: &TestProject, what: &str, suffix: &str, every: Duration) {
+    eventually(what, Duration::from_secs(30), every, || {
+        if containers_named(project, &[suffix]).is_empty() {
+            Err(format!("no container named *{suffix}"))
+        } else {
+            Ok(())
+        }
+    });
 }
 
 /// What must hold after any backup or restore, however it ended: no scratch
@@ -441,11 +456,12 @@ fn sigterm_during_backup_leaves_nothing_and_the_next_run_sweeps() {
     // SIGKILL while the scratch redis runs leaves what only a later run can
     // clean: the next backup removes it and says so.
     let child = spawn(&project, &["backup", "--out", &out_str]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while containers_named(&project, &["-redis-check"]).is_empty() {
-        assert!(Instant::now() < deadline, "no scratch redis appeared");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    until_container(
+        &project,
+        "a scratch redis appeared",
+        "-redis-check",
+        Duration::from_millis(10),
+    );
     let mut child = child;
     child.kill().unwrap();
     child.wait().unwrap();
@@ -544,11 +560,12 @@ fn sigterm_during_restore_leaves_redis_running_with_old_or_restored_data() {
     // The old data is really back: it survives a restart of redis.
     old(&project);
     let child = spawn(&project, &["restore", &backup, "--yes"]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while containers_named(&project, &["-redis-restore"]).is_empty() {
-        assert!(Instant::now() < deadline, "no scratch redis appeared");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    until_container(
+        &project,
+        "a scratch redis appeared",
+        "-redis-restore",
+        Duration::from_millis(10),
+    );
     sigterm(&child);
     let output = finish(child);
     assert_code(&output, 1);
@@ -561,11 +578,12 @@ fn sigterm_during_restore_leaves_redis_running_with_old_or_restored_data() {
     // next restore removes the scratch before redis starts, says so, and
     // restores.
     let mut child = spawn(&project, &["restore", &backup, "--yes"]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while containers_named(&project, &["-redis-restore"]).is_empty() {
-        assert!(Instant::now() < deadline, "no scratch redis appeared");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    until_container(
+        &project,
+        "a scratch redis appeared",
+        "-redis-restore",
+        Duration::from_millis(10),
+    );
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(!containers_named(&project, &["-redis-restore"]).is_empty());
@@ -588,11 +606,12 @@ fn redis_killed_during_backup_exits_1() {
     let out = project.path().join("backups");
     let out_str = out.to_string_lossy().into_owned();
     let child = spawn(&project, &["backup", "--out", &out_str, "--json"]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while containers_named(&project, &["-deploy-lock"]).is_empty() {
-        assert!(Instant::now() < deadline, "the backup never took the lock");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    until_container(
+        &project,
+        "the backup took the lock",
+        "-deploy-lock",
+        Duration::from_millis(5),
+    );
     let redis = format!("{}-redis-1", project.name);
     project.on_engine(move |docker| async move {
         docker.kill_container(&redis, None).await.unwrap();
@@ -638,17 +657,24 @@ fn restore_without_aof_commits_the_dump_and_a_killed_scratch_leaves_the_old_data
     project.redis_cli(&["SAVE"]);
     let child = spawn(&project, &["restore", &backup, "--yes"]);
     let scratch = format!("{}-redis-restore", project.name);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let running = |project: &TestProject| {
-        project
-            .containers()
-            .iter()
-            .any(|(name, (_, running))| name.ends_with("-redis-restore") && *running)
-    };
-    while !running(&project) {
-        assert!(Instant::now() < deadline, "no scratch redis ran");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    eventually(
+        "a scratch redis ran",
+        Duration::from_secs(30),
+        Duration::from_millis(5),
+        || {
+            let scratch: Vec<(String, bool)> = project
+                .containers()
+                .into_iter()
+                .filter(|(name, _)| name.ends_with("-redis-restore"))
+                .map(|(name, (_, running))| (name, running))
+                .collect();
+            if scratch.iter().any(|(_, running)| *running) {
+                Ok(())
+            } else {
+                Err(format!("*-redis-restore (name, running): {scratch:?}"))
+            }
+        },
+    );
     project.on_engine(move |docker| async move {
         let _ = docker.kill_container(&scratch, None).await;
     });

@@ -7,9 +7,12 @@ mod support;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use loadgen::{Load, Mix};
+use support::load::Mix;
 use support::private_engine::PrivateEngine;
-use support::{TestProject, app_image, assert_code, nginx_image, redis_image, stderr};
+use support::wait::{eventually, output_within};
+use support::{
+    RUN_DEADLINE, TestProject, app_image, assert_code, nginx_image, redis_image, stderr,
+};
 
 fn spawn_deploy(project: &TestProject, version: &str) -> Child {
     project
@@ -20,12 +23,23 @@ fn spawn_deploy(project: &TestProject, version: &str) -> Child {
         .unwrap()
 }
 
-/// Polls `check` every 10 ms for up to 20 s.
-fn until(what: &str, mut check: impl FnMut() -> bool) {
-    let end = Instant::now() + Duration::from_secs(20);
-    while !check() {
-        assert!(Instant::now() < end, "never saw: {what}");
-        std::thread::sleep(Duration::from_millis(10));
+/// Waits for a moment of a deploy in progress: up to 20 s, looking every
+/// 10 ms, since some moments last little longer than that.
+#[track_caller]
+fn until_moment<T>(what: &str, probe: impl FnMut() -> Result<T, String>) -> T {
+    eventually(
+        what,
+        Duration::from_secs(20),
+        Duration::from_millis(10),
+        probe,
+    )
+}
+
+/// A probe: `color` runs `version`.
+fn runs(project: &TestProject, color: &str, version: &str) -> Result<(), String> {
+    match running_version(project, color) {
+        Some(running) if running == version => Ok(()),
+        other => Err(format!("{color} runs {other:?}")),
     }
 }
 
@@ -64,7 +78,8 @@ async fn sigkill_at_each_step_loses_no_request_and_the_next_deploy_works() {
         session: 1,
         ..Mix::default()
     };
-    let load = Load::start(project.lb_addr(), &mix);
+    let load = mix.start(project.lb_addr());
+    // Not a poll: load runs a while before the first kill.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     for (point, version) in [
@@ -83,15 +98,21 @@ async fn sigkill_at_each_step_loses_no_request_and_the_next_deploy_works() {
         let project_ref = &project;
         let mut child = spawn_deploy(project_ref, version);
         tokio::task::block_in_place(|| match point {
-            "the new container started" => until(point, || {
-                running_version(project_ref, target).as_deref() == Some(version)
+            "the new container started" => {
+                until_moment(point, || runs(project_ref, target, version));
+            }
+            "the reload" => until_moment(point, || match lb_answer(project_ref) {
+                Some((color, answered)) if color == target && answered == version => Ok(()),
+                other => Err(format!("the load balancer answers {other:?}")),
             }),
-            "the reload" => until(point, || {
-                lb_answer(project_ref) == Some((target.to_owned(), version.to_owned()))
-            }),
-            _ => until(point, || {
-                lb_answer(project_ref).is_some_and(|(color, _)| color == target)
-                    && running_version(project_ref, &active).is_some()
+            _ => until_moment(point, || match lb_answer(project_ref) {
+                Some((color, _)) if color == target => {
+                    match running_version(project_ref, &active) {
+                        Some(_) => Ok(()),
+                        None => Err(format!("{target} answers, {active} no longer runs")),
+                    }
+                }
+                other => Err(format!("the load balancer answers {other:?}")),
             }),
         });
         child.kill().unwrap();
@@ -139,16 +160,15 @@ async fn sigkill_at_each_step_loses_no_request_and_the_next_deploy_works() {
     }
 
     let report = load.stop().await;
-    eprintln!(
-        "load: {} requests, {} failed, {} stale keep-alive closes retried",
-        report.requests, report.failed, report.stale_keepalive_closes
+    eprintln!("{}", report.summary());
+    assert_eq!(
+        report.cut_short, None,
+        "the load ended before the kills did"
     );
     assert_eq!(
-        report.failed,
-        0,
+        report.failed, 0,
         "{:?} {:?}",
-        report.failures,
-        report.failures_detail().iter().take(5).collect::<Vec<_>>()
+        report.failures, report.first_failures
     );
 }
 
@@ -158,8 +178,8 @@ fn ctrl_c_during_a_deploy_undoes_it() {
     project.set_service_env("green", "APP_STARTUP_DELAY_MS", "5000");
     project.ok(&["start"]);
     let child = spawn_deploy(&project, "2.0.0");
-    until("the green container", || {
-        running_version(&project, "green").is_some()
+    until_moment("the green container runs", || {
+        running_version(&project, "green").ok_or_else(|| "green runs nothing".to_owned())
     });
     let status = std::process::Command::new("kill")
         .args(["-INT", &child.id().to_string()])
@@ -167,7 +187,7 @@ fn ctrl_c_during_a_deploy_undoes_it() {
         .unwrap();
     assert!(status.success());
     let began = Instant::now();
-    let output = child.wait_with_output().unwrap();
+    let output = output_within("the deploy ended after SIGINT", child, RUN_DEADLINE);
     assert!(
         began.elapsed() < Duration::from_secs(10),
         "Ctrl-C is answered at once"
@@ -218,12 +238,16 @@ fn dockerd_restarting_mid_deploy_fails_clearly_and_a_rerun_finishes() {
 
     project.set_env("STARTUP_DELAY", "4000");
     let child = spawn_deploy(&project, "2.0.0");
-    until("the green container", || {
-        running_version(&project, "green").is_some()
+    until_moment("the green container runs", || {
+        running_version(&project, "green").ok_or_else(|| "green runs nothing".to_owned())
     });
     engine.restart();
     let began = Instant::now();
-    let output = child.wait_with_output().unwrap();
+    let output = output_within(
+        "the deploy ended after dockerd restarted",
+        child,
+        RUN_DEADLINE,
+    );
     let text = stderr(&output);
     assert_code(&output, 1);
     assert!(
@@ -238,14 +262,20 @@ fn dockerd_restarting_mid_deploy_fails_clearly_and_a_rerun_finishes() {
     );
 
     // The stack comes back by itself, serving what nginx was told to serve.
-    let end = Instant::now() + Duration::from_secs(60);
-    let serving = loop {
-        if let Some(answer) = lb_answer(&project) {
-            break answer;
-        }
-        assert!(Instant::now() < end, "the stack never served again");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let serving = eventually(
+        "the stack serves again",
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || {
+            lb_answer(&project).ok_or_else(|| {
+                let url = project.url("/api/health");
+                match support::get(&url, None) {
+                    Ok((code, _, body)) => format!("GET {url}: {code} {body}"),
+                    Err(err) => format!("GET {url}: {err}"),
+                }
+            })
+        },
+    );
     let status = project.status();
     assert_eq!(status["nginx"]["served"], serving.0.as_str(), "{status}");
 

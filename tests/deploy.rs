@@ -5,8 +5,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use loadgen::{Load, Mix};
-use support::{TestProject, app_image, assert_code, get, get_json, stderr};
+use support::load::{Load, Mix};
+use support::wait::{eventually, exit_within};
+use support::{RUN_DEADLINE, TestProject, app_image, assert_code, get, get_json, stderr};
 
 /// Starts load and waits until it flows.
 async fn start_load(project: &TestProject) -> Load {
@@ -20,12 +21,8 @@ async fn start_load(project: &TestProject) -> Load {
         timeout: Duration::from_secs(10),
         ..Mix::default()
     };
-    let load = Load::start(project.lb_addr(), &mix);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while load.requests().await < 20 {
-        assert!(Instant::now() < deadline, "the load does not flow");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let load = mix.start(project.lb_addr());
+    load.flowing(20, Duration::from_secs(10)).await;
     load
 }
 
@@ -63,6 +60,8 @@ async fn deploy_rollback_deploy_under_load_fails_no_request() {
     // A long request in flight across the flip must complete, from blue.
     let slow_url = project.url("/api/sleep?ms=3000");
     let slow = tokio::task::spawn_blocking(move || get(&slow_url, None));
+    // Not a poll: nothing outside shows the request has reached blue; this
+    // gives it the time to, before the deploy starts.
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let image = app_image();
@@ -144,15 +143,15 @@ async fn deploy_rollback_deploy_under_load_fails_no_request() {
     );
 
     let report = load.stop().await;
-    eprintln!(
-        "load: {} requests, {} failed, {} stale keep-alive closes retried, by color {:?}",
-        report.requests, report.failed, report.stale_keepalive_closes, report.by_color
+    eprintln!("{}", report.summary());
+    assert_eq!(
+        report.cut_short, None,
+        "the load ended before the switches did"
     );
-    let failures: Vec<_> = report.failures_detail().into_iter().take(10).collect();
     assert_eq!(
         report.failed, 0,
-        "failed requests during the switches: {:?} {failures:?}",
-        report.failures
+        "failed requests during the switches: {:?} {:?}",
+        report.failures, report.first_failures
     );
     assert!(
         report.requests > 100,
@@ -395,15 +394,19 @@ fn two_deploys_at_once_one_is_refused() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait until the first holds the lock.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while project.status()["lock"].is_null() {
-        assert!(
-            Instant::now() < deadline,
-            "the first deploy never took the lock"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually(
+        "the first deploy holds the lock",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || {
+            let lock = &project.status()["lock"];
+            if lock.is_null() {
+                Err(format!("lock {lock}"))
+            } else {
+                Ok(())
+            }
+        },
+    );
     let holder = project.status()["lock"].clone();
     assert_eq!(holder["operation"], "deploy");
     assert_eq!(holder["pid"], first.id());
@@ -424,7 +427,7 @@ fn two_deploys_at_once_one_is_refused() {
     // A third waits for the lock and then deploys.
     let third = project.run(&["rollback", "--lock-wait", "60s"]);
     assert_code(&third, 0);
-    assert!(first.wait().unwrap().success());
+    assert!(exit_within("the first deploy ended", &mut first, RUN_DEADLINE).success());
     assert_eq!(
         project.serving().0,
         "blue",

@@ -178,6 +178,8 @@ fn nginx_limits_requests_and_sends_security_headers() {
         "nginx hides its version"
     );
     // Beyond the burst of 20 at 2 r/s, /api/ answers 429, with the headers too.
+    // One request after another, not a support::load mix: the limit counts
+    // requests one by one, and every 429 is checked for its headers.
     let mut limited = 0;
     for _ in 0..60 {
         let (code, headers, _) = get(&project.url("/api/session"), None).unwrap();

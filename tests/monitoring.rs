@@ -10,9 +10,10 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use base64::Engine;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use loadgen::{Load, Mix};
+use support::load::Mix;
+use support::wait::eventually;
 use support::{TestProject, app_image, assert_code, stderr};
 
 fn repo(path: &str) -> std::path::PathBuf {
@@ -224,14 +225,16 @@ fn prometheus(project: &TestProject, port: u16, query: &str) -> serde_json::Valu
     serde_json::from_str(&body).unwrap()
 }
 
-fn wait_for(what: &str, deadline: Duration, mut check: impl FnMut() -> bool) {
-    let end = Instant::now() + deadline;
-    while !check() {
-        assert!(
-            Instant::now() < end,
-            "{what} did not happen in {deadline:?}"
-        );
-        std::thread::sleep(Duration::from_millis(500));
+/// How often the waits here look: Prometheus scrapes and evaluates every
+/// second or so in these tests (see `monitored`).
+const EVERY: Duration = Duration::from_millis(500);
+
+/// Whether a Prometheus query answers at least one series; what it answered.
+fn has_series(answer: &serde_json::Value) -> Result<(), String> {
+    if answer["data"]["result"].as_array().unwrap().is_empty() {
+        Err(format!("no series: {answer}"))
+    } else {
+        Ok(())
     }
 }
 
@@ -334,31 +337,47 @@ async fn monitoring_scrapes_everything_alerts_and_gates_deploys() {
 
     // Every target is up.
     let targets_url = format!("http://127.0.0.1:{port}/api/v1/targets");
-    wait_for("every scrape target up", Duration::from_secs(60), || {
-        let Ok((200, _, body)) = support::get(&targets_url, None) else {
-            return false;
-        };
-        let targets: serde_json::Value = serde_json::from_str(&body).unwrap();
-        let active = targets["data"]["activeTargets"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        let jobs: Vec<&str> = active
+    eventually(
+        "every scrape target up",
+        Duration::from_secs(60),
+        EVERY,
+        || {
+            let body = match support::get(&targets_url, None) {
+                Ok((200, _, body)) => body,
+                Ok((code, _, body)) => return Err(format!("{code} {body}")),
+                Err(err) => return Err(err),
+            };
+            let targets: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let active = targets["data"]["activeTargets"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let jobs: Vec<&str> = active
+                .iter()
+                .filter_map(|t| t["labels"]["job"].as_str())
+                .collect();
+            let all_up = [
+                "prometheus",
+                "alertmanager",
+                "node",
+                "nginx",
+                "redis",
+                "cryptus-blue",
+            ]
             .iter()
-            .filter_map(|t| t["labels"]["job"].as_str())
-            .collect();
-        [
-            "prometheus",
-            "alertmanager",
-            "node",
-            "nginx",
-            "redis",
-            "cryptus-blue",
-        ]
-        .iter()
-        .all(|j| jobs.contains(j))
-            && active.iter().all(|t| t["health"] == "up")
-    });
+            .all(|j| jobs.contains(j))
+                && active.iter().all(|t| t["health"] == "up");
+            if all_up {
+                Ok(())
+            } else {
+                let health: Vec<String> = active
+                    .iter()
+                    .map(|t| format!("{} {}", t["labels"]["job"], t["health"]))
+                    .collect();
+                Err(format!("targets: {health:?}"))
+            }
+        },
+    );
     let output = project.run_async(&["health", "--json"]).await;
     assert_code(&output, 0);
     let health: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
@@ -377,10 +396,18 @@ async fn monitoring_scrapes_everything_alerts_and_gates_deploys() {
     );
 
     // cryptus's own metrics reach Prometheus.
-    wait_for("cryptus_active_color", Duration::from_secs(20), || {
-        let answer = prometheus(&project, port, "cryptus_active_color{color=\"blue\"} == 1");
-        !answer["data"]["result"].as_array().unwrap().is_empty()
-    });
+    eventually(
+        "cryptus_active_color in Prometheus",
+        Duration::from_secs(20),
+        EVERY,
+        || {
+            has_series(&prometheus(
+                &project,
+                port,
+                "cryptus_active_color{color=\"blue\"} == 1",
+            ))
+        },
+    );
 
     // A version answering 20% 5xx is rolled back by the metric gate.
     let mix = Mix {
@@ -391,7 +418,7 @@ async fn monitoring_scrapes_everything_alerts_and_gates_deploys() {
         pause: Duration::from_millis(10),
         ..Mix::default()
     };
-    let load = Load::start(project.lb_addr(), &mix);
+    let load = mix.start(project.lb_addr());
     project.set_env("GREEN_ERROR_RATIO", "0.2");
     let output = project
         .run_async(&[
@@ -430,9 +457,10 @@ async fn monitoring_scrapes_everything_alerts_and_gates_deploys() {
     let _ = load.stop().await;
 
     // The deploy marks: the active color and the history, in Prometheus.
-    wait_for(
+    eventually(
         "the deploy marks in Prometheus",
         Duration::from_secs(20),
+        EVERY,
         || {
             let active = prometheus(&project, port, "cryptus_active_color{color=\"green\"} == 1");
             let rolled = prometheus(
@@ -440,8 +468,7 @@ async fn monitoring_scrapes_everything_alerts_and_gates_deploys() {
                 port,
                 "cryptus_deploys{operation=\"deploy\",outcome=\"rolled-back\"} == 1",
             );
-            !active["data"]["result"].as_array().unwrap().is_empty()
-                && !rolled["data"]["result"].as_array().unwrap().is_empty()
+            has_series(&active).and(has_series(&rolled))
         },
     );
 
@@ -551,14 +578,19 @@ async fn monitoring_scrapes_everything_alerts_and_gates_deploys() {
         })
     };
     let alerts_url = format!("http://127.0.0.1:{webhook_port}/api/alerts");
-    wait_for(
+    eventually(
         "the ActiveColorUnhealthy alert at the webhook",
         Duration::from_secs(90),
-        || {
-            let Ok((200, _, body)) = support::get(&alerts_url, None) else {
-                return false;
-            };
-            body.contains("ActiveColorUnhealthy") && body.contains("\"status\":\"firing\"")
+        EVERY,
+        || match support::get(&alerts_url, None) {
+            Ok((200, _, body))
+                if body.contains("ActiveColorUnhealthy")
+                    && body.contains("\"status\":\"firing\"") =>
+            {
+                Ok(())
+            }
+            Ok((code, _, body)) => Err(format!("{code} {body}")),
+            Err(err) => Err(err),
         },
     );
 
@@ -586,16 +618,14 @@ async fn monitoring_scrapes_everything_alerts_and_gates_deploys() {
         "{}",
         stderr(&output)
     );
-    wait_for(
+    eventually(
         "Prometheus back with the restored data",
         Duration::from_secs(30),
-        || {
-            support::get(&format!("http://127.0.0.1:{port}/-/ready"), None)
-                .is_ok_and(|(code, _, _)| code == 200)
-                && !prometheus(&project, port, "cryptus_deploys")["data"]["result"]
-                    .as_array()
-                    .unwrap()
-                    .is_empty()
+        EVERY,
+        || match support::get(&format!("http://127.0.0.1:{port}/-/ready"), None) {
+            Ok((200, _, _)) => has_series(&prometheus(&project, port, "cryptus_deploys")),
+            Ok((code, _, body)) => Err(format!("/-/ready: {code} {body}")),
+            Err(err) => Err(format!("/-/ready: {err}")),
         },
     );
 

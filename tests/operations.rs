@@ -3,10 +3,11 @@
 mod support;
 
 use std::io::{BufRead, BufReader};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use loadgen::{Load, Mix};
-use support::{TestProject, assert_code, stderr, stdout};
+use support::load::Mix;
+use support::wait::{eventually, exit_within};
+use support::{RUN_DEADLINE, TestProject, assert_code, stderr, stdout};
 
 /// The host port a container publishes its app port on.
 fn app_port(container: &str) -> u16 {
@@ -42,19 +43,35 @@ async fn scale_one_to_three_to_one_under_load_fails_no_request() {
         session: 1,
         ..Mix::default()
     };
-    let load = Load::start(project.lb_addr(), &mix);
+    let load = mix.start(project.lb_addr());
+    // Not a poll: load runs a while before the scale.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let output = project.run_async(&["scale", "cryptus-blue", "3"]).await;
     assert_code(&output, 0);
     let status = project.status();
     assert_eq!(status["colors"]["blue"]["running"], 3, "{status}");
-    // nginx sends traffic to every replica.
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    for number in 1..=3 {
-        let port = app_port(&format!("{}-cryptus-blue-{number}", project.name));
-        assert!(health_requests(port) > 0, "replica {number} got no request");
-    }
+    // nginx sends traffic to every replica within 800 ms. The counts only
+    // grow, so looking until then fails exactly when one look at 800 ms
+    // would.
+    let ports: Vec<u16> = (1..=3)
+        .map(|number| app_port(&format!("{}-cryptus-blue-{number}", project.name)))
+        .collect();
+    tokio::task::block_in_place(|| {
+        eventually(
+            "every replica got a request",
+            Duration::from_millis(800),
+            Duration::from_millis(100),
+            || {
+                let counts: Vec<u64> = ports.iter().map(|&port| health_requests(port)).collect();
+                if counts.iter().all(|&count| count > 0) {
+                    Ok(())
+                } else {
+                    Err(format!("requests by replica 1..=3: {counts:?}"))
+                }
+            },
+        )
+    });
 
     let output = project.run_async(&["scale", "cryptus-blue", "1"]).await;
     assert_code(&output, 0);
@@ -66,16 +83,15 @@ async fn scale_one_to_three_to_one_under_load_fails_no_request() {
     );
 
     let report = load.stop().await;
-    eprintln!(
-        "load: {} requests, {} failed, {} stale keep-alive closes retried",
-        report.requests, report.failed, report.stale_keepalive_closes
+    eprintln!("{}", report.summary());
+    assert_eq!(
+        report.cut_short, None,
+        "the load ended before the scale did"
     );
     assert_eq!(
-        report.failed,
-        0,
+        report.failed, 0,
         "{:?} {:?}",
-        report.failures,
-        report.failures_detail().iter().take(5).collect::<Vec<_>>()
+        report.failures, report.first_failures
     );
     assert!(report.requests > 100);
 
@@ -178,26 +194,35 @@ fn logs_follow_a_color_across_a_deploy() {
             }
         }
     });
+    // Not a poll: the follower prints nothing until green has a container,
+    // so there is nothing to look for; this gives it time to start
+    // following before the deploy makes one.
     std::thread::sleep(Duration::from_millis(500));
     project.deploy_ok("2.0.0", &[]);
-    let deadline = Instant::now() + Duration::from_secs(20);
     let mut seen = Vec::new();
-    while !seen
-        .iter()
-        .any(|l: &String| l.contains("green version 2.0.0 listening"))
-    {
-        let left = deadline.saturating_duration_since(Instant::now());
-        assert!(
-            !left.is_zero(),
-            "the new green container never showed up in the logs: {seen:?}"
-        );
-        if let Ok(line) = receiver.recv_timeout(left.min(Duration::from_millis(200))) {
-            seen.push(line);
-        }
-    }
+    eventually(
+        "the new green container in the logs",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || {
+            seen.extend(receiver.try_iter());
+            if seen
+                .iter()
+                .any(|l| l.contains("green version 2.0.0 listening"))
+            {
+                Ok(())
+            } else {
+                Err(format!("{seen:?}"))
+            }
+        },
+    );
     // Ctrl-C ends it cleanly.
     interrupt(follower.id());
-    let status = follower.wait().unwrap();
+    let status = exit_within(
+        "logs --follow ended after SIGINT",
+        &mut follower,
+        RUN_DEADLINE,
+    );
     assert!(
         status.success(),
         "logs --follow exits 0 on Ctrl-C: {status:?}"
@@ -209,13 +234,21 @@ fn logs_follow_a_color_across_a_deploy() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    // Not a poll: what is checked is that it is still running 1.5 s later.
     std::thread::sleep(Duration::from_millis(1500));
     assert!(
         seed.try_wait().unwrap().is_none(),
         "`logs nginx true` keeps following"
     );
     interrupt(seed.id());
-    assert!(seed.wait().unwrap().success());
+    assert!(
+        exit_within(
+            "logs nginx true ended after SIGINT",
+            &mut seed,
+            RUN_DEADLINE
+        )
+        .success()
+    );
 }
 
 /// Sends SIGINT, as Ctrl-C would.

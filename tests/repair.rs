@@ -7,9 +7,10 @@
 mod support;
 
 use std::io::BufRead;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use support::{TestProject, app_image, assert_code, get, stderr};
+use support::wait::{eventually, exited, output_within, poll};
+use support::{RUN_DEADLINE, TestProject, app_image, assert_code, get, stderr};
 
 /// Removes a container, running or not, as `docker rm -f` does.
 fn remove_container(name: &str) {
@@ -392,23 +393,32 @@ impl Running {
         }
     }
 
-    /// Waits (at most 90 s) for a stderr line that contains `marker`.
+    /// Waits (at most 90 s) for a stderr line that contains `marker`; the
+    /// lines after it stay unread.
     fn wait_for(&mut self, marker: &str) {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while Instant::now() < deadline {
-            match self.lines.recv_timeout(Duration::from_millis(100)) {
-                Ok(line) => {
-                    let found = line.contains(marker);
-                    self.seen.push(line);
-                    if found {
-                        return;
+        let (lines, seen) = (&self.lines, &mut self.seen);
+        eventually(
+            &format!("a line with {marker:?}"),
+            Duration::from_secs(90),
+            Duration::from_millis(100),
+            || loop {
+                match lines.try_recv() {
+                    Ok(line) => {
+                        let found = line.contains(marker);
+                        seen.push(line);
+                        if found {
+                            return Ok(());
+                        }
+                    }
+                    Err(std::sync::mpsc::TryRecvError::Empty) => {
+                        return Err(format!("{seen:#?}"));
+                    }
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                        panic!("no line with {marker:?}, and stderr closed: {seen:#?}")
                     }
                 }
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-            }
-        }
-        panic!("no line with {marker:?}: {:#?}", self.seen);
+            },
+        );
     }
 
     /// SIGTERM, then the exit code and all of stderr (at most 150 s).
@@ -424,16 +434,12 @@ impl Running {
             .status()
             .expect("kill");
         assert!(killed.success());
-        let deadline = Instant::now() + Duration::from_secs(150);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("waiting for cryptus") {
-                break status;
-            }
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                panic!("cryptus did not end after SIGTERM: {:#?}", self.seen);
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        let ended = poll(Duration::from_secs(150), Duration::from_millis(100), || {
+            exited(&mut self.child)
+        });
+        let Ok(status) = ended else {
+            let _ = self.child.kill();
+            panic!("cryptus did not end after kill {signal}: {:#?}", self.seen);
         };
         while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
             self.seen.push(line);
@@ -595,7 +601,7 @@ fn a_signal_while_start_takes_the_lock_leaves_no_lock() {
         let _ = std::process::Command::new("kill")
             .args(["-TERM", &pid])
             .status();
-        let output = child.wait_with_output().expect("waiting for cryptus");
+        let output = output_within("start ended after SIGTERM", child, RUN_DEADLINE);
         let text = String::from_utf8_lossy(&output.stderr).into_owned();
         assert!(
             matches!(output.status.code(), Some(0) | Some(1) | None),

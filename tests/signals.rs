@@ -10,6 +10,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use support::wait::{eventually, exited, poll};
 use support::{BIN, TestProject, app_image, assert_code, stderr, stdout};
 
 /// A cryptus running in the background, its stderr collected line by line.
@@ -43,24 +44,23 @@ impl Running {
 
     /// Waits up to 60 s for a stderr line containing `text`.
     fn until_line(&mut self, text: &str) {
-        let end = Instant::now() + Duration::from_secs(60);
-        loop {
-            if self.lines.lock().unwrap().iter().any(|l| l.contains(text)) {
-                return;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "cryptus ended ({status}) before printing {text:?}: {:?}",
-                    self.lines.lock().unwrap()
-                );
-            }
-            assert!(
-                Instant::now() < end,
-                "never saw {text:?}: {:?}",
-                self.lines.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        eventually(
+            &format!("a line with {text:?}"),
+            Duration::from_secs(60),
+            Duration::from_millis(10),
+            || {
+                if self.lines.lock().unwrap().iter().any(|l| l.contains(text)) {
+                    return Ok(());
+                }
+                if let Ok(Some(status)) = self.child.try_wait() {
+                    panic!(
+                        "cryptus ended ({status}) before printing {text:?}: {:?}",
+                        self.lines.lock().unwrap()
+                    );
+                }
+                Err(format!("{:?}", self.lines.lock().unwrap()))
+            },
+        );
     }
 
     fn signal(&self, signal: &str) {
@@ -73,13 +73,12 @@ impl Running {
 
     /// Waits up to 90 s for the end; the output with the stderr lines.
     fn finish(mut self) -> Output {
-        let end = Instant::now() + Duration::from_secs(90);
-        while self.child.try_wait().unwrap().is_none() {
-            if Instant::now() >= end {
-                let _ = self.child.kill();
-                panic!("cryptus did not end: {:?}", self.lines.lock().unwrap());
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let ended = poll(Duration::from_secs(90), Duration::from_millis(20), || {
+            exited(&mut self.child)
+        });
+        if ended.is_err() {
+            let _ = self.child.kill();
+            panic!("cryptus did not end: {:?}", self.lines.lock().unwrap());
         }
         if let Some(reader) = self.reader.take() {
             reader.join().unwrap();
@@ -151,7 +150,7 @@ fn a_live_lock_in_another_pid_namespace_is_not_broken() {
             None => second.env_remove(key),
         };
     }
-    let output = second.output().expect("running cryptus under unshare");
+    let output = support::run(second);
     assert_code(&output, 1);
     let text = stderr(&output);
     assert!(text.contains("deploy lock of project"), "{text}");
@@ -466,6 +465,8 @@ fn a_signal_at_each_moment_of_deploy_rollback_and_scale_leaves_a_consistent_stac
     // the drain, after the switch was proven. The deploy is finished.
     let url = project.url("/api/sleep?ms=6000");
     let slow = std::thread::spawn(move || support::get(&url, None).map(|(code, _, _)| code));
+    // Not a poll: nothing outside shows the request has reached nginx; this
+    // gives it the time to, before the deploy starts.
     std::thread::sleep(Duration::from_millis(300));
     check(
         &project,

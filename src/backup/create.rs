@@ -49,22 +49,7 @@ pub async fn create(
     // redis and the lock go.
     interrupt::catch();
     let containers: Vec<Container> = engine.containers(&project.name).await?;
-    let redis = containers
-        .iter()
-        .find(|c| c.service == REDIS_SERVICE)
-        .ok_or_else(|| {
-            failed_with_hint(
-                format!("project {} has no redis container", project.name),
-                "run `cryptus start` first",
-            )
-        })?;
-    if !redis.running {
-        return Err(failed_with_hint(
-            format!("redis is not running ({} is {})", redis.name, redis.state),
-            "run `cryptus start`, then back up",
-        ));
-    }
-    let lb = containers.iter().find(|c| c.service == LB_SERVICE);
+    let redis = running_redis(project, &containers)?;
 
     // A deploy in progress finishes first: the backup sees a settled stack.
     let step = printer.step("taking the deploy lock");
@@ -83,25 +68,10 @@ pub async fn create(
         // backup or restore owns it.
         crate::redis::sweep_scratch(engine, &project.name, warnings).await?;
         super::sweep_temporaries(&options.out, warnings)?;
-        interrupt::or_interrupted(write(
-            engine,
-            project,
-            redis,
-            lb,
-            &containers,
-            options,
-            printer,
-        ))
-        .await
+        interrupt::or_interrupted(write(engine, project, &containers, options, printer)).await
     }
     .await;
-    // The scratch redis goes whatever happened (an interrupted wait drops
-    // the future that would have removed it).
-    let scratch = crate::redis::scratch_name(&project.name, "check");
-    let removed = crate::redis::remove_scratch(engine, &scratch, interrupt::seen());
-    if let Err(err) = super::cleanup(removed).await {
-        printer.warn(format!("removing {scratch}: {err:#}"));
-    }
+    remove_scratch(engine, project, printer).await;
     super::release_lock(lock, printer).await;
     result.map_err(|err| {
         super::as_failure(
@@ -112,16 +82,48 @@ pub async fn create(
     })
 }
 
+/// The project's redis container, which must run: the backup starts from
+/// its snapshot.
+fn running_redis<'c>(project: &Project, containers: &'c [Container]) -> Result<&'c Container> {
+    let redis = containers
+        .iter()
+        .find(|c| c.service == REDIS_SERVICE)
+        .ok_or_else(|| {
+            failed_with_hint(
+                format!("project {} has no redis container", project.name),
+                "run `cryptus start` first",
+            )
+        })?;
+    if !redis.running {
+        return Err(failed_with_hint(
+            format!("redis is not running ({} is {})", redis.name, redis.state),
+            "run `cryptus start`, then back up",
+        ));
+    }
+    Ok(redis)
+}
+
+/// Removes the scratch redis whatever happened: an interrupted wait drops
+/// the future that would have removed it.
+async fn remove_scratch(engine: &Engine, project: &Project, printer: &Printer) {
+    let scratch = crate::redis::scratch_name(&project.name, "check");
+    let removed = crate::redis::remove_scratch(engine, &scratch, interrupt::seen());
+    if let Err(err) = super::cleanup(removed).await {
+        printer.warn(format!("removing {scratch}: {err:#}"));
+    }
+}
+
+/// Writes the backup from the containers found before the lock was taken.
 async fn write(
     engine: &Engine,
     project: &Project,
-    redis: &Container,
-    lb: Option<&Container>,
     containers: &[Container],
     options: &Options,
     printer: &Printer,
 ) -> Result<Created> {
-    let time = super::fresh_second(&options.out).await;
+    let redis = running_redis(project, containers)?;
+    let lb = containers.iter().find(|c| c.service == LB_SERVICE);
+    let time = super::fresh_second(&options.out).await?;
     let mut pending = Pending::start(&options.out, time)?;
 
     let step = printer.step("snapshotting redis");
@@ -129,25 +131,7 @@ async fn write(
     step.done_with(format!("{keys} keys"));
 
     let step = printer.step("nginx's configuration and live upstream");
-    let conf = project.dir.join("nginx/nginx.conf");
-    let mut files = vec![("nginx.conf".to_owned(), read_local(&conf)?, mode_of(&conf)?)];
-    let mut state = Vec::new();
-    if let Some(lb) = lb {
-        let nginx = Nginx {
-            engine,
-            container: lb.name.clone(),
-        };
-        for name in [nginx::UPSTREAM_FILE, nginx::HTTP_FILE] {
-            if let Some(text) = nginx.read(name).await? {
-                files.push((format!("cryptus/{name}"), text.into_bytes(), 0o644));
-            }
-        }
-        for name in [crate::history::HISTORY_FILE, crate::replicas::PENDING_FILE] {
-            if let Some(text) = nginx.read(name).await? {
-                state.push((name.to_owned(), text.into_bytes(), 0o644));
-            }
-        }
-    }
+    let (files, state) = nginx_files(engine, project, lb).await?;
     super::check_fits(NGINX_ARCHIVE, unpacked_size(&files))?;
     pending.add(NGINX_ARCHIVE, &pack(&files)?)?;
     step.done();
@@ -173,6 +157,42 @@ async fn write(
         manifest,
         pruned,
     })
+}
+
+/// A file to pack: its path in the archive, its content and its mode.
+type Packed = (String, Vec<u8>, u32);
+
+/// nginx's files: the local nginx.conf and, from the load balancer, the
+/// live upstream and http files; and its state (the history and the
+/// pending replicas), for the state archive.
+async fn nginx_files(
+    engine: &Engine,
+    project: &Project,
+    lb: Option<&Container>,
+) -> Result<(Vec<Packed>, Vec<Packed>)> {
+    let conf = project.dir.join("nginx/nginx.conf");
+    let mut files = vec![("nginx.conf".to_owned(), read_local(&conf)?, mode_of(&conf)?)];
+    let mut state = Vec::new();
+    if let Some(lb) = lb {
+        let nginx = Nginx {
+            engine,
+            container: lb.name.clone(),
+        };
+        for name in [nginx::UPSTREAM_FILE, nginx::HTTP_FILE] {
+            if let Some(text) = nginx.read(name).await? {
+                files.push((format!("cryptus/{name}"), text.into_bytes(), 0o644));
+            }
+        }
+        for name in [
+            crate::history::HISTORY_FILE,
+            crate::switch::state::PENDING_FILE,
+        ] {
+            if let Some(text) = nginx.read(name).await? {
+                state.push((name.to_owned(), text.into_bytes(), 0o644));
+            }
+        }
+    }
+    Ok((files, state))
 }
 
 /// Redis's snapshot into the backup; returns its key count.
@@ -211,7 +231,7 @@ async fn add_redis(
 }
 
 /// The compose files and `.env` of the project, with their modes, by name.
-fn compose_files(project: &Project) -> Result<Vec<(String, Vec<u8>, u32)>> {
+fn compose_files(project: &Project) -> Result<Vec<Packed>> {
     let mut compose = Vec::new();
     let compose_dir = project.dir.join("compose");
     for entry in std::fs::read_dir(&compose_dir)
@@ -325,7 +345,7 @@ fn read_local(path: &Path) -> Result<Vec<u8>> {
 }
 
 /// What packed files hold, unpacked.
-fn unpacked_size(files: &[(String, Vec<u8>, u32)]) -> u64 {
+fn unpacked_size(files: &[Packed]) -> u64 {
     files
         .iter()
         .map(|(_, content, _)| content.len() as u64)

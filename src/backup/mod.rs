@@ -13,7 +13,7 @@ use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -23,6 +23,7 @@ use crate::error::{failed, failed_with_hint, usage};
 use crate::lock::{self, Lock};
 use crate::output::Printer;
 use crate::project::Project;
+use crate::wait::{self, Limits, Seen};
 
 /// The manifest's format; a newer one is refused rather than misread.
 pub const FORMAT: u32 = 1;
@@ -105,9 +106,11 @@ pub fn is_allowed_entry(archive: &str, path: &str) -> bool {
             ["nginx.conf", "cryptus/upstream.conf", "cryptus/http.conf"].contains(&path)
         }
         COMPOSE_ARCHIVE => is_compose_file(path),
-        STATE_ARCHIVE => {
-            [crate::history::HISTORY_FILE, crate::replicas::PENDING_FILE].contains(&path)
-        }
+        STATE_ARCHIVE => [
+            crate::history::HISTORY_FILE,
+            crate::switch::state::PENDING_FILE,
+        ]
+        .contains(&path),
         // Monitoring data: anything under the one directory the engine
         // archived (checked by `strip_first`).
         _ => MONITORING_ARCHIVES
@@ -186,6 +189,18 @@ pub fn sha256(bytes: &[u8]) -> String {
 /// Checks a backup directory against its manifest, touching nothing else.
 /// Returns the manifest and the verified contents of each file.
 pub fn verify(dir: &Path) -> Result<(Manifest, BTreeMap<String, Vec<u8>>)> {
+    check_not_empty(dir)?;
+    let manifest = read_manifest(dir)?;
+    let mut contents = BTreeMap::new();
+    for file in &manifest.files {
+        contents.insert(file.name.clone(), read_verified(dir, file)?);
+    }
+    Ok((manifest, contents))
+}
+
+/// A directory with something in it, or a usage error: the user named the
+/// wrong thing.
+fn check_not_empty(dir: &Path) -> Result<()> {
     let hint = "name a backup directory such as backups/20261128_030000";
     let meta =
         std::fs::metadata(dir).map_err(|err| usage(format!("{}: {err}", dir.display()), hint))?;
@@ -205,6 +220,11 @@ pub fn verify(dir: &Path) -> Result<(Manifest, BTreeMap<String, Vec<u8>>)> {
             hint,
         ));
     }
+    Ok(())
+}
+
+/// The backup's manifest, checked on its own ([`parse_manifest`]).
+fn read_manifest(dir: &Path) -> Result<Manifest> {
     let manifest_path = dir.join(MANIFEST);
     let text = match std::fs::read_to_string(&manifest_path) {
         Ok(text) => text,
@@ -218,41 +238,36 @@ pub fn verify(dir: &Path) -> Result<(Manifest, BTreeMap<String, Vec<u8>>)> {
             return Err(err).with_context(|| format!("reading {}", manifest_path.display()));
         }
     };
-    let manifest =
-        parse_manifest(&text).map_err(|err| failed(format!("{}: {err}", dir.display())))?;
-    let mut contents = BTreeMap::new();
-    for file in &manifest.files {
-        let path = dir.join(&file.name);
-        let bytes = match std::fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                return Err(failed(format!(
-                    "{} is damaged: {} is missing",
-                    dir.display(),
-                    file.name
-                )));
-            }
-            Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
-        };
-        if bytes.len() as u64 != file.size {
-            return Err(failed(format!(
-                "{} is damaged: {} has {} bytes, the manifest says {}",
-                dir.display(),
-                file.name,
-                bytes.len(),
-                file.size
-            )));
+    parse_manifest(&text).map_err(|err| failed(format!("{}: {err}", dir.display())))
+}
+
+/// A file of the backup, read whole and checked against its size and
+/// sha256 in the manifest.
+fn read_verified(dir: &Path, file: &FileEntry) -> Result<Vec<u8>> {
+    let path = dir.join(&file.name);
+    let damaged = |what: String| failed(format!("{} is damaged: {what}", dir.display()));
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            return Err(damaged(format!("{} is missing", file.name)));
         }
-        if sha256(&bytes) != file.sha256 {
-            return Err(failed(format!(
-                "{} is damaged: {} does not match its sha256 in the manifest",
-                dir.display(),
-                file.name
-            )));
-        }
-        contents.insert(file.name.clone(), bytes);
+        Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
+    };
+    if bytes.len() as u64 != file.size {
+        return Err(damaged(format!(
+            "{} has {} bytes, the manifest says {}",
+            file.name,
+            bytes.len(),
+            file.size
+        )));
     }
-    Ok((manifest, contents))
+    if sha256(&bytes) != file.sha256 {
+        return Err(damaged(format!(
+            "{} does not match its sha256 in the manifest",
+            file.name
+        )));
+    }
+    Ok(bytes)
 }
 
 /// The most a config archive (nginx, compose, state) may unpack to.
@@ -330,8 +345,6 @@ pub fn unpack(name: &str, bytes: &[u8]) -> Result<BTreeMap<String, Entry>> {
 }
 
 fn unpack_bounded(name: &str, bytes: &[u8], cap: u64) -> Result<BTreeMap<String, Entry>> {
-    let unreadable =
-        |err: std::io::Error| refused(format!("{name} is not a readable archive: {err}"));
     // Only the monitoring archives, which the engine writes from a data
     // directory, hold directories.
     let directories_allowed = archive_cap(name) == DATA_CAP && name != REDIS_ARCHIVE;
@@ -339,47 +352,23 @@ fn unpack_bounded(name: &str, bytes: &[u8], cap: u64) -> Result<BTreeMap<String,
     let mut files = BTreeMap::new();
     let mut total: u64 = 0;
     {
-        let entries = archive.entries().map_err(unreadable)?;
+        let entries = archive.entries().map_err(|err| unreadable(name, &err))?;
         for entry in entries {
-            let mut entry = entry.map_err(unreadable)?;
+            let mut entry = entry.map_err(|err| unreadable(name, &err))?;
             let path = entry
                 .path()
                 .map_err(|err| refused(format!("{name} has an unreadable entry: {err}")))?
                 .into_owned();
             check_entry_path(name, &path)?;
-            if !is_file_to_keep(
-                name,
-                &path,
-                entry.header().entry_type(),
-                directories_allowed,
-            )? {
+            let kind = entry.header().entry_type();
+            if !is_file_to_keep(name, &path, kind, directories_allowed)? {
                 continue;
             }
             let size = entry.size();
             total = total.saturating_add(size);
-            if size > cap {
-                return Err(too_large(
-                    name,
-                    &format!("its entry {} holds", path.display()),
-                    cap,
-                ));
-            }
-            if total > cap {
-                return Err(too_large(name, "its entries hold", cap));
-            }
+            check_bounds(name, &path, size, total, cap)?;
             let mode = entry.header().mode().unwrap_or(0o644) & 0o777;
-            let mut content = Vec::new();
-            // The header said how much; never read more than it said.
-            (&mut entry)
-                .take(size)
-                .read_to_end(&mut content)
-                .map_err(unreadable)?;
-            if content.len() as u64 != size {
-                return Err(refused(format!(
-                    "{name} is not a readable archive: its entry {} is cut short",
-                    path.display()
-                )));
-            }
+            let content = read_entry(name, &path, &mut entry)?;
             let key = normalize(&path);
             if key.is_empty() {
                 return Err(refused(format!(
@@ -393,6 +382,44 @@ fn unpack_bounded(name: &str, bytes: &[u8], cap: u64) -> Result<BTreeMap<String,
     }
     nothing_after(name, archive.into_inner())?;
     Ok(files)
+}
+
+fn unreadable(name: &str, err: &std::io::Error) -> anyhow::Error {
+    refused(format!("{name} is not a readable archive: {err}"))
+}
+
+/// Refuses an entry (`size` bytes, by its header) beyond `cap`, or one that
+/// takes the archive's `total` beyond it: checked before it is read.
+fn check_bounds(name: &str, path: &Path, size: u64, total: u64, cap: u64) -> Result<()> {
+    if size > cap {
+        return Err(too_large(
+            name,
+            &format!("its entry {} holds", path.display()),
+            cap,
+        ));
+    }
+    if total > cap {
+        return Err(too_large(name, "its entries hold", cap));
+    }
+    Ok(())
+}
+
+/// An entry's content: what its header said, never more, and refused if
+/// it is cut short.
+fn read_entry<R: Read>(name: &str, path: &Path, entry: &mut tar::Entry<'_, R>) -> Result<Vec<u8>> {
+    let size = entry.size();
+    let mut content = Vec::new();
+    entry
+        .take(size)
+        .read_to_end(&mut content)
+        .map_err(|err| unreadable(name, &err))?;
+    if content.len() as u64 != size {
+        return Err(refused(format!(
+            "{name} is not a readable archive: its entry {} is cut short",
+            path.display()
+        )));
+    }
+    Ok(content)
 }
 
 /// Whether an entry is a file to keep (`false`: a directory skipped where
@@ -424,12 +451,12 @@ fn is_file_to_keep(
 /// After the end of the tar stream only its zero padding may follow, and
 /// after the gzip member nothing at all.
 fn nothing_after(name: &str, mut decoder: flate2::bufread::GzDecoder<&[u8]>) -> Result<()> {
-    let unreadable =
-        |err: std::io::Error| refused(format!("{name} is not a readable archive: {err}"));
     let mut padding = [0u8; 8192];
     let mut padded: u64 = 0;
     loop {
-        let read = decoder.read(&mut padding).map_err(unreadable)?;
+        let read = decoder
+            .read(&mut padding)
+            .map_err(|err| unreadable(name, &err))?;
         if read == 0 {
             break;
         }
@@ -776,15 +803,26 @@ pub fn prune(out: &Path, keep: usize) -> Result<Vec<PathBuf>> {
     Ok(removed)
 }
 
+/// How long a backup waits for a free name: the current second's is free
+/// a second later.
+const FRESH_SECOND_DEADLINE: Duration = Duration::from_secs(5);
+
 /// Waits for the next second, so two backups never share a name.
-pub async fn fresh_second(out: &Path) -> DateTime<Utc> {
-    loop {
+pub async fn fresh_second(out: &Path) -> Result<DateTime<Utc>> {
+    let probe = || async {
         let now = Utc::now();
-        if !out.join(now.format(NAME_FORMAT).to_string()).exists() {
-            return now;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        let path = out.join(now.format(NAME_FORMAT).to_string());
+        Ok(if path.exists() {
+            Seen::Not(format!("{} exists", path.display()))
+        } else {
+            Seen::Ready(now)
+        })
+    };
+    let limits = Limits::within(FRESH_SECOND_DEADLINE, Duration::from_millis(50));
+    wait::until(limits, probe, |last| {
+        anyhow!("no free backup name in {}: {last}", out.display())
+    })
+    .await
 }
 
 #[cfg(test)]
@@ -1126,6 +1164,19 @@ mod tests {
                 .contains("no manifest.json")
         );
         assert!(verify(&out.path().join("nope")).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_fresh_second_names_no_backup_that_exists() {
+        let out = tempfile::tempdir().unwrap();
+        let taken = Utc::now();
+        std::fs::create_dir(out.path().join(taken.format(NAME_FORMAT).to_string())).unwrap();
+        let fresh = fresh_second(out.path()).await.unwrap();
+        assert_ne!(
+            fresh.format(NAME_FORMAT).to_string(),
+            taken.format(NAME_FORMAT).to_string()
+        );
+        assert!(fresh > taken);
     }
 
     #[test]

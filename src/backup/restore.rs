@@ -24,8 +24,12 @@ use crate::output::Printer;
 use crate::project::Project;
 use crate::redis::{Load, Redis, Scratch, scratch_name, wait_loaded};
 use crate::stack::{LB_SERVICE, REDIS_SERVICE};
+use crate::wait::{self, Limits, Seen};
 
 const REDIS_DEADLINE: Duration = Duration::from_secs(120);
+/// How often the AOF rewrite is looked at: it takes milliseconds for a
+/// small data set.
+const AOF_INTERVAL: Duration = Duration::from_millis(50);
 /// Where the scratch redis loads the backup's dump from: its own
 /// filesystem, not the volume, so nothing on the volume changes before the
 /// commit and nothing is left there after.
@@ -138,9 +142,9 @@ fn check_state(name: &str, bytes: Vec<u8>) -> Result<Vec<u8>> {
     let text = std::str::from_utf8(&bytes).ok();
     let empty = text.is_some_and(|text| text.trim().is_empty());
     let readable = match (name, text) {
-        (crate::history::HISTORY_FILE | crate::replicas::PENDING_FILE, _) if empty => true,
+        (crate::history::HISTORY_FILE | crate::switch::state::PENDING_FILE, _) if empty => true,
         (crate::history::HISTORY_FILE, Some(text)) => crate::history::parse(text).is_ok(),
-        (crate::replicas::PENDING_FILE, Some(text)) => {
+        (crate::switch::state::PENDING_FILE, Some(text)) => {
             serde_json::from_str::<BTreeMap<crate::stack::Color, u32>>(text).is_ok()
         }
         _ => false,
@@ -164,16 +168,10 @@ pub async fn restore(
 ) -> Result<Restored> {
     interrupt::catch();
     let containers = engine.containers(&project.name).await?;
-    let not_running = || {
-        failed_with_hint(
-            format!("the redis of project {} is not running", project.name),
-            "run `cryptus start` first; restore needs the running stack's configuration",
-        )
-    };
     let redis = containers
         .iter()
         .find(|c| c.service == REDIS_SERVICE)
-        .ok_or_else(not_running)?;
+        .ok_or_else(|| redis_not_running(project))?;
     if contents.manifest.project != project.name {
         printer.warn(format!(
             "the backup is of project {}; restoring it into project {}",
@@ -191,31 +189,7 @@ pub async fn restore(
     )
     .await?;
     step.done();
-    let result = async {
-        // A scratch redis a killed run left goes before anything else.
-        crate::redis::sweep_scratch(engine, &project.name, printer).await?;
-        let containers = engine.containers(&project.name).await?;
-        let redis = containers
-            .iter()
-            .find(|c| c.service == REDIS_SERVICE && c.running)
-            .ok_or_else(not_running)?;
-        sweep_staged(project, printer);
-        let staged =
-            interrupt::or_interrupted(stage(engine, project, &contents, &containers)).await?;
-        interrupt::check()?;
-        apply(
-            engine,
-            project,
-            from,
-            &contents,
-            staged,
-            redis,
-            &containers,
-            printer,
-        )
-        .await
-    }
-    .await;
+    let result = locked(engine, project, from, &contents, printer).await;
     super::release_lock(lock, printer).await;
     result.map_err(|err| {
         super::as_failure(
@@ -224,6 +198,46 @@ pub async fn restore(
             err,
         )
     })
+}
+
+fn redis_not_running(project: &Project) -> anyhow::Error {
+    failed_with_hint(
+        format!("the redis of project {} is not running", project.name),
+        "run `cryptus start` first; restore needs the running stack's configuration",
+    )
+}
+
+/// The restore under the lock: the containers are listed again, as they
+/// may have changed while the lock was awaited; everything is staged and
+/// checked, then applied.
+async fn locked(
+    engine: &Engine,
+    project: &Project,
+    from: &Path,
+    contents: &Contents,
+    printer: &Printer,
+) -> Result<Restored> {
+    // A scratch redis a killed run left goes before anything else.
+    crate::redis::sweep_scratch(engine, &project.name, printer).await?;
+    let containers = engine.containers(&project.name).await?;
+    let redis = containers
+        .iter()
+        .find(|c| c.service == REDIS_SERVICE && c.running)
+        .ok_or_else(|| redis_not_running(project))?;
+    sweep_staged(project, printer);
+    let staged = interrupt::or_interrupted(stage(engine, project, contents, &containers)).await?;
+    interrupt::check()?;
+    apply(
+        engine,
+        project,
+        from,
+        contents,
+        staged,
+        redis,
+        &containers,
+        printer,
+    )
+    .await
 }
 
 /// A file of the project directory the restore will write, staged: its
@@ -886,27 +900,36 @@ async fn bring_back(
     wait_loaded(&live, Instant::now() + REDIS_DEADLINE).await
 }
 
+/// Waits until the scratch Redis has rewritten its AOF: enabled, no rewrite
+/// running or scheduled. A failed rewrite ends the wait at once.
 async fn wait_aof(redis: &Redis<'_>, deadline: Instant) -> Result<()> {
-    loop {
+    let probe = || async {
         let info = redis.info("persistence").await?;
         let get = |key: &str| info.get(key).map(String::as_str);
-        if get("aof_enabled") == Some("1")
-            && get("aof_rewrite_in_progress") == Some("0")
-            && get("aof_rewrite_scheduled") == Some("0")
-        {
-            return match get("aof_last_bgrewrite_status") {
-                Some("ok") => Ok(()),
-                status => Err(anyhow!(
-                    "redis could not write its AOF (status {})",
-                    status.unwrap_or("?")
-                )),
-            };
+        let wanted = [
+            ("aof_enabled", "1"),
+            ("aof_rewrite_in_progress", "0"),
+            ("aof_rewrite_scheduled", "0"),
+        ];
+        if wanted.iter().any(|(key, value)| get(key) != Some(value)) {
+            let seen: Vec<String> = wanted
+                .iter()
+                .map(|(key, _)| format!("{key}={}", get(key).unwrap_or("?")))
+                .collect();
+            return Ok(Seen::Not(seen.join(" ")));
         }
-        if Instant::now() >= deadline {
-            return Err(anyhow!("redis did not write its AOF in time"));
+        match get("aof_last_bgrewrite_status") {
+            Some("ok") => Ok(Seen::Ready(())),
+            status => Err(anyhow!(
+                "redis could not write its AOF (status {})",
+                status.unwrap_or("?")
+            )),
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    };
+    wait::until(Limits::until(deadline, AOF_INTERVAL), probe, |_| {
+        anyhow!("redis did not write its AOF in time")
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -14,7 +14,26 @@ use crate::lock;
 use crate::output::Printer;
 use crate::project::Project;
 
-pub async fn backup(
+/// `cryptus backup`: writes a backup into `out` (default: the project's
+/// `backups/`), or with `--verify DIR` checks one.
+pub async fn run(
+    project: &Project,
+    out: Option<PathBuf>,
+    keep: Option<u32>,
+    verify_dir: Option<PathBuf>,
+    lock_wait: Duration,
+    printer: &Printer,
+) -> Result<u8> {
+    match verify_dir {
+        Some(dir) => verify(&dir, printer),
+        None => {
+            let out = out.unwrap_or_else(|| project.dir.join("backups"));
+            backup(project, out, keep, lock_wait, printer).await
+        }
+    }
+}
+
+async fn backup(
     project: &Project,
     out: PathBuf,
     keep: Option<u32>,
@@ -50,7 +69,7 @@ pub async fn backup(
     Ok(EXIT_OK)
 }
 
-pub fn verify(dir: &Path, printer: &Printer) -> Result<u8> {
+fn verify(dir: &Path, printer: &Printer) -> Result<u8> {
     let contents = restore::open(dir)?;
     let manifest = &contents.manifest;
     if printer.json() {

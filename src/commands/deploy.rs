@@ -1,18 +1,20 @@
-//! `cryptus deploy`, `cryptus rollback` and `cryptus scale`: the commands
-//! that move traffic.
+//! `cryptus deploy`: a new release into the idle color, then traffic moves
+//! to it. Also what rollback and scale share: their settings, and how a
+//! report and a plan are shown.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
 
 use crate::cli::SwitchArgs;
 use crate::context::Stack;
-use crate::deploy::{self, Report, Settings, Source};
 use crate::engine::Engine;
 use crate::error::{EXIT_FAILED, EXIT_OK};
 use crate::lock;
 use crate::output::{Printer, seconds};
 use crate::project::Project;
+use crate::switch::{self, Ask, DryRun, Plan, Report, Settings, Source};
 
 pub fn settings(args: &SwitchArgs, watch: Duration, keep_failed: bool) -> Settings {
     Settings {
@@ -34,11 +36,21 @@ pub fn settings(args: &SwitchArgs, watch: Duration, keep_failed: bool) -> Settin
     }
 }
 
+/// Where a deploy's image comes from: `--image`, `--build`, or the compose file.
+pub fn source(image: Option<String>, build: Option<Option<PathBuf>>) -> Source {
+    match (image, build) {
+        (Some(image), _) => Source::Image(image),
+        (None, Some(context)) => Source::Build(context),
+        (None, None) => Source::Compose,
+    }
+}
+
 pub async fn deploy(
     project: &Project,
     source: Source,
     version: Option<String>,
     settings: &Settings,
+    dry_run: bool,
     printer: &Printer,
 ) -> Result<u8> {
     let compose = project.load()?;
@@ -49,73 +61,31 @@ pub async fn deploy(
         compose: &compose,
         printer,
     };
-    let report = deploy::deploy(&stack, source, version, settings).await?;
+    if dry_run {
+        let plan = switch::dry_run(
+            &stack,
+            DryRun::Switch(Ask::Deploy { source, version }),
+            settings,
+        );
+        return show_plan(&plan.await?, printer);
+    }
+    let report = switch::deploy(&stack, source, version, settings).await?;
     show(&report, printer)
 }
 
-pub async fn rollback(project: &Project, settings: &Settings, printer: &Printer) -> Result<u8> {
-    let compose = project.load()?;
-    let engine = Engine::connect().await?;
-    let stack = Stack {
-        engine: &engine,
-        project,
-        compose: &compose,
-        printer,
-    };
-    let report = deploy::rollback(&stack, settings).await?;
-    show(&report, printer)
-}
-
-pub async fn scale(
-    project: &Project,
-    service: &str,
-    replicas: i64,
-    settings: &Settings,
-    printer: &Printer,
-) -> Result<u8> {
-    // 0 would take the color down: the range is 1 to MAX_REPLICAS, and the
-    // upper bound is checked where the service is known.
-    let replicas = u32::try_from(replicas)
-        .ok()
-        .filter(|r| *r >= 1)
-        .ok_or_else(|| {
-            let why = if replicas == 0 {
-                format!("0 replicas of {service} would stop all traffic to it")
-            } else {
-                format!("{replicas} is not a replica count")
-            };
-            crate::error::usage(
-                why,
-                format!(
-                    "choose 1 to {}; `cryptus stop` stops the stack",
-                    crate::replicas::MAX_REPLICAS
-                ),
-            )
-        })?;
-    let compose = project.load()?;
-    let engine = Engine::connect().await?;
-    let stack = Stack {
-        engine: &engine,
-        project,
-        compose: &compose,
-        printer,
-    };
-    let report = crate::scale::scale(&stack, service, replicas, settings).await?;
+/// A `--dry-run`'s plan: lines on stdout, or one JSON document.
+pub fn show_plan(plan: &Plan, printer: &Printer) -> Result<u8> {
     if printer.json() {
-        printer.out_json(&report)?;
-    } else if report.active {
-        printer.info(format!(
-            "{} runs {} replica{} (was {})",
-            report.service,
-            report.to,
-            if report.to == 1 { "" } else { "s" },
-            report.from
-        ));
+        printer.out_json(&serde_json::json!({ "ok": true, "dry_run": true, "plan": plan }))?;
+    } else {
+        let mut text = plan.describe().join("\n");
+        text.push_str("\n(dry run: nothing was changed)\n");
+        printer.out(&text)?;
     }
     Ok(EXIT_OK)
 }
 
-fn show(report: &Report, printer: &Printer) -> Result<u8> {
+pub fn show(report: &Report, printer: &Printer) -> Result<u8> {
     let error = report.error();
     if printer.json() {
         // A failed report carries the contract's fields too: `error` and

@@ -8,9 +8,13 @@ mod init;
 mod logs;
 mod resources;
 mod restart;
+mod rollback;
+mod scale;
 mod start;
 mod status;
 mod stop;
+
+use std::time::Duration;
 
 use anyhow::Result;
 
@@ -20,10 +24,10 @@ use crate::project::Project;
 
 pub async fn run(cli: Cli, printer: &Printer) -> Result<u8> {
     let mut project = Project::new(&cli.project_dir, &cli.project)?;
+    // One arm per subcommand, each handing resolved options to its file.
     match cli.command {
         Command::Init { dir, force } => {
-            let dir = dir.unwrap_or_else(|| project.dir.clone());
-            init::run(&dir, force, printer)
+            init::run(dir.as_deref().unwrap_or(&project.dir), force, printer)
         }
         Command::Start {
             timeout,
@@ -49,13 +53,37 @@ pub async fn run(cli: Cli, printer: &Printer) -> Result<u8> {
             keep_failed,
             switch,
         } => {
-            let source = match (image, build) {
-                (Some(image), _) => crate::deploy::Source::Image(image),
-                (None, Some(context)) => crate::deploy::Source::Build(context),
-                (None, None) => crate::deploy::Source::Compose,
-            };
             let settings = deploy::settings(&switch, watch, keep_failed);
-            deploy::deploy(&project, source, version, &settings, printer).await
+            let source = deploy::source(image, build);
+            deploy::deploy(
+                &project,
+                source,
+                version,
+                &settings,
+                switch.dry_run,
+                printer,
+            )
+            .await
+        }
+        Command::Rollback { switch } => {
+            let settings = deploy::settings(&switch, Duration::ZERO, false);
+            rollback::run(&project, &settings, switch.dry_run, printer).await
+        }
+        Command::Scale {
+            service,
+            replicas,
+            switch,
+        } => {
+            let settings = deploy::settings(&switch, Duration::ZERO, false);
+            scale::run(
+                &project,
+                &service,
+                replicas,
+                &settings,
+                switch.dry_run,
+                printer,
+            )
+            .await
         }
         Command::Health { timeout } => health::run(&project, timeout, printer).await,
         Command::Logs {
@@ -65,23 +93,8 @@ pub async fn run(cli: Cli, printer: &Printer) -> Result<u8> {
             since,
             timestamps,
         } => {
-            let (services, follow) = logs::seed_form(services, follow);
-            let options = logs::Options {
-                services,
-                follow,
-                tail,
-                since,
-                timestamps,
-            };
+            let options = logs::Options::new(services, follow, tail, since, timestamps);
             logs::run(&project, options, printer).await
-        }
-        Command::Scale {
-            service,
-            replicas,
-            switch,
-        } => {
-            let settings = deploy::settings(&switch, std::time::Duration::ZERO, false);
-            deploy::scale(&project, &service, replicas, &settings, printer).await
         }
         Command::Resources => resources::run(&project, printer).await,
         Command::Backup {
@@ -89,21 +102,11 @@ pub async fn run(cli: Cli, printer: &Printer) -> Result<u8> {
             keep,
             verify,
             lock_wait,
-        } => match verify {
-            Some(dir) => backup::verify(&dir, printer),
-            None => {
-                let out = out.unwrap_or_else(|| project.dir.join("backups"));
-                backup::backup(&project, out, keep, lock_wait, printer).await
-            }
-        },
+        } => backup::run(&project, out, keep, verify, lock_wait, printer).await,
         Command::Restore {
             dir,
             yes,
             lock_wait,
         } => backup::restore(&project, &dir, yes, lock_wait, printer).await,
-        Command::Rollback { switch } => {
-            let settings = deploy::settings(&switch, std::time::Duration::ZERO, false);
-            deploy::rollback(&project, &settings, printer).await
-        }
     }
 }

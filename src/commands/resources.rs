@@ -2,25 +2,12 @@
 //! and disk I/O and processes, and the host's cores, memory and disk.
 
 use anyhow::Result;
-use bollard::models::ContainerStatsResponse;
 use serde::Serialize;
 
-use crate::engine::{Container, Engine};
+use crate::engine::{Container, Engine, Usage};
 use crate::error::EXIT_OK;
 use crate::output::{self, Printer};
 use crate::project::Project;
-
-#[derive(Debug, Default, PartialEq, Serialize)]
-pub struct Usage {
-    pub cpu_percent: f64,
-    pub memory_used: u64,
-    pub memory_limit: u64,
-    pub net_rx: u64,
-    pub net_tx: u64,
-    pub block_read: u64,
-    pub block_write: u64,
-    pub pids: u64,
-}
 
 #[derive(Serialize)]
 struct Row {
@@ -49,127 +36,71 @@ struct Report {
     host: Host,
 }
 
-/// Turns the engine's sample into figures the way `docker stats` does.
-pub fn usage(stats: &ContainerStatsResponse) -> Usage {
-    let total = |s: &Option<bollard::models::ContainerCpuStats>| {
-        s.as_ref()
-            .and_then(|s| s.cpu_usage.as_ref())
-            .and_then(|u| u.total_usage)
-            .unwrap_or(0)
-    };
-    let system = |s: &Option<bollard::models::ContainerCpuStats>| {
-        s.as_ref().and_then(|s| s.system_cpu_usage).unwrap_or(0)
-    };
-    let cpu_delta = total(&stats.cpu_stats).saturating_sub(total(&stats.precpu_stats)) as f64;
-    let system_delta = system(&stats.cpu_stats).saturating_sub(system(&stats.precpu_stats)) as f64;
-    let cpus = stats
-        .cpu_stats
-        .as_ref()
-        .and_then(|s| s.online_cpus)
-        .filter(|n| *n > 0)
-        .unwrap_or(1) as f64;
-    let cpu_percent = if system_delta > 0.0 {
-        (cpu_delta / system_delta * cpus * 100.0 * 100.0).round() / 100.0
-    } else {
-        0.0
-    };
-    let memory = stats.memory_stats.as_ref();
-    // Page cache is not the app's memory: cgroup v1 calls it cache, v2 inactive_file.
-    let cache = memory
-        .and_then(|m| m.stats.as_ref())
-        .and_then(|s| s.get("inactive_file").or_else(|| s.get("cache")).copied())
-        .unwrap_or(0);
-    let memory_used = memory
-        .and_then(|m| m.usage)
-        .unwrap_or(0)
-        .saturating_sub(cache);
-    let memory_limit = memory.and_then(|m| m.limit).unwrap_or(0);
-    let (net_rx, net_tx) = stats
-        .networks
-        .as_ref()
-        .map(|networks| {
-            networks.values().fold((0, 0), |(rx, tx), n| {
-                (rx + n.rx_bytes.unwrap_or(0), tx + n.tx_bytes.unwrap_or(0))
-            })
-        })
-        .unwrap_or((0, 0));
-    let (block_read, block_write) = stats
-        .blkio_stats
-        .as_ref()
-        .and_then(|b| b.io_service_bytes_recursive.as_ref())
-        .map(|entries| {
-            entries.iter().fold((0, 0), |(read, write), e| {
-                match e.op.as_deref().map(str::to_ascii_lowercase).as_deref() {
-                    Some("read") => (read + e.value.unwrap_or(0), write),
-                    Some("write") => (read, write + e.value.unwrap_or(0)),
-                    _ => (read, write),
-                }
-            })
-        })
-        .unwrap_or((0, 0));
-    Usage {
-        cpu_percent,
-        memory_used,
-        memory_limit,
-        net_rx,
-        net_tx,
-        block_read,
-        block_write,
-        pids: stats
-            .pids_stats
-            .as_ref()
-            .and_then(|p| p.current)
-            .unwrap_or(0),
-    }
-}
-
 pub async fn run(project: &Project, printer: &Printer) -> Result<u8> {
     let engine = Engine::connect().await?;
+    let report = Report {
+        ok: true,
+        project: project.name.clone(),
+        containers: rows(&engine, &project.name).await?,
+        host: host(&engine).await?,
+    };
+    if printer.json() {
+        printer.out_json(&report)?;
+    } else {
+        printer.out(&render(&report))?;
+    }
+    Ok(EXIT_OK)
+}
+
+/// One sample of each of the project's containers; a stopped one uses nothing.
+async fn rows(engine: &Engine, project: &str) -> Result<Vec<Row>> {
     let containers: Vec<Container> = engine
-        .containers(&project.name)
+        .containers(project)
         .await?
         .into_iter()
         .filter(|c| !c.service.is_empty())
         .collect();
     let samples = futures_util::future::join_all(containers.iter().map(|c| async {
         if c.running {
-            engine.stats(&c.id).await.map(|s| usage(&s))
+            engine.stats(&c.id).await
         } else {
             Ok(Usage::default())
         }
     }))
     .await;
-    let mut rows = Vec::new();
-    for (container, sample) in containers.iter().zip(samples) {
-        rows.push(Row {
-            name: container.name.clone(),
-            service: container.service.clone(),
-            state: container.state.clone(),
-            usage: sample?,
-        });
-    }
+    containers
+        .into_iter()
+        .zip(samples)
+        .map(|(container, sample)| {
+            Ok(Row {
+                name: container.name,
+                service: container.service,
+                state: container.state,
+                usage: sample?,
+            })
+        })
+        .collect()
+}
+
+/// The engine's host, and its disk when the engine's data is on this machine.
+async fn host(engine: &Engine) -> Result<Host> {
     let info = engine.host().await?;
-    let engine_root = info.docker_root_dir.clone();
-    let (disk_total, disk_free) = engine_root
+    let (disk_total, disk_free) = info
+        .root_dir
         .as_deref()
         .and_then(disk)
         .map_or((None, None), |(total, free)| (Some(total), Some(free)));
-    let report = Report {
-        ok: true,
-        project: project.name.clone(),
-        containers: rows,
-        host: Host {
-            cores: info.ncpu.unwrap_or(0),
-            memory: info.mem_total.unwrap_or(0),
-            engine_root,
-            disk_total,
-            disk_free,
-        },
-    };
-    if printer.json() {
-        printer.out_json(&report)?;
-        return Ok(EXIT_OK);
-    }
+    Ok(Host {
+        cores: info.cores,
+        memory: info.memory,
+        engine_root: info.root_dir,
+        disk_total,
+        disk_free,
+    })
+}
+
+/// The report as a table of containers and a line about the host.
+fn render(report: &Report) -> String {
     let table_rows: Vec<Vec<String>> = report
         .containers
         .iter()
@@ -205,12 +136,17 @@ pub async fn run(project: &Project, printer: &Printer) -> Result<u8> {
         ],
         &table_rows,
     );
-    let host = &report.host;
-    text.push_str(&format!(
+    text.push_str(&host_line(&report.host));
+    text
+}
+
+/// `host: 4 cores, 7.8GiB memory, disk under /var/lib/docker: ...`.
+fn host_line(host: &Host) -> String {
+    let mut text = format!(
         "\nhost: {} cores, {} memory",
         host.cores,
         bytes(u64::try_from(host.memory).unwrap_or(0))
-    ));
+    );
     match (&host.engine_root, host.disk_total, host.disk_free) {
         (Some(root), Some(total), Some(free)) => {
             text.push_str(&format!(
@@ -224,8 +160,7 @@ pub async fn run(project: &Project, printer: &Printer) -> Result<u8> {
         }
         _ => text.push('\n'),
     }
-    printer.out(&text)?;
-    Ok(EXIT_OK)
+    text
 }
 
 /// Total and free bytes of the filesystem holding `path`, when it is local.
@@ -255,26 +190,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn figures_like_docker_stats() {
-        let stats: ContainerStatsResponse = serde_json::from_value(serde_json::json!({
-            "cpu_stats": {"cpu_usage": {"total_usage": 3_000_000u64}, "system_cpu_usage": 20_000_000u64, "online_cpus": 2},
-            "precpu_stats": {"cpu_usage": {"total_usage": 1_000_000u64}, "system_cpu_usage": 10_000_000u64},
-            "memory_stats": {"usage": 50_000_000u64, "limit": 536_870_912u64, "stats": {"inactive_file": 10_000_000u64}},
-            "networks": {"eth0": {"rx_bytes": 100, "tx_bytes": 200}, "eth1": {"rx_bytes": 1, "tx_bytes": 2}},
-            "blkio_stats": {"io_service_bytes_recursive": [
-                {"major": 8, "minor": 0, "op": "read", "value": 4096},
-                {"major": 8, "minor": 0, "op": "write", "value": 8192}
-            ]},
-            "pids_stats": {"current": 7}
-        }))
-        .unwrap();
-        let usage = usage(&stats);
-        assert_eq!(usage.cpu_percent, 40.0);
-        assert_eq!(usage.memory_used, 40_000_000);
-        assert_eq!(usage.memory_limit, 536_870_912);
-        assert_eq!((usage.net_rx, usage.net_tx), (101, 202));
-        assert_eq!((usage.block_read, usage.block_write), (4096, 8192));
-        assert_eq!(usage.pids, 7);
+    fn the_host_line_says_where_the_engine_keeps_its_data() {
+        let mut host = Host {
+            cores: 4,
+            memory: 8 << 30,
+            engine_root: Some("/var/lib/docker".to_owned()),
+            disk_total: Some(100 << 30),
+            disk_free: Some(40 << 30),
+        };
+        assert_eq!(
+            host_line(&host),
+            "\nhost: 4 cores, 8.0GiB memory, disk under /var/lib/docker: 40.0GiB free of 100.0GiB\n"
+        );
+        (host.disk_total, host.disk_free) = (None, None);
+        assert_eq!(
+            host_line(&host),
+            "\nhost: 4 cores, 8.0GiB memory, engine data in /var/lib/docker (not on this machine)\n"
+        );
+        host.engine_root = None;
+        assert_eq!(host_line(&host), "\nhost: 4 cores, 8.0GiB memory\n");
     }
 
     #[test]

@@ -412,7 +412,7 @@ impl<'de, T: DeserializeOwned + Default> Deserialize<'de> for NamesOr<T> {
 // The file.
 
 /// `deploy.replicas`: as many as `cryptus scale` allows.
-pub const MAX_REPLICAS: i64 = crate::replicas::MAX_REPLICAS as i64;
+pub const MAX_REPLICAS: i64 = crate::stack::MAX_REPLICAS as i64;
 /// `healthcheck.retries`.
 pub const MAX_RETRIES: i64 = 10_000;
 /// `deploy.resources.limits.pids` (-1: unlimited); Linux's own maximum.

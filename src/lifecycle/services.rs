@@ -113,8 +113,7 @@ impl Stack<'_> {
             let current = existing.iter().find(|c| c.name == plan.name);
             let change = match current {
                 Some(c)
-                    if !recreate
-                        || c.label(CONFIG_HASH_LABEL) == Some(plan.config_hash.as_str()) =>
+                    if !recreate || c.label(CONFIG_HASH_LABEL) == plan.label(CONFIG_HASH_LABEL) =>
                 {
                     if c.running || !start {
                         Change::Unchanged
@@ -130,18 +129,14 @@ impl Stack<'_> {
                         c.name
                     ));
                     self.engine.remove(&c.id, true).await?;
-                    self.engine
-                        .create_container(&plan.name, plan.body, &plan.extra_networks)
-                        .await?;
+                    self.engine.create_container(&plan).await?;
                     if start {
                         self.engine.start(&plan.name).await?;
                     }
                     Change::Recreated
                 }
                 None => {
-                    self.engine
-                        .create_container(&plan.name, plan.body, &plan.extra_networks)
-                        .await?;
+                    self.engine.create_container(&plan).await?;
                     saga.created.push(plan.name.clone());
                     if start {
                         self.engine.start(&plan.name).await?;

@@ -7,9 +7,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::StreamExt;
+
+use super::wait::{eventually, poll};
 
 /// How long dockerd may take to answer after starting, or to exit after
 /// SIGTERM (it stops every container first, 10 s each at most).
@@ -72,7 +74,7 @@ impl PrivateEngine {
         super::on_engine(move |shared| async move {
             let names: Vec<&str> = names.iter().map(String::as_str).collect();
             let tar = shared.export_images(&names);
-            let private = super::connect(Some(&target)).await;
+            let private = super::engine::connect(Some(&target)).await;
             let mut load = private.import_image_stream(
                 bollard::query_parameters::ImportImageOptions::default(),
                 tar,
@@ -166,22 +168,21 @@ impl PrivateEngine {
             .expect("starting dockerd (a private engine needs root and dockerd on PATH)");
         self.daemon = Some(daemon);
         let host = self.host();
-        let end = Instant::now() + DAEMON_DEADLINE;
-        loop {
-            let answered = self.socket.exists()
-                && super::on_engine_at(Some(host.clone()), |docker| async move {
-                    docker.ping().await.is_ok()
-                });
-            if answered {
-                return;
-            }
-            assert!(
-                Instant::now() < end,
-                "the private engine did not answer within {DAEMON_DEADLINE:?}; see {}",
-                self.dir.join("dockerd.log").display()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let log = self.dir.join("dockerd.log");
+        eventually(
+            "the private engine answers",
+            DAEMON_DEADLINE,
+            Duration::from_millis(100),
+            || {
+                if !self.socket.exists() {
+                    return Err(format!("no socket yet; see {}", log.display()));
+                }
+                super::on_engine_at(Some(host.clone()), |docker| async move {
+                    docker.ping().await.map(drop).map_err(|err| err.to_string())
+                })
+                .map_err(|err| format!("ping: {err}; see {}", log.display()))
+            },
+        );
     }
 
     fn stop_daemon(&mut self) {
@@ -191,14 +192,19 @@ impl PrivateEngine {
         let _ = Command::new("kill")
             .args(["-TERM", &daemon.id().to_string()])
             .status();
-        let end = Instant::now() + DAEMON_DEADLINE;
-        while daemon.try_wait().ok().flatten().is_none() {
-            if Instant::now() >= end {
-                let _ = daemon.kill();
-                let _ = daemon.wait();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        // Not `wait::exited`, which panics on an error: this runs in Drop,
+        // perhaps while a failed test unwinds, where a panic would abort.
+        let ended = poll(
+            DAEMON_DEADLINE,
+            Duration::from_millis(50),
+            || match daemon.try_wait() {
+                Ok(Some(_)) => Ok(()),
+                _ => Err("running".to_owned()),
+            },
+        );
+        if ended.is_err() {
+            let _ = daemon.kill();
+            let _ = daemon.wait();
         }
     }
 }

@@ -11,10 +11,7 @@ use anyhow::{Context, Result, anyhow};
 use bollard::Docker;
 use bollard::errors::Error as BollardError;
 use bollard::exec::{CreateExecOptions, StartExecResults};
-use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, EndpointSettings, HealthStatusEnum,
-    NetworkConnectRequest, NetworkCreateRequest, VolumeCreateRequest,
-};
+use bollard::models::{NetworkConnectRequest, NetworkCreateRequest, VolumeCreateRequest};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, DownloadFromContainerOptionsBuilder,
     ListContainersOptionsBuilder, ListNetworksOptionsBuilder, LogsOptionsBuilder,
@@ -24,6 +21,14 @@ use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 
 use crate::error::usage;
+
+mod container;
+mod spec;
+mod stats;
+
+pub use container::Container;
+pub use spec::{ContainerSpec, HealthSpec, MountSpec, NetworkSpec, PortSpec, RestartSpec};
+pub use stats::{HostInfo, Usage};
 
 /// The label Compose puts on everything of a project.
 pub const PROJECT_LABEL: &str = "com.docker.compose.project";
@@ -35,6 +40,10 @@ pub const CONFIG_FILES_LABEL: &str = "com.docker.compose.project.config_files";
 pub const WORKING_DIR_LABEL: &str = "com.docker.compose.project.working_dir";
 pub const NETWORK_LABEL: &str = "com.docker.compose.network";
 pub const VOLUME_LABEL: &str = "com.docker.compose.volume";
+
+/// The tracing target of the engine client library, so that `-vv` can show
+/// its requests without naming it outside this module.
+pub const CLIENT_LOG_TARGET: &str = "bollard";
 
 /// How long to wait for the engine to answer its first ping.
 const PING_TIMEOUT: Duration = Duration::from_secs(5);
@@ -50,65 +59,6 @@ pub struct LogChunk {
     /// `stdout` or `stderr`.
     pub stream: &'static str,
     pub text: String,
-}
-
-/// A container as cryptus sees it, read from the engine's inspect.
-#[derive(Clone, Debug)]
-pub struct Container {
-    pub id: String,
-    pub name: String,
-    pub service: String,
-    pub number: u32,
-    /// The engine's state: created, running, restarting, exited, ...
-    pub state: String,
-    pub running: bool,
-    /// none, starting, healthy or unhealthy; `None` without a healthcheck.
-    pub health: Option<String>,
-    /// The last healthcheck output, for messages.
-    pub health_log: Option<String>,
-    pub image: String,
-    /// The id of the image the container runs.
-    pub image_id: String,
-    pub started_at: Option<DateTime<Utc>>,
-    pub exit_code: Option<i64>,
-    pub labels: BTreeMap<String, String>,
-    /// Container port ("3000/tcp") to the host address and port it is published on.
-    pub published: BTreeMap<String, (String, u16)>,
-    /// Network name to the container's address on it.
-    pub addresses: BTreeMap<String, String>,
-    /// Named volumes: volume name to where it is mounted.
-    pub volumes: Vec<(String, String)>,
-    /// The environment, `KEY=value`; private, as it may hold secrets.
-    env: Vec<String>,
-}
-
-impl Container {
-    pub fn label(&self, key: &str) -> Option<&str> {
-        self.labels.get(key).map(String::as_str)
-    }
-
-    /// One variable of the container's environment.
-    pub fn env_var(&self, key: &str) -> Option<&str> {
-        self.env
-            .iter()
-            .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
-    }
-
-    /// Where the host reaches a container port: the published address, with
-    /// "every interface" read as loopback.
-    pub fn published_addr(&self, port: u16) -> Option<String> {
-        let (ip, host_port) = self.published.get(&format!("{port}/tcp"))?;
-        let ip = match ip.as_str() {
-            "" | "0.0.0.0" => "127.0.0.1",
-            "::" => "::1",
-            other => other,
-        };
-        Some(if ip.contains(':') {
-            format!("[{ip}]:{host_port}")
-        } else {
-            format!("{ip}:{host_port}")
-        })
-    }
 }
 
 /// One container event from the engine.
@@ -270,7 +220,7 @@ impl Engine {
     /// One container by name or id; `None` if there is no such container.
     pub async fn inspect(&self, name: &str) -> Result<Option<Container>> {
         match self.docker.inspect_container(name, None).await {
-            Ok(response) => Ok(Some(container_from(response))),
+            Ok(response) => Ok(Some(container::from_inspect(response))),
             Err(err) if is_not_found(&err) => Ok(None),
             Err(err) => {
                 Err(anyhow!(describe(&err))).with_context(|| format!("inspecting container {name}"))
@@ -390,46 +340,40 @@ impl Engine {
         Ok(true)
     }
 
-    /// Creates a container. `extra_networks` are joined after creation, since
-    /// older engines accept only one network at create time.
-    pub async fn create_container(
-        &self,
-        name: &str,
-        body: ContainerCreateBody,
-        extra_networks: &[(String, Vec<String>)],
-    ) -> Result<String> {
+    /// Creates the container `spec` describes. Networks after the first are
+    /// joined after creation, since older engines accept only one network at
+    /// create time.
+    pub async fn create_container(&self, spec: &ContainerSpec) -> Result<String> {
+        let name = &spec.name;
         let options = CreateContainerOptionsBuilder::default().name(name).build();
         let created = self
             .docker
-            .create_container(Some(options), body)
+            .create_container(Some(options), spec::create_body(spec))
             .await
             .map_err(|err| anyhow!(describe(&err)))
             .with_context(|| format!("creating container {name}"))?;
-        for (network, aliases) in extra_networks {
+        for network in spec.networks.iter().skip(1) {
             let request = NetworkConnectRequest {
                 container: created.id.clone(),
-                endpoint_config: Some(EndpointSettings {
-                    aliases: Some(aliases.clone()),
-                    ..Default::default()
-                }),
+                endpoint_config: Some(spec::endpoint(&network.aliases)),
             };
             self.docker
-                .connect_network(network, request)
+                .connect_network(&network.name, request)
                 .await
-                .with_context(|| format!("connecting container {name} to network {network}"))?;
+                .with_context(|| {
+                    format!("connecting container {name} to network {}", network.name)
+                })?;
         }
         Ok(created.id)
     }
 
     /// Creates a container whose name must be new: `None` if a container of
     /// that name exists. The engine checks names atomically, which makes this
-    /// a lock.
-    pub async fn create_container_exclusive(
-        &self,
-        name: &str,
-        body: ContainerCreateBody,
-    ) -> Result<Option<String>> {
+    /// a lock. The spec's networks after the first are not joined.
+    pub async fn create_container_exclusive(&self, spec: &ContainerSpec) -> Result<Option<String>> {
+        let name = &spec.name;
         let options = CreateContainerOptionsBuilder::default().name(name).build();
+        let body = spec::create_body(spec);
         match self.docker.create_container(Some(options), body).await {
             Ok(created) => Ok(Some(created.id)),
             Err(err) if status(&err) == Some(409) => Ok(None),
@@ -531,37 +475,12 @@ impl Engine {
             .await
             .map_err(|err| anyhow!(describe(&err)))
             .with_context(what)?;
-        let mut stdout = String::new();
-        let mut stderr = String::new();
-        match self
+        let started = self
             .docker
             .start_exec(&created.id, None)
             .await
-            .with_context(what)?
-        {
-            StartExecResults::Attached {
-                mut output,
-                input: mut stdin,
-            } => {
-                if let Some(bytes) = input {
-                    use tokio::io::AsyncWriteExt;
-                    stdin.write_all(bytes).await.with_context(what)?;
-                    stdin.shutdown().await.with_context(what)?;
-                }
-                while let Some(chunk) = output.next().await {
-                    match chunk.with_context(what)? {
-                        bollard::container::LogOutput::StdOut { message } => {
-                            stdout.push_str(&String::from_utf8_lossy(&message));
-                        }
-                        bollard::container::LogOutput::StdErr { message } => {
-                            stderr.push_str(&String::from_utf8_lossy(&message));
-                        }
-                        _ => {}
-                    }
-                }
-            }
-            StartExecResults::Detached => {}
-        }
+            .with_context(what)?;
+        let (stdout, stderr) = exchange(started, input).await.with_context(what)?;
         let inspected = self
             .docker
             .inspect_exec(&created.id)
@@ -967,13 +886,14 @@ impl Engine {
 
     /// One sample of a container's resource use. The engine takes two
     /// readings about a second apart, so CPU use is a rate.
-    pub async fn stats(&self, container: &str) -> Result<bollard::models::ContainerStatsResponse> {
+    pub async fn stats(&self, container: &str) -> Result<Usage> {
         let options = bollard::query_parameters::StatsOptionsBuilder::default()
             .stream(false)
             .build();
         let mut stream = self.docker.stats(container, Some(options));
         match stream.next().await {
             Some(result) => result
+                .map(|sample| stats::usage(&sample))
                 .map_err(|err| anyhow!(describe(&err)))
                 .with_context(|| format!("reading the resource use of {container}")),
             None => Err(anyhow!("the engine sent no resource use for {container}")),
@@ -981,10 +901,11 @@ impl Engine {
     }
 
     /// The engine's host: cores, memory and where it keeps its data.
-    pub async fn host(&self) -> Result<bollard::models::SystemInfo> {
+    pub async fn host(&self) -> Result<HostInfo> {
         self.docker
             .info()
             .await
+            .map(HostInfo::from)
             .map_err(|err| anyhow!(describe(&err)))
             .context("reading the engine's host information")
     }
@@ -1074,94 +995,38 @@ impl Engine {
     }
 }
 
-fn hyper_uri(parts: http::uri::Parts) -> Result<http::Uri, http::uri::InvalidUriParts> {
-    http::Uri::from_parts(parts)
+/// Feeds `input` to a started exec, closing its stdin after, and collects
+/// what it writes to stdout and stderr until it ends.
+async fn exchange(started: StartExecResults, input: Option<&[u8]>) -> Result<(String, String)> {
+    let StartExecResults::Attached {
+        mut output,
+        input: mut stdin,
+    } = started
+    else {
+        return Ok((String::new(), String::new()));
+    };
+    if let Some(bytes) = input {
+        use tokio::io::AsyncWriteExt;
+        stdin.write_all(bytes).await?;
+        stdin.shutdown().await?;
+    }
+    let (mut stdout, mut stderr) = (String::new(), String::new());
+    while let Some(chunk) = output.next().await {
+        match chunk? {
+            bollard::container::LogOutput::StdOut { message } => {
+                stdout.push_str(&String::from_utf8_lossy(&message));
+            }
+            bollard::container::LogOutput::StdErr { message } => {
+                stderr.push_str(&String::from_utf8_lossy(&message));
+            }
+            _ => {}
+        }
+    }
+    Ok((stdout, stderr))
 }
 
-fn container_from(response: ContainerInspectResponse) -> Container {
-    let config = response.config.unwrap_or_default();
-    let labels: BTreeMap<String, String> = config.labels.unwrap_or_default().into_iter().collect();
-    let state = response.state.unwrap_or_default();
-    let health = state.health.as_ref().and_then(|h| h.status).map(|status| {
-        match status {
-            HealthStatusEnum::STARTING => "starting",
-            HealthStatusEnum::HEALTHY => "healthy",
-            HealthStatusEnum::UNHEALTHY => "unhealthy",
-            HealthStatusEnum::NONE | HealthStatusEnum::EMPTY => "none",
-        }
-        .to_owned()
-    });
-    let health_log = state
-        .health
-        .as_ref()
-        .and_then(|h| h.log.as_ref())
-        .and_then(|log| log.last())
-        .and_then(|last| last.output.clone())
-        .map(|output| output.trim().to_owned());
-    let running = state.running.unwrap_or(false);
-    let started_at = state
-        .started_at
-        .as_deref()
-        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-        .map(|t| t.with_timezone(&Utc))
-        .filter(|t| t.timestamp() > 0);
-    let network_settings = response.network_settings.unwrap_or_default();
-    let mut published = BTreeMap::new();
-    for (port, bindings) in network_settings.ports.unwrap_or_default() {
-        if let Some(binding) = bindings.unwrap_or_default().into_iter().next() {
-            let host_port = binding.host_port.as_deref().and_then(|p| p.parse().ok());
-            if let Some(host_port) = host_port {
-                published.insert(port, (binding.host_ip.unwrap_or_default(), host_port));
-            }
-        }
-    }
-    let addresses = network_settings
-        .networks
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|(name, endpoint)| {
-            endpoint
-                .ip_address
-                .filter(|ip| !ip.is_empty())
-                .map(|ip| (name, ip))
-        })
-        .collect();
-    let volumes = response
-        .mounts
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|m| m.typ.as_deref() == Some("volume"))
-        .filter_map(|m| Some((m.name?, m.destination?)))
-        .collect();
-    Container {
-        env: config.env.clone().unwrap_or_default(),
-        volumes,
-        id: response.id.unwrap_or_default(),
-        name: response
-            .name
-            .unwrap_or_default()
-            .trim_start_matches('/')
-            .to_owned(),
-        service: labels.get(SERVICE_LABEL).cloned().unwrap_or_default(),
-        number: labels
-            .get(NUMBER_LABEL)
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0),
-        state: state
-            .status
-            .map(|s| s.to_string())
-            .unwrap_or_else(|| "unknown".to_owned()),
-        running,
-        health,
-        health_log,
-        image: config.image.unwrap_or_default(),
-        image_id: response.image.unwrap_or_default(),
-        started_at,
-        exit_code: state.exit_code,
-        labels,
-        published,
-        addresses,
-    }
+fn hyper_uri(parts: http::uri::Parts) -> Result<http::Uri, http::uri::InvalidUriParts> {
+    http::Uri::from_parts(parts)
 }
 
 fn status(err: &BollardError) -> Option<u16> {
@@ -1176,7 +1041,7 @@ fn is_not_found(err: &BollardError) -> bool {
 }
 
 /// The engine's own message where there is one, rather than bollard's wrapper.
-pub fn describe(err: &BollardError) -> String {
+fn describe(err: &BollardError) -> String {
     match err {
         BollardError::DockerResponseServerError { message, .. } => message.trim().to_owned(),
         other => {

@@ -1,0 +1,652 @@
+//! What `cryptus health` checks: every component of a project (nginx and
+//! the color it serves, each app container, Redis, the monitoring services
+//! that run), each within a deadline, into one [`Report`] that names what is
+//! unhealthy and why.
+//!
+//! The engine and the network are asked at the edges; what an answer means
+//! (an app's health document, Redis's INFO, Prometheus's targets) is judged
+//! by plain functions.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::context::Stack;
+use crate::engine::{Container, Engine};
+use crate::error::EXIT_FAILED;
+use crate::health::{self, Expect, Probe};
+use crate::metrics;
+use crate::nginx::{self, Nginx};
+use crate::output;
+use crate::redis::Redis;
+use crate::stack::{Color, LB_SERVICE, VERSION_LABEL};
+
+/// One component's verdict.
+#[derive(Debug, Serialize)]
+pub struct Check {
+    pub component: String,
+    pub healthy: bool,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub color: Option<Color>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<health::Memory>,
+}
+
+impl Check {
+    pub fn new(component: impl Into<String>, healthy: bool, detail: impl Into<String>) -> Check {
+        Check {
+            component: component.into(),
+            healthy,
+            detail: detail.into(),
+            color: None,
+            version: None,
+            memory_mb: None,
+        }
+    }
+}
+
+pub const HINT: &str = "`cryptus status` and `cryptus logs SERVICE` show more; `cryptus start` repairs a stopped or missing service";
+
+/// Every check of a project, and when any fails, the one-line failure.
+#[derive(Serialize)]
+pub struct Report {
+    pub ok: bool,
+    /// When unhealthy: what is, in one line (the contract's failure fields).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<u8>,
+    pub project: String,
+    pub active: Option<Color>,
+    pub checks: Vec<Check>,
+}
+
+impl Report {
+    /// The report of `checks`: healthy when every one is.
+    pub fn new(project: String, active: Option<Color>, checks: Vec<Check>) -> Report {
+        let ok = checks.iter().all(|c| c.healthy);
+        let unhealthy: Vec<String> = checks
+            .iter()
+            .filter(|c| !c.healthy)
+            .map(|c| format!("{} ({})", c.component, c.detail))
+            .collect();
+        Report {
+            ok,
+            error: (!ok).then(|| format!("unhealthy: {}", unhealthy.join("; "))),
+            hint: (!ok).then_some(HINT),
+            exit_code: (!ok).then_some(EXIT_FAILED),
+            project,
+            active,
+            checks,
+        }
+    }
+}
+
+/// The report as a table, one row per check.
+pub fn render(report: &Report) -> String {
+    let rows: Vec<Vec<String>> = report
+        .checks
+        .iter()
+        .map(|c| {
+            vec![
+                c.component.clone(),
+                if c.healthy { "ok" } else { "UNHEALTHY" }.to_owned(),
+                c.detail.clone(),
+            ]
+        })
+        .collect();
+    output::table(&["COMPONENT", "STATUS", "DETAIL"], &rows)
+}
+
+/// Checks every component of `containers` (the project's service
+/// containers); each question waits at most `timeout`.
+pub async fn check(
+    engine: &Engine,
+    project: &str,
+    containers: &[Container],
+    timeout: Duration,
+) -> Report {
+    let client = health::client();
+    let lb = containers.iter().find(|c| c.service == LB_SERVICE);
+    let active = active_color(engine, lb, &client, timeout).await;
+    let mut checks = vec![check_nginx(engine, lb, active, &client, timeout).await];
+    for color in Color::ALL {
+        checks.extend(check_color(color, active, containers, &client, timeout).await);
+    }
+    checks.push(check_redis(engine, containers, timeout).await);
+    checks.extend(check_monitoring(containers, &client, timeout).await);
+    Report::new(project.to_owned(), active, checks)
+}
+
+/// The active color: what nginx serves, else what its upstream file says.
+async fn active_color(
+    engine: &Engine,
+    lb: Option<&Container>,
+    client: &reqwest::Client,
+    timeout: Duration,
+) -> Option<Color> {
+    let lb = lb?;
+    if lb.running
+        && let Some(addr) = Stack::status_addr(lb)
+        && let Ok(color) = within(timeout, nginx::served_color(client, &addr)).await
+    {
+        return Some(color);
+    }
+    let nginx = Nginx {
+        engine,
+        container: lb.name.clone(),
+    };
+    within(timeout, nginx.read(nginx::UPSTREAM_FILE))
+        .await
+        .ok()
+        .flatten()
+        .as_deref()
+        .and_then(nginx::upstream_color)
+}
+
+/// `work`, or an error naming the deadline it missed.
+async fn within<T>(timeout: Duration, work: impl Future<Output = Result<T>>) -> Result<T> {
+    match tokio::time::timeout(timeout, work).await {
+        Ok(result) => result,
+        Err(_) => Err(anyhow::anyhow!(
+            "no answer within {}",
+            output::seconds(timeout)
+        )),
+    }
+}
+
+/// nginx runs, its configuration passes `nginx -t`, and the active color
+/// answers healthy through the load balancer.
+async fn check_nginx(
+    engine: &Engine,
+    lb: Option<&Container>,
+    active: Option<Color>,
+    client: &reqwest::Client,
+    timeout: Duration,
+) -> Check {
+    let unhealthy = |detail: String| Check::new("nginx", false, detail);
+    let Some(lb) = lb else {
+        return unhealthy("there is no nginx container (cryptus start)".into());
+    };
+    if !lb.running {
+        return unhealthy(format!("{} is {}", lb.name, lb.state));
+    }
+    let nginx = Nginx {
+        engine,
+        container: lb.name.clone(),
+    };
+    match within(timeout, nginx.test()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(reason)) => return unhealthy(format!("nginx -t fails: {reason}")),
+        Err(err) => return unhealthy(format!("nginx -t: {err:#}")),
+    }
+    let Some(addr) = lb.published_addr(nginx::HTTP_PORT) else {
+        return unhealthy("the load balancer publishes no port".into());
+    };
+    let Some(active) = active else {
+        return unhealthy("nginx names no active color".into());
+    };
+    let expect = Expect {
+        color: active,
+        version: None,
+    };
+    let probe = health::probe(client, &addr, timeout).await;
+    if probe.satisfies(&expect) {
+        Check::new(
+            "nginx",
+            true,
+            format!("config ok; {active} answers through http://{addr}"),
+        )
+    } else {
+        unhealthy(format!(
+            "config ok, but the load balancer at {addr} answered: {probe}"
+        ))
+    }
+}
+
+/// Each container of a color, asked directly: the active color's must be
+/// healthy; a standby's may be stopped.
+async fn check_color(
+    color: Color,
+    active: Option<Color>,
+    containers: &[Container],
+    client: &reqwest::Client,
+    timeout: Duration,
+) -> Vec<Check> {
+    let of_color: Vec<&Container> = containers
+        .iter()
+        .filter(|c| c.service == color.service())
+        .collect();
+    let is_active = active == Some(color);
+    let running = of_color.iter().filter(|c| c.running).count();
+    if let Some(checks) = nothing_to_probe(color, is_active, of_color.len(), running) {
+        return checks;
+    }
+    let probes = futures_util::future::join_all(of_color.iter().map(|container| async move {
+        let probe = match Stack::app_addr(container).filter(|_| container.running) {
+            Some(addr) => Some(health::probe(client, &addr, timeout).await),
+            None => None,
+        };
+        (*container, probe)
+    }))
+    .await;
+    probes
+        .into_iter()
+        .map(|(container, probe)| {
+            let mut check = judge_app(color, is_active, &container.name, &container.state, probe);
+            if check.version.is_none() {
+                check.version = container.label(VERSION_LABEL).map(str::to_owned);
+            }
+            check
+        })
+        .collect()
+}
+
+/// The checks of a color with no container to ask (`None`: ask them). The
+/// active color without a running container is unhealthy; a standby with
+/// no container is not checked at all.
+fn nothing_to_probe(
+    color: Color,
+    is_active: bool,
+    containers: usize,
+    running: usize,
+) -> Option<Vec<Check>> {
+    let unhealthy = |detail: String| vec![Check::new(color.service(), false, detail)];
+    if containers == 0 {
+        return Some(if is_active {
+            unhealthy("the active color has no container".into())
+        } else {
+            Vec::new()
+        });
+    }
+    if is_active && running == 0 {
+        return Some(unhealthy(format!(
+            "the active color has no running container ({containers} stopped)"
+        )));
+    }
+    None
+}
+
+/// What an app container's answer (`None`: it was not asked, as it does not
+/// run) says about it.
+fn judge_app(
+    color: Color,
+    is_active: bool,
+    name: &str,
+    state: &str,
+    probe: Option<Probe>,
+) -> Check {
+    let role = if is_active { "active" } else { "standby" };
+    let mut check = match probe {
+        None => Check::new(name, !is_active, format!("{role}, {state} (not serving)")),
+        Some(Probe::Answered(report))
+            if report.status == "healthy" && report.instance == color.as_str() =>
+        {
+            let uptime = Duration::try_from_secs_f64(report.uptime).unwrap_or_default();
+            let mut check = Check::new(
+                name,
+                true,
+                format!(
+                    "{role}, {} {} healthy, memory {:.1}/{:.0} MB, up {}",
+                    report.instance,
+                    report.version,
+                    report.memory.used,
+                    report.memory.total,
+                    output::uptime(uptime)
+                ),
+            );
+            check.version = Some(report.version);
+            check.memory_mb = Some(report.memory);
+            check
+        }
+        Some(probe) => Check::new(
+            name,
+            false,
+            format!("{role}, /api/health answered: {probe}"),
+        ),
+    };
+    check.color = Some(color);
+    check
+}
+
+/// Redis answers PING and its last snapshot and AOF write succeeded.
+async fn check_redis(engine: &Engine, containers: &[Container], timeout: Duration) -> Check {
+    let Some(container) = containers.iter().find(|c| c.service == "redis") else {
+        return Check::new(
+            "redis",
+            false,
+            "there is no redis container (cryptus start)",
+        );
+    };
+    if !container.running {
+        return Check::new(
+            "redis",
+            false,
+            format!("{} is {}", container.name, container.state),
+        );
+    }
+    let redis = Redis {
+        engine,
+        container: container.name.clone(),
+    };
+    let result = within(timeout, async {
+        redis.ping().await?;
+        let memory = redis.info("memory").await?;
+        let persistence = redis.info("persistence").await?;
+        Ok((memory, persistence))
+    })
+    .await;
+    match result {
+        Ok((memory, persistence)) => judge_redis(&memory, &persistence),
+        Err(err) => Check::new("redis", false, format!("{err:#}")),
+    }
+}
+
+/// What Redis's INFO memory and persistence sections say about it, once it
+/// answered PING.
+fn judge_redis(memory: &BTreeMap<String, String>, persistence: &BTreeMap<String, String>) -> Check {
+    let get = |map: &BTreeMap<String, String>, key: &str| {
+        map.get(key).cloned().unwrap_or_else(|| "?".to_owned())
+    };
+    let rdb = get(persistence, "rdb_last_bgsave_status");
+    let aof = if get(persistence, "aof_enabled") == "1" {
+        format!("aof on ({})", get(persistence, "aof_last_write_status"))
+    } else {
+        "aof off".to_owned()
+    };
+    let healthy = rdb != "err" && !aof.contains("(err)");
+    Check::new(
+        "redis",
+        healthy,
+        format!(
+            "PONG; memory {}; last snapshot {rdb}; {aof}",
+            get(memory, "used_memory_human")
+        ),
+    )
+}
+
+/// Prometheus ready, Grafana healthy, every scrape target up: for the
+/// monitoring services that run.
+async fn check_monitoring(
+    containers: &[Container],
+    client: &reqwest::Client,
+    timeout: Duration,
+) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let running = |service| metrics::running(containers, service);
+    if let Some(prometheus) = running(metrics::PROMETHEUS) {
+        let Some(addr) = prometheus.published_addr(9090) else {
+            // A Prometheus that publishes no port ends the monitoring checks:
+            // Grafana and Alertmanager are not looked at.
+            checks.push(Check::new("prometheus", false, "publishes no port 9090"));
+            return checks;
+        };
+        checks.push(answers("prometheus", client, &addr, "/-/ready", "ready", timeout).await);
+        checks.push(match get(client, &addr, "/api/v1/targets", timeout).await {
+            Ok(body) => judge_targets(&body),
+            Err(err) => Check::new("scrape targets", false, err),
+        });
+    }
+    if let Some(grafana) = running(metrics::GRAFANA) {
+        checks.push(match grafana.published_addr(3000) {
+            Some(addr) => {
+                answers("grafana", client, &addr, "/api/health", "healthy", timeout).await
+            }
+            None => Check::new("grafana", false, "publishes no port 3000"),
+        });
+    }
+    if let Some(alertmanager) = running("alertmanager")
+        && let Some(addr) = alertmanager.published_addr(9093)
+    {
+        checks.push(answers("alertmanager", client, &addr, "/-/ready", "ready", timeout).await);
+    }
+    checks
+}
+
+/// Healthy when `path` answers with success: `{word} at http://{addr}`.
+async fn answers(
+    component: &str,
+    client: &reqwest::Client,
+    addr: &str,
+    path: &'static str,
+    word: &str,
+    timeout: Duration,
+) -> Check {
+    match get(client, addr, path, timeout).await {
+        Ok(_) => Check::new(component, true, format!("{word} at http://{addr}")),
+        Err(err) => Check::new(component, false, err),
+    }
+}
+
+/// The body of a successful answer, or what went wrong, in words.
+async fn get(
+    client: &reqwest::Client,
+    addr: &str,
+    path: &str,
+    timeout: Duration,
+) -> Result<String, String> {
+    let answer = client
+        .get(format!("http://{addr}{path}"))
+        .timeout(timeout)
+        .send()
+        .await
+        .map_err(|err| format!("no answer at {path}: {err}"))?;
+    let code = answer.status();
+    let body = answer.text().await.unwrap_or_default();
+    if code.is_success() {
+        Ok(body)
+    } else {
+        Err(format!("{path} answered {code}"))
+    }
+}
+
+/// What Prometheus's `/api/v1/targets` says: healthy when every active
+/// target is up; otherwise each one down, with its last error.
+fn judge_targets(body: &str) -> Check {
+    let targets: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    let active = targets["data"]["activeTargets"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let down: Vec<String> = active
+        .iter()
+        .filter(|t| t["health"] != "up")
+        .map(|t| {
+            format!(
+                "{} {} ({})",
+                t["labels"]["job"].as_str().unwrap_or("?"),
+                t["labels"]["instance"].as_str().unwrap_or("?"),
+                t["lastError"]
+                    .as_str()
+                    .unwrap_or(t["health"].as_str().unwrap_or("?"))
+            )
+        })
+        .collect();
+    if down.is_empty() {
+        Check::new("scrape targets", true, format!("all {} up", active.len()))
+    } else {
+        Check::new(
+            "scrape targets",
+            false,
+            format!("down: {}", down.join("; ")),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answered(status: &str, instance: &str) -> Probe {
+        Probe::Answered(health::Report {
+            status: status.into(),
+            timestamp: "2026-01-02T15:04:05Z".into(),
+            uptime: 312.0,
+            instance: instance.into(),
+            version: "1.2.0".into(),
+            memory: health::Memory {
+                used: 41.25,
+                total: 512.0,
+            },
+        })
+    }
+
+    #[test]
+    fn a_report_is_healthy_only_when_every_check_is() {
+        let report = Report::new(
+            "shop".into(),
+            Some(Color::Blue),
+            vec![Check::new("nginx", true, "config ok")],
+        );
+        assert!(report.ok);
+        assert_eq!(
+            (report.error, report.hint, report.exit_code),
+            (None, None, None)
+        );
+        let report = Report::new(
+            "shop".into(),
+            None,
+            vec![
+                Check::new("nginx", false, "nginx names no active color"),
+                Check::new("redis", true, "PONG"),
+                Check::new("grafana", false, "publishes no port 3000"),
+            ],
+        );
+        assert!(!report.ok);
+        assert_eq!(
+            report.error.as_deref(),
+            Some(
+                "unhealthy: nginx (nginx names no active color); grafana (publishes no port 3000)"
+            )
+        );
+        assert_eq!(report.hint, Some(HINT));
+        assert_eq!(report.exit_code, Some(EXIT_FAILED));
+        let text = render(&report);
+        assert_eq!(text.lines().next(), Some("COMPONENT  STATUS     DETAIL"));
+        assert!(text.contains("\nredis      ok         PONG\n"), "{text}");
+    }
+
+    #[test]
+    fn a_color_without_containers_to_ask() {
+        assert!(
+            nothing_to_probe(Color::Green, false, 0, 0)
+                .unwrap()
+                .is_empty()
+        );
+        let checks = nothing_to_probe(Color::Blue, true, 0, 0).unwrap();
+        assert_eq!(checks[0].detail, "the active color has no container");
+        assert!(!checks[0].healthy);
+        let checks = nothing_to_probe(Color::Blue, true, 2, 0).unwrap();
+        assert_eq!(
+            checks[0].detail,
+            "the active color has no running container (2 stopped)"
+        );
+        assert!(nothing_to_probe(Color::Blue, true, 2, 1).is_none());
+        // A stopped standby is still listed, one check per container.
+        assert!(nothing_to_probe(Color::Green, false, 2, 0).is_none());
+    }
+
+    #[test]
+    fn an_app_is_healthy_when_it_says_so_as_its_own_color() {
+        let check = judge_app(
+            Color::Blue,
+            true,
+            "shop-cryptus-blue-1",
+            "running",
+            Some(answered("healthy", "blue")),
+        );
+        assert!(check.healthy);
+        assert_eq!(
+            check.detail,
+            "active, blue 1.2.0 healthy, memory 41.2/512 MB, up 5m12s"
+        );
+        assert_eq!(check.version.as_deref(), Some("1.2.0"));
+        assert_eq!(check.color, Some(Color::Blue));
+
+        let wrong = judge_app(
+            Color::Blue,
+            true,
+            "b",
+            "running",
+            Some(answered("healthy", "green")),
+        );
+        assert!(!wrong.healthy);
+        assert!(
+            wrong
+                .detail
+                .starts_with("active, /api/health answered: 200"),
+            "{}",
+            wrong.detail
+        );
+        let refused = Probe::Refused {
+            code: 503,
+            body: "starting".into(),
+        };
+        let check = judge_app(Color::Green, false, "g", "running", Some(refused));
+        assert_eq!(check.detail, "standby, /api/health answered: 503 starting");
+        assert!(!check.healthy);
+    }
+
+    #[test]
+    fn only_the_active_color_must_run() {
+        let standby = judge_app(Color::Green, false, "g", "exited", None);
+        assert!(standby.healthy);
+        assert_eq!(standby.detail, "standby, exited (not serving)");
+        let active = judge_app(Color::Blue, true, "b", "exited", None);
+        assert!(!active.healthy);
+        assert_eq!(active.detail, "active, exited (not serving)");
+    }
+
+    #[test]
+    fn redis_is_unhealthy_when_a_write_failed() {
+        let map = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let memory = map(&[("used_memory_human", "1.2M")]);
+        let check = judge_redis(&memory, &map(&[("rdb_last_bgsave_status", "ok")]));
+        assert!(check.healthy);
+        assert_eq!(check.detail, "PONG; memory 1.2M; last snapshot ok; aof off");
+        let aof_failed = map(&[
+            ("rdb_last_bgsave_status", "ok"),
+            ("aof_enabled", "1"),
+            ("aof_last_write_status", "err"),
+        ]);
+        let check = judge_redis(&memory, &aof_failed);
+        assert!(!check.healthy);
+        assert!(check.detail.ends_with("aof on (err)"), "{}", check.detail);
+        let check = judge_redis(&map(&[]), &map(&[("rdb_last_bgsave_status", "err")]));
+        assert!(!check.healthy);
+        assert_eq!(check.detail, "PONG; memory ?; last snapshot err; aof off");
+    }
+
+    #[test]
+    fn scrape_targets_name_each_one_down() {
+        let up = r#"{"data":{"activeTargets":[{"health":"up"},{"health":"up"}]}}"#;
+        let check = judge_targets(up);
+        assert!(check.healthy);
+        assert_eq!(check.detail, "all 2 up");
+        let down = r#"{"data":{"activeTargets":[
+            {"health":"up"},
+            {"health":"down","labels":{"job":"app","instance":"blue:3000"},"lastError":"refused"},
+            {"health":"unknown","labels":{"job":"node"}}
+        ]}}"#;
+        let check = judge_targets(down);
+        assert!(!check.healthy);
+        assert_eq!(
+            check.detail,
+            "down: app blue:3000 (refused); node ? (unknown)"
+        );
+        assert_eq!(judge_targets("not json").detail, "all 0 up");
+    }
+}

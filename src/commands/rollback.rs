@@ -1,0 +1,34 @@
+//! `cryptus rollback`: traffic moves back to the idle color and the
+//! release it ran, by the same path as a deploy.
+
+use anyhow::Result;
+
+use crate::context::Stack;
+use crate::engine::Engine;
+use crate::output::Printer;
+use crate::project::Project;
+use crate::switch::{self, Ask, DryRun, Settings};
+
+use super::deploy::{show, show_plan};
+
+pub async fn run(
+    project: &Project,
+    settings: &Settings,
+    dry_run: bool,
+    printer: &Printer,
+) -> Result<u8> {
+    let compose = project.load()?;
+    let engine = Engine::connect().await?;
+    let stack = Stack {
+        engine: &engine,
+        project,
+        compose: &compose,
+        printer,
+    };
+    if dry_run {
+        let plan = switch::dry_run(&stack, DryRun::Switch(Ask::Rollback), settings).await?;
+        return show_plan(&plan, printer);
+    }
+    let report = switch::rollback(&stack, settings).await?;
+    show(&report, printer)
+}

@@ -1,0 +1,67 @@
+//! `cryptus scale`: a color's replica count, with no failed request.
+
+use anyhow::Result;
+
+use crate::context::Stack;
+use crate::engine::Engine;
+use crate::error::EXIT_OK;
+use crate::output::Printer;
+use crate::project::Project;
+use crate::switch::{self, DryRun, Settings};
+
+use super::deploy::show_plan;
+
+pub async fn run(
+    project: &Project,
+    service: &str,
+    replicas: i64,
+    settings: &Settings,
+    dry_run: bool,
+    printer: &Printer,
+) -> Result<u8> {
+    // 0 would take the color down: the range is 1 to MAX_REPLICAS, and the
+    // upper bound is checked where the service is known.
+    let replicas = u32::try_from(replicas)
+        .ok()
+        .filter(|r| *r >= 1)
+        .ok_or_else(|| {
+            let why = if replicas == 0 {
+                format!("0 replicas of {service} would stop all traffic to it")
+            } else {
+                format!("{replicas} is not a replica count")
+            };
+            crate::error::usage(
+                why,
+                format!(
+                    "choose 1 to {}; `cryptus stop` stops the stack",
+                    crate::switch::MAX_REPLICAS
+                ),
+            )
+        })?;
+    let compose = project.load()?;
+    let engine = Engine::connect().await?;
+    let stack = Stack {
+        engine: &engine,
+        project,
+        compose: &compose,
+        printer,
+    };
+    if dry_run {
+        let service = service.to_owned();
+        let plan = switch::dry_run(&stack, DryRun::Scale { service, replicas }, settings).await?;
+        return show_plan(&plan, printer);
+    }
+    let report = switch::scale(&stack, service, replicas, settings).await?;
+    if printer.json() {
+        printer.out_json(&report)?;
+    } else if report.active {
+        printer.info(format!(
+            "{} runs {} replica{} (was {})",
+            report.service,
+            report.to,
+            if report.to == 1 { "" } else { "s" },
+            report.from
+        ));
+    }
+    Ok(EXIT_OK)
+}

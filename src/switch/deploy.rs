@@ -1,0 +1,767 @@
+//! Deploy and rollback: traffic moves to the idle color. Under the deploy
+//! lock the switch reads what runs, plans, gets the release, brings the
+//! idle color up, gates on its `/api/health`, flips nginx's upstream,
+//! proves through the load balancer that the new color serves, watches it,
+//! drains nginx's old workers and stops the old color, then records the
+//! outcome. Before the flip any failure leaves traffic untouched; after it,
+//! a failure flips back by itself.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use chrono::Utc;
+use tokio::time::Instant;
+
+use crate::context::Stack;
+use crate::error::{failed_with_hint, usage};
+use crate::health::{self, Expect};
+use crate::history::{Outcome, Side};
+use crate::stack::{Color, Release, image_version};
+
+use super::plan::{self, Observed, Plan, Request};
+use super::report::{Report, Steps, round};
+use super::runner::Runner;
+use super::state::{self, Lb};
+use super::upstream::{self, Upstream};
+use super::{Settings, prove};
+
+pub enum Source {
+    /// The image the compose file names for the color.
+    Compose,
+    Image(String),
+    /// Build this context (the compose `build:` of the color when `None`).
+    Build(Option<PathBuf>),
+}
+
+/// What was asked of the switch.
+pub enum Ask {
+    Deploy {
+        source: Source,
+        version: Option<String>,
+    },
+    Rollback,
+}
+
+impl Ask {
+    fn name(&self) -> &'static str {
+        match self {
+            Ask::Deploy { .. } => "deploy",
+            Ask::Rollback => "rollback",
+        }
+    }
+
+    /// The planner's request; a deploy's release is known only once the
+    /// image is resolved (or built), after the plan.
+    fn request(&self, keep_standby: bool) -> Request {
+        match self {
+            Ask::Deploy { source, version } => Request::Deploy {
+                release: match (source, version) {
+                    (Source::Image(image), Some(version)) => Some(Release {
+                        image: image.clone(),
+                        version: version.clone(),
+                    }),
+                    _ => None,
+                },
+                keep_standby,
+            },
+            Ask::Rollback => Request::Rollback { keep_standby },
+        }
+    }
+
+    /// Bad input is refused before anything is touched.
+    pub fn check(&self) -> Result<()> {
+        if let Ask::Deploy { version, source } = self {
+            if let Some(version) = version {
+                check_version(version)?;
+            }
+            if let Source::Image(reference) = source {
+                check_image(reference)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+pub async fn run(stack: &Stack<'_>, ask: Ask, settings: &Settings) -> Result<Report> {
+    let began = Instant::now();
+    crate::interrupt::catch();
+    ask.check()?;
+    let lb = state::lb(stack).await?;
+    let mut steps = Steps::new(stack.printer);
+    let lock = steps
+        .run(
+            "lock",
+            "taking the deploy lock",
+            super::lock(stack, ask.name(), &lb, settings),
+        )
+        .await?;
+    // The lock is held until the old color has stopped: a rollback that
+    // started meanwhile would start that color while this one stops it.
+    let result = locked(stack, ask, settings, lb, &mut steps, began).await;
+    super::unlock(stack, lock).await;
+    result
+}
+
+async fn locked(
+    stack: &Stack<'_>,
+    ask: Ask,
+    settings: &Settings,
+    lb: Lb,
+    steps: &mut Steps<'_>,
+    began: Instant,
+) -> Result<Report> {
+    let client = health::client();
+    let operation = ask.name();
+    let unchanged = |err: anyhow::Error| nothing_changed(err, operation);
+    let reading = state::read(stack, &lb, &client, matches!(ask, Ask::Rollback));
+    let observed = steps
+        .run("active", "finding the active color", reading)
+        .await
+        .map_err(unchanged)?;
+    let planned = plan::plan(&observed, &ask.request(settings.keep_standby));
+    // Without a running active color there is no side to record.
+    let from = side(&observed, observed.active)?;
+    let mut switch = Switch::new(stack, settings, lb, client, operation, from, &observed);
+    let plan = match planned {
+        Ok(plan) => plan,
+        Err(err) => return switch.fail_before_flip(steps, began, err).await,
+    };
+    switch.to.replicas = plan.replicas;
+    let release = match ask {
+        Ask::Deploy { source, version } => {
+            if let Some(release) = &plan.release {
+                // Known before the engine is asked: a failure records it.
+                (switch.to.image, switch.to.version) =
+                    (release.image.clone(), release.version.clone());
+            }
+            let resolving = resolve_image(stack, plan.target, source, version);
+            steps.wait("image", "getting the image", resolving).await
+        }
+        Ask::Rollback => rollback_image(stack, &plan).await,
+    };
+    match release {
+        Ok(release) => switch.execute(steps, began, plan, release).await,
+        Err(err) => switch.fail_before_flip(steps, began, err).await,
+    }
+}
+
+/// A color's side of the switch, from its running containers.
+fn side(observed: &Observed, color: Color) -> Result<Side> {
+    let running = observed.running(color);
+    let release = observed.release(color).filter(|_| !running.is_empty());
+    let Some(release) = release else {
+        return Err(failed_with_hint(
+            format!("nginx serves {color}, but no {color} container is running"),
+            "run `cryptus start` to repair the stack",
+        ));
+    };
+    Ok(Side {
+        color,
+        image: release.image,
+        version: release.version,
+        image_id: None,
+        replicas: u32::try_from(running.len()).unwrap_or(1).max(1),
+    })
+}
+
+/// An error after the lock was taken but before anything changed: a clean
+/// failure (exit 1) that says so, whatever the engine's error was.
+fn nothing_changed(err: anyhow::Error, operation: &str) -> anyhow::Error {
+    if crate::error::is_user_error(&err) {
+        return err;
+    }
+    // A new error, not a context: `classify` finds a UserError among the
+    // causes, and a context's type is not one of them.
+    failed_with_hint(
+        format!("{operation} failed before changing anything: {err:#}"),
+        "traffic is unchanged; `cryptus status` shows the stack",
+    )
+}
+
+/// A rollback's release must still be on the engine.
+async fn rollback_image(stack: &Stack<'_>, plan: &Plan) -> Result<Release> {
+    let release = plan
+        .release
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("a rollback always plans its release"))?;
+    if stack.engine.image_labels(&release.image).await?.is_none() {
+        return Err(failed_with_hint(
+            format!(
+                "cannot roll back to {} {}: the engine no longer has image {}",
+                plan.target, release.version, release.image
+            ),
+            "deploy that version again with `cryptus deploy --image ...`",
+        ));
+    }
+    Ok(release)
+}
+
+fn check_image(reference: &str) -> Result<()> {
+    crate::compose::check_image_reference(reference).map_err(|err| {
+        usage(
+            err,
+            "name an image such as myapp:1.2.3 or registry.example.com/team/app:v2",
+        )
+    })
+}
+
+/// Checks a version string before it goes anywhere near a config file or a
+/// label: letters, digits and `._+-`, at most 64 characters.
+pub fn check_version(version: &str) -> Result<()> {
+    let ok = !version.is_empty()
+        && version.len() <= 64
+        && version
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(usage(
+            format!("version {version:?} is invalid"),
+            "use at most 64 letters, digits and . _ + -",
+        ))
+    }
+}
+
+async fn resolve_image(
+    stack: &Stack<'_>,
+    target: Color,
+    source: Source,
+    version: Option<String>,
+) -> Result<Release> {
+    let reference = match source {
+        Source::Compose => stack.default_release(target).await?.image,
+        // Checked in `run`, before anything was touched.
+        Source::Image(reference) => reference,
+        Source::Build(context) => {
+            let version = version
+                .clone()
+                .unwrap_or_else(|| Utc::now().format("%Y%m%d-%H%M%S").to_string());
+            check_version(&version)?;
+            return crate::build::build_color(stack, target, context, &version).await;
+        }
+    };
+    let Some(labels) = stack.engine.image_labels(&reference).await? else {
+        return Err(failed_with_hint(
+            format!("the engine has no image {reference}"),
+            "build it (cryptus deploy --build, scripts/make-images.sh) or docker pull it",
+        ));
+    };
+    let version = match version {
+        Some(version) => version,
+        None => image_version(&reference, &labels),
+    };
+    check_version(&version)?;
+    Ok(Release {
+        image: reference,
+        version,
+    })
+}
+
+/// The state of a switch under way, so a failure knows what to undo.
+struct Switch<'s> {
+    stack: &'s Stack<'s>,
+    settings: &'s Settings,
+    lb: Lb,
+    client: reqwest::Client,
+    operation: &'static str,
+    from: Side,
+    from_containers: Vec<String>,
+    to: Side,
+    /// The containers nginx names once the new color serves.
+    serve: Vec<String>,
+    runner: Runner<'s>,
+    /// nginx workers from before the last reload, still to drain.
+    old_workers: Vec<String>,
+    /// Seconds from the first start call until every new container answered healthy.
+    readiness: Option<f64>,
+    /// When nginx began to serve the new color.
+    switched_at: Option<chrono::DateTime<Utc>>,
+    /// Whether nginx's upstream file may have been rewritten.
+    upstream_touched: bool,
+    /// Traffic could not be put back: the failure says where it is.
+    traffic_unsettled: bool,
+    warnings: Vec<String>,
+}
+
+impl<'s> Switch<'s> {
+    fn new(
+        stack: &'s Stack<'s>,
+        settings: &'s Settings,
+        lb: Lb,
+        client: reqwest::Client,
+        operation: &'static str,
+        from: Side,
+        observed: &Observed,
+    ) -> Switch<'s> {
+        let to = Side {
+            color: from.color.other(),
+            image: String::new(),
+            version: String::new(),
+            image_id: None,
+            replicas: from.replicas,
+        };
+        Switch {
+            stack,
+            settings,
+            lb,
+            client,
+            operation,
+            from_containers: observed
+                .running(from.color)
+                .iter()
+                .map(|r| r.name.clone())
+                .collect(),
+            from,
+            to,
+            serve: Vec::new(),
+            runner: Runner::new(stack, settings.drain),
+            old_workers: Vec::new(),
+            readiness: None,
+            switched_at: None,
+            upstream_touched: false,
+            traffic_unsettled: false,
+            warnings: Vec::new(),
+        }
+    }
+
+    /// From a release in hand to a proven, recorded switch, or to a failure
+    /// that undid what it could.
+    async fn execute(
+        mut self,
+        steps: &mut Steps<'_>,
+        began: Instant,
+        plan: Plan,
+        release: Release,
+    ) -> Result<Report> {
+        (self.to.image, self.to.version) = (release.image.clone(), release.version.clone());
+        self.serve = plan.serve.clone();
+        let expect = Expect {
+            color: plan.target,
+            version: Some(release.version.clone()),
+        };
+        let ready = async {
+            self.bring_up(steps, &plan, &release).await?;
+            self.gate(steps, &expect).await
+        };
+        if let Err(err) = ready.await {
+            return self.fail_before_flip(steps, began, err).await;
+        }
+        if let Err(err) = self.flip_step(steps).await {
+            return self.fail_in_flip(steps, began, err).await;
+        }
+        if let Err(err) = self.prove(steps, &expect).await {
+            return self.flip_back(steps, began, err).await;
+        }
+        self.finish(steps, began, &plan).await
+    }
+
+    async fn bring_up(
+        &mut self,
+        steps: &mut Steps<'_>,
+        plan: &Plan,
+        release: &Release,
+    ) -> Result<()> {
+        let replicas = plan.replicas;
+        let message = format!(
+            "starting {} {} ({replicas} replica{})",
+            plan.target,
+            release.version,
+            if replicas == 1 { "" } else { "s" }
+        );
+        steps
+            .run("start", message, self.runner.bring_up(plan, release))
+            .await
+    }
+
+    /// Waits until every new container answers healthy as the release,
+    /// reading meanwhile the nginx workers that will drain after the flip.
+    async fn gate(&mut self, steps: &mut Steps<'_>, expect: &Expect) -> Result<()> {
+        let nginx = self.stack.nginx();
+        let message = format!(
+            "waiting for {} to answer healthy as {}",
+            expect.color,
+            expect.version.as_deref().unwrap_or_default()
+        );
+        let (gate, workers) = tokio::join!(
+            steps.wait(
+                "health",
+                message,
+                self.stack.wait_app_ready(
+                    &self.serve,
+                    expect,
+                    self.settings.poll,
+                    Instant::now() + self.settings.timeout,
+                ),
+            ),
+            nginx.workers()
+        );
+        self.old_workers = workers.unwrap_or_default();
+        let ready = gate?;
+        // The app's own readiness: from the start call until it could first
+        // answer healthy, by its own uptime; not when the poll noticed.
+        self.readiness = self
+            .runner
+            .start_called()
+            .map(|started| round(ready.saturating_duration_since(started)));
+        if let Err(warning) = self.check_sessions().await {
+            self.warnings.push(warning);
+        }
+        Ok(())
+    }
+
+    /// Redis down does not stop a deploy, but sessions are degraded.
+    async fn check_sessions(&self) -> Result<(), String> {
+        let containers = self.stack.containers().await.unwrap_or_default();
+        let redis: Vec<_> = containers.iter().filter(|c| c.service == "redis").collect();
+        if redis.is_empty() || redis.iter().all(|c| c.running) {
+            return Ok(());
+        }
+        Err(
+            "redis is not running: sessions are degraded until it is back (cryptus start)"
+                .to_owned(),
+        )
+    }
+
+    async fn flip_step(&mut self, steps: &mut Steps<'_>) -> Result<()> {
+        let (target, serve) = (self.to.color, self.serve.clone());
+        steps
+            .run(
+                "switch",
+                format!("switching nginx to {target}"),
+                self.flip(target, &serve),
+            )
+            .await
+    }
+
+    /// Points nginx's upstream at `names` of `color` and waits until nginx
+    /// serves it.
+    async fn flip(&mut self, color: Color, names: &[String]) -> Result<()> {
+        let upstream = Upstream::of(color, names)?;
+        let nginx = self.stack.nginx();
+        // The workers that serve now are the ones to drain after the reload.
+        if self.old_workers.is_empty() {
+            self.old_workers = nginx.workers().await?;
+        }
+        self.upstream_touched = true;
+        upstream.apply(&nginx, &[]).await?;
+        let within = self.settings.timeout;
+        upstream::wait_served(&self.client, &self.lb.status_addr, color, within).await?;
+        self.switched_at = Some(Utc::now());
+        Ok(())
+    }
+
+    /// Answers in a row through the load balancer, then the watch.
+    async fn prove(&mut self, steps: &mut Steps<'_>, expect: &Expect) -> Result<()> {
+        let settings = self.settings;
+        let (target, lb_addr) = (self.to.color, self.lb.addr.clone());
+        let deadline = Instant::now() + settings.timeout;
+        let (verified, image_id) = tokio::join!(
+            steps.wait(
+                "verify",
+                format!(
+                    "verifying {} answers in a row from {target} through the load balancer",
+                    settings.verify
+                ),
+                prove::verify(
+                    &self.client,
+                    &lb_addr,
+                    expect,
+                    settings.verify,
+                    settings.poll,
+                    deadline
+                ),
+            ),
+            self.runner.image_id(&self.serve)
+        );
+        self.to.image_id = image_id;
+        verified?;
+        if settings.watch.is_zero() {
+            return Ok(());
+        }
+        let containers = self.stack.containers().await.unwrap_or_default();
+        // With Prometheus running, the watch also asks it the gate's question.
+        let gate = crate::metrics::prometheus_addr(&containers).map(|addr| prove::Gate {
+            addr,
+            query: crate::metrics::gate_query(
+                &settings.gate,
+                target,
+                &self.to.version,
+                settings.watch,
+            ),
+        });
+        let mut targets = vec![(format!("the load balancer ({lb_addr})"), lb_addr)];
+        targets.extend(self.runner.addresses(&self.serve).await?);
+        let message = format!(
+            "watching {target} for {}{}",
+            crate::output::seconds(settings.watch),
+            if gate.is_some() {
+                ", with the metric gate"
+            } else {
+                ""
+            }
+        );
+        let watch = prove::Watch {
+            client: &self.client,
+            printer: self.stack.printer,
+            targets,
+            expect,
+            length: settings.watch,
+            poll: settings.poll,
+            gate,
+        };
+        steps.wait("watch", message, prove::watch(watch)).await
+    }
+
+    /// The switch is proven: it is recorded while the old color drains and
+    /// stops (or stays warm), so the operator does not wait for the write.
+    async fn finish(self, steps: &mut Steps<'_>, began: Instant, plan: &Plan) -> Result<Report> {
+        let stack = self.stack;
+        let proven = self.report(steps, began, Outcome::Ok, None);
+        let bookkeeping = async {
+            if plan.clears_pending {
+                super::clear_pending(stack, plan.target).await;
+            }
+            super::record(stack, &proven).await;
+            // Images cryptus built that no container uses any more go; both
+            // colors' containers exist here, so what rollback needs stays.
+            match crate::build::prune(stack).await {
+                Ok(removed) if !removed.is_empty() => {
+                    tracing::debug!("pruned {} unused images", removed.len());
+                }
+                Ok(_) => {}
+                Err(err) => stack.printer.warn(format!("pruning old images: {err:#}")),
+            }
+        };
+        let (active, keep) = (self.from.color, plan.keep_standby);
+        let message = if keep {
+            format!("draining nginx's old workers; {active} stays up as a warm standby")
+        } else {
+            format!("draining nginx's old workers, then stopping {active}")
+        };
+        let retire = async {
+            let nginx = stack.nginx();
+            let drain = upstream::drain(
+                &nginx,
+                stack.printer,
+                &self.old_workers,
+                self.settings.drain,
+            );
+            let (drained, ()) = tokio::join!(drain, bookkeeping);
+            if let Err(err) = drained {
+                // The switch is proven and recorded: waiting for the old
+                // workers is a courtesy to their requests, not the deploy.
+                stack
+                    .printer
+                    .warn(format!("waiting for nginx's old workers: {err:#}"));
+            }
+            if !keep {
+                self.runner.stop(&self.from_containers).await;
+            }
+            Ok::<(), anyhow::Error>(())
+        };
+        steps.run("drain", message, retire).await?;
+        if crate::interrupt::seen() {
+            stack.printer.warn(format!(
+                "interrupted after the switch was proven: the {} was finished, not undone",
+                self.operation
+            ));
+        }
+        let report = self.report(steps, began, Outcome::Ok, None);
+        for warning in &report.warnings {
+            stack.printer.warn(warning);
+        }
+        Ok(report)
+    }
+
+    fn report(
+        &self,
+        steps: &Steps<'_>,
+        began: Instant,
+        outcome: Outcome,
+        reason: Option<String>,
+    ) -> Report {
+        Report {
+            ok: outcome == Outcome::Ok,
+            operation: self.operation.to_owned(),
+            outcome,
+            from: self.from.clone(),
+            to: self.to.clone(),
+            reason,
+            hint: None,
+            steps: steps.done.clone(),
+            total: round(began.elapsed()),
+            readiness: self.readiness,
+            switched_at: self.switched_at,
+            warnings: self.warnings.clone(),
+            traffic_unsettled: self.traffic_unsettled,
+        }
+    }
+
+    /// Ends a switch that did not deploy: report, record, warn.
+    async fn conclude(
+        &self,
+        steps: &Steps<'_>,
+        began: Instant,
+        outcome: Outcome,
+        err: &anyhow::Error,
+    ) -> Report {
+        let mut report = self.report(steps, began, outcome, Some(format!("{err:#}")));
+        report.hint = crate::error::classify(err).1.map(str::to_owned);
+        super::record(self.stack, &report).await;
+        for warning in &report.warnings {
+            self.stack.printer.warn(warning);
+        }
+        report
+    }
+
+    /// Ends a switch whose traffic never moved: what it started goes
+    /// (unless --keep-failed), and the failure is recorded.
+    async fn fail_before_flip(
+        &mut self,
+        steps: &mut Steps<'_>,
+        began: Instant,
+        err: anyhow::Error,
+    ) -> Result<Report> {
+        // Bad input found before anything was made (a build context that is
+        // no directory, a version nginx could not carry) changes nothing, not
+        // even the history, and keeps its exit 2.
+        let bad_input = crate::error::classify(&err).0 == crate::error::EXIT_USAGE
+            && crate::error::is_user_error(&err);
+        if bad_input && !self.runner.changed_anything() {
+            return Err(err);
+        }
+        if !self.settings.keep_failed {
+            self.runner.undo().await;
+        }
+        Ok(self.conclude(steps, began, Outcome::Failed, &err).await)
+    }
+
+    /// Ends a switch whose flip itself failed. Once nginx's upstream may
+    /// have been rewritten (a reload that failed, nginx too slow to pick it
+    /// up), it is put back on the old color before the new one goes; if that
+    /// fails too, both colors stay up and the failure says so.
+    async fn fail_in_flip(
+        &mut self,
+        steps: &mut Steps<'_>,
+        began: Instant,
+        err: anyhow::Error,
+    ) -> Result<Report> {
+        if !self.upstream_touched {
+            return self.fail_before_flip(steps, began, err).await;
+        }
+        let back = self.put_back(steps, "putting nginx back on").await;
+        self.switched_at = None;
+        let nginx = self.stack.nginx();
+        match back {
+            Ok(()) => self.fail_before_flip(steps, began, err).await,
+            // nginx is down, but its upstream file still names the old
+            // color: that is what it serves when it is back.
+            Err(_) if upstream::names_only(&nginx, &self.from_containers, &self.serve).await => {
+                self.fail_before_flip(steps, began, err).await
+            }
+            Err(back_err) => {
+                let err = self.unsettled("switching to", &err, &back_err);
+                Ok(self.conclude(steps, began, Outcome::Failed, &err).await)
+            }
+        }
+    }
+
+    /// Flips nginx back to the old color's containers, as the step
+    /// "rollback" (`what` begins its message).
+    async fn put_back(&mut self, steps: &mut Steps<'_>, what: &str) -> Result<()> {
+        let from = self.from.color;
+        let names = self.from_containers.clone();
+        steps
+            .run(
+                "rollback",
+                format!("{what} {from}"),
+                self.flip(from, &names),
+            )
+            .await
+    }
+
+    /// The failure when traffic could not be put back on the old color:
+    /// both colors stay up, so whichever nginx serves when it is back can
+    /// answer.
+    fn unsettled(
+        &mut self,
+        when: &str,
+        err: &anyhow::Error,
+        back_err: &anyhow::Error,
+    ) -> anyhow::Error {
+        self.traffic_unsettled = true;
+        let (from, to) = (self.from.color, &self.to);
+        failed_with_hint(
+            format!(
+                "{when} {} {}: {err:#}; flipping back to {from} failed too ({back_err:#}); \
+                 nginx's upstream may name {} {}, and both colors are left running",
+                to.color, to.version, to.color, to.version
+            ),
+            "bring nginx back with `cryptus start`, then `cryptus status` shows what it serves; \
+             `cryptus rollback` if the new color is bad",
+        )
+    }
+
+    async fn flip_back(
+        &mut self,
+        steps: &mut Steps<'_>,
+        began: Instant,
+        err: anyhow::Error,
+    ) -> Result<Report> {
+        // The workers to drain now are those serving the failed color.
+        self.old_workers.clear();
+        let back = self.put_back(steps, "flipping back to").await;
+        if let Err(back_err) = back {
+            let err = self.unsettled("after the switch to", &err, &back_err);
+            return Ok(self.conclude(steps, began, Outcome::Failed, &err).await);
+        }
+        if !self.settings.keep_failed {
+            // Give nginx's old workers their in-flight requests before the
+            // failed color goes away.
+            let nginx = self.stack.nginx();
+            let _ = upstream::drain(
+                &nginx,
+                self.stack.printer,
+                &self.old_workers,
+                self.settings.drain,
+            )
+            .await;
+            self.runner.undo().await;
+        }
+        Ok(self.conclude(steps, began, Outcome::RolledBack, &err).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::anyhow;
+
+    #[test]
+    fn an_unexpected_error_after_the_lock_is_a_clean_failure() {
+        let err = nothing_changed(anyhow!("engine hiccup"), "deploy");
+        assert_eq!(crate::error::classify(&err).0, crate::error::EXIT_FAILED);
+        assert!(
+            format!("{err:#}").contains("deploy failed before changing anything: engine hiccup")
+        );
+        // A failure that already chose its code keeps it.
+        let usage = nothing_changed(usage("bad", "fix it"), "deploy");
+        assert_eq!(crate::error::classify(&usage).0, crate::error::EXIT_USAGE);
+    }
+
+    #[test]
+    fn versions_cannot_inject() {
+        assert!(check_version("v1.2.3+build-7").is_ok());
+        for bad in [
+            "",
+            "v1; }",
+            "a b",
+            "x\"y",
+            "v1\nserver evil:80;",
+            &"9".repeat(65),
+        ] {
+            assert!(check_version(bad).is_err(), "{bad:?}");
+        }
+    }
+}

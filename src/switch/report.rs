@@ -1,0 +1,173 @@
+//! What a switch reports: each step as it finishes (on the terminal), and
+//! the whole of it at the end (for the terminal, `--json` and the history).
+
+use std::time::Duration;
+
+use anyhow::Result;
+use chrono::Utc;
+use serde::Serialize;
+
+use crate::history::{Outcome, Side};
+use crate::output::Printer;
+
+/// What a deploy or rollback did, for the terminal and for `--json`. A
+/// failure after the lock was taken is a report too, with `ok: false`.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub ok: bool,
+    pub operation: String,
+    pub outcome: Outcome,
+    pub from: Side,
+    pub to: Side,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// What the operator can do about the failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+    /// Each step and its seconds, in order.
+    pub steps: Vec<StepTime>,
+    pub total: f64,
+    /// Seconds from the first new container's start call until the last new
+    /// container could answer healthy, by the app's own uptime: the app's
+    /// readiness, without the polling.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<f64>,
+    /// When nginx began to serve the new color.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub switched_at: Option<chrono::DateTime<Utc>>,
+    /// Notes an operator should see, e.g. sessions degraded.
+    pub warnings: Vec<String>,
+    /// The reason itself says where traffic is: putting it back failed.
+    #[serde(skip)]
+    pub traffic_unsettled: bool,
+}
+
+impl Report {
+    /// The one-line error of a failed report.
+    pub fn error(&self) -> Option<String> {
+        let reason = self.reason.as_deref().unwrap_or("unknown");
+        match self.outcome {
+            Outcome::Ok => None,
+            Outcome::RolledBack => Some(format!("rolled back: {reason}")),
+            Outcome::Failed if self.traffic_unsettled => {
+                Some(format!("{} failed: {reason}", self.operation))
+            }
+            Outcome::Failed => Some(format!(
+                "{} failed; traffic stays on {} {}: {reason}",
+                self.operation, self.from.color, self.from.version
+            )),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StepTime {
+    pub step: String,
+    pub seconds: f64,
+}
+
+/// Step timings, printed as they finish.
+pub struct Steps<'p> {
+    printer: &'p Printer,
+    pub done: Vec<StepTime>,
+}
+
+impl<'p> Steps<'p> {
+    pub fn new(printer: &'p Printer) -> Steps<'p> {
+        Steps {
+            printer,
+            done: Vec::new(),
+        }
+    }
+
+    /// Runs a step that only waits: Ctrl-C (or SIGTERM) ends it as a
+    /// failure, so the caller undoes what came before.
+    pub async fn wait<T>(
+        &mut self,
+        name: &str,
+        message: impl Into<String>,
+        work: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        self.run(name, message, crate::interrupt::or_interrupted(work))
+            .await
+    }
+
+    pub async fn run<T>(
+        &mut self,
+        name: &str,
+        message: impl Into<String>,
+        work: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let step = self.printer.step(message);
+        match work.await {
+            Ok(value) => {
+                let took = step.done();
+                self.done.push(StepTime {
+                    step: name.to_owned(),
+                    seconds: round(took),
+                });
+                Ok(value)
+            }
+            Err(err) => {
+                let took = step.fail();
+                self.done.push(StepTime {
+                    step: name.to_owned(),
+                    seconds: round(took),
+                });
+                Err(err)
+            }
+        }
+    }
+}
+
+pub fn round(duration: Duration) -> f64 {
+    (duration.as_secs_f64() * 1000.0).round() / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stack::Color;
+
+    fn report(outcome: Outcome, unsettled: bool) -> Report {
+        let side = |color, version: &str| Side {
+            color,
+            image: format!("app:{version}"),
+            version: version.into(),
+            image_id: None,
+            replicas: 1,
+        };
+        Report {
+            ok: outcome == Outcome::Ok,
+            operation: "deploy".into(),
+            outcome,
+            from: side(Color::Blue, "1"),
+            to: side(Color::Green, "2"),
+            reason: Some("boom".into()),
+            hint: None,
+            steps: Vec::new(),
+            total: 1.0,
+            readiness: None,
+            switched_at: None,
+            warnings: Vec::new(),
+            traffic_unsettled: unsettled,
+        }
+    }
+
+    #[test]
+    fn a_failure_says_where_traffic_is() {
+        assert_eq!(report(Outcome::Ok, false).error(), None);
+        let stays = report(Outcome::Failed, false).error().unwrap();
+        assert!(stays.contains("traffic stays on blue 1"), "{stays}");
+        // When putting traffic back failed, the reason says where it is:
+        // the line must not claim it stayed.
+        let unsettled = report(Outcome::Failed, true).error().unwrap();
+        assert!(!unsettled.contains("stays"), "{unsettled}");
+        assert!(
+            report(Outcome::RolledBack, false)
+                .error()
+                .unwrap()
+                .starts_with("rolled back")
+        );
+    }
+}

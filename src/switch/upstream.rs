@@ -1,0 +1,122 @@
+//! nginx's upstream file, and the only code that writes it: rendered from
+//! the containers a color serves with, applied (write, `nginx -t`, reload
+//! in one exec), waited for until nginx's loaded configuration serves it,
+//! and followed by the drain of the workers that served before.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use tokio::time::Instant;
+
+use crate::error::failed;
+use crate::nginx::{self, Nginx};
+use crate::output::Printer;
+use crate::stack::{APP_PORT, Color};
+use crate::wait::{self, Limits, Seen};
+
+/// An upstream file for one color.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Upstream {
+    pub color: Color,
+    text: String,
+}
+
+impl Upstream {
+    /// The upstream that sends traffic to `names`, containers of `color`.
+    pub fn of(color: Color, names: &[String]) -> Result<Upstream> {
+        let servers: Vec<String> = names.iter().map(|n| format!("{n}:{APP_PORT}")).collect();
+        Ok(Upstream {
+            color,
+            text: nginx::render_upstream(color, &servers)?,
+        })
+    }
+
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    fn files<'a>(&'a self, with: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+        let mut files = vec![(nginx::UPSTREAM_FILE, self.text.as_str())];
+        files.extend_from_slice(with);
+        files
+    }
+
+    /// Applies it to a running nginx, with any other files of nginx's that
+    /// go with it, in one test and reload.
+    pub async fn apply(&self, nginx: &Nginx<'_>, with: &[(&str, &str)]) -> Result<()> {
+        nginx.apply(&self.files(with)).await
+    }
+
+    /// Writes it for an nginx that is not running: nothing reads the files
+    /// until it starts.
+    pub async fn install(&self, nginx: &Nginx<'_>, with: &[(&str, &str)]) -> Result<()> {
+        nginx.write(&self.files(with), false).await
+    }
+
+    /// Whether nginx's file already says this.
+    pub async fn is_current(&self, nginx: &Nginx<'_>) -> Result<bool> {
+        Ok(nginx.read(nginx::UPSTREAM_FILE).await?.as_deref() == Some(self.text.as_str()))
+    }
+}
+
+/// How often nginx is asked which color it serves after a reload.
+const SERVED_EVERY: Duration = Duration::from_millis(20);
+
+/// Waits until nginx's loaded configuration names `color`.
+pub async fn wait_served(
+    client: &reqwest::Client,
+    status_addr: &str,
+    color: Color,
+    within: Duration,
+) -> Result<()> {
+    let began = Instant::now();
+    wait::until(
+        Limits::within(within, SERVED_EVERY),
+        || async {
+            Ok(match nginx::served_color(client, status_addr).await {
+                Ok(served) if served == color => Seen::Ready(()),
+                Ok(served) => Seen::Not(served.to_string()),
+                Err(err) => Seen::Not(format!("? ({err:#})")),
+            })
+        },
+        |last| {
+            failed(format!(
+                "nginx did not pick up the new upstream in time (it serves {last})"
+            ))
+        },
+    )
+    .await?;
+    tracing::debug!("nginx served {color} after {:?}", began.elapsed());
+    Ok(())
+}
+
+/// Whether nginx's upstream file (read through the engine, nginx running
+/// or not) names every one of `serving` and none of `not`.
+pub async fn names_only(nginx: &Nginx<'_>, serving: &[String], not: &[String]) -> bool {
+    match nginx.read(nginx::UPSTREAM_FILE).await {
+        Ok(Some(text)) => {
+            serving.iter().all(|n| text.contains(n.as_str()))
+                && !not.iter().any(|n| text.contains(n.as_str()))
+        }
+        _ => false,
+    }
+}
+
+/// Waits until the nginx workers that ran before a reload have finished
+/// their in-flight requests, up to `limit`; past it, warns and goes on.
+pub async fn drain(
+    nginx: &Nginx<'_>,
+    printer: &Printer,
+    old_workers: &[String],
+    limit: Duration,
+) -> Result<()> {
+    let busy = nginx.drain(old_workers, limit).await?;
+    if busy > 0 {
+        printer.warn(format!(
+            "{busy} old nginx worker{} still busy after {}; going on anyway",
+            if busy == 1 { " is" } else { "s are" },
+            crate::output::seconds(limit)
+        ));
+    }
+    Ok(())
+}
