@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
+use crate::context::Stack;
 use crate::error::usage;
-use crate::lifecycle::Stack;
 use crate::stack::{Color, Release};
 
 /// The label on the images `deploy --build` makes: the project's name.

@@ -14,10 +14,10 @@ use std::time::Duration;
 use anyhow::Result;
 use serde::Serialize;
 
+use crate::context::Stack;
 use crate::engine::{Container, Engine};
 use crate::error::EXIT_FAILED;
 use crate::health::{self, Expect, Probe};
-use crate::lifecycle::Stack;
 use crate::metrics;
 use crate::nginx::{self, Nginx};
 use crate::output;

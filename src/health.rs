@@ -1,13 +1,14 @@
-//! Health polling: the app's `/api/health`, directly and through the load
-//! balancer, every interval until an overall deadline.
+//! The app's `/api/health`: one look at it (directly or through the load
+//! balancer), what a healthy answer must say, and where a container answers.
+//! Waiting for an answer, under a deadline, is `ready`'s.
 
 use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::time::Instant;
 
-use crate::stack::Color;
+use crate::engine::Container;
+use crate::stack::{APP_PORT, Color};
 
 pub const HEALTH_PATH: &str = "/api/health";
 
@@ -128,45 +129,16 @@ fn reason(err: &reqwest::Error) -> String {
     text
 }
 
-/// While nothing answers (the app does not listen yet), probes come this
-/// often: a refused or dropped connection costs nothing, and the moment the
-/// app starts listening is the moment to see.
-const NOT_LISTENING_RETRY: Duration = Duration::from_millis(10);
-
-/// Polls `addr` every `interval` until it satisfies `expect`, or `deadline`
-/// passes. Returns the answer and when the app became ready by its own clock
-/// (the answer's time less its uptime). The error is the last answer seen.
-pub async fn wait_until(
-    client: &reqwest::Client,
-    addr: &str,
-    expect: &Expect,
-    interval: Duration,
-    deadline: Instant,
-) -> Result<(Report, Instant), Probe> {
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let probe = probe(
-            client,
-            addr,
-            left.clamp(Duration::from_millis(100), Duration::from_secs(5)),
-        )
-        .await;
-        if probe.satisfies(expect)
-            && let Probe::Answered(report) = probe
-        {
-            let now = Instant::now();
-            let up = Duration::try_from_secs_f64(report.uptime).unwrap_or_default();
-            return Ok((report, now.checked_sub(up).unwrap_or(now)));
-        }
-        let wait = match probe {
-            Probe::Unreachable(_) => interval.min(NOT_LISTENING_RETRY),
-            _ => interval,
-        };
-        if Instant::now() + wait >= deadline {
-            return Err(probe);
-        }
-        tokio::time::sleep(wait).await;
-    }
+/// Where this host reaches an app container's health endpoint: its
+/// published port, else its address on its first network.
+pub fn app_addr(container: &Container) -> Option<String> {
+    container.published_addr(APP_PORT).or_else(|| {
+        container
+            .addresses
+            .values()
+            .next()
+            .map(|ip| format!("{ip}:{APP_PORT}"))
+    })
 }
 
 #[cfg(test)]

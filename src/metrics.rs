@@ -11,8 +11,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 
+use crate::context::Stack;
 use crate::engine::{Container, Engine};
-use crate::history::Entry;
+use crate::history::{self, Entry};
 use crate::stack::{Color, VERSION_LABEL};
 
 /// Where node-exporter's textfile collector reads cryptus's metrics.
@@ -147,6 +148,22 @@ pub async fn publish(
         .put_file(&exporter.name, TEXTFILE_DIR, TEXTFILE, text.as_bytes())
         .await
         .context("writing cryptus's metrics for node-exporter")
+}
+
+impl Stack<'_> {
+    /// Writes cryptus's metrics for node-exporter, if it runs, from the
+    /// stack's containers and `history` (read from nginx when `None`); a
+    /// failure is a warning: the operation it follows is done.
+    pub async fn publish_metrics(&self, active: Option<Color>, history: Option<Vec<Entry>>) {
+        let containers = self.containers().await.unwrap_or_default();
+        let history = match history {
+            Some(history) => history,
+            None => history::read(&self.nginx()).await.unwrap_or_default(),
+        };
+        if let Err(err) = publish(self.engine, &containers, active, &history).await {
+            self.printer.warn(format!("{err:#}"));
+        }
+    }
 }
 
 /// Marks a deploy in Grafana, if it runs and its admin password is known.

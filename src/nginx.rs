@@ -7,12 +7,14 @@
 //! temporary name and is renamed into place inside the container, so nginx
 //! never reads half a file.
 
+use std::cell::Cell;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 
 use crate::engine::Engine;
 use crate::stack::Color;
+use crate::wait::{self, Limits, Seen};
 
 /// Where nginx reads the files cryptus renders.
 pub const STATE_DIR: &str = "/etc/nginx/cryptus";
@@ -392,34 +394,48 @@ impl Nginx<'_> {
     /// Waits until no worker is shutting down (finishing its in-flight
     /// requests after a reload), up to `limit`. Returns how many still are.
     pub async fn drain_shutting_down(&self, limit: Duration) -> Result<usize> {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let busy = self
-                .engine
-                .processes(&self.container)
-                .await?
-                .iter()
-                .filter(|(_, command)| command.contains("shutting down"))
-                .count();
-            if busy == 0 || tokio::time::Instant::now() >= deadline {
-                return Ok(busy);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let limits = Limits::within(limit, Duration::from_millis(50));
+        self.until_idle(limits, |(_, command)| command.contains("shutting down"))
+            .await
     }
 
     /// Waits until the workers `old` have exited, up to `limit`: a reload
     /// tells them to finish their in-flight requests and go. Returns how many
     /// are still busy when the limit passes.
     pub async fn drain(&self, old: &[String], limit: Duration) -> Result<usize> {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let running = self.engine.processes(&self.container).await?;
-            let busy = running.iter().filter(|(pid, _)| old.contains(pid)).count();
-            if busy == 0 || tokio::time::Instant::now() >= deadline {
-                return Ok(busy);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let limits = Limits::within(limit, Duration::from_millis(20));
+        self.until_idle(limits, |(pid, _)| old.contains(pid)).await
+    }
+
+    /// Looks at nginx's processes under `limits` until none is `busy`.
+    /// Running out of time is no error here: busy workers only delay, so
+    /// the caller gets how many were busy at the last look.
+    async fn until_idle(
+        &self,
+        limits: Limits,
+        busy: impl Fn(&(String, String)) -> bool,
+    ) -> Result<usize> {
+        let last = Cell::new(0);
+        let expired = Cell::new(false);
+        let probe = || async {
+            let processes = self.engine.processes(&self.container).await?;
+            let count = processes.iter().filter(|p| busy(p)).count();
+            last.set(count);
+            Ok(if count == 0 {
+                Seen::Ready(())
+            } else {
+                Seen::Not(format!("{count} busy"))
+            })
+        };
+        let idle = wait::until(limits, probe, |busy| {
+            expired.set(true);
+            anyhow!(busy)
+        })
+        .await;
+        match idle {
+            Ok(()) => Ok(0),
+            Err(_) if expired.get() => Ok(last.get()),
+            Err(err) => Err(err),
         }
     }
 }

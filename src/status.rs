@@ -11,10 +11,10 @@ use anyhow::Result;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::context::{Stack, of_service, release_of};
 use crate::engine::{Container, Engine};
 use crate::health;
 use crate::history;
-use crate::lifecycle::{Stack, of_service, release_of};
 use crate::lock;
 use crate::nginx::{self, Nginx};
 use crate::output;

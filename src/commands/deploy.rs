@@ -8,9 +8,9 @@ use std::time::Duration;
 use anyhow::Result;
 
 use crate::cli::SwitchArgs;
+use crate::context::Stack;
 use crate::engine::Engine;
 use crate::error::{EXIT_FAILED, EXIT_OK};
-use crate::lifecycle::Stack;
 use crate::lock;
 use crate::output::{Printer, seconds};
 use crate::project::Project;

@@ -6,23 +6,17 @@ use anyhow::Result;
 use serde_json::json;
 use tokio::time::Instant;
 
-use crate::engine::Engine;
+use crate::context::Session;
 use crate::error::EXIT_OK;
-use crate::lifecycle::Stack;
 use crate::output::Printer;
 use crate::project::Project;
 
 pub async fn run(project: &Project, timeout: Duration, printer: &Printer) -> Result<u8> {
-    // Load the files first: a broken compose file must not leave the stack stopped.
-    let compose = project.load()?;
-    let engine = Engine::connect().await?;
-    super::warn_not_applied(&compose, &engine, printer);
-    let stack = Stack {
-        engine: &engine,
-        project,
-        compose: &compose,
-        printer,
-    };
+    // The files are loaded first: a broken compose file must not leave the
+    // stack stopped.
+    let session = Session::open(project, printer).await?;
+    super::warn_not_applied(session.stack().compose, session.stack().engine, printer);
+    let stack = session.stack();
     crate::interrupt::catch();
     let deadline = Instant::now() + timeout;
     // What would make the start fail (an image gone, a port taken) is
@@ -32,7 +26,7 @@ pub async fn run(project: &Project, timeout: Duration, printer: &Printer) -> Res
     let result = async {
         // A state start would refuse to restore is refused before the stop.
         stack.check_restorable().await?;
-        let stopped = super::stop::stop(&engine, project, None, printer).await?;
+        let stopped = super::stop::stop(stack.engine, project, None, printer).await?;
         crate::interrupt::check()?;
         let summary = stack.up_locked(deadline).await?;
         Ok::<_, anyhow::Error>((stopped, summary))

@@ -3,8 +3,8 @@
 
 use anyhow::Result;
 
+use crate::context::Stack;
 use crate::engine::Engine;
-use crate::lifecycle::Stack;
 use crate::output::Printer;
 use crate::project::Project;
 use crate::switch::{self, Ask, DryRun, Settings};

@@ -2,9 +2,9 @@
 
 use anyhow::Result;
 
+use crate::context::Stack;
 use crate::engine::Engine;
 use crate::error::EXIT_OK;
-use crate::lifecycle::Stack;
 use crate::output::Printer;
 use crate::project::Project;
 use crate::switch::{self, DryRun, Settings};

@@ -5,23 +5,15 @@ use std::time::Duration;
 use anyhow::Result;
 use serde_json::json;
 
-use crate::engine::Engine;
+use crate::context::Session;
 use crate::error::EXIT_OK;
-use crate::lifecycle::Stack;
 use crate::output::Printer;
 use crate::project::Project;
 
 pub async fn run(project: &Project, timeout: Duration, printer: &Printer) -> Result<u8> {
-    let compose = project.load()?;
-    let engine = Engine::connect().await?;
-    super::warn_not_applied(&compose, &engine, printer);
-    let stack = Stack {
-        engine: &engine,
-        project,
-        compose: &compose,
-        printer,
-    };
-    let summary = stack.up("start", timeout).await?;
+    let session = Session::open(project, printer).await?;
+    super::warn_not_applied(session.stack().compose, session.stack().engine, printer);
+    let summary = session.stack().up("start", timeout).await?;
     if printer.json() {
         printer.out_json(&json!({"ok": true, "changed": summary.changed(), "start": summary}))?;
     } else if summary.changed() {

@@ -12,10 +12,10 @@ use anyhow::Result;
 use chrono::Utc;
 use tokio::time::Instant;
 
+use crate::context::Stack;
 use crate::error::{failed_with_hint, usage};
 use crate::health::{self, Expect};
 use crate::history::{Outcome, Side};
-use crate::lifecycle::Stack;
 use crate::stack::{Color, Release, image_version};
 
 use super::plan::{self, Observed, Plan, Request};

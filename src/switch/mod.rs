@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::lifecycle::Stack;
+use crate::context::Stack;
 use crate::lock::{self, Lock};
 use crate::stack::{Color, Release, image_version};
 

@@ -9,8 +9,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use tokio::time::Instant;
 
+use crate::context::Stack;
 use crate::engine::Container;
-use crate::lifecycle::Stack;
 use crate::stack::{Color, Release, plan_container};
 
 use super::plan::Plan;

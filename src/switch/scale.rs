@@ -9,10 +9,10 @@ use anyhow::Result;
 use serde::Serialize;
 use tokio::time::Instant;
 
+use crate::context::Stack;
 use crate::error::{failed_with_hint, usage};
 use crate::health::{self, Expect};
 use crate::history::{Outcome, Side};
-use crate::lifecycle::Stack;
 use crate::stack::{Color, LB_SERVICE, Release};
 
 use super::Settings;

@@ -10,10 +10,10 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result};
 use chrono::Utc;
 
+use crate::context::Stack;
 use crate::engine::Container;
 use crate::error::failed_with_hint;
 use crate::history::{self, Entry, Outcome, Side};
-use crate::lifecycle::Stack;
 use crate::metrics;
 use crate::nginx::{self, Nginx};
 use crate::stack::{Color, Release, VERSION_LABEL};

@@ -1,0 +1,166 @@
+//! nginx last: its files written before it starts (or applied if it runs
+//! and they changed), then the app answering through it; and its http file
+//! settled once nginx says its version.
+
+use anyhow::Result;
+use tokio::time::Instant;
+
+use super::services::{Change, Ensure};
+use super::undo::Saga;
+use crate::compose::Service;
+use crate::context::{Stack, of_service};
+use crate::engine::Container;
+use crate::health::{self, Expect};
+use crate::interrupt;
+use crate::lb;
+use crate::nginx;
+use crate::ready::{self, Probes, WaitFor};
+use crate::stack::{APP_PORT, Color};
+use crate::wait::Limits;
+
+impl Stack<'_> {
+    /// nginx last: its upstream names the running containers of the active
+    /// color; written before it starts, or applied if it runs and differs
+    /// or `reload` says its names may point elsewhere now. The last value
+    /// says whether this run started nginx.
+    pub(super) async fn start_nginx(
+        &self,
+        lb_service: &Service,
+        active: Color,
+        reload: bool,
+        earlier: Option<Change>,
+        deadline: Instant,
+        saga: &mut Saga,
+    ) -> Result<(String, Change, bool)> {
+        let step = self.printer.step("nginx");
+        interrupt::or_interrupted(self.wait_dependencies(lb_service, deadline)).await?;
+        let now = self.containers().await?;
+        let upstream = upstream_file(active, &of_service(&now, active.service()))?;
+        let outcome = self
+            .ensure_service(lb_service, 1, None, &now, Ensure::CreateOnly, saga)
+            .await?;
+        let lb = self.must_inspect(&self.lb_container()).await?;
+        let mut lb_change = outcome.first().map_or(Change::Unchanged, |(_, c)| *c);
+        let changed = self.put_nginx_files(&lb, &upstream, reload).await?;
+        if !lb.running {
+            if !saga.created.contains(&lb.name) {
+                saga.started.push(lb.name.clone());
+            }
+            if let Err(err) = self.engine.start(&lb.name).await {
+                step.fail();
+                return Err(err);
+            }
+        }
+        if changed || !lb.running {
+            lb_change = Change::Started.max_with(lb_change);
+        }
+        let lb_change = earlier.map_or(lb_change, |c| c.max_with(lb_change));
+        step.done_with(format!("{lb_change:?}").to_lowercase());
+        Ok((lb.name, lb_change, !lb.running))
+    }
+
+    /// Puts `upstream` and the http-level file in nginx's state volume:
+    /// written as they are to a stopped nginx (it reads them when it
+    /// starts); applied to a running one (checked, then reloaded) when
+    /// either differs or `reload` asks. Says whether a running nginx
+    /// reloaded.
+    async fn put_nginx_files(&self, lb: &Container, upstream: &str, reload: bool) -> Result<bool> {
+        // A running nginx says its version; a stopped one is asked once it
+        // serves (see `settle_http_file`).
+        let version = if lb.running {
+            self.nginx().version().await.ok().flatten()
+        } else {
+            None
+        };
+        let http = lb::http_file(self.compose, &self.project.dir, version.as_deref())?;
+        let nginx = self.nginx();
+        let files = [
+            (nginx::UPSTREAM_FILE, upstream),
+            (nginx::HTTP_FILE, http.as_str()),
+        ];
+        interrupt::check()?;
+        if !lb.running {
+            nginx.write(&files, false).await?;
+            return Ok(false);
+        }
+        let mut stale = reload;
+        for (name, text) in files {
+            stale |= nginx.read(name).await?.as_deref() != Some(text);
+        }
+        if stale {
+            nginx.apply(&files).await?;
+        }
+        Ok(stale)
+    }
+
+    /// Once nginx serves, renders the http-level file with what nginx itself
+    /// says its version is (`nginx -v`): an nginx started by this run got
+    /// the version-less file, and gains `keepalive_min_timeout` here when it
+    /// has it. A failure leaves the working file and is a warning.
+    pub(super) async fn settle_http_file(&self) {
+        let nginx = self.nginx();
+        let settled = async {
+            let version = nginx.version().await?;
+            let wanted = lb::http_file(self.compose, &self.project.dir, version.as_deref())?;
+            if nginx.read(nginx::HTTP_FILE).await?.as_deref() != Some(wanted.as_str()) {
+                nginx.apply(&[(nginx::HTTP_FILE, wanted.as_str())]).await?;
+            }
+            Ok::<(), anyhow::Error>(())
+        }
+        .await;
+        if let Err(err) = settled {
+            self.printer
+                .warn(format!("nginx keeps its http settings: {err:#}"));
+        }
+    }
+
+    /// Waits until the load balancer answers healthy as `active`.
+    pub(super) async fn wait_served(&self, active: Color, deadline: Instant) -> Result<String> {
+        let step = self.printer.step("the app through the load balancer");
+        let addr = self.lb_addr().await?;
+        let expect = Expect {
+            color: active,
+            version: None,
+        };
+        let client = health::client();
+        let probes = Probes {
+            engine: self.engine,
+            client: &client,
+        };
+        let balanced = WaitFor::Balanced {
+            lb_addr: &addr,
+            expect: &expect,
+        };
+        let limits = Limits::until(deadline, ready::POLL);
+        let waited =
+            interrupt::or_interrupted(async { Ok(balanced.wait(&probes, limits).await) }).await;
+        match waited {
+            Ok(Ok(_)) => {
+                step.done_with(format!("{active} answers at http://{addr}"));
+                Ok(addr)
+            }
+            Ok(Err(not)) => {
+                // Its own log explains a load balancer that answers wrong.
+                step.fail();
+                self.show_logs(&self.lb_container()).await;
+                Err(not.error)
+            }
+            Err(err) => {
+                step.fail();
+                Err(err)
+            }
+        }
+    }
+}
+
+/// The upstream file for the running containers of `color`. Start renders
+/// it only to bring up what was recorded; choosing what serves is the
+/// switch's.
+fn upstream_file(color: Color, containers: &[&Container]) -> Result<String> {
+    let servers: Vec<String> = containers
+        .iter()
+        .filter(|c| c.running)
+        .map(|c| format!("{}:{APP_PORT}", c.name))
+        .collect();
+    nginx::render_upstream(color, &servers)
+}
