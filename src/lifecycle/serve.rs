@@ -15,7 +15,8 @@ use crate::interrupt;
 use crate::lb;
 use crate::nginx;
 use crate::ready::{self, Probes, WaitFor};
-use crate::stack::{APP_PORT, Color};
+use crate::stack::Color;
+use crate::switch::upstream::Upstream;
 use crate::wait::Limits;
 
 impl Stack<'_> {
@@ -35,7 +36,12 @@ impl Stack<'_> {
         let step = self.printer.step("nginx");
         interrupt::or_interrupted(self.wait_dependencies(lb_service, deadline)).await?;
         let now = self.containers().await?;
-        let upstream = upstream_file(active, &of_service(&now, active.service()))?;
+        let running: Vec<String> = of_service(&now, active.service())
+            .iter()
+            .filter(|c| c.running)
+            .map(|c| c.name.clone())
+            .collect();
+        let upstream = Upstream::of(active, &running)?;
         let outcome = self
             .ensure_service(lb_service, 1, None, &now, Ensure::CreateOnly, saga)
             .await?;
@@ -64,7 +70,12 @@ impl Stack<'_> {
     /// starts); applied to a running one (checked, then reloaded) when
     /// either differs or `reload` asks. Says whether a running nginx
     /// reloaded.
-    async fn put_nginx_files(&self, lb: &Container, upstream: &str, reload: bool) -> Result<bool> {
+    async fn put_nginx_files(
+        &self,
+        lb: &Container,
+        upstream: &Upstream,
+        reload: bool,
+    ) -> Result<bool> {
         // A running nginx says its version; a stopped one is asked once it
         // serves (see `settle_http_file`).
         let version = if lb.running {
@@ -74,21 +85,17 @@ impl Stack<'_> {
         };
         let http = lb::http_file(self.compose, &self.project.dir, version.as_deref())?;
         let nginx = self.nginx();
-        let files = [
-            (nginx::UPSTREAM_FILE, upstream),
-            (nginx::HTTP_FILE, http.as_str()),
-        ];
+        let with = [(nginx::HTTP_FILE, http.as_str())];
         interrupt::check()?;
         if !lb.running {
-            nginx.write(&files, false).await?;
+            upstream.install(&nginx, &with).await?;
             return Ok(false);
         }
-        let mut stale = reload;
-        for (name, text) in files {
-            stale |= nginx.read(name).await?.as_deref() != Some(text);
-        }
+        let stale = reload
+            || !upstream.is_current(&nginx).await?
+            || nginx.read(nginx::HTTP_FILE).await?.as_deref() != Some(http.as_str());
         if stale {
-            nginx.apply(&files).await?;
+            upstream.apply(&nginx, &with).await?;
         }
         Ok(stale)
     }
@@ -151,16 +158,4 @@ impl Stack<'_> {
             }
         }
     }
-}
-
-/// The upstream file for the running containers of `color`. Start renders
-/// it only to bring up what was recorded; choosing what serves is the
-/// switch's.
-fn upstream_file(color: Color, containers: &[&Container]) -> Result<String> {
-    let servers: Vec<String> = containers
-        .iter()
-        .filter(|c| c.running)
-        .map(|c| format!("{}:{APP_PORT}", c.name))
-        .collect();
-    nginx::render_upstream(color, &servers)
 }

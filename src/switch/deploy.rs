@@ -23,7 +23,9 @@ use super::report::{Report, Steps, round};
 use super::runner::Runner;
 use super::state::{self, Lb};
 use super::upstream::{self, Upstream};
-use super::{Settings, prove};
+use super::{Settings, watch};
+use crate::ready::WaitFor;
+use crate::wait::Limits;
 
 pub enum Source {
     /// The image the compose file names for the color.
@@ -273,6 +275,9 @@ async fn resolve_image(
     })
 }
 
+/// How often the load balancer is asked while counting answers in a row.
+const VERIFY_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// The state of a switch under way, so a failure knows what to undo.
 struct Switch<'s> {
     stack: &'s Stack<'s>,
@@ -460,8 +465,12 @@ impl<'s> Switch<'s> {
         }
         self.upstream_touched = true;
         upstream.apply(&nginx, &[]).await?;
-        let within = self.settings.timeout;
-        upstream::wait_served(&self.client, &self.lb.status_addr, color, within).await?;
+        let served = WaitFor::Served {
+            status_addr: &self.lb.status_addr,
+            color,
+        };
+        let limits = Limits::within(self.settings.timeout, upstream::SERVED_EVERY);
+        self.stack.wait(&served, limits).await?;
         self.switched_at = Some(Utc::now());
         Ok(())
     }
@@ -471,6 +480,11 @@ impl<'s> Switch<'s> {
         let settings = self.settings;
         let (target, lb_addr) = (self.to.color, self.lb.addr.clone());
         let deadline = Instant::now() + settings.timeout;
+        let in_a_row = WaitFor::InARow {
+            lb_addr: &lb_addr,
+            expect,
+            count: settings.verify,
+        };
         let (verified, image_id) = tokio::join!(
             steps.wait(
                 "verify",
@@ -478,13 +492,9 @@ impl<'s> Switch<'s> {
                     "verifying {} answers in a row from {target} through the load balancer",
                     settings.verify
                 ),
-                prove::verify(
-                    &self.client,
-                    &lb_addr,
-                    expect,
-                    settings.verify,
-                    settings.poll,
-                    deadline
+                self.stack.wait(
+                    &in_a_row,
+                    Limits::until(deadline, settings.poll.min(VERIFY_EVERY))
                 ),
             ),
             self.runner.image_id(&self.serve)
@@ -494,9 +504,15 @@ impl<'s> Switch<'s> {
         if settings.watch.is_zero() {
             return Ok(());
         }
+        self.watch(steps, expect, lb_addr).await
+    }
+
+    /// Probes the new containers and the load balancer for the watch
+    /// window; with Prometheus running, it also asks the gate's question.
+    async fn watch(&self, steps: &mut Steps<'_>, expect: &Expect, lb_addr: String) -> Result<()> {
+        let (settings, target) = (self.settings, self.to.color);
         let containers = self.stack.containers().await.unwrap_or_default();
-        // With Prometheus running, the watch also asks it the gate's question.
-        let gate = crate::metrics::prometheus_addr(&containers).map(|addr| prove::Gate {
+        let gate = crate::metrics::prometheus_addr(&containers).map(|addr| watch::Gate {
             addr,
             query: crate::metrics::gate_query(
                 &settings.gate,
@@ -516,7 +532,7 @@ impl<'s> Switch<'s> {
                 ""
             }
         );
-        let watch = prove::Watch {
+        let watch = watch::Watch {
             client: &self.client,
             printer: self.stack.printer,
             targets,
@@ -525,7 +541,7 @@ impl<'s> Switch<'s> {
             poll: settings.poll,
             gate,
         };
-        steps.wait("watch", message, prove::watch(watch)).await
+        steps.wait("watch", message, watch::watch(watch)).await
     }
 
     /// The switch is proven: it is recorded while the old color drains and

@@ -8,18 +8,18 @@
 //! - `upstream`: the only writer of nginx's `upstream.conf`;
 //! - `runner`: how a color runs (containers on one engine), the seam for
 //!   other ways to run one;
-//! - `prove`: verify and watch after a flip;
+//! - `watch`: the watch after a proven flip, with the metric gate;
 //! - `deploy`, `scale`: the orchestrations, with their undo;
 //! - `report`: step timings and the report of a deploy or rollback.
 
 pub mod deploy;
 pub mod plan;
-pub mod prove;
 pub mod report;
 pub mod runner;
 pub mod scale;
 pub mod state;
 pub mod upstream;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -6,13 +6,10 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use tokio::time::Instant;
 
-use crate::error::failed;
 use crate::nginx::{self, Nginx};
 use crate::output::Printer;
 use crate::stack::{APP_PORT, Color};
-use crate::wait::{self, Limits, Seen};
 
 /// An upstream file for one color.
 #[derive(Clone, Debug, PartialEq)]
@@ -60,35 +57,7 @@ impl Upstream {
 }
 
 /// How often nginx is asked which color it serves after a reload.
-const SERVED_EVERY: Duration = Duration::from_millis(20);
-
-/// Waits until nginx's loaded configuration names `color`.
-pub async fn wait_served(
-    client: &reqwest::Client,
-    status_addr: &str,
-    color: Color,
-    within: Duration,
-) -> Result<()> {
-    let began = Instant::now();
-    wait::until(
-        Limits::within(within, SERVED_EVERY),
-        || async {
-            Ok(match nginx::served_color(client, status_addr).await {
-                Ok(served) if served == color => Seen::Ready(()),
-                Ok(served) => Seen::Not(served.to_string()),
-                Err(err) => Seen::Not(format!("? ({err:#})")),
-            })
-        },
-        |last| {
-            failed(format!(
-                "nginx did not pick up the new upstream in time (it serves {last})"
-            ))
-        },
-    )
-    .await?;
-    tracing::debug!("nginx served {color} after {:?}", began.elapsed());
-    Ok(())
-}
+pub const SERVED_EVERY: Duration = Duration::from_millis(20);
 
 /// Whether nginx's upstream file (read through the engine, nginx running
 /// or not) names every one of `serving` and none of `not`.

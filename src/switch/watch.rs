@@ -1,7 +1,6 @@
-//! Proving a switch: answers in a row from the new color through the load
-//! balancer, then a watch of every new container and the load balancer
-//! (with the metric gate where Prometheus runs). Any failure here flips
-//! traffic back.
+//! The watch after a flip: every new container and the load balancer are
+//! probed for the watch window, with the metric gate where Prometheus runs.
+//! A failure here flips traffic back.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -9,39 +8,9 @@ use std::time::Duration;
 use anyhow::{Result, anyhow};
 use tokio::time::Instant;
 
-use crate::error::failed;
 use crate::health::{self, Expect, Probe};
 use crate::metrics;
 use crate::output::Printer;
-
-/// `count` answers in a row from the expected color through the load balancer.
-/// Gives up at `deadline` (the command's `--timeout` from the flip).
-pub async fn verify(
-    client: &reqwest::Client,
-    lb_addr: &str,
-    expect: &Expect,
-    count: u32,
-    poll: Duration,
-    deadline: Instant,
-) -> Result<()> {
-    let mut in_a_row = 0;
-    while in_a_row < count {
-        let probe = health::probe(client, lb_addr, Duration::from_secs(2)).await;
-        if probe.satisfies(expect) {
-            in_a_row += 1;
-            continue;
-        }
-        in_a_row = 0;
-        if Instant::now() >= deadline {
-            return Err(failed(format!(
-                "the load balancer did not answer {count} times in a row from {}; last answer: {probe}",
-                expect.color,
-            )));
-        }
-        tokio::time::sleep(poll.min(Duration::from_millis(50))).await;
-    }
-    Ok(())
-}
 
 /// Failures in a row that end the watch.
 const WATCH_FAILURES: u32 = 3;
