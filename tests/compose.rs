@@ -426,18 +426,73 @@ fn container_env(project: &TestProject, container: &str) -> Vec<String> {
     })
 }
 
+/// A second tag of the app image, made for one test and removed with it.
+struct Tag(String);
+
+impl Tag {
+    fn new(project: &TestProject) -> Tag {
+        let (repo, tag) = (format!("{}-app", project.name), "override".to_owned());
+        let name = format!("{repo}:{tag}");
+        project.on_engine(move |docker| async move {
+            let options = bollard::query_parameters::TagImageOptionsBuilder::default()
+                .repo(&repo)
+                .tag(&tag)
+                .build();
+            docker
+                .tag_image(&support::app_image(), Some(options))
+                .await
+                .expect("tagging the app image");
+        });
+        Tag(name)
+    }
+}
+
+impl Drop for Tag {
+    fn drop(&mut self) {
+        let name = self.0.clone();
+        support::on_engine(move |docker| async move {
+            let _ = docker
+                .remove_image(
+                    &name,
+                    None::<bollard::query_parameters::RemoveImageOptions>,
+                    None,
+                )
+                .await;
+        });
+    }
+}
+
+/// The image a container was created from, from the engine.
+fn container_image(project: &TestProject, container: &str) -> String {
+    let container = container.to_owned();
+    project.on_engine(move |docker| async move {
+        docker
+            .inspect_container(&container, None)
+            .await
+            .expect("inspecting a container")
+            .config
+            .and_then(|c| c.image)
+            .unwrap_or_default()
+    })
+}
+
 #[test]
 fn an_override_file_changes_a_color_and_the_deploy_runs_it() {
     let project = TestProject::new("override");
+    let tag = Tag::new(&project);
     std::fs::write(
         project.path().join("compose/docker-compose.override.yml"),
-        "services:\n  cryptus-green:\n    environment:\n      CRYPTUS_EXTRA: from-override\n",
+        format!(
+            "services:\n  cryptus-green:\n    image: {}\n    environment:\n      CRYPTUS_EXTRA: from-override\n",
+            tag.0
+        ),
     )
     .unwrap();
     let output = project.ok(&["--json", "config"]);
     let model: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let green = &model["services"]["cryptus-green"]["environment"];
     assert_eq!(green["CRYPTUS_EXTRA"], "from-override", "{model}");
+    assert_eq!(model["services"]["cryptus-green"]["image"], tag.0.as_str());
     assert_eq!(green["INSTANCE_COLOR"], "green");
     assert!(
         model["services"]["cryptus-blue"]["environment"]
@@ -447,9 +502,12 @@ fn an_override_file_changes_a_color_and_the_deploy_runs_it() {
 
     project.ok(&["start"]);
     assert_eq!(project.serving().0, "blue");
-    project.deploy_ok("0.2.0", &[]);
-    assert_eq!(project.serving().0, "green");
-    let green = container_env(&project, &format!("{}-cryptus-green-1", project.name));
+    // No --image: the deploy runs the image the override file names.
+    project.ok(&["deploy", "--version", "0.2.0", "--watch", "0s"]);
+    assert_eq!(project.serving(), ("green".to_owned(), "0.2.0".to_owned()));
+    let name = format!("{}-cryptus-green-1", project.name);
+    assert_eq!(container_image(&project, &name), tag.0);
+    let green = container_env(&project, &name);
     assert!(
         green.contains(&"CRYPTUS_EXTRA=from-override".to_owned()),
         "{green:?}"
