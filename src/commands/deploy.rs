@@ -8,8 +8,7 @@ use std::time::Duration;
 use anyhow::Result;
 
 use crate::cli::SwitchArgs;
-use crate::context::Stack;
-use crate::engine::Engine;
+use crate::context::Session;
 use crate::error::{EXIT_FAILED, EXIT_OK};
 use crate::lock;
 use crate::output::{Printer, seconds};
@@ -53,15 +52,9 @@ pub async fn deploy(
     dry_run: bool,
     printer: &Printer,
 ) -> Result<u8> {
-    let compose = project.load()?;
-    let engine = Engine::connect().await?;
-    super::warn_not_applied(&compose, &engine, printer);
-    let stack = Stack {
-        engine: &engine,
-        project,
-        compose: &compose,
-        printer,
-    };
+    let session = Session::open(project, printer).await?;
+    let stack = session.stack();
+    super::warn_not_applied(stack.compose, stack.engine, printer);
     if dry_run {
         let plan = switch::dry_run(
             &stack,

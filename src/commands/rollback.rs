@@ -3,8 +3,7 @@
 
 use anyhow::Result;
 
-use crate::context::Stack;
-use crate::engine::Engine;
+use crate::context::Session;
 use crate::output::Printer;
 use crate::project::Project;
 use crate::switch::{self, Ask, DryRun, Settings};
@@ -17,15 +16,9 @@ pub async fn run(
     dry_run: bool,
     printer: &Printer,
 ) -> Result<u8> {
-    let compose = project.load()?;
-    let engine = Engine::connect().await?;
-    super::warn_not_applied(&compose, &engine, printer);
-    let stack = Stack {
-        engine: &engine,
-        project,
-        compose: &compose,
-        printer,
-    };
+    let session = Session::open(project, printer).await?;
+    let stack = session.stack();
+    super::warn_not_applied(stack.compose, stack.engine, printer);
     if dry_run {
         let plan = switch::dry_run(&stack, DryRun::Switch(Ask::Rollback), settings).await?;
         return show_plan(&plan, printer);

@@ -2,8 +2,7 @@
 
 use anyhow::Result;
 
-use crate::context::Stack;
-use crate::engine::Engine;
+use crate::context::Session;
 use crate::error::EXIT_OK;
 use crate::output::Printer;
 use crate::project::Project;
@@ -38,15 +37,9 @@ pub async fn run(
                 ),
             )
         })?;
-    let compose = project.load()?;
-    let engine = Engine::connect().await?;
-    super::warn_not_applied(&compose, &engine, printer);
-    let stack = Stack {
-        engine: &engine,
-        project,
-        compose: &compose,
-        printer,
-    };
+    let session = Session::open(project, printer).await?;
+    let stack = session.stack();
+    super::warn_not_applied(stack.compose, stack.engine, printer);
     if dry_run {
         let service = service.to_owned();
         let plan = switch::dry_run(&stack, DryRun::Scale { service, replicas }, settings).await?;
