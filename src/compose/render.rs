@@ -18,10 +18,32 @@ use serde::{Serialize, Serializer};
 use super::{Compose, MountKind, Service, Source};
 
 /// The document `config` prints, as YAML or JSON.
-#[derive(Debug, Serialize)]
-#[serde(transparent)]
+#[derive(Debug)]
 pub struct Document<'a> {
     fields: Fields<'a>,
+}
+
+/// Serialized with every `$` in a value doubled: the document is read back
+/// with interpolation, and a `$` the model holds must stay one `$`.
+impl Serialize for Document<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut value = serde_yaml::to_value(&self.fields).map_err(serde::ser::Error::custom)?;
+        escape_dollars(&mut value);
+        value.serialize(serializer)
+    }
+}
+
+/// Doubles `$` in every string value; keys are not interpolated, so they
+/// stay as they are.
+fn escape_dollars(value: &mut serde_yaml::Value) {
+    use serde_yaml::Value;
+    match value {
+        Value::String(text) if text.contains('$') => *text = text.replace('$', "$$"),
+        Value::Sequence(items) => items.iter_mut().for_each(escape_dollars),
+        Value::Mapping(map) => map.values_mut().for_each(escape_dollars),
+        Value::Tagged(tagged) => escape_dollars(&mut tagged.value),
+        _ => {}
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -422,8 +444,8 @@ services:
     build: {context: ., dockerfile: Other, args: {V: '1'}}
   probe:
     image: busybox
-    command: [sh, -c, 'echo hello']
-    environment: {PRICE: "5"}
+    command: [sh, -c, 'echo $$HOME costs $$5']
+    environment: {PRICE: "$$5", PLAIN: "a $$ b"}
     depends_on:
       tool: {condition: service_started, restart: true}
       absent: {condition: service_healthy, required: false}
@@ -479,7 +501,7 @@ secrets:
   db: {environment: DB_PASSWORD}
   cert: {file: CERT_PATH}
 configs:
-  app: {content: "host=db"}
+  app: {content: "host=$${HOST}"}
 networks:
   cryptus:
     internal: true
@@ -550,6 +572,14 @@ volumes:
         assert_eq!(again.name.as_deref(), Some("demo"));
         let differ = differences(&model(&again), &model(&compose), "");
         assert!(differ.is_empty(), "{differ:#?}\n{text}");
+        // A `$` the model holds is written `$$`, and read back as one `$`.
+        let probe = &again.services["probe"];
+        assert_eq!(probe.environment["PRICE"], "$5");
+        assert_eq!(
+            compose.configs["app"],
+            Source::Content("host=${HOST}".into())
+        );
+        assert!(text.contains("host=$${HOST}"), "{text}");
     }
 
     /// Where `a` and `b` differ, as paths with both values.
