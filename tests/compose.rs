@@ -74,11 +74,12 @@ fn the_specifications_fragments_and_extensions() {
         compose.services["second"].image.as_deref(),
         Some("another-image:latest")
     );
-    // Swarm placement is not something one engine does: refused, named.
+    // Its services join a network it does not declare, which Compose
+    // refuses too (its Swarm `placement` is kept, not applied).
     refused(
         &["spec/extension-3.yml"],
         &[],
-        &["services.", "`placement`"],
+        &["services.", "networks: \"functions\" is not declared"],
     );
     let frontend = env(&loads(&["spec/extension-4.yml"], &[]), "frontend");
     let keys: Vec<&str> = frontend.keys().map(String::as_str).collect();
