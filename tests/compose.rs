@@ -74,11 +74,12 @@ fn the_specifications_fragments_and_extensions() {
         compose.services["second"].image.as_deref(),
         Some("another-image:latest")
     );
-    // Swarm placement is not something one engine does: refused, named.
+    // Its services join a network it does not declare, which Compose
+    // refuses too (its Swarm `placement` is kept, not applied).
     refused(
         &["spec/extension-3.yml"],
         &[],
-        &["services.", "`placement`"],
+        &["services.", "networks: \"functions\" is not declared"],
     );
     let frontend = env(&loads(&["spec/extension-4.yml"], &[]), "frontend");
     let keys: Vec<&str> = frontend.keys().map(String::as_str).collect();
@@ -184,6 +185,66 @@ fn the_reference_loaders_include_examples() {
     );
 }
 
+/// `config`'s document for `compose`, read back from a file, is the same
+/// model.
+#[track_caller]
+fn reads_back(compose: &Compose, profiles: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let text = serde_yaml::to_string(&cryptus::compose::render::document("spec", compose)).unwrap();
+    let path = dir.path().join("resolved.yml");
+    std::fs::write(&path, &text).unwrap();
+    let names: Vec<String> = profiles.iter().map(|p| p.to_string()).collect();
+    let again = load_with(&[path], &Vars::default(), &Profiles::new(&names).unwrap())
+        .unwrap_or_else(|err| panic!("{err:#}\n{text}"));
+    let model =
+        |c: &Compose| serde_json::json!([c.services, c.networks, c.volumes, c.secrets, c.configs]);
+    assert_eq!(model(&again), model(compose), "{text}");
+}
+
+#[test]
+fn what_config_prints_of_each_example_reads_back_to_the_same_model() {
+    let examples: [(&[&str], &[&str]); 17] = [
+        (&["spec/fragments-1.yml"], &[]),
+        (&["spec/fragments-2.yml"], &[]),
+        (&["spec/fragments-4.yml"], &[]),
+        (&["spec/extension-1.yml"], &[]),
+        (&["spec/extension-2.yml"], &[]),
+        (&["spec/extension-4.yml"], &[]),
+        (&["spec/extends-environment.yml"], &[]),
+        (&["spec/extends-chain.yml"], &[]),
+        (&["spec/extends-sequences.yml"], &[]),
+        (&["spec/profiles.yml"], &["debug", "test"]),
+        (
+            &[
+                "spec/merge-command/compose.yml",
+                "spec/merge-command/override.yml",
+            ],
+            &[],
+        ),
+        (
+            &[
+                "spec/merge-volumes/compose.yml",
+                "spec/merge-volumes/override.yml",
+            ],
+            &[],
+        ),
+        (
+            &[
+                "spec/merge-override/compose.yml",
+                "spec/merge-override/override.yml",
+            ],
+            &[],
+        ),
+        (&["compose-go/extends/reset.yaml"], &[]),
+        (&["compose-go/extends/nested.yaml"], &[]),
+        (&["compose-go/include/compose.yaml"], &[]),
+        (&["compose-go/combined/compose.yaml"], &[]),
+    ];
+    for (files, profiles) in examples {
+        reads_back(&loads(files, profiles), profiles);
+    }
+}
+
 // ---------------------------------------------------------------------------
 // `cryptus config`, without an engine.
 
@@ -266,6 +327,36 @@ fn config_prints_the_model_as_yaml_or_json() {
     let again = project.config(&["-f", resolved.to_str().unwrap()], &[]);
     let first = project.config(&[], &[("CRYPTUS_HTTP_PORT", "8123")]);
     assert_eq!(again, first);
+}
+
+/// The value of the variable a secret comes from, in no output of config.
+const SECRET_VALUE: &str = "pw-0b7d2c41-never-shown";
+
+#[test]
+fn config_shows_where_a_secret_comes_from_never_its_value() {
+    let project = Offline::new();
+    project.write(
+        "compose/docker-compose.override.yml",
+        "services:\n  redis:\n    secrets: [db]\nsecrets:\n  db: {environment: CRYPTUS_DB_PASSWORD}\n",
+    );
+    let env = [("CRYPTUS_DB_PASSWORD", SECRET_VALUE)];
+    for args in [&["config"][..], &["--json", "config"]] {
+        let output = project.run(args, &env);
+        assert_code(&output, 0);
+        let shown = stdout(&output) + &stderr(&output);
+        assert!(!shown.contains(SECRET_VALUE), "{shown}");
+        assert!(shown.contains("CRYPTUS_DB_PASSWORD"), "{shown}");
+    }
+    let json = project.config(&[], &env);
+    assert_eq!(json["secrets"]["db"]["environment"], "CRYPTUS_DB_PASSWORD");
+    assert_eq!(
+        json["services"]["redis"]["secrets"][0]["target"],
+        "/run/secrets/db"
+    );
+    let output = project.run(&["config"], &env);
+    let resolved = project.write("resolved.yml", &stdout(&output));
+    let again = project.config(&["-f", resolved.to_str().unwrap()], &env);
+    assert_eq!(again, json);
 }
 
 #[test]

@@ -266,6 +266,8 @@ fn every_key_reaches_the_container_as_compose_applies_it() {
         &["status"],
         &["logs", "--json"],
         &["health", "--json"],
+        &["config"],
+        &["config", "--json"],
     ] {
         let output = project.run(args);
         shown.push(stdout(&output) + &stderr(&output));
