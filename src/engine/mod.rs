@@ -397,6 +397,15 @@ impl Engine {
             Ok(()) => Ok(()),
             // 304: already running.
             Err(err) if status(&err) == Some(304) => Ok(()),
+            // A port taken between the preflight's check and the start (by
+            // another program, or another stack) is the same clean failure
+            // the preflight gives, not an engine fault.
+            Err(err) if describe(&err).contains("port is already allocated") => {
+                Err(crate::error::failed_with_hint(
+                    format!("starting container {name}: {}", describe(&err)),
+                    "another program or stack took the port: free it, or choose another (CRYPTUS_HTTP_PORT, CRYPTUS_BIND)",
+                ))
+            }
             Err(err) => {
                 Err(anyhow!(describe(&err))).with_context(|| format!("starting container {name}"))
             }

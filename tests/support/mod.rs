@@ -49,8 +49,18 @@ pub fn app_image() -> String {
 
 /// A free port on loopback, for the load balancer.
 pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a free port");
-    listener.local_addr().expect("reading the port").port()
+    // A port handed out once is not handed out again in this run: tests in
+    // parallel threads would otherwise race for one the kernel freed.
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    loop {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a free port");
+        let port = listener.local_addr().expect("reading the port").port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// How long one cryptus run may take in a test: far longer than any takes,
