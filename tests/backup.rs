@@ -615,3 +615,87 @@ fn the_systemd_timer_fires_the_backup_under_real_systemd() {
     let verified = project.ok(&["backup", "--verify", &made.to_string_lossy()]);
     assert!(stdout(&verified).contains(": ok"), "{}", stdout(&verified));
 }
+
+const WITHHELD_SECRET: &str = "sv-5e1b7c0d-not-in-any-backup";
+
+/// Every file under `dir`, archives unpacked, holds no `secret`.
+fn assert_nowhere_in(dir: &Path, secret: &str) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            assert_nowhere_in(&path, secret);
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(secret),
+            "{} holds the secret",
+            path.display()
+        );
+        if path.to_string_lossy().ends_with(".tar.gz") {
+            let unpacked = tempfile::tempdir().unwrap();
+            let status = std::process::Command::new("tar")
+                .arg("-xzf")
+                .arg(&path)
+                .arg("-C")
+                .arg(unpacked.path())
+                .status()
+                .unwrap();
+            assert!(status.success(), "unpacking {}", path.display());
+            assert_nowhere_in(unpacked.path(), secret);
+        }
+    }
+}
+
+/// Regression: `backup` copied compose/.env as it was, so a secret whose
+/// variable is set there was in the backup in clear text.
+#[test]
+fn a_secret_set_in_env_is_in_no_backup_and_restore_keeps_it() {
+    let project = TestProject::new("withheld");
+    let env_path = project.path().join("compose/.env");
+    let env =
+        format!("# the stack's variables\nPLAIN=kept\nexport BACKUP_TOKEN=\"{WITHHELD_SECRET}\"\n");
+    std::fs::write(&env_path, &env).unwrap();
+    project.edit_compose(|text| {
+        let text = text.replace(
+            "    image: ${NGINX_IMAGE:-nginx:1.28-alpine}\n",
+            "    image: ${NGINX_IMAGE:-nginx:1.28-alpine}\n    secrets: [backup_token]\n",
+        );
+        format!("{text}secrets:\n  backup_token: {{environment: BACKUP_TOKEN}}\n")
+    });
+    project.ok(&["start"]);
+    assert_eq!(
+        project.exec("nginx", &["cat", "/run/secrets/backup_token"]),
+        WITHHELD_SECRET
+    );
+
+    let out = project.path().join("backups");
+    let dir = one_backup(&project, &out);
+    assert_nowhere_in(&dir, WITHHELD_SECRET);
+    let verified = project.ok(&["backup", "--verify", &dir.to_string_lossy()]);
+    assert!(stdout(&verified).contains(": ok"), "{}", stdout(&verified));
+
+    let output = project.ok(&["restore", &dir.to_string_lossy(), "--yes"]);
+    assert!(!stderr(&output).contains("withheld"), "{}", stderr(&output));
+    assert_eq!(std::fs::read_to_string(&env_path).unwrap(), env);
+    project.ok(&["stop"]);
+    project.ok(&["start"]);
+    assert_eq!(
+        project.exec("nginx", &["cat", "/run/secrets/backup_token"]),
+        WITHHELD_SECRET
+    );
+
+    // Without the variable in the current .env, the restore completes,
+    // names it (never its value) and leaves it unset.
+    std::fs::write(&env_path, "PLAIN=kept\n").unwrap();
+    let output = project.ok(&["restore", &dir.to_string_lossy(), "--yes"]);
+    let said = stderr(&output);
+    assert!(
+        said.contains("BACKUP_TOKEN") && said.contains("before `cryptus start`"),
+        "{said}"
+    );
+    assert!(!said.contains(WITHHELD_SECRET), "{said}");
+    let restored = std::fs::read_to_string(&env_path).unwrap();
+    assert!(!restored.contains("\nBACKUP_TOKEN="), "{restored}");
+    assert!(restored.contains("PLAIN=kept\n"), "{restored}");
+}

@@ -245,7 +245,32 @@ fn compose_files(project: &Project) -> Result<Vec<Packed>> {
         }
     }
     compose.sort();
+    withhold_secret_values(project, &mut compose);
     Ok(compose)
+}
+
+/// Withholds from the backup's `.env` the value of every variable that
+/// feeds a secret or a config through `environment:`: a secret appears in
+/// no backup in clear text. The names come from every compose file backed
+/// up and, when it loads, from the model (which also sees files included
+/// from elsewhere).
+fn withhold_secret_values(project: &Project, compose: &mut [Packed]) {
+    let texts: Vec<&[u8]> = compose
+        .iter()
+        .filter(|(name, _, _)| name != ".env")
+        .map(|(_, content, _)| content.as_slice())
+        .collect();
+    let mut names = super::withheld::named_in_compose(&texts);
+    if let Ok(model) = project.load() {
+        for source in model.secrets.values().chain(model.configs.values()) {
+            if let crate::compose::Source::Environment { variable, .. } = source {
+                names.insert(variable.clone());
+            }
+        }
+    }
+    if let Some((_, content, _)) = compose.iter_mut().find(|(name, _, _)| name == ".env") {
+        *content = super::withheld::redact(content, &names).text;
+    }
 }
 
 /// Prometheus's and Grafana's data, for those of them that exist.

@@ -7,6 +7,7 @@
 
 pub mod create;
 pub mod restore;
+pub mod withheld;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};

@@ -62,6 +62,10 @@ pub struct Restored {
     pub files: Vec<String>,
     /// State files written into the engine.
     pub state: Vec<String>,
+    /// Variables whose values the backup withheld and compose/.env does
+    /// not set: to be set before `start`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unset: Vec<String>,
 }
 
 /// What a verified backup holds, unpacked and checked entry by entry
@@ -262,6 +266,8 @@ struct Staged {
     writes: Vec<LocalWrite>,
     /// Directories made for new files, outermost first.
     made: Vec<PathBuf>,
+    /// Variables the backup withheld that the current `.env` lacks.
+    unset: Vec<String>,
 }
 
 impl Staged {
@@ -343,7 +349,12 @@ async fn stage(
         let label = NGINX_CONF_LABEL.to_owned();
         wanted.push((project.dir.join(&label), label, conf));
     }
+    let env = merged_env(project, contents)?;
     for (name, entry) in &contents.compose {
+        let entry = match &env {
+            Some((merged, _)) if name == ENV_FILE => merged,
+            _ => entry,
+        };
         wanted.push((
             project.dir.join("compose").join(name),
             format!("compose/{name}"),
@@ -380,7 +391,36 @@ async fn stage(
     if let Some(conf) = conf {
         test_nginx_conf(engine, containers, conf).await?;
     }
+    staged.unset = env.map(|(_, missing)| missing).unwrap_or_default();
     Ok(staged)
+}
+
+const ENV_FILE: &str = ".env";
+
+/// The backup's `.env` with each withheld value taken from the project's
+/// current `.env` (never from the process environment, which is not
+/// written into the file), and the withheld names it lacks; `None` for a
+/// backup that withheld nothing, restored as it is.
+fn merged_env(project: &Project, contents: &Contents) -> Result<Option<(Entry, Vec<String>)>> {
+    let Some(entry) = contents.compose.get(ENV_FILE) else {
+        return Ok(None);
+    };
+    if !super::withheld::has_marks(&entry.content) {
+        return Ok(None);
+    }
+    let path = project.dir.join("compose").join(ENV_FILE);
+    refuse_unless_plain_file(&path)?;
+    let current = match std::fs::read(&path) {
+        Ok(bytes) => Some(bytes),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
+        Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
+    };
+    let (content, missing) = super::withheld::merge(&entry.content, current.as_deref());
+    let merged = Entry {
+        content,
+        mode: entry.mode,
+    };
+    Ok(Some((merged, missing)))
 }
 
 /// Restore puts back every part of the backup or nothing: each part needs
@@ -611,6 +651,7 @@ async fn apply(
     if interrupt::seen() {
         printer.warn("a signal came after redis's data was replaced; the restore was finished");
     }
+    warn_unset(&staged.unset, printer);
     // The live upstream is not put back: it names the containers running now.
     Ok(Restored {
         ok: true,
@@ -619,7 +660,18 @@ async fn apply(
         redis_keys: keys,
         files,
         state,
+        unset: staged.unset.clone(),
     })
+}
+
+/// A withheld variable the current `.env` lacks: named, never its value,
+/// with what to do before the stack starts again.
+fn warn_unset(names: &[String], printer: &Printer) {
+    for name in names {
+        printer.warn(format!(
+            "the backup withheld the value of {name}, which feeds a secret or config, and compose/.env does not set it\nhint: set {name} in compose/.env before `cryptus start`"
+        ));
+    }
 }
 
 /// The deployment history and pending replicas into nginx's state, and
