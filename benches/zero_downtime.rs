@@ -160,8 +160,8 @@ struct Flip {
     to_switch: f64,
     /// cryptus's own step timings.
     steps: BTreeMap<String, f64>,
-    /// The cryptus process's peak resident memory, in kB (wait4's
-    /// ru_maxrss); none for the baseline, a script of many processes.
+    /// The cryptus process's peak resident memory, in kB (its VmHWM); none
+    /// for the baseline, a script of many processes.
     peak_rss_kb: Option<u64>,
 }
 
@@ -332,8 +332,11 @@ fn run_ok(output: Output, what: &str) -> Result<Output, String> {
 
 /// Runs a command to its end (as `Command::output` does) within `deadline`,
 /// killing it past that, and returns its output and its peak resident
-/// memory in kB: wait4's ru_maxrss, the kernel's own high-water mark, so no
-/// sampling can miss a peak.
+/// memory in kB: the kernel's high-water mark of its own memory (VmHWM in
+/// /proc/<pid>/status), read every 2 ms until it ends, so only growth in its
+/// last 2 ms could be missed. Not wait4's ru_maxrss: on Linux that keeps the
+/// high-water mark of the memory the child had before exec, which after
+/// posix_spawn (a vfork) is this benchmark's own, far larger.
 async fn run_measured(
     mut command: std::process::Command,
     deadline: Duration,
@@ -342,7 +345,6 @@ async fn run_measured(
     use std::io::Read;
     use std::os::unix::process::ExitStatusExt;
     use std::process::Stdio;
-    use std::sync::mpsc;
 
     let what = what.to_owned();
     command
@@ -365,53 +367,58 @@ async fn run_measured(
     let stdout = drain(child.stdout.take());
     let stderr = drain(child.stderr.take());
     tokio::task::spawn_blocking(move || {
-        // The deadline: a thread that kills the child unless told it ended.
-        // It is told before the child is reaped, so the pid it would kill is
-        // still this child's (running or a zombie), never a reused one.
-        let (ended, ended_rx) = mpsc::channel::<()>();
-        let killer = std::thread::spawn(move || {
-            if let Err(mpsc::RecvTimeoutError::Timeout) = ended_rx.recv_timeout(deadline) {
-                // SAFETY: kill(2) on our own unreaped child.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-                true
-            } else {
-                false
-            }
-        });
+        let status_file = format!("/proc/{pid}/status");
+        let began = Instant::now();
+        let mut peak_kb = 0;
+        let mut killed = false;
         loop {
+            // Read before asking whether it ended: until it is reaped (below)
+            // the pid is this child's, and its status file too.
+            if let Some(kb) = std::fs::read_to_string(&status_file)
+                .ok()
+                .and_then(|status| vm_hwm_kb(&status))
+            {
+                peak_kb = peak_kb.max(kb);
+            }
             // SAFETY: a zeroed siginfo_t is valid; waitid only writes to it.
             let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-            // SAFETY: waits for our own child without reaping it (WNOWAIT).
+            // SAFETY: asks whether our own child ended, without reaping it.
             let waited = unsafe {
                 libc::waitid(
                     libc::P_PID,
                     pid as libc::id_t,
                     &mut info,
-                    libc::WEXITED | libc::WNOWAIT,
+                    libc::WEXITED | libc::WNOWAIT | libc::WNOHANG,
                 )
             };
-            let err = std::io::Error::last_os_error();
-            if waited == 0 {
-                break;
-            }
-            if err.kind() != std::io::ErrorKind::Interrupted {
+            if waited != 0 {
+                let err = std::io::Error::last_os_error();
+                if err.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
                 return Err(format!("waiting for {what}: {err}"));
             }
+            // SAFETY: reading the union member waitid filled for P_PID.
+            if unsafe { info.si_pid() } == pid {
+                break;
+            }
+            if !killed && began.elapsed() > deadline {
+                // SAFETY: kill(2) on our own child, not yet reaped.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                killed = true;
+            }
+            std::thread::sleep(Duration::from_millis(2));
         }
-        let _ = ended.send(());
-        let killed = killer.join().unwrap_or(false);
         let mut status = 0;
-        // SAFETY: zeroed rusage is valid; wait4 only writes to it.
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
         // SAFETY: reaps our own child, which has ended (waitid above).
-        let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        let reaped = unsafe { libc::waitpid(pid, &mut status, 0) };
         if reaped != pid {
             return Err(format!(
                 "reaping {what}: {}",
                 std::io::Error::last_os_error()
             ));
         }
-        // The child is reaped: dropping its handle must not wait again.
+        // The child is reaped: dropping its handle does not wait again.
         drop(child);
         if killed {
             return Err(format!("{what} still running after {deadline:?}: killed"));
@@ -421,10 +428,22 @@ async fn run_measured(
             stdout: stdout.join().unwrap_or_default(),
             stderr: stderr.join().unwrap_or_default(),
         };
-        Ok((output, u64::try_from(usage.ru_maxrss).unwrap_or(0)))
+        Ok((output, peak_kb))
     })
     .await
     .map_err(|e| format!("waiting for a cryptus run: {e}"))?
+}
+
+/// `VmHWM:   13824 kB` in /proc/<pid>/status: the peak resident memory.
+fn vm_hwm_kb(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// A cryptus flip: the wall time of the command, and its report.
