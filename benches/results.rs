@@ -6,10 +6,17 @@ use std::io::Write;
 use std::path::Path;
 
 /// Writes `figures` (the program's printed table) into a Markdown file,
-/// atomically: a temporary file beside it, then a rename.
-pub fn write(path: &Path, title: &str, command: &str, figures: &str) -> Result<(), String> {
+/// atomically: a temporary file beside it, then a rename; with `picture`
+/// (its alt text and relative path), the program's own picture below them.
+pub fn write(
+    path: &Path,
+    title: &str,
+    command: &str,
+    figures: &str,
+    picture: Option<(&str, &str)>,
+) -> Result<(), String> {
     let machine = machine();
-    let text = format!(
+    let mut text = format!(
         "# {title}: latest results\n\n\
          Written by the program itself on {}, with:\n\n\
          ```sh\n{command}\n```\n\n\
@@ -18,6 +25,9 @@ pub fn write(path: &Path, title: &str, command: &str, figures: &str) -> Result<(
         chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
         figures.trim_end()
     );
+    if let Some((alt, file)) = picture {
+        text.push_str(&format!("\n![{alt}]({file})\n"));
+    }
     let temporary = path.with_extension("md.tmp");
     let written = std::fs::File::create(&temporary)
         .and_then(|mut file| {

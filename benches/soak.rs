@@ -175,7 +175,7 @@ fn main() -> std::process::ExitCode {
         print!("{out}");
         if let Some(path) = &results {
             let command = format!("cargo bench --locked --bench soak -- --cycles {cycles} --build-every {build_every} --results {}", path.display());
-            if let Err(err) = results::write(path, "Soak", &command, &out) {
+            if let Err(err) = results::write(path, "Soak", &command, &out, None) {
                 eprintln!("error: {err}");
                 return std::process::ExitCode::from(2);
             }

@@ -2,6 +2,7 @@
 //! side, under the same load, in the same run.
 //!
 //!   cargo bench --bench zero_downtime -- [--cycles 20] [--json] [--strict]
+//!       [--results FILE] [--scaling 1,4,16|off] [--svg FILE|off]
 //!
 //! It brings up its own stack (its own project, a loopback port, rate limits
 //! raised above one client IP's load), runs a mix of keep-alive, new-
@@ -20,8 +21,18 @@
 //! a retry, and wrk's read and write errors (Debian's wrk 4.1.0 counts any
 //! close by the server as one, even of an idle connection), are stale
 //! keep-alive closes: reported, and failing only with --strict.
+//!
+//! With --results (or --scaling), it then measures deploys at several replica
+//! counts on a stack of its own (`zero_downtime/scaling.rs`), and with
+//! --results (or --svg) it draws latency and failures over time
+//! (`zero_downtime/picture.rs`).
 
+// Under zero_downtime/ so that cargo does not take them for benches of their own.
+#[path = "zero_downtime/picture.rs"]
+mod picture;
 mod results;
+#[path = "zero_downtime/scaling.rs"]
+mod scaling;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -42,6 +53,38 @@ struct Args {
     /// A Markdown file the figures are written to (docs/benchmark-results.md):
     /// the published figures come from this program, never typed by hand.
     results: Option<std::path::PathBuf>,
+    /// Replica counts to measure deploys at (`--scaling 1,4,16`); on by
+    /// default with --results, off otherwise (CI's short run).
+    scaling: Vec<u32>,
+    /// The picture of latency and failures over time (`--svg FILE`); by
+    /// default benchmark.svg beside the results file.
+    svg: Option<std::path::PathBuf>,
+}
+
+/// Deploys at each replica count of the scaling section, and the section's
+/// time budget: it stops there and says so.
+const SCALING_ROUNDS: usize = 3;
+const SCALING_BUDGET: Duration = Duration::from_secs(900);
+const USAGE: &str = "usage: zero_downtime [--cycles N] [--json] [--strict] [--results FILE] [--scaling N,N,...|off] [--svg FILE|off]";
+
+/// `1,4,16`: up to 8 counts, each a replica count `cryptus scale` accepts.
+fn replica_counts(list: &str) -> Result<Vec<u32>, String> {
+    if list == "off" {
+        return Ok(Vec::new());
+    }
+    let counts: Vec<u32> = list
+        .split(',')
+        .map(|n| n.trim().parse::<u32>().ok().filter(|n| scaling::REPLICAS.contains(n)))
+        .collect::<Option<_>>()
+        .filter(|counts: &Vec<u32>| !counts.is_empty() && counts.len() <= 8)
+        .ok_or_else(|| {
+            format!(
+                "--scaling takes up to 8 replica counts from {} to {}, comma-separated (1,4,16), or off",
+                scaling::REPLICAS.start(),
+                scaling::REPLICAS.end()
+            )
+        })?;
+    Ok(counts)
 }
 
 fn args() -> Result<Args, String> {
@@ -50,7 +93,10 @@ fn args() -> Result<Args, String> {
         json: false,
         strict: false,
         results: None,
+        scaling: Vec::new(),
+        svg: None,
     };
+    let (mut scaling, mut svg) = (None, None);
     let mut words = std::env::args().skip(1);
     while let Some(word) = words.next() {
         match word.as_str() {
@@ -68,13 +114,32 @@ fn args() -> Result<Args, String> {
                     .filter(|n| *n > 0)
                     .ok_or("--cycles takes a whole number above 0")?;
             }
-            other => {
-                return Err(format!(
-                    "unknown argument {other:?}; usage: zero_downtime [--cycles N] [--json] [--strict] [--results FILE]"
-                ));
+            "--scaling" => {
+                scaling = Some(replica_counts(
+                    &words
+                        .next()
+                        .ok_or("--scaling takes replica counts (1,4,16) or off")?,
+                )?);
             }
+            "--svg" => {
+                svg = Some(words.next().ok_or("--svg takes a file, or off")?);
+            }
+            other => return Err(format!("unknown argument {other:?}; {USAGE}")),
         }
     }
+    args.scaling = match scaling {
+        Some(counts) => counts,
+        None if args.results.is_some() => vec![1, 4, 16],
+        None => Vec::new(),
+    };
+    args.svg = match svg.as_deref() {
+        Some("off") => None,
+        Some(path) => Some(path.into()),
+        None => args
+            .results
+            .as_ref()
+            .map(|results| results.with_file_name("benchmark.svg")),
+    };
     Ok(args)
 }
 
@@ -95,6 +160,9 @@ struct Flip {
     to_switch: f64,
     /// cryptus's own step timings.
     steps: BTreeMap<String, f64>,
+    /// The cryptus process's peak resident memory, in kB (its VmHWM); none
+    /// for the baseline, a script of many processes.
+    peak_rss_kb: Option<u64>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -129,6 +197,8 @@ struct Approach {
     rollback_cold_total_seconds: Option<f64>,
     /// cryptus's own step timings, median over its flips.
     steps_median: BTreeMap<String, f64>,
+    /// The cryptus process's peak resident memory over its deploys, in MiB.
+    peak_rss_mib: Option<f64>,
     flips: Vec<Flip>,
 }
 
@@ -260,6 +330,122 @@ fn run_ok(output: Output, what: &str) -> Result<Output, String> {
     }
 }
 
+/// Runs a command to its end (as `Command::output` does) within `deadline`,
+/// killing it past that, and returns its output and its peak resident
+/// memory in kB: the kernel's high-water mark of its own memory (VmHWM in
+/// /proc/<pid>/status), read every 2 ms until it ends, so only growth in its
+/// last 2 ms could be missed. Not wait4's ru_maxrss: on Linux that keeps the
+/// high-water mark of the memory the child had before exec, which after
+/// posix_spawn (a vfork) is this benchmark's own, far larger.
+async fn run_measured(
+    mut command: std::process::Command,
+    deadline: Duration,
+    what: &str,
+) -> Result<(Output, u64), String> {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+
+    let what = what.to_owned();
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command
+        .spawn()
+        .map_err(|e| format!("running {what}: {e}"))?;
+    let pid = libc::pid_t::try_from(child.id()).map_err(|e| format!("{what}'s pid: {e}"))?;
+    fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    }
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    tokio::task::spawn_blocking(move || {
+        let status_file = format!("/proc/{pid}/status");
+        let began = Instant::now();
+        let mut peak_kb = 0;
+        let mut killed = false;
+        loop {
+            // Read before asking whether it ended: until it is reaped (below)
+            // the pid is this child's, and its status file too.
+            if let Some(kb) = std::fs::read_to_string(&status_file)
+                .ok()
+                .and_then(|status| vm_hwm_kb(&status))
+            {
+                peak_kb = peak_kb.max(kb);
+            }
+            // SAFETY: a zeroed siginfo_t is valid; waitid only writes to it.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: asks whether our own child ended, without reaping it.
+            let waited = unsafe {
+                libc::waitid(
+                    libc::P_PID,
+                    pid as libc::id_t,
+                    &mut info,
+                    libc::WEXITED | libc::WNOWAIT | libc::WNOHANG,
+                )
+            };
+            if waited != 0 {
+                let err = std::io::Error::last_os_error();
+                if err.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(format!("waiting for {what}: {err}"));
+            }
+            // SAFETY: reading the union member waitid filled for P_PID.
+            if unsafe { info.si_pid() } == pid {
+                break;
+            }
+            if !killed && began.elapsed() > deadline {
+                // SAFETY: kill(2) on our own child, not yet reaped.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                killed = true;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let mut status = 0;
+        // SAFETY: reaps our own child, which has ended (waitid above).
+        let reaped = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if reaped != pid {
+            return Err(format!(
+                "reaping {what}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        // The child is reaped: dropping its handle does not wait again.
+        drop(child);
+        if killed {
+            return Err(format!("{what} still running after {deadline:?}: killed"));
+        }
+        let output = Output {
+            status: std::process::ExitStatus::from_raw(status),
+            stdout: stdout.join().unwrap_or_default(),
+            stderr: stderr.join().unwrap_or_default(),
+        };
+        Ok((output, peak_kb))
+    })
+    .await
+    .map_err(|e| format!("waiting for a cryptus run: {e}"))?
+}
+
+/// `VmHWM:   13824 kB` in /proc/<pid>/status: the peak resident memory.
+fn vm_hwm_kb(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// A cryptus flip: the wall time of the command, and its report.
 async fn cryptus_flip(
     project: &support::TestProject,
@@ -269,10 +455,10 @@ async fn cryptus_flip(
     load_epoch: f64,
 ) -> Result<Flip, String> {
     let began = Instant::now();
-    let output = run_ok(
-        project.run_async(args).await,
-        &format!("cryptus {}", args.join(" ")),
-    )?;
+    let what = format!("cryptus {}", args.join(" "));
+    let (output, peak_rss_kb) =
+        run_measured(project.command(args), support::RUN_DEADLINE, &what).await?;
+    let output = run_ok(output, &what)?;
     let seconds = began.elapsed().as_secs_f64();
     let report: Value =
         serde_json::from_slice(&output.stdout).map_err(|e| format!("cryptus --json: {e}"))?;
@@ -309,6 +495,7 @@ async fn cryptus_flip(
         switched,
         to_switch: switched - (epoch_now() - load_epoch - seconds),
         steps,
+        peak_rss_kb: Some(peak_rss_kb),
     })
 }
 
@@ -363,6 +550,7 @@ async fn baseline_flip(
         switched: switched - load_epoch,
         to_switch: switched - start,
         steps: BTreeMap::new(),
+        peak_rss_kb: None,
     })
 }
 
@@ -440,24 +628,35 @@ fn summarize(samples: &[&Sample], flips: Vec<Flip>) -> Approach {
         rollback_cold_seconds: of(&|f| f.operation == "rollback" && !f.warm, &|f| f.to_switch),
         rollback_warm_total_seconds: of(&|f| f.operation == "rollback" && f.warm, &|f| f.seconds),
         rollback_cold_total_seconds: of(&|f| f.operation == "rollback" && !f.warm, &|f| f.seconds),
-        steps_median: {
-            let mut names: Vec<String> =
-                flips.iter().flat_map(|f| f.steps.keys().cloned()).collect();
-            names.sort();
-            names.dedup();
-            names
-                .into_iter()
-                .map(|name| {
-                    let values: Vec<f64> = flips
-                        .iter()
-                        .filter_map(|f| f.steps.get(&name).copied())
-                        .collect();
-                    (name, round3(median(values)))
-                })
-                .collect()
-        },
+        steps_median: steps_median(&flips),
+        peak_rss_mib: peak_rss_mib(flips.iter().filter(|f| deploys(f))),
         flips,
     }
+}
+
+/// The median of each step over the flips.
+fn steps_median(flips: &[Flip]) -> BTreeMap<String, f64> {
+    let mut names: Vec<String> = flips.iter().flat_map(|f| f.steps.keys().cloned()).collect();
+    names.sort();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|name| {
+            let values: Vec<f64> = flips
+                .iter()
+                .filter_map(|f| f.steps.get(&name).copied())
+                .collect();
+            (name, round3(median(values)))
+        })
+        .collect()
+}
+
+/// The largest peak resident memory of the cryptus processes, in MiB.
+fn peak_rss_mib<'a>(flips: impl Iterator<Item = &'a Flip>) -> Option<f64> {
+    flips
+        .filter_map(|f| f.peak_rss_kb)
+        .max()
+        .map(|kb| round3(kb as f64 / 1024.0))
 }
 
 /// The version nginx itself reports (`nginx -v`), as cryptus asks it: an
@@ -630,6 +829,39 @@ async fn bench(args: &Args) -> Result<(Value, bool), String> {
             .filter(|s| s.at >= from && s.at < to)
             .collect()
     };
+    // The picture: the same windows as the figures, in 100 ms buckets.
+    let picture = args.svg.as_ref().map(|path| {
+        let panel = |name: &str, from: f64, to: f64, flips: &[Flip]| picture::Panel {
+            title: format!(
+                "{name}: {} cycles of deploy + rollback under load",
+                args.cycles
+            ),
+            buckets: picture::buckets(&window(from, to), from, to),
+            marks: flips
+                .iter()
+                .map(|f| (f.switched - from, f.operation == "deploy"))
+                .collect(),
+        };
+        let panels = [
+            panel("cryptus", cryptus_began, cryptus_ended + 2.0, &flips),
+            panel(
+                "the seed's way (benches/baseline.sh)",
+                baseline_began,
+                baseline_ended + 2.0,
+                &baseline,
+            ),
+        ];
+        match picture::draw(path, &panels) {
+            Ok(()) => {
+                eprintln!("wrote {}", path.display());
+                json!({ "file": path.display().to_string() })
+            }
+            Err(err) => {
+                eprintln!("error: {err}");
+                json!({ "file": path.display().to_string(), "error": err })
+            }
+        }
+    });
     let mut cryptus = summarize(&window(cryptus_began, cryptus_ended + 2.0), flips);
     cryptus.wrk = cryptus_wrk;
     let mut seed = summarize(&window(baseline_began, baseline_ended + 2.0), baseline);
@@ -677,7 +909,37 @@ async fn bench(args: &Args) -> Result<(Value, bool), String> {
             "rollback_cold": ratio(cryptus.rollback_cold_seconds.unwrap_or(0.0), seed.rollback_cold_seconds.unwrap_or(0.0)),
         },
         "targets": targets,
+        "picture": picture,
     });
+    Ok((document, clean))
+}
+
+/// The whole run: the benchmark on its stack, then (that stack removed) the
+/// scaling section on a stack of its own.
+async fn run(args: &Args) -> Result<(Value, bool), String> {
+    let (mut document, clean) = bench(args).await?;
+    let mut scaling = None;
+    if !args.scaling.is_empty() {
+        let section = scaling::measure(&args.scaling, SCALING_ROUNDS, SCALING_BUDGET).await?;
+        document["scaling"] = json!(section);
+        scaling = Some(section);
+    }
+    let largest_rss = [document["cryptus"]["peak_rss_mib"].as_f64()]
+        .into_iter()
+        .chain(
+            scaling
+                .iter()
+                .flat_map(|s| s.rows.iter().map(|r| r.peak_rss_mib)),
+        )
+        .flatten()
+        .fold(None, |most: Option<f64>, mib| {
+            Some(most.map_or(mib, |m| m.max(mib)))
+        });
+    document["peak_rss_mib"] = json!(largest_rss);
+    // Reported, not asserted: timings and memory vary with the machine.
+    document["targets"]["deploy_peak_rss_at_most_30mib"] = json!(largest_rss.map(|m| m <= 30.0));
+    document["targets"]["overhead_at_most_1_5x_from_smallest_to_largest_replica_count"] =
+        json!(scaling.and_then(|s| s.overhead_ratio).map(|r| r <= 1.5));
     Ok((document, clean))
 }
 
@@ -844,6 +1106,14 @@ fn table(d: &Value) -> String {
             String::new(),
         ),
         (
+            "cryptus process peak RSS, a deploy (max)",
+            c["peak_rss_mib"]
+                .as_f64()
+                .map_or("n/a".to_owned(), |m| format!("{m:.1} MiB")),
+            "-".to_owned(),
+            String::new(),
+        ),
+        (
             "`cryptus status` (median)",
             format!("{} ms", d["cryptus_status_ms_p50"]),
             "-".to_owned(),
@@ -894,6 +1164,18 @@ fn table(d: &Value) -> String {
             line.join(", ")
         ));
     }
+    if let Ok(section) = serde_json::from_value::<scaling::Scaling>(d["scaling"].clone()) {
+        out.push('\n');
+        out.push_str(&scaling::table(&section));
+    }
+    if let Some(file) = d["picture"]["file"].as_str() {
+        match d["picture"]["error"].as_str() {
+            Some(err) => out.push_str(&format!("\npicture: not written: {err}\n")),
+            None => out.push_str(&format!(
+                "\npicture: {file} (slowest answer and failed requests per 100 ms, every switch marked)\n"
+            )),
+        }
+    }
     out.push_str("\ntargets:\n");
     if let Some(targets) = d["targets"].as_object() {
         for (name, met) in targets {
@@ -927,7 +1209,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    match runtime.block_on(bench(&args)) {
+    match runtime.block_on(run(&args)) {
         Ok((document, clean)) => {
             if args.json {
                 println!(
@@ -938,21 +1220,49 @@ fn main() -> std::process::ExitCode {
                 print!("{}", table(&document));
             }
             if let Some(path) = &args.results {
+                // The command as run (cargo adds --bench to every bench binary).
+                let words: Vec<String> = std::env::args()
+                    .skip(1)
+                    .filter(|w| w != "--bench")
+                    .collect();
                 let command = format!(
-                    "cargo bench --locked --bench zero_downtime -- --cycles {}{} --results {}",
-                    args.cycles,
-                    if args.strict { " --strict" } else { "" },
-                    path.display()
+                    "cargo bench --locked --bench zero_downtime -- {}",
+                    words.join(" ")
                 );
+                // The picture, linked from the results file beside it.
+                let picture = args
+                    .svg
+                    .as_ref()
+                    .filter(|_| document["picture"]["error"].is_null())
+                    .map(|svg| {
+                        if svg.parent() == path.parent() {
+                            svg.file_name().map_or_else(
+                                || svg.display().to_string(),
+                                |n| n.to_string_lossy().into_owned(),
+                            )
+                        } else {
+                            svg.display().to_string()
+                        }
+                    });
                 if let Err(err) = results::write(
                     path,
                     "The zero-downtime benchmark",
                     &command,
                     &table(&document),
+                    picture.as_deref().map(|file| {
+                        (
+                            "Slowest answer and failed requests per 100 ms over the run, every deploy and rollback marked; cryptus above, the seed's way below",
+                            file,
+                        )
+                    }),
                 ) {
                     eprintln!("error: {err}");
                     return std::process::ExitCode::from(2);
                 }
+            }
+            if !document["picture"]["error"].is_null() {
+                // Already said on stderr when it failed.
+                return std::process::ExitCode::from(2);
             }
             if clean {
                 std::process::ExitCode::SUCCESS
