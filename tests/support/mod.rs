@@ -52,7 +52,9 @@ pub fn free_port() -> u16 {
     // A port handed out once is not handed out again in this run: tests in
     // parallel threads would otherwise race for one the kernel freed.
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     loop {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a free port");
         let port = listener.local_addr().expect("reading the port").port();
