@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use support::wait::{eventually, exit_within, poll};
-use support::{RUN_DEADLINE, TestProject, app_image, assert_code, get, get_json, stderr, stdout};
+use support::{
+    RUN_DEADLINE, TestProject, app_image, assert_code, assert_nowhere_in, get, get_json, stderr,
+    stdout,
+};
 
 fn backups(out: &Path) -> Vec<PathBuf> {
     let mut found: Vec<PathBuf> = std::fs::read_dir(out)
@@ -617,35 +620,6 @@ fn the_systemd_timer_fires_the_backup_under_real_systemd() {
 }
 
 const WITHHELD_SECRET: &str = "sv-5e1b7c0d-not-in-any-backup";
-
-/// Every file under `dir`, archives unpacked, holds no `secret`.
-fn assert_nowhere_in(dir: &Path, secret: &str) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            assert_nowhere_in(&path, secret);
-            continue;
-        }
-        let bytes = std::fs::read(&path).unwrap();
-        assert!(
-            !String::from_utf8_lossy(&bytes).contains(secret),
-            "{} holds the secret",
-            path.display()
-        );
-        if path.to_string_lossy().ends_with(".tar.gz") {
-            let unpacked = tempfile::tempdir().unwrap();
-            let status = std::process::Command::new("tar")
-                .arg("-xzf")
-                .arg(&path)
-                .arg("-C")
-                .arg(unpacked.path())
-                .status()
-                .unwrap();
-            assert!(status.success(), "unpacking {}", path.display());
-            assert_nowhere_in(unpacked.path(), secret);
-        }
-    }
-}
 
 /// Regression: `backup` copied compose/.env as it was, so a secret whose
 /// variable is set there was in the backup in clear text.

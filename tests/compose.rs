@@ -503,20 +503,6 @@ fn profiles_come_from_the_flag_or_compose_profiles() {
 // ---------------------------------------------------------------------------
 // On the real engine.
 
-/// The environment of a container, from the engine.
-fn container_env(project: &TestProject, container: &str) -> Vec<String> {
-    let container = container.to_owned();
-    project.on_engine(move |docker| async move {
-        docker
-            .inspect_container(&container, None)
-            .await
-            .expect("inspecting a container")
-            .config
-            .and_then(|c| c.env)
-            .unwrap_or_default()
-    })
-}
-
 /// A second tag of the app image, made for one test and removed with it.
 struct Tag(String);
 
@@ -555,16 +541,8 @@ impl Drop for Tag {
 
 /// The image a container was created from, from the engine.
 fn container_image(project: &TestProject, container: &str) -> String {
-    let container = container.to_owned();
-    project.on_engine(move |docker| async move {
-        docker
-            .inspect_container(&container, None)
-            .await
-            .expect("inspecting a container")
-            .config
-            .and_then(|c| c.image)
-            .unwrap_or_default()
-    })
+    let config = project.inspect(container).config;
+    config.and_then(|c| c.image).unwrap_or_default()
 }
 
 #[test]
@@ -598,7 +576,7 @@ fn an_override_file_changes_a_color_and_the_deploy_runs_it() {
     assert_eq!(project.serving(), ("green".to_owned(), "0.2.0".to_owned()));
     let name = format!("{}-cryptus-green-1", project.name);
     assert_eq!(container_image(&project, &name), tag.0);
-    let green = container_env(&project, &name);
+    let green = project.container_env(&name);
     assert!(
         green.contains(&"CRYPTUS_EXTRA=from-override".to_owned()),
         "{green:?}"

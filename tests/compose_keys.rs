@@ -9,9 +9,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Duration;
 
-use bollard::models::ContainerInspectResponse;
 use support::load::Mix;
-use support::{TestProject, assert_code, stderr, stdout};
+use support::{TestProject, assert_code, assert_nowhere_in, stderr, stdout};
 
 const PASSWORD: &str = "pw-7f3a9c2e-never-shown";
 const TOKEN: &str = "tok-41d8e0b6-never-shown";
@@ -77,47 +76,8 @@ fn add_to_compose(project: &TestProject, services: &str, objects: &str) {
     });
 }
 
-fn inspect(project: &TestProject, container: &str) -> ContainerInspectResponse {
-    let container = container.to_owned();
-    project.on_engine(move |docker| async move {
-        docker
-            .inspect_container(&container, None)
-            .await
-            .expect("inspecting a container")
-    })
-}
-
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().mode() & 0o7777
-}
-
-/// Every file under `dir`, archives unpacked, holds no `secret`.
-fn assert_nowhere_in(dir: &Path, secret: &str) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            assert_nowhere_in(&path, secret);
-            continue;
-        }
-        let bytes = std::fs::read(&path).unwrap();
-        assert!(
-            !String::from_utf8_lossy(&bytes).contains(secret),
-            "{} holds the secret",
-            path.display()
-        );
-        if path.to_string_lossy().ends_with(".tar.gz") {
-            let unpacked = tempfile::tempdir().unwrap();
-            let status = std::process::Command::new("tar")
-                .arg("-xzf")
-                .arg(&path)
-                .arg("-C")
-                .arg(unpacked.path())
-                .status()
-                .unwrap();
-            assert!(status.success(), "unpacking {}", path.display());
-            assert_nowhere_in(unpacked.path(), secret);
-        }
-    }
 }
 
 #[test]
@@ -144,7 +104,7 @@ fn every_key_reaches_the_container_as_compose_applies_it() {
     assert_eq!(said.matches("belong to Swarm").count(), 1, "{said}");
 
     let probe = format!("{}-probe-1", project.name);
-    let container = inspect(&project, &probe);
+    let container = project.inspect(&probe);
     let config = container.config.unwrap();
     let env = config.env.unwrap();
     for wanted in [
@@ -371,7 +331,7 @@ async fn a_color_with_a_secret_and_an_env_file_deploys_under_load_with_no_failed
     assert!(report.by_color.contains_key("green"), "{report:?}");
     assert!(!(stdout(&output) + &stderr(&output)).contains(TOKEN));
 
-    let green = inspect(&project, &format!("{}-cryptus-green-1", project.name));
+    let green = project.inspect(&format!("{}-cryptus-green-1", project.name));
     let env = green.config.unwrap().env.unwrap();
     assert!(env.contains(&"APP_GREETING=hello".to_owned()), "{env:?}");
     let mount = green

@@ -13,6 +13,7 @@ use chrono::Utc;
 use tokio::time::Instant;
 
 use crate::context::Stack;
+use crate::engine::Container;
 use crate::error::{failed_with_hint, usage};
 use crate::health::{self, Expect};
 use crate::history::{Outcome, Side};
@@ -131,7 +132,7 @@ async fn locked(
     let operation = ask.name();
     let unchanged = |err: anyhow::Error| nothing_changed(err, operation);
     let reading = state::read(stack, &lb, &client, matches!(ask, Ask::Rollback));
-    let observed = steps
+    let (observed, containers) = steps
         .run("active", "finding the active color", reading)
         .await
         .map_err(unchanged)?;
@@ -139,6 +140,7 @@ async fn locked(
     // Without a running active color there is no side to record.
     let from = side(&observed, observed.active)?;
     let mut switch = Switch::new(stack, settings, lb, client, operation, from, &observed);
+    switch.containers = containers;
     let plan = match planned {
         Ok(plan) => plan,
         Err(err) => return switch.fail_before_flip(steps, began, err).await,
@@ -246,17 +248,34 @@ async fn resolve_image(
     source: Source,
     version: Option<String>,
 ) -> Result<Release> {
+    let source = match source.for_color(stack, target) {
+        Source::Build(context) => {
+            let version = version.unwrap_or_else(|| Utc::now().format("%Y%m%d-%H%M%S").to_string());
+            check_version(&version)?;
+            return crate::build::build_color(stack, target, context, &version).await;
+        }
+        other => other,
+    };
+    // Not a build: the engine's image names the release.
+    known_release(stack, target, source, version)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no image to deploy into {target}"))
+}
+
+/// The release a source names, read from the engine without pulling or
+/// building (what a deploy starts, and what `--dry-run` shows); `None`
+/// when it is built during the run.
+pub async fn known_release(
+    stack: &Stack<'_>,
+    target: Color,
+    source: Source,
+    version: Option<String>,
+) -> Result<Option<Release>> {
     let reference = match source.for_color(stack, target) {
         Source::Compose => stack.default_release(target).await?.image,
         // Checked in `run`, before anything was touched.
         Source::Image(reference) => reference,
-        Source::Build(context) => {
-            let version = version
-                .clone()
-                .unwrap_or_else(|| Utc::now().format("%Y%m%d-%H%M%S").to_string());
-            check_version(&version)?;
-            return crate::build::build_color(stack, target, context, &version).await;
-        }
+        Source::Build(_) => return Ok(None),
     };
     let Some(labels) = stack.engine.image_labels(&reference).await? else {
         return Err(failed_with_hint(
@@ -264,15 +283,12 @@ async fn resolve_image(
             "build it (cryptus deploy --build, scripts/make-images.sh) or docker pull it",
         ));
     };
-    let version = match version {
-        Some(version) => version,
-        None => image_version(&reference, &labels),
-    };
+    let version = version.unwrap_or_else(|| image_version(&reference, &labels));
     check_version(&version)?;
-    Ok(Release {
+    Ok(Some(Release {
         image: reference,
         version,
-    })
+    }))
 }
 
 /// How often the load balancer is asked while counting answers in a row.
@@ -290,6 +306,8 @@ struct Switch<'s> {
     to: Side,
     /// The containers nginx names once the new color serves.
     serve: Vec<String>,
+    /// The project's containers as the switch first read them.
+    containers: Vec<Container>,
     runner: Runner<'s>,
     /// nginx workers from before the last reload, still to drain.
     old_workers: Vec<String>,
@@ -335,6 +353,7 @@ impl<'s> Switch<'s> {
             from,
             to,
             serve: Vec::new(),
+            containers: Vec::new(),
             runner: Runner::new(stack, settings.drain),
             old_workers: Vec::new(),
             readiness: None,
@@ -424,16 +443,19 @@ impl<'s> Switch<'s> {
             .runner
             .start_called()
             .map(|started| round(ready.saturating_duration_since(started)));
-        if let Err(warning) = self.check_sessions().await {
+        if let Err(warning) = self.check_sessions() {
             self.warnings.push(warning);
         }
         Ok(())
     }
 
     /// Redis down does not stop a deploy, but sessions are degraded.
-    async fn check_sessions(&self) -> Result<(), String> {
-        let containers = self.stack.containers().await.unwrap_or_default();
-        let redis: Vec<_> = containers.iter().filter(|c| c.service == "redis").collect();
+    fn check_sessions(&self) -> Result<(), String> {
+        let redis: Vec<_> = self
+            .containers
+            .iter()
+            .filter(|c| c.service == "redis")
+            .collect();
         if redis.is_empty() || redis.iter().all(|c| c.running) {
             return Ok(());
         }
@@ -511,8 +533,7 @@ impl<'s> Switch<'s> {
     /// window; with Prometheus running, it also asks the gate's question.
     async fn watch(&self, steps: &mut Steps<'_>, expect: &Expect, lb_addr: String) -> Result<()> {
         let (settings, target) = (self.settings, self.to.color);
-        let containers = self.stack.containers().await.unwrap_or_default();
-        let gate = crate::metrics::prometheus_addr(&containers).map(|addr| watch::Gate {
+        let gate = crate::metrics::prometheus_addr(&self.containers).map(|addr| watch::Gate {
             addr,
             query: crate::metrics::gate_query(
                 &settings.gate,

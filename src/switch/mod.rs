@@ -28,7 +28,7 @@ use anyhow::Result;
 
 use crate::context::Stack;
 use crate::lock::{self, Lock};
-use crate::stack::{Color, Release, image_version};
+use crate::stack::Color;
 
 pub use deploy::{Ask, Source, check_version};
 pub use plan::{MAX_REPLICAS, Plan};
@@ -77,13 +77,13 @@ pub async fn dry_run(stack: &Stack<'_>, ask: DryRun, settings: &Settings) -> Res
         ask.check()?;
     }
     let lb = state::lb(stack).await?;
-    let observed = state::read(stack, &lb, &crate::health::client(), rollback).await?;
+    let (observed, _) = state::read(stack, &lb, &crate::health::client(), rollback).await?;
     let request = match ask {
         DryRun::Switch(Ask::Rollback) => plan::Request::Rollback {
             keep_standby: settings.keep_standby,
         },
         DryRun::Switch(Ask::Deploy { source, version }) => plan::Request::Deploy {
-            release: release_of(stack, observed.active.other(), source, version).await?,
+            release: deploy::known_release(stack, observed.active.other(), source, version).await?,
             keep_standby: settings.keep_standby,
         },
         DryRun::Scale { service, replicas } => plan::Request::Scale {
@@ -97,33 +97,6 @@ pub async fn dry_run(stack: &Stack<'_>, ask: DryRun, settings: &Settings) -> Res
 pub enum DryRun {
     Switch(Ask),
     Scale { service: String, replicas: u32 },
-}
-
-/// The release a deploy would start, read from the engine without pulling
-/// or building; `None` when it is built during the run.
-async fn release_of(
-    stack: &Stack<'_>,
-    target: Color,
-    source: Source,
-    version: Option<String>,
-) -> Result<Option<Release>> {
-    let reference = match source.for_color(stack, target) {
-        Source::Compose => stack.default_release(target).await?.image,
-        Source::Image(reference) => reference,
-        Source::Build(_) => return Ok(None),
-    };
-    let Some(labels) = stack.engine.image_labels(&reference).await? else {
-        return Err(crate::error::failed_with_hint(
-            format!("the engine has no image {reference}"),
-            "build it (cryptus deploy --build, scripts/make-images.sh) or docker pull it",
-        ));
-    };
-    let version = version.unwrap_or_else(|| image_version(&reference, &labels));
-    check_version(&version)?;
-    Ok(Some(Release {
-        image: reference,
-        version,
-    }))
 }
 
 /// Takes the deploy lock for `operation`.

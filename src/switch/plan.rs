@@ -332,7 +332,8 @@ fn rollback(observed: &Observed, keep_standby: bool) -> Result<Plan> {
     Ok(plan)
 }
 
-fn check_count(replicas: u32) -> Result<()> {
+/// More than the most one host runs is a usage error.
+pub fn check_count(replicas: u32) -> Result<()> {
     if replicas > MAX_REPLICAS {
         return Err(usage(
             format!(

@@ -16,7 +16,7 @@ use crate::history::{Outcome, Side};
 use crate::stack::{Color, LB_SERVICE, Release};
 
 use super::Settings;
-use super::plan::{self, Action, MAX_REPLICAS, Plan, Request};
+use super::plan::{self, Action, Plan, Request};
 use super::runner::Runner;
 use super::state;
 use super::upstream::{self, Upstream};
@@ -58,14 +58,7 @@ pub fn color_to_scale(stack: &Stack<'_>, service: &str, replicas: u32) -> Result
             ),
         ));
     };
-    if replicas > MAX_REPLICAS {
-        return Err(usage(
-            format!(
-                "{replicas} replicas is more than {MAX_REPLICAS}, the most cryptus runs on one host"
-            ),
-            format!("choose 1 to {MAX_REPLICAS}"),
-        ));
-    }
+    plan::check_count(replicas)?;
     Ok(color)
 }
 
@@ -111,7 +104,7 @@ async fn locked(
     settings: &Settings,
 ) -> Result<Report> {
     let began = Instant::now();
-    let observed = state::read(stack, lb, &health::client(), false).await?;
+    let (observed, _) = state::read(stack, lb, &health::client(), false).await?;
     let plan = plan::plan(&observed, &Request::Scale { color, replicas })?;
     let report = Report {
         ok: true,

@@ -103,25 +103,28 @@ fn observe(
 
 /// What runs: the color nginx serves, the project's containers and the
 /// recorded counts, read at once; for a rollback into a color with no
-/// containers, also what the history last recorded for it.
+/// containers, also what the history last recorded for it. The containers
+/// come back too, as read, for what else the switch asks of them (redis,
+/// Prometheus) without listing them again.
 pub async fn read(
     stack: &Stack<'_>,
     lb: &Lb,
     client: &reqwest::Client,
     rollback: bool,
-) -> Result<Observed> {
+) -> Result<(Observed, Vec<Container>)> {
     let nginx = stack.nginx();
     let (active, containers, pending) = tokio::join!(
         nginx::served_color(client, &lb.status_addr),
         stack.containers(),
         read_pending(&nginx),
     );
-    let mut observed = observe(stack, active?, &containers?, pending);
+    let containers = containers?;
+    let mut observed = observe(stack, active?, &containers, pending);
     let target = observed.active.other();
     if rollback && observed.replicas(target).is_empty() {
         observed.recorded = recorded(&nginx, target).await;
     }
-    Ok(observed)
+    Ok((observed, containers))
 }
 
 /// What the history last recorded for `color`.

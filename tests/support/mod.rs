@@ -152,3 +152,32 @@ pub fn assert_code(output: &Output, code: i32) {
 
 /// Makes names unique within the test process (projects, private engines).
 static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Every file under `dir`, archives unpacked, holds no `secret`.
+pub fn assert_nowhere_in(dir: &std::path::Path, secret: &str) {
+    for entry in std::fs::read_dir(dir).expect("reading a directory") {
+        let path = entry.expect("reading a directory entry").path();
+        if path.is_dir() {
+            assert_nowhere_in(&path, secret);
+            continue;
+        }
+        let bytes = std::fs::read(&path).expect("reading a file");
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(secret),
+            "{} holds the secret",
+            path.display()
+        );
+        if path.to_string_lossy().ends_with(".tar.gz") {
+            let unpacked = tempfile::tempdir().expect("making a directory");
+            let status = std::process::Command::new("tar")
+                .arg("-xzf")
+                .arg(&path)
+                .arg("-C")
+                .arg(unpacked.path())
+                .status()
+                .expect("running tar");
+            assert!(status.success(), "unpacking {}", path.display());
+            assert_nowhere_in(unpacked.path(), secret);
+        }
+    }
+}

@@ -356,32 +356,33 @@ impl TestProject {
         })
     }
 
-    /// When a container last started, from the engine.
-    pub fn started_at(&self, container: &str) -> String {
+    /// The engine's whole view of one container.
+    pub fn inspect(&self, container: &str) -> bollard::models::ContainerInspectResponse {
         let container = container.to_owned();
         self.on_engine(move |docker| async move {
             docker
                 .inspect_container(&container, None)
                 .await
                 .expect("inspecting a container")
-                .state
-                .and_then(|s| s.started_at)
-                .unwrap_or_default()
         })
+    }
+
+    /// When a container last started, from the engine.
+    pub fn started_at(&self, container: &str) -> String {
+        let state = self.inspect(container).state;
+        state.and_then(|s| s.started_at).unwrap_or_default()
     }
 
     /// The labels of one container.
     pub fn labels(&self, container: &str) -> HashMap<String, String> {
-        let container = container.to_owned();
-        self.on_engine(move |docker| async move {
-            docker
-                .inspect_container(&container, None)
-                .await
-                .expect("inspecting a container")
-                .config
-                .and_then(|c| c.labels)
-                .unwrap_or_default()
-        })
+        let config = self.inspect(container).config;
+        config.and_then(|c| c.labels).unwrap_or_default()
+    }
+
+    /// The environment of one container, `KEY=value`.
+    pub fn container_env(&self, container: &str) -> Vec<String> {
+        let config = self.inspect(container).config;
+        config.and_then(|c| c.env).unwrap_or_default()
     }
 }
 
