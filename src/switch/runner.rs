@@ -4,9 +4,11 @@
 //! the seam where another way to run a color (Swarm services) plugs in: the
 //! planner and the orchestrations only speak of names and releases.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use futures_util::future::{join_all, try_join_all};
 use tokio::time::Instant;
 
 use crate::context::Stack;
@@ -55,24 +57,34 @@ impl<'s> Runner<'s> {
     pub async fn bring_up(&mut self, plan: &Plan, release: &Release) -> Result<()> {
         let existing = self.existing(plan.target).await?;
         if plan.reuse {
-            for name in &plan.start {
-                crate::interrupt::check()?;
-                self.start_called.get_or_insert_with(Instant::now);
-                self.stack.engine.start(name).await?;
-                self.started.push(name.clone());
-            }
-            return Ok(());
+            crate::interrupt::check()?;
+            return self.start_all(&plan.start).await;
         }
         let replaced: Vec<&Container> = existing
             .iter()
             .filter(|c| plan.replace.contains(&c.name))
             .collect();
         self.replace(plan.target, &replaced).await?;
-        for name in &plan.start {
-            crate::interrupt::check()?;
-            self.create(plan.target, name, release).await?;
+        crate::interrupt::check()?;
+        self.create(plan.target, &plan.start, release).await
+    }
+
+    /// Starts stopped containers as they are, all at once; each one that
+    /// started is stopped again on undo.
+    async fn start_all(&mut self, names: &[String]) -> Result<()> {
+        self.start_called.get_or_insert_with(Instant::now);
+        let engine = self.stack.engine;
+        let results = join_all(names.iter().map(|name| engine.start(name))).await;
+        let mut first_error = None;
+        for (name, result) in names.iter().zip(results) {
+            match result {
+                Ok(()) => self.started.push(name.clone()),
+                Err(err) => {
+                    first_error.get_or_insert(err);
+                }
+            }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     async fn existing(&self, color: Color) -> Result<Vec<Container>> {
@@ -105,33 +117,66 @@ impl<'s> Runner<'s> {
                 .collect();
             self.stop(&running).await;
         }
-        for container in replaced {
-            self.stack.engine.remove(&container.id, true).await?;
-        }
-        Ok(())
+        let engine = self.stack.engine;
+        join_all(replaced.iter().map(|c| engine.remove(&c.id, true)))
+            .await
+            .into_iter()
+            .collect()
     }
 
-    async fn create(&mut self, color: Color, name: &str, release: &Release) -> Result<()> {
+    /// Makes the containers `names` of `color` from the compose service with
+    /// `release`, and starts them. Their host files are written one after
+    /// the other (two containers may share one); the engine creates and
+    /// starts them all at once, so many replicas cost about what one does.
+    async fn create(&mut self, color: Color, names: &[String], release: &Release) -> Result<()> {
         let (stack, service_name) = (self.stack, color.service());
         let service = stack
             .compose
             .service(service_name)
             .with_context(|| format!("the compose file has no service {service_name}"))?;
-        let number = name
-            .strip_prefix(&format!("{}-{service_name}-", stack.project.name))
-            .and_then(|n| n.parse().ok())
-            .with_context(|| format!("{name} is not a container name of {service_name}"))?;
-        let plan = plan_container(
-            &stack.project.name,
-            stack.compose,
-            service,
-            number,
-            Some(release),
-        )?;
-        crate::host_files::create_container(stack.engine, &plan, stack.printer).await?;
-        self.created.push(plan.name.clone());
-        self.start_called.get_or_insert_with(Instant::now);
-        stack.engine.start(&plan.name).await
+        let mut specs = Vec::new();
+        for name in names {
+            let number = name
+                .strip_prefix(&format!("{}-{service_name}-", stack.project.name))
+                .and_then(|n| n.parse().ok())
+                .with_context(|| format!("{name} is not a container name of {service_name}"))?;
+            let spec = plan_container(
+                &stack.project.name,
+                stack.compose,
+                service,
+                number,
+                Some(release),
+            )?;
+            crate::host_files::write(stack.engine, &spec, stack.printer).await?;
+            specs.push(spec);
+        }
+        // Each container starts as soon as it is made: later ones are made
+        // while earlier ones start.
+        let (engine, first_start) = (stack.engine, OnceLock::new());
+        let outcomes = join_all(specs.iter().map(|spec| {
+            let first_start = &first_start;
+            async move {
+                if let Err(err) = engine.create_container(spec).await {
+                    return (false, Err(err));
+                }
+                first_start.get_or_init(Instant::now);
+                (true, engine.start(&spec.name).await)
+            }
+        }))
+        .await;
+        if let Some(first) = first_start.into_inner() {
+            self.start_called.get_or_insert(first);
+        }
+        let mut first_error = None;
+        for (spec, (created, result)) in specs.iter().zip(outcomes) {
+            if created {
+                self.created.push(spec.name.clone());
+            }
+            if let Err(err) = result {
+                first_error.get_or_insert(err);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Takes back what `bring_up` did: removes what it created, stops what
@@ -150,8 +195,7 @@ impl<'s> Runner<'s> {
     /// timeout), all at once; a failure is a warning, the switch is done.
     pub async fn stop(&self, names: &[String]) {
         let engine = self.stack.engine;
-        let results =
-            futures_util::future::join_all(names.iter().map(|n| engine.stop(n, None))).await;
+        let results = join_all(names.iter().map(|n| engine.stop(n, None))).await;
         for (name, result) in names.iter().zip(results) {
             if let Err(err) = result {
                 self.stack.printer.warn(format!("stopping {name}: {err:#}"));
@@ -160,28 +204,29 @@ impl<'s> Runner<'s> {
     }
 
     /// Stops, then removes, containers nginx no longer names.
+    /// All at once: each is stopped, then removed.
     pub async fn retire(&self, names: &[String]) {
-        for name in names {
-            if let Err(err) = self.stack.engine.stop(name, None).await {
+        let engine = self.stack.engine;
+        join_all(names.iter().map(|name| async move {
+            if let Err(err) = engine.stop(name, None).await {
                 self.stack.printer.warn(format!("stopping {name}: {err:#}"));
             }
-            if let Err(err) = self.stack.engine.remove(name, true).await {
+            if let Err(err) = engine.remove(name, true).await {
                 self.stack.printer.warn(format!("removing {name}: {err:#}"));
             }
-        }
+        }))
+        .await;
     }
 
     /// Where this host reaches each container's app port.
     pub async fn addresses(&self, names: &[String]) -> Result<Vec<(String, String)>> {
-        let mut addresses = Vec::new();
-        for name in names {
-            if let Some(container) = self.stack.engine.inspect(name).await?
-                && let Some(addr) = Stack::app_addr(&container)
-            {
-                addresses.push((name.clone(), addr));
-            }
-        }
-        Ok(addresses)
+        let engine = self.stack.engine;
+        let inspected = try_join_all(names.iter().map(|name| engine.inspect(name))).await?;
+        Ok(names
+            .iter()
+            .zip(inspected)
+            .filter_map(|(name, container)| Some((name.clone(), Stack::app_addr(&container?)?)))
+            .collect())
     }
 
     /// The id of the image the first container runs.
