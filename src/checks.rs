@@ -12,6 +12,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use anyhow::Result;
+use futures_util::future::join_all;
 use serde::Serialize;
 
 use crate::context::Stack;
@@ -116,13 +117,27 @@ pub async fn check(
 ) -> Report {
     let client = health::client();
     let lb = containers.iter().find(|c| c.service == LB_SERVICE);
-    let active = active_color(engine, lb, &client, timeout).await;
-    let mut checks = vec![check_nginx(engine, lb, active, &client, timeout).await];
-    for color in Color::ALL {
-        checks.extend(check_color(color, active, containers, &client, timeout).await);
-    }
-    checks.push(check_redis(engine, containers, timeout).await);
-    checks.extend(check_monitoring(containers, &client, timeout).await);
+    // Every question is independent but for the active color, which nginx's
+    // and the colors' checks need: ask them all at once.
+    let served = async {
+        let active = active_color(engine, lb, &client, timeout).await;
+        let (nginx, colors) = tokio::join!(
+            check_nginx(engine, lb, active, &client, timeout),
+            join_all(
+                Color::ALL.map(|color| check_color(color, active, containers, &client, timeout))
+            )
+        );
+        (active, nginx, colors)
+    };
+    let ((active, nginx, colors), redis, monitoring) = tokio::join!(
+        served,
+        check_redis(engine, containers, timeout),
+        check_monitoring(containers, &client, timeout)
+    );
+    let mut checks = vec![nginx];
+    checks.extend(colors.into_iter().flatten());
+    checks.push(redis);
+    checks.extend(monitoring);
     Report::new(project.to_owned(), active, checks)
 }
 
@@ -140,10 +155,7 @@ async fn active_color(
     {
         return Some(color);
     }
-    let nginx = Nginx {
-        engine,
-        container: lb.name.clone(),
-    };
+    let nginx = Nginx::named(engine, lb.name.clone());
     within(timeout, nginx.read(nginx::UPSTREAM_FILE))
         .await
         .ok()
@@ -179,10 +191,7 @@ async fn check_nginx(
     if !lb.running {
         return unhealthy(format!("{} is {}", lb.name, lb.state));
     }
-    let nginx = Nginx {
-        engine,
-        container: lb.name.clone(),
-    };
+    let nginx = Nginx::named(engine, lb.name.clone());
     match within(timeout, nginx.test()).await {
         Ok(Ok(())) => {}
         Ok(Err(reason)) => return unhealthy(format!("nginx -t fails: {reason}")),
@@ -337,28 +346,21 @@ async fn check_redis(engine: &Engine, containers: &[Container], timeout: Duratio
         engine,
         container: container.name.clone(),
     };
-    let result = within(timeout, async {
-        redis.ping().await?;
-        let memory = redis.info("memory").await?;
-        let persistence = redis.info("persistence").await?;
-        Ok((memory, persistence))
-    })
-    .await;
-    match result {
-        Ok((memory, persistence)) => judge_redis(&memory, &persistence),
+    // One question (INFO's default sections hold memory and persistence):
+    // an answer is as good as a PONG, and each exec costs a process.
+    match within(timeout, redis.info("default")).await {
+        Ok(info) => judge_redis(&info),
         Err(err) => Check::new("redis", false, format!("{err:#}")),
     }
 }
 
-/// What Redis's INFO memory and persistence sections say about it, once it
-/// answered PING.
-fn judge_redis(memory: &BTreeMap<String, String>, persistence: &BTreeMap<String, String>) -> Check {
-    let get = |map: &BTreeMap<String, String>, key: &str| {
-        map.get(key).cloned().unwrap_or_else(|| "?".to_owned())
-    };
-    let rdb = get(persistence, "rdb_last_bgsave_status");
-    let aof = if get(persistence, "aof_enabled") == "1" {
-        format!("aof on ({})", get(persistence, "aof_last_write_status"))
+/// What Redis's INFO (memory and persistence) says about it, once it
+/// answered.
+fn judge_redis(info: &BTreeMap<String, String>) -> Check {
+    let get = |key: &str| info.get(key).cloned().unwrap_or_else(|| "?".to_owned());
+    let rdb = get("rdb_last_bgsave_status");
+    let aof = if get("aof_enabled") == "1" {
+        format!("aof on ({})", get("aof_last_write_status"))
     } else {
         "aof off".to_owned()
     };
@@ -367,8 +369,8 @@ fn judge_redis(memory: &BTreeMap<String, String>, persistence: &BTreeMap<String,
         "redis",
         healthy,
         format!(
-            "PONG; memory {}; last snapshot {rdb}; {aof}",
-            get(memory, "used_memory_human")
+            "answers; memory {}; last snapshot {rdb}; {aof}",
+            get("used_memory_human")
         ),
     )
 }
@@ -613,21 +615,29 @@ mod tests {
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect()
         };
-        let memory = map(&[("used_memory_human", "1.2M")]);
-        let check = judge_redis(&memory, &map(&[("rdb_last_bgsave_status", "ok")]));
+        let check = judge_redis(&map(&[
+            ("used_memory_human", "1.2M"),
+            ("rdb_last_bgsave_status", "ok"),
+        ]));
         assert!(check.healthy);
-        assert_eq!(check.detail, "PONG; memory 1.2M; last snapshot ok; aof off");
-        let aof_failed = map(&[
+        assert_eq!(
+            check.detail,
+            "answers; memory 1.2M; last snapshot ok; aof off"
+        );
+        let check = judge_redis(&map(&[
+            ("used_memory_human", "1.2M"),
             ("rdb_last_bgsave_status", "ok"),
             ("aof_enabled", "1"),
             ("aof_last_write_status", "err"),
-        ]);
-        let check = judge_redis(&memory, &aof_failed);
+        ]));
         assert!(!check.healthy);
         assert!(check.detail.ends_with("aof on (err)"), "{}", check.detail);
-        let check = judge_redis(&map(&[]), &map(&[("rdb_last_bgsave_status", "err")]));
+        let check = judge_redis(&map(&[("rdb_last_bgsave_status", "err")]));
         assert!(!check.healthy);
-        assert_eq!(check.detail, "PONG; memory ?; last snapshot err; aof off");
+        assert_eq!(
+            check.detail,
+            "answers; memory ?; last snapshot err; aof off"
+        );
     }
 
     #[test]
