@@ -81,10 +81,7 @@ impl Stack<'_> {
     }
 
     pub fn nginx(&self) -> Nginx<'_> {
-        Nginx {
-            engine: self.engine,
-            container: self.lb_container(),
-        }
+        Nginx::named(self.engine, self.lb_container())
     }
 
     pub async fn containers(&self) -> Result<Vec<Container>> {

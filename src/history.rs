@@ -10,7 +10,7 @@ use crate::nginx::Nginx;
 use crate::output::Printer;
 use crate::stack::{Color, Release};
 
-pub const HISTORY_FILE: &str = "history.json";
+pub use crate::nginx::HISTORY_FILE;
 /// How many entries are kept.
 pub const KEEP: usize = 200;
 

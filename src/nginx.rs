@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use crate::engine::Engine;
+use crate::engine::{Container, Engine, WaitingShell};
 use crate::stack::Color;
 use crate::wait::{self, Limits, Seen};
 
@@ -20,6 +20,12 @@ use crate::wait::{self, Limits, Seen};
 pub const STATE_DIR: &str = "/etc/nginx/cryptus";
 pub const UPSTREAM_FILE: &str = "upstream.conf";
 pub const HTTP_FILE: &str = "http.conf";
+/// The deployment history (see `history`).
+pub const HISTORY_FILE: &str = "history.json";
+/// The replica counts the next deploy of each color starts (see `switch::state`).
+pub const PENDING_FILE: &str = "replicas.json";
+/// What a former start ran (see `recorded`).
+pub const STARTED_FILE: &str = "releases.json";
 /// nginx's main configuration inside its container: the project's `nginx/`
 /// directory is mounted at `/etc/cryptus/nginx`.
 pub const CONF: &str = "/etc/cryptus/nginx/nginx.conf";
@@ -185,17 +191,90 @@ pub fn render_http(settings: &HttpSettings<'_>) -> Result<String> {
     Ok(text)
 }
 
+/// An apply started ahead of its content (see [`Nginx::prepare_apply`]).
+pub struct Prepared {
+    file: String,
+    shell: WaitingShell,
+}
+
 /// The running nginx container of a project, through the engine.
 pub struct Nginx<'a> {
     pub engine: &'a Engine,
     pub container: String,
+    /// nginx's status address on this host, when it runs and publishes one:
+    /// its state files are read there ([`STATE_PATH`]) rather than through
+    /// the engine, whose archive read costs a process in the container.
+    pub status_addr: Option<String>,
 }
+
+/// Where nginx's status server hands out the state files cryptus reads, as
+/// the project's nginx.conf has it; an nginx.conf without it is read through
+/// the engine. The header tells its 404 (no such file) from a missing
+/// location.
+pub const STATE_PATH: &str = "/cryptus/state/";
+const STATE_HEADER: &str = "x-cryptus-state";
+/// The state files nginx.conf's location serves (and no other).
+const SERVED_STATE: [&str; 4] = [UPSTREAM_FILE, HISTORY_FILE, PENDING_FILE, STARTED_FILE];
+
+impl<'a> Nginx<'a> {
+    /// Reaches the container `name` through the engine only.
+    pub fn named(engine: &'a Engine, name: String) -> Nginx<'a> {
+        Nginx {
+            engine,
+            container: name,
+            status_addr: None,
+        }
+    }
+
+    /// Reaches `container`, and its status port when it runs and publishes
+    /// one.
+    pub fn of(engine: &'a Engine, container: &Container) -> Nginx<'a> {
+        Nginx {
+            engine,
+            container: container.name.clone(),
+            status_addr: container
+                .running
+                .then(|| container.published_addr(STATUS_PORT))
+                .flatten(),
+        }
+    }
+}
+
+/// A state file through nginx's status server: `Some(None)` when nginx says
+/// there is no such file, `None` when this nginx does not serve them (an
+/// nginx.conf of the user's own) or does not answer.
+async fn read_served(addr: &str, file: &str) -> Option<Option<String>> {
+    if !SERVED_STATE.contains(&file) {
+        return None;
+    }
+    let url = format!("http://{addr}{STATE_PATH}{file}");
+    let answer = crate::health::client()
+        .get(&url)
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .map_err(|err| tracing::debug!("reading {url}: {err}"))
+        .ok()?;
+    answer.headers().get(STATE_HEADER)?;
+    match answer.status().as_u16() {
+        200 => answer.text().await.ok().map(Some),
+        404 => Some(None),
+        code => {
+            tracing::debug!("{url} answered {code}");
+            None
+        }
+    }
+}
+
+/// The line that ends [`APPLY_SCRIPT`]'s input: without it (the caller gave
+/// up and closed stdin) nothing is changed.
+const APPLY_END: &str = "# cryptus: end of file";
 
 /// Replaces one file, checks nginx's configuration and reloads, in one exec.
 /// If nginx rejects the configuration the previous file is put back.
 /// Exit 1: rejected (nginx's reason on the output); 3: writing failed;
-/// 4: the reload failed.
-const APPLY_SCRIPT: &str = r#"f="$1"; conf="$2"
+/// 4: the reload failed; 5: the input ended before [`APPLY_END`].
+const APPLY_SCRIPT: &str = r#"f="$1"; conf="$2"; end="$3"
 # nginx's workers: processes named nginx whose parent is the master, PID 1.
 # Shell builtins only: this runs inside the switch.
 workers() {
@@ -206,7 +285,17 @@ workers() {
     [ "$2" = 1 ] && echo "${p#/proc/}"
   done
 }
-cat > "$f.next" || exit 3
+# Read with builtins, into memory, up to the end line: the script may wait
+# here, started ahead of the switch (another cryptus may hold the lock
+# meanwhile), so nothing is touched before the input is whole.
+whole=0; text=""
+while IFS= read -r line; do
+  [ "$line" = "$end" ] && { whole=1; break; }
+  text="$text$line
+"
+done
+[ $whole = 1 ] || exit 5
+printf '%s' "$text" > "$f.next" || exit 3
 if [ -e "$f" ]; then cp -p "$f" "$f.prev" || exit 3; else rm -f "$f.prev"; fi
 mv -f "$f.next" "$f" || exit 3
 if ! nginx -t -q -c "$conf" 2>&1; then
@@ -241,7 +330,15 @@ done
 exit 0"#;
 
 impl Nginx<'_> {
+    /// A state file's text, `None` when there is none: through nginx's
+    /// status server when it serves it, else through the engine (nginx
+    /// running or not).
     pub async fn read(&self, file: &str) -> Result<Option<String>> {
+        if let Some(addr) = &self.status_addr
+            && let Some(text) = read_served(addr, file).await
+        {
+            return Ok(text);
+        }
         let path = format!("{STATE_DIR}/{file}");
         Ok(self
             .engine
@@ -336,18 +433,67 @@ impl Nginx<'_> {
     /// is reloaded. One file goes in one exec; more, or an image without a
     /// shell, take one engine call per stage.
     pub async fn apply(&self, files: &[(&str, &str)]) -> Result<()> {
+        self.apply_with(files, None).await
+    }
+
+    /// Starts the exec that will apply `file`, to wait for its content:
+    /// [`Nginx::apply_with`] then costs no process start. `None` when it
+    /// cannot start (the apply then starts its own).
+    pub async fn prepare_apply(&self, file: &str) -> Option<Prepared> {
+        let path = format!("{STATE_DIR}/{file}");
+        let args = [path.as_str(), CONF, APPLY_END];
+        match self
+            .engine
+            .shell_waiting(&self.container, APPLY_SCRIPT, &args)
+            .await
+        {
+            Ok(shell) => Some(Prepared {
+                file: file.to_owned(),
+                shell,
+            }),
+            Err(err) => {
+                tracing::debug!("preparing to apply {path}: {err:#}");
+                None
+            }
+        }
+    }
+
+    /// [`Nginx::apply`], through `prepared` when it was made for the one
+    /// file given; an exec that broke meanwhile is replaced by a new one
+    /// (applying the same file twice changes nothing more).
+    pub async fn apply_with(
+        &self,
+        files: &[(&str, &str)],
+        prepared: Option<Prepared>,
+    ) -> Result<()> {
         if let [(name, text)] = files {
             let path = format!("{STATE_DIR}/{name}");
             let began = std::time::Instant::now();
-            let applied = self
-                .engine
-                .shell(
-                    &self.container,
-                    APPLY_SCRIPT,
-                    &[&path, CONF],
-                    text.as_bytes(),
-                )
-                .await?;
+            let mut input = text.to_string();
+            if !input.ends_with('\n') {
+                input.push('\n');
+            }
+            input.push_str(APPLY_END);
+            input.push('\n');
+            let prepared = prepared.filter(|p| p.file == *name);
+            let through_prepared = match prepared {
+                Some(prepared) => prepared
+                    .shell
+                    .finish(input.as_bytes())
+                    .await
+                    .map_err(|err| tracing::debug!("the prepared apply of {path}: {err:#}"))
+                    .ok(),
+                None => None,
+            };
+            let applied = match through_prepared {
+                Some(applied) => applied,
+                None => {
+                    let args = [path.as_str(), CONF, APPLY_END];
+                    self.engine
+                        .shell(&self.container, APPLY_SCRIPT, &args, input.as_bytes())
+                        .await?
+                }
+            };
             tracing::debug!(
                 "{path} written, checked and reloaded in {:?}",
                 began.elapsed()
@@ -569,5 +715,84 @@ mod tests {
         assert!(!has_keepalive_min_timeout("1.27.3"));
         assert!(!has_keepalive_min_timeout("1.22.1"));
         assert!(!has_keepalive_min_timeout("mainline"));
+    }
+
+    /// Starts [`APPLY_SCRIPT`] with this host's `sh`, an `nginx` that passes
+    /// every test and reload in PATH, its stdin open.
+    fn start_apply(dir: &std::path::Path) -> std::process::Child {
+        use std::os::unix::fs::PermissionsExt;
+        let bin = dir.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::write(bin.join("nginx"), "#!/bin/sh\nexit 0\n").unwrap();
+        std::fs::set_permissions(bin.join("nginx"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+        std::process::Command::new("sh")
+            .args(["-c", APPLY_SCRIPT, "sh"])
+            .arg(dir.join("upstream.conf"))
+            .args(["/dev/null", APPLY_END])
+            .env("PATH", path)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Feeds `input` to a started apply and closes its stdin: its exit code.
+    fn finish_apply(mut child: std::process::Child, input: &[u8]) -> i32 {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        child.wait().unwrap().code().unwrap()
+    }
+
+    fn run_apply(dir: &std::path::Path, input: &[u8]) -> i32 {
+        finish_apply(start_apply(dir), input)
+    }
+
+    fn names_in(dir: &std::path::Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn the_apply_writes_the_file_byte_for_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "# a\n  server x:3000;  \n\\n and $var\n\n-n\n";
+        let input = format!("{text}{APPLY_END}\n");
+        assert_eq!(run_apply(dir.path(), input.as_bytes()), 0);
+        let written = std::fs::read_to_string(dir.path().join("upstream.conf")).unwrap();
+        assert_eq!(written, text);
+    }
+
+    /// A prepared apply waits for its input while another cryptus may hold
+    /// the lock and apply: while it waits, and once given up (stdin closed
+    /// early), it touches nothing.
+    #[test]
+    fn a_waiting_apply_touches_nothing_until_its_input_is_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("upstream.conf"), "before\n").unwrap();
+        let waiting = start_apply(dir.path());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert_eq!(names_in(dir.path()), ["bin", "upstream.conf"]);
+        // Another apply runs whole meanwhile.
+        let input = format!("other\n{APPLY_END}\n");
+        assert_eq!(run_apply(dir.path(), input.as_bytes()), 0);
+        assert_eq!(
+            names_in(dir.path()),
+            ["bin", "upstream.conf", "upstream.conf.prev"]
+        );
+        assert_eq!(finish_apply(waiting, b"half of a fi"), 5);
+        assert_eq!(run_apply(dir.path(), b"a whole line\n"), 5);
+        assert_eq!(run_apply(dir.path(), b""), 5);
+        assert_eq!(
+            names_in(dir.path()),
+            ["bin", "upstream.conf", "upstream.conf.prev"]
+        );
+        let kept = std::fs::read_to_string(dir.path().join("upstream.conf")).unwrap();
+        assert_eq!(kept, "other\n");
     }
 }

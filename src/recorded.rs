@@ -14,7 +14,7 @@ use crate::stack::{Color, Release};
 
 /// The releases `start` created, by color: what a color ran when no deploy
 /// has recorded it yet (a stack that was only ever started).
-pub const STARTED_FILE: &str = "releases.json";
+pub use crate::nginx::STARTED_FILE;
 
 /// nginx's upstream file, as read from the state volume.
 #[derive(Clone, Debug, PartialEq)]

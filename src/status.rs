@@ -113,9 +113,9 @@ struct FromNginx {
 async fn ask_nginx(engine: &Engine, project: &Project, containers: &[Container]) -> FromNginx {
     let lb_name = container_name(&project.name, LB_SERVICE, 1);
     let lb = containers.iter().find(|c| c.name == lb_name);
-    let nginx = Nginx {
-        engine,
-        container: lb_name.clone(),
+    let nginx = match lb {
+        Some(lb) => Nginx::of(engine, lb),
+        None => Nginx::named(engine, lb_name),
     };
     // Every read is independent: ask them all at once.
     let upstream_file = async {

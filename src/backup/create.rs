@@ -174,10 +174,7 @@ async fn nginx_files(
     let mut files = vec![("nginx.conf".to_owned(), read_local(&conf)?, mode_of(&conf)?)];
     let mut state = Vec::new();
     if let Some(lb) = lb {
-        let nginx = Nginx {
-            engine,
-            container: lb.name.clone(),
-        };
+        let nginx = Nginx::named(engine, lb.name.clone());
         for name in [nginx::UPSTREAM_FILE, nginx::HTTP_FILE] {
             if let Some(text) = nginx.read(name).await? {
                 files.push((format!("cryptus/{name}"), text.into_bytes(), 0o644));

@@ -683,10 +683,7 @@ async fn restore_nginx(
     contents: &Contents,
     staged: &Staged,
 ) -> Result<Vec<String>> {
-    let nginx = Nginx {
-        engine,
-        container: lb.name.clone(),
-    };
+    let nginx = Nginx::named(engine, lb.name.clone());
     let texts: Vec<(String, String)> = contents
         .state
         .iter()

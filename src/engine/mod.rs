@@ -587,9 +587,49 @@ impl Engine {
         let mut command = vec!["sh", "-c", script, "sh"];
         command.extend_from_slice(args);
         let output = self.exec_as(container, &command, Some(input), user).await?;
-        let missing = (output.code == 126 || output.code == 127)
-            && format!("{}{}", output.stdout, output.stderr).contains("executable file not found");
-        Ok(if missing { None } else { Some(output) })
+        Ok(unless_no_shell(output))
+    }
+
+    /// Starts a script with `sh` in a running container, as [`Engine::shell`]
+    /// does, but holds back its stdin: the script runs up to its first read
+    /// and waits there, while the caller does other work. Starting a process
+    /// in a container is most of an exec's cost; this takes it off the path
+    /// of whatever later feeds the input ([`WaitingShell::finish`]). A script
+    /// run this way must change nothing unless its input arrives whole: a
+    /// caller that gives up drops the shell, which closes its stdin.
+    pub async fn shell_waiting(
+        &self,
+        container: &str,
+        script: &str,
+        args: &[&str],
+    ) -> Result<WaitingShell> {
+        let mut command = vec!["sh", "-c", script, "sh"];
+        command.extend_from_slice(args);
+        let what = format!("starting `sh` in {container}");
+        let options = CreateExecOptions {
+            cmd: Some(command),
+            attach_stdin: Some(true),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_exec(container, options)
+            .await
+            .map_err(|err| anyhow!(describe(&err)))
+            .with_context(|| what.clone())?;
+        let started = self
+            .docker
+            .start_exec(&created.id, None)
+            .await
+            .with_context(|| what.clone())?;
+        Ok(WaitingShell {
+            docker: self.docker.clone(),
+            id: created.id,
+            container: container.to_owned(),
+            started,
+        })
     }
 
     /// Writes one file into a running container so that no reader sees half
@@ -1011,6 +1051,43 @@ impl Engine {
                 }),
         }
     }
+}
+
+/// A script started by [`Engine::shell_waiting`], waiting for its input.
+pub struct WaitingShell {
+    docker: Docker,
+    id: String,
+    container: String,
+    started: StartExecResults,
+}
+
+impl WaitingShell {
+    /// Feeds `input`, closes stdin and collects what the script said and
+    /// its exit code; `None` if the image has no shell.
+    pub async fn finish(self, input: &[u8]) -> Result<Option<ExecOutput>> {
+        let what = || format!("running `sh` in {}", self.container);
+        let (stdout, stderr) = exchange(self.started, Some(input))
+            .await
+            .with_context(what)?;
+        let inspected = self
+            .docker
+            .inspect_exec(&self.id)
+            .await
+            .with_context(what)?;
+        let output = ExecOutput {
+            code: inspected.exit_code.unwrap_or(-1),
+            stdout,
+            stderr,
+        };
+        Ok(unless_no_shell(output))
+    }
+}
+
+/// A shell's output, or `None` when the image has no `sh` to run it.
+fn unless_no_shell(output: ExecOutput) -> Option<ExecOutput> {
+    let missing = (output.code == 126 || output.code == 127)
+        && format!("{}{}", output.stdout, output.stderr).contains("executable file not found");
+    (!missing).then_some(output)
 }
 
 /// Feeds `input` to a started exec, closing its stdin after, and collects

@@ -105,6 +105,7 @@ pub async fn run(stack: &Stack<'_>, ask: Ask, settings: &Settings) -> Result<Rep
     crate::interrupt::catch();
     ask.check()?;
     let lb = state::lb(stack).await?;
+    let pending = upstream::Pending::start(stack.engine, lb.container.name.clone());
     let mut steps = Steps::new(stack.printer);
     let lock = steps
         .run(
@@ -115,7 +116,7 @@ pub async fn run(stack: &Stack<'_>, ask: Ask, settings: &Settings) -> Result<Rep
         .await?;
     // The lock is held until the old color has stopped: a rollback that
     // started meanwhile would start that color while this one stops it.
-    let result = locked(stack, ask, settings, lb, &mut steps, began).await;
+    let result = locked(stack, ask, settings, (lb, pending), &mut steps, began).await;
     super::unlock(stack, lock).await;
     result
 }
@@ -124,7 +125,7 @@ async fn locked(
     stack: &Stack<'_>,
     ask: Ask,
     settings: &Settings,
-    lb: Lb,
+    (lb, pending): (Lb, upstream::Pending),
     steps: &mut Steps<'_>,
     began: Instant,
 ) -> Result<Report> {
@@ -141,6 +142,7 @@ async fn locked(
     let from = side(&observed, observed.active)?;
     let mut switch = Switch::new(stack, settings, lb, client, operation, from, &observed);
     switch.containers = containers;
+    switch.prepared = Some(pending);
     let plan = match planned {
         Ok(plan) => plan,
         Err(err) => return switch.fail_before_flip(steps, began, err).await,
@@ -311,6 +313,8 @@ struct Switch<'s> {
     runner: Runner<'s>,
     /// nginx workers from before the last reload, still to drain.
     old_workers: Vec<String>,
+    /// The exec that applies the flip's upstream, started ahead.
+    prepared: Option<upstream::Pending>,
     /// Seconds from the first start call until every new container answered healthy.
     readiness: Option<f64>,
     /// When nginx began to serve the new color.
@@ -356,6 +360,7 @@ impl<'s> Switch<'s> {
             containers: Vec::new(),
             runner: Runner::new(stack, settings.drain),
             old_workers: Vec::new(),
+            prepared: None,
             readiness: None,
             switched_at: None,
             upstream_touched: false,
@@ -486,7 +491,11 @@ impl<'s> Switch<'s> {
             self.old_workers = nginx.workers().await?;
         }
         self.upstream_touched = true;
-        upstream.apply(&nginx, &[]).await?;
+        let prepared = match self.prepared.take() {
+            Some(pending) => pending.take().await,
+            None => None,
+        };
+        upstream.apply_prepared(&nginx, prepared).await?;
         let served = WaitFor::Served {
             status_addr: &self.lb.status_addr,
             color,

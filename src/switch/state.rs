@@ -21,7 +21,7 @@ use crate::stack::{Color, Release, VERSION_LABEL};
 use super::plan::{Observed, Recorded, Replica};
 
 /// Counts recorded for the next deploy into a color.
-pub const PENDING_FILE: &str = "replicas.json";
+pub use crate::nginx::PENDING_FILE;
 
 /// The running load balancer and where this host reaches it.
 pub struct Lb {
@@ -112,7 +112,7 @@ pub async fn read(
     client: &reqwest::Client,
     rollback: bool,
 ) -> Result<(Observed, Vec<Container>)> {
-    let nginx = stack.nginx();
+    let nginx = Nginx::of(stack.engine, &lb.container);
     let (active, containers, pending) = tokio::join!(
         nginx::served_color(client, &lb.status_addr),
         stack.containers(),

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::nginx::{self, Nginx};
+use crate::engine::Engine;
+use crate::nginx::{self, Nginx, Prepared};
 use crate::output::Printer;
 use crate::stack::{APP_PORT, Color};
 
@@ -44,6 +45,16 @@ impl Upstream {
         nginx.apply(&self.files(with)).await
     }
 
+    /// [`Upstream::apply`] alone, through an exec started ahead of it by
+    /// [`prepare`].
+    pub async fn apply_prepared(
+        &self,
+        nginx: &Nginx<'_>,
+        prepared: Option<Prepared>,
+    ) -> Result<()> {
+        nginx.apply_with(&self.files(&[]), prepared).await
+    }
+
     /// Writes it for an nginx that is not running: nothing reads the files
     /// until it starts.
     pub async fn install(&self, nginx: &Nginx<'_>, with: &[(&str, &str)]) -> Result<()> {
@@ -53,6 +64,34 @@ impl Upstream {
     /// Whether nginx's file already says this.
     pub async fn is_current(&self, nginx: &Nginx<'_>) -> Result<bool> {
         Ok(nginx.read(nginx::UPSTREAM_FILE).await?.as_deref() == Some(self.text.as_str()))
+    }
+}
+
+/// The exec that will apply the next upstream, started in the background
+/// as the switch begins, so that the flip waits for no process to start in
+/// nginx's container. Dropped unused (the switch failed before its flip),
+/// it is stopped, and the exec, its input never whole, changes nothing.
+pub struct Pending(tokio::task::JoinHandle<Option<Prepared>>);
+
+impl Pending {
+    pub fn start(engine: &Engine, container: String) -> Pending {
+        let engine = engine.clone();
+        Pending(tokio::spawn(async move {
+            Nginx::named(&engine, container)
+                .prepare_apply(nginx::UPSTREAM_FILE)
+                .await
+        }))
+    }
+
+    /// The prepared exec, once it started; `None` if it could not.
+    pub async fn take(mut self) -> Option<Prepared> {
+        (&mut self.0).await.ok().flatten()
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
