@@ -478,11 +478,26 @@ impl Engine {
         input: Option<&[u8]>,
         user: Option<&str>,
     ) -> Result<ExecOutput> {
+        self.start_exec(container, command, input.is_some(), user)
+            .await?
+            .output(input)
+            .await
+    }
+
+    /// Creates and starts an exec whose output is attached, and its stdin
+    /// when `stdin`.
+    async fn start_exec(
+        &self,
+        container: &str,
+        command: &[&str],
+        stdin: bool,
+        user: Option<&str>,
+    ) -> Result<WaitingShell> {
         let what = || format!("running `{}` in {container}", command.join(" "));
         let options = CreateExecOptions {
             cmd: Some(command.to_vec()),
             user,
-            attach_stdin: Some(input.is_some()),
+            attach_stdin: Some(stdin),
             attach_stdout: Some(true),
             attach_stderr: Some(true),
             ..Default::default()
@@ -498,16 +513,11 @@ impl Engine {
             .start_exec(&created.id, None)
             .await
             .with_context(what)?;
-        let (stdout, stderr) = exchange(started, input).await.with_context(what)?;
-        let inspected = self
-            .docker
-            .inspect_exec(&created.id)
-            .await
-            .with_context(what)?;
-        Ok(ExecOutput {
-            code: inspected.exit_code.unwrap_or(-1),
-            stdout,
-            stderr,
+        Ok(WaitingShell {
+            docker: self.docker.clone(),
+            id: created.id,
+            what: what(),
+            started,
         })
     }
 
@@ -605,31 +615,7 @@ impl Engine {
     ) -> Result<WaitingShell> {
         let mut command = vec!["sh", "-c", script, "sh"];
         command.extend_from_slice(args);
-        let what = format!("starting `sh` in {container}");
-        let options = CreateExecOptions {
-            cmd: Some(command),
-            attach_stdin: Some(true),
-            attach_stdout: Some(true),
-            attach_stderr: Some(true),
-            ..Default::default()
-        };
-        let created = self
-            .docker
-            .create_exec(container, options)
-            .await
-            .map_err(|err| anyhow!(describe(&err)))
-            .with_context(|| what.clone())?;
-        let started = self
-            .docker
-            .start_exec(&created.id, None)
-            .await
-            .with_context(|| what.clone())?;
-        Ok(WaitingShell {
-            docker: self.docker.clone(),
-            id: created.id,
-            container: container.to_owned(),
-            started,
-        })
+        self.start_exec(container, &command, true, None).await
     }
 
     /// Writes one file into a running container so that no reader sees half
@@ -1053,11 +1039,12 @@ impl Engine {
     }
 }
 
-/// A script started by [`Engine::shell_waiting`], waiting for its input.
+/// A started exec, waiting for its input (see [`Engine::shell_waiting`]).
 pub struct WaitingShell {
     docker: Docker,
     id: String,
-    container: String,
+    /// What it runs where, for errors.
+    what: String,
     started: StartExecResults,
 }
 
@@ -1065,21 +1052,24 @@ impl WaitingShell {
     /// Feeds `input`, closes stdin and collects what the script said and
     /// its exit code; `None` if the image has no shell.
     pub async fn finish(self, input: &[u8]) -> Result<Option<ExecOutput>> {
-        let what = || format!("running `sh` in {}", self.container);
-        let (stdout, stderr) = exchange(self.started, Some(input))
+        Ok(unless_no_shell(self.output(Some(input)).await?))
+    }
+
+    async fn output(self, input: Option<&[u8]>) -> Result<ExecOutput> {
+        let what = self.what;
+        let (stdout, stderr) = exchange(self.started, input)
             .await
-            .with_context(what)?;
+            .with_context(|| what.clone())?;
         let inspected = self
             .docker
             .inspect_exec(&self.id)
             .await
-            .with_context(what)?;
-        let output = ExecOutput {
+            .with_context(|| what.clone())?;
+        Ok(ExecOutput {
             code: inspected.exit_code.unwrap_or(-1),
             stdout,
             stderr,
-        };
-        Ok(unless_no_shell(output))
+        })
     }
 }
 
