@@ -64,9 +64,10 @@ impl<'s> Runner<'s> {
             .iter()
             .filter(|c| plan.replace.contains(&c.name))
             .collect();
-        self.replace(plan.target, &replaced).await?;
+        self.stop_replaced(plan.target, &replaced).await?;
         crate::interrupt::check()?;
-        self.create(plan.target, &plan.start, release).await
+        self.create(plan.target, &plan.start, &replaced, release)
+            .await
     }
 
     /// Starts stopped containers as they are, all at once; each one that
@@ -95,11 +96,10 @@ impl<'s> Runner<'s> {
             .collect())
     }
 
-    /// Removes the containers a plan replaces. A running one may have
-    /// requests in flight from nginx's old workers (an earlier run was
-    /// killed before its drain): those finish, it stops gracefully, then it
-    /// goes.
-    async fn replace(&self, color: Color, replaced: &[&Container]) -> Result<()> {
+    /// Stops the running containers a plan replaces: they may have requests
+    /// in flight from nginx's old workers (an earlier run was killed before
+    /// its drain), which finish first; then each stops gracefully.
+    async fn stop_replaced(&self, color: Color, replaced: &[&Container]) -> Result<()> {
         if replaced.iter().any(|c| c.running) {
             let busy = crate::interrupt::or_interrupted(
                 self.stack.nginx().drain_shutting_down(self.drain),
@@ -117,18 +117,23 @@ impl<'s> Runner<'s> {
                 .collect();
             self.stop(&running).await;
         }
-        let engine = self.stack.engine;
-        join_all(replaced.iter().map(|c| engine.remove(&c.id, true)))
-            .await
-            .into_iter()
-            .collect()
+        Ok(())
     }
 
     /// Makes the containers `names` of `color` from the compose service with
-    /// `release`, and starts them. Their host files are written one after
-    /// the other (two containers may share one); the engine creates and
-    /// starts them all at once, so many replicas cost about what one does.
-    async fn create(&mut self, color: Color, names: &[String], release: &Release) -> Result<()> {
+    /// `release`, and starts them, once the `replaced` containers (stopped)
+    /// are removed. Their host files are written one after the other (two
+    /// containers may share one); then each replica, all at once, has its
+    /// old container removed, is made and starts, so that many replicas cost
+    /// about what one does and the first starts without waiting for the
+    /// rest.
+    async fn create(
+        &mut self,
+        color: Color,
+        names: &[String],
+        replaced: &[&Container],
+        release: &Release,
+    ) -> Result<()> {
         let (stack, service_name) = (self.stack, color.service());
         let service = stack
             .compose
@@ -153,17 +158,26 @@ impl<'s> Runner<'s> {
         // Each container starts as soon as it is made: later ones are made
         // while earlier ones start.
         let (engine, first_start) = (stack.engine, OnceLock::new());
-        let outcomes = join_all(specs.iter().map(|spec| {
-            let first_start = &first_start;
-            async move {
-                if let Err(err) = engine.create_container(spec).await {
-                    return (false, Err(err));
+        let old_id = |name: &str| replaced.iter().find(|c| c.name == name).map(|c| &c.id);
+        let others = replaced.iter().filter(|c| !names.contains(&c.name));
+        let (outcomes, removed) = tokio::join!(
+            join_all(specs.iter().map(|spec| {
+                let (first_start, old) = (&first_start, old_id(&spec.name));
+                async move {
+                    if let Some(id) = old
+                        && let Err(err) = engine.remove(id, true).await
+                    {
+                        return (false, Err(err));
+                    }
+                    if let Err(err) = engine.create_container(spec).await {
+                        return (false, Err(err));
+                    }
+                    first_start.get_or_init(Instant::now);
+                    (true, engine.start(&spec.name).await)
                 }
-                first_start.get_or_init(Instant::now);
-                (true, engine.start(&spec.name).await)
-            }
-        }))
-        .await;
+            })),
+            join_all(others.map(|c| engine.remove(&c.id, true)))
+        );
         if let Some(first) = first_start.into_inner() {
             self.start_called.get_or_insert(first);
         }
@@ -172,6 +186,11 @@ impl<'s> Runner<'s> {
             if created {
                 self.created.push(spec.name.clone());
             }
+            if let Err(err) = result {
+                first_error.get_or_insert(err);
+            }
+        }
+        for result in removed {
             if let Err(err) = result {
                 first_error.get_or_insert(err);
             }
