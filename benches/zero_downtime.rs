@@ -28,6 +28,8 @@
 //! (`zero_downtime/picture.rs`).
 
 // Under zero_downtime/ so that cargo does not take them for benches of their own.
+#[path = "zero_downtime/floors.rs"]
+mod floors;
 #[path = "zero_downtime/picture.rs"]
 mod picture;
 mod results;
@@ -759,6 +761,8 @@ async fn bench(args: &Args) -> Result<(Value, bool), String> {
     let cryptus_began = since(Instant::now());
     let mut flips = Vec::new();
     let mut status_ms = Vec::new();
+    let mut health_ms = Vec::new();
+    let mut floors = floors::Floors::default();
     for cycle in 0..args.cycles {
         let version = format!("1.{cycle}.0");
         let warm = cycle % 2 == 0;
@@ -794,6 +798,13 @@ async fn bench(args: &Args) -> Result<(Value, bool), String> {
             "cryptus status",
         )?;
         status_ms.push(began.elapsed().as_secs_f64() * 1000.0);
+        let began = Instant::now();
+        run_ok(
+            project.run_async(&["health", "--json"]).await,
+            "cryptus health",
+        )?;
+        health_ms.push(began.elapsed().as_secs_f64() * 1000.0);
+        floors.measure(&project.name).await?;
         eprintln!("cryptus cycle {}/{} done", cycle + 1, args.cycles);
     }
     let cryptus_ended = since(Instant::now());
@@ -868,6 +879,8 @@ async fn bench(args: &Args) -> Result<(Value, bool), String> {
     seed.wrk = baseline_wrk;
     let ratio = |a: f64, b: f64| if b > 0.0 { round3(a / b) } else { 0.0 };
     let status_p50 = round3(median(status_ms));
+    let health_p50 = round3(median(health_ms));
+    let floor = floors.medians();
     let targets = json!({
         "no_failed_request": cryptus.failed == 0,
         "no_failed_post": cryptus.failed_posts == 0,
@@ -880,6 +893,10 @@ async fn bench(args: &Args) -> Result<(Value, bool), String> {
         "median_overhead_at_most_300ms": cryptus.overhead_seconds <= 0.3,
         "median_warm_rollback_at_most_1s": cryptus.rollback_warm_seconds.is_some_and(|s| s <= 1.0),
         "overhead_5x_lower_than_baseline": cryptus.overhead_seconds * 5.0 <= seed.overhead_seconds,
+        "median_overhead_at_most_100ms": cryptus.overhead_seconds <= 0.1,
+        "median_warm_rollback_at_most_100ms": cryptus.rollback_warm_seconds.is_some_and(|s| s <= 0.1),
+        "status_at_most_50ms": status_p50 <= 50.0,
+        "health_at_most_150ms": health_p50 <= 150.0,
     });
     // Failed requests of every kind of client count (failed POSTs among
     // them), and wrk's; stale keep-alive closes only with --strict, until
@@ -901,6 +918,8 @@ async fn bench(args: &Args) -> Result<(Value, bool), String> {
         "nginx": nginx,
         "keepalive_min_timeout": keepalive_min_timeout,
         "cryptus_status_ms_p50": status_p50,
+        "cryptus_health_ms_p50": health_p50,
+        "engine_floor": floor,
         "cryptus": cryptus,
         "baseline": seed,
         "ratio_cryptus_to_baseline": {
@@ -1119,6 +1138,12 @@ fn table(d: &Value) -> String {
             "-".to_owned(),
             String::new(),
         ),
+        (
+            "`cryptus health` (median)",
+            format!("{} ms", d["cryptus_health_ms_p50"]),
+            "-".to_owned(),
+            String::new(),
+        ),
     ];
     let mut out = format!(
         "zero-downtime benchmark: {} cycles of deploy + rollback ({} flips each way), nginx {}, keepalive_min_timeout {}\nmachine: {}; Docker Engine {}\n\n",
@@ -1162,6 +1187,21 @@ fn table(d: &Value) -> String {
         out.push_str(&format!(
             "\ncryptus steps, median seconds: {}\n",
             line.join(", ")
+        ));
+    }
+    if let Ok(floor) = serde_json::from_value::<floors::Medians>(d["engine_floor"].clone()) {
+        let overhead_ms = c["overhead_seconds"].as_f64().unwrap_or(0.0) * 1000.0;
+        out.push_str(&format!(
+            "\nthe engine's floor on this machine, median of {} (benches/zero_downtime/floors.rs): \
+             deploy lock created and removed {} ms, exec of `true` in nginx {} ms, exec of `nginx -t` {} ms; \
+             no switch goes below lock + `nginx -t` = {} ms; cryptus's median overhead is {:.0} ms, {:.2}x that\n",
+            floor.samples,
+            floor.lock_ms,
+            floor.exec_ms,
+            floor.nginx_test_ms,
+            floor.floor_ms,
+            overhead_ms,
+            if floor.floor_ms > 0.0 { overhead_ms / floor.floor_ms } else { 0.0 },
         ));
     }
     if let Ok(section) = serde_json::from_value::<scaling::Scaling>(d["scaling"].clone()) {

@@ -1,0 +1,111 @@
+//! What the engine itself costs on this machine, measured in the same run as
+//! the switches and through cryptus's own engine code: the floor under a
+//! switch's overhead. No switch takes less than its lock (a container
+//! created, and removed at the end) and one exec in nginx's container that
+//! runs `nginx -t` before the reload; the bare exec (`true`) shows what
+//! starting any process there costs.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use cryptus::engine::{ContainerSpec, Engine};
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds of each engine operation, one sample per measurement.
+#[derive(Default)]
+pub struct Floors {
+    lock: Vec<f64>,
+    exec: Vec<f64>,
+    nginx_test: Vec<f64>,
+}
+
+/// The medians, and their sum: the switch's floor.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct Medians {
+    /// A never-started container created, then removed (the deploy lock).
+    pub lock_ms: f64,
+    /// `true` run in nginx's container through an exec.
+    pub exec_ms: f64,
+    /// `nginx -t` run in nginx's container through an exec.
+    pub nginx_test_ms: f64,
+    /// lock + `nginx -t`: what no switch can go below on this engine.
+    pub floor_ms: f64,
+    pub samples: usize,
+}
+
+impl Floors {
+    /// One sample of each, against the project's nginx.
+    pub async fn measure(&mut self, project: &str) -> Result<(), String> {
+        let engine = Engine::connect().await.map_err(|e| format!("{e:#}"))?;
+        let nginx = format!("{project}-nginx-1");
+        let timed = Instant::now();
+        let spec = ContainerSpec {
+            name: format!("{project}-floor-lock"),
+            image: crate::support::app_image(),
+            labels: BTreeMap::from([("com.docker.compose.project".to_owned(), project.to_owned())]),
+            command: Some(vec!["floor".to_owned()]),
+            ..Default::default()
+        };
+        let id = engine
+            .create_container_exclusive(&spec)
+            .await
+            .map_err(|e| format!("{e:#}"))?
+            .ok_or("the floor's lock container already exists")?;
+        engine
+            .remove(&id, true)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        self.lock.push(ms(timed));
+        for (command, samples) in [
+            (vec!["true"], &mut self.exec),
+            (
+                vec!["nginx", "-t", "-q", "-c", cryptus::nginx::CONF],
+                &mut self.nginx_test,
+            ),
+        ] {
+            let timed = Instant::now();
+            let output = engine
+                .exec(&nginx, &command)
+                .await
+                .map_err(|e| format!("{e:#}"))?;
+            if output.code != 0 {
+                return Err(format!(
+                    "`{}` in {nginx} exited {}",
+                    command.join(" "),
+                    output.code
+                ));
+            }
+            samples.push(ms(timed));
+        }
+        Ok(())
+    }
+
+    pub fn medians(self) -> Option<Medians> {
+        let samples = self.lock.len();
+        let (lock_ms, exec_ms, nginx_test_ms) = (
+            median(self.lock)?,
+            median(self.exec)?,
+            median(self.nginx_test)?,
+        );
+        Some(Medians {
+            lock_ms,
+            exec_ms,
+            nginx_test_ms,
+            floor_ms: round(lock_ms + nginx_test_ms),
+            samples,
+        })
+    }
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1000.0
+}
+
+fn round(value: f64) -> f64 {
+    (value * 10.0).round() / 10.0
+}
+
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().map(round)
+}
