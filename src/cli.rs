@@ -246,6 +246,24 @@ pub enum Command {
         #[arg(long, default_value = "10m", value_parser = wait, value_name = "DUR")]
         lock_wait: Duration,
     },
+    /// Print the shell completion script for SHELL on stdout.
+    ///
+    /// bash: `cryptus completions bash > /etc/bash_completion.d/cryptus`;
+    /// see docs/shell.md for zsh, fish, elvish and PowerShell.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) on stdout, or write one page per command
+    /// into a directory.
+    ///
+    /// `cryptus man | gzip > /usr/local/share/man/man1/cryptus.1.gz`.
+    Man {
+        /// Write cryptus.1 and cryptus-COMMAND.1 for each command into DIR,
+        /// each file atomically, instead of printing.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
 }
 
 /// Options shared by deploy, rollback and scale.
