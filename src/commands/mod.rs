@@ -6,6 +6,7 @@ mod completions;
 mod config;
 mod deploy;
 mod health;
+mod history;
 mod init;
 mod logs;
 mod man;
@@ -139,6 +140,20 @@ pub async fn run(cli: Cli, printer: &Printer) -> Result<u8> {
         } => {
             let options = logs::Options::new(services, follow, tail, since, timestamps);
             logs::run(&project, options, printer).await
+        }
+        Command::History {
+            since,
+            outcome,
+            operation,
+            limit,
+        } => {
+            let options = history::Options {
+                since,
+                outcomes: outcome,
+                operations: operation,
+                limit,
+            };
+            history::run(&project, options, printer).await
         }
         Command::Resources => resources::run(&project, printer).await,
         Command::Config => config::run(&project, printer),
