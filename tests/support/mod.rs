@@ -25,7 +25,7 @@ pub use engine::{dangling_volumes, on_engine, on_engine_at, remove_at, remove_pr
 #[allow(unused_imports)]
 pub use http::{get, get_json, get_with_headers};
 #[allow(unused_imports)]
-pub use project::TestProject;
+pub use project::{TestProject, copy_dir};
 
 use std::process::Output;
 use std::sync::atomic::AtomicU32;
