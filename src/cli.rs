@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{ArgAction, Args, Parser, Subcommand};
 
 use crate::compose::duration;
@@ -258,13 +259,11 @@ pub enum Command {
         /// (2026-01-02T15:04:05Z, from 1970 to now).
         #[arg(long, value_name = "DUR|TIME")]
         since: Option<String>,
-        /// Only entries that ended so: ok, failed or rolled-back (repeat it,
-        /// or separate with commas).
-        #[arg(long, value_name = "OUTCOME", value_delimiter = ',', value_parser = outcome)]
+        /// Only entries that ended so (repeat it, or separate with commas).
+        #[arg(long, value_name = "OUTCOME", value_delimiter = ',', value_parser = outcome())]
         outcome: Vec<Outcome>,
-        /// Only entries of this operation: deploy, rollback, scale or repair
-        /// (repeat it, or separate with commas).
-        #[arg(long, value_name = "OP", value_delimiter = ',', value_parser = operation)]
+        /// Only entries of this operation (repeat it, or separate with commas).
+        #[arg(long, value_name = "OP", value_delimiter = ',', value_parser = operation())]
         operation: Vec<String>,
         /// Only the newest N of the entries that match (1 to 200).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=history::KEEP as i64))]
@@ -346,14 +345,17 @@ pub fn poll(text: &str) -> Result<Duration, String> {
     duration::parse_in(text, &duration::POLL)
 }
 
-/// `history --outcome`: one of the outcomes an entry records.
-pub fn outcome(text: &str) -> Result<Outcome, String> {
-    Outcome::parse(text)
+/// `history --outcome`: one of the outcomes an entry records; listed, so
+/// that the shells complete them and an unknown one is told them.
+pub fn outcome() -> impl TypedValueParser<Value = Outcome> {
+    PossibleValuesParser::new(Outcome::ALL.map(Outcome::as_str))
+        .try_map(|text| Outcome::parse(&text))
 }
 
 /// `history --operation`: one of the operations that record an entry.
-pub fn operation(text: &str) -> Result<String, String> {
-    history::parse_operation(text)
+pub fn operation() -> impl TypedValueParser<Value = String> {
+    PossibleValuesParser::new(history::operation::ALL)
+        .try_map(|text| history::parse_operation(&text))
 }
 
 /// The most lines `logs --tail` asks each container for.

@@ -115,6 +115,10 @@ fn bash_completes_dep_to_deploy() {
 fn bash_completes_flags_and_shells() {
     assert_eq!(bash_completes("cryptus deploy --dry"), ["--dry-run"]);
     assert_eq!(bash_completes("cryptus completions zs"), ["zsh"]);
+    assert_eq!(
+        bash_completes("cryptus history --outcome ro"),
+        ["rolled-back"]
+    );
     let all = bash_completes("cryptus ");
     for command in subcommands() {
         assert!(all.contains(&command), "{command} not offered: {all:?}");

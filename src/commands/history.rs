@@ -70,10 +70,14 @@ pub async fn run(project: &Project, options: Options, printer: &Printer) -> Resu
     };
     let nginx = Nginx::of(&engine, &container);
     let entries = history::read(&nginx).await.map_err(|err| {
-        failed_with_hint(
-            format!("reading the deployment history in {lb}: {err:#}"),
-            "the next deploy keeps an unreadable history aside and starts a new one",
-        )
+        if err.chain().any(|cause| cause.is::<serde_json::Error>()) {
+            failed_with_hint(
+                format!("reading the deployment history in {lb}: {err:#}"),
+                "the next deploy keeps the unreadable history aside and starts a new one",
+            )
+        } else {
+            err.context(format!("reading the deployment history in {lb}"))
+        }
     })?;
     let selected = filter.select(&entries);
     if printer.json() {
