@@ -116,6 +116,10 @@ fn history_lists_deploys_and_rollbacks_in_order_and_filters_them() {
         "{}",
         stderr(&output)
     );
+
+    // A stopped stack still has its history: read through the engine.
+    project.ok(&["stop"]);
+    assert_eq!(entries(&project, &[]).len(), 3);
 }
 
 #[test]
