@@ -33,7 +33,8 @@ fn text(value: &serde_yaml::Value) -> String {
 }
 
 /// Where a job runs: a fresh checkout of the project's files, with nothing
-/// left by an earlier job.
+/// left by an earlier job, and the stack's settings (images, ports) in
+/// `compose/.env`, as the host keeps them.
 struct Workspace {
     dir: tempfile::TempDir,
 }
@@ -44,6 +45,12 @@ impl Workspace {
         for sub in ["compose", "nginx", "monitoring"] {
             copy_dir(&project.path().join(sub), &dir.path().join(sub));
         }
+        let settings: String = project
+            .env
+            .iter()
+            .map(|(key, value)| format!("{key}={value}\n"))
+            .collect();
+        std::fs::write(dir.path().join("compose/.env"), settings).unwrap();
         Workspace { dir }
     }
 
@@ -54,7 +61,7 @@ impl Workspace {
 
 /// The job's environment: the recipe's variables, with the values the CI
 /// provider fills in (the project, the commit's image and version), and
-/// what the stack's `.env` would hold on the host (images, ports).
+/// cryptus on the PATH.
 fn job_env(
     project: &TestProject,
     declared: &serde_yaml::Value,
@@ -64,7 +71,7 @@ fn job_env(
     names.sort();
     // A variable the harness does not fill would be ignored silently.
     assert_eq!(names, ["CRYPTUS_PROJECT", "IMAGE", "VERSION"]);
-    let mut env: BTreeMap<String, String> = project.env.iter().cloned().collect();
+    let mut env = BTreeMap::new();
     env.insert("CRYPTUS_PROJECT".into(), project.name.clone());
     env.insert("IMAGE".into(), app_image());
     env.insert("VERSION".into(), version.into());
@@ -86,6 +93,12 @@ fn shell(workspace: &Workspace, env: &BTreeMap<String, String>, script: &str) ->
         .current_dir(workspace.path());
     for name in [
         "CRYPTUS_PROJECT",
+        "NGINX_IMAGE",
+        "REDIS_IMAGE",
+        "CRYPTUS_IMAGE",
+        "CRYPTUS_BIND",
+        "CRYPTUS_HTTP_PORT",
+        "CRYPTUS_HTTPS_PORT",
         "COMPOSE_FILE",
         "COMPOSE_PROFILES",
         "RUST_LOG",
