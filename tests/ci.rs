@@ -91,18 +91,7 @@ fn shell(workspace: &Workspace, env: &BTreeMap<String, String>, script: &str) ->
     let mut bash = Command::new("bash");
     bash.args(["--noprofile", "--norc", "-eo", "pipefail", "-c", script])
         .current_dir(workspace.path());
-    for name in [
-        "CRYPTUS_PROJECT",
-        "NGINX_IMAGE",
-        "REDIS_IMAGE",
-        "CRYPTUS_IMAGE",
-        "CRYPTUS_BIND",
-        "CRYPTUS_HTTP_PORT",
-        "CRYPTUS_HTTPS_PORT",
-        "COMPOSE_FILE",
-        "COMPOSE_PROFILES",
-        "RUST_LOG",
-    ] {
+    for name in support::CRYPTUS_VARIABLES {
         bash.env_remove(name);
     }
     bash.envs(env);
