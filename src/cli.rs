@@ -4,9 +4,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{ArgAction, Args, Parser, Subcommand};
 
 use crate::compose::duration;
+use crate::history::{self, Outcome};
 
 const AFTER_HELP: &str = "\
 Exit codes:
@@ -246,6 +248,45 @@ pub enum Command {
         #[arg(long, default_value = "10m", value_parser = wait, value_name = "DUR")]
         lock_wait: Duration,
     },
+    /// The kept deployment history, oldest first: each deploy, rollback,
+    /// scale and repair, how it ended, between which colors and versions,
+    /// how long it took, who ran it and why it failed.
+    ///
+    /// The newest 200 entries are kept with the engine. A table, or one
+    /// JSON document with --json; an empty history says so and exits 0.
+    History {
+        /// Only entries since a duration ago (2h, at most 87600h) or a time
+        /// (2026-01-02T15:04:05Z, from 1970 to now).
+        #[arg(long, value_name = "DUR|TIME")]
+        since: Option<String>,
+        /// Only entries that ended so (repeat it, or separate with commas).
+        #[arg(long, value_name = "OUTCOME", value_delimiter = ',', value_parser = outcome())]
+        outcome: Vec<Outcome>,
+        /// Only entries of this operation (repeat it, or separate with commas).
+        #[arg(long, value_name = "OP", value_delimiter = ',', value_parser = operation())]
+        operation: Vec<String>,
+        /// Only the newest N of the entries that match (1 to 200).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=history::KEEP as i64))]
+        limit: Option<u32>,
+    },
+    /// Print the shell completion script for SHELL on stdout.
+    ///
+    /// bash: `cryptus completions bash > /etc/bash_completion.d/cryptus`;
+    /// see docs/shell.md for zsh, fish, elvish and PowerShell.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) on stdout, or write one page per command
+    /// into a directory.
+    ///
+    /// `cryptus man | gzip > /usr/local/share/man/man1/cryptus.1.gz`.
+    Man {
+        /// Write cryptus.1 and cryptus-COMMAND.1 for each command into DIR,
+        /// each file atomically, instead of printing.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
 }
 
 /// Options shared by deploy, rollback and scale.
@@ -302,6 +343,19 @@ pub fn wait(text: &str) -> Result<Duration, String> {
 /// A polling interval: 10ms to 1m.
 pub fn poll(text: &str) -> Result<Duration, String> {
     duration::parse_in(text, &duration::POLL)
+}
+
+/// `history --outcome`: one of the outcomes an entry records; listed, so
+/// that the shells complete them and an unknown one is told them.
+pub fn outcome() -> impl TypedValueParser<Value = Outcome> {
+    PossibleValuesParser::new(Outcome::ALL.map(Outcome::as_str))
+        .try_map(|text| Outcome::parse(&text))
+}
+
+/// `history --operation`: one of the operations that record an entry.
+pub fn operation() -> impl TypedValueParser<Value = String> {
+    PossibleValuesParser::new(history::operation::ALL)
+        .try_map(|text| history::parse_operation(&text))
 }
 
 /// The most lines `logs --tail` asks each container for.

@@ -14,6 +14,16 @@ pub use crate::nginx::HISTORY_FILE;
 /// How many entries are kept.
 pub const KEEP: usize = 200;
 
+/// The operations that write an entry, as the entry names them.
+pub mod operation {
+    pub const DEPLOY: &str = "deploy";
+    pub const ROLLBACK: &str = "rollback";
+    pub const SCALE: &str = "scale";
+    /// A start that brought back the recorded color and release.
+    pub const REPAIR: &str = "repair";
+    pub const ALL: [&str; 4] = [DEPLOY, ROLLBACK, SCALE, REPAIR];
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 pub struct Entry {
     pub time: DateTime<Utc>,
@@ -44,6 +54,8 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    pub const ALL: [Outcome; 3] = [Outcome::Ok, Outcome::Failed, Outcome::RolledBack];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Ok => "ok",
@@ -51,6 +63,111 @@ impl Outcome {
             Outcome::RolledBack => "rolled-back",
         }
     }
+
+    /// An outcome as written in an entry; the error lists them all.
+    pub fn parse(text: &str) -> Result<Outcome, String> {
+        Outcome::ALL
+            .into_iter()
+            .find(|outcome| outcome.as_str() == text.trim())
+            .ok_or_else(|| {
+                let all: Vec<&str> = Outcome::ALL.iter().map(|o| o.as_str()).collect();
+                format!(
+                    "{text:?} is not an outcome; the outcomes are: {}",
+                    all.join(", ")
+                )
+            })
+    }
+}
+
+/// An operation as written in an entry; the error lists them all.
+pub fn parse_operation(text: &str) -> Result<String, String> {
+    operation::ALL
+        .into_iter()
+        .find(|known| *known == text.trim())
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            format!(
+                "{text:?} is not an operation; the operations are: {}",
+                operation::ALL.join(", ")
+            )
+        })
+}
+
+/// Which entries `cryptus history` shows. Each part left empty lets every
+/// entry through.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Filter {
+    /// Only entries at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Only entries with one of these outcomes.
+    pub outcomes: Vec<Outcome>,
+    /// Only entries of one of these operations.
+    pub operations: Vec<String>,
+    /// Only the newest this many of those that match.
+    pub limit: Option<usize>,
+}
+
+impl Filter {
+    fn matches(&self, entry: &Entry) -> bool {
+        self.since.is_none_or(|since| entry.time >= since)
+            && (self.outcomes.is_empty() || self.outcomes.contains(&entry.outcome))
+            && (self.operations.is_empty() || self.operations.contains(&entry.operation))
+    }
+
+    /// The entries that match, oldest first, as the history keeps them; a
+    /// limit keeps the newest.
+    pub fn select<'a>(&self, entries: &'a [Entry]) -> Vec<&'a Entry> {
+        let mut selected: Vec<&Entry> = entries.iter().filter(|e| self.matches(e)).collect();
+        if let Some(limit) = self.limit {
+            let excess = selected.len().saturating_sub(limit);
+            selected.drain(..excess);
+        }
+        selected
+    }
+}
+
+/// Entries as a table, one row each in the order given: when, what, how it
+/// ended, from which color and version to which, how long, who, and why
+/// it did not deploy.
+pub fn table(entries: &[&Entry]) -> String {
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            vec![
+                e.time.format("%Y-%m-%d %H:%M:%S").to_string(),
+                e.operation.clone(),
+                e.outcome.as_str().to_owned(),
+                format!(
+                    "{} {} -> {} {}",
+                    e.from.color, e.from.version, e.to.color, e.to.version
+                ),
+                e.durations
+                    .get("total")
+                    .map(|t| format!("{t:.2}s"))
+                    .unwrap_or_default(),
+                format!("{}@{}", e.user, e.host),
+                // One line per entry, whatever the reason holds.
+                e.reason
+                    .as_deref()
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ]
+        })
+        .collect();
+    crate::output::table(
+        &[
+            "TIME (UTC)",
+            "OPERATION",
+            "OUTCOME",
+            "FROM -> TO",
+            "TOOK",
+            "BY",
+            "REASON",
+        ],
+        &rows,
+    )
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -246,6 +363,137 @@ mod tests {
         let text = serde_json::to_string(&entries).unwrap();
         assert_eq!(parse(&text).unwrap(), entries);
         assert!(parse("{broken").is_err());
+    }
+
+    fn at(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    /// deploy ok, deploy failed, rollback ok, scale ok, deploy rolled back:
+    /// one an hour from 10:00.
+    fn kept() -> Vec<Entry> {
+        let kinds = [
+            (operation::DEPLOY, Outcome::Ok),
+            (operation::DEPLOY, Outcome::Failed),
+            (operation::ROLLBACK, Outcome::Ok),
+            (operation::SCALE, Outcome::Ok),
+            (operation::DEPLOY, Outcome::RolledBack),
+        ];
+        kinds
+            .into_iter()
+            .enumerate()
+            .map(|(n, (op, outcome))| {
+                let mut e = entry(Color::Blue, Color::Green, &format!("v{n}"), outcome);
+                e.operation = op.into();
+                e.time = at(&format!("2026-01-02T1{n}:00:00Z"));
+                e
+            })
+            .collect()
+    }
+
+    fn versions(selected: &[&Entry]) -> Vec<String> {
+        selected.iter().map(|e| e.to.version.clone()).collect()
+    }
+
+    #[test]
+    fn no_filter_selects_everything_oldest_first() {
+        let entries = kept();
+        assert_eq!(
+            versions(&Filter::default().select(&entries)),
+            ["v0", "v1", "v2", "v3", "v4"]
+        );
+        assert!(Filter::default().select(&[]).is_empty());
+    }
+
+    #[test]
+    fn each_filter_narrows_and_they_combine() {
+        let entries = kept();
+        let since = Filter {
+            since: Some(at("2026-01-02T12:00:00Z")),
+            ..Filter::default()
+        };
+        // At the very time counts.
+        assert_eq!(versions(&since.select(&entries)), ["v2", "v3", "v4"]);
+        let deploys = Filter {
+            operations: vec![operation::DEPLOY.into()],
+            ..Filter::default()
+        };
+        assert_eq!(versions(&deploys.select(&entries)), ["v0", "v1", "v4"]);
+        let bad = Filter {
+            outcomes: vec![Outcome::Failed, Outcome::RolledBack],
+            ..Filter::default()
+        };
+        assert_eq!(versions(&bad.select(&entries)), ["v1", "v4"]);
+        let both = Filter {
+            operations: vec![operation::DEPLOY.into()],
+            ..since.clone()
+        };
+        assert_eq!(versions(&both.select(&entries)), ["v4"]);
+        let rollbacks = Filter {
+            operations: vec![operation::ROLLBACK.into()],
+            outcomes: vec![Outcome::Failed],
+            ..Filter::default()
+        };
+        assert!(rollbacks.select(&entries).is_empty());
+    }
+
+    #[test]
+    fn a_limit_keeps_the_newest_of_those_that_match() {
+        let entries = kept();
+        let limit = |n| Filter {
+            limit: Some(n),
+            ..Filter::default()
+        };
+        assert_eq!(versions(&limit(2).select(&entries)), ["v3", "v4"]);
+        assert_eq!(versions(&limit(99).select(&entries)).len(), 5);
+        let deploys = Filter {
+            operations: vec![operation::DEPLOY.into()],
+            limit: Some(2),
+            ..Filter::default()
+        };
+        assert_eq!(versions(&deploys.select(&entries)), ["v1", "v4"]);
+    }
+
+    #[test]
+    fn outcomes_and_operations_are_parsed_or_listed() {
+        for outcome in Outcome::ALL {
+            assert_eq!(Outcome::parse(outcome.as_str()), Ok(outcome));
+        }
+        let err = Outcome::parse("success").unwrap_err();
+        assert!(err.contains("ok, failed, rolled-back"), "{err}");
+        assert_eq!(parse_operation("rollback").unwrap(), "rollback");
+        let err = parse_operation("deploys").unwrap_err();
+        assert!(err.contains("deploy, rollback, scale, repair"), "{err}");
+    }
+
+    #[test]
+    fn the_table_shows_both_sides_the_time_taken_and_the_reason_on_one_line() {
+        let mut entries = kept();
+        entries[1].reason = Some("green not healthy after 60s:\n  last answer 503".into());
+        entries[1].durations.insert("total".into(), 61.234);
+        let table = table(&[&entries[1], &entries[2]]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 3, "{table}");
+        assert!(lines[0].starts_with("TIME (UTC) "), "{table}");
+        assert!(
+            lines[0].contains("OPERATION  OUTCOME  FROM -> TO"),
+            "{table}"
+        );
+        assert!(
+            lines[1].starts_with("2026-01-02 11:00:00  deploy"),
+            "{table}"
+        );
+        assert!(lines[1].contains("failed"), "{table}");
+        assert!(lines[1].contains("blue old -> green v1"), "{table}");
+        assert!(lines[1].contains("61.23s"), "{table}");
+        assert!(lines[1].contains("u@h"), "{table}");
+        assert!(
+            lines[1].ends_with("green not healthy after 60s: last answer 503"),
+            "{table}"
+        );
+        assert!(lines[2].ends_with("u@h"), "{table}");
     }
 
     #[test]

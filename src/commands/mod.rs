@@ -2,11 +2,14 @@
 //! and returns the exit code.
 
 mod backup;
+mod completions;
 mod config;
 mod deploy;
 mod health;
+mod history;
 mod init;
 mod logs;
+mod man;
 mod resources;
 mod restart;
 mod rollback;
@@ -58,6 +61,12 @@ fn warn_not_applied(compose: &Compose, engine: &Engine, printer: &Printer) {
 }
 
 pub async fn run(cli: Cli, printer: &Printer) -> Result<u8> {
+    // These speak of cryptus itself: no project, however it is set.
+    match &cli.command {
+        Command::Completions { shell } => return completions::run(*shell, printer),
+        Command::Man { out } => return man::run(out.as_deref(), printer),
+        _ => {}
+    }
     let mut project =
         Project::new(&cli.project_dir, &cli.project)?.with_compose(cli.file, &cli.profile)?;
     // One arm per subcommand, each handing resolved options to its file.
@@ -132,6 +141,20 @@ pub async fn run(cli: Cli, printer: &Printer) -> Result<u8> {
             let options = logs::Options::new(services, follow, tail, since, timestamps);
             logs::run(&project, options, printer).await
         }
+        Command::History {
+            since,
+            outcome,
+            operation,
+            limit,
+        } => {
+            let options = history::Options {
+                since,
+                outcomes: outcome,
+                operations: operation,
+                limit,
+            };
+            history::run(&project, options, printer).await
+        }
         Command::Resources => resources::run(&project, printer).await,
         Command::Config => config::run(&project, printer),
         Command::Backup {
@@ -145,5 +168,8 @@ pub async fn run(cli: Cli, printer: &Printer) -> Result<u8> {
             yes,
             lock_wait,
         } => backup::restore(&project, &dir, yes, lock_wait, printer).await,
+        // Answered above, before the project; the same answer here.
+        Command::Completions { shell } => completions::run(shell, printer),
+        Command::Man { out } => man::run(out.as_deref(), printer),
     }
 }

@@ -227,7 +227,7 @@ impl Stack<'_> {
         };
         let entry = crate::history::Entry {
             time: chrono::Utc::now(),
-            operation: "repair".to_owned(),
+            operation: crate::history::operation::REPAIR.to_owned(),
             user: crate::lock::user(),
             host: crate::lock::hostname(),
             from: side(restore.running_before),

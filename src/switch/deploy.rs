@@ -16,7 +16,7 @@ use crate::context::Stack;
 use crate::engine::Container;
 use crate::error::{failed_with_hint, usage};
 use crate::health::{self, Expect};
-use crate::history::{Outcome, Side};
+use crate::history::{Outcome, Side, operation};
 use crate::stack::{Color, Release, image_version};
 
 use super::plan::{self, Observed, Plan, Request};
@@ -63,8 +63,8 @@ pub enum Ask {
 impl Ask {
     fn name(&self) -> &'static str {
         match self {
-            Ask::Deploy { .. } => "deploy",
-            Ask::Rollback => "rollback",
+            Ask::Deploy { .. } => operation::DEPLOY,
+            Ask::Rollback => operation::ROLLBACK,
         }
     }
 

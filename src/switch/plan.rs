@@ -10,6 +10,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::error::{failed, failed_with_hint, usage};
+use crate::history::operation;
 use crate::stack::{Color, Release, container_name};
 
 pub use crate::stack::MAX_REPLICAS;
@@ -365,7 +366,7 @@ fn scale_active(observed: &Observed, replicas: u32) -> Result<Plan> {
         .ok_or_else(|| failed(format!("no {color} container is running")))?;
     let from = count(&running);
     let mut plan = Plan {
-        operation: "scale".to_owned(),
+        operation: operation::SCALE.to_owned(),
         action: Action::Nothing,
         active: color,
         target: color,
@@ -433,7 +434,7 @@ fn scale_idle(observed: &Observed, color: Color, replicas: u32) -> Result<Plan> 
         .copied()
         .unwrap_or_else(|| count(&observed.replicas(color).iter().collect::<Vec<_>>()));
     Ok(Plan {
-        operation: "scale".to_owned(),
+        operation: operation::SCALE.to_owned(),
         action: Action::Record,
         active: observed.active,
         target: color,

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use crate::context::Stack;
 use crate::error::{failed_with_hint, usage};
 use crate::health::{self, Expect};
-use crate::history::{Outcome, Side};
+use crate::history::{Outcome, Side, operation};
 use crate::stack::{Color, LB_SERVICE, Release};
 
 use super::Settings;
@@ -184,7 +184,7 @@ async fn record(
         replicas,
     };
     let record = state::Record {
-        operation: "scale".to_owned(),
+        operation: operation::SCALE.to_owned(),
         from: side(plan.from_replicas),
         to: side(plan.replicas),
         outcome,

@@ -25,7 +25,7 @@ pub use engine::{dangling_volumes, on_engine, on_engine_at, remove_at, remove_pr
 #[allow(unused_imports)]
 pub use http::{get, get_json, get_with_headers};
 #[allow(unused_imports)]
-pub use project::TestProject;
+pub use project::{TestProject, copy_dir};
 
 use std::process::Output;
 use std::sync::atomic::AtomicU32;
@@ -106,22 +106,27 @@ fn shown(command: &std::process::Command) -> String {
     line
 }
 
+/// The variables cryptus reads that a test's environment must not leak
+/// into a run: each run is given its own.
+pub const CRYPTUS_VARIABLES: [&str; 11] = [
+    "CRYPTUS_PROJECT",
+    "NGINX_IMAGE",
+    "REDIS_IMAGE",
+    "CRYPTUS_IMAGE",
+    "CRYPTUS_BIND",
+    "CRYPTUS_HTTP_PORT",
+    "CRYPTUS_HTTPS_PORT",
+    "RUST_LOG",
+    "COMPOSE_FILE",
+    "COMPOSE_PATH_SEPARATOR",
+    "COMPOSE_PROFILES",
+];
+
 /// The cryptus binary with a clean cryptus environment.
 pub fn command(args: &[&str], env: &[(&str, &str)]) -> std::process::Command {
     let mut command = std::process::Command::new(BIN);
     command.args(args);
-    for name in [
-        "CRYPTUS_PROJECT",
-        "NGINX_IMAGE",
-        "REDIS_IMAGE",
-        "CRYPTUS_IMAGE",
-        "CRYPTUS_BIND",
-        "CRYPTUS_HTTP_PORT",
-        "RUST_LOG",
-        "COMPOSE_FILE",
-        "COMPOSE_PATH_SEPARATOR",
-        "COMPOSE_PROFILES",
-    ] {
+    for name in CRYPTUS_VARIABLES {
         command.env_remove(name);
     }
     for (key, value) in env {

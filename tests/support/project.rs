@@ -392,7 +392,8 @@ impl Drop for TestProject {
     }
 }
 
-fn copy_dir(from: &Path, to: &PathBuf) {
+/// Copies a directory tree (a project's files).
+pub fn copy_dir(from: &Path, to: &PathBuf) {
     std::fs::create_dir_all(to).expect("making a directory");
     for entry in std::fs::read_dir(from).expect("reading a directory") {
         let entry = entry.expect("reading a directory entry");
