@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use support::swarm_lab::SwarmLab;
 use support::wait::eventually;
+use support::{TestProject, assert_code, on_engine, stderr, stdout};
 
 /// The lab itself: 3 nodes Ready, and a `dnsrr` service's `tasks.<name>`
 /// resolves, from a container on the manager, to tasks on every node, each
@@ -138,4 +139,103 @@ fn lab_has_three_ready_nodes_and_dnsrr_tasks_resolve_across_them() {
         3,
         "three task addresses: {answers}"
     );
+}
+
+/// The shared engine is in no swarm (the tests never make it one): swarm
+/// mode refuses it, by flag or by variable, with exit 2 and a hint, and
+/// creates nothing.
+#[test]
+fn swarm_mode_refuses_an_engine_that_is_no_manager() {
+    let state = on_engine(|docker| async move {
+        let info = docker.info().await.expect("docker info");
+        info.swarm
+            .and_then(|s| s.local_node_state)
+            .map(|s| s.to_string())
+            .unwrap_or_default()
+    });
+    assert!(
+        state.is_empty() || state == "inactive",
+        "the shared engine must be in no swarm, it is {state}"
+    );
+    let mut project = TestProject::new("swarm-refused");
+    let by_flag = project.run(&["--orchestrator", "swarm", "status"]);
+    project.set_env("CRYPTUS_ORCHESTRATOR", "swarm");
+    let by_variable = project.run(&["status", "--json"]);
+    for output in [by_flag, by_variable] {
+        assert_code(&output, 2);
+        let err = stderr(&output);
+        assert!(err.contains("is in no swarm"), "{err}");
+        assert!(err.contains("needs a Swarm manager"), "{err}");
+        assert!(
+            err.contains("hint:") && err.contains("docker swarm init"),
+            "{err}"
+        );
+    }
+    assert!(
+        project.containers().is_empty(),
+        "swarm mode on no swarm created containers"
+    );
+
+    let bad = project.run(&["--orchestrator", "kubernetes", "status"]);
+    assert_code(&bad, 2);
+    assert!(stderr(&bad).contains("engine, swarm"), "{}", stderr(&bad));
+
+    // A command that does not drive a Swarm yet says so, before it touches
+    // any engine.
+    let deploy = project.run(&["deploy"]);
+    assert_code(&deploy, 2);
+    let err = stderr(&deploy);
+    assert!(
+        err.contains("deploy does not run on a Docker Swarm yet"),
+        "{err}"
+    );
+    assert!(err.contains("--orchestrator engine"), "{err}");
+}
+
+/// `status` says which mode it runs in, as text and JSON: one engine on
+/// the shared engine; a Swarm, with its manager and nodes, on the lab's
+/// manager. A worker of the lab is refused as no manager.
+#[test]
+fn status_says_which_orchestrator_it_runs_on() {
+    let lab = SwarmLab::up(3);
+
+    let project = TestProject::new("swarm-mode-engine");
+    let text = stdout(&project.ok(&["status"]));
+    assert!(
+        text.contains("\nmode: engine, one Docker engine\n"),
+        "{text}"
+    );
+    assert_eq!(project.status()["orchestrator"], "engine");
+
+    let mut project = TestProject::new("swarm-mode-swarm");
+    project.set_env("DOCKER_HOST", &lab.manager());
+    project.set_env("CRYPTUS_ORCHESTRATOR", "swarm");
+    let text = stdout(&project.ok(&["status"]));
+    let manager = lab.node_name(1);
+    assert!(
+        text.contains(&format!(
+            "\nmode: swarm, manager {manager} (3/3 nodes ready)\n"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("not created"), "{text}");
+    let status = project.status();
+    assert_eq!(status["orchestrator"], "swarm", "{status}");
+    assert_eq!(status["manager"], manager.as_str(), "{status}");
+    let nodes: BTreeSet<&str> = status["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter(|n| n["state"] == "ready")
+        .filter_map(|n| n["hostname"].as_str())
+        .collect();
+    let expected: Vec<String> = (1..=3).map(|n| lab.node_name(n)).collect();
+    assert_eq!(nodes, expected.iter().map(String::as_str).collect());
+
+    project.set_env("DOCKER_HOST", &lab.host(2));
+    let worker = project.run(&["status"]);
+    assert_code(&worker, 2);
+    let err = stderr(&worker);
+    assert!(err.contains("is a swarm worker, not a manager"), "{err}");
+    assert!(err.contains("DOCKER_HOST"), "{err}");
 }

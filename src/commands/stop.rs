@@ -11,7 +11,7 @@ use crate::output::Printer;
 use crate::project::Project;
 
 pub async fn run(project: &Project, timeout: Option<Duration>, printer: &Printer) -> Result<u8> {
-    let engine = Engine::connect().await?;
+    let engine = crate::orchestrator::connect(project.orchestrator).await?;
     let stopped = stop(&engine, project, timeout, printer).await?;
     if printer.json() {
         printer.out_json(&json!({"ok": true, "stopped": stopped}))?;

@@ -25,6 +25,7 @@ use crate::error::usage;
 mod container;
 mod spec;
 mod stats;
+mod swarm;
 
 pub use container::Container;
 pub use spec::{
@@ -32,6 +33,7 @@ pub use spec::{
     PortSpec, RestartSpec, RuntimeSpec, START_INTERVAL_API, UlimitSpec,
 };
 pub use stats::{HostInfo, Usage};
+pub use swarm::{Membership, Node, STACK_IMAGE_LABEL, STACK_LABEL, Service, Task};
 
 /// The label Compose puts on everything of a project.
 pub const PROJECT_LABEL: &str = "com.docker.compose.project";
@@ -87,9 +89,7 @@ impl Engine {
     /// agrees on an API version both sides speak.
     pub async fn connect() -> Result<Engine> {
         let set = std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty());
-        let host = set
-            .clone()
-            .unwrap_or_else(|| "unix:///var/run/docker.sock".to_owned());
+        let host = Engine::endpoint();
         let unreachable = |detail: String| {
             usage(
                 format!("cannot reach the Docker engine at {host}: {detail}"),
@@ -215,6 +215,14 @@ impl Engine {
                 Err(anyhow!(describe(&err))).with_context(|| format!("removing volume {name}"))
             }
         }
+    }
+
+    /// Where the engine is: DOCKER_HOST, or the local socket.
+    pub fn endpoint() -> String {
+        std::env::var("DOCKER_HOST")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "unix:///var/run/docker.sock".to_owned())
     }
 
     /// Whether the engine runs on this host (a unix socket), where a port

@@ -113,6 +113,7 @@ pub fn command(args: &[&str], env: &[(&str, &str)]) -> std::process::Command {
     command.args(args);
     for name in [
         "CRYPTUS_PROJECT",
+        "CRYPTUS_ORCHESTRATOR",
         "NGINX_IMAGE",
         "REDIS_IMAGE",
         "CRYPTUS_IMAGE",
