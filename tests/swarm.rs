@@ -239,3 +239,129 @@ fn status_says_which_orchestrator_it_runs_on() {
     assert!(err.contains("is a swarm worker, not a manager"), "{err}");
     assert!(err.contains("DOCKER_HOST"), "{err}");
 }
+
+/// `start` on a Swarm creates the stack's services as `docker stack
+/// deploy` would (so `docker stack services` lists them), places blue's 3
+/// replicas on 3 different nodes, and nginx on the manager serves blue on
+/// its host-mode port; `status` names each task's node; a second `start`
+/// changes nothing; `stop` removes the services.
+#[test]
+fn start_spreads_blue_over_the_nodes_and_status_names_each_tasks_node() {
+    let lab = SwarmLab::up(3);
+    let mut project = TestProject::new("swarm-start");
+    project.set_env("DOCKER_HOST", &lab.manager());
+    project.set_env("CRYPTUS_ORCHESTRATOR", "swarm");
+    std::fs::write(
+        project.path().join("compose/docker-compose.override.yml"),
+        "services:\n  cryptus-blue:\n    deploy:\n      replicas: 3\n",
+    )
+    .expect("writing the override file");
+
+    let started = project.ok(&["start", "--timeout", "240s"]);
+    assert!(
+        stderr(&started).contains("the stack is up on the swarm: blue"),
+        "{}",
+        stderr(&started)
+    );
+
+    let nodes: BTreeSet<String> = (1..=3).map(|n| lab.node_name(n)).collect();
+    let status = project.status();
+    assert_eq!(status["orchestrator"], "swarm", "{status}");
+    let service = |name: &str| {
+        status["services"]
+            .as_array()
+            .expect("services")
+            .iter()
+            .find(|s| s["service"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {status}"))
+            .clone()
+    };
+    let blue = service("cryptus-blue");
+    assert_eq!(blue["replicas"], 3, "{blue}");
+    assert_eq!(blue["running"], 3, "{blue}");
+    let placed: BTreeSet<String> = blue["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .map(|t| t["node"].as_str().expect("node").to_owned())
+        .collect();
+    assert_eq!(placed, nodes, "one blue task per node: {blue}");
+    assert_eq!(service("redis")["running"], 1);
+    let nginx = service("nginx");
+    assert_eq!(
+        nginx["tasks"][0]["node"],
+        lab.node_name(1).as_str(),
+        "{nginx}"
+    );
+    assert_eq!(service("cryptus-green")["name"], serde_json::Value::Null);
+
+    let text = stdout(&project.ok(&["status"]));
+    for node in &nodes {
+        assert!(
+            text.lines()
+                .any(|line| line.starts_with("cryptus-blue") && line.contains(node.as_str())),
+            "no blue task on {node} in:\n{text}"
+        );
+    }
+
+    let listed = lab.docker_ok(
+        1,
+        &[
+            "stack",
+            "services",
+            &project.name,
+            "--format",
+            "{{.Name}} {{.Replicas}}",
+        ],
+    );
+    let listed: BTreeSet<&str> = listed.lines().collect();
+    let expected: BTreeSet<String> = [("cryptus-blue", 3), ("nginx", 1), ("redis", 1)]
+        .iter()
+        .map(|(service, n)| format!("{}_{service} {n}/{n}", project.name))
+        .collect();
+    assert_eq!(listed, expected.iter().map(String::as_str).collect());
+
+    // nginx answers on its host-mode port, on the manager's address, from
+    // inside the lab, with blue.
+    let url = format!(
+        "http://{}:{}/api/health",
+        SwarmLab::address(1),
+        project.port
+    );
+    let health = eventually(
+        "nginx on the manager serves blue",
+        Duration::from_secs(30),
+        Duration::from_millis(500),
+        || {
+            let output = support::wait::run_within(
+                "curl ended",
+                lab.in_node(1, &["curl", "-sS", "-m", "5", &url]),
+                Duration::from_secs(20),
+            );
+            let body = String::from_utf8_lossy(&output.stdout).into_owned();
+            if body.contains("\"blue\"") {
+                Ok(body)
+            } else {
+                Err(format!("{body}{}", String::from_utf8_lossy(&output.stderr)))
+            }
+        },
+    );
+    assert!(health.contains("healthy"), "{health}");
+
+    let again = project.ok(&["start", "--json"]);
+    let again: serde_json::Value = serde_json::from_slice(&again.stdout).expect("JSON");
+    assert_eq!(again["changed"], false, "{again}");
+
+    project.ok(&["stop"]);
+    let left = lab.docker_ok(1, &["stack", "services", &project.name, "-q"]);
+    assert_eq!(left.trim(), "", "services left after stop");
+    let status = project.status();
+    assert!(
+        status["services"]
+            .as_array()
+            .expect("services")
+            .iter()
+            .all(|s| s["name"].is_null()),
+        "{status}"
+    );
+}

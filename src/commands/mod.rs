@@ -63,7 +63,11 @@ fn warn_not_applied(compose: &Compose, engine: &Engine, printer: &Printer) {
 fn runs_on_swarm(command: &Command) -> bool {
     matches!(
         command,
-        Command::Init { .. } | Command::Config | Command::Status
+        Command::Init { .. }
+            | Command::Config
+            | Command::Status
+            | Command::Start { .. }
+            | Command::Stop { .. }
     )
 }
 

@@ -33,7 +33,10 @@ pub use spec::{
     PortSpec, RestartSpec, RuntimeSpec, START_INTERVAL_API, UlimitSpec,
 };
 pub use stats::{HostInfo, Usage};
-pub use swarm::{Membership, Node, STACK_IMAGE_LABEL, STACK_LABEL, Service, Task};
+pub use swarm::{
+    ConfigFile, Membership, Node, STACK_IMAGE_LABEL, STACK_LABEL, Service, ServiceMode,
+    ServiceSpec, Task,
+};
 
 /// The label Compose puts on everything of a project.
 pub const PROJECT_LABEL: &str = "com.docker.compose.project";
@@ -300,6 +303,8 @@ impl Engine {
             name: name.to_owned(),
             driver: Some(network.driver.as_deref().unwrap_or("bridge").to_owned()),
             internal: Some(network.internal),
+            // A swarm's network that plain containers may join too (a probe).
+            attachable: Some(network.driver.as_deref() == Some("overlay")),
             labels: Some(labels.into_iter().collect()),
             ipam,
             ..Default::default()

@@ -4,15 +4,29 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{Result, anyhow};
-use bollard::models::{LocalNodeState, Node as NodeModel, Service as ServiceModel, SystemInfo};
-use bollard::models::{Task as TaskModel, TaskState};
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use base64::Engine as _;
+use bollard::models::{
+    ConfigSpec, EndpointPortConfig, EndpointPortConfigProtocolEnum,
+    EndpointPortConfigPublishModeEnum, EndpointSpec, EndpointSpecModeEnum, Limit, LocalNodeState,
+    NetworkAttachmentConfig, Node as NodeModel, Service as ServiceModel,
+    ServiceSpec as EngineServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated, SystemInfo,
+    Task as TaskModel, TaskSpec, TaskSpecContainerSpec, TaskSpecContainerSpecConfigs,
+    TaskSpecContainerSpecFile1, TaskSpecLogDriver, TaskSpecPlacement, TaskSpecPlacementPreferences,
+    TaskSpecPlacementSpread, TaskSpecResources, TaskSpecRestartPolicy,
+    TaskSpecRestartPolicyConditionEnum, TaskState,
+};
 use bollard::query_parameters::{
-    ListNodesOptions, ListServicesOptionsBuilder, ListTasksOptionsBuilder,
+    ListConfigsOptionsBuilder, ListNetworksOptionsBuilder, ListNodesOptions,
+    ListServicesOptionsBuilder, ListTasksOptionsBuilder,
 };
 use serde::Serialize;
 
-use super::{Engine, describe};
+use super::spec::{health_config, mount};
+use super::{ApiVersion, ContainerSpec, Engine, MountSpec, PortSpec, describe};
 
 /// The label `docker stack deploy` puts on a stack's services (and their
 /// tasks): the stack's name, here the project's.
@@ -189,7 +203,7 @@ impl Engine {
     /// The services of a project's stack, by name.
     pub async fn services(&self, project: &str) -> Result<Vec<Service>> {
         let filter = format!("{STACK_LABEL}={project}");
-        let filters = std::collections::HashMap::from([("label", vec![filter.as_str()])]);
+        let filters = HashMap::from([("label", vec![filter.as_str()])]);
         let options = ListServicesOptionsBuilder::default()
             .filters(&filters)
             .build();
@@ -208,12 +222,309 @@ impl Engine {
     /// The tasks of a project's stack, every state.
     pub async fn tasks(&self, project: &str) -> Result<Vec<Task>> {
         let filter = format!("{STACK_LABEL}={project}");
-        let filters = std::collections::HashMap::from([("label", vec![filter.as_str()])]);
+        let filters = HashMap::from([("label", vec![filter.as_str()])]);
         let options = ListTasksOptionsBuilder::default().filters(&filters).build();
         let tasks = self.docker.list_tasks(Some(options)).await.map_err(|err| {
             anyhow!(describe(&err)).context(format!("listing the tasks of stack {project}"))
         })?;
         Ok(tasks.into_iter().map(Task::from).collect())
+    }
+}
+
+/// A service to create: a container, run as tasks of the swarm.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServiceSpec {
+    pub name: String,
+    /// The service's own labels (the stack's among them).
+    pub labels: BTreeMap<String, String>,
+    /// What each task runs: image, command, environment, healthcheck,
+    /// volumes, networks (with their aliases), limits. Its ports and bind
+    /// mounts are not used: a swarm publishes `host_ports`, and a bind
+    /// names a path on whichever node runs the task.
+    pub container: ContainerSpec,
+    pub mode: ServiceMode,
+    /// `endpoint_mode: dnsrr`: the service's name resolves to its tasks'
+    /// addresses, with no virtual IP (which needs IPVS).
+    pub dnsrr: bool,
+    /// `node.role==manager` and the like.
+    pub constraints: Vec<String>,
+    /// Spread preferences: `node.id` spreads tasks over nodes.
+    pub spread: Vec<String>,
+    /// Ports published in host mode: on the node running the task only.
+    pub host_ports: Vec<PortSpec>,
+    /// Files given to each task from configs of the swarm.
+    pub configs: Vec<ConfigFile>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServiceMode {
+    Replicated(u64),
+    /// One task on every node that the constraints allow.
+    Global,
+}
+
+/// A config of the swarm, given to a task as a file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigFile {
+    pub config_name: String,
+    pub config_id: String,
+    /// Where the task sees it.
+    pub target: String,
+}
+
+/// The engine's service spec for `spec`.
+fn service_body(spec: &ServiceSpec, api: ApiVersion) -> EngineServiceSpec {
+    let c = &spec.container;
+    let nanos = |d: Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+    let listed = |items: &[String]| (!items.is_empty()).then(|| items.to_vec());
+    let mounts: Vec<_> = c
+        .mounts
+        .iter()
+        .filter(|m| matches!(m, MountSpec::Volume { .. }))
+        .map(mount)
+        .collect();
+    let container_spec = TaskSpecContainerSpec {
+        image: Some(c.image.clone()),
+        labels: Some(c.labels.clone().into_iter().collect()),
+        command: c.entrypoint.clone(),
+        args: c.command.clone(),
+        env: Some(c.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+        user: c.user.clone(),
+        read_only: c.read_only.then_some(true),
+        hostname: c.runtime.hostname.clone(),
+        dir: c.runtime.working_dir.clone(),
+        init: c.runtime.init,
+        mounts: (!mounts.is_empty()).then_some(mounts),
+        stop_signal: c.stop_signal.clone(),
+        stop_grace_period: c.stop_timeout.map(nanos),
+        health_check: c.healthcheck.as_ref().map(|h| health_config(h, api)),
+        configs: (!spec.configs.is_empty()).then(|| {
+            spec.configs
+                .iter()
+                .map(|config| TaskSpecContainerSpecConfigs {
+                    file: Some(TaskSpecContainerSpecFile1 {
+                        name: Some(config.target.clone()),
+                        uid: Some("0".to_owned()),
+                        gid: Some("0".to_owned()),
+                        mode: Some(0o444),
+                    }),
+                    config_id: Some(config.config_id.clone()),
+                    config_name: Some(config.config_name.clone()),
+                    ..Default::default()
+                })
+                .collect()
+        }),
+        ..Default::default()
+    };
+    let limits = Limit {
+        nano_cpus: c.cpus.map(|cpus| (cpus * 1e9) as i64),
+        memory_bytes: c.memory.map(|m| i64::try_from(m).unwrap_or(i64::MAX)),
+        pids: c.pids,
+    };
+    let task_template = TaskSpec {
+        container_spec: Some(container_spec),
+        resources: Some(TaskSpecResources {
+            limits: Some(limits),
+            ..Default::default()
+        }),
+        // A swarm restarts a task that ends, whatever the compose file's
+        // one-engine policy: `docker stack deploy`'s default.
+        restart_policy: Some(TaskSpecRestartPolicy {
+            condition: Some(TaskSpecRestartPolicyConditionEnum::ANY),
+            delay: Some(nanos(Duration::from_secs(1))),
+            ..Default::default()
+        }),
+        placement: Some(TaskSpecPlacement {
+            constraints: listed(&spec.constraints),
+            preferences: (!spec.spread.is_empty()).then(|| {
+                spec.spread
+                    .iter()
+                    .map(|descriptor| TaskSpecPlacementPreferences {
+                        spread: Some(TaskSpecPlacementSpread {
+                            spread_descriptor: Some(descriptor.clone()),
+                        }),
+                    })
+                    .collect()
+            }),
+            ..Default::default()
+        }),
+        networks: Some(
+            c.networks
+                .iter()
+                .map(|network| NetworkAttachmentConfig {
+                    target: Some(network.name.clone()),
+                    aliases: Some(network.aliases.clone()),
+                    ..Default::default()
+                })
+                .collect(),
+        ),
+        log_driver: c.runtime.log.as_ref().map(|log| TaskSpecLogDriver {
+            name: log.driver.clone(),
+            options: Some(log.options.clone().into_iter().collect()),
+        }),
+        ..Default::default()
+    };
+    let mode = match spec.mode {
+        ServiceMode::Replicated(replicas) => ServiceSpecMode {
+            replicated: Some(ServiceSpecModeReplicated {
+                replicas: Some(i64::try_from(replicas).unwrap_or(i64::MAX)),
+            }),
+            ..Default::default()
+        },
+        ServiceMode::Global => ServiceSpecMode {
+            global: Some(HashMap::new()),
+            ..Default::default()
+        },
+    };
+    let ports: Vec<EndpointPortConfig> = spec
+        .host_ports
+        .iter()
+        .filter_map(|port| {
+            Some(EndpointPortConfig {
+                protocol: Some(if port.protocol == "udp" {
+                    EndpointPortConfigProtocolEnum::UDP
+                } else {
+                    EndpointPortConfigProtocolEnum::TCP
+                }),
+                target_port: Some(i64::from(port.container_port)),
+                published_port: Some(i64::from(port.host_port?)),
+                publish_mode: Some(EndpointPortConfigPublishModeEnum::HOST),
+                ..Default::default()
+            })
+        })
+        .collect();
+    EngineServiceSpec {
+        name: Some(spec.name.clone()),
+        labels: Some(spec.labels.clone().into_iter().collect()),
+        task_template: Some(task_template),
+        mode: Some(mode),
+        endpoint_spec: Some(EndpointSpec {
+            mode: Some(if spec.dnsrr {
+                EndpointSpecModeEnum::DNSRR
+            } else {
+                EndpointSpecModeEnum::VIP
+            }),
+            ports: (!ports.is_empty()).then_some(ports),
+        }),
+        ..Default::default()
+    }
+}
+
+impl Engine {
+    /// Creates a service; `false` when one of that name exists already
+    /// (left as it is).
+    pub async fn create_service(&self, spec: &ServiceSpec) -> Result<bool> {
+        let body = service_body(spec, self.api_version());
+        match self.docker.create_service(body, None).await {
+            Ok(_) => Ok(true),
+            Err(err) if super::status(&err) == Some(409) => Ok(false),
+            Err(err) => Err(anyhow!(describe(&err)))
+                .with_context(|| format!("creating service {}", spec.name)),
+        }
+    }
+
+    /// Removes a service (its tasks stop); one already gone is no error.
+    pub async fn remove_service(&self, name: &str) -> Result<()> {
+        match self.docker.delete_service(name).await {
+            Ok(()) => Ok(()),
+            Err(err) if super::is_not_found(&err) => Ok(()),
+            Err(err) => {
+                Err(anyhow!(describe(&err))).with_context(|| format!("removing service {name}"))
+            }
+        }
+    }
+
+    /// A config of the swarm holding `data`, made unless one of that name
+    /// exists (a config never changes, so its name says what it holds);
+    /// its id.
+    pub async fn ensure_config(
+        &self,
+        name: &str,
+        data: &[u8],
+        labels: BTreeMap<String, String>,
+    ) -> Result<String> {
+        if let Some(id) = self.config_id(name).await? {
+            return Ok(id);
+        }
+        let spec = ConfigSpec {
+            name: Some(name.to_owned()),
+            labels: Some(labels.into_iter().collect()),
+            data: Some(base64::engine::general_purpose::STANDARD.encode(data)),
+            ..Default::default()
+        };
+        match self.docker.create_config(spec).await {
+            Ok(created) => Ok(created.id),
+            Err(err) if super::status(&err) == Some(409) => self
+                .config_id(name)
+                .await?
+                .with_context(|| format!("config {name} exists but cannot be found")),
+            Err(err) => {
+                Err(anyhow!(describe(&err))).with_context(|| format!("creating config {name}"))
+            }
+        }
+    }
+
+    async fn config_id(&self, name: &str) -> Result<Option<String>> {
+        let filters = HashMap::from([("name", vec![name])]);
+        let options = ListConfigsOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        let configs = self
+            .docker
+            .list_configs(Some(options))
+            .await
+            .map_err(|err| anyhow!(describe(&err)))
+            .with_context(|| format!("looking up config {name}"))?;
+        Ok(configs
+            .into_iter()
+            .find(|c| c.spec.as_ref().and_then(|s| s.name.as_deref()) == Some(name))
+            .and_then(|c| c.id))
+    }
+
+    /// The names of the configs of a project's stack.
+    pub async fn configs(&self, project: &str) -> Result<Vec<String>> {
+        let filter = format!("{STACK_LABEL}={project}");
+        let filters = HashMap::from([("label", vec![filter.as_str()])]);
+        let options = ListConfigsOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        let configs = self
+            .docker
+            .list_configs(Some(options))
+            .await
+            .map_err(|err| anyhow!(describe(&err)))
+            .with_context(|| format!("listing the configs of stack {project}"))?;
+        Ok(configs
+            .into_iter()
+            .filter_map(|c| c.spec.and_then(|s| s.name))
+            .collect())
+    }
+
+    /// The names of the networks of a project's stack.
+    pub async fn stack_networks(&self, project: &str) -> Result<Vec<String>> {
+        let filter = format!("{STACK_LABEL}={project}");
+        let filters = HashMap::from([("label", vec![filter.as_str()])]);
+        let options = ListNetworksOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        let networks = self
+            .docker
+            .list_networks(Some(options))
+            .await
+            .map_err(|err| anyhow!(describe(&err)))
+            .with_context(|| format!("listing the networks of stack {project}"))?;
+        Ok(networks.into_iter().filter_map(|n| n.name).collect())
+    }
+
+    /// Removes a config; one already gone is no error.
+    pub async fn remove_config(&self, name: &str) -> Result<()> {
+        match self.docker.delete_config(name).await {
+            Ok(()) => Ok(()),
+            Err(err) if super::is_not_found(&err) => Ok(()),
+            Err(err) => {
+                Err(anyhow!(describe(&err))).with_context(|| format!("removing config {name}"))
+            }
+        }
     }
 }
 

@@ -4,7 +4,9 @@
 //!
 //! `status`: what runs where (tasks per node).
 
+pub mod plan;
 pub mod status;
+pub mod up;
 
 /// A stack service's name in the swarm: `<project>_<service>`, as
 /// `docker stack deploy` names it.

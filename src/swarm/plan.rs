@@ -1,0 +1,309 @@
+//! The project's stack as Swarm services, planned from the compose file:
+//! plain values, no engine. Each compose service's container
+//! ([`crate::stack::plan_container`], as on one engine) becomes a service
+//! of the stack:
+//!
+//! - the active color: replicated (`deploy.replicas`), `endpoint_mode:
+//!   dnsrr`, spread over nodes (`node.id`); the idle color is not created;
+//! - nginx: one task on every manager node (the edge), its HTTP(S) ports
+//!   published in host mode, its files given as configs of the swarm, its
+//!   upstream naming the active color's `tasks.<service>`;
+//! - every other service (redis): replicated as the file says (1 by
+//!   default), `dnsrr`.
+//!
+//! Every service uses `dnsrr`: a swarm's virtual IPs need IPVS, which not
+//! every kernel has, and `tasks.<service>` names are what nginx follows.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+use sha2::{Digest, Sha256};
+
+use crate::compose::{Compose, Service};
+use crate::engine::{ConfigFile, STACK_IMAGE_LABEL, STACK_LABEL, ServiceMode, ServiceSpec};
+use crate::nginx;
+use crate::stack::{APP_PORT, Color, LB_SERVICE, Release, plan_container};
+
+use super::service_name;
+
+/// Where nginx's files go in its task: the project's `nginx/` files where
+/// the compose file mounts them, the rendered ones in nginx's state dir.
+pub const NGINX_CONF_DIR: &str = "/etc/cryptus/nginx";
+
+/// Spread a color's tasks over the nodes.
+pub const SPREAD_NODES: &str = "node.id";
+/// nginx runs on the managers, the edge of the swarm.
+pub const EDGE_CONSTRAINT: &str = "node.role==manager";
+
+/// A config of the swarm to make: a file nginx reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigPlan {
+    /// `<project>_nginx-<file>-<hash>`: a config never changes, so a new
+    /// content gets a new name.
+    pub name: String,
+    /// Where nginx's task sees it.
+    pub target: String,
+    pub data: String,
+}
+
+/// The labels every object of the stack carries, as `docker stack` sets.
+pub fn stack_labels(project: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([(STACK_LABEL.to_owned(), project.to_owned())])
+}
+
+/// nginx's files on a Swarm: the project's `nginx.conf` and `app.conf`,
+/// the http-level file and an upstream that follows the active color's
+/// tasks through the swarm's DNS.
+pub fn nginx_configs(
+    project: &str,
+    color: Color,
+    project_files: &[(&str, String)],
+    http_file: String,
+) -> Result<Vec<ConfigPlan>> {
+    let upstream =
+        nginx::render_resolved_upstream(color, &service_name(project, color.service()), APP_PORT)?;
+    let mut files: Vec<(String, String)> = project_files
+        .iter()
+        .map(|(name, text)| (format!("{NGINX_CONF_DIR}/{name}"), text.clone()))
+        .collect();
+    files.push((
+        format!("{}/{}", nginx::STATE_DIR, nginx::HTTP_FILE),
+        http_file,
+    ));
+    files.push((
+        format!("{}/{}", nginx::STATE_DIR, nginx::UPSTREAM_FILE),
+        upstream,
+    ));
+    Ok(files
+        .into_iter()
+        .map(|(target, data)| {
+            let file = target
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .replace('.', "-");
+            let hash = format!("{:x}", Sha256::digest(data.as_bytes()));
+            ConfigPlan {
+                name: format!("{project}_nginx-{file}-{}", &hash[..12]),
+                target,
+                data,
+            }
+        })
+        .collect())
+}
+
+/// The services `start` creates, in dependency order: every enabled
+/// service with replicas, of the colors only `active`.
+pub fn services(compose: &Compose, active: Color) -> Result<Vec<&Service>> {
+    Ok(compose
+        .start_order()?
+        .into_iter()
+        .filter(|s| match Color::of_service(&s.name) {
+            Some(color) => color == active,
+            None => s.replicas > 0,
+        })
+        .collect())
+}
+
+/// The Swarm service for a compose service. `release` is the active
+/// color's; `configs` are nginx's, made already.
+pub fn service_spec(
+    project: &str,
+    compose: &Compose,
+    service: &Service,
+    release: &Release,
+    configs: &[ConfigFile],
+) -> Result<ServiceSpec> {
+    let color = Color::of_service(&service.name);
+    let mut container = plan_container(
+        project,
+        compose,
+        service,
+        1,
+        color.is_some().then_some(release),
+    )
+    .with_context(|| format!("planning service {}", service.name))?;
+    // The stack's label instead of Compose's: a task's container is the
+    // swarm's, not one a one-engine cryptus may stop or replace.
+    container
+        .labels
+        .retain(|key, _| !key.starts_with("com.docker.compose."));
+    container.labels.extend(stack_labels(project));
+    let mut labels = stack_labels(project);
+    labels.insert(STACK_IMAGE_LABEL.to_owned(), container.image.clone());
+    let mut spec = ServiceSpec {
+        name: service_name(project, &service.name),
+        labels,
+        mode: ServiceMode::Replicated(u64::from(service.replicas.max(1))),
+        dnsrr: true,
+        constraints: Vec::new(),
+        spread: Vec::new(),
+        host_ports: Vec::new(),
+        configs: Vec::new(),
+        container,
+    };
+    if color.is_some() {
+        spec.spread.push(SPREAD_NODES.to_owned());
+    }
+    if service.name == LB_SERVICE {
+        spec.mode = ServiceMode::Global;
+        spec.constraints.push(EDGE_CONSTRAINT.to_owned());
+        // Only the ports with a fixed host port: the others (the status
+        // port on loopback) are for one engine's cryptus.
+        spec.host_ports = spec
+            .container
+            .ports
+            .iter()
+            .filter(|p| p.host_port.is_some())
+            .cloned()
+            .collect();
+        spec.configs = configs.to_vec();
+        // Its files come from configs, not from this host's directories.
+        spec.container.mounts.clear();
+    }
+    spec.container.ports.clear();
+    Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compose() -> Compose {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("compose.yml");
+        std::fs::write(
+            &file,
+            r#"
+services:
+  redis:
+    image: redis:7
+    volumes: [data:/data]
+    networks: [cryptus]
+  cryptus-blue:
+    image: app:1
+    ports: ["127.0.0.1::3000"]
+    networks: [cryptus]
+    depends_on: [redis]
+    deploy: { replicas: 3 }
+  cryptus-green:
+    image: app:1
+    networks: [cryptus]
+  nginx:
+    image: nginx:1.30
+    ports: ["0.0.0.0:8080:80", "127.0.0.1::8081"]
+    volumes: ["./nginx:/etc/cryptus/nginx:ro", "state:/etc/nginx/cryptus"]
+    networks: [cryptus]
+    depends_on: [cryptus-blue]
+  extra:
+    image: x:1
+    networks: [cryptus]
+    deploy: { replicas: 0 }
+networks:
+  cryptus: {}
+volumes:
+  data: {}
+  state: {}
+"#,
+        )
+        .unwrap();
+        crate::compose::load(&[file], &crate::compose::Vars::default()).unwrap()
+    }
+
+    fn release() -> Release {
+        Release {
+            image: "app:2".into(),
+            version: "2.0".into(),
+        }
+    }
+
+    #[test]
+    fn the_active_color_spreads_over_nodes_with_dnsrr_and_no_ports() {
+        let compose = compose();
+        let names: Vec<&str> = services(&compose, Color::Blue)
+            .unwrap()
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(names, ["redis", "cryptus-blue", "nginx"]);
+        let blue = compose.service("cryptus-blue").unwrap();
+        let spec = service_spec("shop", &compose, blue, &release(), &[]).unwrap();
+        assert_eq!(spec.name, "shop_cryptus-blue");
+        assert_eq!(spec.mode, ServiceMode::Replicated(3));
+        assert!(spec.dnsrr);
+        assert_eq!(spec.spread, ["node.id"]);
+        assert!(spec.constraints.is_empty() && spec.host_ports.is_empty());
+        assert!(spec.container.ports.is_empty());
+        assert_eq!(spec.container.image, "app:2");
+        assert_eq!(spec.container.env["INSTANCE_COLOR"], "blue");
+        assert_eq!(spec.labels[STACK_LABEL], "shop");
+        assert_eq!(spec.labels[STACK_IMAGE_LABEL], "app:2");
+        assert_eq!(spec.container.labels[STACK_LABEL], "shop");
+        assert!(
+            !spec
+                .container
+                .labels
+                .keys()
+                .any(|k| k.starts_with("com.docker.compose.")),
+            "{:?}",
+            spec.container.labels
+        );
+        assert_eq!(spec.container.networks[0].name, "shop_cryptus");
+    }
+
+    #[test]
+    fn nginx_runs_on_every_manager_with_host_ports_and_configs() {
+        let compose = compose();
+        let nginx = compose.service("nginx").unwrap();
+        let configs = vec![ConfigFile {
+            config_name: "shop_nginx-nginx-conf-abc".into(),
+            config_id: "id1".into(),
+            target: "/etc/cryptus/nginx/nginx.conf".into(),
+        }];
+        let spec = service_spec("shop", &compose, nginx, &release(), &configs).unwrap();
+        assert_eq!(spec.mode, ServiceMode::Global);
+        assert_eq!(spec.constraints, ["node.role==manager"]);
+        let ports: Vec<(u16, Option<u16>)> = spec
+            .host_ports
+            .iter()
+            .map(|p| (p.container_port, p.host_port))
+            .collect();
+        assert_eq!(ports, [(80, Some(8080))]);
+        assert!(spec.container.mounts.is_empty());
+        assert_eq!(spec.configs, configs);
+        assert_eq!(spec.container.image, "nginx:1.30", "nginx keeps its image");
+
+        let redis = compose.service("redis").unwrap();
+        let spec = service_spec("shop", &compose, redis, &release(), &[]).unwrap();
+        assert_eq!(spec.mode, ServiceMode::Replicated(1));
+        assert!(spec.spread.is_empty() && spec.dnsrr);
+        assert_eq!(spec.container.mounts.len(), 1, "its volume stays");
+    }
+
+    #[test]
+    fn nginx_configs_are_named_by_content() {
+        let files = [("nginx.conf", "events {}".to_owned())];
+        let one = nginx_configs("shop", Color::Blue, &files, "# http".into()).unwrap();
+        let targets: Vec<&str> = one.iter().map(|c| c.target.as_str()).collect();
+        assert_eq!(
+            targets,
+            [
+                "/etc/cryptus/nginx/nginx.conf",
+                "/etc/nginx/cryptus/http.conf",
+                "/etc/nginx/cryptus/upstream.conf"
+            ]
+        );
+        assert!(
+            one[0].name.starts_with("shop_nginx-nginx-conf-"),
+            "{}",
+            one[0].name
+        );
+        assert!(one[2].data.contains("tasks.shop_cryptus-blue:3000 resolve"));
+        let green = nginx_configs("shop", Color::Green, &files, "# http".into()).unwrap();
+        assert_eq!(one[0].name, green[0].name, "same file, same config");
+        assert_ne!(
+            one[2].name, green[2].name,
+            "another upstream, another config"
+        );
+    }
+}
