@@ -257,6 +257,26 @@ fn start_spreads_blue_over_the_nodes_and_status_names_each_tasks_node() {
     )
     .expect("writing the override file");
 
+    // What a swarm cannot run yet is refused before anything is made.
+    let refused = project.run(&["start", "--monitoring"]);
+    assert_code(&refused, 2);
+    assert!(
+        stderr(&refused).contains("monitoring services on a Docker Swarm are not done yet"),
+        "{}",
+        stderr(&refused)
+    );
+    let made = lab.docker_ok(
+        1,
+        &[
+            "network",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("label=com.docker.stack.namespace={}", project.name),
+        ],
+    );
+    assert_eq!(made.trim(), "", "a refused start made a network");
+
     let started = project.ok(&["start", "--timeout", "240s"]);
     assert!(
         stderr(&started).contains("the stack is up on the swarm: blue"),

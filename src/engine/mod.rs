@@ -196,28 +196,18 @@ impl Engine {
 
     /// Removes a network; gone already is fine.
     pub async fn remove_network(&self, name: &str) -> Result<()> {
-        match self.docker.remove_network(name).await {
-            Ok(()) => Ok(()),
-            Err(err) if is_not_found(&err) => Ok(()),
-            Err(err) => {
-                Err(anyhow!(describe(&err))).with_context(|| format!("removing network {name}"))
-            }
-        }
+        removed(self.docker.remove_network(name).await, || {
+            format!("removing network {name}")
+        })
     }
 
     /// Removes a volume; gone already is fine.
     pub async fn remove_volume(&self, name: &str) -> Result<()> {
-        match self
+        let result = self
             .docker
             .remove_volume(name, None::<bollard::query_parameters::RemoveVolumeOptions>)
-            .await
-        {
-            Ok(()) => Ok(()),
-            Err(err) if is_not_found(&err) => Ok(()),
-            Err(err) => {
-                Err(anyhow!(describe(&err))).with_context(|| format!("removing volume {name}"))
-            }
-        }
+            .await;
+        removed(result, || format!("removing volume {name}"))
     }
 
     /// Where the engine is: DOCKER_HOST, or the local socket.
@@ -1069,6 +1059,16 @@ fn status(err: &BollardError) -> Option<u16> {
 
 fn is_not_found(err: &BollardError) -> bool {
     status(err) == Some(404)
+}
+
+/// A removal's outcome: done, or gone already, is fine; else the engine's
+/// error under `what`.
+fn removed(result: Result<(), BollardError>, what: impl FnOnce() -> String) -> Result<()> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(err) if is_not_found(&err) => Ok(()),
+        Err(err) => Err(anyhow!(describe(&err))).with_context(what),
+    }
 }
 
 /// The engine's own message where there is one, rather than bollard's wrapper.

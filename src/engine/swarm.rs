@@ -26,13 +26,18 @@ use bollard::query_parameters::{
 use serde::Serialize;
 
 use super::spec::{health_config, mount};
-use super::{ApiVersion, ContainerSpec, Engine, MountSpec, PortSpec, describe};
+use super::{ApiVersion, ContainerSpec, Engine, MountSpec, PortSpec, describe, removed};
 
 /// The label `docker stack deploy` puts on a stack's services (and their
 /// tasks): the stack's name, here the project's.
 pub const STACK_LABEL: &str = "com.docker.stack.namespace";
 /// The label `docker stack deploy` puts on a service: the image it asked for.
 pub const STACK_IMAGE_LABEL: &str = "com.docker.stack.image";
+
+/// The label filter `docker stack` lists a stack's objects by.
+fn stack_filter(project: &str) -> String {
+    format!("{STACK_LABEL}={project}")
+}
 
 /// What the engine is in a swarm.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -202,7 +207,7 @@ impl Engine {
 
     /// The services of a project's stack, by name.
     pub async fn services(&self, project: &str) -> Result<Vec<Service>> {
-        let filter = format!("{STACK_LABEL}={project}");
+        let filter = stack_filter(project);
         let filters = HashMap::from([("label", vec![filter.as_str()])]);
         let options = ListServicesOptionsBuilder::default()
             .filters(&filters)
@@ -221,7 +226,7 @@ impl Engine {
 
     /// The tasks of a project's stack, every state.
     pub async fn tasks(&self, project: &str) -> Result<Vec<Task>> {
-        let filter = format!("{STACK_LABEL}={project}");
+        let filter = stack_filter(project);
         let filters = HashMap::from([("label", vec![filter.as_str()])]);
         let options = ListTasksOptionsBuilder::default().filters(&filters).build();
         let tasks = self.docker.list_tasks(Some(options)).await.map_err(|err| {
@@ -425,13 +430,9 @@ impl Engine {
 
     /// Removes a service (its tasks stop); one already gone is no error.
     pub async fn remove_service(&self, name: &str) -> Result<()> {
-        match self.docker.delete_service(name).await {
-            Ok(()) => Ok(()),
-            Err(err) if super::is_not_found(&err) => Ok(()),
-            Err(err) => {
-                Err(anyhow!(describe(&err))).with_context(|| format!("removing service {name}"))
-            }
-        }
+        removed(self.docker.delete_service(name).await, || {
+            format!("removing service {name}")
+        })
     }
 
     /// A config of the swarm holding `data`, made unless one of that name
@@ -465,26 +466,33 @@ impl Engine {
     }
 
     async fn config_id(&self, name: &str) -> Result<Option<String>> {
-        let filters = HashMap::from([("name", vec![name])]);
-        let options = ListConfigsOptionsBuilder::default()
-            .filters(&filters)
-            .build();
         let configs = self
-            .docker
-            .list_configs(Some(options))
-            .await
-            .map_err(|err| anyhow!(describe(&err)))
-            .with_context(|| format!("looking up config {name}"))?;
+            .configs_by("name", name, &format!("looking up config {name}"))
+            .await?;
+        // The name filter matches prefixes; compare exactly.
         Ok(configs
             .into_iter()
-            .find(|c| c.spec.as_ref().and_then(|s| s.name.as_deref()) == Some(name))
-            .and_then(|c| c.id))
+            .find(|(n, _)| n == name)
+            .map(|(_, id)| id))
     }
 
     /// The names of the configs of a project's stack.
     pub async fn configs(&self, project: &str) -> Result<Vec<String>> {
-        let filter = format!("{STACK_LABEL}={project}");
-        let filters = HashMap::from([("label", vec![filter.as_str()])]);
+        let what = format!("listing the configs of stack {project}");
+        let configs = self
+            .configs_by("label", &stack_filter(project), &what)
+            .await?;
+        Ok(configs.into_iter().map(|(name, _)| name).collect())
+    }
+
+    /// The configs a filter selects: name and id.
+    async fn configs_by(
+        &self,
+        key: &str,
+        value: &str,
+        what: &str,
+    ) -> Result<Vec<(String, String)>> {
+        let filters = HashMap::from([(key, vec![value])]);
         let options = ListConfigsOptionsBuilder::default()
             .filters(&filters)
             .build();
@@ -493,16 +501,16 @@ impl Engine {
             .list_configs(Some(options))
             .await
             .map_err(|err| anyhow!(describe(&err)))
-            .with_context(|| format!("listing the configs of stack {project}"))?;
+            .context(what.to_owned())?;
         Ok(configs
             .into_iter()
-            .filter_map(|c| c.spec.and_then(|s| s.name))
+            .filter_map(|c| Some((c.spec?.name?, c.id?)))
             .collect())
     }
 
     /// The names of the networks of a project's stack.
     pub async fn stack_networks(&self, project: &str) -> Result<Vec<String>> {
-        let filter = format!("{STACK_LABEL}={project}");
+        let filter = stack_filter(project);
         let filters = HashMap::from([("label", vec![filter.as_str()])]);
         let options = ListNetworksOptionsBuilder::default()
             .filters(&filters)
@@ -518,13 +526,9 @@ impl Engine {
 
     /// Removes a config; one already gone is no error.
     pub async fn remove_config(&self, name: &str) -> Result<()> {
-        match self.docker.delete_config(name).await {
-            Ok(()) => Ok(()),
-            Err(err) if super::is_not_found(&err) => Ok(()),
-            Err(err) => {
-                Err(anyhow!(describe(&err))).with_context(|| format!("removing config {name}"))
-            }
-        }
+        removed(self.docker.delete_config(name).await, || {
+            format!("removing config {name}")
+        })
     }
 }
 

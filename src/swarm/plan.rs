@@ -20,7 +20,8 @@ use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 
 use crate::compose::{Compose, Service};
-use crate::engine::{ConfigFile, STACK_IMAGE_LABEL, STACK_LABEL, ServiceMode, ServiceSpec};
+use crate::engine::{MountSpec, STACK_IMAGE_LABEL, STACK_LABEL, ServiceMode, ServiceSpec};
+use crate::error::usage;
 use crate::nginx;
 use crate::stack::{APP_PORT, Color, LB_SERVICE, Release, plan_container};
 
@@ -105,15 +106,27 @@ pub fn services(compose: &Compose, active: Color) -> Result<Vec<&Service>> {
         .collect())
 }
 
+/// A service as the swarm will run it, and what of the compose file it
+/// leaves out.
+#[derive(Debug)]
+pub struct Planned {
+    pub spec: ServiceSpec,
+    /// One line per thing left out (a bind mount: a path on whichever node
+    /// runs the task).
+    pub warnings: Vec<String>,
+}
+
 /// The Swarm service for a compose service. `release` is the active
-/// color's; `configs` are nginx's, made already.
+/// color's. nginx's configs are given once they are made
+/// ([`ServiceSpec::configs`]). Files cryptus would write on this host
+/// (secrets, configs with a value) are not given to a swarm's tasks yet:
+/// asking for them is a usage error, not a service without them.
 pub fn service_spec(
     project: &str,
     compose: &Compose,
     service: &Service,
     release: &Release,
-    configs: &[ConfigFile],
-) -> Result<ServiceSpec> {
+) -> Result<Planned> {
     let color = Color::of_service(&service.name);
     let mut container = plan_container(
         project,
@@ -123,6 +136,16 @@ pub fn service_spec(
         color.is_some().then_some(release),
     )
     .with_context(|| format!("planning service {}", service.name))?;
+    if let Some(file) = container.files.first() {
+        return Err(usage(
+            format!(
+                "services.{}: {} is a secret or config cryptus writes on this host; \
+                 on a Docker Swarm that is not done yet",
+                service.name, file.path
+            ),
+            "remove the service's secrets and configs, or use --orchestrator engine",
+        ));
+    }
     // The stack's label instead of Compose's: a task's container is the
     // swarm's, not one a one-engine cryptus may stop or replace.
     container
@@ -157,12 +180,23 @@ pub fn service_spec(
             .filter(|p| p.host_port.is_some())
             .cloned()
             .collect();
-        spec.configs = configs.to_vec();
         // Its files come from configs, not from this host's directories.
         spec.container.mounts.clear();
     }
     spec.container.ports.clear();
-    Ok(spec)
+    let mut warnings = Vec::new();
+    spec.container.mounts.retain(|mount| match mount {
+        MountSpec::Bind { source, target, .. } => {
+            warnings.push(format!(
+                "services.{}: the bind mount {source}:{target} is left out on a Docker Swarm \
+                 (a path on whichever node runs the task)",
+                service.name
+            ));
+            false
+        }
+        MountSpec::Volume { .. } => true,
+    });
+    Ok(Planned { spec, warnings })
 }
 
 #[cfg(test)]
@@ -178,7 +212,7 @@ mod tests {
 services:
   redis:
     image: redis:7
-    volumes: [data:/data]
+    volumes: [data:/data, /srv/conf:/conf]
     networks: [cryptus]
   cryptus-blue:
     image: app:1
@@ -227,7 +261,9 @@ volumes:
             .collect();
         assert_eq!(names, ["redis", "cryptus-blue", "nginx"]);
         let blue = compose.service("cryptus-blue").unwrap();
-        let spec = service_spec("shop", &compose, blue, &release(), &[]).unwrap();
+        let spec = service_spec("shop", &compose, blue, &release())
+            .unwrap()
+            .spec;
         assert_eq!(spec.name, "shop_cryptus-blue");
         assert_eq!(spec.mode, ServiceMode::Replicated(3));
         assert!(spec.dnsrr);
@@ -255,12 +291,9 @@ volumes:
     fn nginx_runs_on_every_manager_with_host_ports_and_configs() {
         let compose = compose();
         let nginx = compose.service("nginx").unwrap();
-        let configs = vec![ConfigFile {
-            config_name: "shop_nginx-nginx-conf-abc".into(),
-            config_id: "id1".into(),
-            target: "/etc/cryptus/nginx/nginx.conf".into(),
-        }];
-        let spec = service_spec("shop", &compose, nginx, &release(), &configs).unwrap();
+        let planned = service_spec("shop", &compose, nginx, &release()).unwrap();
+        assert!(planned.warnings.is_empty(), "{:?}", planned.warnings);
+        let spec = planned.spec;
         assert_eq!(spec.mode, ServiceMode::Global);
         assert_eq!(spec.constraints, ["node.role==manager"]);
         let ports: Vec<(u16, Option<u16>)> = spec
@@ -270,14 +303,20 @@ volumes:
             .collect();
         assert_eq!(ports, [(80, Some(8080))]);
         assert!(spec.container.mounts.is_empty());
-        assert_eq!(spec.configs, configs);
         assert_eq!(spec.container.image, "nginx:1.30", "nginx keeps its image");
 
         let redis = compose.service("redis").unwrap();
-        let spec = service_spec("shop", &compose, redis, &release(), &[]).unwrap();
+        let planned = service_spec("shop", &compose, redis, &release()).unwrap();
+        let spec = planned.spec;
         assert_eq!(spec.mode, ServiceMode::Replicated(1));
         assert!(spec.spread.is_empty() && spec.dnsrr);
         assert_eq!(spec.container.mounts.len(), 1, "its volume stays");
+        assert_eq!(
+            planned.warnings,
+            [
+                "services.redis: the bind mount /srv/conf:/conf is left out on a Docker Swarm (a path on whichever node runs the task)"
+            ]
+        );
     }
 
     #[test]

@@ -16,10 +16,11 @@ use crate::engine::{ConfigFile, Engine, ServiceMode, ServiceSpec, Task};
 use crate::error::{failed_with_hint, usage};
 use crate::lb;
 use crate::output::Printer;
-use crate::stack::{Color, network_name};
+use crate::stack::{Color, LB_SERVICE, network_name};
 use crate::wait::{self, Limits, Seen};
 
 use super::plan::{self, nginx_configs, service_spec, stack_labels};
+use super::service_name;
 
 /// How often the tasks are looked at while waiting.
 const POLL: Duration = Duration::from_millis(500);
@@ -61,6 +62,22 @@ pub async fn start(stack: &Stack<'_>, timeout: Duration) -> Result<Started> {
     let active = Color::Blue;
     let release = stack.default_release(active).await?;
     let services = plan::services(stack.compose, active)?;
+    if stack.project.monitoring {
+        return Err(usage(
+            "the monitoring services on a Docker Swarm are not done yet",
+            "start without --monitoring (unset CRYPTUS_MONITORING), or use --orchestrator engine",
+        ));
+    }
+    // Planned before anything is made: what the swarm cannot run is refused
+    // while nothing has changed.
+    let mut specs = Vec::new();
+    for service in &services {
+        let planned = service_spec(project, stack.compose, service, &release)?;
+        for warning in planned.warnings {
+            stack.printer.warn_once(warning);
+        }
+        specs.push(planned.spec);
+    }
 
     for service in &services {
         for network in &service.networks {
@@ -84,15 +101,9 @@ pub async fn start(stack: &Stack<'_>, timeout: Duration) -> Result<Started> {
         }
     }
     let configs = make_nginx_configs(stack, active).await?;
-    let mut specs = Vec::new();
-    for service in &services {
-        specs.push(service_spec(
-            project,
-            stack.compose,
-            service,
-            &release,
-            &configs,
-        )?);
+    let lb = service_name(project, LB_SERVICE);
+    for spec in specs.iter_mut().filter(|spec| spec.name == lb) {
+        spec.configs = configs.clone();
     }
     let mut created = Vec::new();
     let result = create_and_wait(stack, &specs, &mut created, deadline, timeout).await;
