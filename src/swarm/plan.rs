@@ -136,12 +136,12 @@ pub fn service_spec(
         color.is_some().then_some(release),
     )
     .with_context(|| format!("planning service {}", service.name))?;
-    if let Some(file) = container.files.first() {
+    if let Some(grant) = service.secrets.iter().chain(&service.configs).next() {
         return Err(usage(
             format!(
-                "services.{}: {} is a secret or config cryptus writes on this host; \
+                "services.{}: its secrets and configs ({}) are given from this host; \
                  on a Docker Swarm that is not done yet",
-                service.name, file.path
+                service.name, grant.name
             ),
             "remove the service's secrets and configs, or use --orchestrator engine",
         ));
@@ -317,6 +317,28 @@ volumes:
                 "services.redis: the bind mount /srv/conf:/conf is left out on a Docker Swarm (a path on whichever node runs the task)"
             ]
         );
+    }
+
+    #[test]
+    fn a_service_with_a_secret_is_refused_not_run_without_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("compose.yml");
+        std::fs::write(dir.path().join("token.txt"), "s3cret").unwrap();
+        std::fs::write(
+            &file,
+            "services:\n  cryptus-blue:\n    image: app:1\n    networks: [cryptus]\n    secrets: [token]\n\
+             networks:\n  cryptus: {}\nsecrets:\n  token:\n    file: ./token.txt\n",
+        )
+        .unwrap();
+        let compose = crate::compose::load(&[file], &crate::compose::Vars::default()).unwrap();
+        let blue = compose.service("cryptus-blue").unwrap();
+        let err = service_spec("shop", &compose, blue, &release()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("services.cryptus-blue: its secrets and configs (token)"),
+            "{err}"
+        );
+        assert_eq!(crate::error::classify(&err).0, crate::error::EXIT_USAGE);
     }
 
     #[test]

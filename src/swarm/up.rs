@@ -49,6 +49,8 @@ impl Started {
 
 /// Brings the stack up on the swarm, or leaves what runs as it is.
 pub async fn start(stack: &Stack<'_>, timeout: Duration) -> Result<Started> {
+    // Ctrl-C and SIGTERM end the run through its undo, not midway.
+    crate::interrupt::catch();
     let deadline = Instant::now() + timeout;
     let project = &stack.project.name;
     if lb::tls(&stack.project.dir) {
