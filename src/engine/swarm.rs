@@ -255,6 +255,8 @@ pub struct ServiceSpec {
     pub constraints: Vec<String>,
     /// Spread preferences: `node.id` spreads tasks over nodes.
     pub spread: Vec<String>,
+    /// At most this many tasks on one node.
+    pub max_per_node: Option<i64>,
     /// Ports published in host mode: on the node running the task only.
     pub host_ports: Vec<PortSpec>,
     /// Files given to each task from configs of the swarm.
@@ -351,6 +353,7 @@ fn service_body(spec: &ServiceSpec, api: ApiVersion) -> EngineServiceSpec {
                     })
                     .collect()
             }),
+            max_replicas: spec.max_per_node,
             ..Default::default()
         }),
         networks: Some(

@@ -11,8 +11,11 @@
 //! - every other service (redis): replicated as the file says (1 by
 //!   default), `dnsrr`.
 //!
-//! Every service uses `dnsrr`: a swarm's virtual IPs need IPVS, which not
-//! every kernel has, and `tasks.<service>` names are what nginx follows.
+//! The compose file's `deploy.mode`, `endpoint_mode`, `labels` and
+//! `placement` (constraints, spread preferences, `max_replicas_per_node`)
+//! come before these defaults. The default endpoint is `dnsrr`: a swarm's
+//! virtual IPs need IPVS, which not every kernel has, and `tasks.<service>`
+//! names are what nginx follows.
 
 use std::collections::BTreeMap;
 
@@ -152,25 +155,53 @@ pub fn service_spec(
         .labels
         .retain(|key, _| !key.starts_with("com.docker.compose."));
     container.labels.extend(stack_labels(project));
-    let mut labels = stack_labels(project);
+    let edge = service.name == LB_SERVICE;
+    // The compose file's Swarm keys first; cryptus's topology where it
+    // says nothing.
+    let swarm = &service.swarm;
+    let placement = swarm.placement.clone().unwrap_or_default();
+    let replicated = ServiceMode::Replicated(u64::from(service.replicas.max(1)));
+    let mode = match swarm.mode.as_deref() {
+        None if edge => ServiceMode::Global,
+        None | Some("replicated") => replicated,
+        Some("global") => ServiceMode::Global,
+        Some(other) => {
+            return Err(usage(
+                format!(
+                    "services.{}: deploy.mode {other} does not run a long-lived service",
+                    service.name
+                ),
+                "use deploy.mode replicated or global",
+            ));
+        }
+    };
+    let or_default = |given: Vec<String>, default: Option<&str>| {
+        if given.is_empty() {
+            default.map(str::to_owned).into_iter().collect()
+        } else {
+            given
+        }
+    };
+    let mut labels = swarm.labels.clone();
+    labels.extend(stack_labels(project));
     labels.insert(STACK_IMAGE_LABEL.to_owned(), container.image.clone());
     let mut spec = ServiceSpec {
         name: service_name(project, &service.name),
         labels,
-        mode: ServiceMode::Replicated(u64::from(service.replicas.max(1))),
-        dnsrr: true,
-        constraints: Vec::new(),
-        spread: Vec::new(),
+        mode,
+        // Not `vip` unless asked: a virtual IP needs IPVS in the kernel.
+        dnsrr: swarm.endpoint_mode.as_deref() != Some("vip"),
+        constraints: or_default(placement.constraints, edge.then_some(EDGE_CONSTRAINT)),
+        spread: or_default(
+            placement.preferences,
+            color.is_some().then_some(SPREAD_NODES),
+        ),
+        max_per_node: placement.max_replicas_per_node,
         host_ports: Vec::new(),
         configs: Vec::new(),
         container,
     };
-    if color.is_some() {
-        spec.spread.push(SPREAD_NODES.to_owned());
-    }
-    if service.name == LB_SERVICE {
-        spec.mode = ServiceMode::Global;
-        spec.constraints.push(EDGE_CONSTRAINT.to_owned());
+    if edge {
         // Only the ports with a fixed host port: the others (the status
         // port on loopback) are for one engine's cryptus.
         spec.host_ports = spec
@@ -339,6 +370,60 @@ volumes:
             "{err}"
         );
         assert_eq!(crate::error::classify(&err).0, crate::error::EXIT_USAGE);
+    }
+
+    #[test]
+    fn the_compose_files_swarm_keys_come_before_the_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("compose.yml");
+        std::fs::write(
+            &file,
+            r#"
+services:
+  cryptus-blue:
+    image: app:1
+    networks: [cryptus]
+    deploy:
+      replicas: 4
+      endpoint_mode: vip
+      labels: {team: web}
+      placement:
+        preferences: [{spread: node.labels.zone}]
+        max_replicas_per_node: 2
+  nginx:
+    image: nginx:1.30
+    networks: [cryptus]
+    deploy:
+      mode: replicated
+      replicas: 2
+      placement: {constraints: [node.labels.edge==true]}
+  redis:
+    image: redis:7
+    networks: [cryptus]
+    deploy: {mode: replicated-job}
+networks:
+  cryptus: {}
+"#,
+        )
+        .unwrap();
+        let compose = crate::compose::load(&[file], &crate::compose::Vars::default()).unwrap();
+        let spec =
+            |name: &str| service_spec("shop", &compose, compose.service(name).unwrap(), &release());
+        let blue = spec("cryptus-blue").unwrap().spec;
+        assert_eq!(blue.mode, ServiceMode::Replicated(4));
+        assert!(!blue.dnsrr, "vip as asked");
+        assert_eq!(blue.spread, ["node.labels.zone"]);
+        assert_eq!(blue.max_per_node, Some(2));
+        assert_eq!(blue.labels["team"], "web");
+        assert_eq!(blue.labels[STACK_LABEL], "shop");
+        let nginx = spec("nginx").unwrap().spec;
+        assert_eq!(nginx.mode, ServiceMode::Replicated(2));
+        assert_eq!(nginx.constraints, ["node.labels.edge==true"]);
+        let err = spec("redis").unwrap_err();
+        assert!(
+            err.to_string().contains("deploy.mode replicated-job"),
+            "{err}"
+        );
     }
 
     #[test]

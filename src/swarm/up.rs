@@ -293,6 +293,7 @@ mod tests {
             dnsrr: true,
             constraints: Vec::new(),
             spread: Vec::new(),
+            max_per_node: None,
             host_ports: Vec::new(),
             configs: Vec::new(),
         }
