@@ -306,7 +306,13 @@ fn start_spreads_blue_over_the_nodes_and_status_names_each_tasks_node() {
         .map(|t| t["node"].as_str().expect("node").to_owned())
         .collect();
     assert_eq!(placed, nodes, "one blue task per node: {blue}");
-    assert_eq!(service("redis")["running"], 1);
+    let redis = service("redis");
+    assert_eq!(redis["running"], 1, "{redis}");
+    assert_eq!(
+        redis["tasks"][0]["node"],
+        lab.node_name(1).as_str(),
+        "redis is pinned to the manager's node, with its volume: {redis}"
+    );
     let nginx = service("nginx");
     assert_eq!(
         nginx["tasks"][0]["node"],

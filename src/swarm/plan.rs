@@ -124,11 +124,17 @@ pub struct Planned {
 /// ([`ServiceSpec::configs`]). Files cryptus would write on this host
 /// (secrets, configs with a value) are not given to a swarm's tasks yet:
 /// asking for them is a usage error, not a service without them.
+///
+/// A service that keeps data in a named volume (redis), neither a color
+/// nor the edge, with no placement of its own, is pinned to the node `home`
+/// (a volume lives on one node: rescheduled elsewhere, the service would
+/// start on an empty one).
 pub fn service_spec(
     project: &str,
     compose: &Compose,
     service: &Service,
     release: &Release,
+    home: Option<&str>,
 ) -> Result<Planned> {
     let color = Color::of_service(&service.name);
     let mut container = plan_container(
@@ -201,6 +207,19 @@ pub fn service_spec(
         configs: Vec::new(),
         container,
     };
+    let keeps_data = spec
+        .container
+        .mounts
+        .iter()
+        .any(|m| matches!(m, MountSpec::Volume { name: Some(_), .. }));
+    if let Some(node) = home
+        && keeps_data
+        && color.is_none()
+        && !edge
+        && spec.constraints.is_empty()
+    {
+        spec.constraints.push(format!("node.id=={node}"));
+    }
     if edge {
         // Only the ports with a fixed host port: the others (the status
         // port on loopback) are for one engine's cryptus.
@@ -292,7 +311,7 @@ volumes:
             .collect();
         assert_eq!(names, ["redis", "cryptus-blue", "nginx"]);
         let blue = compose.service("cryptus-blue").unwrap();
-        let spec = service_spec("shop", &compose, blue, &release())
+        let spec = service_spec("shop", &compose, blue, &release(), Some("n1"))
             .unwrap()
             .spec;
         assert_eq!(spec.name, "shop_cryptus-blue");
@@ -322,7 +341,7 @@ volumes:
     fn nginx_runs_on_every_manager_with_host_ports_and_configs() {
         let compose = compose();
         let nginx = compose.service("nginx").unwrap();
-        let planned = service_spec("shop", &compose, nginx, &release()).unwrap();
+        let planned = service_spec("shop", &compose, nginx, &release(), Some("n1")).unwrap();
         assert!(planned.warnings.is_empty(), "{:?}", planned.warnings);
         let spec = planned.spec;
         assert_eq!(spec.mode, ServiceMode::Global);
@@ -337,11 +356,12 @@ volumes:
         assert_eq!(spec.container.image, "nginx:1.30", "nginx keeps its image");
 
         let redis = compose.service("redis").unwrap();
-        let planned = service_spec("shop", &compose, redis, &release()).unwrap();
+        let planned = service_spec("shop", &compose, redis, &release(), Some("n1")).unwrap();
         let spec = planned.spec;
         assert_eq!(spec.mode, ServiceMode::Replicated(1));
         assert!(spec.spread.is_empty() && spec.dnsrr);
         assert_eq!(spec.container.mounts.len(), 1, "its volume stays");
+        assert_eq!(spec.constraints, ["node.id==n1"], "pinned with its volume");
         assert_eq!(
             planned.warnings,
             [
@@ -363,7 +383,7 @@ volumes:
         .unwrap();
         let compose = crate::compose::load(&[file], &crate::compose::Vars::default()).unwrap();
         let blue = compose.service("cryptus-blue").unwrap();
-        let err = service_spec("shop", &compose, blue, &release()).unwrap_err();
+        let err = service_spec("shop", &compose, blue, &release(), Some("n1")).unwrap_err();
         assert!(
             err.to_string()
                 .contains("services.cryptus-blue: its secrets and configs (token)"),
@@ -407,8 +427,15 @@ networks:
         )
         .unwrap();
         let compose = crate::compose::load(&[file], &crate::compose::Vars::default()).unwrap();
-        let spec =
-            |name: &str| service_spec("shop", &compose, compose.service(name).unwrap(), &release());
+        let spec = |name: &str| {
+            service_spec(
+                "shop",
+                &compose,
+                compose.service(name).unwrap(),
+                &release(),
+                None,
+            )
+        };
         let blue = spec("cryptus-blue").unwrap().spec;
         assert_eq!(blue.mode, ServiceMode::Replicated(4));
         assert!(!blue.dnsrr, "vip as asked");

@@ -72,9 +72,12 @@ pub async fn start(stack: &Stack<'_>, timeout: Duration) -> Result<Started> {
     }
     // Planned before anything is made: what the swarm cannot run is refused
     // while nothing has changed.
+    // A service with a volume is pinned to the manager's node: its data
+    // lives there.
+    let home = stack.engine.membership().await?.node_id;
     let mut specs = Vec::new();
     for service in &services {
-        let planned = service_spec(project, stack.compose, service, &release)?;
+        let planned = service_spec(project, stack.compose, service, &release, home.as_deref())?;
         for warning in planned.warnings {
             stack.printer.warn_once(warning);
         }
