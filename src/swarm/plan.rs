@@ -253,11 +253,19 @@ pub fn service_spec(
 mod tests {
     use super::*;
 
-    fn compose() -> Compose {
+    /// The compose file `text`, with `beside` files next to it.
+    fn load(text: &str, beside: &[(&str, &str)]) -> Compose {
         let dir = tempfile::tempdir().unwrap();
+        for (name, content) in beside {
+            std::fs::write(dir.path().join(name), content).unwrap();
+        }
         let file = dir.path().join("compose.yml");
-        std::fs::write(
-            &file,
+        std::fs::write(&file, text).unwrap();
+        crate::compose::load(&[file], &crate::compose::Vars::default()).unwrap()
+    }
+
+    fn compose() -> Compose {
+        load(
             r#"
 services:
   redis:
@@ -289,9 +297,8 @@ volumes:
   data: {}
   state: {}
 "#,
+            &[],
         )
-        .unwrap();
-        crate::compose::load(&[file], &crate::compose::Vars::default()).unwrap()
     }
 
     fn release() -> Release {
@@ -372,16 +379,11 @@ volumes:
 
     #[test]
     fn a_service_with_a_secret_is_refused_not_run_without_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("compose.yml");
-        std::fs::write(dir.path().join("token.txt"), "s3cret").unwrap();
-        std::fs::write(
-            &file,
+        let compose = load(
             "services:\n  cryptus-blue:\n    image: app:1\n    networks: [cryptus]\n    secrets: [token]\n\
              networks:\n  cryptus: {}\nsecrets:\n  token:\n    file: ./token.txt\n",
-        )
-        .unwrap();
-        let compose = crate::compose::load(&[file], &crate::compose::Vars::default()).unwrap();
+            &[("token.txt", "s3cret")],
+        );
         let blue = compose.service("cryptus-blue").unwrap();
         let err = service_spec("shop", &compose, blue, &release(), Some("n1")).unwrap_err();
         assert!(
@@ -394,10 +396,7 @@ volumes:
 
     #[test]
     fn the_compose_files_swarm_keys_come_before_the_defaults() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("compose.yml");
-        std::fs::write(
-            &file,
+        let compose = load(
             r#"
 services:
   cryptus-blue:
@@ -424,9 +423,8 @@ services:
 networks:
   cryptus: {}
 "#,
-        )
-        .unwrap();
-        let compose = crate::compose::load(&[file], &crate::compose::Vars::default()).unwrap();
+            &[],
+        );
         let spec = |name: &str| {
             service_spec(
                 "shop",
