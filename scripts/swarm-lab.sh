@@ -14,6 +14,10 @@
 #       started or left by a killed run; a lab that is not there is no error.
 #   scripts/swarm-lab.sh nsexec DIR N COMMAND...
 #       runs COMMAND in node N's network namespace.
+#   scripts/swarm-lab.sh sweep
+#       runs down for every lab there is: every /tmp/ctsw* directory and
+#       every ctsw*-lab / ctsw*-nN namespace (scripts/test.sh, after a
+#       killed run; never while other tests run labs).
 #
 # DIR is /tmp/ctsw<id> (keep it short: socket paths are limited to 107 bytes);
 # its last part names everything else: network namespaces <name>-lab (the
@@ -28,6 +32,14 @@
 set -euo pipefail
 
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" >&2; exit 2; }
+if [ "${1:-}" = sweep ]; then
+  for lab in $({ ls -d /tmp/ctsw* 2>/dev/null || true
+    ip netns list 2>/dev/null | awk '{print $1}' | sed -n 's:^\(ctsw[0-9x]*\)-\(lab\|n[0-9]\)$:/tmp/\1:p'
+  } | sort -u); do
+    "$0" down "$lab" || true
+  done
+  exit 0
+fi
 [ $# -ge 2 ] || usage
 CMD=$1 LAB=$2
 shift 2

@@ -33,15 +33,9 @@ sweep() {
     grep -o " $dir[^ ]*" /proc/self/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
     rm -rf "$dir"
   done
-  # A swarm lab a killed test left (tests/support/swarm_lab.rs): its
-  # dockerds, namespaces, cgroups, mounts and files, by its directory or, if
-  # that is gone, by its namespaces' names.
-  local lab
-  for lab in $({ ls -d /tmp/ctsw* 2>/dev/null || true
-    ip netns list 2>/dev/null | awk '{print $1}' | sed -n 's:^\(ctsw[0-9x]*\)-\(lab\|n[0-9]\)$:/tmp/\1:p'
-  } | sort -u); do
-    scripts/swarm-lab.sh down "$lab" || true
-  done
+  # Swarm labs a killed test left (tests/support/swarm_lab.rs): their
+  # dockerds, namespaces, cgroups, mounts and files.
+  scripts/swarm-lab.sh sweep
   # A cron daemon a killed backup test left running.
   pkill -f 'busybox crond -f -l 0 -c /tmp/' 2>/dev/null || true
   ip -o link show type bridge 2>/dev/null | awk -F': ' '{print $2}' | grep '^cteng' |

@@ -141,6 +141,23 @@ fn lab_has_three_ready_nodes_and_dnsrr_tasks_resolve_across_them() {
     );
 }
 
+/// A run killed while its lab starts leaves dockerds, namespaces and
+/// cgroups behind; the lab's teardown (the same `down` the sweep of
+/// scripts/test.sh runs) removes every one.
+#[test]
+fn a_lab_killed_while_starting_is_removed_whole() {
+    let lab = SwarmLab::killed_while_starting(2);
+    let left = lab.leftovers();
+    assert!(
+        left.iter().any(|l| l.starts_with("process "))
+            && left.iter().any(|l| l.starts_with("namespace ")),
+        "the killed start left no dockerd or namespace to remove: {left:?}"
+    );
+    lab.down();
+    let left = lab.leftovers();
+    assert!(left.is_empty(), "left after the teardown: {left:#?}");
+}
+
 /// The shared engine is in no swarm (the tests never make it one): swarm
 /// mode refuses it, by flag or by variable, with exit 2 and a hint, and
 /// creates nothing.

@@ -64,6 +64,87 @@ impl SwarmLab {
         lab
     }
 
+    /// A lab as a killed run leaves it: its script is SIGKILLed once node
+    /// 1's engine has a socket, with dockerds and namespaces left running.
+    /// Its drop must remove them as it removes a whole lab.
+    pub fn killed_while_starting(nodes: usize) -> SwarmLab {
+        let lab = SwarmLab {
+            dir: PathBuf::from(format!(
+                "/tmp/ctsw{}x{}",
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::Relaxed)
+            )),
+            nodes,
+        };
+        let mut child = lab
+            .script("up")
+            .arg(nodes.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting the swarm lab's script");
+        let socket = lab.dir.join("n1/docker.sock");
+        let started = poll(LAB_DEADLINE, Duration::from_millis(50), || {
+            if socket.exists() {
+                Ok(())
+            } else {
+                Err(format!("no {}", socket.display()))
+            }
+        });
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(started.is_ok(), "node 1 never got a socket: {started:?}");
+        lab
+    }
+
+    /// What of the lab is on this machine: its directory, namespaces,
+    /// processes, cgroups and mounts, one line each.
+    pub fn leftovers(&self) -> Vec<String> {
+        let dir = self.dir.display().to_string();
+        let name = self.name();
+        let mut found = Vec::new();
+        if self.dir.exists() {
+            found.push(format!("directory {dir}"));
+        }
+        let netns = Command::new("ip").args(["netns", "list"]).output();
+        for line in netns
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+            .lines()
+        {
+            if line.starts_with(&format!("{name}-")) {
+                found.push(format!("namespace {line}"));
+            }
+        }
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(&format!("{dir}/")) {
+                found.push(format!("process {cmdline}"));
+            }
+        }
+        for hierarchy in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for node in 1..=self.nodes {
+                let cgroup = hierarchy.path().join(format!("{name}-n{node}"));
+                if cgroup.exists() {
+                    found.push(format!("cgroup {}", cgroup.display()));
+                }
+            }
+        }
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        for line in mounts.lines().filter(|line| line.contains(&dir)) {
+            found.push(format!("mount {line}"));
+        }
+        found
+    }
+
     pub fn nodes(&self) -> usize {
         self.nodes
     }
@@ -136,6 +217,14 @@ impl SwarmLab {
 
 impl Drop for SwarmLab {
     fn drop(&mut self) {
+        self.down();
+    }
+}
+
+impl SwarmLab {
+    /// Removes the whole lab now (dropping it does the same; a lab removed
+    /// already is no error).
+    pub fn down(&self) {
         // No panic here: this may run while a failed test unwinds.
         let Ok(mut child) = self
             .script("down")
