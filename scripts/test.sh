@@ -33,6 +33,9 @@ sweep() {
     grep -o " $dir[^ ]*" /proc/self/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
     rm -rf "$dir"
   done
+  # Swarm labs a killed test left (tests/support/swarm_lab.rs): their
+  # dockerds, namespaces, cgroups, mounts and files.
+  scripts/swarm-lab.sh sweep
   # A cron daemon a killed backup test left running.
   pkill -f 'busybox crond -f -l 0 -c /tmp/' 2>/dev/null || true
   ip -o link show type bridge 2>/dev/null | awk -F': ' '{print $2}' | grep '^cteng' |

@@ -9,6 +9,7 @@ use clap::{ArgAction, Args, Parser, Subcommand};
 
 use crate::compose::duration;
 use crate::history::{self, Outcome};
+use crate::orchestrator::Orchestrator;
 
 const AFTER_HELP: &str = "\
 Exit codes:
@@ -27,6 +28,7 @@ Environment:
   COMPOSE_FILE     compose files (as -f), separated by COMPOSE_PATH_SEPARATOR (default :)
   COMPOSE_PROFILES active profiles (as --profile), separated by commas
   DOCKER_HOST      the Docker engine (default unix:///var/run/docker.sock)
+  CRYPTUS_ORCHESTRATOR  engine (default) or swarm (as --orchestrator)
   RUST_LOG         tracing filter for -v style diagnostics, e.g. cryptus=debug";
 
 #[derive(Debug, Parser)]
@@ -67,6 +69,18 @@ pub struct Cli {
         value_name = "NAME"
     )]
     pub profile: Vec<String>,
+
+    /// What runs the stack: one Docker engine, or a Docker Swarm through
+    /// one of its managers (DOCKER_HOST must name a manager).
+    #[arg(
+        long,
+        global = true,
+        env = "CRYPTUS_ORCHESTRATOR",
+        default_value = "engine",
+        value_parser = Orchestrator::parse,
+        value_name = "engine|swarm"
+    )]
+    pub orchestrator: Orchestrator,
 
     /// Print one JSON document on stdout (progress stays on stderr).
     #[arg(long, global = true)]
@@ -287,6 +301,31 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
+}
+
+impl Command {
+    /// The subcommand's name, as typed.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Init { .. } => "init",
+            Command::Start { .. } => "start",
+            Command::Stop { .. } => "stop",
+            Command::Restart { .. } => "restart",
+            Command::Status => "status",
+            Command::Deploy { .. } => "deploy",
+            Command::Rollback { .. } => "rollback",
+            Command::Health { .. } => "health",
+            Command::Logs { .. } => "logs",
+            Command::Scale { .. } => "scale",
+            Command::Resources => "resources",
+            Command::Config => "config",
+            Command::Backup { .. } => "backup",
+            Command::Restore { .. } => "restore",
+            Command::History { .. } => "history",
+            Command::Completions { .. } => "completions",
+            Command::Man { .. } => "man",
+        }
+    }
 }
 
 /// Options shared by deploy, rollback and scale.

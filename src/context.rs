@@ -36,7 +36,7 @@ pub struct Session<'a> {
 impl<'a> Session<'a> {
     pub async fn open(project: &'a Project, printer: &'a Printer) -> Result<Session<'a>> {
         let compose = project.load()?;
-        let engine = Engine::connect().await?;
+        let engine = crate::orchestrator::connect(project.orchestrator).await?;
         Ok(Session {
             project,
             printer,

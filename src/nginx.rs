@@ -59,6 +59,25 @@ pub fn render_upstream(color: Color, servers: &[String]) -> Result<String> {
     Ok(text)
 }
 
+/// The upstream file for `color` on a Swarm: one server, the color
+/// service's `tasks.<service>` name, which nginx (1.27.3 and newer) keeps
+/// resolving through the swarm's DNS, so tasks that move or scale are
+/// followed with no reload.
+pub fn render_resolved_upstream(color: Color, service: &str, port: u16) -> Result<String> {
+    if service.is_empty()
+        || !service
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        bail!("refusing to write the upstream server {service:?} into nginx's configuration");
+    }
+    Ok(format!(
+        "{HEADER}\n# active: {color}\nmap $host $cryptus_active_color {{\n    default \"{color}\";\n}}\n\n\
+         upstream cryptus_app {{\n    zone cryptus_app 64k;\n    resolver 127.0.0.11 valid=1s ipv6=off;\n\
+         \x20   server tasks.{service}:{port} resolve;\n    keepalive 32;\n}}\n"
+    ))
+}
+
 /// The color an upstream file routes to, when the whole file agrees on it:
 /// the `# active:` line [`render_upstream`] writes, the color nginx reports
 /// (`map ... default "COLOR"`), and every `server` line naming a container
@@ -616,6 +635,24 @@ pub async fn served_color(client: &reqwest::Client, status_addr: &str) -> Result
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_resolved_upstream_names_the_tasks_of_one_service() {
+        let text = render_resolved_upstream(Color::Green, "shop_cryptus-green", 3000).unwrap();
+        assert!(text.contains("# active: green\n"), "{text}");
+        assert!(text.contains("default \"green\";"), "{text}");
+        assert!(
+            text.contains("\n    server tasks.shop_cryptus-green:3000 resolve;\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\n    resolver 127.0.0.11 valid=1s ipv6=off;\n"),
+            "{text}"
+        );
+        assert!(text.contains("\n    zone cryptus_app 64k;\n"), "{text}");
+        assert!(render_resolved_upstream(Color::Blue, "a;b", 3000).is_err());
+        assert!(render_resolved_upstream(Color::Blue, "", 3000).is_err());
+    }
+
     use super::*;
 
     #[test]

@@ -7,6 +7,7 @@ use anyhow::Result;
 
 use crate::compose::{self, Compose, Profiles};
 use crate::error::usage;
+use crate::orchestrator::Orchestrator;
 use crate::stack::check_project_name;
 
 /// The stack's compose file, relative to the project directory.
@@ -32,6 +33,8 @@ pub struct Project {
     pub compose_files: Vec<PathBuf>,
     /// The active profiles: `--profile` or COMPOSE_PROFILES.
     pub profiles: Profiles,
+    /// What runs the stack: `--orchestrator` or CRYPTUS_ORCHESTRATOR.
+    pub orchestrator: Orchestrator,
 }
 
 impl Project {
@@ -47,6 +50,7 @@ impl Project {
             monitoring,
             compose_files: compose_file_variable(),
             profiles: Profiles::none(),
+            orchestrator: Orchestrator::default(),
         })
     }
 

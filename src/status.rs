@@ -17,6 +17,7 @@ use crate::health;
 use crate::history;
 use crate::lock;
 use crate::nginx::{self, Nginx};
+use crate::orchestrator::Orchestrator;
 use crate::output;
 use crate::project::Project;
 use crate::stack::{Color, LB_SERVICE, VERSION_LABEL, container_name};
@@ -25,6 +26,8 @@ use crate::stack::{Color, LB_SERVICE, VERSION_LABEL, container_name};
 pub struct Status {
     pub ok: bool,
     pub project: String,
+    /// Always `engine` here; a Swarm's status is [`crate::swarm::status`]'s.
+    pub orchestrator: Orchestrator,
     /// The color nginx serves; the upstream file's when nginx cannot be asked.
     pub active: Option<Color>,
     pub nginx: NginxView,
@@ -94,6 +97,7 @@ pub async fn gather(
     Status {
         ok: true,
         project: project.name.clone(),
+        orchestrator: Orchestrator::Engine,
         active: from_nginx.view.served.or(from_nginx.view.upstream_file),
         nginx: from_nginx.view,
         colors: colors(containers),
@@ -252,6 +256,10 @@ fn headline(status: &Status) -> String {
     if let Some(note) = &status.nginx.note {
         text.push_str(&format!("  note: {note}\n"));
     }
+    text.push_str(&format!(
+        "mode: {}, one Docker engine\n",
+        status.orchestrator
+    ));
     for (color, view) in &status.colors {
         let marker = if status.active == Some(*color) {
             "*"
@@ -343,6 +351,7 @@ mod tests {
         Status {
             ok: true,
             project: "shop".into(),
+            orchestrator: Orchestrator::Engine,
             active: Some(Color::Blue),
             nginx: NginxView {
                 served: Some(Color::Blue),
@@ -378,16 +387,17 @@ mod tests {
         let text = render(&status());
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "project shop: nginx serves blue");
+        assert_eq!(lines[1], "mode: engine, one Docker engine");
         assert_eq!(
-            lines[1],
+            lines[2],
             "* blue   version 1.2.0       2/2 running  app:1.2.0"
         );
-        assert_eq!(lines[2], "  green  version -           0/0 running  -");
-        assert_eq!(lines[3], "");
-        assert!(lines[4].starts_with("SERVICE"), "{text}");
-        assert!(lines[5].ends_with("app:1.2.0  5m12s"), "{text}");
-        assert!(lines[6].starts_with("redis"), "{text}");
-        assert!(lines[6].contains("not created"), "{text}");
+        assert_eq!(lines[3], "  green  version -           0/0 running  -");
+        assert_eq!(lines[4], "");
+        assert!(lines[5].starts_with("SERVICE"), "{text}");
+        assert!(lines[6].ends_with("app:1.2.0  5m12s"), "{text}");
+        assert!(lines[7].starts_with("redis"), "{text}");
+        assert!(lines[7].contains("not created"), "{text}");
         assert!(!text.contains("deploy lock"), "{text}");
         assert!(!text.contains("last deployments"), "{text}");
     }
@@ -400,7 +410,7 @@ mod tests {
         let text = render(&status);
         assert!(
             text.starts_with(
-                "project shop: nginx's upstream file names blue\n  note: nginx is exited\n"
+                "project shop: nginx's upstream file names blue\n  note: nginx is exited\nmode: engine, one Docker engine\n"
             ),
             "{text}"
         );

@@ -8,7 +8,6 @@ use anyhow::Result;
 use serde_json::json;
 
 use crate::backup::{create, restore};
-use crate::engine::Engine;
 use crate::error::{EXIT_OK, failed_with_hint, usage};
 use crate::lock;
 use crate::output::Printer;
@@ -44,7 +43,7 @@ async fn backup(
     // Cron runs this: it speaks when asked (-v, --json) or when it fails,
     // or when it cleans up after a killed run.
     let quiet = printer.quiet_unless_verbose();
-    let engine = Engine::connect().await?;
+    let engine = crate::orchestrator::connect(project.orchestrator).await?;
     let options = create::Options {
         out,
         keep: keep.map(|k| k as usize),
@@ -122,7 +121,7 @@ pub async fn restore(
             ));
         }
     }
-    let engine = Engine::connect().await?;
+    let engine = crate::orchestrator::connect(project.orchestrator).await?;
     let options = lock::Options {
         wait: lock_wait,
         force_unlock: false,

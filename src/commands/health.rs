@@ -7,14 +7,13 @@ use std::time::Duration;
 use anyhow::Result;
 
 use crate::checks;
-use crate::engine::Engine;
 use crate::error::{EXIT_FAILED, EXIT_OK};
 use crate::output::Printer;
 use crate::project::Project;
 use crate::status;
 
 pub async fn run(project: &Project, timeout: Duration, printer: &Printer) -> Result<u8> {
-    let engine = Engine::connect().await?;
+    let engine = crate::orchestrator::connect(project.orchestrator).await?;
     let containers = status::service_containers(&engine, &project.name).await?;
     let report = checks::check(&engine, &project.name, &containers, timeout).await;
     if printer.json() {

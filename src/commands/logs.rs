@@ -8,7 +8,6 @@ use std::collections::BTreeSet;
 use anyhow::Result;
 use chrono::Utc;
 
-use crate::engine::Engine;
 use crate::error::{EXIT_OK, usage};
 use crate::logs::{self, Shown};
 use crate::output::Printer;
@@ -68,7 +67,7 @@ pub async fn run(project: &Project, options: Options, printer: &Printer) -> Resu
             .map_err(|err| usage(err, "write --since 10m or --since 2026-01-02T15:04:05Z"))?,
         None => 0,
     };
-    let engine = Engine::connect().await?;
+    let engine = crate::orchestrator::connect(project.orchestrator).await?;
     let containers = status::service_containers(&engine, &project.name).await?;
     let mut known: BTreeSet<String> = declared.into_iter().collect();
     known.extend(containers.iter().map(|c| c.service.clone()));

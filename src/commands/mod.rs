@@ -25,6 +25,8 @@ use anyhow::Result;
 use crate::cli::{Cli, Command};
 use crate::compose::Compose;
 use crate::engine::{Engine, START_INTERVAL_API};
+use crate::error::usage;
+use crate::orchestrator::Orchestrator;
 use crate::output::Printer;
 use crate::project::Project;
 
@@ -60,6 +62,18 @@ fn warn_not_applied(compose: &Compose, engine: &Engine, printer: &Printer) {
     }
 }
 
+/// The commands that drive a Swarm; the others act on one engine only.
+fn runs_on_swarm(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Init { .. }
+            | Command::Config
+            | Command::Status
+            | Command::Start { .. }
+            | Command::Stop { .. }
+    )
+}
+
 pub async fn run(cli: Cli, printer: &Printer) -> Result<u8> {
     // These speak of cryptus itself: no project, however it is set.
     match &cli.command {
@@ -69,6 +83,13 @@ pub async fn run(cli: Cli, printer: &Printer) -> Result<u8> {
     }
     let mut project =
         Project::new(&cli.project_dir, &cli.project)?.with_compose(cli.file, &cli.profile)?;
+    project.orchestrator = cli.orchestrator;
+    if project.orchestrator == Orchestrator::Swarm && !runs_on_swarm(&cli.command) {
+        return Err(usage(
+            format!("{} does not run on a Docker Swarm yet", cli.command.name()),
+            "use --orchestrator engine (unset CRYPTUS_ORCHESTRATOR); docs/swarm.md says what runs on Swarm",
+        ));
+    }
     // One arm per subcommand, each handing resolved options to its file.
     match cli.command {
         Command::Init { dir, force } => {

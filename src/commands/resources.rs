@@ -37,7 +37,7 @@ struct Report {
 }
 
 pub async fn run(project: &Project, printer: &Printer) -> Result<u8> {
-    let engine = Engine::connect().await?;
+    let engine = crate::orchestrator::connect(project.orchestrator).await?;
     let report = Report {
         ok: true,
         project: project.name.clone(),

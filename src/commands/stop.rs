@@ -1,4 +1,5 @@
-//! `cryptus stop`: stop every container of the project, keep the volumes.
+//! `cryptus stop`: stop every container of the project, keep the volumes;
+//! on a Swarm, remove the stack's services.
 
 use std::time::Duration;
 
@@ -7,12 +8,18 @@ use serde_json::json;
 
 use crate::engine::Engine;
 use crate::error::EXIT_OK;
+use crate::orchestrator::Orchestrator;
 use crate::output::Printer;
 use crate::project::Project;
 
 pub async fn run(project: &Project, timeout: Option<Duration>, printer: &Printer) -> Result<u8> {
-    let engine = Engine::connect().await?;
-    let stopped = stop(&engine, project, timeout, printer).await?;
+    let engine = crate::orchestrator::connect(project.orchestrator).await?;
+    let stopped = match project.orchestrator {
+        Orchestrator::Engine => stop(&engine, project, timeout, printer).await?,
+        Orchestrator::Swarm => {
+            crate::swarm::up::stop(&engine, &project.name, timeout, printer).await?
+        }
+    };
     if printer.json() {
         printer.out_json(&json!({"ok": true, "stopped": stopped}))?;
     }

@@ -25,6 +25,7 @@ use crate::error::usage;
 mod container;
 mod spec;
 mod stats;
+mod swarm;
 
 pub use container::Container;
 pub use spec::{
@@ -32,6 +33,10 @@ pub use spec::{
     PortSpec, RestartSpec, RuntimeSpec, START_INTERVAL_API, UlimitSpec,
 };
 pub use stats::{HostInfo, Usage};
+pub use swarm::{
+    ConfigFile, Membership, Node, STACK_IMAGE_LABEL, STACK_LABEL, Service, ServiceMode,
+    ServiceSpec, Task,
+};
 
 /// The label Compose puts on everything of a project.
 pub const PROJECT_LABEL: &str = "com.docker.compose.project";
@@ -87,9 +92,7 @@ impl Engine {
     /// agrees on an API version both sides speak.
     pub async fn connect() -> Result<Engine> {
         let set = std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty());
-        let host = set
-            .clone()
-            .unwrap_or_else(|| "unix:///var/run/docker.sock".to_owned());
+        let host = Engine::endpoint();
         let unreachable = |detail: String| {
             usage(
                 format!("cannot reach the Docker engine at {host}: {detail}"),
@@ -193,28 +196,26 @@ impl Engine {
 
     /// Removes a network; gone already is fine.
     pub async fn remove_network(&self, name: &str) -> Result<()> {
-        match self.docker.remove_network(name).await {
-            Ok(()) => Ok(()),
-            Err(err) if is_not_found(&err) => Ok(()),
-            Err(err) => {
-                Err(anyhow!(describe(&err))).with_context(|| format!("removing network {name}"))
-            }
-        }
+        removed(self.docker.remove_network(name).await, || {
+            format!("removing network {name}")
+        })
     }
 
     /// Removes a volume; gone already is fine.
     pub async fn remove_volume(&self, name: &str) -> Result<()> {
-        match self
+        let result = self
             .docker
             .remove_volume(name, None::<bollard::query_parameters::RemoveVolumeOptions>)
-            .await
-        {
-            Ok(()) => Ok(()),
-            Err(err) if is_not_found(&err) => Ok(()),
-            Err(err) => {
-                Err(anyhow!(describe(&err))).with_context(|| format!("removing volume {name}"))
-            }
-        }
+            .await;
+        removed(result, || format!("removing volume {name}"))
+    }
+
+    /// Where the engine is: DOCKER_HOST, or the local socket.
+    pub fn endpoint() -> String {
+        std::env::var("DOCKER_HOST")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "unix:///var/run/docker.sock".to_owned())
     }
 
     /// Whether the engine runs on this host (a unix socket), where a port
@@ -292,6 +293,8 @@ impl Engine {
             name: name.to_owned(),
             driver: Some(network.driver.as_deref().unwrap_or("bridge").to_owned()),
             internal: Some(network.internal),
+            // A swarm's network that plain containers may join too (a probe).
+            attachable: Some(network.driver.as_deref() == Some("overlay")),
             labels: Some(labels.into_iter().collect()),
             ipam,
             ..Default::default()
@@ -1123,6 +1126,16 @@ fn status(err: &BollardError) -> Option<u16> {
 
 fn is_not_found(err: &BollardError) -> bool {
     status(err) == Some(404)
+}
+
+/// A removal's outcome: done, or gone already, is fine; else the engine's
+/// error under `what`.
+fn removed(result: Result<(), BollardError>, what: impl FnOnce() -> String) -> Result<()> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(err) if is_not_found(&err) => Ok(()),
+        Err(err) => Err(anyhow!(describe(&err))).with_context(what),
+    }
 }
 
 /// The engine's own message where there is one, rather than bollard's wrapper.

@@ -343,7 +343,7 @@ fn port_bindings(ports: &[PortSpec]) -> HashMap<String, Option<Vec<PortBinding>>
     bindings
 }
 
-fn mount(spec: &MountSpec) -> Mount {
+pub(super) fn mount(spec: &MountSpec) -> Mount {
     let (typ, source, target, read_only) = match spec {
         MountSpec::Volume {
             name,
@@ -378,7 +378,7 @@ fn restart_policy(restart: RestartSpec) -> RestartPolicy {
     }
 }
 
-fn health_config(health: &HealthSpec, api: ApiVersion) -> HealthConfig {
+pub(super) fn health_config(health: &HealthSpec, api: ApiVersion) -> HealthConfig {
     let nanos = |d: Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
     HealthConfig {
         test: Some(health.test.clone()),

@@ -6,8 +6,8 @@
 //! Here: the cryptus binary, its runs (each under a deadline) and the
 //! images. [`project`]: the isolated project; [`engine`]: engine calls and
 //! removal; [`http`]: single requests; [`private_engine`]: a dockerd of a
-//! test's own; [`wait`]: every wait; [`load`]: load through the load
-//! balancer.
+//! test's own; [`swarm_lab`]: a Docker Swarm of a test's own; [`wait`]:
+//! every wait; [`load`]: load through the load balancer.
 
 // Each test file compiles this module and uses a part of it.
 #![allow(dead_code)]
@@ -17,6 +17,7 @@ mod http;
 pub mod load;
 pub mod private_engine;
 mod project;
+pub mod swarm_lab;
 pub mod wait;
 
 // Each test file uses a part of these: what one leaves unused is not dead.
@@ -108,8 +109,9 @@ fn shown(command: &std::process::Command) -> String {
 
 /// The variables cryptus reads that a test's environment must not leak
 /// into a run: each run is given its own.
-pub const CRYPTUS_VARIABLES: [&str; 11] = [
+pub const CRYPTUS_VARIABLES: [&str; 12] = [
     "CRYPTUS_PROJECT",
+    "CRYPTUS_ORCHESTRATOR",
     "NGINX_IMAGE",
     "REDIS_IMAGE",
     "CRYPTUS_IMAGE",

@@ -1,0 +1,569 @@
+//! The engine as a Swarm manager: whether it is one, the swarm's nodes, and
+//! a project's services and their tasks, read the way `docker node ls` and
+//! `docker stack ps` read them.
+
+use std::collections::BTreeMap;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use base64::Engine as _;
+use bollard::models::{
+    ConfigSpec, EndpointPortConfig, EndpointPortConfigProtocolEnum,
+    EndpointPortConfigPublishModeEnum, EndpointSpec, EndpointSpecModeEnum, Limit, LocalNodeState,
+    NetworkAttachmentConfig, Node as NodeModel, Service as ServiceModel,
+    ServiceSpec as EngineServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated, SystemInfo,
+    Task as TaskModel, TaskSpec, TaskSpecContainerSpec, TaskSpecContainerSpecConfigs,
+    TaskSpecContainerSpecFile1, TaskSpecLogDriver, TaskSpecPlacement, TaskSpecPlacementPreferences,
+    TaskSpecPlacementSpread, TaskSpecResources, TaskSpecRestartPolicy,
+    TaskSpecRestartPolicyConditionEnum, TaskState,
+};
+use bollard::query_parameters::{
+    ListConfigsOptionsBuilder, ListNetworksOptionsBuilder, ListNodesOptions,
+    ListServicesOptionsBuilder, ListTasksOptionsBuilder,
+};
+use serde::Serialize;
+
+use super::spec::{health_config, mount};
+use super::{ApiVersion, ContainerSpec, Engine, MountSpec, PortSpec, describe, removed};
+
+/// The label `docker stack deploy` puts on a stack's services (and their
+/// tasks): the stack's name, here the project's.
+pub const STACK_LABEL: &str = "com.docker.stack.namespace";
+/// The label `docker stack deploy` puts on a service: the image it asked for.
+pub const STACK_IMAGE_LABEL: &str = "com.docker.stack.image";
+
+/// The label filter `docker stack` lists a stack's objects by.
+fn stack_filter(project: &str) -> String {
+    format!("{STACK_LABEL}={project}")
+}
+
+/// What the engine is in a swarm.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Membership {
+    /// `inactive` (no swarm), `pending`, `active`, `error` or `locked`.
+    pub state: String,
+    /// Whether it is a manager: it answers the swarm's API.
+    pub manager: bool,
+    /// Its node's id in the swarm, when it is in one.
+    pub node_id: Option<String>,
+    /// The address other nodes reach it at.
+    pub node_addr: Option<String>,
+    /// The swarm's nodes and managers, as a manager counts them.
+    pub nodes: Option<i64>,
+    pub managers: Option<i64>,
+}
+
+impl From<&SystemInfo> for Membership {
+    fn from(info: &SystemInfo) -> Membership {
+        let swarm = info.swarm.clone().unwrap_or_default();
+        let state = match swarm.local_node_state {
+            None | Some(LocalNodeState::EMPTY) => "inactive".to_owned(),
+            Some(state) => state.to_string(),
+        };
+        Membership {
+            manager: state == "active" && swarm.control_available.unwrap_or(false),
+            state,
+            node_id: swarm.node_id.filter(|id| !id.is_empty()),
+            node_addr: swarm.node_addr.filter(|addr| !addr.is_empty()),
+            nodes: swarm.nodes,
+            managers: swarm.managers,
+        }
+    }
+}
+
+/// A node of the swarm.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Node {
+    pub id: String,
+    pub hostname: String,
+    /// `manager` or `worker`.
+    pub role: String,
+    /// `ready`, `down`, `disconnected` or `unknown`.
+    pub state: String,
+    /// `active`, `pause` or `drain`.
+    pub availability: String,
+    pub addr: Option<String>,
+    pub leader: bool,
+}
+
+impl From<NodeModel> for Node {
+    fn from(node: NodeModel) -> Node {
+        let spec = node.spec.unwrap_or_default();
+        let status = node.status.unwrap_or_default();
+        let text = |value: Option<String>| value.unwrap_or_else(|| "unknown".to_owned());
+        Node {
+            id: node.id.unwrap_or_default(),
+            hostname: node
+                .description
+                .and_then(|d| d.hostname)
+                .unwrap_or_default(),
+            role: text(spec.role.map(|r| r.to_string())),
+            state: text(status.state.map(|s| s.to_string())),
+            availability: text(spec.availability.map(|a| a.to_string())),
+            addr: status.addr,
+            leader: node.manager_status.and_then(|m| m.leader).unwrap_or(false),
+        }
+    }
+}
+
+/// A service of a stack.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    pub id: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// The replicas asked for; `None` for a global service.
+    pub replicas: Option<u64>,
+    pub image: String,
+}
+
+impl From<ServiceModel> for Service {
+    fn from(service: ServiceModel) -> Service {
+        let spec = service.spec.unwrap_or_default();
+        Service {
+            id: service.id.unwrap_or_default(),
+            name: spec.name.unwrap_or_default(),
+            labels: spec.labels.unwrap_or_default().into_iter().collect(),
+            replicas: spec
+                .mode
+                .and_then(|mode| mode.replicated)
+                .map(|replicated| replicated.replicas.unwrap_or(1).max(0) as u64),
+            image: spec
+                .task_template
+                .and_then(|t| t.container_spec)
+                .and_then(|c| c.image)
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// A task of a service: one replica's attempt on one node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Task {
+    pub id: String,
+    pub service_id: String,
+    /// The replica's number (replicated services).
+    pub slot: Option<i64>,
+    pub node_id: Option<String>,
+    /// `new`, `pending`, ..., `running`, `complete`, `failed`, `shutdown`, ...
+    pub state: String,
+    /// What the swarm wants of it: `running`, `shutdown`, ...
+    pub desired_state: String,
+    /// Why it failed or is not running yet, in the swarm's words.
+    pub error: Option<String>,
+    pub container_id: Option<String>,
+    pub image: String,
+}
+
+impl From<TaskModel> for Task {
+    fn from(task: TaskModel) -> Task {
+        let status = task.status.unwrap_or_default();
+        let state = |s: Option<TaskState>| s.map(|s| s.to_string()).unwrap_or_default();
+        Task {
+            id: task.id.unwrap_or_default(),
+            service_id: task.service_id.unwrap_or_default(),
+            slot: task.slot,
+            node_id: task.node_id.filter(|id| !id.is_empty()),
+            state: state(status.state),
+            desired_state: state(task.desired_state),
+            error: status.err.filter(|e| !e.is_empty()),
+            container_id: status
+                .container_status
+                .and_then(|c| c.container_id)
+                .filter(|id| !id.is_empty()),
+            image: task
+                .spec
+                .and_then(|s| s.container_spec)
+                .and_then(|c| c.image)
+                .unwrap_or_default(),
+        }
+    }
+}
+
+impl Engine {
+    /// What this engine is in a swarm.
+    pub async fn membership(&self) -> Result<Membership> {
+        self.docker
+            .info()
+            .await
+            .map(|info| Membership::from(&info))
+            .map_err(|err| anyhow!(describe(&err)))
+            .map_err(|err| err.context("asking the engine whether it is in a swarm"))
+    }
+
+    /// Every node of the swarm (a manager's answer).
+    pub async fn nodes(&self) -> Result<Vec<Node>> {
+        let nodes = self
+            .docker
+            .list_nodes(None::<ListNodesOptions>)
+            .await
+            .map_err(|err| anyhow!(describe(&err)).context("listing the swarm's nodes"))?;
+        let mut nodes: Vec<Node> = nodes.into_iter().map(Node::from).collect();
+        nodes.sort_by(|a, b| a.hostname.cmp(&b.hostname));
+        Ok(nodes)
+    }
+
+    /// The services of a project's stack, by name.
+    pub async fn services(&self, project: &str) -> Result<Vec<Service>> {
+        let filter = stack_filter(project);
+        let filters = HashMap::from([("label", vec![filter.as_str()])]);
+        let options = ListServicesOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        let services = self
+            .docker
+            .list_services(Some(options))
+            .await
+            .map_err(|err| {
+                anyhow!(describe(&err)).context(format!("listing the services of stack {project}"))
+            })?;
+        let mut services: Vec<Service> = services.into_iter().map(Service::from).collect();
+        services.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(services)
+    }
+
+    /// The tasks of a project's stack, every state.
+    pub async fn tasks(&self, project: &str) -> Result<Vec<Task>> {
+        let filter = stack_filter(project);
+        let filters = HashMap::from([("label", vec![filter.as_str()])]);
+        let options = ListTasksOptionsBuilder::default().filters(&filters).build();
+        let tasks = self.docker.list_tasks(Some(options)).await.map_err(|err| {
+            anyhow!(describe(&err)).context(format!("listing the tasks of stack {project}"))
+        })?;
+        Ok(tasks.into_iter().map(Task::from).collect())
+    }
+}
+
+/// A service to create: a container, run as tasks of the swarm.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServiceSpec {
+    pub name: String,
+    /// The service's own labels (the stack's among them).
+    pub labels: BTreeMap<String, String>,
+    /// What each task runs: image, command, environment, healthcheck,
+    /// volumes, networks (with their aliases), limits. Its ports and bind
+    /// mounts are not used: a swarm publishes `host_ports`, and a bind
+    /// names a path on whichever node runs the task.
+    pub container: ContainerSpec,
+    pub mode: ServiceMode,
+    /// `endpoint_mode: dnsrr`: the service's name resolves to its tasks'
+    /// addresses, with no virtual IP (which needs IPVS).
+    pub dnsrr: bool,
+    /// `node.role==manager` and the like.
+    pub constraints: Vec<String>,
+    /// Spread preferences: `node.id` spreads tasks over nodes.
+    pub spread: Vec<String>,
+    /// At most this many tasks on one node.
+    pub max_per_node: Option<i64>,
+    /// Ports published in host mode: on the node running the task only.
+    pub host_ports: Vec<PortSpec>,
+    /// Files given to each task from configs of the swarm.
+    pub configs: Vec<ConfigFile>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServiceMode {
+    Replicated(u64),
+    /// One task on every node that the constraints allow.
+    Global,
+}
+
+/// A config of the swarm, given to a task as a file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigFile {
+    pub config_name: String,
+    pub config_id: String,
+    /// Where the task sees it.
+    pub target: String,
+}
+
+/// The engine's service spec for `spec`.
+fn service_body(spec: &ServiceSpec, api: ApiVersion) -> EngineServiceSpec {
+    let c = &spec.container;
+    let nanos = |d: Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+    let listed = |items: &[String]| (!items.is_empty()).then(|| items.to_vec());
+    let mounts: Vec<_> = c
+        .mounts
+        .iter()
+        .filter(|m| matches!(m, MountSpec::Volume { .. }))
+        .map(mount)
+        .collect();
+    let container_spec = TaskSpecContainerSpec {
+        image: Some(c.image.clone()),
+        labels: Some(c.labels.clone().into_iter().collect()),
+        command: c.entrypoint.clone(),
+        args: c.command.clone(),
+        env: Some(c.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+        user: c.user.clone(),
+        read_only: c.read_only.then_some(true),
+        hostname: c.runtime.hostname.clone(),
+        dir: c.runtime.working_dir.clone(),
+        init: c.runtime.init,
+        mounts: (!mounts.is_empty()).then_some(mounts),
+        stop_signal: c.stop_signal.clone(),
+        stop_grace_period: c.stop_timeout.map(nanos),
+        health_check: c.healthcheck.as_ref().map(|h| health_config(h, api)),
+        configs: (!spec.configs.is_empty()).then(|| {
+            spec.configs
+                .iter()
+                .map(|config| TaskSpecContainerSpecConfigs {
+                    file: Some(TaskSpecContainerSpecFile1 {
+                        name: Some(config.target.clone()),
+                        uid: Some("0".to_owned()),
+                        gid: Some("0".to_owned()),
+                        mode: Some(0o444),
+                    }),
+                    config_id: Some(config.config_id.clone()),
+                    config_name: Some(config.config_name.clone()),
+                    ..Default::default()
+                })
+                .collect()
+        }),
+        ..Default::default()
+    };
+    let limits = Limit {
+        nano_cpus: c.cpus.map(|cpus| (cpus * 1e9) as i64),
+        memory_bytes: c.memory.map(|m| i64::try_from(m).unwrap_or(i64::MAX)),
+        pids: c.pids,
+    };
+    let task_template = TaskSpec {
+        container_spec: Some(container_spec),
+        resources: Some(TaskSpecResources {
+            limits: Some(limits),
+            ..Default::default()
+        }),
+        // A swarm restarts a task that ends, whatever the compose file's
+        // one-engine policy: `docker stack deploy`'s default.
+        restart_policy: Some(TaskSpecRestartPolicy {
+            condition: Some(TaskSpecRestartPolicyConditionEnum::ANY),
+            delay: Some(nanos(Duration::from_secs(1))),
+            ..Default::default()
+        }),
+        placement: Some(TaskSpecPlacement {
+            constraints: listed(&spec.constraints),
+            preferences: (!spec.spread.is_empty()).then(|| {
+                spec.spread
+                    .iter()
+                    .map(|descriptor| TaskSpecPlacementPreferences {
+                        spread: Some(TaskSpecPlacementSpread {
+                            spread_descriptor: Some(descriptor.clone()),
+                        }),
+                    })
+                    .collect()
+            }),
+            max_replicas: spec.max_per_node,
+            ..Default::default()
+        }),
+        networks: Some(
+            c.networks
+                .iter()
+                .map(|network| NetworkAttachmentConfig {
+                    target: Some(network.name.clone()),
+                    aliases: Some(network.aliases.clone()),
+                    ..Default::default()
+                })
+                .collect(),
+        ),
+        log_driver: c.runtime.log.as_ref().map(|log| TaskSpecLogDriver {
+            name: log.driver.clone(),
+            options: Some(log.options.clone().into_iter().collect()),
+        }),
+        ..Default::default()
+    };
+    let mode = match spec.mode {
+        ServiceMode::Replicated(replicas) => ServiceSpecMode {
+            replicated: Some(ServiceSpecModeReplicated {
+                replicas: Some(i64::try_from(replicas).unwrap_or(i64::MAX)),
+            }),
+            ..Default::default()
+        },
+        ServiceMode::Global => ServiceSpecMode {
+            global: Some(HashMap::new()),
+            ..Default::default()
+        },
+    };
+    let ports: Vec<EndpointPortConfig> = spec
+        .host_ports
+        .iter()
+        .filter_map(|port| {
+            Some(EndpointPortConfig {
+                protocol: Some(if port.protocol == "udp" {
+                    EndpointPortConfigProtocolEnum::UDP
+                } else {
+                    EndpointPortConfigProtocolEnum::TCP
+                }),
+                target_port: Some(i64::from(port.container_port)),
+                published_port: Some(i64::from(port.host_port?)),
+                publish_mode: Some(EndpointPortConfigPublishModeEnum::HOST),
+                ..Default::default()
+            })
+        })
+        .collect();
+    EngineServiceSpec {
+        name: Some(spec.name.clone()),
+        labels: Some(spec.labels.clone().into_iter().collect()),
+        task_template: Some(task_template),
+        mode: Some(mode),
+        endpoint_spec: Some(EndpointSpec {
+            mode: Some(if spec.dnsrr {
+                EndpointSpecModeEnum::DNSRR
+            } else {
+                EndpointSpecModeEnum::VIP
+            }),
+            ports: (!ports.is_empty()).then_some(ports),
+        }),
+        ..Default::default()
+    }
+}
+
+impl Engine {
+    /// Creates a service; `false` when one of that name exists already
+    /// (left as it is).
+    pub async fn create_service(&self, spec: &ServiceSpec) -> Result<bool> {
+        let body = service_body(spec, self.api_version());
+        match self.docker.create_service(body, None).await {
+            Ok(_) => Ok(true),
+            Err(err) if super::status(&err) == Some(409) => Ok(false),
+            Err(err) => Err(anyhow!(describe(&err)))
+                .with_context(|| format!("creating service {}", spec.name)),
+        }
+    }
+
+    /// Removes a service (its tasks stop); one already gone is no error.
+    pub async fn remove_service(&self, name: &str) -> Result<()> {
+        removed(self.docker.delete_service(name).await, || {
+            format!("removing service {name}")
+        })
+    }
+
+    /// A config of the swarm holding `data`, made unless one of that name
+    /// exists (a config never changes, so its name says what it holds);
+    /// its id.
+    pub async fn ensure_config(
+        &self,
+        name: &str,
+        data: &[u8],
+        labels: BTreeMap<String, String>,
+    ) -> Result<String> {
+        if let Some(id) = self.config_id(name).await? {
+            return Ok(id);
+        }
+        let spec = ConfigSpec {
+            name: Some(name.to_owned()),
+            labels: Some(labels.into_iter().collect()),
+            data: Some(base64::engine::general_purpose::STANDARD.encode(data)),
+            ..Default::default()
+        };
+        match self.docker.create_config(spec).await {
+            Ok(created) => Ok(created.id),
+            Err(err) if super::status(&err) == Some(409) => self
+                .config_id(name)
+                .await?
+                .with_context(|| format!("config {name} exists but cannot be found")),
+            Err(err) => {
+                Err(anyhow!(describe(&err))).with_context(|| format!("creating config {name}"))
+            }
+        }
+    }
+
+    async fn config_id(&self, name: &str) -> Result<Option<String>> {
+        let configs = self
+            .configs_by("name", name, &format!("looking up config {name}"))
+            .await?;
+        // The name filter matches prefixes; compare exactly.
+        Ok(configs
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, id)| id))
+    }
+
+    /// The names of the configs of a project's stack.
+    pub async fn configs(&self, project: &str) -> Result<Vec<String>> {
+        let what = format!("listing the configs of stack {project}");
+        let configs = self
+            .configs_by("label", &stack_filter(project), &what)
+            .await?;
+        Ok(configs.into_iter().map(|(name, _)| name).collect())
+    }
+
+    /// The configs a filter selects: name and id.
+    async fn configs_by(
+        &self,
+        key: &str,
+        value: &str,
+        what: &str,
+    ) -> Result<Vec<(String, String)>> {
+        let filters = HashMap::from([(key, vec![value])]);
+        let options = ListConfigsOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        let configs = self
+            .docker
+            .list_configs(Some(options))
+            .await
+            .map_err(|err| anyhow!(describe(&err)))
+            .context(what.to_owned())?;
+        Ok(configs
+            .into_iter()
+            .filter_map(|c| Some((c.spec?.name?, c.id?)))
+            .collect())
+    }
+
+    /// The names of the networks of a project's stack.
+    pub async fn stack_networks(&self, project: &str) -> Result<Vec<String>> {
+        let filter = stack_filter(project);
+        let filters = HashMap::from([("label", vec![filter.as_str()])]);
+        let options = ListNetworksOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        let networks = self
+            .docker
+            .list_networks(Some(options))
+            .await
+            .map_err(|err| anyhow!(describe(&err)))
+            .with_context(|| format!("listing the networks of stack {project}"))?;
+        Ok(networks.into_iter().filter_map(|n| n.name).collect())
+    }
+
+    /// Removes a config; one already gone is no error.
+    pub async fn remove_config(&self, name: &str) -> Result<()> {
+        removed(self.docker.delete_config(name).await, || {
+            format!("removing config {name}")
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bollard::models::SwarmInfo;
+
+    fn info(state: Option<LocalNodeState>, control: Option<bool>) -> SystemInfo {
+        SystemInfo {
+            swarm: Some(SwarmInfo {
+                local_node_state: state,
+                control_available: control,
+                node_id: Some(String::new()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_an_active_node_with_control_is_a_manager() {
+        let none = Membership::from(&SystemInfo::default());
+        assert_eq!((none.state.as_str(), none.manager), ("inactive", false));
+        assert_eq!(none.node_id, None);
+        let empty = Membership::from(&info(Some(LocalNodeState::EMPTY), None));
+        assert_eq!(empty.state, "inactive");
+        let worker = Membership::from(&info(Some(LocalNodeState::ACTIVE), Some(false)));
+        assert_eq!((worker.state.as_str(), worker.manager), ("active", false));
+        let manager = Membership::from(&info(Some(LocalNodeState::ACTIVE), Some(true)));
+        assert!(manager.manager);
+        let locked = Membership::from(&info(Some(LocalNodeState::LOCKED), Some(true)));
+        assert_eq!((locked.state.as_str(), locked.manager), ("locked", false));
+    }
+}

@@ -1,0 +1,38 @@
+//! The stack as services of a Docker Swarm, driven through a manager's
+//! engine: named and labelled as `docker stack deploy` names and labels
+//! them, so `docker stack services|ps <project>` show them.
+//!
+//! `status`: what runs where (tasks per node).
+
+pub mod plan;
+pub mod status;
+pub mod up;
+
+/// A stack service's name in the swarm: `<project>_<service>`, as
+/// `docker stack deploy` names it.
+pub fn service_name(project: &str, service: &str) -> String {
+    format!("{project}_{service}")
+}
+
+/// The compose service a stack service's name stands for, if it is the
+/// project's.
+pub fn compose_service<'n>(project: &str, name: &'n str) -> Option<&'n str> {
+    name.strip_prefix(project)
+        .and_then(|rest| rest.strip_prefix('_'))
+        .filter(|service| !service.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stack_names_go_both_ways() {
+        let name = service_name("shop", "cryptus-blue");
+        assert_eq!(name, "shop_cryptus-blue");
+        assert_eq!(compose_service("shop", &name), Some("cryptus-blue"));
+        assert_eq!(compose_service("sho", &name), None);
+        assert_eq!(compose_service("shop", "shop_"), None);
+        assert_eq!(compose_service("shop", "other_redis"), None);
+    }
+}

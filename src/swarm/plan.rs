@@ -1,0 +1,480 @@
+//! The project's stack as Swarm services, planned from the compose file:
+//! plain values, no engine. Each compose service's container
+//! ([`crate::stack::plan_container`], as on one engine) becomes a service
+//! of the stack:
+//!
+//! - the active color: replicated (`deploy.replicas`), `endpoint_mode:
+//!   dnsrr`, spread over nodes (`node.id`); the idle color is not created;
+//! - nginx: one task on every manager node (the edge), its HTTP(S) ports
+//!   published in host mode, its files given as configs of the swarm, its
+//!   upstream naming the active color's `tasks.<service>`;
+//! - every other service (redis): replicated as the file says (1 by
+//!   default), `dnsrr`.
+//!
+//! The compose file's `deploy.mode`, `endpoint_mode`, `labels` and
+//! `placement` (constraints, spread preferences, `max_replicas_per_node`)
+//! come before these defaults. The default endpoint is `dnsrr`: a swarm's
+//! virtual IPs need IPVS, which not every kernel has, and `tasks.<service>`
+//! names are what nginx follows.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+use sha2::{Digest, Sha256};
+
+use crate::compose::{Compose, Service};
+use crate::engine::{MountSpec, STACK_IMAGE_LABEL, STACK_LABEL, ServiceMode, ServiceSpec};
+use crate::error::usage;
+use crate::nginx;
+use crate::stack::{APP_PORT, Color, LB_SERVICE, Release, plan_container};
+
+use super::service_name;
+
+/// Where nginx's files go in its task: the project's `nginx/` files where
+/// the compose file mounts them, the rendered ones in nginx's state dir.
+pub const NGINX_CONF_DIR: &str = "/etc/cryptus/nginx";
+
+/// Spread a color's tasks over the nodes.
+pub const SPREAD_NODES: &str = "node.id";
+/// nginx runs on the managers, the edge of the swarm.
+pub const EDGE_CONSTRAINT: &str = "node.role==manager";
+
+/// A config of the swarm to make: a file nginx reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigPlan {
+    /// `<project>_nginx-<file>-<hash>`: a config never changes, so a new
+    /// content gets a new name.
+    pub name: String,
+    /// Where nginx's task sees it.
+    pub target: String,
+    pub data: String,
+}
+
+/// The labels every object of the stack carries, as `docker stack` sets.
+pub fn stack_labels(project: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([(STACK_LABEL.to_owned(), project.to_owned())])
+}
+
+/// nginx's files on a Swarm: the project's `nginx.conf` and `app.conf`,
+/// the http-level file and an upstream that follows the active color's
+/// tasks through the swarm's DNS.
+pub fn nginx_configs(
+    project: &str,
+    color: Color,
+    project_files: &[(&str, String)],
+    http_file: String,
+) -> Result<Vec<ConfigPlan>> {
+    let upstream =
+        nginx::render_resolved_upstream(color, &service_name(project, color.service()), APP_PORT)?;
+    let mut files: Vec<(String, String)> = project_files
+        .iter()
+        .map(|(name, text)| (format!("{NGINX_CONF_DIR}/{name}"), text.clone()))
+        .collect();
+    files.push((
+        format!("{}/{}", nginx::STATE_DIR, nginx::HTTP_FILE),
+        http_file,
+    ));
+    files.push((
+        format!("{}/{}", nginx::STATE_DIR, nginx::UPSTREAM_FILE),
+        upstream,
+    ));
+    Ok(files
+        .into_iter()
+        .map(|(target, data)| {
+            let file = target
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .replace('.', "-");
+            let hash = format!("{:x}", Sha256::digest(data.as_bytes()));
+            ConfigPlan {
+                name: format!("{project}_nginx-{file}-{}", &hash[..12]),
+                target,
+                data,
+            }
+        })
+        .collect())
+}
+
+/// The services `start` creates, in dependency order: every enabled
+/// service with replicas, of the colors only `active`.
+pub fn services(compose: &Compose, active: Color) -> Result<Vec<&Service>> {
+    Ok(compose
+        .start_order()?
+        .into_iter()
+        .filter(|s| match Color::of_service(&s.name) {
+            Some(color) => color == active,
+            None => s.replicas > 0,
+        })
+        .collect())
+}
+
+/// A service as the swarm will run it, and what of the compose file it
+/// leaves out.
+#[derive(Debug)]
+pub struct Planned {
+    pub spec: ServiceSpec,
+    /// One line per thing left out (a bind mount: a path on whichever node
+    /// runs the task).
+    pub warnings: Vec<String>,
+}
+
+/// The Swarm service for a compose service. `release` is the active
+/// color's. nginx's configs are given once they are made
+/// ([`ServiceSpec::configs`]). Files cryptus would write on this host
+/// (secrets, configs with a value) are not given to a swarm's tasks yet:
+/// asking for them is a usage error, not a service without them.
+///
+/// A service that keeps data in a named volume (redis), neither a color
+/// nor the edge, with no placement of its own, is pinned to the node `home`
+/// (a volume lives on one node: rescheduled elsewhere, the service would
+/// start on an empty one).
+pub fn service_spec(
+    project: &str,
+    compose: &Compose,
+    service: &Service,
+    release: &Release,
+    home: Option<&str>,
+) -> Result<Planned> {
+    let color = Color::of_service(&service.name);
+    let mut container = plan_container(
+        project,
+        compose,
+        service,
+        1,
+        color.is_some().then_some(release),
+    )
+    .with_context(|| format!("planning service {}", service.name))?;
+    if let Some(grant) = service.secrets.iter().chain(&service.configs).next() {
+        return Err(usage(
+            format!(
+                "services.{}: its secrets and configs ({}) are given from this host; \
+                 on a Docker Swarm that is not done yet",
+                service.name, grant.name
+            ),
+            "remove the service's secrets and configs, or use --orchestrator engine",
+        ));
+    }
+    // The stack's label instead of Compose's: a task's container is the
+    // swarm's, not one a one-engine cryptus may stop or replace.
+    container
+        .labels
+        .retain(|key, _| !key.starts_with("com.docker.compose."));
+    container.labels.extend(stack_labels(project));
+    let edge = service.name == LB_SERVICE;
+    // The compose file's Swarm keys first; cryptus's topology where it
+    // says nothing.
+    let swarm = &service.swarm;
+    let placement = swarm.placement.clone().unwrap_or_default();
+    let replicated = ServiceMode::Replicated(u64::from(service.replicas.max(1)));
+    let mode = match swarm.mode.as_deref() {
+        None if edge => ServiceMode::Global,
+        None | Some("replicated") => replicated,
+        Some("global") => ServiceMode::Global,
+        Some(other) => {
+            return Err(usage(
+                format!(
+                    "services.{}: deploy.mode {other} does not run a long-lived service",
+                    service.name
+                ),
+                "use deploy.mode replicated or global",
+            ));
+        }
+    };
+    let or_default = |given: Vec<String>, default: Option<&str>| {
+        if given.is_empty() {
+            default.map(str::to_owned).into_iter().collect()
+        } else {
+            given
+        }
+    };
+    let mut labels = swarm.labels.clone();
+    labels.extend(stack_labels(project));
+    labels.insert(STACK_IMAGE_LABEL.to_owned(), container.image.clone());
+    let mut spec = ServiceSpec {
+        name: service_name(project, &service.name),
+        labels,
+        mode,
+        // Not `vip` unless asked: a virtual IP needs IPVS in the kernel.
+        dnsrr: swarm.endpoint_mode.as_deref() != Some("vip"),
+        constraints: or_default(placement.constraints, edge.then_some(EDGE_CONSTRAINT)),
+        spread: or_default(
+            placement.preferences,
+            color.is_some().then_some(SPREAD_NODES),
+        ),
+        max_per_node: placement.max_replicas_per_node,
+        host_ports: Vec::new(),
+        configs: Vec::new(),
+        container,
+    };
+    let keeps_data = spec
+        .container
+        .mounts
+        .iter()
+        .any(|m| matches!(m, MountSpec::Volume { name: Some(_), .. }));
+    if let Some(node) = home
+        && keeps_data
+        && color.is_none()
+        && !edge
+        && spec.constraints.is_empty()
+    {
+        spec.constraints.push(format!("node.id=={node}"));
+    }
+    if edge {
+        // Only the ports with a fixed host port: the others (the status
+        // port on loopback) are for one engine's cryptus.
+        spec.host_ports = spec
+            .container
+            .ports
+            .iter()
+            .filter(|p| p.host_port.is_some())
+            .cloned()
+            .collect();
+        // Its files come from configs, not from this host's directories.
+        spec.container.mounts.clear();
+    }
+    spec.container.ports.clear();
+    let mut warnings = Vec::new();
+    spec.container.mounts.retain(|mount| match mount {
+        MountSpec::Bind { source, target, .. } => {
+            warnings.push(format!(
+                "services.{}: the bind mount {source}:{target} is left out on a Docker Swarm \
+                 (a path on whichever node runs the task)",
+                service.name
+            ));
+            false
+        }
+        MountSpec::Volume { .. } => true,
+    });
+    Ok(Planned { spec, warnings })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The compose file `text`, with `beside` files next to it.
+    fn load(text: &str, beside: &[(&str, &str)]) -> Compose {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, content) in beside {
+            std::fs::write(dir.path().join(name), content).unwrap();
+        }
+        let file = dir.path().join("compose.yml");
+        std::fs::write(&file, text).unwrap();
+        crate::compose::load(&[file], &crate::compose::Vars::default()).unwrap()
+    }
+
+    fn compose() -> Compose {
+        load(
+            r#"
+services:
+  redis:
+    image: redis:7
+    volumes: [data:/data, /srv/conf:/conf]
+    networks: [cryptus]
+  cryptus-blue:
+    image: app:1
+    ports: ["127.0.0.1::3000"]
+    networks: [cryptus]
+    depends_on: [redis]
+    deploy: { replicas: 3 }
+  cryptus-green:
+    image: app:1
+    networks: [cryptus]
+  nginx:
+    image: nginx:1.30
+    ports: ["0.0.0.0:8080:80", "127.0.0.1::8081"]
+    volumes: ["./nginx:/etc/cryptus/nginx:ro", "state:/etc/nginx/cryptus"]
+    networks: [cryptus]
+    depends_on: [cryptus-blue]
+  extra:
+    image: x:1
+    networks: [cryptus]
+    deploy: { replicas: 0 }
+networks:
+  cryptus: {}
+volumes:
+  data: {}
+  state: {}
+"#,
+            &[],
+        )
+    }
+
+    fn release() -> Release {
+        Release {
+            image: "app:2".into(),
+            version: "2.0".into(),
+        }
+    }
+
+    #[test]
+    fn the_active_color_spreads_over_nodes_with_dnsrr_and_no_ports() {
+        let compose = compose();
+        let names: Vec<&str> = services(&compose, Color::Blue)
+            .unwrap()
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(names, ["redis", "cryptus-blue", "nginx"]);
+        let blue = compose.service("cryptus-blue").unwrap();
+        let spec = service_spec("shop", &compose, blue, &release(), Some("n1"))
+            .unwrap()
+            .spec;
+        assert_eq!(spec.name, "shop_cryptus-blue");
+        assert_eq!(spec.mode, ServiceMode::Replicated(3));
+        assert!(spec.dnsrr);
+        assert_eq!(spec.spread, ["node.id"]);
+        assert!(spec.constraints.is_empty() && spec.host_ports.is_empty());
+        assert!(spec.container.ports.is_empty());
+        assert_eq!(spec.container.image, "app:2");
+        assert_eq!(spec.container.env["INSTANCE_COLOR"], "blue");
+        assert_eq!(spec.labels[STACK_LABEL], "shop");
+        assert_eq!(spec.labels[STACK_IMAGE_LABEL], "app:2");
+        assert_eq!(spec.container.labels[STACK_LABEL], "shop");
+        assert!(
+            !spec
+                .container
+                .labels
+                .keys()
+                .any(|k| k.starts_with("com.docker.compose.")),
+            "{:?}",
+            spec.container.labels
+        );
+        assert_eq!(spec.container.networks[0].name, "shop_cryptus");
+    }
+
+    #[test]
+    fn nginx_runs_on_every_manager_with_host_ports_and_configs() {
+        let compose = compose();
+        let nginx = compose.service("nginx").unwrap();
+        let planned = service_spec("shop", &compose, nginx, &release(), Some("n1")).unwrap();
+        assert!(planned.warnings.is_empty(), "{:?}", planned.warnings);
+        let spec = planned.spec;
+        assert_eq!(spec.mode, ServiceMode::Global);
+        assert_eq!(spec.constraints, ["node.role==manager"]);
+        let ports: Vec<(u16, Option<u16>)> = spec
+            .host_ports
+            .iter()
+            .map(|p| (p.container_port, p.host_port))
+            .collect();
+        assert_eq!(ports, [(80, Some(8080))]);
+        assert!(spec.container.mounts.is_empty());
+        assert_eq!(spec.container.image, "nginx:1.30", "nginx keeps its image");
+
+        let redis = compose.service("redis").unwrap();
+        let planned = service_spec("shop", &compose, redis, &release(), Some("n1")).unwrap();
+        let spec = planned.spec;
+        assert_eq!(spec.mode, ServiceMode::Replicated(1));
+        assert!(spec.spread.is_empty() && spec.dnsrr);
+        assert_eq!(spec.container.mounts.len(), 1, "its volume stays");
+        assert_eq!(spec.constraints, ["node.id==n1"], "pinned with its volume");
+        assert_eq!(
+            planned.warnings,
+            [
+                "services.redis: the bind mount /srv/conf:/conf is left out on a Docker Swarm (a path on whichever node runs the task)"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_service_with_a_secret_is_refused_not_run_without_it() {
+        let compose = load(
+            "services:\n  cryptus-blue:\n    image: app:1\n    networks: [cryptus]\n    secrets: [token]\n\
+             networks:\n  cryptus: {}\nsecrets:\n  token:\n    file: ./token.txt\n",
+            &[("token.txt", "s3cret")],
+        );
+        let blue = compose.service("cryptus-blue").unwrap();
+        let err = service_spec("shop", &compose, blue, &release(), Some("n1")).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("services.cryptus-blue: its secrets and configs (token)"),
+            "{err}"
+        );
+        assert_eq!(crate::error::classify(&err).0, crate::error::EXIT_USAGE);
+    }
+
+    #[test]
+    fn the_compose_files_swarm_keys_come_before_the_defaults() {
+        let compose = load(
+            r#"
+services:
+  cryptus-blue:
+    image: app:1
+    networks: [cryptus]
+    deploy:
+      replicas: 4
+      endpoint_mode: vip
+      labels: {team: web}
+      placement:
+        preferences: [{spread: node.labels.zone}]
+        max_replicas_per_node: 2
+  nginx:
+    image: nginx:1.30
+    networks: [cryptus]
+    deploy:
+      mode: replicated
+      replicas: 2
+      placement: {constraints: [node.labels.edge==true]}
+  redis:
+    image: redis:7
+    networks: [cryptus]
+    deploy: {mode: replicated-job}
+networks:
+  cryptus: {}
+"#,
+            &[],
+        );
+        let spec = |name: &str| {
+            service_spec(
+                "shop",
+                &compose,
+                compose.service(name).unwrap(),
+                &release(),
+                None,
+            )
+        };
+        let blue = spec("cryptus-blue").unwrap().spec;
+        assert_eq!(blue.mode, ServiceMode::Replicated(4));
+        assert!(!blue.dnsrr, "vip as asked");
+        assert_eq!(blue.spread, ["node.labels.zone"]);
+        assert_eq!(blue.max_per_node, Some(2));
+        assert_eq!(blue.labels["team"], "web");
+        assert_eq!(blue.labels[STACK_LABEL], "shop");
+        let nginx = spec("nginx").unwrap().spec;
+        assert_eq!(nginx.mode, ServiceMode::Replicated(2));
+        assert_eq!(nginx.constraints, ["node.labels.edge==true"]);
+        let err = spec("redis").unwrap_err();
+        assert!(
+            err.to_string().contains("deploy.mode replicated-job"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn nginx_configs_are_named_by_content() {
+        let files = [("nginx.conf", "events {}".to_owned())];
+        let one = nginx_configs("shop", Color::Blue, &files, "# http".into()).unwrap();
+        let targets: Vec<&str> = one.iter().map(|c| c.target.as_str()).collect();
+        assert_eq!(
+            targets,
+            [
+                "/etc/cryptus/nginx/nginx.conf",
+                "/etc/nginx/cryptus/http.conf",
+                "/etc/nginx/cryptus/upstream.conf"
+            ]
+        );
+        assert!(
+            one[0].name.starts_with("shop_nginx-nginx-conf-"),
+            "{}",
+            one[0].name
+        );
+        assert!(one[2].data.contains("tasks.shop_cryptus-blue:3000 resolve"));
+        let green = nginx_configs("shop", Color::Green, &files, "# http".into()).unwrap();
+        assert_eq!(one[0].name, green[0].name, "same file, same config");
+        assert_ne!(
+            one[2].name, green[2].name,
+            "another upstream, another config"
+        );
+    }
+}

@@ -1,0 +1,337 @@
+//! `start` and `stop` on a Swarm. `start` makes the stack's overlay
+//! network, nginx's configs and the services, through the manager, then
+//! waits until every service runs the tasks it asks for; a failure or a
+//! deadline removes the services this run created. `stop` removes the
+//! stack's services, then its network and configs; volumes stay on their
+//! nodes, as on one engine.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::context::Stack;
+use crate::engine::{ConfigFile, Engine, ServiceMode, ServiceSpec, Task};
+use crate::error::{failed_with_hint, usage};
+use crate::lb;
+use crate::output::Printer;
+use crate::stack::{Color, LB_SERVICE, network_name};
+use crate::wait::{self, Limits, Seen};
+
+use super::plan::{self, nginx_configs, service_spec, stack_labels};
+use super::service_name;
+
+/// How often the tasks are looked at while waiting.
+const POLL: Duration = Duration::from_millis(500);
+
+/// How long `stop` waits, by default, for the tasks to go before it
+/// removes the network they use.
+const STOP_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The project's files nginx reads, given to it as configs.
+const NGINX_FILES: [&str; 2] = ["nginx.conf", "app.conf"];
+
+#[derive(Debug, Serialize)]
+pub struct Started {
+    pub active: Color,
+    pub version: String,
+    /// The services this run created; the others existed already.
+    pub created: Vec<String>,
+    pub services: Vec<String>,
+}
+
+impl Started {
+    pub fn changed(&self) -> bool {
+        !self.created.is_empty()
+    }
+}
+
+/// Brings the stack up on the swarm, or leaves what runs as it is.
+pub async fn start(stack: &Stack<'_>, timeout: Duration) -> Result<Started> {
+    // Ctrl-C and SIGTERM end the run through its undo, not midway.
+    crate::interrupt::catch();
+    let deadline = Instant::now() + timeout;
+    let project = &stack.project.name;
+    if lb::tls(&stack.project.dir) {
+        return Err(usage(
+            "HTTPS on a Docker Swarm is not done yet, and nginx/ssl/ holds a certificate",
+            "move nginx/ssl/cert.pem and key.pem away, or use --orchestrator engine",
+        ));
+    }
+    // No state is kept on the cluster yet: the stack starts blue, from the
+    // compose file's release.
+    let active = Color::Blue;
+    let release = stack.default_release(active).await?;
+    let services = plan::services(stack.compose, active)?;
+    if stack.project.monitoring {
+        return Err(usage(
+            "the monitoring services on a Docker Swarm are not done yet",
+            "start without --monitoring (unset CRYPTUS_MONITORING), or use --orchestrator engine",
+        ));
+    }
+    // Planned before anything is made: what the swarm cannot run is refused
+    // while nothing has changed.
+    // A service with a volume is pinned to the manager's node: its data
+    // lives there.
+    let home = stack.engine.membership().await?.node_id;
+    let mut specs = Vec::new();
+    for service in &services {
+        let planned = service_spec(project, stack.compose, service, &release, home.as_deref())?;
+        for warning in planned.warnings {
+            stack.printer.warn_once(warning);
+        }
+        specs.push(planned.spec);
+    }
+
+    for service in &services {
+        for network in &service.networks {
+            let name = network_name(project, &network.name);
+            let mut overlay = stack
+                .compose
+                .networks
+                .get(&network.name)
+                .cloned()
+                .unwrap_or(crate::compose::Network {
+                    driver: None,
+                    internal: false,
+                    labels: Default::default(),
+                    ipam: None,
+                });
+            overlay.driver = Some("overlay".to_owned());
+            stack
+                .engine
+                .ensure_network(&name, &overlay, stack_labels(project))
+                .await?;
+        }
+    }
+    let configs = make_nginx_configs(stack, active).await?;
+    let lb = service_name(project, LB_SERVICE);
+    for spec in specs.iter_mut().filter(|spec| spec.name == lb) {
+        spec.configs = configs.clone();
+    }
+    let mut created = Vec::new();
+    let result = create_and_wait(stack, &specs, &mut created, deadline, timeout).await;
+    if let Err(err) = result {
+        for name in created.iter().rev() {
+            if let Err(undo) = stack.engine.remove_service(name).await {
+                stack.printer.warn(format!("{undo:#}"));
+            }
+        }
+        return Err(err);
+    }
+    Ok(Started {
+        active,
+        version: release.version,
+        created,
+        services: specs.into_iter().map(|s| s.name).collect(),
+    })
+}
+
+async fn create_and_wait(
+    stack: &Stack<'_>,
+    specs: &[ServiceSpec],
+    created: &mut Vec<String>,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<()> {
+    for spec in specs {
+        crate::interrupt::check()?;
+        if stack.engine.create_service(spec).await? {
+            stack.printer.info(format!("created service {}", spec.name));
+            created.push(spec.name.clone());
+        }
+    }
+    let step = stack.printer.step("waiting for every task to run");
+    let project = stack.project.name.clone();
+    wait::until(
+        Limits::until(deadline, POLL),
+        || async {
+            crate::interrupt::check()?;
+            let tasks = stack.engine.tasks(&project).await?;
+            let services = stack.engine.services(&project).await?;
+            let waiting: Vec<String> = specs
+                .iter()
+                .filter_map(|spec| {
+                    let id = services.iter().find(|s| s.name == spec.name).map(|s| &s.id);
+                    let of: Vec<&Task> = tasks
+                        .iter()
+                        .filter(|t| Some(&t.service_id) == id && t.desired_state == "running")
+                        .collect();
+                    not_running(spec, &of)
+                })
+                .collect();
+            Ok(if waiting.is_empty() {
+                Seen::Ready(())
+            } else {
+                Seen::Not(waiting.join("; "))
+            })
+        },
+        |last| {
+            failed_with_hint(
+                format!(
+                    "the stack did not come up within {}: {last}",
+                    crate::output::uptime(timeout)
+                ),
+                "`cryptus status` shows each task, its node and its error; \
+                 `docker service ps --no-trunc SERVICE` on the manager tells more",
+            )
+        },
+    )
+    .await?;
+    step.done();
+    Ok(())
+}
+
+/// What a service still lacks: `None` once every task it asks for runs.
+fn not_running(spec: &ServiceSpec, tasks: &[&Task]) -> Option<String> {
+    let running = tasks.iter().filter(|t| t.state == "running").count();
+    let wanted = match spec.mode {
+        ServiceMode::Replicated(replicas) => usize::try_from(replicas).unwrap_or(usize::MAX),
+        // One per eligible node: as many as the swarm scheduled, at least one.
+        ServiceMode::Global => tasks.len().max(1),
+    };
+    if running >= wanted {
+        return None;
+    }
+    let mut text = format!("{} {running}/{wanted} running", spec.name);
+    if let Some(task) = tasks.iter().find(|t| t.state != "running") {
+        text.push_str(&format!(" ({}", task.state));
+        if let Some(error) = &task.error {
+            text.push_str(&format!(": {error}"));
+        }
+        text.push(')');
+    }
+    Some(text)
+}
+
+/// nginx's configs, made unless they exist (their names say what they hold).
+async fn make_nginx_configs(stack: &Stack<'_>, active: Color) -> Result<Vec<ConfigFile>> {
+    let project = &stack.project.name;
+    let dir = stack.project.dir.join("nginx");
+    let mut files = Vec::new();
+    for name in NGINX_FILES {
+        let path = dir.join(name);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        files.push((name, text));
+    }
+    let http = lb::http_file(stack.compose, &stack.project.dir, None)?;
+    let mut made = Vec::new();
+    for config in nginx_configs(project, active, &files, http)? {
+        let id = stack
+            .engine
+            .ensure_config(&config.name, config.data.as_bytes(), stack_labels(project))
+            .await?;
+        made.push(ConfigFile {
+            config_name: config.name,
+            config_id: id,
+            target: config.target,
+        });
+    }
+    Ok(made)
+}
+
+/// Removes the stack's services (nginx first, so no request reaches an app
+/// that is going), then, once their tasks are gone, its networks and
+/// configs. Needs no compose file: the stack's labels name everything.
+pub async fn stop(
+    engine: &Engine,
+    project: &str,
+    timeout: Option<Duration>,
+    printer: &Printer,
+) -> Result<Vec<String>> {
+    let deadline = Instant::now() + timeout.unwrap_or(STOP_DEADLINE);
+    let mut services = engine.services(project).await?;
+    services.sort_by_key(|s| !s.name.ends_with(&format!("_{}", crate::stack::LB_SERVICE)));
+    let step = printer.step(format!("removing the services of stack {project}"));
+    let mut removed = Vec::new();
+    for service in &services {
+        engine.remove_service(&service.name).await?;
+        removed.push(service.name.clone());
+    }
+    if removed.is_empty() {
+        step.done_with("nothing was running");
+    } else {
+        step.done_with(format!("removed {}", removed.join(", ")));
+    }
+    // A network is in use until every task's container on every node is
+    // gone; the manager refuses to remove it until then.
+    for network in engine.stack_networks(project).await? {
+        let name = network.clone();
+        wait::until(
+            Limits::until(deadline, POLL),
+            || async {
+                Ok(match engine.remove_network(&name).await {
+                    Ok(()) => Seen::Ready(()),
+                    Err(err) => Seen::Not(format!("{err:#}")),
+                })
+            },
+            |last| {
+                failed_with_hint(
+                    format!("network {network} is still in use: {last}"),
+                    "the stack's tasks are still stopping; run `cryptus stop` again",
+                )
+            },
+        )
+        .await?;
+    }
+    for config in engine.configs(project).await? {
+        engine.remove_config(&config).await?;
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::ContainerSpec;
+
+    fn spec(mode: ServiceMode) -> ServiceSpec {
+        ServiceSpec {
+            name: "shop_cryptus-blue".into(),
+            labels: Default::default(),
+            container: ContainerSpec::default(),
+            mode,
+            dnsrr: true,
+            constraints: Vec::new(),
+            spread: Vec::new(),
+            max_per_node: None,
+            host_ports: Vec::new(),
+            configs: Vec::new(),
+        }
+    }
+
+    fn task(state: &str, error: Option<&str>) -> Task {
+        Task {
+            id: "t".into(),
+            service_id: "s".into(),
+            slot: Some(1),
+            node_id: None,
+            state: state.into(),
+            desired_state: "running".into(),
+            error: error.map(str::to_owned),
+            container_id: None,
+            image: "app:1".into(),
+        }
+    }
+
+    #[test]
+    fn a_service_waits_until_all_its_tasks_run_and_says_why_not() {
+        let running = task("running", None);
+        let pending = task("pending", Some("no suitable node"));
+        let three = spec(ServiceMode::Replicated(3));
+        assert_eq!(
+            not_running(&three, &[&running, &pending]).as_deref(),
+            Some("shop_cryptus-blue 1/3 running (pending: no suitable node)")
+        );
+        assert_eq!(not_running(&three, &[&running, &running, &running]), None);
+        let global = spec(ServiceMode::Global);
+        assert_eq!(
+            not_running(&global, &[]).as_deref(),
+            Some("shop_cryptus-blue 0/1 running")
+        );
+        assert_eq!(not_running(&global, &[&running, &running]), None);
+        assert!(not_running(&global, &[&running, &pending]).is_some());
+    }
+}

@@ -1,0 +1,410 @@
+//! cryptus on a Docker Swarm, end to end, on a lab of the test's own
+//! (tests/support/swarm_lab.rs): never on the shared engine, which is no
+//! swarm member.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use support::swarm_lab::SwarmLab;
+use support::wait::eventually;
+use support::{TestProject, assert_code, on_engine, stderr, stdout};
+
+/// The lab itself: 3 nodes Ready, and a `dnsrr` service's `tasks.<name>`
+/// resolves, from a container on the manager, to tasks on every node, each
+/// of which answers over the overlay network.
+#[test]
+fn lab_has_three_ready_nodes_and_dnsrr_tasks_resolve_across_them() {
+    let lab = SwarmLab::up(3);
+
+    let nodes = lab.docker_ok(1, &["node", "ls", "--format", "{{.Hostname}} {{.Status}}"]);
+    let ready: BTreeSet<&str> = nodes
+        .lines()
+        .filter_map(|line| line.strip_suffix(" Ready"))
+        .collect();
+    let expected: BTreeSet<String> = (1..=3).map(|n| lab.node_name(n)).collect();
+    assert_eq!(
+        ready,
+        expected.iter().map(String::as_str).collect(),
+        "node ls: {nodes}"
+    );
+
+    lab.docker_ok(
+        1,
+        &[
+            "network",
+            "create",
+            "-d",
+            "overlay",
+            "--attachable",
+            "lab-net",
+        ],
+    );
+    lab.docker_ok(
+        1,
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "web",
+            "--network",
+            "lab-net",
+            "--endpoint-mode",
+            "dnsrr",
+            "--replicas",
+            "3",
+            "--replicas-max-per-node",
+            "1",
+            "--no-resolve-image",
+            "--stop-grace-period",
+            "2s",
+            "--hostname",
+            "{{.Node.Hostname}}-web",
+            SwarmLab::TOOL_IMAGE,
+            "sh",
+            "-c",
+            "mkdir -p /www && hostname >/www/index.html && exec httpd -f -p 80 -h /www",
+        ],
+    );
+    let placed = eventually(
+        "3 tasks of web run",
+        Duration::from_secs(90),
+        Duration::from_millis(500),
+        || {
+            let ps = lab.docker_ok(
+                1,
+                &[
+                    "service",
+                    "ps",
+                    "web",
+                    "--filter",
+                    "desired-state=running",
+                    "--format",
+                    "{{.Node}} {{.CurrentState}}",
+                ],
+            );
+            let running: BTreeSet<String> = ps
+                .lines()
+                .filter(|line| line.contains(" Running "))
+                .filter_map(|line| line.split(' ').next().map(str::to_owned))
+                .collect();
+            if running.len() == 3 {
+                Ok(running)
+            } else {
+                Err(ps)
+            }
+        },
+    );
+    assert_eq!(placed, expected, "one task per node");
+
+    // From the manager: every address tasks.web names, fetched over the
+    // overlay, answers with the hostname of a task on another node too.
+    let probe = "for ip in $(nslookup tasks.web | sed -n '/^Name:/,$p' | awk '/^Address/ {print $NF}'); \
+                 do echo \"$ip $(timeout 5 wget -qO- http://$ip/)\"; done";
+    let answers = eventually(
+        "tasks.web resolves to a task on every node",
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || {
+            let output = lab.docker(
+                1,
+                &[
+                    "run",
+                    "--rm",
+                    "--network",
+                    "lab-net",
+                    SwarmLab::TOOL_IMAGE,
+                    "sh",
+                    "-c",
+                    probe,
+                ],
+            );
+            let text = String::from_utf8_lossy(&output.stdout).into_owned();
+            let hosts: BTreeSet<String> = text
+                .lines()
+                .filter_map(|line| line.split_once(' '))
+                .filter_map(|(_, host)| host.strip_suffix("-web").map(str::to_owned))
+                .collect();
+            if hosts == expected {
+                Ok(text)
+            } else {
+                Err(format!("{text}{}", String::from_utf8_lossy(&output.stderr)))
+            }
+        },
+    );
+    assert_eq!(
+        answers.lines().count(),
+        3,
+        "three task addresses: {answers}"
+    );
+}
+
+/// A run killed while its lab starts leaves dockerds, namespaces and
+/// cgroups behind; the lab's teardown (the same `down` the sweep of
+/// scripts/test.sh runs) removes every one.
+#[test]
+fn a_lab_killed_while_starting_is_removed_whole() {
+    let lab = SwarmLab::killed_while_starting(2);
+    let left = lab.leftovers();
+    assert!(
+        left.iter().any(|l| l.starts_with("process "))
+            && left.iter().any(|l| l.starts_with("namespace ")),
+        "the killed start left no dockerd or namespace to remove: {left:?}"
+    );
+    lab.down();
+    let left = lab.leftovers();
+    assert!(left.is_empty(), "left after the teardown: {left:#?}");
+}
+
+/// The shared engine is in no swarm (the tests never make it one): swarm
+/// mode refuses it, by flag or by variable, with exit 2 and a hint, and
+/// creates nothing.
+#[test]
+fn swarm_mode_refuses_an_engine_that_is_no_manager() {
+    let state = on_engine(|docker| async move {
+        let info = docker.info().await.expect("docker info");
+        info.swarm
+            .and_then(|s| s.local_node_state)
+            .map(|s| s.to_string())
+            .unwrap_or_default()
+    });
+    assert!(
+        state.is_empty() || state == "inactive",
+        "the shared engine must be in no swarm, it is {state}"
+    );
+    let mut project = TestProject::new("swarm-refused");
+    let by_flag = project.run(&["--orchestrator", "swarm", "status"]);
+    project.set_env("CRYPTUS_ORCHESTRATOR", "swarm");
+    let by_variable = project.run(&["status", "--json"]);
+    for output in [by_flag, by_variable] {
+        assert_code(&output, 2);
+        let err = stderr(&output);
+        assert!(err.contains("is in no swarm"), "{err}");
+        assert!(err.contains("needs a Swarm manager"), "{err}");
+        assert!(
+            err.contains("hint:") && err.contains("docker swarm init"),
+            "{err}"
+        );
+    }
+    assert!(
+        project.containers().is_empty(),
+        "swarm mode on no swarm created containers"
+    );
+
+    let bad = project.run(&["--orchestrator", "kubernetes", "status"]);
+    assert_code(&bad, 2);
+    assert!(stderr(&bad).contains("engine, swarm"), "{}", stderr(&bad));
+
+    // A command that does not drive a Swarm yet says so, before it touches
+    // any engine.
+    let deploy = project.run(&["deploy"]);
+    assert_code(&deploy, 2);
+    let err = stderr(&deploy);
+    assert!(
+        err.contains("deploy does not run on a Docker Swarm yet"),
+        "{err}"
+    );
+    assert!(err.contains("--orchestrator engine"), "{err}");
+}
+
+/// `status` says which mode it runs in, as text and JSON: one engine on
+/// the shared engine; a Swarm, with its manager and nodes, on the lab's
+/// manager. A worker of the lab is refused as no manager.
+#[test]
+fn status_says_which_orchestrator_it_runs_on() {
+    let lab = SwarmLab::up(3);
+
+    let project = TestProject::new("swarm-mode-engine");
+    let text = stdout(&project.ok(&["status"]));
+    assert!(
+        text.contains("\nmode: engine, one Docker engine\n"),
+        "{text}"
+    );
+    assert_eq!(project.status()["orchestrator"], "engine");
+
+    let mut project = TestProject::new("swarm-mode-swarm");
+    project.set_env("DOCKER_HOST", &lab.manager());
+    project.set_env("CRYPTUS_ORCHESTRATOR", "swarm");
+    let text = stdout(&project.ok(&["status"]));
+    let manager = lab.node_name(1);
+    assert!(
+        text.contains(&format!(
+            "\nmode: swarm, manager {manager} (3/3 nodes ready)\n"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("not created"), "{text}");
+    let status = project.status();
+    assert_eq!(status["orchestrator"], "swarm", "{status}");
+    assert_eq!(status["manager"], manager.as_str(), "{status}");
+    let nodes: BTreeSet<&str> = status["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter(|n| n["state"] == "ready")
+        .filter_map(|n| n["hostname"].as_str())
+        .collect();
+    let expected: Vec<String> = (1..=3).map(|n| lab.node_name(n)).collect();
+    assert_eq!(nodes, expected.iter().map(String::as_str).collect());
+
+    project.set_env("DOCKER_HOST", &lab.host(2));
+    let worker = project.run(&["status"]);
+    assert_code(&worker, 2);
+    let err = stderr(&worker);
+    assert!(err.contains("is a swarm worker, not a manager"), "{err}");
+    assert!(err.contains("DOCKER_HOST"), "{err}");
+}
+
+/// `start` on a Swarm creates the stack's services as `docker stack
+/// deploy` would (so `docker stack services` lists them), places blue's 3
+/// replicas on 3 different nodes, and nginx on the manager serves blue on
+/// its host-mode port; `status` names each task's node; a second `start`
+/// changes nothing; `stop` removes the services.
+#[test]
+fn start_spreads_blue_over_the_nodes_and_status_names_each_tasks_node() {
+    let lab = SwarmLab::up(3);
+    let mut project = TestProject::new("swarm-start");
+    project.set_env("DOCKER_HOST", &lab.manager());
+    project.set_env("CRYPTUS_ORCHESTRATOR", "swarm");
+    std::fs::write(
+        project.path().join("compose/docker-compose.override.yml"),
+        "services:\n  cryptus-blue:\n    deploy:\n      replicas: 3\n",
+    )
+    .expect("writing the override file");
+
+    // What a swarm cannot run yet is refused before anything is made.
+    let refused = project.run(&["start", "--monitoring"]);
+    assert_code(&refused, 2);
+    assert!(
+        stderr(&refused).contains("monitoring services on a Docker Swarm are not done yet"),
+        "{}",
+        stderr(&refused)
+    );
+    let made = lab.docker_ok(
+        1,
+        &[
+            "network",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("label=com.docker.stack.namespace={}", project.name),
+        ],
+    );
+    assert_eq!(made.trim(), "", "a refused start made a network");
+
+    let started = project.ok(&["start", "--timeout", "240s"]);
+    assert!(
+        stderr(&started).contains("the stack is up on the swarm: blue"),
+        "{}",
+        stderr(&started)
+    );
+
+    let nodes: BTreeSet<String> = (1..=3).map(|n| lab.node_name(n)).collect();
+    let status = project.status();
+    assert_eq!(status["orchestrator"], "swarm", "{status}");
+    let service = |name: &str| {
+        status["services"]
+            .as_array()
+            .expect("services")
+            .iter()
+            .find(|s| s["service"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {status}"))
+            .clone()
+    };
+    let blue = service("cryptus-blue");
+    assert_eq!(blue["replicas"], 3, "{blue}");
+    assert_eq!(blue["running"], 3, "{blue}");
+    let placed: BTreeSet<String> = blue["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .map(|t| t["node"].as_str().expect("node").to_owned())
+        .collect();
+    assert_eq!(placed, nodes, "one blue task per node: {blue}");
+    let redis = service("redis");
+    assert_eq!(redis["running"], 1, "{redis}");
+    assert_eq!(
+        redis["tasks"][0]["node"],
+        lab.node_name(1).as_str(),
+        "redis is pinned to the manager's node, with its volume: {redis}"
+    );
+    let nginx = service("nginx");
+    assert_eq!(
+        nginx["tasks"][0]["node"],
+        lab.node_name(1).as_str(),
+        "{nginx}"
+    );
+    assert_eq!(service("cryptus-green")["name"], serde_json::Value::Null);
+
+    let text = stdout(&project.ok(&["status"]));
+    for node in &nodes {
+        assert!(
+            text.lines()
+                .any(|line| line.starts_with("cryptus-blue") && line.contains(node.as_str())),
+            "no blue task on {node} in:\n{text}"
+        );
+    }
+
+    let listed = lab.docker_ok(
+        1,
+        &[
+            "stack",
+            "services",
+            &project.name,
+            "--format",
+            "{{.Name}} {{.Replicas}}",
+        ],
+    );
+    let listed: BTreeSet<&str> = listed.lines().collect();
+    let expected: BTreeSet<String> = [("cryptus-blue", 3), ("nginx", 1), ("redis", 1)]
+        .iter()
+        .map(|(service, n)| format!("{}_{service} {n}/{n}", project.name))
+        .collect();
+    assert_eq!(listed, expected.iter().map(String::as_str).collect());
+
+    // nginx answers on its host-mode port, on the manager's address, from
+    // inside the lab, with blue.
+    let url = format!(
+        "http://{}:{}/api/health",
+        SwarmLab::address(1),
+        project.port
+    );
+    let health = eventually(
+        "nginx on the manager serves blue",
+        Duration::from_secs(30),
+        Duration::from_millis(500),
+        || {
+            let output = support::wait::run_within(
+                "curl ended",
+                lab.in_node(1, &["curl", "-sS", "-m", "5", &url]),
+                Duration::from_secs(20),
+            );
+            let body = String::from_utf8_lossy(&output.stdout).into_owned();
+            if body.contains("\"blue\"") {
+                Ok(body)
+            } else {
+                Err(format!("{body}{}", String::from_utf8_lossy(&output.stderr)))
+            }
+        },
+    );
+    assert!(health.contains("healthy"), "{health}");
+
+    let again = project.ok(&["start", "--json"]);
+    let again: serde_json::Value = serde_json::from_slice(&again.stdout).expect("JSON");
+    assert_eq!(again["changed"], false, "{again}");
+
+    project.ok(&["stop"]);
+    let left = lab.docker_ok(1, &["stack", "services", &project.name, "-q"]);
+    assert_eq!(left.trim(), "", "services left after stop");
+    let status = project.status();
+    assert!(
+        status["services"]
+            .as_array()
+            .expect("services")
+            .iter()
+            .all(|s| s["name"].is_null()),
+        "{status}"
+    );
+}
