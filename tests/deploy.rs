@@ -236,6 +236,45 @@ fn rolling_back_twice_returns_and_nothing_to_roll_back_to_is_an_error() {
     assert_eq!(project.serving().0, "blue");
 }
 
+/// The active version's containers are down (it crashed, or they were
+/// stopped by hand): traffic through nginx fails, and rollback and deploy,
+/// the operator's way out, still switch.
+#[test]
+fn rollback_and_deploy_switch_away_from_an_active_color_with_nothing_running() {
+    let project = TestProject::new("dead");
+    project.ok(&["start"]);
+    project.deploy_ok("2.0.0", &[]);
+    let stop = |name: String| {
+        support::on_engine(move |docker| async move {
+            docker.stop_container(&name, None).await.unwrap();
+        })
+    };
+    stop(format!("{}-cryptus-green-1", project.name));
+    let output = project.run(&["rollback"]);
+    assert_code(&output, 0);
+    assert!(
+        stderr(&output).contains("no green container is running"),
+        "says why: {}",
+        stderr(&output)
+    );
+    assert_eq!(project.serving(), ("blue".to_owned(), "0.1.0".to_owned()));
+
+    stop(format!("{}-cryptus-blue-1", project.name));
+    project.deploy_ok("3.0.0", &[]);
+    assert_eq!(project.serving(), ("green".to_owned(), "3.0.0".to_owned()));
+    let history = project.run(&["history", "--json"]);
+    assert_code(&history, 0);
+    let entries: serde_json::Value = serde_json::from_slice(&history.stdout).unwrap();
+    let last = entries["entries"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last["from"]["version"], "0.1.0", "{last}");
+    assert_eq!(last["outcome"], "ok", "{last}");
+}
+
 /// A new container that crashes before it is ready (its restart policy
 /// brings it back, over and over) fails the deploy at once, not at the
 /// health timeout.

@@ -138,8 +138,13 @@ async fn locked(
         .await
         .map_err(unchanged)?;
     let planned = plan::plan(&observed, &ask.request(settings.keep_standby));
-    // Without a running active color there is no side to record.
-    let from = side(&observed, observed.active)?;
+    let from = side(&observed, observed.active);
+    if observed.running(observed.active).is_empty() {
+        stack.printer.warn(format!(
+            "nginx serves {}, but no {} container is running: traffic to it fails; switching away",
+            observed.active, observed.active
+        ));
+    }
     let mut switch = Switch::new(stack, settings, lb, client, operation, from, &observed);
     switch.containers = containers;
     switch.prepared = Some(pending);
@@ -166,23 +171,26 @@ async fn locked(
     }
 }
 
-/// A color's side of the switch, from its running containers.
-fn side(observed: &Observed, color: Color) -> Result<Side> {
+/// A color's side of the switch, from its running containers; when none
+/// runs (traffic to it is failing), from the ones it has, if any.
+fn side(observed: &Observed, color: Color) -> Side {
     let running = observed.running(color);
-    let release = observed.release(color).filter(|_| !running.is_empty());
-    let Some(release) = release else {
-        return Err(failed_with_hint(
-            format!("nginx serves {color}, but no {color} container is running"),
-            "run `cryptus start` to repair the stack",
-        ));
+    let release = observed.release(color);
+    let replicas = if running.is_empty() {
+        observed.replicas(color).len()
+    } else {
+        running.len()
     };
-    Ok(Side {
+    Side {
         color,
-        image: release.image,
-        version: release.version,
+        image: release
+            .as_ref()
+            .map(|r| r.image.clone())
+            .unwrap_or_default(),
+        version: release.map_or_else(|| "none".to_owned(), |r| r.version),
         image_id: None,
-        replicas: u32::try_from(running.len()).unwrap_or(1).max(1),
-    })
+        replicas: u32::try_from(replicas).unwrap_or(1).max(1),
+    }
 }
 
 /// An error after the lock was taken but before anything changed: a clean

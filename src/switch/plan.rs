@@ -229,17 +229,18 @@ fn name_all(replicas: &[&Replica]) -> Vec<String> {
     replicas.iter().map(|r| r.name.clone()).collect()
 }
 
-/// The active color's running replicas, which a switch needs to exist.
-fn active_running(observed: &Observed) -> Result<Vec<&Replica>> {
-    let active = observed.active;
-    let running = observed.running(active);
-    if running.is_empty() {
-        return Err(failed_with_hint(
-            format!("nginx serves {active}, but no {active} container is running"),
-            "run `cryptus start` to repair the stack",
-        ));
+/// How many replicas a switch away from the active color starts: as many
+/// as it runs; when none runs (its version crashed, or was stopped by
+/// hand), as many containers as it has, at least one. Traffic is failing
+/// then, and a switch is what can end that.
+fn active_count(observed: &Observed) -> u32 {
+    let running = count(&observed.running(observed.active));
+    if running > 0 {
+        return running;
     }
-    Ok(running)
+    u32::try_from(observed.replicas(observed.active).len())
+        .unwrap_or(MAX_REPLICAS)
+        .clamp(1, MAX_REPLICAS)
 }
 
 fn count(replicas: &[&Replica]) -> u32 {
@@ -256,7 +257,7 @@ fn fresh_switch(
 ) -> Result<Plan> {
     let active = observed.active;
     let target = active.other();
-    let from = active_running(observed)?;
+    let from = observed.running(active);
     let start = names(observed, target, replicas);
     Ok(Plan {
         operation: operation.to_owned(),
@@ -288,7 +289,7 @@ fn deploy(observed: &Observed, release: Option<Release>, keep_standby: bool) -> 
     let pending = observed.pending.get(&target).copied();
     let replicas = match pending {
         Some(count) => count,
-        None => count(&active_running(observed)?),
+        None => active_count(observed),
     };
     let mut plan = fresh_switch(observed, "deploy", release, replicas, keep_standby)?;
     plan.clears_pending = pending.is_some();
@@ -297,7 +298,7 @@ fn deploy(observed: &Observed, release: Option<Release>, keep_standby: bool) -> 
 
 fn rollback(observed: &Observed, keep_standby: bool) -> Result<Plan> {
     let target = observed.active.other();
-    let replicas = count(&active_running(observed)?);
+    let replicas = active_count(observed);
     let release = match (observed.release(target), &observed.recorded) {
         (Some(release), _) => release,
         (None, Recorded::Release(release)) => release.clone(),
@@ -551,20 +552,31 @@ mod tests {
         assert!(plan.keep_standby);
     }
 
+    /// The active color's version crashed, or was stopped by hand: traffic
+    /// fails, and deploy and rollback are how an operator ends that.
     #[test]
-    fn nothing_switches_when_no_active_container_runs() {
-        let mut observed = observed(&[], Vec::new());
-        observed
-            .colors
-            .insert(Color::Blue, vec![replica(Color::Blue, 1, false, "1")]);
-        for request in [deploy_of("2"), ROLLBACK] {
-            let err = plan(&observed, &request).unwrap_err();
-            assert!(
-                err.to_string()
-                    .contains("nginx serves blue, but no blue container is running"),
-                "{err}"
-            );
-        }
+    fn a_switch_away_from_an_active_color_with_nothing_running_proceeds() {
+        let mut observed = observed(&[], vec![replica(Color::Green, 1, false, "0")]);
+        observed.colors.insert(
+            Color::Blue,
+            vec![
+                replica(Color::Blue, 1, false, "1"),
+                replica(Color::Blue, 2, false, "1"),
+            ],
+        );
+        let deployed = plan(&observed, &deploy_of("2")).unwrap();
+        assert_eq!((deployed.target, deployed.replicas), (Color::Green, 2));
+        assert!(
+            deployed.drain.is_empty(),
+            "nothing runs to drain: {deployed:?}"
+        );
+        let rolled = plan(&observed, &ROLLBACK).unwrap();
+        assert_eq!((rolled.target, rolled.replicas), (Color::Green, 2));
+        assert_eq!(rolled.release, Some(release("0")));
+        assert!(rolled.drain.is_empty(), "{rolled:?}");
+        // No container of the active color at all: one replica.
+        observed.colors.insert(Color::Blue, Vec::new());
+        assert_eq!(plan(&observed, &deploy_of("2")).unwrap().replicas, 1);
     }
 
     #[test]
