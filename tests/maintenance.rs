@@ -298,3 +298,29 @@ fn bad_input_exits_2_with_a_hint_before_the_engine_is_touched() {
         project.containers()
     );
 }
+
+#[test]
+fn an_app_conf_without_the_include_is_refused_and_changes_nothing() {
+    let mut project = TestProject::new("maintold");
+    project.set_env("CRYPTUS_RATE_SITE", "100000r/s");
+    let app_conf = project.path().join("nginx/app.conf");
+    let text = std::fs::read_to_string(&app_conf).unwrap();
+    let older = text.replace("include /etc/nginx/cryptus/maintenance[.]conf;\n", "");
+    assert_ne!(older, text, "app.conf includes the maintenance file");
+    std::fs::write(&app_conf, older).unwrap();
+    project.ok(&["start"]);
+
+    let output = project.run(&["maintenance", "on"]);
+    assert_code(&output, 2);
+    let err = stderr(&output);
+    assert!(
+        err.contains("does not include")
+            && err.contains("hint:")
+            && err.contains("maintenance[.]conf"),
+        "{err}"
+    );
+    assert_eq!(state(&project)["on"], false);
+    assert_eq!(fetch(&project, "/api/session", &[]).0, 200);
+    // Nothing is locked either.
+    assert!(project.status()["lock"].is_null());
+}
