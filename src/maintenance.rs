@@ -423,10 +423,31 @@ pub async fn switch(
             Switch::Off => State::off(Utc::now(), by),
         };
         let text = render(&wanted)?;
+        let before = nginx
+            .read(MAINTENANCE_FILE)
+            .await
+            .with_context(|| format!("reading {MAINTENANCE_FILE} in {}", nginx.container))?;
         nginx
             .apply(&[(MAINTENANCE_FILE, text.as_str())])
             .await
             .with_context(|| format!("applying {MAINTENANCE_FILE} in {}", nginx.container))?;
+        if wanted.on && health_in_maintenance(&lb.addr).await {
+            // Health must stay open: deploys, rollbacks and monitors need it.
+            let back = match before {
+                Some(text) => text,
+                None => render(&State::default())?,
+            };
+            nginx
+                .apply(&[(MAINTENANCE_FILE, back.as_str())])
+                .await
+                .with_context(|| {
+                    format!("putting the previous {MAINTENANCE_FILE} back in {}", nginx.container)
+                })?;
+            return Err(usage(
+                "with maintenance on, /api/health answered 503 too, so it was switched back",
+                "add `allow all;` to `location = /api/health` in nginx/app.conf, as `cryptus init` writes it (docs/maintenance.md)",
+            ));
+        }
         record(stack, &lb, &wanted, began.elapsed().as_secs_f64()).await;
         Ok::<_, anyhow::Error>(wanted)
     }
@@ -468,6 +489,27 @@ async fn check_included(nginx: &Nginx<'_>) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Whether `/api/health` through the load balancer gets maintenance's 503
+/// (its Retry-After tells it from the app's own 503). An answer that does
+/// not come says nothing against maintenance.
+async fn health_in_maintenance(lb_addr: &str) -> bool {
+    let url = format!("http://{lb_addr}{}", crate::health::HEALTH_PATH);
+    match crate::health::client()
+        .get(&url)
+        .timeout(std::time::Duration::from_secs(5))
+        .send()
+        .await
+    {
+        Ok(answer) => {
+            answer.status().as_u16() == 503 && answer.headers().contains_key("retry-after")
+        }
+        Err(err) => {
+            tracing::debug!("{url}: {err}");
+            false
+        }
+    }
 }
 
 /// The history entry: from and to the color that serves, its release.

@@ -299,28 +299,46 @@ fn bad_input_exits_2_with_a_hint_before_the_engine_is_touched() {
     );
 }
 
-#[test]
-fn an_app_conf_without_the_include_is_refused_and_changes_nothing() {
-    let mut project = TestProject::new("maintold");
+/// Starts a project whose app.conf lost `line`, runs `maintenance on`, and
+/// checks that it is refused (exit 2, stderr saying `says`) with nothing
+/// changed.
+fn refused_with_app_conf_without(hint: &str, line: &str, says: &[&str]) {
+    let mut project = TestProject::new(hint);
     project.set_env("CRYPTUS_RATE_SITE", "100000r/s");
     let app_conf = project.path().join("nginx/app.conf");
     let text = std::fs::read_to_string(&app_conf).unwrap();
-    let older = text.replace("include /etc/nginx/cryptus/maintenance[.]conf;\n", "");
-    assert_ne!(older, text, "app.conf includes the maintenance file");
+    let older = text.replace(line, "");
+    assert_ne!(older, text, "app.conf has {line:?}");
     std::fs::write(&app_conf, older).unwrap();
     project.ok(&["start"]);
 
     let output = project.run(&["maintenance", "on"]);
     assert_code(&output, 2);
     let err = stderr(&output);
-    assert!(
-        err.contains("does not include")
-            && err.contains("hint:")
-            && err.contains("maintenance[.]conf"),
-        "{err}"
-    );
+    for said in says.iter().chain(&["hint:"]) {
+        assert!(err.contains(said), "{said:?} in {err}");
+    }
     assert_eq!(state(&project)["on"], false);
     assert_eq!(fetch(&project, "/api/session", &[]).0, 200);
+    assert_eq!(fetch(&project, "/api/health", &[]).0, 200);
     // Nothing is locked either.
     assert!(project.status()["lock"].is_null());
+}
+
+#[test]
+fn an_app_conf_without_the_include_is_refused_and_changes_nothing() {
+    refused_with_app_conf_without(
+        "maintold",
+        "include /etc/nginx/cryptus/maintenance[.]conf;\n",
+        &["does not include", "maintenance[.]conf"],
+    );
+}
+
+#[test]
+fn an_app_conf_that_closes_health_too_is_switched_back() {
+    refused_with_app_conf_without(
+        "maintnohealth",
+        "    allow all;\n",
+        &["/api/health answered 503", "allow all;"],
+    );
 }
