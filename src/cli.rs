@@ -283,6 +283,16 @@ pub enum Command {
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=history::KEEP as i64))]
         limit: Option<u32>,
     },
+    /// Maintenance mode: nginx answers every request but /api/health with
+    /// 503, a Retry-After header and a page with the message (JSON when the
+    /// client accepts JSON); allowed addresses still reach the app.
+    ///
+    /// The state is kept with the engine (nginx's state volume): it survives
+    /// stop, start and restart, and deploys and rollbacks keep it on.
+    Maintenance {
+        #[command(subcommand)]
+        action: MaintenanceAction,
+    },
     /// Print the shell completion script for SHELL on stdout.
     ///
     /// bash: `cryptus completions bash > /etc/bash_completion.d/cryptus`;
@@ -322,10 +332,44 @@ impl Command {
             Command::Backup { .. } => "backup",
             Command::Restore { .. } => "restore",
             Command::History { .. } => "history",
+            Command::Maintenance { .. } => "maintenance",
             Command::Completions { .. } => "completions",
             Command::Man { .. } => "man",
         }
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MaintenanceAction {
+    /// Switch maintenance on (again, to change the message or the list).
+    On {
+        /// The message on the page, at most 500 characters (HTML-escaped).
+        #[arg(long, value_name = "TEXT")]
+        message: Option<String>,
+        /// Seconds clients are told to wait (Retry-After), 0 to 86400.
+        #[arg(
+            long,
+            default_value_t = crate::maintenance::DEFAULT_RETRY_AFTER,
+            value_parser = clap::value_parser!(u32).range(0..=crate::maintenance::MAX_RETRY_AFTER as i64),
+            value_name = "SECONDS"
+        )]
+        retry_after: u32,
+        /// An address or network (CIDR) that still reaches the app; repeat
+        /// it, or separate with commas (at most 64).
+        #[arg(long, value_name = "CIDR", value_delimiter = ',')]
+        allow: Vec<String>,
+        /// Wait this long for a deploy in progress to finish (0 to 24h).
+        #[arg(long, default_value = "0s", value_parser = wait, value_name = "DUR")]
+        lock_wait: Duration,
+    },
+    /// Switch maintenance off: the app answers everyone again.
+    Off {
+        /// Wait this long for a deploy in progress to finish (0 to 24h).
+        #[arg(long, default_value = "0s", value_parser = wait, value_name = "DUR")]
+        lock_wait: Duration,
+    },
+    /// Show whether maintenance is on, since when, by whom, and its settings.
+    Status,
 }
 
 /// Options shared by deploy, rollback and scale.

@@ -21,7 +21,9 @@ pub mod operation {
     pub const SCALE: &str = "scale";
     /// A start that brought back the recorded color and release.
     pub const REPAIR: &str = "repair";
-    pub const ALL: [&str; 4] = [DEPLOY, ROLLBACK, SCALE, REPAIR];
+    /// Maintenance mode switched on or off (the reason says which).
+    pub const MAINTENANCE: &str = "maintenance";
+    pub const ALL: [&str; 5] = [DEPLOY, ROLLBACK, SCALE, REPAIR, MAINTENANCE];
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -465,7 +467,10 @@ mod tests {
         assert!(err.contains("ok, failed, rolled-back"), "{err}");
         assert_eq!(parse_operation("rollback").unwrap(), "rollback");
         let err = parse_operation("deploys").unwrap_err();
-        assert!(err.contains("deploy, rollback, scale, repair"), "{err}");
+        assert!(
+            err.contains("deploy, rollback, scale, repair, maintenance"),
+            "{err}"
+        );
     }
 
     #[test]

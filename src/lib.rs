@@ -25,6 +25,7 @@ pub mod lb;
 pub mod lifecycle;
 pub mod lock;
 pub mod logs;
+pub mod maintenance;
 pub mod metrics;
 pub mod nginx;
 pub mod orchestrator;

@@ -1,9 +1,10 @@
 //! nginx: rendering the files cryptus owns, and applying them to the running
 //! load balancer (write, `nginx -t`, reload), and reading the color it serves.
 //!
-//! cryptus owns two files in the `nginx-state` volume, mounted at
+//! cryptus owns three files in the `nginx-state` volume, mounted at
 //! [`STATE_DIR`]: `upstream.conf` names the running containers of the active
-//! color, and `http.conf` holds the rate-limit zones and HTTPS. Each write goes to a
+//! color, `http.conf` holds the rate-limit zones and HTTPS, and
+//! `maintenance.conf` maintenance mode (see `maintenance`). Each write goes to a
 //! temporary name and is renamed into place inside the container, so nginx
 //! never reads half a file.
 
@@ -20,6 +21,8 @@ use crate::wait::{self, Limits, Seen};
 pub const STATE_DIR: &str = "/etc/nginx/cryptus";
 pub const UPSTREAM_FILE: &str = "upstream.conf";
 pub const HTTP_FILE: &str = "http.conf";
+/// Maintenance mode (see `maintenance`), included by app.conf.
+pub const MAINTENANCE_FILE: &str = "maintenance.conf";
 /// The deployment history (see `history`).
 pub const HISTORY_FILE: &str = "history.json";
 /// The replica counts the next deploy of each color starts (see `switch::state`).
@@ -233,7 +236,13 @@ pub struct Nginx<'a> {
 pub const STATE_PATH: &str = "/cryptus/state/";
 const STATE_HEADER: &str = "x-cryptus-state";
 /// The state files nginx.conf's location serves (and no other).
-const SERVED_STATE: [&str; 4] = [UPSTREAM_FILE, HISTORY_FILE, PENDING_FILE, STARTED_FILE];
+const SERVED_STATE: [&str; 5] = [
+    UPSTREAM_FILE,
+    HISTORY_FILE,
+    PENDING_FILE,
+    STARTED_FILE,
+    MAINTENANCE_FILE,
+];
 
 impl<'a> Nginx<'a> {
     /// Reaches the container `name` through the engine only.

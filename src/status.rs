@@ -16,6 +16,7 @@ use crate::engine::{Container, Engine};
 use crate::health;
 use crate::history;
 use crate::lock;
+use crate::maintenance;
 use crate::nginx::{self, Nginx};
 use crate::orchestrator::Orchestrator;
 use crate::output;
@@ -35,6 +36,9 @@ pub struct Status {
     pub services: Vec<ServiceView>,
     /// Who holds the deploy lock, if anyone.
     pub lock: Option<lock::Holder>,
+    /// Maintenance mode, as nginx's state volume records it; `None` when
+    /// it cannot be read.
+    pub maintenance: Option<maintenance::State>,
     /// Every recorded deployment, oldest first.
     pub history: Vec<history::Entry>,
 }
@@ -103,6 +107,7 @@ pub async fn gather(
         colors: colors(containers),
         services: services(containers, declared, Utc::now()),
         lock: from_nginx.lock,
+        maintenance: from_nginx.maintenance,
         history: from_nginx.history,
     }
 }
@@ -112,6 +117,7 @@ struct FromNginx {
     view: NginxView,
     history: Vec<history::Entry>,
     lock: Option<lock::Holder>,
+    maintenance: Option<maintenance::State>,
 }
 
 async fn ask_nginx(engine: &Engine, project: &Project, containers: &[Container]) -> FromNginx {
@@ -141,8 +147,14 @@ async fn ask_nginx(engine: &Engine, project: &Project, containers: &[Container])
         }
     };
     let lock = async { lock::holder_of(engine, &project.name).await.ok().flatten() };
-    let (upstream_file, history, lock, (served, note)) =
-        tokio::join!(upstream_file, history, lock, served(lb));
+    let maintenance = async {
+        match lb {
+            Some(_) => maintenance::read(&nginx).await.ok().flatten(),
+            None => Some(maintenance::State::default()),
+        }
+    };
+    let (upstream_file, history, lock, maintenance, (served, note)) =
+        tokio::join!(upstream_file, history, lock, maintenance, served(lb));
     FromNginx {
         view: NginxView {
             served,
@@ -151,6 +163,7 @@ async fn ask_nginx(engine: &Engine, project: &Project, containers: &[Container])
         },
         history,
         lock,
+        maintenance,
     }
 }
 
@@ -232,6 +245,11 @@ fn container_view(c: &Container, now: DateTime<Utc>) -> ContainerView {
 /// The text of `cryptus status`.
 pub fn render(status: &Status) -> String {
     let mut text = headline(status);
+    match &status.maintenance {
+        Some(state) if state.on => text.push_str(&format!("{}\n", state.describe())),
+        Some(_) => {}
+        None => text.push_str("maintenance: unknown (its file cannot be read)\n"),
+    }
     text.push('\n');
     text.push_str(&services_table(&status.services));
     if let Some(holder) = &status.lock {
@@ -378,6 +396,7 @@ mod tests {
                 },
             ],
             lock: None,
+            maintenance: Some(maintenance::State::default()),
             history: Vec::new(),
         }
     }
@@ -399,6 +418,7 @@ mod tests {
         assert!(lines[7].starts_with("redis"), "{text}");
         assert!(lines[7].contains("not created"), "{text}");
         assert!(!text.contains("deploy lock"), "{text}");
+        assert!(!text.contains("maintenance"), "{text}");
         assert!(!text.contains("last deployments"), "{text}");
     }
 
@@ -426,6 +446,30 @@ mod tests {
             pending_reload(Some(Color::Blue), Some(Color::Green)).as_deref(),
             Some("nginx serves blue but its upstream file names green: a reload is pending")
         );
+    }
+
+    #[test]
+    fn maintenance_shows_under_the_colors_when_on_or_unknown() {
+        let mut status = status();
+        let settings = maintenance::Settings::new(Some("back soon".into()), 60, &[]).unwrap();
+        status.maintenance = Some(maintenance::State::on(
+            &settings,
+            time("2026-01-02T15:04:05Z"),
+            "ann@box".into(),
+        ));
+        let text = render(&status);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[4].starts_with("maintenance: ON since 2026-01-02 15:04:05 UTC by ann@box;"),
+            "{text}"
+        );
+        assert!(lines[4].ends_with("message: back soon"), "{text}");
+        assert_eq!(lines[5], "", "{text}");
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["maintenance"]["on"], true);
+        assert_eq!(json["maintenance"]["retry_after"], 60);
+        status.maintenance = None;
+        assert!(render(&status).contains("\nmaintenance: unknown"));
     }
 
     #[test]

@@ -5,25 +5,13 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::load::{Load, Mix};
+use support::load::Load;
 use support::wait::{eventually, exit_within};
 use support::{RUN_DEADLINE, TestProject, app_image, assert_code, get, get_json, stderr};
 
 /// Starts load and waits until it flows.
 async fn start_load(project: &TestProject) -> Load {
-    let mix = Mix {
-        keep_alive: 2,
-        new_connection: 1,
-        slow: 1,
-        slow_ms: 1500,
-        session: 1,
-        pause: Duration::from_millis(5),
-        timeout: Duration::from_secs(10),
-        ..Mix::default()
-    };
-    let load = mix.start(project.lb_addr());
-    load.flowing(20, Duration::from_secs(10)).await;
-    load
+    support::load::start_switch_load(project.lb_addr()).await
 }
 
 fn history(project: &TestProject) -> Vec<serde_json::Value> {

@@ -11,7 +11,6 @@ use crate::history::{self, Entry, Filter, Outcome};
 use crate::nginx::Nginx;
 use crate::output::Printer;
 use crate::project::Project;
-use crate::stack::{LB_SERVICE, container_name};
 
 /// The filter as given on the command line.
 pub struct Options {
@@ -56,18 +55,8 @@ struct Document<'a> {
 pub async fn run(project: &Project, options: Options, printer: &Printer) -> Result<u8> {
     let filter = options.filter(Utc::now())?;
     let engine = Engine::connect().await?;
-    let lb = container_name(&project.name, LB_SERVICE, 1);
-    // The history lives in nginx's state volume: read over nginx's status
-    // port when it runs, else through the engine (a stopped container).
-    let Some(container) = engine.inspect(&lb).await? else {
-        return Err(failed_with_hint(
-            format!(
-                "project {} has no nginx container ({lb}), which holds the deployment history",
-                project.name
-            ),
-            "run `cryptus start` (with -p NAME for another project)",
-        ));
-    };
+    let container = super::state_holder(&engine, project, "the deployment history").await?;
+    let lb = container.name.clone();
     let nginx = Nginx::of(&engine, &container);
     let entries = history::read(&nginx).await.map_err(|err| {
         if err.chain().any(|cause| cause.is::<serde_json::Error>()) {

@@ -9,6 +9,7 @@ mod health;
 mod history;
 mod init;
 mod logs;
+mod maintenance;
 mod man;
 mod resources;
 mod restart;
@@ -60,6 +61,26 @@ fn warn_not_applied(compose: &Compose, engine: &Engine, printer: &Printer) {
             }
         }
     }
+}
+
+/// The nginx container of `project`, which keeps `what` in its state
+/// volume: read over nginx's status port when it runs, else through the
+/// engine (a stopped container).
+async fn state_holder(
+    engine: &Engine,
+    project: &Project,
+    what: &str,
+) -> Result<crate::engine::Container> {
+    let lb = crate::stack::container_name(&project.name, crate::stack::LB_SERVICE, 1);
+    engine.inspect(&lb).await?.ok_or_else(|| {
+        crate::error::failed_with_hint(
+            format!(
+                "project {} has no nginx container ({lb}), which holds {what}",
+                project.name
+            ),
+            "run `cryptus start` (with -p NAME for another project)",
+        )
+    })
 }
 
 /// The commands that drive a Swarm; the others act on one engine only.
@@ -176,6 +197,7 @@ pub async fn run(cli: Cli, printer: &Printer) -> Result<u8> {
             };
             history::run(&project, options, printer).await
         }
+        Command::Maintenance { action } => maintenance::run(&project, action, printer).await,
         Command::Resources => resources::run(&project, printer).await,
         Command::Config => config::run(&project, printer),
         Command::Backup {

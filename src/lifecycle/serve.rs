@@ -13,6 +13,7 @@ use crate::engine::Container;
 use crate::health::{self, Expect};
 use crate::interrupt;
 use crate::lb;
+use crate::maintenance;
 use crate::nginx;
 use crate::ready::{self, Probes, WaitFor};
 use crate::stack::Color;
@@ -65,7 +66,8 @@ impl Stack<'_> {
         Ok((lb.name, lb_change, !lb.running))
     }
 
-    /// Puts `upstream` and the http-level file in nginx's state volume:
+    /// Puts `upstream`, the http-level file and maintenance's (when this
+    /// cryptus renders its state otherwise) in nginx's state volume:
     /// written as they are to a stopped nginx (it reads them when it
     /// starts); applied to a running one (checked, then reloaded) when
     /// either differs or `reload` asks. Says whether a running nginx
@@ -85,13 +87,19 @@ impl Stack<'_> {
         };
         let http = lb::http_file(self.compose, &self.project.dir, version.as_deref())?;
         let nginx = self.nginx();
-        let with = [(nginx::HTTP_FILE, http.as_str())];
+        // Maintenance is kept as recorded, in this cryptus's rendering.
+        let maintenance = maintenance::rerendered(&nginx, self.printer).await?;
+        let mut with = vec![(nginx::HTTP_FILE, http.as_str())];
+        if let Some(text) = &maintenance {
+            with.push((nginx::MAINTENANCE_FILE, text.as_str()));
+        }
         interrupt::check()?;
         if !lb.running {
             upstream.install(&nginx, &with).await?;
             return Ok(false);
         }
         let stale = reload
+            || maintenance.is_some()
             || !upstream.is_current(&nginx).await?
             || nginx.read(nginx::HTTP_FILE).await?.as_deref() != Some(http.as_str());
         if stale {

@@ -72,6 +72,25 @@ impl Default for Mix {
     }
 }
 
+/// Starts the load the switch tests run against `lb` (health on kept and on
+/// new connections, a slow request always in flight, a session), and waits
+/// until it flows.
+pub async fn start_switch_load(lb: SocketAddr) -> Load {
+    let mix = Mix {
+        keep_alive: 2,
+        new_connection: 1,
+        slow: 1,
+        slow_ms: 1500,
+        session: 1,
+        pause: Duration::from_millis(5),
+        timeout: Duration::from_secs(10),
+        ..Mix::default()
+    };
+    let load = mix.start(lb);
+    load.flowing(20, Duration::from_secs(10)).await;
+    load
+}
+
 /// How often the bounds are checked.
 const CHECK: Duration = Duration::from_millis(20);
 
