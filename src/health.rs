@@ -116,7 +116,8 @@ pub async fn probe(client: &reqwest::Client, addr: &str, timeout: Duration) -> P
     }
 }
 
-fn reason(err: &reqwest::Error) -> String {
+/// Why a request got no answer, in words: the innermost cause.
+pub fn reason(err: &reqwest::Error) -> String {
     if err.is_timeout() {
         return "timed out".to_owned();
     }

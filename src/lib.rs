@@ -27,6 +27,7 @@ pub mod lock;
 pub mod logs;
 pub mod metrics;
 pub mod nginx;
+pub mod notify;
 pub mod orchestrator;
 pub mod output;
 pub mod project;
