@@ -83,6 +83,9 @@ impl Probe {
 /// project's own containers), short timeouts, no connection reuse across
 /// probes so a dead backend is noticed at once.
 pub fn client() -> reqwest::Client {
+    // https (a notification's webhook) needs a crypto provider installed
+    // before any client is built; a second install is refused, harmlessly.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .no_proxy()
         .connect_timeout(Duration::from_secs(2))

@@ -459,19 +459,25 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
-        let targets = parse(&format!("http://127.0.0.1:{port}/secret-token")).unwrap();
+        // https too: this build speaks TLS, so it gets as far as connecting.
+        let targets = parse(&format!(
+            "http://127.0.0.1:{port}/secret-token https://127.0.0.1:{port}/secret-token"
+        ))
+        .unwrap();
         let began = std::time::Instant::now();
         let warnings = send(&targets, &Payload::of("shop", &entry_ok())).await;
         assert!(began.elapsed() < DEADLINE, "{:?}", began.elapsed());
-        assert_eq!(warnings.len(), 1, "{warnings:?}");
-        let warning = &warnings[0];
-        assert!(
-            warning.starts_with(&format!(
-                "notifying http://127.0.0.1:{port} failed after 2 attempts"
-            )),
-            "{warning}"
-        );
-        assert!(!warning.contains("secret-token"), "{warning}");
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        for (warning, scheme) in warnings.iter().zip(["http", "https"]) {
+            assert!(
+                warning.starts_with(&format!(
+                    "notifying {scheme}://127.0.0.1:{port} failed after 2 attempts"
+                )),
+                "{warning}"
+            );
+            assert!(warning.contains("refused"), "{warning}");
+            assert!(!warning.contains("secret-token"), "{warning}");
+        }
         assert!(
             send(&[], &Payload::of("shop", &entry_ok()))
                 .await
