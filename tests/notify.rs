@@ -226,11 +226,16 @@ fn an_unreachable_url_warns_and_the_deploy_goes_on_in_time() {
         .port();
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let silent_port = silent.local_addr().unwrap().port();
+    // And an https server whose certificate no authority signed: the
+    // handshake happens, and verification refuses it.
+    let tls = TlsServer::start();
     project.set_env(
         "CRYPTUS_NOTIFY_URL",
         &format!(
             "http://127.0.0.1:{dead}/services/T0/B0/secret-dead, \
-             http://127.0.0.1:{silent_port}/services/T0/B0/secret-silent {url}"
+             http://127.0.0.1:{silent_port}/services/T0/B0/secret-silent {url} \
+             https://127.0.0.1:{}/services/T0/B0/secret-tls",
+            tls.port
         ),
     );
     let began = Instant::now();
@@ -245,7 +250,7 @@ fn an_unreachable_url_warns_and_the_deploy_goes_on_in_time() {
         .iter()
         .map(|w| w.as_str().unwrap())
         .collect();
-    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert_eq!(warnings.len(), 3, "{warnings:?}");
     assert!(
         warnings[0].starts_with(&format!(
             "notifying http://127.0.0.1:{dead} failed after 2 attempts"
@@ -256,6 +261,11 @@ fn an_unreachable_url_warns_and_the_deploy_goes_on_in_time() {
         warnings[1].starts_with(&format!(
             "notifying http://127.0.0.1:{silent_port} failed after 2 attempts: timed out"
         )),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings[2].starts_with(&format!("notifying https://127.0.0.1:{}", tls.port))
+            && warnings[2].contains("certificate"),
         "{warnings:?}"
     );
     let text = stderr(&output);
@@ -337,4 +347,71 @@ fn a_bad_url_is_refused_before_the_engine_is_asked() {
     );
     assert!(document["hint"].as_str().is_some(), "{document}");
     assert!(!stdout(&output).contains("secret") && !stderr(&output).contains("secret"));
+}
+
+/// `openssl s_server` on loopback with a self-signed certificate, stopped
+/// when dropped.
+struct TlsServer {
+    port: u16,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl TlsServer {
+    fn start() -> TlsServer {
+        let dir = tempfile::tempdir().unwrap();
+        let (key, cert) = (dir.path().join("key.pem"), dir.path().join("cert.pem"));
+        let made = std::process::Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", "/CN=127.0.0.1"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("openssl makes a self-signed certificate");
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        let port = support::free_port();
+        let child = std::process::Command::new("openssl")
+            .args(["s_server", "-quiet", "-www", "-accept"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("-cert")
+            .arg(&cert)
+            .arg("-key")
+            .arg(&key)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting openssl s_server");
+        let server = TlsServer {
+            port,
+            child,
+            _dir: dir,
+        };
+        support::wait::eventually(
+            "openssl s_server listens",
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+            || {
+                std::net::TcpStream::connect(("127.0.0.1", port))
+                    .map(drop)
+                    .map_err(|err| err.to_string())
+            },
+        );
+        server
+    }
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
