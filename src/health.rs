@@ -83,6 +83,9 @@ impl Probe {
 /// project's own containers), short timeouts, no connection reuse across
 /// probes so a dead backend is noticed at once.
 pub fn client() -> reqwest::Client {
+    // https (a notification's webhook) needs a crypto provider installed
+    // before any client is built; a second install is refused, harmlessly.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .no_proxy()
         .connect_timeout(Duration::from_secs(2))
@@ -116,7 +119,8 @@ pub async fn probe(client: &reqwest::Client, addr: &str, timeout: Duration) -> P
     }
 }
 
-fn reason(err: &reqwest::Error) -> String {
+/// Why a request got no answer, in words: the innermost cause.
+pub fn reason(err: &reqwest::Error) -> String {
     if err.is_timeout() {
         return "timed out".to_owned();
     }

@@ -28,6 +28,7 @@ pub mod logs;
 pub mod maintenance;
 pub mod metrics;
 pub mod nginx;
+pub mod notify;
 pub mod orchestrator;
 pub mod output;
 pub mod project;

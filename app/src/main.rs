@@ -4,7 +4,9 @@
 //! `/api/health` (the seed's JSON), `/api/session` (a visit counter kept in
 //! Redis, so a session survives a color switch), `/api/sleep?ms=N` (long
 //! requests for drain tests), `POST /api/echo` (answers the body's length,
-//! for clients that never retry) and `/metrics` (Prometheus text format).
+//! for clients that never retry), `/metrics` (Prometheus text format), and
+//! receivers for tests and demos (`/api/alerts`, `/api/annotations`,
+//! `/api/notifications`).
 //! Environment knobs make it misbehave on purpose for tests: a start-up delay,
 //! health that never turns healthy, a crash after N seconds and a ratio of 5xx
 //! answers. On SIGTERM it stops accepting, finishes in-flight requests, exits.

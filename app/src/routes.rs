@@ -32,6 +32,8 @@ pub struct App {
     alerts: std::sync::Mutex<Vec<serde_json::Value>>,
     /// Marks received on /api/annotations.
     annotations: std::sync::Mutex<Vec<serde_json::Value>>,
+    /// Deploy notifications received on /api/notifications.
+    notifications: std::sync::Mutex<Vec<serde_json::Value>>,
 }
 
 type Answer = Response<Full<Bytes>>;
@@ -71,6 +73,7 @@ impl App {
             metrics: Metrics::default(),
             alerts: std::sync::Mutex::new(Vec::new()),
             annotations: std::sync::Mutex::new(Vec::new()),
+            notifications: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -83,6 +86,8 @@ impl App {
         let route = route_of(request.uri().path());
         let mut answer = if route == "/api/alerts" {
             receive(request, &self.alerts, "alerts").await
+        } else if route == "/api/notifications" {
+            receive(request, &self.notifications, "notifications").await
         } else if route == "/api/annotations" {
             match self.grafana_denial(&request) {
                 None => receive(request, &self.annotations, "annotations").await,
@@ -309,7 +314,8 @@ fn fails_on_purpose(n: u64, ratio: f64) -> bool {
 
 /// A receiver for tests and demos: POST stores a JSON body (the newest 100
 /// are kept), GET lists them under `key`. /api/alerts takes Alertmanager's
-/// notifications; /api/annotations takes Grafana annotations.
+/// notifications; /api/annotations takes Grafana annotations;
+/// /api/notifications takes cryptus's deploy notifications.
 async fn receive(
     request: Request<Incoming>,
     store: &std::sync::Mutex<Vec<serde_json::Value>>,
@@ -360,6 +366,7 @@ fn route_of(path: &str) -> &'static str {
         "/metrics" => "/metrics",
         "/api/alerts" => "/api/alerts",
         "/api/annotations" => "/api/annotations",
+        "/api/notifications" => "/api/notifications",
         "/" | "/index.html" => "/",
         _ => "other",
     }
@@ -446,6 +453,7 @@ mod tests {
     fn routes_are_a_closed_set() {
         assert_eq!(route_of("/api/health"), "/api/health");
         assert_eq!(route_of("/api/health/x"), "other");
+        assert_eq!(route_of("/api/notifications"), "/api/notifications");
         assert_eq!(route_of("/"), "/");
     }
 

@@ -15,8 +15,10 @@ use crate::output::{Printer, seconds};
 use crate::project::Project;
 use crate::switch::{self, Ask, DryRun, Plan, Report, Settings, Source};
 
-pub fn settings(args: &SwitchArgs, watch: Duration, keep_failed: bool) -> Settings {
-    Settings {
+/// The switch's settings, from its flags and `CRYPTUS_NOTIFY_URL`; a bad
+/// URL is refused here, before anything is touched.
+pub fn settings(args: &SwitchArgs, watch: Duration, keep_failed: bool) -> Result<Settings> {
+    Ok(Settings {
         timeout: args.timeout,
         drain: args.drain,
         watch,
@@ -32,7 +34,8 @@ pub fn settings(args: &SwitchArgs, watch: Duration, keep_failed: bool) -> Settin
             .gate
             .clone()
             .unwrap_or_else(|| crate::metrics::DEFAULT_GATE.to_owned()),
-    }
+        notify: crate::notify::from_env()?,
+    })
 }
 
 /// Where a deploy's image comes from: `--image`, `--build`, or the compose file.

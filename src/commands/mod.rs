@@ -140,7 +140,7 @@ pub async fn run(cli: Cli, printer: &Printer) -> Result<u8> {
             keep_failed,
             switch,
         } => {
-            let settings = deploy::settings(&switch, watch, keep_failed);
+            let settings = deploy::settings(&switch, watch, keep_failed)?;
             let source = deploy::source(image, build);
             deploy::deploy(
                 &project,
@@ -153,7 +153,7 @@ pub async fn run(cli: Cli, printer: &Printer) -> Result<u8> {
             .await
         }
         Command::Rollback { switch } => {
-            let settings = deploy::settings(&switch, Duration::ZERO, false);
+            let settings = deploy::settings(&switch, Duration::ZERO, false)?;
             rollback::run(&project, &settings, switch.dry_run, printer).await
         }
         Command::Scale {
@@ -161,7 +161,7 @@ pub async fn run(cli: Cli, printer: &Printer) -> Result<u8> {
             replicas,
             switch,
         } => {
-            let settings = deploy::settings(&switch, Duration::ZERO, false);
+            let settings = deploy::settings(&switch, Duration::ZERO, false)?;
             scale::run(
                 &project,
                 &service,

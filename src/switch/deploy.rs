@@ -585,13 +585,13 @@ impl<'s> Switch<'s> {
     /// The switch is proven: it is recorded while the old color drains and
     /// stops (or stays warm), so the operator does not wait for the write.
     async fn finish(self, steps: &mut Steps<'_>, began: Instant, plan: &Plan) -> Result<Report> {
-        let stack = self.stack;
+        let (stack, settings) = (self.stack, self.settings);
         let proven = self.report(steps, began, Outcome::Ok, None);
         let bookkeeping = async {
             if plan.clears_pending {
                 super::clear_pending(stack, plan.target).await;
             }
-            super::record(stack, &proven).await;
+            let notified = super::record(stack, &proven, settings).await;
             // Images cryptus built that no container uses any more go; both
             // colors' containers exist here, so what rollback needs stays.
             match crate::build::prune(stack).await {
@@ -601,6 +601,7 @@ impl<'s> Switch<'s> {
                 Ok(_) => {}
                 Err(err) => stack.printer.warn(format!("pruning old images: {err:#}")),
             }
+            notified
         };
         let (active, keep) = (self.from.color, plan.keep_standby);
         let message = if keep {
@@ -616,7 +617,7 @@ impl<'s> Switch<'s> {
                 &self.old_workers,
                 self.settings.drain,
             );
-            let (drained, ()) = tokio::join!(drain, bookkeeping);
+            let (drained, notified) = tokio::join!(drain, bookkeeping);
             if let Err(err) = drained {
                 // The switch is proven and recorded: waiting for the old
                 // workers is a courtesy to their requests, not the deploy.
@@ -627,16 +628,17 @@ impl<'s> Switch<'s> {
             if !keep {
                 self.runner.stop(&self.from_containers).await;
             }
-            Ok::<(), anyhow::Error>(())
+            Ok::<_, anyhow::Error>(notified)
         };
-        steps.run("drain", message, retire).await?;
+        let notified = steps.run("drain", message, retire).await?;
         if crate::interrupt::seen() {
             stack.printer.warn(format!(
                 "interrupted after the switch was proven: the {} was finished, not undone",
                 self.operation
             ));
         }
-        let report = self.report(steps, began, Outcome::Ok, None);
+        let mut report = self.report(steps, began, Outcome::Ok, None);
+        report.warnings.extend(notified);
         for warning in &report.warnings {
             stack.printer.warn(warning);
         }
@@ -677,7 +679,8 @@ impl<'s> Switch<'s> {
     ) -> Report {
         let mut report = self.report(steps, began, outcome, Some(format!("{err:#}")));
         report.hint = crate::error::classify(err).1.map(str::to_owned);
-        super::record(self.stack, &report).await;
+        let notified = super::record(self.stack, &report, self.settings).await;
+        report.warnings.extend(notified);
         for warning in &report.warnings {
             self.stack.printer.warn(warning);
         }

@@ -52,6 +52,8 @@ pub struct Settings {
     pub lock: lock::Options,
     /// The metric gate's PromQL condition, with `{color}` and `{window}`.
     pub gate: String,
+    /// Where each recorded switch is announced (`CRYPTUS_NOTIFY_URL`).
+    pub notify: Vec<crate::notify::Target>,
 }
 
 pub async fn deploy(
@@ -125,8 +127,9 @@ async fn unlock(stack: &Stack<'_>, lock: Lock) {
     }
 }
 
-/// Records a deploy's or rollback's report.
-async fn record(stack: &Stack<'_>, report: &Report) {
+/// Records a deploy's or rollback's report and announces it; the warnings
+/// of the announcements that failed.
+async fn record(stack: &Stack<'_>, report: &Report, settings: &Settings) -> Vec<String> {
     let mut durations: BTreeMap<String, f64> = report
         .steps
         .iter()
@@ -141,7 +144,7 @@ async fn record(stack: &Stack<'_>, report: &Report) {
         reason: report.reason.clone(),
         durations,
     };
-    state::record(stack, record).await;
+    state::record(stack, record, &settings.notify).await
 }
 
 /// A deploy used up the count `scale` recorded for its color.

@@ -31,6 +31,8 @@ pub struct Report {
     pub to: u32,
     /// For the idle color: the count is applied by the next deploy.
     pub pending: bool,
+    /// Notes an operator should see, e.g. a notification not delivered.
+    pub warnings: Vec<String>,
 }
 
 /// Which color a service is, or why it cannot be scaled.
@@ -106,7 +108,7 @@ async fn locked(
     let began = Instant::now();
     let (observed, _) = state::read(stack, lb, &health::client(), false).await?;
     let plan = plan::plan(&observed, &Request::Scale { color, replicas })?;
-    let report = Report {
+    let mut report = Report {
         ok: true,
         service: color.service().to_owned(),
         color,
@@ -114,6 +116,7 @@ async fn locked(
         from: plan.from_replicas,
         to: replicas,
         pending: plan.action == Action::Record,
+        warnings: Vec::new(),
     };
     let release = plan.release.clone();
     let done = match (&plan.action, release) {
@@ -137,7 +140,10 @@ async fn locked(
     } else {
         Outcome::Failed
     };
-    record(stack, &plan, outcome, reason, began).await;
+    report.warnings = record(stack, &plan, outcome, reason, began, settings).await;
+    for warning in &report.warnings {
+        stack.printer.warn(warning);
+    }
     let from = plan.from_replicas;
     done.map(|()| report).map_err(|err| {
         err.context(format!(
@@ -164,14 +170,16 @@ async fn record_count(stack: &Stack<'_>, plan: &Plan) -> Result<()> {
     Ok(())
 }
 
-/// Records the outcome in the history and publishes it.
+/// Records the outcome in the history, publishes and announces it; the
+/// warnings of the announcements that failed.
 async fn record(
     stack: &Stack<'_>,
     plan: &Plan,
     outcome: Outcome,
     reason: Option<String>,
     began: Instant,
-) {
+    settings: &Settings,
+) -> Vec<String> {
     let release = plan.release.clone().unwrap_or(Release {
         image: String::new(),
         version: String::new(),
@@ -191,7 +199,7 @@ async fn record(
         reason,
         durations: BTreeMap::from([("total".to_owned(), began.elapsed().as_secs_f64())]),
     };
-    state::record(stack, record).await;
+    state::record(stack, record, &settings.notify).await
 }
 
 /// New replicas answer healthy before nginx names them; any failure or

@@ -16,6 +16,7 @@ use crate::error::failed_with_hint;
 use crate::history::{self, Entry, Outcome, Side};
 use crate::metrics;
 use crate::nginx::{self, Nginx};
+use crate::notify::{self, Target};
 use crate::stack::{Color, Release, VERSION_LABEL};
 
 use super::plan::{Observed, Recorded, Replica};
@@ -161,9 +162,10 @@ pub struct Record {
 }
 
 /// Records a switch in the history, then publishes the metrics and the
-/// deploy mark where monitoring runs. A failure is a warning: the switch
-/// itself is done.
-pub async fn record(stack: &Stack<'_>, record: Record) {
+/// deploy mark where monitoring runs; meanwhile it is announced to `targets`.
+/// A failure is a warning: the switch itself is done. The announcements'
+/// warnings come back, for the report (`--json`) to carry.
+pub async fn record(stack: &Stack<'_>, record: Record, targets: &[Target]) -> Vec<String> {
     let entry = Entry {
         time: Utc::now(),
         operation: record.operation,
@@ -175,6 +177,13 @@ pub async fn record(stack: &Stack<'_>, record: Record) {
         reason: record.reason,
         durations: record.durations,
     };
+    let payload = notify::Payload::of(&stack.project.name, &entry);
+    let (notified, ()) = tokio::join!(notify::send(targets, &payload), bookkeeping(stack, entry));
+    notified
+}
+
+/// The history entry, then the metrics and the mark that read it.
+async fn bookkeeping(stack: &Stack<'_>, entry: Entry) {
     let nginx = stack.nginx();
     let history = match history::record(&nginx, entry.clone(), stack.printer).await {
         Ok(history) => history,

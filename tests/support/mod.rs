@@ -109,9 +109,10 @@ fn shown(command: &std::process::Command) -> String {
 
 /// The variables cryptus reads that a test's environment must not leak
 /// into a run: each run is given its own.
-pub const CRYPTUS_VARIABLES: [&str; 12] = [
+pub const CRYPTUS_VARIABLES: [&str; 13] = [
     "CRYPTUS_PROJECT",
     "CRYPTUS_ORCHESTRATOR",
+    "CRYPTUS_NOTIFY_URL",
     "NGINX_IMAGE",
     "REDIS_IMAGE",
     "CRYPTUS_IMAGE",
