@@ -551,6 +551,8 @@ async fn record(stack: &Stack<'_>, lb: &state::Lb, wanted: &State, seconds: f64)
             reason: Some(reason),
             durations: [("total".to_owned(), seconds)].into_iter().collect(),
         },
+        // Notifications announce switches of traffic, not maintenance.
+        &[],
     )
     .await;
 }
