@@ -361,22 +361,7 @@ impl TlsServer {
     fn start() -> TlsServer {
         let dir = tempfile::tempdir().unwrap();
         let (key, cert) = (dir.path().join("key.pem"), dir.path().join("cert.pem"));
-        let made = std::process::Command::new("openssl")
-            .args([
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-            ])
-            .args(["-subj", "/CN=127.0.0.1"])
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .output()
-            .expect("openssl makes a self-signed certificate");
-        assert!(
-            made.status.success(),
-            "{}",
-            String::from_utf8_lossy(&made.stderr)
-        );
+        support::self_signed(&key, &cert, "127.0.0.1");
         let port = support::free_port();
         let child = std::process::Command::new("openssl")
             .args(["s_server", "-quiet", "-www", "-accept"])

@@ -189,3 +189,24 @@ pub fn assert_nowhere_in(dir: &std::path::Path, secret: &str) {
         }
     }
 }
+
+/// A self-signed certificate for `name` and its key, made by openssl.
+pub fn self_signed(key: &std::path::Path, cert: &std::path::Path, name: &str) {
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .arg("-subj")
+        .arg(format!("/CN={name}"))
+        .arg("-keyout")
+        .arg(key)
+        .arg("-out")
+        .arg(cert)
+        .output()
+        .expect("openssl makes a self-signed certificate");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+}

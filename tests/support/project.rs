@@ -271,29 +271,7 @@ impl TestProject {
     pub fn make_certificate(&self) {
         let ssl = self.path().join("nginx/ssl");
         std::fs::create_dir_all(&ssl).unwrap();
-        let made = std::process::Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "1",
-                "-subj",
-                "/CN=localhost",
-            ])
-            .arg("-keyout")
-            .arg(ssl.join("key.pem"))
-            .arg("-out")
-            .arg(ssl.join("cert.pem"))
-            .output()
-            .expect("openssl makes a self-signed certificate");
-        assert!(
-            made.status.success(),
-            "{}",
-            String::from_utf8_lossy(&made.stderr)
-        );
+        super::self_signed(&ssl.join("key.pem"), &ssl.join("cert.pem"), "localhost");
     }
 
     /// Writes 10,000 keys k:1..k:10000 with values v:1..v:10000 into redis.

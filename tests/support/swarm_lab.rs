@@ -36,20 +36,25 @@ impl SwarmLab {
         format!("10.99.0.{}", 10 + node)
     }
 
-    /// Starts a swarm of `nodes` (node 1 the manager, the others workers)
-    /// with the images the tests run (nginx, redis, the app under every tag
-    /// the shared engine has) loaded into every node. Needs root, dockerd,
-    /// iproute2 and busybox-static, as `.ci/run` installs.
-    pub fn up(nodes: usize) -> SwarmLab {
-        assert!((1..=9).contains(&nodes), "a lab has 1 to 9 nodes");
-        let lab = SwarmLab {
+    /// A lab of `nodes` under a directory no other lab of any run uses.
+    fn named(nodes: usize) -> SwarmLab {
+        SwarmLab {
             dir: PathBuf::from(format!(
                 "/tmp/ctsw{}x{}",
                 std::process::id(),
                 COUNTER.fetch_add(1, Ordering::Relaxed)
             )),
             nodes,
-        };
+        }
+    }
+
+    /// Starts a swarm of `nodes` (node 1 the manager, the others workers)
+    /// with the images the tests run (nginx, redis, the app under every tag
+    /// the shared engine has) loaded into every node. Needs root, dockerd,
+    /// iproute2 and busybox-static, as `.ci/run` installs.
+    pub fn up(nodes: usize) -> SwarmLab {
+        assert!((1..=9).contains(&nodes), "a lab has 1 to 9 nodes");
+        let lab = SwarmLab::named(nodes);
         // Made before the script runs: should it fail or hang, the drop
         // removes what it made.
         let mut command = lab.script("up");
@@ -68,14 +73,7 @@ impl SwarmLab {
     /// 1's engine has a socket, with dockerds and namespaces left running.
     /// Its drop must remove them as it removes a whole lab.
     pub fn killed_while_starting(nodes: usize) -> SwarmLab {
-        let lab = SwarmLab {
-            dir: PathBuf::from(format!(
-                "/tmp/ctsw{}x{}",
-                std::process::id(),
-                COUNTER.fetch_add(1, Ordering::Relaxed)
-            )),
-            nodes,
-        };
+        let lab = SwarmLab::named(nodes);
         let mut child = lab
             .script("up")
             .arg(nodes.to_string())
