@@ -102,8 +102,15 @@ pub async fn run(cli: Cli, printer: &Printer) -> Result<u8> {
         Command::Man { out } => return man::run(out.as_deref(), printer),
         _ => {}
     }
-    let mut project =
-        Project::new(&cli.project_dir, &cli.project)?.with_compose(cli.file, &cli.profile)?;
+    let project = open_project(&cli)?;
+    dispatch(cli.command, project, printer).await
+}
+
+/// The project the command acts on, with its compose files, profiles and
+/// orchestrator; a command that does not run on a Swarm yet is refused.
+fn open_project(cli: &Cli) -> Result<Project> {
+    let mut project = Project::new(&cli.project_dir, &cli.project)?
+        .with_compose(cli.file.clone(), &cli.profile)?;
     project.orchestrator = cli.orchestrator;
     if project.orchestrator == Orchestrator::Swarm && !runs_on_swarm(&cli.command) {
         return Err(usage(
@@ -111,8 +118,12 @@ pub async fn run(cli: Cli, printer: &Printer) -> Result<u8> {
             "use --orchestrator engine (unset CRYPTUS_ORCHESTRATOR); docs/swarm.md says what runs on Swarm",
         ));
     }
+    Ok(project)
+}
+
+async fn dispatch(command: Command, mut project: Project, printer: &Printer) -> Result<u8> {
     // One arm per subcommand, each handing resolved options to its file.
-    match cli.command {
+    match command {
         Command::Init { dir, force } => {
             init::run(dir.as_deref().unwrap_or(&project.dir), force, printer)
         }
@@ -132,45 +143,8 @@ pub async fn run(cli: Cli, printer: &Printer) -> Result<u8> {
             restart::run(&project, timeout, printer).await
         }
         Command::Status => status::run(&project, printer).await,
-        Command::Deploy {
-            image,
-            build,
-            version,
-            watch,
-            keep_failed,
-            switch,
-        } => {
-            let settings = deploy::settings(&switch, watch, keep_failed)?;
-            let source = deploy::source(image, build);
-            deploy::deploy(
-                &project,
-                source,
-                version,
-                &settings,
-                switch.dry_run,
-                printer,
-            )
-            .await
-        }
-        Command::Rollback { switch } => {
-            let settings = deploy::settings(&switch, Duration::ZERO, false)?;
-            rollback::run(&project, &settings, switch.dry_run, printer).await
-        }
-        Command::Scale {
-            service,
-            replicas,
-            switch,
-        } => {
-            let settings = deploy::settings(&switch, Duration::ZERO, false)?;
-            scale::run(
-                &project,
-                &service,
-                replicas,
-                &settings,
-                switch.dry_run,
-                printer,
-            )
-            .await
+        command @ (Command::Deploy { .. } | Command::Rollback { .. } | Command::Scale { .. }) => {
+            switch(command, &project, printer).await
         }
         Command::Health { timeout } => health::run(&project, timeout, printer).await,
         Command::Logs {
@@ -214,5 +188,48 @@ pub async fn run(cli: Cli, printer: &Printer) -> Result<u8> {
         // Answered above, before the project; the same answer here.
         Command::Completions { shell } => completions::run(shell, printer),
         Command::Man { out } => man::run(out.as_deref(), printer),
+    }
+}
+
+/// deploy, rollback and scale: their switch settings resolved, then the
+/// switch.
+async fn switch(command: Command, project: &Project, printer: &Printer) -> Result<u8> {
+    match command {
+        Command::Deploy {
+            image,
+            build,
+            version,
+            watch,
+            keep_failed,
+            switch,
+        } => {
+            let settings = deploy::settings(&switch, watch, keep_failed)?;
+            let source = deploy::source(image, build);
+            deploy::deploy(project, source, version, &settings, switch.dry_run, printer).await
+        }
+        Command::Rollback { switch } => {
+            let settings = deploy::settings(&switch, Duration::ZERO, false)?;
+            rollback::run(project, &settings, switch.dry_run, printer).await
+        }
+        Command::Scale {
+            service,
+            replicas,
+            switch,
+        } => {
+            let settings = deploy::settings(&switch, Duration::ZERO, false)?;
+            scale::run(
+                project,
+                &service,
+                replicas,
+                &settings,
+                switch.dry_run,
+                printer,
+            )
+            .await
+        }
+        other => Err(anyhow::anyhow!(
+            "{} is not deploy, rollback or scale",
+            other.name()
+        )),
     }
 }

@@ -281,16 +281,38 @@ pub struct ConfigFile {
 
 /// The engine's service spec for `spec`.
 fn service_body(spec: &ServiceSpec, api: ApiVersion) -> EngineServiceSpec {
+    let ports = host_ports(spec);
+    EngineServiceSpec {
+        name: Some(spec.name.clone()),
+        labels: Some(spec.labels.clone().into_iter().collect()),
+        task_template: Some(task_template(spec, api)),
+        mode: Some(service_mode(spec.mode)),
+        endpoint_spec: Some(EndpointSpec {
+            mode: Some(if spec.dnsrr {
+                EndpointSpecModeEnum::DNSRR
+            } else {
+                EndpointSpecModeEnum::VIP
+            }),
+            ports: (!ports.is_empty()).then_some(ports),
+        }),
+        ..Default::default()
+    }
+}
+
+fn nanos(d: Duration) -> i64 {
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}
+
+/// What each task runs: the container, its mounts (volumes only) and configs.
+fn container_spec(spec: &ServiceSpec, api: ApiVersion) -> TaskSpecContainerSpec {
     let c = &spec.container;
-    let nanos = |d: Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
-    let listed = |items: &[String]| (!items.is_empty()).then(|| items.to_vec());
     let mounts: Vec<_> = c
         .mounts
         .iter()
         .filter(|m| matches!(m, MountSpec::Volume { .. }))
         .map(mount)
         .collect();
-    let container_spec = TaskSpecContainerSpec {
+    TaskSpecContainerSpec {
         image: Some(c.image.clone()),
         labels: Some(c.labels.clone().into_iter().collect()),
         command: c.entrypoint.clone(),
@@ -322,14 +344,21 @@ fn service_body(spec: &ServiceSpec, api: ApiVersion) -> EngineServiceSpec {
                 .collect()
         }),
         ..Default::default()
-    };
+    }
+}
+
+/// The task template: container, limits, restart policy, placement,
+/// networks and logging.
+fn task_template(spec: &ServiceSpec, api: ApiVersion) -> TaskSpec {
+    let c = &spec.container;
+    let listed = |items: &[String]| (!items.is_empty()).then(|| items.to_vec());
     let limits = Limit {
         nano_cpus: c.cpus.map(|cpus| (cpus * 1e9) as i64),
         memory_bytes: c.memory.map(|m| i64::try_from(m).unwrap_or(i64::MAX)),
         pids: c.pids,
     };
-    let task_template = TaskSpec {
-        container_spec: Some(container_spec),
+    TaskSpec {
+        container_spec: Some(container_spec(spec, api)),
         resources: Some(TaskSpecResources {
             limits: Some(limits),
             ..Default::default()
@@ -371,8 +400,11 @@ fn service_body(spec: &ServiceSpec, api: ApiVersion) -> EngineServiceSpec {
             options: Some(log.options.clone().into_iter().collect()),
         }),
         ..Default::default()
-    };
-    let mode = match spec.mode {
+    }
+}
+
+fn service_mode(mode: ServiceMode) -> ServiceSpecMode {
+    match mode {
         ServiceMode::Replicated(replicas) => ServiceSpecMode {
             replicated: Some(ServiceSpecModeReplicated {
                 replicas: Some(i64::try_from(replicas).unwrap_or(i64::MAX)),
@@ -383,9 +415,12 @@ fn service_body(spec: &ServiceSpec, api: ApiVersion) -> EngineServiceSpec {
             global: Some(HashMap::new()),
             ..Default::default()
         },
-    };
-    let ports: Vec<EndpointPortConfig> = spec
-        .host_ports
+    }
+}
+
+/// The ports published in host mode, on the node that runs the task.
+fn host_ports(spec: &ServiceSpec) -> Vec<EndpointPortConfig> {
+    spec.host_ports
         .iter()
         .filter_map(|port| {
             Some(EndpointPortConfig {
@@ -400,22 +435,7 @@ fn service_body(spec: &ServiceSpec, api: ApiVersion) -> EngineServiceSpec {
                 ..Default::default()
             })
         })
-        .collect();
-    EngineServiceSpec {
-        name: Some(spec.name.clone()),
-        labels: Some(spec.labels.clone().into_iter().collect()),
-        task_template: Some(task_template),
-        mode: Some(mode),
-        endpoint_spec: Some(EndpointSpec {
-            mode: Some(if spec.dnsrr {
-                EndpointSpecModeEnum::DNSRR
-            } else {
-                EndpointSpecModeEnum::VIP
-            }),
-            ports: (!ports.is_empty()).then_some(ports),
-        }),
-        ..Default::default()
-    }
+        .collect()
 }
 
 impl Engine {

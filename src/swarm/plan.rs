@@ -145,16 +145,7 @@ pub fn service_spec(
         color.is_some().then_some(release),
     )
     .with_context(|| format!("planning service {}", service.name))?;
-    if let Some(grant) = service.secrets.iter().chain(&service.configs).next() {
-        return Err(usage(
-            format!(
-                "services.{}: its secrets and configs ({}) are given from this host; \
-                 on a Docker Swarm that is not done yet",
-                service.name, grant.name
-            ),
-            "remove the service's secrets and configs, or use --orchestrator engine",
-        ));
-    }
+    refuse_grants(service)?;
     // The stack's label instead of Compose's: a task's container is the
     // swarm's, not one a one-engine cryptus may stop or replace.
     container
@@ -166,21 +157,7 @@ pub fn service_spec(
     // says nothing.
     let swarm = &service.swarm;
     let placement = swarm.placement.clone().unwrap_or_default();
-    let replicated = ServiceMode::Replicated(u64::from(service.replicas.max(1)));
-    let mode = match swarm.mode.as_deref() {
-        None if edge => ServiceMode::Global,
-        None | Some("replicated") => replicated,
-        Some("global") => ServiceMode::Global,
-        Some(other) => {
-            return Err(usage(
-                format!(
-                    "services.{}: deploy.mode {other} does not run a long-lived service",
-                    service.name
-                ),
-                "use deploy.mode replicated or global",
-            ));
-        }
-    };
+    let mode = mode_of(service, edge)?;
     let or_default = |given: Vec<String>, default: Option<&str>| {
         if given.is_empty() {
             default.map(str::to_owned).into_iter().collect()
@@ -234,19 +211,58 @@ pub fn service_spec(
         spec.container.mounts.clear();
     }
     spec.container.ports.clear();
+    let warnings = leave_out_binds(&mut spec.container.mounts, &service.name);
+    Ok(Planned { spec, warnings })
+}
+
+/// Secrets and configs are given from this host: not yet on a swarm.
+fn refuse_grants(service: &Service) -> Result<()> {
+    match service.secrets.iter().chain(&service.configs).next() {
+        Some(grant) => Err(usage(
+            format!(
+                "services.{}: its secrets and configs ({}) are given from this host; \
+                 on a Docker Swarm that is not done yet",
+                service.name, grant.name
+            ),
+            "remove the service's secrets and configs, or use --orchestrator engine",
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The compose file's `deploy.mode`, else global for the edge and
+/// replicated for the rest.
+fn mode_of(service: &Service, edge: bool) -> Result<ServiceMode> {
+    let replicated = ServiceMode::Replicated(u64::from(service.replicas.max(1)));
+    match service.swarm.mode.as_deref() {
+        None if edge => Ok(ServiceMode::Global),
+        None | Some("replicated") => Ok(replicated),
+        Some("global") => Ok(ServiceMode::Global),
+        Some(other) => Err(usage(
+            format!(
+                "services.{}: deploy.mode {other} does not run a long-lived service",
+                service.name
+            ),
+            "use deploy.mode replicated or global",
+        )),
+    }
+}
+
+/// Leaves out bind mounts (a path on whichever node runs the task), with a
+/// warning for each.
+fn leave_out_binds(mounts: &mut Vec<MountSpec>, service: &str) -> Vec<String> {
     let mut warnings = Vec::new();
-    spec.container.mounts.retain(|mount| match mount {
+    mounts.retain(|mount| match mount {
         MountSpec::Bind { source, target, .. } => {
             warnings.push(format!(
-                "services.{}: the bind mount {source}:{target} is left out on a Docker Swarm \
-                 (a path on whichever node runs the task)",
-                service.name
+                "services.{service}: the bind mount {source}:{target} is left out on a Docker Swarm \
+                 (a path on whichever node runs the task)"
             ));
             false
         }
         MountSpec::Volume { .. } => true,
     });
-    Ok(Planned { spec, warnings })
+    warnings
 }
 
 #[cfg(test)]
