@@ -349,10 +349,9 @@ async fn watch(engine: &Engine, container: &Container) -> NotReady {
     use futures_util::StreamExt;
     let name = &container.name;
     let lost = |detail: String| {
-        NotReady::from(failed_with_hint(
-            format!("the Docker engine stopped answering while {name} got ready: {detail}"),
-            "was dockerd restarted? The stack comes back by its restart policies: check `cryptus status`, then run the deploy again",
-        ))
+        NotReady::from(crate::engine::lost(format!(
+            "while {name} got ready, {detail}"
+        )))
     };
     let events = engine.container_events(
         ("container", &container.id),

@@ -147,6 +147,7 @@ impl Engine {
             .docker
             .list_containers(Some(options))
             .await
+            .map_err(|err| engine_error(&err))
             .with_context(|| format!("listing the containers of project {project}"))?;
         let ids: Vec<String> = summaries.into_iter().filter_map(|s| s.id).collect();
         let inspected = futures_util::future::join_all(ids.iter().map(|id| self.inspect(id))).await;
@@ -172,6 +173,7 @@ impl Engine {
             .docker
             .list_containers(Some(options))
             .await
+            .map_err(|err| engine_error(&err))
             .context("listing the engine's running containers")?;
         let mut ports = Vec::new();
         for summary in summaries {
@@ -233,7 +235,7 @@ impl Engine {
             Ok(response) => Ok(Some(container::from_inspect(response))),
             Err(err) if is_not_found(&err) => Ok(None),
             Err(err) => {
-                Err(anyhow!(describe(&err))).with_context(|| format!("inspecting container {name}"))
+                Err(engine_error(&err)).with_context(|| format!("inspecting container {name}"))
             }
         }
     }
@@ -259,8 +261,9 @@ impl Engine {
         match self.docker.inspect_image(reference).await {
             Ok(image) => Ok(Some(image.config.unwrap_or_default())),
             Err(err) if is_not_found(&err) => Ok(None),
-            Err(err) => Err(anyhow!(describe(&err)))
-                .with_context(|| format!("inspecting image {reference}")),
+            Err(err) => {
+                Err(engine_error(&err)).with_context(|| format!("inspecting image {reference}"))
+            }
         }
     }
 
@@ -303,9 +306,7 @@ impl Engine {
             Ok(_) => Ok(true),
             // Created meanwhile by a concurrent cryptus: that is fine.
             Err(err) if status(&err) == Some(409) => Ok(false),
-            Err(err) => {
-                Err(anyhow!(describe(&err))).with_context(|| format!("creating network {name}"))
-            }
+            Err(err) => Err(engine_error(&err)).with_context(|| format!("creating network {name}")),
         }
     }
 
@@ -319,6 +320,7 @@ impl Engine {
                     .build(),
             ))
             .await
+            .map_err(|err| engine_error(&err))
             .with_context(|| format!("looking up network {name}"))?;
         // The name filter matches substrings; compare exactly.
         Ok(networks.iter().any(|n| n.name.as_deref() == Some(name)))
@@ -335,7 +337,7 @@ impl Engine {
             Ok(_) => return Ok(false),
             Err(err) if is_not_found(&err) => {}
             Err(err) => {
-                return Err(anyhow!(describe(&err)))
+                return Err(engine_error(&err))
                     .with_context(|| format!("inspecting volume {name}"));
             }
         }
@@ -348,6 +350,7 @@ impl Engine {
         self.docker
             .create_volume(request)
             .await
+            .map_err(|err| engine_error(&err))
             .with_context(|| format!("creating volume {name}"))?;
         Ok(true)
     }
@@ -362,7 +365,7 @@ impl Engine {
             .docker
             .create_container(Some(options), spec::create_body(spec, self.api_version()))
             .await
-            .map_err(|err| anyhow!(describe(&err)))
+            .map_err(|err| engine_error(&err))
             .with_context(|| format!("creating container {name}"))?;
         for network in spec.networks.iter().skip(1) {
             let request = NetworkConnectRequest {
@@ -372,6 +375,7 @@ impl Engine {
             self.docker
                 .connect_network(&network.name, request)
                 .await
+                .map_err(|err| engine_error(&err))
                 .with_context(|| {
                     format!("connecting container {name} to network {}", network.name)
                 })?;
@@ -390,7 +394,7 @@ impl Engine {
             Ok(created) => Ok(Some(created.id)),
             Err(err) if status(&err) == Some(409) => Ok(None),
             Err(err) => {
-                Err(anyhow!(describe(&err))).with_context(|| format!("creating container {name}"))
+                Err(engine_error(&err)).with_context(|| format!("creating container {name}"))
             }
         }
     }
@@ -410,7 +414,7 @@ impl Engine {
                 ))
             }
             Err(err) => {
-                Err(anyhow!(describe(&err))).with_context(|| format!("starting container {name}"))
+                Err(engine_error(&err)).with_context(|| format!("starting container {name}"))
             }
         }
     }
@@ -430,7 +434,7 @@ impl Engine {
             Ok(()) => Ok(()),
             Err(err) if status(&err) == Some(304) || is_not_found(&err) => Ok(()),
             Err(err) => {
-                Err(anyhow!(describe(&err))).with_context(|| format!("stopping container {name}"))
+                Err(engine_error(&err)).with_context(|| format!("stopping container {name}"))
             }
         }
     }
@@ -452,7 +456,7 @@ impl Engine {
                 Ok(())
             }
             Err(err) => {
-                Err(anyhow!(describe(&err))).with_context(|| format!("removing container {name}"))
+                Err(engine_error(&err)).with_context(|| format!("removing container {name}"))
             }
         }
     }
@@ -509,12 +513,13 @@ impl Engine {
             .docker
             .create_exec(container, options)
             .await
-            .map_err(|err| anyhow!(describe(&err)))
+            .map_err(|err| engine_error(&err))
             .with_context(what)?;
         let started = self
             .docker
             .start_exec(&created.id, None)
             .await
+            .map_err(|err| engine_error(&err))
             .with_context(what)?;
         Ok(WaitingShell {
             docker: self.docker.clone(),
@@ -535,7 +540,7 @@ impl Engine {
             .docker
             .list_images(Some(options))
             .await
-            .map_err(|err| anyhow!(describe(&err)))
+            .map_err(|err| engine_error(&err))
             .context("listing images")?;
         Ok(images.into_iter().map(|i| i.id).collect())
     }
@@ -557,7 +562,7 @@ impl Engine {
                     .build(),
             ))
             .await
-            .map_err(|err| anyhow!(describe(&err)))
+            .map_err(|err| engine_error(&err))
             .with_context(|| format!("listing the containers of image {id}"))?;
         if !users.is_empty() {
             return Ok(false);
@@ -570,9 +575,7 @@ impl Engine {
         match self.docker.remove_image(id, Some(options), None).await {
             Ok(_) => Ok(true),
             Err(err) if status(&err) == Some(409) || is_not_found(&err) => Ok(false),
-            Err(err) => {
-                Err(anyhow!(describe(&err))).with_context(|| format!("removing image {id}"))
-            }
+            Err(err) => Err(engine_error(&err)).with_context(|| format!("removing image {id}")),
         }
     }
 
@@ -699,7 +702,7 @@ impl Engine {
                 Ok(bytes) => archive.extend_from_slice(&bytes),
                 Err(err) if is_not_found(&err) => return Ok(None),
                 Err(err) => {
-                    return Err(anyhow!(describe(&err)))
+                    return Err(engine_error(&err))
                         .with_context(|| format!("reading {path} from container {container}"));
                 }
             }
@@ -809,7 +812,7 @@ impl Engine {
         self.docker
             .upload_to_container(container, Some(options), bollard::body_full(archive.into()))
             .await
-            .map_err(|err| anyhow!(describe(&err)))
+            .map_err(|err| engine_error(&err))
             .with_context(|| format!("writing into {dir} of container {container}"))
     }
 
@@ -824,7 +827,7 @@ impl Engine {
         let mut text = String::new();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk
-                .map_err(|err| anyhow!(describe(&err)))
+                .map_err(|err| engine_error(&err))
                 .with_context(|| format!("reading the logs of {container}"))?;
             text.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
         }
@@ -866,7 +869,7 @@ impl Engine {
                             text: String::from_utf8_lossy(&output.into_bytes()).into_owned(),
                         }
                     })
-                    .map_err(|err| anyhow!(describe(&err)))
+                    .map_err(|err| engine_error(&err))
                     .with_context(|| format!("reading the logs of {name}"))
             })
     }
@@ -925,7 +928,7 @@ impl Engine {
                         }))
                     }
                     Err(err) => Some(Err(
-                        anyhow!(describe(&err)).context("following the engine's events")
+                        engine_error(&err).context("following the engine's events")
                     )),
                 }
             })
@@ -941,7 +944,7 @@ impl Engine {
         match stream.next().await {
             Some(result) => result
                 .map(|sample| stats::usage(&sample))
-                .map_err(|err| anyhow!(describe(&err)))
+                .map_err(|err| engine_error(&err))
                 .with_context(|| format!("reading the resource use of {container}")),
             None => Err(anyhow!("the engine sent no resource use for {container}")),
         }
@@ -953,7 +956,7 @@ impl Engine {
             .info()
             .await
             .map(HostInfo::from)
-            .map_err(|err| anyhow!(describe(&err)))
+            .map_err(|err| engine_error(&err))
             .context("reading the engine's host information")
     }
 
@@ -964,7 +967,7 @@ impl Engine {
             .docker
             .top_processes(container, None)
             .await
-            .map_err(|err| anyhow!(describe(&err)))
+            .map_err(|err| engine_error(&err))
             .with_context(|| format!("listing the processes of {container}"))?;
         let titles = top.titles.unwrap_or_default();
         let pid = titles.iter().position(|t| t == "PID").unwrap_or(1);
@@ -1005,7 +1008,7 @@ impl Engine {
         let mut last_lines: Vec<String> = Vec::new();
         while let Some(item) = stream.next().await {
             let info = item
-                .map_err(|err| anyhow!(describe(&err)))
+                .map_err(|err| engine_error(&err))
                 .with_context(|| format!("building image {tag}"))?;
             if let Some(detail) = info.error_detail {
                 let message = detail
@@ -1067,6 +1070,7 @@ impl WaitingShell {
             .docker
             .inspect_exec(&self.id)
             .await
+            .map_err(|err| engine_error(&err))
             .with_context(|| what.clone())?;
         Ok(ExecOutput {
             code: inspected.exit_code.unwrap_or(-1),
@@ -1100,7 +1104,7 @@ async fn exchange(started: StartExecResults, input: Option<&[u8]>) -> Result<(St
     }
     let (mut stdout, mut stderr) = (String::new(), String::new());
     while let Some(chunk) = output.next().await {
-        match chunk? {
+        match chunk.map_err(|err| engine_error(&err))? {
             bollard::container::LogOutput::StdOut { message } => {
                 stdout.push_str(&String::from_utf8_lossy(&message));
             }
@@ -1134,8 +1138,71 @@ fn removed(result: Result<(), BollardError>, what: impl FnOnce() -> String) -> R
     match result {
         Ok(()) => Ok(()),
         Err(err) if is_not_found(&err) => Ok(()),
-        Err(err) => Err(anyhow!(describe(&err))).with_context(what),
+        Err(err) => Err(engine_error(&err)).with_context(what),
     }
+}
+
+/// An engine call's error: the engine's own message where it answered; where
+/// it did not (its socket went, the connection broke, no answer came), an
+/// error saying so with a hint, whatever call met it first.
+fn engine_error(err: &BollardError) -> anyhow::Error {
+    if is_connection_lost(err) {
+        lost(describe(err))
+    } else {
+        anyhow!(describe(err))
+    }
+}
+
+/// The engine stopped answering in the middle of a command (it was
+/// restarted, stopped or crashed): the error a caller gets, whichever call
+/// or stream met it first. Exit 2, as for an engine unreachable at the start.
+pub fn lost(detail: impl std::fmt::Display) -> anyhow::Error {
+    usage(
+        format!("the Docker engine stopped answering: {detail}"),
+        "was dockerd restarted? Once it answers, `cryptus status` shows what runs; then run the command again",
+    )
+}
+
+/// Whether the error is the connection to the engine failing, rather than
+/// an answer from it.
+fn is_connection_lost(err: &BollardError) -> bool {
+    match err {
+        BollardError::HyperResponseError { .. }
+        | BollardError::HyperLegacyError { .. }
+        | BollardError::RequestTimeoutError
+        | BollardError::SocketNotFoundError(_) => true,
+        BollardError::DockerResponseServerError { .. } => false,
+        // Transparent: its own source is the io error's source.
+        BollardError::IOError { err } => is_broken_io(err),
+        other => {
+            let mut cause: Option<&dyn std::error::Error> = Some(other);
+            while let Some(current) = cause {
+                if current
+                    .downcast_ref::<std::io::Error>()
+                    .is_some_and(is_broken_io)
+                {
+                    return true;
+                }
+                cause = current.source();
+            }
+            false
+        }
+    }
+}
+
+/// Whether an io error is a socket that is gone or a connection that broke.
+fn is_broken_io(err: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        err.kind(),
+        ErrorKind::NotFound
+            | ErrorKind::ConnectionRefused
+            | ErrorKind::ConnectionReset
+            | ErrorKind::ConnectionAborted
+            | ErrorKind::NotConnected
+            | ErrorKind::BrokenPipe
+            | ErrorKind::UnexpectedEof
+    )
 }
 
 /// The engine's own message where there is one, rather than bollard's wrapper.
@@ -1151,5 +1218,51 @@ fn describe(err: &BollardError) -> String {
             }
             innermost.to_string()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::{EXIT_USAGE, classify};
+
+    #[test]
+    fn a_vanished_socket_or_broken_connection_is_the_engine_lost() {
+        for kind in [
+            std::io::ErrorKind::NotFound,
+            std::io::ErrorKind::ConnectionRefused,
+            std::io::ErrorKind::ConnectionReset,
+            std::io::ErrorKind::BrokenPipe,
+        ] {
+            let err = engine_error(&BollardError::from(std::io::Error::from(kind)));
+            let text = format!("{:#}", err.context("inspecting container x"));
+            assert!(
+                text.contains("the Docker engine stopped answering"),
+                "{text}"
+            );
+            assert!(text.starts_with("inspecting container x: "), "{text}");
+        }
+        let err = engine_error(&BollardError::RequestTimeoutError);
+        assert_eq!(classify(&err).0, EXIT_USAGE);
+        assert!(
+            classify(&err)
+                .1
+                .is_some_and(|hint| hint.contains("dockerd"))
+        );
+    }
+
+    #[test]
+    fn an_answer_from_the_engine_is_its_own_message() {
+        let err = engine_error(&BollardError::DockerResponseServerError {
+            status_code: 500,
+            message: "driver failed programming external connectivity\n".to_owned(),
+        });
+        assert_eq!(
+            err.to_string(),
+            "driver failed programming external connectivity"
+        );
+        assert!(!crate::error::is_user_error(&err));
+        let other = engine_error(&BollardError::from(std::io::Error::other("disk full")));
+        assert!(!other.to_string().contains("stopped answering"), "{other}");
     }
 }

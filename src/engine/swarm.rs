@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result};
 use base64::Engine as _;
 use bollard::models::{
     ConfigSpec, EndpointPortConfig, EndpointPortConfigProtocolEnum,
@@ -26,7 +26,7 @@ use bollard::query_parameters::{
 use serde::Serialize;
 
 use super::spec::{health_config, mount};
-use super::{ApiVersion, ContainerSpec, Engine, MountSpec, PortSpec, describe, removed};
+use super::{ApiVersion, ContainerSpec, Engine, MountSpec, PortSpec, engine_error, removed};
 
 /// The label `docker stack deploy` puts on a stack's services (and their
 /// tasks): the stack's name, here the project's.
@@ -189,7 +189,7 @@ impl Engine {
             .info()
             .await
             .map(|info| Membership::from(&info))
-            .map_err(|err| anyhow!(describe(&err)))
+            .map_err(|err| engine_error(&err))
             .map_err(|err| err.context("asking the engine whether it is in a swarm"))
     }
 
@@ -199,7 +199,7 @@ impl Engine {
             .docker
             .list_nodes(None::<ListNodesOptions>)
             .await
-            .map_err(|err| anyhow!(describe(&err)).context("listing the swarm's nodes"))?;
+            .map_err(|err| engine_error(&err).context("listing the swarm's nodes"))?;
         let mut nodes: Vec<Node> = nodes.into_iter().map(Node::from).collect();
         nodes.sort_by(|a, b| a.hostname.cmp(&b.hostname));
         Ok(nodes)
@@ -217,7 +217,7 @@ impl Engine {
             .list_services(Some(options))
             .await
             .map_err(|err| {
-                anyhow!(describe(&err)).context(format!("listing the services of stack {project}"))
+                engine_error(&err).context(format!("listing the services of stack {project}"))
             })?;
         let mut services: Vec<Service> = services.into_iter().map(Service::from).collect();
         services.sort_by(|a, b| a.name.cmp(&b.name));
@@ -230,7 +230,7 @@ impl Engine {
         let filters = HashMap::from([("label", vec![filter.as_str()])]);
         let options = ListTasksOptionsBuilder::default().filters(&filters).build();
         let tasks = self.docker.list_tasks(Some(options)).await.map_err(|err| {
-            anyhow!(describe(&err)).context(format!("listing the tasks of stack {project}"))
+            engine_error(&err).context(format!("listing the tasks of stack {project}"))
         })?;
         Ok(tasks.into_iter().map(Task::from).collect())
     }
@@ -446,8 +446,9 @@ impl Engine {
         match self.docker.create_service(body, None).await {
             Ok(_) => Ok(true),
             Err(err) if super::status(&err) == Some(409) => Ok(false),
-            Err(err) => Err(anyhow!(describe(&err)))
-                .with_context(|| format!("creating service {}", spec.name)),
+            Err(err) => {
+                Err(engine_error(&err)).with_context(|| format!("creating service {}", spec.name))
+            }
         }
     }
 
@@ -482,9 +483,7 @@ impl Engine {
                 .config_id(name)
                 .await?
                 .with_context(|| format!("config {name} exists but cannot be found")),
-            Err(err) => {
-                Err(anyhow!(describe(&err))).with_context(|| format!("creating config {name}"))
-            }
+            Err(err) => Err(engine_error(&err)).with_context(|| format!("creating config {name}")),
         }
     }
 
@@ -523,7 +522,7 @@ impl Engine {
             .docker
             .list_configs(Some(options))
             .await
-            .map_err(|err| anyhow!(describe(&err)))
+            .map_err(|err| engine_error(&err))
             .context(what.to_owned())?;
         Ok(configs
             .into_iter()
@@ -542,7 +541,7 @@ impl Engine {
             .docker
             .list_networks(Some(options))
             .await
-            .map_err(|err| anyhow!(describe(&err)))
+            .map_err(|err| engine_error(&err))
             .with_context(|| format!("listing the networks of stack {project}"))?;
         Ok(networks.into_iter().filter_map(|n| n.name).collect())
     }
