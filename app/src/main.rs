@@ -6,12 +6,16 @@
 //! requests for drain tests), `POST /api/echo` (answers the body's length,
 //! for clients that never retry), `/metrics` (Prometheus text format), and
 //! receivers for tests and demos (`/api/alerts`, `/api/annotations`,
-//! `/api/notifications`).
+//! `/api/notifications`), and two long-lived endpoints: server-sent events
+//! (`/api/events`) and a WebSocket echo (`/api/ws`), each naming the color
+//! and version that serves it.
 //! Environment knobs make it misbehave on purpose for tests: a start-up delay,
 //! health that never turns healthy, a crash after N seconds and a ratio of 5xx
-//! answers. On SIGTERM it stops accepting, finishes in-flight requests, exits.
+//! answers. On SIGTERM it stops accepting, finishes in-flight requests, ends
+//! event streams and WebSockets (so their clients reconnect), exits.
 
 mod config;
+mod live;
 mod metrics;
 mod redis;
 mod routes;
@@ -101,6 +105,31 @@ fn serve(config: Config) -> ExitCode {
     }
 }
 
+/// How long the shutdown waits for connections: longer than the longest
+/// request the app serves (`/api/sleep`, at most 60 s).
+const SHUTDOWN_LIMIT: Duration = Duration::from_secs(65);
+
+/// Serves one connection (upgrades to WebSocket included) until it ends,
+/// or, once the app closes, until its request in flight is answered.
+async fn connection(app: Arc<App>, stream: tokio::net::TcpStream) {
+    let mut closing = app.closing();
+    let service = service_fn(move |request| {
+        let app = Arc::clone(&app);
+        async move { app.serve(request).await }
+    });
+    let connection = http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    let mut connection = std::pin::pin!(connection);
+    // A client that goes away mid-request is not an app error.
+    tokio::select! {
+        _ = connection.as_mut() => return,
+        _ = live::until_closing(&mut closing) => {}
+    }
+    connection.as_mut().graceful_shutdown();
+    let _ = connection.await;
+}
+
 async fn run(config: Config) -> std::io::Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -130,7 +159,6 @@ async fn run(config: Config) -> std::io::Result<()> {
         config.color, config.version, config.port
     );
     let app = Arc::new(App::new(config));
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
 
     loop {
         tokio::select! {
@@ -144,18 +172,7 @@ async fn run(config: Config) -> std::io::Result<()> {
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let app = Arc::clone(&app);
-                let service = service_fn(move |request| {
-                    let app = Arc::clone(&app);
-                    async move { app.handle(request).await }
-                });
-                let connection = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service);
-                let connection = graceful.watch(connection);
-                tokio::spawn(async move {
-                    // A client that goes away mid-request is not an app error.
-                    let _ = connection.await;
-                });
+                tokio::spawn(connection(Arc::clone(&app), stream));
             }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
@@ -163,11 +180,15 @@ async fn run(config: Config) -> std::io::Result<()> {
     }
 
     // Stop accepting, let in-flight requests finish, close idle keep-alive
-    // connections. Docker's stop timeout bounds this from the outside.
+    // connections, end event streams and WebSockets (their clients then
+    // reconnect, to whichever color serves). Docker's stop timeout bounds
+    // this from the outside; SHUTDOWN_LIMIT from the inside.
     drop(listener);
-    app.set_draining();
     eprintln!("cryptus-app: draining in-flight requests");
-    graceful.shutdown().await;
-    eprintln!("cryptus-app: drained, exiting");
+    if app.close(SHUTDOWN_LIMIT).await {
+        eprintln!("cryptus-app: drained, exiting");
+    } else {
+        eprintln!("cryptus-app: connections still open after {SHUTDOWN_LIMIT:?}, exiting");
+    }
     Ok(())
 }

@@ -5,13 +5,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{SecondsFormat, Utc};
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{CONTENT_TYPE, COOKIE, HeaderValue, SET_COOKIE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
+use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::live::{self, Events};
 use crate::metrics::Metrics;
 use crate::redis::{Client, Reply};
 
@@ -34,9 +36,15 @@ pub struct App {
     annotations: std::sync::Mutex<Vec<serde_json::Value>>,
     /// Deploy notifications received on /api/notifications.
     notifications: std::sync::Mutex<Vec<serde_json::Value>>,
+    /// Turns true on shutdown: event streams and WebSockets end, and each
+    /// connection finishes its request and closes. Each holds a receiver,
+    /// so the sender sees when the last one is gone.
+    closing: watch::Sender<bool>,
 }
 
 type Answer = Response<Full<Bytes>>;
+/// An answer of any route: whole, or a stream of events.
+pub type Body = Either<Full<Bytes>, Events>;
 
 /// The seed's health document, field for field and in its order.
 #[derive(serde::Serialize)]
@@ -74,7 +82,59 @@ impl App {
             alerts: std::sync::Mutex::new(Vec::new()),
             annotations: std::sync::Mutex::new(Vec::new()),
             notifications: std::sync::Mutex::new(Vec::new()),
+            closing: watch::Sender::new(false),
         }
+    }
+
+    /// A handle that sees the shutdown begin; the app's shutdown waits
+    /// until every handle is dropped.
+    pub fn closing(&self) -> watch::Receiver<bool> {
+        self.closing.subscribe()
+    }
+
+    /// Begins the shutdown, then waits (up to `limit`) until every
+    /// connection, event stream and WebSocket has ended. Returns whether
+    /// they all did.
+    pub async fn close(&self, limit: Duration) -> bool {
+        self.set_draining();
+        self.closing.send_replace(true);
+        tokio::time::timeout(limit, self.closing.closed())
+            .await
+            .is_ok()
+    }
+
+    /// Every route: the long-lived ones (an event stream, a WebSocket)
+    /// here, the rest through [`App::handle`].
+    pub async fn serve(&self, request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+        let begun = Instant::now();
+        let route = route_of(request.uri().path());
+        let serving = live::Serving {
+            color: self.config.color.clone(),
+            version: self.config.version.clone(),
+        };
+        let answer = match route {
+            _ if request.method() != Method::GET && live::is_live(route) => Err(json_answer(
+                StatusCode::METHOD_NOT_ALLOWED,
+                json!({"error": "method not allowed"}),
+            )),
+            "/api/events" => match live::every(request.uri().query()) {
+                Ok(every) => Ok(live::events(serving, every, self.closing())),
+                Err(why) => Err(json_answer(StatusCode::BAD_REQUEST, json!({"error": why}))),
+            },
+            "/api/ws" => live::websocket(request, serving, self.closing())
+                .map_err(|(code, why)| json_answer(code, json!({"error": why}))),
+            _ => return Ok(self.handle(request).await?.map(Either::Left)),
+        };
+        let mut answer = match answer {
+            Ok(answer) => answer.map(Either::Right),
+            Err(refused) => refused.map(Either::Left),
+        };
+        if let Ok(color) = HeaderValue::from_str(&self.config.color) {
+            answer.headers_mut().insert("x-cryptus-instance", color);
+        }
+        self.metrics
+            .observe(route, answer.status().as_u16(), begun.elapsed());
+        Ok(answer)
     }
 
     pub fn set_draining(&self) {
@@ -367,6 +427,8 @@ fn route_of(path: &str) -> &'static str {
         "/api/alerts" => "/api/alerts",
         "/api/annotations" => "/api/annotations",
         "/api/notifications" => "/api/notifications",
+        "/api/events" => "/api/events",
+        "/api/ws" => "/api/ws",
         "/" | "/index.html" => "/",
         _ => "other",
     }
