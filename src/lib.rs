@@ -40,4 +40,5 @@ pub mod stack;
 pub mod status;
 pub mod swarm;
 pub mod switch;
+pub mod tcp;
 pub mod wait;

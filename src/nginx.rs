@@ -581,6 +581,30 @@ impl Nginx<'_> {
         self.until_idle(limits, |(pid, _)| old.contains(pid)).await
     }
 
+    /// How many connections nginx holds open to `peers` on `port`: the
+    /// established TCP connections in its container's network namespace
+    /// (`/proc/net/tcp` and `tcp6`, read through the engine). Read from
+    /// nginx's side because the app's image may have no shell to read its
+    /// own (the reference app's is `FROM scratch`), and because only
+    /// traffic through the load balancer counts there: not a monitor's
+    /// scrapes, not cryptus's probes.
+    pub async fn connections_to(&self, peers: &[std::net::IpAddr], port: u16) -> Result<usize> {
+        let output = self
+            .engine
+            .exec(&self.container, &["cat", "/proc/net/tcp", "/proc/net/tcp6"])
+            .await
+            .with_context(|| format!("reading the TCP connections of {}", self.container))?;
+        // A host without IPv6 has no tcp6: cat says so and goes on.
+        if output.code != 0 && output.stdout.trim().is_empty() {
+            bail!(
+                "reading the TCP connections of {} failed: {}",
+                self.container,
+                output.stderr.trim()
+            );
+        }
+        Ok(crate::tcp::established_to(&output.stdout, peers, port))
+    }
+
     /// Looks at nginx's processes under `limits` until none is `busy`.
     /// Running out of time is no error here: busy workers only delay, so
     /// the caller gets how many were busy at the last look.

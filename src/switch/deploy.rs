@@ -17,7 +17,7 @@ use crate::engine::Container;
 use crate::error::{failed_with_hint, usage};
 use crate::health::{self, Expect};
 use crate::history::{Outcome, Side, operation};
-use crate::stack::{Color, Release, image_version};
+use crate::stack::{APP_PORT, Color, Release, image_version};
 
 use super::plan::{self, Observed, Plan, Request};
 use super::report::{Report, Steps, round};
@@ -618,19 +618,31 @@ impl<'s> Switch<'s> {
                 self.settings.drain,
             );
             let (drained, notified) = tokio::join!(drain, bookkeeping);
-            if let Err(err) = drained {
+            let busy = drained.unwrap_or_else(|err| {
                 // The switch is proven and recorded: waiting for the old
                 // workers is a courtesy to their requests, not the deploy.
                 stack
                     .printer
                     .warn(format!("waiting for nginx's old workers: {err:#}"));
-            }
+                // Not known to be idle: count what is still open.
+                usize::MAX
+            });
+            let mut closed = None;
             if !keep {
+                closed = self.still_open(&nginx, busy).await;
                 self.runner.stop(&self.from_containers).await;
             }
-            Ok::<_, anyhow::Error>(notified)
+            Ok::<_, anyhow::Error>((notified, closed))
         };
-        let notified = steps.run("drain", message, retire).await?;
+        let (notified, closed) = steps.run("drain", message, retire).await?;
+        if let Some(open) = closed.filter(|open| *open > 0) {
+            stack.printer.info(format!(
+                "closed {open} long-lived connection{} still open to {active} when it stopped \
+                 (WebSocket, event stream or slow request): their clients reconnect to {}",
+                if open == 1 { "" } else { "s" },
+                self.to.color
+            ));
+        }
         if crate::interrupt::seen() {
             stack.printer.warn(format!(
                 "interrupted after the switch was proven: the {} was finished, not undone",
@@ -638,11 +650,42 @@ impl<'s> Switch<'s> {
             ));
         }
         let mut report = self.report(steps, began, Outcome::Ok, None);
+        report.long_lived_closed = closed;
         report.warnings.extend(notified);
         for warning in &report.warnings {
             stack.printer.warn(warning);
         }
         Ok(report)
+    }
+
+    /// How many connections through nginx are still open to the old
+    /// color's containers, just before they stop (and so are closed):
+    /// WebSockets, event streams, requests slower than `--drain`. Only the
+    /// old workers (`busy` of them still running) can hold any: the
+    /// reloaded ones send nothing to the old color, and an exiting worker
+    /// closes its idle keep-alive connections to the app at once, so those
+    /// are not counted. `None` when it could not be read.
+    async fn still_open(&self, nginx: &crate::nginx::Nginx<'_>, busy: usize) -> Option<usize> {
+        if busy == 0 {
+            return Some(0);
+        }
+        let peers: Vec<std::net::IpAddr> = self
+            .containers
+            .iter()
+            .filter(|c| self.from_containers.contains(&c.name))
+            .flat_map(|c| c.addresses.values())
+            .filter_map(|address| address.parse().ok())
+            .collect();
+        match nginx.connections_to(&peers, APP_PORT).await {
+            Ok(open) => Some(open),
+            Err(err) => {
+                self.stack.printer.warn(format!(
+                    "counting the connections still open to {}: {err:#}",
+                    self.from.color
+                ));
+                None
+            }
+        }
     }
 
     fn report(
@@ -665,6 +708,7 @@ impl<'s> Switch<'s> {
             readiness: self.readiness,
             switched_at: self.switched_at,
             warnings: self.warnings.clone(),
+            long_lived_closed: None,
             traffic_unsettled: self.traffic_unsettled,
         }
     }

@@ -37,6 +37,13 @@ pub struct Report {
     pub switched_at: Option<chrono::DateTime<Utc>>,
     /// Notes an operator should see, e.g. sessions degraded.
     pub warnings: Vec<String>,
+    /// Connections through nginx still open to the old color when it
+    /// stopped after `--drain`, and so closed (WebSockets, event streams,
+    /// requests slower than the drain): established TCP connections from
+    /// nginx to the old containers' app port. Absent when the old color
+    /// did not stop (`--keep-standby`, a failure) or could not be counted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub long_lived_closed: Option<usize>,
     /// The reason itself says where traffic is: putting it back failed.
     #[serde(skip)]
     pub traffic_unsettled: bool,
@@ -150,6 +157,7 @@ mod tests {
             readiness: None,
             switched_at: None,
             warnings: Vec::new(),
+            long_lived_closed: None,
             traffic_unsettled: unsettled,
         }
     }

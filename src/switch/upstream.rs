@@ -112,12 +112,13 @@ pub async fn names_only(nginx: &Nginx<'_>, serving: &[String], not: &[String]) -
 
 /// Waits until the nginx workers that ran before a reload have finished
 /// their in-flight requests, up to `limit`; past it, warns and goes on.
+/// Returns how many were still busy.
 pub async fn drain(
     nginx: &Nginx<'_>,
     printer: &Printer,
     old_workers: &[String],
     limit: Duration,
-) -> Result<()> {
+) -> Result<usize> {
     let busy = nginx.drain(old_workers, limit).await?;
     if busy > 0 {
         printer.warn(format!(
@@ -126,5 +127,5 @@ pub async fn drain(
             crate::output::seconds(limit)
         ));
     }
-    Ok(())
+    Ok(busy)
 }
