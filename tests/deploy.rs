@@ -31,11 +31,7 @@ fn green_containers(project: &TestProject) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn deploy_rollback_deploy_under_load_fails_no_request() {
-    let mut project = TestProject::new("flow");
-    // The load comes from one IP: raise the per-client limits above it.
-    project.set_env("CRYPTUS_RATE_SITE", "100000r/s");
-    project.set_env("CRYPTUS_RATE_API", "100000r/s");
-    project.ok(&["start"]);
+    let project = TestProject::started("flow");
     let (color, v1) = project.serving();
     assert_eq!(color, "blue");
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use support::wait::eventually_async;
-use support::{TestProject, app_image, assert_code, get, stderr};
+use support::{TestProject, assert_code, get, stderr};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
@@ -220,10 +220,7 @@ fn serving_color(project: &TestProject) -> Result<String, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn websocket_and_event_stream_stay_on_the_old_color_until_the_drain_then_reconnect() {
-    let mut project = TestProject::new("live");
-    project.set_env("CRYPTUS_RATE_SITE", "100000r/s");
-    project.set_env("CRYPTUS_RATE_API", "100000r/s");
-    project.ok(&["start"]);
+    let project = TestProject::started("live");
     let (blue, v1) = project.serving();
     assert_eq!(blue, "blue");
     // Plain requests leave nginx's workers idle keep-alive connections to
@@ -240,20 +237,8 @@ async fn websocket_and_event_stream_stay_on_the_old_color_until_the_drain_then_r
     let ws = tokio::spawn(keep_echoing(socket, ws_greeted));
     let sse = tokio::spawn(events.read_to_end(sse_greeted));
 
-    let image = app_image();
     let drain = format!("{}s", DRAIN.as_secs());
-    let deploy = project.command(&[
-        "deploy",
-        "--image",
-        &image,
-        "--version",
-        "2.0.0",
-        "--watch",
-        "0s",
-        "--drain",
-        &drain,
-        "--json",
-    ]);
+    let deploy = project.deploy_command("2.0.0", &["--drain", &drain, "--json"]);
     let deploy = tokio::spawn(support::run_async(deploy));
 
     // New connections go to green as soon as nginx serves it.

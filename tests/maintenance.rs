@@ -9,15 +9,6 @@ use std::time::Duration;
 
 use support::{TestProject, assert_code, get_with_headers, stderr, stdout};
 
-/// A project whose rate limits no test load reaches.
-fn started(hint: &str) -> TestProject {
-    let mut project = TestProject::new(hint);
-    project.set_env("CRYPTUS_RATE_SITE", "100000r/s");
-    project.set_env("CRYPTUS_RATE_API", "100000r/s");
-    project.ok(&["start"]);
-    project
-}
-
 /// `maintenance status --json`'s state.
 #[track_caller]
 fn state(project: &TestProject) -> serde_json::Value {
@@ -108,7 +99,7 @@ fn assert_maintenance_page(project: &TestProject, retry_after: &str, escaped: &s
 
 #[test]
 fn maintenance_answers_503_but_health_and_allowed_addresses_and_survives_deploy_rollback_restart() {
-    let project = started("maint");
+    let project = TestProject::started("maint");
     assert_eq!(state(&project)["on"], false);
     assert_eq!(fetch(&project, "/api/session", &[]).0, 200);
 
@@ -211,7 +202,7 @@ fn maintenance_answers_503_but_health_and_allowed_addresses_and_survives_deploy_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn switching_maintenance_on_and_off_under_load_drops_nothing() {
-    let project = started("maintload");
+    let project = TestProject::started("maintload");
     let load = support::load::start_switch_load(project.lb_addr()).await;
 
     for _ in 0..2 {

@@ -31,10 +31,7 @@ fn health_requests(port: u16) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn scale_one_to_three_to_one_under_load_fails_no_request() {
-    let mut project = TestProject::new("scale");
-    project.set_env("CRYPTUS_RATE_SITE", "100000r/s");
-    project.set_env("CRYPTUS_RATE_API", "100000r/s");
-    project.ok(&["start"]);
+    let project = TestProject::started("scale");
     let mix = Mix {
         keep_alive: 2,
         new_connection: 2,

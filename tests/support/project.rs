@@ -54,6 +54,17 @@ impl TestProject {
         }
     }
 
+    /// [`TestProject::new`], started, with per-client rate limits no
+    /// test's load reaches (every request of a test comes from one address).
+    #[track_caller]
+    pub fn started(hint: &str) -> TestProject {
+        let mut project = TestProject::new(hint);
+        project.set_env("CRYPTUS_RATE_SITE", "100000r/s");
+        project.set_env("CRYPTUS_RATE_API", "100000r/s");
+        project.ok(&["start"]);
+        project
+    }
+
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
