@@ -607,6 +607,55 @@ mod tests {
         assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
     }
 
+    /// An event stream served as main serves it: events name the color;
+    /// closing the app ends the stream with `bye`, and the close sees the
+    /// last connection go.
+    #[tokio::test]
+    async fn closing_ends_an_event_stream_with_bye() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = std::sync::Arc::new(App::new(config("green")));
+        let served = std::sync::Arc::clone(&app);
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            crate::connection(served, stream).await;
+        });
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = "GET /api/events?every_ms=10 HTTP/1.1\r\nHost: t\r\n\r\n";
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut seen = Vec::new();
+        let mut buffer = [0u8; 4096];
+        while !String::from_utf8_lossy(&seen).contains("\"seq\":2") {
+            let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "{}", String::from_utf8_lossy(&seen));
+            seen.extend_from_slice(&buffer[..n]);
+        }
+        let (closed, rest) = tokio::join!(app.close(Duration::from_secs(5)), async {
+            let mut rest = Vec::new();
+            tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest))
+                .await
+                .unwrap()
+                .unwrap();
+            rest
+        });
+        seen.extend_from_slice(&rest);
+        let text = String::from_utf8_lossy(&seen);
+        assert!(closed, "a connection was still open: {text}");
+        assert!(text.contains("text/event-stream"), "{text}");
+        assert!(text.contains("x-accel-buffering: no"), "{text}");
+        assert!(
+            text.contains("event: tick\ndata: {\"instance\":\"green\""),
+            "{text}"
+        );
+        assert!(text.contains("event: bye\n"), "{text}");
+        // The chunked body ended whole.
+        assert!(text.ends_with("0\r\n\r\n"), "{text}");
+    }
+
     #[test]
     fn session_ids_are_hex() {
         let id = new_session_id();
