@@ -168,6 +168,19 @@ pub enum Command {
         /// Keep the new containers when the deploy fails, to inspect them.
         #[arg(long)]
         keep_failed: bool,
+        /// A canary release: before all clients move, the new color gets
+        /// these shares of them in turn (percent, rising, 1 to 99; at most
+        /// 10 steps; 100 follows), each held for --step; a failing step puts
+        /// every client back on the old color.
+        #[arg(long, value_name = "STEPS", value_parser = canary_steps)]
+        canary: Option<crate::switch::canary::Shares>,
+        /// How long each canary step is held and watched (1s to 24h).
+        #[arg(long, default_value = "30s", value_parser = canary_hold, value_name = "DUR", requires = "canary")]
+        step: Duration,
+        /// The cookie that identifies a client, so it keeps its color during a
+        /// canary (clients without it are split by address).
+        #[arg(long, default_value = crate::switch::canary::DEFAULT_COOKIE, value_parser = canary_cookie, value_name = "NAME", env = "CRYPTUS_CANARY_COOKIE", requires = "canary")]
+        canary_cookie: String,
         #[command(flatten)]
         switch: SwitchArgs,
     },
@@ -422,6 +435,25 @@ pub fn deadline(text: &str) -> Result<Duration, String> {
 /// A wait that may be zero (drain, watch, lock wait, stop grace): 0 to 24h.
 pub fn wait(text: &str) -> Result<Duration, String> {
     duration::parse_in(text, &duration::WAIT)
+}
+
+/// `deploy --canary`: rising shares of clients, in percent.
+pub fn canary_steps(text: &str) -> Result<crate::switch::canary::Shares, String> {
+    crate::switch::canary::parse_steps(text)
+}
+
+/// `deploy --canary-cookie`: a cookie name nginx can read.
+pub fn canary_cookie(text: &str) -> Result<String, String> {
+    crate::switch::canary::parse_cookie(text)
+}
+
+/// How long a canary step is held: 1s to 24h.
+pub fn canary_hold(text: &str) -> Result<Duration, String> {
+    let hold = duration::parse_in(text, &duration::WAIT)?;
+    if hold < Duration::from_secs(1) {
+        return Err(format!("{text:?} is shorter than 1s"));
+    }
+    Ok(hold)
 }
 
 /// A polling interval: 10ms to 1m.

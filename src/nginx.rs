@@ -49,12 +49,7 @@ pub fn render_upstream(color: Color, servers: &[String]) -> Result<String> {
         "{HEADER}\n# active: {color}\nmap $host $cryptus_active_color {{\n    default \"{color}\";\n}}\n\nupstream cryptus_app {{\n"
     );
     for server in servers {
-        if !server
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'))
-        {
-            bail!("refusing to write the upstream server {server:?} into nginx's configuration");
-        }
+        check_server(server)?;
         text.push_str(&format!("    server {server};\n"));
     }
     // Kept-alive connections to the app: a reload opens new ones to the new color.
@@ -81,6 +76,104 @@ pub fn render_resolved_upstream(color: Color, service: &str, port: u16) -> Resul
     ))
 }
 
+/// A canary in progress: `color` takes `percent` of the traffic, the
+/// served color the rest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Canary {
+    pub color: Color,
+    pub percent: u8,
+}
+
+/// What an nginx configuration serves: one color, or during a canary that
+/// color and a share for the other. nginx reports it as it has it loaded
+/// (`$cryptus_active_color`): `blue`, or `blue;canary=green:10`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Served {
+    pub color: Color,
+    pub canary: Option<Canary>,
+}
+
+impl Served {
+    pub fn color(color: Color) -> Served {
+        Served {
+            color,
+            canary: None,
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Served> {
+        let text = text.trim();
+        let Some((color, canary)) = text.split_once(";canary=") else {
+            return Some(Served::color(Color::parse(text)?));
+        };
+        let (canary, percent) = canary.split_once(':')?;
+        let canary = Canary {
+            color: Color::parse(canary)?,
+            percent: percent.parse().ok().filter(|p| (1..=99).contains(p))?,
+        };
+        let color = Color::parse(color)?;
+        (canary.color != color).then_some(Served {
+            color,
+            canary: Some(canary),
+        })
+    }
+}
+
+impl std::fmt::Display for Served {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.canary {
+            None => write!(f, "{}", self.color),
+            Some(Canary { color, percent }) => write!(f, "{};canary={color}:{percent}", self.color),
+        }
+    }
+}
+
+/// The upstream file during a canary: `served`'s containers and the
+/// canary's, each with its weight, chosen per client by a consistent hash
+/// of `cookie` (the address when a request has none), so a client keeps
+/// its color while the canary's share grows.
+pub fn render_canary_upstream(
+    served: Served,
+    servers: &[(String, u32)],
+    cookie: &str,
+) -> Result<String> {
+    let Some(canary) = served.canary else {
+        bail!("a canary upstream needs a canary");
+    };
+    if cookie.is_empty()
+        || cookie.len() > 64
+        || !cookie
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        bail!("refusing the cookie name {cookie:?} in nginx's configuration");
+    }
+    let mut text = format!(
+        "{HEADER}\n# active: {}\n# canary: {} {}\nmap $host $cryptus_active_color {{\n    default \"{served}\";\n}}\n\n\
+         map $cookie_{cookie} $cryptus_canary_key {{\n    \"\" $remote_addr;\n    default $cookie_{cookie};\n}}\n\n\
+         upstream cryptus_app {{\n    hash $cryptus_canary_key consistent;\n",
+        served.color, canary.color, canary.percent
+    );
+    for (server, weight) in servers {
+        check_server(server)?;
+        text.push_str(&format!("    server {server} weight={weight};\n"));
+    }
+    text.push_str("    keepalive 32;\n}\n");
+    Ok(text)
+}
+
+/// A server name safe to write into nginx's configuration.
+fn check_server(server: &str) -> Result<()> {
+    if server.is_empty()
+        || !server
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'))
+    {
+        bail!("refusing to write the upstream server {server:?} into nginx's configuration");
+    }
+    Ok(())
+}
+
 /// The color an upstream file routes to, when the whole file agrees on it:
 /// the `# active:` line [`render_upstream`] writes, the color nginx reports
 /// (`map ... default "COLOR"`), and every `server` line naming a container
@@ -88,7 +181,15 @@ pub fn render_resolved_upstream(color: Color, service: &str, port: u16) -> Resul
 /// that one line says otherwise names no color: a comment alone is never
 /// trusted to move traffic.
 pub fn upstream_color(text: &str) -> Option<Color> {
+    upstream_served(text).map(|served| served.color)
+}
+
+/// What an upstream file serves, when the whole file agrees on it (see
+/// [`upstream_color`]); a canary's file also says the canary (`# canary:
+/// COLOR PERCENT`), and its servers name containers of either color.
+pub fn upstream_served(text: &str) -> Option<Served> {
     let mut active = None;
+    let mut canary = None;
     let mut reported = None;
     let mut servers = Vec::new();
     for line in text.lines().map(str::trim) {
@@ -97,6 +198,15 @@ pub fn upstream_color(text: &str) -> Option<Color> {
                 return None;
             }
             active = Some(Color::parse(color)?);
+        } else if let Some(rest) = line.strip_prefix("# canary: ") {
+            if canary.is_some() {
+                return None;
+            }
+            let (color, percent) = rest.split_once(' ')?;
+            canary = Some(Canary {
+                color: Color::parse(color)?,
+                percent: percent.parse().ok()?,
+            });
         } else if let Some(color) = line.strip_prefix("default \"") {
             reported = Some(color.strip_suffix("\";")?.to_owned());
         } else if let Some(server) = line.strip_prefix("server ") {
@@ -109,8 +219,11 @@ pub fn upstream_color(text: &str) -> Option<Color> {
             );
         }
     }
-    let color = active?;
-    let names_color = |server: &String| {
+    let served = Served {
+        color: active?,
+        canary,
+    };
+    let names_color = |server: &String, color: Color| {
         let host = server
             .rsplit_once(':')
             .map_or(server.as_str(), |(host, _)| host);
@@ -120,10 +233,17 @@ pub fn upstream_color(text: &str) -> Option<Color> {
                 && (prefix == color.service() || prefix.ends_with(&format!("-{}", color.service())))
         })
     };
-    let agrees = reported.as_deref() == Some(color.as_str())
+    let named = |color: Color| servers.iter().any(|server| names_color(server, color));
+    let agrees = reported.as_deref() == Some(served.to_string().as_str())
+        && Served::parse(&served.to_string()) == Some(served)
         && !servers.is_empty()
-        && servers.iter().all(names_color);
-    agrees.then_some(color)
+        && servers.iter().all(|server| {
+            names_color(server, served.color)
+                || canary.is_some_and(|canary| names_color(server, canary.color))
+        })
+        && named(served.color)
+        && canary.is_none_or(|canary| named(canary.color));
+    agrees.then_some(served)
 }
 
 /// A rate as nginx writes it: `30r/s` or `600r/m`.
@@ -651,6 +771,12 @@ fn reason(output: &str) -> String {
 /// The color the running nginx serves, asked from its status port: this is
 /// the configuration nginx has loaded, not the file on disk.
 pub async fn served_color(client: &reqwest::Client, status_addr: &str) -> Result<Color> {
+    Ok(served(client, status_addr).await?.color)
+}
+
+/// What the running nginx serves, canary included, as its loaded
+/// configuration says.
+pub async fn served(client: &reqwest::Client, status_addr: &str) -> Result<Served> {
     let url = format!("http://{status_addr}/cryptus/active");
     let answer = client
         .get(&url)
@@ -663,7 +789,7 @@ pub async fn served_color(client: &reqwest::Client, status_addr: &str) -> Result
     if !code.is_success() {
         bail!("nginx answered {code} at {url}");
     }
-    Color::parse(&text).with_context(|| format!("nginx names no color at {url}: {text:?}"))
+    Served::parse(&text).with_context(|| format!("nginx names no color at {url}: {text:?}"))
 }
 
 #[cfg(test)]
@@ -714,6 +840,54 @@ mod tests {
         assert_eq!(upstream_color(&reported), None);
         let twice = format!("{text}# active: blue\n");
         assert_eq!(upstream_color(&twice), None);
+    }
+
+    #[test]
+    fn nginx_reports_a_canary_beside_its_color() {
+        let canary = Served {
+            color: Color::Blue,
+            canary: Some(Canary {
+                color: Color::Green,
+                percent: 10,
+            }),
+        };
+        assert_eq!(canary.to_string(), "blue;canary=green:10");
+        assert_eq!(Served::parse("blue;canary=green:10\n"), Some(canary));
+        assert_eq!(Served::parse("green\n"), Some(Served::color(Color::Green)));
+        for bad in [
+            "blue;canary=blue:10",
+            "blue;canary=green:0",
+            "blue;canary=green:100",
+            "blue;canary=green",
+            "blue;canary=purple:10",
+            "",
+        ] {
+            assert_eq!(Served::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_canary_upstream_weighs_both_colors_and_hashes_the_cookie() {
+        let served = Served::parse("blue;canary=green:10").unwrap();
+        let servers = [
+            ("p-cryptus-blue-1:3000".to_owned(), 900),
+            ("p-cryptus-green-1:3000".to_owned(), 100),
+        ];
+        let text = render_canary_upstream(served, &servers, "sid").unwrap();
+        assert!(text.contains("default \"blue;canary=green:10\";"), "{text}");
+        assert!(text.contains("map $cookie_sid $cryptus_canary_key {\n    \"\" $remote_addr;\n    default $cookie_sid;\n}"), "{text}");
+        assert!(text.contains("    hash $cryptus_canary_key consistent;\n    server p-cryptus-blue-1:3000 weight=900;\n    server p-cryptus-green-1:3000 weight=100;\n    keepalive 32;\n"), "{text}");
+        assert_eq!(upstream_served(&text), Some(served));
+        assert_eq!(upstream_color(&text), Some(Color::Blue));
+        // Every line must agree, as for one color.
+        let moved = text.replace("# canary: green 10", "# canary: green 50");
+        assert_eq!(upstream_served(&moved), None);
+        let one_color = text.replace("p-cryptus-green-1", "p-cryptus-blue-2");
+        assert_eq!(upstream_served(&one_color), None);
+        assert!(render_canary_upstream(served, &servers, "a;b").is_err());
+        assert!(render_canary_upstream(Served::color(Color::Blue), &servers, "sid").is_err());
+        let evil = [("a:1; } server evil:80".to_owned(), 1)];
+        assert!(render_canary_upstream(served, &evil, "sid").is_err());
     }
 
     #[test]

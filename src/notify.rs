@@ -134,9 +134,42 @@ pub struct Payload {
     pub user: String,
     pub host: String,
     pub time: DateTime<Utc>,
+    /// A canary step's share of clients (operation `canary`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub percent: Option<u8>,
 }
 
+/// The operation of a canary step's announcement: each step is announced
+/// as nginx begins to serve it, since a step can last long. The history
+/// records the whole deploy once it ends.
+pub const CANARY: &str = "canary";
+
 impl Payload {
+    /// A canary step nginx serves now: `to` gets `percent` of clients,
+    /// `from` the rest.
+    pub fn canary_step(project: &str, from: &Side, to: &Side, percent: u8) -> Payload {
+        let (user, host) = (crate::lock::user(), crate::lock::hostname());
+        let line = format!(
+            "canary: {percent}% of clients go to {} ({} serves the rest) by {user}@{host}",
+            release(to),
+            release(from)
+        );
+        Payload {
+            text: slack_escape(&format!("{project}: {line}")),
+            project: project.to_owned(),
+            operation: CANARY.to_owned(),
+            outcome: Outcome::Ok,
+            reason: None,
+            from: from.clone(),
+            to: to.clone(),
+            duration: 0.0,
+            user,
+            host,
+            time: Utc::now(),
+            percent: Some(percent),
+        }
+    }
+
     pub fn of(project: &str, entry: &Entry) -> Payload {
         Payload {
             text: text(project, entry),
@@ -150,6 +183,7 @@ impl Payload {
             user: entry.user.clone(),
             host: entry.host.clone(),
             time: entry.time,
+            percent: None,
         }
     }
 }

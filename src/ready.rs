@@ -16,8 +16,8 @@ use tokio::time::Instant;
 use crate::engine::{Container, Engine};
 use crate::error::{failed, failed_with_hint};
 use crate::health::{self, Expect, Probe};
-use crate::nginx;
-use crate::stack::{APP_PORT, Color};
+use crate::nginx::{self, Served};
+use crate::stack::APP_PORT;
 use crate::wait::{self, Limits, Seen};
 
 /// How often a wait looks, unless its caller has a reason to look more or
@@ -61,9 +61,12 @@ pub enum WaitFor<'a> {
         lb_addr: &'a str,
         expect: &'a Expect,
     },
-    /// nginx's loaded configuration (asked at its status address) names
-    /// `color`.
-    Served { status_addr: &'a str, color: Color },
+    /// nginx's loaded configuration (asked at its status address) serves
+    /// `served`: a color, and a canary's share when it has one.
+    Served {
+        status_addr: &'a str,
+        served: Served,
+    },
     /// `count` answers in a row from `expect` through the load balancer.
     InARow {
         lb_addr: &'a str,
@@ -127,9 +130,10 @@ impl WaitFor<'_> {
             WaitFor::Balanced { lb_addr, expect } => {
                 Ok(balanced(on.client, lb_addr, expect, limits).await?)
             }
-            WaitFor::Served { status_addr, color } => {
-                Ok(served(on.client, status_addr, color, limits).await?)
-            }
+            WaitFor::Served {
+                status_addr,
+                served: state,
+            } => Ok(served(on.client, status_addr, state, limits).await?),
             WaitFor::InARow {
                 lb_addr,
                 expect,
@@ -394,13 +398,13 @@ async fn watch(engine: &Engine, container: &Container) -> NotReady {
 async fn served(
     client: &reqwest::Client,
     status_addr: &str,
-    color: Color,
+    state: Served,
     limits: Limits,
 ) -> anyhow::Result<Instant> {
     let probe = || async {
-        Ok(match nginx::served_color(client, status_addr).await {
-            Ok(served) if served == color => Seen::Ready(Instant::now()),
-            Ok(served) => Seen::Not(served.to_string()),
+        Ok(match nginx::served(client, status_addr).await {
+            Ok(now) if now == state => Seen::Ready(Instant::now()),
+            Ok(now) => Seen::Not(now.to_string()),
             Err(err) => Seen::Not(format!("? ({err:#})")),
         })
     };
@@ -445,6 +449,7 @@ async fn in_a_row(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stack::Color;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A server on loopback that gives the answers in turn, then the last
@@ -590,13 +595,23 @@ mod tests {
     #[tokio::test]
     async fn served_waits_for_nginx_to_name_the_color() {
         let addr = server(vec![(200, "blue".to_owned()), (200, "green\n".to_owned())]).await;
-        served(&health::client(), &addr, Color::Green, limits(5_000))
-            .await
-            .unwrap();
+        served(
+            &health::client(),
+            &addr,
+            Served::color(Color::Green),
+            limits(5_000),
+        )
+        .await
+        .unwrap();
         let addr = server(vec![(200, "blue".to_owned())]).await;
-        let err = served(&health::client(), &addr, Color::Green, limits(50))
-            .await
-            .unwrap_err();
+        let err = served(
+            &health::client(),
+            &addr,
+            Served::color(Color::Green),
+            limits(50),
+        )
+        .await
+        .unwrap_err();
         assert_eq!(
             err.to_string(),
             "nginx did not pick up the new upstream in time (it serves blue)"

@@ -51,6 +51,9 @@ pub struct NginxView {
     pub upstream_file: Option<Color>,
     /// Why `served` is missing, or how the two disagree.
     pub note: Option<String>,
+    /// A canary in progress (or left by a killed deploy): the new color and
+    /// its share, as nginx serves it (else as its file says).
+    pub canary: Option<nginx::Canary>,
 }
 
 #[derive(Serialize)]
@@ -136,7 +139,7 @@ async fn ask_nginx(engine: &Engine, project: &Project, containers: &[Container])
                 .ok()
                 .flatten()
                 .as_deref()
-                .and_then(nginx::upstream_color),
+                .and_then(nginx::upstream_served),
             None => None,
         }
     };
@@ -155,11 +158,17 @@ async fn ask_nginx(engine: &Engine, project: &Project, containers: &[Container])
     };
     let (upstream_file, history, lock, maintenance, (served, note)) =
         tokio::join!(upstream_file, history, lock, maintenance, served(lb));
+    let canary = match served {
+        Some(served) => served.canary,
+        None => upstream_file.and_then(|file| file.canary),
+    };
+    let (served, upstream_file) = (served.map(|s| s.color), upstream_file.map(|f| f.color));
     FromNginx {
         view: NginxView {
             served,
             upstream_file,
             note: pending_reload(served, upstream_file).or(note),
+            canary,
         },
         history,
         lock,
@@ -168,14 +177,14 @@ async fn ask_nginx(engine: &Engine, project: &Project, containers: &[Container])
 }
 
 /// The color the running nginx serves, or why it cannot be told.
-async fn served(lb: Option<&Container>) -> (Option<Color>, Option<String>) {
+async fn served(lb: Option<&Container>) -> (Option<nginx::Served>, Option<String>) {
     match lb {
         None => (None, Some("there is no nginx container".to_owned())),
         Some(c) if !c.running => (None, Some(format!("nginx is {}", c.state))),
         Some(c) => match Stack::status_addr(c) {
             None => (None, Some("nginx publishes no status port".to_owned())),
-            Some(addr) => match nginx::served_color(&health::client(), &addr).await {
-                Ok(color) => (Some(color), None),
+            Some(addr) => match nginx::served(&health::client(), &addr).await {
+                Ok(served) => (Some(served), None),
                 Err(err) => (None, Some(format!("{err:#}"))),
             },
         },
@@ -270,7 +279,14 @@ fn headline(status: &Status) -> String {
         (None, Some(file)) => format!("nginx's upstream file names {file}"),
         (None, None) => "no color is active".to_owned(),
     };
-    let mut text = format!("project {}: {active}\n", status.project);
+    let canary = match status.nginx.canary {
+        Some(canary) => format!(
+            ", and {}% of clients to {} (a canary)",
+            canary.percent, canary.color
+        ),
+        None => String::new(),
+    };
+    let mut text = format!("project {}: {active}{canary}\n", status.project);
     if let Some(note) = &status.nginx.note {
         text.push_str(&format!("  note: {note}\n"));
     }
@@ -375,6 +391,7 @@ mod tests {
                 served: Some(Color::Blue),
                 upstream_file: Some(Color::Blue),
                 note: None,
+                canary: None,
             },
             colors: BTreeMap::from([(Color::Blue, blue), (Color::Green, green)]),
             services: vec![

@@ -212,6 +212,27 @@ fn deploy_rollback_failures_and_scale_each_notify_once_with_every_field() {
     );
     assert_eq!(got["to"]["replicas"], 2);
     assert_eq!(project.serving().0, "blue");
+
+    // A canary announces each step as nginx serves it, then the deploy.
+    let output = project.deploy("5.0.0", &["--canary", "20", "--step", "1s"]);
+    assert_code(&output, 0);
+    let all = received(&url);
+    assert_eq!(all.len(), 7, "a step and the deploy: {all:#?}");
+    let step = &all[5];
+    assert_eq!(step["operation"], "canary", "{step}");
+    assert_eq!(step["percent"], 20, "{step}");
+    assert_eq!(step["from"]["color"], "blue", "{step}");
+    assert_eq!(step["to"]["version"], "5.0.0", "{step}");
+    let line = step["text"].as_str().unwrap();
+    assert!(
+        line.starts_with(&format!(
+            "{}: canary: 20% of clients go to green 5.0.0 (blue {v1} serves the rest) by ",
+            project.name
+        )),
+        "{line}"
+    );
+    assert_eq!(all[6]["operation"], "deploy");
+    assert_eq!(all[6]["outcome"], "ok");
 }
 
 #[test]

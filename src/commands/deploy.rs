@@ -35,6 +35,7 @@ pub fn settings(args: &SwitchArgs, watch: Duration, keep_failed: bool) -> Result
             .clone()
             .unwrap_or_else(|| crate::metrics::DEFAULT_GATE.to_owned()),
         notify: crate::notify::from_env()?,
+        canary: None,
     })
 }
 

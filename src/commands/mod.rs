@@ -201,9 +201,17 @@ async fn switch(command: Command, project: &Project, printer: &Printer) -> Resul
             version,
             watch,
             keep_failed,
+            canary,
+            step,
+            canary_cookie,
             switch,
         } => {
-            let settings = deploy::settings(&switch, watch, keep_failed)?;
+            let mut settings = deploy::settings(&switch, watch, keep_failed)?;
+            settings.canary = canary.map(|shares| crate::switch::canary::Options {
+                steps: shares.0,
+                hold: step,
+                cookie: canary_cookie,
+            });
             let source = deploy::source(image, build);
             deploy::deploy(project, source, version, &settings, switch.dry_run, printer).await
         }

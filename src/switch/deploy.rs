@@ -24,7 +24,8 @@ use super::report::{Report, Steps, round};
 use super::runner::Runner;
 use super::state::{self, Lb};
 use super::upstream::{self, Upstream};
-use super::{Settings, watch};
+use super::{Settings, canary, watch};
+use crate::nginx::{Canary, Served};
 use crate::ready::WaitFor;
 use crate::wait::Limits;
 
@@ -152,6 +153,10 @@ async fn locked(
         Ok(plan) => plan,
         Err(err) => return switch.fail_before_flip(steps, began, err).await,
     };
+    if plan.action == plan::Action::Abandon {
+        switch.to = side(&observed, plan.target);
+        return switch.abandon_canary(steps, began, &plan).await;
+    }
     switch.to.replicas = plan.replicas;
     let release = match ask {
         Ask::Deploy { source, version } => {
@@ -331,6 +336,10 @@ struct Switch<'s> {
     upstream_touched: bool,
     /// Traffic could not be put back: the failure says where it is.
     traffic_unsettled: bool,
+    /// A canary's steps and how far it came.
+    canary: Option<canary::Progress>,
+    /// The canary's share when a step failed.
+    failed_at: Option<u8>,
     warnings: Vec<String>,
 }
 
@@ -373,6 +382,8 @@ impl<'s> Switch<'s> {
             switched_at: None,
             upstream_touched: false,
             traffic_unsettled: false,
+            canary: None,
+            failed_at: None,
             warnings: Vec::new(),
         }
     }
@@ -398,6 +409,11 @@ impl<'s> Switch<'s> {
         };
         if let Err(err) = ready.await {
             return self.fail_before_flip(steps, began, err).await;
+        }
+        if let Some(options) = &self.settings.canary
+            && let Err(err) = self.canary_steps(steps, &expect, options).await
+        {
+            return self.fail_in_canary(steps, began, err).await;
         }
         if let Err(err) = self.flip_step(steps).await {
             return self.fail_in_flip(steps, began, err).await;
@@ -493,10 +509,22 @@ impl<'s> Switch<'s> {
     /// serves it.
     async fn flip(&mut self, color: Color, names: &[String]) -> Result<()> {
         let upstream = Upstream::of(color, names)?;
+        self.apply(&upstream, Served::color(color)).await?;
+        self.switched_at = Some(Utc::now());
+        Ok(())
+    }
+
+    /// Applies `upstream` and waits until nginx serves it (`served`).
+    async fn apply(&mut self, upstream: &Upstream, served: Served) -> Result<()> {
         let nginx = self.stack.nginx();
-        // The workers that serve now are the ones to drain after the reload.
-        if self.old_workers.is_empty() {
-            self.old_workers = nginx.workers().await?;
+        // The workers that serve now are the ones to drain after the
+        // reload, with those of any reload this switch made before.
+        if self.old_workers.is_empty() || self.upstream_touched {
+            for worker in nginx.workers().await? {
+                if !self.old_workers.contains(&worker) {
+                    self.old_workers.push(worker);
+                }
+            }
         }
         self.upstream_touched = true;
         let prepared = match self.prepared.take() {
@@ -506,12 +534,129 @@ impl<'s> Switch<'s> {
         upstream.apply_prepared(&nginx, prepared).await?;
         let served = WaitFor::Served {
             status_addr: &self.lb.status_addr,
-            color,
+            served,
         };
         let limits = Limits::within(self.settings.timeout, upstream::SERVED_EVERY);
         self.stack.wait(&served, limits).await?;
-        self.switched_at = Some(Utc::now());
         Ok(())
+    }
+
+    /// A canary's steps, before the flip to 100%: nginx sends each step's
+    /// share of clients to the new color, which is then held and watched
+    /// (its containers probed, its 5xx counted in nginx's log, and the
+    /// metric gate asked where Prometheus runs).
+    async fn canary_steps(
+        &mut self,
+        steps: &mut Steps<'_>,
+        expect: &Expect,
+        options: &canary::Options,
+    ) -> Result<()> {
+        self.canary = Some(canary::Progress::new(self.to.color, &options.steps));
+        for &percent in &options.steps {
+            self.failed_at = Some(percent);
+            let canary = Canary {
+                color: self.to.color,
+                percent,
+            };
+            let served = Served {
+                color: self.from.color,
+                canary: Some(canary),
+            };
+            let upstream =
+                Upstream::canary(served, &self.from_containers, &self.serve, &options.cookie)?;
+            let message = format!(
+                "sending {percent}% of clients to {} {}",
+                self.to.color, self.to.version
+            );
+            steps
+                .run(
+                    &format!("canary {percent}%"),
+                    message,
+                    self.apply(&upstream, served),
+                )
+                .await?;
+            if let Some(progress) = &mut self.canary {
+                progress.reached = Some(percent);
+            }
+            let message = format!(
+                "holding {percent}% for {}",
+                crate::output::seconds(options.hold)
+            );
+            let payload = crate::notify::Payload::canary_step(
+                &self.stack.project.name,
+                &self.from,
+                &self.to,
+                percent,
+            );
+            let (name, hold) = (
+                format!("hold {percent}%"),
+                self.hold(expect, percent, options.hold),
+            );
+            let (held, notified) = tokio::join!(
+                steps.wait(&name, message, hold),
+                crate::notify::send(&self.settings.notify, &payload)
+            );
+            self.warnings.extend(notified);
+            let answers = held?;
+            if let Some(progress) = &mut self.canary {
+                progress.answers.push(answers);
+            }
+        }
+        self.failed_at = None;
+        Ok(())
+    }
+
+    /// One canary step's hold: the watch of the new containers, and the
+    /// tally of their answers in nginx's access log.
+    async fn hold(
+        &self,
+        expect: &Expect,
+        percent: u8,
+        length: std::time::Duration,
+    ) -> Result<canary::StepAnswers> {
+        let settings = self.settings;
+        let inspected = self.runner.inspect(&self.serve).await?;
+        let targets = inspected
+            .iter()
+            .filter_map(|c| Some((c.name.clone(), Stack::app_addr(c)?)))
+            .collect();
+        let addresses: Vec<String> = inspected
+            .iter()
+            .flat_map(|c| c.addresses.values())
+            .map(|ip| format!("{ip}:{}", crate::stack::APP_PORT))
+            .collect();
+        let gate = self.metric_gate(length);
+        let watch = watch::Watch {
+            client: &self.client,
+            printer: self.stack.printer,
+            targets,
+            expect,
+            length,
+            poll: settings.poll,
+            gate,
+        };
+        let tally = canary::tally(
+            self.stack.engine,
+            &self.lb.container.name,
+            &addresses,
+            percent,
+            Instant::now() + length,
+        );
+        let ((), answers) = tokio::try_join!(watch::watch(watch), tally)?;
+        Ok(answers)
+    }
+
+    /// The metric gate over `window` for the new version, where Prometheus runs.
+    fn metric_gate(&self, window: std::time::Duration) -> Option<watch::Gate> {
+        crate::metrics::prometheus_addr(&self.containers).map(|addr| watch::Gate {
+            addr,
+            query: crate::metrics::gate_query(
+                &self.settings.gate,
+                self.to.color,
+                &self.to.version,
+                window,
+            ),
+        })
     }
 
     /// Answers in a row through the load balancer, then the watch.
@@ -550,15 +695,7 @@ impl<'s> Switch<'s> {
     /// window; with Prometheus running, it also asks the gate's question.
     async fn watch(&self, steps: &mut Steps<'_>, expect: &Expect, lb_addr: String) -> Result<()> {
         let (settings, target) = (self.settings, self.to.color);
-        let gate = crate::metrics::prometheus_addr(&self.containers).map(|addr| watch::Gate {
-            addr,
-            query: crate::metrics::gate_query(
-                &settings.gate,
-                target,
-                &self.to.version,
-                settings.watch,
-            ),
-        });
+        let gate = self.metric_gate(settings.watch);
         let mut targets = vec![(format!("the load balancer ({lb_addr})"), lb_addr)];
         targets.extend(self.runner.addresses(&self.serve).await?);
         let message = format!(
@@ -710,6 +847,8 @@ impl<'s> Switch<'s> {
             warnings: self.warnings.clone(),
             long_lived_closed: None,
             traffic_unsettled: self.traffic_unsettled,
+            canary: self.canary.clone(),
+            failed_at: self.failed_at,
         }
     }
 
@@ -817,6 +956,66 @@ impl<'s> Switch<'s> {
             "bring nginx back with `cryptus start`, then `cryptus status` shows what it serves; \
              `cryptus rollback` if the new color is bad",
         )
+    }
+
+    /// A rollback while a canary is live (its deploy was killed): every
+    /// client goes back to the served color, then the canary's containers
+    /// go. Recorded as a rollback from the canary's release.
+    async fn abandon_canary(
+        mut self,
+        steps: &mut Steps<'_>,
+        began: Instant,
+        plan: &Plan,
+    ) -> Result<Report> {
+        let (active, serve) = (plan.active, plan.serve.clone());
+        let flipped = steps
+            .run(
+                "switch",
+                format!("putting every client back on {active}"),
+                self.flip(active, &serve),
+            )
+            .await;
+        if let Err(err) = flipped {
+            return Ok(self.conclude(steps, began, Outcome::Failed, &err).await);
+        }
+        let (stack, canary) = (self.stack, plan.target);
+        let retire = async {
+            let nginx = stack.nginx();
+            let _ = upstream::drain(
+                &nginx,
+                stack.printer,
+                &self.old_workers,
+                self.settings.drain,
+            )
+            .await;
+            self.runner.retire(&plan.remove).await;
+            Ok(())
+        };
+        let message = format!("draining nginx's old workers, then removing {canary}");
+        steps.run("drain", message, retire).await?;
+        // What moved: from the canary's release back to the served color's.
+        std::mem::swap(&mut self.from, &mut self.to);
+        let mut report = self.report(steps, began, Outcome::Ok, None);
+        let notified = super::record(stack, &report, self.settings).await;
+        report.warnings.extend(notified);
+        for warning in &report.warnings {
+            stack.printer.warn(warning);
+        }
+        Ok(report)
+    }
+
+    /// Ends a canary whose step failed (or was interrupted): every client
+    /// goes back to the old color, then as after a failed watch.
+    async fn fail_in_canary(
+        &mut self,
+        steps: &mut Steps<'_>,
+        began: Instant,
+        err: anyhow::Error,
+    ) -> Result<Report> {
+        if !self.upstream_touched {
+            return self.fail_before_flip(steps, began, err).await;
+        }
+        self.flip_back(steps, began, err).await
     }
 
     async fn flip_back(

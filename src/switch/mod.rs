@@ -12,6 +12,7 @@
 //! - `deploy`, `scale`: the orchestrations, with their undo;
 //! - `report`: step timings and the report of a deploy or rollback.
 
+pub mod canary;
 pub mod deploy;
 pub mod plan;
 pub mod report;
@@ -54,6 +55,8 @@ pub struct Settings {
     pub gate: String,
     /// Where each recorded switch is announced (`CRYPTUS_NOTIFY_URL`).
     pub notify: Vec<crate::notify::Target>,
+    /// A deploy's canary steps, before the flip to 100%.
+    pub canary: Option<canary::Options>,
 }
 
 pub async fn deploy(
@@ -141,7 +144,11 @@ async fn record(stack: &Stack<'_>, report: &Report, settings: &Settings) -> Vec<
         from: report.from.clone(),
         to: report.to.clone(),
         outcome: report.outcome,
-        reason: report.reason.clone(),
+        // A canary's failed step says where it stopped.
+        reason: match (report.failed_at, &report.reason) {
+            (Some(percent), Some(reason)) => Some(format!("at {percent}%: {reason}")),
+            _ => report.reason.clone(),
+        },
         durations,
     };
     state::record(stack, record, &settings.notify).await

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::error::{failed, failed_with_hint, usage};
 use crate::history::operation;
+use crate::nginx::Canary;
 use crate::stack::{Color, Release, container_name};
 
 pub use crate::stack::MAX_REPLICAS;
@@ -49,6 +50,8 @@ pub struct Observed {
     pub pending: BTreeMap<Color, u32>,
     /// The last release the history records for the idle color.
     pub recorded: Recorded,
+    /// A canary nginx serves: a deploy that was killed during its steps.
+    pub canary: Option<Canary>,
 }
 
 impl Observed {
@@ -105,6 +108,9 @@ pub enum Action {
     Record,
     /// Nothing to do.
     Nothing,
+    /// A canary left by a killed deploy ends: every client goes back to
+    /// the active color, and the canary's containers go.
+    Abandon,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -170,6 +176,10 @@ impl Plan {
                 plural(replicas),
                 self.from_replicas
             ),
+            Action::Abandon => format!(
+                "{}: the canary of {target} {release} ends; every client goes back to {}",
+                self.operation, self.active
+            ),
             Action::Nothing => {
                 format!(
                     "scale: {target} already runs {replicas} replica{}; nothing changes",
@@ -205,6 +215,9 @@ impl Plan {
 
 /// Decides what a request does to what runs.
 pub fn plan(observed: &Observed, request: &Request) -> Result<Plan> {
+    if let Some(canary) = observed.canary {
+        return after_canary(observed, request, canary);
+    }
     match request {
         Request::Deploy {
             release,
@@ -215,6 +228,48 @@ pub fn plan(observed: &Observed, request: &Request) -> Result<Plan> {
             scale_active(observed, *replicas)
         }
         Request::Scale { color, replicas } => scale_idle(observed, *color, *replicas),
+    }
+}
+
+/// While a canary is live (its deploy was killed): a deploy goes on as
+/// usual (its new containers replace the canary's), a rollback abandons
+/// the canary, and a scale waits until one of them has.
+fn after_canary(observed: &Observed, request: &Request, canary: Canary) -> Result<Plan> {
+    let live = format!(
+        "a canary of {} is live at {}% (its deploy did not finish)",
+        canary.color, canary.percent
+    );
+    let hint = "finish it with `cryptus deploy`, or end it with `cryptus rollback`";
+    let unchanged = Observed {
+        canary: None,
+        ..observed.clone()
+    };
+    match request {
+        Request::Deploy { .. } if canary.color == observed.active.other() => {
+            plan(&unchanged, request)
+        }
+        Request::Rollback { keep_standby } if canary.color == observed.active.other() => {
+            let active = observed.active;
+            let names = name_all(&observed.replicas(canary.color).iter().collect::<Vec<_>>());
+            Ok(Plan {
+                operation: "rollback".to_owned(),
+                action: Action::Abandon,
+                active,
+                target: canary.color,
+                release: observed.release(canary.color),
+                from_replicas: count(&observed.running(canary.color)),
+                replicas: 0,
+                reuse: false,
+                replace: Vec::new(),
+                start: Vec::new(),
+                serve: name_all(&observed.running(active)),
+                drain: names.clone(),
+                remove: names,
+                keep_standby: *keep_standby,
+                clears_pending: false,
+            })
+        }
+        _ => Err(failed_with_hint(live, hint)),
     }
 }
 
@@ -489,6 +544,7 @@ mod tests {
             ]),
             pending: BTreeMap::new(),
             recorded: Recorded::Unread,
+            canary: None,
         }
     }
 
@@ -720,5 +776,51 @@ mod tests {
         }
         let err = plan(&observed, &scale(Color::Blue, 0)).unwrap_err();
         assert!(err.to_string().contains("would stop all traffic"), "{err}");
+    }
+
+    #[test]
+    fn a_live_canary_is_ended_by_rollback_replaced_by_deploy_and_stops_scale() {
+        let mut live = observed(&[1], vec![replica(Color::Green, 1, true, "2")]);
+        live.canary = Some(Canary {
+            color: Color::Green,
+            percent: 10,
+        });
+        let plan = plan(
+            &live,
+            &Request::Rollback {
+                keep_standby: false,
+            },
+        )
+        .unwrap();
+        assert_eq!(plan.action, Action::Abandon);
+        assert_eq!((plan.active, plan.target), (Color::Blue, Color::Green));
+        assert_eq!(plan.serve, ["p-cryptus-blue-1"]);
+        assert_eq!(plan.remove, ["p-cryptus-green-1"]);
+        assert!(plan.start.is_empty());
+        assert!(plan.describe()[0].contains("every client goes back to blue"));
+
+        let deploy = super::plan(
+            &live,
+            &Request::Deploy {
+                release: None,
+                keep_standby: false,
+            },
+        )
+        .unwrap();
+        assert_eq!(deploy.action, Action::Switch);
+        assert_eq!(deploy.replace, ["p-cryptus-green-1"]);
+
+        let err = super::plan(
+            &live,
+            &Request::Scale {
+                color: Color::Blue,
+                replicas: 2,
+            },
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("a canary of green is live at 10%"),
+            "{err}"
+        );
     }
 }

@@ -47,6 +47,12 @@ pub struct Report {
     /// The reason itself says where traffic is: putting it back failed.
     #[serde(skip)]
     pub traffic_unsettled: bool,
+    /// A canary's steps, how far it came, and what its answers were.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canary: Option<super::canary::Progress>,
+    /// The canary's share when the step that failed began.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed_at: Option<u8>,
 }
 
 impl Report {
@@ -55,7 +61,10 @@ impl Report {
         let reason = self.reason.as_deref().unwrap_or("unknown");
         match self.outcome {
             Outcome::Ok => None,
-            Outcome::RolledBack => Some(format!("rolled back: {reason}")),
+            Outcome::RolledBack => Some(match self.failed_at {
+                Some(percent) => format!("rolled back at {percent}%: {reason}"),
+                None => format!("rolled back: {reason}"),
+            }),
             Outcome::Failed if self.traffic_unsettled => {
                 Some(format!("{} failed: {reason}", self.operation))
             }
@@ -159,6 +168,8 @@ mod tests {
             warnings: Vec::new(),
             long_lived_closed: None,
             traffic_unsettled: unsettled,
+            canary: None,
+            failed_at: None,
         }
     }
 

@@ -239,13 +239,20 @@ impl<'s> Runner<'s> {
 
     /// Where this host reaches each container's app port.
     pub async fn addresses(&self, names: &[String]) -> Result<Vec<(String, String)>> {
+        Ok(self
+            .inspect(names)
+            .await?
+            .iter()
+            .filter_map(|container| Some((container.name.clone(), Stack::app_addr(container)?)))
+            .collect())
+    }
+
+    /// The containers `names`, as the engine has them now; those gone are
+    /// left out.
+    pub async fn inspect(&self, names: &[String]) -> Result<Vec<Container>> {
         let engine = self.stack.engine;
         let inspected = try_join_all(names.iter().map(|name| engine.inspect(name))).await?;
-        Ok(names
-            .iter()
-            .zip(inspected)
-            .filter_map(|(name, container)| Some((name.clone(), Stack::app_addr(&container?)?)))
-            .collect())
+        Ok(inspected.into_iter().flatten().collect())
     }
 
     /// The id of the image the first container runs.

@@ -99,6 +99,7 @@ fn observe(
         colors,
         pending,
         recorded: Recorded::Unread,
+        canary: None,
     }
 }
 
@@ -114,13 +115,14 @@ pub async fn read(
     rollback: bool,
 ) -> Result<(Observed, Vec<Container>)> {
     let nginx = Nginx::of(stack.engine, &lb.container);
-    let (active, containers, pending) = tokio::join!(
-        nginx::served_color(client, &lb.status_addr),
+    let (served, containers, pending) = tokio::join!(
+        nginx::served(client, &lb.status_addr),
         stack.containers(),
         read_pending(&nginx),
     );
-    let containers = containers?;
-    let mut observed = observe(stack, active?, &containers, pending);
+    let (containers, served) = (containers?, served?);
+    let mut observed = observe(stack, served.color, &containers, pending);
+    observed.canary = served.canary;
     let target = observed.active.other();
     if rollback && observed.replicas(target).is_empty() {
         observed.recorded = recorded(&nginx, target).await;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Result;
 
 use crate::engine::Engine;
-use crate::nginx::{self, Nginx, Prepared};
+use crate::nginx::{self, Nginx, Prepared, Served};
 use crate::output::Printer;
 use crate::stack::{APP_PORT, Color};
 
@@ -26,6 +26,25 @@ impl Upstream {
         Ok(Upstream {
             color,
             text: nginx::render_upstream(color, &servers)?,
+        })
+    }
+
+    /// The upstream of a canary step (`served.canary`): the served color's
+    /// `old` containers and the canary's `new` ones, weighted for the
+    /// step's share, clients split by `cookie`.
+    pub fn canary(
+        served: Served,
+        old: &[String],
+        new: &[String],
+        cookie: &str,
+    ) -> Result<Upstream> {
+        let Some(canary) = served.canary else {
+            anyhow::bail!("a canary step's upstream needs the canary's share");
+        };
+        let servers = super::canary::servers(canary.percent, old, new, APP_PORT);
+        Ok(Upstream {
+            color: served.color,
+            text: nginx::render_canary_upstream(served, &servers, cookie)?,
         })
     }
 
