@@ -169,6 +169,8 @@ pub enum Command {
         #[arg(long)]
         keep_failed: bool,
         #[command(flatten)]
+        hooks: HookArgs,
+        #[command(flatten)]
         switch: SwitchArgs,
     },
     /// Switch back to the previous deployment, with the same zero-downtime path.
@@ -177,6 +179,8 @@ pub enum Command {
     /// from the recorded image if they were removed), health-gates, flips,
     /// verifies and drains. Rolling back twice returns to where you were.
     Rollback {
+        #[command(flatten)]
+        hooks: HookArgs,
         #[command(flatten)]
         switch: SwitchArgs,
     },
@@ -371,6 +375,19 @@ pub enum MaintenanceAction {
     },
     /// Show whether maintenance is on, since when, by whom, and its settings.
     Status,
+}
+
+/// The deploy hooks of deploy and rollback (`x-cryptus: hooks:` in the
+/// compose file; see docs/hooks.md).
+#[derive(Debug, Args)]
+pub struct HookArgs {
+    /// Deadline of each hook; past it the hook's container is stopped and
+    /// removed, and the hook has failed (100ms to 24h).
+    #[arg(long, default_value = "5m", value_parser = deadline, value_name = "DUR")]
+    pub hook_timeout: Duration,
+    /// Run none of the project's hooks (a warning names those skipped).
+    #[arg(long)]
+    pub skip_hooks: bool,
 }
 
 /// Options shared by deploy, rollback and scale.

@@ -201,14 +201,17 @@ async fn switch(command: Command, project: &Project, printer: &Printer) -> Resul
             version,
             watch,
             keep_failed,
+            hooks,
             switch,
         } => {
-            let settings = deploy::settings(&switch, watch, keep_failed)?;
+            let mut settings = deploy::settings(&switch, watch, keep_failed)?;
+            settings.hooks = deploy::hooks(&hooks);
             let source = deploy::source(image, build);
             deploy::deploy(project, source, version, &settings, switch.dry_run, printer).await
         }
-        Command::Rollback { switch } => {
-            let settings = deploy::settings(&switch, Duration::ZERO, false)?;
+        Command::Rollback { hooks, switch } => {
+            let mut settings = deploy::settings(&switch, Duration::ZERO, false)?;
+            settings.hooks = deploy::hooks(&hooks);
             rollback::run(project, &settings, switch.dry_run, printer).await
         }
         Command::Scale {

@@ -10,9 +10,11 @@
 //!   other ways to run one;
 //! - `watch`: the watch after a proven flip, with the metric gate;
 //! - `deploy`, `scale`: the orchestrations, with their undo;
+//! - `hooks`: the deploy hooks a deploy or rollback runs;
 //! - `report`: step timings and the report of a deploy or rollback.
 
 pub mod deploy;
+pub mod hooks;
 pub mod plan;
 pub mod report;
 pub mod runner;
@@ -54,6 +56,8 @@ pub struct Settings {
     pub gate: String,
     /// Where each recorded switch is announced (`CRYPTUS_NOTIFY_URL`).
     pub notify: Vec<crate::notify::Target>,
+    /// How deploy hooks run (deploy and rollback).
+    pub hooks: hooks::Options,
 }
 
 pub async fn deploy(
@@ -143,6 +147,7 @@ async fn record(stack: &Stack<'_>, report: &Report, settings: &Settings) -> Vec<
         outcome: report.outcome,
         reason: report.reason.clone(),
         durations,
+        hooks: report.hooks.clone(),
     };
     state::record(stack, record, &settings.notify).await
 }

@@ -37,6 +37,9 @@ pub struct Report {
     pub switched_at: Option<chrono::DateTime<Utc>>,
     /// Notes an operator should see, e.g. sessions degraded.
     pub warnings: Vec<String>,
+    /// The deploy hooks that ran, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<crate::history::HookRun>,
     /// The reason itself says where traffic is: putting it back failed.
     #[serde(skip)]
     pub traffic_unsettled: bool,
@@ -99,6 +102,26 @@ impl<'p> Steps<'p> {
         work: impl Future<Output = Result<T>>,
     ) -> Result<T> {
         let step = self.printer.step(message);
+        self.finish(name, step, work).await
+    }
+
+    /// Runs a step whose work prints lines of its own, with no spinner.
+    pub async fn stream<T>(
+        &mut self,
+        name: &str,
+        message: impl Into<String>,
+        work: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let step = self.printer.step_streaming(message);
+        self.finish(name, step, work).await
+    }
+
+    async fn finish<T>(
+        &mut self,
+        name: &str,
+        step: crate::output::Step,
+        work: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
         match work.await {
             Ok(value) => {
                 let took = step.done();
@@ -150,6 +173,7 @@ mod tests {
             readiness: None,
             switched_at: None,
             warnings: Vec::new(),
+            hooks: Vec::new(),
             traffic_unsettled: unsettled,
         }
     }
