@@ -180,7 +180,7 @@ fn a_pre_deploy_hook_runs_once_per_deploy_before_the_new_color_answers() {
     let image = HookImage::build();
     let project = project(
         "hooks-run",
-        "    pre-deploy: [/bin/sh, /hooks.sh, mark, pre]\n    post-deploy: [/bin/sh, /hooks.sh, mark, post]\n",
+        "    pre-deploy: [/bin/sh, /hooks.sh, mark, pre]\n    post-deploy: [/bin/sh, /hooks.sh, mark, post]\n    pre-rollback: [/bin/sh, /hooks.sh, mark, pre]\n",
     );
     let (_, first) = project.serving();
     let dangling = support::dangling_volumes();
@@ -239,6 +239,14 @@ fn a_pre_deploy_hook_runs_once_per_deploy_before_the_new_color_answers() {
     );
     assert_eq!(recorded(&project).len(), 4);
 
+    // A rollback runs its own hooks (here only pre-rollback), with the
+    // release it goes back to.
+    project.ok(&["rollback"]);
+    assert_eq!(
+        recorded(&project)[4..],
+        ["pre rollback green v4 blue v3 silent"]
+    );
+
     // The history keeps each hook's outcome.
     let history = project.ok(&["history", "--json"]);
     let history = json(&history);
@@ -249,6 +257,8 @@ fn a_pre_deploy_hook_runs_once_per_deploy_before_the_new_color_answers() {
         .map(|e| e["hooks"].as_array().map_or(0, Vec::len))
         .collect();
     assert_eq!(deploys, [2, 2, 0]);
+    let rollback = entries.last().expect("the rollback's entry");
+    assert_eq!(rollback["hooks"][0]["hook"], "pre-rollback");
 
     // No hook container stays, nor its anonymous volume (/scratch).
     assert!(hook_containers(&project).is_empty());
