@@ -409,10 +409,7 @@ mod tests {
     fn a_hook_runs_as_a_one_off_of_the_color() {
         let compose = shipped();
         let service = &compose.services["cryptus-green"];
-        let release = Release {
-            image: "cryptus-app:v2".to_owned(),
-            version: "v2".to_owned(),
-        };
+        let release = v2();
         let command = ["./bin/migrate".to_owned(), "--up".to_owned()];
         let env = BTreeMap::from([("CRYPTUS_TO_COLOR".to_owned(), "green".to_owned())]);
         let hook = (compose::Hook::PreDeploy, &command[..]);
@@ -440,6 +437,13 @@ mod tests {
         assert_eq!(spec.labels[ONEOFF_LABEL], "True");
         assert_eq!(spec.labels[HOOK_LABEL], "pre-deploy");
         assert!(!spec.labels.contains_key(NUMBER_LABEL));
+    }
+
+    fn v2() -> Release {
+        Release {
+            image: "cryptus-app:v2".to_owned(),
+            version: "v2".to_owned(),
+        }
     }
 
     #[test]
@@ -480,10 +484,7 @@ mod tests {
     fn a_color_container_carries_compose_labels_and_its_release() {
         let compose = shipped();
         let service = &compose.services["cryptus-green"];
-        let release = Release {
-            image: "cryptus-app:v2".to_owned(),
-            version: "v2".to_owned(),
-        };
+        let release = v2();
         let plan = plan_container("demo", &compose, service, 2, Some(&release)).unwrap();
         assert_eq!(plan.name, "demo-cryptus-green-2");
         let labels = &plan.labels;

@@ -105,12 +105,8 @@ fn project(hint: &str, hooks: &str) -> TestProject {
     project
 }
 
-fn deploy(
-    project: &TestProject,
-    image: &HookImage,
-    version: &str,
-    extra: &[&str],
-) -> std::process::Output {
+/// `deploy --image IMAGE --version VERSION --watch 0s`, then `extra`.
+fn deploy_args<'a>(image: &'a HookImage, version: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         "deploy",
         "--image",
@@ -121,22 +117,21 @@ fn deploy(
         "0s",
     ];
     args.extend_from_slice(extra);
-    project.run(&args)
+    args
+}
+
+fn deploy(
+    project: &TestProject,
+    image: &HookImage,
+    version: &str,
+    extra: &[&str],
+) -> std::process::Output {
+    project.run(&deploy_args(image, version, extra))
 }
 
 /// A deploy that waits for the lock.
 async fn waiting(project: &TestProject, image: &HookImage, version: &str) -> std::process::Output {
-    let args = [
-        "deploy",
-        "--image",
-        &image.0,
-        "--version",
-        version,
-        "--watch",
-        "0s",
-        "--lock-wait",
-        "300s",
-    ];
+    let args = deploy_args(image, version, &["--lock-wait", "300s"]);
     project.run_async(&args).await
 }
 
@@ -262,11 +257,7 @@ fn a_pre_deploy_hook_runs_once_per_deploy_before_the_new_color_answers() {
 
     // No hook container stays, nor its anonymous volume (/scratch).
     assert!(hook_containers(&project).is_empty());
-    let left: Vec<String> = support::dangling_volumes()
-        .difference(&dangling)
-        .cloned()
-        .collect();
-    assert!(left.is_empty(), "anonymous volumes left: {left:?}");
+    support::assert_no_dangling_since(&dangling);
 }
 
 #[test]

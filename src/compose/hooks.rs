@@ -121,11 +121,9 @@ impl<'de> Deserialize<'de> for Argv {
                     "a hook's command is {ARGV}, not the string {v:?}"
                 )))
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Argv, A::Error> {
-                let mut words = Vec::new();
-                while let Some(Text(word)) = seq.next_element::<Text>()? {
-                    words.push(word);
-                }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Argv, A::Error> {
+                let words = Vec::<Text>::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
+                let words: Vec<String> = words.into_iter().map(|Text(word)| word).collect();
                 match words.first() {
                     None => Err(de::Error::custom(format!(
                         "a hook's command is empty: write {ARGV}"
