@@ -14,7 +14,8 @@ use support::{TestProject, app_image, assert_code, stderr};
 
 /// What the hooks run: `mark` records its variables (and whether the new
 /// color answered) in Redis's `hooks` list; `fail` fails after some
-/// output; `serial` records its start, waits, and records its end.
+/// output; `slow V` takes two minutes when deploying V; `serial` records
+/// its start, waits, and records its end.
 const SCRIPT: &str = r#"#!/bin/sh
 set -e
 push() {
@@ -40,6 +41,10 @@ case "$1" in
     echo "migration 41 applied"
     echo "migration 42 failed: column exists" >&2
     exit 3
+    ;;
+  slow)
+    echo "checking before $CRYPTUS_TO_VERSION"
+    if [ "$CRYPTUS_TO_VERSION" = "$2" ]; then sleep 120; fi
     ;;
   serial)
     push "start $CRYPTUS_TO_VERSION"
@@ -333,4 +338,96 @@ async fn two_deploys_waiting_on_the_lock_run_their_hooks_one_after_the_other() {
             format!("end {second}"),
         ]
     );
+}
+
+#[test]
+fn a_hook_past_its_deadline_or_interrupted_changes_nothing_and_a_failed_post_hook_is_a_warning() {
+    let image = HookImage::build();
+    let project = project(
+        "hooks-stop",
+        "    pre-deploy: [/bin/sh, /hooks.sh, slow, v2]\n    post-deploy: [/bin/sh, /hooks.sh, fail]\n",
+    );
+    let before = project.containers();
+    let serving = project.serving();
+    let unchanged = |project: &TestProject| {
+        assert_eq!(project.serving(), serving);
+        assert_eq!(project.containers(), before);
+        assert!(hook_containers(project).is_empty());
+    };
+
+    // Past --hook-timeout: stopped, removed, and the deploy failed.
+    let began = std::time::Instant::now();
+    let output = deploy(&project, &image, "v2", &["--hook-timeout", "1s", "--json"]);
+    assert_code(&output, 1);
+    assert!(began.elapsed() < std::time::Duration::from_secs(60));
+    let report = json(&output);
+    assert!(
+        report["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("did not finish within 1.00s")),
+        "{report}"
+    );
+    assert_eq!(report["hooks"][0]["exit_code"], serde_json::Value::Null);
+    unchanged(&project);
+
+    // Ctrl-C while the hook runs: its container goes, the deploy unwinds.
+    let mut command = project.command(&deploy_args(&image, "v2", &[]));
+    command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = command.spawn().expect("spawning cryptus");
+    support::wait::eventually(
+        "the pre-deploy hook's container runs",
+        std::time::Duration::from_secs(60),
+        std::time::Duration::from_millis(50),
+        || {
+            let running = hook_containers(&project);
+            if running.is_empty() {
+                Err("no hook container".to_owned())
+            } else {
+                Ok(())
+            }
+        },
+    );
+    let pid = child.id().to_string();
+    let status = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    assert!(status.success());
+    let output = support::wait::output_within(
+        "the interrupted deploy ended",
+        child,
+        std::time::Duration::from_secs(90),
+    );
+    assert_code(&output, 1);
+    assert!(
+        stderr(&output).contains("interrupted"),
+        "{}",
+        stderr(&output)
+    );
+    unchanged(&project);
+
+    // A failed post-deploy hook is reported and recorded; traffic stays.
+    let output = deploy(&project, &image, "v3", &["--json"]);
+    assert_code(&output, 0);
+    let report = json(&output);
+    assert_eq!(report["hooks"][1]["hook"], "post-deploy");
+    assert_eq!(report["hooks"][1]["ok"], false);
+    assert_eq!(report["hooks"][1]["exit_code"], 3);
+    assert!(
+        report["warnings"]
+            .as_array()
+            .is_some_and(|w| w.iter().any(|w| w.as_str().is_some_and(|w| w
+                .contains("post-deploy hook (/bin/sh /hooks.sh fail) exited with code 3")
+                && w.contains("the deploy stands")))),
+        "{report}"
+    );
+    assert_eq!(project.serving(), ("green".to_owned(), "v3".to_owned()));
+    let history = json(&project.ok(&["history", "--json"]));
+    let entries = history["entries"].as_array().expect("entries");
+    let outcomes: Vec<&str> = entries
+        .iter()
+        .map(|e| e["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["failed", "failed", "ok"]);
+    assert_eq!(entries[2]["hooks"][1]["ok"], false);
+    assert!(hook_containers(&project).is_empty());
 }
