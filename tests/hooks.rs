@@ -185,6 +185,17 @@ fn a_pre_deploy_hook_runs_once_per_deploy_before_the_new_color_answers() {
     let (_, first) = project.serving();
     let dangling = support::dangling_volumes();
 
+    // The plan names the hooks; a dry run runs none.
+    let output = deploy(&project, &image, "v2", &["--dry-run"]);
+    assert_code(&output, 0);
+    let plan = support::stdout(&output);
+    assert!(
+        plan.contains("first, the pre-deploy hook: /bin/sh /hooks.sh mark pre")
+            && plan.contains("after the switch, the post-deploy hook: /bin/sh /hooks.sh mark post"),
+        "{plan}"
+    );
+    assert!(recorded(&project).is_empty());
+
     let output = deploy(&project, &image, "v2", &["--json"]);
     assert_code(&output, 0);
     let report = json(&output);

@@ -23,6 +23,7 @@ use crate::ready::{self, WaitFor};
 use crate::stack::{Color, HOOK_LABEL, Release, plan_hook};
 use crate::wait::Limits;
 
+use super::plan::PlannedHook;
 use super::report::{Steps, round};
 
 /// How hooks run: `--hook-timeout` and `--skip-hooks`.
@@ -94,6 +95,24 @@ pub fn say_skipped(stack: &Stack<'_>, operation: &str, options: Options) {
             if skipped.len() == 1 { "" } else { "s" }
         ));
     }
+}
+
+/// The hooks of `operation` that run, as the plan shows them (none with
+/// `--skip-hooks`).
+pub fn planned(stack: &Stack<'_>, operation: &str, options: Options) -> Vec<PlannedHook> {
+    let Some((before, after)) = Hook::of(operation).filter(|_| !options.skip) else {
+        return Vec::new();
+    };
+    [before, after]
+        .into_iter()
+        .filter_map(|hook| {
+            Some(PlannedHook {
+                hook: hook.as_str().to_owned(),
+                post: hook.is_post(),
+                command: stack.compose.hooks.get(&hook)?.clone(),
+            })
+        })
+        .collect()
 }
 
 /// Removes the hook containers a killed run left (the engine's list, as the

@@ -97,7 +97,9 @@ pub async fn dry_run(stack: &Stack<'_>, ask: DryRun, settings: &Settings) -> Res
             replicas,
         },
     };
-    plan::plan(&observed, &request)
+    let mut plan = plan::plan(&observed, &request)?;
+    plan.hooks = hooks::planned(stack, &plan.operation, settings.hooks);
+    Ok(plan)
 }
 
 pub enum DryRun {
