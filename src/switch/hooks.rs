@@ -221,10 +221,11 @@ async fn run(
     crate::interrupt::check()?;
     // One of this name is what a killed run left.
     engine.remove(&spec.name, true).await?;
-    crate::host_files::create_container(engine, spec, stack.printer)
-        .await
-        .with_context(|| format!("making the {hook} hook's container"))?;
     let ran = async {
+        // Inside: a container made but not joined to every network goes too.
+        crate::host_files::create_container(engine, spec, stack.printer)
+            .await
+            .with_context(|| format!("making the {hook} hook's container"))?;
         engine.start(&spec.name).await?;
         let deadline = Instant::now() + timeout;
         let lines = engine.log_lines(&spec.name, true, None, 0);
