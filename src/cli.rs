@@ -145,10 +145,12 @@ pub enum Command {
     /// no failed request; roll back by itself if the new color fails.
     ///
     /// Steps: take the deploy lock, find the active color from nginx, get the
-    /// image, start the idle color with it, wait until every new container
-    /// answers /api/health healthy as that color and version, rewrite nginx's
-    /// upstream (nginx -t, reload), verify through the load balancer, watch,
-    /// drain nginx's old workers, stop the old color, record the deployment.
+    /// image, run the pre-deploy hook, start the idle color with it, wait
+    /// until every new container answers /api/health healthy as that color
+    /// and version, rewrite nginx's upstream (nginx -t, reload), verify
+    /// through the load balancer, watch, run the post-deploy hook, drain
+    /// nginx's old workers, stop the old color, record the deployment.
+    /// Hooks are declared under x-cryptus: hooks: in the compose file.
     Deploy {
         /// The image to deploy (default: the compose file's image, CRYPTUS_IMAGE).
         #[arg(long, value_name = "REF", conflicts_with = "build")]
