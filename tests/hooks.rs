@@ -282,9 +282,36 @@ fn a_failing_pre_deploy_hook_leaves_traffic_and_containers_as_they_were() {
     let project = project("hooks-fail", "    pre-deploy: [/bin/sh, /hooks.sh, fail]\n");
     let before = project.containers();
     let serving = project.serving();
+    // A hook container a killed run left (created, never started here).
+    let left = format!("{}-cryptus-green-post-deploy", project.name);
+    let made = Command::new("docker")
+        .args([
+            "create",
+            "--name",
+            &left,
+            "--label",
+            "cryptus.hook=post-deploy",
+        ])
+        .args(["--label", "com.docker.compose.oneoff=True", "--label"])
+        .arg(format!("com.docker.compose.project={}", project.name))
+        .arg(&image.0)
+        .output()
+        .expect("running docker create");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
 
     let output = deploy(&project, &image, "v2", &["--json"]);
     assert_code(&output, 1);
+    assert!(
+        stderr(&output).contains(&format!(
+            "removed {left}, a hook container an interrupted run left"
+        )),
+        "{}",
+        stderr(&output)
+    );
     let report = json(&output);
     assert_eq!(report["ok"], false);
     assert_eq!(report["outcome"], "failed");
