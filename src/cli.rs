@@ -145,10 +145,12 @@ pub enum Command {
     /// no failed request; roll back by itself if the new color fails.
     ///
     /// Steps: take the deploy lock, find the active color from nginx, get the
-    /// image, start the idle color with it, wait until every new container
-    /// answers /api/health healthy as that color and version, rewrite nginx's
-    /// upstream (nginx -t, reload), verify through the load balancer, watch,
-    /// drain nginx's old workers, stop the old color, record the deployment.
+    /// image, run the pre-deploy hook, start the idle color with it, wait
+    /// until every new container answers /api/health healthy as that color
+    /// and version, rewrite nginx's upstream (nginx -t, reload), verify
+    /// through the load balancer, watch, run the post-deploy hook, drain
+    /// nginx's old workers, stop the old color, record the deployment.
+    /// Hooks are declared under x-cryptus: hooks: in the compose file.
     Deploy {
         /// The image to deploy (default: the compose file's image, CRYPTUS_IMAGE).
         #[arg(long, value_name = "REF", conflicts_with = "build")]
@@ -182,6 +184,8 @@ pub enum Command {
         #[arg(long, default_value = crate::switch::canary::DEFAULT_COOKIE, value_parser = canary_cookie, value_name = "NAME", env = "CRYPTUS_CANARY_COOKIE", requires = "canary")]
         canary_cookie: String,
         #[command(flatten)]
+        hooks: HookArgs,
+        #[command(flatten)]
         switch: SwitchArgs,
     },
     /// Switch back to the previous deployment, with the same zero-downtime path.
@@ -190,6 +194,8 @@ pub enum Command {
     /// from the recorded image if they were removed), health-gates, flips,
     /// verifies and drains. Rolling back twice returns to where you were.
     Rollback {
+        #[command(flatten)]
+        hooks: HookArgs,
         #[command(flatten)]
         switch: SwitchArgs,
     },
@@ -384,6 +390,19 @@ pub enum MaintenanceAction {
     },
     /// Show whether maintenance is on, since when, by whom, and its settings.
     Status,
+}
+
+/// The deploy hooks of deploy and rollback (`x-cryptus: hooks:` in the
+/// compose file; see docs/hooks.md).
+#[derive(Debug, Args)]
+pub struct HookArgs {
+    /// Deadline of each hook; past it the hook's container is stopped and
+    /// removed, and the hook has failed (100ms to 24h).
+    #[arg(long, default_value = "5m", value_parser = deadline, value_name = "DUR")]
+    pub hook_timeout: Duration,
+    /// Run none of the project's hooks (a warning names those skipped).
+    #[arg(long)]
+    pub skip_hooks: bool,
 }
 
 /// Options shared by deploy, rollback and scale.

@@ -41,6 +41,22 @@ pub struct Entry {
     pub reason: Option<String>,
     /// Seconds per step, and `total`.
     pub durations: std::collections::BTreeMap<String, f64>,
+    /// The deploy hooks that ran, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<HookRun>,
+}
+
+/// How one deploy hook ran: its name, its exit code (none when it was
+/// stopped: its deadline, a signal, or it never started), its seconds and,
+/// when it failed, its last lines.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct HookRun {
+    pub hook: String,
+    pub ok: bool,
+    pub exit_code: Option<i64>,
+    pub seconds: f64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub last_lines: Vec<String>,
 }
 
 /// How a deploy or rollback ended.
@@ -328,6 +344,7 @@ mod tests {
             outcome,
             reason: None,
             durations: Default::default(),
+            hooks: Vec::new(),
         }
     }
 

@@ -550,6 +550,7 @@ async fn record(stack: &Stack<'_>, lb: &state::Lb, wanted: &State, seconds: f64)
             outcome: Outcome::Ok,
             reason: Some(reason),
             durations: [("total".to_owned(), seconds)].into_iter().collect(),
+            hooks: Vec::new(),
         },
         // Notifications announce switches of traffic, not maintenance.
         &[],

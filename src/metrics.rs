@@ -284,6 +284,7 @@ mod tests {
             outcome,
             reason: None,
             durations: [("total".to_owned(), total)].into(),
+            hooks: Vec::new(),
         }
     }
 

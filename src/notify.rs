@@ -360,6 +360,7 @@ mod tests {
             outcome,
             reason: reason.map(str::to_owned),
             durations: BTreeMap::from([("total".to_owned(), 12.5), ("health".to_owned(), 3.0)]),
+            hooks: Vec::new(),
         }
     }
 

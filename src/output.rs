@@ -125,6 +125,19 @@ impl Printer {
         }
     }
 
+    /// Starts a step whose work prints lines of its own (a hook's output):
+    /// its message is printed at once, and no spinner runs over the lines.
+    pub fn step_streaming(&self, message: impl Into<String>) -> Step {
+        let message = message.into();
+        self.info(format!("· {message}"));
+        Step {
+            message,
+            started: Instant::now(),
+            bar: None,
+            verbosity: self.verbosity,
+        }
+    }
+
     /// Data on stdout.
     pub fn out(&self, text: &str) -> Result<()> {
         let mut stdout = std::io::stdout().lock();

@@ -370,6 +370,7 @@ mod tests {
             outcome,
             reason: None,
             durations: BTreeMap::new(),
+            hooks: Vec::new(),
         }
     }
 

@@ -247,6 +247,44 @@ pub fn plan_container(
     })
 }
 
+/// The label that marks a hook's one-off container, naming the hook.
+pub const HOOK_LABEL: &str = "cryptus.hook";
+
+/// The one-off container that runs `hook` (`command`, with `env` added) of
+/// `release` for `service`, a color: the color's own container (its
+/// environment, secrets, mounts, networks and limits) with the hook's
+/// command as the whole command line (no entrypoint comes before it), no
+/// published port, no alias, no healthcheck and no restart. Labelled
+/// one-off, as `docker compose run` labels its containers, and with the
+/// hook, so that no replica count includes it and a later run finds it.
+pub fn plan_hook(
+    project: &str,
+    compose: &Compose,
+    service: &Service,
+    release: &Release,
+    (hook, command): (compose::Hook, &[String]),
+    env: BTreeMap<String, String>,
+) -> Result<ContainerSpec> {
+    let mut spec = plan_container(project, compose, service, 1, Some(release))?;
+    spec.name = format!("{project}-{}-{hook}", service.name);
+    // The engine's way to say "no entrypoint": one empty string.
+    spec.entrypoint = Some(vec![String::new()]);
+    spec.command = Some(command.to_vec());
+    spec.env.extend(env);
+    spec.ports.clear();
+    spec.healthcheck = None;
+    spec.restart = RestartSpec::No;
+    for network in &mut spec.networks {
+        network.aliases.clear();
+    }
+    spec.labels.remove(NUMBER_LABEL);
+    spec.labels.extend([
+        (ONEOFF_LABEL.to_owned(), "True".to_owned()),
+        (HOOK_LABEL.to_owned(), hook.as_str().to_owned()),
+    ]);
+    Ok(spec)
+}
+
 /// Compose's labels for replica `number` of `service`, and the file's own.
 fn container_labels(
     project: &str,
@@ -368,6 +406,47 @@ mod tests {
     }
 
     #[test]
+    fn a_hook_runs_as_a_one_off_of_the_color() {
+        let compose = shipped();
+        let service = &compose.services["cryptus-green"];
+        let release = v2();
+        let command = ["./bin/migrate".to_owned(), "--up".to_owned()];
+        let env = BTreeMap::from([("CRYPTUS_TO_COLOR".to_owned(), "green".to_owned())]);
+        let hook = (compose::Hook::PreDeploy, &command[..]);
+        let spec = plan_hook("demo", &compose, service, &release, hook, env).unwrap();
+        let color = plan_container("demo", &compose, service, 1, Some(&release)).unwrap();
+        assert_eq!(spec.name, "demo-cryptus-green-pre-deploy");
+        assert_eq!(spec.image, "cryptus-app:v2");
+        assert_eq!(spec.command.as_deref(), Some(&command[..]));
+        assert_eq!(spec.entrypoint, Some(vec![String::new()]));
+        // The color's environment, mounts and networks, and the hook's variables.
+        assert_eq!(spec.env["INSTANCE_COLOR"], "green");
+        assert_eq!(spec.env["APP_VERSION"], "v2");
+        assert_eq!(spec.env["CRYPTUS_TO_COLOR"], "green");
+        assert_eq!(spec.mounts, color.mounts);
+        assert_eq!(spec.memory, color.memory);
+        let networks: Vec<_> = spec.networks.iter().map(|n| &n.name).collect();
+        assert_eq!(networks, ["demo_cryptus"]);
+        // Nothing that would make it a replica: no port, alias, healthcheck,
+        // restart or number; labelled one-off with its hook.
+        assert!(spec.networks.iter().all(|n| n.aliases.is_empty()));
+        assert!(spec.ports.is_empty() && spec.healthcheck.is_none());
+        assert!(matches!(spec.restart, RestartSpec::No));
+        assert_eq!(spec.labels[PROJECT_LABEL], "demo");
+        assert_eq!(spec.labels[SERVICE_LABEL], "cryptus-green");
+        assert_eq!(spec.labels[ONEOFF_LABEL], "True");
+        assert_eq!(spec.labels[HOOK_LABEL], "pre-deploy");
+        assert!(!spec.labels.contains_key(NUMBER_LABEL));
+    }
+
+    fn v2() -> Release {
+        Release {
+            image: "cryptus-app:v2".to_owned(),
+            version: "v2".to_owned(),
+        }
+    }
+
+    #[test]
     fn names_follow_compose() {
         assert_eq!(
             container_name("demo", "cryptus-blue", 2),
@@ -405,10 +484,7 @@ mod tests {
     fn a_color_container_carries_compose_labels_and_its_release() {
         let compose = shipped();
         let service = &compose.services["cryptus-green"];
-        let release = Release {
-            image: "cryptus-app:v2".to_owned(),
-            version: "v2".to_owned(),
-        };
+        let release = v2();
         let plan = plan_container("demo", &compose, service, 2, Some(&release)).unwrap();
         assert_eq!(plan.name, "demo-cryptus-green-2");
         let labels = &plan.labels;

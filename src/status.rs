@@ -520,6 +520,7 @@ mod tests {
                 outcome: history::Outcome::Ok,
                 reason: None,
                 durations: BTreeMap::from([("total".to_owned(), 12.5)]),
+                hooks: Vec::new(),
             })
             .collect();
         let text = render(&status);

@@ -93,11 +93,7 @@ fn backup_flushall_restore_brings_every_key_and_session_back() {
     );
     // The scratch containers went with their anonymous volumes (the redis
     // image declares VOLUME /data).
-    let left: Vec<String> = support::dangling_volumes()
-        .difference(&dangling)
-        .cloned()
-        .collect();
-    assert!(left.is_empty(), "anonymous volumes left behind: {left:?}");
+    support::assert_no_dangling_since(&dangling);
 }
 
 #[test]

@@ -202,3 +202,50 @@ fn clap_errors_under_json_print_the_failure_document() {
     assert_code(&output, 2);
     assert!(output.stdout.is_empty(), "{}", stdout(&output));
 }
+
+#[test]
+fn hook_flags_are_bounded_and_bad_hooks_exit_2_with_their_line() {
+    for command in ["deploy", "rollback"] {
+        let help = stdout(&cryptus(&[command, "--help"], &[]));
+        assert!(
+            help.contains("--hook-timeout") && help.contains("--skip-hooks"),
+            "{help}"
+        );
+        for bad in ["0s", "25h", "soon"] {
+            let output = cryptus(&[command, "--hook-timeout", bad], &[]);
+            assert_code(&output, 2);
+            assert!(stderr(&output).contains("--hook-timeout"), "{bad}");
+        }
+    }
+    let scale = stdout(&cryptus(&["scale", "--help"], &[]));
+    assert!(!scale.contains("--skip-hooks"), "{scale}");
+
+    let project = support::TestProject::new("bad-hooks");
+    let file = project.path().join("compose/docker-compose.override.yml");
+    for (text, says) in [
+        (
+            "x-cryptus:\n  hooks:\n    pre-migrate: [./bin/migrate]\n",
+            "\"pre-migrate\" is not a hook",
+        ),
+        (
+            "x-cryptus:\n  hooks:\n    pre-deploy: ./bin/migrate\n",
+            "a hook's command is a list of words",
+        ),
+        ("x-cryptus:\n  hooks:\n    pre-deploy: []\n", "is empty"),
+    ] {
+        std::fs::write(&file, text).unwrap();
+        let output = project.run(&["deploy"]);
+        assert_code(&output, 2);
+        let message = stderr(&output);
+        assert!(
+            message.contains(says)
+                && message.contains("line 3")
+                && message.contains("docker-compose.override.yml"),
+            "{message}"
+        );
+        assert!(
+            project.containers().is_empty(),
+            "a bad hook changes nothing"
+        );
+    }
+}

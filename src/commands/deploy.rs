@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::cli::SwitchArgs;
+use crate::cli::{HookArgs, SwitchArgs};
 use crate::context::Session;
 use crate::error::{EXIT_FAILED, EXIT_OK};
 use crate::lock;
@@ -36,7 +36,16 @@ pub fn settings(args: &SwitchArgs, watch: Duration, keep_failed: bool) -> Result
             .unwrap_or_else(|| crate::metrics::DEFAULT_GATE.to_owned()),
         notify: crate::notify::from_env()?,
         canary: None,
+        hooks: Default::default(),
     })
+}
+
+/// How the deploy hooks run, from their flags.
+pub fn hooks(args: &HookArgs) -> switch::hooks::Options {
+    switch::hooks::Options {
+        timeout: args.hook_timeout,
+        skip: args.skip_hooks,
+    }
 }
 
 /// Where a deploy's image comes from: `--image`, `--build`, or the compose file.

@@ -204,9 +204,11 @@ async fn switch(command: Command, project: &Project, printer: &Printer) -> Resul
             canary,
             step,
             canary_cookie,
+            hooks,
             switch,
         } => {
             let mut settings = deploy::settings(&switch, watch, keep_failed)?;
+            settings.hooks = deploy::hooks(&hooks);
             settings.canary = canary.map(|shares| crate::switch::canary::Options {
                 steps: shares.0,
                 hold: step,
@@ -215,8 +217,9 @@ async fn switch(command: Command, project: &Project, printer: &Printer) -> Resul
             let source = deploy::source(image, build);
             deploy::deploy(project, source, version, &settings, switch.dry_run, printer).await
         }
-        Command::Rollback { switch } => {
-            let settings = deploy::settings(&switch, Duration::ZERO, false)?;
+        Command::Rollback { hooks, switch } => {
+            let mut settings = deploy::settings(&switch, Duration::ZERO, false)?;
+            settings.hooks = deploy::hooks(&hooks);
             rollback::run(project, &settings, switch.dry_run, printer).await
         }
         Command::Scale {

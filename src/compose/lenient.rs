@@ -231,7 +231,10 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for Wrap<'_, V> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<V::Value, A::Error> {
-        let structure = matches!(self.kind, Kind::Struct(..));
+        let structure = match self.kind {
+            Kind::Struct(_, fields) => Some(fields),
+            _ => None,
+        };
         self.visitor
             .visit_map(Map::new(map, structure, self.resets))
     }
@@ -322,9 +325,10 @@ impl<'de, A: SeqAccess<'de>> SeqAccess<'de> for Seq<'_, A> {
 /// A map with its extension fields skipped and its `<<` entries merged.
 struct Map<'r, A> {
     map: A,
-    /// A struct's map, where `x-*` keys are extension fields; elsewhere
-    /// (`environment`, `labels`) such a key is data.
-    structure: bool,
+    /// A struct's map (its fields), where `x-*` keys it does not declare
+    /// are extension fields; elsewhere (`environment`, `labels`) such a key
+    /// is data.
+    structure: Option<&'static [&'static str]>,
     resets: Option<&'r Resets>,
     /// The keys the map writes itself.
     seen: Vec<String>,
@@ -338,7 +342,11 @@ struct Map<'r, A> {
 }
 
 impl<'r, A> Map<'r, A> {
-    fn new(map: A, structure: bool, resets: Option<&'r Resets>) -> Map<'r, A> {
+    fn new(
+        map: A,
+        structure: Option<&'static [&'static str]>,
+        resets: Option<&'r Resets>,
+    ) -> Map<'r, A> {
         Map {
             map,
             structure,
@@ -481,7 +489,7 @@ pub fn key_text(key: &Value) -> Result<String, String> {
 /// key is reported at its own line.
 struct Capture<'a, 'r, K> {
     slot: &'a mut Option<K>,
-    structure: bool,
+    structure: Option<&'static [&'static str]>,
     resets: Option<&'r Resets>,
     seen: &'a mut Vec<String>,
 }
@@ -504,7 +512,7 @@ impl<'de, K: DeserializeSeed<'de>> Visitor<'de> for Capture<'_, '_, K> {
     fn visit_str<E: de::Error>(self, key: &str) -> Result<Self::Value, E> {
         let skipped = if key == "<<" {
             Some(Skipped::Merge)
-        } else if self.structure && key.starts_with("x-") {
+        } else if key.starts_with("x-") && self.structure.is_some_and(|f| !f.contains(&key)) {
             Some(Skipped::Extension)
         } else if self
             .resets

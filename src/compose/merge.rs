@@ -120,6 +120,8 @@ const RULES: &[(&str, Rule)] = &[
     ("services.*.sysctls", Rule::ToSequence),
     ("services.*.tmpfs", Rule::ToSequence),
     ("services.*.ulimits.*", Rule::Replace),
+    // A later file's hook replaces the command, as `command` does.
+    ("x-cryptus.hooks.*", Rule::Replace),
 ];
 
 /// Whether `path` matches `pattern` (dotted, `*` for any one key).

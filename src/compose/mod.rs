@@ -10,6 +10,7 @@
 
 pub mod duration;
 mod env_file;
+pub mod hooks;
 pub mod interpolate;
 mod lenient;
 mod limits;
@@ -31,6 +32,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
+pub use hooks::{Hook, Hooks};
 pub use interpolate::Vars;
 pub use limits::{MAX_ENV_FILE_BYTES, MAX_FILE_BYTES, MAX_NESTING};
 use model::{Either, ShortOrLong, Text};
@@ -61,6 +63,9 @@ pub struct Compose {
     /// The top-level `secrets` and `configs`: where each value comes from.
     pub secrets: BTreeMap<String, Source>,
     pub configs: BTreeMap<String, Source>,
+    /// `x-cryptus: hooks:`, the commands a deploy or rollback runs.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub hooks: Hooks,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -492,6 +497,7 @@ fn load_from(
         working_dir,
         secrets: BTreeMap::new(),
         configs: BTreeMap::new(),
+        hooks: Hooks::new(),
     };
     build(&mut compose, file, &merged.origins)?;
     profiles.apply(&mut compose)?;
@@ -596,6 +602,10 @@ fn build(
     origins: &BTreeMap<String, Vec<PathBuf>>,
 ) -> Result<()> {
     compose.name = file.name.map(|t| t.0);
+    compose.hooks = file
+        .x_cryptus
+        .map(hooks::Extension::hooks)
+        .unwrap_or_default();
     for (name, raw) in file.networks {
         compose
             .networks

@@ -114,7 +114,7 @@ impl FromText for Cpus {
 
 /// A scalar as interpolated text, checked by `check` inside serde_yaml's
 /// call, so that a refusal carries the line of the value itself.
-struct Checked<F>(F, &'static str);
+pub(super) struct Checked<F>(pub(super) F, pub(super) &'static str);
 
 impl<T, F: FnOnce(String) -> Result<T, String>> Visitor<'_> for Checked<F> {
     type Value = T;
@@ -551,6 +551,9 @@ pub struct File {
     pub secrets: BTreeMap<String, service_keys::RawFileObject>,
     #[serde(default)]
     pub configs: BTreeMap<String, service_keys::RawFileObject>,
+    /// cryptus's own extension: the deploy hooks.
+    #[serde(rename = "x-cryptus")]
+    pub x_cryptus: Option<super::hooks::Extension>,
 }
 
 #[derive(Debug, Deserialize)]

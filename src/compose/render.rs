@@ -58,6 +58,14 @@ struct Fields<'a> {
     secrets: BTreeMap<&'a str, ObjectDoc<'a>>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     configs: BTreeMap<&'a str, ObjectDoc<'a>>,
+    #[serde(rename = "x-cryptus", skip_serializing_if = "Option::is_none")]
+    extension: Option<ExtensionDoc<'a>>,
+}
+
+/// `x-cryptus:`, written only when it declares something.
+#[derive(Debug, Serialize)]
+struct ExtensionDoc<'a> {
+    hooks: &'a super::Hooks,
 }
 
 #[derive(Debug, Serialize)]
@@ -280,6 +288,9 @@ pub fn document<'a>(name: &'a str, compose: &'a Compose) -> Document<'a> {
             .collect(),
         secrets: objects(&compose.secrets, super::Kind::Secret),
         configs: objects(&compose.configs, super::Kind::Config),
+        extension: (!compose.hooks.is_empty()).then_some(ExtensionDoc {
+            hooks: &compose.hooks,
+        }),
     };
     Document { fields }
 }

@@ -108,20 +108,21 @@ fn untag(value: &mut Value, path: &mut KeyPath, found: &mut Tagged) -> Result<bo
     Ok(true)
 }
 
-/// The tree a file merges: keys as text, `x-*` fields of the file and of
-/// each resource dropped, strings interpolated with `vars`.
+/// The tree a file merges: keys as text, `x-*` fields of the file (but
+/// `x-cryptus`) and of each resource dropped, strings interpolated with
+/// `vars`.
 pub fn prepare(value: Value, vars: &Vars) -> Result<Mapping, String> {
     let mut map = match value {
         Value::Mapping(map) => map,
         Value::Null => Mapping::new(),
         _ => return Err("the file must be a map of top-level keys".to_owned()),
     };
-    drop_extensions(&mut map);
+    drop_extensions(&mut map, Some(super::hooks::EXTENSION));
     for section in ["services", "networks", "volumes", "secrets", "configs"] {
         if let Some(Value::Mapping(resources)) = map.get_mut(section) {
             for resource in resources.values_mut() {
                 if let Value::Mapping(resource) = resource {
-                    drop_extensions(resource);
+                    drop_extensions(resource, None);
                 }
             }
         }
@@ -134,8 +135,12 @@ pub fn prepare(value: Value, vars: &Vars) -> Result<Mapping, String> {
     }
 }
 
-fn drop_extensions(map: &mut Mapping) {
-    map.retain(|key, _| !key.as_str().is_some_and(|k| k.starts_with("x-")));
+/// Drops the `x-*` fields of `map` but `keep` (cryptus's own, at the top).
+fn drop_extensions(map: &mut Mapping, keep: Option<&str>) {
+    map.retain(|key, _| {
+        !key.as_str()
+            .is_some_and(|k| k.starts_with("x-") && Some(k) != keep)
+    });
 }
 
 /// Makes every key text and interpolates every string value.

@@ -9,7 +9,7 @@ use bollard::models::{
 };
 use chrono::{DateTime, Utc};
 
-use super::{NUMBER_LABEL, SERVICE_LABEL};
+use super::{NUMBER_LABEL, ONEOFF_LABEL, SERVICE_LABEL};
 
 /// A container as cryptus sees it, read from the engine's inspect.
 #[derive(Clone, Debug)]
@@ -86,7 +86,12 @@ pub(super) fn from_inspect(response: ContainerInspectResponse) -> Container {
             .unwrap_or_default()
             .trim_start_matches('/')
             .to_owned(),
-        service: labels.get(SERVICE_LABEL).cloned().unwrap_or_default(),
+        // A one-off container (a hook, `docker compose run`) runs for its
+        // service but is none of its replicas: it counts as no service's.
+        service: match labels.get(ONEOFF_LABEL).map(String::as_str) {
+            Some("True") => String::new(),
+            _ => labels.get(SERVICE_LABEL).cloned().unwrap_or_default(),
+        },
         number: labels
             .get(NUMBER_LABEL)
             .and_then(|n| n.parse().ok())

@@ -235,6 +235,7 @@ impl Stack<'_> {
             outcome: crate::history::Outcome::Ok,
             reason: Some(reason),
             durations: BTreeMap::from([("total".to_owned(), began.elapsed().as_secs_f64())]),
+            hooks: Vec::new(),
         };
         let history = match crate::history::record(&self.nginx(), entry, self.printer).await {
             Ok(history) => Some(history),

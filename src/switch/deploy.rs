@@ -12,11 +12,12 @@ use anyhow::Result;
 use chrono::Utc;
 use tokio::time::Instant;
 
+use crate::compose::Hook;
 use crate::context::Stack;
 use crate::engine::Container;
 use crate::error::{failed_with_hint, usage};
 use crate::health::{self, Expect};
-use crate::history::{Outcome, Side, operation};
+use crate::history::{HookRun, Outcome, Side, operation};
 use crate::stack::{APP_PORT, Color, Release, image_version};
 
 use super::plan::{self, Observed, Plan, Request};
@@ -24,7 +25,7 @@ use super::report::{Report, Steps, round};
 use super::runner::Runner;
 use super::state::{self, Lb};
 use super::upstream::{self, Upstream};
-use super::{Settings, canary, watch};
+use super::{Settings, canary, hooks, watch};
 use crate::nginx::{Canary, Served};
 use crate::ready::WaitFor;
 use crate::wait::Limits;
@@ -341,6 +342,8 @@ struct Switch<'s> {
     /// The canary's share when a step failed.
     failed_at: Option<u8>,
     warnings: Vec<String>,
+    /// The deploy hooks that ran.
+    hooks: Vec<HookRun>,
 }
 
 impl<'s> Switch<'s> {
@@ -385,6 +388,7 @@ impl<'s> Switch<'s> {
             canary: None,
             failed_at: None,
             warnings: Vec::new(),
+            hooks: Vec::new(),
         }
     }
 
@@ -403,7 +407,13 @@ impl<'s> Switch<'s> {
             color: plan.target,
             version: Some(release.version.clone()),
         };
+        let hooks = Hook::of(self.operation);
+        hooks::say_skipped(self.stack, self.operation, self.settings.hooks);
+        hooks::sweep(self.stack, &self.containers).await;
         let ready = async {
+            if let Some((before, _)) = hooks {
+                self.hook(steps, before, &release).await?;
+            }
             self.bring_up(steps, &plan, &release).await?;
             self.gate(steps, &expect).await
         };
@@ -421,7 +431,35 @@ impl<'s> Switch<'s> {
         if let Err(err) = self.prove(steps, &expect).await {
             return self.flip_back(steps, began, err).await;
         }
+        if let Some((_, after)) = hooks
+            && let Err(err) = self.hook(steps, after, &release).await
+        {
+            // The switch is proven: a failed post hook is reported and
+            // recorded, and traffic stays.
+            let operation = self.operation;
+            self.warnings
+                .push(format!("{err:#}; the {operation} stands"));
+        }
         self.finish(steps, began, &plan).await
+    }
+
+    /// Runs `hook` of the operation in a one-off container of `release`.
+    async fn hook(&mut self, steps: &mut Steps<'_>, hook: Hook, release: &Release) -> Result<()> {
+        let between = hooks::Between {
+            operation: self.operation,
+            from: &self.from,
+            to: self.to.color,
+            release,
+        };
+        let options = self.settings.hooks;
+        hooks::step(
+            self.stack,
+            steps,
+            (hook, &between),
+            options,
+            &mut self.hooks,
+        )
+        .await
     }
 
     async fn bring_up(
@@ -846,6 +884,7 @@ impl<'s> Switch<'s> {
             switched_at: self.switched_at,
             warnings: self.warnings.clone(),
             long_lived_closed: None,
+            hooks: self.hooks.clone(),
             traffic_unsettled: self.traffic_unsettled,
             canary: self.canary.clone(),
             failed_at: self.failed_at,

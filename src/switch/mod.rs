@@ -10,10 +10,12 @@
 //!   other ways to run one;
 //! - `watch`: the watch after a proven flip, with the metric gate;
 //! - `deploy`, `scale`: the orchestrations, with their undo;
+//! - `hooks`: the deploy hooks a deploy or rollback runs;
 //! - `report`: step timings and the report of a deploy or rollback.
 
 pub mod canary;
 pub mod deploy;
+pub mod hooks;
 pub mod plan;
 pub mod report;
 pub mod runner;
@@ -57,6 +59,8 @@ pub struct Settings {
     pub notify: Vec<crate::notify::Target>,
     /// A deploy's canary steps, before the flip to 100%.
     pub canary: Option<canary::Options>,
+    /// How deploy hooks run (deploy and rollback).
+    pub hooks: hooks::Options,
 }
 
 pub async fn deploy(
@@ -96,7 +100,9 @@ pub async fn dry_run(stack: &Stack<'_>, ask: DryRun, settings: &Settings) -> Res
             replicas,
         },
     };
-    plan::plan(&observed, &request)
+    let mut plan = plan::plan(&observed, &request)?;
+    plan.hooks = hooks::planned(stack, &plan.operation, settings.hooks);
+    Ok(plan)
 }
 
 pub enum DryRun {
@@ -150,6 +156,7 @@ async fn record(stack: &Stack<'_>, report: &Report, settings: &Settings) -> Vec<
             _ => report.reason.clone(),
         },
         durations,
+        hooks: report.hooks.clone(),
     };
     state::record(stack, record, &settings.notify).await
 }

@@ -143,6 +143,19 @@ pub struct Plan {
     pub keep_standby: bool,
     /// A count `scale` recorded for the target, used up by this deploy.
     pub clears_pending: bool,
+    /// The deploy hooks that run, in order (filled in from the compose
+    /// file: the planner itself reads no file).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<PlannedHook>,
+}
+
+/// A deploy hook a switch runs: before the new color starts, or after the
+/// switch (`post`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PlannedHook {
+    pub hook: String,
+    pub post: bool,
+    pub command: Vec<String>,
 }
 
 impl Plan {
@@ -187,6 +200,16 @@ impl Plan {
                 )
             }
         }];
+        let hooks = |post: bool| {
+            self.hooks
+                .iter()
+                .filter(move |h| h.post == post)
+                .map(move |h| {
+                    let when = if post { "after the switch" } else { "first" };
+                    format!("  {when}, the {} hook: {}", h.hook, h.command.join(" "))
+                })
+        };
+        lines.extend(hooks(false));
         let stop = if self.keep_standby {
             "drain, then stay up as a warm standby"
         } else if self.remove.is_empty() {
@@ -204,6 +227,7 @@ impl Plan {
                 lines.push(format!("  {what}: {}", names.join(", ")));
             }
         }
+        lines.extend(hooks(true));
         if self.clears_pending {
             lines.push(format!(
                 "  the replica count recorded for {target} is used up"
@@ -267,6 +291,7 @@ fn after_canary(observed: &Observed, request: &Request, canary: Canary) -> Resul
                 remove: names,
                 keep_standby: *keep_standby,
                 clears_pending: false,
+                hooks: Vec::new(),
             })
         }
         _ => Err(failed_with_hint(live, hint)),
@@ -334,6 +359,7 @@ fn fresh_switch(
         remove: Vec::new(),
         keep_standby,
         clears_pending: false,
+        hooks: Vec::new(),
     })
 }
 
@@ -437,6 +463,7 @@ fn scale_active(observed: &Observed, replicas: u32) -> Result<Plan> {
         remove: Vec::new(),
         keep_standby: false,
         clears_pending: false,
+        hooks: Vec::new(),
     };
     if replicas > from {
         grow(observed, &running, &mut plan);
@@ -505,6 +532,7 @@ fn scale_idle(observed: &Observed, color: Color, replicas: u32) -> Result<Plan> 
         remove: Vec::new(),
         keep_standby: false,
         clears_pending: false,
+        hooks: Vec::new(),
     })
 }
 
@@ -746,6 +774,23 @@ mod tests {
                 "  nginx names: p-cryptus-green-1",
                 "  drain, then stop: p-cryptus-blue-1",
             ]
+        );
+        let mut with_hooks = plan.clone();
+        with_hooks.hooks = ["pre-deploy", "post-deploy"]
+            .map(|hook| PlannedHook {
+                hook: hook.to_owned(),
+                post: hook.starts_with("post"),
+                command: vec![format!("/bin/{hook}"), "--now".to_owned()],
+            })
+            .into();
+        let lines = with_hooks.describe();
+        assert_eq!(
+            lines[1],
+            "  first, the pre-deploy hook: /bin/pre-deploy --now"
+        );
+        assert_eq!(
+            lines.last().map(String::as_str),
+            Some("  after the switch, the post-deploy hook: /bin/post-deploy --now")
         );
         let plan = super::plan(&observed(&[1, 2], Vec::new()), &scale(Color::Blue, 1)).unwrap();
         assert_eq!(

@@ -44,6 +44,9 @@ pub struct Report {
     /// did not stop (`--keep-standby`, a failure) or could not be counted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub long_lived_closed: Option<usize>,
+    /// The deploy hooks that ran, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<crate::history::HookRun>,
     /// The reason itself says where traffic is: putting it back failed.
     #[serde(skip)]
     pub traffic_unsettled: bool,
@@ -115,6 +118,26 @@ impl<'p> Steps<'p> {
         work: impl Future<Output = Result<T>>,
     ) -> Result<T> {
         let step = self.printer.step(message);
+        self.finish(name, step, work).await
+    }
+
+    /// Runs a step whose work prints lines of its own, with no spinner.
+    pub async fn stream<T>(
+        &mut self,
+        name: &str,
+        message: impl Into<String>,
+        work: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let step = self.printer.step_streaming(message);
+        self.finish(name, step, work).await
+    }
+
+    async fn finish<T>(
+        &mut self,
+        name: &str,
+        step: crate::output::Step,
+        work: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
         match work.await {
             Ok(value) => {
                 let took = step.done();
@@ -167,6 +190,7 @@ mod tests {
             switched_at: None,
             warnings: Vec::new(),
             long_lived_closed: None,
+            hooks: Vec::new(),
             traffic_unsettled: unsettled,
             canary: None,
             failed_at: None,

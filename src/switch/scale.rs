@@ -198,6 +198,7 @@ async fn record(
         outcome,
         reason,
         durations: BTreeMap::from([("total".to_owned(), began.elapsed().as_secs_f64())]),
+        hooks: Vec::new(),
     };
     state::record(stack, record, &settings.notify).await
 }

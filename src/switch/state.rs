@@ -161,6 +161,7 @@ pub struct Record {
     pub outcome: Outcome,
     pub reason: Option<String>,
     pub durations: BTreeMap<String, f64>,
+    pub hooks: Vec<history::HookRun>,
 }
 
 /// Records a switch in the history, then publishes the metrics and the
@@ -178,6 +179,7 @@ pub async fn record(stack: &Stack<'_>, record: Record, targets: &[Target]) -> Ve
         outcome: record.outcome,
         reason: record.reason,
         durations: record.durations,
+        hooks: record.hooks,
     };
     let payload = notify::Payload::of(&stack.project.name, &entry);
     let (notified, ()) = tokio::join!(notify::send(targets, &payload), bookkeeping(stack, entry));

@@ -98,6 +98,22 @@ pub fn dangling_volumes() -> std::collections::HashSet<String> {
     })
 }
 
+/// Asserts that no anonymous volume became dangling since `before` was
+/// read: a container removed without its anonymous volumes leaves one.
+/// Named volumes are left out: another test's project may be between
+/// removing its containers and its volumes.
+#[track_caller]
+pub fn assert_no_dangling_since(before: &std::collections::HashSet<String>) {
+    let anonymous =
+        |name: &&String| name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit());
+    let left: Vec<String> = dangling_volumes()
+        .difference(before)
+        .filter(anonymous)
+        .cloned()
+        .collect();
+    assert!(left.is_empty(), "anonymous volumes left behind: {left:?}");
+}
+
 /// Runs engine calls on a runtime of their own, in a thread of their own, so
 /// it works from sync tests, async tests and `Drop` alike.
 pub fn on_engine<F, Fut, T>(work: F) -> T

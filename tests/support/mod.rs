@@ -22,7 +22,9 @@ pub mod wait;
 
 // Each test file uses a part of these: what one leaves unused is not dead.
 #[allow(unused_imports)]
-pub use engine::{dangling_volumes, on_engine, on_engine_at, remove_at, remove_project};
+pub use engine::{
+    assert_no_dangling_since, dangling_volumes, on_engine, on_engine_at, remove_at, remove_project,
+};
 #[allow(unused_imports)]
 pub use http::{get, get_json, get_with_headers};
 #[allow(unused_imports)]
