@@ -59,10 +59,14 @@ pub async fn start(stack: &Stack<'_>, timeout: Duration) -> Result<Started> {
             "move nginx/ssl/cert.pem and key.pem away, or use --orchestrator engine",
         ));
     }
-    // No state is kept on the cluster yet: the stack starts blue, from the
-    // compose file's release.
-    let active = Color::Blue;
-    let release = stack.default_release(active).await?;
+    // The color and release the cluster records, else blue from the
+    // compose file: a restarted stack serves what it served.
+    let recorded = super::state::read(stack.engine, project).await?;
+    let active = recorded.active.unwrap_or(Color::Blue);
+    let release = match recorded.releases.get(&active) {
+        Some(release) => release.clone(),
+        None => stack.default_release(active).await?,
+    };
     let services = plan::services(stack.compose, active)?;
     if stack.project.monitoring {
         return Err(usage(
@@ -120,12 +124,33 @@ pub async fn start(stack: &Stack<'_>, timeout: Duration) -> Result<Started> {
         }
         return Err(err);
     }
+    if recorded.active.is_none() {
+        record_first(stack, recorded, active, &release).await;
+    }
     Ok(Started {
         active,
         version: release.version,
         created,
         services: specs.into_iter().map(|s| s.name).collect(),
     })
+}
+
+/// The first start on a swarm records what it serves, for `status`, the
+/// next `start` and the switch; a failure is a warning (the stack runs).
+async fn record_first(
+    stack: &Stack<'_>,
+    mut state: super::state::ClusterState,
+    active: Color,
+    release: &crate::stack::Release,
+) {
+    state.active = Some(active);
+    state.releases.insert(active, release.clone());
+    let project = &stack.project.name;
+    if let Err(err) = super::state::write(stack.engine, project, &mut state).await {
+        stack
+            .printer
+            .warn(format!("recording the active color on the swarm: {err:#}"));
+    }
 }
 
 async fn create_and_wait(
@@ -184,7 +209,7 @@ async fn create_and_wait(
 }
 
 /// What a service still lacks: `None` once every task it asks for runs.
-fn not_running(spec: &ServiceSpec, tasks: &[&Task]) -> Option<String> {
+pub(super) fn not_running(spec: &ServiceSpec, tasks: &[&Task]) -> Option<String> {
     let running = tasks.iter().filter(|t| t.state == "running").count();
     let wanted = match spec.mode {
         ServiceMode::Replicated(replicas) => usize::try_from(replicas).unwrap_or(usize::MAX),

@@ -43,6 +43,17 @@ pub struct Report {
 }
 
 impl Report {
+    /// Seconds per step, and `total`: what the history keeps.
+    pub fn durations(&self) -> std::collections::BTreeMap<String, f64> {
+        let mut durations: std::collections::BTreeMap<String, f64> = self
+            .steps
+            .iter()
+            .map(|s| (s.step.clone(), s.seconds))
+            .collect();
+        durations.insert("total".to_owned(), self.total);
+        durations
+    }
+
     /// The one-line error of a failed report.
     pub fn error(&self) -> Option<String> {
         let reason = self.reason.as_deref().unwrap_or("unknown");
