@@ -265,14 +265,7 @@ fn status_says_which_orchestrator_it_runs_on() {
 #[test]
 fn start_spreads_blue_over_the_nodes_and_status_names_each_tasks_node() {
     let lab = SwarmLab::up(3);
-    let mut project = TestProject::new("swarm-start");
-    project.set_env("DOCKER_HOST", &lab.manager());
-    project.set_env("CRYPTUS_ORCHESTRATOR", "swarm");
-    std::fs::write(
-        project.path().join("compose/docker-compose.override.yml"),
-        "services:\n  cryptus-blue:\n    deploy:\n      replicas: 3\n",
-    )
-    .expect("writing the override file");
+    let project = on_lab(&lab, "swarm-start");
 
     // What a swarm cannot run yet is refused before anything is made.
     let refused = project.run(&["start", "--monitoring"]);
@@ -304,15 +297,7 @@ fn start_spreads_blue_over_the_nodes_and_status_names_each_tasks_node() {
     let nodes: BTreeSet<String> = (1..=3).map(|n| lab.node_name(n)).collect();
     let status = project.status();
     assert_eq!(status["orchestrator"], "swarm", "{status}");
-    let service = |name: &str| {
-        status["services"]
-            .as_array()
-            .expect("services")
-            .iter()
-            .find(|s| s["service"] == name)
-            .unwrap_or_else(|| panic!("no {name} in {status}"))
-            .clone()
-    };
+    let service = |name: &str| service_of(&status, name);
     let blue = service("cryptus-blue");
     assert_eq!(blue["replicas"], 3, "{blue}");
     assert_eq!(blue["running"], 3, "{blue}");
@@ -366,21 +351,12 @@ fn start_spreads_blue_over_the_nodes_and_status_names_each_tasks_node() {
 
     // nginx answers on its host-mode port, on the manager's address, from
     // inside the lab, with blue.
-    let url = format!(
-        "http://{}:{}/api/health",
-        SwarmLab::address(1),
-        project.port
-    );
     let health = eventually(
         "nginx on the manager serves blue",
         Duration::from_secs(30),
         Duration::from_millis(500),
         || {
-            let output = support::wait::run_within(
-                "curl ended",
-                lab.in_node(1, &["curl", "-sS", "-m", "5", &url]),
-                Duration::from_secs(20),
-            );
+            let output = edge_health(&lab, &project);
             let body = String::from_utf8_lossy(&output.stdout).into_owned();
             if body.contains("\"blue\"") {
                 Ok(body)
@@ -409,8 +385,9 @@ fn start_spreads_blue_over_the_nodes_and_status_names_each_tasks_node() {
     );
 }
 
-/// A project of its own on the lab's manager, blue at 3 replicas, started.
-fn started_on(lab: &SwarmLab, name: &str, edit: impl FnOnce(&TestProject)) -> TestProject {
+/// A project of its own on the lab's manager, in Swarm mode, blue at 3
+/// replicas.
+fn on_lab(lab: &SwarmLab, name: &str) -> TestProject {
     let mut project = TestProject::new(name);
     project.set_env("DOCKER_HOST", &lab.manager());
     project.set_env("CRYPTUS_ORCHESTRATOR", "swarm");
@@ -419,9 +396,23 @@ fn started_on(lab: &SwarmLab, name: &str, edit: impl FnOnce(&TestProject)) -> Te
         "services:\n  cryptus-blue:\n    deploy:\n      replicas: 3\n",
     )
     .expect("writing the override file");
+    project
+}
+
+/// [`on_lab`], edited, then started.
+fn started_on(lab: &SwarmLab, name: &str, edit: impl FnOnce(&TestProject)) -> TestProject {
+    let project = on_lab(lab, name);
     edit(&project);
     project.ok(&["start", "--timeout", "240s"]);
     project
+}
+
+/// `deploy` of the app's image as version 2.0.0, with `extra` flags.
+fn deploy_2_0_0(project: &TestProject, extra: &[&str]) -> std::process::Output {
+    let image = support::app_image();
+    let mut args = vec!["deploy", "--image", &image, "--version", "2.0.0"];
+    args.extend_from_slice(extra);
+    project.run(&args)
 }
 
 /// `status --json`'s view of one compose service.
@@ -435,18 +426,24 @@ fn service_of(status: &serde_json::Value, name: &str) -> serde_json::Value {
         .clone()
 }
 
-/// What nginx on the manager answers on `/api/health`, from inside the lab.
-fn served_by_edge(lab: &SwarmLab, project: &TestProject) -> serde_json::Value {
+/// nginx's `/api/health` on the manager's host-mode port, asked from
+/// inside the lab (the host cannot reach it): curl's output.
+fn edge_health(lab: &SwarmLab, project: &TestProject) -> std::process::Output {
     let url = format!(
         "http://{}:{}/api/health",
         SwarmLab::address(1),
         project.port
     );
-    let output = support::wait::run_within(
+    support::wait::run_within(
         "curl ended",
         lab.in_node(1, &["curl", "-sS", "-m", "5", &url]),
         Duration::from_secs(20),
-    );
+    )
+}
+
+/// What nginx on the manager answers on `/api/health`, from inside the lab.
+fn served_by_edge(lab: &SwarmLab, project: &TestProject) -> serde_json::Value {
+    let output = edge_health(lab, project);
     serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
         panic!(
             "nginx answered no health document ({err}): {}{}",
@@ -499,16 +496,8 @@ fn swarm_deploy_moves_traffic_to_green_on_every_node_and_rollback_brings_blue_ba
     let stop = project.path().join("stop-load");
     let load = load_loop(&lab, &project, &stop);
 
-    let deployed = project.ok(&[
-        "deploy",
-        "--image",
-        &support::app_image(),
-        "--version",
-        "2.0.0",
-        "--timeout",
-        "240s",
-        "--json",
-    ]);
+    let deployed = deploy_2_0_0(&project, &["--timeout", "240s", "--json"]);
+    assert_code(&deployed, 0);
     let report: serde_json::Value = serde_json::from_slice(&deployed.stdout).expect("JSON");
     assert_eq!(report["outcome"], "ok", "{report}");
     assert_eq!(report["to"]["color"], "green", "{report}");
@@ -599,15 +588,7 @@ fn swarm_deploy_that_never_gets_healthy_leaves_blue_and_a_held_lock_refuses_anot
     let project = started_on(&lab, "swarm-unhealthy", |project| {
         project.set_service_env("green", "APP_UNHEALTHY", "1");
     });
-    let failed = project.run(&[
-        "deploy",
-        "--image",
-        &support::app_image(),
-        "--version",
-        "2.0.0",
-        "--timeout",
-        "25s",
-    ]);
+    let failed = deploy_2_0_0(&project, &["--timeout", "25s"]);
     assert_code(&failed, 1);
     let err = stderr(&failed);
     assert!(err.contains("traffic stays on blue"), "{err}");

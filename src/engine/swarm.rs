@@ -534,6 +534,22 @@ impl Engine {
         if let Some(id) = self.config_id(name).await? {
             return Ok(id);
         }
+        match self.create_config(name, data, labels).await? {
+            Some(id) => Ok(id),
+            None => self
+                .config_id(name)
+                .await?
+                .with_context(|| format!("config {name} exists but cannot be found")),
+        }
+    }
+
+    /// Creates a config: its id, or `None` when one of that name exists.
+    async fn create_config(
+        &self,
+        name: &str,
+        data: &[u8],
+        labels: BTreeMap<String, String>,
+    ) -> Result<Option<String>> {
         let spec = ConfigSpec {
             name: Some(name.to_owned()),
             labels: Some(labels.into_iter().collect()),
@@ -541,11 +557,8 @@ impl Engine {
             ..Default::default()
         };
         match self.docker.create_config(spec).await {
-            Ok(created) => Ok(created.id),
-            Err(err) if super::status(&err) == Some(409) => self
-                .config_id(name)
-                .await?
-                .with_context(|| format!("config {name} exists but cannot be found")),
+            Ok(created) => Ok(Some(created.id)),
+            Err(err) if super::status(&err) == Some(409) => Ok(None),
             Err(err) => Err(engine_error(&err)).with_context(|| format!("creating config {name}")),
         }
     }
@@ -606,17 +619,7 @@ impl Engine {
         data: &[u8],
         labels: BTreeMap<String, String>,
     ) -> Result<bool> {
-        let spec = ConfigSpec {
-            name: Some(name.to_owned()),
-            labels: Some(labels.into_iter().collect()),
-            data: Some(base64::engine::general_purpose::STANDARD.encode(data)),
-            ..Default::default()
-        };
-        match self.docker.create_config(spec).await {
-            Ok(_) => Ok(true),
-            Err(err) if super::status(&err) == Some(409) => Ok(false),
-            Err(err) => Err(engine_error(&err)).with_context(|| format!("creating config {name}")),
-        }
+        Ok(self.create_config(name, data, labels).await?.is_some())
     }
 
     /// The names of the networks of a project's stack.

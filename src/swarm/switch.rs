@@ -498,20 +498,13 @@ impl Switch<'_> {
         outcome: Outcome,
         err: Option<&anyhow::Error>,
     ) -> Report {
+        let sides = (self.from.clone(), self.to.clone());
         Report {
-            ok: outcome == Outcome::Ok,
-            operation: self.operation.to_owned(),
-            outcome,
-            from: self.from.clone(),
-            to: self.to.clone(),
             reason: err.map(|err| format!("{err:#}")),
             hint: err.and_then(|err| crate::error::classify(err).1.map(str::to_owned)),
-            steps: steps.done.clone(),
-            total: round(began.elapsed()),
             readiness: self.readiness,
             switched_at: self.switched_at,
-            warnings: Vec::new(),
-            traffic_unsettled: false,
+            ..Report::new(self.operation, outcome, sides, steps, began)
         }
     }
 

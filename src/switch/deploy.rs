@@ -652,20 +652,14 @@ impl<'s> Switch<'s> {
         outcome: Outcome,
         reason: Option<String>,
     ) -> Report {
+        let sides = (self.from.clone(), self.to.clone());
         Report {
-            ok: outcome == Outcome::Ok,
-            operation: self.operation.to_owned(),
-            outcome,
-            from: self.from.clone(),
-            to: self.to.clone(),
             reason,
-            hint: None,
-            steps: steps.done.clone(),
-            total: round(began.elapsed()),
             readiness: self.readiness,
             switched_at: self.switched_at,
             warnings: self.warnings.clone(),
             traffic_unsettled: self.traffic_unsettled,
+            ..Report::new(self.operation, outcome, sides, steps, began)
         }
     }
 

@@ -43,6 +43,32 @@ pub struct Report {
 }
 
 impl Report {
+    /// The report of a switch between `sides` (from, to) that ended
+    /// `outcome`, with the steps done so far and no reason yet.
+    pub fn new(
+        operation: &str,
+        outcome: Outcome,
+        (from, to): (Side, Side),
+        steps: &Steps<'_>,
+        began: tokio::time::Instant,
+    ) -> Report {
+        Report {
+            ok: outcome == Outcome::Ok,
+            operation: operation.to_owned(),
+            outcome,
+            from,
+            to,
+            reason: None,
+            hint: None,
+            steps: steps.done.clone(),
+            total: round(began.elapsed()),
+            readiness: None,
+            switched_at: None,
+            warnings: Vec::new(),
+            traffic_unsettled: false,
+        }
+    }
+
     /// Seconds per step, and `total`: what the history keeps.
     pub fn durations(&self) -> std::collections::BTreeMap<String, f64> {
         let mut durations: std::collections::BTreeMap<String, f64> = self
