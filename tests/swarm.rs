@@ -568,6 +568,7 @@ fn swarm_deploy_moves_traffic_to_green_on_every_node_and_rollback_brings_blue_ba
         .trim()
         .split_once(' ')
         .unwrap_or_else(|| panic!("the load loop printed {counts:?}"));
+    eprintln!("the load loop: {ok} answered 200, {failed} failed");
     let ok: u64 = ok.parse().expect("a count");
     assert!(ok > 50, "too few requests to prove anything: {counts}");
     assert_eq!(
