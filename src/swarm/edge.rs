@@ -10,6 +10,8 @@
 //! service with running tasks on other nodes is refused, with a hint, until
 //! cryptus reaches other nodes' engines.
 
+use std::net::IpAddr;
+
 use anyhow::{Context, Result};
 
 use crate::engine::{Engine, Task};
@@ -200,12 +202,14 @@ impl<'e> Edge<'e> {
         ))
     }
 
-    /// Points nginx at `color`'s tasks: write, `nginx -t`, reload.
-    pub async fn apply(&self, color: Color) -> Result<()> {
+    /// Points nginx at `color`'s tasks, with the addresses known to
+    /// answer as backups: write, `nginx -t`, reload.
+    pub async fn apply(&self, color: Color, backups: &[IpAddr]) -> Result<()> {
         let upstream = nginx::render_resolved_upstream(
             color,
             &service_name(&self.project, color.service()),
             APP_PORT,
+            backups,
         )?;
         self.nginx()
             .apply(&[(nginx::UPSTREAM_FILE, &upstream)])

@@ -77,8 +77,12 @@ pub fn nginx_configs(
     project_files: &[(&str, String)],
     http_file: String,
 ) -> Result<Vec<ConfigPlan>> {
-    let upstream =
-        nginx::render_resolved_upstream(color, &service_name(project, color.service()), APP_PORT)?;
+    let upstream = nginx::render_resolved_upstream(
+        color,
+        &service_name(project, color.service()),
+        APP_PORT,
+        &[],
+    )?;
     let mut files: Vec<(String, String)> = project_files
         .iter()
         .map(|(name, text)| (format!("{NGINX_CONF_DIR}/{name}"), text.clone()))

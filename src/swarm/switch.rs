@@ -10,6 +10,7 @@
 //! edge is put back on the old color.
 
 use std::cell::Cell;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -140,6 +141,8 @@ async fn locked(
         replicas,
         made: Made::Nothing,
         old_workers: Vec::new(),
+        to_addrs: Vec::new(),
+        from_addrs: Vec::new(),
         state,
         readiness: None,
         switched_at: None,
@@ -168,6 +171,11 @@ struct Switch<'s> {
     replicas: u64,
     made: Made,
     old_workers: Vec<String>,
+    /// The addresses of the new color's tasks that passed the gate, and
+    /// of the old color's before the flip: backup servers while nginx's
+    /// new workers resolve the color's name.
+    to_addrs: Vec<IpAddr>,
+    from_addrs: Vec<IpAddr>,
     state: ClusterState,
     readiness: Option<f64>,
     switched_at: Option<chrono::DateTime<Utc>>,
@@ -195,10 +203,11 @@ impl Switch<'_> {
         }
         let flipped = async {
             self.old_workers = self.edge.workers().await.unwrap_or_default();
+            let old = self.edge.probe_tasks(self.from.color).await;
+            self.from_addrs = old.map(|probes| answering(&probes)).unwrap_or_default();
             let message = format!("switching nginx to {}", self.to.color);
-            steps
-                .run("switch", message, self.edge.apply(self.to.color))
-                .await?;
+            let apply = self.edge.apply(self.to.color, &self.to_addrs);
+            steps.run("switch", message, apply).await?;
             self.switched_at = Some(Utc::now());
             self.served(steps).await
         };
@@ -290,7 +299,7 @@ impl Switch<'_> {
                 )
             },
         );
-        steps.wait("health", message, gated).await?;
+        self.to_addrs = steps.wait("health", message, gated).await?;
         self.readiness = Some(round(started.elapsed()));
         Ok(())
     }
@@ -346,8 +355,8 @@ impl Switch<'_> {
                 let tasks = self.edge.probe_tasks(expect.color).await?;
                 let verdict = match gate_verdict(&tasks, &expect, wanted) {
                     Seen::Not(why) => Some(why),
-                    Seen::Ready(()) if !lb.satisfies(&expect) => Some(format!("nginx: {lb}")),
-                    Seen::Ready(()) => None,
+                    Seen::Ready(_) if !lb.satisfies(&expect) => Some(format!("nginx: {lb}")),
+                    Seen::Ready(_) => None,
                 };
                 match verdict {
                     Some(why) => {
@@ -434,7 +443,7 @@ impl Switch<'_> {
             .run(
                 "rollback",
                 format!("putting nginx back on {from}"),
-                self.edge.apply(from),
+                self.edge.apply(from, &self.from_addrs),
             )
             .await;
         self.switched_at = None;
@@ -543,8 +552,13 @@ impl Switch<'_> {
 const VERIFY_EVERY: Duration = Duration::from_millis(100);
 
 /// Whether the probes of a color's tasks pass the gate: at least `wanted`
-/// addresses, each healthy as expected; else what was seen.
-pub fn gate_verdict(probes: &[(String, Probe)], expect: &Expect, wanted: usize) -> Seen<()> {
+/// addresses, each healthy as expected (then the addresses); else what was
+/// seen.
+pub fn gate_verdict(
+    probes: &[(String, Probe)],
+    expect: &Expect,
+    wanted: usize,
+) -> Seen<Vec<IpAddr>> {
     let bad: Vec<String> = probes
         .iter()
         .filter(|(_, probe)| !probe.satisfies(expect))
@@ -559,7 +573,16 @@ pub fn gate_verdict(probes: &[(String, Probe)], expect: &Expect, wanted: usize) 
             probes.len()
         ));
     }
-    Seen::Ready(())
+    Seen::Ready(answering(probes))
+}
+
+/// The addresses of the probes that answered, whatever they said.
+fn answering(probes: &[(String, Probe)]) -> Vec<IpAddr> {
+    probes
+        .iter()
+        .filter(|(_, probe)| matches!(probe, Probe::Answered(_)))
+        .filter_map(|(addr, _)| addr.parse().ok())
+        .collect()
 }
 
 #[cfg(test)]
@@ -588,10 +611,18 @@ mod tests {
             version: Some("2".into()),
         };
         let ok = |addr: &str| (addr.to_owned(), answered("green", "2"));
-        assert!(matches!(
-            gate_verdict(&[ok("a"), ok("b"), ok("c")], &expect, 3),
-            Seen::Ready(())
-        ));
+        let Seen::Ready(addrs) =
+            gate_verdict(&[ok("10.0.1.5"), ok("10.0.1.6"), ok("c")], &expect, 3)
+        else {
+            panic!("three healthy tasks did not pass")
+        };
+        assert_eq!(
+            addrs,
+            [
+                "10.0.1.5".parse::<IpAddr>().unwrap(),
+                "10.0.1.6".parse().unwrap()
+            ]
+        );
         let Seen::Not(few) = gate_verdict(&[ok("a")], &expect, 3) else {
             panic!("one of three passed")
         };
