@@ -483,7 +483,8 @@ fn load_loop(lab: &SwarmLab, project: &TestProject, stop: &std::path::Path) -> s
 /// node, gated on the overlay, nginx on the manager switches to it while
 /// a request loop runs, blue goes to 0 tasks, and `status` says green from
 /// the cluster's record; `rollback` brings blue back the same way. Not one
-/// request fails across the two flips.
+/// request fails across the two flips. A second rollback goes forward to
+/// green again, and a stopped and started stack serves green.
 #[test]
 fn swarm_deploy_moves_traffic_to_green_on_every_node_and_rollback_brings_blue_back() {
     let lab = SwarmLab::up(3);
@@ -576,6 +577,25 @@ fn swarm_deploy_moves_traffic_to_green_on_every_node_and_rollback_brings_blue_ba
         "0",
         "requests failed across two flips:\n{}",
         String::from_utf8_lossy(&output.stderr)
+    );
+
+    // Rolling back again goes to green's recorded release; a stack stopped
+    // and started again serves the color the cluster records, not blue.
+    project.ok(&["rollback", "--timeout", "240s"]);
+    project.ok(&["stop"]);
+    project.ok(&["start", "--timeout", "240s"]);
+    let status = project.status();
+    assert_eq!(status["active"], "green", "{status}");
+    assert_eq!(
+        service_of(&status, "cryptus-green")["running"],
+        3,
+        "{status}"
+    );
+    let health = served_by_edge(&lab, &project);
+    assert_eq!(
+        (health["instance"].as_str(), health["version"].as_str()),
+        (Some("green"), Some("2.0.0")),
+        "{health}"
     );
 }
 

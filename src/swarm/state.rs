@@ -44,6 +44,9 @@ pub struct ClusterState {
     /// What each color last ran.
     #[serde(default)]
     pub releases: BTreeMap<Color, Release>,
+    /// How many tasks each color ran when it last served.
+    #[serde(default)]
+    pub replicas: BTreeMap<Color, u32>,
     /// The newest [`KEPT_ENTRIES`] switches, oldest first.
     #[serde(default)]
     pub history: Vec<Entry>,
@@ -307,6 +310,7 @@ mod tests {
         let back: ClusterState = serde_json::from_str(&text).unwrap();
         assert_eq!(back.active, Some(Color::Green));
         assert_eq!(back.releases[&Color::Green].version, "2");
+        assert!(back.replicas.is_empty());
         assert_eq!(back.history, state.history);
         assert!(text.len() < 500 * 1024, "fits a config");
         // An older cryptus's state with fewer fields still reads.

@@ -392,6 +392,7 @@ impl Switch<'_> {
         self.state
             .releases
             .insert(self.to.color, self.release.clone());
+        self.state.replicas.insert(self.to.color, self.to.replicas);
         let mut report = self.report(steps, began, Outcome::Ok, None);
         let warnings = self.record(&report).await;
         report.warnings.extend(warnings);

@@ -85,7 +85,14 @@ pub async fn start(stack: &Stack<'_>, timeout: Duration) -> Result<Started> {
         for warning in planned.warnings {
             stack.printer.warn_once(warning);
         }
-        specs.push(planned.spec);
+        let mut spec = planned.spec;
+        // The active color runs as many tasks as the last switch gave it.
+        if let Some(&replicas) = recorded.replicas.get(&active)
+            && Color::of_service(&service.name) == Some(active)
+        {
+            spec.mode = ServiceMode::Replicated(u64::from(replicas));
+        }
+        specs.push(spec);
     }
 
     for service in &services {
@@ -287,9 +294,16 @@ pub async fn stop(
         wait::until(
             Limits::until(deadline, POLL),
             || async {
-                Ok(match engine.remove_network(&name).await {
-                    Ok(()) => Seen::Ready(()),
-                    Err(err) => Seen::Not(format!("{err:#}")),
+                if let Err(err) = engine.remove_network(&name).await {
+                    return Ok(Seen::Not(format!("{err:#}")));
+                }
+                // The manager lists a removed overlay until its own copy is
+                // gone; a `start` meanwhile would take it for one that exists.
+                let listed = engine.stack_networks(project).await?;
+                Ok(if listed.contains(&name) {
+                    Seen::Not("removed, but the manager still lists it".to_owned())
+                } else {
+                    Seen::Ready(())
                 })
             },
             |last| {
