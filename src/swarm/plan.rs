@@ -209,35 +209,42 @@ pub fn service_spec(
         spec.constraints.push(format!("node.id=={node}"));
     }
     if edge {
-        // Only the ports with a fixed host port: the others (the status
-        // port on loopback) are for one engine's cryptus.
-        spec.host_ports = spec
-            .container
-            .ports
-            .iter()
-            .filter(|p| p.host_port.is_some())
-            .cloned()
-            .collect();
-        // Its files come from configs, not from this host's directories;
-        // its state volume stays (on each edge node), seeded from them.
-        let (ep, cmd) = (&mut spec.container.entrypoint, &mut spec.container.command);
-        let mut args = ep.take().unwrap_or_default();
-        args.extend(cmd.take().unwrap_or_default());
-        *ep = Some(vec![
-            "sh".into(),
-            "-c".into(),
-            SEED_SCRIPT.into(),
-            "sh".into(),
-        ]);
-        // No command: the image's own, as arguments of the entrypoint.
-        *cmd = (!args.is_empty()).then_some(args);
-        spec.container.mounts.retain(
-            |m| matches!(m, MountSpec::Volume { target, .. } if target == nginx::STATE_DIR),
-        );
+        as_edge(&mut spec);
     }
     spec.container.ports.clear();
     let warnings = leave_out_binds(&mut spec.container.mounts, &service.name);
     Ok(Planned { spec, warnings })
+}
+
+/// nginx at the edge: its ports with a fixed host port published on the
+/// node running it, its files from configs (seeded by [`SEED_SCRIPT`] into
+/// its state volume, the only mount it keeps).
+fn as_edge(spec: &mut ServiceSpec) {
+    // Only the ports with a fixed host port: the others (the status
+    // port on loopback) are for one engine's cryptus.
+    spec.host_ports = spec
+        .container
+        .ports
+        .iter()
+        .filter(|p| p.host_port.is_some())
+        .cloned()
+        .collect();
+    // Its files come from configs, not from this host's directories;
+    // its state volume stays (on each edge node), seeded from them.
+    let (ep, cmd) = (&mut spec.container.entrypoint, &mut spec.container.command);
+    let mut args = ep.take().unwrap_or_default();
+    args.extend(cmd.take().unwrap_or_default());
+    *ep = Some(vec![
+        "sh".into(),
+        "-c".into(),
+        SEED_SCRIPT.into(),
+        "sh".into(),
+    ]);
+    // No command: the image's own, as arguments of the entrypoint.
+    *cmd = (!args.is_empty()).then_some(args);
+    spec.container
+        .mounts
+        .retain(|m| matches!(m, MountSpec::Volume { target, .. } if target == nginx::STATE_DIR));
 }
 
 /// Secrets and configs are given from this host: not yet on a swarm.
