@@ -60,8 +60,16 @@ pub fn render_upstream(color: Color, servers: &[String]) -> Result<String> {
 /// The upstream file for `color` on a Swarm: one server, the color
 /// service's `tasks.<service>` name, which nginx (1.27.3 and newer) keeps
 /// resolving through the swarm's DNS, so tasks that move or scale are
-/// followed with no reload.
-pub fn render_resolved_upstream(color: Color, service: &str, port: u16) -> Result<String> {
+/// followed with no reload. `backups` are addresses of that color's tasks
+/// known now, as backup servers: a reload's new workers start with no
+/// answer for the name yet, and without them would answer 502 until
+/// their first lookup; once it answers, the name's tasks serve.
+pub fn render_resolved_upstream(
+    color: Color,
+    service: &str,
+    port: u16,
+    backups: &[std::net::IpAddr],
+) -> Result<String> {
     if service.is_empty()
         || !service
             .chars()
@@ -72,7 +80,11 @@ pub fn render_resolved_upstream(color: Color, service: &str, port: u16) -> Resul
     Ok(format!(
         "{HEADER}\n# active: {color}\nmap $host $cryptus_active_color {{\n    default \"{color}\";\n}}\n\n\
          upstream cryptus_app {{\n    zone cryptus_app 64k;\n    resolver 127.0.0.11 valid=1s ipv6=off;\n\
-         \x20   server tasks.{service}:{port} resolve;\n    keepalive 32;\n}}\n"
+         \x20   server tasks.{service}:{port} resolve;\n{}    keepalive 32;\n}}\n",
+        backups
+            .iter()
+            .map(|addr| format!("    server {addr}:{port} backup;\n"))
+            .collect::<String>()
     ))
 }
 
@@ -796,7 +808,7 @@ pub async fn served(client: &reqwest::Client, status_addr: &str) -> Result<Serve
 mod tests {
     #[test]
     fn a_resolved_upstream_names_the_tasks_of_one_service() {
-        let text = render_resolved_upstream(Color::Green, "shop_cryptus-green", 3000).unwrap();
+        let text = render_resolved_upstream(Color::Green, "shop_cryptus-green", 3000, &[]).unwrap();
         assert!(text.contains("# active: green\n"), "{text}");
         assert!(text.contains("default \"green\";"), "{text}");
         assert!(
@@ -808,8 +820,16 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("\n    zone cryptus_app 64k;\n"), "{text}");
-        assert!(render_resolved_upstream(Color::Blue, "a;b", 3000).is_err());
-        assert!(render_resolved_upstream(Color::Blue, "", 3000).is_err());
+        let backups = ["10.0.1.5".parse().unwrap(), "10.0.1.6".parse().unwrap()];
+        let text = render_resolved_upstream(Color::Green, "s", 3000, &backups).unwrap();
+        assert!(
+            text.contains(
+                "resolve;\n    server 10.0.1.5:3000 backup;\n    server 10.0.1.6:3000 backup;\n    keepalive"
+            ),
+            "{text}"
+        );
+        assert!(render_resolved_upstream(Color::Blue, "a;b", 3000, &[]).is_err());
+        assert!(render_resolved_upstream(Color::Blue, "", 3000, &[]).is_err());
     }
 
     use super::*;

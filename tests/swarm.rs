@@ -199,11 +199,11 @@ fn swarm_mode_refuses_an_engine_that_is_no_manager() {
 
     // A command that does not drive a Swarm yet says so, before it touches
     // any engine.
-    let deploy = project.run(&["deploy"]);
-    assert_code(&deploy, 2);
-    let err = stderr(&deploy);
+    let health = project.run(&["health"]);
+    assert_code(&health, 2);
+    let err = stderr(&health);
     assert!(
-        err.contains("deploy does not run on a Docker Swarm yet"),
+        err.contains("health does not run on a Docker Swarm yet"),
         "{err}"
     );
     assert!(err.contains("--orchestrator engine"), "{err}");
@@ -265,14 +265,7 @@ fn status_says_which_orchestrator_it_runs_on() {
 #[test]
 fn start_spreads_blue_over_the_nodes_and_status_names_each_tasks_node() {
     let lab = SwarmLab::up(3);
-    let mut project = TestProject::new("swarm-start");
-    project.set_env("DOCKER_HOST", &lab.manager());
-    project.set_env("CRYPTUS_ORCHESTRATOR", "swarm");
-    std::fs::write(
-        project.path().join("compose/docker-compose.override.yml"),
-        "services:\n  cryptus-blue:\n    deploy:\n      replicas: 3\n",
-    )
-    .expect("writing the override file");
+    let project = on_lab(&lab, "swarm-start");
 
     // What a swarm cannot run yet is refused before anything is made.
     let refused = project.run(&["start", "--monitoring"]);
@@ -304,15 +297,7 @@ fn start_spreads_blue_over_the_nodes_and_status_names_each_tasks_node() {
     let nodes: BTreeSet<String> = (1..=3).map(|n| lab.node_name(n)).collect();
     let status = project.status();
     assert_eq!(status["orchestrator"], "swarm", "{status}");
-    let service = |name: &str| {
-        status["services"]
-            .as_array()
-            .expect("services")
-            .iter()
-            .find(|s| s["service"] == name)
-            .unwrap_or_else(|| panic!("no {name} in {status}"))
-            .clone()
-    };
+    let service = |name: &str| service_of(&status, name);
     let blue = service("cryptus-blue");
     assert_eq!(blue["replicas"], 3, "{blue}");
     assert_eq!(blue["running"], 3, "{blue}");
@@ -366,21 +351,12 @@ fn start_spreads_blue_over_the_nodes_and_status_names_each_tasks_node() {
 
     // nginx answers on its host-mode port, on the manager's address, from
     // inside the lab, with blue.
-    let url = format!(
-        "http://{}:{}/api/health",
-        SwarmLab::address(1),
-        project.port
-    );
     let health = eventually(
         "nginx on the manager serves blue",
         Duration::from_secs(30),
         Duration::from_millis(500),
         || {
-            let output = support::wait::run_within(
-                "curl ended",
-                lab.in_node(1, &["curl", "-sS", "-m", "5", &url]),
-                Duration::from_secs(20),
-            );
+            let output = edge_health(&lab, &project);
             let body = String::from_utf8_lossy(&output.stdout).into_owned();
             if body.contains("\"blue\"") {
                 Ok(body)
@@ -407,4 +383,285 @@ fn start_spreads_blue_over_the_nodes_and_status_names_each_tasks_node() {
             .all(|s| s["name"].is_null()),
         "{status}"
     );
+}
+
+/// A project of its own on the lab's manager, in Swarm mode, blue at 3
+/// replicas.
+fn on_lab(lab: &SwarmLab, name: &str) -> TestProject {
+    let mut project = TestProject::new(name);
+    project.set_env("DOCKER_HOST", &lab.manager());
+    project.set_env("CRYPTUS_ORCHESTRATOR", "swarm");
+    std::fs::write(
+        project.path().join("compose/docker-compose.override.yml"),
+        "services:\n  cryptus-blue:\n    deploy:\n      replicas: 3\n",
+    )
+    .expect("writing the override file");
+    project
+}
+
+/// [`on_lab`], edited, then started.
+fn started_on(lab: &SwarmLab, name: &str, edit: impl FnOnce(&TestProject)) -> TestProject {
+    let project = on_lab(lab, name);
+    edit(&project);
+    project.ok(&["start", "--timeout", "240s"]);
+    project
+}
+
+/// `deploy` of the app's image as version 2.0.0, with `extra` flags.
+fn deploy_2_0_0(project: &TestProject, extra: &[&str]) -> std::process::Output {
+    let image = support::app_image();
+    let mut args = vec!["deploy", "--image", &image, "--version", "2.0.0"];
+    args.extend_from_slice(extra);
+    project.run(&args)
+}
+
+/// `status --json`'s view of one compose service.
+fn service_of(status: &serde_json::Value, name: &str) -> serde_json::Value {
+    status["services"]
+        .as_array()
+        .expect("services")
+        .iter()
+        .find(|s| s["service"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {status}"))
+        .clone()
+}
+
+/// nginx's `/api/health` on the manager's host-mode port, asked from
+/// inside the lab (the host cannot reach it): curl's output.
+fn edge_health(lab: &SwarmLab, project: &TestProject) -> std::process::Output {
+    let url = format!(
+        "http://{}:{}/api/health",
+        SwarmLab::address(1),
+        project.port
+    );
+    support::wait::run_within(
+        "curl ended",
+        lab.in_node(1, &["curl", "-sS", "-m", "5", &url]),
+        Duration::from_secs(20),
+    )
+}
+
+/// What nginx on the manager answers on `/api/health`, from inside the lab.
+fn served_by_edge(lab: &SwarmLab, project: &TestProject) -> serde_json::Value {
+    let output = edge_health(lab, project);
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
+        panic!(
+            "nginx answered no health document ({err}): {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+/// A bounded request loop in the manager's namespace, against nginx's
+/// host-mode port: it ends when `stop` exists, after 200000 requests or
+/// after 600 s, and prints `<ok> <failed>`; each failure on stderr.
+fn load_loop(lab: &SwarmLab, project: &TestProject, stop: &std::path::Path) -> std::process::Child {
+    let url = format!(
+        "http://{}:{}/api/health",
+        SwarmLab::address(1),
+        project.port
+    );
+    let script = format!(
+        "ok=0; bad=0; n=0; end=$(( $(date +%s) + 600 ))\n\
+         while [ ! -e '{stop}' ] && [ $n -lt 200000 ] && [ $(date +%s) -lt $end ]; do\n\
+           code=$(curl -s -m 5 -o /dev/null -w '%{{http_code}}' '{url}'); n=$((n+1))\n\
+           if [ \"$code\" = 200 ]; then ok=$((ok+1)); else bad=$((bad+1)); echo \"request $n: $code\" >&2; fi\n\
+         done\n\
+         echo \"$ok $bad\"",
+        stop = stop.display()
+    );
+    lab.in_node(1, &["sh", "-c", &script])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting the load loop")
+}
+
+/// `deploy` on a Swarm: green's service is created with a task on every
+/// node, gated on the overlay, nginx on the manager switches to it while
+/// a request loop runs, blue goes to 0 tasks, and `status` says green from
+/// the cluster's record; `rollback` brings blue back the same way. Not one
+/// request fails across the two flips. A second rollback goes forward to
+/// green again, and a stopped and started stack serves green.
+#[test]
+fn swarm_deploy_moves_traffic_to_green_on_every_node_and_rollback_brings_blue_back() {
+    let lab = SwarmLab::up(3);
+    let project = started_on(&lab, "swarm-deploy", |_| {});
+    let nodes: BTreeSet<String> = (1..=3).map(|n| lab.node_name(n)).collect();
+    let status = project.status();
+    assert_eq!(status["active"], "blue", "{status}");
+    assert_eq!(served_by_edge(&lab, &project)["instance"], "blue");
+
+    let stop = project.path().join("stop-load");
+    let load = load_loop(&lab, &project, &stop);
+
+    let deployed = deploy_2_0_0(&project, &["--timeout", "240s", "--json"]);
+    assert_code(&deployed, 0);
+    let report: serde_json::Value = serde_json::from_slice(&deployed.stdout).expect("JSON");
+    assert_eq!(report["outcome"], "ok", "{report}");
+    assert_eq!(report["to"]["color"], "green", "{report}");
+
+    let status = project.status();
+    assert_eq!(status["active"], "green", "{status}");
+    assert_eq!(status["releases"]["green"]["version"], "2.0.0", "{status}");
+    let green = service_of(&status, "cryptus-green");
+    assert_eq!(
+        (green["replicas"].clone(), green["running"].clone()),
+        (3.into(), 3.into()),
+        "{green}"
+    );
+    let placed: BTreeSet<String> = green["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .map(|t| t["node"].as_str().expect("node").to_owned())
+        .collect();
+    assert_eq!(placed, nodes, "one green task per node: {green}");
+    let blue = eventually(
+        "blue's tasks are gone",
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || {
+            let blue = service_of(&project.status(), "cryptus-blue");
+            if blue["replicas"] == 0 && blue["running"] == 0 {
+                Ok(blue)
+            } else {
+                Err(blue.to_string())
+            }
+        },
+    );
+    assert!(
+        blue["name"].is_string(),
+        "blue's service stays, at 0: {blue}"
+    );
+    let health = served_by_edge(&lab, &project);
+    assert_eq!(
+        (health["instance"].as_str(), health["version"].as_str()),
+        (Some("green"), Some("2.0.0")),
+        "{health}"
+    );
+    let text = stdout(&project.ok(&["status"]));
+    assert!(text.contains("\nactive: green 2.0.0 ("), "{text}");
+
+    let rolled = project.ok(&["rollback", "--timeout", "240s", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&rolled.stdout).expect("JSON");
+    assert_eq!(report["outcome"], "ok", "{report}");
+    let status = project.status();
+    assert_eq!(status["active"], "blue", "{status}");
+    assert_eq!(served_by_edge(&lab, &project)["instance"], "blue");
+    assert_eq!(
+        service_of(&status, "cryptus-blue")["running"],
+        3,
+        "{status}"
+    );
+    assert_eq!(
+        service_of(&status, "cryptus-green")["replicas"],
+        0,
+        "{status}"
+    );
+
+    std::fs::write(&stop, "").expect("stopping the load loop");
+    let output = support::wait::output_within("the load loop ended", load, Duration::from_secs(60));
+    let counts = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (ok, failed) = counts
+        .trim()
+        .split_once(' ')
+        .unwrap_or_else(|| panic!("the load loop printed {counts:?}"));
+    eprintln!("the load loop: {ok} answered 200, {failed} failed");
+    let ok: u64 = ok.parse().expect("a count");
+    assert!(ok > 50, "too few requests to prove anything: {counts}");
+    assert_eq!(
+        failed,
+        "0",
+        "requests failed across two flips:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // Rolling back again goes to green's recorded release; a stack stopped
+    // and started again serves the color the cluster records, not blue.
+    project.ok(&["rollback", "--timeout", "240s"]);
+    project.ok(&["stop"]);
+    project.ok(&["start", "--timeout", "240s"]);
+    let status = project.status();
+    assert_eq!(status["active"], "green", "{status}");
+    assert_eq!(
+        service_of(&status, "cryptus-green")["running"],
+        3,
+        "{status}"
+    );
+    let health = served_by_edge(&lab, &project);
+    assert_eq!(
+        (health["instance"].as_str(), health["version"].as_str()),
+        (Some("green"), Some("2.0.0")),
+        "{health}"
+    );
+}
+
+/// A green that never answers healthy (APP_UNHEALTHY) fails the gate:
+/// exit 1, traffic stays on blue, green's service is removed, and the
+/// failure is recorded on the cluster. A deploy while another holds the
+/// cluster's lock is refused with exit 1, naming the holder.
+#[test]
+fn swarm_deploy_that_never_gets_healthy_leaves_blue_and_a_held_lock_refuses_another() {
+    let lab = SwarmLab::up(3);
+    let project = started_on(&lab, "swarm-unhealthy", |project| {
+        project.set_service_env("green", "APP_UNHEALTHY", "1");
+    });
+    let failed = deploy_2_0_0(&project, &["--timeout", "25s"]);
+    assert_code(&failed, 1);
+    let err = stderr(&failed);
+    assert!(err.contains("traffic stays on blue"), "{err}");
+    assert!(
+        err.contains("did not answer healthy as green 2.0.0"),
+        "{err}"
+    );
+    let status = project.status();
+    assert_eq!(status["active"], "blue", "{status}");
+    assert!(
+        service_of(&status, "cryptus-green")["name"].is_null(),
+        "green's service is removed: {status}"
+    );
+    assert_eq!(served_by_edge(&lab, &project)["instance"], "blue");
+    let configs = lab.docker_ok(
+        1,
+        &[
+            "config",
+            "ls",
+            "--format",
+            "{{.Name}}",
+            "--filter",
+            &format!("name={}_cryptus-state-", project.name),
+        ],
+    );
+    let state = configs.lines().next().expect("a state config");
+    let recorded = lab.docker_ok(1, &["config", "inspect", "--pretty", state]);
+    assert!(recorded.contains("\"outcome\":\"failed\""), "{recorded}");
+
+    let lock = format!("{}_cryptus-lock", project.name);
+    let made = lab.docker(
+        1,
+        &[
+            "config",
+            "create",
+            "--label",
+            "cryptus.user=ann",
+            "--label",
+            "cryptus.host=build",
+            &lock,
+            "/etc/hostname",
+        ],
+    );
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let refused = project.run(&["rollback"]);
+    assert_code(&refused, 1);
+    let err = stderr(&refused);
+    assert!(err.contains("is held by ann on build"), "{err}");
+    assert!(err.contains("--force-unlock"), "{err}");
+    assert_eq!(project.status()["active"], "blue");
 }

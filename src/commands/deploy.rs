@@ -9,10 +9,12 @@ use anyhow::Result;
 
 use crate::cli::{HookArgs, SwitchArgs};
 use crate::context::Session;
-use crate::error::{EXIT_FAILED, EXIT_OK};
+use crate::error::{EXIT_FAILED, EXIT_OK, usage};
 use crate::lock;
+use crate::orchestrator::Orchestrator;
 use crate::output::{Printer, seconds};
 use crate::project::Project;
+use crate::swarm;
 use crate::switch::{self, Ask, DryRun, Plan, Report, Settings, Source};
 
 /// The switch's settings, from its flags and `CRYPTUS_NOTIFY_URL`; a bad
@@ -67,6 +69,11 @@ pub async fn deploy(
 ) -> Result<u8> {
     let session = Session::open(project, printer).await?;
     let stack = session.stack();
+    if project.orchestrator == Orchestrator::Swarm {
+        refuse_dry_run_on_swarm(dry_run)?;
+        let ask = Ask::Deploy { source, version };
+        return show(&swarm::switch::run(&stack, ask, settings).await?, printer);
+    }
     super::warn_not_applied(stack.compose, stack.engine, printer);
     if dry_run {
         let plan = switch::dry_run(
@@ -78,6 +85,18 @@ pub async fn deploy(
     }
     let report = switch::deploy(&stack, source, version, settings).await?;
     show(&report, printer)
+}
+
+/// `--dry-run` prints the one-engine planner's plan; a Swarm's is not
+/// planned that way yet.
+pub fn refuse_dry_run_on_swarm(dry_run: bool) -> Result<()> {
+    if dry_run {
+        return Err(usage(
+            "--dry-run on a Docker Swarm is not done yet",
+            "`cryptus status` shows the active color and the recorded releases",
+        ));
+    }
+    Ok(())
 }
 
 /// A `--dry-run`'s plan: lines on stdout, or one JSON document.

@@ -92,6 +92,8 @@ fn runs_on_swarm(command: &Command) -> bool {
             | Command::Status
             | Command::Start { .. }
             | Command::Stop { .. }
+            | Command::Deploy { .. }
+            | Command::Rollback { .. }
     )
 }
 

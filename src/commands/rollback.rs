@@ -8,7 +8,8 @@ use crate::output::Printer;
 use crate::project::Project;
 use crate::switch::{self, Ask, DryRun, Settings};
 
-use super::deploy::{show, show_plan};
+use super::deploy::{refuse_dry_run_on_swarm, show, show_plan};
+use crate::orchestrator::Orchestrator;
 
 pub async fn run(
     project: &Project,
@@ -18,6 +19,11 @@ pub async fn run(
 ) -> Result<u8> {
     let session = Session::open(project, printer).await?;
     let stack = session.stack();
+    if project.orchestrator == Orchestrator::Swarm {
+        refuse_dry_run_on_swarm(dry_run)?;
+        let report = crate::swarm::switch::run(&stack, Ask::Rollback, settings).await?;
+        return show(&report, printer);
+    }
     super::warn_not_applied(stack.compose, stack.engine, printer);
     if dry_run {
         let plan = switch::dry_run(&stack, DryRun::Switch(Ask::Rollback), settings).await?;

@@ -35,7 +35,7 @@ pub use spec::{
 pub use stats::{HostInfo, Usage};
 pub use swarm::{
     ConfigFile, Membership, Node, STACK_IMAGE_LABEL, STACK_LABEL, Service, ServiceMode,
-    ServiceSpec, Task,
+    ServiceSpec, SwarmConfig, Task,
 };
 
 /// The label Compose puts on everything of a project.

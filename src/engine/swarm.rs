@@ -20,8 +20,8 @@ use bollard::models::{
     TaskSpecRestartPolicyConditionEnum, TaskState,
 };
 use bollard::query_parameters::{
-    ListConfigsOptionsBuilder, ListNetworksOptionsBuilder, ListNodesOptions,
-    ListServicesOptionsBuilder, ListTasksOptionsBuilder,
+    InspectServiceOptions, ListConfigsOptionsBuilder, ListNetworksOptionsBuilder, ListNodesOptions,
+    ListServicesOptionsBuilder, ListTasksOptionsBuilder, UpdateServiceOptions,
 };
 use serde::Serialize;
 
@@ -279,6 +279,15 @@ pub struct ConfigFile {
     pub target: String,
 }
 
+/// A config of the swarm as stored: its name, id, labels and data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SwarmConfig {
+    pub name: String,
+    pub id: String,
+    pub labels: BTreeMap<String, String>,
+    pub data: Vec<u8>,
+}
+
 /// The engine's service spec for `spec`.
 fn service_body(spec: &ServiceSpec, api: ApiVersion) -> EngineServiceSpec {
     let ports = host_ports(spec);
@@ -452,6 +461,60 @@ impl Engine {
         }
     }
 
+    /// Replaces a service's spec with `spec` (its tasks are replaced as
+    /// the swarm's update policy says); `false` when there is no such service.
+    pub async fn update_service(&self, spec: &ServiceSpec) -> Result<bool> {
+        let body = service_body(spec, self.api_version());
+        self.update_with(&spec.name, |_| body).await
+    }
+
+    /// Sets a replicated service's replica count; `false` when there is no
+    /// such service.
+    pub async fn scale_service(&self, name: &str, replicas: u64) -> Result<bool> {
+        self.update_with(name, |mut current| {
+            current.mode = Some(service_mode(ServiceMode::Replicated(replicas)));
+            current
+        })
+        .await
+    }
+
+    /// Reads a service's spec and version, and updates it to what `change`
+    /// makes of the spec, at that version (the swarm refuses a stale one).
+    async fn update_with(
+        &self,
+        name: &str,
+        change: impl FnOnce(EngineServiceSpec) -> EngineServiceSpec,
+    ) -> Result<bool> {
+        let current = match self
+            .docker
+            .inspect_service(name, None::<InspectServiceOptions>)
+            .await
+        {
+            Ok(service) => service,
+            Err(err) if super::status(&err) == Some(404) => return Ok(false),
+            Err(err) => {
+                return Err(engine_error(&err))
+                    .with_context(|| format!("inspecting service {name}"));
+            }
+        };
+        let version = current
+            .version
+            .and_then(|v| v.index)
+            .and_then(|index| i32::try_from(index).ok())
+            .with_context(|| format!("service {name} has no version the engine accepts"))?;
+        let spec = change(current.spec.unwrap_or_default());
+        let options = UpdateServiceOptions {
+            version,
+            ..Default::default()
+        };
+        self.docker
+            .update_service(name, spec, options, None)
+            .await
+            .map_err(|err| engine_error(&err))
+            .with_context(|| format!("updating service {name}"))?;
+        Ok(true)
+    }
+
     /// Removes a service (its tasks stop); one already gone is no error.
     pub async fn remove_service(&self, name: &str) -> Result<()> {
         removed(self.docker.delete_service(name).await, || {
@@ -471,6 +534,22 @@ impl Engine {
         if let Some(id) = self.config_id(name).await? {
             return Ok(id);
         }
+        match self.create_config(name, data, labels).await? {
+            Some(id) => Ok(id),
+            None => self
+                .config_id(name)
+                .await?
+                .with_context(|| format!("config {name} exists but cannot be found")),
+        }
+    }
+
+    /// Creates a config: its id, or `None` when one of that name exists.
+    async fn create_config(
+        &self,
+        name: &str,
+        data: &[u8],
+        labels: BTreeMap<String, String>,
+    ) -> Result<Option<String>> {
         let spec = ConfigSpec {
             name: Some(name.to_owned()),
             labels: Some(labels.into_iter().collect()),
@@ -478,11 +557,8 @@ impl Engine {
             ..Default::default()
         };
         match self.docker.create_config(spec).await {
-            Ok(created) => Ok(created.id),
-            Err(err) if super::status(&err) == Some(409) => self
-                .config_id(name)
-                .await?
-                .with_context(|| format!("config {name} exists but cannot be found")),
+            Ok(created) => Ok(Some(created.id)),
+            Err(err) if super::status(&err) == Some(409) => Ok(None),
             Err(err) => Err(engine_error(&err)).with_context(|| format!("creating config {name}")),
         }
     }
@@ -492,10 +568,7 @@ impl Engine {
             .configs_by("name", name, &format!("looking up config {name}"))
             .await?;
         // The name filter matches prefixes; compare exactly.
-        Ok(configs
-            .into_iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, id)| id))
+        Ok(configs.into_iter().find(|c| c.name == name).map(|c| c.id))
     }
 
     /// The names of the configs of a project's stack.
@@ -504,16 +577,11 @@ impl Engine {
         let configs = self
             .configs_by("label", &stack_filter(project), &what)
             .await?;
-        Ok(configs.into_iter().map(|(name, _)| name).collect())
+        Ok(configs.into_iter().map(|c| c.name).collect())
     }
 
-    /// The configs a filter selects: name and id.
-    async fn configs_by(
-        &self,
-        key: &str,
-        value: &str,
-        what: &str,
-    ) -> Result<Vec<(String, String)>> {
+    /// The configs a filter selects, with their labels and data.
+    pub async fn configs_by(&self, key: &str, value: &str, what: &str) -> Result<Vec<SwarmConfig>> {
         let filters = HashMap::from([(key, vec![value])]);
         let options = ListConfigsOptionsBuilder::default()
             .filters(&filters)
@@ -526,8 +594,32 @@ impl Engine {
             .context(what.to_owned())?;
         Ok(configs
             .into_iter()
-            .filter_map(|c| Some((c.spec?.name?, c.id?)))
+            .filter_map(|c| {
+                let spec = c.spec?;
+                let data = spec
+                    .data
+                    .and_then(|d| base64::engine::general_purpose::STANDARD.decode(d).ok())
+                    .unwrap_or_default();
+                Some(SwarmConfig {
+                    name: spec.name?,
+                    id: c.id?,
+                    labels: spec.labels.unwrap_or_default().into_iter().collect(),
+                    data,
+                })
+            })
             .collect())
+    }
+
+    /// Creates a config unless one of that name exists: `false` then. The
+    /// swarm's store makes names unique cluster-wide, so this is an atomic
+    /// test-and-set any manager answers the same.
+    pub async fn create_config_exclusive(
+        &self,
+        name: &str,
+        data: &[u8],
+        labels: BTreeMap<String, String>,
+    ) -> Result<bool> {
+        Ok(self.create_config(name, data, labels).await?.is_some())
     }
 
     /// The names of the networks of a project's stack.

@@ -2,10 +2,15 @@
 //! engine: named and labelled as `docker stack deploy` names and labels
 //! them, so `docker stack services|ps <project>` show them.
 //!
-//! `status`: what runs where (tasks per node).
+//! `status`: what runs where (tasks per node); `state`: what the cluster
+//! holds (active color, releases, history, the deploy lock); `switch`:
+//! deploy and rollback, through the edge nginx (`edge`).
 
+pub mod edge;
 pub mod plan;
+pub mod state;
 pub mod status;
+pub mod switch;
 pub mod up;
 
 /// A stack service's name in the swarm: `<project>_<service>`, as

@@ -34,6 +34,19 @@ use super::service_name;
 /// the compose file mounts them, the rendered ones in nginx's state dir.
 pub const NGINX_CONF_DIR: &str = "/etc/cryptus/nginx";
 
+/// Where nginx's task finds the files cryptus renders (configs of the
+/// swarm, read-only); its entrypoint copies them into its state volume
+/// ([`nginx::STATE_DIR`]), where the switch rewrites the upstream.
+pub const SEED_DIR: &str = "/etc/cryptus/swarm";
+
+/// nginx's entrypoint on a Swarm: `http.conf` from its config every time;
+/// `upstream.conf` only into a state volume that has none, so a restarted
+/// task keeps the color the last switch gave it; then nginx's command.
+pub const SEED_SCRIPT: &str = r#"s=/etc/cryptus/swarm; d=/etc/nginx/cryptus
+mkdir -p "$d" && cp "$s/http.conf" "$d/http.conf" || exit 1
+[ -s "$d/upstream.conf" ] || cp "$s/upstream.conf" "$d/upstream.conf" || exit 1
+exec "$@""#;
+
 /// Spread a color's tasks over the nodes.
 pub const SPREAD_NODES: &str = "node.id";
 /// nginx runs on the managers, the edge of the swarm.
@@ -64,20 +77,18 @@ pub fn nginx_configs(
     project_files: &[(&str, String)],
     http_file: String,
 ) -> Result<Vec<ConfigPlan>> {
-    let upstream =
-        nginx::render_resolved_upstream(color, &service_name(project, color.service()), APP_PORT)?;
+    let upstream = nginx::render_resolved_upstream(
+        color,
+        &service_name(project, color.service()),
+        APP_PORT,
+        &[],
+    )?;
     let mut files: Vec<(String, String)> = project_files
         .iter()
         .map(|(name, text)| (format!("{NGINX_CONF_DIR}/{name}"), text.clone()))
         .collect();
-    files.push((
-        format!("{}/{}", nginx::STATE_DIR, nginx::HTTP_FILE),
-        http_file,
-    ));
-    files.push((
-        format!("{}/{}", nginx::STATE_DIR, nginx::UPSTREAM_FILE),
-        upstream,
-    ));
+    files.push((format!("{SEED_DIR}/{}", nginx::HTTP_FILE), http_file));
+    files.push((format!("{SEED_DIR}/{}", nginx::UPSTREAM_FILE), upstream));
     Ok(files
         .into_iter()
         .map(|(target, data)| {
@@ -198,21 +209,42 @@ pub fn service_spec(
         spec.constraints.push(format!("node.id=={node}"));
     }
     if edge {
-        // Only the ports with a fixed host port: the others (the status
-        // port on loopback) are for one engine's cryptus.
-        spec.host_ports = spec
-            .container
-            .ports
-            .iter()
-            .filter(|p| p.host_port.is_some())
-            .cloned()
-            .collect();
-        // Its files come from configs, not from this host's directories.
-        spec.container.mounts.clear();
+        as_edge(&mut spec);
     }
     spec.container.ports.clear();
     let warnings = leave_out_binds(&mut spec.container.mounts, &service.name);
     Ok(Planned { spec, warnings })
+}
+
+/// nginx at the edge: its ports with a fixed host port published on the
+/// node running it, its files from configs (seeded by [`SEED_SCRIPT`] into
+/// its state volume, the only mount it keeps).
+fn as_edge(spec: &mut ServiceSpec) {
+    // Only the ports with a fixed host port: the others (the status
+    // port on loopback) are for one engine's cryptus.
+    spec.host_ports = spec
+        .container
+        .ports
+        .iter()
+        .filter(|p| p.host_port.is_some())
+        .cloned()
+        .collect();
+    // Its files come from configs, not from this host's directories;
+    // its state volume stays (on each edge node), seeded from them.
+    let (ep, cmd) = (&mut spec.container.entrypoint, &mut spec.container.command);
+    let mut args = ep.take().unwrap_or_default();
+    args.extend(cmd.take().unwrap_or_default());
+    *ep = Some(vec![
+        "sh".into(),
+        "-c".into(),
+        SEED_SCRIPT.into(),
+        "sh".into(),
+    ]);
+    // No command: the image's own, as arguments of the entrypoint.
+    *cmd = (!args.is_empty()).then_some(args);
+    spec.container
+        .mounts
+        .retain(|m| matches!(m, MountSpec::Volume { target, .. } if target == nginx::STATE_DIR));
 }
 
 /// Secrets and configs are given from this host: not yet on a swarm.
@@ -375,8 +407,21 @@ volumes:
             .map(|p| (p.container_port, p.host_port))
             .collect();
         assert_eq!(ports, [(80, Some(8080))]);
-        assert!(spec.container.mounts.is_empty());
+        let targets: Vec<&str> = spec
+            .container
+            .mounts
+            .iter()
+            .map(|m| match m {
+                MountSpec::Volume { target, .. } | MountSpec::Bind { target, .. } => {
+                    target.as_str()
+                }
+            })
+            .collect();
+        assert_eq!(targets, ["/etc/nginx/cryptus"], "its state volume only");
         assert_eq!(spec.container.image, "nginx:1.30", "nginx keeps its image");
+        let entry = spec.container.entrypoint.as_deref().unwrap();
+        assert_eq!(entry[..2], ["sh", "-c"]);
+        assert!(entry[2].contains("exec \"$@\""));
 
         let redis = compose.service("redis").unwrap();
         let planned = service_spec("shop", &compose, redis, &release(), Some("n1")).unwrap();
@@ -476,8 +521,8 @@ networks:
             targets,
             [
                 "/etc/cryptus/nginx/nginx.conf",
-                "/etc/nginx/cryptus/http.conf",
-                "/etc/nginx/cryptus/upstream.conf"
+                "/etc/cryptus/swarm/http.conf",
+                "/etc/cryptus/swarm/upstream.conf"
             ]
         );
         assert!(

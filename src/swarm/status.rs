@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::engine::{Engine, Node, Service, Task};
 use crate::orchestrator::Orchestrator;
 use crate::output;
+use crate::stack::{Color, Release};
 
 use super::compose_service;
 
@@ -20,6 +21,11 @@ pub struct SwarmStatus {
     pub orchestrator: Orchestrator,
     /// The hostname of the manager asked.
     pub manager: Option<String>,
+    /// The color the cluster records as served; `None` before the first
+    /// `start`.
+    pub active: Option<Color>,
+    /// What each color last ran, as recorded.
+    pub releases: BTreeMap<Color, Release>,
     pub nodes: Vec<Node>,
     pub services: Vec<ServiceView>,
 }
@@ -53,11 +59,12 @@ pub struct TaskView {
 /// Everything status shows on a Swarm. `declared` are the compose file's
 /// services: they add the services not created yet.
 pub async fn gather(engine: &Engine, project: &str, declared: &[String]) -> Result<SwarmStatus> {
-    let (membership, nodes, services, tasks) = tokio::try_join!(
+    let (membership, nodes, services, tasks, state) = tokio::try_join!(
         engine.membership(),
         engine.nodes(),
         engine.services(project),
-        engine.tasks(project)
+        engine.tasks(project),
+        super::state::read(engine, project)
     )?;
     let manager = nodes
         .iter()
@@ -68,6 +75,8 @@ pub async fn gather(engine: &Engine, project: &str, declared: &[String]) -> Resu
         project: project.to_owned(),
         orchestrator: Orchestrator::Swarm,
         manager,
+        active: state.active,
+        releases: state.releases,
         services: views(project, &services, &tasks, &nodes, declared),
         nodes,
     })
@@ -162,6 +171,14 @@ pub fn render(status: &SwarmStatus) -> String {
         status.manager.as_deref().unwrap_or("?"),
         status.nodes.len()
     ));
+    match status.active.map(|c| (c, status.releases.get(&c))) {
+        Some((color, Some(release))) => text.push_str(&format!(
+            "active: {color} {} ({})\n\n",
+            release.version, release.image
+        )),
+        Some((color, None)) => text.push_str(&format!("active: {color}\n\n")),
+        None => text.push_str("active: none recorded (the stack was never started)\n\n"),
+    }
     let dash = || "-".to_owned();
     let mut rows = Vec::new();
     for service in &status.services {
@@ -277,6 +294,14 @@ mod tests {
             project: "shop".into(),
             orchestrator: Orchestrator::Swarm,
             manager: Some("n1".into()),
+            active: Some(Color::Green),
+            releases: BTreeMap::from([(
+                Color::Green,
+                Release {
+                    image: "app:2".into(),
+                    version: "2".into(),
+                },
+            )]),
             nodes,
             services: views,
         };
@@ -284,9 +309,10 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "project shop: on a Docker Swarm");
         assert_eq!(lines[1], "mode: swarm, manager n1 (1/2 nodes ready)");
-        assert!(lines[3].starts_with("SERVICE"), "{text}");
-        assert!(lines[4].contains("cryptus-blue.1  n1"), "{text}");
-        assert!(lines[6].contains("pending (no suitable node)"), "{text}");
-        assert!(lines[7].starts_with("redis") && lines[7].contains("not created"));
+        assert_eq!(lines[3], "active: green 2 (app:2)");
+        assert!(lines[5].starts_with("SERVICE"), "{text}");
+        assert!(lines[6].contains("cryptus-blue.1  n1"), "{text}");
+        assert!(lines[8].contains("pending (no suitable node)"), "{text}");
+        assert!(lines[9].starts_with("redis") && lines[9].contains("not created"));
     }
 }

@@ -59,10 +59,14 @@ pub async fn start(stack: &Stack<'_>, timeout: Duration) -> Result<Started> {
             "move nginx/ssl/cert.pem and key.pem away, or use --orchestrator engine",
         ));
     }
-    // No state is kept on the cluster yet: the stack starts blue, from the
-    // compose file's release.
-    let active = Color::Blue;
-    let release = stack.default_release(active).await?;
+    // The color and release the cluster records, else blue from the
+    // compose file: a restarted stack serves what it served.
+    let recorded = super::state::read(stack.engine, project).await?;
+    let active = recorded.active.unwrap_or(Color::Blue);
+    let release = match recorded.releases.get(&active) {
+        Some(release) => release.clone(),
+        None => stack.default_release(active).await?,
+    };
     let services = plan::services(stack.compose, active)?;
     if stack.project.monitoring {
         return Err(usage(
@@ -81,7 +85,14 @@ pub async fn start(stack: &Stack<'_>, timeout: Duration) -> Result<Started> {
         for warning in planned.warnings {
             stack.printer.warn_once(warning);
         }
-        specs.push(planned.spec);
+        let mut spec = planned.spec;
+        // The active color runs as many tasks as the last switch gave it.
+        if let Some(&replicas) = recorded.replicas.get(&active)
+            && Color::of_service(&service.name) == Some(active)
+        {
+            spec.mode = ServiceMode::Replicated(u64::from(replicas));
+        }
+        specs.push(spec);
     }
 
     for service in &services {
@@ -120,12 +131,33 @@ pub async fn start(stack: &Stack<'_>, timeout: Duration) -> Result<Started> {
         }
         return Err(err);
     }
+    if recorded.active.is_none() {
+        record_first(stack, recorded, active, &release).await;
+    }
     Ok(Started {
         active,
         version: release.version,
         created,
         services: specs.into_iter().map(|s| s.name).collect(),
     })
+}
+
+/// The first start on a swarm records what it serves, for `status`, the
+/// next `start` and the switch; a failure is a warning (the stack runs).
+async fn record_first(
+    stack: &Stack<'_>,
+    mut state: super::state::ClusterState,
+    active: Color,
+    release: &crate::stack::Release,
+) {
+    state.active = Some(active);
+    state.releases.insert(active, release.clone());
+    let project = &stack.project.name;
+    if let Err(err) = super::state::write(stack.engine, project, &mut state).await {
+        stack
+            .printer
+            .warn(format!("recording the active color on the swarm: {err:#}"));
+    }
 }
 
 async fn create_and_wait(
@@ -184,7 +216,7 @@ async fn create_and_wait(
 }
 
 /// What a service still lacks: `None` once every task it asks for runs.
-fn not_running(spec: &ServiceSpec, tasks: &[&Task]) -> Option<String> {
+pub(super) fn not_running(spec: &ServiceSpec, tasks: &[&Task]) -> Option<String> {
     let running = tasks.iter().filter(|t| t.state == "running").count();
     let wanted = match spec.mode {
         ServiceMode::Replicated(replicas) => usize::try_from(replicas).unwrap_or(usize::MAX),
@@ -262,9 +294,16 @@ pub async fn stop(
         wait::until(
             Limits::until(deadline, POLL),
             || async {
-                Ok(match engine.remove_network(&name).await {
-                    Ok(()) => Seen::Ready(()),
-                    Err(err) => Seen::Not(format!("{err:#}")),
+                if let Err(err) = engine.remove_network(&name).await {
+                    return Ok(Seen::Not(format!("{err:#}")));
+                }
+                // The manager lists a removed overlay until its own copy is
+                // gone; a `start` meanwhile would take it for one that exists.
+                let listed = engine.stack_networks(project).await?;
+                Ok(if listed.contains(&name) {
+                    Seen::Not("removed, but the manager still lists it".to_owned())
+                } else {
+                    Seen::Ready(())
                 })
             },
             |last| {

@@ -870,16 +870,9 @@ impl<'s> Switch<'s> {
         outcome: Outcome,
         reason: Option<String>,
     ) -> Report {
+        let sides = (self.from.clone(), self.to.clone());
         Report {
-            ok: outcome == Outcome::Ok,
-            operation: self.operation.to_owned(),
-            outcome,
-            from: self.from.clone(),
-            to: self.to.clone(),
             reason,
-            hint: None,
-            steps: steps.done.clone(),
-            total: round(began.elapsed()),
             readiness: self.readiness,
             switched_at: self.switched_at,
             warnings: self.warnings.clone(),
@@ -888,6 +881,7 @@ impl<'s> Switch<'s> {
             traffic_unsettled: self.traffic_unsettled,
             canary: self.canary.clone(),
             failed_at: self.failed_at,
+            ..Report::new(self.operation, outcome, sides, steps, began)
         }
     }
 

@@ -24,7 +24,6 @@ pub mod state;
 pub mod upstream;
 pub mod watch;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -139,12 +138,7 @@ async fn unlock(stack: &Stack<'_>, lock: Lock) {
 /// Records a deploy's or rollback's report and announces it; the warnings
 /// of the announcements that failed.
 async fn record(stack: &Stack<'_>, report: &Report, settings: &Settings) -> Vec<String> {
-    let mut durations: BTreeMap<String, f64> = report
-        .steps
-        .iter()
-        .map(|s| (s.step.clone(), s.seconds))
-        .collect();
-    durations.insert("total".to_owned(), report.total);
+    let durations = report.durations();
     let record = state::Record {
         operation: report.operation.clone(),
         from: report.from.clone(),

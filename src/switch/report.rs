@@ -59,6 +59,47 @@ pub struct Report {
 }
 
 impl Report {
+    /// The report of a switch between `sides` (from, to) that ended
+    /// `outcome`, with the steps done so far and no reason yet.
+    pub fn new(
+        operation: &str,
+        outcome: Outcome,
+        (from, to): (Side, Side),
+        steps: &Steps<'_>,
+        began: tokio::time::Instant,
+    ) -> Report {
+        Report {
+            ok: outcome == Outcome::Ok,
+            operation: operation.to_owned(),
+            outcome,
+            from,
+            to,
+            reason: None,
+            hint: None,
+            steps: steps.done.clone(),
+            total: round(began.elapsed()),
+            readiness: None,
+            switched_at: None,
+            warnings: Vec::new(),
+            long_lived_closed: None,
+            hooks: Vec::new(),
+            traffic_unsettled: false,
+            canary: None,
+            failed_at: None,
+        }
+    }
+
+    /// Seconds per step, and `total`: what the history keeps.
+    pub fn durations(&self) -> std::collections::BTreeMap<String, f64> {
+        let mut durations: std::collections::BTreeMap<String, f64> = self
+            .steps
+            .iter()
+            .map(|s| (s.step.clone(), s.seconds))
+            .collect();
+        durations.insert("total".to_owned(), self.total);
+        durations
+    }
+
     /// The one-line error of a failed report.
     pub fn error(&self) -> Option<String> {
         let reason = self.reason.as_deref().unwrap_or("unknown");

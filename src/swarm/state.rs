@@ -1,0 +1,340 @@
+//! What the cluster holds for a project on a Swarm: the active color, each
+//! color's release and the recent history (configs
+//! `<project>_cryptus-state-<n>`), and the deploy lock (config
+//! `<project>_cryptus-lock`). A config's name is unique in the swarm's
+//! replicated store, and a config never changes: creating the next number,
+//! or the lock, fails with 409 when another cryptus got there first, on
+//! whichever manager it talks to. That is the test-and-set two operators
+//! on two machines agree by.
+//!
+//! These configs carry `cryptus.project`, not the stack's label: `stop`
+//! (and `docker stack rm`) leave them, so a restarted stack serves the
+//! recorded color.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::engine::{Engine, SwarmConfig};
+use crate::error::failed_with_hint;
+use crate::history::Entry;
+use crate::lock::Options;
+use crate::output::Printer;
+use crate::stack::{Color, Release};
+
+/// The label naming the project on the configs cryptus keeps.
+pub const PROJECT_LABEL: &str = "cryptus.project";
+
+/// How many history entries the cluster keeps (a config holds at most
+/// 500 KB; an entry is about 600 bytes).
+pub const KEPT_ENTRIES: usize = 100;
+
+/// How often a held lock is looked at while waiting for it.
+const LOCK_POLL: Duration = Duration::from_millis(500);
+
+/// The project's state on the cluster.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterState {
+    /// The color the edge serves; `None` before the first record.
+    pub active: Option<Color>,
+    /// What each color last ran.
+    #[serde(default)]
+    pub releases: BTreeMap<Color, Release>,
+    /// How many tasks each color ran when it last served.
+    #[serde(default)]
+    pub replicas: BTreeMap<Color, u32>,
+    /// The newest [`KEPT_ENTRIES`] switches, oldest first.
+    #[serde(default)]
+    pub history: Vec<Entry>,
+    /// The number of the config it was read from (0: none yet).
+    #[serde(skip)]
+    pub number: u64,
+}
+
+impl ClusterState {
+    /// Appends an entry, keeping the newest [`KEPT_ENTRIES`].
+    pub fn push(&mut self, entry: Entry) {
+        self.history.push(entry);
+        let extra = self.history.len().saturating_sub(KEPT_ENTRIES);
+        self.history.drain(..extra);
+    }
+}
+
+/// `<project>_cryptus-state-`: the prefix of the state's configs.
+fn state_prefix(project: &str) -> String {
+    format!("{project}_cryptus-state-")
+}
+
+/// The config holding state number `number`, zero-padded so names sort.
+pub fn state_name(project: &str, number: u64) -> String {
+    format!("{}{number:010}", state_prefix(project))
+}
+
+/// The number of a state config's name, when it is one of the project's.
+pub fn state_number(project: &str, name: &str) -> Option<u64> {
+    let digits = name.strip_prefix(&state_prefix(project))?;
+    (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
+}
+
+/// The newest of the project's state configs.
+fn newest<'c>(project: &str, configs: &'c [SwarmConfig]) -> Option<(u64, &'c SwarmConfig)> {
+    configs
+        .iter()
+        .filter_map(|c| Some((state_number(project, &c.name)?, c)))
+        .max_by_key(|(number, _)| *number)
+}
+
+fn labels(project: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([(PROJECT_LABEL.to_owned(), project.to_owned())])
+}
+
+async fn state_configs(engine: &Engine, project: &str) -> Result<Vec<SwarmConfig>> {
+    engine
+        .configs_by(
+            "name",
+            &state_prefix(project),
+            &format!("reading the state of project {project} from the swarm"),
+        )
+        .await
+}
+
+/// The project's newest state; the default (nothing recorded) when there
+/// is none. A state that is not valid JSON is an error, never replaced
+/// silently.
+pub async fn read(engine: &Engine, project: &str) -> Result<ClusterState> {
+    let configs = state_configs(engine, project).await?;
+    let Some((number, config)) = newest(project, &configs) else {
+        return Ok(ClusterState::default());
+    };
+    let mut state: ClusterState = serde_json::from_slice(&config.data).map_err(|err| {
+        failed_with_hint(
+            format!("the state config {} is not valid: {err}", config.name),
+            format!(
+                "inspect it with `docker config inspect --pretty {}`; removing it falls back to the one before",
+                config.name
+            ),
+        )
+    })?;
+    state.number = number;
+    Ok(state)
+}
+
+/// Records `state` as the next number after the one it was read from, then
+/// removes the older ones. Another cryptus that wrote meanwhile (the
+/// number is taken) makes this fail: the caller read a stale state.
+pub async fn write(engine: &Engine, project: &str, state: &mut ClusterState) -> Result<()> {
+    let next = state.number + 1;
+    let name = state_name(project, next);
+    let data = serde_json::to_vec(state).context("encoding the cluster state")?;
+    if !engine
+        .create_config_exclusive(&name, &data, labels(project))
+        .await?
+    {
+        return Err(failed_with_hint(
+            format!("the state of project {project} changed meanwhile: {name} exists"),
+            "another cryptus recorded a switch; `cryptus status` shows it, then run again",
+        ));
+    }
+    state.number = next;
+    for config in state_configs(engine, project).await? {
+        if state_number(project, &config.name).is_some_and(|n| n < next) {
+            engine.remove_config(&config.name).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The deploy lock of a project on a swarm: a config only one cryptus can
+/// create; removed when released.
+pub struct ClusterLock<'e> {
+    engine: &'e Engine,
+    name: String,
+}
+
+/// Who holds a lock, from its labels.
+fn holder(labels: &BTreeMap<String, String>) -> String {
+    let get = |key: &str| labels.get(key).map_or("?", String::as_str);
+    format!(
+        "{} on {} (pid {}, {} since {})",
+        get("cryptus.user"),
+        get("cryptus.host"),
+        get("cryptus.pid"),
+        get("cryptus.operation"),
+        get("cryptus.since")
+    )
+}
+
+pub fn lock_name(project: &str) -> String {
+    format!("{project}_cryptus-lock")
+}
+
+impl<'e> ClusterLock<'e> {
+    /// Takes the lock for `operation`, waiting up to `options.wait` for
+    /// its holder; `--force-unlock` removes a lock first (a run that died
+    /// holding it: the cluster cannot tell whether a process on another
+    /// machine lives).
+    pub async fn acquire(
+        engine: &'e Engine,
+        project: &str,
+        operation: &str,
+        options: &Options,
+        printer: &Printer,
+    ) -> Result<ClusterLock<'e>> {
+        let name = lock_name(project);
+        if options.force_unlock {
+            printer.warn(format!("removing the deploy lock {name} (--force-unlock)"));
+            engine.remove_config(&name).await?;
+        }
+        let now: DateTime<Utc> = Utc::now();
+        let mut labels = labels(project);
+        for (key, value) in [
+            ("cryptus.user", crate::lock::user()),
+            ("cryptus.host", crate::lock::hostname()),
+            ("cryptus.pid", std::process::id().to_string()),
+            ("cryptus.operation", operation.to_owned()),
+            ("cryptus.since", now.to_rfc3339()),
+        ] {
+            labels.insert(key.to_owned(), value);
+        }
+        let deadline = Instant::now() + options.wait;
+        loop {
+            if engine
+                .create_config_exclusive(&name, operation.as_bytes(), labels.clone())
+                .await?
+            {
+                return Ok(ClusterLock { engine, name });
+            }
+            if Instant::now() >= deadline {
+                let configs = engine
+                    .configs_by("name", &name, "reading the deploy lock")
+                    .await?;
+                let held = configs.iter().find(|c| c.name == name).map_or_else(
+                    || "someone (gone meanwhile)".to_owned(),
+                    |c| holder(&c.labels),
+                );
+                return Err(failed_with_hint(
+                    format!("the deploy lock of project {project} on the swarm is held by {held}"),
+                    format!(
+                        "wait for that run (--lock-wait 5m); if it died, --force-unlock removes config {name}"
+                    ),
+                ));
+            }
+            crate::interrupt::check()?;
+            tokio::time::sleep(LOCK_POLL).await;
+        }
+    }
+
+    pub async fn release(self) -> Result<()> {
+        self.engine.remove_config(&self.name).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::{Outcome, Side};
+
+    fn config(name: &str, data: &str) -> SwarmConfig {
+        SwarmConfig {
+            name: name.into(),
+            id: name.into(),
+            labels: BTreeMap::new(),
+            data: data.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn state_names_sort_and_parse_back() {
+        assert_eq!(state_name("shop", 7), "shop_cryptus-state-0000000007");
+        assert_eq!(state_number("shop", &state_name("shop", 7)), Some(7));
+        assert_eq!(state_number("shop", "shop_cryptus-state-"), None);
+        assert_eq!(state_number("shop", "shop_cryptus-state-7x"), None);
+        assert_eq!(state_number("sho", &state_name("shop", 7)), None);
+        assert_eq!(state_number("shop", "shop2_cryptus-state-0000000001"), None);
+        let configs = [
+            config(&state_name("shop", 2), "{}"),
+            config(&state_name("shop", 10), "{}"),
+            config("shop_cryptus-lock", ""),
+            config(&state_name("shop-eu", 99), "{}"),
+        ];
+        let (number, found) = newest("shop", &configs).unwrap();
+        assert_eq!(
+            (number, found.name.as_str()),
+            (10, "shop_cryptus-state-0000000010")
+        );
+        assert!(newest("none", &configs).is_none());
+    }
+
+    #[test]
+    fn the_state_keeps_its_newest_entries_and_reads_back() {
+        let side = |color| Side {
+            color,
+            image: "app:1".into(),
+            version: "1".into(),
+            image_id: None,
+            replicas: 3,
+        };
+        let mut state = ClusterState {
+            active: Some(Color::Green),
+            ..Default::default()
+        };
+        state.releases.insert(
+            Color::Green,
+            Release {
+                image: "app:2".into(),
+                version: "2".into(),
+            },
+        );
+        for n in 0..KEPT_ENTRIES + 5 {
+            state.push(Entry {
+                time: Utc::now(),
+                operation: format!("deploy{n}"),
+                user: "ann".into(),
+                host: "build".into(),
+                from: side(Color::Blue),
+                to: side(Color::Green),
+                outcome: Outcome::Ok,
+                reason: None,
+                durations: BTreeMap::new(),
+                hooks: Vec::new(),
+            });
+        }
+        assert_eq!(state.history.len(), KEPT_ENTRIES);
+        assert_eq!(state.history[0].operation, "deploy5");
+        let text = serde_json::to_string(&state).unwrap();
+        let back: ClusterState = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.active, Some(Color::Green));
+        assert_eq!(back.releases[&Color::Green].version, "2");
+        assert!(back.replicas.is_empty());
+        assert_eq!(back.history, state.history);
+        assert!(text.len() < 500 * 1024, "fits a config");
+        // An older cryptus's state with fewer fields still reads.
+        let old: ClusterState = serde_json::from_str(r#"{"active":"blue"}"#).unwrap();
+        assert_eq!(old.active, Some(Color::Blue));
+    }
+
+    #[test]
+    fn a_held_lock_names_its_holder() {
+        let labels = BTreeMap::from([
+            ("cryptus.user".to_owned(), "ann".to_owned()),
+            ("cryptus.host".to_owned(), "build".to_owned()),
+            ("cryptus.pid".to_owned(), "42".to_owned()),
+            ("cryptus.operation".to_owned(), "deploy".to_owned()),
+            (
+                "cryptus.since".to_owned(),
+                "2026-01-02T15:04:05+00:00".to_owned(),
+            ),
+        ]);
+        assert_eq!(
+            holder(&labels),
+            "ann on build (pid 42, deploy since 2026-01-02T15:04:05+00:00)"
+        );
+        assert_eq!(holder(&BTreeMap::new()), "? on ? (pid ?, ? since ?)");
+    }
+}

@@ -1,0 +1,662 @@
+//! Deploy and rollback on a Swarm: traffic moves to the idle color's
+//! service. Under the cluster's deploy lock the switch reads the state the
+//! cluster holds, creates the idle color's service (or updates it to the
+//! release and scales it up from 0), gates on every new task answering
+//! `/api/health` as that color and version on the overlay (probed from the
+//! edge nginx), switches the edge nginx (render, `nginx -t`, reload, wait
+//! until served), watches, records the state, drains nginx's old workers
+//! and scales the old color to 0 (or keeps it with `--keep-standby`).
+//! Before the flip a failure takes back what the run made; after it, the
+//! edge is put back on the old color.
+
+use std::cell::Cell;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use anyhow::Result;
+use chrono::Utc;
+use tokio::time::Instant;
+
+use crate::context::Stack;
+use crate::engine::{ServiceMode, ServiceSpec, Task};
+use crate::error::{failed_with_hint, usage};
+use crate::health::{Expect, Probe};
+use crate::history::{Entry, Outcome, Side, operation};
+use crate::stack::{Color, Release};
+use crate::switch::report::{Report, Steps, round};
+use crate::switch::{Ask, Settings, Source};
+use crate::wait::{self, Limits, Seen};
+
+use super::edge::Edge;
+use super::plan::service_spec;
+use super::service_name;
+use super::state::{self, ClusterLock, ClusterState};
+
+/// Failed probes in a row, while watching, that put traffic back.
+const WATCH_FAILURES: u32 = 3;
+
+/// What a switch on a Swarm cannot do yet is refused before anything is
+/// touched, rather than quietly left out: a canary, and the project's hooks.
+fn refuse_not_done(stack: &Stack<'_>, settings: &Settings) -> Result<()> {
+    if settings.canary.is_some() {
+        return Err(usage(
+            "deploy --canary on a Docker Swarm is not done yet",
+            "deploy without --canary, or on one engine",
+        ));
+    }
+    if !settings.hooks.skip && !stack.compose.hooks.is_empty() {
+        return Err(usage(
+            "the project's x-cryptus hooks do not run on a Docker Swarm yet",
+            "run them by hand and pass --skip-hooks",
+        ));
+    }
+    Ok(())
+}
+
+fn operation_of(ask: &Ask) -> &'static str {
+    match ask {
+        Ask::Deploy { .. } => operation::DEPLOY,
+        Ask::Rollback => operation::ROLLBACK,
+    }
+}
+
+pub async fn run(stack: &Stack<'_>, ask: Ask, settings: &Settings) -> Result<Report> {
+    let began = Instant::now();
+    crate::interrupt::catch();
+    ask.check()?;
+    if let Ask::Deploy {
+        source: Source::Build(_),
+        ..
+    } = &ask
+    {
+        return Err(usage(
+            "deploy --build on a Docker Swarm is not done yet: every node needs the image",
+            "build the image, load it on every node (or push it to a registry), then deploy --image",
+        ));
+    }
+    refuse_not_done(stack, settings)?;
+    let (engine, project) = (stack.engine, &stack.project.name);
+    let edge = Edge::find(engine, project).await?;
+    let mut steps = Steps::new(stack.printer);
+    let operation = operation_of(&ask);
+    let lock = ClusterLock::acquire(engine, project, operation, &settings.lock, stack.printer);
+    let lock = steps
+        .run("lock", "taking the deploy lock on the swarm", lock)
+        .await?;
+    let result = locked(stack, ask, settings, edge, &mut steps, began).await;
+    if let Err(err) = lock.release().await {
+        stack
+            .printer
+            .warn(format!("releasing the deploy lock: {err:#}"));
+    }
+    result
+}
+
+/// The release `color` runs by the record, else by the compose file.
+async fn recorded_release(
+    stack: &Stack<'_>,
+    state: &ClusterState,
+    color: Color,
+) -> Result<Release> {
+    match state.releases.get(&color) {
+        Some(release) => Ok(release.clone()),
+        None => stack.default_release(color).await,
+    }
+}
+
+async fn locked(
+    stack: &Stack<'_>,
+    ask: Ask,
+    settings: &Settings,
+    edge: Edge<'_>,
+    steps: &mut Steps<'_>,
+    began: Instant,
+) -> Result<Report> {
+    let (engine, project) = (stack.engine, &stack.project.name);
+    let operation = operation_of(&ask);
+    let state = state::read(engine, project).await?;
+    let active = state.active.unwrap_or(Color::Blue);
+    let target = active.other();
+    let services = engine.services(project).await?;
+    let replicas = services
+        .iter()
+        .find(|s| s.name == service_name(project, active.service()))
+        .and_then(|s| s.replicas)
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| {
+            let declared = stack.compose.service(active.service()).map(|s| s.replicas);
+            u64::from(declared.unwrap_or(1).max(1))
+        });
+    let from_release = recorded_release(stack, &state, active).await?;
+    let side = |color, release: &Release| Side {
+        color,
+        image: release.image.clone(),
+        version: release.version.clone(),
+        image_id: None,
+        replicas: u32::try_from(replicas).unwrap_or(u32::MAX),
+    };
+    let from = side(active, &from_release);
+    let release = match ask {
+        Ask::Deploy { source, version } => {
+            let known = crate::switch::deploy::known_release(stack, target, source, version);
+            steps.wait("image", "getting the image", known).await?
+        }
+        Ask::Rollback => state.releases.get(&target).cloned(),
+    };
+    let Some(release) = release else {
+        return Err(failed_with_hint(
+            format!("nothing to roll back to: {target} has run nothing on this swarm"),
+            "`cryptus status` shows the recorded releases; deploy one with `cryptus deploy --image ...`",
+        ));
+    };
+    let switch = Switch {
+        stack,
+        settings,
+        edge,
+        operation,
+        to: side(target, &release),
+        from,
+        release,
+        replicas,
+        made: Made::Nothing,
+        old_workers: Vec::new(),
+        to_addrs: Vec::new(),
+        from_addrs: Vec::new(),
+        state,
+        readiness: None,
+        switched_at: None,
+    };
+    switch.execute(steps, began).await
+}
+
+/// What a run did to the target's service, for its undo.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Made {
+    Nothing,
+    /// Created it: removed on undo.
+    Created,
+    /// Updated the one that was there: scaled back to 0 on undo.
+    Updated,
+}
+
+struct Switch<'s> {
+    stack: &'s Stack<'s>,
+    settings: &'s Settings,
+    edge: Edge<'s>,
+    operation: &'static str,
+    from: Side,
+    to: Side,
+    release: Release,
+    replicas: u64,
+    made: Made,
+    old_workers: Vec<String>,
+    /// The addresses of the new color's tasks that passed the gate, and
+    /// of the old color's before the flip: backup servers while nginx's
+    /// new workers resolve the color's name.
+    to_addrs: Vec<IpAddr>,
+    from_addrs: Vec<IpAddr>,
+    state: ClusterState,
+    readiness: Option<f64>,
+    switched_at: Option<chrono::DateTime<Utc>>,
+}
+
+impl Switch<'_> {
+    fn expect(&self) -> Expect {
+        Expect {
+            color: self.to.color,
+            version: Some(self.release.version.clone()),
+        }
+    }
+
+    fn target_name(&self) -> String {
+        service_name(&self.stack.project.name, self.to.color.service())
+    }
+
+    async fn execute(mut self, steps: &mut Steps<'_>, began: Instant) -> Result<Report> {
+        let ready = async {
+            let spec = self.bring_up(steps).await?;
+            self.gate(steps, &spec).await
+        };
+        if let Err(err) = ready.await {
+            return Ok(self.fail(steps, began, Outcome::Failed, err).await);
+        }
+        let flipped = async {
+            self.old_workers = self.edge.workers().await.unwrap_or_default();
+            let old = self.edge.probe_tasks(self.from.color).await;
+            self.from_addrs = old.map(|probes| answering(&probes)).unwrap_or_default();
+            let message = format!("switching nginx to {}", self.to.color);
+            let apply = self.edge.apply(self.to.color, &self.to_addrs);
+            steps.run("switch", message, apply).await?;
+            self.switched_at = Some(Utc::now());
+            self.served(steps).await
+        };
+        if let Err(err) = flipped.await {
+            return self.flip_back(steps, began, Outcome::Failed, err).await;
+        }
+        if let Err(err) = self.watch(steps).await {
+            return self.flip_back(steps, began, Outcome::RolledBack, err).await;
+        }
+        self.finish(steps, began).await
+    }
+
+    /// Creates the target's service, or updates it to the release and its
+    /// replicas (from 0, or from a standby).
+    async fn bring_up(&mut self, steps: &mut Steps<'_>) -> Result<ServiceSpec> {
+        let stack = self.stack;
+        let color = self.to.color;
+        let service = stack.compose.service(color.service()).ok_or_else(|| {
+            usage(
+                format!("the compose file has no service {}", color.service()),
+                "declare both colors, as `cryptus init` writes them",
+            )
+        })?;
+        let project = &stack.project.name;
+        let mut spec = service_spec(project, stack.compose, service, &self.release, None)?.spec;
+        spec.mode = ServiceMode::Replicated(self.replicas);
+        let message = format!(
+            "starting {color} {} ({} tasks)",
+            self.release.version, self.replicas
+        );
+        let engine = stack.engine;
+        let made = async {
+            if engine.update_service(&spec).await? {
+                Ok(Made::Updated)
+            } else if engine.create_service(&spec).await? {
+                Ok(Made::Created)
+            } else {
+                Err(failed_with_hint(
+                    format!("service {} appeared while it was made", spec.name),
+                    "another tool changes the stack; `cryptus status` shows it",
+                ))
+            }
+        };
+        self.made = steps.run("start", message, made).await?;
+        Ok(spec)
+    }
+
+    /// Every task of the target runs, and every address of its
+    /// `tasks.<service>` answers healthy as the color and release, from
+    /// the edge nginx.
+    async fn gate(&mut self, steps: &mut Steps<'_>, spec: &ServiceSpec) -> Result<()> {
+        let started = Instant::now();
+        let (engine, project) = (self.stack.engine, &self.stack.project.name);
+        let expect = self.expect();
+        let (edge, timeout) = (&self.edge, self.settings.timeout);
+        let wanted = usize::try_from(self.replicas).unwrap_or(usize::MAX);
+        let look = || async {
+            crate::interrupt::check()?;
+            let (services, tasks) =
+                tokio::try_join!(engine.services(project), engine.tasks(project))?;
+            let id = services.iter().find(|s| s.name == spec.name).map(|s| &s.id);
+            let current: Vec<&Task> = tasks
+                .iter()
+                .filter(|t| Some(&t.service_id) == id && t.desired_state == "running")
+                .collect();
+            if let Some(waiting) = super::up::not_running(spec, &current) {
+                return Ok(Seen::Not(waiting));
+            }
+            let probes = edge.probe_tasks(expect.color).await?;
+            Ok(gate_verdict(&probes, &expect, wanted))
+        };
+        let message = format!(
+            "waiting for {} to answer healthy as {} {}",
+            spec.name, expect.color, self.release.version
+        );
+        let gated = wait::until(
+            Limits::until(started + timeout, self.settings.poll),
+            look,
+            |last| {
+                failed_with_hint(
+                    format!(
+                        "{} did not answer healthy as {} {} within {}: {last}",
+                        spec.name,
+                        expect.color,
+                        self.release.version,
+                        crate::output::uptime(timeout)
+                    ),
+                    "`cryptus status` shows each task; `docker service logs` on the manager shows why",
+                )
+            },
+        );
+        self.to_addrs = steps.wait("health", message, gated).await?;
+        self.readiness = Some(round(started.elapsed()));
+        Ok(())
+    }
+
+    /// nginx answers as the new color `--verify` times in a row.
+    async fn served(&self, steps: &mut Steps<'_>) -> Result<()> {
+        let expect = self.expect();
+        let in_a_row = Cell::new(0u32);
+        let needed = self.settings.verify.max(1);
+        let look = || async {
+            let probe = self.edge.probe_lb().await?;
+            Ok(if probe.satisfies(&expect) {
+                in_a_row.set(in_a_row.get() + 1);
+                if in_a_row.get() >= needed {
+                    Seen::Ready(())
+                } else {
+                    Seen::Not(format!("{} answers in a row", in_a_row.get()))
+                }
+            } else {
+                in_a_row.set(0);
+                Seen::Not(format!("last answer {probe}"))
+            })
+        };
+        let limits = Limits::until(Instant::now() + self.settings.timeout, VERIFY_EVERY);
+        let waiting = wait::until(limits, look, |last| {
+            failed_with_hint(
+                format!(
+                    "nginx in {} did not serve {} {} {needed} times in a row: {last}",
+                    self.edge.container, expect.color, self.release.version
+                ),
+                "`cryptus status` shows the tasks; nginx's log is `docker service logs` of its service",
+            )
+        });
+        let message = format!("waiting until nginx serves {}", expect.color);
+        steps.wait("verify", message, waiting).await
+    }
+
+    /// For `--watch`: the new color through nginx, and each of its tasks;
+    /// [`WATCH_FAILURES`] failed looks in a row end it.
+    async fn watch(&self, steps: &mut Steps<'_>) -> Result<()> {
+        let watch = self.settings.watch;
+        if watch.is_zero() {
+            return Ok(());
+        }
+        let expect = self.expect();
+        let wanted = usize::try_from(self.replicas).unwrap_or(usize::MAX);
+        let watching = async {
+            let end = Instant::now() + watch;
+            let mut failures = 0;
+            while Instant::now() < end {
+                crate::interrupt::check()?;
+                let lb = self.edge.probe_lb().await?;
+                let tasks = self.edge.probe_tasks(expect.color).await?;
+                let verdict = match gate_verdict(&tasks, &expect, wanted) {
+                    Seen::Not(why) => Some(why),
+                    Seen::Ready(_) if !lb.satisfies(&expect) => Some(format!("nginx: {lb}")),
+                    Seen::Ready(_) => None,
+                };
+                match verdict {
+                    Some(why) => {
+                        failures += 1;
+                        if failures >= WATCH_FAILURES {
+                            return Err(failed_with_hint(
+                                format!(
+                                    "{} failed {failures} looks in a row while watched: {why}",
+                                    expect.color
+                                ),
+                                "traffic is back on the old color; `cryptus status` shows the tasks",
+                            ));
+                        }
+                    }
+                    None => failures = 0,
+                }
+                tokio::time::sleep(self.settings.poll).await;
+            }
+            Ok(())
+        };
+        let message = format!(
+            "watching {} for {}",
+            expect.color,
+            crate::output::uptime(watch)
+        );
+        steps.wait("watch", message, watching).await
+    }
+
+    /// Records the switch, drains nginx's old workers, and scales the old
+    /// color to 0 unless it stays as a standby.
+    async fn finish(mut self, steps: &mut Steps<'_>, began: Instant) -> Result<Report> {
+        self.state.active = Some(self.to.color);
+        self.state
+            .releases
+            .insert(self.to.color, self.release.clone());
+        self.state.replicas.insert(self.to.color, self.to.replicas);
+        let mut report = self.report(steps, began, Outcome::Ok, None);
+        let warnings = self.record(&report).await;
+        report.warnings.extend(warnings);
+        let (stack, settings) = (self.stack, self.settings);
+        let old = service_name(&stack.project.name, self.from.color.service());
+        let keep = settings.keep_standby;
+        let retire = async {
+            if let Err(err) = self
+                .edge
+                .drain(stack.printer, &self.old_workers, settings.drain)
+                .await
+            {
+                stack
+                    .printer
+                    .warn(format!("waiting for nginx's old workers: {err:#}"));
+            }
+            if !keep {
+                stack.engine.scale_service(&old, 0).await?;
+            }
+            Ok(())
+        };
+        let message = if keep {
+            format!("draining; {old} stays up as a standby")
+        } else {
+            format!("draining, then scaling {old} to 0")
+        };
+        if let Err(err) = steps.run("drain", message, retire).await {
+            report.warnings.push(format!("{err:#}"));
+        }
+        report.steps = steps.done.clone();
+        report.total = round(began.elapsed());
+        for warning in &report.warnings {
+            stack.printer.warn(warning);
+        }
+        Ok(report)
+    }
+
+    /// Puts the edge back on the old color after a failed flip or watch,
+    /// then ends as [`Switch::fail`] does.
+    async fn flip_back(
+        mut self,
+        steps: &mut Steps<'_>,
+        began: Instant,
+        outcome: Outcome,
+        err: anyhow::Error,
+    ) -> Result<Report> {
+        let from = self.from.color;
+        let back = steps
+            .run(
+                "rollback",
+                format!("putting nginx back on {from}"),
+                self.edge.apply(from, &self.from_addrs),
+            )
+            .await;
+        self.switched_at = None;
+        if let Err(back_err) = back {
+            let err = failed_with_hint(
+                format!(
+                    "switching to {}: {err:#}; putting nginx back on {from} failed too ({back_err:#}); both colors are left running",
+                    self.to.color
+                ),
+                "`cryptus status` shows the tasks; `cryptus rollback` once nginx answers",
+            );
+            let mut report = self.report(steps, began, Outcome::Failed, Some(&err));
+            report.traffic_unsettled = true;
+            let warnings = self.record(&report).await;
+            report.warnings.extend(warnings);
+            return Ok(report);
+        }
+        let drained = self
+            .edge
+            .drain(self.stack.printer, &self.old_workers, self.settings.drain)
+            .await;
+        if let Err(drain_err) = drained {
+            self.stack.printer.warn(format!("{drain_err:#}"));
+        }
+        Ok(self.fail(steps, began, outcome, err).await)
+    }
+
+    /// Ends a switch whose traffic is on the old color: what it made goes
+    /// (unless `--keep-failed`), and the failure is recorded.
+    async fn fail(
+        &mut self,
+        steps: &mut Steps<'_>,
+        began: Instant,
+        outcome: Outcome,
+        err: anyhow::Error,
+    ) -> Report {
+        if !self.settings.keep_failed {
+            let (engine, name) = (self.stack.engine, self.target_name());
+            let undone = match self.made {
+                Made::Nothing => Ok(()),
+                Made::Created => engine.remove_service(&name).await,
+                Made::Updated => engine.scale_service(&name, 0).await.map(|_| ()),
+            };
+            if let Err(undo) = undone {
+                self.stack.printer.warn(format!("{undo:#}"));
+            }
+        }
+        let mut report = self.report(steps, began, outcome, Some(&err));
+        let warnings = self.record(&report).await;
+        report.warnings.extend(warnings);
+        for warning in &report.warnings {
+            self.stack.printer.warn(warning);
+        }
+        report
+    }
+
+    fn report(
+        &self,
+        steps: &Steps<'_>,
+        began: Instant,
+        outcome: Outcome,
+        err: Option<&anyhow::Error>,
+    ) -> Report {
+        let sides = (self.from.clone(), self.to.clone());
+        Report {
+            reason: err.map(|err| format!("{err:#}")),
+            hint: err.and_then(|err| crate::error::classify(err).1.map(str::to_owned)),
+            readiness: self.readiness,
+            switched_at: self.switched_at,
+            ..Report::new(self.operation, outcome, sides, steps, began)
+        }
+    }
+
+    /// Appends the report to the cluster's state and announces it; the
+    /// warnings of what failed (the switch itself is done).
+    async fn record(&mut self, report: &Report) -> Vec<String> {
+        let entry = Entry {
+            time: Utc::now(),
+            operation: report.operation.clone(),
+            user: crate::lock::user(),
+            host: crate::lock::hostname(),
+            from: report.from.clone(),
+            to: report.to.clone(),
+            outcome: report.outcome,
+            reason: report.reason.clone(),
+            durations: report.durations(),
+            hooks: report.hooks.clone(),
+        };
+        let project = &self.stack.project.name;
+        let payload = crate::notify::Payload::of(project, &entry);
+        self.state.push(entry);
+        let (written, mut warnings) = tokio::join!(
+            state::write(self.stack.engine, project, &mut self.state),
+            crate::notify::send(&self.settings.notify, &payload)
+        );
+        if let Err(err) = written {
+            warnings.push(format!(
+                "recording the {} on the swarm: {err:#}",
+                report.operation
+            ));
+        }
+        warnings
+    }
+}
+
+/// How often nginx is asked while counting answers in a row.
+const VERIFY_EVERY: Duration = Duration::from_millis(100);
+
+/// Whether the probes of a color's tasks pass the gate: at least `wanted`
+/// addresses, each healthy as expected (then the addresses); else what was
+/// seen.
+pub fn gate_verdict(
+    probes: &[(String, Probe)],
+    expect: &Expect,
+    wanted: usize,
+) -> Seen<Vec<IpAddr>> {
+    let bad: Vec<String> = probes
+        .iter()
+        .filter(|(_, probe)| !probe.satisfies(expect))
+        .map(|(addr, probe)| format!("{addr}: {probe}"))
+        .collect();
+    if !bad.is_empty() {
+        return Seen::Not(bad.join("; "));
+    }
+    if probes.len() < wanted {
+        return Seen::Not(format!(
+            "{} of {wanted} tasks resolve on the overlay",
+            probes.len()
+        ));
+    }
+    Seen::Ready(answering(probes))
+}
+
+/// The addresses of the probes that answered, whatever they said.
+fn answering(probes: &[(String, Probe)]) -> Vec<IpAddr> {
+    probes
+        .iter()
+        .filter(|(_, probe)| matches!(probe, Probe::Answered(_)))
+        .filter_map(|(addr, _)| addr.parse().ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::{Memory, Report as Health};
+
+    fn answered(color: &str, version: &str) -> Probe {
+        Probe::Answered(Health {
+            status: "healthy".into(),
+            timestamp: "t".into(),
+            uptime: 1.0,
+            instance: color.into(),
+            version: version.into(),
+            memory: Memory {
+                used: 1.0,
+                total: 2.0,
+            },
+        })
+    }
+
+    #[test]
+    fn the_gate_wants_every_task_healthy_as_the_release() {
+        let expect = Expect {
+            color: Color::Green,
+            version: Some("2".into()),
+        };
+        let ok = |addr: &str| (addr.to_owned(), answered("green", "2"));
+        let Seen::Ready(addrs) =
+            gate_verdict(&[ok("10.0.1.5"), ok("10.0.1.6"), ok("c")], &expect, 3)
+        else {
+            panic!("three healthy tasks did not pass")
+        };
+        assert_eq!(
+            addrs,
+            [
+                "10.0.1.5".parse::<IpAddr>().unwrap(),
+                "10.0.1.6".parse().unwrap()
+            ]
+        );
+        let Seen::Not(few) = gate_verdict(&[ok("a")], &expect, 3) else {
+            panic!("one of three passed")
+        };
+        assert_eq!(few, "1 of 3 tasks resolve on the overlay");
+        let old = ("b".to_owned(), answered("green", "1"));
+        let down = ("c".to_owned(), Probe::Unreachable("no connection".into()));
+        let Seen::Not(why) = gate_verdict(&[ok("a"), old, down], &expect, 3) else {
+            panic!("a wrong version passed")
+        };
+        assert!(
+            why.starts_with("b: 200 status=healthy instance=green version=1"),
+            "{why}"
+        );
+        assert!(why.ends_with("c: no answer (no connection)"), "{why}");
+    }
+}
