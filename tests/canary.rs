@@ -1,7 +1,8 @@
 //! Canary releases on the real engine, with real nginx and redis: each
 //! step's share of clients, each client keeping its color, a failing
 //! canary rolled back at its first step, and a canary whose deploy was
-//! SIGKILLed, told truthfully and ended by the next rollback.
+//! SIGKILLed, told truthfully, refused by deploy and scale, and ended by
+//! the next rollback.
 
 mod support;
 
@@ -14,12 +15,23 @@ use support::{RUN_DEADLINE, TestProject, assert_code, get, stderr};
 /// Requests each share is measured over, each from a client of its own.
 const CLIENTS: usize = 1000;
 
-/// A project whose clients, all on one address, are not rate limited.
-fn project(hint: &str) -> TestProject {
-    let mut project = TestProject::new(hint);
-    project.set_env("CRYPTUS_RATE_SITE", "100000r/s");
-    project.set_env("CRYPTUS_RATE_API", "100000r/s");
+/// `deploy --canary STEPS --step HOLD` of the app image as `version`,
+/// with `extra`, started and left running.
+fn spawn_canary(
+    project: &TestProject,
+    version: &str,
+    (steps, hold): (&str, &str),
+    extra: &[&str],
+    output: fn() -> Stdio,
+) -> std::process::Child {
+    let mut args = vec!["--canary", steps, "--step", hold];
+    args.extend_from_slice(extra);
     project
+        .deploy_command(version, &args)
+        .stdout(output())
+        .stderr(output())
+        .spawn()
+        .unwrap()
 }
 
 /// The canary status shows: (color, percent).
@@ -94,30 +106,16 @@ fn clients(tag: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_10_50_canary_gives_each_step_its_share_and_clients_keep_their_color() {
-    let project = project("canary");
-    project.ok(&["start"]);
+    let project = TestProject::started("canary");
     let load = support::load::start_switch_load(project.lb_addr()).await;
 
-    let image = support::app_image();
-    let deploy = project
-        .command(&[
-            "deploy",
-            "--image",
-            &image,
-            "--version",
-            "2.0.0",
-            "--watch",
-            "0s",
-            "--canary",
-            "10,50",
-            "--step",
-            "12s",
-            "--json",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let deploy = spawn_canary(
+        &project,
+        "2.0.0",
+        ("10,50", "12s"),
+        &["--json"],
+        Stdio::piped,
+    );
 
     until_canary(&project, 10);
     let first = ask_each(&project, "/api/health", &clients("a")).await;
@@ -213,29 +211,19 @@ async fn a_10_50_canary_gives_each_step_its_share_and_clients_keep_their_color()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_canary_answering_5xx_is_rolled_back_at_its_first_step_by_nginxs_log() {
-    let project = project("canary-bad");
+    let mut project = TestProject::new("canary-bad");
+    project.set_env("CRYPTUS_RATE_SITE", "100000r/s");
+    project.set_env("CRYPTUS_RATE_API", "100000r/s");
     project.set_service_env("green", "APP_ERROR_RATIO", "${ERROR_RATIO:-0}");
     project.ok(&["start"]);
-    let mut bad = project.command(&[
-        "deploy",
-        "--image",
-        &support::app_image(),
-        "--version",
+    project.set_env("ERROR_RATIO", "0.2");
+    let deploy = spawn_canary(
+        &project,
         "2.0.0",
-        "--watch",
-        "0s",
-        "--canary",
-        "10,50",
-        "--step",
-        "30s",
-        "--json",
-    ]);
-    bad.env("ERROR_RATIO", "0.2");
-    let deploy = bad
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        ("10,50", "30s"),
+        &["--json"],
+        Stdio::piped,
+    );
 
     until_canary(&project, 10);
     // Real requests (health is never failed on purpose), each client its own.
@@ -282,26 +270,8 @@ async fn a_canary_answering_5xx_is_rolled_back_at_its_first_step_by_nginxs_log()
 
 #[test]
 fn a_canary_left_by_a_killed_deploy_is_told_truthfully_and_ended_by_rollback() {
-    let project = project("canary-kill");
-    project.ok(&["start"]);
-    let mut deploy = project
-        .command(&[
-            "deploy",
-            "--image",
-            &support::app_image(),
-            "--version",
-            "2.0.0",
-            "--watch",
-            "0s",
-            "--canary",
-            "30",
-            "--step",
-            "10m",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let project = TestProject::started("canary-kill");
+    let mut deploy = spawn_canary(&project, "2.0.0", ("30", "10m"), &[], Stdio::null);
     until_canary(&project, 30);
     deploy.kill().unwrap();
     deploy.wait().unwrap();
@@ -327,6 +297,18 @@ fn a_canary_left_by_a_killed_deploy_is_told_truthfully_and_ended_by_rollback() {
     let text = stderr(&output);
     assert!(text.contains("a canary of green is live at 30%"), "{text}");
     assert!(text.contains("cryptus rollback"), "{text}");
+
+    // So does a deploy: it could not replace the canary's containers
+    // while nginx sends them clients.
+    let output = project.deploy("2.1.0", &[]);
+    assert_code(&output, 1);
+    let text = stderr(&output);
+    assert!(text.contains("a canary of green is live at 30%"), "{text}");
+    assert_eq!(
+        canary(&project),
+        Some(("green".to_owned(), 30)),
+        "the deploy changed nothing"
+    );
 
     // rollback ends it: every client on blue, green's containers gone.
     let output = project.run(&["rollback"]);
@@ -356,4 +338,39 @@ fn a_canary_left_by_a_killed_deploy_is_told_truthfully_and_ended_by_rollback() {
     // And the next deploy works.
     project.deploy_ok("3.0.0", &[]);
     assert_eq!(project.serving(), ("green".to_owned(), "3.0.0".to_owned()));
+}
+
+#[test]
+fn start_ends_a_canary_left_by_a_killed_deploy() {
+    let project = TestProject::started("canary-start");
+    let mut deploy = spawn_canary(&project, "2.0.0", ("40", "10m"), &[], Stdio::null);
+    until_canary(&project, 40);
+    deploy.kill().unwrap();
+    deploy.wait().unwrap();
+
+    // A repair (or a reboot's start) names the active color alone, and the
+    // canary's containers go: no later rollback takes them for a release.
+    let output = project.ok(&["start"]);
+    let text = stderr(&output);
+    assert!(text.contains("a canary of green at 40% was live"), "{text}");
+    assert_eq!(canary(&project), None);
+    assert!(
+        !project
+            .containers()
+            .keys()
+            .any(|n| n.contains("cryptus-green"))
+    );
+    for n in 0..100 {
+        assert_eq!(
+            color_for(&project, "/api/health", &format!("s-{n}")),
+            "blue"
+        );
+    }
+    let output = project.run(&["rollback"]);
+    assert_code(&output, 1);
+    assert!(
+        stderr(&output).contains("nothing to roll back to"),
+        "{}",
+        stderr(&output)
+    );
 }

@@ -48,7 +48,11 @@ impl Stack<'_> {
             .await?;
         let lb = self.must_inspect(&self.lb_container()).await?;
         let mut lb_change = outcome.first().map_or(Change::Unchanged, |(_, c)| *c);
+        let canary = self.live_canary().await;
         let changed = self.put_nginx_files(&lb, &upstream, reload).await?;
+        if let Some(canary) = canary {
+            self.end_canary(canary, &now).await;
+        }
         if !lb.running {
             if !saga.created.contains(&lb.name) {
                 saga.started.push(lb.name.clone());
@@ -64,6 +68,34 @@ impl Stack<'_> {
         let lb_change = earlier.map_or(lb_change, |c| c.max_with(lb_change));
         step.done_with(format!("{lb_change:?}").to_lowercase());
         Ok((lb.name, lb_change, !lb.running))
+    }
+
+    /// A canary a killed deploy left in nginx's upstream file.
+    async fn live_canary(&self) -> Option<nginx::Canary> {
+        let text = self.nginx().read(nginx::UPSTREAM_FILE).await.ok()??;
+        nginx::upstream_served(&text)?.canary
+    }
+
+    /// `start` names the active color alone: a canary a killed deploy left
+    /// ends, as `rollback` ends one: its containers go, so that no later
+    /// rollback takes them for the previous release.
+    async fn end_canary(&self, canary: nginx::Canary, containers: &[Container]) {
+        let color = canary.color;
+        self.printer.warn(format!(
+            "a canary of {color} at {}% was live (its deploy did not finish): ended; \
+             every client is on the active color, and {color}'s containers are removed",
+            canary.percent
+        ));
+        for container in of_service(containers, color.service()) {
+            let name = &container.name;
+            let gone = async {
+                self.engine.stop(name, None).await?;
+                self.engine.remove(name, true).await
+            };
+            if let Err(err) = gone.await {
+                self.printer.warn(format!("removing {name}: {err:#}"));
+            }
+        }
     }
 
     /// Puts `upstream`, the http-level file and maintenance's (when this

@@ -153,7 +153,7 @@ impl Progress {
 }
 
 /// What nginx's access log says the canary answered during one step.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct StepAnswers {
     pub percent: u8,
     /// Requests the canary answered (or failed to).
@@ -162,6 +162,10 @@ pub struct StepAnswers {
     pub errors: u64,
     /// Requests the old color answered.
     pub others: u64,
+    /// Why nginx's log could not be read, when it could not: the 5xx
+    /// count was off for the step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unread: Option<String>,
 }
 
 /// Fewest canary requests before its error share can hold a step back.
@@ -235,7 +239,7 @@ pub async fn tally(
             }
             Ok(Some(Ok(_))) => {}
             Ok(Some(Err(err))) => {
-                tracing::debug!("reading nginx's log for the canary: {err:#}");
+                answers.unread = Some(format!("{err:#}"));
                 tokio::time::sleep_until(until).await;
                 return Ok(answers);
             }

@@ -155,6 +155,7 @@ async fn locked(
         Err(err) => return switch.fail_before_flip(steps, began, err).await,
     };
     if plan.action == plan::Action::Abandon {
+        super::hooks::sweep(stack, &switch.containers).await;
         switch.to = side(&observed, plan.target);
         return switch.abandon_canary(steps, began, &plan).await;
     }
@@ -636,6 +637,12 @@ impl<'s> Switch<'s> {
             );
             self.warnings.extend(notified);
             let answers = held?;
+            if let Some(why) = &answers.unread {
+                let warning = format!(
+                    "the canary's 5xx were not counted at {percent}%: nginx's log could not be read ({why}); the probes and the gate still watched"
+                );
+                self.warnings.push(warning);
+            }
             if let Some(progress) = &mut self.canary {
                 progress.answers.push(answers);
             }
@@ -916,7 +923,8 @@ impl<'s> Switch<'s> {
         // even the history, and keeps its exit 2.
         let bad_input = crate::error::classify(&err).0 == crate::error::EXIT_USAGE
             && crate::error::is_user_error(&err);
-        if bad_input && !self.runner.changed_anything() {
+        // A hook that ran (a migration, say) changed something.
+        if bad_input && !self.runner.changed_anything() && self.hooks.is_empty() {
             return Err(err);
         }
         if !self.settings.keep_failed {

@@ -255,23 +255,18 @@ pub fn plan(observed: &Observed, request: &Request) -> Result<Plan> {
     }
 }
 
-/// While a canary is live (its deploy was killed): a deploy goes on as
-/// usual (its new containers replace the canary's), a rollback abandons
-/// the canary, and a scale waits until one of them has.
+/// While a canary is live (its deploy was killed): a rollback ends it, and
+/// a deploy or a scale waits until one has. A deploy cannot replace the
+/// canary's containers while nginx still sends them their share; and a
+/// deploy that failed then would leave nginx naming containers it removed.
 fn after_canary(observed: &Observed, request: &Request, canary: Canary) -> Result<Plan> {
     let live = format!(
         "a canary of {} is live at {}% (its deploy did not finish)",
         canary.color, canary.percent
     );
-    let hint = "finish it with `cryptus deploy`, or end it with `cryptus rollback`";
-    let unchanged = Observed {
-        canary: None,
-        ..observed.clone()
-    };
+    let hint =
+        "end it with `cryptus rollback` (every client back on the active color), then deploy again";
     match request {
-        Request::Deploy { .. } if canary.color == observed.active.other() => {
-            plan(&unchanged, request)
-        }
         Request::Rollback { keep_standby } if canary.color == observed.active.other() => {
             let active = observed.active;
             let names = name_all(&observed.replicas(canary.color).iter().collect::<Vec<_>>());
@@ -824,7 +819,7 @@ mod tests {
     }
 
     #[test]
-    fn a_live_canary_is_ended_by_rollback_replaced_by_deploy_and_stops_scale() {
+    fn a_live_canary_is_ended_by_rollback_and_stops_deploy_and_scale() {
         let mut live = observed(&[1], vec![replica(Color::Green, 1, true, "2")]);
         live.canary = Some(Canary {
             color: Color::Green,
@@ -844,16 +839,18 @@ mod tests {
         assert!(plan.start.is_empty());
         assert!(plan.describe()[0].contains("every client goes back to blue"));
 
-        let deploy = super::plan(
+        let err = super::plan(
             &live,
             &Request::Deploy {
                 release: None,
                 keep_standby: false,
             },
         )
-        .unwrap();
-        assert_eq!(deploy.action, Action::Switch);
-        assert_eq!(deploy.replace, ["p-cryptus-green-1"]);
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("a canary of green is live at 10%"),
+            "{err}"
+        );
 
         let err = super::plan(
             &live,
