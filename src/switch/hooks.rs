@@ -247,13 +247,23 @@ async fn run(
             .and_then(|c| c.exit_code))
     }
     .await;
-    if let Err(err) = engine.remove(&spec.name, true).await {
+    // Stopped first, with its stop signal and grace (a migration past its
+    // deadline or interrupted gets to end cleanly), then removed.
+    let gone = async {
+        engine.stop(&spec.name, Some(HOOK_STOP_GRACE)).await?;
+        engine.remove(&spec.name, true).await
+    };
+    if let Err(err) = gone.await {
         stack
             .printer
             .warn(format!("removing the {hook} hook's container: {err:#}"));
     }
     ran
 }
+
+/// How long a hook stopped at its deadline (or by Ctrl-C) has to end
+/// after its stop signal, before the engine kills it.
+const HOOK_STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// Prints the container's output as it comes, each line after `[hook]`,
 /// keeping the last ones; until the log ends (or fails: the wait that
