@@ -610,16 +610,18 @@ impl Engine {
             .collect())
     }
 
-    /// Creates a config unless one of that name exists: `false` then. The
+    /// Creates a config unless one of that name exists: `None` then. The
     /// swarm's store makes names unique cluster-wide, so this is an atomic
     /// test-and-set any manager answers the same.
+    /// Returns the new config's id: what removes exactly this one later,
+    /// never another of the same name made meanwhile.
     pub async fn create_config_exclusive(
         &self,
         name: &str,
         data: &[u8],
         labels: BTreeMap<String, String>,
-    ) -> Result<bool> {
-        Ok(self.create_config(name, data, labels).await?.is_some())
+    ) -> Result<Option<String>> {
+        self.create_config(name, data, labels).await
     }
 
     /// The names of the networks of a project's stack.

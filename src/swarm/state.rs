@@ -132,9 +132,10 @@ pub async fn write(engine: &Engine, project: &str, state: &mut ClusterState) -> 
     let next = state.number + 1;
     let name = state_name(project, next);
     let data = serde_json::to_vec(state).context("encoding the cluster state")?;
-    if !engine
+    if engine
         .create_config_exclusive(&name, &data, labels(project))
         .await?
+        .is_none()
     {
         return Err(failed_with_hint(
             format!("the state of project {project} changed meanwhile: {name} exists"),
@@ -154,7 +155,8 @@ pub async fn write(engine: &Engine, project: &str, state: &mut ClusterState) -> 
 /// create; removed when released.
 pub struct ClusterLock<'e> {
     engine: &'e Engine,
-    name: String,
+    /// The lock config's id, not its name (see [`ClusterLock::release`]).
+    id: String,
 }
 
 /// Who holds a lock, from its labels.
@@ -204,11 +206,11 @@ impl<'e> ClusterLock<'e> {
         }
         let deadline = Instant::now() + options.wait;
         loop {
-            if engine
+            if let Some(id) = engine
                 .create_config_exclusive(&name, operation.as_bytes(), labels.clone())
                 .await?
             {
-                return Ok(ClusterLock { engine, name });
+                return Ok(ClusterLock { engine, id });
             }
             if Instant::now() >= deadline {
                 let configs = engine
@@ -230,8 +232,10 @@ impl<'e> ClusterLock<'e> {
         }
     }
 
+    /// Removes this run's lock by its id: a lock another run took after a
+    /// `--force-unlock` is left alone.
     pub async fn release(self) -> Result<()> {
-        self.engine.remove_config(&self.name).await
+        self.engine.remove_config(&self.id).await
     }
 }
 

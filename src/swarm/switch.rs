@@ -459,6 +459,9 @@ impl Switch<'_> {
         err: anyhow::Error,
     ) -> Result<Report> {
         let from = self.from.color;
+        // The workers to drain after putting nginx back are those serving
+        // the new color now, not the ones from before the flip.
+        self.old_workers = self.edge.workers().await.unwrap_or_default();
         let back = steps
             .run(
                 "rollback",
