@@ -66,6 +66,8 @@ struct Args {
 /// Deploys at each replica count of the scaling section, and the section's
 /// time budget: it stops there and says so.
 const SCALING_ROUNDS: usize = 3;
+/// At most this many canary cycles (deploy with --canary 10,50, rollback).
+const CANARY_CYCLES: usize = 3;
 const SCALING_BUDGET: Duration = Duration::from_secs(900);
 const USAGE: &str = "usage: zero_downtime [--cycles N] [--json] [--strict] [--results FILE] [--scaling N,N,...|off] [--svg FILE|off]";
 
@@ -189,6 +191,8 @@ struct Approach {
     deploy_seconds: f64,
     readiness_seconds: f64,
     overhead_seconds: f64,
+    /// Deploys only: the command less readiness, drain and a canary's holds.
+    deploy_overhead_seconds: f64,
     drain_seconds: f64,
     /// Rollbacks: from the command's start until traffic is back on the
     /// previous version (the drain of the rolled-back color comes after).
@@ -473,6 +477,18 @@ async fn cryptus_flip(
     };
     let readiness = report["readiness"].as_f64().unwrap_or(0.0);
     let drain = step("drain");
+    // A canary's holds are the time asked for, not cryptus's overhead.
+    let holds: f64 = report["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| {
+            s["step"]
+                .as_str()
+                .is_some_and(|name| name.starts_with("hold "))
+        })
+        .filter_map(|s| s["seconds"].as_f64())
+        .sum();
     let switched = report["switched_at"]
         .as_str()
         .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
@@ -493,7 +509,7 @@ async fn cryptus_flip(
         seconds,
         readiness,
         drain,
-        overhead: seconds - readiness - drain,
+        overhead: seconds - readiness - drain - holds,
         switched,
         to_switch: switched - (epoch_now() - load_epoch - seconds),
         steps,
@@ -625,6 +641,7 @@ fn summarize(samples: &[&Sample], flips: Vec<Flip>) -> Approach {
         deploy_seconds: of(&deploys, &|f| f.seconds).unwrap_or(0.0),
         readiness_seconds: of(&|_| true, &|f| f.readiness).unwrap_or(0.0),
         overhead_seconds: of(&|_| true, &|f| f.overhead).unwrap_or(0.0),
+        deploy_overhead_seconds: of(&deploys, &|f| f.overhead).unwrap_or(0.0),
         drain_seconds: of(&|_| true, &|f| f.drain).unwrap_or(0.0),
         rollback_warm_seconds: of(&|f| f.operation == "rollback" && f.warm, &|f| f.to_switch),
         rollback_cold_seconds: of(&|f| f.operation == "rollback" && !f.warm, &|f| f.to_switch),
@@ -811,6 +828,37 @@ async fn bench(args: &Args) -> Result<(Value, bool), String> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let cryptus_wrk = stop_wrk(wrk, mix.pause).await;
 
+    // Canary releases, on the same stack under the same load: a 10,50
+    // canary held 1 s a step, then a rollback.
+    let canary_began = since(Instant::now());
+    let mut canary_flips = Vec::new();
+    let canary_cycles = args.cycles.min(CANARY_CYCLES);
+    for cycle in 0..canary_cycles {
+        let version = format!("3.{cycle}.0");
+        let deploy = [
+            "deploy",
+            "--image",
+            &image,
+            "--version",
+            &version,
+            "--watch",
+            "0s",
+            "--canary",
+            "10,50",
+            "--step",
+            "1s",
+            "--json",
+        ];
+        canary_flips.push(cryptus_flip(&project, &deploy, "deploy", false, load_epoch).await?);
+        tokio::time::sleep(pause).await;
+        let rollback = ["rollback", "--json"];
+        canary_flips.push(cryptus_flip(&project, &rollback, "rollback", false, load_epoch).await?);
+        tokio::time::sleep(pause).await;
+        eprintln!("canary cycle {}/{canary_cycles} done", cycle + 1);
+    }
+    let canary_ended = since(Instant::now());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
     // The seed's way, on the same stack, under the same load.
     let wrk = start_wrk(project.lb_addr(), mix.pause, wrk_bound);
     let baseline_began = since(Instant::now());
@@ -873,6 +921,7 @@ async fn bench(args: &Args) -> Result<(Value, bool), String> {
             }
         }
     });
+    let canary = summarize(&window(canary_began, canary_ended + 2.0), canary_flips);
     let mut cryptus = summarize(&window(cryptus_began, cryptus_ended + 2.0), flips);
     cryptus.wrk = cryptus_wrk;
     let mut seed = summarize(&window(baseline_began, baseline_ended + 2.0), baseline);
@@ -884,6 +933,7 @@ async fn bench(args: &Args) -> Result<(Value, bool), String> {
     let targets = json!({
         "no_failed_request": cryptus.failed == 0,
         "no_failed_post": cryptus.failed_posts == 0,
+        "canary_no_failed_request": canary.failed == 0,
         "no_stale_keep_alive_close": cryptus.stale_keepalive_closes == 0,
         // null: wrk did not run.
         "no_failed_wrk_request": cryptus.wrk.run.then(|| cryptus.wrk.failed() == 0),
@@ -904,7 +954,11 @@ async fn bench(args: &Args) -> Result<(Value, bool), String> {
     let clean = cryptus.failed == 0
         && cryptus.failed_posts == 0
         && cryptus.wrk.failed() == 0
-        && (!args.strict || (cryptus.stale_keepalive_closes == 0 && cryptus.wrk.closes() == 0));
+        && canary.failed == 0
+        && (!args.strict
+            || (cryptus.stale_keepalive_closes == 0
+                && cryptus.wrk.closes() == 0
+                && canary.stale_keepalive_closes == 0));
     // cryptus renders keepalive_min_timeout where nginx has it (1.27.4+).
     let nginx = nginx_version(&project);
     let parts: Vec<u32> = nginx.split('.').map_while(|p| p.parse().ok()).collect();
@@ -929,6 +983,8 @@ async fn bench(args: &Args) -> Result<(Value, bool), String> {
         },
         "targets": targets,
         "picture": picture,
+        "canary": canary,
+        "ratio_canary_to_blue_green_deploy_overhead": ratio(canary.deploy_overhead_seconds, cryptus.deploy_overhead_seconds),
     });
     Ok((document, clean))
 }
@@ -1187,6 +1243,22 @@ fn table(d: &Value) -> String {
         out.push_str(&format!(
             "\ncryptus steps, median seconds: {}\n",
             line.join(", ")
+        ));
+    }
+    let k = &d["canary"];
+    if k.is_object() {
+        out.push_str(&format!(
+            "\ncanary releases (`--canary 10,50 --step 1s`, then a rollback), {} flips under the same load: \
+             {} failed of {} requests ({} of {} POSTs); deploy overhead less the holds (median) {}, \
+             {}x blue/green's {}\n",
+            k["flips"].as_array().map_or(0, Vec::len),
+            k["failed"],
+            k["requests"],
+            k["failed_posts"],
+            k["posts"],
+            seconds(&k["deploy_overhead_seconds"]),
+            d["ratio_canary_to_blue_green_deploy_overhead"],
+            seconds(&c["deploy_overhead_seconds"]),
         ));
     }
     if let Ok(floor) = serde_json::from_value::<floors::Medians>(d["engine_floor"].clone()) {
