@@ -152,12 +152,7 @@ pub fn render_canary_upstream(
     let Some(canary) = served.canary else {
         bail!("a canary upstream needs a canary");
     };
-    if cookie.is_empty()
-        || cookie.len() > 64
-        || !cookie
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_')
-    {
+    if !is_cookie_name(cookie) {
         bail!("refusing the cookie name {cookie:?} in nginx's configuration");
     }
     let mut text = format!(
@@ -172,6 +167,14 @@ pub fn render_canary_upstream(
     }
     text.push_str("    keepalive 32;\n}\n");
     Ok(text)
+}
+
+/// Whether nginx can read a cookie of this name as `$cookie_NAME`: 1 to 64
+/// letters, digits and `_`.
+pub fn is_cookie_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// A server name safe to write into nginx's configuration.

@@ -44,6 +44,15 @@ fn canary(project: &TestProject) -> Option<(String, u64)> {
     ))
 }
 
+/// A canary deploy of 2.0.0 at `percent`, SIGKILLed once nginx serves it.
+fn canary_killed_at(project: &TestProject, percent: u64) {
+    let steps = percent.to_string();
+    let mut deploy = spawn_canary(project, "2.0.0", (&steps, "10m"), &[], Stdio::null);
+    until_canary(project, percent);
+    deploy.kill().unwrap();
+    deploy.wait().unwrap();
+}
+
 fn until_canary(project: &TestProject, percent: u64) {
     eventually(
         &format!("a canary at {percent}%"),
@@ -271,10 +280,7 @@ async fn a_canary_answering_5xx_is_rolled_back_at_its_first_step_by_nginxs_log()
 #[test]
 fn a_canary_left_by_a_killed_deploy_is_told_truthfully_and_ended_by_rollback() {
     let project = TestProject::started("canary-kill");
-    let mut deploy = spawn_canary(&project, "2.0.0", ("30", "10m"), &[], Stdio::null);
-    until_canary(&project, 30);
-    deploy.kill().unwrap();
-    deploy.wait().unwrap();
+    canary_killed_at(&project, 30);
 
     // status tells the truth: blue serves, green has 30% of clients.
     let status = project.status();
@@ -343,10 +349,7 @@ fn a_canary_left_by_a_killed_deploy_is_told_truthfully_and_ended_by_rollback() {
 #[test]
 fn start_ends_a_canary_left_by_a_killed_deploy() {
     let project = TestProject::started("canary-start");
-    let mut deploy = spawn_canary(&project, "2.0.0", ("40", "10m"), &[], Stdio::null);
-    until_canary(&project, 40);
-    deploy.kill().unwrap();
-    deploy.wait().unwrap();
+    canary_killed_at(&project, 40);
 
     // A repair (or a reboot's start) names the active color alone, and the
     // canary's containers go: no later rollback takes them for a release.

@@ -77,10 +77,7 @@ pub fn parse_steps(text: &str) -> Result<Shares, String> {
 
 /// `--canary-cookie`: a cookie name nginx can read as a variable.
 pub fn parse_cookie(text: &str) -> Result<String, String> {
-    let ok = !text.is_empty()
-        && text.len() <= 64
-        && text.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if ok {
+    if crate::nginx::is_cookie_name(text) {
         Ok(text.to_owned())
     } else {
         Err(format!(

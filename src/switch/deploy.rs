@@ -902,6 +902,12 @@ impl<'s> Switch<'s> {
     ) -> Report {
         let mut report = self.report(steps, began, outcome, Some(format!("{err:#}")));
         report.hint = crate::error::classify(err).1.map(str::to_owned);
+        self.announce(report).await
+    }
+
+    /// Records a finished report (history, notifications) and prints its
+    /// warnings, the notifications' among them.
+    async fn announce(&self, mut report: Report) -> Report {
         let notified = super::record(self.stack, &report, self.settings).await;
         report.warnings.extend(notified);
         for warning in &report.warnings {
@@ -1036,13 +1042,8 @@ impl<'s> Switch<'s> {
         steps.run("drain", message, retire).await?;
         // What moved: from the canary's release back to the served color's.
         std::mem::swap(&mut self.from, &mut self.to);
-        let mut report = self.report(steps, began, Outcome::Ok, None);
-        let notified = super::record(stack, &report, self.settings).await;
-        report.warnings.extend(notified);
-        for warning in &report.warnings {
-            stack.printer.warn(warning);
-        }
-        Ok(report)
+        let report = self.report(steps, began, Outcome::Ok, None);
+        Ok(self.announce(report).await)
     }
 
     /// Ends a canary whose step failed (or was interrupted): every client
