@@ -117,17 +117,21 @@ pub async fn check(
 ) -> Report {
     let client = health::client();
     let lb = containers.iter().find(|c| c.service == LB_SERVICE);
-    // Every question is independent but for the active color, which nginx's
-    // and the colors' checks need: ask them all at once.
+    // Every question is independent: ask them all at once. Only judging
+    // nginx's answer and the colors' needs the active color, so nginx's
+    // `nginx -t` (an exec, the slowest question) starts with the rest.
     let served = async {
-        let active = active_color(engine, lb, &client, timeout).await;
-        let (nginx, colors) = tokio::join!(
-            check_nginx(engine, lb, active, &client, timeout),
-            join_all(
-                Color::ALL.map(|color| check_color(color, active, containers, &client, timeout))
+        let colors = async {
+            let active = active_color(engine, lb, &client, timeout).await;
+            let checks = join_all(
+                Color::ALL.map(|color| check_color(color, active, containers, &client, timeout)),
             )
-        );
-        (active, nginx, colors)
+            .await;
+            (active, checks)
+        };
+        let (answers, (active, colors)) =
+            tokio::join!(ask_nginx(engine, lb, &client, timeout), colors);
+        (active, judge_nginx(answers, active), colors)
     };
     let ((active, nginx, colors), redis, monitoring) = tokio::join!(
         served,
@@ -175,30 +179,46 @@ async fn within<T>(timeout: Duration, work: impl Future<Output = Result<T>>) -> 
     }
 }
 
-/// nginx runs, its configuration passes `nginx -t`, and the active color
-/// answers healthy through the load balancer.
-async fn check_nginx(
+/// What nginx answered: its `nginx -t`, and the app's answer through the
+/// load balancer; or why it could not be asked.
+type NginxAnswers = Result<(String, Probe), String>;
+
+/// Asks nginx's two questions at once: both are independent of the active
+/// color, which only judging them needs.
+async fn ask_nginx(
     engine: &Engine,
     lb: Option<&Container>,
-    active: Option<Color>,
     client: &reqwest::Client,
     timeout: Duration,
-) -> Check {
-    let unhealthy = |detail: String| Check::new("nginx", false, detail);
+) -> NginxAnswers {
     let Some(lb) = lb else {
-        return unhealthy("there is no nginx container (cryptus start)".into());
+        return Err("there is no nginx container (cryptus start)".into());
     };
     if !lb.running {
-        return unhealthy(format!("{} is {}", lb.name, lb.state));
-    }
-    let nginx = Nginx::named(engine, lb.name.clone());
-    match within(timeout, nginx.test()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(reason)) => return unhealthy(format!("nginx -t fails: {reason}")),
-        Err(err) => return unhealthy(format!("nginx -t: {err:#}")),
+        return Err(format!("{} is {}", lb.name, lb.state));
     }
     let Some(addr) = lb.published_addr(nginx::HTTP_PORT) else {
-        return unhealthy("the load balancer publishes no port".into());
+        return Err("the load balancer publishes no port".into());
+    };
+    let nginx = Nginx::named(engine, lb.name.clone());
+    let (tested, probe) = tokio::join!(
+        within(timeout, nginx.test()),
+        health::probe(client, &addr, timeout)
+    );
+    match tested {
+        Ok(Ok(())) => Ok((addr, probe)),
+        Ok(Err(reason)) => Err(format!("nginx -t fails: {reason}")),
+        Err(err) => Err(format!("nginx -t: {err:#}")),
+    }
+}
+
+/// nginx runs, its configuration passes `nginx -t`, and the active color
+/// answers healthy through the load balancer.
+fn judge_nginx(answers: NginxAnswers, active: Option<Color>) -> Check {
+    let unhealthy = |detail: String| Check::new("nginx", false, detail);
+    let (addr, probe) = match answers {
+        Ok(answers) => answers,
+        Err(detail) => return unhealthy(detail),
     };
     let Some(active) = active else {
         return unhealthy("nginx names no active color".into());
@@ -207,7 +227,6 @@ async fn check_nginx(
         color: active,
         version: None,
     };
-    let probe = health::probe(client, &addr, timeout).await;
     if probe.satisfies(&expect) {
         Check::new(
             "nginx",

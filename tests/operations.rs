@@ -298,6 +298,37 @@ fn health_exits_1_with_redis_stopped_and_0_after_start() {
 
     project.ok(&["start"]);
     project.ok(&["health"]);
+
+    // A configuration nginx would refuse at its next reload: health says
+    // so, though the running nginx still serves the app.
+    project.exec(
+        "nginx",
+        &["sh", "-c", "cp /etc/nginx/cryptus/http.conf /tmp/http.conf && echo 'not_a_directive on;' >> /etc/nginx/cryptus/http.conf"],
+    );
+    let output = project.run(&["health", "--json"]);
+    assert_code(&output, 1);
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let nginx = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["component"] == "nginx")
+        .unwrap();
+    assert_eq!(nginx["healthy"], false, "{report}");
+    assert!(
+        nginx["detail"].as_str().unwrap().contains("nginx -t fails")
+            && nginx["detail"]
+                .as_str()
+                .unwrap()
+                .contains("not_a_directive"),
+        "{nginx}"
+    );
+    assert_eq!(project.serving().0, "blue");
+    project.exec(
+        "nginx",
+        &["cp", "/tmp/http.conf", "/etc/nginx/cryptus/http.conf"],
+    );
+    project.ok(&["health"]);
 }
 
 #[test]
