@@ -3,6 +3,7 @@
 //! Waiting for an answer, under a deadline, is `ready`'s.
 
 use std::fmt;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -79,20 +80,39 @@ impl Probe {
     }
 }
 
-/// An HTTP client for probes: no proxy (probes go to loopback and the
-/// project's own containers), short timeouts, no connection reuse across
-/// probes so a dead backend is noticed at once.
+/// The HTTP client for the stack's own endpoints (the apps, nginx's status
+/// port, Prometheus, Grafana): no proxy (they are on loopback and the
+/// project's networks), short timeouts, no connection reuse across probes
+/// so a dead backend is noticed at once. They speak plain HTTP, so no TLS
+/// roots are loaded: loading the system's takes longer than most probes.
+/// One per process, shared (a clone is a handle to it).
 pub fn client() -> reqwest::Client {
-    // https (a notification's webhook) needs a crypto provider installed
-    // before any client is built; a second install is refused, harmlessly.
+    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            builder()
+                .tls_certs_only(std::iter::empty::<reqwest::Certificate>())
+                .build()
+                .unwrap_or_default()
+        })
+        .clone()
+}
+
+/// A client that also speaks https to the world (notification webhooks),
+/// with the system's TLS roots, loaded as it is built.
+pub fn tls_client() -> reqwest::Client {
+    builder().build().unwrap_or_default()
+}
+
+fn builder() -> reqwest::ClientBuilder {
+    // https needs a crypto provider installed before any client is built;
+    // a second install is refused, harmlessly.
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .no_proxy()
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(5))
         .pool_max_idle_per_host(0)
-        .build()
-        .unwrap_or_default()
 }
 
 pub async fn probe(client: &reqwest::Client, addr: &str, timeout: Duration) -> Probe {

@@ -264,7 +264,7 @@ pub async fn send(targets: &[Target], payload: &Payload) -> Vec<String> {
         Ok(body) => body,
         Err(err) => return vec![format!("encoding the notification: {err}")],
     };
-    let client = crate::health::client();
+    let client = crate::health::tls_client();
     let sends = targets.iter().map(|target| deliver(&client, target, &body));
     futures_util::future::join_all(sends)
         .await
