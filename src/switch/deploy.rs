@@ -477,7 +477,11 @@ impl<'s> Switch<'s> {
             if replicas == 1 { "" } else { "s" }
         );
         steps
-            .run("start", message, self.runner.bring_up(plan, release))
+            .run(
+                "start",
+                message,
+                self.runner.bring_up(plan, release, &self.containers),
+            )
             .await
     }
 

@@ -54,14 +54,24 @@ impl<'s> Runner<'s> {
     /// Starts what the plan starts: reused containers as they are; else the
     /// replaced ones go first, then fresh ones are made from the compose
     /// service with `release`.
-    pub async fn bring_up(&mut self, plan: &Plan, release: &Release) -> Result<()> {
-        let existing = self.existing(plan.target).await?;
+    /// `containers` are the project's, as the switch read them under its
+    /// lock: nothing else changes them until it ends.
+    pub async fn bring_up(
+        &mut self,
+        plan: &Plan,
+        release: &Release,
+        containers: &[Container],
+    ) -> Result<()> {
+        let existing: Vec<&Container> = containers
+            .iter()
+            .filter(|c| c.service == plan.target.service())
+            .collect();
         if plan.reuse {
             crate::interrupt::check()?;
             return self.start_all(&plan.start).await;
         }
         let replaced: Vec<&Container> = existing
-            .iter()
+            .into_iter()
             .filter(|c| plan.replace.contains(&c.name))
             .collect();
         self.stop_replaced(plan.target, &replaced).await?;
@@ -86,14 +96,6 @@ impl<'s> Runner<'s> {
             }
         }
         first_error.map_or(Ok(()), Err)
-    }
-
-    async fn existing(&self, color: Color) -> Result<Vec<Container>> {
-        let containers = self.stack.containers().await?;
-        Ok(containers
-            .into_iter()
-            .filter(|c| c.service == color.service())
-            .collect())
     }
 
     /// Stops the running containers a plan replaces: they may have requests
