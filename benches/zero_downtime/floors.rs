@@ -1,9 +1,12 @@
 //! What the engine itself costs on this machine, measured in the same run as
-//! the switches and through cryptus's own engine code: the floor under a
-//! switch's overhead. No switch takes less than its lock (a container
-//! created, and removed at the end) and one exec in nginx's container that
-//! runs `nginx -t` before the reload; the bare exec (`true`) shows what
-//! starting any process there costs.
+//! the switches and through cryptus's own engine code: the floors under
+//! cryptus's timings. A switch takes its lock (a container created, and
+//! removed at the end) and runs `nginx -t` and the reload in one exec that
+//! was started ahead (its process start is hidden behind the lock), so its
+//! floor is the lock plus `nginx -t`'s own work: the exec of `nginx -t`
+//! less the bare exec (`true`). A rollback's traffic is back once that
+//! exec ends, before the lock goes. `health` starts its exec of `nginx -t`
+//! when asked, so the whole exec is its floor.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -15,6 +18,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Default)]
 pub struct Floors {
     lock: Vec<f64>,
+    lock_create: Vec<f64>,
     exec: Vec<f64>,
     nginx_test: Vec<f64>,
 }
@@ -24,12 +28,20 @@ pub struct Floors {
 pub struct Medians {
     /// A never-started container created, then removed (the deploy lock).
     pub lock_ms: f64,
+    /// Its creation alone: what taking the lock costs before a switch.
+    #[serde(default)]
+    pub lock_create_ms: f64,
     /// `true` run in nginx's container through an exec.
     pub exec_ms: f64,
     /// `nginx -t` run in nginx's container through an exec.
     pub nginx_test_ms: f64,
-    /// lock + `nginx -t`: what no switch can go below on this engine.
+    /// The lock created and removed, plus `nginx -t`'s own work: what no
+    /// switch's overhead goes below on this engine.
     pub floor_ms: f64,
+    /// The lock created, plus `nginx -t`'s own work: what no rollback's
+    /// "traffic back" goes below.
+    #[serde(default)]
+    pub rollback_floor_ms: f64,
     pub samples: usize,
 }
 
@@ -51,6 +63,7 @@ impl Floors {
             .await
             .map_err(|e| format!("{e:#}"))?
             .ok_or("the floor's lock container already exists")?;
+        self.lock_create.push(ms(timed));
         engine
             .remove(&id, true)
             .await
@@ -82,16 +95,21 @@ impl Floors {
 
     pub fn medians(self) -> Option<Medians> {
         let samples = self.lock.len();
-        let (lock_ms, exec_ms, nginx_test_ms) = (
+        let (lock_ms, lock_create_ms, exec_ms, nginx_test_ms) = (
             median(self.lock)?,
+            median(self.lock_create)?,
             median(self.exec)?,
             median(self.nginx_test)?,
         );
+        // `nginx -t`'s own work, its process start aside.
+        let test_work = (nginx_test_ms - exec_ms).max(0.0);
         Some(Medians {
             lock_ms,
+            lock_create_ms,
             exec_ms,
             nginx_test_ms,
-            floor_ms: round(lock_ms + nginx_test_ms),
+            floor_ms: round(lock_ms + test_work),
+            rollback_floor_ms: round(lock_create_ms + test_work),
             samples,
         })
     }
