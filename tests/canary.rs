@@ -248,6 +248,10 @@ async fn a_canary_answering_5xx_is_rolled_back_at_its_first_step_by_nginxs_log()
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["outcome"], "rolled-back");
     assert_eq!(report["failed_at"], 10);
+    // Without Prometheus, nginx's log judged, and its counts are kept.
+    let step = &report["canary"]["answers"][0];
+    assert_eq!(step["judge"], "nginx-log", "{report}");
+    assert!(step["errors"].as_u64().unwrap() >= 3, "{step}");
     assert!(
         report["total"].as_f64().unwrap() < 30.0,
         "the step failed before its hold ended: {report}"
