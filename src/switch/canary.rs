@@ -1,8 +1,10 @@
 //! Canary releases: the steps asked for (`--canary 10,50`), the upstream
-//! weights that give the new color each step's share, and the tally of the
-//! canary's answers in nginx's access log, which fails a step when the new
-//! version fails real requests. All pure but [`tally`], which reads the log.
-//! The steps themselves run in `deploy` (`Switch::canary_steps`).
+//! weights that give the new color each step's share, and each step's
+//! judge: the metric gate where Prometheus sees the new version, else the
+//! tally of the canary's answers in nginx's access log; either fails a
+//! step when the new version fails real requests. All pure but
+//! [`judge_step`], which reads the log and asks Prometheus. The steps
+//! themselves run in `deploy` (`Switch::canary_steps`).
 //!
 //! How a client is split: nginx hashes a cookie (the app's session cookie
 //! by default; the client's address when a request has none) onto a ring of
@@ -256,8 +258,9 @@ pub const GATE_SEES_WITHIN: Duration = Duration::from_secs(30);
 
 /// Who judges the canary's 5xx now, from the gate's last answer (`None`:
 /// no gate, Prometheus does not run). Where the gate sees the new version,
-/// it judges: the contract, and Prometheus counts what the app
-/// itself says it answered, on every route, with the user's own condition.
+/// it judges alone: it asks the user's own condition (`--gate`) of what the
+/// app itself counted, and its answer is the one a plain deploy's watch
+/// obeys, so a canary and a deploy agree on what a bad version is.
 /// Where it cannot answer, nginx's log is the backstop at once; where it is
 /// blind, the log judges once `waited` (the hold ended, or the gate had
 /// [`GATE_SEES_WITHIN`]), so a slow first scrape cannot hand the verdict
