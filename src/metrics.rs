@@ -32,6 +32,13 @@ pub const DEFAULT_GATE: &str = concat!(
     r#" / sum(rate(http_requests_total{color="{color}",version="{version}",route!~"/api/health|/metrics"}[{window}])) > 0.01"#
 );
 
+/// Whether Prometheus can judge the new version: at least one of the
+/// request series the app must export for it holds two samples or more in
+/// the window, what `rate()` needs. Until Prometheus has found the new
+/// containers (DNS) and scraped them twice, the gate's condition is empty
+/// whatever the version does: blindness, not a pass. Filled in as the gate.
+pub const GATE_SEES: &str = r#"count(count_over_time(http_requests_total{color="{color}",version="{version}"}[{window}]) > 1)"#;
+
 fn escape(value: &str) -> String {
     value
         .replace('\\', "\\\\")
@@ -319,5 +326,10 @@ mod tests {
             "{query}"
         );
         assert!(!query.contains('{') || !query.contains("{color}"));
+        let sees = gate_query(GATE_SEES, Color::Green, "2.0", Duration::from_secs(20));
+        assert_eq!(
+            sees,
+            r#"count(count_over_time(http_requests_total{color="green",version="2.0"}[20s]) > 1)"#
+        );
     }
 }

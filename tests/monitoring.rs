@@ -409,16 +409,9 @@ async fn monitoring_scrapes_everything_alerts_and_gates_deploys() {
         },
     );
 
-    // A version answering 20% 5xx is rolled back by the metric gate.
-    let mix = Mix {
-        keep_alive: 0,
-        new_connection: 1,
-        slow: 0,
-        session: 3,
-        pause: Duration::from_millis(10),
-        ..Mix::default()
-    };
-    let load = mix.start(project.lb_addr());
+    // A version answering 20% 5xx is rolled back by the metric gate: the
+    // sessions are the real requests it fails.
+    let load = gate_load(0, 3).start(project.lb_addr());
     project.set_env("GREEN_ERROR_RATIO", "0.2");
     let output = project
         .run_async(&[
@@ -438,6 +431,9 @@ async fn monitoring_scrapes_everything_alerts_and_gates_deploys() {
         "{text}"
     );
     assert_eq!(project.serving().0, "blue");
+
+    // So is a canary of it, at its first step, by the gate.
+    canary_rolled_back_by_the_gate(&project).await;
 
     // One with 0% is kept.
     project.set_env("GREEN_ERROR_RATIO", "0");
@@ -463,10 +459,11 @@ async fn monitoring_scrapes_everything_alerts_and_gates_deploys() {
         EVERY,
         || {
             let active = prometheus(&project, port, "cryptus_active_color{color=\"green\"} == 1");
+            // The plain deploy and the canary.
             let rolled = prometheus(
                 &project,
                 port,
-                "cryptus_deploys{operation=\"deploy\",outcome=\"rolled-back\"} == 1",
+                "cryptus_deploys{operation=\"deploy\",outcome=\"rolled-back\"} == 2",
             );
             has_series(&active).and(has_series(&rolled))
         },
@@ -662,6 +659,129 @@ async fn monitoring_scrapes_everything_alerts_and_gates_deploys() {
     let output = project.run_async(&["stop"]).await;
     assert_code(&output, 0);
     assert!(project.containers().values().all(|(_, running)| !running));
+}
+
+/// The load during the gate's deploys: a health client on a new
+/// connection each time, `keep_alive` on kept ones, and `session` clients.
+fn gate_load(keep_alive: usize, session: usize) -> Mix {
+    Mix {
+        keep_alive,
+        new_connection: 1,
+        slow: 0,
+        session,
+        pause: Duration::from_millis(10),
+        ..Mix::default()
+    }
+}
+
+/// Requests to `/api/session` through `lb`, each with a session cookie of
+/// its own (so about a canary's share of them reach it), until `stop`:
+/// (answers, 5xx, 5xx from green).
+fn clients_until(
+    lb: std::net::SocketAddr,
+    stop: &std::sync::atomic::AtomicBool,
+) -> (u64, u64, u64) {
+    use std::sync::atomic::Ordering;
+    let url = format!("http://{lb}/api/session");
+    let (mut answers, mut failed, mut green) = (0, 0, 0);
+    let mut client = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        client += 1;
+        let cookie = format!("cryptus_sid={:016x}", 0x6a7e_0000_0000 + client);
+        let Ok((code, _, body)) = support::get(&url, Some(&cookie)) else {
+            continue;
+        };
+        answers += 1;
+        if code >= 500 {
+            failed += 1;
+            green += u64::from(body.contains("\"instance\":\"green\""));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    (answers, failed, green)
+}
+
+/// With Prometheus running, a canary of a version answering 20% 5xx is
+/// rolled back at its first step (10%) by the metric gate, which sees the
+/// new version's share of real requests, and not by nginx's log, which
+/// counts them too; the load loses nothing.
+async fn canary_rolled_back_by_the_gate(project: &TestProject) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // Health only: the app never fails it on purpose, so any failure is
+    // the canary's reloads' or rollback's.
+    let load = gate_load(2, 0).start(project.lb_addr());
+    load.flowing(20, Duration::from_secs(10)).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = {
+        let (lb, stop) = (project.lb_addr(), Arc::clone(&stop));
+        tokio::task::spawn_blocking(move || clients_until(lb, &stop))
+    };
+    let mut deploy =
+        project.deploy_command("2.1.0", &["--canary", "10", "--step", "20s", "--json"]);
+    deploy.env("GREEN_ERROR_RATIO", "0.2");
+    let output = support::run_async(deploy).await;
+    stop.store(true, Ordering::Relaxed);
+    let (answers, failed, from_green) = clients.await.unwrap();
+    eprintln!("clients: {answers} answers, {failed} 5xx, {from_green} of them from green");
+    let report = load.stop().await;
+    eprintln!("{}", report.summary());
+
+    assert_code(&output, 1);
+    let text = stderr(&output);
+    assert!(
+        text.contains("rolled back at 10%: the metric gate's condition is true"),
+        "{text}"
+    );
+    assert!(from_green > 0, "the canary's clients met its 5xx");
+    // The gate saw the canary's 20% among its share of the requests.
+    let value: f64 = text
+        .split("(value ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no value in {text}"));
+    assert!((0.05..=0.5).contains(&value), "the gate's ratio: {value}");
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["failed_at"], 10, "{json}");
+    let step = &json["canary"]["answers"][0];
+    eprintln!("{}: {step}", json["reason"]);
+    assert_eq!(step["judge"], "metric-gate", "{json}");
+    // nginx's log kept counting beside it.
+    assert!(
+        step["requests"].as_u64().unwrap() > 0 && step["errors"].as_u64().unwrap() > 0,
+        "{step}"
+    );
+    assert_eq!(project.serving().0, "blue");
+    assert!(
+        !project.has_color("green"),
+        "the canary's containers are removed"
+    );
+
+    let history = project.run_async(&["history", "--json"]).await;
+    assert_code(&history, 0);
+    let history: serde_json::Value = serde_json::from_slice(&history.stdout).unwrap();
+    let last = history["entries"].as_array().unwrap().last().unwrap();
+    assert_eq!(last["outcome"], "rolled-back", "{last}");
+    assert_eq!(last["to"]["version"], "2.1.0", "{last}");
+    assert!(
+        last["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("at 10%: the metric gate's condition is true"),
+        "{last}"
+    );
+    assert!(
+        last["durations"]["hold 10%"].as_f64().unwrap() < 20.0,
+        "caught during the step, not at its end: {last}"
+    );
+
+    assert_eq!(report.cut_short, None, "{}", report.summary());
+    assert_eq!(
+        report.failed, 0,
+        "failed requests during the canary: {:?} {:?}",
+        report.failures, report.first_failures
+    );
 }
 
 #[test]

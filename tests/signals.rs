@@ -222,10 +222,7 @@ fn nginx_killed_before_the_switch_exits_1_and_traffic_stays() {
         "{doc}"
     );
     assert!(
-        !project
-            .containers()
-            .keys()
-            .any(|n| n.contains("cryptus-green")),
+        !project.has_color("green"),
         "green is removed: {}",
         stderr(&output)
     );
@@ -437,10 +434,7 @@ fn a_signal_at_each_moment_of_deploy_rollback_and_scale_leaves_a_consistent_stac
             },
         );
         assert!(
-            !project
-                .containers()
-                .keys()
-                .any(|n| n.contains("cryptus-green")),
+            !project.has_color("green"),
             "{what}: the new container is removed"
         );
     }

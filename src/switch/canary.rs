@@ -1,8 +1,10 @@
 //! Canary releases: the steps asked for (`--canary 10,50`), the upstream
-//! weights that give the new color each step's share, and the tally of the
-//! canary's answers in nginx's access log, which fails a step when the new
-//! version fails real requests. All pure but [`tally`], which reads the log.
-//! The steps themselves run in `deploy` (`Switch::canary_steps`).
+//! weights that give the new color each step's share, and each step's
+//! judge: the metric gate where Prometheus sees the new version, else the
+//! tally of the canary's answers in nginx's access log; either fails a
+//! step when the new version fails real requests. All pure but
+//! [`judge_step`], which reads the log and asks Prometheus. The steps
+//! themselves run in `deploy` (`Switch::canary_steps`).
 //!
 //! How a client is split: nginx hashes a cookie (the app's session cookie
 //! by default; the client's address when a request has none) onto a ring of
@@ -18,6 +20,7 @@ use anyhow::{Result, bail};
 use serde::Serialize;
 use tokio::time::Instant;
 
+use super::watch::{Answer, GATE_EVERY, Gate};
 use crate::engine::Engine;
 use crate::nginx::Canary;
 use crate::stack::Color;
@@ -163,6 +166,12 @@ pub struct StepAnswers {
     /// count was off for the step.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unread: Option<String>,
+    /// Who judged the step's 5xx (when it failed, who failed it).
+    pub judge: Judge,
+    /// Why the metric gate could not ask Prometheus, when it could not
+    /// (last seen): nginx's log judged meanwhile.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gate_unanswered: Option<String>,
 }
 
 /// Fewest canary requests before its error share can hold a step back.
@@ -192,7 +201,31 @@ impl StepAnswers {
         }
     }
 
-    /// Why the canary fails this step, if it does.
+    /// What the operator should know of the step's judging: a count that
+    /// was off, a gate that could not ask, and on a step that `passed`,
+    /// 5xx in nginx's log that the gate, judging, did not fail.
+    pub fn warnings(&self, passed: bool) -> Vec<String> {
+        let percent = self.percent;
+        let mut warnings = Vec::new();
+        if let Some(why) = &self.unread {
+            warnings.push(format!(
+                "the canary's 5xx were not counted at {percent}%: nginx's log could not be read ({why}); the probes and the gate still watched"
+            ));
+        }
+        if let Some(why) = &self.gate_unanswered {
+            warnings.push(format!(
+                "the metric gate could not ask Prometheus at {percent}% ({why}); nginx's log judged while it could not"
+            ));
+        }
+        if let (true, Judge::MetricGate, Some(why)) = (passed, self.judge, self.failure()) {
+            warnings.push(format!(
+                "at {percent}%, {why}; the metric gate, which judges where Prometheus sees the new version, did not fail it"
+            ));
+        }
+        warnings
+    }
+
+    /// Why the canary fails this step by nginx's log, if it does.
     pub fn failure(&self) -> Option<String> {
         let failing = self.requests >= MIN_REQUESTS
             && self.errors >= MIN_ERRORS
@@ -206,42 +239,126 @@ impl StepAnswers {
     }
 }
 
-/// Counts the canary's answers (`canary`: its `ip:port`s) in nginx's
-/// access log, from now until `until`; fails as soon as they fail the step.
-/// A log that cannot be read fails nothing: the probes and the gate still
+/// Who judges a step's 5xx.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Judge {
+    /// Prometheus's metric gate, for the new version.
+    MetricGate,
+    /// The tally of the canary's answers in nginx's access log.
+    #[default]
+    NginxLog,
+}
+
+/// How long a step waits for a blind gate (Prometheus has not found and
+/// scraped the new containers twice) before nginx's log judges instead:
+/// with the shipped configuration (DNS every 5s, scrapes every 5s) it sees
+/// them within 15s; twice that leaves room for a slower scrape.
+pub const GATE_SEES_WITHIN: Duration = Duration::from_secs(30);
+
+/// Who judges the canary's 5xx now, from the gate's last answer (`None`:
+/// no gate, Prometheus does not run). Where the gate sees the new version,
+/// it judges alone: it asks the user's own condition (`--gate`) of what the
+/// app itself counted, and its answer is the one a plain deploy's watch
+/// obeys, so a canary and a deploy agree on what a bad version is.
+/// Where it cannot answer, nginx's log is the backstop at once; where it is
+/// blind, the log judges once `waited` (the hold ended, or the gate had
+/// [`GATE_SEES_WITHIN`]), so a slow first scrape cannot hand the verdict
+/// to the log, nor a version Prometheus never scrapes pass unjudged.
+/// `None`: nobody yet.
+pub fn judge(gate: Option<&Answer>, waited: bool) -> Option<Judge> {
+    match gate {
+        None | Some(Answer::Unanswered(_)) => Some(Judge::NginxLog),
+        Some(Answer::Fails(_) | Answer::Passes) => Some(Judge::MetricGate),
+        Some(Answer::Blind) => waited.then_some(Judge::NginxLog),
+    }
+}
+
+/// Why the step fails by now, if it does: the judge's reason, which names
+/// it.
+pub fn verdict(answers: &StepAnswers, gate: Option<&Answer>, waited: bool) -> Option<String> {
+    match (judge(gate, waited)?, gate) {
+        (Judge::MetricGate, Some(Answer::Fails(why))) => Some(why.clone()),
+        (Judge::MetricGate, _) => None,
+        (Judge::NginxLog, gate) => {
+            let why = answers.failure()?;
+            Some(match gate {
+                Some(Answer::Unanswered(err)) => {
+                    format!("{why}; the metric gate could not judge: {err}")
+                }
+                Some(Answer::Blind) => format!(
+                    "{why}; the metric gate could not judge: Prometheus held too few samples of the new version"
+                ),
+                _ => why,
+            })
+        }
+    }
+}
+
+/// One step's judge, until `until`: counts the canary's answers
+/// (`canary`: its `ip:port`s) in nginx's access log into `answers`, asks
+/// the metric gate, if any, every [`GATE_EVERY`] and at the end, and fails
+/// as soon as [`verdict`] says. `answers` keeps the counts either way.
+/// A log that cannot be read counts nothing: the probes and the gate still
 /// watch.
-pub async fn tally(
+pub async fn judge_step(
     engine: &Engine,
     nginx: &str,
     canary: &[String],
-    percent: u8,
+    gate: Option<(&reqwest::Client, &Gate)>,
     until: Instant,
-) -> Result<StepAnswers> {
+    answers: &mut StepAnswers,
+) -> Result<()> {
     use futures_util::StreamExt;
-    let mut answers = StepAnswers {
-        percent,
-        ..StepAnswers::default()
-    };
+    let began = Instant::now();
+    let blind_until = until.min(began + GATE_SEES_WITHIN);
     let lines = engine.log_lines(nginx, true, None, chrono::Utc::now().timestamp());
     let mut lines = std::pin::pin!(lines);
+    let mut log_open = true;
+    // Not asked yet is blind: the first answer comes after GATE_EVERY.
+    let mut said = gate.map(|_| Answer::Blind);
+    let mut next_ask = began + GATE_EVERY;
     loop {
-        match tokio::time::timeout_at(until, lines.next()).await {
-            Ok(Some(Ok(chunk))) if chunk.stream == "stdout" => {
-                for line in chunk.text.lines() {
-                    answers.count(line, canary);
+        let wake = if gate.is_some() {
+            next_ask.min(until)
+        } else {
+            until
+        };
+        tokio::select! {
+            chunk = lines.next(), if log_open => match chunk {
+                Some(Ok(chunk)) if chunk.stream == "stdout" => {
+                    for line in chunk.text.lines() {
+                        answers.count(line, canary);
+                    }
                 }
-                if let Some(why) = answers.failure() {
-                    bail!(why);
+                Some(Ok(_)) => {}
+                Some(Err(err)) => {
+                    answers.unread = Some(format!("{err:#}"));
+                    log_open = false;
                 }
+                // nginx's log ended (it stopped: the probes say so).
+                None => log_open = false,
+            },
+            () = tokio::time::sleep_until(wake) => {}
+        }
+        if let Some((client, gate)) = gate
+            && Instant::now() >= wake
+        {
+            let answer = gate.ask(client).await;
+            if let Answer::Unanswered(why) = &answer {
+                answers.gate_unanswered = Some(why.clone());
             }
-            Ok(Some(Ok(_))) => {}
-            Ok(Some(Err(err))) => {
-                answers.unread = Some(format!("{err:#}"));
-                tokio::time::sleep_until(until).await;
-                return Ok(answers);
-            }
-            // The deadline, or nginx's log ended (it stopped: the probes say so).
-            Err(_) | Ok(None) => return Ok(answers),
+            said = Some(answer);
+            next_ask = Instant::now() + GATE_EVERY;
+        }
+        let (now, gate_said) = (Instant::now(), said.as_ref());
+        let waited = now >= blind_until;
+        answers.judge = judge(gate_said, waited).unwrap_or_default();
+        if let Some(why) = verdict(answers, gate_said, waited) {
+            bail!(why);
+        }
+        if now >= until {
+            return Ok(());
         }
     }
 }
@@ -366,6 +483,92 @@ mod tests {
         }
         let why = answers.failure().unwrap();
         assert!(why.contains("3 of 33 requests"), "{why}");
+    }
+
+    /// Answers nginx's log fails: 5 of 40 with 5xx.
+    fn failing_log() -> StepAnswers {
+        StepAnswers {
+            percent: 10,
+            requests: 40,
+            errors: 5,
+            ..StepAnswers::default()
+        }
+    }
+
+    #[test]
+    fn without_a_gate_nginxs_log_judges() {
+        assert_eq!(judge(None, false), Some(Judge::NginxLog));
+        let why = verdict(&failing_log(), None, false).unwrap();
+        assert!(
+            why.contains("5 of 40 requests with 5xx in nginx's log"),
+            "{why}"
+        );
+        assert_eq!(verdict(&StepAnswers::default(), None, true), None);
+    }
+
+    #[test]
+    fn a_gate_that_sees_the_new_version_judges_alone() {
+        let fails = Answer::Fails("the metric gate's condition is true (value 0.2): q".into());
+        assert_eq!(judge(Some(&fails), false), Some(Judge::MetricGate));
+        assert_eq!(
+            verdict(&StepAnswers::default(), Some(&fails), false).as_deref(),
+            Some("the metric gate's condition is true (value 0.2): q"),
+            "the gate fails a step nginx's log would pass"
+        );
+        // It passes a step nginx's log would fail, to the end.
+        assert_eq!(judge(Some(&Answer::Passes), true), Some(Judge::MetricGate));
+        assert_eq!(verdict(&failing_log(), Some(&Answer::Passes), false), None);
+        assert_eq!(verdict(&failing_log(), Some(&Answer::Passes), true), None);
+    }
+
+    #[test]
+    fn nginxs_log_is_the_backstop_of_a_gate_that_cannot_answer() {
+        let down = Answer::Unanswered("asking Prometheus: connection refused".into());
+        assert_eq!(judge(Some(&down), false), Some(Judge::NginxLog));
+        let why = verdict(&failing_log(), Some(&down), false).unwrap();
+        assert!(
+            why.contains("in nginx's log")
+                && why.contains("the metric gate could not judge: asking Prometheus"),
+            "{why}"
+        );
+        assert_eq!(verdict(&StepAnswers::default(), Some(&down), false), None);
+    }
+
+    #[test]
+    fn a_blind_gate_is_waited_for_then_nginxs_log_judges() {
+        let blind = Some(&Answer::Blind);
+        assert_eq!(
+            judge(blind, false),
+            None,
+            "Prometheus may not have scraped yet"
+        );
+        assert_eq!(verdict(&failing_log(), blind, false), None);
+        assert_eq!(judge(blind, true), Some(Judge::NginxLog));
+        let why = verdict(&failing_log(), blind, true).unwrap();
+        assert!(why.contains("too few samples of the new version"), "{why}");
+    }
+
+    #[test]
+    fn a_step_tells_what_its_judge_did_not_fail() {
+        let mut answers = failing_log();
+        answers.judge = Judge::MetricGate;
+        let warnings = answers.warnings(true);
+        assert!(
+            warnings.len() == 1 && warnings[0].contains("the metric gate, which judges"),
+            "{warnings:?}"
+        );
+        assert!(answers.warnings(false).is_empty(), "not on a failed step");
+        answers.judge = Judge::NginxLog;
+        answers.gate_unanswered = Some("connection refused".into());
+        let warnings = answers.warnings(false);
+        assert!(
+            warnings.len() == 1 && warnings[0].contains("nginx's log judged while it could not"),
+            "{warnings:?}"
+        );
+        assert_eq!(
+            serde_json::to_value(&answers).unwrap()["judge"],
+            "nginx-log"
+        );
     }
 
     #[test]

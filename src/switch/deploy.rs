@@ -586,8 +586,8 @@ impl<'s> Switch<'s> {
 
     /// A canary's steps, before the flip to 100%: nginx sends each step's
     /// share of clients to the new color, which is then held and watched
-    /// (its containers probed, its 5xx counted in nginx's log, and the
-    /// metric gate asked where Prometheus runs).
+    /// (its containers probed, its 5xx counted in nginx's log, and judged
+    /// by the metric gate where Prometheus sees it, by the log otherwise).
     async fn canary_steps(
         &mut self,
         steps: &mut Steps<'_>,
@@ -622,8 +622,13 @@ impl<'s> Switch<'s> {
                 progress.reached = Some(percent);
             }
             let message = format!(
-                "holding {percent}% for {}",
-                crate::output::seconds(options.hold)
+                "holding {percent}% for {}{}",
+                crate::output::seconds(options.hold),
+                if crate::metrics::prometheus_addr(&self.containers).is_some() {
+                    ", with the metric gate"
+                } else {
+                    ""
+                }
             );
             let payload = crate::notify::Payload::canary_step(
                 &self.stack.project.name,
@@ -631,39 +636,40 @@ impl<'s> Switch<'s> {
                 &self.to,
                 percent,
             );
+            let mut answers = canary::StepAnswers {
+                percent,
+                ..canary::StepAnswers::default()
+            };
             let (name, hold) = (
                 format!("hold {percent}%"),
-                self.hold(expect, percent, options.hold),
+                self.hold(expect, &mut answers, options.hold),
             );
             let (held, notified) = tokio::join!(
                 steps.wait(&name, message, hold),
                 crate::notify::send(&self.settings.notify, &payload)
             );
             self.warnings.extend(notified);
-            let answers = held?;
-            if let Some(why) = &answers.unread {
-                let warning = format!(
-                    "the canary's 5xx were not counted at {percent}%: nginx's log could not be read ({why}); the probes and the gate still watched"
-                );
-                self.warnings.push(warning);
-            }
+            // A failed step's counts are kept too: they show what the judge
+            // saw, and what nginx's log saw beside the gate.
+            self.warnings.extend(answers.warnings(held.is_ok()));
             if let Some(progress) = &mut self.canary {
                 progress.answers.push(answers);
             }
+            held?;
         }
         self.failed_at = None;
         Ok(())
     }
 
-    /// One canary step's hold: the watch of the new containers, and the
-    /// tally of their answers in nginx's access log.
+    /// One canary step's hold: the new containers probed, and the step's
+    /// judge (the metric gate where Prometheus sees the new version,
+    /// nginx's log otherwise) counting into `answers`.
     async fn hold(
         &self,
         expect: &Expect,
-        percent: u8,
+        answers: &mut canary::StepAnswers,
         length: std::time::Duration,
-    ) -> Result<canary::StepAnswers> {
-        let settings = self.settings;
+    ) -> Result<()> {
         let inspected = self.runner.inspect(&self.serve).await?;
         let targets = inspected
             .iter()
@@ -674,37 +680,39 @@ impl<'s> Switch<'s> {
             .flat_map(|c| c.addresses.values())
             .map(|ip| format!("{ip}:{}", crate::stack::APP_PORT))
             .collect();
-        let gate = self.metric_gate(length);
-        let watch = watch::Watch {
+        let probes = watch::Watch {
             client: &self.client,
             printer: self.stack.printer,
             targets,
             expect,
             length,
-            poll: settings.poll,
-            gate,
+            poll: self.settings.poll,
+            // The step's judge asks the gate: it weighs its answers
+            // against nginx's log.
+            gate: None,
         };
-        let tally = canary::tally(
+        let gate = self.metric_gate(length);
+        let judged = canary::judge_step(
             self.stack.engine,
             &self.lb.container.name,
             &addresses,
-            percent,
+            gate.as_ref().map(|gate| (&self.client, gate)),
             Instant::now() + length,
+            answers,
         );
-        let ((), answers) = tokio::try_join!(watch::watch(watch), tally)?;
-        Ok(answers)
+        tokio::try_join!(watch::watch(probes), judged)?;
+        Ok(())
     }
 
     /// The metric gate over `window` for the new version, where Prometheus runs.
     fn metric_gate(&self, window: std::time::Duration) -> Option<watch::Gate> {
+        let fill = |template: &str| {
+            crate::metrics::gate_query(template, self.to.color, &self.to.version, window)
+        };
         crate::metrics::prometheus_addr(&self.containers).map(|addr| watch::Gate {
             addr,
-            query: crate::metrics::gate_query(
-                &self.settings.gate,
-                self.to.color,
-                &self.to.version,
-                window,
-            ),
+            query: fill(&self.settings.gate),
+            sees: fill(crate::metrics::GATE_SEES),
         })
     }
 

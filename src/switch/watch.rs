@@ -1,6 +1,7 @@
 //! The watch after a flip: every new container and the load balancer are
 //! probed for the watch window, with the metric gate where Prometheus runs.
-//! A failure here flips traffic back.
+//! A failure here flips traffic back. The gate's questions live here too;
+//! a canary step asks them through its judge (`canary::judge_step`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -18,11 +19,62 @@ const WATCH_FAILURES: u32 = 3;
 /// The metric gate: a PromQL condition that, when true, rolls back.
 pub struct Gate {
     pub addr: String,
+    /// The condition, filled in for the new version and the window.
     pub query: String,
+    /// Whether Prometheus can judge the new version at all
+    /// ([`metrics::GATE_SEES`]), filled in the same way.
+    pub sees: String,
 }
 
-/// How often the gate asks Prometheus during the watch.
-const GATE_EVERY: Duration = Duration::from_secs(2);
+/// How often the gate asks Prometheus during a watch or a canary's hold.
+pub const GATE_EVERY: Duration = Duration::from_secs(2);
+
+/// What the gate answered about the new version.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Answer {
+    /// The condition holds: why the new version fails.
+    Fails(String),
+    /// It does not, and Prometheus holds enough of the new version's
+    /// series to have judged it.
+    Passes,
+    /// It does not, but Prometheus holds too little of the new version to
+    /// judge: it has not found and scraped its containers (yet).
+    Blind,
+    /// Prometheus could not be asked, or refused the query: why.
+    Unanswered(String),
+}
+
+impl Gate {
+    /// Why the new version fails, when the condition holds.
+    async fn condition(&self, client: &reqwest::Client) -> Result<Option<String>> {
+        let value = metrics::query(client, &self.addr, &self.query).await?;
+        Ok(value.map(|value| {
+            format!(
+                "the metric gate's condition is true (value {value}): {}",
+                self.query
+            )
+        }))
+    }
+
+    /// The condition, and when it does not hold, whether that is a verdict
+    /// (Prometheus sees the new version) or blindness: an empty answer is
+    /// both "no 5xx" and "no data".
+    pub async fn ask(&self, client: &reqwest::Client) -> Answer {
+        let seen = async {
+            if let Some(why) = self.condition(client).await? {
+                return Ok(Answer::Fails(why));
+            }
+            let seen = metrics::query(client, &self.addr, &self.sees).await?;
+            Ok::<_, anyhow::Error>(if seen.is_some() {
+                Answer::Passes
+            } else {
+                Answer::Blind
+            })
+        };
+        seen.await
+            .unwrap_or_else(|err| Answer::Unanswered(format!("{err:#}")))
+    }
+}
 
 /// Probes each new container directly and the load balancer until the watch
 /// window has passed; three failures in a row of any of them fail the watch,
@@ -94,11 +146,8 @@ async fn ask_gate(
     gate: &Gate,
     said: &mut bool,
 ) -> Result<()> {
-    match metrics::query(client, &gate.addr, &gate.query).await {
-        Ok(Some(value)) => Err(anyhow!(
-            "the metric gate's condition is true (value {value}): {}",
-            gate.query
-        )),
+    match gate.condition(client).await {
+        Ok(Some(why)) => Err(anyhow!(why)),
         Ok(None) => Ok(()),
         Err(err) => {
             if !*said {

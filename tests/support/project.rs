@@ -238,6 +238,15 @@ impl TestProject {
         })
     }
 
+    /// Whether any container of `color`'s app service exists, running or
+    /// not: after a failed switch, none of the new color's may.
+    pub fn has_color(&self, color: &str) -> bool {
+        let prefix = format!("{}-cryptus-{color}-", self.name);
+        self.containers()
+            .keys()
+            .any(|name| name.starts_with(&prefix))
+    }
+
     /// The names of the project's networks on its engine.
     pub fn networks(&self) -> Vec<String> {
         let filter = self.label_filter();
