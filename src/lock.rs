@@ -26,13 +26,15 @@ use crate::error::failed_with_hint;
 use crate::output::Printer;
 use crate::wait::{self, Limits, Seen};
 
-const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 pub const STALE_AFTER: Duration = Duration::from_secs(30);
 /// How often a held lock is tried again while waiting for it.
 const RETRY_EVERY: Duration = Duration::from_millis(500);
 const HEARTBEAT_DIR: &str = "/";
 const HEARTBEAT_FILE: &str = "cryptus-heartbeat";
 pub const LOCK_LABEL: &str = "cryptus.lock";
+/// Where a lock that cannot hold a file (a Swarm config) keeps its heartbeat.
+pub const HEARTBEAT_LABEL: &str = "cryptus.lock.heartbeat";
 
 /// Who holds a lock, from its labels.
 #[derive(Clone, Debug, Serialize)]
@@ -90,7 +92,7 @@ impl Identity {
 }
 
 impl Holder {
-    fn describe(&self) -> String {
+    pub fn describe(&self) -> String {
         let age = (Utc::now() - self.since).num_seconds().max(0);
         format!(
             "{} by {}@{} (pid {}) since {} ({age}s ago)",
@@ -118,7 +120,8 @@ impl Holder {
         (silent > STALE_AFTER).then(|| format!("no heartbeat for {}s", silent.as_secs()))
     }
 
-    fn from_labels(labels: &BTreeMap<String, String>) -> Holder {
+    /// The holder a lock's labels name (see [`holder_labels`]).
+    pub fn from_labels(labels: &BTreeMap<String, String>) -> Holder {
         let get = |key: &str| {
             labels
                 .get(&format!("{LOCK_LABEL}.{key}"))
@@ -133,7 +136,9 @@ impl Holder {
             since: DateTime::parse_from_rfc3339(&get("since"))
                 .map(|t| t.with_timezone(&Utc))
                 .unwrap_or_else(|_| Utc::now()),
-            heartbeat: None,
+            heartbeat: DateTime::parse_from_rfc3339(&get("heartbeat"))
+                .ok()
+                .map(|t| t.with_timezone(&Utc)),
             boot_id: Some(get("boot-id")).filter(|id| !id.is_empty()),
             pid_namespace: Some(get("pid-namespace")).filter(|ns| !ns.is_empty()),
         }
@@ -221,12 +226,26 @@ impl Lock {
 
 /// The lock container: labelled with its holder, never started, on no network.
 fn lock_spec(project: &str, operation: &str, image: &str, here: &Identity) -> ContainerSpec {
+    let mut labels = holder_labels(operation, here);
+    labels.insert(PROJECT_LABEL.to_owned(), project.to_owned());
+    ContainerSpec {
+        name: lock_name(project),
+        image: image.to_owned(),
+        labels,
+        command: Some(vec!["cryptus-lock".to_owned()]),
+        ..Default::default()
+    }
+}
+
+/// The labels that name a lock's holder: this process, for `operation`,
+/// with what tells whether it still lives ([`Holder::from_labels`] reads
+/// them back), on one engine and on a swarm alike.
+pub fn holder_labels(operation: &str, here: &Identity) -> BTreeMap<String, String> {
     let mut labels = BTreeMap::from([
-        (PROJECT_LABEL.to_owned(), project.to_owned()),
         (LOCK_LABEL.to_owned(), "deploy".to_owned()),
         (format!("{LOCK_LABEL}.operation"), operation.to_owned()),
         (format!("{LOCK_LABEL}.user"), user()),
-        (format!("{LOCK_LABEL}.host"), hostname()),
+        (format!("{LOCK_LABEL}.host"), here.host.clone()),
         (format!("{LOCK_LABEL}.pid"), std::process::id().to_string()),
         (format!("{LOCK_LABEL}.since"), Utc::now().to_rfc3339()),
     ]);
@@ -238,13 +257,7 @@ fn lock_spec(project: &str, operation: &str, image: &str, here: &Identity) -> Co
             labels.insert(format!("{LOCK_LABEL}.{key}"), value.clone());
         }
     }
-    ContainerSpec {
-        name: lock_name(project),
-        image: image.to_owned(),
-        labels,
-        command: Some(vec!["cryptus-lock".to_owned()]),
-        ..Default::default()
-    }
+    labels
 }
 
 /// One try at the lock: its container's id when taken, else who holds it.
@@ -277,7 +290,7 @@ async fn try_take(
 
 /// Why a held lock is broken, as the warning that says so; `None` while its
 /// holder is alive and no `--force-unlock` asks.
-fn why_break(holder: &Holder, force_unlock: bool, here: &Identity) -> Option<String> {
+pub fn why_break(holder: &Holder, force_unlock: bool, here: &Identity) -> Option<String> {
     if force_unlock {
         return Some(format!(
             "breaking the lock held by {} (--force-unlock)",
@@ -488,6 +501,35 @@ mod tests {
             let never = holder(&there, 1, 60, None);
             assert!(never.stale_because(Utc::now(), &here, |_| true).is_some());
         }
+    }
+
+    /// What a Swarm's lock config carries: the holder, and a heartbeat
+    /// label that ages as the one-engine lock's file does.
+    #[test]
+    fn a_holder_and_its_heartbeat_survive_the_labels() {
+        let here = Identity::here();
+        let mut labels = holder_labels("deploy", &here);
+        let holder = Holder::from_labels(&labels);
+        assert_eq!(
+            (holder.operation.as_str(), holder.pid, holder.heartbeat),
+            ("deploy", std::process::id(), None)
+        );
+        assert!(here.shares_pids_with(&holder));
+        assert_eq!(holder.stale_because(Utc::now(), &here, pid_alive), None);
+        let beat = Utc::now() - chrono::Duration::seconds(120);
+        labels.insert(HEARTBEAT_LABEL.to_owned(), beat.to_rfc3339());
+        labels.insert(format!("{LOCK_LABEL}.since"), beat.to_rfc3339());
+        labels.insert(format!("{LOCK_LABEL}.host"), "elsewhere".to_owned());
+        let silent = Holder::from_labels(&labels);
+        assert_eq!(
+            silent.heartbeat.map(|t| t.timestamp()),
+            Some(beat.timestamp())
+        );
+        let why = silent.stale_because(Utc::now(), &here, |_| true).unwrap();
+        assert!(why.contains("no heartbeat for 12"), "{why}");
+        labels.insert(HEARTBEAT_LABEL.to_owned(), Utc::now().to_rfc3339());
+        let beating = Holder::from_labels(&labels);
+        assert_eq!(beating.stale_because(Utc::now(), &here, |_| true), None);
     }
 
     #[test]

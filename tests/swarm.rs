@@ -602,7 +602,9 @@ fn swarm_deploy_moves_traffic_to_green_on_every_node_and_rollback_brings_blue_ba
 /// A green that never answers healthy (APP_UNHEALTHY) fails the gate:
 /// exit 1, traffic stays on blue, green's service is removed, and the
 /// failure is recorded on the cluster. A deploy while another holds the
-/// cluster's lock is refused with exit 1, naming the holder.
+/// cluster's lock is refused with exit 1, naming the holder; a deploy
+/// SIGKILLed while holding it leaves a lock the next deploy breaks (its
+/// process is gone on this host), and that deploy goes through.
 #[test]
 fn swarm_deploy_that_never_gets_healthy_leaves_blue_and_a_held_lock_refuses_another() {
     let lab = SwarmLab::up(3);
@@ -639,16 +641,23 @@ fn swarm_deploy_that_never_gets_healthy_leaves_blue_and_a_held_lock_refuses_anot
     let recorded = lab.docker_ok(1, &["config", "inspect", "--pretty", state]);
     assert!(recorded.contains("\"outcome\":\"failed\""), "{recorded}");
 
+    // A lock held by a live run on another machine (it beat just now):
+    // refused, naming the holder.
     let lock = format!("{}_cryptus-lock", project.name);
+    let since = format!("cryptus.lock.since={}", chrono::Utc::now().to_rfc3339());
     let made = lab.docker(
         1,
         &[
             "config",
             "create",
             "--label",
-            "cryptus.user=ann",
+            "cryptus.lock.operation=deploy",
             "--label",
-            "cryptus.host=build",
+            "cryptus.lock.user=ann",
+            "--label",
+            "cryptus.lock.host=build",
+            "--label",
+            &since,
             &lock,
             "/etc/hostname",
         ],
@@ -661,7 +670,68 @@ fn swarm_deploy_that_never_gets_healthy_leaves_blue_and_a_held_lock_refuses_anot
     let refused = project.run(&["rollback"]);
     assert_code(&refused, 1);
     let err = stderr(&refused);
-    assert!(err.contains("is held by ann on build"), "{err}");
+    assert!(err.contains("is held: deploy by ann@build"), "{err}");
     assert!(err.contains("--force-unlock"), "{err}");
     assert_eq!(project.status()["active"], "blue");
+    lab.docker_ok(1, &["config", "rm", &lock]);
+
+    // A deploy SIGKILLed while it holds the cluster's lock: the next
+    // deploy from this host sees its process gone, breaks the lock, and
+    // deploys.
+    let mut killed = project
+        .command(&[
+            "deploy",
+            "--image",
+            &support::app_image(),
+            "--version",
+            "2.0.0",
+            "--timeout",
+            "120s",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting the deploy");
+    let pid = format!("cryptus.lock.pid={}", killed.id());
+    support::wait::eventually(
+        "the killed deploy's lock on the cluster",
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || {
+            let held = lab.docker_ok(
+                1,
+                &[
+                    "config",
+                    "ls",
+                    "-q",
+                    "--filter",
+                    &format!("name={lock}"),
+                    "--filter",
+                    &format!("label={pid}"),
+                ],
+            );
+            if held.trim().is_empty() {
+                Err("no lock yet".to_owned())
+            } else {
+                Ok(())
+            }
+        },
+    );
+    killed.kill().expect("SIGKILL");
+    killed.wait().expect("reaping the deploy");
+    project.edit_compose(|text| text.replace("APP_UNHEALTHY: \"1\"", "APP_UNHEALTHY: \"0\""));
+    let deployed = deploy_2_0_0(&project, &["--timeout", "240s"]);
+    assert_code(&deployed, 0);
+    let err = stderr(&deployed);
+    assert!(
+        err.contains("breaking a stale lock") && err.contains("is gone"),
+        "{err}"
+    );
+    assert_eq!(project.status()["active"], "green");
+    assert_eq!(served_by_edge(&lab, &project)["instance"], "green");
+    let left = lab.docker_ok(
+        1,
+        &["config", "ls", "-q", "--filter", &format!("name={lock}")],
+    );
+    assert!(left.trim().is_empty(), "the lock is released: {left}");
 }

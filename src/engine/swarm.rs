@@ -21,7 +21,8 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     InspectServiceOptions, ListConfigsOptionsBuilder, ListNetworksOptionsBuilder, ListNodesOptions,
-    ListServicesOptionsBuilder, ListTasksOptionsBuilder, UpdateServiceOptions,
+    ListServicesOptionsBuilder, ListTasksOptionsBuilder, UpdateConfigOptionsBuilder,
+    UpdateServiceOptions,
 };
 use serde::Serialize;
 
@@ -622,6 +623,38 @@ impl Engine {
         labels: BTreeMap<String, String>,
     ) -> Result<Option<String>> {
         self.create_config(name, data, labels).await
+    }
+
+    /// Sets `labels` on the config `id` (by id, so never on another of its
+    /// name), the only part of a config the swarm lets change. `false` when
+    /// the config is gone.
+    pub async fn relabel_config(
+        &self,
+        id: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<bool> {
+        let what = || format!("relabelling config {id}");
+        let config = match self.docker.inspect_config(id).await {
+            Ok(config) => config,
+            Err(err) if super::is_not_found(&err) => return Ok(false),
+            Err(err) => return Err(engine_error(&err)).with_context(what),
+        };
+        let (Some(mut spec), Some(version)) = (config.spec, config.version.and_then(|v| v.index))
+        else {
+            return Err(anyhow::anyhow!(
+                "the engine described config {id} without its spec or version"
+            ))
+            .with_context(what);
+        };
+        spec.labels = Some(labels.clone().into_iter().collect());
+        let options = UpdateConfigOptionsBuilder::default()
+            .version(i64::try_from(version).unwrap_or(i64::MAX))
+            .build();
+        match self.docker.update_config(id, spec, options).await {
+            Ok(()) => Ok(true),
+            Err(err) if super::is_not_found(&err) => Ok(false),
+            Err(err) => Err(engine_error(&err)).with_context(what),
+        }
     }
 
     /// The names of the networks of a project's stack.

@@ -15,14 +15,15 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::engine::{Engine, SwarmConfig};
 use crate::error::failed_with_hint;
 use crate::history::Entry;
-use crate::lock::Options;
+use crate::lock::{self, Options};
 use crate::output::Printer;
 use crate::stack::{Color, Release};
 
@@ -152,24 +153,22 @@ pub async fn write(engine: &Engine, project: &str, state: &mut ClusterState) -> 
 }
 
 /// The deploy lock of a project on a swarm: a config only one cryptus can
-/// create; removed when released.
+/// create; removed when released. Its labels name the holder as the
+/// one-engine lock's do ([`lock::holder_labels`]), and the holder rewrites
+/// a heartbeat label (the only part of a config the swarm lets change)
+/// every [`lock::HEARTBEAT_EVERY`]: a lock whose holder is gone is broken
+/// by the next run, by the same rule as on one engine ([`lock::why_break`]).
 pub struct ClusterLock<'e> {
     engine: &'e Engine,
     /// The lock config's id, not its name (see [`ClusterLock::release`]).
     id: String,
+    heartbeat: JoinHandle<()>,
 }
 
-/// Who holds a lock, from its labels.
-fn holder(labels: &BTreeMap<String, String>) -> String {
-    let get = |key: &str| labels.get(key).map_or("?", String::as_str);
-    format!(
-        "{} on {} (pid {}, {} since {})",
-        get("cryptus.user"),
-        get("cryptus.host"),
-        get("cryptus.pid"),
-        get("cryptus.operation"),
-        get("cryptus.since")
-    )
+impl Drop for ClusterLock<'_> {
+    fn drop(&mut self) {
+        self.heartbeat.abort();
+    }
 }
 
 pub fn lock_name(project: &str) -> String {
@@ -177,10 +176,10 @@ pub fn lock_name(project: &str) -> String {
 }
 
 impl<'e> ClusterLock<'e> {
-    /// Takes the lock for `operation`, waiting up to `options.wait` for
-    /// its holder; `--force-unlock` removes a lock first (a run that died
-    /// holding it: the cluster cannot tell whether a process on another
-    /// machine lives).
+    /// Takes the lock for `operation`, waiting up to `options.wait` for a
+    /// live holder; a stale one (its process gone on this host, or silent
+    /// for [`lock::STALE_AFTER`]) or, with `--force-unlock`, any holder is
+    /// broken first.
     pub async fn acquire(
         engine: &'e Engine,
         project: &str,
@@ -189,41 +188,48 @@ impl<'e> ClusterLock<'e> {
         printer: &Printer,
     ) -> Result<ClusterLock<'e>> {
         let name = lock_name(project);
-        if options.force_unlock {
-            printer.warn(format!("removing the deploy lock {name} (--force-unlock)"));
-            engine.remove_config(&name).await?;
-        }
-        let now: DateTime<Utc> = Utc::now();
+        let here = lock::Identity::here();
         let mut labels = labels(project);
-        for (key, value) in [
-            ("cryptus.user", crate::lock::user()),
-            ("cryptus.host", crate::lock::hostname()),
-            ("cryptus.pid", std::process::id().to_string()),
-            ("cryptus.operation", operation.to_owned()),
-            ("cryptus.since", now.to_rfc3339()),
-        ] {
-            labels.insert(key.to_owned(), value);
-        }
+        labels.extend(lock::holder_labels(operation, &here));
         let deadline = Instant::now() + options.wait;
         loop {
             if let Some(id) = engine
                 .create_config_exclusive(&name, operation.as_bytes(), labels.clone())
                 .await?
             {
-                return Ok(ClusterLock { engine, id });
+                let heartbeat = spawn_heartbeat(engine.clone(), id.clone(), labels);
+                return Ok(ClusterLock {
+                    engine,
+                    id,
+                    heartbeat,
+                });
+            }
+            let configs = engine
+                .configs_by("name", &name, "reading the deploy lock")
+                .await?;
+            // None: released between our attempt and the read; the next
+            // try, after the pause, takes it.
+            let holder = configs
+                .into_iter()
+                .find(|c| c.name == name)
+                .map(|held| (held.id, lock::Holder::from_labels(&held.labels)));
+            if let Some((id, holder)) = &holder
+                && let Some(warning) = lock::why_break(holder, options.force_unlock, &here)
+            {
+                printer.warn(warning);
+                // By id: a lock another run took meanwhile is left alone.
+                engine.remove_config(id).await?;
+                continue;
             }
             if Instant::now() >= deadline {
-                let configs = engine
-                    .configs_by("name", &name, "reading the deploy lock")
-                    .await?;
-                let held = configs.iter().find(|c| c.name == name).map_or_else(
-                    || "someone (gone meanwhile)".to_owned(),
-                    |c| holder(&c.labels),
-                );
                 return Err(failed_with_hint(
-                    format!("the deploy lock of project {project} on the swarm is held by {held}"),
                     format!(
-                        "wait for that run (--lock-wait 5m); if it died, --force-unlock removes config {name}"
+                        "the deploy lock of project {project} on the swarm is held: {}",
+                        holder
+                            .map_or_else(|| "released meanwhile".to_owned(), |(_, h)| h.describe())
+                    ),
+                    format!(
+                        "wait for it with --lock-wait 5m; if its holder is gone, --force-unlock removes config {name}"
                     ),
                 ));
             }
@@ -235,8 +241,32 @@ impl<'e> ClusterLock<'e> {
     /// Removes this run's lock by its id: a lock another run took after a
     /// `--force-unlock` is left alone.
     pub async fn release(self) -> Result<()> {
+        self.heartbeat.abort();
         self.engine.remove_config(&self.id).await
     }
+}
+
+/// Rewrites the lock's heartbeat label every [`lock::HEARTBEAT_EVERY`]
+/// until aborted; the `since` label is the first beat.
+fn spawn_heartbeat(
+    engine: Engine,
+    id: String,
+    mut labels: BTreeMap<String, String>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(lock::HEARTBEAT_EVERY).await;
+            labels.insert(lock::HEARTBEAT_LABEL.to_owned(), Utc::now().to_rfc3339());
+            match engine.relabel_config(&id, &labels).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!("the deploy lock {id} is gone: broken by another run");
+                    return;
+                }
+                Err(err) => tracing::warn!("lock heartbeat failed: {err:#}"),
+            }
+        }
+    })
 }
 
 #[cfg(test)]
@@ -321,24 +351,5 @@ mod tests {
         // An older cryptus's state with fewer fields still reads.
         let old: ClusterState = serde_json::from_str(r#"{"active":"blue"}"#).unwrap();
         assert_eq!(old.active, Some(Color::Blue));
-    }
-
-    #[test]
-    fn a_held_lock_names_its_holder() {
-        let labels = BTreeMap::from([
-            ("cryptus.user".to_owned(), "ann".to_owned()),
-            ("cryptus.host".to_owned(), "build".to_owned()),
-            ("cryptus.pid".to_owned(), "42".to_owned()),
-            ("cryptus.operation".to_owned(), "deploy".to_owned()),
-            (
-                "cryptus.since".to_owned(),
-                "2026-01-02T15:04:05+00:00".to_owned(),
-            ),
-        ]);
-        assert_eq!(
-            holder(&labels),
-            "ann on build (pid 42, deploy since 2026-01-02T15:04:05+00:00)"
-        );
-        assert_eq!(holder(&BTreeMap::new()), "? on ? (pid ?, ? since ?)");
     }
 }
