@@ -479,6 +479,27 @@ fn load_loop(lab: &SwarmLab, project: &TestProject, stop: &std::path::Path) -> s
         .expect("starting the load loop")
 }
 
+/// Ends a [`load_loop`] and asserts that it sent enough requests and that
+/// none failed `during` what the test did.
+fn no_request_failed(load: std::process::Child, stop: &std::path::Path, during: &str) {
+    std::fs::write(stop, "").expect("stopping the load loop");
+    let output = support::wait::output_within("the load loop ended", load, Duration::from_secs(60));
+    let counts = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (ok, failed) = counts
+        .trim()
+        .split_once(' ')
+        .unwrap_or_else(|| panic!("the load loop printed {counts:?}"));
+    eprintln!("the load loop: {ok} answered 200, {failed} failed");
+    let ok: u64 = ok.parse().expect("a count");
+    assert!(ok > 50, "too few requests to prove anything: {counts}");
+    assert_eq!(
+        failed,
+        "0",
+        "requests failed {during}:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// `deploy` on a Swarm: green's service is created with a task on every
 /// node, gated on the overlay, nginx on the manager switches to it while
 /// a request loop runs, blue goes to 0 tasks, and `status` says green from
@@ -562,22 +583,7 @@ fn swarm_deploy_moves_traffic_to_green_on_every_node_and_rollback_brings_blue_ba
         "{status}"
     );
 
-    std::fs::write(&stop, "").expect("stopping the load loop");
-    let output = support::wait::output_within("the load loop ended", load, Duration::from_secs(60));
-    let counts = String::from_utf8_lossy(&output.stdout).into_owned();
-    let (ok, failed) = counts
-        .trim()
-        .split_once(' ')
-        .unwrap_or_else(|| panic!("the load loop printed {counts:?}"));
-    eprintln!("the load loop: {ok} answered 200, {failed} failed");
-    let ok: u64 = ok.parse().expect("a count");
-    assert!(ok > 50, "too few requests to prove anything: {counts}");
-    assert_eq!(
-        failed,
-        "0",
-        "requests failed across two flips:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    no_request_failed(load, &stop, "across two flips");
 
     // Rolling back again goes to green's recorded release; a stack stopped
     // and started again serves the color the cluster records, not blue.
@@ -664,4 +670,114 @@ fn swarm_deploy_that_never_gets_healthy_leaves_blue_and_a_held_lock_refuses_anot
     assert!(err.contains("is held by ann on build"), "{err}");
     assert!(err.contains("--force-unlock"), "{err}");
     assert_eq!(project.status()["active"], "blue");
+}
+
+/// The nodes `status --json` places a service's tasks on, one entry per
+/// task, after checking it runs `replicas` of them.
+fn tasks_on_nodes(project: &TestProject, service: &str, replicas: u64) -> Vec<String> {
+    let view = service_of(&project.status(), service);
+    assert_eq!(
+        (view["replicas"].as_u64(), view["running"].as_u64()),
+        (Some(replicas), Some(replicas)),
+        "{view}"
+    );
+    let tasks = view["tasks"].as_array().expect("tasks");
+    assert_eq!(tasks.len() as u64, replicas, "{view}");
+    tasks
+        .iter()
+        .map(|t| t["node"].as_str().expect("node").to_owned())
+        .collect()
+}
+
+/// The newest state config of a project on the lab, as JSON text.
+fn recorded_state(lab: &SwarmLab, project: &TestProject) -> String {
+    let configs = lab.docker_ok(
+        1,
+        &[
+            "config",
+            "ls",
+            "--format",
+            "{{.Name}}",
+            "--filter",
+            &format!("name={}_cryptus-state-", project.name),
+        ],
+    );
+    let newest = configs.lines().max().expect("a state config");
+    lab.docker_ok(1, &["config", "inspect", "--pretty", newest])
+}
+
+/// `scale` on a Swarm: blue goes from 3 tasks to 5 and back to 3 while a
+/// request loop runs through the edge nginx, which follows the tasks by
+/// name with no reload; not one request fails. `status` shows the 5 tasks,
+/// then 3, each on a node; the cluster records the count and both scales.
+/// The idle color's count is recorded for the next switch; counts out of
+/// range and services that are no color are refused (exit 2).
+#[test]
+fn swarm_scale_to_five_and_back_to_three_under_load_fails_no_request() {
+    let lab = SwarmLab::up(3);
+    let project = started_on(&lab, "swarm-scale", |_| {});
+    let nodes: BTreeSet<String> = (1..=3).map(|n| lab.node_name(n)).collect();
+
+    let stop = project.path().join("stop-load");
+    let load = load_loop(&lab, &project, &stop);
+    let up = project.ok(&["scale", "cryptus-blue", "5", "--timeout", "180s", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&up.stdout).expect("JSON");
+    assert_eq!(
+        (&report["from"], &report["to"], &report["active"]),
+        (&3.into(), &5.into(), &true.into()),
+        "{report}"
+    );
+    let placed = tasks_on_nodes(&project, "cryptus-blue", 5);
+    assert_eq!(
+        placed.iter().cloned().collect::<BTreeSet<_>>(),
+        nodes,
+        "5 tasks over the 3 nodes: {placed:?}"
+    );
+    let text = stdout(&project.ok(&["status"]));
+    let rows = text
+        .lines()
+        .filter(|line| {
+            line.starts_with("cryptus-blue") && nodes.iter().any(|n| line.contains(n.as_str()))
+        })
+        .count();
+    assert_eq!(rows, 5, "{text}");
+
+    let down = project.ok(&["scale", "cryptus-blue", "3", "--timeout", "180s"]);
+    assert!(
+        stderr(&down).contains("cryptus-blue runs 3 replicas (was 5)"),
+        "{}",
+        stderr(&down)
+    );
+    let placed = tasks_on_nodes(&project, "cryptus-blue", 3);
+    assert_eq!(placed.into_iter().collect::<BTreeSet<_>>(), nodes);
+    no_request_failed(load, &stop, "while scaling 3 -> 5 -> 3");
+    assert_eq!(served_by_edge(&lab, &project)["instance"], "blue");
+
+    let state = recorded_state(&lab, &project);
+    assert_eq!(
+        state.matches("\"operation\":\"scale\"").count(),
+        2,
+        "{state}"
+    );
+    assert!(state.contains("\"replicas\":{\"blue\":3}"), "{state}");
+
+    let idle = project.ok(&["scale", "cryptus-green", "2", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&idle.stdout).expect("JSON");
+    assert_eq!(report["pending"], true, "{report}");
+    assert!(
+        recorded_state(&lab, &project).contains("\"pending\":{\"green\":2}"),
+        "the idle color's count is not recorded"
+    );
+    assert!(
+        service_of(&project.status(), "cryptus-green")["name"].is_null(),
+        "scaling the idle color started it"
+    );
+    for (args, says) in [
+        (["scale", "cryptus-blue", "0"], "would stop all traffic"),
+        (["scale", "nginx", "2"], "nginx cannot be scaled"),
+    ] {
+        let refused = project.run(&args);
+        assert_code(&refused, 2);
+        assert!(stderr(&refused).contains(says), "{}", stderr(&refused));
+    }
 }

@@ -94,6 +94,7 @@ fn runs_on_swarm(command: &Command) -> bool {
             | Command::Stop { .. }
             | Command::Deploy { .. }
             | Command::Rollback { .. }
+            | Command::Scale { .. }
     )
 }
 

@@ -4,10 +4,12 @@
 //!
 //! `status`: what runs where (tasks per node); `state`: what the cluster
 //! holds (active color, releases, history, the deploy lock); `switch`:
-//! deploy and rollback, through the edge nginx (`edge`).
+//! deploy and rollback, through the edge nginx (`edge`); `scale`: the
+//! active color's task count.
 
 pub mod edge;
 pub mod plan;
+pub mod scale;
 pub mod state;
 pub mod status;
 pub mod switch;

@@ -86,16 +86,19 @@ pub async fn scale(
     };
     let result = locked(stack, &lb, color, replicas, settings).await;
     super::unlock(stack, lock).await;
-    // After the lock was taken every failure is a clean one (exit 1): what
-    // was started is undone and the failure recorded before it gets here.
-    result.map_err(|err| {
-        if crate::error::is_user_error(&err) {
-            err
-        } else {
-            // A new error: `classify` looks for a UserError among the causes.
-            failed_with_hint(format!("{err:#}"), "`cryptus status` shows what serves now")
-        }
-    })
+    result.map_err(failed_cleanly)
+}
+
+/// A scale's failure once the lock was taken is a clean one (exit 1):
+/// what was started is undone and the failure recorded before it gets
+/// here. On one engine and on a Swarm.
+pub fn failed_cleanly(err: anyhow::Error) -> anyhow::Error {
+    if crate::error::is_user_error(&err) {
+        err
+    } else {
+        // A new error: `classify` looks for a UserError among the causes.
+        failed_with_hint(format!("{err:#}"), "`cryptus status` shows what serves now")
+    }
 }
 
 async fn locked(
