@@ -199,11 +199,11 @@ fn swarm_mode_refuses_an_engine_that_is_no_manager() {
 
     // A command that does not drive a Swarm yet says so, before it touches
     // any engine.
-    let health = project.run(&["health"]);
-    assert_code(&health, 2);
-    let err = stderr(&health);
+    let resources = project.run(&["resources"]);
+    assert_code(&resources, 2);
+    let err = stderr(&resources);
     assert!(
-        err.contains("health does not run on a Docker Swarm yet"),
+        err.contains("resources does not run on a Docker Swarm yet"),
         "{err}"
     );
     assert!(err.contains("--orchestrator engine"), "{err}");
@@ -780,4 +780,97 @@ fn swarm_scale_to_five_and_back_to_three_under_load_fails_no_request() {
         assert_code(&refused, 2);
         assert!(stderr(&refused).contains(says), "{}", stderr(&refused));
     }
+}
+
+/// `health` on a Swarm: after `start` every check passes, one per blue
+/// task named with its node, nginx's configuration and served color, and
+/// redis's INFO. Once a blue task's container on a worker is killed,
+/// `health` exits 1 naming that task and its node (or the swarm
+/// rescheduling it), then passes again when the swarm has replaced it.
+#[test]
+fn swarm_health_checks_every_task_and_names_a_killed_one_with_its_node() {
+    let lab = SwarmLab::up(3);
+    let project = started_on(&lab, "swarm-health", |_| {});
+    let nodes: Vec<String> = (1..=3).map(|n| lab.node_name(n)).collect();
+
+    let healthy = project.ok(&["health", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&healthy.stdout).expect("JSON");
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["active"], "blue", "{report}");
+    let checks = report["checks"].as_array().expect("checks");
+    let component = |c: &serde_json::Value| c["component"].as_str().unwrap_or("").to_owned();
+    let blue: Vec<String> = checks
+        .iter()
+        .map(component)
+        .filter(|c| c.starts_with("cryptus-blue."))
+        .collect();
+    assert_eq!(blue.len(), 3, "{report}");
+    for node in &nodes {
+        assert!(
+            blue.iter().any(|c| c.ends_with(&format!(" on {node}"))),
+            "no blue task on {node}: {blue:?}"
+        );
+    }
+    let nginx = checks
+        .iter()
+        .find(|c| c["component"] == "nginx")
+        .expect("nginx");
+    assert!(
+        nginx["detail"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("config ok; blue answers")),
+        "{nginx}"
+    );
+    let redis = checks
+        .iter()
+        .find(|c| c["component"] == "redis")
+        .expect("redis");
+    assert!(
+        redis["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("answers; memory")),
+        "{redis}"
+    );
+    let text = stdout(&project.ok(&["health"]));
+    assert!(text.starts_with("COMPONENT"), "{text}");
+
+    let worker = lab.node_name(2);
+    let filter = format!(
+        "label=com.docker.swarm.service.name={}_cryptus-blue",
+        project.name
+    );
+    let container = lab.docker_ok(2, &["ps", "-q", "--filter", &filter]);
+    let container = container.lines().next().expect("a blue task on node 2");
+    lab.docker_ok(2, &["kill", container]);
+    let named = eventually(
+        "health names the killed task",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || {
+            let output = project.run(&["health"]);
+            let err = stderr(&output);
+            let names_it = err.contains("unhealthy: ")
+                && err.contains("cryptus-blue")
+                && (err.contains(&format!(" on {worker} (")) || err.contains("rescheduling"));
+            if output.status.code() == Some(1) && names_it {
+                Ok(err)
+            } else {
+                Err(format!("{}{err}", stdout(&output)))
+            }
+        },
+    );
+    assert!(named.contains("hint:"), "{named}");
+    eventually(
+        "health passes once the task is replaced",
+        Duration::from_secs(90),
+        Duration::from_secs(1),
+        || {
+            let output = project.run(&["health"]);
+            if output.status.success() {
+                Ok(())
+            } else {
+                Err(stderr(&output))
+            }
+        },
+    );
 }

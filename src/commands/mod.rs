@@ -95,6 +95,7 @@ fn runs_on_swarm(command: &Command) -> bool {
             | Command::Deploy { .. }
             | Command::Rollback { .. }
             | Command::Scale { .. }
+            | Command::Health { .. }
     )
 }
 

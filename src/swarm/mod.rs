@@ -5,9 +5,10 @@
 //! `status`: what runs where (tasks per node); `state`: what the cluster
 //! holds (active color, releases, history, the deploy lock); `switch`:
 //! deploy and rollback, through the edge nginx (`edge`); `scale`: the
-//! active color's task count.
+//! active color's task count; `health`: every task, the edge and redis.
 
 pub mod edge;
+pub mod health;
 pub mod plan;
 pub mod scale;
 pub mod state;

@@ -54,6 +54,22 @@ pub struct TaskView {
     pub desired_state: String,
     pub error: Option<String>,
     pub image: String,
+    /// The replica's number (replicated services), for the task's name.
+    #[serde(skip)]
+    pub slot: Option<i64>,
+    /// Its container, on the node it runs on.
+    #[serde(skip)]
+    pub container_id: Option<String>,
+}
+
+impl TaskView {
+    /// Its state, with the swarm's error when there is one.
+    pub fn state_text(&self) -> String {
+        match &self.error {
+            Some(error) => format!("{} ({error})", self.state),
+            None => self.state.clone(),
+        }
+    }
 }
 
 /// Everything status shows on a Swarm. `declared` are the compose file's
@@ -139,6 +155,8 @@ fn views(
                         desired_state: t.desired_state.clone(),
                         error: t.error.clone(),
                         image: t.image.clone(),
+                        slot: t.slot,
+                        container_id: t.container_id.clone(),
                     }
                 })
                 .collect();
@@ -200,15 +218,11 @@ pub fn render(status: &SwarmStatus) -> String {
             ]);
         }
         for task in &service.tasks {
-            let state = match &task.error {
-                Some(error) => format!("{} ({error})", task.state),
-                None => task.state.clone(),
-            };
             rows.push(vec![
                 service.service.clone(),
                 task.name.clone(),
                 task.node.clone(),
-                state,
+                task.state_text(),
                 task.image.clone(),
             ]);
         }
