@@ -874,3 +874,108 @@ fn swarm_health_checks_every_task_and_names_a_killed_one_with_its_node() {
         },
     );
 }
+
+/// The nodes named by the `<service>.<slot>@<node> |` prefixes of `logs`'s
+/// lines that say `says`.
+fn nodes_in_log(lines: &[String], says: &str) -> BTreeSet<String> {
+    lines
+        .iter()
+        .filter(|line| line.contains(says))
+        .filter_map(|line| line.split_once(" |"))
+        .filter_map(|(prefix, _)| prefix.trim().split_once('@'))
+        .map(|(_, node)| node.to_owned())
+        .collect()
+}
+
+/// `logs` on a Swarm reads each task's log through the manager: the app
+/// service's lines come from tasks on more than one node, each prefixed
+/// with its task and node; `--tail` and `--json` shape them as on one
+/// engine; an unknown service and a bad `--since` are usage errors;
+/// `--follow` streams every task's lines until SIGTERM.
+#[test]
+fn swarm_logs_show_the_app_tasks_of_every_node_through_the_manager() {
+    let lab = SwarmLab::up(3);
+    let project = started_on(&lab, "swarm-logs", |_| {});
+    let nodes: BTreeSet<String> = (1..=3).map(|n| lab.node_name(n)).collect();
+
+    let text = stdout(&project.ok(&["logs", "cryptus-blue"]));
+    let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let listening = nodes_in_log(&lines, "blue version");
+    assert!(listening.len() > 1, "lines from one node only:\n{text}");
+    assert_eq!(listening, nodes, "{text}");
+
+    let json = project.ok(&["logs", "cryptus-blue", "--tail", "1", "--json"]);
+    let document: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON");
+    assert_eq!(document["ok"], true, "{document}");
+    let lines = document["lines"].as_array().expect("lines");
+    let tasks: BTreeSet<&str> = lines
+        .iter()
+        .filter_map(|line| line["container"].as_str())
+        .collect();
+    assert_eq!(
+        (lines.len(), tasks.len()),
+        (3, 3),
+        "one line per task: {document}"
+    );
+    assert!(
+        lines.iter().all(|line| line["service"] == "cryptus-blue"),
+        "{document}"
+    );
+
+    // Every service by default (nginx may have logged nothing yet).
+    let every = stdout(&project.ok(&["logs", "--tail", "5"]));
+    for service in ["cryptus-blue.1@", "redis.1@"] {
+        assert!(every.contains(service), "no {service} lines:\n{every}");
+    }
+    let unknown = project.run(&["logs", "mongo"]);
+    assert_code(&unknown, 2);
+    assert!(
+        stderr(&unknown).contains("cryptus-blue"),
+        "{}",
+        stderr(&unknown)
+    );
+    assert_code(
+        &project.run(&["logs", "--since", "2999-01-01T00:00:00Z"]),
+        2,
+    );
+
+    let mut follower = project
+        .command(&["logs", "--follow", "--tail", "3", "cryptus-blue"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting logs --follow");
+    let reader = std::io::BufReader::new(follower.stdout.take().expect("stdout"));
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in reader.lines().map_while(Result::ok) {
+            if sender.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    eventually(
+        "logs --follow shows tasks on more than one node",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || {
+            seen.extend(receiver.try_iter());
+            if nodes_in_log(&seen, "").len() > 1 {
+                Ok(())
+            } else {
+                Err(format!("{seen:?}"))
+            }
+        },
+    );
+    let pid = i32::try_from(follower.id()).expect("a pid");
+    // SAFETY: a plain signal to the child this test started.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let status = support::wait::exit_within(
+        "logs --follow ended",
+        &mut follower,
+        Duration::from_secs(10),
+    );
+    assert!(status.success(), "logs --follow after SIGTERM: {status}");
+}

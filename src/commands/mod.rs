@@ -96,6 +96,7 @@ fn runs_on_swarm(command: &Command) -> bool {
             | Command::Rollback { .. }
             | Command::Scale { .. }
             | Command::Health { .. }
+            | Command::Logs { .. }
     )
 }
 
