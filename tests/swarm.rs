@@ -500,6 +500,61 @@ fn no_request_failed(load: std::process::Child, stop: &std::path::Path, during: 
     );
 }
 
+/// What a switch on a Swarm does not do yet is refused before anything
+/// changes (exit 2, with a hint): `--canary`, and the project's hooks
+/// unless `--skip-hooks`. Leaves the hooks declared, in the override file.
+fn refuses_canary_and_hooks(lab: &SwarmLab, project: &TestProject) {
+    let nothing_changed = |what: &str| {
+        let status = project.status();
+        assert_eq!(status["active"], "blue", "{what}: {status}");
+        assert!(
+            service_of(&status, "cryptus-green")["name"].is_null(),
+            "{what} made green's service: {status}"
+        );
+        let lock = lab.docker_ok(
+            1,
+            &[
+                "config",
+                "ls",
+                "-q",
+                "--filter",
+                &format!("name={}_cryptus-lock", project.name),
+            ],
+        );
+        assert_eq!(lock.trim(), "", "{what} left the deploy lock");
+    };
+    let canary = deploy_2_0_0(project, &["--canary", "10"]);
+    assert_code(&canary, 2);
+    let err = stderr(&canary);
+    assert!(
+        err.contains("deploy --canary on a Docker Swarm is not done yet"),
+        "{err}"
+    );
+    assert!(err.contains("hint: deploy without --canary"), "{err}");
+    nothing_changed("deploy --canary");
+
+    let path = project.path().join("compose/docker-compose.override.yml");
+    let mut file = std::fs::read_to_string(&path).expect("reading the override file");
+    file.push_str("x-cryptus:\n  hooks:\n    pre-deploy: [\"/cryptus-app\", \"healthcheck\"]\n    pre-rollback: [\"/cryptus-app\", \"healthcheck\"]\n");
+    std::fs::write(&path, file).expect("writing the override file");
+    for (what, output) in [
+        ("deploy with hooks", deploy_2_0_0(project, &[])),
+        ("rollback with hooks", project.run(&["rollback"])),
+    ] {
+        assert_code(&output, 2);
+        let err = stderr(&output);
+        assert!(
+            err.contains("x-cryptus hooks do not run on a Docker Swarm yet"),
+            "{what}: {err}"
+        );
+        assert!(
+            err.contains("hint:") && err.contains("--skip-hooks"),
+            "{what}: {err}"
+        );
+        nothing_changed(what);
+    }
+}
+
 /// `deploy` on a Swarm: green's service is created with a task on every
 /// node, gated on the overlay, nginx on the manager switches to it while
 /// a request loop runs, blue goes to 0 tasks, and `status` says green from
@@ -514,11 +569,13 @@ fn swarm_deploy_moves_traffic_to_green_on_every_node_and_rollback_brings_blue_ba
     let status = project.status();
     assert_eq!(status["active"], "blue", "{status}");
     assert_eq!(served_by_edge(&lab, &project)["instance"], "blue");
+    refuses_canary_and_hooks(&lab, &project);
 
     let stop = project.path().join("stop-load");
     let load = load_loop(&lab, &project, &stop);
 
-    let deployed = deploy_2_0_0(&project, &["--timeout", "240s", "--json"]);
+    // The hooks declared above are skipped on request.
+    let deployed = deploy_2_0_0(&project, &["--timeout", "240s", "--json", "--skip-hooks"]);
     assert_code(&deployed, 0);
     let report: serde_json::Value = serde_json::from_slice(&deployed.stdout).expect("JSON");
     assert_eq!(report["outcome"], "ok", "{report}");
@@ -566,7 +623,7 @@ fn swarm_deploy_moves_traffic_to_green_on_every_node_and_rollback_brings_blue_ba
     let text = stdout(&project.ok(&["status"]));
     assert!(text.contains("\nactive: green 2.0.0 ("), "{text}");
 
-    let rolled = project.ok(&["rollback", "--timeout", "240s", "--json"]);
+    let rolled = project.ok(&["rollback", "--timeout", "240s", "--json", "--skip-hooks"]);
     let report: serde_json::Value = serde_json::from_slice(&rolled.stdout).expect("JSON");
     assert_eq!(report["outcome"], "ok", "{report}");
     let status = project.status();
@@ -587,7 +644,7 @@ fn swarm_deploy_moves_traffic_to_green_on_every_node_and_rollback_brings_blue_ba
 
     // Rolling back again goes to green's recorded release; a stack stopped
     // and started again serves the color the cluster records, not blue.
-    project.ok(&["rollback", "--timeout", "240s"]);
+    project.ok(&["rollback", "--timeout", "240s", "--skip-hooks"]);
     project.ok(&["stop"]);
     project.ok(&["start", "--timeout", "240s"]);
     let status = project.status();
