@@ -275,16 +275,8 @@ fn start_spreads_blue_over_the_nodes_and_status_names_each_tasks_node() {
         "{}",
         stderr(&refused)
     );
-    let made = lab.docker_ok(
-        1,
-        &[
-            "network",
-            "ls",
-            "-q",
-            "--filter",
-            &format!("label=com.docker.stack.namespace={}", project.name),
-        ],
-    );
+    let filter = format!("label=com.docker.stack.namespace={}", project.name);
+    let made = listed(&lab, "network", &filter);
     assert_eq!(made.trim(), "", "a refused start made a network");
 
     let started = project.ok(&["start", "--timeout", "240s"]);
@@ -383,6 +375,12 @@ fn start_spreads_blue_over_the_nodes_and_status_names_each_tasks_node() {
             .all(|s| s["name"].is_null()),
         "{status}"
     );
+}
+
+/// The ids of the lab's `object`s (`network`, `config`) that `filter`
+/// selects, as the manager lists them.
+fn listed(lab: &SwarmLab, object: &str, filter: &str) -> String {
+    lab.docker_ok(1, &[object, "ls", "-q", "--filter", filter])
 }
 
 /// A project of its own on the lab's manager, in Swarm mode, blue at 3
@@ -511,15 +509,10 @@ fn refuses_canary_and_hooks(lab: &SwarmLab, project: &TestProject) {
             service_of(&status, "cryptus-green")["name"].is_null(),
             "{what} made green's service: {status}"
         );
-        let lock = lab.docker_ok(
-            1,
-            &[
-                "config",
-                "ls",
-                "-q",
-                "--filter",
-                &format!("name={}_cryptus-lock", project.name),
-            ],
+        let lock = listed(
+            lab,
+            "config",
+            &format!("name={}_cryptus-lock", project.name),
         );
         assert_eq!(lock.trim(), "", "{what} left the deploy lock");
     };
@@ -687,19 +680,7 @@ fn swarm_deploy_that_never_gets_healthy_leaves_blue_and_a_held_lock_refuses_anot
         "green's service is removed: {status}"
     );
     assert_eq!(served_by_edge(&lab, &project)["instance"], "blue");
-    let configs = lab.docker_ok(
-        1,
-        &[
-            "config",
-            "ls",
-            "--format",
-            "{{.Name}}",
-            "--filter",
-            &format!("name={}_cryptus-state-", project.name),
-        ],
-    );
-    let state = configs.lines().next().expect("a state config");
-    let recorded = lab.docker_ok(1, &["config", "inspect", "--pretty", state]);
+    let recorded = recorded_state(&lab, &project);
     assert!(recorded.contains("\"outcome\":\"failed\""), "{recorded}");
 
     let lock = format!("{}_cryptus-lock", project.name);
@@ -868,26 +849,20 @@ fn swarm_health_checks_every_task_and_names_a_killed_one_with_its_node() {
             "no blue task on {node}: {blue:?}"
         );
     }
-    let nginx = checks
-        .iter()
-        .find(|c| c["component"] == "nginx")
-        .expect("nginx");
-    assert!(
-        nginx["detail"]
-            .as_str()
-            .is_some_and(|d| d.starts_with("config ok; blue answers")),
-        "{nginx}"
-    );
-    let redis = checks
-        .iter()
-        .find(|c| c["component"] == "redis")
-        .expect("redis");
-    assert!(
-        redis["detail"]
-            .as_str()
-            .is_some_and(|d| d.contains("answers; memory")),
-        "{redis}"
-    );
+    for (component, says) in [
+        ("nginx", "config ok; blue answers"),
+        ("redis", "answers; memory"),
+    ] {
+        let check = checks
+            .iter()
+            .find(|c| c["component"] == component)
+            .unwrap_or_else(|| panic!("no {component} check: {report}"));
+        assert_eq!(check["healthy"], true, "{check}");
+        assert!(
+            check["detail"].as_str().is_some_and(|d| d.contains(says)),
+            "{check}"
+        );
+    }
     let text = stdout(&project.ok(&["health"]));
     assert!(text.starts_with("COMPONENT"), "{text}");
 

@@ -41,19 +41,18 @@ pub async fn run(
         })?;
     let session = Session::open(project, printer).await?;
     let stack = session.stack();
-    let report = if project.orchestrator == Orchestrator::Swarm {
+    if project.orchestrator == Orchestrator::Swarm {
         refuse_dry_run_on_swarm(dry_run)?;
-        crate::swarm::scale::run(&stack, service, replicas, settings).await?
     } else {
         super::warn_not_applied(stack.compose, stack.engine, printer);
-        if dry_run {
-            let service = service.to_owned();
-            let plan =
-                switch::dry_run(&stack, DryRun::Scale { service, replicas }, settings).await?;
-            return show_plan(&plan, printer);
-        }
-        switch::scale(&stack, service, replicas, settings).await?
-    };
+    }
+    if dry_run {
+        let service = service.to_owned();
+        let plan = switch::dry_run(&stack, DryRun::Scale { service, replicas }, settings).await?;
+        return show_plan(&plan, printer);
+    }
+    // On a Swarm, the switch hands the scale to the swarm's.
+    let report = switch::scale(&stack, service, replicas, settings).await?;
     if printer.json() {
         printer.out_json(&report)?;
     } else if report.active {

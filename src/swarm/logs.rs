@@ -117,10 +117,7 @@ fn label_tasks(
     tasks: &[Task],
     nodes: &[Node],
 ) -> Vec<TaskLog> {
-    let hosts: BTreeMap<&str, &str> = nodes
-        .iter()
-        .map(|n| (n.id.as_str(), n.hostname.as_str()))
-        .collect();
+    let hosts = super::status::hostnames(nodes);
     let by_id: BTreeMap<&str, (&str, &str)> = services
         .iter()
         .filter_map(|s| {

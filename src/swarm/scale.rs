@@ -27,7 +27,7 @@ use crate::health::{Expect, Probe};
 use crate::history::{Entry, Outcome, Side, operation};
 use crate::stack::{Color, Release};
 use crate::switch::Settings;
-use crate::switch::scale::{Report, color_to_scale, failed_cleanly};
+use crate::switch::scale::{Report, failed_cleanly};
 use crate::wait::{self, Limits, Seen};
 
 use super::edge::Edge;
@@ -40,34 +40,25 @@ use super::up::{short_of, wanted_running};
 /// probe in the edge nginx's container.
 const LOOK_EVERY: Duration = Duration::from_millis(500);
 
+/// Scales `color` (checked by [`crate::switch::scale`], which hands a
+/// Swarm's scale here) under the cluster's deploy lock.
 pub async fn run(
     stack: &Stack<'_>,
-    service: &str,
+    color: Color,
     replicas: u32,
     settings: &Settings,
 ) -> Result<Report> {
-    let color = color_to_scale(stack, service, replicas)?;
     crate::interrupt::catch();
     let (engine, project) = (stack.engine, &stack.project.name);
     let step = stack.printer.step("taking the deploy lock on the swarm");
-    let acquired = ClusterLock::acquire(
+    let lock = ClusterLock::acquire(
         engine,
         project,
         operation::SCALE,
         &settings.lock,
         stack.printer,
-    )
-    .await;
-    let lock = match acquired {
-        Ok(lock) => {
-            step.done();
-            lock
-        }
-        Err(err) => {
-            step.fail();
-            return Err(err);
-        }
-    };
+    );
+    let lock = step.ended(lock.await)?;
     let result = locked(stack, color, replicas, settings).await;
     if let Err(err) = lock.release().await {
         stack
@@ -193,19 +184,13 @@ impl Change<'_> {
             }
             self.wait(&edge, settings).await
         };
-        match changed.await {
-            Ok(()) => {
-                step.done();
-                Ok(())
-            }
-            Err(err) => {
-                step.fail();
-                if let Err(back) = engine.scale_service(self.name, u64::from(self.from)).await {
-                    printer.warn(format!("putting {} back: {back:#}", self.name));
-                }
-                Err(err)
-            }
+        let changed = step.ended(changed.await);
+        if changed.is_err()
+            && let Err(back) = engine.scale_service(self.name, u64::from(self.from)).await
+        {
+            printer.warn(format!("putting {} back: {back:#}", self.name));
         }
+        changed
     }
 
     /// Until `to` tasks run and exactly `to` addresses of the service's

@@ -107,10 +107,7 @@ fn views(
     nodes: &[Node],
     declared: &[String],
 ) -> Vec<ServiceView> {
-    let hostnames: BTreeMap<&str, &str> = nodes
-        .iter()
-        .map(|n| (n.id.as_str(), n.hostname.as_str()))
-        .collect();
+    let hostnames = hostnames(nodes);
     let mut names: BTreeSet<String> = declared.iter().cloned().collect();
     let created: BTreeMap<&str, &Service> = services
         .iter()
@@ -169,6 +166,14 @@ fn views(
                 tasks,
             }
         })
+        .collect()
+}
+
+/// Each node's hostname, by its id.
+pub fn hostnames(nodes: &[Node]) -> BTreeMap<&str, &str> {
+    nodes
+        .iter()
+        .map(|n| (n.id.as_str(), n.hostname.as_str()))
         .collect()
 }
 

@@ -71,19 +71,13 @@ pub async fn scale(
     settings: &Settings,
 ) -> Result<Report> {
     let color = color_to_scale(stack, service, replicas)?;
+    if stack.project.orchestrator == crate::orchestrator::Orchestrator::Swarm {
+        return crate::swarm::scale::run(stack, color, replicas, settings).await;
+    }
     let lb = state::lb(stack).await?;
     crate::interrupt::catch();
     let step = stack.printer.step("taking the deploy lock");
-    let lock = match super::lock(stack, "scale", &lb, settings).await {
-        Ok(lock) => {
-            step.done();
-            lock
-        }
-        Err(err) => {
-            step.fail();
-            return Err(err);
-        }
-    };
+    let lock = step.ended(super::lock(stack, "scale", &lb, settings).await)?;
     let result = locked(stack, &lb, color, replicas, settings).await;
     super::unlock(stack, lock).await;
     result.map_err(failed_cleanly)
