@@ -169,7 +169,7 @@ async fn active_color(
 }
 
 /// `work`, or an error naming the deadline it missed.
-async fn within<T>(timeout: Duration, work: impl Future<Output = Result<T>>) -> Result<T> {
+pub async fn within<T>(timeout: Duration, work: impl Future<Output = Result<T>>) -> Result<T> {
     match tokio::time::timeout(timeout, work).await {
         Ok(result) => result,
         Err(_) => Err(anyhow::anyhow!(
@@ -255,7 +255,8 @@ async fn check_color(
         .collect();
     let is_active = active == Some(color);
     let running = of_color.iter().filter(|c| c.running).count();
-    if let Some(checks) = nothing_to_probe(color, is_active, of_color.len(), running) {
+    if let Some(checks) = nothing_to_probe(color, is_active, ("container", of_color.len()), running)
+    {
         return checks;
     }
     let probes = futures_util::future::join_all(of_color.iter().map(|container| async move {
@@ -278,34 +279,34 @@ async fn check_color(
         .collect()
 }
 
-/// The checks of a color with no container to ask (`None`: ask them). The
-/// active color without a running container is unhealthy; a standby with
-/// no container is not checked at all.
-fn nothing_to_probe(
+/// The checks of a color with no container (on a Swarm, `unit` is
+/// `task`) to ask (`None`: ask them). The active color without a running
+/// one is unhealthy; a standby with none is not checked at all.
+pub fn nothing_to_probe(
     color: Color,
     is_active: bool,
-    containers: usize,
+    (unit, units): (&str, usize),
     running: usize,
 ) -> Option<Vec<Check>> {
     let unhealthy = |detail: String| vec![Check::new(color.service(), false, detail)];
-    if containers == 0 {
+    if units == 0 {
         return Some(if is_active {
-            unhealthy("the active color has no container".into())
+            unhealthy(format!("the active color has no {unit}"))
         } else {
             Vec::new()
         });
     }
     if is_active && running == 0 {
         return Some(unhealthy(format!(
-            "the active color has no running container ({containers} stopped)"
+            "the active color has no running {unit} ({units} not running)"
         )));
     }
     None
 }
 
-/// What an app container's answer (`None`: it was not asked, as it does not
-/// run) says about it.
-fn judge_app(
+/// What an app container's (or task's) answer (`None`: it was not asked,
+/// as it does not run) says about it.
+pub fn judge_app(
     color: Color,
     is_active: bool,
     name: &str,
@@ -375,7 +376,7 @@ async fn check_redis(engine: &Engine, containers: &[Container], timeout: Duratio
 
 /// What Redis's INFO (memory and persistence) says about it, once it
 /// answered.
-fn judge_redis(info: &BTreeMap<String, String>) -> Check {
+pub fn judge_redis(info: &BTreeMap<String, String>) -> Check {
     let get = |key: &str| info.get(key).cloned().unwrap_or_else(|| "?".to_owned());
     let rdb = get("rdb_last_bgsave_status");
     let aof = if get("aof_enabled") == "1" {
@@ -558,21 +559,21 @@ mod tests {
     #[test]
     fn a_color_without_containers_to_ask() {
         assert!(
-            nothing_to_probe(Color::Green, false, 0, 0)
+            nothing_to_probe(Color::Green, false, ("container", 0), 0)
                 .unwrap()
                 .is_empty()
         );
-        let checks = nothing_to_probe(Color::Blue, true, 0, 0).unwrap();
+        let checks = nothing_to_probe(Color::Blue, true, ("container", 0), 0).unwrap();
         assert_eq!(checks[0].detail, "the active color has no container");
         assert!(!checks[0].healthy);
-        let checks = nothing_to_probe(Color::Blue, true, 2, 0).unwrap();
+        let checks = nothing_to_probe(Color::Blue, true, ("container", 2), 0).unwrap();
         assert_eq!(
             checks[0].detail,
-            "the active color has no running container (2 stopped)"
+            "the active color has no running container (2 not running)"
         );
-        assert!(nothing_to_probe(Color::Blue, true, 2, 1).is_none());
+        assert!(nothing_to_probe(Color::Blue, true, ("container", 2), 1).is_none());
         // A stopped standby is still listed, one check per container.
-        assert!(nothing_to_probe(Color::Green, false, 2, 0).is_none());
+        assert!(nothing_to_probe(Color::Green, false, ("task", 2), 0).is_none());
     }
 
     #[test]

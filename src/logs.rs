@@ -18,7 +18,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::compose::duration;
-use crate::engine::{Container, Engine};
+use crate::engine::{Container, Engine, LogChunk};
 use crate::output::Printer;
 
 /// What is shown: which containers, from when, and how.
@@ -48,14 +48,8 @@ impl<'a> Shown<'a> {
             .iter()
             .filter(|c| services.contains(&c.service))
             .collect();
-        let render = if printer.json() {
-            Render::Json
-        } else {
-            Render::Text {
-                prefixer: Prefixer::new(&services, &containers, printer.stdout_is_terminal()),
-                timestamps,
-            }
-        };
+        let labels: Vec<String> = containers.iter().map(|c| label(c)).collect();
+        let render = Render::of(services.len(), &labels, timestamps, printer);
         Shown {
             services,
             containers,
@@ -92,7 +86,7 @@ pub fn parse_since(text: &str, now: DateTime<Utc>) -> Result<i64, String> {
 }
 
 /// One line of a container's log: the engine's timestamp, then the text.
-fn split_timestamp(line: &str) -> (Option<DateTime<Utc>>, &str) {
+pub fn split_timestamp(line: &str) -> (Option<DateTime<Utc>>, &str) {
     match line.split_once(' ') {
         Some((stamp, rest)) => match DateTime::parse_from_rfc3339(stamp) {
             Ok(time) => (Some(time.with_timezone(&Utc)), rest),
@@ -104,14 +98,35 @@ fn split_timestamp(line: &str) -> (Option<DateTime<Utc>>, &str) {
 
 const COLORS: [&str; 6] = ["36", "33", "32", "35", "34", "31"];
 
-/// One line of a container's log, as it is shown.
-struct Record<'a> {
-    container: &'a Container,
-    /// The container's place among those followed, for its color.
-    index: usize,
-    stream: &'static str,
-    time: Option<DateTime<Utc>>,
-    text: &'a str,
+/// Whose lines they are: a container, or a task of a Swarm service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    /// The compose service.
+    pub service: String,
+    /// The container's name (on a Swarm, the task's), under `--json`.
+    pub name: String,
+    /// Its name in a text line's prefix.
+    pub label: String,
+}
+
+impl Origin {
+    pub fn of(container: &Container) -> Origin {
+        Origin {
+            service: container.service.clone(),
+            name: container.name.clone(),
+            label: label(container),
+        }
+    }
+}
+
+/// One line of a log, as it is shown.
+pub struct Record<'a> {
+    pub origin: &'a Origin,
+    /// The origin's place among those shown, for its color.
+    pub index: usize,
+    pub stream: &'static str,
+    pub time: Option<DateTime<Utc>>,
+    pub text: &'a str,
 }
 
 /// A line under `--json`.
@@ -135,8 +150,8 @@ struct Document<'a> {
 impl<'a> Record<'a> {
     fn entry(&self) -> Entry<'a> {
         Entry {
-            service: &self.container.service,
-            container: &self.container.name,
+            service: &self.origin.service,
+            container: &self.origin.name,
             stream: self.stream,
             time: self
                 .time
@@ -157,14 +172,28 @@ pub enum Render {
 }
 
 impl Render {
+    /// JSON under `--json`; else text, with a prefix naming the origin
+    /// when more than one service or origin (by `labels`) is shown.
+    pub fn of(services: usize, labels: &[String], timestamps: bool, printer: &Printer) -> Render {
+        if printer.json() {
+            return Render::Json;
+        }
+        let multiplex = services > 1 || labels.len() > 1;
+        let widths = labels.iter().map(String::len);
+        Render::Text {
+            prefixer: Prefixer::new(multiplex, widths, printer.stdout_is_terminal()),
+            timestamps,
+        }
+    }
+
     /// One line of output for a record, newline included.
-    fn line(&self, record: &Record<'_>) -> Result<String> {
+    pub fn line(&self, record: &Record<'_>) -> Result<String> {
         match self {
             Render::Text {
                 prefixer,
                 timestamps,
             } => Ok(prefixer.line(
-                &label(record.container),
+                &record.origin.label,
                 record.index,
                 record.time,
                 record.text,
@@ -190,18 +219,13 @@ pub struct Prefixer {
 }
 
 impl Prefixer {
-    /// A prefix names the container when more than one service or container
-    /// is shown, padded to the longest label; colored on a terminal.
-    fn new(services: &BTreeSet<String>, containers: &[&Container], colored: bool) -> Prefixer {
+    /// A prefix names the origin when more than one is shown
+    /// (`multiplex`), padded to the longest label; colored on a terminal.
+    pub fn new(multiplex: bool, labels: impl Iterator<Item = usize>, colored: bool) -> Prefixer {
         Prefixer {
-            multiplex: services.len() > 1 || containers.len() > 1,
+            multiplex,
             colored,
-            width: containers
-                .iter()
-                .map(|c| label(c).len())
-                .max()
-                .unwrap_or(0)
-                .max(14),
+            width: labels.max().unwrap_or(0).max(14),
         }
     }
 
@@ -244,21 +268,47 @@ fn label(container: &Container) -> String {
 /// Prints what the containers logged so far, interleaved by time: text, or
 /// one JSON document.
 pub async fn dump(engine: &Engine, shown: &Shown<'_>, printer: &Printer) -> Result<()> {
+    let origins: Vec<Origin> = shown.containers.iter().map(|c| Origin::of(c)).collect();
+    let streams = shown.containers.iter().map(|c| {
+        (
+            engine.log_lines(&c.name, false, shown.tail, shown.since),
+            true,
+        )
+    });
+    dump_streams(&origins, streams, shown.render, printer).await
+}
+
+/// Prints what each origin logged so far, read from its stream, interleaved
+/// by time. A stream not `required` that fails is left out: a replaced
+/// task whose container is gone.
+pub async fn dump_streams<S>(
+    origins: &[Origin],
+    streams: impl Iterator<Item = (S, bool)>,
+    render: Render,
+    printer: &Printer,
+) -> Result<()>
+where
+    S: futures_util::Stream<Item = Result<LogChunk>>,
+{
     let mut chunks: Vec<(usize, &'static str, String)> = Vec::new();
-    for (index, container) in shown.containers.iter().enumerate() {
-        let mut stream =
-            Box::pin(engine.log_lines(&container.name, false, shown.tail, shown.since));
+    for (index, (stream, required)) in streams.enumerate() {
+        let mut stream = Box::pin(stream);
+        let mut read = Vec::new();
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk?;
-            chunks.push((index, chunk.stream, chunk.text));
+            match chunk {
+                Ok(chunk) => read.push((index, chunk.stream, chunk.text)),
+                Err(err) if required => return Err(err),
+                Err(_) => break,
+            }
         }
+        chunks.extend(read);
     }
     let mut records: Vec<Record<'_>> = Vec::new();
     for (index, stream, text) in &chunks {
         for line in text.lines() {
             let (time, text) = split_timestamp(line);
             records.push(Record {
-                container: shown.containers[*index],
+                origin: &origins[*index],
                 index: *index,
                 stream,
                 time,
@@ -266,15 +316,24 @@ pub async fn dump(engine: &Engine, shown: &Shown<'_>, printer: &Printer) -> Resu
             });
         }
     }
-    // Stable: lines of one container keep their order when times tie.
+    print_records(records, render, printer)
+}
+
+/// Prints records interleaved by time: text, or one JSON document.
+pub fn print_records(
+    mut records: Vec<Record<'_>>,
+    render: Render,
+    printer: &Printer,
+) -> Result<()> {
+    // Stable: lines of one origin keep their order when times tie.
     records.sort_by_key(|record| record.time);
-    if let Render::Json = shown.render {
+    if let Render::Json = render {
         let lines: Vec<Entry<'_>> = records.iter().map(Record::entry).collect();
         return printer.out_json(&Document { ok: true, lines });
     }
     let mut text = String::new();
     for record in &records {
-        text.push_str(&shown.render.line(record)?);
+        text.push_str(&render.line(record)?);
     }
     printer.out(&text)
 }
@@ -299,10 +358,8 @@ pub async fn follow(
         followers.add(container, shown.since, shown.tail);
     }
     let mut starts = Box::pin(engine.container_starts(project));
-    let interrupted = tokio::signal::ctrl_c();
-    tokio::pin!(interrupted);
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("listening for SIGTERM")?;
+    let stopped = stop_signal()?;
+    tokio::pin!(stopped);
     loop {
         tokio::select! {
             line = receiver.recv() => {
@@ -322,10 +379,21 @@ pub async fn follow(
                     followers.restarted_or_new(&container, shown.since);
                 }
             }
-            _ = &mut interrupted => return Ok(()),
-            _ = terminate.recv() => return Ok(()),
+            _ = &mut stopped => return Ok(()),
         }
     }
+}
+
+/// Completes on Ctrl-C or SIGTERM: what ends `--follow`.
+pub fn stop_signal() -> Result<impl std::future::Future<Output = ()>> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("listening for SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+    })
 }
 
 /// The containers followed so far, each by a task of its own that sends
@@ -342,12 +410,10 @@ struct Followers<'e> {
 
 impl Followers<'_> {
     fn add(&mut self, container: &Container, since: i64, tail: Option<usize>) {
-        let from = (since, tail);
         spawn_follower(
-            self.engine,
-            container,
+            self.engine.log_lines(&container.name, true, tail, since),
+            Origin::of(container),
             self.next,
-            from,
             self.render,
             self.sender.clone(),
         );
@@ -367,25 +433,23 @@ impl Followers<'_> {
     }
 }
 
-/// Follows one container's log, sending each rendered line to `sender`.
-fn spawn_follower(
-    engine: &Engine,
-    container: &Container,
+/// Follows one origin's log stream, sending each rendered line to
+/// `sender`, until the stream ends or fails (its container or task is
+/// gone) or the receiver is dropped.
+pub fn spawn_follower(
+    stream: impl futures_util::Stream<Item = Result<LogChunk>> + Send + 'static,
+    origin: Origin,
     index: usize,
-    from: (i64, Option<usize>),
     render: Render,
     sender: mpsc::Sender<Result<String>>,
 ) {
-    let (since, tail) = from;
-    let stream = engine.log_lines(&container.name, true, tail, since);
-    let container = container.clone();
     tokio::spawn(async move {
         let mut stream = Box::pin(stream);
         while let Some(Ok(chunk)) = stream.next().await {
             for line in chunk.text.lines() {
                 let (time, text) = split_timestamp(line);
                 let record = Record {
-                    container: &container,
+                    origin: &origin,
                     index,
                     stream: chunk.stream,
                     time,

@@ -198,6 +198,15 @@ impl Step {
         self.finish("✗", None)
     }
 
+    /// Ends the step as done or failed, as `result` says, and passes it on.
+    pub fn ended<T, E>(self, result: Result<T, E>) -> Result<T, E> {
+        match result {
+            Ok(_) => self.done(),
+            Err(_) => self.fail(),
+        };
+        result
+    }
+
     fn finish(mut self, mark: &str, detail: Option<String>) -> Duration {
         let elapsed = self.started.elapsed();
         if let Some(bar) = self.bar.take() {

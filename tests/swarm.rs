@@ -199,11 +199,11 @@ fn swarm_mode_refuses_an_engine_that_is_no_manager() {
 
     // A command that does not drive a Swarm yet says so, before it touches
     // any engine.
-    let health = project.run(&["health"]);
-    assert_code(&health, 2);
-    let err = stderr(&health);
+    let resources = project.run(&["resources"]);
+    assert_code(&resources, 2);
+    let err = stderr(&resources);
     assert!(
-        err.contains("health does not run on a Docker Swarm yet"),
+        err.contains("resources does not run on a Docker Swarm yet"),
         "{err}"
     );
     assert!(err.contains("--orchestrator engine"), "{err}");
@@ -275,16 +275,8 @@ fn start_spreads_blue_over_the_nodes_and_status_names_each_tasks_node() {
         "{}",
         stderr(&refused)
     );
-    let made = lab.docker_ok(
-        1,
-        &[
-            "network",
-            "ls",
-            "-q",
-            "--filter",
-            &format!("label=com.docker.stack.namespace={}", project.name),
-        ],
-    );
+    let filter = format!("label=com.docker.stack.namespace={}", project.name);
+    let made = listed(&lab, "network", &filter);
     assert_eq!(made.trim(), "", "a refused start made a network");
 
     let started = project.ok(&["start", "--timeout", "240s"]);
@@ -385,6 +377,12 @@ fn start_spreads_blue_over_the_nodes_and_status_names_each_tasks_node() {
     );
 }
 
+/// The ids of the lab's `object`s (`network`, `config`) that `filter`
+/// selects, as the manager lists them.
+fn listed(lab: &SwarmLab, object: &str, filter: &str) -> String {
+    lab.docker_ok(1, &[object, "ls", "-q", "--filter", filter])
+}
+
 /// A project of its own on the lab's manager, in Swarm mode, blue at 3
 /// replicas.
 fn on_lab(lab: &SwarmLab, name: &str) -> TestProject {
@@ -479,6 +477,77 @@ fn load_loop(lab: &SwarmLab, project: &TestProject, stop: &std::path::Path) -> s
         .expect("starting the load loop")
 }
 
+/// Ends a [`load_loop`] and asserts that it sent enough requests and that
+/// none failed `during` what the test did.
+fn no_request_failed(load: std::process::Child, stop: &std::path::Path, during: &str) {
+    std::fs::write(stop, "").expect("stopping the load loop");
+    let output = support::wait::output_within("the load loop ended", load, Duration::from_secs(60));
+    let counts = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (ok, failed) = counts
+        .trim()
+        .split_once(' ')
+        .unwrap_or_else(|| panic!("the load loop printed {counts:?}"));
+    eprintln!("the load loop: {ok} answered 200, {failed} failed");
+    let ok: u64 = ok.parse().expect("a count");
+    assert!(ok > 50, "too few requests to prove anything: {counts}");
+    assert_eq!(
+        failed,
+        "0",
+        "requests failed {during}:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// What a switch on a Swarm does not do yet is refused before anything
+/// changes (exit 2, with a hint): `--canary`, and the project's hooks
+/// unless `--skip-hooks`. Leaves the hooks declared, in the override file.
+fn refuses_canary_and_hooks(lab: &SwarmLab, project: &TestProject) {
+    let nothing_changed = |what: &str| {
+        let status = project.status();
+        assert_eq!(status["active"], "blue", "{what}: {status}");
+        assert!(
+            service_of(&status, "cryptus-green")["name"].is_null(),
+            "{what} made green's service: {status}"
+        );
+        let lock = listed(
+            lab,
+            "config",
+            &format!("name={}_cryptus-lock", project.name),
+        );
+        assert_eq!(lock.trim(), "", "{what} left the deploy lock");
+    };
+    let canary = deploy_2_0_0(project, &["--canary", "10"]);
+    assert_code(&canary, 2);
+    let err = stderr(&canary);
+    assert!(
+        err.contains("deploy --canary on a Docker Swarm is not done yet"),
+        "{err}"
+    );
+    assert!(err.contains("hint: deploy without --canary"), "{err}");
+    nothing_changed("deploy --canary");
+
+    let path = project.path().join("compose/docker-compose.override.yml");
+    let mut file = std::fs::read_to_string(&path).expect("reading the override file");
+    file.push_str("x-cryptus:\n  hooks:\n    pre-deploy: [\"/cryptus-app\", \"healthcheck\"]\n    pre-rollback: [\"/cryptus-app\", \"healthcheck\"]\n");
+    std::fs::write(&path, file).expect("writing the override file");
+    for (what, output) in [
+        ("deploy with hooks", deploy_2_0_0(project, &[])),
+        ("rollback with hooks", project.run(&["rollback"])),
+    ] {
+        assert_code(&output, 2);
+        let err = stderr(&output);
+        assert!(
+            err.contains("x-cryptus hooks do not run on a Docker Swarm yet"),
+            "{what}: {err}"
+        );
+        assert!(
+            err.contains("hint:") && err.contains("--skip-hooks"),
+            "{what}: {err}"
+        );
+        nothing_changed(what);
+    }
+}
+
 /// `deploy` on a Swarm: green's service is created with a task on every
 /// node, gated on the overlay, nginx on the manager switches to it while
 /// a request loop runs, blue goes to 0 tasks, and `status` says green from
@@ -493,11 +562,13 @@ fn swarm_deploy_moves_traffic_to_green_on_every_node_and_rollback_brings_blue_ba
     let status = project.status();
     assert_eq!(status["active"], "blue", "{status}");
     assert_eq!(served_by_edge(&lab, &project)["instance"], "blue");
+    refuses_canary_and_hooks(&lab, &project);
 
     let stop = project.path().join("stop-load");
     let load = load_loop(&lab, &project, &stop);
 
-    let deployed = deploy_2_0_0(&project, &["--timeout", "240s", "--json"]);
+    // The hooks declared above are skipped on request.
+    let deployed = deploy_2_0_0(&project, &["--timeout", "240s", "--json", "--skip-hooks"]);
     assert_code(&deployed, 0);
     let report: serde_json::Value = serde_json::from_slice(&deployed.stdout).expect("JSON");
     assert_eq!(report["outcome"], "ok", "{report}");
@@ -545,7 +616,7 @@ fn swarm_deploy_moves_traffic_to_green_on_every_node_and_rollback_brings_blue_ba
     let text = stdout(&project.ok(&["status"]));
     assert!(text.contains("\nactive: green 2.0.0 ("), "{text}");
 
-    let rolled = project.ok(&["rollback", "--timeout", "240s", "--json"]);
+    let rolled = project.ok(&["rollback", "--timeout", "240s", "--json", "--skip-hooks"]);
     let report: serde_json::Value = serde_json::from_slice(&rolled.stdout).expect("JSON");
     assert_eq!(report["outcome"], "ok", "{report}");
     let status = project.status();
@@ -562,26 +633,11 @@ fn swarm_deploy_moves_traffic_to_green_on_every_node_and_rollback_brings_blue_ba
         "{status}"
     );
 
-    std::fs::write(&stop, "").expect("stopping the load loop");
-    let output = support::wait::output_within("the load loop ended", load, Duration::from_secs(60));
-    let counts = String::from_utf8_lossy(&output.stdout).into_owned();
-    let (ok, failed) = counts
-        .trim()
-        .split_once(' ')
-        .unwrap_or_else(|| panic!("the load loop printed {counts:?}"));
-    eprintln!("the load loop: {ok} answered 200, {failed} failed");
-    let ok: u64 = ok.parse().expect("a count");
-    assert!(ok > 50, "too few requests to prove anything: {counts}");
-    assert_eq!(
-        failed,
-        "0",
-        "requests failed across two flips:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    no_request_failed(load, &stop, "across two flips");
 
     // Rolling back again goes to green's recorded release; a stack stopped
     // and started again serves the color the cluster records, not blue.
-    project.ok(&["rollback", "--timeout", "240s"]);
+    project.ok(&["rollback", "--timeout", "240s", "--skip-hooks"]);
     project.ok(&["stop"]);
     project.ok(&["start", "--timeout", "240s"]);
     let status = project.status();
@@ -626,19 +682,7 @@ fn swarm_deploy_that_never_gets_healthy_leaves_blue_and_a_held_lock_refuses_anot
         "green's service is removed: {status}"
     );
     assert_eq!(served_by_edge(&lab, &project)["instance"], "blue");
-    let configs = lab.docker_ok(
-        1,
-        &[
-            "config",
-            "ls",
-            "--format",
-            "{{.Name}}",
-            "--filter",
-            &format!("name={}_cryptus-state-", project.name),
-        ],
-    );
-    let state = configs.lines().next().expect("a state config");
-    let recorded = lab.docker_ok(1, &["config", "inspect", "--pretty", state]);
+    let recorded = recorded_state(&lab, &project);
     assert!(recorded.contains("\"outcome\":\"failed\""), "{recorded}");
 
     // A lock held by a live run on another machine (it beat just now):
@@ -734,4 +778,306 @@ fn swarm_deploy_that_never_gets_healthy_leaves_blue_and_a_held_lock_refuses_anot
         &["config", "ls", "-q", "--filter", &format!("name={lock}")],
     );
     assert!(left.trim().is_empty(), "the lock is released: {left}");
+}
+
+/// The nodes `status --json` places a service's tasks on, one entry per
+/// task, after checking it runs `replicas` of them.
+fn tasks_on_nodes(project: &TestProject, service: &str, replicas: u64) -> Vec<String> {
+    let view = service_of(&project.status(), service);
+    assert_eq!(
+        (view["replicas"].as_u64(), view["running"].as_u64()),
+        (Some(replicas), Some(replicas)),
+        "{view}"
+    );
+    let tasks = view["tasks"].as_array().expect("tasks");
+    assert_eq!(tasks.len() as u64, replicas, "{view}");
+    tasks
+        .iter()
+        .map(|t| t["node"].as_str().expect("node").to_owned())
+        .collect()
+}
+
+/// The newest state config of a project on the lab, as JSON text.
+fn recorded_state(lab: &SwarmLab, project: &TestProject) -> String {
+    let configs = lab.docker_ok(
+        1,
+        &[
+            "config",
+            "ls",
+            "--format",
+            "{{.Name}}",
+            "--filter",
+            &format!("name={}_cryptus-state-", project.name),
+        ],
+    );
+    let newest = configs.lines().max().expect("a state config");
+    lab.docker_ok(1, &["config", "inspect", "--pretty", newest])
+}
+
+/// `scale` on a Swarm: blue goes from 3 tasks to 5 and back to 3 while a
+/// request loop runs through the edge nginx, which follows the tasks by
+/// name with no reload; not one request fails. `status` shows the 5 tasks,
+/// then 3, each on a node; the cluster records the count and both scales.
+/// The idle color's count is recorded for the next switch; counts out of
+/// range and services that are no color are refused (exit 2).
+#[test]
+fn swarm_scale_to_five_and_back_to_three_under_load_fails_no_request() {
+    let lab = SwarmLab::up(3);
+    let project = started_on(&lab, "swarm-scale", |_| {});
+    let nodes: BTreeSet<String> = (1..=3).map(|n| lab.node_name(n)).collect();
+
+    let stop = project.path().join("stop-load");
+    let load = load_loop(&lab, &project, &stop);
+    let up = project.ok(&["scale", "cryptus-blue", "5", "--timeout", "180s", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&up.stdout).expect("JSON");
+    assert_eq!(
+        (&report["from"], &report["to"], &report["active"]),
+        (&3.into(), &5.into(), &true.into()),
+        "{report}"
+    );
+    let placed = tasks_on_nodes(&project, "cryptus-blue", 5);
+    assert_eq!(
+        placed.iter().cloned().collect::<BTreeSet<_>>(),
+        nodes,
+        "5 tasks over the 3 nodes: {placed:?}"
+    );
+    let text = stdout(&project.ok(&["status"]));
+    let rows = text
+        .lines()
+        .filter(|line| {
+            line.starts_with("cryptus-blue") && nodes.iter().any(|n| line.contains(n.as_str()))
+        })
+        .count();
+    assert_eq!(rows, 5, "{text}");
+
+    let down = project.ok(&["scale", "cryptus-blue", "3", "--timeout", "180s"]);
+    assert!(
+        stderr(&down).contains("cryptus-blue runs 3 replicas (was 5)"),
+        "{}",
+        stderr(&down)
+    );
+    let placed = tasks_on_nodes(&project, "cryptus-blue", 3);
+    assert_eq!(placed.into_iter().collect::<BTreeSet<_>>(), nodes);
+    no_request_failed(load, &stop, "while scaling 3 -> 5 -> 3");
+    assert_eq!(served_by_edge(&lab, &project)["instance"], "blue");
+
+    let state = recorded_state(&lab, &project);
+    assert_eq!(
+        state.matches("\"operation\":\"scale\"").count(),
+        2,
+        "{state}"
+    );
+    assert!(state.contains("\"replicas\":{\"blue\":3}"), "{state}");
+
+    let idle = project.ok(&["scale", "cryptus-green", "2", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&idle.stdout).expect("JSON");
+    assert_eq!(report["pending"], true, "{report}");
+    assert!(
+        recorded_state(&lab, &project).contains("\"pending\":{\"green\":2}"),
+        "the idle color's count is not recorded"
+    );
+    assert!(
+        service_of(&project.status(), "cryptus-green")["name"].is_null(),
+        "scaling the idle color started it"
+    );
+    for (args, says) in [
+        (["scale", "cryptus-blue", "0"], "would stop all traffic"),
+        (["scale", "nginx", "2"], "nginx cannot be scaled"),
+    ] {
+        let refused = project.run(&args);
+        assert_code(&refused, 2);
+        assert!(stderr(&refused).contains(says), "{}", stderr(&refused));
+    }
+}
+
+/// `health` on a Swarm: after `start` every check passes, one per blue
+/// task named with its node, nginx's configuration and served color, and
+/// redis's INFO. Once a blue task's container on a worker is killed,
+/// `health` exits 1 naming that task and its node (or the swarm
+/// rescheduling it), then passes again when the swarm has replaced it.
+#[test]
+fn swarm_health_checks_every_task_and_names_a_killed_one_with_its_node() {
+    let lab = SwarmLab::up(3);
+    let project = started_on(&lab, "swarm-health", |_| {});
+    let nodes: Vec<String> = (1..=3).map(|n| lab.node_name(n)).collect();
+
+    let healthy = project.ok(&["health", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&healthy.stdout).expect("JSON");
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["active"], "blue", "{report}");
+    let checks = report["checks"].as_array().expect("checks");
+    let component = |c: &serde_json::Value| c["component"].as_str().unwrap_or("").to_owned();
+    let blue: Vec<String> = checks
+        .iter()
+        .map(component)
+        .filter(|c| c.starts_with("cryptus-blue."))
+        .collect();
+    assert_eq!(blue.len(), 3, "{report}");
+    for node in &nodes {
+        assert!(
+            blue.iter().any(|c| c.ends_with(&format!(" on {node}"))),
+            "no blue task on {node}: {blue:?}"
+        );
+    }
+    for (component, says) in [
+        ("nginx", "config ok; blue answers"),
+        ("redis", "answers; memory"),
+    ] {
+        let check = checks
+            .iter()
+            .find(|c| c["component"] == component)
+            .unwrap_or_else(|| panic!("no {component} check: {report}"));
+        assert_eq!(check["healthy"], true, "{check}");
+        assert!(
+            check["detail"].as_str().is_some_and(|d| d.contains(says)),
+            "{check}"
+        );
+    }
+    let text = stdout(&project.ok(&["health"]));
+    assert!(text.starts_with("COMPONENT"), "{text}");
+
+    let worker = lab.node_name(2);
+    let filter = format!(
+        "label=com.docker.swarm.service.name={}_cryptus-blue",
+        project.name
+    );
+    let container = lab.docker_ok(2, &["ps", "-q", "--filter", &filter]);
+    let container = container.lines().next().expect("a blue task on node 2");
+    lab.docker_ok(2, &["kill", container]);
+    let named = eventually(
+        "health names the killed task",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || {
+            let output = project.run(&["health"]);
+            let err = stderr(&output);
+            let names_it = err.contains("unhealthy: ")
+                && err.contains("cryptus-blue")
+                && (err.contains(&format!(" on {worker} (")) || err.contains("rescheduling"));
+            if output.status.code() == Some(1) && names_it {
+                Ok(err)
+            } else {
+                Err(format!("{}{err}", stdout(&output)))
+            }
+        },
+    );
+    assert!(named.contains("hint:"), "{named}");
+    eventually(
+        "health passes once the task is replaced",
+        Duration::from_secs(90),
+        Duration::from_secs(1),
+        || {
+            let output = project.run(&["health"]);
+            if output.status.success() {
+                Ok(())
+            } else {
+                Err(stderr(&output))
+            }
+        },
+    );
+}
+
+/// The nodes named by the `<service>.<slot>@<node> |` prefixes of `logs`'s
+/// lines that say `says`.
+fn nodes_in_log(lines: &[String], says: &str) -> BTreeSet<String> {
+    lines
+        .iter()
+        .filter(|line| line.contains(says))
+        .filter_map(|line| line.split_once(" |"))
+        .filter_map(|(prefix, _)| prefix.trim().split_once('@'))
+        .map(|(_, node)| node.to_owned())
+        .collect()
+}
+
+/// `logs` on a Swarm reads each task's log through the manager: the app
+/// service's lines come from tasks on more than one node, each prefixed
+/// with its task and node; `--tail` and `--json` shape them as on one
+/// engine; an unknown service and a bad `--since` are usage errors;
+/// `--follow` streams every task's lines until SIGTERM.
+#[test]
+fn swarm_logs_show_the_app_tasks_of_every_node_through_the_manager() {
+    let lab = SwarmLab::up(3);
+    let project = started_on(&lab, "swarm-logs", |_| {});
+    let nodes: BTreeSet<String> = (1..=3).map(|n| lab.node_name(n)).collect();
+
+    let text = stdout(&project.ok(&["logs", "cryptus-blue"]));
+    let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let listening = nodes_in_log(&lines, "blue version");
+    assert!(listening.len() > 1, "lines from one node only:\n{text}");
+    assert_eq!(listening, nodes, "{text}");
+
+    let json = project.ok(&["logs", "cryptus-blue", "--tail", "1", "--json"]);
+    let document: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON");
+    assert_eq!(document["ok"], true, "{document}");
+    let lines = document["lines"].as_array().expect("lines");
+    let tasks: BTreeSet<&str> = lines
+        .iter()
+        .filter_map(|line| line["container"].as_str())
+        .collect();
+    assert_eq!(
+        (lines.len(), tasks.len()),
+        (3, 3),
+        "one line per task: {document}"
+    );
+    assert!(
+        lines.iter().all(|line| line["service"] == "cryptus-blue"),
+        "{document}"
+    );
+
+    // Every service by default (nginx may have logged nothing yet).
+    let every = stdout(&project.ok(&["logs", "--tail", "5"]));
+    for service in ["cryptus-blue.1@", "redis.1@"] {
+        assert!(every.contains(service), "no {service} lines:\n{every}");
+    }
+    let unknown = project.run(&["logs", "mongo"]);
+    assert_code(&unknown, 2);
+    assert!(
+        stderr(&unknown).contains("cryptus-blue"),
+        "{}",
+        stderr(&unknown)
+    );
+    assert_code(
+        &project.run(&["logs", "--since", "2999-01-01T00:00:00Z"]),
+        2,
+    );
+
+    let mut follower = project
+        .command(&["logs", "--follow", "--tail", "3", "cryptus-blue"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting logs --follow");
+    let reader = std::io::BufReader::new(follower.stdout.take().expect("stdout"));
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in reader.lines().map_while(Result::ok) {
+            if sender.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    eventually(
+        "logs --follow shows tasks on more than one node",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || {
+            seen.extend(receiver.try_iter());
+            if nodes_in_log(&seen, "").len() > 1 {
+                Ok(())
+            } else {
+                Err(format!("{seen:?}"))
+            }
+        },
+    );
+    let pid = i32::try_from(follower.id()).expect("a pid");
+    // SAFETY: a plain signal to the child this test started.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let status = support::wait::exit_within(
+        "logs --follow ended",
+        &mut follower,
+        Duration::from_secs(10),
+    );
+    assert!(status.success(), "logs --follow after SIGTERM: {status}");
 }

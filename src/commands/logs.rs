@@ -1,7 +1,8 @@
 //! `cryptus logs [SERVICE...]`: the logs of one service, several, or all,
 //! multiplexed with a prefix per container; `--follow` keeps following
 //! across a deploy, as new containers of a service start. What a line looks
-//! like, as text or JSON, is [`crate::logs`]'s.
+//! like, as text or JSON, is [`crate::logs`]'s. On a Swarm, each task's log
+//! through the manager ([`crate::swarm::logs`]).
 
 use std::collections::BTreeSet;
 
@@ -10,6 +11,7 @@ use chrono::Utc;
 
 use crate::error::{EXIT_OK, usage};
 use crate::logs::{self, Shown};
+use crate::orchestrator::Orchestrator;
 use crate::output::Printer;
 use crate::project::Project;
 use crate::status;
@@ -68,6 +70,9 @@ pub async fn run(project: &Project, options: Options, printer: &Printer) -> Resu
         None => 0,
     };
     let engine = crate::orchestrator::connect(project.orchestrator).await?;
+    if project.orchestrator == Orchestrator::Swarm {
+        return on_swarm(&engine, project, declared, since, &options, printer).await;
+    }
     let containers = status::service_containers(&engine, &project.name).await?;
     let mut known: BTreeSet<String> = declared.into_iter().collect();
     known.extend(containers.iter().map(|c| c.service.clone()));
@@ -78,6 +83,37 @@ pub async fn run(project: &Project, options: Options, printer: &Printer) -> Resu
         logs::follow(&engine, &project.name, &shown, printer).await?;
     } else {
         logs::dump(&engine, &shown, printer).await?;
+    }
+    Ok(EXIT_OK)
+}
+
+/// The logs of the stack's tasks on a Swarm, through the manager.
+async fn on_swarm(
+    engine: &crate::engine::Engine,
+    project: &Project,
+    declared: Vec<String>,
+    since: i64,
+    options: &Options,
+    printer: &Printer,
+) -> Result<u8> {
+    let mut known: BTreeSet<String> = declared.into_iter().collect();
+    for service in engine.services(&project.name).await? {
+        if let Some(name) = crate::swarm::compose_service(&project.name, &service.name) {
+            known.insert(name.to_owned());
+        }
+    }
+    let services = select(&project.name, known, &options.services)?;
+    let shown = crate::swarm::logs::Shown {
+        project: &project.name,
+        services: &services,
+        since,
+        tail: options.tail,
+        timestamps: options.timestamps,
+    };
+    if options.follow {
+        crate::swarm::logs::follow(engine, &shown, printer).await?;
+    } else {
+        crate::swarm::logs::dump(engine, &shown, printer).await?;
     }
     Ok(EXIT_OK)
 }

@@ -94,6 +94,9 @@ fn runs_on_swarm(command: &Command) -> bool {
             | Command::Stop { .. }
             | Command::Deploy { .. }
             | Command::Rollback { .. }
+            | Command::Scale { .. }
+            | Command::Health { .. }
+            | Command::Logs { .. }
     )
 }
 

@@ -1,4 +1,5 @@
-//! `cryptus scale`: a color's replica count, with no failed request.
+//! `cryptus scale`: a color's replica count, with no failed request, on
+//! one engine or on a Swarm.
 
 use anyhow::Result;
 
@@ -8,7 +9,8 @@ use crate::output::Printer;
 use crate::project::Project;
 use crate::switch::{self, DryRun, Settings};
 
-use super::deploy::show_plan;
+use super::deploy::{refuse_dry_run_on_swarm, show_plan};
+use crate::orchestrator::Orchestrator;
 
 pub async fn run(
     project: &Project,
@@ -39,12 +41,17 @@ pub async fn run(
         })?;
     let session = Session::open(project, printer).await?;
     let stack = session.stack();
-    super::warn_not_applied(stack.compose, stack.engine, printer);
+    if project.orchestrator == Orchestrator::Swarm {
+        refuse_dry_run_on_swarm(dry_run)?;
+    } else {
+        super::warn_not_applied(stack.compose, stack.engine, printer);
+    }
     if dry_run {
         let service = service.to_owned();
         let plan = switch::dry_run(&stack, DryRun::Scale { service, replicas }, settings).await?;
         return show_plan(&plan, printer);
     }
+    // On a Swarm, the switch hands the scale to the swarm's.
     let report = switch::scale(&stack, service, replicas, settings).await?;
     if printer.json() {
         printer.out_json(&report)?;

@@ -69,6 +69,43 @@ pub struct LogChunk {
     pub text: String,
 }
 
+/// The options of a log stream: both streams, each line with the
+/// engine's timestamp, from `since` (seconds since the epoch), the last
+/// `tail` lines, kept open with `follow`.
+pub(crate) fn log_options(follow: bool, tail: Option<usize>, since: i64) -> LogsOptionsBuilder {
+    let options = LogsOptionsBuilder::default()
+        .stdout(true)
+        .stderr(true)
+        .follow(follow)
+        .timestamps(true)
+        .since(i32::try_from(since).unwrap_or(0));
+    match tail {
+        Some(tail) => options.tail(&tail.to_string()),
+        None => options,
+    }
+}
+
+/// One chunk of a log stream of `name`, naming its stream.
+pub(crate) fn log_chunk(
+    chunk: Result<bollard::container::LogOutput, bollard::errors::Error>,
+    name: &str,
+) -> Result<LogChunk> {
+    chunk
+        .map(|output| {
+            let stream = match &output {
+                bollard::container::LogOutput::StdErr { .. } => "stderr",
+                bollard::container::LogOutput::StdIn { .. } => "stdin",
+                _ => "stdout",
+            };
+            LogChunk {
+                stream,
+                text: String::from_utf8_lossy(&output.into_bytes()).into_owned(),
+            }
+        })
+        .map_err(|err| engine_error(&err))
+        .with_context(|| format!("reading the logs of {name}"))
+}
+
 /// One container event from the engine.
 #[derive(Debug)]
 pub struct ContainerEvent {
@@ -844,34 +881,11 @@ impl Engine {
         tail: Option<usize>,
         since: i64,
     ) -> impl futures_util::Stream<Item = Result<LogChunk>> + Send + 'static {
-        let mut options = LogsOptionsBuilder::default()
-            .stdout(true)
-            .stderr(true)
-            .follow(follow)
-            .timestamps(true)
-            .since(i32::try_from(since).unwrap_or(0));
-        if let Some(tail) = tail {
-            options = options.tail(&tail.to_string());
-        }
+        let options = log_options(follow, tail, since).build();
         let name = container.to_owned();
         self.docker
-            .logs(container, Some(options.build()))
-            .map(move |chunk| {
-                chunk
-                    .map(|output| {
-                        let stream = match &output {
-                            bollard::container::LogOutput::StdErr { .. } => "stderr",
-                            bollard::container::LogOutput::StdIn { .. } => "stdin",
-                            _ => "stdout",
-                        };
-                        LogChunk {
-                            stream,
-                            text: String::from_utf8_lossy(&output.into_bytes()).into_owned(),
-                        }
-                    })
-                    .map_err(|err| engine_error(&err))
-                    .with_context(|| format!("reading the logs of {name}"))
-            })
+            .logs(container, Some(options))
+            .map(move |chunk| log_chunk(chunk, &name))
     }
 
     /// The ids of the project's containers as they start, from the engine's

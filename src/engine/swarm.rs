@@ -27,7 +27,11 @@ use bollard::query_parameters::{
 use serde::Serialize;
 
 use super::spec::{health_config, mount};
-use super::{ApiVersion, ContainerSpec, Engine, MountSpec, PortSpec, engine_error, removed};
+use super::{
+    ApiVersion, ContainerSpec, Engine, LogChunk, MountSpec, PortSpec, engine_error, log_chunk,
+    log_options, removed,
+};
+use futures_util::StreamExt;
 
 /// The label `docker stack deploy` puts on a stack's services (and their
 /// tasks): the stack's name, here the project's.
@@ -514,6 +518,22 @@ impl Engine {
             .map_err(|err| engine_error(&err))
             .with_context(|| format!("updating service {name}"))?;
         Ok(true)
+    }
+
+    /// The log of one task, on whichever node it ran, through the
+    /// manager: as [`Engine::log_lines`] gives a container's.
+    pub fn task_log_lines(
+        &self,
+        task: &str,
+        follow: bool,
+        tail: Option<usize>,
+        since: i64,
+    ) -> impl futures_util::Stream<Item = Result<LogChunk>> + Send + 'static {
+        let options = log_options(follow, tail, since).build();
+        let name = format!("task {task}");
+        self.docker
+            .task_logs(task, Some(options))
+            .map(move |chunk| log_chunk(chunk, &name))
     }
 
     /// Removes a service (its tasks stop); one already gone is no error.

@@ -193,6 +193,18 @@ impl<'e> Edge<'e> {
         self.run_probe(&tasks, APP_PORT, "all").await
     }
 
+    /// One task of the app, by its container's name, which the swarm
+    /// puts in the overlay's DNS once the task is healthy.
+    pub async fn probe_task(&self, container: &str) -> Result<Probe> {
+        let mut probes = self.run_probe(container, APP_PORT, "all").await?;
+        if probes.is_empty() {
+            return Ok(Probe::Unreachable(format!(
+                "{container} does not resolve on the overlay (the swarm names a task once it is healthy)"
+            )));
+        }
+        Ok(probes.swap_remove(0).1)
+    }
+
     /// The app through nginx, from inside its container.
     pub async fn probe_lb(&self) -> Result<Probe> {
         let mut probes = self.run_probe("127.0.0.1", nginx::HTTP_PORT, "one").await?;

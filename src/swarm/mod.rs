@@ -4,10 +4,15 @@
 //!
 //! `status`: what runs where (tasks per node); `state`: what the cluster
 //! holds (active color, releases, history, the deploy lock); `switch`:
-//! deploy and rollback, through the edge nginx (`edge`).
+//! deploy and rollback, through the edge nginx (`edge`); `scale`: the
+//! active color's task count; `health`: every task, the edge and redis;
+//! `logs`: every task's log, through the manager.
 
 pub mod edge;
+pub mod health;
+pub mod logs;
 pub mod plan;
+pub mod scale;
 pub mod state;
 pub mod status;
 pub mod switch;

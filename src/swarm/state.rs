@@ -48,6 +48,10 @@ pub struct ClusterState {
     /// How many tasks each color ran when it last served.
     #[serde(default)]
     pub replicas: BTreeMap<Color, u32>,
+    /// Task counts `scale` recorded for the idle color: the next switch
+    /// into it starts that many, then the count is cleared.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pending: BTreeMap<Color, u32>,
     /// The newest [`KEPT_ENTRIES`] switches, oldest first.
     #[serde(default)]
     pub history: Vec<Entry>,
@@ -150,6 +154,29 @@ pub async fn write(engine: &Engine, project: &str, state: &mut ClusterState) -> 
         }
     }
     Ok(())
+}
+
+/// Appends `entry` to the state, records it as the next number and
+/// announces it (`CRYPTUS_NOTIFY_URL`); the warnings of what failed: the
+/// operation itself is done either way.
+pub async fn record(
+    engine: &Engine,
+    project: &str,
+    state: &mut ClusterState,
+    entry: Entry,
+    notify: &[crate::notify::Target],
+) -> Vec<String> {
+    let operation = entry.operation.clone();
+    let payload = crate::notify::Payload::of(project, &entry);
+    state.push(entry);
+    let (written, mut warnings) = tokio::join!(
+        write(engine, project, state),
+        crate::notify::send(notify, &payload)
+    );
+    if let Err(err) = written {
+        warnings.push(format!("recording the {operation} on the swarm: {err:#}"));
+    }
+    warnings
 }
 
 /// The deploy lock of a project on a swarm: a config only one cryptus can

@@ -54,6 +54,22 @@ pub struct TaskView {
     pub desired_state: String,
     pub error: Option<String>,
     pub image: String,
+    /// The replica's number (replicated services), for the task's name.
+    #[serde(skip)]
+    pub slot: Option<i64>,
+    /// Its container, on the node it runs on.
+    #[serde(skip)]
+    pub container_id: Option<String>,
+}
+
+impl TaskView {
+    /// Its state, with the swarm's error when there is one.
+    pub fn state_text(&self) -> String {
+        match &self.error {
+            Some(error) => format!("{} ({error})", self.state),
+            None => self.state.clone(),
+        }
+    }
 }
 
 /// Everything status shows on a Swarm. `declared` are the compose file's
@@ -91,10 +107,7 @@ fn views(
     nodes: &[Node],
     declared: &[String],
 ) -> Vec<ServiceView> {
-    let hostnames: BTreeMap<&str, &str> = nodes
-        .iter()
-        .map(|n| (n.id.as_str(), n.hostname.as_str()))
-        .collect();
+    let hostnames = hostnames(nodes);
     let mut names: BTreeSet<String> = declared.iter().cloned().collect();
     let created: BTreeMap<&str, &Service> = services
         .iter()
@@ -139,6 +152,8 @@ fn views(
                         desired_state: t.desired_state.clone(),
                         error: t.error.clone(),
                         image: t.image.clone(),
+                        slot: t.slot,
+                        container_id: t.container_id.clone(),
                     }
                 })
                 .collect();
@@ -151,6 +166,14 @@ fn views(
                 tasks,
             }
         })
+        .collect()
+}
+
+/// Each node's hostname, by its id.
+pub fn hostnames(nodes: &[Node]) -> BTreeMap<&str, &str> {
+    nodes
+        .iter()
+        .map(|n| (n.id.as_str(), n.hostname.as_str()))
         .collect()
 }
 
@@ -200,15 +223,11 @@ pub fn render(status: &SwarmStatus) -> String {
             ]);
         }
         for task in &service.tasks {
-            let state = match &task.error {
-                Some(error) => format!("{} ({error})", task.state),
-                None => task.state.clone(),
-            };
             rows.push(vec![
                 service.service.clone(),
                 task.name.clone(),
                 task.node.clone(),
-                state,
+                task.state_text(),
                 task.image.clone(),
             ]);
         }

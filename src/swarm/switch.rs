@@ -18,7 +18,7 @@ use chrono::Utc;
 use tokio::time::Instant;
 
 use crate::context::Stack;
-use crate::engine::{ServiceMode, ServiceSpec, Task};
+use crate::engine::{ServiceMode, ServiceSpec};
 use crate::error::{failed_with_hint, usage};
 use crate::health::{Expect, Probe};
 use crate::history::{Entry, Outcome, Side, operation};
@@ -118,7 +118,7 @@ async fn locked(
     let active = state.active.unwrap_or(Color::Blue);
     let target = active.other();
     let services = engine.services(project).await?;
-    let replicas = services
+    let active_replicas = services
         .iter()
         .find(|s| s.name == service_name(project, active.service()))
         .and_then(|s| s.replicas)
@@ -127,15 +127,21 @@ async fn locked(
             let declared = stack.compose.service(active.service()).map(|s| s.replicas);
             u64::from(declared.unwrap_or(1).max(1))
         });
+    // A count `scale` recorded for the idle color is what a switch into
+    // it starts; else as many tasks as the active color runs.
+    let replicas = state
+        .pending
+        .get(&target)
+        .map_or(active_replicas, |n| u64::from(*n));
     let from_release = recorded_release(stack, &state, active).await?;
-    let side = |color, release: &Release| Side {
+    let side = |color, release: &Release, replicas: u64| Side {
         color,
         image: release.image.clone(),
         version: release.version.clone(),
         image_id: None,
         replicas: u32::try_from(replicas).unwrap_or(u32::MAX),
     };
-    let from = side(active, &from_release);
+    let from = side(active, &from_release, active_replicas);
     let release = match ask {
         Ask::Deploy { source, version } => {
             let known = crate::switch::deploy::known_release(stack, target, source, version);
@@ -154,7 +160,7 @@ async fn locked(
         settings,
         edge,
         operation,
-        to: side(target, &release),
+        to: side(target, &release, replicas),
         from,
         release,
         replicas,
@@ -287,11 +293,7 @@ impl Switch<'_> {
             crate::interrupt::check()?;
             let (services, tasks) =
                 tokio::try_join!(engine.services(project), engine.tasks(project))?;
-            let id = services.iter().find(|s| s.name == spec.name).map(|s| &s.id);
-            let current: Vec<&Task> = tasks
-                .iter()
-                .filter(|t| Some(&t.service_id) == id && t.desired_state == "running")
-                .collect();
+            let current = super::up::wanted_running(&services, &tasks, &spec.name);
             if let Some(waiting) = super::up::not_running(spec, &current) {
                 return Ok(Seen::Not(waiting));
             }
@@ -412,6 +414,7 @@ impl Switch<'_> {
             .releases
             .insert(self.to.color, self.release.clone());
         self.state.replicas.insert(self.to.color, self.to.replicas);
+        self.state.pending.remove(&self.to.color);
         let mut report = self.report(steps, began, Outcome::Ok, None);
         let warnings = self.record(&report).await;
         report.warnings.extend(warnings);
@@ -555,20 +558,9 @@ impl Switch<'_> {
             durations: report.durations(),
             hooks: report.hooks.clone(),
         };
-        let project = &self.stack.project.name;
-        let payload = crate::notify::Payload::of(project, &entry);
-        self.state.push(entry);
-        let (written, mut warnings) = tokio::join!(
-            state::write(self.stack.engine, project, &mut self.state),
-            crate::notify::send(&self.settings.notify, &payload)
-        );
-        if let Err(err) = written {
-            warnings.push(format!(
-                "recording the {} on the swarm: {err:#}",
-                report.operation
-            ));
-        }
-        warnings
+        let (engine, project) = (self.stack.engine, &self.stack.project.name);
+        let notify = &self.settings.notify;
+        state::record(engine, project, &mut self.state, entry, notify).await
     }
 }
 

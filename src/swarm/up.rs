@@ -12,7 +12,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::context::Stack;
-use crate::engine::{ConfigFile, Engine, ServiceMode, ServiceSpec, Task};
+use crate::engine::{ConfigFile, Engine, Service, ServiceMode, ServiceSpec, Task};
 use crate::error::{failed_with_hint, usage};
 use crate::lb;
 use crate::output::Printer;
@@ -185,12 +185,7 @@ async fn create_and_wait(
             let waiting: Vec<String> = specs
                 .iter()
                 .filter_map(|spec| {
-                    let id = services.iter().find(|s| s.name == spec.name).map(|s| &s.id);
-                    let of: Vec<&Task> = tasks
-                        .iter()
-                        .filter(|t| Some(&t.service_id) == id && t.desired_state == "running")
-                        .collect();
-                    not_running(spec, &of)
+                    not_running(spec, &wanted_running(&services, &tasks, &spec.name))
                 })
                 .collect();
             Ok(if waiting.is_empty() {
@@ -215,18 +210,40 @@ async fn create_and_wait(
     Ok(())
 }
 
+/// The tasks of service `name` the swarm wants running (not those it
+/// shut down or replaced).
+pub(super) fn wanted_running<'t>(
+    services: &[Service],
+    tasks: &'t [Task],
+    name: &str,
+) -> Vec<&'t Task> {
+    let id = services.iter().find(|s| s.name == name).map(|s| &s.id);
+    tasks
+        .iter()
+        .filter(|t| Some(&t.service_id) == id && t.desired_state == "running")
+        .collect()
+}
+
 /// What a service still lacks: `None` once every task it asks for runs.
 pub(super) fn not_running(spec: &ServiceSpec, tasks: &[&Task]) -> Option<String> {
-    let running = tasks.iter().filter(|t| t.state == "running").count();
     let wanted = match spec.mode {
         ServiceMode::Replicated(replicas) => usize::try_from(replicas).unwrap_or(usize::MAX),
         // One per eligible node: as many as the swarm scheduled, at least one.
         ServiceMode::Global => tasks.len().max(1),
     };
+    short_of(&spec.name, wanted, tasks)
+}
+
+/// What service `name` lacks to run `wanted` of `tasks` (those the swarm
+/// wants running): `None` once they run, else the count and the first
+/// waiting task's state and error. A task with a healthcheck runs once
+/// healthy: the swarm starts it as `starting` until then.
+pub(super) fn short_of(name: &str, wanted: usize, tasks: &[&Task]) -> Option<String> {
+    let running = tasks.iter().filter(|t| t.state == "running").count();
     if running >= wanted {
         return None;
     }
-    let mut text = format!("{} {running}/{wanted} running", spec.name);
+    let mut text = format!("{name} {running}/{wanted} running");
     if let Some(task) = tasks.iter().find(|t| t.state != "running") {
         text.push_str(&format!(" ({}", task.state));
         if let Some(error) = &task.error {

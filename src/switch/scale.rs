@@ -72,31 +72,28 @@ pub async fn scale(
     settings: &Settings,
 ) -> Result<Report> {
     let color = color_to_scale(stack, service, replicas)?;
+    if stack.project.orchestrator == crate::orchestrator::Orchestrator::Swarm {
+        return crate::swarm::scale::run(stack, color, replicas, settings).await;
+    }
     let lb = state::lb(stack).await?;
     crate::interrupt::catch();
     let step = stack.printer.step("taking the deploy lock");
-    let lock = match super::lock(stack, "scale", &lb, settings).await {
-        Ok(lock) => {
-            step.done();
-            lock
-        }
-        Err(err) => {
-            step.fail();
-            return Err(err);
-        }
-    };
+    let lock = step.ended(super::lock(stack, "scale", &lb, settings).await)?;
     let result = locked(stack, &lb, color, replicas, settings).await;
     super::unlock(stack, lock).await;
-    // After the lock was taken every failure is a clean one (exit 1): what
-    // was started is undone and the failure recorded before it gets here.
-    result.map_err(|err| {
-        if crate::error::is_user_error(&err) {
-            err
-        } else {
-            // A new error: `classify` looks for a UserError among the causes.
-            failed_with_hint(format!("{err:#}"), "`cryptus status` shows what serves now")
-        }
-    })
+    result.map_err(failed_cleanly)
+}
+
+/// A scale's failure once the lock was taken is a clean one (exit 1):
+/// what was started is undone and the failure recorded before it gets
+/// here. On one engine and on a Swarm.
+pub fn failed_cleanly(err: anyhow::Error) -> anyhow::Error {
+    if crate::error::is_user_error(&err) {
+        err
+    } else {
+        // A new error: `classify` looks for a UserError among the causes.
+        failed_with_hint(format!("{err:#}"), "`cryptus status` shows what serves now")
+    }
 }
 
 async fn locked(

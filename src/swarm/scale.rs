@@ -1,0 +1,325 @@
+//! `scale` on a Swarm. The active color's service gets its new replica
+//! count through the manager (a service update at the version read), and
+//! the run waits until that many tasks run (healthy, with a healthcheck)
+//! and exactly that many answer healthy on the overlay from the edge nginx.
+//!
+//! nginx needs no reload: its upstream names `tasks.<service>` with
+//! `resolve` and re-resolves every second. A new task enters the name only
+//! once healthy (the swarm binds it to the service then). A task the swarm
+//! removes leaves the name first; its node waits 2 s for that to spread
+//! before it sends the stop signal, and the app then refuses new
+//! connections, which nginx passes on to the next task. So a shrink fails
+//! no request as long as nginx re-resolves within those 2 s.
+//!
+//! For the idle color the count is recorded on the cluster: the next switch
+//! into it starts that many tasks.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::Result;
+use chrono::Utc;
+use tokio::time::Instant;
+
+use crate::context::Stack;
+use crate::error::failed_with_hint;
+use crate::health::{Expect, Probe};
+use crate::history::{Entry, Outcome, Side, operation};
+use crate::stack::{Color, Release};
+use crate::switch::Settings;
+use crate::switch::scale::{Report, failed_cleanly};
+use crate::wait::{self, Limits, Seen};
+
+use super::edge::Edge;
+use super::service_name;
+use super::state::{self, ClusterLock, ClusterState};
+use super::switch::gate_verdict;
+use super::up::{short_of, wanted_running};
+
+/// The shortest interval between looks: each lists the tasks and runs a
+/// probe in the edge nginx's container.
+const LOOK_EVERY: Duration = Duration::from_millis(500);
+
+/// Scales `color` (checked by [`crate::switch::scale`], which hands a
+/// Swarm's scale here) under the cluster's deploy lock.
+pub async fn run(
+    stack: &Stack<'_>,
+    color: Color,
+    replicas: u32,
+    settings: &Settings,
+) -> Result<Report> {
+    crate::interrupt::catch();
+    let (engine, project) = (stack.engine, &stack.project.name);
+    let step = stack.printer.step("taking the deploy lock on the swarm");
+    let lock = ClusterLock::acquire(
+        engine,
+        project,
+        operation::SCALE,
+        &settings.lock,
+        stack.printer,
+    );
+    let lock = step.ended(lock.await)?;
+    let result = locked(stack, color, replicas, settings).await;
+    if let Err(err) = lock.release().await {
+        stack
+            .printer
+            .warn(format!("releasing the deploy lock: {err:#}"));
+    }
+    result.map_err(failed_cleanly)
+}
+
+async fn locked(
+    stack: &Stack<'_>,
+    color: Color,
+    replicas: u32,
+    settings: &Settings,
+) -> Result<Report> {
+    let began = Instant::now();
+    let (engine, project) = (stack.engine, &stack.project.name);
+    let mut state = state::read(engine, project).await?;
+    let active = state.active.unwrap_or(Color::Blue);
+    let name = service_name(project, color.service());
+    let services = engine.services(project).await?;
+    let current = services
+        .iter()
+        .find(|s| s.name == name)
+        .and_then(|s| s.replicas)
+        .map(|n| u32::try_from(n).unwrap_or(u32::MAX));
+    let mut report = Report {
+        ok: true,
+        service: color.service().to_owned(),
+        color,
+        active: color == active,
+        from: current.unwrap_or(0),
+        to: replicas,
+        pending: color != active,
+        warnings: Vec::new(),
+    };
+    if color != active {
+        record_pending(stack, &mut state, color, replicas).await?;
+        return Ok(report);
+    }
+    let from = current.filter(|n| *n > 0).ok_or_else(|| {
+        failed_with_hint(
+            format!("{name}, the active color, runs no task on the swarm"),
+            "run `cryptus start` first; `cryptus status` shows each service",
+        )
+    })?;
+    if from == replicas {
+        stack.printer.info(format!(
+            "{} already runs {replicas} replicas",
+            color.service()
+        ));
+        return Ok(report);
+    }
+    let release = state.releases.get(&color).cloned();
+    let expect = Expect {
+        color,
+        version: release.as_ref().map(|r| r.version.clone()),
+    };
+    let change = Change {
+        stack,
+        name: &name,
+        expect: &expect,
+        from,
+        to: replicas,
+    };
+    let done = change.apply(settings).await;
+    report.warnings = record(stack, &mut state, &change, release, &done, began, settings).await;
+    for warning in &report.warnings {
+        stack.printer.warn(warning);
+    }
+    done.map(|()| report).map_err(|err| {
+        err.context(format!(
+            "scaling {} failed; it was put back to {from} replica{}",
+            color.service(),
+            if from == 1 { "" } else { "s" }
+        ))
+    })
+}
+
+/// The idle color: the count waits for the next switch into it.
+async fn record_pending(
+    stack: &Stack<'_>,
+    state: &mut ClusterState,
+    color: Color,
+    replicas: u32,
+) -> Result<()> {
+    state.pending.insert(color, replicas);
+    state::write(stack.engine, &stack.project.name, state).await?;
+    stack.printer.info(format!(
+        "{} is idle: the next deploy into {color} starts {replicas} replica{}",
+        color.service(),
+        if replicas == 1 { "" } else { "s" }
+    ));
+    Ok(())
+}
+
+/// One change of the active color's count.
+struct Change<'c> {
+    stack: &'c Stack<'c>,
+    name: &'c str,
+    expect: &'c Expect,
+    from: u32,
+    to: u32,
+}
+
+impl Change<'_> {
+    /// Sets the count, then waits; a failure or a signal puts the count
+    /// back (the swarm then starts or removes tasks as before).
+    async fn apply(&self, settings: &Settings) -> Result<()> {
+        let (engine, printer) = (self.stack.engine, self.stack.printer);
+        let edge = Edge::find(engine, &self.stack.project.name).await?;
+        let step = printer.step(format!(
+            "scaling {} from {} to {} tasks",
+            self.name, self.from, self.to
+        ));
+        let changed = async {
+            crate::interrupt::check()?;
+            if !engine.scale_service(self.name, u64::from(self.to)).await? {
+                return Err(failed_with_hint(
+                    format!("service {} is gone", self.name),
+                    "`cryptus status` shows the stack; `cryptus start` makes what is missing",
+                ));
+            }
+            self.wait(&edge, settings).await
+        };
+        let changed = step.ended(changed.await);
+        if changed.is_err()
+            && let Err(back) = engine.scale_service(self.name, u64::from(self.from)).await
+        {
+            printer.warn(format!("putting {} back: {back:#}", self.name));
+        }
+        changed
+    }
+
+    /// Until `to` tasks run and exactly `to` addresses of the service's
+    /// name answer healthy from the edge, under `--timeout`.
+    async fn wait(&self, edge: &Edge<'_>, settings: &Settings) -> Result<()> {
+        let (engine, project) = (self.stack.engine, &self.stack.project.name);
+        let wanted = usize::try_from(self.to).unwrap_or(usize::MAX);
+        let look = || async {
+            crate::interrupt::check()?;
+            let (services, tasks) =
+                tokio::try_join!(engine.services(project), engine.tasks(project))?;
+            let current = wanted_running(&services, &tasks, self.name);
+            if let Some(waiting) = short_of(self.name, wanted, &current) {
+                return Ok(Seen::Not(waiting));
+            }
+            let probes = edge.probe_tasks(self.expect.color).await?;
+            Ok(scale_verdict(&probes, self.expect, wanted))
+        };
+        let timeout = settings.timeout;
+        let limits = Limits::until(Instant::now() + timeout, settings.poll.max(LOOK_EVERY));
+        wait::until(limits, look, |last| {
+            failed_with_hint(
+                format!(
+                    "{} did not run {} healthy tasks within {}: {last}",
+                    self.name,
+                    self.to,
+                    crate::output::uptime(timeout)
+                ),
+                "`cryptus status` shows each task and its error; `cryptus logs` shows why",
+            )
+        })
+        .await
+    }
+}
+
+/// The switch's gate, and no more addresses than wanted: while a removed
+/// task is still named, nginx may still send to it.
+fn scale_verdict(probes: &[(String, Probe)], expect: &Expect, wanted: usize) -> Seen<()> {
+    match gate_verdict(probes, expect, wanted) {
+        Seen::Not(why) => Seen::Not(why),
+        Seen::Ready(_) if probes.len() > wanted => Seen::Not(format!(
+            "{} tasks still resolve on the overlay, {wanted} wanted",
+            probes.len()
+        )),
+        Seen::Ready(_) => Seen::Ready(()),
+    }
+}
+
+/// The scale in the cluster's history (and the count in its state, when
+/// it was done), announced; the warnings of what failed.
+async fn record(
+    stack: &Stack<'_>,
+    state: &mut ClusterState,
+    change: &Change<'_>,
+    release: Option<Release>,
+    done: &Result<()>,
+    began: Instant,
+    settings: &Settings,
+) -> Vec<String> {
+    let color = change.expect.color;
+    let release = release.unwrap_or(Release {
+        image: String::new(),
+        version: String::new(),
+    });
+    let side = |replicas| Side {
+        color,
+        image: release.image.clone(),
+        version: release.version.clone(),
+        image_id: None,
+        replicas,
+    };
+    if done.is_ok() {
+        state.replicas.insert(color, change.to);
+    }
+    let entry = Entry {
+        time: Utc::now(),
+        operation: operation::SCALE.to_owned(),
+        user: crate::lock::user(),
+        host: crate::lock::hostname(),
+        from: side(change.from),
+        to: side(change.to),
+        outcome: if done.is_ok() {
+            Outcome::Ok
+        } else {
+            Outcome::Failed
+        },
+        reason: done.as_ref().err().map(|err| format!("{err:#}")),
+        durations: BTreeMap::from([("total".to_owned(), began.elapsed().as_secs_f64())]),
+        hooks: Vec::new(),
+    };
+    let (engine, project) = (stack.engine, &stack.project.name);
+    state::record(engine, project, state, entry, &settings.notify).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::{Memory, Report as Health};
+
+    fn healthy(addr: &str) -> (String, Probe) {
+        let report = Health {
+            status: "healthy".into(),
+            timestamp: "t".into(),
+            uptime: 1.0,
+            instance: "blue".into(),
+            version: "1".into(),
+            memory: Memory {
+                used: 1.0,
+                total: 2.0,
+            },
+        };
+        (addr.to_owned(), Probe::Answered(report))
+    }
+
+    #[test]
+    fn a_scale_is_done_when_exactly_the_wanted_tasks_answer() {
+        let expect = Expect {
+            color: Color::Blue,
+            version: Some("1".into()),
+        };
+        let three = [healthy("a"), healthy("b"), healthy("c")];
+        assert!(matches!(scale_verdict(&three, &expect, 3), Seen::Ready(())));
+        let Seen::Not(why) = scale_verdict(&three, &expect, 2) else {
+            panic!("a removed task still named passed")
+        };
+        assert_eq!(why, "3 tasks still resolve on the overlay, 2 wanted");
+        let Seen::Not(why) = scale_verdict(&three, &expect, 5) else {
+            panic!("three of five passed")
+        };
+        assert_eq!(why, "3 of 5 tasks resolve on the overlay");
+    }
+}
