@@ -512,8 +512,15 @@ async fn cryptus_flip(
         })
         .unwrap_or_default();
     // What no step times: the process's start, reading the compose files,
-    // connecting, finding nginx, releasing the lock and the exit.
-    let outside = seconds - steps.values().sum::<f64>();
+    // connecting, finding nginx, releasing the lock and the exit. Summed
+    // over the report's steps, which run one after the other.
+    let timed: f64 = report["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["seconds"].as_f64())
+        .sum();
+    let outside = seconds - timed;
     steps.insert(OUTSIDE_STEPS.to_owned(), round3(outside.max(0.0)));
     Ok(Flip {
         operation,
@@ -683,9 +690,10 @@ fn steps_median(flips: &[Flip]) -> BTreeMap<String, f64> {
         .collect()
 }
 
-/// The median of each part of the overhead (deploy - readiness - drain):
-/// the time of every step but the drain, with the start and health steps
-/// less the app's own readiness, and the time outside the steps.
+/// The median of each part of the overhead (deploy - readiness - drain),
+/// over the flips that have it: the time of every step but the drain,
+/// with the start and health steps less the app's own readiness, and the
+/// time outside the steps.
 fn overhead_parts_median(flips: &[Flip]) -> BTreeMap<String, f64> {
     let parts: Vec<BTreeMap<String, f64>> = flips
         .iter()
@@ -694,7 +702,11 @@ fn overhead_parts_median(flips: &[Flip]) -> BTreeMap<String, f64> {
             let mut parts: BTreeMap<String, f64> = f
                 .steps
                 .iter()
-                .filter(|(name, _)| !matches!(name.as_str(), "drain" | "start" | "health"))
+                // A canary's holds are the time asked for, not overhead.
+                .filter(|(name, _)| {
+                    !matches!(name.as_str(), "drain" | "start" | "health")
+                        && !name.starts_with("hold ")
+                })
                 .map(|(name, seconds)| (name.clone(), *seconds))
                 .collect();
             let up = f.steps.get("start").copied().unwrap_or(0.0)
@@ -709,10 +721,8 @@ fn overhead_parts_median(flips: &[Flip]) -> BTreeMap<String, f64> {
     names
         .into_iter()
         .map(|name| {
-            let values: Vec<f64> = parts
-                .iter()
-                .map(|p| p.get(name).copied().unwrap_or(0.0))
-                .collect();
+            // Over the flips that have the part: a rollback gets no image.
+            let values: Vec<f64> = parts.iter().filter_map(|p| p.get(name).copied()).collect();
             (name.clone(), round3(median(values)))
         })
         .collect()
@@ -1325,7 +1335,7 @@ fn table(d: &Value) -> String {
         out.push_str(&format!(
             "\nthe engine's floor on this machine, median of {} (benches/zero_downtime/floors.rs): \
              deploy lock created {} ms, created and removed {} ms; exec of `true` in nginx {} ms, of `nginx -t` {} ms; \
-             no switch's overhead goes below the lock + `nginx -t`'s own work (its exec is started ahead) = {} ms, \
+             lower bounds: no switch's overhead goes below the lock + `nginx -t`'s own work (its exec is started ahead) = {} ms, \
              no warm rollback's traffic back below {} ms, no `health` below one exec of `nginx -t`; \
              cryptus's median overhead is {:.0} ms, {:.2}x the floor\n",
             floor.samples,

@@ -117,9 +117,10 @@ pub async fn check(
 ) -> Report {
     let client = health::client();
     let lb = containers.iter().find(|c| c.service == LB_SERVICE);
-    // Every question is independent: ask them all at once. Only judging
-    // nginx's answer and the colors' needs the active color, so nginx's
-    // `nginx -t` (an exec, the slowest question) starts with the rest.
+    // Ask at once what does not depend on the active color: nginx's
+    // `nginx -t` (an exec, the slowest question) and the probe through it,
+    // redis and monitoring. Only the colors' checks wait for it (one
+    // question to nginx's status port), and judging nginx's answers.
     let served = async {
         let colors = async {
             let active = active_color(engine, lb, &client, timeout).await;

@@ -82,15 +82,21 @@ impl Probe {
 
 /// The HTTP client for the stack's own endpoints (the apps, nginx's status
 /// port, Prometheus, Grafana): no proxy (they are on loopback and the
-/// project's networks), short timeouts, no connection reuse across probes
-/// so a dead backend is noticed at once. They speak plain HTTP, so no TLS
-/// roots are loaded: loading the system's takes longer than most probes.
-/// One per process, shared (a clone is a handle to it).
+/// project's networks), short timeouts, no redirects (a probe judges the
+/// first answer). They speak plain HTTP, so no TLS roots are loaded:
+/// loading the system's takes longer than most probes. One per process,
+/// shared (a clone is a handle to it); that is sound across tokio runtimes
+/// (the tests run several) only because connections are never pooled
+/// (`pool_max_idle_per_host(0)`): a pooled connection's task lives on the
+/// runtime that opened it. No reuse also means a dead backend is noticed
+/// at once.
 pub fn client() -> reqwest::Client {
     static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
     CLIENT
         .get_or_init(|| {
             builder()
+                .no_proxy()
+                .redirect(reqwest::redirect::Policy::none())
                 .tls_certs_only(std::iter::empty::<reqwest::Certificate>())
                 .build()
                 .unwrap_or_default()
@@ -98,10 +104,13 @@ pub fn client() -> reqwest::Client {
         .clone()
 }
 
-/// A client that also speaks https to the world (notification webhooks),
-/// with the system's TLS roots, loaded as it is built.
-pub fn tls_client() -> reqwest::Client {
-    builder().build().unwrap_or_default()
+/// A client for https to the world (notification webhooks): the system's
+/// TLS roots, read from disk as it is built (so build it off the async
+/// threads), and the system's proxy settings (`HTTPS_PROXY`).
+pub fn tls_client() -> Result<reqwest::Client, String> {
+    builder()
+        .build()
+        .map_err(|err| format!("making an https client: {err}"))
 }
 
 fn builder() -> reqwest::ClientBuilder {
@@ -109,7 +118,6 @@ fn builder() -> reqwest::ClientBuilder {
     // a second install is refused, harmlessly.
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
-        .no_proxy()
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(5))
         .pool_max_idle_per_host(0)

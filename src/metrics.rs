@@ -33,11 +33,13 @@ pub const DEFAULT_GATE: &str = concat!(
 );
 
 /// Whether Prometheus can judge the new version: at least one of the
-/// request series the app must export for it holds two samples or more in
-/// the window, what `rate()` needs. Until Prometheus has found the new
+/// request series the app must export for it, of real requests (cryptus's
+/// own health probes and Prometheus's scrapes, which the gate leaves out,
+/// are not evidence), holds two samples or more in the window, what
+/// `rate()` needs. Until Prometheus has found the new
 /// containers (DNS) and scraped them twice, the gate's condition is empty
 /// whatever the version does: blindness, not a pass. Filled in as the gate.
-pub const GATE_SEES: &str = r#"count(count_over_time(http_requests_total{color="{color}",version="{version}"}[{window}]) > 1)"#;
+pub const GATE_SEES: &str = r#"count(count_over_time(http_requests_total{color="{color}",version="{version}",route!~"/api/health|/metrics"}[{window}]) > 1)"#;
 
 fn escape(value: &str) -> String {
     value
@@ -329,7 +331,7 @@ mod tests {
         let sees = gate_query(GATE_SEES, Color::Green, "2.0", Duration::from_secs(20));
         assert_eq!(
             sees,
-            r#"count(count_over_time(http_requests_total{color="green",version="2.0"}[20s]) > 1)"#
+            r#"count(count_over_time(http_requests_total{color="green",version="2.0",route!~"/api/health|/metrics"}[20s]) > 1)"#
         );
     }
 }

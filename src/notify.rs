@@ -264,7 +264,11 @@ pub async fn send(targets: &[Target], payload: &Payload) -> Vec<String> {
         Ok(body) => body,
         Err(err) => return vec![format!("encoding the notification: {err}")],
     };
-    let client = crate::health::tls_client();
+    let client = match tokio::task::spawn_blocking(crate::health::tls_client).await {
+        Ok(Ok(client)) => client,
+        Ok(Err(err)) => return vec![format!("no notification was sent: {err}")],
+        Err(err) => return vec![format!("no notification was sent: {err}")],
+    };
     let sends = targets.iter().map(|target| deliver(&client, target, &body));
     futures_util::future::join_all(sends)
         .await

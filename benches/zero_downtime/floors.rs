@@ -2,9 +2,10 @@
 //! the switches and through cryptus's own engine code: the floors under
 //! cryptus's timings. A switch takes its lock (a container created, and
 //! removed at the end) and runs `nginx -t` and the reload in one exec that
-//! was started ahead (its process start is hidden behind the lock), so its
-//! floor is the lock plus `nginx -t`'s own work: the exec of `nginx -t`
-//! less the bare exec (`true`). A rollback's traffic is back once that
+//! was started ahead (its process start overlaps the lock and the reading
+//! of the state), so a lower bound of its floor is the lock plus `nginx
+//! -t`'s own work: the exec of `nginx -t` less the bare exec (`true`),
+//! whose end (exit, stream closed, exit code read) the switch still pays. A rollback's traffic is back once that
 //! exec ends, before the lock goes. `health` starts its exec of `nginx -t`
 //! when asked, so the whole exec is its floor.
 

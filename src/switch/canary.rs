@@ -181,6 +181,12 @@ pub const MIN_ERRORS: u64 = 3;
 /// The canary's 5xx share, in percent, above which a step fails: the
 /// default metric gate's, counted from nginx's log rather than Prometheus.
 pub const MAX_ERROR_PERCENT: u64 = 1;
+/// The 5xx share, in percent, above which nginx's log fails a step
+/// whoever judges: a canary failing most requests is not left to wait for
+/// Prometheus's first scrapes (a blind gate), nor passed by a gate whose
+/// rates miss what the app never counted (nginx's own 502s, a burst before
+/// the first scrape).
+pub const CATASTROPHE_PERCENT: u64 = 50;
 
 impl StepAnswers {
     /// Counts one line of nginx's access log (the project's `cryptus`
@@ -227,12 +233,21 @@ impl StepAnswers {
 
     /// Why the canary fails this step by nginx's log, if it does.
     pub fn failure(&self) -> Option<String> {
+        self.above(MAX_ERROR_PERCENT)
+    }
+
+    /// Why it fails whoever judges: more than [`CATASTROPHE_PERCENT`] 5xx.
+    pub fn catastrophe(&self) -> Option<String> {
+        self.above(CATASTROPHE_PERCENT)
+    }
+
+    fn above(&self, percent: u64) -> Option<String> {
         let failing = self.requests >= MIN_REQUESTS
             && self.errors >= MIN_ERRORS
-            && self.errors * 100 > self.requests * MAX_ERROR_PERCENT;
+            && self.errors * 100 > self.requests * percent;
         failing.then(|| {
             format!(
-                "the canary answered {} of {} requests with 5xx in nginx's log (more than {MAX_ERROR_PERCENT}%)",
+                "the canary answered {} of {} requests with 5xx in nginx's log (more than {percent}%)",
                 self.errors, self.requests
             )
         })
@@ -275,8 +290,12 @@ pub fn judge(gate: Option<&Answer>, waited: bool) -> Option<Judge> {
 }
 
 /// Why the step fails by now, if it does: the judge's reason, which names
-/// it.
+/// it; or, whoever judges (and while nobody does yet), nginx's log's when
+/// most of the canary's answers are 5xx.
 pub fn verdict(answers: &StepAnswers, gate: Option<&Answer>, waited: bool) -> Option<String> {
+    if let Some(why) = answers.catastrophe() {
+        return Some(why);
+    }
     match (judge(gate, waited)?, gate) {
         (Judge::MetricGate, Some(Answer::Fails(why))) => Some(why.clone()),
         (Judge::MetricGate, _) => None,
@@ -546,6 +565,42 @@ mod tests {
         assert_eq!(judge(blind, true), Some(Judge::NginxLog));
         let why = verdict(&failing_log(), blind, true).unwrap();
         assert!(why.contains("too few samples of the new version"), "{why}");
+    }
+
+    /// Most answers 5xx fail a step whoever judges, and while a blind gate
+    /// is waited for: not only what the gate would call a bad version.
+    #[test]
+    fn nginxs_log_fails_a_step_of_mostly_5xx_whoever_judges() {
+        let dying = StepAnswers {
+            percent: 10,
+            requests: 40,
+            errors: 21,
+            ..StepAnswers::default()
+        };
+        for gate in [
+            Some(&Answer::Passes),
+            Some(&Answer::Blind),
+            Some(&Answer::Unanswered("down".into())),
+            None,
+        ] {
+            let why = verdict(&dying, gate, false).unwrap_or_default();
+            assert!(
+                why.contains("21 of 40 requests") && why.contains("more than 50%"),
+                "{gate:?}: {why}"
+            );
+        }
+        // 5 of 40 is the gate's to judge once it sees the version.
+        assert_eq!(verdict(&failing_log(), Some(&Answer::Passes), false), None);
+        let few = StepAnswers {
+            requests: 10,
+            errors: 10,
+            ..StepAnswers::default()
+        };
+        assert_eq!(
+            verdict(&few, Some(&Answer::Passes), false),
+            None,
+            "too few to judge"
+        );
     }
 
     #[test]

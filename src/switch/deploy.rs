@@ -477,11 +477,7 @@ impl<'s> Switch<'s> {
             if replicas == 1 { "" } else { "s" }
         );
         steps
-            .run(
-                "start",
-                message,
-                self.runner.bring_up(plan, release, &self.containers),
-            )
+            .run("start", message, self.runner.bring_up(plan, release))
             .await
     }
 

@@ -54,26 +54,27 @@ impl<'s> Runner<'s> {
     /// Starts what the plan starts: reused containers as they are; else the
     /// replaced ones go first, then fresh ones are made from the compose
     /// service with `release`.
-    /// `containers` are the project's, as the switch read them under its
-    /// lock: nothing else changes them until it ends.
-    pub async fn bring_up(
-        &mut self,
-        plan: &Plan,
-        release: &Release,
-        containers: &[Container],
-    ) -> Result<()> {
-        let existing: Vec<&Container> = containers
-            .iter()
-            .filter(|c| c.service == plan.target.service())
-            .collect();
+    /// Reused containers are started as the plan found them; the ones a
+    /// fresh start replaces are looked at again first, by name, at once:
+    /// the lock keeps other cryptus runs out, not `cryptus stop`, the
+    /// docker CLI or a restart policy, and the switch read them before its
+    /// image and its pre-deploy hook.
+    pub async fn bring_up(&mut self, plan: &Plan, release: &Release) -> Result<()> {
         if plan.reuse {
             crate::interrupt::check()?;
             return self.start_all(&plan.start).await;
         }
-        let replaced: Vec<&Container> = existing
+        let mut names: Vec<&String> = plan.replace.iter().chain(&plan.start).collect();
+        names.sort();
+        names.dedup();
+        let engine = self.stack.engine;
+        let found = try_join_all(names.iter().map(|name| engine.inspect(name))).await?;
+        let replaced: Vec<Container> = found
             .into_iter()
-            .filter(|c| plan.replace.contains(&c.name))
+            .flatten()
+            .filter(|c| c.service == plan.target.service())
             .collect();
+        let replaced: Vec<&Container> = replaced.iter().collect();
         self.stop_replaced(plan.target, &replaced).await?;
         crate::interrupt::check()?;
         self.create(plan.target, &plan.start, &replaced, release)

@@ -10,7 +10,6 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::context::Stack;
-use crate::engine::Container;
 use crate::error::{failed_with_hint, usage};
 use crate::health::{self, Expect};
 use crate::history::{Outcome, Side, operation};
@@ -104,7 +103,7 @@ async fn locked(
     settings: &Settings,
 ) -> Result<Report> {
     let began = Instant::now();
-    let (observed, containers) = state::read(stack, lb, &health::client(), false).await?;
+    let (observed, _) = state::read(stack, lb, &health::client(), false).await?;
     let plan = plan::plan(&observed, &Request::Scale { color, replicas })?;
     let mut report = Report {
         ok: true,
@@ -126,7 +125,7 @@ async fn locked(
             return Ok(report);
         }
         (Action::Record, _) => return record_count(stack, &plan).await.map(|()| report),
-        (Action::Grow, Some(release)) => grow(stack, &plan, &release, &containers, settings).await,
+        (Action::Grow, Some(release)) => grow(stack, &plan, &release, settings).await,
         (Action::Shrink, Some(_)) => shrink(stack, &plan, settings).await,
         (action, _) => Err(anyhow::anyhow!(
             "a scale cannot {action:?} without a release"
@@ -207,7 +206,6 @@ async fn grow(
     stack: &Stack<'_>,
     plan: &Plan,
     release: &Release,
-    containers: &[Container],
     settings: &Settings,
 ) -> Result<()> {
     let mut runner = Runner::new(stack, settings.drain);
@@ -216,8 +214,7 @@ async fn grow(
         plan.start.len(),
         plan.target
     ));
-    if let Err(err) = start_replicas(stack, &mut runner, plan, release, containers, settings).await
-    {
+    if let Err(err) = start_replicas(stack, &mut runner, plan, release, settings).await {
         step.fail();
         runner.undo().await;
         return Err(err);
@@ -267,10 +264,9 @@ async fn start_replicas(
     runner: &mut Runner<'_>,
     plan: &Plan,
     release: &Release,
-    containers: &[Container],
     settings: &Settings,
 ) -> Result<()> {
-    runner.bring_up(plan, release, containers).await?;
+    runner.bring_up(plan, release).await?;
     let expect = Expect {
         color: plan.target,
         version: Some(release.version.clone()),

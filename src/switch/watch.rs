@@ -60,19 +60,18 @@ impl Gate {
     /// (Prometheus sees the new version) or blindness: an empty answer is
     /// both "no 5xx" and "no data".
     pub async fn ask(&self, client: &reqwest::Client) -> Answer {
-        let seen = async {
-            if let Some(why) = self.condition(client).await? {
-                return Ok(Answer::Fails(why));
-            }
-            let seen = metrics::query(client, &self.addr, &self.sees).await?;
-            Ok::<_, anyhow::Error>(if seen.is_some() {
-                Answer::Passes
-            } else {
-                Answer::Blind
-            })
-        };
-        seen.await
-            .unwrap_or_else(|err| Answer::Unanswered(format!("{err:#}")))
+        // Both at once: a canary's hold does not read nginx's log while
+        // it waits for them.
+        let asked = tokio::try_join!(
+            self.condition(client),
+            metrics::query(client, &self.addr, &self.sees)
+        );
+        match asked {
+            Ok((Some(why), _)) => Answer::Fails(why),
+            Ok((None, Some(_))) => Answer::Passes,
+            Ok((None, None)) => Answer::Blind,
+            Err(err) => Answer::Unanswered(format!("{err:#}")),
+        }
     }
 }
 
