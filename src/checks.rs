@@ -573,7 +573,9 @@ mod tests {
             "the active color has no running container (2 not running)"
         );
         assert!(nothing_to_probe(Color::Blue, true, ("container", 2), 1).is_none());
-        // A stopped standby is still listed, one check per container.
+        // A stopped standby is still listed, one check per container (or
+        // task).
+        assert!(nothing_to_probe(Color::Green, false, ("container", 2), 0).is_none());
         assert!(nothing_to_probe(Color::Green, false, ("task", 2), 0).is_none());
     }
 

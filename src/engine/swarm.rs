@@ -667,8 +667,13 @@ impl Engine {
             .with_context(what);
         };
         spec.labels = Some(labels.clone().into_iter().collect());
+        let version = i64::try_from(version)
+            .map_err(|_| {
+                anyhow::anyhow!("config {id} has version {version}, beyond the API's range")
+            })
+            .with_context(what)?;
         let options = UpdateConfigOptionsBuilder::default()
-            .version(i64::try_from(version).unwrap_or(i64::MAX))
+            .version(version)
             .build();
         match self.docker.update_config(id, spec, options).await {
             Ok(()) => Ok(true),

@@ -28,8 +28,10 @@ pub async fn check(
     declared: &[String],
     timeout: Duration,
 ) -> Result<Report> {
-    let status = gather(engine, project, declared).await?;
-    let edge = Edge::find(engine, project).await;
+    // A manager in the middle of an election may not answer: each
+    // question has the deadline the checks have.
+    let status = within(timeout, gather(engine, project, declared)).await?;
+    let edge = within(timeout, Edge::find(engine, project)).await;
     let (nginx, served) = match &edge {
         Ok(edge) => check_nginx(engine, edge, status.active, timeout).await,
         Err(err) => (Check::new("nginx", false, format!("{err:#}")), None),

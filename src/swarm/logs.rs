@@ -49,6 +49,9 @@ pub async fn dump(engine: &Engine, shown: &Shown<'_>, printer: &Printer) -> Resu
     logs::dump_streams(&origins, streams, render, printer).await
 }
 
+/// How long one listing of the tasks may take while following.
+const LISTING_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub async fn follow(engine: &Engine, shown: &Shown<'_>, printer: &Printer) -> Result<()> {
     let current = |tasks: Vec<TaskLog>| tasks.into_iter().filter(|t| t.current);
     let first: Vec<TaskLog> = current(tasks_shown(engine, shown).await?).collect();
@@ -78,8 +81,16 @@ pub async fn follow(engine: &Engine, shown: &Shown<'_>, printer: &Printer) -> Re
             }
             _ = tick.tick() => {
                 // A task that starts later is followed from its first line.
-                for task in current(tasks_shown(engine, shown).await?) {
-                    add(task, shown.since, None);
+                // The listing is bounded (a signal waits at most that long)
+                // and one that fails is skipped: the lines keep coming.
+                match tokio::time::timeout(LISTING_DEADLINE, tasks_shown(engine, shown)).await {
+                    Ok(Ok(tasks)) => {
+                        for task in current(tasks) {
+                            add(task, shown.since, None);
+                        }
+                    }
+                    Ok(Err(err)) => tracing::warn!("listing the tasks to follow: {err:#}"),
+                    Err(_) => tracing::warn!("listing the tasks to follow: no answer in time"),
                 }
             }
             _ = &mut stopped => return Ok(()),

@@ -129,13 +129,7 @@ async fn locked(
     for warning in &report.warnings {
         stack.printer.warn(warning);
     }
-    done.map(|()| report).map_err(|err| {
-        err.context(format!(
-            "scaling {} failed; it was put back to {from} replica{}",
-            color.service(),
-            if from == 1 { "" } else { "s" }
-        ))
-    })
+    done.map(|()| report)
 }
 
 /// The idle color: the count waits for the next switch into it.
@@ -184,13 +178,23 @@ impl Change<'_> {
             }
             self.wait(&edge, settings).await
         };
-        let changed = step.ended(changed.await);
-        if changed.is_err()
-            && let Err(back) = engine.scale_service(self.name, u64::from(self.from)).await
-        {
-            printer.warn(format!("putting {} back: {back:#}", self.name));
-        }
-        changed
+        let Err(err) = step.ended(changed.await) else {
+            return Ok(());
+        };
+        // Said as it is: put back only when the swarm took the old count.
+        let (name, from) = (self.name, self.from);
+        let replicas = if from == 1 { "replica" } else { "replicas" };
+        Err(match engine.scale_service(name, u64::from(from)).await {
+            Ok(true) => err.context(format!(
+                "scaling {name} failed; it was put back to {from} {replicas} (the swarm starts or removes tasks to match)"
+            )),
+            Ok(false) => err.context(format!("scaling {name} failed, and the service is gone")),
+            Err(back) => err.context(format!(
+                "scaling {name} failed, and putting it back to {from} {replicas} failed too ({back:#}); \
+                 it may run {} tasks: `cryptus status` shows them, `cryptus scale` sets the count",
+                self.to
+            )),
+        })
     }
 
     /// Until `to` tasks run and exactly `to` addresses of the service's

@@ -216,10 +216,12 @@ impl<'e> ClusterLock<'e> {
     ) -> Result<ClusterLock<'e>> {
         let name = lock_name(project);
         let here = lock::Identity::here();
-        let mut labels = labels(project);
-        labels.extend(lock::holder_labels(operation, &here));
         let deadline = Instant::now() + options.wait;
         loop {
+            // Made for each try: a lock taken after a wait starts now, or
+            // its `since` would make it look silent to the next run.
+            let mut labels = labels(project);
+            labels.extend(lock::holder_labels(operation, &here));
             if let Some(id) = engine
                 .create_config_exclusive(&name, operation.as_bytes(), labels.clone())
                 .await?
