@@ -1318,17 +1318,15 @@ fn table(d: &Value) -> String {
             d["ratio_canary_to_blue_green_deploy_overhead"],
             seconds(&c["deploy_overhead_seconds"]),
         ));
-    }
-    if let Some(parts) = c["overhead_parts_median"].as_object() {
-        let line: Vec<String> = parts
-            .iter()
-            .map(|(k, v)| format!("{k} {:.0}", v.as_f64().unwrap_or(0.0) * 1000.0))
-            .collect();
-        out.push_str(&format!(
-            "\nwhere cryptus's overhead goes, median ms of each part (medians need not add up): {}\n",
-            line.join(", ")
+        out.push_str(&parts_line(
+            "the canary's overhead",
+            &k["overhead_parts_median"],
         ));
     }
+    out.push_str(&parts_line(
+        "cryptus's overhead",
+        &c["overhead_parts_median"],
+    ));
     let floor = serde_json::from_value::<floors::Medians>(d["engine_floor"].clone()).ok();
     if let Some(floor) = &floor {
         let overhead_ms = c["overhead_seconds"].as_f64().unwrap_or(0.0) * 1000.0;
@@ -1381,6 +1379,21 @@ fn table(d: &Value) -> String {
         }
     }
     out
+}
+
+/// Where `what` goes: the median of each of its `parts`, in ms.
+fn parts_line(what: &str, parts: &Value) -> String {
+    let Some(parts) = parts.as_object() else {
+        return String::new();
+    };
+    let line: Vec<String> = parts
+        .iter()
+        .map(|(k, v)| format!("{k} {:.0}", v.as_f64().unwrap_or(0.0) * 1000.0))
+        .collect();
+    format!(
+        "\nwhere {what} goes, median ms of each part (medians need not add up): {}\n",
+        line.join(", ")
+    )
 }
 
 /// Why a missed timing target cannot be met on this engine, when its
