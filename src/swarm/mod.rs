@@ -8,6 +8,7 @@
 //! active color's task count; `health`: every task, the edge and redis;
 //! `logs`: every task's log, through the manager.
 
+pub mod backup;
 pub mod edge;
 pub mod health;
 pub mod logs;
