@@ -1081,3 +1081,88 @@ fn swarm_logs_show_the_app_tasks_of_every_node_through_the_manager() {
     );
     assert!(status.success(), "logs --follow after SIGTERM: {status}");
 }
+
+/// `redis-cli ARGS` in the redis task on the manager's node (node 1, where
+/// `start` pins it with its volume), once one runs there.
+fn redis_cli(lab: &SwarmLab, project: &TestProject, args: &[&str]) -> String {
+    let filter = format!("label=com.docker.swarm.service.name={}_redis", project.name);
+    let id = eventually(
+        "a running redis task on node 1",
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || {
+            let ids = lab.docker_ok(1, &["ps", "-q", "--filter", &filter]);
+            ids.lines().next().map(str::to_owned).ok_or(ids)
+        },
+    );
+    let mut command = vec!["exec", id.as_str(), "redis-cli"];
+    command.extend_from_slice(args);
+    lab.docker_ok(1, &command).trim().to_owned()
+}
+
+/// `backup` and `restore` on a Swarm: the backup holds redis's snapshot
+/// from its task on the manager's node and the cluster state; after a
+/// FLUSHALL, `restore` brings every key back through a new redis task and
+/// the edge still serves. A corrupt backup is refused (exit 1) and changes
+/// nothing: redis keeps its keys and its task.
+#[test]
+fn swarm_backup_and_restore_bring_redis_keys_back_and_refuse_a_corrupt_backup() {
+    let lab = SwarmLab::up(3);
+    let project = started_on(&lab, "swarm-backup", |_| {});
+    for n in 0..5 {
+        redis_cli(&lab, &project, &["set", &format!("session:{n}"), "kept"]);
+    }
+    let keys = redis_cli(&lab, &project, &["dbsize"]);
+
+    let written = project.ok(&["backup", "--json"]);
+    let created: serde_json::Value = serde_json::from_slice(&written.stdout).expect("JSON");
+    assert_eq!(
+        created["manifest"]["redis_keys"].to_string(),
+        keys,
+        "{created}"
+    );
+    let dir = created["dir"]
+        .as_str()
+        .expect("the backup's directory")
+        .to_owned();
+    project.ok(&["backup", "--verify", &dir]);
+    let state = std::process::Command::new("tar")
+        .args([
+            "-xzOf",
+            &format!("{dir}/state.tar.gz"),
+            "cluster-state.json",
+        ])
+        .output()
+        .expect("tar");
+    let state = String::from_utf8_lossy(&state.stdout);
+    assert!(state.contains("\"active\": \"blue\""), "{state}");
+
+    redis_cli(&lab, &project, &["flushall"]);
+    assert_eq!(redis_cli(&lab, &project, &["dbsize"]), "0");
+    project.ok(&["restore", &dir, "--yes"]);
+    assert_eq!(redis_cli(&lab, &project, &["dbsize"]), keys);
+    assert_eq!(redis_cli(&lab, &project, &["get", "session:4"]), "kept");
+    assert_eq!(served_by_edge(&lab, &project)["instance"], "blue");
+
+    let corrupt = project.path().join("backups/corrupt");
+    std::fs::create_dir_all(&corrupt).expect("a directory for the corrupt copy");
+    for entry in std::fs::read_dir(&dir).expect("the backup") {
+        let path = entry.expect("an entry").path();
+        let target = corrupt.join(path.file_name().expect("a name"));
+        std::fs::copy(&path, &target).expect("copying the backup");
+    }
+    let archive = corrupt.join("redis.tar.gz");
+    let mut bytes = std::fs::read(&archive).expect("the redis archive");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&archive, bytes).expect("corrupting the redis archive");
+    redis_cli(&lab, &project, &["set", "after", "backup"]);
+    let filter = format!("label=com.docker.swarm.service.name={}_redis", project.name);
+    let before = lab.docker_ok(1, &["ps", "-q", "--filter", &filter]);
+    let refused = project.run(&["restore", corrupt.to_str().expect("a path"), "--yes"]);
+    assert_code(&refused, 1);
+    assert!(stderr(&refused).contains("damaged"), "{}", stderr(&refused));
+    assert_eq!(redis_cli(&lab, &project, &["get", "after"]), "backup");
+    let after = lab.docker_ok(1, &["ps", "-q", "--filter", &filter]);
+    assert_eq!(before, after, "the redis task changed");
+}
