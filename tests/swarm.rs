@@ -199,11 +199,11 @@ fn swarm_mode_refuses_an_engine_that_is_no_manager() {
 
     // A command that does not drive a Swarm yet says so, before it touches
     // any engine.
-    let resources = project.run(&["resources"]);
-    assert_code(&resources, 2);
-    let err = stderr(&resources);
+    let history = project.run(&["history"]);
+    assert_code(&history, 2);
+    let err = stderr(&history);
     assert!(
-        err.contains("resources does not run on a Docker Swarm yet"),
+        err.contains("history does not run on a Docker Swarm yet"),
         "{err}"
     );
     assert!(err.contains("--orchestrator engine"), "{err}");
@@ -1165,4 +1165,51 @@ fn swarm_backup_and_restore_bring_redis_keys_back_and_refuse_a_corrupt_backup() 
     assert_eq!(redis_cli(&lab, &project, &["get", "after"]), "backup");
     let after = lab.docker_ok(1, &["ps", "-q", "--filter", &filter]);
     assert_eq!(before, after, "the redis task changed");
+}
+
+/// `resources` on a Swarm: every task of the stack with its node; those on
+/// the manager's node sampled, the others "not reachable from the
+/// manager"; every node with its cores and memory.
+#[test]
+fn swarm_resources_list_every_task_with_its_node() {
+    let lab = SwarmLab::up(3);
+    let project = started_on(&lab, "swarm-resources", |_| {});
+    let output = project.ok(&["resources", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(report["orchestrator"], "swarm", "{report}");
+    let manager = lab.node_name(1);
+    let tasks = report["tasks"].as_array().expect("tasks");
+    // Three blue tasks, redis and the edge nginx.
+    assert_eq!(tasks.len(), 5, "{report}");
+    for task in tasks {
+        let node = task["node"].as_str().expect("a node");
+        assert!(
+            (1..=3).any(|n| lab.node_name(n) == node),
+            "{task} names no node"
+        );
+        if node == manager {
+            assert!(task["usage"]["memory_used"].as_u64() > Some(0), "{task}");
+        } else {
+            assert_eq!(task["note"], "not reachable from the manager", "{task}");
+        }
+    }
+    for service in ["redis", "nginx"] {
+        assert!(
+            tasks
+                .iter()
+                .any(|t| t["service"] == service && t["node"] == manager.as_str()),
+            "no {service} task on the manager: {report}"
+        );
+    }
+    let nodes = report["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 3, "{report}");
+    assert!(
+        nodes
+            .iter()
+            .all(|n| n["cores"].as_f64() > Some(0.0) && n["memory"].as_i64() > Some(0)),
+        "{report}"
+    );
+    let text = stdout(&project.ok(&["resources"]));
+    assert!(text.starts_with("TASK"), "{text}");
+    assert!(text.contains(&format!("node {manager} (manager")), "{text}");
 }

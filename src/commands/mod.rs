@@ -99,6 +99,7 @@ fn runs_on_swarm(command: &Command) -> bool {
             | Command::Logs { .. }
             | Command::Backup { .. }
             | Command::Restore { .. }
+            | Command::Resources
     )
 }
 

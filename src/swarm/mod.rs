@@ -13,6 +13,7 @@ pub mod edge;
 pub mod health;
 pub mod logs;
 pub mod plan;
+pub mod resources;
 pub mod scale;
 pub mod state;
 pub mod status;
