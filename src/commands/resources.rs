@@ -128,20 +128,23 @@ fn render(report: &Report) -> String {
             row
         })
         .collect();
-    let mut text = output::table(
-        &[
-            "CONTAINER",
-            "STATE",
-            "CPU",
-            "MEMORY USED / LIMIT",
-            "NET RX / TX",
-            "BLOCK READ / WRITE",
-            "PIDS",
-        ],
-        &table_rows,
-    );
+    let mut text = output::table(&headers(&["CONTAINER", "STATE"]), &table_rows);
     text.push_str(&host_line(&report.host));
     text
+}
+
+/// The columns [`usage_cells`] fills.
+const USAGE_COLUMNS: [&str; 5] = [
+    "CPU",
+    "MEMORY USED / LIMIT",
+    "NET RX / TX",
+    "BLOCK READ / WRITE",
+    "PIDS",
+];
+
+/// A table's headers: what names the row, then the usage columns.
+fn headers(leading: &[&'static str]) -> Vec<&'static str> {
+    leading.iter().chain(&USAGE_COLUMNS).copied().collect()
 }
 
 /// CPU, memory, network, block I/O and processes, as table cells.
@@ -177,19 +180,7 @@ fn render_swarm(report: &swarm::resources::Report) -> String {
             row
         })
         .collect();
-    let mut text = output::table(
-        &[
-            "TASK",
-            "NODE",
-            "STATE",
-            "CPU",
-            "MEMORY USED / LIMIT",
-            "NET RX / TX",
-            "BLOCK READ / WRITE",
-            "PIDS",
-        ],
-        &rows,
-    );
+    let mut text = output::table(&headers(&["TASK", "NODE", "STATE"]), &rows);
     for node in &report.nodes {
         text.push_str(&format!(
             "\nnode {} ({}, {}): {} cores, {} memory",
@@ -273,6 +264,36 @@ mod tests {
         );
         host.engine_root = None;
         assert_eq!(host_line(&host), "\nhost: 4 cores, 8.0GiB memory\n");
+    }
+
+    #[test]
+    fn a_task_on_another_node_says_why_it_has_no_sample() {
+        let row = |name: &str, node: &str, usage: Option<Usage>| swarm::resources::TaskRow {
+            name: name.to_owned(),
+            service: "cryptus-blue".to_owned(),
+            node: node.to_owned(),
+            state: "running".to_owned(),
+            note: usage
+                .is_none()
+                .then(|| swarm::resources::NOT_REACHABLE.to_owned()),
+            usage,
+        };
+        let report = swarm::resources::Report {
+            ok: true,
+            project: "shop".to_owned(),
+            orchestrator: Orchestrator::Swarm,
+            manager: Some("n1".to_owned()),
+            tasks: vec![
+                row("cryptus-blue.1", "n1", Some(Usage::default())),
+                row("cryptus-blue.2", "n2", None),
+            ],
+            nodes: Vec::new(),
+        };
+        let text = render_swarm(&report);
+        assert!(text.starts_with("TASK"), "{text}");
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[1].contains("0.00%"), "{text}");
+        assert!(lines[2].contains("n2") && lines[2].contains(swarm::resources::NOT_REACHABLE));
     }
 
     #[test]
