@@ -199,11 +199,11 @@ fn swarm_mode_refuses_an_engine_that_is_no_manager() {
 
     // A command that does not drive a Swarm yet says so, before it touches
     // any engine.
-    let resources = project.run(&["resources"]);
-    assert_code(&resources, 2);
-    let err = stderr(&resources);
+    let history = project.run(&["history"]);
+    assert_code(&history, 2);
+    let err = stderr(&history);
     assert!(
-        err.contains("resources does not run on a Docker Swarm yet"),
+        err.contains("history does not run on a Docker Swarm yet"),
         "{err}"
     );
     assert!(err.contains("--orchestrator engine"), "{err}");
@@ -1080,4 +1080,136 @@ fn swarm_logs_show_the_app_tasks_of_every_node_through_the_manager() {
         Duration::from_secs(10),
     );
     assert!(status.success(), "logs --follow after SIGTERM: {status}");
+}
+
+/// `redis-cli ARGS` in the redis task on the manager's node (node 1, where
+/// `start` pins it with its volume), once one runs there.
+fn redis_cli(lab: &SwarmLab, project: &TestProject, args: &[&str]) -> String {
+    let filter = format!("label=com.docker.swarm.service.name={}_redis", project.name);
+    let id = eventually(
+        "a running redis task on node 1",
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || {
+            let ids = lab.docker_ok(1, &["ps", "-q", "--filter", &filter]);
+            ids.lines().next().map(str::to_owned).ok_or(ids)
+        },
+    );
+    let mut command = vec!["exec", id.as_str(), "redis-cli"];
+    command.extend_from_slice(args);
+    lab.docker_ok(1, &command).trim().to_owned()
+}
+
+/// `backup` and `restore` on a Swarm: the backup holds redis's snapshot
+/// from its task on the manager's node and the cluster state; after a
+/// FLUSHALL, `restore` brings every key back through a new redis task and
+/// the edge still serves. A corrupt backup is refused (exit 1) and changes
+/// nothing: redis keeps its keys and its task.
+#[test]
+fn swarm_backup_and_restore_bring_redis_keys_back_and_refuse_a_corrupt_backup() {
+    let lab = SwarmLab::up(3);
+    let project = started_on(&lab, "swarm-backup", |_| {});
+    for n in 0..5 {
+        redis_cli(&lab, &project, &["set", &format!("session:{n}"), "kept"]);
+    }
+    let keys = redis_cli(&lab, &project, &["dbsize"]);
+
+    let written = project.ok(&["backup", "--json"]);
+    let created: serde_json::Value = serde_json::from_slice(&written.stdout).expect("JSON");
+    assert_eq!(
+        created["manifest"]["redis_keys"].to_string(),
+        keys,
+        "{created}"
+    );
+    let dir = created["dir"]
+        .as_str()
+        .expect("the backup's directory")
+        .to_owned();
+    project.ok(&["backup", "--verify", &dir]);
+    let state = std::process::Command::new("tar")
+        .args([
+            "-xzOf",
+            &format!("{dir}/state.tar.gz"),
+            "cluster-state.json",
+        ])
+        .output()
+        .expect("tar");
+    let state = String::from_utf8_lossy(&state.stdout);
+    assert!(state.contains("\"active\": \"blue\""), "{state}");
+
+    redis_cli(&lab, &project, &["flushall"]);
+    assert_eq!(redis_cli(&lab, &project, &["dbsize"]), "0");
+    project.ok(&["restore", &dir, "--yes"]);
+    assert_eq!(redis_cli(&lab, &project, &["dbsize"]), keys);
+    assert_eq!(redis_cli(&lab, &project, &["get", "session:4"]), "kept");
+    assert_eq!(served_by_edge(&lab, &project)["instance"], "blue");
+
+    let corrupt = project.path().join("backups/corrupt");
+    std::fs::create_dir_all(&corrupt).expect("a directory for the corrupt copy");
+    for entry in std::fs::read_dir(&dir).expect("the backup") {
+        let path = entry.expect("an entry").path();
+        let target = corrupt.join(path.file_name().expect("a name"));
+        std::fs::copy(&path, &target).expect("copying the backup");
+    }
+    let archive = corrupt.join("redis.tar.gz");
+    let mut bytes = std::fs::read(&archive).expect("the redis archive");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&archive, bytes).expect("corrupting the redis archive");
+    redis_cli(&lab, &project, &["set", "after", "backup"]);
+    let filter = format!("label=com.docker.swarm.service.name={}_redis", project.name);
+    let before = lab.docker_ok(1, &["ps", "-q", "--filter", &filter]);
+    let refused = project.run(&["restore", corrupt.to_str().expect("a path"), "--yes"]);
+    assert_code(&refused, 1);
+    assert!(stderr(&refused).contains("damaged"), "{}", stderr(&refused));
+    assert_eq!(redis_cli(&lab, &project, &["get", "after"]), "backup");
+    let after = lab.docker_ok(1, &["ps", "-q", "--filter", &filter]);
+    assert_eq!(before, after, "the redis task changed");
+}
+
+/// `resources` on a Swarm: every task of the stack with its node; those on
+/// the manager's node sampled, the others "not reachable from the
+/// manager"; every node with its cores and memory.
+#[test]
+fn swarm_resources_list_every_task_with_its_node() {
+    let lab = SwarmLab::up(3);
+    let project = started_on(&lab, "swarm-resources", |_| {});
+    let output = project.ok(&["resources", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(report["orchestrator"], "swarm", "{report}");
+    let manager = lab.node_name(1);
+    let tasks = report["tasks"].as_array().expect("tasks");
+    // Three blue tasks, redis and the edge nginx.
+    assert_eq!(tasks.len(), 5, "{report}");
+    for task in tasks {
+        let node = task["node"].as_str().expect("a node");
+        assert!(
+            (1..=3).any(|n| lab.node_name(n) == node),
+            "{task} names no node"
+        );
+        if node == manager {
+            assert!(task["usage"]["memory_used"].as_u64() > Some(0), "{task}");
+        } else {
+            assert_eq!(task["note"], "not reachable from the manager", "{task}");
+        }
+    }
+    for service in ["redis", "nginx"] {
+        assert!(
+            tasks
+                .iter()
+                .any(|t| t["service"] == service && t["node"] == manager.as_str()),
+            "no {service} task on the manager: {report}"
+        );
+    }
+    let nodes = report["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 3, "{report}");
+    assert!(
+        nodes
+            .iter()
+            .all(|n| n["cores"].as_f64() > Some(0.0) && n["memory"].as_i64() > Some(0)),
+        "{report}"
+    );
+    let text = stdout(&project.ok(&["resources"]));
+    assert!(text.starts_with("TASK"), "{text}");
+    assert!(text.contains(&format!("node {manager} (manager")), "{text}");
 }

@@ -16,6 +16,7 @@ use crate::error::{failed, failed_with_hint};
 use crate::interrupt;
 use crate::lock;
 use crate::nginx::{self, Nginx};
+use crate::orchestrator::Orchestrator;
 use crate::output::Printer;
 use crate::project::Project;
 use crate::redis::{Load, Redis, Scratch};
@@ -48,7 +49,7 @@ pub async fn create(
     // From here SIGINT and SIGTERM unwind: the partial backup, the scratch
     // redis and the lock go.
     interrupt::catch();
-    let containers: Vec<Container> = engine.containers(&project.name).await?;
+    let containers: Vec<Container> = super::stack_containers(engine, project).await?;
     let redis = running_redis(project, &containers)?;
 
     // A deploy in progress finishes first: the backup sees a settled stack.
@@ -131,7 +132,11 @@ async fn write(
     step.done_with(format!("{keys} keys"));
 
     let step = printer.step("nginx's configuration and live upstream");
-    let (files, state) = nginx_files(engine, project, lb).await?;
+    let (files, mut state) = nginx_files(engine, project, lb).await?;
+    if project.orchestrator == Orchestrator::Swarm {
+        let (name, bytes) = crate::swarm::backup::state_file(engine, &project.name).await?;
+        state.push((name, bytes, 0o644));
+    }
     super::check_fits(NGINX_ARCHIVE, unpacked_size(&files))?;
     pending.add(NGINX_ARCHIVE, &pack(&files)?)?;
     step.done();

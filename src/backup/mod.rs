@@ -19,11 +19,13 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::engine::Engine;
+use crate::engine::{Container, Engine};
 use crate::error::{failed, failed_with_hint, usage};
 use crate::lock::{self, Lock};
+use crate::orchestrator::Orchestrator;
 use crate::output::Printer;
 use crate::project::Project;
+use crate::swarm::state::ClusterLock;
 use crate::wait::{self, Limits, Seen};
 
 /// The manifest's format; a newer one is refused rather than misread.
@@ -110,6 +112,7 @@ pub fn is_allowed_entry(archive: &str, path: &str) -> bool {
         STATE_ARCHIVE => [
             crate::history::HISTORY_FILE,
             crate::switch::state::PENDING_FILE,
+            crate::swarm::state::BACKUP_FILE,
         ]
         .contains(&path),
         // Monitoring data: anything under the one directory the engine
@@ -750,24 +753,55 @@ pub async fn cleanup<T>(work: impl std::future::Future<Output = Result<T>>) -> R
     }
 }
 
+/// The deploy lock a backup or restore holds: the engine's, or on a Swarm
+/// the cluster's, so a deploy from any machine waits for it.
+pub enum Held<'e> {
+    Engine(Lock),
+    Swarm(ClusterLock<'e>),
+}
+
 /// Takes the deploy lock. A signal ends only the wait for it, inside
 /// [`Lock::acquire`]: the request that creates the lock is never dropped
 /// half-way, so an interrupted run leaves no lock behind.
-pub async fn take_lock(
-    engine: &Engine,
+pub async fn take_lock<'e>(
+    engine: &'e Engine,
     project: &Project,
     operation: &str,
     image: &str,
     options: &lock::Options,
     printer: &Printer,
-) -> Result<Lock> {
-    Lock::acquire(engine, &project.name, operation, image, options, printer).await
+) -> Result<Held<'e>> {
+    match project.orchestrator {
+        Orchestrator::Swarm => {
+            ClusterLock::acquire(engine, &project.name, operation, options, printer)
+                .await
+                .map(Held::Swarm)
+        }
+        Orchestrator::Engine => {
+            Lock::acquire(engine, &project.name, operation, image, options, printer)
+                .await
+                .map(Held::Engine)
+        }
+    }
 }
 
 /// Releases the lock at the end of a run, under a deadline.
-pub async fn release_lock(lock: Lock, printer: &Printer) {
-    if let Err(err) = cleanup(lock.release()).await {
+pub async fn release_lock(lock: Held<'_>, printer: &Printer) {
+    let released = match lock {
+        Held::Engine(lock) => cleanup(lock.release()).await,
+        Held::Swarm(lock) => cleanup(lock.release()).await,
+    };
+    if let Err(err) = released {
         printer.warn(format!("releasing the deploy lock: {err:#}"));
+    }
+}
+
+/// The stack's containers a backup or restore reaches: on one engine all
+/// of the project's; on a Swarm its running tasks' on the manager's node.
+pub async fn stack_containers(engine: &Engine, project: &Project) -> Result<Vec<Container>> {
+    match project.orchestrator {
+        Orchestrator::Swarm => crate::swarm::backup::task_containers(engine, &project.name).await,
+        Orchestrator::Engine => engine.containers(&project.name).await,
     }
 }
 

@@ -20,6 +20,7 @@ use crate::error::{failed, failed_with_hint};
 use crate::interrupt;
 use crate::lock;
 use crate::nginx::Nginx;
+use crate::orchestrator::Orchestrator;
 use crate::output::Printer;
 use crate::project::Project;
 use crate::redis::{Load, Redis, Scratch, scratch_name, wait_loaded};
@@ -148,6 +149,9 @@ fn check_state(name: &str, bytes: Vec<u8>) -> Result<Vec<u8>> {
     let readable = match (name, text) {
         (crate::history::HISTORY_FILE | crate::switch::state::PENDING_FILE, _) if empty => true,
         (crate::history::HISTORY_FILE, Some(text)) => crate::history::parse(text).is_ok(),
+        (crate::swarm::state::BACKUP_FILE, Some(text)) => {
+            serde_json::from_str::<crate::swarm::state::ClusterState>(text).is_ok()
+        }
         (crate::switch::state::PENDING_FILE, Some(text)) => {
             serde_json::from_str::<BTreeMap<crate::stack::Color, u32>>(text).is_ok()
         }
@@ -171,7 +175,7 @@ pub async fn restore(
     printer: &Printer,
 ) -> Result<Restored> {
     interrupt::catch();
-    let containers = engine.containers(&project.name).await?;
+    let containers = super::stack_containers(engine, project).await?;
     let redis = containers
         .iter()
         .find(|c| c.service == REDIS_SERVICE)
@@ -223,7 +227,7 @@ async fn locked(
 ) -> Result<Restored> {
     // A scratch redis a killed run left goes before anything else.
     crate::redis::sweep_scratch(engine, &project.name, printer).await?;
-    let containers = engine.containers(&project.name).await?;
+    let containers = super::stack_containers(engine, project).await?;
     let redis = containers
         .iter()
         .find(|c| c.service == REDIS_SERVICE && c.running)
@@ -617,14 +621,17 @@ async fn apply(
 ) -> Result<Restored> {
     let expected = contents.manifest.redis_keys;
     let step = printer.step(format!("restoring redis ({expected} keys)"));
-    if let Err(err) = restore_redis(engine, project, redis, &contents.dump, expected).await {
-        step.fail();
-        return Err(err);
-    }
+    let running = match restore_redis(engine, project, redis, &contents.dump, expected).await {
+        Ok(running) => running,
+        Err(err) => {
+            step.fail();
+            return Err(err);
+        }
+    };
     // Past the point of no return: the rest is finished, not undone.
     let live = Redis {
         engine,
-        container: redis.name.clone(),
+        container: running,
     };
     let keys = live.keys().await?;
     if keys != expected {
@@ -638,13 +645,9 @@ async fn apply(
     let step = printer.step("configuration and history");
     let partly = "redis's data was restored, but the rest of the backup was not";
     let files = staged.commit().context(partly)?;
-    // Found before anything changed when the backup has anything for it.
-    let mut state = match containers.iter().find(|c| c.service == LB_SERVICE) {
-        Some(lb) => restore_nginx(engine, lb, contents, &staged)
-            .await
-            .context(partly)?,
-        None => Vec::new(),
-    };
+    let mut state = restore_state(engine, project, containers, contents, &staged)
+        .await
+        .context(partly)?;
     step.done();
     let volumes = restore_volumes(engine, contents, containers, printer).await;
     state.extend(volumes.context("the backup was restored but for the monitoring data")?);
@@ -671,6 +674,31 @@ fn warn_unset(names: &[String], printer: &Printer) {
         printer.warn(format!(
             "the backup withheld the value of {name}, which feeds a secret or config, and compose/.env does not set it\nhint: set {name} in compose/.env before `cryptus start`"
         ));
+    }
+}
+
+/// The deployment history back where it lives: on one engine in nginx's
+/// state (with nginx.conf reloaded); on a Swarm in the cluster's state,
+/// where nginx.conf is a config of the swarm that the next `start` makes
+/// from the restored file.
+async fn restore_state(
+    engine: &Engine,
+    project: &Project,
+    containers: &[Container],
+    contents: &Contents,
+    staged: &Staged,
+) -> Result<Vec<String>> {
+    if project.orchestrator == Orchestrator::Swarm {
+        let Some(bytes) = contents.state.get(crate::swarm::state::BACKUP_FILE) else {
+            return Ok(Vec::new());
+        };
+        crate::swarm::backup::restore_history(engine, &project.name, bytes).await?;
+        return Ok(vec![crate::swarm::state::BACKUP_FILE.to_owned()]);
+    }
+    // Found before anything changed when the backup has anything for it.
+    match containers.iter().find(|c| c.service == LB_SERVICE) {
+        Some(lb) => restore_nginx(engine, lb, contents, staged).await,
+        None => Ok(Vec::new()),
     }
 }
 
@@ -811,14 +839,15 @@ async fn read_setup(live: &Redis<'_>, redis: &Container) -> Result<Setup> {
 /// inside Redis: the AOF rewrite when the live configuration wants AOF,
 /// otherwise SAVE to the live dump file. A failure or a signal before it
 /// leaves the previous data in place. Whatever happens, the scratch is
-/// removed and only then does the real Redis start again.
+/// removed and only then does the real Redis start again. Returns the
+/// container that runs Redis afterwards (on a Swarm, a new task's).
 async fn restore_redis(
     engine: &Engine,
     project: &Project,
     redis: &Container,
     dump: &[u8],
     expected: u64,
-) -> Result<()> {
+) -> Result<String> {
     let live = Redis {
         engine,
         container: redis.name.clone(),
@@ -826,7 +855,7 @@ async fn restore_redis(
     let setup = interrupt::or_interrupted(read_setup(&live, redis)).await?;
     interrupt::check()?;
     // Not interrupted: a stop half-asked would race the start that follows.
-    let stopped = cleanup(engine.stop(&redis.name, None))
+    let stopped = cleanup(stop_redis(engine, project, redis))
         .await
         .with_context(|| format!("stopping {}", redis.name));
     let replaced = match stopped {
@@ -835,8 +864,8 @@ async fn restore_redis(
     };
     let back = bring_back(engine, project, redis, &setup).await;
     match (replaced, back) {
-        (Ok(()), Ok(())) => Ok(()),
-        (Err(err), Ok(())) => Err(err.context("redis runs again with its previous data")),
+        (Ok(()), Ok(running)) => Ok(running),
+        (Err(err), Ok(_)) => Err(err.context("redis runs again with its previous data")),
         (replaced, Err(err)) => Err(failed_with_hint(
             format!(
                 "redis could not be started again after the restore{}: {err:#}",
@@ -918,7 +947,7 @@ async fn bring_back(
     project: &Project,
     redis: &Container,
     setup: &Setup,
-) -> Result<()> {
+) -> Result<String> {
     let scratch = scratch_name(&project.name, "restore");
     cleanup(engine.remove(&scratch, true))
         .await
@@ -941,12 +970,34 @@ async fn bring_back(
             setup.volume.0
         ));
     }
-    cleanup(engine.start(&redis.name)).await?;
+    let deadline = Instant::now() + REDIS_DEADLINE;
+    let running = match project.orchestrator {
+        Orchestrator::Swarm => {
+            crate::swarm::backup::start_redis(engine, &project.name, deadline).await?
+        }
+        Orchestrator::Engine => {
+            cleanup(engine.start(&redis.name)).await?;
+            redis.name.clone()
+        }
+    };
     let live = Redis {
         engine,
-        container: redis.name.clone(),
+        container: running.clone(),
     };
-    wait_loaded(&live, Instant::now() + REDIS_DEADLINE).await
+    wait_loaded(&live, deadline).await?;
+    Ok(running)
+}
+
+/// Stops the live Redis before its volume is written: its container on one
+/// engine; on a Swarm its service, so the swarm starts no replacement.
+async fn stop_redis(engine: &Engine, project: &Project, redis: &Container) -> Result<()> {
+    match project.orchestrator {
+        Orchestrator::Swarm => {
+            let deadline = Instant::now() + REDIS_DEADLINE;
+            crate::swarm::backup::stop_redis(engine, &project.name, &redis.name, deadline).await
+        }
+        Orchestrator::Engine => engine.stop(&redis.name, None).await,
+    }
 }
 
 /// Waits until the scratch Redis has rewritten its AOF: enabled, no rewrite

@@ -97,6 +97,9 @@ fn runs_on_swarm(command: &Command) -> bool {
             | Command::Scale { .. }
             | Command::Health { .. }
             | Command::Logs { .. }
+            | Command::Backup { .. }
+            | Command::Restore { .. }
+            | Command::Resources
     )
 }
 

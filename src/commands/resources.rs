@@ -6,8 +6,10 @@ use serde::Serialize;
 
 use crate::engine::{Container, Engine, Usage};
 use crate::error::EXIT_OK;
+use crate::orchestrator::Orchestrator;
 use crate::output::{self, Printer};
 use crate::project::Project;
+use crate::swarm;
 
 #[derive(Serialize)]
 struct Row {
@@ -38,6 +40,9 @@ struct Report {
 
 pub async fn run(project: &Project, printer: &Printer) -> Result<u8> {
     let engine = crate::orchestrator::connect(project.orchestrator).await?;
+    if project.orchestrator == Orchestrator::Swarm {
+        return run_on_swarm(&engine, project, printer).await;
+    }
     let report = Report {
         ok: true,
         project: project.name.clone(),
@@ -48,6 +53,19 @@ pub async fn run(project: &Project, printer: &Printer) -> Result<u8> {
         printer.out_json(&report)?;
     } else {
         printer.out(&render(&report))?;
+    }
+    Ok(EXIT_OK)
+}
+
+/// On a Swarm: a sample of each task on the manager's node, the others
+/// named with their node, and the nodes' cores and memory.
+async fn run_on_swarm(engine: &Engine, project: &Project, printer: &Printer) -> Result<u8> {
+    let status = swarm::status::gather(engine, &project.name, &[]).await?;
+    let report = swarm::resources::gather(engine, status).await?;
+    if printer.json() {
+        printer.out_json(&report)?;
+    } else {
+        printer.out(&render_swarm(&report))?;
     }
     Ok(EXIT_OK)
 }
@@ -105,38 +123,75 @@ fn render(report: &Report) -> String {
         .containers
         .iter()
         .map(|r| {
-            vec![
-                r.name.clone(),
-                r.state.clone(),
-                format!("{:.2}%", r.usage.cpu_percent),
-                format!(
-                    "{} / {}",
-                    bytes(r.usage.memory_used),
-                    bytes(r.usage.memory_limit)
-                ),
-                format!("{} / {}", bytes(r.usage.net_rx), bytes(r.usage.net_tx)),
-                format!(
-                    "{} / {}",
-                    bytes(r.usage.block_read),
-                    bytes(r.usage.block_write)
-                ),
-                r.usage.pids.to_string(),
-            ]
+            let mut row = vec![r.name.clone(), r.state.clone()];
+            row.extend(usage_cells(&r.usage));
+            row
         })
         .collect();
-    let mut text = output::table(
-        &[
-            "CONTAINER",
-            "STATE",
-            "CPU",
-            "MEMORY USED / LIMIT",
-            "NET RX / TX",
-            "BLOCK READ / WRITE",
-            "PIDS",
-        ],
-        &table_rows,
-    );
+    let mut text = output::table(&headers(&["CONTAINER", "STATE"]), &table_rows);
     text.push_str(&host_line(&report.host));
+    text
+}
+
+/// The columns [`usage_cells`] fills.
+const USAGE_COLUMNS: [&str; 5] = [
+    "CPU",
+    "MEMORY USED / LIMIT",
+    "NET RX / TX",
+    "BLOCK READ / WRITE",
+    "PIDS",
+];
+
+/// A table's headers: what names the row, then the usage columns.
+fn headers(leading: &[&'static str]) -> Vec<&'static str> {
+    leading.iter().chain(&USAGE_COLUMNS).copied().collect()
+}
+
+/// CPU, memory, network, block I/O and processes, as table cells.
+fn usage_cells(usage: &Usage) -> Vec<String> {
+    vec![
+        format!("{:.2}%", usage.cpu_percent),
+        format!(
+            "{} / {}",
+            bytes(usage.memory_used),
+            bytes(usage.memory_limit)
+        ),
+        format!("{} / {}", bytes(usage.net_rx), bytes(usage.net_tx)),
+        format!("{} / {}", bytes(usage.block_read), bytes(usage.block_write)),
+        usage.pids.to_string(),
+    ]
+}
+
+/// The Swarm report: a table of tasks (a sample, or why there is none),
+/// then one line per node.
+fn render_swarm(report: &swarm::resources::Report) -> String {
+    let rows: Vec<Vec<String>> = report
+        .tasks
+        .iter()
+        .map(|t| {
+            let mut row = vec![t.name.clone(), t.node.clone(), t.state.clone()];
+            match (&t.usage, &t.note) {
+                (Some(usage), _) => row.extend(usage_cells(usage)),
+                (None, note) => {
+                    row.push(note.clone().unwrap_or_default());
+                    row.extend(std::iter::repeat_n(String::new(), 4));
+                }
+            }
+            row
+        })
+        .collect();
+    let mut text = output::table(&headers(&["TASK", "NODE", "STATE"]), &rows);
+    for node in &report.nodes {
+        text.push_str(&format!(
+            "\nnode {} ({}, {}): {} cores, {} memory",
+            node.hostname,
+            node.role,
+            node.state,
+            node.cores,
+            bytes(u64::try_from(node.memory).unwrap_or(0))
+        ));
+    }
+    text.push('\n');
     text
 }
 
@@ -209,6 +264,36 @@ mod tests {
         );
         host.engine_root = None;
         assert_eq!(host_line(&host), "\nhost: 4 cores, 8.0GiB memory\n");
+    }
+
+    #[test]
+    fn a_task_on_another_node_says_why_it_has_no_sample() {
+        let row = |name: &str, node: &str, usage: Option<Usage>| swarm::resources::TaskRow {
+            name: name.to_owned(),
+            service: "cryptus-blue".to_owned(),
+            node: node.to_owned(),
+            state: "running".to_owned(),
+            note: usage
+                .is_none()
+                .then(|| swarm::resources::NOT_REACHABLE.to_owned()),
+            usage,
+        };
+        let report = swarm::resources::Report {
+            ok: true,
+            project: "shop".to_owned(),
+            orchestrator: Orchestrator::Swarm,
+            manager: Some("n1".to_owned()),
+            tasks: vec![
+                row("cryptus-blue.1", "n1", Some(Usage::default())),
+                row("cryptus-blue.2", "n2", None),
+            ],
+            nodes: Vec::new(),
+        };
+        let text = render_swarm(&report);
+        assert!(text.starts_with("TASK"), "{text}");
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[1].contains("0.00%"), "{text}");
+        assert!(lines[2].contains("n2") && lines[2].contains(swarm::resources::NOT_REACHABLE));
     }
 
     #[test]

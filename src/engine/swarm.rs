@@ -79,7 +79,7 @@ impl From<&SystemInfo> for Membership {
 }
 
 /// A node of the swarm.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Node {
     pub id: String,
     pub hostname: String,
@@ -91,6 +91,10 @@ pub struct Node {
     pub availability: String,
     pub addr: Option<String>,
     pub leader: bool,
+    /// The node's CPUs, as the swarm schedules them.
+    pub cores: f64,
+    /// The node's memory in bytes.
+    pub memory: i64,
 }
 
 impl From<NodeModel> for Node {
@@ -98,12 +102,13 @@ impl From<NodeModel> for Node {
         let spec = node.spec.unwrap_or_default();
         let status = node.status.unwrap_or_default();
         let text = |value: Option<String>| value.unwrap_or_else(|| "unknown".to_owned());
+        let description = node.description.unwrap_or_default();
+        let resources = description.resources.unwrap_or_default();
         Node {
             id: node.id.unwrap_or_default(),
-            hostname: node
-                .description
-                .and_then(|d| d.hostname)
-                .unwrap_or_default(),
+            hostname: description.hostname.unwrap_or_default(),
+            cores: resources.nano_cpus.unwrap_or(0) as f64 / 1e9,
+            memory: resources.memory_bytes.unwrap_or(0),
             role: text(spec.role.map(|r| r.to_string())),
             state: text(status.state.map(|s| s.to_string())),
             availability: text(spec.availability.map(|a| a.to_string())),

@@ -220,6 +220,8 @@ mod tests {
             availability: "active".into(),
             addr: None,
             leader: false,
+            cores: 2.0,
+            memory: 1 << 30,
         };
         let nodes = [node("a", "n1"), node("b", "n2")];
         let mut never_ran = task("t9", "s1", Some(3), "a", "running");

@@ -8,10 +8,12 @@
 //! active color's task count; `health`: every task, the edge and redis;
 //! `logs`: every task's log, through the manager.
 
+pub mod backup;
 pub mod edge;
 pub mod health;
 pub mod logs;
 pub mod plan;
+pub mod resources;
 pub mod scale;
 pub mod state;
 pub mod status;

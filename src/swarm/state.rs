@@ -30,6 +30,9 @@ use crate::stack::{Color, Release};
 /// The label naming the project on the configs cryptus keeps.
 pub const PROJECT_LABEL: &str = "cryptus.project";
 
+/// The cluster state's file in a backup's state archive.
+pub const BACKUP_FILE: &str = "cluster-state.json";
+
 /// How many history entries the cluster keeps (a config holds at most
 /// 500 KB; an entry is about 600 bytes).
 pub const KEPT_ENTRIES: usize = 100;

@@ -252,6 +252,8 @@ mod tests {
             availability: "active".into(),
             addr: None,
             leader: false,
+            cores: 2.0,
+            memory: 1 << 30,
         }
     }
 
