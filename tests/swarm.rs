@@ -719,6 +719,11 @@ fn swarm_deploy_that_never_gets_healthy_leaves_blue_and_a_held_lock_refuses_anot
     assert_eq!(project.status()["active"], "blue");
     lab.docker_ok(1, &["config", "rm", &lock]);
 
+    // A record that says green while the edge serves blue (as after a
+    // switch whose record could not be written): the switch goes by the
+    // edge, still into green, and corrects the record.
+    wrong_record(&lab, &project, "blue", "green");
+
     // A deploy SIGKILLed while it holds the cluster's lock: the next
     // deploy from this host sees its process gone, breaks the lock, and
     // deploys.
@@ -771,6 +776,10 @@ fn swarm_deploy_that_never_gets_healthy_leaves_blue_and_a_held_lock_refuses_anot
         err.contains("breaking a stale lock") && err.contains("is gone"),
         "{err}"
     );
+    assert!(
+        err.contains("the swarm records green as active but the edge nginx serves blue"),
+        "{err}"
+    );
     assert_eq!(project.status()["active"], "green");
     assert_eq!(served_by_edge(&lab, &project)["instance"], "green");
     let left = lab.docker_ok(
@@ -812,6 +821,43 @@ fn recorded_state(lab: &SwarmLab, project: &TestProject) -> String {
     );
     let newest = configs.lines().max().expect("a state config");
     lab.docker_ok(1, &["config", "inspect", "--pretty", newest])
+}
+
+/// Records, as the next state config, the newest state with the active
+/// color `from` replaced by `to`: a record that disagrees with the edge.
+fn wrong_record(lab: &SwarmLab, project: &TestProject, from: &str, to: &str) {
+    let recorded = recorded_state(lab, project);
+    let data = recorded
+        .split_once("Data:")
+        .map(|(_, data)| data.trim())
+        .unwrap_or_else(|| panic!("no data in {recorded}"));
+    let active = format!("\"active\":\"{from}\"");
+    assert!(data.contains(&active), "{data}");
+    let wrong = data.replace(&active, &format!("\"active\":\"{to}\""));
+    let file = project.path().join("wrong-state.json");
+    std::fs::write(&file, wrong).expect("writing the wrong state");
+    let names = lab.docker_ok(
+        1,
+        &[
+            "config",
+            "ls",
+            "--format",
+            "{{.Name}}",
+            "--filter",
+            &format!("name={}_cryptus-state-", project.name),
+        ],
+    );
+    let newest = names.lines().max().expect("a state config");
+    let number: u64 = newest
+        .rsplit('-')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("a number");
+    let name = format!("{}_cryptus-state-{:010}", project.name, number + 1);
+    let label = format!("cryptus.project={}", project.name);
+    let path = file.display().to_string();
+    lab.docker_ok(1, &["config", "create", "--label", &label, &name, &path]);
+    assert_eq!(project.status()["active"], to, "status reads the record");
 }
 
 /// `scale` on a Swarm: blue goes from 3 tasks to 5 and back to 3 while a
