@@ -14,6 +14,12 @@
 #       started or left by a killed run; a lab that is not there is no error.
 #   scripts/swarm-lab.sh nsexec DIR N COMMAND...
 #       runs COMMAND in node N's network namespace.
+#   scripts/swarm-lab.sh cut DIR N
+#       cuts node N's link to the lab's switch (its veth there goes down):
+#       its packets are dropped, as when a machine's network is lost.
+#   scripts/swarm-lab.sh kill-engine DIR N
+#       SIGKILLs node N's dockerd, as a machine that died would leave it;
+#       down removes what is left of it as for any node.
 #   scripts/swarm-lab.sh sweep
 #       runs down for every lab there is: every /tmp/ctsw* directory and
 #       every ctsw*-lab / ctsw*-nN namespace (scripts/test.sh, after a
@@ -373,6 +379,15 @@ cmd_down() {
 case "$CMD" in
   up) cmd_up "$@" ;;
   down) cmd_down ;;
+  cut)
+    n=${1:?usage: cut DIR N}
+    ip -n "$LABNS" link set "veth-n$n" down
+    ;;
+  kill-engine)
+    n=${1:?usage: kill-engine DIR N}
+    p=$(dockerd_pid "$n") || die "node $n has no dockerd of this lab"
+    kill -KILL "$p"
+    ;;
   nsexec)
     n=${1:?usage: nsexec DIR N COMMAND...}
     shift

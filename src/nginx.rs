@@ -80,12 +80,57 @@ pub fn render_resolved_upstream(
     Ok(format!(
         "{HEADER}\n# active: {color}\nmap $host $cryptus_active_color {{\n    default \"{color}\";\n}}\n\n\
          upstream cryptus_app {{\n    zone cryptus_app 64k;\n    resolver 127.0.0.11 valid=1s ipv6=off;\n\
-         \x20   server tasks.{service}:{port} resolve;\n{}    keepalive 32;\n}}\n",
+         \x20   server tasks.{service}:{port} resolve max_fails=1 fail_timeout={SWARM_FAIL_TIMEOUT};\n{}    keepalive 32;\n}}\n",
         backups
             .iter()
             .map(|addr| format!("    server {addr}:{port} backup;\n"))
             .collect::<String>()
     ))
+}
+
+/// How long a task nginx failed to reach (one failure: `max_fails=1`) is
+/// left out on a Swarm: longer than the swarm takes to mark a lost node
+/// Down and drop its tasks from `tasks.<service>` (about 15 to 20 s), so a
+/// lost node gets one request that fails over, then none. A task that
+/// failed once for a passing reason is back after it; the others serve.
+const SWARM_FAIL_TIMEOUT: &str = "30s";
+
+/// The proxy settings of the app's locations on a Swarm, where a node can
+/// be lost with requests in flight to its tasks. A connection to a lost
+/// node is never refused, it goes unanswered: the connect timeout is short
+/// (the overlay answers in a millisecond when the task is there), and the
+/// read timeout bounds a request hung on a node that went away: 3 s is
+/// half again the app's slowest legitimate request (2 s), so a slow answer
+/// from a busy node is not taken for a lost one. An error or a timeout
+/// passes the request to the next task; nginx does that only for
+/// idempotent requests (a POST already sent is not sent twice), once
+/// (two tries) and within 5 s, so no request waits longer than a hung try
+/// plus the slowest answer.
+pub const SWARM_PROXY: &str = "# Swarm: a lost node's requests fail over (docs/swarm.md).
+proxy_connect_timeout 500ms;
+proxy_read_timeout 3s;
+proxy_next_upstream error timeout;
+proxy_next_upstream_tries 2;
+proxy_next_upstream_timeout 5s;
+";
+
+/// The project's `app.conf` as nginx reads it on a Swarm: its server-level
+/// proxy timeouts and retries (unindented lines) give way to
+/// [`SWARM_PROXY`]; what a location sets for itself stays.
+pub fn swarm_app_conf(text: &str) -> String {
+    let ours = [
+        "proxy_connect_timeout",
+        "proxy_read_timeout",
+        "proxy_next_upstream",
+    ];
+    let mut out: String = text
+        .lines()
+        .filter(|line| !ours.iter().any(|d| line.starts_with(d)))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    out.push('\n');
+    out.push_str(SWARM_PROXY);
+    out
 }
 
 /// A canary in progress: `color` takes `percent` of the traffic, the
@@ -815,7 +860,9 @@ mod tests {
         assert!(text.contains("# active: green\n"), "{text}");
         assert!(text.contains("default \"green\";"), "{text}");
         assert!(
-            text.contains("\n    server tasks.shop_cryptus-green:3000 resolve;\n"),
+            text.contains(
+                "\n    server tasks.shop_cryptus-green:3000 resolve max_fails=1 fail_timeout=30s;\n"
+            ),
             "{text}"
         );
         assert!(
@@ -827,7 +874,7 @@ mod tests {
         let text = render_resolved_upstream(Color::Green, "s", 3000, &backups).unwrap();
         assert!(
             text.contains(
-                "resolve;\n    server 10.0.1.5:3000 backup;\n    server 10.0.1.6:3000 backup;\n    keepalive"
+                "fail_timeout=30s;\n    server 10.0.1.5:3000 backup;\n    server 10.0.1.6:3000 backup;\n    keepalive"
             ),
             "{text}"
         );
@@ -836,6 +883,29 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn on_a_swarm_app_conf_bounds_and_retries_the_proxying() {
+        let app = include_str!("../nginx/app.conf");
+        let text = swarm_app_conf(app);
+        assert!(!text.contains("proxy_connect_timeout 5s;"), "{text}");
+        assert!(!text.contains("proxy_read_timeout 60s;"), "{text}");
+        assert!(text.ends_with(SWARM_PROXY), "{text}");
+        for line in SWARM_PROXY.lines().skip(1) {
+            let directive = line.split_whitespace().next().unwrap_or_default();
+            assert_eq!(
+                text.matches(&format!("\n{directive} ")).count(),
+                1,
+                "{line}"
+            );
+        }
+        // nginx's default for non-idempotent requests stays: never resent.
+        assert!(!text.contains("non_idempotent"), "{text}");
+        let located = "location / {\n    proxy_read_timeout 1h;\n}\nproxy_read_timeout 9s;\n";
+        let text = swarm_app_conf(located);
+        assert!(text.contains("    proxy_read_timeout 1h;"), "{text}");
+        assert!(!text.contains("9s"), "{text}");
+    }
 
     #[test]
     fn the_upstream_names_each_container_and_the_color() {

@@ -61,8 +61,9 @@ pub fn parse_probes(output: &str) -> Vec<(String, Probe)> {
     probes
 }
 
-/// One raw HTTP answer as a [`Probe`].
-fn parse_answer(answer: &str) -> Probe {
+/// One raw HTTP answer's code and body; why there is none, when the fetch
+/// failed (code 000) or printed no HTTP.
+fn split_answer(answer: &str) -> Result<(u16, &str), String> {
     let answer = answer.trim_start();
     let (head, body) = answer
         .split_once("\r\n\r\n")
@@ -70,16 +71,22 @@ fn parse_answer(answer: &str) -> Probe {
         .unwrap_or((answer, ""));
     let status = head.lines().next().unwrap_or_default();
     let mut words = status.split_whitespace();
-    let code = match (
+    match (
         words.next(),
         words.next().and_then(|c| c.parse::<u16>().ok()),
     ) {
-        (Some(proto), Some(code)) if proto.starts_with("HTTP/") => code,
-        _ => return Probe::Unreachable(format!("no HTTP answer: {}", status.trim())),
-    };
-    if code == 0 {
-        return Probe::Unreachable(words.collect::<Vec<_>>().join(" "));
+        (Some(_), Some(0)) => Err(words.collect::<Vec<_>>().join(" ")),
+        (Some(proto), Some(code)) if proto.starts_with("HTTP/") => Ok((code, body)),
+        _ => Err(format!("no HTTP answer: {}", status.trim())),
     }
+}
+
+/// One raw HTTP answer as a [`Probe`].
+fn parse_answer(answer: &str) -> Probe {
+    let (code, body) = match split_answer(answer) {
+        Ok(answer) => answer,
+        Err(why) => return Probe::Unreachable(why),
+    };
     match serde_json::from_str::<Report>(body.trim()) {
         Ok(report) if code == 200 => Probe::Answered(report),
         _ => Probe::Refused {
@@ -214,6 +221,34 @@ impl<'e> Edge<'e> {
         ))
     }
 
+    /// The color nginx serves as its loaded configuration says
+    /// (`/cryptus/active` on its status port, asked from inside its
+    /// container: the port is not published on a Swarm), as on one engine.
+    pub async fn served(&self) -> Result<Color> {
+        let port = nginx::STATUS_PORT.to_string();
+        let args = [
+            "sh",
+            "-c",
+            PROBE_SCRIPT,
+            "sh",
+            "127.0.0.1",
+            &port,
+            "/cryptus/active",
+            "one",
+        ];
+        let output = self
+            .engine
+            .exec(&self.container, &args)
+            .await
+            .with_context(|| format!("asking nginx in {} which color it serves", self.container))?;
+        served_in(&output.stdout).map_err(|why| {
+            anyhow::anyhow!(
+                "nginx in {} names no color it serves: {why}",
+                self.container
+            )
+        })
+    }
+
     /// Points nginx at `color`'s tasks, with the addresses known to
     /// answer as backups: write, `nginx -t`, reload.
     pub async fn apply(&self, color: Color, backups: &[IpAddr]) -> Result<()> {
@@ -246,6 +281,17 @@ impl<'e> Edge<'e> {
     }
 }
 
+/// The color in the probe script's output of `/cryptus/active`.
+fn served_in(output: &str) -> Result<Color, String> {
+    let (_, answer) = output.split_once('\n').unwrap_or(("", output));
+    match split_answer(answer)? {
+        (200, body) => nginx::Served::parse(body)
+            .map(|served| served.color)
+            .ok_or_else(|| format!("answered {:?}", body.trim())),
+        (code, body) => Err(format!("answered {code} {}", body.trim())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,6 +319,18 @@ mod tests {
         assert_eq!(probes[3].1.to_string(), "no answer (no connection)");
         assert!(parse_probes("").is_empty());
         assert!(matches!(parse_answer("garbage"), Probe::Unreachable(_)));
+    }
+
+    #[test]
+    fn the_served_color_is_read_from_nginx_answer() {
+        let ok = "@@ 127.0.0.1\nHTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\ngreen\n\n";
+        assert_eq!(served_in(ok), Ok(Color::Green));
+        let canary = "@@ 127.0.0.1\nHTTP/1.0 200 OK\r\n\r\nblue;canary=green:10\n";
+        assert_eq!(served_in(canary), Ok(Color::Blue));
+        let down = "@@ 127.0.0.1\nHTTP/1.0 000 no connection\n\n";
+        assert_eq!(served_in(down), Err("no connection".to_owned()));
+        assert!(served_in("@@ 127.0.0.1\nHTTP/1.0 200 OK\r\n\r\npurple\n").is_err());
+        assert!(served_in("@@ 127.0.0.1\nHTTP/1.0 404 Not Found\r\n\r\nx").is_err());
     }
 
     #[test]

@@ -68,7 +68,8 @@ pub fn stack_labels(project: &str) -> BTreeMap<String, String> {
     BTreeMap::from([(STACK_LABEL.to_owned(), project.to_owned())])
 }
 
-/// nginx's files on a Swarm: the project's `nginx.conf` and `app.conf`,
+/// nginx's files on a Swarm: the project's `nginx.conf` and `app.conf`
+/// (its proxying bounded for a lost node: [`nginx::swarm_app_conf`]),
 /// the http-level file and an upstream that follows the active color's
 /// tasks through the swarm's DNS.
 pub fn nginx_configs(
@@ -85,7 +86,14 @@ pub fn nginx_configs(
     )?;
     let mut files: Vec<(String, String)> = project_files
         .iter()
-        .map(|(name, text)| (format!("{NGINX_CONF_DIR}/{name}"), text.clone()))
+        .map(|(name, text)| {
+            let text = if *name == "app.conf" {
+                nginx::swarm_app_conf(text)
+            } else {
+                text.clone()
+            };
+            (format!("{NGINX_CONF_DIR}/{name}"), text)
+        })
         .collect();
     files.push((format!("{SEED_DIR}/{}", nginx::HTTP_FILE), http_file));
     files.push((format!("{SEED_DIR}/{}", nginx::UPSTREAM_FILE), upstream));

@@ -114,8 +114,21 @@ async fn locked(
 ) -> Result<Report> {
     let (engine, project) = (stack.engine, &stack.project.name);
     let operation = operation_of(&ask);
-    let state = state::read(engine, project).await?;
-    let active = state.active.unwrap_or(Color::Blue);
+    let mut state = state::read(engine, project).await?;
+    let served = edge.served().await;
+    let (active, disagree) = believe(state.active, served.as_ref().ok().copied());
+    match (&served, disagree) {
+        (Err(err), _) => stack
+            .printer
+            .warn(format!("{err:#}; going by the cluster's record ({active})")),
+        (Ok(_), Some(warning)) => {
+            stack.printer.warn(warning);
+            // Every ending records the state, so the record is corrected
+            // whatever the switch's outcome.
+            state.active = Some(active);
+        }
+        (Ok(_), None) => {}
+    }
     let target = active.other();
     let services = engine.services(project).await?;
     let active_replicas = services
@@ -564,6 +577,25 @@ impl Switch<'_> {
     }
 }
 
+/// The active color a switch starts from: the one the edge nginx serves,
+/// when it could be read, since that is where traffic is; else the
+/// cluster's record (blue before the first). When the two disagree, what
+/// to warn: the record is wrong, as after a switch whose record could not
+/// be written.
+pub fn believe(recorded: Option<Color>, served: Option<Color>) -> (Color, Option<String>) {
+    let record = recorded.unwrap_or(Color::Blue);
+    match served {
+        Some(served) if served != record => (
+            served,
+            Some(format!(
+                "the swarm records {record} as active but the edge nginx serves {served}: going by nginx, and correcting the record"
+            )),
+        ),
+        Some(served) => (served, None),
+        None => (record, None),
+    }
+}
+
 /// How often nginx is asked while counting answers in a row.
 const VERIFY_EVERY: Duration = Duration::from_millis(100);
 
@@ -618,6 +650,24 @@ mod tests {
                 total: 2.0,
             },
         })
+    }
+
+    #[test]
+    fn the_switch_goes_by_what_the_edge_serves_over_the_record() {
+        use Color::{Blue, Green};
+        assert_eq!(believe(Some(Green), Some(Green)), (Green, None));
+        assert_eq!(believe(None, Some(Blue)), (Blue, None));
+        assert_eq!(believe(Some(Green), None), (Green, None));
+        assert_eq!(believe(None, None), (Blue, None));
+        let (color, warning) = believe(Some(Green), Some(Blue));
+        assert_eq!(color, Blue);
+        let warning = warning.unwrap_or_default();
+        assert!(
+            warning.contains("records green") && warning.contains("serves blue"),
+            "{warning}"
+        );
+        let (color, warning) = believe(None, Some(Green));
+        assert_eq!((color, warning.is_some()), (Green, true));
     }
 
     #[test]

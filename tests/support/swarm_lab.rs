@@ -199,6 +199,28 @@ impl SwarmLab {
         command
     }
 
+    /// Cuts node N's link to the lab's switch: its packets are dropped.
+    pub fn cut(&self, node: usize) {
+        self.script_ok("cut", node);
+    }
+
+    /// SIGKILLs node N's dockerd; the lab's teardown removes the rest.
+    pub fn kill_engine(&self, node: usize) {
+        self.script_ok("kill-engine", node);
+    }
+
+    #[track_caller]
+    fn script_ok(&self, action: &str, node: usize) {
+        let mut command = self.script(action);
+        command.arg(node.to_string());
+        let output = run_within(&format!("{action} {node} ended"), command, DOCKER_DEADLINE);
+        assert!(
+            output.status.success(),
+            "swarm-lab.sh {action} {node}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
     fn name(&self) -> String {
         self.dir
             .file_name()
