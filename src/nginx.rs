@@ -115,22 +115,76 @@ proxy_next_upstream_timeout 5s;
 ";
 
 /// The project's `app.conf` as nginx reads it on a Swarm: its server-level
-/// proxy timeouts and retries (unindented lines) give way to
-/// [`SWARM_PROXY`]; what a location sets for itself stays.
+/// statements (outside any block) of the directives [`SWARM_PROXY`] sets
+/// give way to it, wherever they sit on their lines; every other
+/// statement, and whatever a block (a location) sets for itself, stays as
+/// written.
 pub fn swarm_app_conf(text: &str) -> String {
-    let ours = [
-        "proxy_connect_timeout",
-        "proxy_read_timeout",
-        "proxy_next_upstream",
-    ];
-    let mut out: String = text
+    let ours: Vec<&str> = SWARM_PROXY
         .lines()
-        .filter(|line| !ours.iter().any(|d| line.starts_with(d)))
-        .map(|line| format!("{line}\n"))
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|word| !word.starts_with('#'))
         .collect();
+    let mut out = String::with_capacity(text.len() + SWARM_PROXY.len());
+    let mut kept = 0;
+    for (start, end) in top_level_statements(text) {
+        let directive = text[start..end]
+            .split_whitespace()
+            .next()
+            .unwrap_or_default();
+        if ours.contains(&directive) {
+            out.push_str(&text[kept..start]);
+            kept = end;
+        }
+    }
+    out.push_str(&text[kept..]);
     out.push('\n');
     out.push_str(SWARM_PROXY);
     out
+}
+
+/// The byte ranges of the statements of an nginx file outside any block
+/// (`directive args;`, the `;` included), skipping comments and quoted
+/// strings; a block statement (`location ... { }`) is never one.
+fn top_level_statements(text: &str) -> Vec<(usize, usize)> {
+    let mut found = Vec::new();
+    let (mut depth, mut start, mut quote) = (0usize, None, None);
+    let mut chars = text.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        if let Some(q) = quote {
+            if c == '\\' {
+                chars.next();
+            } else if c == q {
+                quote = None;
+            }
+            continue;
+        }
+        match c {
+            '#' => while chars.next_if(|&(_, c)| c != '\n').is_some() {},
+            '"' | '\'' => {
+                quote = Some(c);
+                start = start.or(Some(i));
+            }
+            '{' => {
+                depth += 1;
+                start = None;
+            }
+            '}' => {
+                depth = depth.saturating_sub(1);
+                start = None;
+            }
+            ';' if depth == 0 => {
+                if let Some(begun) = start.take() {
+                    found.push((begun, i + 1));
+                }
+            }
+            c if depth == 0 && !c.is_whitespace() => {
+                start = start.or(Some(i));
+            }
+            _ => {}
+        }
+    }
+    found
 }
 
 /// A canary in progress: `color` takes `percent` of the traffic, the
@@ -905,6 +959,33 @@ mod tests {
         let text = swarm_app_conf(located);
         assert!(text.contains("    proxy_read_timeout 1h;"), "{text}");
         assert!(!text.contains("9s"), "{text}");
+    }
+
+    /// A user's app.conf as people write them: indented server-level
+    /// lines, unindented lines in a location, two statements on a line, a
+    /// statement over several lines, comments and quotes.
+    #[test]
+    fn on_a_swarm_only_server_level_proxy_statements_give_way() {
+        let conf = "  proxy_read_timeout 300s;\n\
+            location /ws {\nproxy_read_timeout 1h;\nproxy_pass http://cryptus_app;\n}\n\
+            proxy_connect_timeout 2s; proxy_buffering off;\n\
+            proxy_next_upstream error\n    timeout http_502;\n\
+            # proxy_read_timeout 1s; in a comment\n\
+            add_header X-Note \"a; b { c\" always;\n\
+            proxy_next_upstream_tries 5;\n";
+        let text = swarm_app_conf(conf);
+        let body = text.strip_suffix(SWARM_PROXY).unwrap();
+        for gone in ["300s", "2s;", "http_502", "tries 5"] {
+            assert!(!body.contains(gone), "{gone}: {body}");
+        }
+        for kept in [
+            "location /ws {\nproxy_read_timeout 1h;\nproxy_pass http://cryptus_app;\n}",
+            "proxy_buffering off;",
+            "# proxy_read_timeout 1s; in a comment",
+            "add_header X-Note \"a; b { c\" always;",
+        ] {
+            assert!(body.contains(kept), "{kept}: {body}");
+        }
     }
 
     #[test]

@@ -1210,6 +1210,30 @@ fn swarm_backup_and_restore_bring_redis_keys_back_and_refuse_a_corrupt_backup() 
     assert_eq!(redis_cli(&lab, &project, &["get", "after"]), "backup");
     let after = lab.docker_ok(1, &["ps", "-q", "--filter", &filter]);
     assert_eq!(before, after, "the redis task changed");
+
+    // A restore killed after it stopped redis leaves its service at 0
+    // tasks: `start` gives it its task back, on its volume, data kept.
+    let service = format!("{}_redis", project.name);
+    lab.docker_ok(
+        1,
+        &["service", "scale", "--detach", &format!("{service}=0")],
+    );
+    eventually(
+        "redis stopped",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || match lab.docker_ok(1, &["ps", "-q", "--filter", &filter]).trim() {
+            "" => Ok(()),
+            left => Err(format!("still running: {left}")),
+        },
+    );
+    let started = project.ok(&["start", "--timeout", "120s"]);
+    assert!(
+        stderr(&started).contains("ran no task"),
+        "{}",
+        stderr(&started)
+    );
+    assert_eq!(redis_cli(&lab, &project, &["get", "after"]), "backup");
 }
 
 /// `resources` on a Swarm: every task of the stack with its node; those on

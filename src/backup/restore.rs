@@ -896,6 +896,9 @@ async fn replace(
         dump: Some(dump),
         args: setup.scratch_args.clone(),
     };
+    // The stopped Redis (on a Swarm, its task saving as it ends) must be
+    // off the volume before the scratch writes it.
+    interrupt::or_interrupted(volume_free(engine, &setup.volume.0, deadline)).await?;
     // Creating and starting it is not interrupted (a creation half-asked
     // could finish after the cleanup); waiting for it to load is.
     let scratch = Scratch::start(engine, &project.name, "restore", &redis.image, load).await?;
@@ -952,25 +955,10 @@ async fn bring_back(
     cleanup(engine.remove(&scratch, true))
         .await
         .with_context(|| format!("removing the scratch redis {scratch}"))?;
-    let others: Vec<String> = cleanup(engine.containers(&project.name))
-        .await?
-        .into_iter()
-        .filter(|c| c.name != redis.name && c.running)
-        .filter(|c| {
-            c.volumes
-                .iter()
-                .any(|(volume, _)| *volume == setup.volume.0)
-        })
-        .map(|c| c.name)
-        .collect();
-    if !others.is_empty() {
-        return Err(anyhow!(
-            "{} still run on the volume {}; redis was not started beside them",
-            others.join(", "),
-            setup.volume.0
-        ));
-    }
     let deadline = Instant::now() + REDIS_DEADLINE;
+    volume_free(engine, &setup.volume.0, deadline)
+        .await
+        .context("redis was not started beside them")?;
     let running = match project.orchestrator {
         Orchestrator::Swarm => {
             crate::swarm::backup::start_redis(engine, &project.name, deadline).await?
@@ -988,12 +976,37 @@ async fn bring_back(
     Ok(running)
 }
 
+/// Waits, up to `deadline`, until no container runs on `volume`, engine
+/// wide: two Redis servers on one volume overwrite each other's dump. On
+/// a Swarm the old task may still be saving after its service went to 0.
+async fn volume_free(engine: &Engine, volume: &str, deadline: Instant) -> Result<()> {
+    wait::until(
+        Limits::until(deadline, VOLUME_POLL),
+        || async {
+            let running = engine.running_on_volume(volume).await?;
+            Ok(if running.is_empty() {
+                Seen::Ready(())
+            } else {
+                Seen::Not(running.join(", "))
+            })
+        },
+        |running| anyhow!("{running} still run on the volume {volume}"),
+    )
+    .await
+}
+
+/// How often a volume is looked at until nothing runs on it.
+const VOLUME_POLL: Duration = Duration::from_millis(200);
+
 /// Stops the live Redis before its volume is written: its container on one
 /// engine; on a Swarm its service, so the swarm starts no replacement.
 async fn stop_redis(engine: &Engine, project: &Project, redis: &Container) -> Result<()> {
     match project.orchestrator {
         Orchestrator::Swarm => {
-            let deadline = Instant::now() + REDIS_DEADLINE;
+            // Within the cleanup's own deadline, so that this one is what
+            // says why; a task still saving is waited for on the volume.
+            let deadline =
+                Instant::now() + super::CLEANUP_DEADLINE.saturating_sub(Duration::from_secs(5));
             crate::swarm::backup::stop_redis(engine, &project.name, &redis.name, deadline).await
         }
         Orchestrator::Engine => engine.stop(&redis.name, None).await,

@@ -201,6 +201,30 @@ impl Engine {
         Ok(containers)
     }
 
+    /// The running containers, engine-wide and whatever their labels, that
+    /// mount the volume `volume`: a volume's writers are known by the
+    /// volume, not by the project's labels (a swarm's tasks carry others).
+    pub async fn running_on_volume(&self, volume: &str) -> Result<Vec<String>> {
+        let filters: HashMap<&str, Vec<&str>> = HashMap::from([("volume", vec![volume])]);
+        let options = ListContainersOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        let summaries = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|err| engine_error(&err))
+            .with_context(|| format!("listing the containers on the volume {volume}"))?;
+        Ok(summaries
+            .into_iter()
+            .filter_map(|s| {
+                s.names?
+                    .first()
+                    .map(|n| n.trim_start_matches('/').to_owned())
+            })
+            .collect())
+    }
+
     /// The host ports running containers publish, engine-wide: (container
     /// name, its project label, host port), to tell a taken port before
     /// anything is created.

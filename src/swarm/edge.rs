@@ -236,11 +236,14 @@ impl<'e> Edge<'e> {
             "/cryptus/active",
             "one",
         ];
-        let output = self
-            .engine
-            .exec(&self.container, &args)
-            .await
-            .with_context(|| format!("asking nginx in {} which color it serves", self.container))?;
+        let asking = || format!("asking nginx in {} which color it serves", self.container);
+        // Bounded: the switch then goes by the cluster's record.
+        let output =
+            tokio::time::timeout(SERVED_DEADLINE, self.engine.exec(&self.container, &args))
+                .await
+                .map_err(|_| anyhow::anyhow!("no answer within {}s", SERVED_DEADLINE.as_secs()))
+                .with_context(asking)?
+                .with_context(asking)?;
         served_in(&output.stdout).map_err(|why| {
             anyhow::anyhow!(
                 "nginx in {} names no color it serves: {why}",
@@ -282,6 +285,9 @@ impl<'e> Edge<'e> {
 }
 
 /// The color in the probe script's output of `/cryptus/active`.
+/// How long the edge may take to say which color it serves.
+const SERVED_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn served_in(output: &str) -> Result<Color, String> {
     let (_, answer) = output.split_once('\n').unwrap_or(("", output));
     match split_answer(answer)? {

@@ -123,9 +123,14 @@ async fn locked(
             .warn(format!("{err:#}; going by the cluster's record ({active})")),
         (Ok(_), Some(warning)) => {
             stack.printer.warn(warning);
-            // Every ending records the state, so the record is corrected
-            // whatever the switch's outcome.
+            // Corrected at once, before anything can end the run early (an
+            // unknown image, nothing to roll back to).
             state.active = Some(active);
+            if let Err(err) = state::write(engine, project, &mut state).await {
+                stack
+                    .printer
+                    .warn(format!("correcting the cluster's record: {err:#}"));
+            }
         }
         (Ok(_), None) => {}
     }

@@ -16,7 +16,7 @@ use crate::engine::{ConfigFile, Engine, Service, ServiceMode, ServiceSpec, Task}
 use crate::error::{failed_with_hint, usage};
 use crate::lb;
 use crate::output::Printer;
-use crate::stack::{Color, LB_SERVICE, network_name};
+use crate::stack::{Color, LB_SERVICE, REDIS_SERVICE, network_name};
 use crate::wait::{self, Limits, Seen};
 
 use super::plan::{self, nginx_configs, service_spec, stack_labels};
@@ -59,6 +59,28 @@ pub async fn start(stack: &Stack<'_>, timeout: Duration) -> Result<Started> {
             "move nginx/ssl/cert.pem and key.pem away, or use --orchestrator engine",
         ));
     }
+    // Under the cluster's lock, as on one engine: a backup or a restore
+    // holding it keeps its scratch redis, and its stopped redis, from this
+    // start's repair.
+    let options = crate::lock::Options {
+        wait: timeout,
+        force_unlock: false,
+    };
+    let lock =
+        super::state::ClusterLock::acquire(stack.engine, project, "start", &options, stack.printer)
+            .await?;
+    let started = start_locked(stack, timeout, deadline).await;
+    if let Err(err) = lock.release().await {
+        stack
+            .printer
+            .warn(format!("releasing the deploy lock: {err:#}"));
+    }
+    started
+}
+
+/// [`start`], holding the lock.
+async fn start_locked(stack: &Stack<'_>, timeout: Duration, deadline: Instant) -> Result<Started> {
+    let project = &stack.project.name;
     // The color and release the cluster records, else blue from the
     // compose file: a restarted stack serves what it served.
     let recorded = super::state::read(stack.engine, project).await?;
@@ -121,6 +143,11 @@ pub async fn start(stack: &Stack<'_>, timeout: Duration) -> Result<Started> {
     for spec in specs.iter_mut().filter(|spec| spec.name == lb) {
         spec.configs = configs.clone();
     }
+    // A restore killed after it scaled redis to 0 leaves it there, perhaps
+    // with its scratch redis on the volume: the scratch goes first, then
+    // redis gets its count back.
+    crate::redis::sweep_scratch(stack.engine, project, stack.printer).await?;
+    restore_scaled_down(stack, &specs).await?;
     let mut created = Vec::new();
     let result = create_and_wait(stack, &specs, &mut created, deadline, timeout).await;
     if let Err(err) = result {
@@ -158,6 +185,32 @@ async fn record_first(
             .printer
             .warn(format!("recording the active color on the swarm: {err:#}"));
     }
+}
+
+/// Gives redis's service its planned count again where it runs none (a
+/// restore stopped it and did not end), once nothing runs on its volume.
+async fn restore_scaled_down(stack: &Stack<'_>, specs: &[ServiceSpec]) -> Result<()> {
+    let project = &stack.project.name;
+    let redis = service_name(project, REDIS_SERVICE);
+    let Some(ServiceMode::Replicated(wanted)) = specs
+        .iter()
+        .find(|spec| spec.name == redis)
+        .map(|spec| spec.mode)
+    else {
+        return Ok(());
+    };
+    let services = stack.engine.services(project).await?;
+    let stopped = services
+        .iter()
+        .any(|s| s.name == redis && s.replicas == Some(0));
+    if !stopped || wanted == 0 {
+        return Ok(());
+    }
+    stack.printer.warn(format!(
+        "{redis} ran no task (an interrupted restore stops it): giving it {wanted} again"
+    ));
+    stack.engine.scale_service(&redis, wanted).await?;
+    Ok(())
 }
 
 async fn create_and_wait(
