@@ -724,11 +724,6 @@ fn swarm_deploy_that_never_gets_healthy_leaves_blue_and_a_held_lock_refuses_anot
     assert_eq!(project.status()["active"], "blue");
     lab.docker_ok(1, &["config", "rm", &lock]);
 
-    // A record that says green while the edge serves blue (as after a
-    // switch whose record could not be written): the switch goes by the
-    // edge, still into green, and corrects the record.
-    wrong_record(&lab, &project, "blue", "green");
-
     // A deploy SIGKILLed while it holds the cluster's lock: the next
     // deploy from this host sees its process gone, breaks the lock, and
     // deploys.
@@ -773,6 +768,11 @@ fn swarm_deploy_that_never_gets_healthy_leaves_blue_and_a_held_lock_refuses_anot
     );
     killed.kill().expect("SIGKILL");
     killed.wait().expect("reaping the deploy");
+
+    // A record that says green while the edge serves blue (as after a
+    // switch whose record could not be written): the switch goes by the
+    // edge, still into green, and corrects the record.
+    wrong_record(&lab, &project, "blue", "green");
     project.edit_compose(|text| text.replace("APP_UNHEALTHY: \"1\"", "APP_UNHEALTHY: \"0\""));
     let deployed = deploy_2_0_0(&project, &["--timeout", "240s"]);
     assert_code(&deployed, 0);
