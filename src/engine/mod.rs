@@ -11,7 +11,9 @@ use anyhow::{Context, Result, anyhow};
 use bollard::Docker;
 use bollard::errors::Error as BollardError;
 use bollard::exec::{CreateExecOptions, StartExecResults};
-use bollard::models::{NetworkConnectRequest, NetworkCreateRequest, VolumeCreateRequest};
+use bollard::models::{
+    ContainerSummary, NetworkConnectRequest, NetworkCreateRequest, VolumeCreateRequest,
+};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, DownloadFromContainerOptionsBuilder,
     ListContainersOptionsBuilder, ListNetworksOptionsBuilder, LogsOptionsBuilder,
@@ -175,16 +177,9 @@ impl Engine {
     /// Every container of a project, running or not, ordered by service and number.
     pub async fn containers(&self, project: &str) -> Result<Vec<Container>> {
         let filter = format!("{PROJECT_LABEL}={project}");
-        let filters: HashMap<&str, Vec<&str>> = HashMap::from([("label", vec![filter.as_str()])]);
-        let options = ListContainersOptionsBuilder::default()
-            .all(true)
-            .filters(&filters)
-            .build();
         let summaries = self
-            .docker
-            .list_containers(Some(options))
+            .list(("label", &filter), true)
             .await
-            .map_err(|err| engine_error(&err))
             .with_context(|| format!("listing the containers of project {project}"))?;
         let ids: Vec<String> = summaries.into_iter().filter_map(|s| s.id).collect();
         let inspected = futures_util::future::join_all(ids.iter().map(|id| self.inspect(id))).await;
@@ -201,19 +196,26 @@ impl Engine {
         Ok(containers)
     }
 
+    /// The containers one filter selects (`all`: stopped ones too).
+    async fn list(&self, (key, value): (&str, &str), all: bool) -> Result<Vec<ContainerSummary>> {
+        let filters: HashMap<&str, Vec<&str>> = HashMap::from([(key, vec![value])]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(all)
+            .filters(&filters)
+            .build();
+        self.docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|err| engine_error(&err))
+    }
+
     /// The running containers, engine-wide and whatever their labels, that
     /// mount the volume `volume`: a volume's writers are known by the
     /// volume, not by the project's labels (a swarm's tasks carry others).
     pub async fn running_on_volume(&self, volume: &str) -> Result<Vec<String>> {
-        let filters: HashMap<&str, Vec<&str>> = HashMap::from([("volume", vec![volume])]);
-        let options = ListContainersOptionsBuilder::default()
-            .filters(&filters)
-            .build();
         let summaries = self
-            .docker
-            .list_containers(Some(options))
+            .list(("volume", volume), false)
             .await
-            .map_err(|err| engine_error(&err))
             .with_context(|| format!("listing the containers on the volume {volume}"))?;
         Ok(summaries
             .into_iter()
@@ -613,17 +615,9 @@ impl Engine {
         // image: that is what keeps rollback possible. Asked first, because
         // whether a forced removal spares a stopped container's image
         // depends on the engine's version.
-        let filters: HashMap<&str, Vec<&str>> = HashMap::from([("ancestor", vec![id])]);
         let users = self
-            .docker
-            .list_containers(Some(
-                ListContainersOptionsBuilder::default()
-                    .all(true)
-                    .filters(&filters)
-                    .build(),
-            ))
+            .list(("ancestor", id), true)
             .await
-            .map_err(|err| engine_error(&err))
             .with_context(|| format!("listing the containers of image {id}"))?;
         if !users.is_empty() {
             return Ok(false);
