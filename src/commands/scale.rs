@@ -51,8 +51,14 @@ pub async fn run(
         let plan = switch::dry_run(&stack, DryRun::Scale { service, replicas }, settings).await?;
         return show_plan(&plan, printer);
     }
-    // On a Swarm, the switch hands the scale to the swarm's.
-    let report = switch::scale(&stack, service, replicas, settings).await?;
+    // The same checks of the service and count, then the orchestrator's
+    // own scale: the switch knows nothing of Swarm.
+    let report = if project.orchestrator == Orchestrator::Swarm {
+        let color = switch::scale::color_to_scale(&stack, service, replicas)?;
+        crate::swarm::scale::run(&stack, color, replicas, settings).await?
+    } else {
+        switch::scale(&stack, service, replicas, settings).await?
+    };
     if printer.json() {
         printer.out_json(&report)?;
     } else if report.active {

@@ -71,9 +71,6 @@ pub async fn scale(
     settings: &Settings,
 ) -> Result<Report> {
     let color = color_to_scale(stack, service, replicas)?;
-    if stack.project.orchestrator == crate::orchestrator::Orchestrator::Swarm {
-        return crate::swarm::scale::run(stack, color, replicas, settings).await;
-    }
     let lb = state::lb(stack).await?;
     crate::interrupt::catch();
     let step = stack.printer.step("taking the deploy lock");
