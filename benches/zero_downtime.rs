@@ -841,19 +841,11 @@ async fn bench(args: &Args) -> Result<(Value, bool), String> {
     for cycle in 0..args.cycles {
         let version = format!("1.{cycle}.0");
         let warm = cycle % 2 == 0;
-        let mut deploy = vec![
-            "deploy",
-            "--image",
+        let deploy = deploy_args(
             &image,
-            "--version",
             &version,
-            "--watch",
-            "0s",
-            "--json",
-        ];
-        if warm {
-            deploy.push("--keep-standby");
-        }
+            if warm { &["--keep-standby"] } else { &[] },
+        );
         flips.push(cryptus_flip(&project, &deploy, "deploy", false, load_epoch).await?);
         tokio::time::sleep(pause).await;
         flips.push(
@@ -893,20 +885,7 @@ async fn bench(args: &Args) -> Result<(Value, bool), String> {
     let canary_cycles = args.cycles.min(CANARY_CYCLES);
     for cycle in 0..canary_cycles {
         let version = format!("3.{cycle}.0");
-        let deploy = [
-            "deploy",
-            "--image",
-            &image,
-            "--version",
-            &version,
-            "--watch",
-            "0s",
-            "--canary",
-            "10,50",
-            "--step",
-            "1s",
-            "--json",
-        ];
+        let deploy = deploy_args(&image, &version, &["--canary", "10,50", "--step", "1s"]);
         canary_flips.push(cryptus_flip(&project, &deploy, "deploy", false, load_epoch).await?);
         tokio::time::sleep(pause).await;
         let rollback = ["rollback", "--json"];
@@ -1379,6 +1358,23 @@ fn table(d: &Value) -> String {
         }
     }
     out
+}
+
+/// A benchmark deploy of `image` as `version` with no watch, as JSON,
+/// with `extra` flags.
+fn deploy_args<'a>(image: &'a str, version: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "deploy",
+        "--image",
+        image,
+        "--version",
+        version,
+        "--watch",
+        "0s",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    args
 }
 
 /// Where `what` goes: the median of each of its `parts`, in ms.

@@ -322,14 +322,7 @@ fn a_canary_left_by_a_killed_deploy_is_told_truthfully_and_ended_by_rollback() {
     assert_code(&output, 0);
     let text = stderr(&output);
     assert!(text.contains("putting every client back on blue"), "{text}");
-    assert_eq!(canary(&project), None);
-    assert!(!project.has_color("green"));
-    for n in 0..100 {
-        assert_eq!(
-            color_for(&project, "/api/health", &format!("k-{n}")),
-            "blue"
-        );
-    }
+    every_client_on_blue(&project, "k");
     let history = project.status()["history"].as_array().unwrap().clone();
     let last = history.last().unwrap();
     assert_eq!(last["operation"], "rollback");
@@ -352,19 +345,20 @@ fn start_ends_a_canary_left_by_a_killed_deploy() {
     let output = project.ok(&["start"]);
     let text = stderr(&output);
     assert!(text.contains("a canary of green at 40% was live"), "{text}");
-    assert_eq!(canary(&project), None);
+    every_client_on_blue(&project, "s");
+    project.fails(&["rollback"], 1, "nothing to roll back to");
+}
+
+/// No canary is live, green has no container, and 100 clients (cookies
+/// `<tag>-<n>`) all reach blue.
+#[track_caller]
+fn every_client_on_blue(project: &TestProject, tag: &str) {
+    assert_eq!(canary(project), None);
     assert!(!project.has_color("green"));
     for n in 0..100 {
         assert_eq!(
-            color_for(&project, "/api/health", &format!("s-{n}")),
+            color_for(project, "/api/health", &format!("{tag}-{n}")),
             "blue"
         );
     }
-    let output = project.run(&["rollback"]);
-    assert_code(&output, 1);
-    assert!(
-        stderr(&output).contains("nothing to roll back to"),
-        "{}",
-        stderr(&output)
-    );
 }

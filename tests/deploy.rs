@@ -187,13 +187,7 @@ async fn deploy_rollback_deploy_under_load_fails_no_request() {
 fn rolling_back_twice_returns_and_nothing_to_roll_back_to_is_an_error() {
     let project = TestProject::new("twice");
     project.ok(&["start"]);
-    let output = project.run(&["rollback"]);
-    assert_code(&output, 1);
-    assert!(
-        stderr(&output).contains("nothing to roll back to"),
-        "{}",
-        stderr(&output)
-    );
+    project.fails(&["rollback"], 1, "nothing to roll back to");
     assert_eq!(project.serving().0, "blue");
 
     project.deploy_ok("2.0.0", &["--keep-standby"]);

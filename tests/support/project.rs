@@ -196,6 +196,16 @@ impl TestProject {
         output
     }
 
+    /// Runs cryptus and requires exit `code` with `says` in its stderr.
+    #[track_caller]
+    pub fn fails(&self, args: &[&str], code: i32, says: &str) -> Output {
+        let output = self.run(args);
+        assert_code(&output, code);
+        let err = super::stderr(&output);
+        assert!(err.contains(says), "{err}");
+        output
+    }
+
     /// `status --json`, parsed.
     #[track_caller]
     pub fn status(&self) -> serde_json::Value {
