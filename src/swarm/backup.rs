@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use futures_util::future::try_join_all;
 use tokio::time::Instant;
 
 use super::state::ClusterState;
@@ -24,16 +25,24 @@ pub async fn task_containers(engine: &Engine, project: &str) -> Result<Vec<Conta
         engine.services(project),
         engine.tasks(project)
     )?;
-    let manager = membership.node_id.unwrap_or_default();
+    // Without its node's id, every task would look out of reach.
+    let manager = membership
+        .node_id
+        .ok_or_else(|| failed("the manager's engine names no node of the swarm"))?;
     check_redis_here(project, &services, &tasks, &manager)?;
-    let mut containers = Vec::new();
-    for (service, container_id) in reachable(project, &services, &tasks, &manager) {
+    let found = reachable(project, &services, &tasks, &manager);
+    let inspected = try_join_all(found.iter().map(|(_, id)| engine.inspect(id))).await?;
+    let mut containers: Vec<Container> = found
+        .iter()
+        .zip(inspected)
         // A task ending between the list and the inspect is gone: skipped.
-        if let Some(mut container) = engine.inspect(container_id).await? {
-            container.service = service.to_owned();
-            containers.push(container);
-        }
-    }
+        .filter_map(|((service, _), container)| {
+            container.map(|mut c| {
+                c.service = (*service).to_owned();
+                c
+            })
+        })
+        .collect();
     containers.sort_by(|a, b| a.service.cmp(&b.service));
     Ok(containers)
 }

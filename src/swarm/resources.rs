@@ -38,25 +38,38 @@ pub struct TaskRow {
 /// One look at every current task of the stack, sampled where reachable.
 pub async fn gather(engine: &Engine, status: SwarmStatus) -> Result<Report> {
     let manager = status.manager.clone().unwrap_or_default();
-    let mut tasks = Vec::new();
-    for view in &status.services {
-        for task in &view.tasks {
-            let here = task.node == manager && task.state == "running";
-            let (usage, note) = match (&task.container_id, here) {
-                (Some(id), true) => (Some(engine.stats(id).await?), None),
-                (_, false) if task.state == "running" => (None, Some(NOT_REACHABLE.to_owned())),
-                _ => (None, Some(format!("not running ({})", task.state))),
-            };
-            tasks.push(TaskRow {
-                name: task.name.clone(),
-                service: view.service.clone(),
-                node: task.node.clone(),
-                state: task.state.clone(),
-                usage,
-                note,
-            });
-        }
-    }
+    let current: Vec<(&str, &super::status::TaskView)> = status
+        .services
+        .iter()
+        .flat_map(|view| {
+            view.tasks
+                .iter()
+                .map(move |task| (view.service.as_str(), task))
+        })
+        .collect();
+    // Sampled all at once, as on one engine: a sample takes the engine a
+    // moment per container.
+    let sampled = futures_util::future::try_join_all(current.iter().map(|(_, task)| async {
+        let here = task.node == manager && task.state == "running";
+        Ok::<_, anyhow::Error>(match (&task.container_id, here) {
+            (Some(id), true) => (Some(engine.stats(id).await?), None),
+            (_, false) if task.state == "running" => (None, Some(NOT_REACHABLE.to_owned())),
+            _ => (None, Some(format!("not running ({})", task.state))),
+        })
+    }))
+    .await?;
+    let tasks = current
+        .iter()
+        .zip(sampled)
+        .map(|((service, task), (usage, note))| TaskRow {
+            name: task.name.clone(),
+            service: (*service).to_owned(),
+            node: task.node.clone(),
+            state: task.state.clone(),
+            usage,
+            note,
+        })
+        .collect();
     Ok(Report {
         ok: true,
         project: status.project,
