@@ -103,14 +103,16 @@ const SWARM_FAIL_TIMEOUT: &str = "30s";
 /// half again the app's slowest legitimate request (2 s), so a slow answer
 /// from a busy node is not taken for a lost one. An error or a timeout
 /// passes the request to the next task; nginx does that only for
-/// idempotent requests (a POST already sent is not sent twice), once
-/// (two tries) and within 5 s, so no request waits longer than a hung try
-/// plus the slowest answer.
+/// idempotent requests (a POST already sent is not sent twice), and
+/// within 5 s, so no request waits longer than a hung try plus the slowest
+/// answer. The tries are bounded by that time, not counted: a scale-down
+/// removes several tasks at once, and nginx may still hold their addresses
+/// until it resolves the name again (each failed one is then left out).
 pub const SWARM_PROXY: &str = "# Swarm: a lost node's requests fail over (docs/swarm.md).
 proxy_connect_timeout 500ms;
 proxy_read_timeout 3s;
 proxy_next_upstream error timeout;
-proxy_next_upstream_tries 2;
+proxy_next_upstream_tries 0;
 proxy_next_upstream_timeout 5s;
 ";
 
