@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use bollard::models::{
-    ContainerInspectResponse, ContainerState, EndpointSettings, HealthStatusEnum, MountPoint,
-    PortBinding,
+    ContainerInspectResponse, ContainerState, ContainerSummary, EndpointSettings, HealthStatusEnum,
+    MountPoint, PortBinding,
 };
 use chrono::{DateTime, Utc};
 
@@ -179,8 +179,71 @@ fn named_volumes(mounts: Vec<MountPoint>) -> Vec<(String, String)> {
         .collect()
 }
 
+/// One container as a list call shows it: its id, name, state and health.
+/// Two equal listings of a project say that no container was created,
+/// removed, started, stopped or changed health between them (a container
+/// restarted by its policy in between keeps its name, and nothing cryptus
+/// plans from changes with it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    pub id: String,
+    pub name: String,
+    pub state: String,
+    /// healthy, unhealthy or starting, from the list's status text; empty
+    /// without a healthcheck.
+    pub health: &'static str,
+}
+
+impl Listed {
+    pub fn of(summary: &ContainerSummary) -> Listed {
+        let name = summary
+            .names
+            .as_ref()
+            .and_then(|names| names.first())
+            .map(|name| name.trim_start_matches('/').to_owned())
+            .unwrap_or_default();
+        Listed {
+            id: summary.id.clone().unwrap_or_default(),
+            name,
+            state: summary
+                .state
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            health: health_in_status(summary.status.as_deref().unwrap_or_default()),
+        }
+    }
+}
+
+/// The health the engine writes into a listed container's status text
+/// (`Up 3 minutes (healthy)`, `Up 2 seconds (health: starting)`).
+fn health_in_status(status: &str) -> &'static str {
+    if status.contains("(healthy)") {
+        "healthy"
+    } else if status.contains("(unhealthy)") {
+        "unhealthy"
+    } else if status.contains("(health: starting)") {
+        "starting"
+    } else {
+        ""
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_listed_containers_health_is_read_from_its_status_text() {
+        use super::health_in_status;
+        assert_eq!(health_in_status("Up 3 minutes (healthy)"), "healthy");
+        assert_eq!(health_in_status("Up 1 second (unhealthy)"), "unhealthy");
+        assert_eq!(
+            health_in_status("Up 2 seconds (health: starting)"),
+            "starting"
+        );
+        assert_eq!(health_in_status("Up 5 hours"), "");
+        assert_eq!(health_in_status("Exited (0) 3 minutes ago"), "");
+    }
+
     use super::*;
 
     #[test]

@@ -29,7 +29,7 @@ mod spec;
 mod stats;
 mod swarm;
 
-pub use container::Container;
+pub use container::{Container, Listed};
 pub use spec::{
     ApiVersion, ContainerSpec, DeviceSpec, HealthSpec, HostFile, LogSpec, MountSpec, NetworkSpec,
     PortSpec, RestartSpec, RuntimeSpec, START_INTERVAL_API, UlimitSpec,
@@ -176,11 +176,25 @@ impl Engine {
 
     /// Every container of a project, running or not, ordered by service and number.
     pub async fn containers(&self, project: &str) -> Result<Vec<Container>> {
-        let filter = format!("{PROJECT_LABEL}={project}");
-        let summaries = self
-            .list(("label", &filter), true)
-            .await
-            .with_context(|| format!("listing the containers of project {project}"))?;
+        Ok(self.containers_listed(project).await?.0)
+    }
+
+    /// What one list call says of a project's containers, without an
+    /// inspect each: enough to tell that none was created, removed,
+    /// started, stopped or changed health since another listing.
+    pub async fn listing(&self, project: &str) -> Result<Vec<Listed>> {
+        Ok(self
+            .project_summaries(project)
+            .await?
+            .iter()
+            .map(Listed::of)
+            .collect())
+    }
+
+    /// [`Engine::containers`], with the listing they were inspected from.
+    pub async fn containers_listed(&self, project: &str) -> Result<(Vec<Container>, Vec<Listed>)> {
+        let summaries = self.project_summaries(project).await?;
+        let listing = summaries.iter().map(Listed::of).collect();
         let ids: Vec<String> = summaries.into_iter().filter_map(|s| s.id).collect();
         let inspected = futures_util::future::join_all(ids.iter().map(|id| self.inspect(id))).await;
         let mut containers = Vec::new();
@@ -193,7 +207,14 @@ impl Engine {
             }
         }
         containers.sort_by(|a, b| (&a.service, a.number).cmp(&(&b.service, b.number)));
-        Ok(containers)
+        Ok((containers, listing))
+    }
+
+    async fn project_summaries(&self, project: &str) -> Result<Vec<ContainerSummary>> {
+        let filter = format!("{PROJECT_LABEL}={project}");
+        self.list(("label", &filter), true)
+            .await
+            .with_context(|| format!("listing the containers of project {project}"))
     }
 
     /// The containers one filter selects (`all`: stopped ones too).

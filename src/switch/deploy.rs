@@ -109,16 +109,28 @@ pub async fn run(stack: &Stack<'_>, ask: Ask, settings: &Settings) -> Result<Rep
     let lb = state::lb(stack).await?;
     let pending = upstream::Pending::start(stack.engine, lb.container.name.clone());
     let mut steps = Steps::new(stack.printer);
-    let lock = steps
-        .run(
-            "lock",
-            "taking the deploy lock",
-            super::lock(stack, ask.name(), &lb, settings),
-        )
+    // What runs is read while the lock is taken, and confirmed once held.
+    let client = health::client();
+    let (lock, ahead) = steps
+        .run("lock", "taking the deploy lock", async {
+            let (lock, ahead) = tokio::join!(
+                super::lock(stack, ask.name(), &lb, settings),
+                state::read_ahead(stack, &lb, &client)
+            );
+            Ok((lock?, ahead))
+        })
         .await?;
     // The lock is held until the old color has stopped: a rollback that
     // started meanwhile would start that color while this one stops it.
-    let result = locked(stack, ask, settings, (lb, pending), &mut steps, began).await;
+    let result = locked(
+        stack,
+        ask,
+        settings,
+        (lb, pending, ahead),
+        &mut steps,
+        began,
+    )
+    .await;
     super::unlock(stack, lock).await;
     result
 }
@@ -127,14 +139,14 @@ async fn locked(
     stack: &Stack<'_>,
     ask: Ask,
     settings: &Settings,
-    (lb, pending): (Lb, upstream::Pending),
+    (lb, pending, ahead): (Lb, upstream::Pending, Result<state::Ahead>),
     steps: &mut Steps<'_>,
     began: Instant,
 ) -> Result<Report> {
     let client = health::client();
     let operation = ask.name();
     let unchanged = |err: anyhow::Error| nothing_changed(err, operation);
-    let reading = state::read(stack, &lb, &client, matches!(ask, Ask::Rollback));
+    let reading = state::confirm(stack, &lb, &client, ahead, matches!(ask, Ask::Rollback));
     let (observed, containers) = steps
         .run("active", "finding the active color", reading)
         .await

@@ -11,11 +11,11 @@ use anyhow::{Context, Result};
 use chrono::Utc;
 
 use crate::context::Stack;
-use crate::engine::Container;
+use crate::engine::{Container, Listed};
 use crate::error::failed_with_hint;
 use crate::history::{self, Entry, Outcome, Side};
 use crate::metrics;
-use crate::nginx::{self, Nginx};
+use crate::nginx::{self, Nginx, Served};
 use crate::notify::{self, Target};
 use crate::stack::{Color, Release, VERSION_LABEL};
 
@@ -114,20 +114,98 @@ pub async fn read(
     client: &reqwest::Client,
     rollback: bool,
 ) -> Result<(Observed, Vec<Container>)> {
+    let ahead = read_ahead(stack, lb, client).await?;
+    finish(stack, lb, ahead, rollback).await
+}
+
+/// What the switch plans from, read before its lock is held (while it is
+/// being taken): [`confirm`] makes it the truth once the lock is held.
+pub struct Ahead {
+    served: Served,
+    containers: Vec<Container>,
+    listing: Vec<Listed>,
+    pending: BTreeMap<Color, u32>,
+}
+
+/// The served color, the project's containers (inspected) and the recorded
+/// counts, at once.
+pub async fn read_ahead(stack: &Stack<'_>, lb: &Lb, client: &reqwest::Client) -> Result<Ahead> {
     let nginx = Nginx::of(stack.engine, &lb.container);
     let (served, containers, pending) = tokio::join!(
         nginx::served(client, &lb.status_addr),
-        stack.containers(),
+        stack.engine.containers_listed(&stack.project.name),
         read_pending(&nginx),
     );
-    let (containers, served) = (containers?, served?);
-    let mut observed = observe(stack, served.color, &containers, pending);
-    observed.canary = served.canary;
+    let (containers, listing) = containers?;
+    Ok(Ahead {
+        served: served?,
+        containers,
+        listing: without_lock(stack, listing),
+        pending,
+    })
+}
+
+/// [`read`], from what was read ahead of the lock: once the lock is held,
+/// the served color, one list call (no inspects) and the recorded counts
+/// are asked again, at once. When they are what was read ahead, nothing a
+/// plan reads changed in between (whoever changes what runs holds the lock
+/// and changes one of them), and the read ahead stands; otherwise (another
+/// run released the lock meanwhile) everything is read again.
+pub async fn confirm(
+    stack: &Stack<'_>,
+    lb: &Lb,
+    client: &reqwest::Client,
+    ahead: Result<Ahead>,
+    rollback: bool,
+) -> Result<(Observed, Vec<Container>)> {
+    let nginx = Nginx::of(stack.engine, &lb.container);
+    let (served, listing, pending) = tokio::join!(
+        nginx::served(client, &lb.status_addr),
+        stack.engine.listing(&stack.project.name),
+        read_pending(&nginx),
+    );
+    let still = |ahead: &Ahead| {
+        served.as_ref().is_ok_and(|served| *served == ahead.served)
+            && listing
+                .as_ref()
+                .is_ok_and(|listing| without_lock(stack, listing.clone()) == ahead.listing)
+            && pending == ahead.pending
+    };
+    let ahead = match ahead {
+        Ok(ahead) if still(&ahead) => ahead,
+        _ => {
+            tracing::debug!("what runs changed while the lock was taken: reading it again");
+            read_ahead(stack, lb, client).await?
+        }
+    };
+    finish(stack, lb, ahead, rollback).await
+}
+
+/// The listing without the deploy lock's container, which a run reading
+/// ahead of its lock may or may not see.
+fn without_lock(stack: &Stack<'_>, mut listing: Vec<Listed>) -> Vec<Listed> {
+    let lock = crate::lock::lock_name(&stack.project.name);
+    listing.retain(|listed| listed.name != lock);
+    listing.sort_by(|a, b| a.id.cmp(&b.id));
+    listing
+}
+
+/// The planner's view of what was read; for a rollback into a color with
+/// no containers, with what the history last recorded for it.
+async fn finish(
+    stack: &Stack<'_>,
+    lb: &Lb,
+    ahead: Ahead,
+    rollback: bool,
+) -> Result<(Observed, Vec<Container>)> {
+    let mut observed = observe(stack, ahead.served.color, &ahead.containers, ahead.pending);
+    observed.canary = ahead.served.canary;
     let target = observed.active.other();
     if rollback && observed.replicas(target).is_empty() {
+        let nginx = Nginx::of(stack.engine, &lb.container);
         observed.recorded = recorded(&nginx, target).await;
     }
-    Ok((observed, containers))
+    Ok((observed, ahead.containers))
 }
 
 /// What the history last recorded for `color`.
