@@ -42,8 +42,20 @@ pub const SEED_DIR: &str = "/etc/cryptus/swarm";
 /// nginx's entrypoint on a Swarm: `http.conf` from its config every time;
 /// `upstream.conf` only into a state volume that has none, so a restarted
 /// task keeps the color the last switch gave it; then nginx's command.
+///
+/// The config's `http.conf` has `keepalive_min_timeout` (rendered before
+/// any nginx task runs to be asked): here nginx itself is asked (`nginx
+/// -v`), on its node, at every start, and one older than 1.27.4, or one
+/// that names no version, gets the file without it. Without it, a reload
+/// closes idle keep-alive connections under clients about to reuse them.
 pub const SEED_SCRIPT: &str = r#"s=/etc/cryptus/swarm; d=/etc/nginx/cryptus
+has_min_timeout() {
+  set -- $(nginx -v 2>&1 | sed -n 's|^nginx version: nginx/\([0-9]*\)\.\([0-9]*\)\.\([0-9]*\).*|\1 \2 \3|p')
+  [ $# = 3 ] || return 1
+  [ "$1" -gt 1 ] || { [ "$1" = 1 ] && { [ "$2" -gt 27 ] || { [ "$2" = 27 ] && [ "$3" -ge 4 ]; }; }; }
+}
 mkdir -p "$d" && cp "$s/http.conf" "$d/http.conf" || exit 1
+has_min_timeout || sed -i '/^keepalive_min_timeout /d' "$d/http.conf" || exit 1
 [ -s "$d/upstream.conf" ] || cp "$s/upstream.conf" "$d/upstream.conf" || exit 1
 exec "$@""#;
 
@@ -307,6 +319,65 @@ fn leave_out_binds(mounts: &mut Vec<MountSpec>, service: &str) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+    /// Runs [`SEED_SCRIPT`] with an `nginx` that says `says` to `-v`, in
+    /// a directory of its own: whether the seeded http.conf kept
+    /// `keepalive_min_timeout`.
+    fn seeded_keeps_min_timeout(says: &str) -> bool {
+        let dir = tempfile::tempdir().expect("a directory");
+        let root = dir.path();
+        let (seed, state, bin) = (root.join("seed"), root.join("state"), root.join("bin"));
+        for d in [&seed, &bin] {
+            std::fs::create_dir_all(d).expect("a directory");
+        }
+        std::fs::write(
+            seed.join("http.conf"),
+            "limit_req_zone x;\nkeepalive_min_timeout 1s;\nmap $host $y { default 0; }\n",
+        )
+        .expect("http.conf");
+        std::fs::write(seed.join("upstream.conf"), "upstream u {}\n").expect("upstream.conf");
+        let nginx = bin.join("nginx");
+        std::fs::write(&nginx, format!("#!/bin/sh\necho '{says}' >&2\n")).expect("nginx");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&nginx, std::fs::Permissions::from_mode(0o755)).expect("mode");
+        let script = SEED_SCRIPT
+            .replace("/etc/cryptus/swarm", &seed.to_string_lossy())
+            .replace("/etc/nginx/cryptus", &state.to_string_lossy());
+        let path = format!(
+            "{}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let output = std::process::Command::new("sh")
+            .args(["-c", &script, "sh", "true"])
+            .env("PATH", path)
+            .output()
+            .expect("sh");
+        assert!(
+            output.status.success(),
+            "the seed script failed for {says:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let http = std::fs::read_to_string(state.join("http.conf")).expect("seeded http.conf");
+        assert!(
+            http.contains("limit_req_zone x;") && http.contains("map $host"),
+            "{http}"
+        );
+        http.contains("keepalive_min_timeout 1s;")
+    }
+
+    #[test]
+    fn the_seed_script_keeps_keepalive_min_timeout_only_for_an_nginx_that_has_it() {
+        assert!(seeded_keeps_min_timeout("nginx version: nginx/1.30.6"));
+        assert!(seeded_keeps_min_timeout("nginx version: nginx/1.27.4"));
+        assert!(seeded_keeps_min_timeout("nginx version: nginx/2.0.0"));
+        assert!(!seeded_keeps_min_timeout("nginx version: nginx/1.27.3"));
+        assert!(!seeded_keeps_min_timeout(
+            "nginx version: nginx/1.22.1 (Debian)"
+        ));
+        assert!(!seeded_keeps_min_timeout("nginx version: openresty/1.27.4"));
+        assert!(!seeded_keeps_min_timeout("sh: nginx: not found"));
+    }
+
     use super::*;
 
     /// The compose file `text`, with `beside` files next to it.

@@ -14,10 +14,10 @@ use tokio::time::Instant;
 use crate::context::Stack;
 use crate::engine::{ConfigFile, Engine, Service, ServiceMode, ServiceSpec, Task};
 use crate::error::{failed_with_hint, usage};
-use crate::lb;
 use crate::output::Printer;
 use crate::stack::{Color, LB_SERVICE, REDIS_SERVICE, network_name};
 use crate::wait::{self, Limits, Seen};
+use crate::{lb, nginx};
 
 use super::plan::{self, nginx_configs, service_spec, stack_labels};
 use super::service_name;
@@ -318,7 +318,13 @@ async fn make_nginx_configs(stack: &Stack<'_>, active: Color) -> Result<Vec<Conf
             .with_context(|| format!("reading {}", path.display()))?;
         files.push((name, text));
     }
-    let http = lb::http_file(stack.compose, &stack.project.dir, None)?;
+    // Rendered for an nginx that has every directive cryptus uses; the
+    // task's entrypoint takes out what its own nginx lacks (SEED_SCRIPT).
+    let http = lb::http_file(
+        stack.compose,
+        &stack.project.dir,
+        Some(nginx::KEEPALIVE_MIN_TIMEOUT_SINCE),
+    )?;
     let mut made = Vec::new();
     for config in nginx_configs(project, active, &files, http)? {
         let id = stack
