@@ -7,6 +7,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use support::lab_load::LabLoad;
 use support::swarm_lab::SwarmLab;
 use support::wait::eventually;
 use support::{TestProject, assert_code, on_engine, stderr, stdout};
@@ -503,6 +504,40 @@ fn no_request_failed(load: std::process::Child, stop: &std::path::Path, during: 
     );
 }
 
+/// Asserts that every kind of client was served `during` what the test
+/// did (sessions kept their count) and that no request failed.
+fn every_kind_served(report: loadgen::Report, during: &str) {
+    eprintln!(
+        "the lab's clients: {} requests, by kind {:?}, {} failed",
+        report.requests, report.by_kind, report.failed
+    );
+    for kind in [
+        "KeepAlive",
+        "NewConnection",
+        "Slow",
+        "Session",
+        "KeepAliveNoRetry",
+        "Post",
+    ] {
+        let sent = report.by_kind.get(kind).copied().unwrap_or(0);
+        assert!(
+            sent > 5,
+            "too few {kind} requests to prove anything: {report:?}"
+        );
+    }
+    assert_eq!(
+        report.failed,
+        0,
+        "requests failed {during}: {:?}; first failures: {:?}",
+        report.failures,
+        report.failures_detail().iter().take(10).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        report.stale_keepalive_closes, 0,
+        "keep-alive connections closed under a request {during}"
+    );
+}
+
 /// What a switch on a Swarm does not do yet is refused before anything
 /// changes (exit 2, with a hint): `--canary`, and the project's hooks
 /// unless `--skip-hooks`. Leaves the hooks declared, in the override file.
@@ -554,23 +589,33 @@ fn refuses_canary_and_hooks(lab: &SwarmLab, project: &TestProject) {
 }
 
 /// `deploy` on a Swarm: green's service is created with a task on every
-/// node, gated on the overlay, nginx on the manager switches to it while
-/// a request loop runs, blue goes to 0 tasks, and `status` says green from
-/// the cluster's record; `rollback` brings blue back the same way. Not one
-/// request fails across the two flips. A second rollback goes forward to
-/// green again, and a stopped and started stack serves green.
+/// node, gated on the overlay, nginx on the manager switches to it, blue
+/// goes to 0 tasks, and `status` says green from the cluster's record;
+/// `rollback` brings blue back the same way; then two deploys and two
+/// rollbacks more. Every kind of client (keep-alive, new connections, 2 s
+/// requests, sessions, never-retrying GETs and POSTs) runs from inside the
+/// lab through the edge's host-mode port across the 6 flips: not one
+/// request fails, no session loses its count. A rollback then goes
+/// forward to green again, and a stopped and started stack serves green.
 #[test]
 fn swarm_deploy_moves_traffic_to_green_on_every_node_and_rollback_brings_blue_back() {
     let lab = SwarmLab::up(3);
-    let project = started_on(&lab, "swarm-deploy", |_| {});
+    let mut project = on_lab(&lab, "swarm-deploy");
+    // The clients come from one address, above nginx's default rates.
+    for key in ["CRYPTUS_RATE_SITE", "CRYPTUS_RATE_API"] {
+        project.set_env(key, "1000000r/s");
+    }
+    project.ok(&["start", "--timeout", "240s"]);
     let nodes: BTreeSet<String> = (1..=3).map(|n| lab.node_name(n)).collect();
     let status = project.status();
     assert_eq!(status["active"], "blue", "{status}");
     assert_eq!(served_by_edge(&lab, &project)["instance"], "blue");
     refuses_canary_and_hooks(&lab, &project);
 
-    let stop = project.path().join("stop-load");
-    let load = load_loop(&lab, &project, &stop);
+    // Every kind of client, from inside the lab, across 6 flips.
+    let addr = format!("{}:{}", SwarmLab::address(1), project.port);
+    let load = LabLoad::start(&lab, 1, addr.parse().expect("an address"));
+    std::thread::sleep(Duration::from_secs(2));
 
     // The hooks declared above are skipped on request.
     let deployed = deploy_2_0_0(&project, &["--timeout", "240s", "--json", "--skip-hooks"]);
@@ -638,7 +683,19 @@ fn swarm_deploy_moves_traffic_to_green_on_every_node_and_rollback_brings_blue_ba
         "{status}"
     );
 
-    no_request_failed(load, &stop, "across two flips");
+    // Four flips more: green 2.0.0 is deployed again from its image, and
+    // rolled back from.
+    for flip in ["deploy", "rollback", "deploy", "rollback"] {
+        let output = if flip == "deploy" {
+            deploy_2_0_0(&project, &["--timeout", "240s", "--skip-hooks"])
+        } else {
+            project.run(&["rollback", "--timeout", "240s", "--skip-hooks"])
+        };
+        assert_code(&output, 0);
+    }
+    assert_eq!(served_by_edge(&lab, &project)["instance"], "blue");
+    std::thread::sleep(Duration::from_secs(2));
+    every_kind_served(load.finish().expect("the lab's clients"), "across 6 flips");
 
     // Rolling back again goes to green's recorded release; a stack stopped
     // and started again serves the color the cluster records, not blue.

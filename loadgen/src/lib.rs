@@ -67,6 +67,24 @@ impl Default for Mix {
     }
 }
 
+impl Mix {
+    /// Every kind of client at once: the zero-downtime benchmark's mix, and
+    /// the Swarm lab's (where the clients run as a process of their own).
+    pub fn every_kind() -> Mix {
+        Mix {
+            keep_alive: 3,
+            new_connection: 1,
+            slow: 2,
+            slow_ms: 2000,
+            session: 1,
+            keep_alive_no_retry: 1,
+            post: 2,
+            pause: Duration::from_millis(6),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {

@@ -14,6 +14,7 @@
 
 mod engine;
 mod http;
+pub mod lab_load;
 pub mod load;
 pub mod private_engine;
 mod project;
