@@ -286,8 +286,9 @@ pub enum Command {
     /// scale and repair, how it ended, between which colors and versions,
     /// how long it took, who ran it and why it failed.
     ///
-    /// The newest 200 entries are kept with the engine. A table, or one
-    /// JSON document with --json; an empty history says so and exits 0.
+    /// The newest 200 entries are kept with the engine (on a Swarm, the
+    /// newest 100 in the cluster's state record). A table, or one JSON
+    /// document with --json; an empty history says so and exits 0.
     History {
         /// Only entries since a duration ago (2h, at most 87600h) or a time
         /// (2026-01-02T15:04:05Z, from 1970 to now).

@@ -199,11 +199,11 @@ fn swarm_mode_refuses_an_engine_that_is_no_manager() {
 
     // A command that does not drive a Swarm yet says so, before it touches
     // any engine.
-    let history = project.run(&["history"]);
-    assert_code(&history, 2);
-    let err = stderr(&history);
+    let maintenance = project.run(&["maintenance", "status"]);
+    assert_code(&maintenance, 2);
+    let err = stderr(&maintenance);
     assert!(
-        err.contains("history does not run on a Docker Swarm yet"),
+        err.contains("maintenance does not run on a Docker Swarm yet"),
         "{err}"
     );
     assert!(err.contains("--orchestrator engine"), "{err}");
@@ -639,6 +639,7 @@ fn swarm_deploy_moves_traffic_to_green_on_every_node_and_rollback_brings_blue_ba
     );
 
     no_request_failed(load, &stop, "across two flips");
+    history_lists_the_deploy_and_the_rollback(&project, &status);
 
     // Rolling back again goes to green's recorded release; a stack stopped
     // and started again serves the color the cluster records, not blue.
@@ -658,6 +659,55 @@ fn swarm_deploy_moves_traffic_to_green_on_every_node_and_rollback_brings_blue_ba
         (Some("green"), Some("2.0.0")),
         "{health}"
     );
+}
+
+/// `history` on a Swarm reads the cluster's record: after a deploy to
+/// green 2.0.0 and a rollback, both are listed, oldest first, with their
+/// colors, versions and outcomes; `--operation` and `--limit` filter them
+/// as on one engine, and the table shows both.
+fn history_lists_the_deploy_and_the_rollback(project: &TestProject, status: &serde_json::Value) {
+    let blue = status["releases"]["blue"]["version"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no blue release in {status}"));
+    let listed = |args: &[&str]| {
+        let output = project.ok(args);
+        let document: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+        let entries: Vec<String> = document["entries"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no entries in {document}"))
+            .iter()
+            .map(|e| {
+                format!(
+                    "{} {} {} {} -> {} {}",
+                    e["operation"].as_str().unwrap_or("?"),
+                    e["outcome"].as_str().unwrap_or("?"),
+                    e["from"]["color"].as_str().unwrap_or("?"),
+                    e["from"]["version"].as_str().unwrap_or("?"),
+                    e["to"]["color"].as_str().unwrap_or("?"),
+                    e["to"]["version"].as_str().unwrap_or("?"),
+                )
+            })
+            .collect();
+        (document["kept"].clone(), entries)
+    };
+    let deploy = format!("deploy ok blue {blue} -> green 2.0.0");
+    let rollback = format!("rollback ok green 2.0.0 -> blue {blue}");
+    let (kept, all) = listed(&["history", "--json"]);
+    assert_eq!(kept, 2, "{all:?}");
+    assert_eq!(all, [deploy.clone(), rollback.clone()]);
+    let (_, rollbacks) = listed(&["history", "--json", "--operation", "rollback"]);
+    assert_eq!(rollbacks, [rollback]);
+    let (_, newest) = listed(&["history", "--json", "--limit", "1", "--since", "1h"]);
+    assert_eq!(newest.len(), 1, "{newest:?}");
+    assert!(newest[0].starts_with("rollback "), "{newest:?}");
+    let text = stdout(&project.ok(&["history"]));
+    let rows: Vec<&str> = text.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2, "{text}");
+    assert!(
+        rows[0].contains("deploy") && rows[0].contains("green 2.0.0"),
+        "{text}"
+    );
+    assert!(rows[1].contains("rollback"), "{text}");
 }
 
 /// A green that never answers healthy (APP_UNHEALTHY) fails the gate:
