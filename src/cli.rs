@@ -129,7 +129,8 @@ pub enum Command {
         #[arg(long, value_parser = wait, value_name = "DUR")]
         timeout: Option<Duration>,
     },
-    /// Stop, then start.
+    /// Stop, then start; on a Swarm, a rolling restart that keeps serving:
+    /// every service gets new tasks one at a time, and nginx is reloaded.
     Restart {
         /// Give up starting after this long (100ms to 24h).
         #[arg(long, default_value = "120s", value_parser = deadline, value_name = "DUR")]

@@ -1450,3 +1450,86 @@ fn rescheduled(project: &TestProject, lost: &str) -> Result<(), String> {
         Err(format!("node {node}; blue {blue}"))
     }
 }
+
+/// The ids of the tasks of `service` the swarm wants running, as the
+/// manager lists them.
+fn running_tasks(lab: &SwarmLab, project: &TestProject, service: &str) -> BTreeSet<String> {
+    let name = format!("{}_{service}", project.name);
+    lab.docker_ok(
+        1,
+        &[
+            "service",
+            "ps",
+            "-q",
+            "--no-trunc",
+            "--filter",
+            "desired-state=running",
+            &name,
+        ],
+    )
+    .lines()
+    .map(str::to_owned)
+    .collect()
+}
+
+/// `restart` on a Swarm is a rolling restart: while a request loop runs
+/// through the edge, redis and blue's 3 tasks are replaced by new ones
+/// (blue's start before the old ones stop) and nginx is reloaded in its
+/// task; not one request fails, and blue still serves its version.
+#[test]
+fn swarm_restart_replaces_every_task_under_load_and_fails_no_request() {
+    let lab = SwarmLab::up(3);
+    let project = started_on(&lab, "swarm-restart", |_| {});
+    let served = served_by_edge(&lab, &project);
+    let before: Vec<BTreeSet<String>> = ["cryptus-blue", "redis", "nginx"]
+        .iter()
+        .map(|service| running_tasks(&lab, &project, service))
+        .collect();
+    assert_eq!(before[0].len(), 3, "{before:?}");
+
+    let stop = project.path().join("stop-load");
+    let load = load_loop(&lab, &project, &stop);
+    let restarted = project.ok(&["restart", "--timeout", "240s", "--json"]);
+    no_request_failed(load, &stop, "during the restart");
+
+    let report: serde_json::Value = serde_json::from_slice(&restarted.stdout).expect("JSON");
+    let done: Vec<String> = report["services"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no services in {report}"))
+        .iter()
+        .map(|s| format!("{} {}", s["service"].as_str().unwrap_or("?"), s["how"]))
+        .collect();
+    assert_eq!(
+        done,
+        [
+            r#"redis {"replace":"stop-first"}"#,
+            r#"cryptus-blue {"replace":"start-first"}"#,
+            r#"nginx "reload""#,
+        ],
+        "{report}"
+    );
+    assert_eq!(report["active"], "blue", "{report}");
+    let after: Vec<BTreeSet<String>> = ["cryptus-blue", "redis", "nginx"]
+        .iter()
+        .map(|service| running_tasks(&lab, &project, service))
+        .collect();
+    for (n, service) in ["cryptus-blue", "redis"].iter().enumerate() {
+        assert_eq!(after[n].len(), before[n].len(), "{service}: {after:?}");
+        assert!(
+            after[n].is_disjoint(&before[n]),
+            "{service} kept a task: before {:?}, after {:?}",
+            before[n],
+            after[n]
+        );
+    }
+    assert_eq!(after[2], before[2], "nginx is reloaded, not replaced");
+    let status = project.status();
+    assert_eq!(status["active"], "blue", "{status}");
+    assert_eq!(tasks_on_nodes(&project, "cryptus-blue", 3).len(), 3);
+    let now = served_by_edge(&lab, &project);
+    assert_eq!(
+        (&now["instance"], &now["version"]),
+        (&served["instance"], &served["version"]),
+        "{now}"
+    );
+}

@@ -101,6 +101,7 @@ fn runs_on_swarm(command: &Command) -> bool {
             | Command::Restore { .. }
             | Command::Resources
             | Command::History { .. }
+            | Command::Restart { .. }
     )
 }
 

@@ -37,7 +37,7 @@ pub use spec::{
 pub use stats::{HostInfo, Usage};
 pub use swarm::{
     ConfigFile, Membership, Node, STACK_IMAGE_LABEL, STACK_LABEL, Service, ServiceMode,
-    ServiceSpec, SwarmConfig, Task,
+    ServiceSpec, SwarmConfig, Task, UpdateOrder,
 };
 
 /// The label Compose puts on everything of a project.

@@ -13,11 +13,11 @@ use bollard::models::{
     ConfigSpec, EndpointPortConfig, EndpointPortConfigProtocolEnum,
     EndpointPortConfigPublishModeEnum, EndpointSpec, EndpointSpecModeEnum, Limit, LocalNodeState,
     NetworkAttachmentConfig, Node as NodeModel, Service as ServiceModel,
-    ServiceSpec as EngineServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated, SystemInfo,
-    Task as TaskModel, TaskSpec, TaskSpecContainerSpec, TaskSpecContainerSpecConfigs,
-    TaskSpecContainerSpecFile1, TaskSpecLogDriver, TaskSpecPlacement, TaskSpecPlacementPreferences,
-    TaskSpecPlacementSpread, TaskSpecResources, TaskSpecRestartPolicy,
-    TaskSpecRestartPolicyConditionEnum, TaskState,
+    ServiceSpec as EngineServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated,
+    ServiceSpecUpdateConfigOrderEnum, SystemInfo, Task as TaskModel, TaskSpec,
+    TaskSpecContainerSpec, TaskSpecContainerSpecConfigs, TaskSpecContainerSpecFile1,
+    TaskSpecLogDriver, TaskSpecPlacement, TaskSpecPlacementPreferences, TaskSpecPlacementSpread,
+    TaskSpecResources, TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum, TaskState,
 };
 use bollard::query_parameters::{
     InspectServiceOptions, ListConfigsOptionsBuilder, ListNetworksOptionsBuilder, ListNodesOptions,
@@ -280,6 +280,18 @@ pub enum ServiceMode {
     Global,
 }
 
+/// How an update replaces a service's tasks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpdateOrder {
+    /// The new task runs (healthy, with a healthcheck) before the old one
+    /// stops: the service never has fewer tasks than it asks for.
+    StartFirst,
+    /// The old task stops first: for a task that must run alone (its
+    /// volume, its node's port).
+    StopFirst,
+}
+
 /// A config of the swarm, given to a task as a file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigFile {
@@ -523,6 +535,49 @@ impl Engine {
             .map_err(|err| engine_error(&err))
             .with_context(|| format!("updating service {name}"))?;
         Ok(true)
+    }
+
+    /// Replaces every task of a service with a new one of the same spec,
+    /// one task at a time, in `order` (`docker service update --force
+    /// --update-parallelism 1 --update-order ...`); `false` when there is
+    /// no such service. The swarm goes on with the update by itself: watch
+    /// it with [`Engine::update_state`].
+    pub async fn restart_service(&self, name: &str, order: UpdateOrder) -> Result<bool> {
+        self.update_with(name, |mut spec| {
+            let template = spec.task_template.get_or_insert_with(Default::default);
+            template.force_update = Some(template.force_update.unwrap_or(0).wrapping_add(1));
+            let mut update = spec.update_config.take().unwrap_or_default();
+            update.parallelism = Some(1);
+            update.order = Some(match order {
+                UpdateOrder::StartFirst => ServiceSpecUpdateConfigOrderEnum::START_FIRST,
+                UpdateOrder::StopFirst => ServiceSpecUpdateConfigOrderEnum::STOP_FIRST,
+            });
+            spec.update_config = Some(update);
+            spec
+        })
+        .await
+    }
+
+    /// The state of a service's newest update (`updating`, `paused`,
+    /// `completed`, `rollback_started`, ...) with the swarm's message;
+    /// `None` when it has had none, or is gone.
+    pub async fn update_state(&self, name: &str) -> Result<Option<(String, String)>> {
+        let service = match self
+            .docker
+            .inspect_service(name, None::<InspectServiceOptions>)
+            .await
+        {
+            Ok(service) => service,
+            Err(err) if super::status(&err) == Some(404) => return Ok(None),
+            Err(err) => {
+                return Err(engine_error(&err))
+                    .with_context(|| format!("inspecting service {name}"));
+            }
+        };
+        Ok(service.update_status.and_then(|status| {
+            let state = status.state?.to_string();
+            Some((state, status.message.unwrap_or_default()))
+        }))
     }
 
     /// The log of one task, on whichever node it ran, through the

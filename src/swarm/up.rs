@@ -52,7 +52,6 @@ pub async fn start(stack: &Stack<'_>, timeout: Duration) -> Result<Started> {
     // Ctrl-C and SIGTERM end the run through its undo, not midway.
     crate::interrupt::catch();
     let deadline = Instant::now() + timeout;
-    let project = &stack.project.name;
     if lb::tls(&stack.project.dir) {
         return Err(usage(
             "HTTPS on a Docker Swarm is not done yet, and nginx/ssl/ holds a certificate",
@@ -62,20 +61,43 @@ pub async fn start(stack: &Stack<'_>, timeout: Duration) -> Result<Started> {
     // Under the cluster's lock, as on one engine: a backup or a restore
     // holding it keeps its scratch redis, and its stopped redis, from this
     // start's repair.
+    under_lock(
+        stack,
+        "start",
+        timeout,
+        start_locked(stack, timeout, deadline),
+    )
+    .await
+}
+
+/// Runs `work` holding the cluster's deploy lock for `operation` (waiting
+/// up to `wait` for it), then releases it; a failed release is a warning.
+pub(super) async fn under_lock<T>(
+    stack: &Stack<'_>,
+    operation: &str,
+    wait: Duration,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
     let options = crate::lock::Options {
-        wait: timeout,
+        wait,
         force_unlock: false,
     };
-    let lock =
-        super::state::ClusterLock::acquire(stack.engine, project, "start", &options, stack.printer)
-            .await?;
-    let started = start_locked(stack, timeout, deadline).await;
+    let project = &stack.project.name;
+    let lock = super::state::ClusterLock::acquire(
+        stack.engine,
+        project,
+        operation,
+        &options,
+        stack.printer,
+    )
+    .await?;
+    let result = work.await;
     if let Err(err) = lock.release().await {
         stack
             .printer
             .warn(format!("releasing the deploy lock: {err:#}"));
     }
-    started
+    result
 }
 
 /// [`start`], holding the lock.
