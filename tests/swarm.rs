@@ -1180,19 +1180,29 @@ fn swarm_logs_show_the_app_tasks_of_every_node_through_the_manager() {
 /// `redis-cli ARGS` in the redis task on the manager's node (node 1, where
 /// `start` pins it with its volume), once one runs there.
 fn redis_cli(lab: &SwarmLab, project: &TestProject, args: &[&str]) -> String {
-    let filter = format!("label=com.docker.swarm.service.name={}_redis", project.name);
-    let id = eventually(
-        "a running redis task on node 1",
+    let id = task_on_manager(lab, project, "redis");
+    let mut command = vec!["exec", id.as_str(), "redis-cli"];
+    command.extend_from_slice(args);
+    lab.docker_ok(1, &command).trim().to_owned()
+}
+
+/// The container of the running task of `service` on node 1 (where
+/// `start` pins redis with its volume, and nginx runs at the edge), once
+/// there is one.
+fn task_on_manager(lab: &SwarmLab, project: &TestProject, service: &str) -> String {
+    let filter = format!(
+        "label=com.docker.swarm.service.name={}_{service}",
+        project.name
+    );
+    eventually(
+        &format!("a running {service} task on node 1"),
         Duration::from_secs(60),
         Duration::from_millis(500),
         || {
             let ids = lab.docker_ok(1, &["ps", "-q", "--filter", &filter]);
             ids.lines().next().map(str::to_owned).ok_or(ids)
         },
-    );
-    let mut command = vec!["exec", id.as_str(), "redis-cli"];
-    command.extend_from_slice(args);
-    lab.docker_ok(1, &command).trim().to_owned()
+    )
 }
 
 /// `backup` and `restore` on a Swarm: the backup holds redis's snapshot
@@ -1532,4 +1542,75 @@ fn swarm_restart_replaces_every_task_under_load_and_fails_no_request() {
         (&served["instance"], &served["version"]),
         "{now}"
     );
+}
+
+/// Secrets and configs on a Swarm: a granted file that is missing refuses
+/// `start` (exit 2, naming it) before anything is made; then nginx's task
+/// gets a secret from a file, one from a variable (at its own path, mode
+/// and owner) and a config with inline content, as the swarm's objects
+/// named by content; `stop` removes them with the services.
+#[test]
+fn swarm_tasks_get_their_secrets_and_configs_and_stop_removes_them() {
+    let lab = SwarmLab::up(3);
+    let mut project = on_lab(&lab, "swarm-secrets");
+    project.set_env("DB_PASSWORD", "pw-from-the-environment");
+    let path = project.path().join("compose/docker-compose.override.yml");
+    let mut file = std::fs::read_to_string(&path).expect("reading the override file");
+    file.push_str(
+        "  nginx:\n    secrets:\n      - token\n      - {source: db, target: /etc/db-password, uid: \"999\", mode: \"0400\"}\n\
+         \x20   configs:\n      - {source: motd, target: /etc/motd.txt}\n\
+         secrets:\n  token:\n    file: ./token.txt\n  db:\n    environment: DB_PASSWORD\n\
+         configs:\n  motd:\n    content: hello from the swarm\n",
+    );
+    std::fs::write(&path, file).expect("writing the override file");
+
+    let missing = project.run(&["start", "--timeout", "240s"]);
+    assert_code(&missing, 2);
+    assert!(
+        stderr(&missing).contains("token.txt"),
+        "{}",
+        stderr(&missing)
+    );
+    let stack = format!("label=com.docker.stack.namespace={}", project.name);
+    for object in ["network", "secret", "service"] {
+        let made = listed(&lab, object, &stack);
+        assert_eq!(made.trim(), "", "a refused start made a {object}");
+    }
+
+    std::fs::write(project.path().join("compose/token.txt"), "s3cret-token").expect("token");
+    project.ok(&["start", "--timeout", "240s"]);
+    // nginx's image has cat and stat; redis's only its two programs.
+    let nginx = task_on_manager(&lab, &project, "nginx");
+    let read = |args: &[&str]| {
+        let mut command = vec!["exec", nginx.as_str()];
+        command.extend_from_slice(args);
+        lab.docker_ok(1, &command).trim().to_owned()
+    };
+    assert_eq!(read(&["cat", "/run/secrets/token"]), "s3cret-token");
+    assert_eq!(
+        read(&["cat", "/etc/db-password"]),
+        "pw-from-the-environment"
+    );
+    assert_eq!(
+        read(&["stat", "-c", "%a %u", "/etc/db-password"]),
+        "400 999"
+    );
+    assert_eq!(read(&["cat", "/etc/motd.txt"]), "hello from the swarm");
+    let secrets = lab.docker_ok(
+        1,
+        &["secret", "ls", "--format", "{{.Name}}", "--filter", &stack],
+    );
+    let secrets: BTreeSet<&str> = secrets
+        .lines()
+        .filter_map(|name| name.rsplit_once('-').map(|(named, _)| named))
+        .collect();
+    let expected: BTreeSet<String> = ["token", "db"]
+        .iter()
+        .map(|name| format!("{}_{name}", project.name))
+        .collect();
+    assert_eq!(secrets, expected.iter().map(String::as_str).collect());
+
+    project.ok(&["stop"]);
+    assert_eq!(listed(&lab, "secret", &stack).trim(), "", "secrets left");
+    assert_eq!(listed(&lab, "config", &stack).trim(), "", "configs left");
 }
