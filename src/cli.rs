@@ -129,7 +129,8 @@ pub enum Command {
         #[arg(long, value_parser = wait, value_name = "DUR")]
         timeout: Option<Duration>,
     },
-    /// Stop, then start.
+    /// Stop, then start; on a Swarm, a rolling restart that keeps serving:
+    /// every service gets new tasks one at a time, and nginx is reloaded.
     Restart {
         /// Give up starting after this long (100ms to 24h).
         #[arg(long, default_value = "120s", value_parser = deadline, value_name = "DUR")]
@@ -286,8 +287,9 @@ pub enum Command {
     /// scale and repair, how it ended, between which colors and versions,
     /// how long it took, who ran it and why it failed.
     ///
-    /// The newest 200 entries are kept with the engine. A table, or one
-    /// JSON document with --json; an empty history says so and exits 0.
+    /// The newest 200 entries are kept with the engine (on a Swarm, the
+    /// newest 100 in the cluster's state record). A table, or one JSON
+    /// document with --json; an empty history says so and exits 0.
     History {
         /// Only entries since a duration ago (2h, at most 87600h) or a time
         /// (2026-01-02T15:04:05Z, from 1970 to now).

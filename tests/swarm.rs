@@ -200,11 +200,11 @@ fn swarm_mode_refuses_an_engine_that_is_no_manager() {
 
     // A command that does not drive a Swarm yet says so, before it touches
     // any engine.
-    let history = project.run(&["history"]);
-    assert_code(&history, 2);
-    let err = stderr(&history);
+    let maintenance = project.run(&["maintenance", "status"]);
+    assert_code(&maintenance, 2);
+    let err = stderr(&maintenance);
     assert!(
-        err.contains("history does not run on a Docker Swarm yet"),
+        err.contains("maintenance does not run on a Docker Swarm yet"),
         "{err}"
     );
     assert!(err.contains("--orchestrator engine"), "{err}");
@@ -683,6 +683,8 @@ fn swarm_deploy_moves_traffic_to_green_on_every_node_and_rollback_brings_blue_ba
         "{status}"
     );
 
+    history_lists_the_deploy_and_the_rollback(&project, &status);
+
     // Four flips more: green 2.0.0 is deployed again from its image, and
     // rolled back from.
     for flip in ["deploy", "rollback", "deploy", "rollback"] {
@@ -715,6 +717,55 @@ fn swarm_deploy_moves_traffic_to_green_on_every_node_and_rollback_brings_blue_ba
         (Some("green"), Some("2.0.0")),
         "{health}"
     );
+}
+
+/// `history` on a Swarm reads the cluster's record: after a deploy to
+/// green 2.0.0 and a rollback, both are listed, oldest first, with their
+/// colors, versions and outcomes; `--operation` and `--limit` filter them
+/// as on one engine, and the table shows both.
+fn history_lists_the_deploy_and_the_rollback(project: &TestProject, status: &serde_json::Value) {
+    let blue = status["releases"]["blue"]["version"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no blue release in {status}"));
+    let listed = |args: &[&str]| {
+        let output = project.ok(args);
+        let document: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+        let entries: Vec<String> = document["entries"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no entries in {document}"))
+            .iter()
+            .map(|e| {
+                format!(
+                    "{} {} {} {} -> {} {}",
+                    e["operation"].as_str().unwrap_or("?"),
+                    e["outcome"].as_str().unwrap_or("?"),
+                    e["from"]["color"].as_str().unwrap_or("?"),
+                    e["from"]["version"].as_str().unwrap_or("?"),
+                    e["to"]["color"].as_str().unwrap_or("?"),
+                    e["to"]["version"].as_str().unwrap_or("?"),
+                )
+            })
+            .collect();
+        (document["kept"].clone(), entries)
+    };
+    let deploy = format!("deploy ok blue {blue} -> green 2.0.0");
+    let rollback = format!("rollback ok green 2.0.0 -> blue {blue}");
+    let (kept, all) = listed(&["history", "--json"]);
+    assert_eq!(kept, 2, "{all:?}");
+    assert_eq!(all, [deploy.clone(), rollback.clone()]);
+    let (_, rollbacks) = listed(&["history", "--json", "--operation", "rollback"]);
+    assert_eq!(rollbacks, [rollback]);
+    let (_, newest) = listed(&["history", "--json", "--limit", "1", "--since", "1h"]);
+    assert_eq!(newest.len(), 1, "{newest:?}");
+    assert!(newest[0].starts_with("rollback "), "{newest:?}");
+    let text = stdout(&project.ok(&["history"]));
+    let rows: Vec<&str> = text.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2, "{text}");
+    assert!(
+        rows[0].contains("deploy") && rows[0].contains("green 2.0.0"),
+        "{text}"
+    );
+    assert!(rows[1].contains("rollback"), "{text}");
 }
 
 /// A green that never answers healthy (APP_UNHEALTHY) fails the gate:
@@ -1187,19 +1238,29 @@ fn swarm_logs_show_the_app_tasks_of_every_node_through_the_manager() {
 /// `redis-cli ARGS` in the redis task on the manager's node (node 1, where
 /// `start` pins it with its volume), once one runs there.
 fn redis_cli(lab: &SwarmLab, project: &TestProject, args: &[&str]) -> String {
-    let filter = format!("label=com.docker.swarm.service.name={}_redis", project.name);
-    let id = eventually(
-        "a running redis task on node 1",
+    let id = task_on_manager(lab, project, "redis");
+    let mut command = vec!["exec", id.as_str(), "redis-cli"];
+    command.extend_from_slice(args);
+    lab.docker_ok(1, &command).trim().to_owned()
+}
+
+/// The container of the running task of `service` on node 1 (where
+/// `start` pins redis with its volume, and nginx runs at the edge), once
+/// there is one.
+fn task_on_manager(lab: &SwarmLab, project: &TestProject, service: &str) -> String {
+    let filter = format!(
+        "label=com.docker.swarm.service.name={}_{service}",
+        project.name
+    );
+    eventually(
+        &format!("a running {service} task on node 1"),
         Duration::from_secs(60),
         Duration::from_millis(500),
         || {
             let ids = lab.docker_ok(1, &["ps", "-q", "--filter", &filter]);
             ids.lines().next().map(str::to_owned).ok_or(ids)
         },
-    );
-    let mut command = vec!["exec", id.as_str(), "redis-cli"];
-    command.extend_from_slice(args);
-    lab.docker_ok(1, &command).trim().to_owned()
+    )
 }
 
 /// `backup` and `restore` on a Swarm: the backup holds redis's snapshot
@@ -1456,4 +1517,158 @@ fn rescheduled(project: &TestProject, lost: &str) -> Result<(), String> {
     } else {
         Err(format!("node {node}; blue {blue}"))
     }
+}
+
+/// The ids of the tasks of `service` the swarm wants running, as the
+/// manager lists them.
+fn running_tasks(lab: &SwarmLab, project: &TestProject, service: &str) -> BTreeSet<String> {
+    let name = format!("{}_{service}", project.name);
+    lab.docker_ok(
+        1,
+        &[
+            "service",
+            "ps",
+            "-q",
+            "--no-trunc",
+            "--filter",
+            "desired-state=running",
+            &name,
+        ],
+    )
+    .lines()
+    .map(str::to_owned)
+    .collect()
+}
+
+/// `restart` on a Swarm is a rolling restart: while a request loop runs
+/// through the edge, redis and blue's 3 tasks are replaced by new ones
+/// (blue's start before the old ones stop) and nginx is reloaded in its
+/// task; not one request fails, and blue still serves its version.
+#[test]
+fn swarm_restart_replaces_every_task_under_load_and_fails_no_request() {
+    let lab = SwarmLab::up(3);
+    let project = started_on(&lab, "swarm-restart", |_| {});
+    let served = served_by_edge(&lab, &project);
+    let before: Vec<BTreeSet<String>> = ["cryptus-blue", "redis", "nginx"]
+        .iter()
+        .map(|service| running_tasks(&lab, &project, service))
+        .collect();
+    assert_eq!(before[0].len(), 3, "{before:?}");
+
+    let stop = project.path().join("stop-load");
+    let load = load_loop(&lab, &project, &stop);
+    let restarted = project.ok(&["restart", "--timeout", "240s", "--json"]);
+    no_request_failed(load, &stop, "during the restart");
+
+    let report: serde_json::Value = serde_json::from_slice(&restarted.stdout).expect("JSON");
+    let done: Vec<String> = report["services"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no services in {report}"))
+        .iter()
+        .map(|s| format!("{} {}", s["service"].as_str().unwrap_or("?"), s["how"]))
+        .collect();
+    assert_eq!(
+        done,
+        [
+            r#"redis {"replace":"stop-first"}"#,
+            r#"cryptus-blue {"replace":"start-first"}"#,
+            r#"nginx "reload""#,
+        ],
+        "{report}"
+    );
+    assert_eq!(report["active"], "blue", "{report}");
+    let after: Vec<BTreeSet<String>> = ["cryptus-blue", "redis", "nginx"]
+        .iter()
+        .map(|service| running_tasks(&lab, &project, service))
+        .collect();
+    for (n, service) in ["cryptus-blue", "redis"].iter().enumerate() {
+        assert_eq!(after[n].len(), before[n].len(), "{service}: {after:?}");
+        assert!(
+            after[n].is_disjoint(&before[n]),
+            "{service} kept a task: before {:?}, after {:?}",
+            before[n],
+            after[n]
+        );
+    }
+    assert_eq!(after[2], before[2], "nginx is reloaded, not replaced");
+    let status = project.status();
+    assert_eq!(status["active"], "blue", "{status}");
+    assert_eq!(tasks_on_nodes(&project, "cryptus-blue", 3).len(), 3);
+    let now = served_by_edge(&lab, &project);
+    assert_eq!(
+        (&now["instance"], &now["version"]),
+        (&served["instance"], &served["version"]),
+        "{now}"
+    );
+}
+
+/// Secrets and configs on a Swarm: a granted file that is missing refuses
+/// `start` (exit 2, naming it) before anything is made; then nginx's task
+/// gets a secret from a file, one from a variable (at its own path, mode
+/// and owner) and a config with inline content, as the swarm's objects
+/// named by content; `stop` removes them with the services.
+#[test]
+fn swarm_tasks_get_their_secrets_and_configs_and_stop_removes_them() {
+    let lab = SwarmLab::up(3);
+    let mut project = on_lab(&lab, "swarm-secrets");
+    project.set_env("DB_PASSWORD", "pw-from-the-environment");
+    let path = project.path().join("compose/docker-compose.override.yml");
+    let mut file = std::fs::read_to_string(&path).expect("reading the override file");
+    file.push_str(
+        "  nginx:\n    secrets:\n      - token\n      - {source: db, target: /etc/db-password, uid: \"999\", mode: \"0400\"}\n\
+         \x20   configs:\n      - {source: motd, target: /etc/motd.txt}\n\
+         secrets:\n  token:\n    file: ./token.txt\n  db:\n    environment: DB_PASSWORD\n\
+         configs:\n  motd:\n    content: hello from the swarm\n",
+    );
+    std::fs::write(&path, file).expect("writing the override file");
+
+    let missing = project.run(&["start", "--timeout", "240s"]);
+    assert_code(&missing, 2);
+    assert!(
+        stderr(&missing).contains("token.txt"),
+        "{}",
+        stderr(&missing)
+    );
+    let stack = format!("label=com.docker.stack.namespace={}", project.name);
+    for object in ["network", "secret", "service"] {
+        let made = listed(&lab, object, &stack);
+        assert_eq!(made.trim(), "", "a refused start made a {object}");
+    }
+
+    std::fs::write(project.path().join("compose/token.txt"), "s3cret-token").expect("token");
+    project.ok(&["start", "--timeout", "240s"]);
+    // nginx's image has cat and stat; redis's only its two programs.
+    let nginx = task_on_manager(&lab, &project, "nginx");
+    let read = |args: &[&str]| {
+        let mut command = vec!["exec", nginx.as_str()];
+        command.extend_from_slice(args);
+        lab.docker_ok(1, &command).trim().to_owned()
+    };
+    assert_eq!(read(&["cat", "/run/secrets/token"]), "s3cret-token");
+    assert_eq!(
+        read(&["cat", "/etc/db-password"]),
+        "pw-from-the-environment"
+    );
+    assert_eq!(
+        read(&["stat", "-c", "%a %u", "/etc/db-password"]),
+        "400 999"
+    );
+    assert_eq!(read(&["cat", "/etc/motd.txt"]), "hello from the swarm");
+    let secrets = lab.docker_ok(
+        1,
+        &["secret", "ls", "--format", "{{.Name}}", "--filter", &stack],
+    );
+    let secrets: BTreeSet<&str> = secrets
+        .lines()
+        .filter_map(|name| name.rsplit_once('-').map(|(named, _)| named))
+        .collect();
+    let expected: BTreeSet<String> = ["token", "db"]
+        .iter()
+        .map(|name| format!("{}_{name}", project.name))
+        .collect();
+    assert_eq!(secrets, expected.iter().map(String::as_str).collect());
+
+    project.ok(&["stop"]);
+    assert_eq!(listed(&lab, "secret", &stack).trim(), "", "secrets left");
+    assert_eq!(listed(&lab, "config", &stack).trim(), "", "configs left");
 }

@@ -1,5 +1,7 @@
 //! `cryptus history`: the kept deployment history, filtered, as a table or
 //! one JSON document. Which entries show is [`crate::history::Filter`]'s.
+//! One engine keeps it in nginx's state volume; a Swarm in the cluster's
+//! state record (`swarm::state`). Both are filtered and printed alike.
 
 use anyhow::Result;
 use chrono::{DateTime, Utc};
@@ -9,6 +11,7 @@ use crate::engine::Engine;
 use crate::error::{EXIT_OK, failed_with_hint, usage};
 use crate::history::{self, Entry, Filter, Outcome};
 use crate::nginx::Nginx;
+use crate::orchestrator::Orchestrator;
 use crate::output::Printer;
 use crate::project::Project;
 
@@ -54,11 +57,25 @@ struct Document<'a> {
 
 pub async fn run(project: &Project, options: Options, printer: &Printer) -> Result<u8> {
     let filter = options.filter(Utc::now())?;
+    let entries = match project.orchestrator {
+        Orchestrator::Engine => from_engine(project).await?,
+        Orchestrator::Swarm => {
+            let engine = crate::orchestrator::connect(project.orchestrator).await?;
+            crate::swarm::state::read(&engine, &project.name)
+                .await?
+                .history
+        }
+    };
+    show(project, &entries, &filter, printer)
+}
+
+/// The history in the nginx container's state volume.
+async fn from_engine(project: &Project) -> Result<Vec<Entry>> {
     let engine = Engine::connect().await?;
     let container = super::state_holder(&engine, project, "the deployment history").await?;
     let lb = container.name.clone();
     let nginx = Nginx::of(&engine, &container);
-    let entries = history::read(&nginx).await.map_err(|err| {
+    history::read(&nginx).await.map_err(|err| {
         if err.chain().any(|cause| cause.is::<serde_json::Error>()) {
             failed_with_hint(
                 format!("reading the deployment history in {lb}: {err:#}"),
@@ -67,8 +84,12 @@ pub async fn run(project: &Project, options: Options, printer: &Printer) -> Resu
         } else {
             err.context(format!("reading the deployment history in {lb}"))
         }
-    })?;
-    let selected = filter.select(&entries);
+    })
+}
+
+/// The entries `filter` selects, as a table or one JSON document.
+fn show(project: &Project, entries: &[Entry], filter: &Filter, printer: &Printer) -> Result<u8> {
+    let selected = filter.select(entries);
     if printer.json() {
         printer.out_json(&Document {
             ok: true,

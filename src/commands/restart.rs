@@ -1,4 +1,5 @@
-//! `cryptus restart`: stop, then start, under the deploy lock.
+//! `cryptus restart`: stop, then start, under the deploy lock; on a Swarm,
+//! a rolling restart that keeps serving (`swarm::restart`).
 
 use std::time::Duration;
 
@@ -7,7 +8,8 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use crate::context::Session;
-use crate::error::EXIT_OK;
+use crate::error::{EXIT_OK, usage};
+use crate::orchestrator::Orchestrator;
 use crate::output::Printer;
 use crate::project::Project;
 
@@ -15,6 +17,9 @@ pub async fn run(project: &Project, timeout: Duration, printer: &Printer) -> Res
     // The files are loaded first: a broken compose file must not leave the
     // stack stopped.
     let session = Session::open(project, printer).await?;
+    if project.orchestrator == Orchestrator::Swarm {
+        return on_swarm(&session, timeout, printer).await;
+    }
     super::warn_not_applied(session.stack().compose, session.stack().engine, printer);
     let stack = session.stack();
     crate::interrupt::catch();
@@ -42,6 +47,40 @@ pub async fn run(project: &Project, timeout: Duration, printer: &Printer) -> Res
         printer.info(format!(
             "restarted: {} {} serves at {}",
             summary.active, summary.version, summary.url
+        ));
+    }
+    Ok(EXIT_OK)
+}
+
+/// The rolling restart on a Swarm, and its summary.
+async fn on_swarm(session: &Session<'_>, timeout: Duration, printer: &Printer) -> Result<u8> {
+    if session.stack().project.monitoring {
+        return Err(usage(
+            "the monitoring services on a Docker Swarm are not done yet",
+            "restart without --monitoring (unset CRYPTUS_MONITORING), or use --orchestrator engine",
+        ));
+    }
+    let report = crate::swarm::restart::run(&session.stack(), timeout).await?;
+    if printer.json() {
+        printer.out_json(&report)?;
+    } else {
+        let done: Vec<String> = report
+            .services
+            .iter()
+            .map(|s| match s.how {
+                crate::swarm::restart::How::Reload => format!("{} reloaded", s.service),
+                crate::swarm::restart::How::Replace(_) => {
+                    format!("{} ({} new tasks)", s.service, s.after.len())
+                }
+            })
+            .collect();
+        let serving = match (&report.active, &report.version) {
+            (Some(color), Some(version)) => format!("; {color} {version} serves"),
+            _ => String::new(),
+        };
+        printer.info(format!(
+            "restarted on the swarm: {}{serving}",
+            done.join(", ")
         ));
     }
     Ok(EXIT_OK)

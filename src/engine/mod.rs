@@ -36,8 +36,8 @@ pub use spec::{
 };
 pub use stats::{HostInfo, Usage};
 pub use swarm::{
-    ConfigFile, Membership, Node, STACK_IMAGE_LABEL, STACK_LABEL, Service, ServiceMode,
-    ServiceSpec, SwarmConfig, Task,
+    Membership, Node, STACK_IMAGE_LABEL, STACK_LABEL, Service, ServiceMode, ServiceSpec,
+    SwarmConfig, SwarmFile, Task, UpdateOrder,
 };
 
 /// The label Compose puts on everything of a project.

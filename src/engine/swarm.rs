@@ -12,17 +12,18 @@ use base64::Engine as _;
 use bollard::models::{
     ConfigSpec, EndpointPortConfig, EndpointPortConfigProtocolEnum,
     EndpointPortConfigPublishModeEnum, EndpointSpec, EndpointSpecModeEnum, Limit, LocalNodeState,
-    NetworkAttachmentConfig, Node as NodeModel, Service as ServiceModel,
-    ServiceSpec as EngineServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated, SystemInfo,
-    Task as TaskModel, TaskSpec, TaskSpecContainerSpec, TaskSpecContainerSpecConfigs,
-    TaskSpecContainerSpecFile1, TaskSpecLogDriver, TaskSpecPlacement, TaskSpecPlacementPreferences,
-    TaskSpecPlacementSpread, TaskSpecResources, TaskSpecRestartPolicy,
-    TaskSpecRestartPolicyConditionEnum, TaskState,
+    NetworkAttachmentConfig, Node as NodeModel, SecretSpec, Service as ServiceModel,
+    ServiceSpec as EngineServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated,
+    ServiceSpecUpdateConfigOrderEnum, SystemInfo, Task as TaskModel, TaskSpec,
+    TaskSpecContainerSpec, TaskSpecContainerSpecConfigs, TaskSpecContainerSpecFile,
+    TaskSpecContainerSpecFile1, TaskSpecContainerSpecSecrets, TaskSpecLogDriver, TaskSpecPlacement,
+    TaskSpecPlacementPreferences, TaskSpecPlacementSpread, TaskSpecResources,
+    TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum, TaskState,
 };
 use bollard::query_parameters::{
     InspectServiceOptions, ListConfigsOptionsBuilder, ListNetworksOptionsBuilder, ListNodesOptions,
-    ListServicesOptionsBuilder, ListTasksOptionsBuilder, UpdateConfigOptionsBuilder,
-    UpdateServiceOptions,
+    ListSecretsOptionsBuilder, ListServicesOptionsBuilder, ListTasksOptionsBuilder,
+    UpdateConfigOptionsBuilder, UpdateServiceOptions,
 };
 use serde::Serialize;
 
@@ -270,7 +271,9 @@ pub struct ServiceSpec {
     /// Ports published in host mode: on the node running the task only.
     pub host_ports: Vec<PortSpec>,
     /// Files given to each task from configs of the swarm.
-    pub configs: Vec<ConfigFile>,
+    pub configs: Vec<SwarmFile>,
+    /// Files given to each task from secrets of the swarm.
+    pub secrets: Vec<SwarmFile>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -280,13 +283,43 @@ pub enum ServiceMode {
     Global,
 }
 
-/// A config of the swarm, given to a task as a file.
+/// How an update replaces a service's tasks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpdateOrder {
+    /// The new task runs (healthy, with a healthcheck) before the old one
+    /// stops: the service never has fewer tasks than it asks for.
+    StartFirst,
+    /// The old task stops first: for a task that must run alone (its
+    /// volume, its node's port).
+    StopFirst,
+}
+
+/// A config or a secret of the swarm, given to a task as a file.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConfigFile {
-    pub config_name: String,
-    pub config_id: String,
+pub struct SwarmFile {
+    pub name: String,
+    pub id: String,
     /// Where the task sees it.
     pub target: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+}
+
+impl SwarmFile {
+    /// A file owned by root, readable by every user, as `docker stack
+    /// deploy` gives one by default.
+    pub fn new(name: String, id: String, target: String) -> SwarmFile {
+        SwarmFile {
+            name,
+            id,
+            target,
+            uid: 0,
+            gid: 0,
+            mode: 0o444,
+        }
+    }
 }
 
 /// A config of the swarm as stored: its name, id, labels and data.
@@ -352,13 +385,28 @@ fn container_spec(spec: &ServiceSpec, api: ApiVersion) -> TaskSpecContainerSpec 
                 .map(|config| TaskSpecContainerSpecConfigs {
                     file: Some(TaskSpecContainerSpecFile1 {
                         name: Some(config.target.clone()),
-                        uid: Some("0".to_owned()),
-                        gid: Some("0".to_owned()),
-                        mode: Some(0o444),
+                        uid: Some(config.uid.to_string()),
+                        gid: Some(config.gid.to_string()),
+                        mode: Some(config.mode),
                     }),
-                    config_id: Some(config.config_id.clone()),
-                    config_name: Some(config.config_name.clone()),
+                    config_id: Some(config.id.clone()),
+                    config_name: Some(config.name.clone()),
                     ..Default::default()
+                })
+                .collect()
+        }),
+        secrets: (!spec.secrets.is_empty()).then(|| {
+            spec.secrets
+                .iter()
+                .map(|secret| TaskSpecContainerSpecSecrets {
+                    file: Some(TaskSpecContainerSpecFile {
+                        name: Some(secret.target.clone()),
+                        uid: Some(secret.uid.to_string()),
+                        gid: Some(secret.gid.to_string()),
+                        mode: Some(secret.mode),
+                    }),
+                    secret_id: Some(secret.id.clone()),
+                    secret_name: Some(secret.name.clone()),
                 })
                 .collect()
         }),
@@ -525,6 +573,49 @@ impl Engine {
         Ok(true)
     }
 
+    /// Replaces every task of a service with a new one of the same spec,
+    /// one task at a time, in `order` (`docker service update --force
+    /// --update-parallelism 1 --update-order ...`); `false` when there is
+    /// no such service. The swarm goes on with the update by itself: watch
+    /// it with [`Engine::update_state`].
+    pub async fn restart_service(&self, name: &str, order: UpdateOrder) -> Result<bool> {
+        self.update_with(name, |mut spec| {
+            let template = spec.task_template.get_or_insert_with(Default::default);
+            template.force_update = Some(template.force_update.unwrap_or(0).wrapping_add(1));
+            let mut update = spec.update_config.take().unwrap_or_default();
+            update.parallelism = Some(1);
+            update.order = Some(match order {
+                UpdateOrder::StartFirst => ServiceSpecUpdateConfigOrderEnum::START_FIRST,
+                UpdateOrder::StopFirst => ServiceSpecUpdateConfigOrderEnum::STOP_FIRST,
+            });
+            spec.update_config = Some(update);
+            spec
+        })
+        .await
+    }
+
+    /// The state of a service's newest update (`updating`, `paused`,
+    /// `completed`, `rollback_started`, ...) with the swarm's message;
+    /// `None` when it has had none, or is gone.
+    pub async fn update_state(&self, name: &str) -> Result<Option<(String, String)>> {
+        let service = match self
+            .docker
+            .inspect_service(name, None::<InspectServiceOptions>)
+            .await
+        {
+            Ok(service) => service,
+            Err(err) if super::status(&err) == Some(404) => return Ok(None),
+            Err(err) => {
+                return Err(engine_error(&err))
+                    .with_context(|| format!("inspecting service {name}"));
+            }
+        };
+        Ok(service.update_status.and_then(|status| {
+            let state = status.state?.to_string();
+            Some((state, status.message.unwrap_or_default()))
+        }))
+    }
+
     /// The log of one task, on whichever node it ran, through the
     /// manager: as [`Engine::log_lines`] gives a container's.
     pub fn task_log_lines(
@@ -685,6 +776,84 @@ impl Engine {
             Err(err) if super::is_not_found(&err) => Ok(false),
             Err(err) => Err(engine_error(&err)).with_context(what),
         }
+    }
+
+    /// A secret of the swarm holding `data`, made unless one of that name
+    /// exists (its name says what it holds, as a config's does); its id.
+    pub async fn ensure_secret(
+        &self,
+        name: &str,
+        data: &[u8],
+        labels: BTreeMap<String, String>,
+    ) -> Result<String> {
+        if let Some(id) = self.secret_id(name).await? {
+            return Ok(id);
+        }
+        let spec = SecretSpec {
+            name: Some(name.to_owned()),
+            labels: Some(labels.into_iter().collect()),
+            data: Some(base64::engine::general_purpose::STANDARD.encode(data)),
+            ..Default::default()
+        };
+        match self.docker.create_secret(spec).await {
+            Ok(created) => Ok(created.id),
+            Err(err) if super::status(&err) == Some(409) => self
+                .secret_id(name)
+                .await?
+                .with_context(|| format!("secret {name} exists but cannot be found")),
+            Err(err) => Err(engine_error(&err)).with_context(|| format!("creating secret {name}")),
+        }
+    }
+
+    /// The names and ids of the secrets a filter selects (never their data:
+    /// the swarm gives it to tasks only).
+    async fn secrets_by(
+        &self,
+        key: &str,
+        value: &str,
+        what: &str,
+    ) -> Result<Vec<(String, String)>> {
+        let filters = HashMap::from([(key, vec![value])]);
+        let options = ListSecretsOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        let secrets = self
+            .docker
+            .list_secrets(Some(options))
+            .await
+            .map_err(|err| engine_error(&err))
+            .context(what.to_owned())?;
+        Ok(secrets
+            .into_iter()
+            .filter_map(|s| Some((s.spec?.name?, s.id?)))
+            .collect())
+    }
+
+    async fn secret_id(&self, name: &str) -> Result<Option<String>> {
+        let secrets = self
+            .secrets_by("name", name, &format!("looking up secret {name}"))
+            .await?;
+        // The name filter matches prefixes; compare exactly.
+        Ok(secrets
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, id)| id))
+    }
+
+    /// The names of the secrets of a project's stack.
+    pub async fn secrets(&self, project: &str) -> Result<Vec<String>> {
+        let what = format!("listing the secrets of stack {project}");
+        let secrets = self
+            .secrets_by("label", &stack_filter(project), &what)
+            .await?;
+        Ok(secrets.into_iter().map(|(name, _)| name).collect())
+    }
+
+    /// Removes a secret; one already gone is no error.
+    pub async fn remove_secret(&self, name: &str) -> Result<()> {
+        removed(self.docker.delete_secret(name).await, || {
+            format!("removing secret {name}")
+        })
     }
 
     /// The names of the networks of a project's stack.

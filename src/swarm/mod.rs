@@ -6,7 +6,8 @@
 //! holds (active color, releases, history, the deploy lock); `switch`:
 //! deploy and rollback, through the edge nginx (`edge`); `scale`: the
 //! active color's task count; `health`: every task, the edge and redis;
-//! `logs`: every task's log, through the manager.
+//! `logs`: every task's log, through the manager; `restart`: a rolling
+//! restart of every service.
 
 pub mod backup;
 pub mod edge;
@@ -14,6 +15,7 @@ pub mod health;
 pub mod logs;
 pub mod plan;
 pub mod resources;
+pub mod restart;
 pub mod scale;
 pub mod state;
 pub mod status;

@@ -11,6 +11,10 @@
 //! - every other service (redis): replicated as the file says (1 by
 //!   default), `dnsrr`.
 //!
+//! A service's secrets and configs become secrets and configs of the swarm
+//! named by their content (`<project>_<name>-<hash>`), given to its tasks
+//! at the compose file's targets ([`grants`]).
+//!
 //! The compose file's `deploy.mode`, `endpoint_mode`, `labels` and
 //! `placement` (constraints, spread preferences, `max_replicas_per_node`)
 //! come before these defaults. The default endpoint is `dnsrr`: a swarm's
@@ -22,7 +26,7 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 
-use crate::compose::{Compose, Service};
+use crate::compose::{Compose, Kind, Service, Source};
 use crate::engine::{MountSpec, STACK_IMAGE_LABEL, STACK_LABEL, ServiceMode, ServiceSpec};
 use crate::error::usage;
 use crate::nginx;
@@ -73,6 +77,126 @@ pub struct ConfigPlan {
     /// Where nginx's task sees it.
     pub target: String,
     pub data: String,
+}
+
+/// The most a secret or config of the swarm may hold (the swarm's limit).
+pub const MAX_GRANT_BYTES: u64 = 500 * 1024;
+
+/// The longest name the swarm gives a secret or config.
+const MAX_OBJECT_NAME: usize = 64;
+
+/// A secret or config of the swarm to make, and where a service's tasks
+/// see it. Its data shows in no `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct GrantPlan {
+    pub kind: Kind,
+    /// `<project>_<name>-<hash>`: an object never changes, so a new
+    /// content gets a new name.
+    pub name: String,
+    pub target: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+    pub data: Vec<u8>,
+}
+
+impl std::fmt::Debug for GrantPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrantPlan")
+            .field("kind", &self.kind)
+            .field("name", &self.name)
+            .field("target", &self.target)
+            .field("uid", &self.uid)
+            .field("gid", &self.gid)
+            .field("mode", &format_args!("{:o}", self.mode))
+            .field("data", &format_args!("<{} bytes>", self.data.len()))
+            .finish()
+    }
+}
+
+/// The first 12 hex digits of the SHA-256 of `data`: what names an object
+/// by its content. For a secret this is no more than anyone who can list
+/// the swarm's secrets can learn anyway: a manager's API lets them run a
+/// task that reads it.
+fn content_hash(data: &[u8]) -> String {
+    let hash = format!("{:x}", Sha256::digest(data));
+    hash[..12].to_owned()
+}
+
+/// The secrets and configs `service` is granted, as objects of the swarm:
+/// a file's content (read now: a missing, unreadable or too large file is
+/// a usage error naming it, before anything changes), a variable's value,
+/// or a config's inline content. Owned by root and readable by everyone
+/// (0444) unless the grant says otherwise, as `docker stack deploy` gives
+/// them.
+pub fn grants(project: &str, compose: &Compose, service: &Service) -> Result<Vec<GrantPlan>> {
+    let mut planned = Vec::new();
+    for (kind, grants, declared) in [
+        (Kind::Secret, &service.secrets, &compose.secrets),
+        (Kind::Config, &service.configs, &compose.configs),
+    ] {
+        for grant in grants {
+            let at = format!("services.{}.{}: {}", service.name, kind.key(), grant.name);
+            // `compose::load` checked that every grant names a declared one.
+            let Some(source) = declared.get(&grant.name) else {
+                return Err(usage(
+                    format!("{at} is not declared under the top-level {}", kind.key()),
+                    "declare it, with file: or environment:",
+                ));
+            };
+            let data = match (source, source.value()) {
+                (Source::File(path), _) => read_granted(&at, path)?,
+                (_, Some(value)) => value.expose().as_bytes().to_vec(),
+                (_, None) => Vec::new(),
+            };
+            if data.len() as u64 > MAX_GRANT_BYTES {
+                return Err(usage(
+                    format!(
+                        "{at} holds {} bytes; the swarm keeps at most {MAX_GRANT_BYTES}",
+                        data.len()
+                    ),
+                    "give the service a volume for larger files",
+                ));
+            }
+            let name = format!("{project}_{}-{}", grant.name, content_hash(&data));
+            if name.len() > MAX_OBJECT_NAME {
+                return Err(usage(
+                    format!(
+                        "{at}: the swarm's name for it, {name}, is longer than {MAX_OBJECT_NAME} characters"
+                    ),
+                    "give it a shorter name under the top-level key, or the project a shorter name (-p)",
+                ));
+            }
+            planned.push(GrantPlan {
+                kind,
+                name,
+                target: grant.target.clone(),
+                uid: grant.uid.unwrap_or(0),
+                gid: grant.gid.unwrap_or(0),
+                mode: grant.mode.unwrap_or(0o444),
+                data,
+            });
+        }
+    }
+    Ok(planned)
+}
+
+/// A granted file's content, at most [`MAX_GRANT_BYTES`] and one more
+/// (so a larger file is told apart without reading it whole).
+fn read_granted(at: &str, path: &str) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let refused = |err: std::io::Error| {
+        usage(
+            format!("{at}: its file {path} cannot be read: {err}"),
+            "create the file, or fix the path under the top-level key (relative to the compose file)",
+        )
+    };
+    let file = std::fs::File::open(path).map_err(refused)?;
+    let mut data = Vec::new();
+    file.take(MAX_GRANT_BYTES + 1)
+        .read_to_end(&mut data)
+        .map_err(refused)?;
+    Ok(data)
 }
 
 /// The labels every object of the stack carries, as `docker stack` sets.
@@ -148,13 +272,14 @@ pub struct Planned {
     /// One line per thing left out (a bind mount: a path on whichever node
     /// runs the task).
     pub warnings: Vec<String>,
+    /// The secrets and configs to make and give its tasks
+    /// ([`ServiceSpec::secrets`], [`ServiceSpec::configs`]).
+    pub grants: Vec<GrantPlan>,
 }
 
 /// The Swarm service for a compose service. `release` is the active
-/// color's. nginx's configs are given once they are made
-/// ([`ServiceSpec::configs`]). Files cryptus would write on this host
-/// (secrets, configs with a value) are not given to a swarm's tasks yet:
-/// asking for them is a usage error, not a service without them.
+/// color's. nginx's configs, and the service's secrets and configs
+/// ([`Planned::grants`]), are given once they are made.
 ///
 /// A service that keeps data in a named volume (redis), neither a color
 /// nor the edge, with no placement of its own, is pinned to the node `home`
@@ -176,7 +301,14 @@ pub fn service_spec(
         color.is_some().then_some(release),
     )
     .with_context(|| format!("planning service {}", service.name))?;
-    refuse_grants(service)?;
+    let grants = grants(project, compose, service)?;
+    // On one engine they are bind mounts of files on this host; on a
+    // swarm, objects of the swarm given to each task.
+    let targets: Vec<&str> = grants.iter().map(|g| g.target.as_str()).collect();
+    container.mounts.retain(
+        |m| !matches!(m, MountSpec::Bind { target, .. } if targets.contains(&target.as_str())),
+    );
+    container.files.clear();
     // The stack's label instead of Compose's: a task's container is the
     // swarm's, not one a one-engine cryptus may stop or replace.
     container
@@ -213,6 +345,7 @@ pub fn service_spec(
         max_per_node: placement.max_replicas_per_node,
         host_ports: Vec::new(),
         configs: Vec::new(),
+        secrets: Vec::new(),
         container,
     };
     let keeps_data = spec
@@ -233,7 +366,11 @@ pub fn service_spec(
     }
     spec.container.ports.clear();
     let warnings = leave_out_binds(&mut spec.container.mounts, &service.name);
-    Ok(Planned { spec, warnings })
+    Ok(Planned {
+        spec,
+        warnings,
+        grants,
+    })
 }
 
 /// nginx at the edge: its ports with a fixed host port published on the
@@ -265,21 +402,6 @@ fn as_edge(spec: &mut ServiceSpec) {
     spec.container
         .mounts
         .retain(|m| matches!(m, MountSpec::Volume { target, .. } if target == nginx::STATE_DIR));
-}
-
-/// Secrets and configs are given from this host: not yet on a swarm.
-fn refuse_grants(service: &Service) -> Result<()> {
-    match service.secrets.iter().chain(&service.configs).next() {
-        Some(grant) => Err(usage(
-            format!(
-                "services.{}: its secrets and configs ({}) are given from this host; \
-                 on a Docker Swarm that is not done yet",
-                service.name, grant.name
-            ),
-            "remove the service's secrets and configs, or use --orchestrator engine",
-        )),
-        None => Ok(()),
-    }
 }
 
 /// The compose file's `deploy.mode`, else global for the edge and
@@ -517,21 +639,132 @@ volumes:
         );
     }
 
+    /// The compose file `text` in `dir`, with `DB_PASSWORD` set.
+    fn load_in(dir: &std::path::Path, text: &str) -> Compose {
+        let file = dir.join("compose.yml");
+        std::fs::write(&file, text).unwrap();
+        let vars = crate::compose::Vars::new(BTreeMap::from([(
+            "DB_PASSWORD".to_owned(),
+            "pw-from-env".to_owned(),
+        )]));
+        crate::compose::load(&[file], &vars).unwrap()
+    }
+
+    const GRANTED: &str = "services:\n  cryptus-blue:\n    image: app:1\n    networks: [cryptus]\n\
+         \x20   secrets: [token, db, {source: token, target: /etc/token, uid: \"1000\", gid: 1001, mode: \"0400\"}]\n\
+         \x20   configs: [{source: app, target: /etc/app.ini}, motd]\n\
+         networks:\n  cryptus: {}\n\
+         secrets:\n  token:\n    file: ./token.txt\n  db:\n    environment: DB_PASSWORD\n\
+         configs:\n  app:\n    file: ./app.ini\n  motd:\n    content: hello\n";
+
     #[test]
-    fn a_service_with_a_secret_is_refused_not_run_without_it() {
-        let compose = load(
-            "services:\n  cryptus-blue:\n    image: app:1\n    networks: [cryptus]\n    secrets: [token]\n\
-             networks:\n  cryptus: {}\nsecrets:\n  token:\n    file: ./token.txt\n",
-            &[("token.txt", "s3cret")],
-        );
+    fn secrets_and_configs_become_swarm_objects_named_by_content() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token.txt"), "s3cret").unwrap();
+        std::fs::write(dir.path().join("app.ini"), "[app]\n").unwrap();
+        let compose = load_in(dir.path(), GRANTED);
         let blue = compose.service("cryptus-blue").unwrap();
-        let err = service_spec("shop", &compose, blue, &release(), Some("n1")).unwrap_err();
+        let planned = service_spec("shop", &compose, blue, &release(), None).unwrap();
+        assert!(planned.warnings.is_empty(), "{:?}", planned.warnings);
         assert!(
-            err.to_string()
-                .contains("services.cryptus-blue: its secrets and configs (token)"),
-            "{err}"
+            planned.spec.container.mounts.is_empty() && planned.spec.container.files.is_empty(),
+            "no bind mount or file of this host: {:?}",
+            planned.spec.container.mounts
         );
+        let hash = |data: &str| content_hash(data.as_bytes());
+        let seen: Vec<(Kind, String, &str, u32, u32, u32)> = planned
+            .grants
+            .iter()
+            .map(|g| {
+                (
+                    g.kind,
+                    g.name.clone(),
+                    g.target.as_str(),
+                    g.uid,
+                    g.gid,
+                    g.mode,
+                )
+            })
+            .collect();
+        let token = format!("shop_token-{}", hash("s3cret"));
+        assert_eq!(
+            seen,
+            [
+                (
+                    Kind::Secret,
+                    token.clone(),
+                    "/run/secrets/token",
+                    0,
+                    0,
+                    0o444
+                ),
+                (
+                    Kind::Secret,
+                    format!("shop_db-{}", hash("pw-from-env")),
+                    "/run/secrets/db",
+                    0,
+                    0,
+                    0o444
+                ),
+                (Kind::Secret, token, "/etc/token", 1000, 1001, 0o400),
+                (
+                    Kind::Config,
+                    format!("shop_app-{}", hash("[app]\n")),
+                    "/etc/app.ini",
+                    0,
+                    0,
+                    0o444
+                ),
+                (
+                    Kind::Config,
+                    format!("shop_motd-{}", hash("hello")),
+                    "/motd",
+                    0,
+                    0,
+                    0o444
+                ),
+            ]
+        );
+        assert_eq!(planned.grants[0].data, b"s3cret");
+        let shown = format!("{:?}", planned.grants);
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("pw-from-env"),
+            "{shown}"
+        );
+
+        // A new content is a new object; the old one stays for the tasks
+        // that use it.
+        std::fs::write(dir.path().join("token.txt"), "rotated").unwrap();
+        let again = grants("shop", &compose, blue).unwrap();
+        assert_eq!(again[0].name, format!("shop_token-{}", hash("rotated")));
+    }
+
+    #[test]
+    fn a_granted_file_gone_or_too_large_is_a_usage_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token.txt"), "s3cret").unwrap();
+        std::fs::write(dir.path().join("app.ini"), "[app]\n").unwrap();
+        let compose = load_in(dir.path(), GRANTED);
+        let blue = compose.service("cryptus-blue").unwrap();
+        let path = dir.path().join("token.txt");
+        std::fs::remove_file(&path).unwrap();
+        let err = service_spec("shop", &compose, blue, &release(), None).unwrap_err();
         assert_eq!(crate::error::classify(&err).0, crate::error::EXIT_USAGE);
+        let text = err.to_string();
+        assert!(
+            text.contains("services.cryptus-blue.secrets: token")
+                && text.contains(&*path.to_string_lossy()),
+            "{text}"
+        );
+        let huge = vec![b'x'; usize::try_from(MAX_GRANT_BYTES).unwrap() + 1];
+        std::fs::write(&path, huge).unwrap();
+        let err = grants("shop", &compose, blue).unwrap_err();
+        assert_eq!(crate::error::classify(&err).0, crate::error::EXIT_USAGE);
+        assert!(err.to_string().contains("at most 512000"), "{err}");
+        std::fs::write(&path, "s3cret").unwrap();
+        let long = "p".repeat(60);
+        let err = grants(&long, &compose, blue).unwrap_err();
+        assert!(err.to_string().contains("longer than 64"), "{err}");
     }
 
     #[test]

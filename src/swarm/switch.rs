@@ -275,7 +275,9 @@ impl Switch<'_> {
             )
         })?;
         let project = &stack.project.name;
-        let mut spec = service_spec(project, stack.compose, service, &self.release, None)?.spec;
+        let planned = service_spec(project, stack.compose, service, &self.release, None)?;
+        let mut spec = planned.spec;
+        super::up::give_grants(stack.engine, project, &mut spec, &planned.grants).await?;
         spec.mode = ServiceMode::Replicated(self.replicas);
         let message = format!(
             "starting {color} {} ({} tasks)",

@@ -1,9 +1,10 @@
 //! `start` and `stop` on a Swarm. `start` makes the stack's overlay
-//! network, nginx's configs and the services, through the manager, then
+//! network, nginx's configs, the services' secrets and configs and the
+//! services, through the manager, then
 //! waits until every service runs the tasks it asks for; a failure or a
 //! deadline removes the services this run created. `stop` removes the
-//! stack's services, then its network and configs; volumes stay on their
-//! nodes, as on one engine.
+//! stack's services, then its network, configs and secrets; volumes stay
+//! on their nodes, as on one engine.
 
 use std::time::Duration;
 
@@ -11,15 +12,16 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use tokio::time::Instant;
 
+use crate::compose::Kind;
 use crate::context::Stack;
-use crate::engine::{ConfigFile, Engine, Service, ServiceMode, ServiceSpec, Task};
+use crate::engine::{Engine, Service, ServiceMode, ServiceSpec, SwarmFile, Task};
 use crate::error::{failed_with_hint, usage};
 use crate::output::Printer;
 use crate::stack::{Color, LB_SERVICE, REDIS_SERVICE, network_name};
 use crate::wait::{self, Limits, Seen};
 use crate::{lb, nginx};
 
-use super::plan::{self, nginx_configs, service_spec, stack_labels};
+use super::plan::{self, GrantPlan, nginx_configs, service_spec, stack_labels};
 use super::service_name;
 
 /// How often the tasks are looked at while waiting.
@@ -52,7 +54,6 @@ pub async fn start(stack: &Stack<'_>, timeout: Duration) -> Result<Started> {
     // Ctrl-C and SIGTERM end the run through its undo, not midway.
     crate::interrupt::catch();
     let deadline = Instant::now() + timeout;
-    let project = &stack.project.name;
     if lb::tls(&stack.project.dir) {
         return Err(usage(
             "HTTPS on a Docker Swarm is not done yet, and nginx/ssl/ holds a certificate",
@@ -62,20 +63,43 @@ pub async fn start(stack: &Stack<'_>, timeout: Duration) -> Result<Started> {
     // Under the cluster's lock, as on one engine: a backup or a restore
     // holding it keeps its scratch redis, and its stopped redis, from this
     // start's repair.
+    under_lock(
+        stack,
+        "start",
+        timeout,
+        start_locked(stack, timeout, deadline),
+    )
+    .await
+}
+
+/// Runs `work` holding the cluster's deploy lock for `operation` (waiting
+/// up to `wait` for it), then releases it; a failed release is a warning.
+pub(super) async fn under_lock<T>(
+    stack: &Stack<'_>,
+    operation: &str,
+    wait: Duration,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
     let options = crate::lock::Options {
-        wait: timeout,
+        wait,
         force_unlock: false,
     };
-    let lock =
-        super::state::ClusterLock::acquire(stack.engine, project, "start", &options, stack.printer)
-            .await?;
-    let started = start_locked(stack, timeout, deadline).await;
+    let project = &stack.project.name;
+    let lock = super::state::ClusterLock::acquire(
+        stack.engine,
+        project,
+        operation,
+        &options,
+        stack.printer,
+    )
+    .await?;
+    let result = work.await;
     if let Err(err) = lock.release().await {
         stack
             .printer
             .warn(format!("releasing the deploy lock: {err:#}"));
     }
-    started
+    result
 }
 
 /// [`start`], holding the lock.
@@ -102,6 +126,7 @@ async fn start_locked(stack: &Stack<'_>, timeout: Duration, deadline: Instant) -
     // lives there.
     let home = stack.engine.membership().await?.node_id;
     let mut specs = Vec::new();
+    let mut grants = Vec::new();
     for service in &services {
         let planned = service_spec(project, stack.compose, service, &release, home.as_deref())?;
         for warning in planned.warnings {
@@ -115,6 +140,7 @@ async fn start_locked(stack: &Stack<'_>, timeout: Duration, deadline: Instant) -
             spec.mode = ServiceMode::Replicated(u64::from(replicas));
         }
         specs.push(spec);
+        grants.push(planned.grants);
     }
 
     for service in &services {
@@ -141,7 +167,10 @@ async fn start_locked(stack: &Stack<'_>, timeout: Duration, deadline: Instant) -
     let configs = make_nginx_configs(stack, active).await?;
     let lb = service_name(project, LB_SERVICE);
     for spec in specs.iter_mut().filter(|spec| spec.name == lb) {
-        spec.configs = configs.clone();
+        spec.configs.extend(configs.iter().cloned());
+    }
+    for (spec, grants) in specs.iter_mut().zip(&grants) {
+        give_grants(stack.engine, project, spec, grants).await?;
     }
     // A restore killed after it scaled redis to 0 leaves it there, perhaps
     // with its scratch redis on the volume: the scratch goes first, then
@@ -307,8 +336,44 @@ pub(super) fn short_of(name: &str, wanted: usize, tasks: &[&Task]) -> Option<Str
     Some(text)
 }
 
+/// Makes the secrets and configs `grants` plans (unless they exist: their
+/// names say what they hold) and gives them to `spec`'s tasks.
+pub async fn give_grants(
+    engine: &Engine,
+    project: &str,
+    spec: &mut ServiceSpec,
+    grants: &[GrantPlan],
+) -> Result<()> {
+    for grant in grants {
+        let labels = stack_labels(project);
+        let id = match grant.kind {
+            Kind::Secret => {
+                engine
+                    .ensure_secret(&grant.name, &grant.data, labels)
+                    .await?
+            }
+            Kind::Config => {
+                engine
+                    .ensure_config(&grant.name, &grant.data, labels)
+                    .await?
+            }
+        };
+        let file = SwarmFile {
+            uid: grant.uid,
+            gid: grant.gid,
+            mode: grant.mode,
+            ..SwarmFile::new(grant.name.clone(), id, grant.target.clone())
+        };
+        match grant.kind {
+            Kind::Secret => spec.secrets.push(file),
+            Kind::Config => spec.configs.push(file),
+        }
+    }
+    Ok(())
+}
+
 /// nginx's configs, made unless they exist (their names say what they hold).
-async fn make_nginx_configs(stack: &Stack<'_>, active: Color) -> Result<Vec<ConfigFile>> {
+async fn make_nginx_configs(stack: &Stack<'_>, active: Color) -> Result<Vec<SwarmFile>> {
     let project = &stack.project.name;
     let dir = stack.project.dir.join("nginx");
     let mut files = Vec::new();
@@ -331,18 +396,15 @@ async fn make_nginx_configs(stack: &Stack<'_>, active: Color) -> Result<Vec<Conf
             .engine
             .ensure_config(&config.name, config.data.as_bytes(), stack_labels(project))
             .await?;
-        made.push(ConfigFile {
-            config_name: config.name,
-            config_id: id,
-            target: config.target,
-        });
+        made.push(SwarmFile::new(config.name, id, config.target));
     }
     Ok(made)
 }
 
 /// Removes the stack's services (nginx first, so no request reaches an app
-/// that is going), then, once their tasks are gone, its networks and
-/// configs. Needs no compose file: the stack's labels name everything.
+/// that is going), then, once their tasks are gone, its networks, configs
+/// and secrets, which no service uses any more. Needs no compose file: the
+/// stack's labels name everything.
 pub async fn stop(
     engine: &Engine,
     project: &str,
@@ -394,6 +456,9 @@ pub async fn stop(
     for config in engine.configs(project).await? {
         engine.remove_config(&config).await?;
     }
+    for secret in engine.secrets(project).await? {
+        engine.remove_secret(&secret).await?;
+    }
     Ok(removed)
 }
 
@@ -414,6 +479,7 @@ mod tests {
             max_per_node: None,
             host_ports: Vec::new(),
             configs: Vec::new(),
+            secrets: Vec::new(),
         }
     }
 

@@ -1,0 +1,407 @@
+//! `restart` on a Swarm: a rolling restart that keeps serving, not a stop
+//! and a start. Under the cluster's deploy lock, each service of the stack
+//! gets new tasks of the same spec, one task at a time (a forced service
+//! update), and the run waits until every task it asks for is a new one,
+//! running (healthy, with a healthcheck), under `--timeout`:
+//!
+//! - the services that are no color and no edge (redis) first, as `start`
+//!   orders them; one that keeps data in a named volume stops its old task
+//!   before the new one starts (two redis on one volume would both write
+//!   it), the others start the new one first;
+//! - the colors that run tasks, start-first: a new task enters
+//!   `tasks.<service>` once healthy, and an old one leaves the name before
+//!   it is stopped, so nginx, which re-resolves the name every second,
+//!   always has a task to send a request to;
+//! - nginx last, reloaded in place rather than replaced: its port is
+//!   published on its node, so a new task could bind it only once the old
+//!   one let it go, and connections in between would be refused. A reload
+//!   starts new workers on the same files and lets the old ones finish.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use anyhow::Result;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::compose::{Compose, MountKind};
+use crate::context::Stack;
+use crate::engine::{Engine, Service, Task, UpdateOrder};
+use crate::error::failed_with_hint;
+use crate::nginx::Nginx;
+use crate::stack::{Color, LB_SERVICE};
+use crate::wait::{self, Limits, Seen};
+
+use super::compose_service;
+use super::edge::Edge;
+use super::up::{short_of, wanted_running};
+
+/// How often the tasks are looked at while a service restarts.
+const POLL: Duration = Duration::from_millis(500);
+
+/// What the restart does to one service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum How {
+    /// New tasks, one at a time, in this order.
+    Replace(UpdateOrder),
+    /// nginx: `nginx -t`, then a graceful reload.
+    Reload,
+}
+
+/// One step of the plan: a stack service (`<project>_<service>`) and how
+/// it restarts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    pub service: String,
+    pub how: How,
+}
+
+/// How one service was restarted: the tasks it ran before, and after.
+#[derive(Debug, Serialize)]
+pub struct Restarted {
+    /// The compose service.
+    pub service: String,
+    pub how: How,
+    pub before: Vec<String>,
+    pub after: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub ok: bool,
+    pub project: String,
+    /// The color served before and after, as the cluster records it.
+    pub active: Option<Color>,
+    pub version: Option<String>,
+    /// In the order they were restarted.
+    pub services: Vec<Restarted>,
+}
+
+/// The restart's steps, from the services that exist: those running no
+/// task are left alone (a color at 0 tasks); the others first, then the
+/// colors, then nginx. Pure: the order and how each restarts.
+pub fn plan(project: &str, compose: &Compose, services: &[Service]) -> Vec<Step> {
+    let rank = |name: &str| match compose_service(project, name) {
+        Some(LB_SERVICE) => 2,
+        Some(service) if Color::of_service(service).is_some() => 1,
+        _ => 0,
+    };
+    let mut running: Vec<&Service> = services.iter().filter(|s| s.replicas != Some(0)).collect();
+    // Stable: within a rank, the order the engine lists them (by name).
+    running.sort_by_key(|s| rank(&s.name));
+    running
+        .into_iter()
+        .map(|s| {
+            let how = match compose_service(project, &s.name) {
+                Some(LB_SERVICE) => How::Reload,
+                Some(service) if Color::of_service(service).is_some() => {
+                    How::Replace(UpdateOrder::StartFirst)
+                }
+                Some(service)
+                    if compose.service(service).is_some() && !keeps_data(compose, service) =>
+                {
+                    How::Replace(UpdateOrder::StartFirst)
+                }
+                // It keeps data in a volume, or the file no longer declares
+                // it (its volumes unknown): the old task stops first.
+                _ => How::Replace(UpdateOrder::StopFirst),
+            };
+            Step {
+                service: s.name.clone(),
+                how,
+            }
+        })
+        .collect()
+}
+
+/// Whether a compose service keeps data in a named volume.
+fn keeps_data(compose: &Compose, service: &str) -> bool {
+    compose.service(service).is_some_and(|s| {
+        s.mounts
+            .iter()
+            .any(|m| m.kind == MountKind::Volume && !m.source.is_empty())
+    })
+}
+
+/// Restarts the stack on the swarm under the cluster's deploy lock.
+pub async fn run(stack: &Stack<'_>, timeout: Duration) -> Result<Report> {
+    crate::interrupt::catch();
+    let deadline = Instant::now() + timeout;
+    super::up::under_lock(
+        stack,
+        "restart",
+        timeout,
+        restart_locked(stack, deadline, timeout),
+    )
+    .await
+}
+
+/// [`run`], holding the lock.
+async fn restart_locked(stack: &Stack<'_>, deadline: Instant, timeout: Duration) -> Result<Report> {
+    let (engine, project) = (stack.engine, &stack.project.name);
+    // The edge is found first: a stack that does not run is refused
+    // before any service changes.
+    let edge = Edge::find(engine, project).await?;
+    let recorded = super::state::read(engine, project).await?;
+    let services = engine.services(project).await?;
+    let mut report = Report {
+        ok: true,
+        project: project.clone(),
+        active: recorded.active,
+        version: recorded
+            .active
+            .and_then(|color| recorded.releases.get(&color))
+            .map(|release| release.version.clone()),
+        services: Vec::new(),
+    };
+    for step in plan(project, stack.compose, &services) {
+        crate::interrupt::check()?;
+        let shown = compose_service(project, &step.service)
+            .unwrap_or(&step.service)
+            .to_owned();
+        let restarted = match step.how {
+            How::Reload => {
+                let progress = stack.printer.step(format!("reloading {shown}"));
+                reload(engine, &edge).await?;
+                progress.done();
+                Restarted {
+                    service: shown,
+                    how: step.how,
+                    before: Vec::new(),
+                    after: Vec::new(),
+                }
+            }
+            How::Replace(order) => {
+                let progress = stack.printer.step(format!(
+                    "restarting {shown} ({}, one task at a time)",
+                    order_name(order)
+                ));
+                let (before, after) =
+                    replace(engine, project, &step.service, order, deadline, timeout).await?;
+                progress.done_with(format!("{} new task(s)", after.len()));
+                Restarted {
+                    service: shown,
+                    how: step.how,
+                    before,
+                    after,
+                }
+            }
+        };
+        report.services.push(restarted);
+    }
+    Ok(report)
+}
+
+fn order_name(order: UpdateOrder) -> &'static str {
+    match order {
+        UpdateOrder::StartFirst => "start-first",
+        UpdateOrder::StopFirst => "stop-first",
+    }
+}
+
+/// `nginx -t` in the edge task, then a graceful reload.
+async fn reload(engine: &Engine, edge: &Edge<'_>) -> Result<()> {
+    let nginx = Nginx::named(engine, edge.container.clone());
+    if let Err(why) = nginx.test().await? {
+        return Err(failed_with_hint(
+            format!(
+                "nginx in {} rejects its configuration, so it was not reloaded: {why}",
+                edge.container
+            ),
+            "`cryptus health` shows it; the files are the swarm's configs and its state volume",
+        ));
+    }
+    nginx.reload().await
+}
+
+/// The ids of the tasks of `service` the swarm wants running.
+fn current(services: &[Service], tasks: &[Task], service: &str) -> Vec<String> {
+    wanted_running(services, tasks, service)
+        .into_iter()
+        .map(|t| t.id.clone())
+        .collect()
+}
+
+/// Gives `service` new tasks in `order` and waits until every task it
+/// asks for is a new one, running; a paused or rolled-back update fails
+/// at once with the swarm's message. The tasks before and after.
+async fn replace(
+    engine: &Engine,
+    project: &str,
+    service: &str,
+    order: UpdateOrder,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<(Vec<String>, Vec<String>)> {
+    let (services, tasks) = tokio::try_join!(engine.services(project), engine.tasks(project))?;
+    let before = current(&services, &tasks, service);
+    if !engine.restart_service(service, order).await? {
+        return Err(failed_with_hint(
+            format!("service {service} went away during the restart"),
+            "another tool changes the stack; `cryptus status` shows it",
+        ));
+    }
+    let old: BTreeSet<&str> = before.iter().map(String::as_str).collect();
+    let after = wait::until(
+        Limits::until(deadline, POLL),
+        || async {
+            crate::interrupt::check()?;
+            if let Some((state, message)) = engine.update_state(service).await?
+                && (state == "paused" || state.starts_with("rollback"))
+            {
+                return Err(failed_with_hint(
+                    format!("the swarm stopped restarting {service} ({state}): {message}"),
+                    format!(
+                        "the tasks not yet replaced still run; `docker service ps --no-trunc {service}` on the manager tells why"
+                    ),
+                ));
+            }
+            let (services, tasks) =
+                tokio::try_join!(engine.services(project), engine.tasks(project))?;
+            Ok(match still_old(&services, &tasks, service, &old) {
+                None => Seen::Ready(current(&services, &tasks, service)),
+                Some(why) => Seen::Not(why),
+            })
+        },
+        |last| {
+            failed_with_hint(
+                format!(
+                    "{service} did not restart within {}: {last}",
+                    crate::output::uptime(timeout)
+                ),
+                format!(
+                    "the swarm goes on replacing its tasks; `cryptus status` shows each task; `docker service ps --no-trunc {service}` tells more"
+                ),
+            )
+        },
+    )
+    .await?;
+    Ok((before, after))
+}
+
+/// What `service` lacks to be restarted: `None` once the tasks the swarm
+/// wants running are as many as it asks for, all running, none of them
+/// one of `old`.
+fn still_old(
+    services: &[Service],
+    tasks: &[Task],
+    service: &str,
+    old: &BTreeSet<&str>,
+) -> Option<String> {
+    let wanted_tasks = wanted_running(services, tasks, service);
+    let Some(found) = services.iter().find(|s| s.name == service) else {
+        return Some(format!("{service} is gone"));
+    };
+    let wanted = match found.replicas {
+        Some(replicas) => usize::try_from(replicas).unwrap_or(usize::MAX),
+        // Global: one per node the swarm scheduled.
+        None => wanted_tasks.len().max(1),
+    };
+    let waiting = wanted_tasks
+        .iter()
+        .filter(|t| old.contains(t.id.as_str()))
+        .count();
+    if waiting > 0 {
+        return Some(format!("{service}: {waiting} old task(s) still to replace"));
+    }
+    short_of(service, wanted, &wanted_tasks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(name: &str, replicas: Option<u64>) -> Service {
+        Service {
+            id: name.into(),
+            name: format!("shop_{name}"),
+            labels: Default::default(),
+            replicas,
+            image: "x:1".into(),
+        }
+    }
+
+    #[test]
+    fn the_colors_start_first_a_volume_stops_first_and_nginx_reloads_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("compose.yml");
+        std::fs::write(
+            &file,
+            "services:\n  redis: {image: redis:7, volumes: [data:/data]}\n  cache: {image: memcached:1}\n\
+             \x20 cryptus-blue: {image: app:1}\n  cryptus-green: {image: app:1}\n  nginx: {image: nginx:1}\n\
+             volumes:\n  data: {}\n",
+        )
+        .unwrap();
+        let compose = crate::compose::load(&[file], &Default::default()).unwrap();
+        let services = [
+            service("cache", Some(1)),
+            service("cryptus-blue", Some(3)),
+            service("cryptus-green", Some(0)),
+            service("nginx", None),
+            service("old", Some(1)),
+            service("redis", Some(1)),
+        ];
+        let steps: Vec<(String, How)> = plan("shop", &compose, &services)
+            .into_iter()
+            .map(|s| (s.service, s.how))
+            .collect();
+        let (start, stop) = (
+            How::Replace(UpdateOrder::StartFirst),
+            How::Replace(UpdateOrder::StopFirst),
+        );
+        assert_eq!(
+            steps,
+            [
+                ("shop_cache".to_owned(), start),
+                ("shop_old".to_owned(), stop),
+                ("shop_redis".to_owned(), stop),
+                ("shop_cryptus-blue".to_owned(), start),
+                ("shop_nginx".to_owned(), How::Reload),
+            ],
+            "green at 0 tasks is left alone"
+        );
+    }
+
+    #[test]
+    fn a_service_is_restarted_once_every_task_is_new_and_running() {
+        let services = [service("cryptus-blue", Some(2))];
+        let task = |id: &str, state: &str, desired: &str| Task {
+            id: id.into(),
+            service_id: "cryptus-blue".into(),
+            slot: Some(1),
+            node_id: None,
+            state: state.into(),
+            desired_state: desired.into(),
+            error: None,
+            container_id: None,
+            image: "x:1".into(),
+        };
+        let old = BTreeSet::from(["a", "b"]);
+        let name = "shop_cryptus-blue";
+        let midway = [
+            task("a", "shutdown", "shutdown"),
+            task("b", "running", "running"),
+            task("c", "running", "running"),
+        ];
+        assert_eq!(
+            still_old(&services, &midway, name, &old).as_deref(),
+            Some("shop_cryptus-blue: 1 old task(s) still to replace")
+        );
+        let starting = [
+            task("c", "running", "running"),
+            task("d", "starting", "running"),
+        ];
+        assert_eq!(
+            still_old(&services, &starting, name, &old).as_deref(),
+            Some("shop_cryptus-blue 1/2 running (starting)")
+        );
+        let done = [
+            task("a", "shutdown", "shutdown"),
+            task("c", "running", "running"),
+            task("d", "running", "running"),
+        ];
+        assert_eq!(still_old(&services, &done, name, &old), None);
+        assert!(still_old(&[], &done, name, &old).is_some_and(|w| w.contains("gone")));
+    }
+}
