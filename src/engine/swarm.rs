@@ -55,6 +55,8 @@ pub struct Membership {
     pub node_id: Option<String>,
     /// The address other nodes reach it at.
     pub node_addr: Option<String>,
+    /// The host's name, as the swarm names its node.
+    pub hostname: Option<String>,
     /// The swarm's nodes and managers, as a manager counts them.
     pub nodes: Option<i64>,
     pub managers: Option<i64>,
@@ -72,6 +74,7 @@ impl From<&SystemInfo> for Membership {
             state,
             node_id: swarm.node_id.filter(|id| !id.is_empty()),
             node_addr: swarm.node_addr.filter(|addr| !addr.is_empty()),
+            hostname: info.name.clone().filter(|name| !name.is_empty()),
             nodes: swarm.nodes,
             managers: swarm.managers,
         }
