@@ -1487,6 +1487,8 @@ fn color_changes(load: std::process::Child, edge: &str) -> (u64, u64) {
 /// engine) a deploy is refused (exit 2) and changes nothing; with it,
 /// deploy and rollback flip both edges under a request loop to each: no
 /// request fails, and the two edges change color within 1 s of each other.
+/// Maintenance on answers 503 with Retry-After through both edges (health
+/// still 200), and off serves again.
 #[test]
 fn swarm_deploy_flips_both_edges_of_a_global_nginx_within_a_second() {
     let lab = SwarmLab::up(3);
@@ -1551,4 +1553,40 @@ fn swarm_deploy_flips_both_edges_of_a_global_nginx_within_a_second() {
     eprintln!("the edges served green {to_green} ms apart, blue again {to_blue} ms apart");
     assert!(to_green <= 1000, "green {to_green} ms apart");
     assert!(to_blue <= 1000, "blue {to_blue} ms apart");
+
+    // Maintenance goes to both edges; /api/health stays open.
+    project.ok(&["maintenance", "on", "--retry-after", "120"]);
+    for node in [1, 2] {
+        let page = edge_answer(&lab, &project, node, "/");
+        assert!(page.starts_with("HTTP/1.1 503"), "node {node}: {page}");
+        assert!(
+            page.to_ascii_lowercase().contains("\nretry-after: 120"),
+            "node {node}: {page}"
+        );
+        let health = edge_answer(&lab, &project, node, "/api/health");
+        assert!(health.starts_with("HTTP/1.1 200"), "node {node}: {health}");
+    }
+    let status = project.ok(&["maintenance", "status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("JSON");
+    assert_eq!(status["maintenance"]["on"], true, "{status}");
+    project.ok(&["maintenance", "off"]);
+    for node in [1, 2] {
+        let page = edge_answer(&lab, &project, node, "/");
+        assert!(page.starts_with("HTTP/1.1 200"), "node {node}: {page}");
+    }
+    let status = project.ok(&["maintenance", "status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("JSON");
+    assert_eq!(status["maintenance"]["on"], false, "{status}");
+}
+
+/// What node `node`'s edge answers on `path`, head and body, asked from
+/// inside the lab.
+fn edge_answer(lab: &SwarmLab, project: &TestProject, node: usize, path: &str) -> String {
+    let url = format!("http://{}:{}{path}", SwarmLab::address(node), project.port);
+    let output = support::wait::run_within(
+        "curl ended",
+        lab.in_node(1, &["curl", "-sS", "-i", "-m", "5", &url]),
+        Duration::from_secs(20),
+    );
+    String::from_utf8_lossy(&output.stdout).replace('\r', "")
 }

@@ -100,6 +100,7 @@ fn runs_on_swarm(command: &Command) -> bool {
             | Command::Backup { .. }
             | Command::Restore { .. }
             | Command::Resources
+            | Command::Maintenance { .. }
     )
 }
 

@@ -261,7 +261,8 @@ fn agreed(served: &[(&str, Color)]) -> Result<Color, String> {
 }
 
 impl Edge {
-    fn nginx(&self) -> Nginx<'_> {
+    /// nginx in this edge's container, through its node's engine.
+    pub fn nginx(&self) -> Nginx<'_> {
         Nginx::named(&self.engine, self.container.clone())
     }
 
@@ -368,6 +369,22 @@ impl Edge {
                     self.container, self.node
                 )
             })
+    }
+
+    /// One file of nginx's state volume; `None` when there is none.
+    pub async fn read(&self, file: &str) -> Result<Option<String>> {
+        self.nginx()
+            .read(file)
+            .await
+            .with_context(|| format!("reading {file} in {} on {}", self.container, self.node))
+    }
+
+    /// Writes one file of nginx's state volume, `nginx -t`, reload.
+    pub async fn apply_file(&self, file: &str, text: &str) -> Result<()> {
+        self.nginx()
+            .apply(&[(file, text)])
+            .await
+            .with_context(|| format!("applying {file} in {} on {}", self.container, self.node))
     }
 
     /// `nginx -t` in the task: `Err` with nginx's reason when it fails.
