@@ -389,6 +389,9 @@ fn on_lab(lab: &SwarmLab, name: &str) -> TestProject {
     let mut project = TestProject::new(name);
     project.set_env("DOCKER_HOST", &lab.manager());
     project.set_env("CRYPTUS_ORCHESTRATOR", "swarm");
+    // Every worker's engine: a deploy asks each node for the image.
+    let workers: Vec<usize> = (2..=lab.nodes()).collect();
+    project.set_env("CRYPTUS_SWARM_NODES", &lab.nodes_setting(&workers));
     std::fs::write(
         project.path().join("compose/docker-compose.override.yml"),
         "services:\n  cryptus-blue:\n    deploy:\n      replicas: 3\n",
@@ -1488,7 +1491,8 @@ fn color_changes(load: std::process::Child, edge: &str) -> (u64, u64) {
 /// deploy and rollback flip both edges under a request loop to each: no
 /// request fails, and the two edges change color within 1 s of each other.
 /// Maintenance on answers 503 with Retry-After through both edges (health
-/// still 200), and off serves again.
+/// still 200), and off serves again. An image only the manager has is
+/// refused (exit 1) naming the nodes that lack it or have no engine known.
 #[test]
 fn swarm_deploy_flips_both_edges_of_a_global_nginx_within_a_second() {
     let lab = SwarmLab::up(3);
@@ -1528,7 +1532,30 @@ fn swarm_deploy_flips_both_edges_of_a_global_nginx_within_a_second() {
         nothing_changed(&lab, &project, &format!("deploy with {setting:?}"));
     }
 
-    project.set_env("CRYPTUS_SWARM_NODES", &lab.nodes_setting(&[2]));
+    // An image only the manager has is refused, naming the other nodes.
+    let only_here = "cryptus-lab-only/app:2.0.0";
+    lab.docker_ok(1, &["tag", &support::app_image(), only_here]);
+    for (nodes, says) in [
+        (
+            vec![2, 3],
+            format!("may run green: {edge2}, {}", lab.node_name(3)),
+        ),
+        (
+            vec![2],
+            format!("{edge2}, {} (no engine known)", lab.node_name(3)),
+        ),
+    ] {
+        project.set_env("CRYPTUS_SWARM_NODES", &lab.nodes_setting(&nodes));
+        let args = ["deploy", "--image", only_here, "--version", "2.0.0"];
+        let refused = project.run(&args);
+        assert_code(&refused, 1);
+        let err = stderr(&refused);
+        assert!(err.contains(&says), "{nodes:?}: {err}");
+        assert!(err.contains("hint: load the image"), "{nodes:?}: {err}");
+        nothing_changed(&lab, &project, &format!("deploy of {only_here}"));
+    }
+
+    project.set_env("CRYPTUS_SWARM_NODES", &lab.nodes_setting(&[2, 3]));
     let health = stdout(&project.ok(&["health"]));
     for edge in [&edge1, &edge2] {
         assert!(

@@ -98,6 +98,10 @@ pub struct Node {
     pub cores: f64,
     /// The node's memory in bytes.
     pub memory: i64,
+    /// The node's labels (`docker node update --label-add`), which
+    /// placement constraints name as `node.labels.<key>`.
+    #[serde(skip)]
+    pub labels: BTreeMap<String, String>,
 }
 
 impl From<NodeModel> for Node {
@@ -117,6 +121,12 @@ impl From<NodeModel> for Node {
             availability: text(spec.availability.map(|a| a.to_string())),
             addr: status.addr,
             leader: node.manager_status.and_then(|m| m.leader).unwrap_or(false),
+            labels: spec
+                .labels
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
         }
     }
 }

@@ -3,16 +3,20 @@
 //! `CRYPTUS_SWARM_NODES` (`<hostname or node id>=<engine URL>,...`), since
 //! a manager does not say how to reach another node's engine. Each is
 //! connected when first asked for, checked to be that node's (the swarm's
-//! node id in its `/info`), and kept for the command.
+//! node id in its `/info`), and kept for the command. A deploy of a local
+//! image asks every node that may run the color whether it has it.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use anyhow::{Context, Result};
+use futures_util::future::try_join_all;
 use tokio::sync::OnceCell;
 
+use crate::context::Stack;
 use crate::engine::{Engine, Node};
-use crate::error::usage;
+use crate::error::{failed_with_hint, usage};
+use crate::stack::{Color, Release};
 
 /// The setting that names other nodes' engines.
 pub const NODES_VAR: &str = "CRYPTUS_SWARM_NODES";
@@ -55,6 +59,88 @@ pub fn entry_for<'e>(entries: &'e [(String, String)], node: &Node) -> Option<&'e
         .iter()
         .find(|(key, _)| *key == node.id || *key == node.hostname)
         .map(|(_, url)| url.as_str())
+}
+
+/// Whether `node` meets every placement constraint on `node.role`,
+/// `node.hostname`, `node.id` and `node.labels.<key>` (`==` or `!=`). A
+/// constraint on anything else (an engine label, the platform) is taken as
+/// met: the swarm judges it, and a node it might place the color on must
+/// not be missed.
+pub fn may_run(node: &Node, constraints: &[String]) -> bool {
+    constraints.iter().all(|constraint| {
+        let (key, equal, value) = match constraint.split_once("!=") {
+            Some((key, value)) => (key, false, value),
+            None => match constraint.split_once("==") {
+                Some((key, value)) => (key, true, value),
+                None => return true,
+            },
+        };
+        let (key, value) = (key.trim(), value.trim());
+        let actual = match key {
+            "node.role" => Some(node.role.as_str()),
+            "node.hostname" => Some(node.hostname.as_str()),
+            "node.id" => Some(node.id.as_str()),
+            _ => match key.strip_prefix("node.labels.") {
+                Some(label) => node.labels.get(label).map(String::as_str),
+                None => return true,
+            },
+        };
+        (actual == Some(value)) == equal
+    })
+}
+
+/// Whether an image reference names a registry host
+/// (`registry.example:5000/app:2`, `localhost/app`): every node can pull
+/// it, so it need not be on a node already.
+pub fn names_registry(reference: &str) -> bool {
+    reference
+        .split_once('/')
+        .is_some_and(|(host, _)| host.contains('.') || host.contains(':') || host == "localhost")
+}
+
+/// Every ready, active node that may run `color` (by its service's
+/// placement constraints) must have `image`, asked of each node's engine;
+/// else one error naming the nodes that lack it or whose engine is not
+/// known. An image of a registry is not asked for (every node can pull it).
+pub async fn image_on_nodes(stack: &Stack<'_>, color: Color, release: &Release) -> Result<()> {
+    let (engine, image) = (stack.engine, &release.image);
+    let Some(service) = stack.compose.service(color.service()) else {
+        return Ok(());
+    };
+    if names_registry(image) {
+        return Ok(());
+    }
+    let project = &stack.project.name;
+    let spec = super::plan::service_spec(project, stack.compose, service, release, None)?.spec;
+    let (membership, nodes) = tokio::try_join!(engine.membership(), engine.nodes())?;
+    let engines = NodeEngines::from_env(engine, &membership.node_id.unwrap_or_default())?;
+    let asked = nodes
+        .iter()
+        .filter(|n| n.state == "ready" && n.availability == "active")
+        .filter(|n| may_run(n, &spec.constraints))
+        .map(|node| async {
+            if !engines.knows(node) {
+                return Ok(Some(format!("{} (no engine known)", node.hostname)));
+            }
+            let why = format!("{image} is looked for");
+            let labels = engines.engine(node, &why).await?.image_labels(image).await;
+            let labels =
+                labels.with_context(|| format!("looking for {image} on {}", node.hostname))?;
+            Ok::<_, anyhow::Error>(labels.is_none().then(|| node.hostname.clone()))
+        });
+    let missing: Vec<String> = try_join_all(asked).await?.into_iter().flatten().collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(failed_with_hint(
+        format!(
+            "{image} is not on every node that may run {color}: {}",
+            missing.join(", ")
+        ),
+        format!(
+            "load the image on those nodes (docker load) or push it to your registry and deploy that reference; name each node's engine in {NODES_VAR}"
+        ),
+    ))
 }
 
 /// The engine of each node, for one command.
@@ -101,6 +187,12 @@ impl<'m> NodeEngines<'m> {
                 "`cryptus status` lists the swarm's nodes",
             )
         })
+    }
+
+    /// Whether cryptus can ask `node`'s engine: the manager's, or one the
+    /// setting names.
+    pub fn knows(&self, node: &Node) -> bool {
+        self.is_manager(&node.id) || entry_for(&self.entries, node).is_some()
     }
 
     /// Whether `id` is the manager cryptus talks to.
@@ -179,7 +271,38 @@ mod tests {
             leader: false,
             cores: 1.0,
             memory: 1,
+            labels: [("edge".to_owned(), "true".to_owned())]
+                .into_iter()
+                .collect(),
         }
+    }
+
+    #[test]
+    fn an_image_of_a_registry_is_told_from_a_local_one() {
+        assert!(names_registry("registry.example:5000/app:2"));
+        assert!(names_registry("localhost/app"));
+        assert!(names_registry("ghcr.io/acme/app:1"));
+        assert!(!names_registry("acme/app:1"));
+        assert!(!names_registry("app:1"));
+    }
+
+    #[test]
+    fn placement_constraints_pick_the_nodes_that_may_run_a_color() {
+        let n2 = node("id2", "n2");
+        let yes = |c: &[&str]| may_run(&n2, &c.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert!(yes(&[]));
+        assert!(yes(&[
+            "node.role==worker",
+            "node.hostname==n2",
+            "node.id == id2"
+        ]));
+        assert!(yes(&["node.labels.edge==true", "node.labels.zone!=east"]));
+        assert!(yes(&["engine.labels.disk==ssd", "node.platform.os==linux"]));
+        assert!(!yes(&["node.role==manager"]));
+        assert!(!yes(&["node.hostname!=n2"]));
+        assert!(!yes(&["node.labels.zone==east"]));
+        assert!(!yes(&["node.labels.edge!=true"]));
+        assert!(!yes(&["node.id==id3", "node.role==worker"]));
     }
 
     #[test]

@@ -162,7 +162,15 @@ async fn locked(
     let from = side(active, &from_release, active_replicas);
     let release = match ask {
         Ask::Deploy { source, version } => {
-            let known = crate::switch::deploy::known_release(stack, target, source, version);
+            let given = matches!(source, Source::Image(_));
+            let known = async {
+                let known = crate::switch::deploy::known_release(stack, target, source, version);
+                let release = known.await?;
+                if let Some(release) = release.as_ref().filter(|_| given) {
+                    super::nodes::image_on_nodes(stack, target, release).await?;
+                }
+                Ok(release)
+            };
             steps.wait("image", "getting the image", known).await?
         }
         Ask::Rollback => state.releases.get(&target).cloned(),
