@@ -29,6 +29,7 @@ Environment:
   COMPOSE_PROFILES active profiles (as --profile), separated by commas
   DOCKER_HOST      the Docker engine (default unix:///var/run/docker.sock)
   CRYPTUS_ORCHESTRATOR  engine (default) or swarm (as --orchestrator)
+  CRYPTUS_SWARM_NODES   on a Swarm, other edge nodes' engines: NODE=unix://PATH|tcp://HOST:PORT,...
   CRYPTUS_NOTIFY_URL    URLs that get a JSON POST for each deploy, rollback and scale
   RUST_LOG         tracing filter for -v style diagnostics, e.g. cryptus=debug";
 

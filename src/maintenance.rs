@@ -462,7 +462,7 @@ pub async fn switch(
 
 /// Refuses maintenance an nginx would not serve: its configuration must
 /// include the file.
-async fn check_included(nginx: &Nginx<'_>) -> Result<()> {
+pub async fn check_included(nginx: &Nginx<'_>) -> Result<()> {
     let output = nginx
         .engine
         .exec(&nginx.container, &["nginx", "-T", "-c", nginx::CONF])
@@ -512,6 +512,31 @@ async fn health_in_maintenance(lb_addr: &str) -> bool {
     }
 }
 
+/// A maintenance switch's side in the history: the color that serves,
+/// its release and task count (maintenance changes none of them).
+pub fn history_side(
+    color: crate::stack::Color,
+    release: crate::stack::Release,
+    replicas: u32,
+) -> Side {
+    Side {
+        color,
+        image: release.image,
+        version: release.version,
+        image_id: None,
+        replicas,
+    }
+}
+
+/// A maintenance switch's reason in the history.
+pub fn history_reason(wanted: &State) -> String {
+    if wanted.on {
+        format!("on: {}", wanted.message.as_deref().unwrap_or_default())
+    } else {
+        "off".to_owned()
+    }
+}
+
 /// The history entry: from and to the color that serves, its release.
 async fn record(stack: &Stack<'_>, lb: &state::Lb, wanted: &State, seconds: f64) {
     let served = nginx::served_color(&crate::health::client(), &lb.status_addr).await;
@@ -529,18 +554,9 @@ async fn record(stack: &Stack<'_>, lb: &state::Lb, wanted: &State, seconds: f64)
         ));
         return;
     };
-    let side = Side {
-        color,
-        image: release.image,
-        version: release.version,
-        image_id: None,
-        replicas: of_color.iter().filter(|c| c.running).count() as u32,
-    };
-    let reason = if wanted.on {
-        format!("on: {}", wanted.message.as_deref().unwrap_or_default())
-    } else {
-        "off".to_owned()
-    };
+    let running = of_color.iter().filter(|c| c.running).count() as u32;
+    let side = history_side(color, release, running);
+    let reason = history_reason(wanted);
     state::record(
         stack,
         state::Record {

@@ -83,6 +83,7 @@ mod tests {
             manager,
             node_id: None,
             node_addr: None,
+            hostname: None,
             nodes: None,
             managers: None,
         }

@@ -197,17 +197,6 @@ fn swarm_mode_refuses_an_engine_that_is_no_manager() {
     let bad = project.run(&["--orchestrator", "kubernetes", "status"]);
     assert_code(&bad, 2);
     assert!(stderr(&bad).contains("engine, swarm"), "{}", stderr(&bad));
-
-    // A command that does not drive a Swarm yet says so, before it touches
-    // any engine.
-    let maintenance = project.run(&["maintenance", "status"]);
-    assert_code(&maintenance, 2);
-    let err = stderr(&maintenance);
-    assert!(
-        err.contains("maintenance does not run on a Docker Swarm yet"),
-        "{err}"
-    );
-    assert!(err.contains("--orchestrator engine"), "{err}");
 }
 
 /// `status` says which mode it runs in, as text and JSON: one engine on
@@ -390,6 +379,9 @@ fn on_lab(lab: &SwarmLab, name: &str) -> TestProject {
     let mut project = TestProject::new(name);
     project.set_env("DOCKER_HOST", &lab.manager());
     project.set_env("CRYPTUS_ORCHESTRATOR", "swarm");
+    // Every worker's engine: a deploy asks each node for the image.
+    let workers: Vec<usize> = (2..=lab.nodes()).collect();
+    project.set_env("CRYPTUS_SWARM_NODES", &lab.nodes_setting(&workers));
     std::fs::write(
         project.path().join("compose/docker-compose.override.yml"),
         "services:\n  cryptus-blue:\n    deploy:\n      replicas: 3\n",
@@ -475,12 +467,17 @@ fn load_loop(lab: &SwarmLab, project: &TestProject, stop: &std::path::Path) -> s
          echo \"$ok $bad $max $slow\"",
         stop = stop.display()
     );
-    lab.in_node(1, &["sh", "-c", &script])
+    in_manager(lab, &script)
+}
+
+/// A shell script run in the manager's namespace, its output piped.
+fn in_manager(lab: &SwarmLab, script: &str) -> std::process::Child {
+    lab.in_node(1, &["sh", "-c", script])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .expect("starting the load loop")
+        .expect("starting a script in the manager's namespace")
 }
 
 /// Ends a [`load_loop`] and asserts that it sent enough requests and that
@@ -538,24 +535,28 @@ fn every_kind_served(report: loadgen::Report, during: &str) {
     );
 }
 
+/// A refused switch changed nothing: blue is active, green has no
+/// service, and no deploy lock is left.
+fn nothing_changed(lab: &SwarmLab, project: &TestProject, what: &str) {
+    let status = project.status();
+    assert_eq!(status["active"], "blue", "{what}: {status}");
+    assert!(
+        service_of(&status, "cryptus-green")["name"].is_null(),
+        "{what} made green's service: {status}"
+    );
+    let lock = listed(
+        lab,
+        "config",
+        &format!("name={}_cryptus-lock", project.name),
+    );
+    assert_eq!(lock.trim(), "", "{what} left the deploy lock");
+}
+
 /// What a switch on a Swarm does not do yet is refused before anything
 /// changes (exit 2, with a hint): `--canary`, and the project's hooks
 /// unless `--skip-hooks`. Leaves the hooks declared, in the override file.
 fn refuses_canary_and_hooks(lab: &SwarmLab, project: &TestProject) {
-    let nothing_changed = |what: &str| {
-        let status = project.status();
-        assert_eq!(status["active"], "blue", "{what}: {status}");
-        assert!(
-            service_of(&status, "cryptus-green")["name"].is_null(),
-            "{what} made green's service: {status}"
-        );
-        let lock = listed(
-            lab,
-            "config",
-            &format!("name={}_cryptus-lock", project.name),
-        );
-        assert_eq!(lock.trim(), "", "{what} left the deploy lock");
-    };
+    let nothing_changed = |what: &str| nothing_changed(lab, project, what);
     let canary = deploy_2_0_0(project, &["--canary", "10"]);
     assert_code(&canary, 2);
     let err = stderr(&canary);
@@ -1671,4 +1672,209 @@ fn swarm_tasks_get_their_secrets_and_configs_and_stop_removes_them() {
     project.ok(&["stop"]);
     assert_eq!(listed(&lab, "secret", &stack).trim(), "", "secrets left");
     assert_eq!(listed(&lab, "config", &stack).trim(), "", "configs left");
+}
+
+/// A request loop in the manager's namespace against one edge's host-mode
+/// port (node `node`'s address): it ends as [`load_loop`] does and prints
+/// `seen <color> <epoch ms>` each time the color that answers changes,
+/// then `counts <ok> <failed>`; each failure on stderr.
+fn color_loop(
+    lab: &SwarmLab,
+    project: &TestProject,
+    node: usize,
+    stop: &std::path::Path,
+) -> std::process::Child {
+    let url = format!(
+        "http://{}:{}/api/health",
+        SwarmLab::address(node),
+        project.port
+    );
+    let script = format!(
+        "ok=0; bad=0; n=0; last=; end=$(( $(date +%s) + 600 ))\n\
+         while [ ! -e '{stop}' ] && [ $n -lt 200000 ] && [ $(date +%s) -lt $end ]; do\n\
+           out=$(curl -s -m 10 -w ' %{{http_code}}' '{url}'); n=$((n+1)); code=${{out##* }}\n\
+           if [ \"$code\" = 200 ]; then ok=$((ok+1)); else bad=$((bad+1)); echo \"request $n: $out\" >&2; fi\n\
+           case \"$out\" in *green*) c=green;; *blue*) c=blue;; *) c=none;; esac\n\
+           if [ \"$c\" != \"$last\" ]; then echo \"seen $c $(date +%s%3N)\"; last=$c; fi\n\
+         done\n\
+         echo \"counts $ok $bad\"",
+        stop = stop.display()
+    );
+    in_manager(lab, &script)
+}
+
+/// Ends a [`color_loop`] (its stop file written by the caller), asserts
+/// that none of its requests failed, and gives the times (epoch ms) at
+/// which it first saw green, then blue again after that.
+fn color_changes(load: std::process::Child, edge: &str) -> (u64, u64) {
+    let output =
+        support::wait::output_within("the color loop ended", load, Duration::from_secs(60));
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let counts = text
+        .lines()
+        .find_map(|line| line.strip_prefix("counts "))
+        .unwrap_or_else(|| panic!("the loop of {edge} printed {text:?}"));
+    let (ok, failed) = counts.split_once(' ').expect("two counts");
+    eprintln!("the loop of {edge}: {ok} answered 200, {failed} failed; {text}");
+    assert!(
+        ok.parse::<u64>().expect("a count") > 50,
+        "too few requests: {text}"
+    );
+    assert_eq!(
+        failed,
+        "0",
+        "requests to {edge} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let seen: Vec<(&str, u64)> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("seen "))
+        .filter_map(|line| line.split_once(' '))
+        .map(|(color, ms)| (color, ms.parse().expect("epoch ms")))
+        .collect();
+    let green = seen
+        .iter()
+        .find(|(color, _)| *color == "green")
+        .unwrap_or_else(|| panic!("{edge} never served green: {text}"))
+        .1;
+    let blue = seen
+        .iter()
+        .find(|(color, ms)| *color == "blue" && *ms > green)
+        .unwrap_or_else(|| panic!("{edge} never served blue again: {text}"))
+        .1;
+    (green, blue)
+}
+
+/// Issue 16: nginx global on two labelled nodes, each edge reached
+/// through its node's engine (`CRYPTUS_SWARM_NODES`). Without the second
+/// edge's engine (or with a bad setting, or one naming another node's
+/// engine) a deploy is refused (exit 2) and changes nothing; with it,
+/// deploy and rollback flip both edges under a request loop to each: no
+/// request fails, and the two edges change color within 1 s of each other.
+/// Maintenance on answers 503 with Retry-After through both edges (health
+/// still 200), and off serves again. An image only the manager has is
+/// refused (exit 1) naming the nodes that lack it or have no engine known.
+#[test]
+fn swarm_deploy_flips_both_edges_of_a_global_nginx_within_a_second() {
+    let lab = SwarmLab::up(3);
+    for node in [1, 2] {
+        let name = lab.node_name(node);
+        lab.docker_ok(1, &["node", "update", "--label-add", "edge=true", &name]);
+    }
+    let mut project = on_lab(&lab, "swarm-edges");
+    std::fs::write(
+        project.path().join("compose/docker-compose.override.yml"),
+        "services:\n  cryptus-blue:\n    deploy:\n      replicas: 3\n  nginx:\n    deploy:\n      mode: global\n      placement:\n        constraints: [node.labels.edge==true]\n",
+    )
+    .expect("writing the override file");
+    project.ok(&["start", "--timeout", "240s"]);
+    let (edge1, edge2) = (lab.node_name(1), lab.node_name(2));
+
+    for (setting, says) in [
+        (
+            String::new(),
+            format!("on node {edge2}, whose engine cryptus does not know"),
+        ),
+        (
+            edge2.clone(),
+            "CRYPTUS_SWARM_NODES is not understood".to_owned(),
+        ),
+        (
+            format!("{edge2}={}", lab.host(3)),
+            format!("named in CRYPTUS_SWARM_NODES for {edge2}"),
+        ),
+    ] {
+        project.set_env("CRYPTUS_SWARM_NODES", &setting);
+        let refused = deploy_2_0_0(&project, &["--timeout", "240s"]);
+        assert_code(&refused, 2);
+        let err = stderr(&refused);
+        assert!(err.contains(&says), "{setting:?}: {err}");
+        assert!(err.contains("hint:"), "{setting:?}: {err}");
+        nothing_changed(&lab, &project, &format!("deploy with {setting:?}"));
+    }
+
+    // An image only the manager has is refused, naming the other nodes.
+    let only_here = "cryptus-lab-only/app:2.0.0";
+    lab.docker_ok(1, &["tag", &support::app_image(), only_here]);
+    for (nodes, says) in [
+        (
+            vec![2, 3],
+            format!("may run green: {edge2}, {}", lab.node_name(3)),
+        ),
+        (
+            vec![2],
+            format!("{edge2}, {} (no engine known)", lab.node_name(3)),
+        ),
+    ] {
+        project.set_env("CRYPTUS_SWARM_NODES", &lab.nodes_setting(&nodes));
+        let args = ["deploy", "--image", only_here, "--version", "2.0.0"];
+        let refused = project.run(&args);
+        assert_code(&refused, 1);
+        let err = stderr(&refused);
+        assert!(err.contains(&says), "{nodes:?}: {err}");
+        assert!(err.contains("hint: load the image"), "{nodes:?}: {err}");
+        nothing_changed(&lab, &project, &format!("deploy of {only_here}"));
+    }
+
+    project.set_env("CRYPTUS_SWARM_NODES", &lab.nodes_setting(&[2, 3]));
+    let health = stdout(&project.ok(&["health"]));
+    for edge in [&edge1, &edge2] {
+        assert!(
+            health.contains(&format!("nginx on {edge}")),
+            "health names each edge: {health}"
+        );
+    }
+    let stop = project.path().join("stop-load");
+    let loops = [1, 2].map(|node| color_loop(&lab, &project, node, &stop));
+    let deployed = deploy_2_0_0(&project, &["--timeout", "240s", "--json"]);
+    assert_code(&deployed, 0);
+    assert_eq!(project.status()["active"], "green");
+    let rolled = project.ok(&["rollback", "--timeout", "240s", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&rolled.stdout).expect("JSON");
+    assert_eq!(report["outcome"], "ok", "{report}");
+    std::thread::sleep(Duration::from_secs(1));
+    std::fs::write(&stop, "").expect("stopping the loops");
+    let [one, two] = loops;
+    let (green1, blue1) = color_changes(one, &edge1);
+    let (green2, blue2) = color_changes(two, &edge2);
+    let (to_green, to_blue) = (green1.abs_diff(green2), blue1.abs_diff(blue2));
+    eprintln!("the edges served green {to_green} ms apart, blue again {to_blue} ms apart");
+    assert!(to_green <= 1000, "green {to_green} ms apart");
+    assert!(to_blue <= 1000, "blue {to_blue} ms apart");
+
+    // Maintenance goes to both edges; /api/health stays open.
+    project.ok(&["maintenance", "on", "--retry-after", "120"]);
+    for node in [1, 2] {
+        let page = edge_answer(&lab, &project, node, "/");
+        assert!(page.starts_with("HTTP/1.1 503"), "node {node}: {page}");
+        assert!(
+            page.to_ascii_lowercase().contains("\nretry-after: 120"),
+            "node {node}: {page}"
+        );
+        let health = edge_answer(&lab, &project, node, "/api/health");
+        assert!(health.starts_with("HTTP/1.1 200"), "node {node}: {health}");
+    }
+    let status = project.ok(&["maintenance", "status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("JSON");
+    assert_eq!(status["maintenance"]["on"], true, "{status}");
+    project.ok(&["maintenance", "off"]);
+    for node in [1, 2] {
+        let page = edge_answer(&lab, &project, node, "/");
+        assert!(page.starts_with("HTTP/1.1 200"), "node {node}: {page}");
+    }
+    let status = project.ok(&["maintenance", "status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("JSON");
+    assert_eq!(status["maintenance"]["on"], false, "{status}");
+}
+
+/// What node `node`'s edge answers on `path`, head and body, asked from
+/// inside the lab.
+fn edge_answer(lab: &SwarmLab, project: &TestProject, node: usize, path: &str) -> String {
+    let url = format!("http://{}:{}{path}", SwarmLab::address(node), project.port);
+    let output = support::wait::run_within(
+        "curl ended",
+        lab.in_node(1, &["curl", "-sS", "-i", "-m", "5", &url]),
+        Duration::from_secs(20),
+    );
+    String::from_utf8_lossy(&output.stdout).replace('\r', "")
 }

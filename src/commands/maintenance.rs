@@ -10,6 +10,7 @@ use crate::engine::Engine;
 use crate::error::{EXIT_OK, failed_with_hint};
 use crate::maintenance::{self, Settings, State, Switch};
 use crate::nginx::Nginx;
+use crate::orchestrator::Orchestrator;
 use crate::output::Printer;
 use crate::project::Project;
 
@@ -36,12 +37,21 @@ pub async fn run(project: &Project, action: MaintenanceAction, printer: &Printer
         MaintenanceAction::Off { lock_wait } => (Switch::Off, lock_wait),
     };
     let session = Session::open(project, printer).await?;
-    let state = maintenance::switch(&session.stack(), want, lock_wait).await?;
+    let state = if project.orchestrator == Orchestrator::Swarm {
+        crate::swarm::maintenance::switch(&session.stack(), want, lock_wait).await?
+    } else {
+        maintenance::switch(&session.stack(), want, lock_wait).await?
+    };
     show(project, &state, printer)
 }
 
 /// What is in force now.
 async fn status(project: &Project, printer: &Printer) -> Result<u8> {
+    if project.orchestrator == Orchestrator::Swarm {
+        let engine = crate::orchestrator::connect(project.orchestrator).await?;
+        let state = crate::swarm::maintenance::status(&engine, &project.name).await?;
+        return show(project, &state, printer);
+    }
     let engine = Engine::connect().await?;
     let container = super::state_holder(&engine, project, "the maintenance state").await?;
     let lb = container.name.clone();

@@ -26,8 +26,6 @@ use anyhow::Result;
 use crate::cli::{Cli, Command};
 use crate::compose::Compose;
 use crate::engine::{Engine, START_INTERVAL_API};
-use crate::error::usage;
-use crate::orchestrator::Orchestrator;
 use crate::output::Printer;
 use crate::project::Project;
 
@@ -83,28 +81,6 @@ async fn state_holder(
     })
 }
 
-/// The commands that drive a Swarm; the others act on one engine only.
-fn runs_on_swarm(command: &Command) -> bool {
-    matches!(
-        command,
-        Command::Init { .. }
-            | Command::Config
-            | Command::Status
-            | Command::Start { .. }
-            | Command::Stop { .. }
-            | Command::Deploy { .. }
-            | Command::Rollback { .. }
-            | Command::Scale { .. }
-            | Command::Health { .. }
-            | Command::Logs { .. }
-            | Command::Backup { .. }
-            | Command::Restore { .. }
-            | Command::Resources
-            | Command::History { .. }
-            | Command::Restart { .. }
-    )
-}
-
 pub async fn run(cli: Cli, printer: &Printer) -> Result<u8> {
     // These speak of cryptus itself: no project, however it is set.
     match &cli.command {
@@ -117,17 +93,11 @@ pub async fn run(cli: Cli, printer: &Printer) -> Result<u8> {
 }
 
 /// The project the command acts on, with its compose files, profiles and
-/// orchestrator; a command that does not run on a Swarm yet is refused.
+/// orchestrator (every command drives a Swarm as it drives one engine).
 fn open_project(cli: &Cli) -> Result<Project> {
     let mut project = Project::new(&cli.project_dir, &cli.project)?
         .with_compose(cli.file.clone(), &cli.profile)?;
     project.orchestrator = cli.orchestrator;
-    if project.orchestrator == Orchestrator::Swarm && !runs_on_swarm(&cli.command) {
-        return Err(usage(
-            format!("{} does not run on a Docker Swarm yet", cli.command.name()),
-            "use --orchestrator engine (unset CRYPTUS_ORCHESTRATOR); docs/swarm.md says what runs on Swarm",
-        ));
-    }
     Ok(project)
 }
 

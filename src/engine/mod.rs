@@ -58,6 +58,10 @@ pub const CLIENT_LOG_TARGET: &str = "bollard";
 /// How long to wait for the engine to answer its first ping.
 const PING_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long one request to an engine reached by its address may take, as
+/// for DOCKER_HOST's (bollard's default).
+const CLIENT_TIMEOUT: u64 = 120;
+
 #[derive(Clone)]
 pub struct Engine {
     docker: Docker,
@@ -132,18 +136,47 @@ impl Engine {
     pub async fn connect() -> Result<Engine> {
         let set = std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty());
         let host = Engine::endpoint();
-        let unreachable = |detail: String| {
-            usage(
-                format!("cannot reach the Docker engine at {host}: {detail}"),
-                "is dockerd running? Start it, or point DOCKER_HOST at a running engine",
-            )
-        };
+        let hint = "is dockerd running? Start it, or point DOCKER_HOST at a running engine";
         // An empty DOCKER_HOST means the local socket, as for the docker CLI.
         let docker = match set {
             Some(_) => Docker::connect_with_defaults(),
             None => Docker::connect_with_local_defaults(),
-        }
-        .map_err(|err| unreachable(err.to_string()))?;
+        };
+        Engine::negotiate(docker, &host, hint).await
+    }
+
+    /// Connects to the engine at `endpoint` (`unix://PATH` or
+    /// `tcp://HOST:PORT`), whatever DOCKER_HOST says; `hint` is what an
+    /// unreachable engine's error suggests.
+    pub async fn connect_to(endpoint: &str, hint: &str) -> Result<Engine> {
+        let docker = if endpoint.starts_with("unix://") {
+            Docker::connect_with_unix(endpoint, CLIENT_TIMEOUT, bollard::API_DEFAULT_VERSION)
+        } else if endpoint.starts_with("tcp://") || endpoint.starts_with("http://") {
+            Docker::connect_with_http(endpoint, CLIENT_TIMEOUT, bollard::API_DEFAULT_VERSION)
+        } else {
+            return Err(usage(
+                format!(
+                    "cannot reach the Docker engine at {endpoint}: not a unix:// or tcp:// address"
+                ),
+                hint,
+            ));
+        };
+        Engine::negotiate(docker, endpoint, hint).await
+    }
+
+    /// Agrees on an API version with the engine `docker` talks to, at `host`.
+    async fn negotiate(
+        docker: Result<Docker, BollardError>,
+        host: &str,
+        hint: &str,
+    ) -> Result<Engine> {
+        let unreachable = |detail: String| {
+            usage(
+                format!("cannot reach the Docker engine at {host}: {detail}"),
+                hint,
+            )
+        };
+        let docker = docker.map_err(|err| unreachable(err.to_string()))?;
         // Ask `/version` unversioned: every engine answers it, whatever API
         // versions it supports. bollard then speaks the older of its own
         // version and the engine's, so old engines (API 1.41) and new ones work.

@@ -56,6 +56,8 @@ pub struct Membership {
     pub node_id: Option<String>,
     /// The address other nodes reach it at.
     pub node_addr: Option<String>,
+    /// The host's name, as the swarm names its node.
+    pub hostname: Option<String>,
     /// The swarm's nodes and managers, as a manager counts them.
     pub nodes: Option<i64>,
     pub managers: Option<i64>,
@@ -73,6 +75,7 @@ impl From<&SystemInfo> for Membership {
             state,
             node_id: swarm.node_id.filter(|id| !id.is_empty()),
             node_addr: swarm.node_addr.filter(|addr| !addr.is_empty()),
+            hostname: info.name.clone().filter(|name| !name.is_empty()),
             nodes: swarm.nodes,
             managers: swarm.managers,
         }
@@ -96,6 +99,10 @@ pub struct Node {
     pub cores: f64,
     /// The node's memory in bytes.
     pub memory: i64,
+    /// The node's labels (`docker node update --label-add`), which
+    /// placement constraints name as `node.labels.<key>`.
+    #[serde(skip)]
+    pub labels: BTreeMap<String, String>,
 }
 
 impl From<NodeModel> for Node {
@@ -115,6 +122,12 @@ impl From<NodeModel> for Node {
             availability: text(spec.availability.map(|a| a.to_string())),
             addr: status.addr,
             leader: node.manager_status.and_then(|m| m.leader).unwrap_or(false),
+            labels: spec
+                .labels
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
         }
     }
 }

@@ -1,25 +1,26 @@
-//! The edge of a Swarm stack: the nginx task on the manager cryptus talks
-//! to, reached through that manager's engine (exec in the task's
-//! container). From inside it cryptus probes the app's tasks on the
-//! overlay, by the same `tasks.<service>` name and the same network
+//! The edges of a Swarm stack: the nginx tasks, each reached through its
+//! node's engine (exec in the task's container). From inside one cryptus
+//! probes the app's tasks on the overlay, by the same `tasks.<service>` name and the same network
 //! nginx's upstream uses, so a task that answers is one nginx can reach;
-//! and there it writes the upstream, checks it with `nginx -t` and
+//! and in each it writes the upstream, checks it with `nginx -t` and
 //! reloads ([`Nginx::apply`], as on one engine).
 //!
-//! Only the manager's engine is reachable, so only one edge is: an nginx
-//! service with running tasks on other nodes is refused, with a hint, until
-//! cryptus reaches other nodes' engines.
+//! Every running task of the nginx service is an edge: each is reached
+//! through its node's engine ([`super::nodes`]), and a switch applies to
+//! all of them at once.
 
 use std::net::IpAddr;
 
 use anyhow::{Context, Result};
+use futures_util::future::join_all;
 
 use crate::engine::{Engine, Task};
-use crate::error::{failed_with_hint, usage};
+use crate::error::failed_with_hint;
 use crate::health::{HEALTH_PATH, Probe, Report};
 use crate::nginx::{self, Nginx};
 use crate::stack::{APP_PORT, Color, LB_SERVICE};
 
+use super::nodes::NodeEngines;
 use super::service_name;
 
 /// Fetches `/api/health` of each address `tasks.<service>` resolves to (or
@@ -96,31 +97,27 @@ fn parse_answer(answer: &str) -> Probe {
     }
 }
 
-/// The edge nginx cryptus drives: its task's container on the manager.
-pub struct Edge<'e> {
-    engine: &'e Engine,
+/// One edge nginx: its task's container, reached through its node's engine.
+pub struct Edge {
+    engine: Engine,
     project: String,
-    /// The container's name on the manager's engine.
+    /// The hostname of the node it runs on.
+    pub node: String,
+    /// The container's name on its node's engine.
     pub container: String,
 }
 
-/// Of the nginx service's running tasks, the one on `manager`; the
-/// others are on nodes cryptus cannot reach yet.
-fn edge_task<'t>(tasks: &'t [&'t Task], manager: &str) -> (Option<&'t Task>, usize) {
-    let here = tasks
-        .iter()
-        .copied()
-        .find(|t| t.node_id.as_deref() == Some(manager));
-    let elsewhere = tasks
-        .iter()
-        .filter(|t| t.node_id.as_deref() != Some(manager))
-        .count();
-    (here, elsewhere)
+/// Every edge nginx of the stack: one per running task of its nginx
+/// service, the manager's first.
+pub struct Edges {
+    pub all: Vec<Edge>,
 }
 
-impl<'e> Edge<'e> {
-    /// The nginx task on the manager cryptus talks to.
-    pub async fn find(engine: &'e Engine, project: &str) -> Result<Edge<'e>> {
+impl Edges {
+    /// The running nginx tasks of the project, each through its node's
+    /// engine (the manager's, or one named in `CRYPTUS_SWARM_NODES`). A
+    /// single edge on the manager costs no call to any other engine.
+    pub async fn find(engine: &Engine, project: &str) -> Result<Edges> {
         let name = service_name(project, LB_SERVICE);
         let (membership, services, tasks) = tokio::try_join!(
             engine.membership(),
@@ -130,7 +127,7 @@ impl<'e> Edge<'e> {
         let not_running = || {
             failed_with_hint(
                 format!(
-                    "the stack of project {project} is not running on the swarm ({name} has no running task on this manager)"
+                    "the stack of project {project} is not running on the swarm ({name} has no running task)"
                 ),
                 "run `cryptus start` first; `cryptus status` shows each task",
             )
@@ -144,32 +141,129 @@ impl<'e> Edge<'e> {
             .filter(|t| t.service_id == service.id && t.state == "running")
             .collect();
         let manager = membership.node_id.unwrap_or_default();
-        let (here, elsewhere) = edge_task(&running, &manager);
-        if elsewhere > 0 {
-            return Err(usage(
-                format!(
-                    "{name} runs on {elsewhere} node(s) besides this manager; cryptus reaches only the manager's nginx yet"
-                ),
-                "constrain nginx to one manager (deploy.placement.constraints: [node.hostname==...]); docs/swarm.md",
-            ));
+        let nodes = NodeEngines::from_env(engine, &manager)?;
+        let manager_name = membership.hostname.unwrap_or_else(|| manager.clone());
+        let reached = running.iter().map(|task| async {
+            let node = task.node_id.clone().unwrap_or_default();
+            let (engine, hostname) = if nodes.is_manager(&node) {
+                (engine.clone(), manager_name.clone())
+            } else {
+                let node = nodes.node(&node).await?;
+                let why = format!("{name} runs a task");
+                (nodes.engine(&node, &why).await?, node.hostname)
+            };
+            let container = task.container_id.clone().ok_or_else(not_running)?;
+            let inspected = engine
+                .inspect(&container)
+                .await
+                .with_context(|| format!("finding nginx's container on {hostname}"))?
+                .filter(|c| c.running)
+                .ok_or_else(not_running)?;
+            Ok::<_, anyhow::Error>(Edge {
+                engine,
+                project: project.to_owned(),
+                node: hostname,
+                container: inspected.name,
+            })
+        });
+        let mut all = futures_util::future::try_join_all(reached).await?;
+        if all.is_empty() {
+            return Err(not_running());
         }
-        let container = here
-            .and_then(|t| t.container_id.clone())
-            .ok_or_else(not_running)?;
-        let inspected = engine
-            .inspect(&container)
-            .await?
-            .filter(|c| c.running)
-            .ok_or_else(not_running)?;
-        Ok(Edge {
-            engine,
-            project: project.to_owned(),
-            container: inspected.name,
-        })
+        all.sort_by_key(|edge| (edge.node != manager_name, edge.node.clone()));
+        Ok(Edges { all })
     }
 
-    fn nginx(&self) -> Nginx<'e> {
-        Nginx::named(self.engine, self.container.clone())
+    /// The edge the app's tasks are probed from: every edge is on the
+    /// same overlay, so any one sees them as nginx does.
+    pub fn first(&self) -> &Edge {
+        &self.all[0]
+    }
+
+    /// What a check or a message calls `edge`: `nginx` when it is the
+    /// only one, else `nginx on <node>`.
+    pub fn label(&self, edge: &Edge) -> String {
+        if self.all.len() == 1 {
+            "nginx".to_owned()
+        } else {
+            format!("nginx on {}", edge.node)
+        }
+    }
+
+    /// The color every edge serves; an error when one cannot say, or when
+    /// they disagree (naming what each serves).
+    pub async fn served(&self) -> Result<Color> {
+        let served = join_all(self.all.iter().map(Edge::served)).await;
+        let mut colors = Vec::new();
+        for (edge, color) in self.all.iter().zip(served) {
+            colors.push((edge.node.as_str(), color?));
+        }
+        agreed(&colors).map_err(|why| anyhow::anyhow!(why))
+    }
+
+    /// Points every edge at `color`, at once; the first failure, naming
+    /// its node (the caller puts every edge back).
+    pub async fn apply(&self, color: Color, backups: &[IpAddr]) -> Result<()> {
+        let applied = join_all(self.all.iter().map(|e| e.apply(color, backups))).await;
+        applied.into_iter().collect()
+    }
+
+    /// Each edge's nginx worker pids, to drain after a reload.
+    pub async fn workers(&self) -> Vec<Vec<String>> {
+        let workers = join_all(self.all.iter().map(Edge::workers)).await;
+        workers.into_iter().map(Result::unwrap_or_default).collect()
+    }
+
+    /// Waits on every edge for the workers from before a reload (`old`,
+    /// as [`Edges::workers`] gave them) to finish their requests.
+    pub async fn drain(
+        &self,
+        printer: &crate::output::Printer,
+        old: &[Vec<String>],
+        limit: std::time::Duration,
+    ) -> Result<()> {
+        let none = Vec::new();
+        let drained = join_all(
+            self.all
+                .iter()
+                .enumerate()
+                .map(|(n, edge)| edge.drain(printer, old.get(n).unwrap_or(&none), limit)),
+        )
+        .await;
+        drained.into_iter().collect()
+    }
+
+    /// The app through every edge's nginx: each edge's node and answer.
+    pub async fn probe_lbs(&self) -> Vec<(&str, Result<Probe>)> {
+        let probes = join_all(self.all.iter().map(Edge::probe_lb)).await;
+        self.all
+            .iter()
+            .map(|e| e.node.as_str())
+            .zip(probes)
+            .collect()
+    }
+}
+
+/// The one color the edges serve; else what each serves.
+fn agreed(served: &[(&str, Color)]) -> Result<Color, String> {
+    match served {
+        [] => Err("no edge nginx answered".to_owned()),
+        [(_, color), rest @ ..] if rest.iter().all(|(_, c)| c == color) => Ok(*color),
+        _ => Err(format!(
+            "the edges disagree: {}",
+            served
+                .iter()
+                .map(|(node, color)| format!("nginx on {node} serves {color}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
+impl Edge {
+    /// nginx in this edge's container, through its node's engine.
+    pub fn nginx(&self) -> Nginx<'_> {
+        Nginx::named(&self.engine, self.container.clone())
     }
 
     async fn run_probe(&self, name: &str, port: u16, how: &str) -> Result<Vec<(String, Probe)>> {
@@ -236,7 +330,12 @@ impl<'e> Edge<'e> {
             "/cryptus/active",
             "one",
         ];
-        let asking = || format!("asking nginx in {} which color it serves", self.container);
+        let asking = || {
+            format!(
+                "asking nginx in {} on {} which color it serves",
+                self.container, self.node
+            )
+        };
         // Bounded: the switch then goes by the cluster's record.
         let output =
             tokio::time::timeout(SERVED_DEADLINE, self.engine.exec(&self.container, &args))
@@ -264,7 +363,33 @@ impl<'e> Edge<'e> {
         self.nginx()
             .apply(&[(nginx::UPSTREAM_FILE, &upstream)])
             .await
-            .with_context(|| format!("switching nginx in {} to {color}", self.container))
+            .with_context(|| {
+                format!(
+                    "switching nginx in {} on {} to {color}",
+                    self.container, self.node
+                )
+            })
+    }
+
+    /// One file of nginx's state volume; `None` when there is none.
+    pub async fn read(&self, file: &str) -> Result<Option<String>> {
+        self.nginx()
+            .read(file)
+            .await
+            .with_context(|| format!("reading {file} in {} on {}", self.container, self.node))
+    }
+
+    /// Writes one file of nginx's state volume, `nginx -t`, reload.
+    pub async fn apply_file(&self, file: &str, text: &str) -> Result<()> {
+        self.nginx()
+            .apply(&[(file, text)])
+            .await
+            .with_context(|| format!("applying {file} in {} on {}", self.container, self.node))
+    }
+
+    /// `nginx -t` in the task: `Err` with nginx's reason when it fails.
+    pub async fn test(&self) -> Result<Result<(), String>> {
+        self.nginx().test().await
     }
 
     /// nginx's worker pids, to drain after a reload.
@@ -340,24 +465,14 @@ mod tests {
     }
 
     #[test]
-    fn only_the_managers_edge_task_is_reachable() {
-        let task = |node: &str| Task {
-            id: node.into(),
-            service_id: "s".into(),
-            slot: None,
-            node_id: Some(node.into()),
-            state: "running".into(),
-            desired_state: "running".into(),
-            error: None,
-            container_id: Some(format!("c-{node}")),
-            image: "nginx".into(),
-        };
-        let (a, b) = (task("m1"), task("m2"));
-        let one = [&a];
-        let (here, elsewhere) = edge_task(&one, "m1");
-        assert_eq!((here.map(|t| t.id.as_str()), elsewhere), (Some("m1"), 0));
-        let two = [&a, &b];
-        assert_eq!(edge_task(&two, "m1").1, 1);
-        assert!(edge_task(&[&b], "m1").0.is_none());
+    fn the_edges_agree_on_a_color_or_say_what_each_serves() {
+        use Color::{Blue, Green};
+        assert_eq!(agreed(&[("n1", Green)]), Ok(Green));
+        assert_eq!(agreed(&[("n1", Blue), ("n2", Blue)]), Ok(Blue));
+        assert_eq!(
+            agreed(&[("n1", Blue), ("n2", Green)]),
+            Err("the edges disagree: nginx on n1 serves blue, nginx on n2 serves green".to_owned())
+        );
+        assert!(agreed(&[]).is_err());
     }
 }

@@ -13,11 +13,10 @@ use futures_util::future::join_all;
 use crate::checks::{Check, Report, judge_app, judge_redis, nothing_to_probe, within};
 use crate::engine::Engine;
 use crate::health::{Expect, Probe};
-use crate::nginx::Nginx;
 use crate::redis::Redis;
 use crate::stack::Color;
 
-use super::edge::Edge;
+use super::edge::{Edge, Edges};
 use super::status::{ServiceView, SwarmStatus, TaskView, gather};
 
 /// Every check of a project on the swarm; each question waits at most
@@ -31,41 +30,52 @@ pub async fn check(
     // A manager in the middle of an election may not answer: each
     // question has the deadline the checks have.
     let status = within(timeout, gather(engine, project, declared)).await?;
-    let edge = within(timeout, Edge::find(engine, project)).await;
-    let (nginx, served) = match &edge {
-        Ok(edge) => check_nginx(engine, edge, status.active, timeout).await,
-        Err(err) => (Check::new("nginx", false, format!("{err:#}")), None),
+    let edges = within(timeout, Edges::find(engine, project)).await;
+    let (nginx, served) = match &edges {
+        Ok(edges) => {
+            let checked = join_all(
+                edges
+                    .all
+                    .iter()
+                    .map(|edge| check_nginx(edges, edge, status.active, timeout)),
+            )
+            .await;
+            let (checks, served): (Vec<Check>, Vec<Option<Color>>) = checked.into_iter().unzip();
+            // Edges that disagree say nothing of the active color: the
+            // record stands.
+            let served = served
+                .first()
+                .copied()
+                .flatten()
+                .filter(|first| served.iter().all(|c| *c == Some(*first)));
+            (checks, served)
+        }
+        Err(err) => (vec![Check::new("nginx", false, format!("{err:#}"))], None),
     };
     let active = served.or(status.active);
-    let edge = edge.ok();
+    let edge = edges.as_ref().ok().map(Edges::first);
     let (colors, redis) = tokio::join!(
-        join_all(Color::ALL.map(|color| check_color(
-            edge.as_ref(),
-            &status,
-            color,
-            active,
-            timeout
-        ))),
+        join_all(Color::ALL.map(|color| check_color(edge, &status, color, active, timeout))),
         check_redis(engine, &status, timeout)
     );
-    let mut checks = vec![nginx];
+    let mut checks = nginx;
     checks.extend(colors.into_iter().flatten());
     checks.push(redis);
     Ok(Report::new(project.to_owned(), active, checks))
 }
 
-/// nginx's configuration passes `nginx -t` in the edge task, and a color
+/// nginx's configuration passes `nginx -t` in an edge task, and a color
 /// answers healthy through it: the one the cluster records. The color it
 /// served, when it answered.
 async fn check_nginx(
-    engine: &Engine,
-    edge: &Edge<'_>,
+    edges: &Edges,
+    edge: &Edge,
     recorded: Option<Color>,
     timeout: Duration,
 ) -> (Check, Option<Color>) {
-    let unhealthy = |detail: String| Check::new("nginx", false, detail);
-    let container = &edge.container;
-    match within(timeout, Nginx::named(engine, container.clone()).test()).await {
+    let name = edges.label(edge);
+    let unhealthy = |detail: String| Check::new(&name, false, detail);
+    match within(timeout, edge.test()).await {
         Ok(Ok(())) => {}
         Ok(Err(reason)) => return (unhealthy(format!("nginx -t fails: {reason}")), None),
         Err(err) => return (unhealthy(format!("nginx -t: {err:#}")), None),
@@ -78,11 +88,14 @@ async fn check_nginx(
         Probe::Answered(report) => Color::parse(&report.instance),
         _ => None,
     };
-    (judge_edge(container, &probe, served, recorded), served)
+    let check = judge_edge(&name, &edge.container, &probe, served, recorded);
+    (check, served)
 }
 
 /// What the edge's answer says: healthy as the color the cluster records.
+/// `name` is the check's (`nginx`, or `nginx on <node>`).
 fn judge_edge(
+    name: &str,
     container: &str,
     probe: &Probe,
     served: Option<Color>,
@@ -95,21 +108,21 @@ fn judge_edge(
         })
     }) else {
         return Check::new(
-            "nginx",
+            name,
             false,
             format!("config ok, but nginx in {container} answered: {probe}"),
         );
     };
     match recorded {
         Some(recorded) if recorded != color => Check::new(
-            "nginx",
+            name,
             false,
             format!(
                 "nginx in {container} serves {color}, but the cluster records {recorded}: a switch would go by the record"
             ),
         ),
         _ => Check::new(
-            "nginx",
+            name,
             true,
             format!("config ok; {color} answers through nginx in {container}"),
         ),
@@ -120,7 +133,7 @@ fn judge_edge(
 /// overlay: the active color's must all be healthy; a standby's may be
 /// starting. Fewer tasks than replicas: the swarm is rescheduling.
 async fn check_color(
-    edge: Option<&Edge<'_>>,
+    edge: Option<&Edge>,
     status: &SwarmStatus,
     color: Color,
     active: Option<Color>,
@@ -243,11 +256,11 @@ mod tests {
     #[test]
     fn the_edge_is_healthy_serving_the_recorded_color() {
         let blue = Some(Color::Blue);
-        let check = judge_edge("c", &answered("blue"), blue, blue);
+        let check = judge_edge("nginx", "c", &answered("blue"), blue, blue);
         assert!(check.healthy, "{}", check.detail);
         assert_eq!(check.detail, "config ok; blue answers through nginx in c");
-        assert!(judge_edge("c", &answered("blue"), blue, None).healthy);
-        let apart = judge_edge("c", &answered("green"), Some(Color::Green), blue);
+        assert!(judge_edge("nginx", "c", &answered("blue"), blue, None).healthy);
+        let apart = judge_edge("nginx", "c", &answered("green"), Some(Color::Green), blue);
         assert!(!apart.healthy);
         assert!(
             apart
@@ -258,7 +271,7 @@ mod tests {
             code: 502,
             body: "bad gateway".into(),
         };
-        let check = judge_edge("c", &down, None, blue);
+        let check = judge_edge("nginx", "c", &down, None, blue);
         assert!(!check.healthy);
         assert_eq!(
             check.detail,

@@ -222,6 +222,7 @@ mod tests {
             leader: false,
             cores: 2.0,
             memory: 1 << 30,
+            labels: Default::default(),
         };
         let nodes = [node("a", "n1"), node("b", "n2")];
         let mut never_ran = task("t9", "s1", Some(3), "a", "running");

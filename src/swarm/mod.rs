@@ -13,6 +13,8 @@ pub mod backup;
 pub mod edge;
 pub mod health;
 pub mod logs;
+pub mod maintenance;
+pub mod nodes;
 pub mod plan;
 pub mod resources;
 pub mod restart;

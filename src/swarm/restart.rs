@@ -20,7 +20,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -28,12 +28,12 @@ use crate::compose::{Compose, MountKind};
 use crate::context::Stack;
 use crate::engine::{Engine, Service, Task, UpdateOrder};
 use crate::error::failed_with_hint;
-use crate::nginx::Nginx;
+
 use crate::stack::{Color, LB_SERVICE};
 use crate::wait::{self, Limits, Seen};
 
 use super::compose_service;
-use super::edge::Edge;
+use super::edge::{Edge, Edges};
 use super::up::{short_of, wanted_running};
 
 /// How often the tasks are looked at while a service restarts.
@@ -142,7 +142,7 @@ async fn restart_locked(stack: &Stack<'_>, deadline: Instant, timeout: Duration)
     let (engine, project) = (stack.engine, &stack.project.name);
     // The edge is found first: a stack that does not run is refused
     // before any service changes.
-    let edge = Edge::find(engine, project).await?;
+    let edges = Edges::find(engine, project).await?;
     let recorded = super::state::read(engine, project).await?;
     let services = engine.services(project).await?;
     let mut report = Report {
@@ -163,7 +163,7 @@ async fn restart_locked(stack: &Stack<'_>, deadline: Instant, timeout: Duration)
         let restarted = match step.how {
             How::Reload => {
                 let progress = stack.printer.step(format!("reloading {shown}"));
-                reload(engine, &edge).await?;
+                reload(&edges).await?;
                 progress.done();
                 Restarted {
                     service: shown,
@@ -200,19 +200,38 @@ fn order_name(order: UpdateOrder) -> &'static str {
     }
 }
 
-/// `nginx -t` in the edge task, then a graceful reload.
-async fn reload(engine: &Engine, edge: &Edge<'_>) -> Result<()> {
-    let nginx = Nginx::named(engine, edge.container.clone());
-    if let Err(why) = nginx.test().await? {
+/// `nginx -t` in every edge task, then, only once every one passes, a
+/// graceful reload of each.
+async fn reload(edges: &Edges) -> Result<()> {
+    let tested = futures_util::future::join_all(edges.all.iter().map(test)).await;
+    for result in tested {
+        result?;
+    }
+    let reloaded = futures_util::future::join_all(edges.all.iter().map(|e| async move {
+        e.nginx()
+            .reload()
+            .await
+            .with_context(|| format!("reloading nginx in {} on {}", e.container, e.node))
+    }))
+    .await;
+    reloaded
+        .into_iter()
+        .collect::<Result<Vec<()>>>()
+        .map(|_| ())
+}
+
+/// `nginx -t` in one edge: its configuration must pass before any reload.
+async fn test(edge: &Edge) -> Result<()> {
+    if let Err(why) = edge.nginx().test().await? {
         return Err(failed_with_hint(
             format!(
-                "nginx in {} rejects its configuration, so it was not reloaded: {why}",
-                edge.container
+                "nginx in {} on {} rejects its configuration, so no edge was reloaded: {why}",
+                edge.container, edge.node
             ),
             "`cryptus health` shows it; the files are the swarm's configs and its state volume",
         ));
     }
-    nginx.reload().await
+    Ok(())
 }
 
 /// The ids of the tasks of `service` the swarm wants running.

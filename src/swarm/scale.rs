@@ -30,7 +30,7 @@ use crate::switch::Settings;
 use crate::switch::scale::{Report, failed_cleanly};
 use crate::wait::{self, Limits, Seen};
 
-use super::edge::Edge;
+use super::edge::{Edge, Edges};
 use super::service_name;
 use super::state::{self, ClusterLock, ClusterState};
 use super::switch::gate_verdict;
@@ -163,7 +163,7 @@ impl Change<'_> {
     /// back (the swarm then starts or removes tasks as before).
     async fn apply(&self, settings: &Settings) -> Result<()> {
         let (engine, printer) = (self.stack.engine, self.stack.printer);
-        let edge = Edge::find(engine, &self.stack.project.name).await?;
+        let edges = Edges::find(engine, &self.stack.project.name).await?;
         let step = printer.step(format!(
             "scaling {} from {} to {} tasks",
             self.name, self.from, self.to
@@ -176,7 +176,7 @@ impl Change<'_> {
                     "`cryptus status` shows the stack; `cryptus start` makes what is missing",
                 ));
             }
-            self.wait(&edge, settings).await
+            self.wait(edges.first(), settings).await
         };
         let Err(err) = step.ended(changed.await) else {
             return Ok(());
@@ -199,7 +199,7 @@ impl Change<'_> {
 
     /// Until `to` tasks run and exactly `to` addresses of the service's
     /// name answer healthy from the edge, under `--timeout`.
-    async fn wait(&self, edge: &Edge<'_>, settings: &Settings) -> Result<()> {
+    async fn wait(&self, edge: &Edge, settings: &Settings) -> Result<()> {
         let (engine, project) = (self.stack.engine, &self.stack.project.name);
         let wanted = usize::try_from(self.to).unwrap_or(usize::MAX);
         let look = || async {

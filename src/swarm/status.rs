@@ -254,6 +254,7 @@ mod tests {
             leader: false,
             cores: 2.0,
             memory: 1 << 30,
+            labels: Default::default(),
         }
     }
 

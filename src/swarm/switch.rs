@@ -27,7 +27,7 @@ use crate::switch::report::{Report, Steps, round};
 use crate::switch::{Ask, Settings, Source};
 use crate::wait::{self, Limits, Seen};
 
-use super::edge::Edge;
+use super::edge::Edges;
 use super::plan::service_spec;
 use super::service_name;
 use super::state::{self, ClusterLock, ClusterState};
@@ -76,7 +76,7 @@ pub async fn run(stack: &Stack<'_>, ask: Ask, settings: &Settings) -> Result<Rep
     }
     refuse_not_done(stack, settings)?;
     let (engine, project) = (stack.engine, &stack.project.name);
-    let edge = Edge::find(engine, project).await?;
+    let edge = Edges::find(engine, project).await?;
     let mut steps = Steps::new(stack.printer);
     let operation = operation_of(&ask);
     let lock = ClusterLock::acquire(engine, project, operation, &settings.lock, stack.printer);
@@ -108,7 +108,7 @@ async fn locked(
     stack: &Stack<'_>,
     ask: Ask,
     settings: &Settings,
-    edge: Edge<'_>,
+    edge: Edges,
     steps: &mut Steps<'_>,
     began: Instant,
 ) -> Result<Report> {
@@ -162,7 +162,15 @@ async fn locked(
     let from = side(active, &from_release, active_replicas);
     let release = match ask {
         Ask::Deploy { source, version } => {
-            let known = crate::switch::deploy::known_release(stack, target, source, version);
+            let given = matches!(source, Source::Image(_));
+            let known = async {
+                let known = crate::switch::deploy::known_release(stack, target, source, version);
+                let release = known.await?;
+                if let Some(release) = release.as_ref().filter(|_| given) {
+                    super::nodes::image_on_nodes(stack, target, release).await?;
+                }
+                Ok(release)
+            };
             steps.wait("image", "getting the image", known).await?
         }
         Ask::Rollback => state.releases.get(&target).cloned(),
@@ -206,14 +214,15 @@ enum Made {
 struct Switch<'s> {
     stack: &'s Stack<'s>,
     settings: &'s Settings,
-    edge: Edge<'s>,
+    edge: Edges,
     operation: &'static str,
     from: Side,
     to: Side,
     release: Release,
     replicas: u64,
     made: Made,
-    old_workers: Vec<String>,
+    /// Each edge's nginx workers from before the last reload.
+    old_workers: Vec<Vec<String>>,
     /// The addresses of the new color's tasks that passed the gate, and
     /// of the old color's before the flip: backup servers while nginx's
     /// new workers resolve the color's name.
@@ -245,8 +254,8 @@ impl Switch<'_> {
             return Ok(self.fail(steps, began, Outcome::Failed, err).await);
         }
         let flipped = async {
-            self.old_workers = self.edge.workers().await.unwrap_or_default();
-            let old = self.edge.probe_tasks(self.from.color).await;
+            self.old_workers = self.edge.workers().await;
+            let old = self.edge.first().probe_tasks(self.from.color).await;
             self.from_addrs = old.map(|probes| answering(&probes)).unwrap_or_default();
             let message = format!("switching nginx to {}", self.to.color);
             let apply = self.edge.apply(self.to.color, &self.to_addrs);
@@ -307,7 +316,7 @@ impl Switch<'_> {
         let started = Instant::now();
         let (engine, project) = (self.stack.engine, &self.stack.project.name);
         let expect = self.expect();
-        let (edge, timeout) = (&self.edge, self.settings.timeout);
+        let (edge, timeout) = (self.edge.first(), self.settings.timeout);
         let wanted = usize::try_from(self.replicas).unwrap_or(usize::MAX);
         let look = || async {
             crate::interrupt::check()?;
@@ -345,31 +354,35 @@ impl Switch<'_> {
         Ok(())
     }
 
-    /// nginx answers as the new color `--verify` times in a row.
+    /// Every edge's nginx answers as the new color `--verify` times in a
+    /// row.
     async fn served(&self, steps: &mut Steps<'_>) -> Result<()> {
         let expect = self.expect();
         let in_a_row = Cell::new(0u32);
         let needed = self.settings.verify.max(1);
         let look = || async {
-            let probe = self.edge.probe_lb().await?;
-            Ok(if probe.satisfies(&expect) {
-                in_a_row.set(in_a_row.get() + 1);
-                if in_a_row.get() >= needed {
-                    Seen::Ready(())
-                } else {
-                    Seen::Not(format!("{} answers in a row", in_a_row.get()))
+            let probes = self.edge.probe_lbs().await;
+            Ok(match not_serving(probes, &expect)? {
+                None => {
+                    in_a_row.set(in_a_row.get() + 1);
+                    if in_a_row.get() >= needed {
+                        Seen::Ready(())
+                    } else {
+                        Seen::Not(format!("{} answers in a row", in_a_row.get()))
+                    }
                 }
-            } else {
-                in_a_row.set(0);
-                Seen::Not(format!("last answer {probe}"))
+                Some(why) => {
+                    in_a_row.set(0);
+                    Seen::Not(why)
+                }
             })
         };
         let limits = Limits::until(Instant::now() + self.settings.timeout, VERIFY_EVERY);
         let waiting = wait::until(limits, look, |last| {
             failed_with_hint(
                 format!(
-                    "nginx in {} did not serve {} {} {needed} times in a row: {last}",
-                    self.edge.container, expect.color, self.release.version
+                    "nginx did not serve {} {} {needed} times in a row: {last}",
+                    expect.color, self.release.version
                 ),
                 "`cryptus status` shows the tasks; nginx's log is `docker service logs` of its service",
             )
@@ -392,12 +405,11 @@ impl Switch<'_> {
             let mut failures = 0;
             while Instant::now() < end {
                 crate::interrupt::check()?;
-                let lb = self.edge.probe_lb().await?;
-                let tasks = self.edge.probe_tasks(expect.color).await?;
+                let lb = not_serving(self.edge.probe_lbs().await, &expect)?;
+                let tasks = self.edge.first().probe_tasks(expect.color).await?;
                 let verdict = match gate_verdict(&tasks, &expect, wanted) {
                     Seen::Not(why) => Some(why),
-                    Seen::Ready(_) if !lb.satisfies(&expect) => Some(format!("nginx: {lb}")),
-                    Seen::Ready(_) => None,
+                    Seen::Ready(_) => lb,
                 };
                 match verdict {
                     Some(why) => {
@@ -484,7 +496,7 @@ impl Switch<'_> {
         let from = self.from.color;
         // The workers to drain after putting nginx back are those serving
         // the new color now, not the ones from before the flip.
-        self.old_workers = self.edge.workers().await.unwrap_or_default();
+        self.old_workers = self.edge.workers().await;
         let back = steps
             .run(
                 "rollback",
@@ -601,6 +613,25 @@ pub fn believe(recorded: Option<Color>, served: Option<Color>) -> (Color, Option
         Some(served) => (served, None),
         None => (record, None),
     }
+}
+
+/// Of each edge's answer through nginx, those that are not `expect`, as
+/// one line naming each edge's node; `None` when every edge serves it. An
+/// edge that could not be asked ends the look.
+fn not_serving(probes: Vec<(&str, Result<Probe>)>, expect: &Expect) -> Result<Option<String>> {
+    let several = probes.len() > 1;
+    let mut wrong = Vec::new();
+    for (node, probe) in probes {
+        let probe = probe?;
+        if !probe.satisfies(expect) {
+            wrong.push(if several {
+                format!("nginx on {node}: {probe}")
+            } else {
+                format!("last answer {probe}")
+            });
+        }
+    }
+    Ok((!wrong.is_empty()).then(|| wrong.join("; ")))
 }
 
 /// How often nginx is asked while counting answers in a row.

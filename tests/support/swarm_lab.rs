@@ -166,6 +166,15 @@ impl SwarmLab {
         format!("{}-n{node}", self.name())
     }
 
+    /// `CRYPTUS_SWARM_NODES` naming the engines of `nodes` by hostname.
+    pub fn nodes_setting(&self, nodes: &[usize]) -> String {
+        nodes
+            .iter()
+            .map(|&node| format!("{}={}", self.node_name(node), self.host(node)))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// Runs the docker CLI against node N, for at most two minutes.
     #[track_caller]
     pub fn docker(&self, node: usize, args: &[&str]) -> Output {
