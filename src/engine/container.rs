@@ -179,11 +179,10 @@ fn named_volumes(mounts: Vec<MountPoint>) -> Vec<(String, String)> {
         .collect()
 }
 
-/// One container as a list call shows it: its id, name, state and health.
-/// Two equal listings of a project say that no container was created,
-/// removed, started, stopped or changed health between them (a container
-/// restarted by its policy in between keeps its name, and nothing cryptus
-/// plans from changes with it).
+/// One container as a list call shows it: its id, name, state, health,
+/// addresses and published ports. Two equal listings of a project say that
+/// no container was created, removed, started, stopped, changed health or
+/// moved to another address between them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Listed {
     pub id: String,
@@ -192,6 +191,10 @@ pub struct Listed {
     /// healthy, unhealthy or starting, from the list's status text; empty
     /// without a healthcheck.
     pub health: &'static str,
+    /// `network=address` on each network, sorted.
+    pub addresses: Vec<String>,
+    /// `port->host:port` for each published port, sorted.
+    pub ports: Vec<String>,
 }
 
 impl Listed {
@@ -211,8 +214,46 @@ impl Listed {
                 .map(ToString::to_string)
                 .unwrap_or_default(),
             health: health_in_status(summary.status.as_deref().unwrap_or_default()),
+            addresses: summary_addresses(summary),
+            ports: summary_ports(summary),
         }
     }
+}
+
+fn summary_addresses(summary: &ContainerSummary) -> Vec<String> {
+    let mut addresses: Vec<String> = summary
+        .network_settings
+        .as_ref()
+        .and_then(|settings| settings.networks.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|(network, endpoint)| {
+            format!(
+                "{network}={}",
+                endpoint.ip_address.as_deref().unwrap_or_default()
+            )
+        })
+        .collect();
+    addresses.sort();
+    addresses
+}
+
+fn summary_ports(summary: &ContainerSummary) -> Vec<String> {
+    let mut ports: Vec<String> = summary
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|port| {
+            Some(format!(
+                "{}->{}:{}",
+                port.private_port,
+                port.ip.as_deref().unwrap_or_default(),
+                port.public_port?
+            ))
+        })
+        .collect();
+    ports.sort();
+    ports
 }
 
 /// The health the engine writes into a listed container's status text

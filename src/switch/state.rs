@@ -147,10 +147,11 @@ pub async fn read_ahead(stack: &Stack<'_>, lb: &Lb, client: &reqwest::Client) ->
 
 /// [`read`], from what was read ahead of the lock: once the lock is held,
 /// the served color, one list call (no inspects) and the recorded counts
-/// are asked again, at once. When they are what was read ahead, nothing a
-/// plan reads changed in between (whoever changes what runs holds the lock
-/// and changes one of them), and the read ahead stands; otherwise (another
-/// run released the lock meanwhile) everything is read again.
+/// are asked again, at once. When they are what was read ahead (the list's
+/// ids, names, states, health, addresses and ports), nothing a plan reads
+/// changed in between, and the read ahead stands; otherwise (another run
+/// released the lock meanwhile, or a container was stopped, started or
+/// restarted) everything is read again.
 pub async fn confirm(
     stack: &Stack<'_>,
     lb: &Lb,
