@@ -397,8 +397,12 @@ fn as_edge(spec: &mut ServiceSpec) {
         SEED_SCRIPT.into(),
         "sh".into(),
     ]);
-    // No command: the image's own, as arguments of the entrypoint.
-    *cmd = (!args.is_empty()).then_some(args);
+    // No command: nginx's own (an entrypoint set here drops the image's
+    // command, and the script would exec nothing).
+    if args.is_empty() {
+        args = ["nginx", "-g", "daemon off;"].map(String::from).to_vec();
+    }
+    *cmd = Some(args);
     spec.container
         .mounts
         .retain(|m| matches!(m, MountSpec::Volume { target, .. } if target == nginx::STATE_DIR));
@@ -623,6 +627,13 @@ volumes:
         let entry = spec.container.entrypoint.as_deref().unwrap();
         assert_eq!(entry[..2], ["sh", "-c"]);
         assert!(entry[2].contains("exec \"$@\""));
+        // The compose file gives nginx no command: nginx's own is what the
+        // script execs (the entrypoint set here drops the image's).
+        assert!(nginx.command.is_none());
+        assert_eq!(
+            spec.container.command.as_deref().unwrap(),
+            ["nginx", "-g", "daemon off;"]
+        );
 
         let redis = compose.service("redis").unwrap();
         let planned = service_spec("shop", &compose, redis, &release(), Some("n1")).unwrap();

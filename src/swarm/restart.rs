@@ -127,18 +127,14 @@ fn keeps_data(compose: &Compose, service: &str) -> bool {
 /// Restarts the stack on the swarm under the cluster's deploy lock.
 pub async fn run(stack: &Stack<'_>, timeout: Duration) -> Result<Report> {
     crate::interrupt::catch();
-    let deadline = Instant::now() + timeout;
-    super::up::under_lock(
-        stack,
-        "restart",
-        timeout,
-        restart_locked(stack, deadline, timeout),
-    )
-    .await
+    super::up::under_lock(stack, "restart", timeout, restart_locked(stack, timeout)).await
 }
 
 /// [`run`], holding the lock.
-async fn restart_locked(stack: &Stack<'_>, deadline: Instant, timeout: Duration) -> Result<Report> {
+async fn restart_locked(stack: &Stack<'_>, timeout: Duration) -> Result<Report> {
+    // The time to restart in counts from when the lock is held: a wait
+    // for it does not cut a restart short half-way through its services.
+    let deadline = Instant::now() + timeout;
     let (engine, project) = (stack.engine, &stack.project.name);
     // The edge is found first: a stack that does not run is refused
     // before any service changes.
