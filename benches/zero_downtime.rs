@@ -2,7 +2,7 @@
 //! side, under the same load, in the same run.
 //!
 //!   cargo bench --bench zero_downtime -- [--cycles 20] [--json] [--strict]
-//!       [--results FILE] [--scaling 1,4,16|off] [--svg FILE|off]
+//!       [--results FILE] [--scaling 1,4,16|off] [--swarm 3|off] [--svg FILE|off]
 //!
 //! It brings up its own stack (its own project, a loopback port, rate limits
 //! raised above one client IP's load), runs a mix of keep-alive, new-
@@ -25,7 +25,9 @@
 //! With --results (or --scaling), it then measures deploys at several replica
 //! counts on a stack of its own (`zero_downtime/scaling.rs`), and with
 //! --results (or --svg) it draws latency and failures over time
-//! (`zero_downtime/picture.rs`).
+//! (`zero_downtime/picture.rs`). With --results (or --swarm), it runs the
+//! flips again on a 3-node Docker Swarm lab of its own
+//! (`zero_downtime/swarm.rs`), its figures beside one host's.
 
 // Under zero_downtime/ so that cargo does not take them for benches of their own.
 #[path = "zero_downtime/floors.rs"]
@@ -37,6 +39,8 @@ mod results;
 mod scaling;
 #[path = "../tests/support/mod.rs"]
 mod support;
+#[path = "zero_downtime/swarm.rs"]
+mod swarm;
 
 use std::collections::BTreeMap;
 use std::process::Output;
@@ -58,6 +62,9 @@ struct Args {
     /// Replica counts to measure deploys at (`--scaling 1,4,16`); on by
     /// default with --results, off otherwise (CI's short run).
     scaling: Vec<u32>,
+    /// Deploy + rollback cycles on a 3-node Swarm lab (`--swarm N|off`);
+    /// 3 by default with --results, off otherwise (CI's short run).
+    swarm: u32,
     /// The picture of latency and failures over time (`--svg FILE`); by
     /// default benchmark.svg beside the results file.
     svg: Option<std::path::PathBuf>,
@@ -74,7 +81,10 @@ const OUTSIDE_STEPS: &str = "outside the steps";
 /// adds to bringing the new color up.
 const BEYOND_READINESS: &str = "start + health beyond the app's readiness";
 const SCALING_BUDGET: Duration = Duration::from_secs(900);
-const USAGE: &str = "usage: zero_downtime [--cycles N] [--json] [--strict] [--results FILE] [--scaling N,N,...|off] [--svg FILE|off]";
+/// The Swarm mode's deploy + rollback cycles with --results: 6 flips.
+const SWARM_CYCLES: u32 = 3;
+
+const USAGE: &str = "usage: zero_downtime [--cycles N] [--json] [--strict] [--results FILE] [--scaling N,N,...|off] [--swarm N|off] [--svg FILE|off]";
 
 /// `1,4,16`: up to 8 counts, each a replica count `cryptus scale` accepts.
 fn replica_counts(list: &str) -> Result<Vec<u32>, String> {
@@ -103,9 +113,10 @@ fn args() -> Result<Args, String> {
         strict: false,
         results: None,
         scaling: Vec::new(),
+        swarm: 0,
         svg: None,
     };
-    let (mut scaling, mut svg) = (None, None);
+    let (mut scaling, mut svg, mut swarm) = (None, None, None);
     let mut words = std::env::args().skip(1);
     while let Some(word) = words.next() {
         match word.as_str() {
@@ -133,6 +144,17 @@ fn args() -> Result<Args, String> {
             "--svg" => {
                 svg = Some(words.next().ok_or("--svg takes a file, or off")?);
             }
+            "--swarm" => {
+                let word = words.next().unwrap_or_default();
+                swarm = Some(match word.as_str() {
+                    "off" => 0,
+                    n => n
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=20).contains(n))
+                        .ok_or("--swarm takes a number of cycles (1 to 20), or off")?,
+                });
+            }
             other => return Err(format!("unknown argument {other:?}; {USAGE}")),
         }
     }
@@ -141,6 +163,11 @@ fn args() -> Result<Args, String> {
         None if args.results.is_some() => vec![1, 4, 16],
         None => Vec::new(),
     };
+    args.swarm = swarm.unwrap_or(if args.results.is_some() {
+        SWARM_CYCLES
+    } else {
+        0
+    });
     args.svg = match svg.as_deref() {
         Some("off") => None,
         Some(path) => Some(path.into()),
@@ -808,17 +835,7 @@ async fn bench(args: &Args) -> Result<(Value, bool), String> {
         project.set_env(key, "1000000r/s");
     }
     run_ok(project.run_async(&["start"]).await, "cryptus start")?;
-    let mix = Mix {
-        keep_alive: 3,
-        new_connection: 1,
-        slow: 2,
-        slow_ms: 2000,
-        session: 1,
-        keep_alive_no_retry: 1,
-        post: 2,
-        pause: Duration::from_millis(6),
-        timeout: Duration::from_secs(10),
-    };
+    let mix = Mix::every_kind();
     let load = Load::start(project.lb_addr(), &mix);
     let load_epoch = epoch(SystemTime::now()) - load.began().elapsed().as_secs_f64();
     let since = |at: Instant| at.duration_since(load.began()).as_secs_f64();
@@ -1048,11 +1065,44 @@ async fn run(args: &Args) -> Result<(Value, bool), String> {
             Some(most.map_or(mib, |m| m.max(mib)))
         });
     document["peak_rss_mib"] = json!(largest_rss);
+    let mut clean = clean;
+    if args.swarm > 0 {
+        // A failure here keeps the figures measured before it.
+        match swarm::measure(args.swarm).await {
+            Ok(section) => clean &= swarm_targets(&mut document, section, args.strict),
+            Err(err) => {
+                eprintln!("error: the Swarm mode: {err}");
+                document["swarm"] = json!({"error": err});
+                document["targets"]["swarm_no_failed_request"] = json!(false);
+                clean = false;
+            }
+        }
+    }
     // Reported, not asserted: timings and memory vary with the machine.
     document["targets"]["deploy_peak_rss_at_most_30mib"] = json!(largest_rss.map(|m| m <= 30.0));
     document["targets"]["overhead_at_most_1_5x_from_smallest_to_largest_replica_count"] =
         json!(scaling.and_then(|s| s.overhead_ratio).map(|r| r <= 1.5));
     Ok((document, clean))
+}
+
+/// The Swarm mode's section and targets in `document`; whether none of
+/// its requests failed (nor, with `strict`, needed a retry).
+fn swarm_targets(document: &mut Value, section: swarm::Section, strict: bool) -> bool {
+    let clean = section.failed == 0 && (!strict || section.stale_keepalive_closes == 0);
+    let host = document["cryptus"]["overhead_seconds"]
+        .as_f64()
+        .unwrap_or(0.0);
+    document["targets"]["swarm_no_failed_request"] = json!(section.failed == 0);
+    document["targets"]["swarm_overhead_at_most_3x_one_host"] =
+        json!(host > 0.0 && section.overhead_seconds <= 3.0 * host);
+    if let Some(loss) = &section.loss {
+        document["targets"]["swarm_lost_worker_no_failed_get"] = json!(loss.failed_gets == 0);
+        // The longest legitimate request (2 s) plus 3 s.
+        document["targets"]["swarm_lost_worker_no_request_waits_over_5s"] =
+            json!(loss.slowest_seconds <= 5.0);
+    }
+    document["swarm"] = json!(section);
+    clean
 }
 
 fn table(d: &Value) -> String {
@@ -1329,6 +1379,13 @@ fn table(d: &Value) -> String {
     if let Ok(section) = serde_json::from_value::<scaling::Scaling>(d["scaling"].clone()) {
         out.push('\n');
         out.push_str(&scaling::table(&section));
+    }
+    if let Some(err) = d["swarm"]["error"].as_str() {
+        out.push_str(&format!("\nDocker Swarm: not measured: {err}\n"));
+    }
+    if let Ok(section) = serde_json::from_value::<swarm::Section>(d["swarm"].clone()) {
+        out.push('\n');
+        out.push_str(&swarm::table(&section, c));
     }
     if let Some(file) = d["picture"]["file"].as_str() {
         match d["picture"]["error"].as_str() {

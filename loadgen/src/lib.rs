@@ -69,7 +69,7 @@ impl Default for Mix {
 
 impl Mix {
     /// Every kind of client at once: the zero-downtime benchmark's mix, and
-    /// the Swarm lab's (where the clients run as a process of their own).
+    /// the one its Swarm mode and the Swarm tests run inside the lab.
     pub fn every_kind() -> Mix {
         Mix {
             keep_alive: 3,

@@ -20,6 +20,9 @@ const BOUND: Duration = Duration::from_secs(1800);
 
 pub struct LabLoad {
     stop: Arc<AtomicBool>,
+    /// When the clients began (their samples' `at` counts from it), once
+    /// their thread has started them.
+    began: Arc<std::sync::OnceLock<Instant>>,
     thread: Option<JoinHandle<Result<loadgen::Report, String>>>,
 }
 
@@ -30,12 +33,19 @@ impl LabLoad {
         // The script names a node's network namespace as its hostname.
         let netns = format!("/run/netns/{}", lab.node_name(node));
         let stop = Arc::new(AtomicBool::new(false));
-        let stopping = Arc::clone(&stop);
-        let thread = std::thread::spawn(move || run(&netns, addr, &stopping));
+        let began = Arc::new(std::sync::OnceLock::new());
+        let (stopping, beginning) = (Arc::clone(&stop), Arc::clone(&began));
+        let thread = std::thread::spawn(move || run(&netns, addr, &stopping, &beginning));
         LabLoad {
             stop,
+            began,
             thread: Some(thread),
         }
+    }
+
+    /// When the clients began, if they have.
+    pub fn began(&self) -> Option<Instant> {
+        self.began.get().copied()
     }
 
     /// Stops the clients (each ends its request in flight) and reports.
@@ -56,7 +66,12 @@ impl Drop for LabLoad {
     }
 }
 
-fn run(netns: &str, addr: SocketAddr, stop: &AtomicBool) -> Result<loadgen::Report, String> {
+fn run(
+    netns: &str,
+    addr: SocketAddr,
+    stop: &AtomicBool,
+    began_at: &std::sync::OnceLock<Instant>,
+) -> Result<loadgen::Report, String> {
     let namespace = std::fs::File::open(netns).map_err(|e| format!("opening {netns}: {e}"))?;
     // SAFETY: setns(2) on a descriptor this thread holds open; it moves this
     // thread alone into the namespace, and nothing else runs on it.
@@ -72,6 +87,7 @@ fn run(netns: &str, addr: SocketAddr, stop: &AtomicBool) -> Result<loadgen::Repo
         .map_err(|e| format!("a runtime for the lab's clients: {e}"))?;
     Ok(runtime.block_on(async {
         let load = loadgen::Load::start(addr, &loadgen::Mix::every_kind());
+        let _ = began_at.set(load.began());
         let began = Instant::now();
         while !stop.load(Ordering::SeqCst) && began.elapsed() < BOUND {
             tokio::time::sleep(Duration::from_millis(50)).await;
