@@ -1105,6 +1105,26 @@ fn swarm_targets(document: &mut Value, section: swarm::Section, strict: bool) ->
     clean
 }
 
+/// A Markdown table of four columns: a row's name, two approaches' values
+/// and their ratio, under `header`.
+fn columns(header: [&str; 4], rows: &[(&str, String, String, String)]) -> String {
+    let [name, first, second, ratio] = header;
+    let mut out = format!("| {name:<47} | {first:<24} | {second:<24} | {ratio:<16} |\n");
+    out.push_str(&format!(
+        "|{}|{}|{}|{}|\n",
+        "-".repeat(49),
+        "-".repeat(26),
+        "-".repeat(26),
+        "-".repeat(18)
+    ));
+    for (name, first, second, ratio) in rows {
+        out.push_str(&format!(
+            "| {name:<47} | {first:<24} | {second:<24} | {ratio:<16} |\n"
+        ));
+    }
+    out
+}
+
 fn table(d: &Value) -> String {
     let c = &d["cryptus"];
     let b = &d["baseline"];
@@ -1301,22 +1321,10 @@ fn table(d: &Value) -> String {
         d["machine"].as_str().unwrap_or("?"),
         d["engine"].as_str().unwrap_or("?"),
     );
-    out.push_str(&format!(
-        "| {:<47} | {:<24} | {:<24} | {:<16} |\n",
-        "", "cryptus", "baseline (seed's way)", "cryptus/baseline"
+    out.push_str(&columns(
+        ["", "cryptus", "baseline (seed's way)", "cryptus/baseline"],
+        &rows,
     ));
-    out.push_str(&format!(
-        "|{}|{}|{}|{}|\n",
-        "-".repeat(49),
-        "-".repeat(26),
-        "-".repeat(26),
-        "-".repeat(18)
-    ));
-    for (name, cryptus, baseline, ratio) in rows {
-        out.push_str(&format!(
-            "| {name:<47} | {cryptus:<24} | {baseline:<24} | {ratio:<16} |\n"
-        ));
-    }
     for (name, w) in [("cryptus", &c["wrk"]), ("baseline", &b["wrk"])] {
         if let Some(note) = w["note"].as_str() {
             out.push_str(&format!("\nwrk during {name}'s flips: {note}"));

@@ -384,22 +384,10 @@ pub fn table(swarm: &Section, one_host: &Value) -> String {
          one host: the cryptus column above (its rollback is the cold one: a Swarm's old color is scaled to 0)\n\n",
         swarm.nodes, swarm.replicas
     );
-    out.push_str(&format!(
-        "| {:<47} | {:<24} | {:<24} | {:<16} |\n|{}|{}|{}|{}|\n",
-        "",
-        "swarm",
-        "one host",
-        "swarm/one host",
-        "-".repeat(49),
-        "-".repeat(26),
-        "-".repeat(26),
-        "-".repeat(18)
+    out.push_str(&crate::columns(
+        ["", "swarm", "one host", "swarm/one host"],
+        &rows,
     ));
-    for (name, swarm, host, ratio) in rows {
-        out.push_str(&format!(
-            "| {name:<47} | {swarm:<24} | {host:<24} | {ratio:<16} |\n"
-        ));
-    }
     let steps: Vec<String> = swarm
         .steps_median
         .iter()
