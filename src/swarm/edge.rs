@@ -242,6 +242,16 @@ impl Edges {
             .zip(probes)
             .collect()
     }
+
+    /// [`Edge::probe_lb_times`] through every edge at once.
+    pub async fn probe_lbs_times(&self, times: u32) -> Vec<(&str, Result<Vec<Probe>>)> {
+        let probes = join_all(self.all.iter().map(|e| e.probe_lb_times(times))).await;
+        self.all
+            .iter()
+            .map(|e| e.node.as_str())
+            .zip(probes)
+            .collect()
+    }
 }
 
 /// The one color the edges serve; else what each serves.
@@ -308,11 +318,18 @@ impl Edge {
 
     /// The app through nginx, from inside its container.
     pub async fn probe_lb(&self) -> Result<Probe> {
-        let mut probes = self.run_probe("127.0.0.1", nginx::HTTP_PORT, "one").await?;
-        Ok(probes.pop().map_or_else(
-            || Probe::Unreachable("the probe printed nothing".into()),
-            |(_, p)| p,
-        ))
+        let mut probes = self.probe_lb_times(1).await?;
+        Ok(probes
+            .pop()
+            .unwrap_or_else(|| Probe::Unreachable("the probe printed nothing".into())))
+    }
+
+    /// `times` answers through nginx, one after the other, in one exec (an
+    /// exec costs about 100 ms; the answers, a millisecond each).
+    pub async fn probe_lb_times(&self, times: u32) -> Result<Vec<Probe>> {
+        let addrs = vec!["127.0.0.1"; times.max(1) as usize].join(" ");
+        let probes = self.run_probe(&addrs, nginx::HTTP_PORT, "one").await?;
+        Ok(probes.into_iter().map(|(_, probe)| probe).collect())
     }
 
     /// The color nginx serves as its loaded configuration says

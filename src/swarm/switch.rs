@@ -9,7 +9,6 @@
 //! Before the flip a failure takes back what the run made; after it, the
 //! edge is put back on the old color.
 
-use std::cell::Cell;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -358,23 +357,18 @@ impl Switch<'_> {
     /// row.
     async fn served(&self, steps: &mut Steps<'_>) -> Result<()> {
         let expect = self.expect();
-        let in_a_row = Cell::new(0u32);
         let needed = self.settings.verify.max(1);
+        // Each look asks every edge for all the answers at once, one exec
+        // each: the answers in a row are one look's.
         let look = || async {
-            let probes = self.edge.probe_lbs().await;
+            let looks = self.edge.probe_lbs_times(needed).await;
+            let mut probes = Vec::new();
+            for (node, answers) in looks {
+                probes.push((node, Ok(in_a_row(answers?, needed as usize, &expect))));
+            }
             Ok(match not_serving(probes, &expect)? {
-                None => {
-                    in_a_row.set(in_a_row.get() + 1);
-                    if in_a_row.get() >= needed {
-                        Seen::Ready(())
-                    } else {
-                        Seen::Not(format!("{} answers in a row", in_a_row.get()))
-                    }
-                }
-                Some(why) => {
-                    in_a_row.set(0);
-                    Seen::Not(why)
-                }
+                None => Seen::Ready(()),
+                Some(why) => Seen::Not(why),
             })
         };
         let limits = Limits::until(Instant::now() + self.settings.timeout, VERIFY_EVERY);
@@ -634,6 +628,24 @@ fn not_serving(probes: Vec<(&str, Result<Probe>)>, expect: &Expect) -> Result<Op
     Ok((!wrong.is_empty()).then(|| wrong.join("; ")))
 }
 
+/// The answer that tells whether `answers` are `needed` in a row as
+/// `expect` says: the first that is not (the one that broke the row), else
+/// the last; fewer than `needed` answers is a probe that failed.
+fn in_a_row(answers: Vec<Probe>, needed: usize, expect: &Expect) -> Probe {
+    let got = answers.len();
+    let mut last = None;
+    for answer in answers {
+        if !answer.satisfies(expect) {
+            return answer;
+        }
+        last = Some(answer);
+    }
+    match last {
+        Some(answer) if got >= needed => answer,
+        _ => Probe::Unreachable(format!("{got} answers of the {needed} asked in a row")),
+    }
+}
+
 /// How often nginx is asked while counting answers in a row.
 const VERIFY_EVERY: Duration = Duration::from_millis(100);
 
@@ -673,6 +685,45 @@ fn answering(probes: &[(String, Probe)]) -> Vec<IpAddr> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn answers_in_a_row_are_judged_by_the_first_that_breaks_the_row() {
+        use crate::health::{Expect, Memory, Probe, Report};
+        let expect = Expect {
+            color: Color::Green,
+            version: Some("2.0.0".to_owned()),
+        };
+        let answer = |color: &str| {
+            Probe::Answered(Report {
+                status: "healthy".to_owned(),
+                instance: color.to_owned(),
+                version: "2.0.0".to_owned(),
+                timestamp: String::new(),
+                uptime: 1.0,
+                memory: Memory {
+                    used: 1.0,
+                    total: 2.0,
+                },
+            })
+        };
+        let five = |colors: [&str; 5]| colors.map(answer).to_vec();
+        let judged = in_a_row(five(["green"; 5]), 5, &expect);
+        assert!(judged.satisfies(&expect));
+        let judged = in_a_row(
+            five(["green", "green", "blue", "green", "green"]),
+            5,
+            &expect,
+        );
+        assert!(!judged.satisfies(&expect), "{judged}");
+        assert!(judged.to_string().contains("blue"), "{judged}");
+        let judged = in_a_row(vec![answer("green"); 3], 5, &expect);
+        assert!(!judged.satisfies(&expect));
+        assert!(
+            judged.to_string().contains("3 answers of the 5"),
+            "{judged}"
+        );
+        assert!(!in_a_row(Vec::new(), 1, &expect).satisfies(&expect));
+    }
+
     use super::*;
     use crate::health::{Memory, Report as Health};
 
