@@ -15,12 +15,13 @@ use crate::stack::LB_SERVICE;
 pub const HTTPS_PORT: u16 = 443;
 
 /// The http-level settings cryptus renders: the rate limits the compose
-/// file asks for, `keepalive_min_timeout` where nginx has it, and HTTPS
-/// when nginx/ssl/ holds cert.pem and key.pem.
+/// file asks for, `keepalive_min_timeout` when `keepalive_min_timeout`
+/// (nginx has it: [`nginx::has_keepalive_min_timeout`]), and HTTPS when
+/// nginx/ssl/ holds cert.pem and key.pem.
 pub fn http_file(
     compose: &Compose,
     project_dir: &Path,
-    nginx_version: Option<&str>,
+    keepalive_min_timeout: bool,
 ) -> Result<String> {
     let labels = compose
         .service(LB_SERVICE)
@@ -35,7 +36,7 @@ pub fn http_file(
     let settings = nginx::HttpSettings {
         site_rate: site,
         api_rate: api,
-        keepalive_min_timeout: nginx_version.is_some_and(nginx::has_keepalive_min_timeout),
+        keepalive_min_timeout,
         tls: tls(project_dir),
     };
     nginx::render_http(&settings).map_err(|err| {

@@ -392,9 +392,6 @@ pub fn parse_version(text: &str) -> Option<String> {
         .then(|| version.to_owned())
 }
 
-/// The nginx version that brought `keepalive_min_timeout`.
-pub const KEEPALIVE_MIN_TIMEOUT_SINCE: &str = "1.27.4";
-
 /// Whether an nginx version (`1.27.4`) has `keepalive_min_timeout`.
 pub fn has_keepalive_min_timeout(version: &str) -> bool {
     let parts: Vec<u32> = version

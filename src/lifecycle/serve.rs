@@ -117,7 +117,13 @@ impl Stack<'_> {
         } else {
             None
         };
-        let http = lb::http_file(self.compose, &self.project.dir, version.as_deref())?;
+        let http = lb::http_file(
+            self.compose,
+            &self.project.dir,
+            version
+                .as_deref()
+                .is_some_and(nginx::has_keepalive_min_timeout),
+        )?;
         let nginx = self.nginx();
         // Maintenance is kept as recorded, in this cryptus's rendering.
         let maintenance = maintenance::rerendered(&nginx, self.printer).await?;
@@ -148,7 +154,13 @@ impl Stack<'_> {
         let nginx = self.nginx();
         let settled = async {
             let version = nginx.version().await?;
-            let wanted = lb::http_file(self.compose, &self.project.dir, version.as_deref())?;
+            let wanted = lb::http_file(
+                self.compose,
+                &self.project.dir,
+                version
+                    .as_deref()
+                    .is_some_and(nginx::has_keepalive_min_timeout),
+            )?;
             if nginx.read(nginx::HTTP_FILE).await?.as_deref() != Some(wanted.as_str()) {
                 nginx.apply(&[(nginx::HTTP_FILE, wanted.as_str())]).await?;
             }

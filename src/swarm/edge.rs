@@ -235,11 +235,10 @@ impl Edges {
 
     /// The app through every edge's nginx: each edge's node and answer.
     pub async fn probe_lbs(&self) -> Vec<(&str, Result<Probe>)> {
-        let probes = join_all(self.all.iter().map(Edge::probe_lb)).await;
-        self.all
-            .iter()
-            .map(|e| e.node.as_str())
-            .zip(probes)
+        self.probe_lbs_times(1)
+            .await
+            .into_iter()
+            .map(|(node, probes)| (node, probes.map(one_answer)))
             .collect()
     }
 
@@ -252,6 +251,13 @@ impl Edges {
             .zip(probes)
             .collect()
     }
+}
+
+/// The last of a probe's answers; none is a probe that printed nothing.
+fn one_answer(mut probes: Vec<Probe>) -> Probe {
+    probes
+        .pop()
+        .unwrap_or_else(|| Probe::Unreachable("the probe printed nothing".into()))
 }
 
 /// The one color the edges serve; else what each serves.
@@ -318,10 +324,7 @@ impl Edge {
 
     /// The app through nginx, from inside its container.
     pub async fn probe_lb(&self) -> Result<Probe> {
-        let mut probes = self.probe_lb_times(1).await?;
-        Ok(probes
-            .pop()
-            .unwrap_or_else(|| Probe::Unreachable("the probe printed nothing".into())))
+        Ok(one_answer(self.probe_lb_times(1).await?))
     }
 
     /// `times` answers through nginx, one after the other, in one exec (an

@@ -16,10 +16,10 @@ use crate::compose::Kind;
 use crate::context::Stack;
 use crate::engine::{Engine, Service, ServiceMode, ServiceSpec, SwarmFile, Task};
 use crate::error::{failed_with_hint, usage};
+use crate::lb;
 use crate::output::Printer;
 use crate::stack::{Color, LB_SERVICE, REDIS_SERVICE, network_name};
 use crate::wait::{self, Limits, Seen};
-use crate::{lb, nginx};
 
 use super::plan::{self, GrantPlan, nginx_configs, service_spec, stack_labels};
 use super::service_name;
@@ -385,11 +385,7 @@ async fn make_nginx_configs(stack: &Stack<'_>, active: Color) -> Result<Vec<Swar
     }
     // Rendered for an nginx that has every directive cryptus uses; the
     // task's entrypoint takes out what its own nginx lacks (SEED_SCRIPT).
-    let http = lb::http_file(
-        stack.compose,
-        &stack.project.dir,
-        Some(nginx::KEEPALIVE_MIN_TIMEOUT_SINCE),
-    )?;
+    let http = lb::http_file(stack.compose, &stack.project.dir, true)?;
     let mut made = Vec::new();
     for config in nginx_configs(project, active, &files, http)? {
         let id = stack
