@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Makes every image the cryptus stack needs, on a machine with no image registry.
 #
-#   scripts/make-images.sh [--rebuild] [--pull] [--monitoring] [--systemd]
+#   scripts/make-images.sh [--rebuild] [--pull] [--monitoring] [--systemd] [--old-nginx]
 #
 # nginx and redis come from this host's Debian packages: the binary and every
 # shared library `ldd` lists are copied into a root filesystem with the users,
@@ -23,6 +23,8 @@
 # With --systemd, for the tests only: cryptus/systemd:offline, this host's
 # systemd as PID 1 with its unit files (and the libraries a cryptus binary
 # mounted into it needs), so README's backup timer fires under real systemd.
+# With --old-nginx, for the tests only: cryptus/nginx:host, this host's own
+# nginx package (Debian 12's 1.22), an nginx without upstream `resolve`.
 # With --pull, where a registry is reachable, the official images the compose
 # file defaults to (nginx:1.28-alpine, redis:7-alpine) are pulled instead and
 # no offline nginx or redis image is made; without it nothing leaves the host.
@@ -34,13 +36,15 @@ rebuild=0
 pull=0
 monitoring=0
 systemd=0
+old_nginx=0
 for arg in "$@"; do
   case "$arg" in
     --rebuild) rebuild=1 ;;
     --pull) pull=1 ;;
     --monitoring) monitoring=1 ;;
     --systemd) systemd=1 ;;
-    *) echo "usage: scripts/make-images.sh [--rebuild] [--pull] [--monitoring] [--systemd]" >&2; exit 2 ;;
+    --old-nginx) old_nginx=1 ;;
+    *) echo "usage: scripts/make-images.sh [--rebuild] [--pull] [--monitoring] [--systemd] [--old-nginx]" >&2; exit 2 ;;
   esac
 done
 
@@ -158,8 +162,15 @@ make_nginx() {
       --message "nginx $version from Debian $NGINX_SUITE"
   else
     say "warning: no Debian $NGINX_SUITE root filesystem (see $work/debootstrap.log); making $NGINX_TAG from the host's nginx $(nginx -v 2>&1 | sed -n 's|.*nginx/||p'), which may lack keepalive_min_timeout"
-    nginx_from_host "$root"
+    nginx_from_host "$root" "$NGINX_TAG"
   fi
+}
+
+# The host's own nginx, whatever its version, for the tests of an older nginx.
+OLD_NGINX_TAG=cryptus/nginx:host
+make_old_nginx() {
+  if exists "$OLD_NGINX_TAG" && [ $rebuild = 0 ]; then say "$OLD_NGINX_TAG exists"; return; fi
+  nginx_from_host "$work/nginx-host" "$OLD_NGINX_TAG"
 }
 
 # nginx_rootfs_from_suite ROOTFS: Debian's nginx package in a minimal root
@@ -189,9 +200,9 @@ nginx_rootfs_from_suite() {
   ' >>"$work/debootstrap.log" 2>&1 || return 1
 }
 
-# nginx_from_host ROOTFS: the host's nginx binary with its libraries.
+# nginx_from_host ROOTFS TAG: the host's nginx binary with its libraries.
 nginx_from_host() {
-  local root=$1
+  local root=$1 tag=$2
   base_rootfs "$root"
   copy_with_libs "$root" /usr/sbin/nginx
   add_shell "$root"
@@ -200,7 +211,7 @@ nginx_from_host() {
   chown 33:33 "$root/var/lib/nginx"
   local version
   version=$(nginx -v 2>&1 | sed -n 's|.*nginx/\([0-9.]*\).*|\1|p')
-  import_rootfs "$root" "$NGINX_TAG" \
+  import_rootfs "$root" "$tag" \
     --change 'ENV PATH=/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'EXPOSE 80' \
     --change 'CMD ["nginx", "-g", "daemon off;"]' \
@@ -326,4 +337,5 @@ fi
 make_app
 [ $monitoring = 1 ] && make_monitoring
 [ $systemd = 1 ] && make_systemd
+[ $old_nginx = 1 ] && make_old_nginx
 exit 0

@@ -43,5 +43,5 @@ sweep() {
 }
 trap sweep EXIT
 
-scripts/make-images.sh --monitoring --systemd
+scripts/make-images.sh --monitoring --systemd --old-nginx
 cargo test --workspace --locked "$@"

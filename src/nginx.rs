@@ -394,12 +394,75 @@ pub fn parse_version(text: &str) -> Option<String> {
 
 /// Whether an nginx version (`1.27.4`) has `keepalive_min_timeout`.
 pub fn has_keepalive_min_timeout(version: &str) -> bool {
+    at_least(version, (1, 27, 4))
+}
+
+/// Whether an nginx version has the open-source upstream `resolve`
+/// parameter (and `resolver` inside an upstream block): 1.27.3.
+pub fn has_upstream_resolve(version: &str) -> bool {
+    at_least(version, (1, 27, 3))
+}
+
+/// Whether `version` (`1.27`, `1.30.6`) is `least` or later.
+fn at_least(version: &str, least: (u32, u32, u32)) -> bool {
     let parts: Vec<u32> = version
         .trim()
         .split('.')
         .map_while(|part| part.parse().ok())
         .collect();
-    parts.len() >= 2 && (parts[0], parts[1], parts.get(2).copied().unwrap_or(0)) >= (1, 27, 4)
+    parts.len() >= 2 && (parts[0], parts[1], parts.get(2).copied().unwrap_or(0)) >= least
+}
+
+/// A Swarm upstream ([`render_resolved_upstream`]) for an nginx without
+/// `resolve` (older than 1.27.3): each `server tasks.<service>:<port>
+/// resolve ...` becomes one server per address in `addresses` for that
+/// service, with the same parameters (weights too), and the upstream's
+/// `resolver` goes; backup servers already among them go. A service with
+/// no address given keeps its name, which nginx then resolves once, when
+/// it loads the file. Either way nginx follows no task that moves until
+/// the file is rendered again.
+pub fn pin_upstream(
+    text: &str,
+    addresses: &std::collections::BTreeMap<String, Vec<std::net::IpAddr>>,
+) -> String {
+    let pinned: Vec<std::net::IpAddr> = addresses.values().flatten().copied().collect();
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let words: Vec<&str> = line
+            .trim()
+            .trim_end_matches(';')
+            .split_whitespace()
+            .collect();
+        match words.as_slice() {
+            ["resolver", ..] => continue,
+            ["server", target, "resolve", rest @ ..] => {
+                let (host, port) = target.rsplit_once(':').unwrap_or((target, ""));
+                let service = host.strip_prefix("tasks.").unwrap_or(host);
+                let rest = rest.iter().map(|w| format!(" {w}")).collect::<String>();
+                match addresses.get(service).filter(|a| !a.is_empty()) {
+                    Some(addrs) => {
+                        for addr in addrs {
+                            out.push_str(&format!("    server {addr}:{port}{rest};\n"));
+                        }
+                    }
+                    None => out.push_str(&format!("    server {target}{rest};\n")),
+                }
+            }
+            ["server", target, "backup"]
+                if target
+                    .rsplit_once(':')
+                    .and_then(|(addr, _)| addr.parse().ok())
+                    .is_some_and(|addr| pinned.contains(&addr)) =>
+            {
+                continue;
+            }
+            _ => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
 }
 
 /// What http.conf says.
@@ -910,6 +973,53 @@ pub async fn served(client: &reqwest::Client, status_addr: &str) -> Result<Serve
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_nginx_without_resolve_gets_the_tasks_addresses() {
+        let backups: Vec<std::net::IpAddr> =
+            vec!["10.0.1.5".parse().unwrap(), "10.0.1.9".parse().unwrap()];
+        let text =
+            render_resolved_upstream(Color::Green, "s_cryptus-green", 3000, &backups).unwrap();
+        let mut addresses = std::collections::BTreeMap::new();
+        addresses.insert("s_cryptus-green".to_owned(), backups.clone());
+        let pinned = pin_upstream(&text, &addresses);
+        assert!(!pinned.contains("resolve"), "{pinned}");
+        assert!(!pinned.contains("backup"), "{pinned}");
+        assert!(
+            pinned.contains(
+                "\n    server 10.0.1.5:3000 max_fails=1 fail_timeout=30s;\n    server 10.0.1.9:3000 max_fails=1 fail_timeout=30s;\n"
+            ),
+            "{pinned}"
+        );
+        assert!(pinned.contains("zone cryptus_app 64k;") && pinned.contains("keepalive 32;"));
+        assert!(pinned.contains("# active: green\n") && pinned.contains("default \"green\";"));
+        // A service with no address known keeps its name, without resolve.
+        let named = pin_upstream(&text, &std::collections::BTreeMap::new());
+        assert!(
+            named.contains(
+                "\n    server tasks.s_cryptus-green:3000 max_fails=1 fail_timeout=30s;\n"
+            ),
+            "{named}"
+        );
+        assert!(named.contains("server 10.0.1.9:3000 backup;"), "{named}");
+        // Weights and other parameters stay.
+        let weighted = "upstream u {\n    server tasks.a:3000 resolve weight=9 max_fails=1;\n}\n";
+        let mut one = std::collections::BTreeMap::new();
+        one.insert("a".to_owned(), vec!["10.0.0.2".parse().unwrap()]);
+        assert_eq!(
+            pin_upstream(weighted, &one),
+            "upstream u {\n    server 10.0.0.2:3000 weight=9 max_fails=1;\n}\n"
+        );
+    }
+
+    #[test]
+    fn upstream_resolve_is_known_from_1_27_3() {
+        assert!(has_upstream_resolve("1.27.3"));
+        assert!(has_upstream_resolve("1.30.6"));
+        assert!(!has_upstream_resolve("1.27.2"));
+        assert!(!has_upstream_resolve("1.22.1"));
+        assert!(!has_upstream_resolve(""));
+    }
+
     #[test]
     fn a_resolved_upstream_names_the_tasks_of_one_service() {
         let text = render_resolved_upstream(Color::Green, "shop_cryptus-green", 3000, &[]).unwrap();

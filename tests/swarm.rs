@@ -1880,3 +1880,105 @@ fn edge_answer(lab: &SwarmLab, project: &TestProject, node: usize, path: &str) -
     );
     String::from_utf8_lossy(&output.stdout).replace('\r', "")
 }
+
+/// nginx from this host's own Debian package (1.22 on Debian 12), made by
+/// `scripts/make-images.sh --old-nginx`: one without upstream `resolve`.
+const OLD_NGINX: &str = "cryptus/nginx:host";
+
+/// The app's upstream file in the edge nginx on the manager.
+fn edge_upstream(lab: &SwarmLab, project: &TestProject) -> String {
+    let nginx = task_on_manager(lab, project, "nginx");
+    lab.docker_ok(
+        1,
+        &["exec", &nginx, "cat", "/etc/nginx/cryptus/upstream.conf"],
+    )
+}
+
+/// The addresses an upstream file names as servers (backups too).
+fn upstream_addresses(upstream: &str) -> BTreeSet<String> {
+    upstream
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("server "))
+        .filter_map(|server| server.split([':', ' ']).next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// An nginx older than 1.27.3 has no upstream `resolve`: its entrypoint
+/// takes it out (nginx resolves the color's name once, as it loads), each
+/// deploy, rollback and scale gives it the addresses of the tasks that
+/// answered, and says that tasks the swarm moves are followed only at the
+/// next command; a rolling restart re-pins it as the tasks are replaced.
+/// No request fails through any of it.
+#[test]
+fn swarm_with_an_nginx_without_resolve_serves_the_task_addresses_and_follows_each_command() {
+    let lab = SwarmLab::up_with(3, &[OLD_NGINX]);
+    let mut project = on_lab(&lab, "swarm-oldnginx");
+    project.set_env("NGINX_IMAGE", OLD_NGINX);
+    project.ok(&["start", "--timeout", "240s"]);
+    let project = project;
+    let nginx = task_on_manager(&lab, &project, "nginx");
+    let says = lab.docker_ok(1, &["exec", &nginx, "nginx", "-v"]);
+    let version =
+        cryptus::nginx::parse_version(&says).unwrap_or_else(|| panic!("nginx -v: {says}"));
+    assert!(
+        !cryptus::nginx::has_upstream_resolve(&version),
+        "{OLD_NGINX} is nginx {version}, which has resolve: this test proves nothing"
+    );
+    let started = edge_upstream(&lab, &project);
+    assert!(
+        !started.contains("resolve") && started.contains("server tasks."),
+        "the seeded upstream still asks for resolve:\n{started}"
+    );
+
+    let stop = project.path().join("stop-load");
+    let load = load_loop(&lab, &project, &stop);
+    let deployed = deploy_2_0_0(&project, &[]);
+    assert_code(&deployed, 0);
+    let said = String::from_utf8_lossy(&deployed.stderr).into_owned();
+    assert!(
+        said.contains("has no upstream `resolve`") && said.contains("next `cryptus deploy`"),
+        "no warning that moved tasks are not followed: {said}"
+    );
+    let pinned = edge_upstream(&lab, &project);
+    let addresses = upstream_addresses(&pinned);
+    assert!(
+        !pinned.contains("resolve") && !pinned.contains("tasks."),
+        "{pinned}"
+    );
+    assert_eq!(addresses.len(), 3, "green's 3 tasks: {pinned}");
+    let served = served_by_edge(&lab, &project);
+    assert_eq!(
+        (&served["instance"], &served["version"]),
+        (&"green".into(), &"2.0.0".into())
+    );
+
+    project.ok(&["scale", "cryptus-green", "4", "--timeout", "240s"]);
+    let scaled = upstream_addresses(&edge_upstream(&lab, &project));
+    assert_eq!(scaled.len(), 4, "scale gives nginx the 4 tasks: {scaled:?}");
+    assert!(
+        scaled.is_superset(&addresses),
+        "{addresses:?} -> {scaled:?}"
+    );
+
+    project.ok(&["restart", "--timeout", "240s"]);
+    let restarted = upstream_addresses(&edge_upstream(&lab, &project));
+    assert_eq!(restarted.len(), 4, "{restarted:?}");
+    // Each address nginx names is a live green task, asked from nginx's
+    // own container on the overlay.
+    let nginx = task_on_manager(&lab, &project, "nginx");
+    for address in &restarted {
+        let url = format!("http://{address}:3000/api/health");
+        let answer = lab.docker_ok(1, &["exec", &nginx, "wget", "-q", "-T", "3", "-O-", &url]);
+        assert!(
+            answer.contains("\"instance\":\"green\""),
+            "nginx names {address}, which answers {answer:?} (before the restart: {scaled:?})"
+        );
+    }
+
+    project.ok(&["rollback"]);
+    no_request_failed(load, &stop, "through deploy, scale, restart and rollback");
+    let back = served_by_edge(&lab, &project);
+    assert_eq!(back["instance"], "blue", "{back}");
+    assert_eq!(upstream_addresses(&edge_upstream(&lab, &project)).len(), 3);
+}

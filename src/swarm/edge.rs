@@ -13,6 +13,7 @@ use std::net::IpAddr;
 
 use anyhow::{Context, Result};
 use futures_util::future::join_all;
+use tokio::sync::OnceCell;
 
 use crate::engine::{Engine, Task};
 use crate::error::failed_with_hint;
@@ -105,6 +106,8 @@ pub struct Edge {
     pub node: String,
     /// The container's name on its node's engine.
     pub container: String,
+    /// What `nginx -v` says, asked once ([`Edge::version`]).
+    version: OnceCell<Option<String>>,
 }
 
 /// Every edge nginx of the stack: one per running task of its nginx
@@ -164,6 +167,7 @@ impl Edges {
                 project: project.to_owned(),
                 node: hostname,
                 container: inspected.name,
+                version: OnceCell::new(),
             })
         });
         let mut all = futures_util::future::try_join_all(reached).await?;
@@ -208,6 +212,42 @@ impl Edges {
         applied.into_iter().collect()
     }
 
+    /// Asks every edge's nginx its version, at once, ahead of a switch
+    /// (each is asked once; an answer is kept).
+    pub async fn learn_versions(&self) {
+        join_all(self.all.iter().map(Edge::version)).await;
+    }
+
+    /// Points the edges whose nginx cannot follow `tasks.<service>` (no
+    /// `resolve`) at `color`'s tasks as they are now (`addresses`, which
+    /// answered healthy): after tasks came or went. The others follow
+    /// by themselves and are left alone.
+    pub async fn repin(&self, color: Color, addresses: &[IpAddr]) -> Result<()> {
+        let mut pinned = Vec::new();
+        for edge in &self.all {
+            if !edge.follows_names().await {
+                pinned.push(edge.apply(color, addresses));
+            }
+        }
+        join_all(pinned).await.into_iter().collect()
+    }
+
+    /// A warning for each edge whose nginx has no `resolve`: it serves the
+    /// addresses it was given, not tasks the swarm moves later.
+    pub async fn pinned_warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for edge in &self.all {
+            if !edge.follows_names().await {
+                let version = edge.version().await.unwrap_or("of an unknown version");
+                warnings.push(format!(
+                    "nginx {version} on {} has no upstream `resolve` (1.27.3 or later): it sends to the addresses of the tasks as they are now; tasks the swarm moves or restarts are followed only at the next `cryptus deploy`, `rollback` or `scale`",
+                    edge.node
+                ));
+            }
+        }
+        warnings
+    }
+
     /// Each edge's nginx worker pids, to drain after a reload.
     pub async fn workers(&self) -> Vec<Vec<String>> {
         let workers = join_all(self.all.iter().map(Edge::workers)).await;
@@ -250,6 +290,58 @@ impl Edges {
             .map(|e| e.node.as_str())
             .zip(probes)
             .collect()
+    }
+}
+
+/// Keeps the edges whose nginx has no `resolve` pointed at a color's
+/// tasks while the swarm replaces them (a rolling restart): each
+/// [`Follower::look`] gives them the tasks answering now, when that
+/// changed. nginx that follows names needs none ([`Follower::new`] is then
+/// `None`).
+pub struct Follower<'e> {
+    edges: &'e Edges,
+    color: Color,
+    pinned: std::sync::Mutex<Vec<IpAddr>>,
+}
+
+impl<'e> Follower<'e> {
+    pub async fn new(edges: &'e Edges, color: Color) -> Option<Follower<'e>> {
+        edges.learn_versions().await;
+        for edge in &edges.all {
+            if !edge.follows_names().await {
+                return Some(Follower {
+                    edges,
+                    color,
+                    pinned: std::sync::Mutex::new(Vec::new()),
+                });
+            }
+        }
+        None
+    }
+
+    /// Re-pins the edges when the color's answering tasks changed since
+    /// the last look; none answering leaves them as they are.
+    pub async fn look(&self) -> Result<()> {
+        let expect = crate::health::Expect {
+            color: self.color,
+            version: None,
+        };
+        let probes = self.edges.first().probe_tasks(self.color).await?;
+        let mut now: Vec<IpAddr> = probes
+            .iter()
+            .filter(|(_, probe)| probe.satisfies(&expect))
+            .filter_map(|(addr, _)| addr.parse().ok())
+            .collect();
+        now.sort();
+        let same = self.pinned.lock().map(|p| *p == now).unwrap_or(false);
+        if now.is_empty() || same {
+            return Ok(());
+        }
+        self.edges.repin(self.color, &now).await?;
+        if let Ok(mut pinned) = self.pinned.lock() {
+            *pinned = now;
+        }
+        Ok(())
     }
 }
 
@@ -371,15 +463,40 @@ impl Edge {
         })
     }
 
+    /// What `nginx -v` says in this edge, asked once; `None` when it
+    /// cannot be asked or names no version.
+    pub async fn version(&self) -> Option<&str> {
+        let asked = self.version.get_or_init(|| async {
+            match self.nginx().version().await {
+                Ok(version) => version,
+                Err(err) => {
+                    tracing::debug!("asking nginx on {} its version: {err:#}", self.node);
+                    None
+                }
+            }
+        });
+        asked.await.as_deref()
+    }
+
+    /// Whether this edge's nginx follows `tasks.<service>` as tasks move
+    /// (`resolve`, 1.27.3 or later). One that names no version is given
+    /// addresses, which every nginx reads.
+    pub async fn follows_names(&self) -> bool {
+        self.version()
+            .await
+            .is_some_and(nginx::has_upstream_resolve)
+    }
+
     /// Points nginx at `color`'s tasks, with the addresses known to
-    /// answer as backups: write, `nginx -t`, reload.
+    /// answer as backups: write, `nginx -t`, reload. An nginx without
+    /// `resolve` is given those addresses as its servers instead.
     pub async fn apply(&self, color: Color, backups: &[IpAddr]) -> Result<()> {
-        let upstream = nginx::render_resolved_upstream(
-            color,
-            &service_name(&self.project, color.service()),
-            APP_PORT,
-            backups,
-        )?;
+        let service = service_name(&self.project, color.service());
+        let mut upstream = nginx::render_resolved_upstream(color, &service, APP_PORT, backups)?;
+        if !self.follows_names().await {
+            let addresses = std::collections::BTreeMap::from([(service, backups.to_vec())]);
+            upstream = nginx::pin_upstream(&upstream, &addresses);
+        }
         self.nginx()
             .apply(&[(nginx::UPSTREAM_FILE, &upstream)])
             .await

@@ -47,20 +47,24 @@ pub const SEED_DIR: &str = "/etc/cryptus/swarm";
 /// `upstream.conf` only into a state volume that has none, so a restarted
 /// task keeps the color the last switch gave it; then nginx's command.
 ///
-/// The config's `http.conf` has `keepalive_min_timeout` (rendered before
-/// any nginx task runs to be asked): here nginx itself is asked (`nginx
-/// -v`), on its node, at every start, and one older than 1.27.4, or one
-/// that names no version, gets the file without it. Without it, a reload
-/// closes idle keep-alive connections under clients about to reuse them.
+/// The configs are rendered before any nginx task runs to be asked, for
+/// the newest nginx: here nginx itself is asked (`nginx -v`), on its node,
+/// at every start, and takes out what it lacks. Older than 1.27.4 (or
+/// naming no version), `http.conf` loses `keepalive_min_timeout` (without
+/// it a reload closes idle keep-alive connections under clients about to
+/// reuse them); older than 1.27.3, the upstream loses `resolve` and its
+/// `resolver`: nginx then resolves `tasks.<service>` once, as it loads,
+/// and cryptus gives it the tasks' addresses at each switch.
 pub const SEED_SCRIPT: &str = r#"s=/etc/cryptus/swarm; d=/etc/nginx/cryptus
-has_min_timeout() {
-  set -- $(nginx -v 2>&1 | sed -n 's|^nginx version: nginx/\([0-9]*\)\.\([0-9]*\)\.\([0-9]*\).*|\1 \2 \3|p')
-  [ $# = 3 ] || return 1
-  [ "$1" -gt 1 ] || { [ "$1" = 1 ] && { [ "$2" -gt 27 ] || { [ "$2" = 27 ] && [ "$3" -ge 4 ]; }; }; }
+at_least() {
+  set -- $(nginx -v 2>&1 | sed -n 's|^nginx version: nginx/\([0-9]*\)\.\([0-9]*\)\.\([0-9]*\).*|\1 \2 \3|p') "$@"
+  [ $# = 6 ] || return 1
+  [ "$1" -gt "$4" ] || { [ "$1" = "$4" ] && { [ "$2" -gt "$5" ] || { [ "$2" = "$5" ] && [ "$3" -ge "$6" ]; }; }; }
 }
 mkdir -p "$d" && cp "$s/http.conf" "$d/http.conf" || exit 1
-has_min_timeout || sed -i '/^keepalive_min_timeout /d' "$d/http.conf" || exit 1
+at_least 1 27 4 || sed -i '/^keepalive_min_timeout /d' "$d/http.conf" || exit 1
 [ -s "$d/upstream.conf" ] || cp "$s/upstream.conf" "$d/upstream.conf" || exit 1
+at_least 1 27 3 || sed -i -e '/^ *resolver /d' -e 's/ resolve / /' "$d/upstream.conf" || exit 1
 exec "$@""#;
 
 /// Spread a color's tasks over the nodes.
@@ -449,6 +453,13 @@ mod tests {
     /// a directory of its own: whether the seeded http.conf kept
     /// `keepalive_min_timeout`.
     fn seeded_keeps_min_timeout(says: &str) -> bool {
+        seeded(says).0
+    }
+
+    /// The seed script run as nginx's entrypoint with a stub `nginx -v`:
+    /// whether http.conf kept `keepalive_min_timeout`, and whether the
+    /// upstream kept `resolve`.
+    fn seeded(says: &str) -> (bool, bool) {
         let dir = tempfile::tempdir().expect("a directory");
         let root = dir.path();
         let (seed, state, bin) = (root.join("seed"), root.join("state"), root.join("bin"));
@@ -460,7 +471,11 @@ mod tests {
             "limit_req_zone x;\nkeepalive_min_timeout 1s;\nmap $host $y { default 0; }\n",
         )
         .expect("http.conf");
-        std::fs::write(seed.join("upstream.conf"), "upstream u {}\n").expect("upstream.conf");
+        std::fs::write(
+            seed.join("upstream.conf"),
+            "upstream u {\n    zone u 64k;\n    resolver 127.0.0.11 valid=1s ipv6=off;\n    server tasks.a:3000 resolve max_fails=1;\n}\n",
+        )
+        .expect("upstream.conf");
         let nginx = bin.join("nginx");
         std::fs::write(&nginx, format!("#!/bin/sh\necho '{says}' >&2\n")).expect("nginx");
         use std::os::unix::fs::PermissionsExt;
@@ -488,7 +503,27 @@ mod tests {
             http.contains("limit_req_zone x;") && http.contains("map $host"),
             "{http}"
         );
-        http.contains("keepalive_min_timeout 1s;")
+        let upstream =
+            std::fs::read_to_string(state.join("upstream.conf")).expect("seeded upstream.conf");
+        assert!(
+            upstream.contains("server tasks.a:3000 ") && upstream.contains("max_fails=1;"),
+            "{upstream}"
+        );
+        let resolves = upstream.contains(" resolve ") && upstream.contains("resolver ");
+        assert!(
+            resolves || !(upstream.contains("resolve") || upstream.contains("resolver")),
+            "{upstream}"
+        );
+        (http.contains("keepalive_min_timeout 1s;"), resolves)
+    }
+
+    #[test]
+    fn the_seed_script_keeps_upstream_resolve_only_for_an_nginx_that_has_it() {
+        assert!(seeded("nginx version: nginx/1.30.6").1);
+        assert!(seeded("nginx version: nginx/1.27.3").1);
+        assert!(!seeded("nginx version: nginx/1.27.2").1);
+        assert!(!seeded("nginx version: nginx/1.22.1 (Debian)").1);
+        assert!(!seeded("sh: nginx: not found").1);
     }
 
     #[test]

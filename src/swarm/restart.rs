@@ -33,7 +33,7 @@ use crate::stack::{Color, LB_SERVICE};
 use crate::wait::{self, Limits, Seen};
 
 use super::compose_service;
-use super::edge::{Edge, Edges};
+use super::edge::{Edge, Edges, Follower};
 use super::up::{short_of, wanted_running};
 
 /// How often the tasks are looked at while a service restarts.
@@ -173,8 +173,23 @@ async fn restart_locked(stack: &Stack<'_>, timeout: Duration) -> Result<Report> 
                     "restarting {shown} ({}, one task at a time)",
                     order_name(order)
                 ));
-                let (before, after) =
-                    replace(engine, project, &step.service, order, deadline, timeout).await?;
+                // An nginx without `resolve` is re-pinned as the active
+                // color's tasks are replaced.
+                let active = recorded
+                    .active
+                    .filter(|color| step.service == super::service_name(project, color.service()));
+                let follower = match active {
+                    Some(color) => Follower::new(&edges, color).await,
+                    None => None,
+                };
+                let replaced = Replace {
+                    service: &step.service,
+                    order,
+                    deadline,
+                    timeout,
+                    follower: follower.as_ref(),
+                };
+                let (before, after) = replaced.run(engine, project).await?;
                 progress.done_with(format!("{} new task(s)", after.len()));
                 Restarted {
                     service: shown,
@@ -238,27 +253,38 @@ fn current(services: &[Service], tasks: &[Task], service: &str) -> Vec<String> {
         .collect()
 }
 
-/// Gives `service` new tasks in `order` and waits until every task it
-/// asks for is a new one, running; a paused or rolled-back update fails
-/// at once with the swarm's message. The tasks before and after.
-async fn replace(
-    engine: &Engine,
-    project: &str,
-    service: &str,
+/// One service to give new tasks.
+struct Replace<'r> {
+    service: &'r str,
     order: UpdateOrder,
     deadline: Instant,
     timeout: Duration,
-) -> Result<(Vec<String>, Vec<String>)> {
-    let (services, tasks) = tokio::try_join!(engine.services(project), engine.tasks(project))?;
-    let before = current(&services, &tasks, service);
-    if !engine.restart_service(service, order).await? {
-        return Err(failed_with_hint(
-            format!("service {service} went away during the restart"),
-            "another tool changes the stack; `cryptus status` shows it",
-        ));
-    }
-    let old: BTreeSet<&str> = before.iter().map(String::as_str).collect();
-    let after = wait::until(
+    /// Edges to re-pin as the tasks change, for the active color.
+    follower: Option<&'r Follower<'r>>,
+}
+
+impl Replace<'_> {
+    /// Gives `service` new tasks in `order` and waits until every task it
+    /// asks for is a new one, running; a paused or rolled-back update fails
+    /// at once with the swarm's message. The tasks before and after.
+    async fn run(&self, engine: &Engine, project: &str) -> Result<(Vec<String>, Vec<String>)> {
+        let Replace {
+            service,
+            order,
+            deadline,
+            timeout,
+            follower,
+        } = *self;
+        let (services, tasks) = tokio::try_join!(engine.services(project), engine.tasks(project))?;
+        let before = current(&services, &tasks, service);
+        if !engine.restart_service(service, order).await? {
+            return Err(failed_with_hint(
+                format!("service {service} went away during the restart"),
+                "another tool changes the stack; `cryptus status` shows it",
+            ));
+        }
+        let old: BTreeSet<&str> = before.iter().map(String::as_str).collect();
+        let after = wait::until(
         Limits::until(deadline, POLL),
         || async {
             crate::interrupt::check()?;
@@ -271,6 +297,9 @@ async fn replace(
                         "the tasks not yet replaced still run; `docker service ps --no-trunc {service}` on the manager tells why"
                     ),
                 ));
+            }
+            if let Some(follower) = follower {
+                follower.look().await?;
             }
             let (services, tasks) =
                 tokio::try_join!(engine.services(project), engine.tasks(project))?;
@@ -292,7 +321,11 @@ async fn replace(
         },
     )
     .await?;
-    Ok((before, after))
+        if let Some(follower) = follower {
+            follower.look().await?;
+        }
+        Ok((before, after))
+    }
 }
 
 /// What `service` lacks to be restarted: `None` once the tasks the swarm

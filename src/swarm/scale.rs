@@ -15,6 +15,7 @@
 //! into it starts that many tasks.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -176,7 +177,9 @@ impl Change<'_> {
                     "`cryptus status` shows the stack; `cryptus start` makes what is missing",
                 ));
             }
-            self.wait(edges.first(), settings).await
+            let answering = self.wait(edges.first(), settings).await?;
+            // An nginx without `resolve` is given the tasks as they are now.
+            edges.repin(self.expect.color, &answering).await
         };
         let Err(err) = step.ended(changed.await) else {
             return Ok(());
@@ -198,8 +201,9 @@ impl Change<'_> {
     }
 
     /// Until `to` tasks run and exactly `to` addresses of the service's
-    /// name answer healthy from the edge, under `--timeout`.
-    async fn wait(&self, edge: &Edge, settings: &Settings) -> Result<()> {
+    /// name answer healthy from the edge, under `--timeout`: those
+    /// addresses.
+    async fn wait(&self, edge: &Edge, settings: &Settings) -> Result<Vec<IpAddr>> {
         let (engine, project) = (self.stack.engine, &self.stack.project.name);
         let wanted = usize::try_from(self.to).unwrap_or(usize::MAX);
         let look = || async {
@@ -232,14 +236,14 @@ impl Change<'_> {
 
 /// The switch's gate, and no more addresses than wanted: while a removed
 /// task is still named, nginx may still send to it.
-fn scale_verdict(probes: &[(String, Probe)], expect: &Expect, wanted: usize) -> Seen<()> {
+fn scale_verdict(probes: &[(String, Probe)], expect: &Expect, wanted: usize) -> Seen<Vec<IpAddr>> {
     match gate_verdict(probes, expect, wanted) {
         Seen::Not(why) => Seen::Not(why),
         Seen::Ready(_) if probes.len() > wanted => Seen::Not(format!(
             "{} tasks still resolve on the overlay, {wanted} wanted",
             probes.len()
         )),
-        Seen::Ready(_) => Seen::Ready(()),
+        ready => ready,
     }
 }
 
@@ -315,8 +319,14 @@ mod tests {
             color: Color::Blue,
             version: Some("1".into()),
         };
-        let three = [healthy("a"), healthy("b"), healthy("c")];
-        assert!(matches!(scale_verdict(&three, &expect, 3), Seen::Ready(())));
+        let three = [
+            healthy("10.0.1.1"),
+            healthy("10.0.1.2"),
+            healthy("10.0.1.3"),
+        ];
+        assert!(
+            matches!(scale_verdict(&three, &expect, 3), Seen::Ready(addrs) if addrs.len() == 3)
+        );
         let Seen::Not(why) = scale_verdict(&three, &expect, 2) else {
             panic!("a removed task still named passed")
         };

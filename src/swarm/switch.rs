@@ -253,8 +253,13 @@ impl Switch<'_> {
             return Ok(self.fail(steps, began, Outcome::Failed, err).await);
         }
         let flipped = async {
-            self.old_workers = self.edge.workers().await;
-            let old = self.edge.first().probe_tasks(self.from.color).await;
+            // The versions tell how each edge is pointed at the tasks.
+            let (workers, old, ()) = tokio::join!(
+                self.edge.workers(),
+                self.edge.first().probe_tasks(self.from.color),
+                self.edge.learn_versions()
+            );
+            self.old_workers = workers;
             self.from_addrs = old.map(|probes| answering(&probes)).unwrap_or_default();
             let message = format!("switching nginx to {}", self.to.color);
             let apply = self.edge.apply(self.to.color, &self.to_addrs);
@@ -444,6 +449,7 @@ impl Switch<'_> {
         let mut report = self.report(steps, began, Outcome::Ok, None);
         let warnings = self.record(&report).await;
         report.warnings.extend(warnings);
+        report.warnings.extend(self.edge.pinned_warnings().await);
         let (stack, settings) = (self.stack, self.settings);
         let old = service_name(&stack.project.name, self.from.color.service());
         let keep = settings.keep_standby;
