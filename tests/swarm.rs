@@ -1368,17 +1368,7 @@ fn swarm_backup_restore_and_resources_reach_redis_on_a_worker_through_its_engine
         assert!(task["usage"]["memory_used"].as_u64() > Some(0), "{task}");
     }
 
-    let written = project.ok(&["backup", "--json"]);
-    let created: serde_json::Value = serde_json::from_slice(&written.stdout).expect("JSON");
-    assert_eq!(
-        created["manifest"]["redis_keys"].to_string(),
-        keys,
-        "{created}"
-    );
-    let dir = created["dir"]
-        .as_str()
-        .expect("the backup's directory")
-        .to_owned();
+    let dir = backed_up(&project, &keys);
     redis_cli_on(&lab, &project, 2, &["flushall"]);
     assert_eq!(redis_cli_on(&lab, &project, 2, &["dbsize"]), "0");
     project.ok(&["restore", &dir, "--yes"]);
@@ -1390,6 +1380,22 @@ fn swarm_backup_restore_and_resources_reach_redis_on_a_worker_through_its_engine
     let redis_after = lab.docker_ok(2, &["ps", "-q", "--filter", &filter]);
     assert_ne!(redis_after, redis_before, "restore ran redis as a new task");
     assert_eq!(served_by_edge(&lab, &project)["instance"], "blue");
+}
+
+/// `backup --json`, which must hold `keys` redis keys: the backup's
+/// directory.
+fn backed_up(project: &TestProject, keys: &str) -> String {
+    let written = project.ok(&["backup", "--json"]);
+    let created: serde_json::Value = serde_json::from_slice(&written.stdout).expect("JSON");
+    assert_eq!(
+        created["manifest"]["redis_keys"].to_string(),
+        keys,
+        "{created}"
+    );
+    created["dir"]
+        .as_str()
+        .expect("the backup's directory")
+        .to_owned()
 }
 
 /// `resources --json`, parsed.
@@ -1412,17 +1418,7 @@ fn swarm_backup_and_restore_bring_redis_keys_back_and_refuse_a_corrupt_backup() 
     }
     let keys = redis_cli(&lab, &project, &["dbsize"]);
 
-    let written = project.ok(&["backup", "--json"]);
-    let created: serde_json::Value = serde_json::from_slice(&written.stdout).expect("JSON");
-    assert_eq!(
-        created["manifest"]["redis_keys"].to_string(),
-        keys,
-        "{created}"
-    );
-    let dir = created["dir"]
-        .as_str()
-        .expect("the backup's directory")
-        .to_owned();
+    let dir = backed_up(&project, &keys);
     project.ok(&["backup", "--verify", &dir]);
     let state = std::process::Command::new("tar")
         .args([
