@@ -3,6 +3,7 @@
 
 mod support;
 
+use support::private_engine::PrivateEngine;
 use support::{TestProject, assert_code, get, get_json, stderr, stdout};
 
 #[test]
@@ -163,4 +164,56 @@ fn keepalive_min_timeout_follows_what_nginx_v_says() {
     project.ok(&["start"]);
     assert_eq!(http().contains("keepalive_min_timeout"), expected);
     assert_code(&project.run(&["health"]), 0);
+}
+
+/// Issue 16: an engine reached over TLS as the docker CLI reaches it
+/// (`DOCKER_HOST=tcp://`, `DOCKER_TLS_VERIFY`, `DOCKER_CERT_PATH`) answers
+/// `status`. A client whose CA did not sign the engine's certificate is
+/// refused (exit 2) with a hint naming its CA file; a certificate
+/// directory with a malformed key is refused (exit 2) naming the file,
+/// before any connection.
+#[test]
+fn status_reaches_an_engine_over_tls_and_a_wrong_ca_is_refused_with_a_hint() {
+    let engine = PrivateEngine::start_tls(&[]);
+    let mut project = TestProject::new("tls");
+    project.set_env("DOCKER_HOST", &engine.tls_host());
+    project.set_env("DOCKER_TLS_VERIFY", "1");
+    let certs = |right: bool| engine.client_certs(right).display().to_string();
+    project.set_env("DOCKER_CERT_PATH", &certs(true));
+    let status = project.status();
+    assert_eq!(status["colors"]["blue"]["containers"], 0, "{status}");
+
+    project.set_env("DOCKER_CERT_PATH", &certs(false));
+    let refused = project.run(&["status"]);
+    assert_code(&refused, 2);
+    let err = stderr(&refused);
+    assert!(
+        err.contains(&format!(
+            "cannot reach the Docker engine at {}",
+            engine.tls_host()
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("hint: ") && err.contains(&format!("{}/ca.pem", certs(false))),
+        "{err}"
+    );
+
+    let broken = tempfile::tempdir().expect("a temporary directory");
+    for file in ["ca.pem", "cert.pem"] {
+        std::fs::copy(
+            engine.client_certs(true).join(file),
+            broken.path().join(file),
+        )
+        .expect("copying a certificate");
+    }
+    std::fs::write(broken.path().join("key.pem"), "not a key\n").expect("writing key.pem");
+    project.set_env("DOCKER_CERT_PATH", &broken.path().display().to_string());
+    let refused = project.run(&["status"]);
+    assert_code(&refused, 2);
+    let err = stderr(&refused);
+    assert!(err.contains("key.pem holds no private key"), "{err}");
+    assert!(err.contains("hint: put the engine's CA"), "{err}");
+    // The project's containers are looked for on the engine's own socket.
+    project.set_env("DOCKER_HOST", &engine.host());
 }

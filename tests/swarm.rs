@@ -1239,29 +1239,169 @@ fn swarm_logs_show_the_app_tasks_of_every_node_through_the_manager() {
 /// `redis-cli ARGS` in the redis task on the manager's node (node 1, where
 /// `start` pins it with its volume), once one runs there.
 fn redis_cli(lab: &SwarmLab, project: &TestProject, args: &[&str]) -> String {
-    let id = task_on_manager(lab, project, "redis");
+    redis_cli_on(lab, project, 1, args)
+}
+
+/// `redis-cli ARGS` in the redis task on node `node`, once one runs there.
+fn redis_cli_on(lab: &SwarmLab, project: &TestProject, node: usize, args: &[&str]) -> String {
+    let id = task_on(lab, project, node, "redis");
     let mut command = vec!["exec", id.as_str(), "redis-cli"];
     command.extend_from_slice(args);
-    lab.docker_ok(1, &command).trim().to_owned()
+    lab.docker_ok(node, &command).trim().to_owned()
 }
 
 /// The container of the running task of `service` on node 1 (where
 /// `start` pins redis with its volume, and nginx runs at the edge), once
 /// there is one.
 fn task_on_manager(lab: &SwarmLab, project: &TestProject, service: &str) -> String {
+    task_on(lab, project, 1, service)
+}
+
+/// The container of the running task of `service` on node `node`, once
+/// there is one.
+fn task_on(lab: &SwarmLab, project: &TestProject, node: usize, service: &str) -> String {
     let filter = format!(
         "label=com.docker.swarm.service.name={}_{service}",
         project.name
     );
     eventually(
-        &format!("a running {service} task on node 1"),
+        &format!("a running {service} task on node {node}"),
         Duration::from_secs(60),
         Duration::from_millis(500),
         || {
-            let ids = lab.docker_ok(1, &["ps", "-q", "--filter", &filter]);
+            let ids = lab.docker_ok(node, &["ps", "-q", "--filter", &filter]);
             ids.lines().next().map(str::to_owned).ok_or(ids)
         },
     )
+}
+
+/// Issue 16: redis placed on a worker (node 2, by hostname) is reached
+/// through that node's engine, named in `CRYPTUS_SWARM_NODES`. Without
+/// the setting, `backup` is refused (exit 2) with a hint naming it, and
+/// nothing changes; `resources` names the worker's tasks without figures.
+/// With it, backup, FLUSHALL on the worker, and restore bring every key
+/// back there (a new redis task on the worker), and `resources` samples
+/// the worker's tasks.
+#[test]
+fn swarm_backup_restore_and_resources_reach_redis_on_a_worker_through_its_engine() {
+    let lab = SwarmLab::up(3);
+    let worker = lab.node_name(2);
+    let mut project = started_on(&lab, "swarm-worker-redis", |project| {
+        std::fs::write(
+            project.path().join("compose/docker-compose.override.yml"),
+            format!(
+                "services:\n  cryptus-blue:\n    deploy:\n      replicas: 3\n  redis:\n    deploy:\n      placement:\n        constraints: [node.hostname == {worker}]\n"
+            ),
+        )
+        .expect("writing the override file");
+    });
+    for n in 0..5 {
+        redis_cli_on(&lab, &project, 2, &["set", &format!("session:{n}"), "kept"]);
+    }
+    let keys = redis_cli_on(&lab, &project, 2, &["dbsize"]);
+    let filter = format!("label=com.docker.swarm.service.name={}_redis", project.name);
+    let redis_before = lab.docker_ok(2, &["ps", "-q", "--filter", &filter]);
+
+    project.set_env("CRYPTUS_SWARM_NODES", "");
+    let refused = project.run(&["backup", "--json"]);
+    assert_code(&refused, 2);
+    let err = stderr(&refused);
+    assert!(
+        err.contains(&format!(
+            "on node {worker}, whose engine cryptus does not know"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("hint:") && err.contains("CRYPTUS_SWARM_NODES"),
+        "{err}"
+    );
+    assert!(
+        !project.path().join("backups").exists()
+            || std::fs::read_dir(project.path().join("backups"))
+                .expect("the backups directory")
+                .next()
+                .is_none(),
+        "a refused backup wrote something"
+    );
+    assert_eq!(
+        lab.docker_ok(2, &["ps", "-q", "--filter", &filter]),
+        redis_before,
+        "a refused backup changed redis's task"
+    );
+    let lock = listed(
+        &lab,
+        "config",
+        &format!("name={}_cryptus-lock", project.name),
+    );
+    assert_eq!(lock.trim(), "", "a refused backup left the deploy lock");
+    let report = resources_json(&project);
+    let on_worker = |report: &serde_json::Value| -> Vec<serde_json::Value> {
+        report["tasks"]
+            .as_array()
+            .expect("tasks")
+            .iter()
+            .filter(|t| t["node"] == worker.as_str())
+            .cloned()
+            .collect()
+    };
+    let skipped = on_worker(&report);
+    assert!(
+        skipped.iter().any(|t| t["service"] == "redis"),
+        "redis is not listed on {worker}: {report}"
+    );
+    for task in &skipped {
+        assert!(task["usage"].is_null(), "{task}");
+        assert!(
+            task["note"]
+                .as_str()
+                .is_some_and(|n| n.contains("CRYPTUS_SWARM_NODES")),
+            "{task}"
+        );
+    }
+
+    project.set_env("CRYPTUS_SWARM_NODES", &lab.nodes_setting(&[2, 3]));
+    let report = resources_json(&project);
+    let sampled = on_worker(&report);
+    assert!(sampled.iter().any(|t| t["service"] == "redis"), "{report}");
+    for task in &sampled {
+        assert!(task["usage"]["memory_used"].as_u64() > Some(0), "{task}");
+    }
+
+    let dir = backed_up(&project, &keys);
+    redis_cli_on(&lab, &project, 2, &["flushall"]);
+    assert_eq!(redis_cli_on(&lab, &project, 2, &["dbsize"]), "0");
+    project.ok(&["restore", &dir, "--yes"]);
+    assert_eq!(redis_cli_on(&lab, &project, 2, &["dbsize"]), keys);
+    assert_eq!(
+        redis_cli_on(&lab, &project, 2, &["get", "session:4"]),
+        "kept"
+    );
+    let redis_after = lab.docker_ok(2, &["ps", "-q", "--filter", &filter]);
+    assert_ne!(redis_after, redis_before, "restore ran redis as a new task");
+    assert_eq!(served_by_edge(&lab, &project)["instance"], "blue");
+}
+
+/// `backup --json`, which must hold `keys` redis keys: the backup's
+/// directory.
+fn backed_up(project: &TestProject, keys: &str) -> String {
+    let written = project.ok(&["backup", "--json"]);
+    let created: serde_json::Value = serde_json::from_slice(&written.stdout).expect("JSON");
+    assert_eq!(
+        created["manifest"]["redis_keys"].to_string(),
+        keys,
+        "{created}"
+    );
+    created["dir"]
+        .as_str()
+        .expect("the backup's directory")
+        .to_owned()
+}
+
+/// `resources --json`, parsed.
+fn resources_json(project: &TestProject) -> serde_json::Value {
+    let output = project.ok(&["resources", "--json"]);
+    serde_json::from_slice(&output.stdout).expect("JSON")
 }
 
 /// `backup` and `restore` on a Swarm: the backup holds redis's snapshot
@@ -1278,17 +1418,7 @@ fn swarm_backup_and_restore_bring_redis_keys_back_and_refuse_a_corrupt_backup() 
     }
     let keys = redis_cli(&lab, &project, &["dbsize"]);
 
-    let written = project.ok(&["backup", "--json"]);
-    let created: serde_json::Value = serde_json::from_slice(&written.stdout).expect("JSON");
-    assert_eq!(
-        created["manifest"]["redis_keys"].to_string(),
-        keys,
-        "{created}"
-    );
-    let dir = created["dir"]
-        .as_str()
-        .expect("the backup's directory")
-        .to_owned();
+    let dir = backed_up(&project, &keys);
     project.ok(&["backup", "--verify", &dir]);
     let state = std::process::Command::new("tar")
         .args([
@@ -1355,15 +1485,16 @@ fn swarm_backup_and_restore_bring_redis_keys_back_and_refuse_a_corrupt_backup() 
     assert_eq!(redis_cli(&lab, &project, &["get", "after"]), "backup");
 }
 
-/// `resources` on a Swarm: every task of the stack with its node; those on
-/// the manager's node sampled, the others "not reachable from the
-/// manager"; every node with its cores and memory.
+/// `resources` on a Swarm without `CRYPTUS_SWARM_NODES`: every task of the
+/// stack with its node; those on the manager's node sampled, the others
+/// named with why not; every node with its cores and memory.
 #[test]
 fn swarm_resources_list_every_task_with_its_node() {
     let lab = SwarmLab::up(3);
-    let project = started_on(&lab, "swarm-resources", |_| {});
-    let output = project.ok(&["resources", "--json"]);
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    let mut project = started_on(&lab, "swarm-resources", |_| {});
+    // Without the workers' engines, only the manager's tasks are sampled.
+    project.set_env("CRYPTUS_SWARM_NODES", "");
+    let report = resources_json(&project);
     assert_eq!(report["orchestrator"], "swarm", "{report}");
     let manager = lab.node_name(1);
     let tasks = report["tasks"].as_array().expect("tasks");
@@ -1378,7 +1509,10 @@ fn swarm_resources_list_every_task_with_its_node() {
         if node == manager {
             assert!(task["usage"]["memory_used"].as_u64() > Some(0), "{task}");
         } else {
-            assert_eq!(task["note"], "not reachable from the manager", "{task}");
+            assert_eq!(
+                task["note"], "its node's engine is not known (CRYPTUS_SWARM_NODES)",
+                "{task}"
+            );
         }
     }
     for service in ["redis", "nginx"] {

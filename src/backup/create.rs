@@ -64,15 +64,18 @@ pub async fn create(
     )
     .await?;
     step.done();
+    // The scratch that checks the snapshot runs beside redis (on a Swarm,
+    // on redis's node), where redis's image surely is.
+    let beside_redis = redis.engine(engine);
     let result = async {
         // What a killed run left goes first, under the lock: no live
         // backup or restore owns it.
-        crate::redis::sweep_scratch(engine, &project.name, warnings).await?;
+        crate::redis::sweep_scratch(beside_redis, &project.name, warnings).await?;
         super::sweep_temporaries(&options.out, warnings)?;
         interrupt::or_interrupted(write(engine, project, &containers, options, printer)).await
     }
     .await;
-    remove_scratch(engine, project, printer).await;
+    remove_scratch(beside_redis, project, printer).await;
     super::release_lock(lock, printer).await;
     result.map_err(|err| {
         super::as_failure(
@@ -128,7 +131,7 @@ async fn write(
     let mut pending = Pending::start(&options.out, time)?;
 
     let step = printer.step("snapshotting redis");
-    let keys = add_redis(engine, project, redis, &mut pending).await?;
+    let keys = add_redis(redis.engine(engine), project, redis, &mut pending).await?;
     step.done_with(format!("{keys} keys"));
 
     let step = printer.step("nginx's configuration and live upstream");
@@ -179,7 +182,7 @@ async fn nginx_files(
     let mut files = vec![("nginx.conf".to_owned(), read_local(&conf)?, mode_of(&conf)?)];
     let mut state = Vec::new();
     if let Some(lb) = lb {
-        let nginx = Nginx::named(engine, lb.name.clone());
+        let nginx = Nginx::named(lb.engine(engine), lb.name.clone());
         for name in [nginx::UPSTREAM_FILE, nginx::HTTP_FILE] {
             if let Some(text) = nginx.read(name).await? {
                 files.push((format!("cryptus/{name}"), text.into_bytes(), 0o644));
@@ -197,7 +200,8 @@ async fn nginx_files(
     Ok((files, state))
 }
 
-/// Redis's snapshot into the backup; returns its key count.
+/// Redis's snapshot into the backup, through `engine`, redis's own;
+/// returns its key count.
 async fn add_redis(
     engine: &Engine,
     project: &Project,
@@ -287,6 +291,7 @@ async fn add_monitoring(
             continue;
         };
         let step = printer.step(format!("{service}'s data"));
+        let engine = container.engine(engine);
         let tar = if service == "prometheus" && container.running {
             prometheus_snapshot(engine, container).await?
         } else {

@@ -797,7 +797,7 @@ pub async fn release_lock(lock: Held<'_>, printer: &Printer) {
 }
 
 /// The stack's containers a backup or restore reaches: on one engine all
-/// of the project's; on a Swarm its running tasks' on the manager's node.
+/// of the project's; on a Swarm its running tasks', each through its node's engine.
 pub async fn stack_containers(engine: &Engine, project: &Project) -> Result<Vec<Container>> {
     match project.orchestrator {
         Orchestrator::Swarm => crate::swarm::backup::task_containers(engine, &project.name).await,

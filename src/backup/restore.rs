@@ -225,13 +225,14 @@ async fn locked(
     contents: &Contents,
     printer: &Printer,
 ) -> Result<Restored> {
-    // A scratch redis a killed run left goes before anything else.
-    crate::redis::sweep_scratch(engine, &project.name, printer).await?;
     let containers = super::stack_containers(engine, project).await?;
     let redis = containers
         .iter()
         .find(|c| c.service == REDIS_SERVICE && c.running)
         .ok_or_else(|| redis_not_running(project))?;
+    // A scratch redis a killed run left beside redis goes before anything
+    // else.
+    crate::redis::sweep_scratch(redis.engine(engine), &project.name, printer).await?;
     sweep_staged(project, printer);
     let staged = interrupt::or_interrupted(stage(engine, project, contents, &containers)).await?;
     interrupt::check()?;
@@ -580,7 +581,8 @@ async fn test_nginx_conf(engine: &Engine, containers: &[Container], conf: &[u8])
         .parent()
         .map(|dir| dir.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let output = engine
+    let output = lb
+        .engine(engine)
         .exec_with_input(
             &lb.name,
             &["sh", "-c", TEST_SCRIPT, "sh", &live_dir, CANDIDATE_DIR],
@@ -630,8 +632,8 @@ async fn apply(
     };
     // Past the point of no return: the rest is finished, not undone.
     let live = Redis {
-        engine,
-        container: running,
+        engine: running.engine(engine),
+        container: running.name.clone(),
     };
     let keys = live.keys().await?;
     if keys != expected {
@@ -697,7 +699,7 @@ async fn restore_state(
     }
     // Found before anything changed when the backup has anything for it.
     match containers.iter().find(|c| c.service == LB_SERVICE) {
-        Some(lb) => restore_nginx(engine, lb, contents, staged).await,
+        Some(lb) => restore_nginx(lb.engine(engine), lb, contents, staged).await,
         None => Ok(Vec::new()),
     }
 }
@@ -759,6 +761,7 @@ async fn restore_volumes(
             return Err(anyhow!("there is no {service} container for its data"));
         };
         let step = printer.step(format!("{service}'s data"));
+        let engine = container.engine(engine);
         let was_running = container.running;
         engine.stop(&container.name, None).await?;
         let entries: Vec<(&str, &[u8], u32)> = files
@@ -840,16 +843,18 @@ async fn read_setup(live: &Redis<'_>, redis: &Container) -> Result<Setup> {
 /// otherwise SAVE to the live dump file. A failure or a signal before it
 /// leaves the previous data in place. Whatever happens, the scratch is
 /// removed and only then does the real Redis start again. Returns the
-/// container that runs Redis afterwards (on a Swarm, a new task's).
+/// container that runs Redis afterwards (on a Swarm, a new task's). The
+/// scratch runs beside redis, on its engine (on a Swarm, its node's);
+/// `engine` is the one asked (on a Swarm, the manager's).
 async fn restore_redis(
     engine: &Engine,
     project: &Project,
     redis: &Container,
     dump: &[u8],
     expected: u64,
-) -> Result<String> {
+) -> Result<Container> {
     let live = Redis {
-        engine,
+        engine: redis.engine(engine),
         container: redis.name.clone(),
     };
     let setup = interrupt::or_interrupted(read_setup(&live, redis)).await?;
@@ -859,7 +864,7 @@ async fn restore_redis(
         .await
         .with_context(|| format!("stopping {}", redis.name));
     let replaced = match stopped {
-        Ok(()) => replace(engine, project, redis, &setup, dump, expected).await,
+        Ok(()) => replace(redis.engine(engine), project, redis, &setup, dump, expected).await,
         Err(err) => Err(err),
     };
     let back = bring_back(engine, project, redis, &setup).await;
@@ -879,7 +884,8 @@ async fn restore_redis(
     }
 }
 
-/// Loads the dump into a scratch Redis and commits it. Ok means committed.
+/// Loads the dump into a scratch Redis on `engine`, redis's, and commits
+/// it. Ok means committed.
 async fn replace(
     engine: &Engine,
     project: &Project,
@@ -950,13 +956,14 @@ async fn bring_back(
     project: &Project,
     redis: &Container,
     setup: &Setup,
-) -> Result<String> {
+) -> Result<Container> {
     let scratch = scratch_name(&project.name, "restore");
-    cleanup(engine.remove(&scratch, true))
+    let node = redis.engine(engine);
+    cleanup(node.remove(&scratch, true))
         .await
         .with_context(|| format!("removing the scratch redis {scratch}"))?;
     let deadline = Instant::now() + REDIS_DEADLINE;
-    volume_free(engine, &setup.volume.0, deadline)
+    volume_free(node, &setup.volume.0, deadline)
         .await
         .context("redis was not started beside them")?;
     let running = match project.orchestrator {
@@ -965,12 +972,12 @@ async fn bring_back(
         }
         Orchestrator::Engine => {
             cleanup(engine.start(&redis.name)).await?;
-            redis.name.clone()
+            redis.clone()
         }
     };
     let live = Redis {
-        engine,
-        container: running.clone(),
+        engine: running.engine(engine),
+        container: running.name.clone(),
     };
     wait_loaded(&live, deadline).await?;
     Ok(running)
@@ -1007,7 +1014,7 @@ async fn stop_redis(engine: &Engine, project: &Project, redis: &Container) -> Re
             // says why; a task still saving is waited for on the volume.
             let deadline =
                 Instant::now() + super::CLEANUP_DEADLINE.saturating_sub(Duration::from_secs(5));
-            crate::swarm::backup::stop_redis(engine, &project.name, &redis.name, deadline).await
+            crate::swarm::backup::stop_redis(engine, &project.name, redis, deadline).await
         }
         Orchestrator::Engine => engine.stop(&redis.name, None).await,
     }

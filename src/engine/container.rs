@@ -39,9 +39,18 @@ pub struct Container {
     pub volumes: Vec<(String, String)>,
     /// The environment, `KEY=value`; private, as it may hold secrets.
     env: Vec<String>,
+    /// The engine it is on, when not the one it was asked of: a Swarm
+    /// task on another node, reached through that node's engine.
+    pub node_engine: Option<super::Engine>,
 }
 
 impl Container {
+    /// The engine to reach it through: its node's, else `asked` (the one
+    /// it was found on).
+    pub fn engine<'e>(&'e self, asked: &'e super::Engine) -> &'e super::Engine {
+        self.node_engine.as_ref().unwrap_or(asked)
+    }
+
     pub fn label(&self, key: &str) -> Option<&str> {
         self.labels.get(key).map(String::as_str)
     }
@@ -78,6 +87,7 @@ pub(super) fn from_inspect(response: ContainerInspectResponse) -> Container {
     let (health, health_log) = health(&state);
     let network_settings = response.network_settings.unwrap_or_default();
     Container {
+        node_engine: None,
         env: config.env.unwrap_or_default(),
         volumes: named_volumes(response.mounts.unwrap_or_default()),
         id: response.id.unwrap_or_default(),

@@ -5,6 +5,7 @@
 //! container or path was meant.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
@@ -28,6 +29,7 @@ mod container;
 mod spec;
 mod stats;
 mod swarm;
+pub mod tls;
 
 pub use container::{Container, Listed};
 pub use spec::{
@@ -65,6 +67,13 @@ const CLIENT_TIMEOUT: u64 = 120;
 #[derive(Clone)]
 pub struct Engine {
     docker: Docker,
+}
+
+/// An engine prints as what it is: a client holds no state worth showing.
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Engine")
+    }
 }
 
 /// A piece of a container's log: whole lines, all from one stream.
@@ -137,6 +146,13 @@ impl Engine {
         let set = std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty());
         let host = Engine::endpoint();
         let hint = "is dockerd running? Start it, or point DOCKER_HOST at a running engine";
+        // A tcp:// engine is spoken to over TLS when DOCKER_TLS_VERIFY
+        // asks, as the docker CLI does: read here, not by bollard, which
+        // would take a DOCKER_TLS_VERIFY set empty as a yes.
+        if host.starts_with("tcp://") {
+            let tls = tls::manager_dir_from_env();
+            return Engine::connect_to(&host, tls.as_deref(), hint).await;
+        }
         // An empty DOCKER_HOST means the local socket, as for the docker CLI.
         let docker = match set {
             Some(_) => Docker::connect_with_defaults(),
@@ -146,11 +162,42 @@ impl Engine {
     }
 
     /// Connects to the engine at `endpoint` (`unix://PATH` or
-    /// `tcp://HOST:PORT`), whatever DOCKER_HOST says; `hint` is what an
-    /// unreachable engine's error suggests.
-    pub async fn connect_to(endpoint: &str, hint: &str) -> Result<Engine> {
+    /// `tcp://HOST:PORT`), whatever DOCKER_HOST says; over TLS with the
+    /// certificates in `tls` (a tcp:// one only). `hint` is what an
+    /// unreachable engine's error suggests. Certificates that cannot be
+    /// read or parsed are a usage error naming the file.
+    pub async fn connect_to(endpoint: &str, tls: Option<&Path>, hint: &str) -> Result<Engine> {
         let docker = if endpoint.starts_with("unix://") {
             Docker::connect_with_unix(endpoint, CLIENT_TIMEOUT, bollard::API_DEFAULT_VERSION)
+        } else if let (true, Some(dir)) = (endpoint.starts_with("tcp://"), tls) {
+            tls::check(dir).map_err(|why| {
+                usage(
+                    format!("the TLS certificates for the engine at {endpoint} are not usable: {why}"),
+                    format!(
+                        "put the engine's CA ({}), the client's certificate ({}) and key ({}), in PEM, in {}, as `docker --tlsverify` wants them",
+                        tls::CA,
+                        tls::CERT,
+                        tls::KEY,
+                        dir.display()
+                    ),
+                )
+            })?;
+            // rustls needs its crypto provider before any client is made;
+            // a second install is refused, harmlessly.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let hint = format!(
+                "{hint}; over TLS, the engine must run with --tlsverify and a certificate signed by {}",
+                dir.join(tls::CA).display()
+            );
+            let docker = Docker::connect_with_ssl(
+                endpoint,
+                &dir.join(tls::KEY),
+                &dir.join(tls::CERT),
+                &dir.join(tls::CA),
+                CLIENT_TIMEOUT,
+                bollard::API_DEFAULT_VERSION,
+            );
+            return Engine::negotiate(docker, endpoint, &hint).await;
         } else if endpoint.starts_with("tcp://") || endpoint.starts_with("http://") {
             Docker::connect_with_http(endpoint, CLIENT_TIMEOUT, bollard::API_DEFAULT_VERSION)
         } else {

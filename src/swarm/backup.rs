@@ -1,7 +1,7 @@
-//! What `backup` and `restore` reach on a Swarm: the stack's running tasks
-//! whose containers are on the manager's engine (redis, pinned to that
-//! node with its volume, and the edge nginx). A task on another node is
-//! out of reach: exec and copies go through the manager's engine only.
+//! What `backup` and `restore` reach on a Swarm: the stack's running
+//! tasks, each through the engine of the node it runs on ([`NodeEngines`]):
+//! redis wherever it runs, the others where cryptus knows their node's
+//! engine (the manager's, or one named in `CRYPTUS_SWARM_NODES`).
 
 use std::time::Duration;
 
@@ -9,90 +9,75 @@ use anyhow::{Context, Result};
 use futures_util::future::try_join_all;
 use tokio::time::Instant;
 
+use super::nodes::NodeEngines;
 use super::state::ClusterState;
 use super::{compose_service, service_name};
 use crate::engine::{Container, Engine, Service, Task};
-use crate::error::{failed, failed_with_hint};
+use crate::error::failed;
 use crate::stack::REDIS_SERVICE;
 use crate::wait::{self, Limits, Seen};
 
-/// The containers of the stack's running tasks on the manager's node, each
-/// named by its compose service as one engine's are. Fails (exit 1) when
-/// redis runs, but on a node the manager's engine is not.
+/// The containers of the stack's running tasks, each named by its compose
+/// service as one engine's are and carrying its node's engine, a
+/// service's tasks on the manager first. Redis is reached wherever it
+/// runs: when its node's engine is not known, an error (exit 2) names the
+/// setting. Another service's task on such a node is left out.
 pub async fn task_containers(engine: &Engine, project: &str) -> Result<Vec<Container>> {
     let (membership, services, tasks) = tokio::try_join!(
         engine.membership(),
         engine.services(project),
         engine.tasks(project)
     )?;
-    // Without its node's id, every task would look out of reach.
-    let manager = membership
-        .node_id
-        .ok_or_else(|| failed("the manager's engine names no node of the swarm"))?;
-    check_redis_here(project, &services, &tasks, &manager)?;
-    let found = reachable(project, &services, &tasks, &manager);
-    let inspected = try_join_all(found.iter().map(|(_, id)| engine.inspect(id))).await?;
-    let mut containers: Vec<Container> = found
-        .iter()
-        .zip(inspected)
-        // A task ending between the list and the inspect is gone: skipped.
-        .filter_map(|((service, _), container)| {
-            container.map(|mut c| {
-                c.service = (*service).to_owned();
-                c
-            })
-        })
-        .collect();
-    containers.sort_by(|a, b| a.service.cmp(&b.service));
-    Ok(containers)
+    // Without its node's id, no task could be placed on a node.
+    if membership.node_id.is_none() {
+        return Err(failed("the manager's engine names no node of the swarm"));
+    }
+    let nodes = NodeEngines::from_env(engine, &membership)?;
+    let found = running_tasks(project, &services, &tasks);
+    let reached = try_join_all(found.iter().map(|&(service, node, id)| {
+        let nodes = &nodes;
+        async move {
+            if service != REDIS_SERVICE && !nodes.reaches(node).await {
+                return Ok(None);
+            }
+            let reached = nodes
+                .task_container(node, id, "backup and restore copy redis's data")
+                .await?;
+            // A task ending between the list and the inspect is gone: skipped.
+            Ok::<_, anyhow::Error>(reached.container.map(|mut container| {
+                container.service = service.to_owned();
+                if !reached.on_manager {
+                    container.node_engine = Some(reached.engine);
+                }
+                (!reached.on_manager, container)
+            }))
+        }
+    }))
+    .await?;
+    let mut containers: Vec<(bool, Container)> = reached.into_iter().flatten().collect();
+    containers.sort_by(|(a_away, a), (b_away, b)| (&a.service, a_away).cmp(&(&b.service, b_away)));
+    Ok(containers.into_iter().map(|(_, c)| c).collect())
 }
 
-/// Of the stack's running tasks, those on `manager` with a container: the
-/// compose service each stands for and its container's id.
-fn reachable<'t>(
+/// Of the stack's running tasks, those placed with a container: the
+/// compose service each stands for, its node's id and its container's id.
+fn running_tasks<'t>(
     project: &str,
     services: &'t [Service],
     tasks: &'t [Task],
-    manager: &str,
-) -> Vec<(&'t str, &'t str)> {
+) -> Vec<(&'t str, &'t str, &'t str)> {
     tasks
         .iter()
-        .filter(|t| t.state == "running" && t.node_id.as_deref() == Some(manager))
+        .filter(|t| t.state == "running")
         .filter_map(|task| {
             let service = services.iter().find(|s| s.id == task.service_id)?;
             Some((
                 compose_service(project, &service.name)?,
+                task.node_id.as_deref()?,
                 task.container_id.as_deref()?,
             ))
         })
         .collect()
-}
-
-/// Redis's data is copied through the engine running its task: a redis
-/// running elsewhere (its service edited by hand, or the manager changed)
-/// cannot be backed up or restored from here.
-fn check_redis_here(
-    project: &str,
-    services: &[Service],
-    tasks: &[Task],
-    manager: &str,
-) -> Result<()> {
-    let name = service_name(project, REDIS_SERVICE);
-    let Some(service) = services.iter().find(|s| s.name == name) else {
-        return Ok(());
-    };
-    let elsewhere = tasks.iter().any(|t| {
-        t.service_id == service.id
-            && t.state == "running"
-            && t.node_id.as_deref().is_some_and(|node| node != manager)
-    });
-    if elsewhere {
-        return Err(failed_with_hint(
-            format!("{name} runs on a node other than this manager's, which cryptus cannot reach"),
-            "point DOCKER_HOST at the manager on redis's node (`cryptus status` names it); redis is pinned there by `cryptus start`",
-        ));
-    }
-    Ok(())
 }
 
 /// The cluster's state record (active color, releases, history) as a file
@@ -107,20 +92,22 @@ pub async fn state_file(engine: &Engine, project: &str) -> Result<(String, Vec<u
 const POLL: Duration = Duration::from_millis(250);
 
 /// Stops redis as the one-engine restore stops its container, but through
-/// its service (scaled to 0): a task container stopped by hand would be
-/// replaced by the swarm, and the new one would open the volume beside
-/// the scratch redis. Returns once `container` no longer runs.
+/// its service (scaled to 0, on the manager `engine`): a task container
+/// stopped by hand would be replaced by the swarm, and the new one would
+/// open the volume beside the scratch redis. Returns once `redis` (watched
+/// through its node's engine) no longer runs.
 pub async fn stop_redis(
     engine: &Engine,
     project: &str,
-    container: &str,
+    redis: &Container,
     deadline: Instant,
 ) -> Result<()> {
     scale_redis(engine, project, 0).await?;
+    let (node, container) = (redis.engine(engine), &redis.name);
     wait::until(
         Limits::until(deadline, POLL),
         || async {
-            Ok(match engine.inspect(container).await? {
+            Ok(match node.inspect(container).await? {
                 Some(c) if c.running => Seen::Not(format!("{container} is {}", c.state)),
                 _ => Seen::Ready(()),
             })
@@ -130,9 +117,10 @@ pub async fn stop_redis(
     .await
 }
 
-/// Scales redis back to its one task and returns its new container's name
-/// once it runs on this node (its placement pins it here, to its volume).
-pub async fn start_redis(engine: &Engine, project: &str, deadline: Instant) -> Result<String> {
+/// Scales redis back to its one task and returns its new container once
+/// it runs (its placement keeps it on its volume's node), with that
+/// node's engine.
+pub async fn start_redis(engine: &Engine, project: &str, deadline: Instant) -> Result<Container> {
     scale_redis(engine, project, 1).await?;
     wait::until(
         Limits::until(deadline, POLL),
@@ -140,8 +128,8 @@ pub async fn start_redis(engine: &Engine, project: &str, deadline: Instant) -> R
             let containers = task_containers(engine, project).await?;
             Ok(
                 match containers.into_iter().find(|c| c.service == REDIS_SERVICE) {
-                    Some(redis) => Seen::Ready(redis.name),
-                    None => Seen::Not("no redis task runs on this node yet".to_owned()),
+                    Some(redis) => Seen::Ready(redis),
+                    None => Seen::Not("no redis task runs yet".to_owned()),
                 },
             )
         },
@@ -200,26 +188,21 @@ mod tests {
     }
 
     #[test]
-    fn only_running_tasks_on_the_manager_are_reached() {
+    fn running_tasks_are_found_on_every_node() {
         let services = [service("r", "shop_redis"), service("n", "shop_nginx")];
         let tasks = [
-            task("1", "r", "m", "running"),
+            task("1", "r", "w", "running"),
             task("2", "n", "m", "running"),
             task("3", "n", "w", "running"),
             task("4", "r", "m", "shutdown"),
         ];
         assert_eq!(
-            reachable("shop", &services, &tasks, "m"),
-            [("redis", "c-1"), ("nginx", "c-2")]
+            running_tasks("shop", &services, &tasks),
+            [
+                ("redis", "w", "c-1"),
+                ("nginx", "m", "c-2"),
+                ("nginx", "w", "c-3")
+            ]
         );
-        assert!(check_redis_here("shop", &services, &tasks, "m").is_ok());
-    }
-
-    #[test]
-    fn redis_on_another_node_is_refused() {
-        let services = [service("r", "shop_redis")];
-        let tasks = [task("1", "r", "w", "running")];
-        let err = check_redis_here("shop", &services, &tasks, "m").unwrap_err();
-        assert!(format!("{err:#}").contains("shop_redis runs on a node other"));
     }
 }

@@ -143,38 +143,33 @@ impl Edges {
             .iter()
             .filter(|t| t.service_id == service.id && t.state == "running")
             .collect();
-        let manager = membership.node_id.unwrap_or_default();
-        let nodes = NodeEngines::from_env(engine, &manager)?;
-        let manager_name = membership.hostname.unwrap_or_else(|| manager.clone());
+        let nodes = NodeEngines::from_env(engine, &membership)?;
+        let why = format!("{name} runs a task");
         let reached = running.iter().map(|task| async {
-            let node = task.node_id.clone().unwrap_or_default();
-            let (engine, hostname) = if nodes.is_manager(&node) {
-                (engine.clone(), manager_name.clone())
-            } else {
-                let node = nodes.node(&node).await?;
-                let why = format!("{name} runs a task");
-                (nodes.engine(&node, &why).await?, node.hostname)
-            };
-            let container = task.container_id.clone().ok_or_else(not_running)?;
-            let inspected = engine
-                .inspect(&container)
-                .await
-                .with_context(|| format!("finding nginx's container on {hostname}"))?
+            let node = task.node_id.as_deref().unwrap_or_default();
+            let container = task.container_id.as_deref().ok_or_else(not_running)?;
+            let reached = nodes.task_container(node, container, &why).await?;
+            let inspected = reached
+                .container
                 .filter(|c| c.running)
                 .ok_or_else(not_running)?;
-            Ok::<_, anyhow::Error>(Edge {
-                engine,
-                project: project.to_owned(),
-                node: hostname,
-                container: inspected.name,
-                version: OnceCell::new(),
-            })
+            Ok::<_, anyhow::Error>((
+                reached.on_manager,
+                Edge {
+                    engine: reached.engine,
+                    project: project.to_owned(),
+                    node: reached.node,
+                    container: inspected.name,
+                    version: OnceCell::new(),
+                },
+            ))
         });
         let mut all = futures_util::future::try_join_all(reached).await?;
         if all.is_empty() {
             return Err(not_running());
         }
-        all.sort_by_key(|edge| (edge.node != manager_name, edge.node.clone()));
+        all.sort_by_key(|(on_manager, edge)| (!on_manager, edge.node.clone()));
+        let all = all.into_iter().map(|(_, edge)| edge).collect();
         Ok(Edges { all })
     }
 

@@ -3,7 +3,7 @@
 //! nginx (its configuration by `nginx -t` in its task, and the color it
 //! serves), every task of each color (probed on the overlay from the edge,
 //! by the task's own name, as the switch's gate probes), and redis (INFO,
-//! by exec, when its task runs on the manager cryptus talks to).
+//! by exec through its node's engine, when cryptus knows it).
 
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use crate::redis::Redis;
 use crate::stack::Color;
 
 use super::edge::{Edge, Edges};
+use super::nodes::{NODES_VAR, NodeEngines, Reached};
 use super::status::{ServiceView, SwarmStatus, TaskView, gather};
 
 /// Every check of a project on the swarm; each question waits at most
@@ -53,10 +54,13 @@ pub async fn check(
         Err(err) => (vec![Check::new("nginx", false, format!("{err:#}"))], None),
     };
     let active = served.or(status.active);
+    let engines = within(timeout, engine.membership())
+        .await
+        .and_then(|membership| NodeEngines::from_env(engine, &membership));
     let edge = edges.as_ref().ok().map(Edges::first);
     let (colors, redis) = tokio::join!(
         join_all(Color::ALL.map(|color| check_color(edge, &status, color, active, timeout))),
-        check_redis(engine, &status, timeout)
+        check_redis(engines.as_ref(), &status, timeout)
     );
     let mut checks = nginx;
     checks.extend(colors.into_iter().flatten());
@@ -199,11 +203,15 @@ fn rescheduling(view: &ServiceView, color: Color, is_active: bool) -> Option<Che
     })
 }
 
-/// Redis runs, and, when its task is on the manager cryptus talks to,
-/// answers INFO (memory and persistence) as on one engine. A task on
-/// another node is judged by its state: only the manager's engine is
-/// reachable.
-async fn check_redis(engine: &Engine, status: &SwarmStatus, timeout: Duration) -> Check {
+/// Redis runs, and, when cryptus knows the engine of its task's node (the
+/// manager's, or one in `CRYPTUS_SWARM_NODES`), answers INFO (memory and
+/// persistence) as on one engine. A task on another node is judged by its
+/// state.
+async fn check_redis(
+    engines: Result<&NodeEngines<'_>, &anyhow::Error>,
+    status: &SwarmStatus,
+    timeout: Duration,
+) -> Check {
     let view = status.services.iter().find(|s| s.service == "redis");
     let Some(task) = view.and_then(|v| v.tasks.iter().find(|t| t.state == "running")) else {
         let detail = match view.and_then(|v| v.tasks.first()) {
@@ -212,18 +220,42 @@ async fn check_redis(engine: &Engine, status: &SwarmStatus, timeout: Duration) -
         };
         return Check::new("redis", false, detail);
     };
-    let on_manager = status.manager.as_deref() == Some(task.node.as_str());
-    let Some(container) = task.container_id.clone().filter(|_| on_manager) else {
-        return Check::new(
-            "redis",
-            true,
-            format!(
-                "{} runs on {} (not asked: cryptus reaches only the manager's engine)",
-                task.name, task.node
-            ),
-        );
+    let engines = match engines {
+        Ok(engines) => engines,
+        Err(err) => return Check::new("redis", false, format!("{err:#}")),
     };
-    let redis = Redis { engine, container };
+    let reached = match &task.container_id {
+        Some(id) if engines.reaches(&task.node).await => {
+            within(
+                timeout,
+                engines.task_container(&task.node, id, "redis is asked"),
+            )
+            .await
+        }
+        _ => {
+            return Check::new(
+                "redis",
+                true,
+                format!(
+                    "{} runs on {} (not asked: its node's engine is not known; name it in {NODES_VAR})",
+                    task.name, task.node
+                ),
+            );
+        }
+    };
+    let (engine, container) = match reached {
+        Ok(Reached {
+            engine,
+            container: Some(container),
+            ..
+        }) => (engine, container.name),
+        Ok(_) => return Check::new("redis", false, format!("{} is gone", task.name)),
+        Err(err) => return Check::new("redis", false, format!("{err:#}")),
+    };
+    let redis = Redis {
+        engine: &engine,
+        container,
+    };
     match within(timeout, redis.info("default")).await {
         Ok(info) => {
             let mut check = judge_redis(&info);

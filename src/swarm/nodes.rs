@@ -7,6 +7,7 @@
 //! image asks every node that may run the color whether it has it.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use anyhow::{Context, Result};
@@ -14,7 +15,7 @@ use futures_util::future::try_join_all;
 use tokio::sync::OnceCell;
 
 use crate::context::Stack;
-use crate::engine::{Engine, Node};
+use crate::engine::{Container, Engine, Membership, Node, tls};
 use crate::error::{failed_with_hint, usage};
 use crate::stack::{Color, Release};
 
@@ -53,12 +54,13 @@ pub fn parse_nodes(setting: &str) -> Result<Vec<(String, String)>, String> {
     Ok(entries)
 }
 
-/// The URL the entries give `node`, by its id or its hostname.
-pub fn entry_for<'e>(entries: &'e [(String, String)], node: &Node) -> Option<&'e str> {
+/// The entry for `node`, by its id or its hostname: how it names the node,
+/// and the URL it gives.
+pub fn entry_for<'e>(entries: &'e [(String, String)], node: &Node) -> Option<(&'e str, &'e str)> {
     entries
         .iter()
         .find(|(key, _)| *key == node.id || *key == node.hostname)
-        .map(|(_, url)| url.as_str())
+        .map(|(key, url)| (key.as_str(), url.as_str()))
 }
 
 /// Whether `node` meets every placement constraint on `node.role`,
@@ -113,7 +115,7 @@ pub async fn image_on_nodes(stack: &Stack<'_>, color: Color, release: &Release) 
     let project = &stack.project.name;
     let spec = super::plan::service_spec(project, stack.compose, service, release, None)?.spec;
     let (membership, nodes) = tokio::try_join!(engine.membership(), engine.nodes())?;
-    let engines = NodeEngines::from_env(engine, &membership.node_id.unwrap_or_default())?;
+    let engines = NodeEngines::from_env(engine, &membership)?;
     let asked = nodes
         .iter()
         .filter(|n| n.state == "ready" && n.availability == "active")
@@ -147,15 +149,33 @@ pub async fn image_on_nodes(stack: &Stack<'_>, color: Color, release: &Release) 
 pub struct NodeEngines<'m> {
     manager: &'m Engine,
     manager_id: String,
+    manager_name: String,
     entries: Vec<(String, String)>,
+    /// `CRYPTUS_SWARM_NODES_CERT_PATH`, and the manager's certificate
+    /// directory: where a tcp:// entry's TLS certificates are.
+    nodes_cert: Option<PathBuf>,
+    manager_cert: Option<PathBuf>,
     nodes: OnceCell<Vec<Node>>,
     connected: Mutex<HashMap<String, Engine>>,
 }
 
+/// A task's container, reached through the engine of the node it runs on:
+/// what exec, copies and stats of a task go through.
+pub struct Reached {
+    pub engine: Engine,
+    /// The hostname of the node it runs on.
+    pub node: String,
+    /// Whether that node is the manager cryptus talks to.
+    pub on_manager: bool,
+    /// Its container, as that engine inspects it; `None` once it is gone.
+    pub container: Option<Container>,
+}
+
 impl<'m> NodeEngines<'m> {
-    /// The engines the setting names, beside `manager` (node `manager_id`).
-    /// A setting not of the form is a usage error.
-    pub fn from_env(manager: &'m Engine, manager_id: &str) -> Result<NodeEngines<'m>> {
+    /// The engines the setting names, beside `manager` (whose swarm
+    /// membership is `membership`). A setting not of the form is a usage
+    /// error.
+    pub fn from_env(manager: &'m Engine, membership: &Membership) -> Result<NodeEngines<'m>> {
         let setting = std::env::var(NODES_VAR).unwrap_or_default();
         let entries = parse_nodes(&setting).map_err(|why| {
             usage(
@@ -163,13 +183,62 @@ impl<'m> NodeEngines<'m> {
                 format!("write it as {NODES_FORM}; docs/swarm.md"),
             )
         })?;
+        let manager_id = membership.node_id.clone().unwrap_or_default();
         Ok(NodeEngines {
             manager,
-            manager_id: manager_id.to_owned(),
+            manager_name: membership.hostname.clone().unwrap_or(manager_id.clone()),
+            manager_id,
             entries,
+            nodes_cert: std::env::var_os(tls::NODES_CERT_VAR)
+                .filter(|dir| !dir.is_empty())
+                .map(PathBuf::from),
+            manager_cert: tls::manager_dir_from_env(),
             nodes: OnceCell::new(),
             connected: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The one way to a task's container: through the engine of `node`
+    /// (its id, or its hostname as `status` shows it), the manager's
+    /// without asking any other. `why` says what cryptus needs it for, in
+    /// the error (exit 2, naming the setting) when that node's engine is
+    /// not known.
+    pub async fn task_container(&self, node: &str, container: &str, why: &str) -> Result<Reached> {
+        let (engine, hostname, on_manager) = if self.is_manager(node) {
+            (self.manager.clone(), self.manager_name.clone(), true)
+        } else {
+            let node = self.node(node).await?;
+            (self.engine(&node, why).await?, node.hostname, false)
+        };
+        let inspected = engine
+            .inspect(container)
+            .await
+            .with_context(|| format!("inspecting the container of a task on {hostname}"))?;
+        Ok(Reached {
+            engine,
+            node: hostname,
+            on_manager,
+            container: inspected,
+        })
+    }
+
+    /// The engine of every node cryptus knows (the manager's, and each
+    /// ready node's the setting names), for what may be left on any of
+    /// them; why each named one could not be reached, to warn of.
+    pub async fn known(&self) -> Result<(Vec<Engine>, Vec<String>)> {
+        let nodes = self.nodes().await?;
+        let named = nodes
+            .iter()
+            .filter(|n| n.id != self.manager_id && n.state == "ready" && self.knows(n));
+        let reached = futures_util::future::join_all(named.map(|n| self.engine(n, "cleaning up")));
+        let (mut engines, mut missed) = (vec![self.manager.clone()], Vec::new());
+        for result in reached.await {
+            match result {
+                Ok(engine) => engines.push(engine),
+                Err(err) => missed.push(format!("{err:#}")),
+            }
+        }
+        Ok((engines, missed))
     }
 
     /// The swarm's nodes, asked of the manager once.
@@ -178,10 +247,15 @@ impl<'m> NodeEngines<'m> {
         Ok(nodes)
     }
 
-    /// Node `id` as the manager lists it.
+    /// Node `id` (or hostname) as the manager lists it.
     pub async fn node(&self, id: &str) -> Result<Node> {
         let nodes = self.nodes().await?;
-        nodes.iter().find(|n| n.id == id).cloned().ok_or_else(|| {
+        let found = nodes.iter().find(|n| n.id == id).or_else(|| {
+            let named: Vec<&Node> = nodes.iter().filter(|n| n.hostname == id).collect();
+            // A hostname two nodes share names neither.
+            (named.len() == 1).then(|| named[0])
+        });
+        found.cloned().ok_or_else(|| {
             usage(
                 format!("the swarm lists no node {id}"),
                 "`cryptus status` lists the swarm's nodes",
@@ -192,19 +266,25 @@ impl<'m> NodeEngines<'m> {
     /// Whether cryptus can ask `node`'s engine: the manager's, or one the
     /// setting names.
     pub fn knows(&self, node: &Node) -> bool {
-        self.is_manager(&node.id) || entry_for(&self.entries, node).is_some()
+        node.id == self.manager_id || entry_for(&self.entries, node).is_some()
     }
 
-    /// Whether `id` is the manager cryptus talks to.
+    /// Whether cryptus can ask the engine of `node` (an id or a hostname).
+    pub async fn reaches(&self, node: &str) -> bool {
+        self.is_manager(node) || self.node(node).await.is_ok_and(|n| self.knows(&n))
+    }
+
+    /// Whether `id` (a node's id, or its hostname) is the manager cryptus
+    /// talks to.
     pub fn is_manager(&self, id: &str) -> bool {
-        id == self.manager_id
+        id == self.manager_id || (!self.manager_name.is_empty() && id == self.manager_name)
     }
 
     /// The engine of node `node`: the manager's, or the one the setting
     /// names, connected and checked to be that node's. `why` says what
     /// cryptus needs the node for, in the error when none is known.
     pub async fn engine(&self, node: &Node, why: &str) -> Result<Engine> {
-        if self.is_manager(&node.id) {
+        if node.id == self.manager_id {
             return Ok(self.manager.clone());
         }
         let cached = self
@@ -215,7 +295,7 @@ impl<'m> NodeEngines<'m> {
         if let Some(engine) = cached {
             return Ok(engine);
         }
-        let Some(url) = entry_for(&self.entries, node) else {
+        let Some((named, url)) = entry_for(&self.entries, node) else {
             return Err(usage(
                 format!(
                     "{why} on node {}, whose engine cryptus does not know",
@@ -231,7 +311,14 @@ impl<'m> NodeEngines<'m> {
             "is dockerd running on {}? Check its URL in {NODES_VAR}",
             node.hostname
         );
-        let engine = Engine::connect_to(url, &hint).await?;
+        let cert = tls::node_dir(
+            named,
+            self.nodes_cert.as_deref(),
+            self.manager_cert.as_deref(),
+            Path::is_dir,
+        );
+        let cert = cert.filter(|_| url.starts_with("tcp://"));
+        let engine = Engine::connect_to(url, cert.as_deref(), &hint).await?;
         let membership = engine
             .membership()
             .await
@@ -319,11 +406,11 @@ mod tests {
         assert_eq!(parse_nodes(""), Ok(Vec::new()));
         assert_eq!(
             entry_for(&entries, &node("x", "n2")),
-            Some("unix:///tmp/n2/docker.sock")
+            Some(("n2", "unix:///tmp/n2/docker.sock"))
         );
         assert_eq!(
             entry_for(&entries, &node("abc123", "other")),
-            Some("tcp://10.0.0.3:2375")
+            Some(("abc123", "tcp://10.0.0.3:2375"))
         );
         assert_eq!(entry_for(&entries, &node("y", "n3")), None);
     }

@@ -1,15 +1,18 @@
-//! `resources` on a Swarm: one sample of each task whose container is on
-//! the manager's engine (the only one cryptus reaches), the others named
-//! with their node, and every node's cores and memory from the node API.
+//! `resources` on a Swarm: one sample of each running task, through the
+//! engine of the node it runs on ([`NodeEngines`]: the manager's, or one
+//! named in `CRYPTUS_SWARM_NODES`); a task on a node whose engine is not
+//! known is named with its node, and every node's cores and memory come
+//! from the node API.
 
 use anyhow::Result;
 use serde::Serialize;
 
+use super::nodes::NodeEngines;
 use super::status::SwarmStatus;
 use crate::engine::{Engine, Node, Usage};
 
-/// Why a task has no sample.
-pub const NOT_REACHABLE: &str = "not reachable from the manager";
+/// Why a task has no sample: its node's engine is not known.
+pub const NOT_REACHABLE: &str = "its node's engine is not known (CRYPTUS_SWARM_NODES)";
 
 #[derive(Serialize)]
 pub struct Report {
@@ -37,7 +40,8 @@ pub struct TaskRow {
 
 /// One look at every current task of the stack, sampled where reachable.
 pub async fn gather(engine: &Engine, status: SwarmStatus) -> Result<Report> {
-    let manager = status.manager.clone().unwrap_or_default();
+    let membership = engine.membership().await?;
+    let engines = NodeEngines::from_env(engine, &membership)?;
     let current: Vec<(&str, &super::status::TaskView)> = status
         .services
         .iter()
@@ -49,11 +53,21 @@ pub async fn gather(engine: &Engine, status: SwarmStatus) -> Result<Report> {
         .collect();
     // Sampled all at once, as on one engine: a sample takes the engine a
     // moment per container.
+    let why = "a task is sampled";
     let sampled = futures_util::future::try_join_all(current.iter().map(|(_, task)| async {
-        let here = task.node == manager && task.state == "running";
-        Ok::<_, anyhow::Error>(match (&task.container_id, here) {
-            (Some(id), true) => (Some(engine.stats(id).await?), None),
-            (_, false) if task.state == "running" => (None, Some(NOT_REACHABLE.to_owned())),
+        let reached = match &task.container_id {
+            Some(_) if task.state != "running" => None,
+            Some(_) if !engines.reaches(&task.node).await => {
+                return Ok((None, Some(NOT_REACHABLE.to_owned())));
+            }
+            Some(id) => Some(engines.task_container(&task.node, id, why).await?),
+            None => None,
+        };
+        Ok::<_, anyhow::Error>(match reached {
+            Some(reached) if reached.container.is_some() => {
+                let id = task.container_id.as_deref().unwrap_or_default();
+                (Some(reached.engine.stats(id).await?), None)
+            }
             _ => (None, Some(format!("not running ({})", task.state))),
         })
     }))

@@ -21,6 +21,7 @@ use crate::output::Printer;
 use crate::stack::{Color, LB_SERVICE, REDIS_SERVICE, network_name};
 use crate::wait::{self, Limits, Seen};
 
+use super::nodes::NodeEngines;
 use super::plan::{self, GrantPlan, nginx_configs, service_spec, stack_labels};
 use super::service_name;
 
@@ -175,7 +176,7 @@ async fn start_locked(stack: &Stack<'_>, timeout: Duration, deadline: Instant) -
     // A restore killed after it scaled redis to 0 leaves it there, perhaps
     // with its scratch redis on the volume: the scratch goes first, then
     // redis gets its count back.
-    crate::redis::sweep_scratch(stack.engine, project, stack.printer).await?;
+    sweep_scratches(stack, project).await?;
     restore_scaled_down(stack, &specs).await?;
     let mut created = Vec::new();
     let result = create_and_wait(stack, &specs, &mut created, deadline, timeout).await;
@@ -214,6 +215,24 @@ async fn record_first(
             .printer
             .warn(format!("recording the active color on the swarm: {err:#}"));
     }
+}
+
+/// Removes a scratch redis a killed backup or restore left on any node
+/// whose engine cryptus knows: it runs beside redis, on redis's node.
+async fn sweep_scratches(stack: &Stack<'_>, project: &str) -> Result<()> {
+    let membership = stack.engine.membership().await?;
+    let (engines, missed) = NodeEngines::from_env(stack.engine, &membership)?
+        .known()
+        .await?;
+    for why in missed {
+        stack
+            .printer
+            .warn(format!("a scratch redis there is not looked for: {why}"));
+    }
+    for engine in &engines {
+        crate::redis::sweep_scratch(engine, project, stack.printer).await?;
+    }
+    Ok(())
 }
 
 /// Gives redis's service its planned count again where it runs none (a

@@ -3,7 +3,9 @@
 //! an engine without touching the one every other test (and the operator)
 //! uses. It carries copies of the images the test names, and on drop its
 //! containers and networks are removed, the daemon stopped and its files
-//! deleted, pass or fail.
+//! deleted, pass or fail. [`PrivateEngine::start_tls`] also listens on
+//! 127.0.0.1 over TLS (`--tlsverify`), with certificates openssl makes for
+//! it: a client's signed by its CA, and one signed by another CA.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -35,7 +37,35 @@ pub struct PrivateEngine {
     /// deletes the host's docker0, which the shared engine needs.
     bridge: String,
     daemon: Option<Child>,
+    /// The 127.0.0.1 port it listens on over TLS, when it does.
+    tls_port: Option<u16>,
 }
+
+/// Makes a CA, the engine's certificate for 127.0.0.1, a client's in
+/// `client/`, and in `wrong-ca/` a client's of another CA (whose `ca.pem`
+/// did not sign the engine's): the files `docker --tlsverify` reads.
+const CERTS_SCRIPT: &str = r#"set -e
+cd "$1"
+mkdir -p tls client wrong-ca
+ca() {
+  openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=$2"     -addext basicConstraints=critical,CA:TRUE -addext keyUsage=keyCertSign,cRLSign     -keyout "$1/ca-key.pem" -out "$1/ca.pem" 2>/dev/null
+}
+signed() { # dir name ca-dir extensions
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=$2" -keyout "$1/$2-key.pem" -out "$1/$2.csr" 2>/dev/null
+  printf '%s
+' "$4" > "$1/$2.ext"
+  openssl x509 -req -in "$1/$2.csr" -CA "$3/ca.pem" -CAkey "$3/ca-key.pem" -CAcreateserial     -days 2 -extfile "$1/$2.ext" -out "$1/$2-cert.pem" 2>/dev/null
+}
+ca tls ct-engine-ca
+ca wrong-ca ct-other-ca
+signed tls server tls "subjectAltName=IP:127.0.0.1
+extendedKeyUsage=serverAuth"
+for dir in client wrong-ca; do
+  signed "$dir" client "$([ "$dir" = client ] && echo tls || echo wrong-ca)" "extendedKeyUsage=clientAuth"
+  mv "$dir/client-cert.pem" "$dir/cert.pem"; mv "$dir/client-key.pem" "$dir/key.pem"
+done
+cp tls/ca.pem client/ca.pem
+"#;
 
 impl PrivateEngine {
     /// A subnet for a project network on this engine, inside its pool.
@@ -44,6 +74,16 @@ impl PrivateEngine {
     /// Starts a private dockerd and loads `images` into it from the shared
     /// engine. Needs root and `dockerd` on PATH, as an engine does.
     pub fn start(images: &[String]) -> PrivateEngine {
+        PrivateEngine::started(images, false)
+    }
+
+    /// [`PrivateEngine::start`], also listening on 127.0.0.1 over TLS
+    /// ([`PrivateEngine::tls_host`]), client certificates required.
+    pub fn start_tls(images: &[String]) -> PrivateEngine {
+        PrivateEngine::started(images, true)
+    }
+
+    fn started(images: &[String], tls: bool) -> PrivateEngine {
         let dir = PathBuf::from(format!(
             "/tmp/ct-engine-{}-{}",
             std::process::id(),
@@ -65,7 +105,11 @@ impl PrivateEngine {
             dir,
             bridge,
             daemon: None,
+            tls_port: None,
         };
+        if tls {
+            engine.make_certs();
+        }
         engine.make_bridge();
         engine.firewall("-I");
         engine.run_daemon();
@@ -93,6 +137,34 @@ impl PrivateEngine {
     /// DOCKER_HOST for this engine.
     pub fn host(&self) -> String {
         format!("unix://{}", self.socket.display())
+    }
+
+    /// DOCKER_HOST for this engine over TLS ([`PrivateEngine::start_tls`]).
+    pub fn tls_host(&self) -> String {
+        let port = self.tls_port.expect("an engine started with start_tls");
+        format!("tcp://127.0.0.1:{port}")
+    }
+
+    /// A client's certificate directory (`ca.pem`, `cert.pem`, `key.pem`):
+    /// the engine's CA when `right`, another CA when not.
+    pub fn client_certs(&self, right: bool) -> PathBuf {
+        self.dir.join(if right { "client" } else { "wrong-ca" })
+    }
+
+    fn make_certs(&mut self) {
+        let status = Command::new("sh")
+            .args(["-c", CERTS_SCRIPT, "sh"])
+            .arg(&self.dir)
+            .status();
+        assert!(
+            status.is_ok_and(|s| s.success()),
+            "making TLS certificates in {} (needs openssl)",
+            self.dir.display()
+        );
+        // A free port now; dockerd binds it in a moment.
+        let listener =
+            std::net::TcpListener::bind("127.0.0.1:0").expect("finding a free port for TLS");
+        self.tls_port = Some(listener.local_addr().expect("a bound address").port());
     }
 
     /// Stops dockerd the way `systemctl restart docker` does (SIGTERM: it
@@ -143,7 +215,15 @@ impl PrivateEngine {
             .append(true)
             .open(self.dir.join("dockerd.log"))
             .expect("opening the private engine's log");
-        let daemon = Command::new("dockerd")
+        let mut daemon = Command::new("dockerd");
+        if self.tls_port.is_some() {
+            daemon
+                .args(["--host", &self.tls_host(), "--tlsverify"])
+                .args(["--tlscacert", &arg("tls/ca.pem")])
+                .args(["--tlscert", &arg("tls/server-cert.pem")])
+                .args(["--tlskey", &arg("tls/server-key.pem")]);
+        }
+        let daemon = daemon
             .args(["--config-file", &arg("daemon.json")])
             .args(["--host", &self.host()])
             .args(["--data-root", &arg("data")])
