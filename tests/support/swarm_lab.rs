@@ -53,12 +53,22 @@ impl SwarmLab {
     /// the shared engine has) loaded into every node. Needs root, dockerd,
     /// iproute2 and busybox-static, as `.ci/run` installs.
     pub fn up(nodes: usize) -> SwarmLab {
+        SwarmLab::up_with(nodes, &[])
+    }
+
+    /// [`SwarmLab::up`] with `extra` images of the shared engine loaded
+    /// too (the monitoring images: only the tests that run them pay for
+    /// copying them into every node).
+    pub fn up_with(nodes: usize, extra: &[&str]) -> SwarmLab {
         assert!((1..=9).contains(&nodes), "a lab has 1 to 9 nodes");
         let lab = SwarmLab::named(nodes);
         // Made before the script runs: should it fail or hang, the drop
         // removes what it made.
         let mut command = lab.script("up");
-        command.arg(nodes.to_string()).args(lab_images());
+        command
+            .arg(nodes.to_string())
+            .args(lab_images())
+            .args(extra);
         let output = run_within("the swarm lab is up", command, LAB_DEADLINE);
         assert!(
             output.status.success(),
