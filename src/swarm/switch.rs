@@ -136,15 +136,7 @@ async fn locked(
     }
     let target = active.other();
     let services = engine.services(project).await?;
-    let active_replicas = services
-        .iter()
-        .find(|s| s.name == service_name(project, active.service()))
-        .and_then(|s| s.replicas)
-        .filter(|n| *n > 0)
-        .unwrap_or_else(|| {
-            let declared = stack.compose.service(active.service()).map(|s| s.replicas);
-            u64::from(declared.unwrap_or(1).max(1))
-        });
+    let active_replicas = running_replicas(stack, &services, active);
     // A count `scale` recorded for the idle color is what a switch into
     // it starts; else as many tasks as the active color runs.
     let replicas = state
@@ -204,6 +196,21 @@ async fn locked(
         monitored,
     };
     switch.execute(steps, began).await
+}
+
+/// The tasks `active`'s service runs, else as many as the compose file
+/// declares (at least one).
+fn running_replicas(stack: &Stack<'_>, services: &[crate::engine::Service], active: Color) -> u64 {
+    let project = &stack.project.name;
+    services
+        .iter()
+        .find(|s| s.name == service_name(project, active.service()))
+        .and_then(|s| s.replicas)
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| {
+            let declared = stack.compose.service(active.service()).map(|s| s.replicas);
+            u64::from(declared.unwrap_or(1).max(1))
+        })
 }
 
 /// What a run did to the target's service, for its undo.
