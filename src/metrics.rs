@@ -228,8 +228,11 @@ pub async fn annotate(
 
 /// Where Prometheus answers, if it runs.
 pub fn prometheus_addr(containers: &[Container]) -> Option<String> {
-    running(containers, PROMETHEUS).and_then(|c| c.published_addr(9090))
+    running(containers, PROMETHEUS).and_then(|c| c.published_addr(PROMETHEUS_PORT))
 }
+
+/// The port Prometheus listens on in its container.
+pub const PROMETHEUS_PORT: u16 = 9090;
 
 /// The gate's PromQL for a color, version and window. The version was
 /// checked to hold only letters, digits and `._+-`.
@@ -240,23 +243,75 @@ pub fn gate_query(condition: &str, color: Color, version: &str, window: Duration
         .replace("{window}", &format!("{}s", window.as_secs().max(1)))
 }
 
-/// Evaluates an instant query; `Some(value)` of the first sample when the
-/// condition holds (a non-empty result), `None` when it does not.
-pub async fn query(client: &reqwest::Client, addr: &str, promql: &str) -> Result<Option<f64>> {
-    let url = reqwest::Url::parse_with_params(
-        &format!("http://{addr}/api/v1/query"),
-        [("query", promql)],
-    )
-    .context("building the query's address")?;
-    let answer: serde_json::Value = client
-        .get(url)
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-        .context("asking Prometheus")?
-        .json()
-        .await
-        .context("reading Prometheus's answer")?;
+/// How Prometheus is asked: over HTTP from here, at its published port,
+/// or from inside the stack, where it publishes none (a Swarm: an edge
+/// nginx task fetches its answer on the overlay, as it probes the app).
+#[derive(Clone)]
+pub enum Prometheus {
+    /// `ip:port` published on this host.
+    Published(String),
+    /// Fetched by a shell in `container` on `engine` from `host:port`.
+    Inside {
+        engine: Engine,
+        container: String,
+        host: String,
+        port: u16,
+    },
+}
+
+/// How long one question to Prometheus may take, either way.
+const QUERY_DEADLINE: Duration = Duration::from_secs(5);
+
+impl Prometheus {
+    /// Evaluates an instant query; `Some(value)` of the first sample when
+    /// the condition holds (a non-empty result), `None` when it does not.
+    pub async fn query(&self, client: &reqwest::Client, promql: &str) -> Result<Option<f64>> {
+        let mut url = reqwest::Url::parse("http://prometheus/api/v1/query")
+            .context("building the query's address")?;
+        url.query_pairs_mut().append_pair("query", promql);
+        let path = format!("{}?{}", url.path(), url.query().unwrap_or_default());
+        let answer = match self {
+            Prometheus::Published(addr) => client
+                .get(format!("http://{addr}{path}"))
+                .timeout(QUERY_DEADLINE)
+                .send()
+                .await
+                .context("asking Prometheus")?
+                .text()
+                .await
+                .context("reading Prometheus's answer")?,
+            Prometheus::Inside {
+                engine,
+                container,
+                host,
+                port,
+            } => {
+                let fetched = crate::swarm::edge::fetch(engine, container, host, *port, &path);
+                let (code, body) = tokio::time::timeout(QUERY_DEADLINE, fetched)
+                    .await
+                    .map_err(|_| anyhow::anyhow!("no answer within {}s", QUERY_DEADLINE.as_secs()))
+                    .and_then(|fetched| fetched)
+                    .with_context(|| {
+                        format!("asking Prometheus ({host}:{port}) from {container}")
+                    })?;
+                if !(200..500).contains(&code) {
+                    bail!(
+                        "Prometheus ({host}:{port}) answered {code}: {}",
+                        body.trim()
+                    );
+                }
+                body
+            }
+        };
+        first_value(&answer)
+    }
+}
+
+/// An instant query's answer: the first sample's value, `None` for an
+/// empty result; an error when Prometheus refused the query.
+fn first_value(answer: &str) -> Result<Option<f64>> {
+    let answer: serde_json::Value =
+        serde_json::from_str(answer).context("reading Prometheus's answer")?;
     if answer["status"] != "success" {
         bail!(
             "Prometheus refused the query: {}",

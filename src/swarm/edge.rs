@@ -340,6 +340,36 @@ impl<'e> Follower<'e> {
     }
 }
 
+/// [`PROBE_SCRIPT`] in `container`: `path` of `name:port` (`how` = `one`)
+/// or of each address `name` resolves to (`all`); what it printed.
+async fn run_script(
+    engine: &Engine,
+    container: &str,
+    name: &str,
+    port: u16,
+    path: &str,
+    how: &str,
+) -> Result<String> {
+    let port = port.to_string();
+    let args = ["sh", "-c", PROBE_SCRIPT, "sh", name, &port, path, how];
+    Ok(engine.exec(container, &args).await?.stdout)
+}
+
+/// One HTTP GET of `path` on `host:port` from inside `container`: the
+/// answer's code and body; an error saying why there is none.
+pub async fn fetch(
+    engine: &Engine,
+    container: &str,
+    host: &str,
+    port: u16,
+    path: &str,
+) -> Result<(u16, String)> {
+    let output = run_script(engine, container, host, port, path, "one").await?;
+    let (_, answer) = output.split_once('\n').unwrap_or(("", &output));
+    let (code, body) = split_answer(answer).map_err(|why| anyhow::anyhow!(why))?;
+    Ok((code, body.to_owned()))
+}
+
 /// The last of a probe's answers; none is a probe that printed nothing.
 fn one_answer(mut probes: Vec<Probe>) -> Probe {
     probes
@@ -370,25 +400,21 @@ impl Edge {
     }
 
     async fn run_probe(&self, name: &str, port: u16, how: &str) -> Result<Vec<(String, Probe)>> {
-        let port = port.to_string();
-        let output = self
-            .engine
-            .exec(
-                &self.container,
-                &[
-                    "sh",
-                    "-c",
-                    PROBE_SCRIPT,
-                    "sh",
-                    name,
-                    &port,
-                    HEALTH_PATH,
-                    how,
-                ],
-            )
+        let output = run_script(&self.engine, &self.container, name, port, HEALTH_PATH, how)
             .await
             .with_context(|| format!("probing {name} from {}", self.container))?;
-        Ok(parse_probes(&output.stdout))
+        Ok(parse_probes(&output))
+    }
+
+    /// Prometheus's service of the stack, asked from inside this edge's
+    /// container (it publishes no port on a Swarm).
+    pub fn prometheus(&self) -> crate::metrics::Prometheus {
+        crate::metrics::Prometheus::Inside {
+            engine: self.engine.clone(),
+            container: self.container.clone(),
+            host: service_name(&self.project, crate::metrics::PROMETHEUS),
+            port: crate::metrics::PROMETHEUS_PORT,
+        }
     }
 
     /// Each task of `color`'s service, as nginx's network sees it.
@@ -426,17 +452,8 @@ impl Edge {
     /// (`/cryptus/active` on its status port, asked from inside its
     /// container: the port is not published on a Swarm), as on one engine.
     pub async fn served(&self) -> Result<Color> {
-        let port = nginx::STATUS_PORT.to_string();
-        let args = [
-            "sh",
-            "-c",
-            PROBE_SCRIPT,
-            "sh",
-            "127.0.0.1",
-            &port,
-            "/cryptus/active",
-            "one",
-        ];
+        let (engine, container) = (&self.engine, &self.container);
+        let port = nginx::STATUS_PORT;
         let asking = || {
             format!(
                 "asking nginx in {} on {} which color it serves",
@@ -444,13 +461,20 @@ impl Edge {
             )
         };
         // Bounded: the switch then goes by the cluster's record.
-        let output =
-            tokio::time::timeout(SERVED_DEADLINE, self.engine.exec(&self.container, &args))
-                .await
-                .map_err(|_| anyhow::anyhow!("no answer within {}s", SERVED_DEADLINE.as_secs()))
-                .with_context(asking)?
-                .with_context(asking)?;
-        served_in(&output.stdout).map_err(|why| {
+        let asked = run_script(
+            engine,
+            container,
+            "127.0.0.1",
+            port,
+            "/cryptus/active",
+            "one",
+        );
+        let output = tokio::time::timeout(SERVED_DEADLINE, asked)
+            .await
+            .map_err(|_| anyhow::anyhow!("no answer within {}s", SERVED_DEADLINE.as_secs()))
+            .with_context(asking)?
+            .with_context(asking)?;
+        served_in(&output).map_err(|why| {
             anyhow::anyhow!(
                 "nginx in {} names no color it serves: {why}",
                 self.container

@@ -369,12 +369,156 @@ pub fn service_spec(
         as_edge(&mut spec);
     }
     spec.container.ports.clear();
+    let mut grants = grants;
+    if !edge {
+        grants.extend(monitoring_grants(
+            project,
+            compose,
+            &mut spec.container.mounts,
+        )?);
+    }
     let warnings = leave_out_binds(&mut spec.container.mounts, &service.name);
     Ok(Planned {
         spec,
         warnings,
         grants,
     })
+}
+
+/// The project's directory of monitoring files, beside `compose/`.
+pub const MONITORING_DIR: &str = "monitoring";
+
+/// The file under [`MONITORING_DIR`] that holds a password: a secret of
+/// the swarm, never a config.
+const PASSWORD_FILE: &str = "admin-password";
+
+/// The most files one bind mount of the monitoring directory becomes.
+const MAX_MONITORING_FILES: usize = 64;
+
+/// The monitoring services' read-only bind mounts of the project's
+/// [`MONITORING_DIR`] (a directory: each file in it, at the same path
+/// under the mount's target) as configs of the swarm named by their
+/// content, and its password file as a secret; those mounts are taken
+/// out of `mounts`. Prometheus's configuration is rendered for the swarm
+/// on the way ([`swarm_prometheus`]).
+fn monitoring_grants(
+    project: &str,
+    compose: &Compose,
+    mounts: &mut Vec<MountSpec>,
+) -> Result<Vec<GrantPlan>> {
+    let Some(root) = compose.working_dir.parent().map(|d| d.join(MONITORING_DIR)) else {
+        return Ok(Vec::new());
+    };
+    let mut planned = Vec::new();
+    let mut taken = Vec::new();
+    for (n, mount) in mounts.iter().enumerate() {
+        let MountSpec::Bind {
+            source,
+            target,
+            read_only: true,
+        } = mount
+        else {
+            continue;
+        };
+        let source = std::path::Path::new(source);
+        if !source.starts_with(&root) {
+            continue;
+        }
+        for (path, at) in files_under(source, target)? {
+            let at_bind = format!("the bind mount of {}", path.display());
+            let mut data = read_granted(&at_bind, &path.to_string_lossy())?;
+            let kind = if path.file_name().is_some_and(|n| n == PASSWORD_FILE) {
+                Kind::Secret
+            } else {
+                Kind::Config
+            };
+            if path.file_name().is_some_and(|n| n == "prometheus.yml") {
+                let text = String::from_utf8_lossy(&data);
+                data = swarm_prometheus(&text, project, compose).into_bytes();
+            }
+            let mut hashed = at.as_bytes().to_vec();
+            hashed.extend_from_slice(&data);
+            planned.push(GrantPlan {
+                kind,
+                name: format!("{project}_monitoring-{}", content_hash(&hashed)),
+                target: at,
+                uid: 0,
+                gid: 0,
+                mode: 0o444,
+                data,
+            });
+        }
+        taken.push(n);
+    }
+    for n in taken.into_iter().rev() {
+        mounts.remove(n);
+    }
+    Ok(planned)
+}
+
+/// The files of a bind mount's `source` (itself, when a file; else every
+/// file under it but the password file, which is mounted on its own) and
+/// where each shows under `target`; at most [`MAX_MONITORING_FILES`].
+fn files_under(
+    source: &std::path::Path,
+    target: &str,
+) -> Result<Vec<(std::path::PathBuf, String)>> {
+    if !source.is_dir() {
+        return Ok(vec![(source.to_owned(), target.to_owned())]);
+    }
+    let mut found = Vec::new();
+    let mut dirs = vec![source.to_owned()];
+    while let Some(dir) = dirs.pop() {
+        let entries =
+            std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?;
+        for entry in entries {
+            let path = entry
+                .with_context(|| format!("reading {}", dir.display()))?
+                .path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.file_name().is_some_and(|n| n != PASSWORD_FILE) {
+                let relative = path.strip_prefix(source).unwrap_or(&path);
+                found.push((path.clone(), format!("{target}/{}", relative.display())));
+            }
+        }
+        if found.len() > MAX_MONITORING_FILES {
+            return Err(usage(
+                format!(
+                    "{} holds more than {MAX_MONITORING_FILES} files to give the monitoring services",
+                    source.display()
+                ),
+                "keep only Prometheus's, Alertmanager's and Grafana's files there",
+            ));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Prometheus's configuration on a swarm: a `dns_sd_configs` name that is
+/// a service of the stack becomes `tasks.<project>_<service>`, every task
+/// of it on the overlay, followed as tasks move (one engine's names are
+/// the compose services'); the rest stays as written, so one file serves
+/// both.
+pub fn swarm_prometheus(text: &str, project: &str, compose: &Compose) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        let Some((head, names)) = line.split_once("names:") else {
+            out.push_str(line);
+            continue;
+        };
+        let mut rendered = names.to_owned();
+        for name in compose.services.keys() {
+            let quoted = format!("\"{name}\"");
+            let tasks = format!("\"tasks.{}\"", service_name(project, name));
+            rendered = rendered.replace(&quoted, &tasks);
+        }
+        out.push_str(head);
+        out.push_str("names:");
+        out.push_str(&rendered);
+    }
+    out
 }
 
 /// nginx at the edge: its ports with a fixed host port published on the
@@ -895,5 +1039,96 @@ networks:
             one[2].name, green[2].name,
             "another upstream, another config"
         );
+    }
+
+    /// The project's shipped monitoring files, rendered for a swarm: the
+    /// app's colors are found as `tasks.<project>_<color>`, the rest of
+    /// Prometheus's file is as written.
+    #[test]
+    fn prometheus_finds_the_stacks_tasks_on_a_swarm() {
+        let compose = compose();
+        let shipped = include_str!("../../monitoring/prometheus.yml");
+        let text = swarm_prometheus(shipped, "shop", &compose);
+        for color in ["cryptus-blue", "cryptus-green"] {
+            assert!(
+                text.contains(&format!("- names: [\"tasks.shop_{color}\"]")),
+                "{text}"
+            );
+        }
+        assert!(
+            text.contains("- names: [\"cadvisor\"]"),
+            "not a service here"
+        );
+        let lines = |t: &str| {
+            t.lines()
+                .filter(|l| !l.contains("names:"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(lines(&text), lines(shipped), "only the names change");
+    }
+
+    /// A monitoring service's read-only bind mounts of the project's
+    /// monitoring directory become configs (and its password file a
+    /// secret) at the same paths; other binds are left out as before.
+    #[test]
+    fn monitoring_mounts_become_configs_and_the_password_a_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for sub in ["compose", "monitoring/grafana/dashboards"] {
+            std::fs::create_dir_all(root.join(sub)).unwrap();
+        }
+        let write = |path: &str, text: &str| std::fs::write(root.join(path), text).unwrap();
+        write(
+            "monitoring/prometheus.yml",
+            "scrape_configs:\n  - dns_sd_configs:\n      - names: [\"cryptus-blue\"]\n",
+        );
+        write("monitoring/grafana/dashboards/d.json", "{}");
+        write("monitoring/grafana/admin-password", "pw");
+        write(
+            "compose/c.yml",
+            r#"
+services:
+  cryptus-blue:
+    image: app:1
+  grafana:
+    image: g:1
+    volumes:
+      - ../monitoring:/etc/m:ro
+      - ../monitoring/grafana/admin-password:/etc/pw:ro
+      - /srv:/srv:ro
+"#,
+        );
+        let file = root.join("compose/c.yml");
+        let compose = crate::compose::load(&[file], &crate::compose::Vars::default()).unwrap();
+        let grafana = compose.service("grafana").unwrap();
+        let planned = service_spec("shop", &compose, grafana, &release(), None).unwrap();
+        let grants: Vec<(Kind, &str)> = planned
+            .grants
+            .iter()
+            .map(|g| (g.kind, g.target.as_str()))
+            .collect();
+        assert_eq!(
+            grants,
+            [
+                (Kind::Config, "/etc/m/grafana/dashboards/d.json"),
+                (Kind::Config, "/etc/m/prometheus.yml"),
+                (Kind::Secret, "/etc/pw"),
+            ]
+        );
+        let prometheus = String::from_utf8(planned.grants[1].data.clone()).unwrap();
+        assert!(
+            prometheus.contains("tasks.shop_cryptus-blue"),
+            "{prometheus}"
+        );
+        assert!(
+            planned
+                .grants
+                .iter()
+                .all(|g| g.name.starts_with("shop_monitoring-"))
+        );
+        assert!(planned.spec.container.mounts.is_empty());
+        assert_eq!(planned.warnings.len(), 1, "{:?}", planned.warnings);
+        assert!(planned.warnings[0].contains("/srv:/srv"));
     }
 }

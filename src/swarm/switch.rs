@@ -23,6 +23,7 @@ use crate::health::{Expect, Probe};
 use crate::history::{Entry, Outcome, Side, operation};
 use crate::stack::{Color, Release};
 use crate::switch::report::{Report, Steps, round};
+use crate::switch::watch;
 use crate::switch::{Ask, Settings, Source};
 use crate::wait::{self, Limits, Seen};
 
@@ -135,21 +136,17 @@ async fn locked(
     }
     let target = active.other();
     let services = engine.services(project).await?;
-    let active_replicas = services
-        .iter()
-        .find(|s| s.name == service_name(project, active.service()))
-        .and_then(|s| s.replicas)
-        .filter(|n| *n > 0)
-        .unwrap_or_else(|| {
-            let declared = stack.compose.service(active.service()).map(|s| s.replicas);
-            u64::from(declared.unwrap_or(1).max(1))
-        });
+    let active_replicas = running_replicas(stack, &services, active);
     // A count `scale` recorded for the idle color is what a switch into
     // it starts; else as many tasks as the active color runs.
     let replicas = state
         .pending
         .get(&target)
         .map_or(active_replicas, |n| u64::from(*n));
+    let prometheus = service_name(project, crate::metrics::PROMETHEUS);
+    let monitored = services
+        .iter()
+        .any(|s| s.name == prometheus && s.replicas != Some(0));
     let from_release = recorded_release(stack, &state, active).await?;
     let side = |color, release: &Release, replicas: u64| Side {
         color,
@@ -196,8 +193,24 @@ async fn locked(
         state,
         readiness: None,
         switched_at: None,
+        monitored,
     };
     switch.execute(steps, began).await
+}
+
+/// The tasks `active`'s service runs, else as many as the compose file
+/// declares (at least one).
+fn running_replicas(stack: &Stack<'_>, services: &[crate::engine::Service], active: Color) -> u64 {
+    let project = &stack.project.name;
+    services
+        .iter()
+        .find(|s| s.name == service_name(project, active.service()))
+        .and_then(|s| s.replicas)
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| {
+            let declared = stack.compose.service(active.service()).map(|s| s.replicas);
+            u64::from(declared.unwrap_or(1).max(1))
+        })
 }
 
 /// What a run did to the target's service, for its undo.
@@ -230,6 +243,8 @@ struct Switch<'s> {
     state: ClusterState,
     readiness: Option<f64>,
     switched_at: Option<chrono::DateTime<Utc>>,
+    /// Whether Prometheus runs in the stack: the watch asks the metric gate.
+    monitored: bool,
 }
 
 impl Switch<'_> {
@@ -391,7 +406,9 @@ impl Switch<'_> {
     }
 
     /// For `--watch`: the new color through nginx, and each of its tasks;
-    /// [`WATCH_FAILURES`] failed looks in a row end it.
+    /// [`WATCH_FAILURES`] failed looks in a row end it. Where Prometheus
+    /// runs, the metric gate's condition holding ends it too, asked as on
+    /// one engine ([`watch::ask_gate`]) from inside the edge nginx.
     async fn watch(&self, steps: &mut Steps<'_>) -> Result<()> {
         let watch = self.settings.watch;
         if watch.is_zero() {
@@ -399,9 +416,16 @@ impl Switch<'_> {
         }
         let expect = self.expect();
         let wanted = usize::try_from(self.replicas).unwrap_or(usize::MAX);
+        let gate = self.monitored.then(|| {
+            let prometheus = self.edge.first().prometheus();
+            let (color, version) = (self.to.color, &self.release.version);
+            watch::Gate::new(prometheus, &self.settings.gate, color, version, watch)
+        });
+        let (client, printer) = (crate::health::client(), self.stack.printer);
         let watching = async {
             let end = Instant::now() + watch;
-            let mut failures = 0;
+            let mut next_gate = Instant::now() + watch::GATE_EVERY;
+            let (mut failures, mut gate_said) = (0, false);
             while Instant::now() < end {
                 crate::interrupt::check()?;
                 let lb = not_serving(self.edge.probe_lbs().await, &expect)?;
@@ -425,14 +449,29 @@ impl Switch<'_> {
                     }
                     None => failures = 0,
                 }
+                if let Some(gate) = &gate
+                    && Instant::now() >= next_gate
+                {
+                    next_gate = Instant::now() + watch::GATE_EVERY;
+                    watch::ask_gate(printer, &client, gate, &mut gate_said).await?;
+                }
                 tokio::time::sleep(self.settings.poll).await;
+            }
+            // Once more at the end, over the whole window.
+            if let Some(gate) = &gate {
+                watch::ask_gate(printer, &client, gate, &mut gate_said).await?;
             }
             Ok(())
         };
         let message = format!(
-            "watching {} for {}",
+            "watching {} for {}{}",
             expect.color,
-            crate::output::uptime(watch)
+            crate::output::uptime(watch),
+            if gate.is_some() {
+                ", with the metric gate"
+            } else {
+                ""
+            }
         );
         steps.wait("watch", message, watching).await
     }

@@ -2,7 +2,9 @@
 //! network, nginx's configs, the services' secrets and configs and the
 //! services, through the manager, then
 //! waits until every service runs the tasks it asks for; a failure or a
-//! deadline removes the services this run created. `stop` removes the
+//! deadline removes the services this run created. With monitoring, its
+//! services are the stack's too, their `monitoring/` files configs of the
+//! swarm ([`plan::service_spec`]). `stop` removes the
 //! stack's services, then its network, configs and secrets; volumes stay
 //! on their nodes, as on one engine.
 
@@ -115,12 +117,8 @@ async fn start_locked(stack: &Stack<'_>, timeout: Duration, deadline: Instant) -
         None => stack.default_release(active).await?,
     };
     let services = plan::services(stack.compose, active)?;
-    if stack.project.monitoring {
-        return Err(usage(
-            "the monitoring services on a Docker Swarm are not done yet",
-            "start without --monitoring (unset CRYPTUS_MONITORING), or use --orchestrator engine",
-        ));
-    }
+    // Grafana's password is made before its file becomes a secret.
+    stack.ensure_secrets().await?;
     // Planned before anything is made: what the swarm cannot run is refused
     // while nothing has changed.
     // A service with a volume is pinned to the manager's node: its data

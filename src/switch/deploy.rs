@@ -714,13 +714,10 @@ impl<'s> Switch<'s> {
 
     /// The metric gate over `window` for the new version, where Prometheus runs.
     fn metric_gate(&self, window: std::time::Duration) -> Option<watch::Gate> {
-        let fill = |template: &str| {
-            crate::metrics::gate_query(template, self.to.color, &self.to.version, window)
-        };
-        crate::metrics::prometheus_addr(&self.containers).map(|addr| watch::Gate {
-            addr,
-            query: fill(&self.settings.gate),
-            sees: fill(crate::metrics::GATE_SEES),
+        crate::metrics::prometheus_addr(&self.containers).map(|addr| {
+            let prometheus = crate::metrics::Prometheus::Published(addr);
+            let (color, version) = (self.to.color, &self.to.version);
+            watch::Gate::new(prometheus, &self.settings.gate, color, version, window)
         })
     }
 

@@ -18,7 +18,9 @@ const WATCH_FAILURES: u32 = 3;
 
 /// The metric gate: a PromQL condition that, when true, rolls back.
 pub struct Gate {
-    pub addr: String,
+    /// Where and how Prometheus is asked: its published port on one
+    /// engine, from inside an edge nginx on a Swarm.
+    pub prometheus: metrics::Prometheus,
     /// The condition, filled in for the new version and the window.
     pub query: String,
     /// Whether Prometheus can judge the new version at all
@@ -45,9 +47,26 @@ pub enum Answer {
 }
 
 impl Gate {
+    /// The gate's `condition` (and [`metrics::GATE_SEES`]) about `color`'s
+    /// `version` over `window`, asked of `prometheus`.
+    pub fn new(
+        prometheus: metrics::Prometheus,
+        condition: &str,
+        color: crate::stack::Color,
+        version: &str,
+        window: Duration,
+    ) -> Gate {
+        let fill = |template: &str| metrics::gate_query(template, color, version, window);
+        Gate {
+            prometheus,
+            query: fill(condition),
+            sees: fill(metrics::GATE_SEES),
+        }
+    }
+
     /// Why the new version fails, when the condition holds.
     async fn condition(&self, client: &reqwest::Client) -> Result<Option<String>> {
-        let value = metrics::query(client, &self.addr, &self.query).await?;
+        let value = self.prometheus.query(client, &self.query).await?;
         Ok(value.map(|value| {
             format!(
                 "the metric gate's condition is true (value {value}): {}",
@@ -64,7 +83,7 @@ impl Gate {
         // it waits for them.
         let asked = tokio::try_join!(
             self.condition(client),
-            metrics::query(client, &self.addr, &self.sees)
+            self.prometheus.query(client, &self.sees)
         );
         match asked {
             Ok((Some(why), _)) => Answer::Fails(why),
@@ -138,8 +157,9 @@ pub async fn watch(watch: Watch<'_>) -> Result<()> {
 }
 
 /// Fails when the gate's condition holds. Prometheus not answering is a
-/// warning (said once), not a reason to roll back.
-async fn ask_gate(
+/// warning (said once), not a reason to roll back. The Swarm's watch asks
+/// it too.
+pub async fn ask_gate(
     printer: &Printer,
     client: &reqwest::Client,
     gate: &Gate,

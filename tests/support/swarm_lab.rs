@@ -56,9 +56,10 @@ impl SwarmLab {
         SwarmLab::up_with(nodes, &[])
     }
 
-    /// [`SwarmLab::up`], with more images of the shared engine loaded
-    /// into every node.
-    pub fn up_with(nodes: usize, images: &[&str]) -> SwarmLab {
+    /// [`SwarmLab::up`] with `extra` images of the shared engine loaded
+    /// too (the monitoring images: only the tests that run them pay for
+    /// copying them into every node).
+    pub fn up_with(nodes: usize, extra: &[&str]) -> SwarmLab {
         assert!((1..=9).contains(&nodes), "a lab has 1 to 9 nodes");
         let lab = SwarmLab::named(nodes);
         // Made before the script runs: should it fail or hang, the drop
@@ -67,7 +68,7 @@ impl SwarmLab {
         command
             .arg(nodes.to_string())
             .args(lab_images())
-            .args(images);
+            .args(extra);
         let output = run_within("the swarm lab is up", command, LAB_DEADLINE);
         assert!(
             output.status.success(),
