@@ -185,6 +185,7 @@ mod tests {
             desired_state: "running".to_owned(),
             error: None,
             container_id: Some(format!("c-{id}")),
+            exit_code: None,
             image: "redis".to_owned(),
         }
     }
