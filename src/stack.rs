@@ -267,6 +267,19 @@ pub fn plan_hook(
 ) -> Result<ContainerSpec> {
     let mut spec = plan_container(project, compose, service, 1, Some(release))?;
     spec.name = format!("{project}-{}-{hook}", service.name);
+    as_hook(&mut spec, (hook, command), env);
+    Ok(spec)
+}
+
+/// A color's container made into `hook`'s run (one engine's container, or
+/// a Swarm job's task): the hook's command with no entrypoint and the
+/// hook's variables, no port, no healthcheck, no restart, no network
+/// alias (nothing sends it traffic), labelled as a one-off of that hook.
+pub fn as_hook(
+    spec: &mut ContainerSpec,
+    (hook, command): (compose::Hook, &[String]),
+    env: BTreeMap<String, String>,
+) {
     // The engine's way to say "no entrypoint": one empty string.
     spec.entrypoint = Some(vec![String::new()]);
     spec.command = Some(command.to_vec());
@@ -282,7 +295,6 @@ pub fn plan_hook(
         (ONEOFF_LABEL.to_owned(), "True".to_owned()),
         (HOOK_LABEL.to_owned(), hook.as_str().to_owned()),
     ]);
-    Ok(spec)
 }
 
 /// Compose's labels for replica `number` of `service`, and the file's own.

@@ -556,8 +556,9 @@ fn nothing_changed(lab: &SwarmLab, project: &TestProject, what: &str) {
 }
 
 /// What a switch on a Swarm does not do yet is refused before anything
-/// changes (exit 2, with a hint): `--canary`, and the project's hooks
-/// unless `--skip-hooks`. Leaves the hooks declared, in the override file.
+/// changes (exit 2, with a hint): `--canary`. The project's hooks are not
+/// refused: `deploy --dry-run` plans them, changing nothing. Leaves the
+/// hooks declared, in the override file.
 fn refuses_canary_and_hooks(lab: &SwarmLab, project: &TestProject) {
     let nothing_changed = |what: &str| nothing_changed(lab, project, what);
     let canary = deploy_2_0_0(project, &["--canary", "10"]);
@@ -574,22 +575,14 @@ fn refuses_canary_and_hooks(lab: &SwarmLab, project: &TestProject) {
     let mut file = std::fs::read_to_string(&path).expect("reading the override file");
     file.push_str("x-cryptus:\n  hooks:\n    pre-deploy: [\"/cryptus-app\", \"healthcheck\"]\n    pre-rollback: [\"/cryptus-app\", \"healthcheck\"]\n");
     std::fs::write(&path, file).expect("writing the override file");
-    for (what, output) in [
-        ("deploy with hooks", deploy_2_0_0(project, &[])),
-        ("rollback with hooks", project.run(&["rollback"])),
-    ] {
-        assert_code(&output, 2);
-        let err = stderr(&output);
-        assert!(
-            err.contains("x-cryptus hooks do not run on a Docker Swarm yet"),
-            "{what}: {err}"
-        );
-        assert!(
-            err.contains("hint:") && err.contains("--skip-hooks"),
-            "{what}: {err}"
-        );
-        nothing_changed(what);
-    }
+    let planned = deploy_2_0_0(project, &["--dry-run"]);
+    assert_code(&planned, 0);
+    let plan = stdout(&planned);
+    assert!(
+        plan.contains("first, the pre-deploy hook: /cryptus-app healthcheck"),
+        "{plan}"
+    );
+    nothing_changed("deploy --dry-run with hooks");
 }
 
 /// `deploy` on a Swarm: green's service is created with a task on every
@@ -2287,4 +2280,181 @@ fn swarm_monitoring_scrapes_both_colors_and_the_metric_gate_rolls_back_a_failing
     for object in ["service", "config"] {
         assert_eq!(listed(&lab, object, &stack).trim(), "", "{object}s left");
     }
+}
+
+/// The app's image with busybox at `/bin/busybox` (the app's is `FROM
+/// scratch`: no shell for a hook), built on every node of the lab: what a
+/// deploy of it needs there. Its name.
+fn hook_image_on_nodes(lab: &SwarmLab) -> String {
+    let name = "cryptus-hooks-app:2".to_owned();
+    let context = tempfile::tempdir().expect("making a build context");
+    std::fs::copy("/bin/busybox", context.path().join("busybox"))
+        .expect("copying /bin/busybox (Debian's busybox-static)");
+    let dockerfile = format!("FROM {}\nCOPY busybox /bin/busybox\n", support::app_image());
+    std::fs::write(context.path().join("Dockerfile"), dockerfile).expect("writing Dockerfile");
+    for node in 1..=lab.nodes() {
+        let mut build = std::process::Command::new("docker");
+        build
+            .args(["-H", &lab.host(node), "build", "-q", "-t", &name])
+            .arg(context.path())
+            .env("DOCKER_BUILDKIT", "0");
+        let built =
+            support::wait::run_within("docker build ended", build, Duration::from_secs(120));
+        assert!(
+            built.status.success(),
+            "building {name} on node {node}: {}",
+            String::from_utf8_lossy(&built.stderr)
+        );
+    }
+    name
+}
+
+/// Declares the project's hooks (YAML lines under `hooks:`) in its
+/// override file, in place of any declared before.
+fn declare_hooks(project: &TestProject, hooks: &str) {
+    let path = project.path().join("compose/docker-compose.override.yml");
+    let file = std::fs::read_to_string(&path).expect("reading the override file");
+    let services = file.split("x-cryptus:").next().unwrap_or_default();
+    let file = format!("{services}x-cryptus:\n  hooks:\n{hooks}");
+    std::fs::write(&path, file).expect("writing the override file");
+}
+
+/// The services of the lab's swarm with their replica counts, the
+/// swarm's configs, and the cluster's newest state: what a dry run must
+/// leave as it found it.
+fn swarm_objects(lab: &SwarmLab, project: &TestProject) -> (String, String, String) {
+    let format = ["--format", "{{.Name}} {{.Mode}} {{.Replicas}} {{.Image}}"];
+    let mut services = vec!["service", "ls"];
+    services.extend(format);
+    let configs = lab.docker_ok(1, &["config", "ls", "--format", "{{.Name}}"]);
+    (
+        lab.docker_ok(1, &services),
+        configs,
+        recorded_state(lab, project),
+    )
+}
+
+/// `deploy --dry-run` on a Swarm prints the plan (target, release, tasks,
+/// what goes to 0, the edges that switch, the hooks) and changes no
+/// service, config or cluster state. The hooks run as jobs of the swarm:
+/// a failing pre-deploy hook (its output shown with its name) leaves blue
+/// serving, nothing made and no job behind, exit 1; then a pre-deploy hook
+/// runs once with its variables, green serves, and a failing post-deploy
+/// hook is a warning (exit 0), both recorded in the report and history.
+#[test]
+fn swarm_dry_run_changes_nothing_and_hooks_run_as_jobs() {
+    let lab = SwarmLab::up(3);
+    let project = started_on(&lab, "swarm-hooks", |_| {});
+    let image = hook_image_on_nodes(&lab);
+    let deploy = |extra: &[&str]| {
+        let mut args = vec!["deploy", "--image", &image, "--version", "2.0.0"];
+        args.extend_from_slice(extra);
+        args.extend(["--timeout", "240s"]);
+        project.run(&args)
+    };
+    let hook_jobs = || {
+        listed(&lab, "service", "label=cryptus.hook")
+            .lines()
+            .count()
+    };
+    declare_hooks(
+        &project,
+        "    pre-deploy: [/bin/busybox, sh, -c, 'echo \"migrating $$CRYPTUS_FROM_VERSION -> $$CRYPTUS_TO_VERSION\"']\n",
+    );
+
+    let before = swarm_objects(&lab, &project);
+    let planned = deploy(&["--dry-run", "--json"]);
+    assert_code(&planned, 0);
+    let document: serde_json::Value = serde_json::from_slice(&planned.stdout).expect("JSON");
+    let plan = &document["plan"];
+    assert_eq!(document["dry_run"], true, "{document}");
+    assert_eq!(
+        (plan["active"].as_str(), plan["target"].as_str()),
+        (Some("blue"), Some("green")),
+        "{plan}"
+    );
+    assert_eq!(plan["release"]["image"], image.as_str(), "{plan}");
+    assert_eq!(plan["release"]["version"], "2.0.0", "{plan}");
+    assert_eq!(plan["replicas"], 3, "{plan}");
+    let blue = format!("{}_cryptus-blue", project.name);
+    let green = format!("{}_cryptus-green", project.name);
+    assert_eq!(plan["start"], serde_json::json!([green]), "{plan}");
+    assert_eq!(plan["drain"], serde_json::json!([blue]), "{plan}");
+    assert_eq!(
+        plan["edges"],
+        serde_json::json!([lab.node_name(1)]),
+        "{plan}"
+    );
+    assert_eq!(plan["hooks"][0]["hook"], "pre-deploy", "{plan}");
+    let text = stdout(&deploy(&["--dry-run"]));
+    assert!(
+        text.contains("deploy: traffic moves from blue to green 2.0.0"),
+        "{text}"
+    );
+    assert!(text.contains("drain, then scale to 0 tasks"), "{text}");
+    assert!(text.contains("(dry run: nothing was changed)"), "{text}");
+    assert_eq!(
+        swarm_objects(&lab, &project),
+        before,
+        "the dry run changed the swarm"
+    );
+
+    declare_hooks(
+        &project,
+        "    pre-deploy: [/bin/busybox, sh, -c, 'echo migration 41 applied; echo migration 42 failed >&2; exit 3']\n",
+    );
+    let failed = deploy(&[]);
+    assert_code(&failed, 1);
+    let err = stderr(&failed);
+    assert!(err.contains("[pre-deploy] migration 42 failed"), "{err}");
+    assert!(
+        err.contains("the pre-deploy hook (/bin/busybox sh -c echo migration 41 applied; echo migration 42 failed >&2; exit 3) exited with code 3"),
+        "{err}"
+    );
+    nothing_changed(&lab, &project, "a failed pre-deploy hook");
+    assert_eq!(served_by_edge(&lab, &project)["instance"], "blue");
+    assert_eq!(hook_jobs(), 0, "the failed hook's job is left");
+
+    declare_hooks(
+        &project,
+        "    pre-deploy: [/bin/busybox, sh, -c, 'echo \"migrating $$CRYPTUS_FROM_VERSION -> $$CRYPTUS_TO_VERSION\"']\n    post-deploy: [/bin/busybox, sh, -c, 'echo warming up; exit 4']\n",
+    );
+    let deployed = deploy(&["--json"]);
+    assert_code(&deployed, 0);
+    let err = stderr(&deployed);
+    assert_eq!(
+        err.matches("[pre-deploy] migrating ").count(),
+        1,
+        "the pre-deploy hook runs once: {err}"
+    );
+    assert!(err.contains("-> 2.0.0"), "{err}");
+    assert!(err.contains("[post-deploy] warming up"), "{err}");
+    assert!(
+        err.contains("warning: the post-deploy hook (/bin/busybox sh -c echo warming up; exit 4) exited with code 4")
+            && err.contains("the deploy stands"),
+        "{err}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&deployed.stdout).expect("JSON");
+    assert_eq!(report["outcome"], "ok", "{report}");
+    let ran: Vec<(String, bool, i64)> = report["hooks"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no hooks in {report}"))
+        .iter()
+        .map(|h| {
+            let name = h["hook"].as_str().unwrap_or("?").to_owned();
+            (name, h["ok"] == true, h["exit_code"].as_i64().unwrap_or(-1))
+        })
+        .collect();
+    assert_eq!(
+        ran,
+        [
+            ("pre-deploy".to_owned(), true, 0),
+            ("post-deploy".to_owned(), false, 4)
+        ]
+    );
+    assert_eq!(project.status()["active"], "green");
+    assert_eq!(served_by_edge(&lab, &project)["instance"], "green");
+    assert_eq!(hook_jobs(), 0, "a hook's job is left");
+    let recorded = recorded_state(&lab, &project);
+    assert!(recorded.contains("\"post-deploy\""), "{recorded}");
 }

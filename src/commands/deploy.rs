@@ -70,8 +70,13 @@ pub async fn deploy(
     let session = Session::open(project, printer).await?;
     let stack = session.stack();
     if project.orchestrator == Orchestrator::Swarm {
-        refuse_dry_run_on_swarm(dry_run)?;
         let ask = Ask::Deploy { source, version };
+        if dry_run {
+            return show_plan(
+                &swarm::switch::dry_run(&stack, ask, settings).await?,
+                printer,
+            );
+        }
         return show(&swarm::switch::run(&stack, ask, settings).await?, printer);
     }
     super::warn_not_applied(stack.compose, stack.engine, printer);
@@ -87,12 +92,12 @@ pub async fn deploy(
     show(&report, printer)
 }
 
-/// `--dry-run` prints the one-engine planner's plan; a Swarm's is not
-/// planned that way yet.
+/// `scale --dry-run` prints the one-engine planner's plan; a Swarm's
+/// scale is not planned that way yet.
 pub fn refuse_dry_run_on_swarm(dry_run: bool) -> Result<()> {
     if dry_run {
         return Err(usage(
-            "--dry-run on a Docker Swarm is not done yet",
+            "scale --dry-run on a Docker Swarm is not done yet",
             "`cryptus status` shows the active color and the recorded releases",
         ));
     }

@@ -8,7 +8,7 @@ use crate::output::Printer;
 use crate::project::Project;
 use crate::switch::{self, Ask, DryRun, Settings};
 
-use super::deploy::{refuse_dry_run_on_swarm, show, show_plan};
+use super::deploy::{show, show_plan};
 use crate::orchestrator::Orchestrator;
 
 pub async fn run(
@@ -20,7 +20,10 @@ pub async fn run(
     let session = Session::open(project, printer).await?;
     let stack = session.stack();
     if project.orchestrator == Orchestrator::Swarm {
-        refuse_dry_run_on_swarm(dry_run)?;
+        if dry_run {
+            let plan = crate::swarm::switch::dry_run(&stack, Ask::Rollback, settings).await?;
+            return show_plan(&plan, printer);
+        }
         let report = crate::swarm::switch::run(&stack, Ask::Rollback, settings).await?;
         return show(&report, printer);
     }

@@ -163,7 +163,7 @@ pub struct NetworkSpec {
 }
 
 /// The container's own healthcheck.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct HealthSpec {
     /// The engine's form: `["CMD", ...]`, `["CMD-SHELL", "..."]` or `["NONE"]`.
     pub test: Vec<String>,

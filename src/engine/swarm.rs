@@ -14,8 +14,8 @@ use bollard::models::{
     EndpointPortConfigPublishModeEnum, EndpointSpec, EndpointSpecModeEnum, Limit, LocalNodeState,
     NetworkAttachmentConfig, Node as NodeModel, SecretSpec, Service as ServiceModel,
     ServiceSpec as EngineServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated,
-    ServiceSpecUpdateConfigOrderEnum, SystemInfo, Task as TaskModel, TaskSpec,
-    TaskSpecContainerSpec, TaskSpecContainerSpecConfigs, TaskSpecContainerSpecFile,
+    ServiceSpecModeReplicatedJob, ServiceSpecUpdateConfigOrderEnum, SystemInfo, Task as TaskModel,
+    TaskSpec, TaskSpecContainerSpec, TaskSpecContainerSpecConfigs, TaskSpecContainerSpecFile,
     TaskSpecContainerSpecFile1, TaskSpecContainerSpecSecrets, TaskSpecLogDriver, TaskSpecPlacement,
     TaskSpecPlacementPreferences, TaskSpecPlacementSpread, TaskSpecResources,
     TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum, TaskState,
@@ -178,6 +178,8 @@ pub struct Task {
     /// Why it failed or is not running yet, in the swarm's words.
     pub error: Option<String>,
     pub container_id: Option<String>,
+    /// How its container ended, once it has.
+    pub exit_code: Option<i64>,
     pub image: String,
 }
 
@@ -193,6 +195,7 @@ impl From<TaskModel> for Task {
             state: state(status.state),
             desired_state: state(task.desired_state),
             error: status.err.filter(|e| !e.is_empty()),
+            exit_code: status.container_status.as_ref().and_then(|c| c.exit_code),
             container_id: status
                 .container_status
                 .and_then(|c| c.container_id)
@@ -294,6 +297,9 @@ pub enum ServiceMode {
     Replicated(u64),
     /// One task on every node that the constraints allow.
     Global,
+    /// One task run to its end, never restarted (a Swarm job: a deploy
+    /// hook).
+    Job,
 }
 
 /// How an update replaces a service's tasks.
@@ -444,11 +450,19 @@ fn task_template(spec: &ServiceSpec, api: ApiVersion) -> TaskSpec {
             ..Default::default()
         }),
         // A swarm restarts a task that ends, whatever the compose file's
-        // one-engine policy: `docker stack deploy`'s default.
-        restart_policy: Some(TaskSpecRestartPolicy {
-            condition: Some(TaskSpecRestartPolicyConditionEnum::ANY),
-            delay: Some(nanos(Duration::from_secs(1))),
-            ..Default::default()
+        // one-engine policy: `docker stack deploy`'s default. A job's task
+        // runs once: its exit is the answer.
+        restart_policy: Some(if spec.mode == ServiceMode::Job {
+            TaskSpecRestartPolicy {
+                condition: Some(TaskSpecRestartPolicyConditionEnum::NONE),
+                ..Default::default()
+            }
+        } else {
+            TaskSpecRestartPolicy {
+                condition: Some(TaskSpecRestartPolicyConditionEnum::ANY),
+                delay: Some(nanos(Duration::from_secs(1))),
+                ..Default::default()
+            }
         }),
         placement: Some(TaskSpecPlacement {
             constraints: listed(&spec.constraints),
@@ -493,6 +507,13 @@ fn service_mode(mode: ServiceMode) -> ServiceSpecMode {
         },
         ServiceMode::Global => ServiceSpecMode {
             global: Some(HashMap::new()),
+            ..Default::default()
+        },
+        ServiceMode::Job => ServiceSpecMode {
+            replicated_job: Some(ServiceSpecModeReplicatedJob {
+                max_concurrent: Some(1),
+                total_completions: Some(1),
+            }),
             ..Default::default()
         },
     }

@@ -173,6 +173,7 @@ mod tests {
             desired_state: "running".to_owned(),
             error: None,
             container_id: Some(format!("c-{id}")),
+            exit_code: None,
             image: "redis".to_owned(),
         }
     }

@@ -194,6 +194,7 @@ mod tests {
             desired_state: desired.into(),
             error: None,
             container_id: Some(format!("c-{id}")),
+            exit_code: None,
             image: "app:1".into(),
         }
     }

@@ -7,11 +7,12 @@
 //! deploy and rollback, through the edge nginx (`edge`); `scale`: the
 //! active color's task count; `health`: every task, the edge and redis;
 //! `logs`: every task's log, through the manager; `restart`: a rolling
-//! restart of every service.
+//! restart of every service; `hooks`: deploy hooks as jobs of the swarm.
 
 pub mod backup;
 pub mod edge;
 pub mod health;
+pub mod hooks;
 pub mod logs;
 pub mod maintenance;
 pub mod nodes;

@@ -423,6 +423,7 @@ mod tests {
             desired_state: desired.into(),
             error: None,
             container_id: None,
+            exit_code: None,
             image: "x:1".into(),
         };
         let old = BTreeSet::from(["a", "b"]);

@@ -268,6 +268,7 @@ mod tests {
             desired_state: desired.into(),
             error: None,
             container_id: None,
+            exit_code: None,
             image: "app:1".into(),
         }
     }

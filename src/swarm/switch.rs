@@ -7,7 +7,10 @@
 //! until served), watches, records the state, drains nginx's old workers
 //! and scales the old color to 0 (or keeps it with `--keep-standby`).
 //! Before the flip a failure takes back what the run made; after it, the
-//! edge is put back on the old color.
+//! edge is put back on the old color. The project's hooks run as on one
+//! engine (`switch::hooks`), each as a job of the swarm: the pre- hook
+//! before the new color starts (a failure changes nothing), the post- hook
+//! once the switch is proven (a failure is a warning).
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -16,15 +19,18 @@ use anyhow::Result;
 use chrono::Utc;
 use tokio::time::Instant;
 
+use crate::compose::Hook;
 use crate::context::Stack;
 use crate::engine::{ServiceMode, ServiceSpec};
 use crate::error::{failed_with_hint, usage};
 use crate::health::{Expect, Probe};
-use crate::history::{Entry, Outcome, Side, operation};
+use crate::history::{Entry, HookRun, Outcome, Side, operation};
 use crate::stack::{Color, Release};
+use crate::switch::hooks::{self, Between};
+use crate::switch::plan::Action;
 use crate::switch::report::{Report, Steps, round};
 use crate::switch::watch;
-use crate::switch::{Ask, Settings, Source};
+use crate::switch::{Ask, Plan, Settings, Source};
 use crate::wait::{self, Limits, Seen};
 
 use super::edge::Edges;
@@ -36,18 +42,26 @@ use super::state::{self, ClusterLock, ClusterState};
 const WATCH_FAILURES: u32 = 3;
 
 /// What a switch on a Swarm cannot do yet is refused before anything is
-/// touched, rather than quietly left out: a canary, and the project's hooks.
-fn refuse_not_done(stack: &Stack<'_>, settings: &Settings) -> Result<()> {
+/// touched, rather than quietly left out: a canary.
+fn refuse_not_done(_stack: &Stack<'_>, settings: &Settings) -> Result<()> {
     if settings.canary.is_some() {
         return Err(usage(
             "deploy --canary on a Docker Swarm is not done yet",
             "deploy without --canary, or on one engine",
         ));
     }
-    if !settings.hooks.skip && !stack.compose.hooks.is_empty() {
+    Ok(())
+}
+
+fn refuse_build(ask: &Ask) -> Result<()> {
+    if let Ask::Deploy {
+        source: Source::Build(_),
+        ..
+    } = ask
+    {
         return Err(usage(
-            "the project's x-cryptus hooks do not run on a Docker Swarm yet",
-            "run them by hand and pass --skip-hooks",
+            "deploy --build on a Docker Swarm is not done yet: every node needs the image",
+            "build the image, load it on every node (or push it to a registry), then deploy --image",
         ));
     }
     Ok(())
@@ -64,16 +78,7 @@ pub async fn run(stack: &Stack<'_>, ask: Ask, settings: &Settings) -> Result<Rep
     let began = Instant::now();
     crate::interrupt::catch();
     ask.check()?;
-    if let Ask::Deploy {
-        source: Source::Build(_),
-        ..
-    } = &ask
-    {
-        return Err(usage(
-            "deploy --build on a Docker Swarm is not done yet: every node needs the image",
-            "build the image, load it on every node (or push it to a registry), then deploy --image",
-        ));
-    }
+    refuse_build(&ask)?;
     refuse_not_done(stack, settings)?;
     let (engine, project) = (stack.engine, &stack.project.name);
     let edge = Edges::find(engine, project).await?;
@@ -134,9 +139,67 @@ async fn locked(
         }
         (Ok(_), None) => {}
     }
+    let decided = decide(stack, ask, &state, active, steps).await?;
+    let switch = Switch {
+        stack,
+        settings,
+        edge,
+        operation,
+        to: decided.to,
+        from: decided.from,
+        release: decided.release,
+        replicas: decided.replicas,
+        made: Made::Nothing,
+        old_workers: Vec::new(),
+        to_addrs: Vec::new(),
+        from_addrs: Vec::new(),
+        state,
+        readiness: None,
+        switched_at: None,
+        monitored: decided.monitored,
+        hooks: Vec::new(),
+        warnings: Vec::new(),
+    };
+    switch.execute(steps, began).await
+}
+
+/// What a switch decides from what runs and what was asked, before it
+/// changes anything.
+struct Decided {
+    from: Side,
+    to: Side,
+    release: Release,
+    /// The target's tasks once it serves.
+    replicas: u64,
+    /// The target's tasks now (0: at 0, or no service yet).
+    standing: u64,
+    /// Whether Prometheus runs in the stack: the watch asks the metric gate.
+    monitored: bool,
+}
+
+/// Both sides of a switch from `active`: the release (the image checked
+/// on every node that may run the target), and the target's task count.
+async fn decide(
+    stack: &Stack<'_>,
+    ask: Ask,
+    state: &ClusterState,
+    active: Color,
+    steps: &mut Steps<'_>,
+) -> Result<Decided> {
+    let (engine, project) = (stack.engine, &stack.project.name);
     let target = active.other();
     let services = engine.services(project).await?;
-    let active_replicas = running_replicas(stack, &services, active);
+    let replicas_of = |color: Color| {
+        services
+            .iter()
+            .find(|s| s.name == service_name(project, color.service()))
+            .and_then(|s| s.replicas)
+            .filter(|n| *n > 0)
+    };
+    let active_replicas = replicas_of(active).unwrap_or_else(|| {
+        let declared = stack.compose.service(active.service()).map(|s| s.replicas);
+        u64::from(declared.unwrap_or(1).max(1))
+    });
     // A count `scale` recorded for the idle color is what a switch into
     // it starts; else as many tasks as the active color runs.
     let replicas = state
@@ -147,7 +210,7 @@ async fn locked(
     let monitored = services
         .iter()
         .any(|s| s.name == prometheus && s.replicas != Some(0));
-    let from_release = recorded_release(stack, &state, active).await?;
+    let from_release = recorded_release(stack, state, active).await?;
     let side = |color, release: &Release, replicas: u64| Side {
         color,
         image: release.image.clone(),
@@ -177,40 +240,83 @@ async fn locked(
             "`cryptus status` shows the recorded releases; deploy one with `cryptus deploy --image ...`",
         ));
     };
-    let switch = Switch {
-        stack,
-        settings,
-        edge,
-        operation,
-        to: side(target, &release, replicas),
+    Ok(Decided {
         from,
+        to: side(target, &release, replicas),
         release,
         replicas,
-        made: Made::Nothing,
-        old_workers: Vec::new(),
-        to_addrs: Vec::new(),
-        from_addrs: Vec::new(),
-        state,
-        readiness: None,
-        switched_at: None,
+        standing: replicas_of(target).unwrap_or(0),
         monitored,
-    };
-    switch.execute(steps, began).await
+    })
 }
 
-/// The tasks `active`'s service runs, else as many as the compose file
-/// declares (at least one).
-fn running_replicas(stack: &Stack<'_>, services: &[crate::engine::Service], active: Color) -> u64 {
-    let project = &stack.project.name;
-    services
-        .iter()
-        .find(|s| s.name == service_name(project, active.service()))
-        .and_then(|s| s.replicas)
-        .filter(|n| *n > 0)
-        .unwrap_or_else(|| {
-            let declared = stack.compose.service(active.service()).map(|s| s.replicas);
-            u64::from(declared.unwrap_or(1).max(1))
-        })
+/// What a deploy or rollback would do on the swarm, read without the lock
+/// and changing nothing: not a service, a config, the cluster's state.
+pub async fn dry_run(stack: &Stack<'_>, ask: Ask, settings: &Settings) -> Result<Plan> {
+    ask.check()?;
+    refuse_build(&ask)?;
+    refuse_not_done(stack, settings)?;
+    let (engine, project) = (stack.engine, &stack.project.name);
+    let edge = Edges::find(engine, project).await?;
+    let state = state::read(engine, project).await?;
+    let served = edge.served().await;
+    let (active, disagree) = believe(state.active, served.as_ref().ok().copied());
+    match (&served, disagree) {
+        (Err(err), _) => stack
+            .printer
+            .warn(format!("{err:#}; going by the cluster's record ({active})")),
+        (Ok(_), Some(warning)) => stack.printer.warn(warning),
+        (Ok(_), None) => {}
+    }
+    let operation = operation_of(&ask);
+    let mut steps = Steps::new(stack.printer);
+    let decided = decide(stack, ask, &state, active, &mut steps).await?;
+    let edges = edge.all.iter().map(|e| e.node.clone()).collect();
+    let mut plan = plan_of(
+        project,
+        operation,
+        &decided,
+        &state,
+        settings.keep_standby,
+        edges,
+    );
+    plan.hooks = hooks::planned(stack, operation, settings.hooks);
+    Ok(plan)
+}
+
+/// [`dry_run`]'s plan, as one engine's planner shows one: the target's
+/// service starts (or scales up), the edges switch to it, the active
+/// color's service drains and goes to 0 tasks (or stays, a standby).
+fn plan_of(
+    project: &str,
+    operation: &str,
+    decided: &Decided,
+    state: &ClusterState,
+    keep_standby: bool,
+    edges: Vec<String>,
+) -> Plan {
+    let (active, target) = (decided.from.color, decided.to.color);
+    let count = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+    let target_service = service_name(project, target.service());
+    Plan {
+        operation: operation.to_owned(),
+        action: Action::Switch,
+        active,
+        target,
+        release: Some(decided.release.clone()),
+        from_replicas: count(decided.standing),
+        replicas: count(decided.replicas),
+        reuse: false,
+        replace: Vec::new(),
+        start: vec![target_service.clone()],
+        serve: vec![target_service],
+        drain: vec![service_name(project, active.service())],
+        remove: Vec::new(),
+        keep_standby,
+        clears_pending: state.pending.contains_key(&target),
+        hooks: Vec::new(),
+        edges,
+    }
 }
 
 /// What a run did to the target's service, for its undo.
@@ -245,6 +351,10 @@ struct Switch<'s> {
     switched_at: Option<chrono::DateTime<Utc>>,
     /// Whether Prometheus runs in the stack: the watch asks the metric gate.
     monitored: bool,
+    /// The deploy hooks that ran.
+    hooks: Vec<HookRun>,
+    /// What went wrong without undoing the switch (a post- hook).
+    warnings: Vec<String>,
 }
 
 impl Switch<'_> {
@@ -260,7 +370,13 @@ impl Switch<'_> {
     }
 
     async fn execute(mut self, steps: &mut Steps<'_>, began: Instant) -> Result<Report> {
+        let hooks = Hook::of(self.operation);
+        hooks::say_skipped(self.stack, self.operation, self.settings.hooks);
+        super::hooks::sweep(self.stack).await;
         let ready = async {
+            if let Some((before, _)) = hooks {
+                self.hook(steps, before).await?;
+            }
             let spec = self.bring_up(steps).await?;
             self.gate(steps, &spec).await
         };
@@ -288,7 +404,35 @@ impl Switch<'_> {
         if let Err(err) = self.watch(steps).await {
             return self.flip_back(steps, began, Outcome::RolledBack, err).await;
         }
+        if let Some((_, after)) = hooks
+            && let Err(err) = self.hook(steps, after).await
+        {
+            // The switch is proven: a failed post- hook is reported and
+            // recorded, and traffic stays.
+            let operation = self.operation;
+            self.warnings
+                .push(format!("{err:#}; the {operation} stands"));
+        }
         self.finish(steps, began).await
+    }
+
+    /// Runs `hook` of the operation as a job of the release.
+    async fn hook(&mut self, steps: &mut Steps<'_>, hook: Hook) -> Result<()> {
+        let between = Between {
+            operation: self.operation,
+            from: &self.from,
+            to: self.to.color,
+            release: &self.release,
+        };
+        let ran = &mut self.hooks;
+        hooks::step(
+            self.stack,
+            steps,
+            (hook, &between),
+            self.settings.hooks,
+            ran,
+        )
+        .await
     }
 
     /// Creates the target's service, or updates it to the release and its
@@ -486,6 +630,7 @@ impl Switch<'_> {
         self.state.replicas.insert(self.to.color, self.to.replicas);
         self.state.pending.remove(&self.to.color);
         let mut report = self.report(steps, began, Outcome::Ok, None);
+        report.warnings.append(&mut self.warnings);
         let warnings = self.record(&report).await;
         report.warnings.extend(warnings);
         report.warnings.extend(self.edge.pinned_warnings().await);
@@ -610,6 +755,7 @@ impl Switch<'_> {
             hint: err.and_then(|err| crate::error::classify(err).1.map(str::to_owned)),
             readiness: self.readiness,
             switched_at: self.switched_at,
+            hooks: self.hooks.clone(),
             ..Report::new(self.operation, outcome, sides, steps, began)
         }
     }
@@ -784,6 +930,52 @@ mod tests {
                 total: 2.0,
             },
         })
+    }
+
+    #[test]
+    fn a_dry_run_plans_the_target_service_the_edges_and_what_goes_to_0() {
+        let side = |color, version: &str, replicas| Side {
+            color,
+            image: format!("app:{version}"),
+            version: version.to_owned(),
+            image_id: None,
+            replicas,
+        };
+        let release = Release {
+            image: "app:2".into(),
+            version: "2".into(),
+        };
+        let decided = Decided {
+            from: side(Color::Blue, "1", 3),
+            to: side(Color::Green, "2", 4),
+            release: release.clone(),
+            replicas: 4,
+            standing: 0,
+            monitored: false,
+        };
+        let mut state = ClusterState::default();
+        state.pending.insert(Color::Green, 4);
+        let edges = vec!["n1".to_owned(), "n2".to_owned()];
+        let plan = plan_of("shop", "deploy", &decided, &state, false, edges);
+        assert_eq!((plan.active, plan.target), (Color::Blue, Color::Green));
+        assert_eq!((plan.from_replicas, plan.replicas), (0, 4));
+        assert_eq!(plan.release, Some(release));
+        assert_eq!(plan.start, ["shop_cryptus-green"]);
+        assert_eq!(plan.drain, ["shop_cryptus-blue"]);
+        assert!(plan.clears_pending);
+        let lines = plan.describe();
+        assert_eq!(
+            lines[0],
+            "deploy: traffic moves from blue to green 2 (app:2), 4 replicas"
+        );
+        assert!(
+            lines.contains(&"  edge nginx switched on: n1, n2".to_owned()),
+            "{lines:?}"
+        );
+        assert!(
+            lines.contains(&"  drain, then scale to 0 tasks: shop_cryptus-blue".to_owned()),
+            "{lines:?}"
+        );
     }
 
     #[test]

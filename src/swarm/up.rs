@@ -329,6 +329,8 @@ pub(super) fn not_running(spec: &ServiceSpec, tasks: &[&Task]) -> Option<String>
         ServiceMode::Replicated(replicas) => usize::try_from(replicas).unwrap_or(usize::MAX),
         // One per eligible node: as many as the swarm scheduled, at least one.
         ServiceMode::Global => tasks.len().max(1),
+        // Not started as a service that keeps running.
+        ServiceMode::Job => 1,
     };
     short_of(&spec.name, wanted, tasks)
 }
@@ -506,6 +508,7 @@ mod tests {
             desired_state: "running".into(),
             error: error.map(str::to_owned),
             container_id: None,
+            exit_code: None,
             image: "app:1".into(),
         }
     }

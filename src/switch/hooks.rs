@@ -2,8 +2,9 @@
 //! each one a one-off container of the new release, made from the target
 //! color's service ([`crate::stack::plan_hook`]), its output streamed with
 //! the hook's name in front, under `--hook-timeout`, and removed with its
-//! anonymous volumes whatever happened. They run under the deploy lock, so
-//! two deploys never run theirs at once.
+//! anonymous volumes whatever happened (on a Swarm, a job of the swarm:
+//! [`crate::swarm::hooks`]). They run under the deploy lock, so two
+//! deploys never run theirs at once.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::pin::pin;
@@ -18,9 +19,11 @@ use crate::context::Stack;
 use crate::engine::{Container, ContainerSpec, LogChunk};
 use crate::error::failed_with_hint;
 use crate::history::{HookRun, Side};
+use crate::orchestrator::Orchestrator;
 use crate::output::{Printer, seconds};
 use crate::ready::{self, WaitFor};
 use crate::stack::{Color, HOOK_LABEL, Release, plan_hook};
+use crate::swarm;
 use crate::wait::Limits;
 
 use super::plan::PlannedHook;
@@ -119,15 +122,19 @@ pub fn planned(stack: &Stack<'_>, operation: &str, options: Options) -> Vec<Plan
 /// switch read it), saying so.
 pub async fn sweep(stack: &Stack<'_>, containers: &[Container]) {
     for left in containers.iter().filter(|c| c.label(HOOK_LABEL).is_some()) {
-        match stack.engine.remove(&left.name, true).await {
-            Ok(()) => stack.printer.warn(format!(
-                "removed {}, a hook container an interrupted run left",
-                left.name
-            )),
-            Err(err) => stack
-                .printer
-                .warn(format!("removing {}: {err:#}", left.name)),
-        }
+        let removed = stack.engine.remove(&left.name, true).await;
+        say_swept(stack.printer, &left.name, "container", removed);
+    }
+}
+
+/// Says how the removal of `name`, a hook's `what` (container, job) that
+/// an interrupted run left, went.
+pub(crate) fn say_swept(printer: &Printer, name: &str, what: &str, removed: Result<()>) {
+    match removed {
+        Ok(()) => printer.warn(format!(
+            "removed {name}, a hook {what} an interrupted run left"
+        )),
+        Err(err) => printer.warn(format!("removing {name}: {err:#}")),
     }
 }
 
@@ -152,20 +159,22 @@ pub async fn step(
         .compose
         .service(between.to.service())
         .with_context(|| format!("the compose file has no service {}", between.to.service()))?;
-    let spec = plan_hook(
-        &stack.project.name,
-        stack.compose,
-        service,
-        between.release,
-        (hook, command),
-        between.environment(),
-    )?;
+    let (project, release) = (&stack.project.name, between.release);
     let began = Instant::now();
     let mut last = VecDeque::new();
     let message = format!("running the {hook} hook: {}", command.join(" "));
     let mut exit_code = None;
     let running = async {
-        exit_code = run(stack, &spec, hook, options.timeout, &mut last).await?;
+        let (env, timeout) = (between.environment(), options.timeout);
+        let run_as = (hook, command.as_slice());
+        exit_code = if stack.project.orchestrator == Orchestrator::Swarm {
+            let job =
+                swarm::hooks::job_spec(project, stack.compose, service, release, run_as, env)?;
+            swarm::hooks::run(stack, job, hook, timeout, &mut last).await?
+        } else {
+            let spec = plan_hook(project, stack.compose, service, release, run_as, env)?;
+            run(stack, &spec, hook, timeout, &mut last).await?
+        };
         judge(hook, command, exit_code, options.timeout)
     };
     let result = steps.stream(hook.as_str(), message, running).await;
@@ -268,7 +277,7 @@ const HOOK_STOP_GRACE: Duration = Duration::from_secs(10);
 /// Prints the container's output as it comes, each line after `[hook]`,
 /// keeping the last ones; until the log ends (or fails: the wait that
 /// follows tells how the container ended).
-async fn follow(
+pub(crate) async fn follow(
     lines: impl futures_util::Stream<Item = Result<LogChunk>>,
     printer: &Printer,
     hook: Hook,

@@ -147,6 +147,10 @@ pub struct Plan {
     /// file: the planner itself reads no file).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub hooks: Vec<PlannedHook>,
+    /// On a Swarm: the nodes whose edge nginx switches (the old color's
+    /// service then goes to 0 tasks rather than its containers stopping).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub edges: Vec<String>,
 }
 
 /// A deploy hook a switch runs: before the new color starts, or after the
@@ -212,6 +216,8 @@ impl Plan {
         lines.extend(hooks(false));
         let stop = if self.keep_standby {
             "drain, then stay up as a warm standby"
+        } else if !self.edges.is_empty() {
+            "drain, then scale to 0 tasks"
         } else if self.remove.is_empty() {
             "drain, then stop"
         } else {
@@ -221,6 +227,7 @@ impl Plan {
             ("removed first", &self.replace),
             ("start", &self.start),
             ("nginx names", &self.serve),
+            ("edge nginx switched on", &self.edges),
             (stop, &self.drain),
         ] {
             if !names.is_empty() {
@@ -287,6 +294,7 @@ fn after_canary(observed: &Observed, request: &Request, canary: Canary) -> Resul
                 keep_standby: *keep_standby,
                 clears_pending: false,
                 hooks: Vec::new(),
+                edges: Vec::new(),
             })
         }
         _ => Err(failed_with_hint(live, hint)),
@@ -355,6 +363,7 @@ fn fresh_switch(
         keep_standby,
         clears_pending: false,
         hooks: Vec::new(),
+        edges: Vec::new(),
     })
 }
 
@@ -459,6 +468,7 @@ fn scale_active(observed: &Observed, replicas: u32) -> Result<Plan> {
         keep_standby: false,
         clears_pending: false,
         hooks: Vec::new(),
+        edges: Vec::new(),
     };
     if replicas > from {
         grow(observed, &running, &mut plan);
@@ -528,6 +538,7 @@ fn scale_idle(observed: &Observed, color: Color, replicas: u32) -> Result<Plan> 
         keep_standby: false,
         clears_pending: false,
         hooks: Vec::new(),
+        edges: Vec::new(),
     })
 }
 
