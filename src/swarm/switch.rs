@@ -26,6 +26,8 @@ use crate::switch::report::{Report, Steps, round};
 use crate::switch::{Ask, Settings, Source};
 use crate::wait::{self, Limits, Seen};
 
+mod canary;
+
 use super::edge::Edges;
 use super::plan::service_spec;
 use super::service_name;
@@ -35,14 +37,8 @@ use super::state::{self, ClusterLock, ClusterState};
 const WATCH_FAILURES: u32 = 3;
 
 /// What a switch on a Swarm cannot do yet is refused before anything is
-/// touched, rather than quietly left out: a canary, and the project's hooks.
+/// touched, rather than quietly left out: the project's hooks.
 fn refuse_not_done(stack: &Stack<'_>, settings: &Settings) -> Result<()> {
-    if settings.canary.is_some() {
-        return Err(usage(
-            "deploy --canary on a Docker Swarm is not done yet",
-            "deploy without --canary, or on one engine",
-        ));
-    }
     if !settings.hooks.skip && !stack.compose.hooks.is_empty() {
         return Err(usage(
             "the project's x-cryptus hooks do not run on a Docker Swarm yet",
@@ -159,6 +155,12 @@ async fn locked(
         replicas: u32::try_from(replicas).unwrap_or(u32::MAX),
     };
     let from = side(active, &from_release, active_replicas);
+    // A canary a killed deploy left is ended by a rollback, and a deploy
+    // waits for it: it would replace the tasks the edges send clients to.
+    let live = state.canary.clone();
+    if let (Some(live), Ask::Deploy { .. }) = (&live, &ask) {
+        return Err(canary::live(live, active));
+    }
     let release = match ask {
         Ask::Deploy { source, version } => {
             let given = matches!(source, Source::Image(_));
@@ -172,7 +174,10 @@ async fn locked(
             };
             steps.wait("image", "getting the image", known).await?
         }
-        Ask::Rollback => state.releases.get(&target).cloned(),
+        Ask::Rollback => match &live {
+            Some(live) => Some(live.release.clone()),
+            None => state.releases.get(&target).cloned(),
+        },
     };
     let Some(release) = release else {
         return Err(failed_with_hint(
@@ -196,7 +201,13 @@ async fn locked(
         state,
         readiness: None,
         switched_at: None,
+        canary: None,
+        failed_at: None,
+        warnings: Vec::new(),
     };
+    if live.is_some() {
+        return switch.abandon_canary(steps, began).await;
+    }
     switch.execute(steps, began).await
 }
 
@@ -230,6 +241,11 @@ struct Switch<'s> {
     state: ClusterState,
     readiness: Option<f64>,
     switched_at: Option<chrono::DateTime<Utc>>,
+    /// A canary's steps and how far it came.
+    canary: Option<crate::switch::canary::Progress>,
+    /// The canary's share when a step failed.
+    failed_at: Option<u8>,
+    warnings: Vec<String>,
 }
 
 impl Switch<'_> {
@@ -252,10 +268,13 @@ impl Switch<'_> {
         if let Err(err) = ready.await {
             return Ok(self.fail(steps, began, Outcome::Failed, err).await);
         }
+        self.old_workers = self.edge.workers().await;
+        let old = self.edge.first().probe_tasks(self.from.color).await;
+        self.from_addrs = old.map(|probes| answering(&probes)).unwrap_or_default();
+        if let Err(err) = self.canary_steps(steps).await {
+            return self.flip_back(steps, began, Outcome::RolledBack, err).await;
+        }
         let flipped = async {
-            self.old_workers = self.edge.workers().await;
-            let old = self.edge.first().probe_tasks(self.from.color).await;
-            self.from_addrs = old.map(|probes| answering(&probes)).unwrap_or_default();
             let message = format!("switching nginx to {}", self.to.color);
             let apply = self.edge.apply(self.to.color, &self.to_addrs);
             steps.run("switch", message, apply).await?;
@@ -441,6 +460,7 @@ impl Switch<'_> {
             .insert(self.to.color, self.release.clone());
         self.state.replicas.insert(self.to.color, self.to.replicas);
         self.state.pending.remove(&self.to.color);
+        self.state.canary = None;
         let mut report = self.report(steps, began, Outcome::Ok, None);
         let warnings = self.record(&report).await;
         report.warnings.extend(warnings);
@@ -532,6 +552,8 @@ impl Switch<'_> {
         outcome: Outcome,
         err: anyhow::Error,
     ) -> Report {
+        // Every edge is back on the old color.
+        self.state.canary = None;
         if !self.settings.keep_failed {
             let (engine, name) = (self.stack.engine, self.target_name());
             let undone = match self.made {
@@ -565,6 +587,9 @@ impl Switch<'_> {
             hint: err.and_then(|err| crate::error::classify(err).1.map(str::to_owned)),
             readiness: self.readiness,
             switched_at: self.switched_at,
+            warnings: self.warnings.clone(),
+            canary: self.canary.clone(),
+            failed_at: self.failed_at,
             ..Report::new(self.operation, outcome, sides, steps, began)
         }
     }
@@ -580,7 +605,7 @@ impl Switch<'_> {
             from: report.from.clone(),
             to: report.to.clone(),
             outcome: report.outcome,
-            reason: report.reason.clone(),
+            reason: report.recorded_reason(),
             durations: report.durations(),
             hooks: report.hooks.clone(),
         };

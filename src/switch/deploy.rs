@@ -700,9 +700,9 @@ impl<'s> Switch<'s> {
             gate: None,
         };
         let gate = self.metric_gate(length);
+        let log = [(self.stack.engine, self.lb.container.name.as_str())];
         let judged = canary::judge_step(
-            self.stack.engine,
-            &self.lb.container.name,
+            &log,
             &addresses,
             gate.as_ref().map(|gate| (&self.client, gate)),
             Instant::now() + length,
