@@ -2006,6 +2006,10 @@ fn swarm_canary_gives_each_step_its_share_and_a_bad_canary_is_rolled_back() {
     until_swarm_canary(&project, 50);
     let second = ask_each_in_lab(&lab, &project, ("b", 200), "/api/health");
     let share = green_share(&second);
+    eprintln!(
+        "green's share of 200 clients: {:.1}% at 10%, {share:.1}% at 50%",
+        green_share(&first)
+    );
     assert!(
         (35.0..=65.0).contains(&share),
         "50% step: {share}% on green"

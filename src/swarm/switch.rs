@@ -99,6 +99,39 @@ async fn recorded_release(
     }
 }
 
+/// How many tasks `color` runs: its service's count, else (none, or 0)
+/// the compose file's, at least 1.
+async fn running_replicas(stack: &Stack<'_>, color: Color) -> Result<u64> {
+    let project = &stack.project.name;
+    let services = stack.engine.services(project).await?;
+    Ok(services
+        .iter()
+        .find(|s| s.name == service_name(project, color.service()))
+        .and_then(|s| s.replicas)
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| {
+            let declared = stack.compose.service(color.service()).map(|s| s.replicas);
+            u64::from(declared.unwrap_or(1).max(1))
+        }))
+}
+
+/// The release a deploy asks for, when it names one; an image it gives
+/// is on every node that may run `target`.
+async fn deploy_release(
+    stack: &Stack<'_>,
+    target: Color,
+    source: Source,
+    version: Option<String>,
+) -> Result<Option<Release>> {
+    let given = matches!(source, Source::Image(_));
+    let known = crate::switch::deploy::known_release(stack, target, source, version);
+    let release = known.await?;
+    if let Some(release) = release.as_ref().filter(|_| given) {
+        super::nodes::image_on_nodes(stack, target, release).await?;
+    }
+    Ok(release)
+}
+
 async fn locked(
     stack: &Stack<'_>,
     ask: Ask,
@@ -130,16 +163,7 @@ async fn locked(
         (Ok(_), None) => {}
     }
     let target = active.other();
-    let services = engine.services(project).await?;
-    let active_replicas = services
-        .iter()
-        .find(|s| s.name == service_name(project, active.service()))
-        .and_then(|s| s.replicas)
-        .filter(|n| *n > 0)
-        .unwrap_or_else(|| {
-            let declared = stack.compose.service(active.service()).map(|s| s.replicas);
-            u64::from(declared.unwrap_or(1).max(1))
-        });
+    let active_replicas = running_replicas(stack, active).await?;
     // A count `scale` recorded for the idle color is what a switch into
     // it starts; else as many tasks as the active color runs.
     let replicas = state
@@ -161,23 +185,16 @@ async fn locked(
     if let (Some(live), Ask::Deploy { .. }) = (&live, &ask) {
         return Err(canary::live(live, active));
     }
+    let rollback_to = match &live {
+        Some(live) => Some(&live.release),
+        None => state.releases.get(&target),
+    };
     let release = match ask {
         Ask::Deploy { source, version } => {
-            let given = matches!(source, Source::Image(_));
-            let known = async {
-                let known = crate::switch::deploy::known_release(stack, target, source, version);
-                let release = known.await?;
-                if let Some(release) = release.as_ref().filter(|_| given) {
-                    super::nodes::image_on_nodes(stack, target, release).await?;
-                }
-                Ok(release)
-            };
+            let known = deploy_release(stack, target, source, version);
             steps.wait("image", "getting the image", known).await?
         }
-        Ask::Rollback => match &live {
-            Some(live) => Some(live.release.clone()),
-            None => state.releases.get(&target).cloned(),
-        },
+        Ask::Rollback => rollback_to.cloned(),
     };
     let Some(release) = release else {
         return Err(failed_with_hint(

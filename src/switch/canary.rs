@@ -387,6 +387,30 @@ pub async fn judge_step(
     }
 }
 
+/// Holds one step at `percent` as step `hold N%` (`message`), while the
+/// step is announced to `notify`: `hold` watches and judges it, counting
+/// into its answers. The step's result, its answers (a failed step's too:
+/// they show what the judge saw), and the warnings of the announcement
+/// and of the count.
+pub async fn hold_step(
+    steps: &mut crate::switch::report::Steps<'_>,
+    (percent, message): (u8, String),
+    (notify, payload): (&[crate::notify::Target], &crate::notify::Payload),
+    hold: impl AsyncFnOnce(&mut StepAnswers) -> Result<()>,
+) -> (Result<()>, StepAnswers, Vec<String>) {
+    let mut answers = StepAnswers {
+        percent,
+        ..StepAnswers::default()
+    };
+    let name = format!("hold {percent}%");
+    let (held, mut warnings) = tokio::join!(
+        steps.wait(&name, message, hold(&mut answers)),
+        crate::notify::send(notify, payload)
+    );
+    warnings.extend(answers.warnings(held.is_ok()));
+    (held, answers, warnings)
+}
+
 /// The status and the last upstream address of an access-log line.
 fn parse_line(line: &str) -> Option<(u16, &str)> {
     // The request is the first quoted field; nginx escapes quotes in it.

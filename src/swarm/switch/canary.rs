@@ -108,28 +108,26 @@ impl Switch<'_> {
                 "recording the canary in the cluster's state: {err:#}"
             ));
         }
-        let mut answers = StepAnswers {
-            percent,
-            ..StepAnswers::default()
-        };
         let logs = self.edge.logs();
         let canary_addrs = with_port(&self.to_addrs);
         let until = tokio::time::Instant::now() + options.hold;
-        // No metric gate: Prometheus does not run on a Swarm stack; the
-        // tally of every edge's log judges.
-        let hold = canary::judge_step(&logs, &canary_addrs, None, until, &mut answers);
         let message = format!(
             "holding {percent}% for {}",
             crate::output::seconds(options.hold)
         );
         let payload = crate::notify::Payload::canary_step(project, &self.from, &self.to, percent);
-        let name = format!("hold {percent}%");
-        let (held, notified) = tokio::join!(
-            steps.wait(&name, message, hold),
-            crate::notify::send(&self.settings.notify, &payload)
-        );
-        self.warnings.extend(notified);
-        self.warnings.extend(answers.warnings(held.is_ok()));
+        let (held, answers, warnings) = canary::hold_step(
+            steps,
+            (percent, message),
+            (&self.settings.notify, &payload),
+            // No metric gate: Prometheus does not run on a Swarm stack;
+            // the tally of every edge's log judges.
+            async |answers: &mut StepAnswers| {
+                canary::judge_step(&logs, &canary_addrs, None, until, answers).await
+            },
+        )
+        .await;
+        self.warnings.extend(warnings);
         if let Some(progress) = &mut self.canary {
             progress.answers.push(answers);
         }
