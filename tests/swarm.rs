@@ -1932,6 +1932,34 @@ fn canary_deploy(project: &TestProject, version: &str, hold: &str) -> std::proce
         .expect("starting the canary deploy")
 }
 
+/// A canary has ended: none recorded, blue active, 100 clients (cookies
+/// `<tag>-<n>`) all answered by blue, green scaled to 0.
+fn canary_ended(lab: &SwarmLab, project: &TestProject, tag: &str) {
+    assert_eq!(swarm_canary(project), None);
+    let status = project.status();
+    assert_eq!(status["active"], "blue", "{status}");
+    let after = ask_each_in_lab(lab, project, (tag, 100), "/api/health");
+    assert!(
+        after
+            .iter()
+            .all(|(code, color)| *code == 200 && color == "blue"),
+        "{after:?}"
+    );
+    eventually(
+        "green scaled to 0",
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || {
+            let green = service_of(&project.status(), "cryptus-green");
+            if green["replicas"] == 0 {
+                Ok(())
+            } else {
+                Err(green.to_string())
+            }
+        },
+    );
+}
+
 /// The canary `status --json` shows on a Swarm: (color, percent).
 fn swarm_canary(project: &TestProject) -> Option<(String, u64)> {
     let status = project.status();
@@ -1961,7 +1989,8 @@ fn until_swarm_canary(project: &TestProject, percent: u64) {
 /// on green. Then, back on blue, a canary of a green answering 20% 5xx is
 /// rolled back at its first step by the tally of the edge's access log
 /// (no Prometheus on a Swarm): exit 1, every client back on blue, green at
-/// 0 tasks.
+/// 0 tasks. A canary deploy killed at 10% is then waited for by `deploy`
+/// and ended by `rollback`.
 #[test]
 fn swarm_canary_gives_each_step_its_share_and_a_bad_canary_is_rolled_back() {
     let lab = SwarmLab::up(3);
@@ -1975,7 +2004,9 @@ fn swarm_canary_gives_each_step_its_share_and_a_bad_canary_is_rolled_back() {
     let load = LabLoad::start(&lab, 1, addr.parse().expect("an address"));
     std::thread::sleep(Duration::from_secs(2));
 
-    let deploy = canary_deploy(&project, "2.0.0", "25s");
+    // Held long enough to measure each step on a busy machine: each
+    // measurement then checks it was taken within its step.
+    let deploy = canary_deploy(&project, "2.0.0", "60s");
     until_swarm_canary(&project, 10);
     let text = stdout(&project.ok(&["status"]));
     assert!(
@@ -2002,6 +2033,11 @@ fn swarm_canary_gives_each_step_its_share_and_a_bad_canary_is_rolled_back() {
     for &n in &sticky {
         assert_eq!(again[n].1, "green", "client a-{n} left green at 10%");
     }
+    assert_eq!(
+        swarm_canary(&project),
+        Some(("green".to_owned(), 10)),
+        "still at 10% after measuring"
+    );
 
     until_swarm_canary(&project, 50);
     let second = ask_each_in_lab(&lab, &project, ("b", 200), "/api/health");
@@ -2018,6 +2054,11 @@ fn swarm_canary_gives_each_step_its_share_and_a_bad_canary_is_rolled_back() {
     for &n in &sticky {
         assert_eq!(later[n].1, "green", "client a-{n} went back to blue at 50%");
     }
+    assert_eq!(
+        swarm_canary(&project),
+        Some(("green".to_owned(), 50)),
+        "still at 50% after measuring"
+    );
 
     let output =
         support::wait::output_within("the canary deploy ended", deploy, Duration::from_secs(600));
@@ -2062,27 +2103,32 @@ fn swarm_canary_gives_each_step_its_share_and_a_bad_canary_is_rolled_back() {
         report["total"].as_f64() < Some(90.0),
         "the step failed before its hold ended: {report}"
     );
-    assert_eq!(swarm_canary(&project), None);
-    let status = project.status();
-    assert_eq!(status["active"], "blue", "{status}");
-    let after = ask_each_in_lab(&lab, &project, ("c", 100), "/api/health");
+    canary_ended(&lab, &project, "c");
+    killed_canary_is_ended_by_rollback(&lab, &mut project);
+}
+
+/// A canary deploy SIGKILLed at 10% leaves its canary live and recorded:
+/// `deploy` waits for it (exit 1, naming it), and `rollback` ends it:
+/// every client back on blue, green at 0 tasks, no canary recorded.
+fn killed_canary_is_ended_by_rollback(lab: &SwarmLab, project: &mut TestProject) {
+    project.set_env("GREEN_ERROR_RATIO", "0");
+    let mut deploy = canary_deploy(project, "4.0.0", "10m");
+    until_swarm_canary(project, 10);
+    deploy.kill().expect("killing the canary deploy");
+    deploy.wait().expect("reaping the canary deploy");
+    let mixed = ask_each_in_lab(lab, project, ("k", 100), "/api/health");
     assert!(
-        after
-            .iter()
-            .all(|(code, color)| *code == 200 && color == "blue"),
-        "{after:?}"
+        mixed.iter().any(|(_, c)| c == "green") && mixed.iter().any(|(_, c)| c == "blue"),
+        "{mixed:?}"
     );
-    eventually(
-        "green scaled to 0",
-        Duration::from_secs(60),
-        Duration::from_millis(500),
-        || {
-            let green = service_of(&project.status(), "cryptus-green");
-            if green["replicas"] == 0 {
-                Ok(())
-            } else {
-                Err(green.to_string())
-            }
-        },
-    );
+    let output = deploy_2_0_0(project, &["--timeout", "240s"]);
+    assert_code(&output, 1);
+    let text = stderr(&output);
+    assert!(text.contains("a canary of green is live at 10%"), "{text}");
+    assert_eq!(swarm_canary(project), Some(("green".to_owned(), 10)));
+    let output = project.run(&["rollback", "--timeout", "240s"]);
+    assert_code(&output, 0);
+    let text = stderr(&output);
+    assert!(text.contains("putting every client back on blue"), "{text}");
+    canary_ended(lab, project, "k");
 }
