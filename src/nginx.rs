@@ -191,7 +191,7 @@ fn top_level_statements(text: &str) -> Vec<(usize, usize)> {
 
 /// A canary in progress: `color` takes `percent` of the traffic, the
 /// served color the rest.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Canary {
     pub color: Color,
     pub percent: u8,

@@ -555,22 +555,10 @@ fn nothing_changed(lab: &SwarmLab, project: &TestProject, what: &str) {
     assert_eq!(lock.trim(), "", "{what} left the deploy lock");
 }
 
-/// What a switch on a Swarm does not do yet is refused before anything
-/// changes (exit 2, with a hint): `--canary`. The project's hooks are not
-/// refused: `deploy --dry-run` plans them, changing nothing. Leaves the
-/// hooks declared, in the override file.
-fn refuses_canary_and_hooks(lab: &SwarmLab, project: &TestProject) {
+/// The project's hooks are planned by `deploy --dry-run` on a Swarm,
+/// which changes nothing. Leaves the hooks declared, in the override file.
+fn dry_run_plans_the_hooks(lab: &SwarmLab, project: &TestProject) {
     let nothing_changed = |what: &str| nothing_changed(lab, project, what);
-    let canary = deploy_2_0_0(project, &["--canary", "10"]);
-    assert_code(&canary, 2);
-    let err = stderr(&canary);
-    assert!(
-        err.contains("deploy --canary on a Docker Swarm is not done yet"),
-        "{err}"
-    );
-    assert!(err.contains("hint: deploy without --canary"), "{err}");
-    nothing_changed("deploy --canary");
-
     let path = project.path().join("compose/docker-compose.override.yml");
     let mut file = std::fs::read_to_string(&path).expect("reading the override file");
     file.push_str("x-cryptus:\n  hooks:\n    pre-deploy: [\"/cryptus-app\", \"healthcheck\"]\n    pre-rollback: [\"/cryptus-app\", \"healthcheck\"]\n");
@@ -607,7 +595,7 @@ fn swarm_deploy_moves_traffic_to_green_on_every_node_and_rollback_brings_blue_ba
     let status = project.status();
     assert_eq!(status["active"], "blue", "{status}");
     assert_eq!(served_by_edge(&lab, &project)["instance"], "blue");
-    refuses_canary_and_hooks(&lab, &project);
+    dry_run_plans_the_hooks(&lab, &project);
 
     // Every kind of client, from inside the lab, across 6 flips.
     let addr = format!("{}:{}", SwarmLab::address(1), project.port);
@@ -2457,4 +2445,266 @@ fn swarm_dry_run_changes_nothing_and_hooks_run_as_jobs() {
     assert_eq!(hook_jobs(), 0, "a hook's job is left");
     let recorded = recorded_state(&lab, &project);
     assert!(recorded.contains("\"post-deploy\""), "{recorded}");
+}
+
+/// Each of `clients` cookies (`cryptus_sid=<tag>-<n>`) asks `path` once
+/// through the manager's edge, from inside the lab: each answer's (code,
+/// color).
+fn ask_each_in_lab(
+    lab: &SwarmLab,
+    project: &TestProject,
+    (tag, clients): (&str, usize),
+    path: &str,
+) -> Vec<(u16, String)> {
+    let url = format!("http://{}:{}{path}", SwarmLab::address(1), project.port);
+    let script = format!(
+        "n=0; while [ $n -lt {clients} ]; do\n\
+           out=$(curl -s -m 10 -H 'Cookie: cryptus_sid={tag}-'$n -w ' %{{http_code}}' '{url}')\n\
+           case \"$out\" in *'\"instance\":\"green\"'*) c=green;; *'\"instance\":\"blue\"'*) c=blue;; *) c=none;; esac\n\
+           echo \"${{out##* }} $c\"; n=$((n+1))\n\
+         done"
+    );
+    let output = support::wait::run_within(
+        "the lab's clients ended",
+        lab.in_node(1, &["sh", "-c", &script]),
+        Duration::from_secs(120),
+    );
+    let answers: Vec<(u16, String)> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| line.split_once(' '))
+        .map(|(code, color)| (code.parse().unwrap_or(0), color.to_owned()))
+        .collect();
+    assert_eq!(answers.len(), clients, "{output:?}");
+    answers
+}
+
+fn green_share(answers: &[(u16, String)]) -> f64 {
+    let green = answers.iter().filter(|(_, c)| c == "green").count();
+    100.0 * green as f64 / answers.len() as f64
+}
+
+/// `deploy --canary 10,50 --step HOLD` of the app's image as `version`,
+/// started and left running, its output piped.
+fn canary_deploy(project: &TestProject, version: &str, hold: &str) -> std::process::Child {
+    let image = support::app_image();
+    project
+        .command(&[
+            "deploy",
+            "--image",
+            &image,
+            "--version",
+            version,
+            "--canary",
+            "10,50",
+            "--step",
+            hold,
+            "--timeout",
+            "240s",
+            "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting the canary deploy")
+}
+
+/// A canary has ended: none recorded, blue active, 100 clients (cookies
+/// `<tag>-<n>`) all answered by blue, green scaled to 0.
+fn canary_ended(lab: &SwarmLab, project: &TestProject, tag: &str) {
+    assert_eq!(swarm_canary(project), None);
+    let status = project.status();
+    assert_eq!(status["active"], "blue", "{status}");
+    let after = ask_each_in_lab(lab, project, (tag, 100), "/api/health");
+    assert!(
+        after
+            .iter()
+            .all(|(code, color)| *code == 200 && color == "blue"),
+        "{after:?}"
+    );
+    eventually(
+        "green scaled to 0",
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || {
+            let green = service_of(&project.status(), "cryptus-green");
+            if green["replicas"] == 0 {
+                Ok(())
+            } else {
+                Err(green.to_string())
+            }
+        },
+    );
+}
+
+/// The canary `status --json` shows on a Swarm: (color, percent).
+fn swarm_canary(project: &TestProject) -> Option<(String, u64)> {
+    let status = project.status();
+    let canary = &status["canary"];
+    Some((
+        canary["color"].as_str()?.to_owned(),
+        canary["percent"].as_u64()?,
+    ))
+}
+
+fn until_swarm_canary(project: &TestProject, percent: u64) {
+    eventually(
+        &format!("a canary at {percent}% in the cluster's state"),
+        Duration::from_secs(300),
+        Duration::from_millis(200),
+        || match swarm_canary(project) {
+            Some((color, at)) if at == percent => Ok(color),
+            other => Err(format!("{other:?}")),
+        },
+    );
+}
+
+/// `deploy --canary 10,50` on a Swarm (issue 16): under every kind of
+/// client from inside the lab, green gets roughly each step's share of
+/// clients (by cookie) on the edge, a client sent to green stays there,
+/// `status` says the canary is on, no request fails, and the deploy ends
+/// on green. Then, back on blue, a canary of a green answering 20% 5xx is
+/// rolled back at its first step by the tally of the edge's access log
+/// (no Prometheus on a Swarm): exit 1, every client back on blue, green at
+/// 0 tasks. A canary deploy killed at 10% is then waited for by `deploy`
+/// and ended by `rollback`.
+#[test]
+fn swarm_canary_gives_each_step_its_share_and_a_bad_canary_is_rolled_back() {
+    let lab = SwarmLab::up(3);
+    let mut project = on_lab(&lab, "swarm-canary");
+    for key in ["CRYPTUS_RATE_SITE", "CRYPTUS_RATE_API"] {
+        project.set_env(key, "1000000r/s");
+    }
+    project.set_service_env("green", "APP_ERROR_RATIO", "${GREEN_ERROR_RATIO:-0}");
+    project.ok(&["start", "--timeout", "240s"]);
+    let addr = format!("{}:{}", SwarmLab::address(1), project.port);
+    let load = LabLoad::start(&lab, 1, addr.parse().expect("an address"));
+    std::thread::sleep(Duration::from_secs(2));
+
+    // Held long enough to measure each step on a busy machine: each
+    // measurement then checks it was taken within its step.
+    let deploy = canary_deploy(&project, "2.0.0", "60s");
+    until_swarm_canary(&project, 10);
+    let text = stdout(&project.ok(&["status"]));
+    assert!(
+        text.contains("and 10% of clients to green (a canary)"),
+        "{text}"
+    );
+    let first = ask_each_in_lab(&lab, &project, ("a", 200), "/api/health");
+    assert!(first.iter().all(|(code, _)| *code == 200), "{first:?}");
+    let share = green_share(&first);
+    let nginx = task_on_manager(&lab, &project, "nginx");
+    let upstream = lab.docker_ok(
+        1,
+        &["exec", &nginx, "cat", "/etc/nginx/cryptus/upstream.conf"],
+    );
+    assert!(
+        (3.0..=20.0).contains(&share),
+        "10% step: {share}% on green; the edge's upstream:\n{upstream}\n{first:?}"
+    );
+    let sticky: Vec<usize> = (0..first.len())
+        .filter(|&n| first[n].1 == "green")
+        .collect();
+    assert!(!sticky.is_empty(), "no client on green at 10%");
+    let again = ask_each_in_lab(&lab, &project, ("a", 200), "/api/health");
+    for &n in &sticky {
+        assert_eq!(again[n].1, "green", "client a-{n} left green at 10%");
+    }
+    assert_eq!(
+        swarm_canary(&project),
+        Some(("green".to_owned(), 10)),
+        "still at 10% after measuring"
+    );
+
+    until_swarm_canary(&project, 50);
+    let second = ask_each_in_lab(&lab, &project, ("b", 200), "/api/health");
+    let share = green_share(&second);
+    eprintln!(
+        "green's share of 200 clients: {:.1}% at 10%, {share:.1}% at 50%",
+        green_share(&first)
+    );
+    assert!(
+        (35.0..=65.0).contains(&share),
+        "50% step: {share}% on green"
+    );
+    let later = ask_each_in_lab(&lab, &project, ("a", 200), "/api/health");
+    for &n in &sticky {
+        assert_eq!(later[n].1, "green", "client a-{n} went back to blue at 50%");
+    }
+    assert_eq!(
+        swarm_canary(&project),
+        Some(("green".to_owned(), 50)),
+        "still at 50% after measuring"
+    );
+
+    let output =
+        support::wait::output_within("the canary deploy ended", deploy, Duration::from_secs(600));
+    assert_code(&output, 0);
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(report["outcome"], "ok", "{report}");
+    assert_eq!(report["canary"]["reached"], 50, "{report}");
+    assert_eq!(report["canary"]["answers"][0]["judge"], "nginx-log");
+    assert!(
+        report["canary"]["answers"][0]["requests"].as_u64() > Some(0),
+        "the edge's log counted green's answers: {report}"
+    );
+    assert_eq!(served_by_edge(&lab, &project)["instance"], "green");
+    assert_eq!(swarm_canary(&project), None, "no canary once at 100%");
+    std::thread::sleep(Duration::from_secs(2));
+    every_kind_served(
+        load.finish().expect("the lab's clients"),
+        "across the canary",
+    );
+
+    // Back on blue, then a canary of a green failing 20% of real requests.
+    project.ok(&["rollback", "--timeout", "240s"]);
+    project.set_env("GREEN_ERROR_RATIO", "0.2");
+    let deploy = canary_deploy(&project, "3.0.0", "90s");
+    until_swarm_canary(&project, 10);
+    let answers = ask_each_in_lab(&lab, &project, ("c", 400), "/api/session");
+    assert!(
+        answers.iter().any(|(code, _)| *code >= 500),
+        "the canary failed no request"
+    );
+    let output =
+        support::wait::output_within("the failing canary ended", deploy, Duration::from_secs(600));
+    assert_code(&output, 1);
+    let text = stderr(&output);
+    assert!(text.contains("rolled back at 10%: "), "{text}");
+    assert!(text.contains("5xx in nginx's log"), "{text}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(report["outcome"], "rolled-back", "{report}");
+    assert_eq!(report["failed_at"], 10, "{report}");
+    assert_eq!(report["canary"]["answers"][0]["judge"], "nginx-log");
+    assert!(
+        report["total"].as_f64() < Some(90.0),
+        "the step failed before its hold ended: {report}"
+    );
+    canary_ended(&lab, &project, "c");
+    killed_canary_is_ended_by_rollback(&lab, &mut project);
+}
+
+/// A canary deploy SIGKILLed at 10% leaves its canary live and recorded:
+/// `deploy` waits for it (exit 1, naming it), and `rollback` ends it:
+/// every client back on blue, green at 0 tasks, no canary recorded.
+fn killed_canary_is_ended_by_rollback(lab: &SwarmLab, project: &mut TestProject) {
+    project.set_env("GREEN_ERROR_RATIO", "0");
+    let mut deploy = canary_deploy(project, "4.0.0", "10m");
+    until_swarm_canary(project, 10);
+    deploy.kill().expect("killing the canary deploy");
+    deploy.wait().expect("reaping the canary deploy");
+    let mixed = ask_each_in_lab(lab, project, ("k", 100), "/api/health");
+    assert!(
+        mixed.iter().any(|(_, c)| c == "green") && mixed.iter().any(|(_, c)| c == "blue"),
+        "{mixed:?}"
+    );
+    let output = deploy_2_0_0(project, &["--timeout", "240s"]);
+    assert_code(&output, 1);
+    let text = stderr(&output);
+    assert!(text.contains("a canary of green is live at 10%"), "{text}");
+    assert_eq!(swarm_canary(project), Some(("green".to_owned(), 10)));
+    let output = project.run(&["rollback", "--timeout", "240s"]);
+    assert_code(&output, 0);
+    let text = stderr(&output);
+    assert!(text.contains("putting every client back on blue"), "{text}");
+    canary_ended(lab, project, "k");
 }

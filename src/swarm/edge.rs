@@ -243,6 +243,28 @@ impl Edges {
         warnings
     }
 
+    /// Writes one upstream file (a canary's) on every edge, at once: write,
+    /// `nginx -t`, reload; the first failure, naming its node (the caller
+    /// puts every edge back).
+    pub async fn apply_upstream(&self, upstream: &str) -> Result<()> {
+        let applied = join_all(
+            self.all
+                .iter()
+                .map(|e| e.apply_file(nginx::UPSTREAM_FILE, upstream)),
+        )
+        .await;
+        applied.into_iter().collect()
+    }
+
+    /// Each edge's engine and nginx container, whose access logs a
+    /// canary's judge reads.
+    pub fn logs(&self) -> Vec<(&Engine, &str)> {
+        self.all
+            .iter()
+            .map(|e| (&e.engine, e.container.as_str()))
+            .collect()
+    }
+
     /// Each edge's nginx worker pids, to drain after a reload.
     pub async fn workers(&self) -> Vec<Vec<String>> {
         let workers = join_all(self.all.iter().map(Edge::workers)).await;

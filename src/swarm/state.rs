@@ -55,12 +55,25 @@ pub struct ClusterState {
     /// into it starts that many, then the count is cleared.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub pending: BTreeMap<Color, u32>,
+    /// A canary a deploy holds on the edges (the new color and its share),
+    /// while it runs; one left here by a killed deploy is live still.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<LiveCanary>,
     /// The newest [`KEPT_ENTRIES`] switches, oldest first.
     #[serde(default)]
     pub history: Vec<Entry>,
     /// The number of the config it was read from (0: none yet).
     #[serde(skip)]
     pub number: u64,
+}
+
+/// A canary the edges hold: its color and share, and the release it runs
+/// (which `rollback` names when it ends one a killed deploy left).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LiveCanary {
+    #[serde(flatten)]
+    pub canary: crate::nginx::Canary,
+    pub release: Release,
 }
 
 impl ClusterState {

@@ -26,6 +26,9 @@ pub struct SwarmStatus {
     pub active: Option<Color>,
     /// What each color last ran, as recorded.
     pub releases: BTreeMap<Color, Release>,
+    /// A canary the edges hold (the new color and its share), as the
+    /// cluster records it: a canary deploy runs, or was killed.
+    pub canary: Option<crate::nginx::Canary>,
     pub nodes: Vec<Node>,
     pub services: Vec<ServiceView>,
 }
@@ -93,6 +96,7 @@ pub async fn gather(engine: &Engine, project: &str, declared: &[String]) -> Resu
         manager,
         active: state.active,
         releases: state.releases,
+        canary: state.canary.map(|live| live.canary),
         services: views(project, &services, &tasks, &nodes, declared),
         nodes,
     })
@@ -194,12 +198,19 @@ pub fn render(status: &SwarmStatus) -> String {
         status.manager.as_deref().unwrap_or("?"),
         status.nodes.len()
     ));
+    let canary = match status.canary {
+        Some(canary) => format!(
+            ", and {}% of clients to {} (a canary)",
+            canary.percent, canary.color
+        ),
+        None => String::new(),
+    };
     match status.active.map(|c| (c, status.releases.get(&c))) {
         Some((color, Some(release))) => text.push_str(&format!(
-            "active: {color} {} ({})\n\n",
+            "active: {color} {} ({}){canary}\n\n",
             release.version, release.image
         )),
-        Some((color, None)) => text.push_str(&format!("active: {color}\n\n")),
+        Some((color, None)) => text.push_str(&format!("active: {color}{canary}\n\n")),
         None => text.push_str("active: none recorded (the stack was never started)\n\n"),
     }
     let dash = || "-".to_owned();
@@ -325,6 +336,7 @@ mod tests {
                     version: "2".into(),
                 },
             )]),
+            canary: None,
             nodes,
             services: views,
         };
@@ -337,5 +349,18 @@ mod tests {
         assert!(lines[6].contains("cryptus-blue.1  n1"), "{text}");
         assert!(lines[8].contains("pending (no suitable node)"), "{text}");
         assert!(lines[9].starts_with("redis") && lines[9].contains("not created"));
+        let status = SwarmStatus {
+            active: Some(Color::Blue),
+            canary: Some(crate::nginx::Canary {
+                color: Color::Green,
+                percent: 10,
+            }),
+            ..status
+        };
+        let text = render(&status);
+        assert!(
+            text.contains("\nactive: blue, and 10% of clients to green (a canary)\n"),
+            "{text}"
+        );
     }
 }

@@ -33,6 +33,8 @@ use crate::switch::watch;
 use crate::switch::{Ask, Plan, Settings, Source};
 use crate::wait::{self, Limits, Seen};
 
+mod canary;
+
 use super::edge::Edges;
 use super::plan::service_spec;
 use super::service_name;
@@ -41,18 +43,8 @@ use super::state::{self, ClusterLock, ClusterState};
 /// Failed probes in a row, while watching, that put traffic back.
 const WATCH_FAILURES: u32 = 3;
 
-/// What a switch on a Swarm cannot do yet is refused before anything is
-/// touched, rather than quietly left out: a canary.
-fn refuse_not_done(_stack: &Stack<'_>, settings: &Settings) -> Result<()> {
-    if settings.canary.is_some() {
-        return Err(usage(
-            "deploy --canary on a Docker Swarm is not done yet",
-            "deploy without --canary, or on one engine",
-        ));
-    }
-    Ok(())
-}
-
+/// `deploy --build`, which a Swarm cannot do yet, is refused before
+/// anything is touched.
 fn refuse_build(ask: &Ask) -> Result<()> {
     if let Ask::Deploy {
         source: Source::Build(_),
@@ -79,7 +71,6 @@ pub async fn run(stack: &Stack<'_>, ask: Ask, settings: &Settings) -> Result<Rep
     crate::interrupt::catch();
     ask.check()?;
     refuse_build(&ask)?;
-    refuse_not_done(stack, settings)?;
     let (engine, project) = (stack.engine, &stack.project.name);
     let edge = Edges::find(engine, project).await?;
     let mut steps = Steps::new(stack.printer);
@@ -107,6 +98,23 @@ async fn recorded_release(
         Some(release) => Ok(release.clone()),
         None => stack.default_release(color).await,
     }
+}
+
+/// The release a deploy asks for, when it names one; an image it gives
+/// is on every node that may run `target`.
+async fn deploy_release(
+    stack: &Stack<'_>,
+    target: Color,
+    source: Source,
+    version: Option<String>,
+) -> Result<Option<Release>> {
+    let given = matches!(source, Source::Image(_));
+    let known = crate::switch::deploy::known_release(stack, target, source, version);
+    let release = known.await?;
+    if let Some(release) = release.as_ref().filter(|_| given) {
+        super::nodes::image_on_nodes(stack, target, release).await?;
+    }
+    Ok(release)
 }
 
 async fn locked(
@@ -159,7 +167,13 @@ async fn locked(
         monitored: decided.monitored,
         hooks: Vec::new(),
         warnings: Vec::new(),
+        canary: None,
+        failed_at: None,
     };
+    // A rollback ends a canary a killed deploy left (a deploy was refused).
+    if switch.state.canary.is_some() {
+        return switch.abandon_canary(steps, began).await;
+    }
     switch.execute(steps, began).await
 }
 
@@ -219,20 +233,22 @@ async fn decide(
         replicas: u32::try_from(replicas).unwrap_or(u32::MAX),
     };
     let from = side(active, &from_release, active_replicas);
+    // A canary a killed deploy left is ended by a rollback, and a deploy
+    // waits for it: it would replace the tasks the edges send clients to.
+    let live = state.canary.clone();
+    if let (Some(live), Ask::Deploy { .. }) = (&live, &ask) {
+        return Err(canary::live(live, active));
+    }
+    let rollback_to = match &live {
+        Some(live) => Some(&live.release),
+        None => state.releases.get(&target),
+    };
     let release = match ask {
         Ask::Deploy { source, version } => {
-            let given = matches!(source, Source::Image(_));
-            let known = async {
-                let known = crate::switch::deploy::known_release(stack, target, source, version);
-                let release = known.await?;
-                if let Some(release) = release.as_ref().filter(|_| given) {
-                    super::nodes::image_on_nodes(stack, target, release).await?;
-                }
-                Ok(release)
-            };
+            let known = deploy_release(stack, target, source, version);
             steps.wait("image", "getting the image", known).await?
         }
-        Ask::Rollback => state.releases.get(&target).cloned(),
+        Ask::Rollback => rollback_to.cloned(),
     };
     let Some(release) = release else {
         return Err(failed_with_hint(
@@ -255,7 +271,6 @@ async fn decide(
 pub async fn dry_run(stack: &Stack<'_>, ask: Ask, settings: &Settings) -> Result<Plan> {
     ask.check()?;
     refuse_build(&ask)?;
-    refuse_not_done(stack, settings)?;
     let (engine, project) = (stack.engine, &stack.project.name);
     let edge = Edges::find(engine, project).await?;
     let state = state::read(engine, project).await?;
@@ -354,6 +369,10 @@ struct Switch<'s> {
     /// The deploy hooks that ran.
     hooks: Vec<HookRun>,
     /// What went wrong without undoing the switch (a post- hook).
+    /// A canary's steps and how far it came.
+    canary: Option<crate::switch::canary::Progress>,
+    /// The canary's share when a step failed.
+    failed_at: Option<u8>,
     warnings: Vec<String>,
 }
 
@@ -383,15 +402,18 @@ impl Switch<'_> {
         if let Err(err) = ready.await {
             return Ok(self.fail(steps, began, Outcome::Failed, err).await);
         }
+        // The versions tell how each edge is pointed at the tasks.
+        let (workers, old, ()) = tokio::join!(
+            self.edge.workers(),
+            self.edge.first().probe_tasks(self.from.color),
+            self.edge.learn_versions()
+        );
+        self.old_workers = workers;
+        self.from_addrs = old.map(|probes| answering(&probes)).unwrap_or_default();
+        if let Err(err) = self.canary_steps(steps).await {
+            return self.flip_back(steps, began, Outcome::RolledBack, err).await;
+        }
         let flipped = async {
-            // The versions tell how each edge is pointed at the tasks.
-            let (workers, old, ()) = tokio::join!(
-                self.edge.workers(),
-                self.edge.first().probe_tasks(self.from.color),
-                self.edge.learn_versions()
-            );
-            self.old_workers = workers;
-            self.from_addrs = old.map(|probes| answering(&probes)).unwrap_or_default();
             let message = format!("switching nginx to {}", self.to.color);
             let apply = self.edge.apply(self.to.color, &self.to_addrs);
             steps.run("switch", message, apply).await?;
@@ -553,6 +575,16 @@ impl Switch<'_> {
     /// [`WATCH_FAILURES`] failed looks in a row end it. Where Prometheus
     /// runs, the metric gate's condition holding ends it too, asked as on
     /// one engine ([`watch::ask_gate`]) from inside the edge nginx.
+    /// The metric gate over `window` for the new version, where the stack
+    /// runs Prometheus, asked from inside the edge.
+    fn metric_gate(&self, window: std::time::Duration) -> Option<watch::Gate> {
+        self.monitored.then(|| {
+            let prometheus = self.edge.first().prometheus();
+            let (color, version) = (self.to.color, &self.release.version);
+            watch::Gate::new(prometheus, &self.settings.gate, color, version, window)
+        })
+    }
+
     async fn watch(&self, steps: &mut Steps<'_>) -> Result<()> {
         let watch = self.settings.watch;
         if watch.is_zero() {
@@ -560,11 +592,7 @@ impl Switch<'_> {
         }
         let expect = self.expect();
         let wanted = usize::try_from(self.replicas).unwrap_or(usize::MAX);
-        let gate = self.monitored.then(|| {
-            let prometheus = self.edge.first().prometheus();
-            let (color, version) = (self.to.color, &self.release.version);
-            watch::Gate::new(prometheus, &self.settings.gate, color, version, watch)
-        });
+        let gate = self.metric_gate(watch);
         let (client, printer) = (crate::health::client(), self.stack.printer);
         let watching = async {
             let end = Instant::now() + watch;
@@ -629,8 +657,8 @@ impl Switch<'_> {
             .insert(self.to.color, self.release.clone());
         self.state.replicas.insert(self.to.color, self.to.replicas);
         self.state.pending.remove(&self.to.color);
+        self.state.canary = None;
         let mut report = self.report(steps, began, Outcome::Ok, None);
-        report.warnings.append(&mut self.warnings);
         let warnings = self.record(&report).await;
         report.warnings.extend(warnings);
         report.warnings.extend(self.edge.pinned_warnings().await);
@@ -722,6 +750,8 @@ impl Switch<'_> {
         outcome: Outcome,
         err: anyhow::Error,
     ) -> Report {
+        // Every edge is back on the old color.
+        self.state.canary = None;
         if !self.settings.keep_failed {
             let (engine, name) = (self.stack.engine, self.target_name());
             let undone = match self.made {
@@ -756,6 +786,9 @@ impl Switch<'_> {
             readiness: self.readiness,
             switched_at: self.switched_at,
             hooks: self.hooks.clone(),
+            warnings: self.warnings.clone(),
+            canary: self.canary.clone(),
+            failed_at: self.failed_at,
             ..Report::new(self.operation, outcome, sides, steps, began)
         }
     }
@@ -771,7 +804,7 @@ impl Switch<'_> {
             from: report.from.clone(),
             to: report.to.clone(),
             outcome: report.outcome,
-            reason: report.reason.clone(),
+            reason: report.recorded_reason(),
             durations: report.durations(),
             hooks: report.hooks.clone(),
         };

@@ -315,14 +315,14 @@ pub fn verdict(answers: &StepAnswers, gate: Option<&Answer>, waited: bool) -> Op
 }
 
 /// One step's judge, until `until`: counts the canary's answers
-/// (`canary`: its `ip:port`s) in nginx's access log into `answers`, asks
-/// the metric gate, if any, every [`GATE_EVERY`] and at the end, and fails
-/// as soon as [`verdict`] says. `answers` keeps the counts either way.
-/// A log that cannot be read counts nothing: the probes and the gate still
-/// watch.
+/// (`canary`: its `ip:port`s) in the access log of every nginx in `logs`
+/// (its engine and container: one on one engine, each edge on a Swarm)
+/// into `answers`, asks the metric gate, if any, every [`GATE_EVERY`] and
+/// at the end, and fails as soon as [`verdict`] says. `answers` keeps the
+/// counts either way. A log that cannot be read counts nothing from then
+/// on: the probes and the gate still watch.
 pub async fn judge_step(
-    engine: &Engine,
-    nginx: &str,
+    logs: &[(&Engine, &str)],
     canary: &[String],
     gate: Option<(&reqwest::Client, &Gate)>,
     until: Instant,
@@ -331,9 +331,14 @@ pub async fn judge_step(
     use futures_util::StreamExt;
     let began = Instant::now();
     let blind_until = until.min(began + GATE_SEES_WITHIN);
-    let lines = engine.log_lines(nginx, true, None, chrono::Utc::now().timestamp());
-    let mut lines = std::pin::pin!(lines);
-    let mut log_open = true;
+    let since = chrono::Utc::now().timestamp();
+    // Every nginx's lines as they come: the tally is the stack's, whichever
+    // edge a client went through.
+    let mut lines = futures_util::stream::select_all(
+        logs.iter()
+            .map(|(engine, nginx)| Box::pin(engine.log_lines(nginx, true, None, since))),
+    );
+    let mut log_open = !logs.is_empty();
     // Not asked yet is blind: the first answer comes after GATE_EVERY.
     let mut said = gate.map(|_| Answer::Blind);
     let mut next_ask = began + GATE_EVERY;
@@ -355,7 +360,7 @@ pub async fn judge_step(
                     answers.unread = Some(format!("{err:#}"));
                     log_open = false;
                 }
-                // nginx's log ended (it stopped: the probes say so).
+                // Every nginx's log ended (it stopped: the probes say so).
                 None => log_open = false,
             },
             () = tokio::time::sleep_until(wake) => {}
@@ -380,6 +385,30 @@ pub async fn judge_step(
             return Ok(());
         }
     }
+}
+
+/// Holds one step at `percent` as step `hold N%` (`message`), while the
+/// step is announced to `notify`: `hold` watches and judges it, counting
+/// into its answers. The step's result, its answers (a failed step's too:
+/// they show what the judge saw), and the warnings of the announcement
+/// and of the count.
+pub async fn hold_step(
+    steps: &mut crate::switch::report::Steps<'_>,
+    (percent, message): (u8, String),
+    (notify, payload): (&[crate::notify::Target], &crate::notify::Payload),
+    hold: impl AsyncFnOnce(&mut StepAnswers) -> Result<()>,
+) -> (Result<()>, StepAnswers, Vec<String>) {
+    let mut answers = StepAnswers {
+        percent,
+        ..StepAnswers::default()
+    };
+    let name = format!("hold {percent}%");
+    let (held, mut warnings) = tokio::join!(
+        steps.wait(&name, message, hold(&mut answers)),
+        crate::notify::send(notify, payload)
+    );
+    warnings.extend(answers.warnings(held.is_ok()));
+    (held, answers, warnings)
 }
 
 /// The status and the last upstream address of an access-log line.

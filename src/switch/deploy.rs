@@ -644,22 +644,16 @@ impl<'s> Switch<'s> {
                 &self.to,
                 percent,
             );
-            let mut answers = canary::StepAnswers {
-                percent,
-                ..canary::StepAnswers::default()
-            };
-            let (name, hold) = (
-                format!("hold {percent}%"),
-                self.hold(expect, &mut answers, options.hold),
-            );
-            let (held, notified) = tokio::join!(
-                steps.wait(&name, message, hold),
-                crate::notify::send(&self.settings.notify, &payload)
-            );
-            self.warnings.extend(notified);
-            // A failed step's counts are kept too: they show what the judge
-            // saw, and what nginx's log saw beside the gate.
-            self.warnings.extend(answers.warnings(held.is_ok()));
+            let (held, answers, warnings) = canary::hold_step(
+                steps,
+                (percent, message),
+                (&self.settings.notify, &payload),
+                async |answers: &mut canary::StepAnswers| {
+                    self.hold(expect, answers, options.hold).await
+                },
+            )
+            .await;
+            self.warnings.extend(warnings);
             if let Some(progress) = &mut self.canary {
                 progress.answers.push(answers);
             }
@@ -700,9 +694,9 @@ impl<'s> Switch<'s> {
             gate: None,
         };
         let gate = self.metric_gate(length);
+        let log = [(self.stack.engine, self.lb.container.name.as_str())];
         let judged = canary::judge_step(
-            self.stack.engine,
-            &self.lb.container.name,
+            &log,
             &addresses,
             gate.as_ref().map(|gate| (&self.client, gate)),
             Instant::now() + length,

@@ -144,11 +144,7 @@ async fn record(stack: &Stack<'_>, report: &Report, settings: &Settings) -> Vec<
         from: report.from.clone(),
         to: report.to.clone(),
         outcome: report.outcome,
-        // A canary's failed step says where it stopped.
-        reason: match (report.failed_at, &report.reason) {
-            (Some(percent), Some(reason)) => Some(format!("at {percent}%: {reason}")),
-            _ => report.reason.clone(),
-        },
+        reason: report.recorded_reason(),
         durations,
         hooks: report.hooks.clone(),
     };

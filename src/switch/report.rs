@@ -100,6 +100,15 @@ impl Report {
         durations
     }
 
+    /// The reason the history records: a canary's failed step says where
+    /// it stopped.
+    pub fn recorded_reason(&self) -> Option<String> {
+        match (self.failed_at, &self.reason) {
+            (Some(percent), Some(reason)) => Some(format!("at {percent}%: {reason}")),
+            _ => self.reason.clone(),
+        }
+    }
+
     /// The one-line error of a failed report.
     pub fn error(&self) -> Option<String> {
         let reason = self.reason.as_deref().unwrap_or("unknown");

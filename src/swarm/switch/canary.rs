@@ -1,0 +1,263 @@
+//! `deploy --canary` on a Swarm: before the flip, every edge's nginx sends
+//! each step's share of clients to the new color, held and judged as on
+//! one engine ([`crate::switch::canary`]: the same steps, weights, judge
+//! and report), the tally read from every edge's access log.
+//!
+//! The canary's upstream names each task by its address, not the color's
+//! `tasks.<service>` name with `resolve`: nginx hashes a resolved address
+//! by the name it was resolved from, so every task of a color would share
+//! one set of points on the ring and one task would take all of that
+//! color's clients. By address, each task holds its own points, weighted
+//! from the task counts ([`canary::servers`]), as containers are on one
+//! engine; the flip to 100% goes back to the resolved name.
+
+use anyhow::Result;
+use tokio::time::Instant;
+
+use crate::error::failed_with_hint;
+use crate::history::Outcome;
+use crate::nginx::{self, Served};
+use crate::stack::{APP_PORT, Color};
+use crate::switch::canary::{self, Options, Progress, StepAnswers};
+use crate::switch::report::{Report, Steps};
+
+use super::Switch;
+use crate::swarm::state::LiveCanary;
+
+/// The `ip:port` of each address, as nginx's log names the upstream.
+fn with_port(addrs: &[std::net::IpAddr]) -> Vec<String> {
+    addrs.iter().map(|ip| format!("{ip}:{APP_PORT}")).collect()
+}
+
+/// The upstream of a canary at `percent` of `served`'s color over the old
+/// color's task addresses and the canary's, for every edge.
+pub fn upstream(
+    served: Served,
+    old: &[std::net::IpAddr],
+    canary: &[std::net::IpAddr],
+    cookie: &str,
+) -> Result<String> {
+    let percent = served.canary.map_or(0, |c| c.percent);
+    let names = |addrs: &[std::net::IpAddr]| addrs.iter().map(ToString::to_string).collect();
+    let (old, canary): (Vec<String>, Vec<String>) = (names(old), names(canary));
+    let servers = canary::servers(percent, &old, &canary, APP_PORT);
+    nginx::render_canary_upstream(served, &servers, cookie)
+}
+
+impl Switch<'_> {
+    /// A canary's steps, when one was asked, before the flip to 100%:
+    /// every edge sends each step's share of clients to the new color's
+    /// tasks, recorded in the cluster's state, then held and judged.
+    pub(super) async fn canary_steps(&mut self, steps: &mut Steps<'_>) -> Result<()> {
+        let Some(options) = self.settings.canary.clone() else {
+            return Ok(());
+        };
+        if self.from_addrs.is_empty() {
+            return Err(failed_with_hint(
+                format!(
+                    "no task of {} answered on the overlay: a canary needs the old color to serve the rest",
+                    self.from.color
+                ),
+                "`cryptus health` shows each task; deploy without --canary to move every client",
+            ));
+        }
+        self.canary = Some(Progress::new(self.to.color, &options.steps));
+        for &percent in &options.steps {
+            self.failed_at = Some(percent);
+            self.canary_step(steps, &options, percent).await?;
+        }
+        self.failed_at = None;
+        // The flip retires the canary's workers.
+        self.old_workers = self.edge.workers().await;
+        Ok(())
+    }
+
+    async fn canary_step(
+        &mut self,
+        steps: &mut Steps<'_>,
+        options: &Options,
+        percent: u8,
+    ) -> Result<()> {
+        let progress = self
+            .canary
+            .clone()
+            .unwrap_or_else(|| Progress::new(self.to.color, &[]));
+        let served = Served {
+            color: self.from.color,
+            canary: Some(progress.canary(percent)),
+        };
+        let text = upstream(served, &self.from_addrs, &self.to_addrs, &options.cookie)?;
+        let message = format!(
+            "sending {percent}% of clients to {} {}",
+            self.to.color, self.to.version
+        );
+        let name = format!("canary {percent}%");
+        steps
+            .run(&name, message, self.edge.apply_upstream(&text))
+            .await?;
+        if let Some(progress) = &mut self.canary {
+            progress.reached = Some(percent);
+        }
+        self.state.canary = served.canary.map(|canary| LiveCanary {
+            canary,
+            release: self.release.clone(),
+        });
+        let (engine, project) = (self.stack.engine, &self.stack.project.name);
+        if let Err(err) = super::state::write(engine, project, &mut self.state).await {
+            self.stack.printer.warn(format!(
+                "recording the canary in the cluster's state: {err:#}"
+            ));
+        }
+        let logs = self.edge.logs();
+        let canary_addrs = with_port(&self.to_addrs);
+        let until = tokio::time::Instant::now() + options.hold;
+        let (gate, client) = (self.metric_gate(options.hold), crate::health::client());
+        let message = format!(
+            "holding {percent}% for {}",
+            crate::output::seconds(options.hold)
+        );
+        let payload = crate::notify::Payload::canary_step(project, &self.from, &self.to, percent);
+        let (held, answers, warnings) = canary::hold_step(
+            steps,
+            (percent, message),
+            (&self.settings.notify, &payload),
+            // The metric gate where the stack runs Prometheus, weighed
+            // against the tally of every edge's log, as on one engine.
+            async |answers: &mut StepAnswers| {
+                let gate = gate.as_ref().map(|gate| (&client, gate));
+                canary::judge_step(&logs, &canary_addrs, gate, until, answers).await
+            },
+        )
+        .await;
+        self.warnings.extend(warnings);
+        if let Some(progress) = &mut self.canary {
+            progress.answers.push(answers);
+        }
+        held
+    }
+}
+
+/// Why a deploy waits for a canary a killed deploy left.
+pub fn live(live: &LiveCanary, active: Color) -> anyhow::Error {
+    failed_with_hint(
+        format!(
+            "a canary of {} is live at {}% (a canary deploy was killed)",
+            live.canary.color, live.canary.percent
+        ),
+        format!("`cryptus rollback` ends it, every client back on {active}; then deploy"),
+    )
+}
+
+impl Switch<'_> {
+    /// A rollback while a canary a killed deploy left is live: every edge
+    /// goes back to the served color (`from`), then the canary's color
+    /// (`to`) is scaled to 0. Recorded as a rollback from the canary's
+    /// release.
+    pub(super) async fn abandon_canary(
+        mut self,
+        steps: &mut Steps<'_>,
+        began: Instant,
+    ) -> Result<Report> {
+        let (active, canary) = (self.from.color, self.target_name());
+        let probes = self.edge.first().probe_tasks(active).await;
+        self.from_addrs = probes.map(|p| super::answering(&p)).unwrap_or_default();
+        self.old_workers = self.edge.workers().await;
+        let apply = self.edge.apply(active, &self.from_addrs);
+        let back = steps
+            .run(
+                "switch",
+                format!("putting every client back on {active}"),
+                apply,
+            )
+            .await;
+        // What moved: from the canary's release back to the served color's.
+        std::mem::swap(&mut self.from, &mut self.to);
+        if let Err(err) = back {
+            // The canary stays recorded: it is live still.
+            let mut report = self.report(steps, began, Outcome::Failed, Some(&err));
+            report.warnings.extend(self.record(&report).await);
+            return Ok(report);
+        }
+        let (stack, settings) = (self.stack, self.settings);
+        let retire = async {
+            let drained = self
+                .edge
+                .drain(stack.printer, &self.old_workers, settings.drain);
+            if let Err(err) = drained.await {
+                stack.printer.warn(format!("{err:#}"));
+            }
+            stack.engine.scale_service(&canary, 0).await.map(|_| ())
+        };
+        let message = format!("draining nginx's old workers, then scaling {canary} to 0");
+        let retired = steps.run("drain", message, retire).await;
+        self.state.canary = None;
+        self.state.active = Some(active);
+        let mut report = self.report(steps, began, Outcome::Ok, None);
+        if let Err(err) = retired {
+            report.warnings.push(format!("{err:#}"));
+        }
+        report.warnings.extend(self.record(&report).await);
+        for warning in &report.warnings {
+            stack.printer.warn(warning);
+        }
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nginx::Canary;
+    use crate::stack::Color;
+
+    fn addrs(prefix: &str, n: usize) -> Vec<std::net::IpAddr> {
+        (1..=n)
+            .map(|i| format!("{prefix}.{i}").parse().unwrap())
+            .collect()
+    }
+
+    /// Each task's points on nginx's ring are its weight: the canary's
+    /// tasks together hold the step's share, whatever the task counts.
+    #[test]
+    fn a_swarm_canary_weighs_each_task_by_the_task_counts() {
+        for (old, new) in [(3, 3), (3, 1), (1, 4), (5, 2)] {
+            for percent in [10, 50] {
+                let served = Served {
+                    color: Color::Blue,
+                    canary: Some(Canary {
+                        color: Color::Green,
+                        percent,
+                    }),
+                };
+                let text =
+                    upstream(served, &addrs("10.0.1", old), &addrs("10.0.2", new), "sid").unwrap();
+                let weight_of = |prefix: &str| -> u64 {
+                    text.lines()
+                        .filter(|l| l.trim_start().starts_with(&format!("server {prefix}.")))
+                        .map(|l| {
+                            let w = l.split("weight=").nth(1).unwrap();
+                            w.trim_end_matches(';').parse::<u64>().unwrap()
+                        })
+                        .sum()
+                };
+                let (blue, green) = (weight_of("10.0.1"), weight_of("10.0.2"));
+                let share = 100.0 * green as f64 / (blue + green) as f64;
+                assert!(
+                    (share - f64::from(percent)).abs() < 0.6,
+                    "{percent}% over {old}+{new} tasks: {share}\n{text}"
+                );
+                assert!(text.contains("hash $cryptus_canary_key consistent;"));
+                assert!(text.contains("default \"blue;canary=green:"), "{text}");
+                assert!(!text.contains("resolve"), "{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_canary_step_names_each_task_with_the_apps_port() {
+        assert_eq!(
+            with_port(&addrs("10.0.2", 2)),
+            ["10.0.2.1:3000", "10.0.2.2:3000"]
+        );
+    }
+}
