@@ -206,6 +206,11 @@ nginx_from_host() {
   base_rootfs "$root"
   copy_with_libs "$root" /usr/sbin/nginx
   add_shell "$root"
+  # As in Debian-based nginx images: bash (whose /dev/tcp cryptus's probes
+  # use on a Swarm; busybox's own wget cannot resolve in this root) and
+  # the tools the probes and nginx's Swarm entrypoint call by name.
+  copy_with_libs "$root" /bin/bash
+  for tool in timeout sed mkdir sort nslookup; do ln -sf busybox "$root/bin/$tool"; done
   install -D -m 0644 /etc/nginx/mime.types "$root/etc/nginx/mime.types"
   mkdir -p "$root"/etc/nginx/conf.d "$root"/var/lib/nginx "$root"/var/log/nginx "$root"/var/cache/nginx
   chown 33:33 "$root/var/lib/nginx"

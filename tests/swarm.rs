@@ -2012,6 +2012,20 @@ fn upstream_addresses(upstream: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// Each address (of nginx's upstream) is a live green task, asked from
+/// nginx's own container on the overlay.
+fn answer_as_green(lab: &SwarmLab, project: &TestProject, addresses: &BTreeSet<String>) {
+    let nginx = task_on_manager(lab, project, "nginx");
+    let fetch = "exec 3<>\"/dev/tcp/$0/3000\" || exit 1\nprintf 'GET /api/health HTTP/1.0\\r\\n\\r\\n' >&3\nexec timeout 3 cat <&3";
+    for address in addresses {
+        let answer = lab.docker_ok(1, &["exec", &nginx, "bash", "-c", fetch, address]);
+        assert!(
+            answer.contains("\"instance\":\"green\""),
+            "nginx names {address}, which answers {answer:?}"
+        );
+    }
+}
+
 /// An nginx older than 1.27.3 has no upstream `resolve`: its entrypoint
 /// takes it out (nginx resolves the color's name once, as it loads), each
 /// deploy, rollback and scale gives it the addresses of the tasks that
@@ -2026,7 +2040,7 @@ fn swarm_with_an_nginx_without_resolve_serves_the_task_addresses_and_follows_eac
     project.ok(&["start", "--timeout", "240s"]);
     let project = project;
     let nginx = task_on_manager(&lab, &project, "nginx");
-    let says = lab.docker_ok(1, &["exec", &nginx, "nginx", "-v"]);
+    let says = lab.docker_ok(1, &["exec", &nginx, "sh", "-c", "nginx -v 2>&1"]);
     let version =
         cryptus::nginx::parse_version(&says).unwrap_or_else(|| panic!("nginx -v: {says}"));
     assert!(
@@ -2064,31 +2078,19 @@ fn swarm_with_an_nginx_without_resolve_serves_the_task_addresses_and_follows_eac
     project.ok(&["scale", "cryptus-green", "4", "--timeout", "240s"]);
     let scaled = upstream_addresses(&edge_upstream(&lab, &project));
     assert_eq!(scaled.len(), 4, "scale gives nginx the 4 tasks: {scaled:?}");
-    assert!(
-        scaled.is_superset(&addresses),
-        "{addresses:?} -> {scaled:?}"
-    );
+    answer_as_green(&lab, &project, &scaled);
 
     project.ok(&["restart", "--timeout", "240s"]);
     let restarted = upstream_addresses(&edge_upstream(&lab, &project));
     assert_eq!(restarted.len(), 4, "{restarted:?}");
-    // Each address nginx names is a live green task, asked from nginx's
-    // own container on the overlay.
-    let nginx = task_on_manager(&lab, &project, "nginx");
-    for address in &restarted {
-        let url = format!("http://{address}:3000/api/health");
-        let answer = lab.docker_ok(1, &["exec", &nginx, "wget", "-q", "-T", "3", "-O-", &url]);
-        assert!(
-            answer.contains("\"instance\":\"green\""),
-            "nginx names {address}, which answers {answer:?} (before the restart: {scaled:?})"
-        );
-    }
+    answer_as_green(&lab, &project, &restarted);
 
     project.ok(&["rollback"]);
     no_request_failed(load, &stop, "through deploy, scale, restart and rollback");
     let back = served_by_edge(&lab, &project);
     assert_eq!(back["instance"], "blue", "{back}");
-    assert_eq!(upstream_addresses(&edge_upstream(&lab, &project)).len(), 3);
+    // blue comes back with green's count, 4.
+    assert_eq!(upstream_addresses(&edge_upstream(&lab, &project)).len(), 4);
 }
 
 /// The monitoring images (scripts/make-images.sh --monitoring) a Swarm
@@ -2707,4 +2709,69 @@ fn killed_canary_is_ended_by_rollback(lab: &SwarmLab, project: &mut TestProject)
     let text = stderr(&output);
     assert!(text.contains("putting every client back on blue"), "{text}");
     canary_ended(lab, project, "k");
+}
+
+/// `deploy --build` on a Swarm: with a worker's engine not named, it
+/// refuses (exit 1) naming that node, before any image is loaded or
+/// service changed; with every engine named, the image is built on the
+/// manager, loaded on each worker through its engine, and green serves it
+/// from all three nodes.
+#[test]
+fn swarm_deploy_build_builds_on_the_manager_and_loads_the_image_on_every_node() {
+    let lab = SwarmLab::up(3);
+    let mut project = started_on(&lab, "swarm-build", |_| {});
+    let context = std::path::Path::new(support::REPO).join("app");
+    let context = context.to_string_lossy().into_owned();
+    let build = |project: &TestProject, version: &str| {
+        project.run(&[
+            "deploy",
+            "--build",
+            &context,
+            "--version",
+            version,
+            "--timeout",
+            "240s",
+            "--json",
+        ])
+    };
+
+    project.set_env("CRYPTUS_SWARM_NODES", &lab.nodes_setting(&[2]));
+    let refused = build(&project, "7.0.1");
+    assert_code(&refused, 1);
+    let said = stderr(&refused);
+    let third = lab.node_name(3);
+    assert!(
+        said.contains(&format!("{third} (no engine known)")),
+        "the node with no engine is not named: {said}"
+    );
+    nothing_changed(&lab, &project, "a refused deploy --build");
+    let on_node = |node: usize, tag: &str| {
+        lab.docker(node, &["image", "inspect", tag])
+            .status
+            .success()
+    };
+    assert!(
+        !on_node(2, "cryptus:7.0.1"),
+        "an image was loaded before the refusal"
+    );
+
+    project.set_env("CRYPTUS_SWARM_NODES", &lab.nodes_setting(&[2, 3]));
+    let built = build(&project, "7.0.2");
+    assert_code(&built, 0);
+    let report: serde_json::Value = serde_json::from_slice(&built.stdout).expect("JSON");
+    let tag = report["to"]["image"]
+        .as_str()
+        .expect("the built image")
+        .to_owned();
+    assert!(tag.ends_with(":7.0.2"), "{report}");
+    for node in 1..=3 {
+        assert!(on_node(node, &tag), "{tag} is not on node {node}");
+    }
+    assert_eq!(tasks_on_nodes(&project, "cryptus-green", 3).len(), 3);
+    let served = served_by_edge(&lab, &project);
+    assert_eq!(
+        (&served["instance"], &served["version"]),
+        (&"green".into(), &"7.0.2".into()),
+        "{served}"
+    );
 }

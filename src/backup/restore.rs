@@ -225,14 +225,18 @@ async fn locked(
     contents: &Contents,
     printer: &Printer,
 ) -> Result<Restored> {
+    // A scratch redis a killed run left goes before anything else, also
+    // when it left redis stopped (the next `start` brings redis back).
+    crate::redis::sweep_scratch(engine, &project.name, printer).await?;
     let containers = super::stack_containers(engine, project).await?;
     let redis = containers
         .iter()
         .find(|c| c.service == REDIS_SERVICE && c.running)
         .ok_or_else(|| redis_not_running(project))?;
-    // A scratch redis a killed run left beside redis goes before anything
-    // else.
-    crate::redis::sweep_scratch(redis.engine(engine), &project.name, printer).await?;
+    // On a Swarm, the scratch ran beside redis, on its node.
+    if redis.node_engine.is_some() {
+        crate::redis::sweep_scratch(redis.engine(engine), &project.name, printer).await?;
+    }
     sweep_staged(project, printer);
     let staged = interrupt::or_interrupted(stage(engine, project, contents, &containers)).await?;
     interrupt::check()?;

@@ -1116,6 +1116,29 @@ impl Engine {
             .collect())
     }
 
+    /// Copies `image` from this engine to `to`: this engine's `docker save`
+    /// stream is `to`'s `docker load`, with nothing held on disk or in
+    /// memory on the way. The caller bounds it in time.
+    pub async fn copy_image(&self, image: &str, to: &Engine) -> Result<()> {
+        let saved = self.docker.export_image(image);
+        let options = bollard::query_parameters::ImportImageOptionsBuilder::default()
+            .quiet(true)
+            .build();
+        let mut loading = to.docker.import_image_stream(options, saved, None);
+        while let Some(item) = loading.next().await {
+            let info = item
+                .map_err(|err| engine_error(&err))
+                .with_context(|| format!("copying image {image}"))?;
+            if let Some(detail) = info.error_detail {
+                let message = detail
+                    .message
+                    .unwrap_or_else(|| "the load failed".to_owned());
+                return Err(anyhow!("copying image {image}: {}", message.trim()));
+            }
+        }
+        Ok(())
+    }
+
     /// Builds an image from a tar of its context with the classic builder,
     /// which builds `FROM scratch` with no registry. Returns the image id.
     pub async fn build_image(

@@ -26,20 +26,21 @@ use super::service_name;
 
 /// Fetches `/api/health` of each address `tasks.<service>` resolves to (or
 /// of one host, with `$4` = `one`), with whatever the image has: curl,
-/// wget (busybox), or bash's `/dev/tcp` (the Debian nginx images have bash
-/// and none of the others). Each answer follows a line `@@ <address>`; a
+/// bash's `/dev/tcp` (the Debian nginx images have bash), or wget (Alpine's
+/// busybox). bash comes before wget: a static busybox's wget can fail to
+/// resolve, or crash, where bash's own sockets work. Each answer follows a line `@@ <address>`; a
 /// fetch that fails prints `HTTP/1.0 000 <why>`.
 const PROBE_SCRIPT: &str = r#"name="$1"; port="$2"; path="$3"; how="$4"
 get() {
   if command -v curl >/dev/null 2>&1; then
     curl -s -i -m 3 "http://$1:$port$path" || echo "HTTP/1.0 000 curl exit $?"
-  elif command -v wget >/dev/null 2>&1; then
-    body=$(wget -q -T 3 -O- "http://$1:$port$path" 2>&1) && printf 'HTTP/1.0 200 OK\r\n\r\n%s\n' "$body" \
-      || printf 'HTTP/1.0 000 %s\n' "$body"
   elif command -v bash >/dev/null 2>&1; then
     bash -c 'exec 3<>"/dev/tcp/$0/$1" || exit 1
       printf "GET %s HTTP/1.0\r\nHost: cryptus\r\nConnection: close\r\n\r\n" "$2" >&3
       exec timeout 3 cat <&3' "$1" "$port" "$path" || echo "HTTP/1.0 000 no connection"
+  elif command -v wget >/dev/null 2>&1; then
+    body=$(wget -q -T 3 -O- "http://$1:$port$path" 2>&1) && printf 'HTTP/1.0 200 OK\r\n\r\n%s\n' "$body" \
+      || printf 'HTTP/1.0 000 %s\n' "$body"
   else
     echo "HTTP/1.0 000 no curl, wget or bash in the image"
   fi
@@ -235,7 +236,7 @@ impl Edges {
             if !edge.follows_names().await {
                 let version = edge.version().await.unwrap_or("of an unknown version");
                 warnings.push(format!(
-                    "nginx {version} on {} has no upstream `resolve` (1.27.3 or later): it sends to the addresses of the tasks as they are now; tasks the swarm moves or restarts are followed only at the next `cryptus deploy`, `rollback` or `scale`",
+                    "nginx {version} on {} has no upstream `resolve` (1.27.3 or later): it sends to the addresses of the tasks as they are now; tasks the swarm moves or restarts are followed only at the next `cryptus deploy`, `rollback`, `scale` or `restart`",
                     edge.node
                 ));
             }
@@ -310,6 +311,9 @@ impl Edges {
     }
 }
 
+/// The longest [`Follower::settle`] waits for the tasks to settle.
+const SETTLE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Keeps the edges whose nginx has no `resolve` pointed at a color's
 /// tasks while the swarm replaces them (a rolling restart): each
 /// [`Follower::look`] gives them the tasks answering now, when that
@@ -336,9 +340,40 @@ impl<'e> Follower<'e> {
         None
     }
 
-    /// Re-pins the edges when the color's answering tasks changed since
-    /// the last look; none answering leaves them as they are.
-    pub async fn look(&self) -> Result<()> {
+    /// [`Follower::look`]; a failure is logged and the last pin kept (a
+    /// missed look is made up by the next): a probe or reload that fails
+    /// once must not end a rolling restart half-way.
+    pub async fn look_or_warn(&self) {
+        if let Err(err) = self.look().await {
+            tracing::warn!("giving nginx the tasks of {}: {err:#}", self.color);
+        }
+    }
+
+    /// The last look once the swarm is done: until exactly `wanted` tasks
+    /// answer (a replaced task can answer for a moment after it left the
+    /// task list), for at most [`SETTLE_DEADLINE`]; then the edges get
+    /// those (or the last answering, at the deadline).
+    pub async fn settle(&self, wanted: usize) {
+        let end = tokio::time::Instant::now() + SETTLE_DEADLINE;
+        loop {
+            match self.answering().await {
+                Ok(now) if now.len() == wanted || tokio::time::Instant::now() >= end => {
+                    if let Err(err) = self.pin(now).await {
+                        tracing::warn!("giving nginx the tasks of {}: {err:#}", self.color);
+                    }
+                    return;
+                }
+                Err(err) if tokio::time::Instant::now() >= end => {
+                    tracing::warn!("giving nginx the tasks of {}: {err:#}", self.color);
+                    return;
+                }
+                _ => tokio::time::sleep(std::time::Duration::from_millis(250)).await,
+            }
+        }
+    }
+
+    /// The color's tasks answering healthy now, sorted.
+    async fn answering(&self) -> Result<Vec<IpAddr>> {
         let expect = crate::health::Expect {
             color: self.color,
             version: None,
@@ -350,6 +385,12 @@ impl<'e> Follower<'e> {
             .filter_map(|(addr, _)| addr.parse().ok())
             .collect();
         now.sort();
+        Ok(now)
+    }
+
+    /// Gives the edges `now` when it differs from what they were given;
+    /// none answering leaves them as they are.
+    async fn pin(&self, now: Vec<IpAddr>) -> Result<()> {
         let same = self.pinned.lock().map(|p| *p == now).unwrap_or(false);
         if now.is_empty() || same {
             return Ok(());
@@ -359,6 +400,13 @@ impl<'e> Follower<'e> {
             *pinned = now;
         }
         Ok(())
+    }
+
+    /// Re-pins the edges when the color's answering tasks changed since
+    /// the last look; none answering leaves them as they are.
+    pub async fn look(&self) -> Result<()> {
+        let now = self.answering().await?;
+        self.pin(now).await
     }
 }
 

@@ -105,36 +105,32 @@ pub fn names_registry(reference: &str) -> bool {
 /// else one error naming the nodes that lack it or whose engine is not
 /// known. An image of a registry is not asked for (every node can pull it).
 pub async fn image_on_nodes(stack: &Stack<'_>, color: Color, release: &Release) -> Result<()> {
-    let (engine, image) = (stack.engine, &release.image);
-    let Some(service) = stack.compose.service(color.service()) else {
-        return Ok(());
-    };
+    let image = &release.image;
     if names_registry(image) {
         return Ok(());
     }
-    let project = &stack.project.name;
-    let spec = super::plan::service_spec(project, stack.compose, service, release, None)?.spec;
-    let (membership, nodes) = tokio::try_join!(engine.membership(), engine.nodes())?;
-    let engines = NodeEngines::from_env(engine, &membership)?;
-    let asked = nodes
-        .iter()
-        .filter(|n| n.state == "ready" && n.availability == "active")
-        .filter(|n| may_run(n, &spec.constraints))
-        .map(|node| async {
-            if !engines.knows(node) {
-                return Ok(Some(format!("{} (no engine known)", node.hostname)));
-            }
-            let why = format!("{image} is looked for");
-            let labels = engines.engine(node, &why).await?.image_labels(image).await;
-            let labels =
-                labels.with_context(|| format!("looking for {image} on {}", node.hostname))?;
-            Ok::<_, anyhow::Error>(labels.is_none().then(|| node.hostname.clone()))
-        });
+    let Some((engines, nodes)) = may_run_color(stack, color, release).await? else {
+        return Ok(());
+    };
+    let asked = nodes.iter().map(|node| async {
+        if !engines.knows(node) {
+            return Ok(Some(format!("{} (no engine known)", node.hostname)));
+        }
+        let why = format!("{image} is looked for");
+        let labels = engines.engine(node, &why).await?.image_labels(image).await;
+        let labels = labels.with_context(|| format!("looking for {image} on {}", node.hostname))?;
+        Ok::<_, anyhow::Error>(labels.is_none().then(|| node.hostname.clone()))
+    });
     let missing: Vec<String> = try_join_all(asked).await?.into_iter().flatten().collect();
     if missing.is_empty() {
         return Ok(());
     }
-    Err(failed_with_hint(
+    Err(not_on_every_node(image, color, &missing))
+}
+
+/// Why a deploy cannot run `image` as `color`: the nodes that lack it.
+fn not_on_every_node(image: &str, color: Color, missing: &[String]) -> anyhow::Error {
+    failed_with_hint(
         format!(
             "{image} is not on every node that may run {color}: {}",
             missing.join(", ")
@@ -142,8 +138,77 @@ pub async fn image_on_nodes(stack: &Stack<'_>, color: Color, release: &Release) 
         format!(
             "load the image on those nodes (docker load) or push it to your registry and deploy that reference; name each node's engine in {NODES_VAR}"
         ),
-    ))
+    )
 }
+
+/// The ready, active nodes `color`'s placement allows for `release`, with
+/// the engines of the nodes; `None` when the compose file has no such
+/// color.
+async fn may_run_color<'s>(
+    stack: &'s Stack<'_>,
+    color: Color,
+    release: &Release,
+) -> Result<Option<(NodeEngines<'s>, Vec<Node>)>> {
+    let engine = stack.engine;
+    let Some(service) = stack.compose.service(color.service()) else {
+        return Ok(None);
+    };
+    let project = &stack.project.name;
+    let spec = super::plan::service_spec(project, stack.compose, service, release, None)?.spec;
+    let (membership, nodes) = tokio::try_join!(engine.membership(), engine.nodes())?;
+    let engines = NodeEngines::from_env(engine, &membership)?;
+    let nodes = nodes
+        .into_iter()
+        .filter(|n| n.state == "ready" && n.availability == "active")
+        .filter(|n| may_run(n, &spec.constraints))
+        .collect();
+    Ok(Some((engines, nodes)))
+}
+
+/// Loads an image the manager's engine has (one `deploy --build` built
+/// there) on every other node that may run `color` and lacks it, through
+/// its node's engine, streamed from one engine to the other. Nodes whose
+/// engine is not known refuse it before any is loaded.
+pub async fn load_on_nodes(stack: &Stack<'_>, color: Color, release: &Release) -> Result<()> {
+    let image = &release.image;
+    let Some((engines, nodes)) = may_run_color(stack, color, release).await? else {
+        return Ok(());
+    };
+    let unknown: Vec<String> = nodes
+        .iter()
+        .filter(|node| !engines.knows(node))
+        .map(|node| format!("{} (no engine known)", node.hostname))
+        .collect();
+    if !unknown.is_empty() {
+        return Err(not_on_every_node(image, color, &unknown));
+    }
+    let loads = nodes
+        .iter()
+        .filter(|node| !engines.is_manager(&node.id))
+        .map(|node| async {
+            let why = format!("{image} is loaded there");
+            let engine = engines.engine(node, &why).await?;
+            if engine.image_labels(image).await?.is_none() {
+                stack
+                    .printer
+                    .info(format!("loading {image} on {}", node.hostname));
+                let copied = stack.engine.copy_image(image, &engine);
+                tokio::time::timeout(LOAD_DEADLINE, copied)
+                    .await
+                    .map_err(|_| {
+                        anyhow::anyhow!("not done within {}", crate::output::uptime(LOAD_DEADLINE))
+                    })
+                    .and_then(|copied| copied)
+                    .with_context(|| format!("loading {image} on {}", node.hostname))?;
+            }
+            Ok::<_, anyhow::Error>(())
+        });
+    try_join_all(loads).await?;
+    Ok(())
+}
+
+/// The longest an image may take to be copied from the manager to a node.
+const LOAD_DEADLINE: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// The engine of each node, for one command.
 pub struct NodeEngines<'m> {

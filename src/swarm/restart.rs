@@ -87,7 +87,12 @@ pub fn plan(project: &str, compose: &Compose, services: &[Service]) -> Vec<Step>
         Some(service) if Color::of_service(service).is_some() => 1,
         _ => 0,
     };
-    let mut running: Vec<&Service> = services.iter().filter(|s| s.replicas != Some(0)).collect();
+    // A hook's job (one a killed run left) is no service to restart: a
+    // forced update would run the hook again.
+    let mut running: Vec<&Service> = services
+        .iter()
+        .filter(|s| s.replicas != Some(0) && !s.labels.contains_key(crate::stack::HOOK_LABEL))
+        .collect();
     // Stable: within a rank, the order the engine lists them (by name).
     running.sort_by_key(|s| rank(&s.name));
     running
@@ -299,7 +304,7 @@ impl Replace<'_> {
                 ));
             }
             if let Some(follower) = follower {
-                follower.look().await?;
+                follower.look_or_warn().await;
             }
             let (services, tasks) =
                 tokio::try_join!(engine.services(project), engine.tasks(project))?;
@@ -322,7 +327,7 @@ impl Replace<'_> {
     )
     .await?;
         if let Some(follower) = follower {
-            follower.look().await?;
+            follower.settle(after.len()).await;
         }
         Ok((before, after))
     }

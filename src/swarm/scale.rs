@@ -31,7 +31,7 @@ use crate::switch::Settings;
 use crate::switch::scale::{Report, failed_cleanly};
 use crate::wait::{self, Limits, Seen};
 
-use super::edge::{Edge, Edges};
+use super::edge::{Edge, Edges, Follower};
 use super::service_name;
 use super::state::{self, ClusterLock, ClusterState};
 use super::switch::gate_verdict;
@@ -177,9 +177,22 @@ impl Change<'_> {
                     "`cryptus status` shows the stack; `cryptus start` makes what is missing",
                 ));
             }
-            let answering = self.wait(edges.first(), settings).await?;
-            // An nginx without `resolve` is given the tasks as they are now.
-            edges.repin(self.expect.color, &answering).await
+            // An nginx without `resolve` follows the tasks as they change.
+            let follower = Follower::new(&edges, self.expect.color).await;
+            let answering = self
+                .wait(edges.first(), follower.as_ref(), settings)
+                .await?;
+            // An nginx without `resolve` is given the tasks as they are
+            // now. The count stands whatever happens here: a failure is
+            // said, and such an nginx fails requests over to the tasks it
+            // names until the next command gives it the count's.
+            if let Err(err) = edges.repin(self.expect.color, &answering).await {
+                printer.warn(format!(
+                    "giving nginx the tasks of {}: {err:#}; `cryptus scale` again gives it them",
+                    self.name
+                ));
+            }
+            Ok(())
         };
         let Err(err) = step.ended(changed.await) else {
             return Ok(());
@@ -203,11 +216,19 @@ impl Change<'_> {
     /// Until `to` tasks run and exactly `to` addresses of the service's
     /// name answer healthy from the edge, under `--timeout`: those
     /// addresses.
-    async fn wait(&self, edge: &Edge, settings: &Settings) -> Result<Vec<IpAddr>> {
+    async fn wait(
+        &self,
+        edge: &Edge,
+        follower: Option<&Follower<'_>>,
+        settings: &Settings,
+    ) -> Result<Vec<IpAddr>> {
         let (engine, project) = (self.stack.engine, &self.stack.project.name);
         let wanted = usize::try_from(self.to).unwrap_or(usize::MAX);
         let look = || async {
             crate::interrupt::check()?;
+            if let Some(follower) = follower {
+                follower.look_or_warn().await;
+            }
             let (services, tasks) =
                 tokio::try_join!(engine.services(project), engine.tasks(project))?;
             let current = wanted_running(&services, &tasks, self.name);

@@ -43,8 +43,8 @@ use super::state::{self, ClusterLock, ClusterState};
 /// Failed probes in a row, while watching, that put traffic back.
 const WATCH_FAILURES: u32 = 3;
 
-/// `deploy --build`, which a Swarm cannot do yet, is refused before
-/// anything is touched.
+/// A dry run of `deploy --build` is refused before anything is touched:
+/// its release is known only once built.
 fn refuse_build(ask: &Ask) -> Result<()> {
     if let Ask::Deploy {
         source: Source::Build(_),
@@ -52,8 +52,8 @@ fn refuse_build(ask: &Ask) -> Result<()> {
     } = ask
     {
         return Err(usage(
-            "deploy --build on a Docker Swarm is not done yet: every node needs the image",
-            "build the image, load it on every node (or push it to a registry), then deploy --image",
+            "deploy --dry-run --build on a Docker Swarm is not done: the release is known only once built",
+            "build the image and load it on every node, then deploy --dry-run --image",
         ));
     }
     Ok(())
@@ -70,7 +70,6 @@ pub async fn run(stack: &Stack<'_>, ask: Ask, settings: &Settings) -> Result<Rep
     let began = Instant::now();
     crate::interrupt::catch();
     ask.check()?;
-    refuse_build(&ask)?;
     let (engine, project) = (stack.engine, &stack.project.name);
     let edge = Edges::find(engine, project).await?;
     let mut steps = Steps::new(stack.printer);
@@ -101,13 +100,25 @@ async fn recorded_release(
 }
 
 /// The release a deploy asks for, when it names one; an image it gives
-/// is on every node that may run `target`.
+/// is on every node that may run `target`. One it builds is built on the
+/// manager and loaded on the other nodes that may run `target` and lack
+/// it, through their engines.
 async fn deploy_release(
     stack: &Stack<'_>,
     target: Color,
     source: Source,
     version: Option<String>,
 ) -> Result<Option<Release>> {
+    let source = match source.for_color(stack, target) {
+        Source::Build(context) => {
+            let built = crate::switch::deploy::build_release(stack, target, context, version);
+            let release = built.await?;
+            super::nodes::load_on_nodes(stack, target, &release).await?;
+            super::nodes::image_on_nodes(stack, target, &release).await?;
+            return Ok(Some(release));
+        }
+        other => other,
+    };
     let given = matches!(source, Source::Image(_));
     let known = crate::switch::deploy::known_release(stack, target, source, version);
     let release = known.await?;
@@ -147,6 +158,13 @@ async fn locked(
         }
         (Ok(_), None) => {}
     }
+    if forget_finished_canary(&mut state, active) {
+        if let Err(err) = state::write(engine, project, &mut state).await {
+            stack.printer.warn(format!(
+                "clearing the canary from the cluster's record: {err:#}"
+            ));
+        }
+    }
     let decided = decide(stack, ask, &state, active, steps).await?;
     let switch = Switch {
         stack,
@@ -175,6 +193,20 @@ async fn locked(
         return switch.abandon_canary(steps, began).await;
     }
     switch.execute(steps, began).await
+}
+
+/// Forgets a recorded canary whose color already serves every client
+/// (its deploy was cut short after the flip to 100%): it is over, and a
+/// rollback is then an ordinary one. Whether it did.
+fn forget_finished_canary(state: &mut ClusterState, active: Color) -> bool {
+    let over = state
+        .canary
+        .as_ref()
+        .is_some_and(|live| live.canary.color != active.other());
+    if over {
+        state.canary = None;
+    }
+    over
 }
 
 /// What a switch decides from what runs and what was asked, before it
@@ -273,7 +305,7 @@ pub async fn dry_run(stack: &Stack<'_>, ask: Ask, settings: &Settings) -> Result
     refuse_build(&ask)?;
     let (engine, project) = (stack.engine, &stack.project.name);
     let edge = Edges::find(engine, project).await?;
-    let state = state::read(engine, project).await?;
+    let mut state = state::read(engine, project).await?;
     let served = edge.served().await;
     let (active, disagree) = believe(state.active, served.as_ref().ok().copied());
     match (&served, disagree) {
@@ -283,6 +315,8 @@ pub async fn dry_run(stack: &Stack<'_>, ask: Ask, settings: &Settings) -> Result
         (Ok(_), Some(warning)) => stack.printer.warn(warning),
         (Ok(_), None) => {}
     }
+    forget_finished_canary(&mut state, active);
+    let ends_canary = state.canary.is_some();
     let operation = operation_of(&ask);
     let mut steps = Steps::new(stack.printer);
     let decided = decide(stack, ask, &state, active, &mut steps).await?;
@@ -295,7 +329,19 @@ pub async fn dry_run(stack: &Stack<'_>, ask: Ask, settings: &Settings) -> Result
         settings.keep_standby,
         edges,
     );
-    plan.hooks = hooks::planned(stack, operation, settings.hooks);
+    if ends_canary {
+        // A rollback ends a live canary: every client back on the active
+        // color, the canary's service to 0, no hooks (as the run does).
+        let canary = service_name(project, plan.target.service());
+        plan.action = Action::Abandon;
+        plan.replicas = 0;
+        plan.start = Vec::new();
+        plan.serve = vec![service_name(project, plan.active.service())];
+        plan.drain = vec![canary];
+        plan.clears_pending = false;
+    } else {
+        plan.hooks = hooks::planned(stack, operation, settings.hooks);
+    }
     Ok(plan)
 }
 
@@ -368,11 +414,12 @@ struct Switch<'s> {
     monitored: bool,
     /// The deploy hooks that ran.
     hooks: Vec<HookRun>,
-    /// What went wrong without undoing the switch (a post- hook).
     /// A canary's steps and how far it came.
     canary: Option<crate::switch::canary::Progress>,
     /// The canary's share when a step failed.
     failed_at: Option<u8>,
+    /// What went wrong without undoing the switch (a post- hook, a
+    /// canary step's notification): in every report.
     warnings: Vec<String>,
 }
 
@@ -571,10 +618,6 @@ impl Switch<'_> {
         steps.wait("verify", message, waiting).await
     }
 
-    /// For `--watch`: the new color through nginx, and each of its tasks;
-    /// [`WATCH_FAILURES`] failed looks in a row end it. Where Prometheus
-    /// runs, the metric gate's condition holding ends it too, asked as on
-    /// one engine ([`watch::ask_gate`]) from inside the edge nginx.
     /// The metric gate over `window` for the new version, where the stack
     /// runs Prometheus, asked from inside the edge.
     fn metric_gate(&self, window: std::time::Duration) -> Option<watch::Gate> {
@@ -585,6 +628,10 @@ impl Switch<'_> {
         })
     }
 
+    /// For `--watch`: the new color through nginx, and each of its tasks;
+    /// [`WATCH_FAILURES`] failed looks in a row end it. Where Prometheus
+    /// runs, the metric gate's condition holding ends it too, asked as on
+    /// one engine ([`watch::ask_gate`]) from inside the edge nginx.
     async fn watch(&self, steps: &mut Steps<'_>) -> Result<()> {
         let watch = self.settings.watch;
         if watch.is_zero() {
@@ -729,6 +776,9 @@ impl Switch<'_> {
             report.traffic_unsettled = true;
             let warnings = self.record(&report).await;
             report.warnings.extend(warnings);
+            for warning in &report.warnings {
+                self.stack.printer.warn(warning);
+            }
             return Ok(report);
         }
         let drained = self

@@ -278,17 +278,26 @@ async fn resolve_image(
     version: Option<String>,
 ) -> Result<Release> {
     let source = match source.for_color(stack, target) {
-        Source::Build(context) => {
-            let version = version.unwrap_or_else(|| Utc::now().format("%Y%m%d-%H%M%S").to_string());
-            check_version(&version)?;
-            return crate::build::build_color(stack, target, context, &version).await;
-        }
+        Source::Build(context) => return build_release(stack, target, context, version).await,
         other => other,
     };
     // Not a build: the engine's image names the release.
     known_release(stack, target, source, version)
         .await?
         .ok_or_else(|| anyhow::anyhow!("no image to deploy into {target}"))
+}
+
+/// Builds `target`'s image from `context` (the compose file's when none)
+/// through the engine, as `version` (a timestamp when none is given).
+pub async fn build_release(
+    stack: &Stack<'_>,
+    target: Color,
+    context: Option<std::path::PathBuf>,
+    version: Option<String>,
+) -> Result<Release> {
+    let version = version.unwrap_or_else(|| Utc::now().format("%Y%m%d-%H%M%S").to_string());
+    check_version(&version)?;
+    crate::build::build_color(stack, target, context, &version).await
 }
 
 /// The release a source names, read from the engine without pulling or

@@ -176,6 +176,9 @@ impl Switch<'_> {
             // The canary stays recorded: it is live still.
             let mut report = self.report(steps, began, Outcome::Failed, Some(&err));
             report.warnings.extend(self.record(&report).await);
+            for warning in &report.warnings {
+                self.stack.printer.warn(warning);
+            }
             return Ok(report);
         }
         let (stack, settings) = (self.stack, self.settings);
