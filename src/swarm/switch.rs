@@ -136,35 +136,8 @@ async fn locked(
     steps: &mut Steps<'_>,
     began: Instant,
 ) -> Result<Report> {
-    let (engine, project) = (stack.engine, &stack.project.name);
     let operation = operation_of(&ask);
-    let mut state = state::read(engine, project).await?;
-    let served = edge.served().await;
-    let (active, disagree) = believe(state.active, served.as_ref().ok().copied());
-    match (&served, disagree) {
-        (Err(err), _) => stack
-            .printer
-            .warn(format!("{err:#}; going by the cluster's record ({active})")),
-        (Ok(_), Some(warning)) => {
-            stack.printer.warn(warning);
-            // Corrected at once, before anything can end the run early (an
-            // unknown image, nothing to roll back to).
-            state.active = Some(active);
-            if let Err(err) = state::write(engine, project, &mut state).await {
-                stack
-                    .printer
-                    .warn(format!("correcting the cluster's record: {err:#}"));
-            }
-        }
-        (Ok(_), None) => {}
-    }
-    if forget_finished_canary(&mut state, active) {
-        if let Err(err) = state::write(engine, project, &mut state).await {
-            stack.printer.warn(format!(
-                "clearing the canary from the cluster's record: {err:#}"
-            ));
-        }
-    }
+    let (state, active) = read_active(stack, &edge, true).await?;
     let decided = decide(stack, ask, &state, active, steps).await?;
     let switch = Switch {
         stack,
@@ -193,6 +166,44 @@ async fn locked(
         return switch.abandon_canary(steps, began).await;
     }
     switch.execute(steps, began).await
+}
+
+/// The cluster's state and the active color: the edges' served color
+/// where they say one (warning when the record disagrees), else the
+/// record's. With `correct` (under the lock), a record that disagrees, or
+/// that names a canary already over, is written corrected at once, before
+/// anything can end the run early (an unknown image, nothing to roll back
+/// to); a dry run corrects only what it read.
+async fn read_active(
+    stack: &Stack<'_>,
+    edge: &Edges,
+    correct: bool,
+) -> Result<(ClusterState, Color)> {
+    let (engine, project) = (stack.engine, &stack.project.name);
+    let mut state = state::read(engine, project).await?;
+    let served = edge.served().await;
+    let (active, disagree) = believe(state.active, served.as_ref().ok().copied());
+    let mut changed = false;
+    match (&served, disagree) {
+        (Err(err), _) => stack
+            .printer
+            .warn(format!("{err:#}; going by the cluster's record ({active})")),
+        (Ok(_), Some(warning)) => {
+            stack.printer.warn(warning);
+            state.active = Some(active);
+            changed = true;
+        }
+        (Ok(_), None) => {}
+    }
+    changed |= forget_finished_canary(&mut state, active);
+    if correct && changed {
+        if let Err(err) = state::write(engine, project, &mut state).await {
+            stack
+                .printer
+                .warn(format!("correcting the cluster's record: {err:#}"));
+        }
+    }
+    Ok((state, active))
 }
 
 /// Forgets a recorded canary whose color already serves every client
@@ -305,17 +316,7 @@ pub async fn dry_run(stack: &Stack<'_>, ask: Ask, settings: &Settings) -> Result
     refuse_build(&ask)?;
     let (engine, project) = (stack.engine, &stack.project.name);
     let edge = Edges::find(engine, project).await?;
-    let mut state = state::read(engine, project).await?;
-    let served = edge.served().await;
-    let (active, disagree) = believe(state.active, served.as_ref().ok().copied());
-    match (&served, disagree) {
-        (Err(err), _) => stack
-            .printer
-            .warn(format!("{err:#}; going by the cluster's record ({active})")),
-        (Ok(_), Some(warning)) => stack.printer.warn(warning),
-        (Ok(_), None) => {}
-    }
-    forget_finished_canary(&mut state, active);
+    let (state, active) = read_active(stack, &edge, false).await?;
     let ends_canary = state.canary.is_some();
     let operation = operation_of(&ask);
     let mut steps = Steps::new(stack.printer);
