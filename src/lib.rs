@@ -20,6 +20,7 @@ pub mod files;
 pub mod health;
 pub mod history;
 pub mod host_files;
+pub mod inside;
 pub mod interrupt;
 pub mod lb;
 pub mod lifecycle;

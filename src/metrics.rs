@@ -286,7 +286,7 @@ impl Prometheus {
                 host,
                 port,
             } => {
-                let fetched = crate::swarm::edge::fetch(engine, container, host, *port, &path);
+                let fetched = crate::inside::fetch(engine, container, host, *port, &path);
                 let (code, body) = tokio::time::timeout(QUERY_DEADLINE, fetched)
                     .await
                     .map_err(|_| anyhow::anyhow!("no answer within {}s", QUERY_DEADLINE.as_secs()))

@@ -60,6 +60,30 @@ pub fn job_spec(
     Ok(planned)
 }
 
+/// Hooks as one-off jobs of the swarm.
+pub struct Jobs;
+
+impl crate::switch::hooks::RunHook for Jobs {
+    async fn run_hook(
+        &self,
+        stack: &Stack<'_>,
+        one_off: crate::switch::hooks::OneOff<'_>,
+        last: &mut VecDeque<String>,
+    ) -> Result<Option<i64>> {
+        let project = &stack.project.name;
+        let (service, release) = (one_off.service, one_off.release);
+        let job = job_spec(
+            project,
+            stack.compose,
+            service,
+            release,
+            one_off.run_as,
+            one_off.env,
+        )?;
+        run(stack, job, one_off.run_as.0, one_off.timeout, last).await
+    }
+}
+
 /// Runs `hook`'s job to its end, its output shown through
 /// [`crate::switch::hooks::follow`]; its exit code, none when it was still
 /// running at `timeout`. A task the swarm could not run (no node for it,

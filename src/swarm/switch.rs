@@ -499,7 +499,7 @@ impl Switch<'_> {
             self.stack,
             steps,
             (hook, &between),
-            self.settings.hooks,
+            (self.settings.hooks, &super::hooks::Jobs),
             ran,
         )
         .await

@@ -478,7 +478,7 @@ impl<'s> Switch<'s> {
             self.stack,
             steps,
             (hook, &between),
-            options,
+            (options, &hooks::Containers),
             &mut self.hooks,
         )
         .await

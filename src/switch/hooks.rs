@@ -3,7 +3,7 @@
 //! color's service ([`crate::stack::plan_hook`]), its output streamed with
 //! the hook's name in front, under `--hook-timeout`, and removed with its
 //! anonymous volumes whatever happened (on a Swarm, a job of the swarm:
-//! [`crate::swarm::hooks`]). They run under the deploy lock, so two
+//! `swarm::hooks`). They run under the deploy lock, so two
 //! deploys never run theirs at once.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -19,11 +19,9 @@ use crate::context::Stack;
 use crate::engine::{Container, ContainerSpec, LogChunk};
 use crate::error::failed_with_hint;
 use crate::history::{HookRun, Side};
-use crate::orchestrator::Orchestrator;
 use crate::output::{Printer, seconds};
 use crate::ready::{self, WaitFor};
 use crate::stack::{Color, HOOK_LABEL, Release, plan_hook};
-use crate::swarm;
 use crate::wait::Limits;
 
 use super::plan::PlannedHook;
@@ -146,7 +144,7 @@ pub async fn step(
     stack: &Stack<'_>,
     steps: &mut Steps<'_>,
     (hook, between): (Hook, &Between<'_>),
-    options: Options,
+    (options, runner): (Options, &impl RunHook),
     ran: &mut Vec<HookRun>,
 ) -> Result<()> {
     let Some(command) = stack.compose.hooks.get(&hook) else {
@@ -159,22 +157,20 @@ pub async fn step(
         .compose
         .service(between.to.service())
         .with_context(|| format!("the compose file has no service {}", between.to.service()))?;
-    let (project, release) = (&stack.project.name, between.release);
+    let release = between.release;
     let began = Instant::now();
     let mut last = VecDeque::new();
     let message = format!("running the {hook} hook: {}", command.join(" "));
     let mut exit_code = None;
     let running = async {
-        let (env, timeout) = (between.environment(), options.timeout);
-        let run_as = (hook, command.as_slice());
-        exit_code = if stack.project.orchestrator == Orchestrator::Swarm {
-            let job =
-                swarm::hooks::job_spec(project, stack.compose, service, release, run_as, env)?;
-            swarm::hooks::run(stack, job, hook, timeout, &mut last).await?
-        } else {
-            let spec = plan_hook(project, stack.compose, service, release, run_as, env)?;
-            run(stack, &spec, hook, timeout, &mut last).await?
+        let one_off = OneOff {
+            service,
+            release,
+            run_as: (hook, command.as_slice()),
+            env: between.environment(),
+            timeout: options.timeout,
         };
+        exit_code = runner.run_hook(stack, one_off, &mut last).await?;
         judge(hook, command, exit_code, options.timeout)
     };
     let result = steps.stream(hook.as_str(), message, running).await;
@@ -213,6 +209,52 @@ fn judge(hook: Hook, command: &[String], code: Option<i64>, timeout: Duration) -
             ),
             "raise --hook-timeout (at most 24h) if it needs longer",
         )),
+    }
+}
+
+/// One hook's one-off run, from the target color's service: what a
+/// [`RunHook`] makes and runs.
+pub struct OneOff<'a> {
+    pub service: &'a crate::compose::Service,
+    pub release: &'a Release,
+    pub run_as: (Hook, &'a [String]),
+    pub env: BTreeMap<String, String>,
+    pub timeout: Duration,
+}
+
+/// How an orchestrator runs a hook to its end, its output followed: its
+/// exit code, none when it was still running at the deadline. One engine
+/// runs a container ([`Containers`]); a Swarm a job (`swarm::hooks::Jobs`).
+#[allow(async_fn_in_trait)]
+pub trait RunHook {
+    async fn run_hook(
+        &self,
+        stack: &Stack<'_>,
+        one_off: OneOff<'_>,
+        last: &mut VecDeque<String>,
+    ) -> Result<Option<i64>>;
+}
+
+/// Hooks as one-off containers of one engine.
+pub struct Containers;
+
+impl RunHook for Containers {
+    async fn run_hook(
+        &self,
+        stack: &Stack<'_>,
+        one_off: OneOff<'_>,
+        last: &mut VecDeque<String>,
+    ) -> Result<Option<i64>> {
+        let OneOff {
+            service,
+            release,
+            run_as,
+            env,
+            timeout,
+        } = one_off;
+        let project = &stack.project.name;
+        let spec = plan_hook(project, stack.compose, service, release, run_as, env)?;
+        run(stack, &spec, run_as.0, timeout, last).await
     }
 }
 

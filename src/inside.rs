@@ -1,0 +1,88 @@
+//! HTTP asked from inside a container, through exec: on a Swarm the
+//! overlay's services answer only there (the edge nginx's probes of the
+//! app's tasks, Prometheus for the metric gate). One shell script, run
+//! with whatever the image has, and the parsing of its raw answers.
+
+use anyhow::Result;
+
+use crate::engine::Engine;
+
+/// Fetches `/api/health` of each address `tasks.<service>` resolves to (or
+/// of one host, with `$4` = `one`), with whatever the image has: curl,
+/// bash's `/dev/tcp` (the Debian nginx images have bash), or wget (Alpine's
+/// busybox). bash comes before wget: a static busybox's wget can fail to
+/// resolve, or crash, where bash's own sockets work. Each answer follows a line `@@ <address>`; a
+/// fetch that fails prints `HTTP/1.0 000 <why>`.
+const PROBE_SCRIPT: &str = r#"name="$1"; port="$2"; path="$3"; how="$4"
+get() {
+  if command -v curl >/dev/null 2>&1; then
+    curl -s -i -m 3 "http://$1:$port$path" || echo "HTTP/1.0 000 curl exit $?"
+  elif command -v bash >/dev/null 2>&1; then
+    bash -c 'exec 3<>"/dev/tcp/$0/$1" || exit 1
+      printf "GET %s HTTP/1.0\r\nHost: cryptus\r\nConnection: close\r\n\r\n" "$2" >&3
+      exec timeout 3 cat <&3' "$1" "$port" "$path" || echo "HTTP/1.0 000 no connection"
+  elif command -v wget >/dev/null 2>&1; then
+    body=$(wget -q -T 3 -O- "http://$1:$port$path" 2>&1) && printf 'HTTP/1.0 200 OK\r\n\r\n%s\n' "$body" \
+      || printf 'HTTP/1.0 000 %s\n' "$body"
+  else
+    echo "HTTP/1.0 000 no curl, wget or bash in the image"
+  fi
+}
+if [ "$how" = one ]; then
+  addrs="$name"
+else
+  addrs=$(getent ahostsv4 "$name" 2>/dev/null | while read -r a _; do echo "$a"; done | sort -u)
+  [ -n "$addrs" ] || addrs=$(nslookup "$name" 2>/dev/null | sed -n '/^Name:/,$s/^Address[^:]*: *//p' | sort -u)
+fi
+for a in $addrs; do echo "@@ $a"; get "$a"; echo; done
+"#;
+
+/// One raw HTTP answer's code and body; why there is none, when the fetch
+/// failed (code 000) or printed no HTTP.
+pub fn split_answer(answer: &str) -> Result<(u16, &str), String> {
+    let answer = answer.trim_start();
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .or_else(|| answer.split_once("\n\n"))
+        .unwrap_or((answer, ""));
+    let status = head.lines().next().unwrap_or_default();
+    let mut words = status.split_whitespace();
+    match (
+        words.next(),
+        words.next().and_then(|c| c.parse::<u16>().ok()),
+    ) {
+        (Some(_), Some(0)) => Err(words.collect::<Vec<_>>().join(" ")),
+        (Some(proto), Some(code)) if proto.starts_with("HTTP/") => Ok((code, body)),
+        _ => Err(format!("no HTTP answer: {}", status.trim())),
+    }
+}
+
+/// [`PROBE_SCRIPT`] in `container`: `path` of `name:port` (`how` = `one`)
+/// or of each address `name` resolves to (`all`); what it printed.
+pub async fn run_script(
+    engine: &Engine,
+    container: &str,
+    name: &str,
+    port: u16,
+    path: &str,
+    how: &str,
+) -> Result<String> {
+    let port = port.to_string();
+    let args = ["sh", "-c", PROBE_SCRIPT, "sh", name, &port, path, how];
+    Ok(engine.exec(container, &args).await?.stdout)
+}
+
+/// One HTTP GET of `path` on `host:port` from inside `container`: the
+/// answer's code and body; an error saying why there is none.
+pub async fn fetch(
+    engine: &Engine,
+    container: &str,
+    host: &str,
+    port: u16,
+    path: &str,
+) -> Result<(u16, String)> {
+    let output = run_script(engine, container, host, port, path, "one").await?;
+    let (_, answer) = output.split_once('\n').unwrap_or(("", &output));
+    let (code, body) = split_answer(answer).map_err(|why| anyhow::anyhow!(why))?;
+    Ok((code, body.to_owned()))
+}
