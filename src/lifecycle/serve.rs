@@ -117,13 +117,7 @@ impl Stack<'_> {
         } else {
             None
         };
-        let http = lb::http_file(
-            self.compose,
-            &self.project.dir,
-            version
-                .as_deref()
-                .is_some_and(nginx::has_keepalive_min_timeout),
-        )?;
+        let http = self.http_file(version.as_deref())?;
         let nginx = self.nginx();
         // Maintenance is kept as recorded, in this cryptus's rendering.
         let maintenance = maintenance::rerendered(&nginx, self.printer).await?;
@@ -146,6 +140,12 @@ impl Stack<'_> {
         Ok(stale)
     }
 
+    /// The http-level file for an nginx of `version` (none: not known).
+    fn http_file(&self, version: Option<&str>) -> Result<String> {
+        let min_timeout = version.is_some_and(nginx::has_keepalive_min_timeout);
+        lb::http_file(self.compose, &self.project.dir, min_timeout)
+    }
+
     /// Once nginx serves, renders the http-level file with what nginx itself
     /// says its version is (`nginx -v`): an nginx started by this run got
     /// the version-less file, and gains `keepalive_min_timeout` here when it
@@ -154,13 +154,7 @@ impl Stack<'_> {
         let nginx = self.nginx();
         let settled = async {
             let version = nginx.version().await?;
-            let wanted = lb::http_file(
-                self.compose,
-                &self.project.dir,
-                version
-                    .as_deref()
-                    .is_some_and(nginx::has_keepalive_min_timeout),
-            )?;
+            let wanted = self.http_file(version.as_deref())?;
             if nginx.read(nginx::HTTP_FILE).await?.as_deref() != Some(wanted.as_str()) {
                 nginx.apply(&[(nginx::HTTP_FILE, wanted.as_str())]).await?;
             }
