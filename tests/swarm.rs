@@ -942,6 +942,44 @@ fn wrong_record(lab: &SwarmLab, project: &TestProject, from: &str, to: &str) {
     assert_eq!(project.status()["active"], to, "status reads the record");
 }
 
+/// Scaling up added tasks and replaced none (no task of `service` was
+/// ever shut down), and the service still has its healthcheck: the update
+/// sent back the task template as cryptus made it, not a lossy read of it.
+fn kept_its_tasks_and_spec(lab: &SwarmLab, project: &TestProject, service: &str) {
+    let name = format!("{}_{service}", project.name);
+    let replaced = lab.docker_ok(
+        1,
+        &[
+            "service",
+            "ps",
+            "-q",
+            "--filter",
+            "desired-state=shutdown",
+            &name,
+        ],
+    );
+    assert_eq!(replaced.trim(), "", "tasks of {name} were replaced");
+    has_healthcheck(lab, &name);
+}
+
+/// The swarm service `name` still runs its tasks with a healthcheck.
+fn has_healthcheck(lab: &SwarmLab, name: &str) {
+    let health = lab.docker_ok(
+        1,
+        &[
+            "service",
+            "inspect",
+            "--format",
+            "{{json .Spec.TaskTemplate.ContainerSpec.Healthcheck}}",
+            name,
+        ],
+    );
+    assert!(
+        health.contains("\"Test\""),
+        "{name} lost its healthcheck: {health}"
+    );
+}
+
 /// `scale` on a Swarm: blue goes from 3 tasks to 5 and back to 3 while a
 /// request loop runs through the edge nginx, which follows the tasks by
 /// name with no reload; not one request fails. `status` shows the 5 tasks,
@@ -969,6 +1007,7 @@ fn swarm_scale_to_five_and_back_to_three_under_load_fails_no_request() {
         nodes,
         "5 tasks over the 3 nodes: {placed:?}"
     );
+    kept_its_tasks_and_spec(&lab, &project, "cryptus-blue");
     let text = stdout(&project.ok(&["status"]));
     let rows = text
         .lines()
@@ -1654,7 +1693,8 @@ fn running_tasks(lab: &SwarmLab, project: &TestProject, service: &str) -> BTreeS
 /// replaced stop-first, and requests that need it fail meanwhile), redis
 /// and blue's 3 tasks are replaced by new ones (blue's start before the
 /// old ones stop) and nginx is reloaded in its task; not one request
-/// fails, and blue still serves its version.
+/// fails, blue still serves its version, and the new tasks keep their
+/// healthchecks.
 #[test]
 fn swarm_restart_replaces_every_task_and_fails_no_request_that_needs_no_redis() {
     let lab = SwarmLab::up(3);
@@ -1702,6 +1742,9 @@ fn swarm_restart_replaces_every_task_and_fails_no_request_that_needs_no_redis() 
         );
     }
     assert_eq!(after[2], before[2], "nginx is reloaded, not replaced");
+    for service in ["cryptus-blue", "redis"] {
+        has_healthcheck(&lab, &format!("{}_{service}", project.name));
+    }
     let status = project.status();
     assert_eq!(status["active"], "blue", "{status}");
     assert_eq!(tasks_on_nodes(&project, "cryptus-blue", 3).len(), 3);

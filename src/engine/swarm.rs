@@ -353,7 +353,7 @@ pub struct SwarmConfig {
 /// The engine's service spec for `spec`.
 fn service_body(spec: &ServiceSpec, api: ApiVersion) -> EngineServiceSpec {
     let ports = host_ports(spec);
-    EngineServiceSpec {
+    let mut body = EngineServiceSpec {
         name: Some(spec.name.clone()),
         labels: Some(spec.labels.clone().into_iter().collect()),
         task_template: Some(task_template(spec, api)),
@@ -367,7 +367,48 @@ fn service_body(spec: &ServiceSpec, api: ApiVersion) -> EngineServiceSpec {
             ports: (!ports.is_empty()).then_some(ports),
         }),
         ..Default::default()
+    };
+    keep_sent_template(&mut body);
+    body
+}
+
+/// The service label holding the task template cryptus last sent, as it
+/// sent it. An update that only scales a service or forces new tasks sends
+/// that template back, not the engine's answer read through bollard's
+/// model: the read loses what the model names otherwise than the engine
+/// writes it (a container's `Healthcheck`, read as `HealthCheck`) and what
+/// an engine newer than the model adds. Sent back, the lost part reads as
+/// a change of the template: the swarm replaces every task, and the
+/// service runs on without it (no health check).
+pub const SENT_TEMPLATE_LABEL: &str = "cryptus.task-template";
+
+/// Records `body`'s task template in its [`SENT_TEMPLATE_LABEL`].
+fn keep_sent_template(body: &mut EngineServiceSpec) {
+    let Some(json) = body
+        .task_template
+        .as_ref()
+        .and_then(|template| serde_json::to_string(template).ok())
+    else {
+        return;
+    };
+    body.labels
+        .get_or_insert_with(Default::default)
+        .insert(SENT_TEMPLATE_LABEL.to_owned(), json);
+}
+
+/// A service's spec as the engine gave it, with the task template cryptus
+/// last sent in place of the engine's read of it, where the service
+/// carries one (a service made otherwise keeps the read).
+fn with_sent_template(mut spec: EngineServiceSpec) -> EngineServiceSpec {
+    let sent = spec
+        .labels
+        .as_ref()
+        .and_then(|labels| labels.get(SENT_TEMPLATE_LABEL))
+        .and_then(|json| serde_json::from_str::<TaskSpec>(json).ok());
+    if let Some(template) = sent {
+        spec.task_template = Some(template);
     }
+    spec
 }
 
 fn nanos(d: Duration) -> i64 {
@@ -572,6 +613,8 @@ impl Engine {
 
     /// Reads a service's spec and version, and updates it to what `change`
     /// makes of the spec, at that version (the swarm refuses a stale one).
+    /// The task template `change` gets is the one cryptus last sent
+    /// ([`SENT_TEMPLATE_LABEL`]), so what it leaves alone stays as it was.
     async fn update_with(
         &self,
         name: &str,
@@ -594,7 +637,8 @@ impl Engine {
             .and_then(|v| v.index)
             .and_then(|index| i32::try_from(index).ok())
             .with_context(|| format!("service {name} has no version the engine accepts"))?;
-        let spec = change(current.spec.unwrap_or_default());
+        let mut spec = change(with_sent_template(current.spec.unwrap_or_default()));
+        keep_sent_template(&mut spec);
         let options = UpdateServiceOptions {
             version,
             ..Default::default()
@@ -929,6 +973,83 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    /// A spec as the engine answers it: JSON in the engine's own names
+    /// (`Healthcheck`, where bollard's model writes `HealthCheck`), read
+    /// back through bollard's model.
+    fn as_the_engine_answers(body: &EngineServiceSpec) -> EngineServiceSpec {
+        let json = serde_json::to_string(body).expect("JSON");
+        let engine = json.replace("\"HealthCheck\":", "\"Healthcheck\":");
+        serde_json::from_str(&engine).expect("a spec")
+    }
+
+    fn app_spec() -> ServiceSpec {
+        ServiceSpec {
+            name: "shop_cryptus-blue".into(),
+            labels: [(STACK_LABEL.to_owned(), "shop".to_owned())].into(),
+            container: ContainerSpec {
+                image: "app:1".into(),
+                healthcheck: Some(super::super::spec::HealthSpec {
+                    test: vec!["CMD".into(), "/app".into(), "healthcheck".into()],
+                    interval: Some(Duration::from_secs(10)),
+                    retries: Some(3),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            mode: ServiceMode::Replicated(3),
+            dnsrr: true,
+            constraints: Vec::new(),
+            spread: Vec::new(),
+            max_per_node: None,
+            host_ports: Vec::new(),
+            configs: Vec::new(),
+            secrets: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn an_update_sends_back_the_template_cryptus_sent_not_the_engines_lossy_read() {
+        let sent = service_body(&app_spec(), ApiVersion(1, 41));
+        let read = as_the_engine_answers(&sent);
+        let health = |spec: &EngineServiceSpec| {
+            spec.task_template
+                .as_ref()
+                .and_then(|t| t.container_spec.as_ref())
+                .and_then(|c| c.health_check.clone())
+        };
+        assert!(health(&sent).is_some());
+        assert_eq!(
+            health(&read),
+            None,
+            "bollard's model loses the engine's Healthcheck"
+        );
+
+        // Scaled: only the count differs from what was sent.
+        let mut scaled = with_sent_template(read.clone());
+        scaled.mode = Some(service_mode(ServiceMode::Replicated(5)));
+        keep_sent_template(&mut scaled);
+        assert_eq!(scaled.task_template, sent.task_template);
+        assert_eq!(scaled.labels, sent.labels);
+
+        // Forced: the template sent next is the old one with the new
+        // ForceUpdate, and it is what the label keeps for the next update.
+        let mut forced = with_sent_template(read);
+        forced
+            .task_template
+            .as_mut()
+            .expect("template")
+            .force_update = Some(1);
+        keep_sent_template(&mut forced);
+        assert_eq!(health(&forced), health(&sent));
+        let again = with_sent_template(as_the_engine_answers(&forced));
+        assert_eq!(again.task_template, forced.task_template);
+
+        // A service with no such label (made otherwise) keeps the read.
+        let mut foreign = as_the_engine_answers(&sent);
+        foreign.labels = Some(HashMap::new());
+        assert_eq!(with_sent_template(foreign.clone()), foreign);
     }
 
     #[test]
