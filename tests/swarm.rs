@@ -2204,7 +2204,8 @@ fn prometheus_holds(lab: &SwarmLab, project: &TestProject, promql: &str, at_leas
 /// the lab, a deploy of a green answering 20% 5xx is rolled back by the
 /// metric gate during its watch (exit 1, the edge on blue again), asked
 /// from inside the edge nginx; a green answering none is kept, and
-/// Prometheus scrapes its tasks. `status` and `health` work with the
+/// Prometheus scrapes its tasks. node-exporter reads its node through its
+/// bind of the node's `/`. `status` and `health` work with the
 /// monitoring services, and `stop` removes every service and config.
 #[test]
 fn swarm_monitoring_scrapes_both_colors_and_the_metric_gate_rolls_back_a_failing_deploy() {
@@ -2270,6 +2271,10 @@ fn swarm_monitoring_scrapes_both_colors_and_the_metric_gate_rolls_back_a_failing
     for job in ["prometheus", "alertmanager", "node", "nginx", "redis"] {
         prometheus_holds(&lab, &project, &format!("up{{job=\"{job}\"}} == 1"), 1);
     }
+    // node-exporter reads its node through the bind of the node's `/` at
+    // /host: the OS it reports is the node's (its image has no
+    // /etc/os-release of its own).
+    prometheus_holds(&lab, &project, "node_os_info{job=\"node\"}", 1);
     let status = project.ok(&["status", "--json"]);
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("JSON");
     assert_eq!(service_of(&status, "prometheus")["running"], 1, "{status}");

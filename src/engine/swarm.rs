@@ -29,8 +29,8 @@ use serde::Serialize;
 
 use super::spec::{health_config, mount};
 use super::{
-    ApiVersion, ContainerSpec, Engine, LogChunk, MountSpec, PortSpec, engine_error, log_chunk,
-    log_options, removed,
+    ApiVersion, ContainerSpec, Engine, LogChunk, PortSpec, engine_error, log_chunk, log_options,
+    removed,
 };
 use futures_util::StreamExt;
 
@@ -270,9 +270,9 @@ pub struct ServiceSpec {
     /// The service's own labels (the stack's among them).
     pub labels: BTreeMap<String, String>,
     /// What each task runs: image, command, environment, healthcheck,
-    /// volumes, networks (with their aliases), limits. Its ports and bind
-    /// mounts are not used: a swarm publishes `host_ports`, and a bind
-    /// names a path on whichever node runs the task.
+    /// volumes and bind mounts (a bind names a path on whichever node runs
+    /// the task), networks (with their aliases), limits. Its ports are not
+    /// used: a swarm publishes `host_ports`.
     pub container: ContainerSpec,
     pub mode: ServiceMode,
     /// `endpoint_mode: dnsrr`: the service's name resolves to its tasks'
@@ -290,6 +290,26 @@ pub struct ServiceSpec {
     pub configs: Vec<SwarmFile>,
     /// Files given to each task from secrets of the swarm.
     pub secrets: Vec<SwarmFile>,
+}
+
+#[cfg(test)]
+impl ServiceSpec {
+    /// A service `name` in `mode` with nothing else set (dnsrr): for tests.
+    pub fn plain(name: &str, mode: ServiceMode) -> ServiceSpec {
+        ServiceSpec {
+            name: name.into(),
+            labels: BTreeMap::new(),
+            container: ContainerSpec::default(),
+            mode,
+            dnsrr: true,
+            constraints: Vec::new(),
+            spread: Vec::new(),
+            max_per_node: None,
+            host_ports: Vec::new(),
+            configs: Vec::new(),
+            secrets: Vec::new(),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -418,12 +438,7 @@ fn nanos(d: Duration) -> i64 {
 /// What each task runs: the container, its mounts (volumes only) and configs.
 fn container_spec(spec: &ServiceSpec, api: ApiVersion) -> TaskSpecContainerSpec {
     let c = &spec.container;
-    let mounts: Vec<_> = c
-        .mounts
-        .iter()
-        .filter(|m| matches!(m, MountSpec::Volume { .. }))
-        .map(mount)
-        .collect();
+    let mounts: Vec<_> = c.mounts.iter().map(mount).collect();
     TaskSpecContainerSpec {
         image: Some(c.image.clone()),
         labels: Some(c.labels.clone().into_iter().collect()),
@@ -985,28 +1000,19 @@ mod tests {
     }
 
     fn app_spec() -> ServiceSpec {
-        ServiceSpec {
-            name: "shop_cryptus-blue".into(),
-            labels: [(STACK_LABEL.to_owned(), "shop".to_owned())].into(),
-            container: ContainerSpec {
-                image: "app:1".into(),
-                healthcheck: Some(super::super::spec::HealthSpec {
-                    test: vec!["CMD".into(), "/app".into(), "healthcheck".into()],
-                    interval: Some(Duration::from_secs(10)),
-                    retries: Some(3),
-                    ..Default::default()
-                }),
+        let mut spec = ServiceSpec::plain("shop_cryptus-blue", ServiceMode::Replicated(3));
+        spec.labels = [(STACK_LABEL.to_owned(), "shop".to_owned())].into();
+        spec.container = ContainerSpec {
+            image: "app:1".into(),
+            healthcheck: Some(super::super::spec::HealthSpec {
+                test: vec!["CMD".into(), "/app".into(), "healthcheck".into()],
+                interval: Some(Duration::from_secs(10)),
+                retries: Some(3),
                 ..Default::default()
-            },
-            mode: ServiceMode::Replicated(3),
-            dnsrr: true,
-            constraints: Vec::new(),
-            spread: Vec::new(),
-            max_per_node: None,
-            host_ports: Vec::new(),
-            configs: Vec::new(),
-            secrets: Vec::new(),
-        }
+            }),
+            ..Default::default()
+        };
+        spec
     }
 
     #[test]

@@ -377,7 +377,7 @@ pub fn service_spec(
             &mut spec.container.mounts,
         )?);
     }
-    let warnings = leave_out_binds(&mut spec.container.mounts, &service.name);
+    let warnings = leave_out_binds(&mut spec.container.mounts, &service.name, compose);
     Ok(Planned {
         spec,
         warnings,
@@ -387,6 +387,12 @@ pub fn service_spec(
 
 /// The project's directory of monitoring files, beside `compose/`.
 pub const MONITORING_DIR: &str = "monitoring";
+
+/// The project's directory on this machine: the one that holds `compose/`
+/// (the compose files' directory) beside `nginx/` and `monitoring/`.
+fn project_root(compose: &Compose) -> Option<&std::path::Path> {
+    compose.working_dir.parent()
+}
 
 /// The file under [`MONITORING_DIR`] that holds a password: a secret of
 /// the swarm, never a config.
@@ -406,7 +412,7 @@ fn monitoring_grants(
     compose: &Compose,
     mounts: &mut Vec<MountSpec>,
 ) -> Result<Vec<GrantPlan>> {
-    let Some(root) = compose.working_dir.parent().map(|d| d.join(MONITORING_DIR)) else {
+    let Some(root) = project_root(compose).map(|d| d.join(MONITORING_DIR)) else {
         return Ok(Vec::new());
     };
     let mut planned = Vec::new();
@@ -574,19 +580,26 @@ fn mode_of(service: &Service, edge: bool) -> Result<ServiceMode> {
     }
 }
 
-/// Leaves out bind mounts (a path on whichever node runs the task), with a
-/// warning for each.
-fn leave_out_binds(mounts: &mut Vec<MountSpec>, service: &str) -> Vec<String> {
+/// Leaves out, with a warning for each, the bind mounts of the project's
+/// own files: they are on this machine, and a task may run on any node.
+/// A bind of any other path is kept, as `docker stack deploy` keeps it: a
+/// path of whichever node runs the task (`/`, `/sys`, the engine's socket,
+/// which every node has, for the exporters that read their node).
+fn leave_out_binds(mounts: &mut Vec<MountSpec>, service: &str, compose: &Compose) -> Vec<String> {
     let mut warnings = Vec::new();
+    let root = project_root(compose);
     mounts.retain(|mount| match mount {
-        MountSpec::Bind { source, target, .. } => {
+        MountSpec::Bind { source, target, .. }
+            if root.is_none_or(|root| std::path::Path::new(source).starts_with(root)) =>
+        {
             warnings.push(format!(
                 "services.{service}: the bind mount {source}:{target} is left out on a Docker Swarm \
-                 (a path on whichever node runs the task)"
+                 (a file of the project on this machine, not on the nodes: a config or secret \
+                 of the compose file gives a file to every task)"
             ));
             false
         }
-        MountSpec::Volume { .. } => true,
+        MountSpec::Bind { .. } | MountSpec::Volume { .. } => true,
     });
     warnings
 }
@@ -702,7 +715,7 @@ mod tests {
 services:
   redis:
     image: redis:7
-    volumes: [data:/data, /srv/conf:/conf]
+    volumes: [data:/data, /srv/conf:/conf, ./conf:/conf2]
     networks: [cryptus]
   cryptus-blue:
     image: app:1
@@ -819,13 +832,28 @@ volumes:
         let spec = planned.spec;
         assert_eq!(spec.mode, ServiceMode::Replicated(1));
         assert!(spec.spread.is_empty() && spec.dnsrr);
-        assert_eq!(spec.container.mounts.len(), 1, "its volume stays");
+        let sources: Vec<Option<&str>> = spec
+            .container
+            .mounts
+            .iter()
+            .map(|m| match m {
+                MountSpec::Volume { name, .. } => name.as_deref(),
+                MountSpec::Bind { source, .. } => Some(source.as_str()),
+            })
+            .collect();
+        assert_eq!(
+            sources,
+            [Some("shop_data"), Some("/srv/conf")],
+            "its volume and the node's path stay"
+        );
         assert_eq!(spec.constraints, ["node.id==n1"], "pinned with its volume");
+        let conf = compose.working_dir.join("conf");
         assert_eq!(
             planned.warnings,
-            [
-                "services.redis: the bind mount /srv/conf:/conf is left out on a Docker Swarm (a path on whichever node runs the task)"
-            ]
+            [format!(
+                "services.redis: the bind mount {}:/conf2 is left out on a Docker Swarm (a file of the project on this machine, not on the nodes: a config or secret of the compose file gives a file to every task)",
+                conf.display()
+            )]
         );
     }
 
@@ -1070,7 +1098,7 @@ networks:
 
     /// A monitoring service's read-only bind mounts of the project's
     /// monitoring directory become configs (and its password file a
-    /// secret) at the same paths; other binds are left out as before.
+    /// secret) at the same paths; a bind of a node's path stays.
     #[test]
     fn monitoring_mounts_become_configs_and_the_password_a_secret() {
         let dir = tempfile::tempdir().unwrap();
@@ -1127,8 +1155,15 @@ services:
                 .iter()
                 .all(|g| g.name.starts_with("shop_monitoring-"))
         );
-        assert!(planned.spec.container.mounts.is_empty());
-        assert_eq!(planned.warnings.len(), 1, "{:?}", planned.warnings);
-        assert!(planned.warnings[0].contains("/srv:/srv"));
+        assert_eq!(
+            planned.spec.container.mounts,
+            [MountSpec::Bind {
+                source: "/srv".into(),
+                target: "/srv".into(),
+                read_only: true
+            }],
+            "a path of the node's stays"
+        );
+        assert!(planned.warnings.is_empty(), "{:?}", planned.warnings);
     }
 }

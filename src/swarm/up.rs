@@ -480,22 +480,9 @@ pub async fn stop(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::ContainerSpec;
 
     fn spec(mode: ServiceMode) -> ServiceSpec {
-        ServiceSpec {
-            name: "shop_cryptus-blue".into(),
-            labels: Default::default(),
-            container: ContainerSpec::default(),
-            mode,
-            dnsrr: true,
-            constraints: Vec::new(),
-            spread: Vec::new(),
-            max_per_node: None,
-            host_ports: Vec::new(),
-            configs: Vec::new(),
-            secrets: Vec::new(),
-        }
+        ServiceSpec::plain("shop_cryptus-blue", mode)
     }
 
     fn task(state: &str, error: Option<&str>) -> Task {
