@@ -2204,7 +2204,8 @@ fn prometheus_holds(lab: &SwarmLab, project: &TestProject, promql: &str, at_leas
 /// the lab, a deploy of a green answering 20% 5xx is rolled back by the
 /// metric gate during its watch (exit 1, the edge on blue again), asked
 /// from inside the edge nginx; a green answering none is kept, and
-/// Prometheus scrapes its tasks. node-exporter reads its node through its
+/// Prometheus scrapes its tasks, and cryptus's own metrics (the cluster's
+/// record) through node-exporter. node-exporter reads its node through its
 /// bind of the node's `/`. `status` and `health` work with the
 /// monitoring services, and `stop` removes every service and config.
 #[test]
@@ -2308,6 +2309,16 @@ fn swarm_monitoring_scrapes_both_colors_and_the_metric_gate_rolls_back_a_failing
     );
     edge_serves(&lab, &project, "green", "3.0.0");
     prometheus_holds(&lab, &project, "up{job=\"cryptus-green\"} == 1", 3);
+    // cryptus's own metrics, from the cluster's record, through
+    // node-exporter's textfile collector: both deploys and what serves.
+    for promql in [
+        "cryptus_active_color{color=\"green\"} == 1",
+        "cryptus_color_version_info{color=\"green\",version=\"3.0.0\"}",
+        "cryptus_deploys{operation=\"deploy\",outcome=\"rolled-back\"} == 1",
+        "cryptus_deploys{operation=\"deploy\",outcome=\"ok\"} == 1",
+    ] {
+        prometheus_holds(&lab, &project, promql, 1);
+    }
     let report = load.finish().expect("the lab's clients");
     eprintln!(
         "the lab's clients: {} requests, {} failed",

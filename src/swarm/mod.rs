@@ -15,6 +15,7 @@ pub mod health;
 pub mod hooks;
 pub mod logs;
 pub mod maintenance;
+pub mod metrics;
 pub mod nodes;
 pub mod plan;
 pub mod resources;

@@ -172,9 +172,10 @@ pub async fn write(engine: &Engine, project: &str, state: &mut ClusterState) -> 
     Ok(())
 }
 
-/// Appends `entry` to the state, records it as the next number and
-/// announces it (`CRYPTUS_NOTIFY_URL`); the warnings of what failed: the
-/// operation itself is done either way.
+/// Appends `entry` to the state, records it as the next number, announces
+/// it (`CRYPTUS_NOTIFY_URL`) and writes cryptus's metrics for node-exporter
+/// where it runs; the warnings of what failed: the operation itself is done
+/// either way.
 pub async fn record(
     engine: &Engine,
     project: &str,
@@ -185,12 +186,17 @@ pub async fn record(
     let operation = entry.operation.clone();
     let payload = crate::notify::Payload::of(project, &entry);
     state.push(entry);
-    let (written, mut warnings) = tokio::join!(
+    let recorded = state.clone();
+    let (written, mut warnings, published) = tokio::join!(
         write(engine, project, state),
-        crate::notify::send(notify, &payload)
+        crate::notify::send(notify, &payload),
+        super::metrics::publish(engine, project, &recorded)
     );
     if let Err(err) = written {
         warnings.push(format!("recording the {operation} on the swarm: {err:#}"));
+    }
+    if let Err(err) = published {
+        warnings.push(format!("{err:#}"));
     }
     warnings
 }
