@@ -99,18 +99,20 @@ const SWARM_FAIL_TIMEOUT: &str = "30s";
 /// be lost with requests in flight to its tasks. A connection to a lost
 /// node is never refused, it goes unanswered: the connect timeout is short
 /// (the overlay answers in a millisecond when the task is there), and the
-/// read timeout bounds a request hung on a node that went away: 3 s is
-/// half again the app's slowest legitimate request (2 s), so a slow answer
-/// from a busy node is not taken for a lost one. An error or a timeout
-/// passes the request to the next task; nginx does that only for
-/// idempotent requests (a POST already sent is not sent twice), and
-/// within 5 s, so no request waits longer than a hung try plus the slowest
-/// answer. The tries are bounded by that time, not counted: a scale-down
+/// read timeout bounds a request hung on a node that went away. A request
+/// as slow as the app's slowest legitimate one (2 s) that was hung there
+/// waits the timeout, then its whole answer from another task: 2.8 s
+/// keeps that within 5 s (the slowest answer plus 3 s) with room for the
+/// new connection, and is still 40% above the slowest answer, so a slow
+/// answer from a busy node is not taken for a lost one (the benchmark saw
+/// 5.008 s with 3 s). An error or a timeout passes the request to the next
+/// task; nginx does that only for idempotent requests (a POST already sent
+/// is not sent twice), and within 5 s. The tries are bounded by that time, not counted: a scale-down
 /// removes several tasks at once, and nginx may still hold their addresses
 /// until it resolves the name again (each failed one is then left out).
 pub const SWARM_PROXY: &str = "# Swarm: a lost node's requests fail over (docs/swarm.md).
 proxy_connect_timeout 500ms;
-proxy_read_timeout 3s;
+proxy_read_timeout 2800ms;
 proxy_next_upstream error timeout;
 proxy_next_upstream_tries 0;
 proxy_next_upstream_timeout 5s;

@@ -1602,7 +1602,7 @@ fn swarm_losing_a_worker_under_load_fails_no_get_and_the_next_deploy_works() {
     );
     assert!(slowest_ms <= 5000, "a GET waited {slowest_ms} ms");
     // A GET that meets the lost node costs a connect or read timeout
-    // (500 ms, 3 s); once nginx saw it fail, no new GET is sent there:
+    // (500 ms, 2.8 s); once nginx saw it fail, no new GET is sent there:
     // one hung there when the link went, at most one more met it.
     assert!(
         slow <= 2,
