@@ -86,3 +86,68 @@ pub async fn fetch(
     let (code, body) = split_answer(answer).map_err(|why| anyhow::anyhow!(why))?;
     Ok((code, body.to_owned()))
 }
+
+/// Asks redis at `$0:$1` for `INFO default`, then QUIT (redis closes), with
+/// bash's `/dev/tcp` (redis speaks its inline protocol to a plain line);
+/// prints `-ERR ...` when it cannot connect, `@@ no bash` when the image
+/// has no bash to ask with.
+const REDIS_SCRIPT: &str = r#"command -v bash >/dev/null 2>&1 || { echo "@@ no bash"; exit 0; }
+exec bash -c 'exec 3<>"/dev/tcp/$0/$1" 2>/dev/null || { echo "-ERR no connection to $0:$1"; exit 0; }
+printf "INFO default\r\nQUIT\r\n" >&3
+exec timeout 3 cat <&3' "$1" "$2""#;
+
+/// redis's `INFO default` at `host:port`, asked over the network from
+/// inside `container`: `None` when its image has no bash to ask with; an
+/// error when redis cannot be reached or answers with an error (one that
+/// wants a password among them).
+pub async fn redis_info(
+    engine: &Engine,
+    container: &str,
+    host: &str,
+    port: u16,
+) -> Result<Option<std::collections::BTreeMap<String, String>>> {
+    let port = port.to_string();
+    let args = ["sh", "-c", REDIS_SCRIPT, "sh", host, &port];
+    let output = engine.exec(container, &args).await?.stdout;
+    redis_answer(&output)
+}
+
+/// What [`REDIS_SCRIPT`] printed, read: the INFO fields of a bulk reply.
+fn redis_answer(output: &str) -> Result<Option<std::collections::BTreeMap<String, String>>> {
+    let first = output.lines().next().unwrap_or_default().trim();
+    if first == "@@ no bash" {
+        return Ok(None);
+    }
+    if let Some(error) = first.strip_prefix('-') {
+        anyhow::bail!("redis answered: {error}");
+    }
+    if !first.starts_with('$') {
+        anyhow::bail!("no answer of redis: {:?}", first);
+    }
+    Ok(Some(crate::redis::parse_info(output)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_redis_answer_is_its_info_an_error_or_no_way_to_ask() {
+        let info = redis_answer(
+            "$60\r\n# Server\r\nredis_version:7.0.15\r\n# Persistence\r\nrdb_last_bgsave_status:ok\r\n\r\n+OK\r\n",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(info["redis_version"], "7.0.15");
+        assert_eq!(info["rdb_last_bgsave_status"], "ok");
+        assert!(!info.contains_key("+OK") && info.len() == 2, "{info:?}");
+        assert!(redis_answer("@@ no bash\n").unwrap().is_none());
+        let wants = redis_answer("-NOAUTH Authentication required.\r\n").unwrap_err();
+        assert_eq!(
+            wants.to_string(),
+            "redis answered: NOAUTH Authentication required."
+        );
+        assert!(redis_answer("").is_err());
+        assert!(redis_answer("-ERR no connection to r:6379\n").is_err());
+    }
+}

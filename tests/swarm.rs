@@ -1373,6 +1373,48 @@ fn swarm_backup_restore_and_resources_reach_redis_on_a_worker_through_its_engine
         );
     }
 
+    // health asks redis over the overlay, from the edge nginx, where its
+    // node's engine is not known: answered, with its memory; a redis that
+    // wants a password it is not given fails the check, saying so.
+    let redis_check = |project: &TestProject| {
+        let output = project.run(&["health", "--json"]);
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+        let check = report["checks"]
+            .as_array()
+            .expect("checks")
+            .iter()
+            .find(|c| c["component"] == "redis")
+            .cloned()
+            .unwrap_or_else(|| panic!("no redis check: {report}"));
+        (output, check)
+    };
+    let (output, check) = redis_check(&project);
+    assert_code(&output, 0);
+    assert_eq!(check["healthy"], true, "{check}");
+    let detail = check["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains(&format!(
+            "on {worker} (asked over the overlay): answers; memory"
+        )),
+        "{check}"
+    );
+    redis_cli_on(&lab, &project, 2, &["config", "set", "requirepass", "pw"]);
+    let (output, check) = redis_check(&project);
+    assert_code(&output, 1);
+    assert_eq!(check["healthy"], false, "{check}");
+    assert!(
+        check["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("redis answered: NOAUTH")),
+        "{check}"
+    );
+    redis_cli_on(
+        &lab,
+        &project,
+        2,
+        &["-a", "pw", "config", "set", "requirepass", ""],
+    );
+
     project.set_env("CRYPTUS_SWARM_NODES", &lab.nodes_setting(&[2, 3]));
     let report = resources_json(&project);
     let sampled = on_worker(&report);

@@ -427,6 +427,16 @@ impl Edge {
         Ok(probes.swap_remove(0).1)
     }
 
+    /// redis's `INFO default` at `host:port`, asked over the overlay from
+    /// inside nginx's container ([`crate::inside::redis_info`]).
+    pub async fn redis_info(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Result<Option<std::collections::BTreeMap<String, String>>> {
+        crate::inside::redis_info(&self.engine, &self.container, host, port).await
+    }
+
     /// The app through nginx, from inside its container.
     pub async fn probe_lb(&self) -> Result<Probe> {
         Ok(one_answer(self.probe_lb_times(1).await?))

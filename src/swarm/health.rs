@@ -14,7 +14,7 @@ use crate::checks::{Check, Report, judge_app, judge_redis, nothing_to_probe, wit
 use crate::engine::Engine;
 use crate::health::{Expect, Probe};
 use crate::redis::Redis;
-use crate::stack::Color;
+use crate::stack::{Color, REDIS_SERVICE};
 
 use super::edge::{Edge, Edges};
 use super::nodes::{NODES_VAR, NodeEngines, Reached};
@@ -60,7 +60,7 @@ pub async fn check(
     let edge = edges.as_ref().ok().map(Edges::first);
     let (colors, redis) = tokio::join!(
         join_all(Color::ALL.map(|color| check_color(edge, &status, color, active, timeout))),
-        check_redis(engines.as_ref(), &status, timeout)
+        check_redis(engines.as_ref(), edge, project, &status, timeout)
     );
     let mut checks = nginx;
     checks.extend(colors.into_iter().flatten());
@@ -203,12 +203,15 @@ fn rescheduling(view: &ServiceView, color: Color, is_active: bool) -> Option<Che
     })
 }
 
-/// Redis runs, and, when cryptus knows the engine of its task's node (the
-/// manager's, or one in `CRYPTUS_SWARM_NODES`), answers INFO (memory and
-/// persistence) as on one engine. A task on another node is judged by its
-/// state.
+/// Redis runs, and answers INFO (memory and persistence), judged as on one
+/// engine: by exec through its node's engine where cryptus knows it (the
+/// manager's, or one in `CRYPTUS_SWARM_NODES`), else over the overlay from
+/// the edge nginx, as the app reaches it. Only where neither can ask (an
+/// edge image with no bash) is the task judged by its state.
 async fn check_redis(
     engines: Result<&NodeEngines<'_>, &anyhow::Error>,
+    edge: Option<&Edge>,
+    project: &str,
     status: &SwarmStatus,
     timeout: Duration,
 ) -> Check {
@@ -232,16 +235,7 @@ async fn check_redis(
             )
             .await
         }
-        _ => {
-            return Check::new(
-                "redis",
-                true,
-                format!(
-                    "{} runs on {} (not asked: its node's engine is not known; name it in {NODES_VAR})",
-                    task.name, task.node
-                ),
-            );
-        }
+        _ => return redis_over_overlay(edge, project, task, timeout).await,
     };
     let (engine, container) = match reached {
         Ok(Reached {
@@ -263,6 +257,48 @@ async fn check_redis(
             check
         }
         Err(err) => Check::new("redis", false, format!("{err:#}")),
+    }
+}
+
+/// The port redis listens on in its task, as the app's REDIS_URL names it.
+const REDIS_PORT: u16 = 6379;
+
+/// [`check_redis`] for a task on a node whose engine cryptus does not
+/// know: asked from the edge over the overlay.
+async fn redis_over_overlay(
+    edge: Option<&Edge>,
+    project: &str,
+    task: &TaskView,
+    timeout: Duration,
+) -> Check {
+    let where_ = format!("{} on {}", task.name, task.node);
+    let not_asked = |why: &str| {
+        Check::new(
+            "redis",
+            true,
+            format!(
+                "{} runs on {} (not asked: {why}; name its node's engine in {NODES_VAR})",
+                task.name, task.node
+            ),
+        )
+    };
+    let Some(edge) = edge else {
+        return not_asked("its node's engine is not known, and no edge nginx runs");
+    };
+    let host = super::service_name(project, REDIS_SERVICE);
+    let asked = within(timeout, edge.redis_info(&host, REDIS_PORT)).await;
+    match asked {
+        Ok(Some(info)) => {
+            let mut check = judge_redis(&info);
+            check.detail = format!("{where_} (asked over the overlay): {}", check.detail);
+            check
+        }
+        Ok(None) => not_asked("its node's engine is not known, and the edge's image has no bash"),
+        Err(err) => Check::new(
+            "redis",
+            false,
+            format!("{where_}, asked over the overlay: {err:#}"),
+        ),
     }
 }
 
