@@ -944,7 +944,8 @@ fn wrong_record(lab: &SwarmLab, project: &TestProject, from: &str, to: &str) {
 
 /// Scaling up added tasks and replaced none (no task of `service` was
 /// ever shut down), and the service still has its healthcheck: the update
-/// sent back the task template as cryptus made it, not a lossy read of it.
+/// sent back the spec with the healthcheck a read through bollard's model
+/// loses.
 fn kept_its_tasks_and_spec(lab: &SwarmLab, project: &TestProject, service: &str) {
     let name = format!("{}_{service}", project.name);
     let replaced = lab.docker_ok(
@@ -962,7 +963,7 @@ fn kept_its_tasks_and_spec(lab: &SwarmLab, project: &TestProject, service: &str)
     has_healthcheck(lab, &name);
 }
 
-/// The swarm service `name` still runs its tasks with a healthcheck.
+/// The swarm service `name`'s spec still gives its tasks a healthcheck.
 fn has_healthcheck(lab: &SwarmLab, name: &str) {
     let health = lab.docker_ok(
         1,

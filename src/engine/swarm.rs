@@ -388,45 +388,55 @@ fn service_body(spec: &ServiceSpec, api: ApiVersion) -> EngineServiceSpec {
         }),
         ..Default::default()
     };
-    keep_sent_template(&mut body);
+    keep_healthcheck(&mut body);
     body
 }
 
-/// The service label holding the task template cryptus last sent, as it
-/// sent it. An update that only scales a service or forces new tasks sends
-/// that template back, not the engine's answer read through bollard's
-/// model: the read loses what the model names otherwise than the engine
-/// writes it (a container's `Healthcheck`, read as `HealthCheck`) and what
-/// an engine newer than the model adds. Sent back, the lost part reads as
-/// a change of the template: the swarm replaces every task, and the
-/// service runs on without it (no health check).
-pub const SENT_TEMPLATE_LABEL: &str = "cryptus.task-template";
+/// The service label holding the container's health check as cryptus sent
+/// it. bollard's model names it `HealthCheck` where the engine writes
+/// `Healthcheck`, so the engine's answer read through the model has none.
+/// An update that scales a service or forces new tasks sends back the spec
+/// it read (what a hand's `docker service update` changed stays), with the
+/// health check from this label: without it, the lost health check reads
+/// as a change of the template, the swarm replaces every task, and the
+/// service runs on with none. (A field an engine newer than the model
+/// writes is lost the same way, and no label can keep what cryptus never
+/// sent.)
+pub const HEALTHCHECK_LABEL: &str = "cryptus.healthcheck";
 
-/// Records `body`'s task template in its [`SENT_TEMPLATE_LABEL`].
-fn keep_sent_template(body: &mut EngineServiceSpec) {
+/// Records `body`'s health check in its [`HEALTHCHECK_LABEL`].
+fn keep_healthcheck(body: &mut EngineServiceSpec) {
     let Some(json) = body
         .task_template
         .as_ref()
-        .and_then(|template| serde_json::to_string(template).ok())
+        .and_then(|template| template.container_spec.as_ref())
+        .and_then(|container| container.health_check.as_ref())
+        .and_then(|health| serde_json::to_string(health).ok())
     else {
         return;
     };
     body.labels
         .get_or_insert_with(Default::default)
-        .insert(SENT_TEMPLATE_LABEL.to_owned(), json);
+        .insert(HEALTHCHECK_LABEL.to_owned(), json);
 }
 
-/// A service's spec as the engine gave it, with the task template cryptus
-/// last sent in place of the engine's read of it, where the service
-/// carries one (a service made otherwise keeps the read).
-fn with_sent_template(mut spec: EngineServiceSpec) -> EngineServiceSpec {
-    let sent = spec
+/// A service's spec as the engine gave it, with the health check its
+/// [`HEALTHCHECK_LABEL`] keeps where the read has none (a service made
+/// otherwise, or by a cryptus before the label, keeps the read).
+fn with_healthcheck(mut spec: EngineServiceSpec) -> EngineServiceSpec {
+    let kept = spec
         .labels
         .as_ref()
-        .and_then(|labels| labels.get(SENT_TEMPLATE_LABEL))
-        .and_then(|json| serde_json::from_str::<TaskSpec>(json).ok());
-    if let Some(template) = sent {
-        spec.task_template = Some(template);
+        .and_then(|labels| labels.get(HEALTHCHECK_LABEL))
+        .and_then(|json| serde_json::from_str(json).ok());
+    if let (Some(health), Some(container)) = (
+        kept,
+        spec.task_template
+            .as_mut()
+            .and_then(|template| template.container_spec.as_mut()),
+    ) && container.health_check.is_none()
+    {
+        container.health_check = Some(health);
     }
     spec
 }
@@ -435,7 +445,7 @@ fn nanos(d: Duration) -> i64 {
     i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
 }
 
-/// What each task runs: the container, its mounts (volumes only) and configs.
+/// What each task runs: the container, its mounts and configs.
 fn container_spec(spec: &ServiceSpec, api: ApiVersion) -> TaskSpecContainerSpec {
     let c = &spec.container;
     let mounts: Vec<_> = c.mounts.iter().map(mount).collect();
@@ -628,8 +638,8 @@ impl Engine {
 
     /// Reads a service's spec and version, and updates it to what `change`
     /// makes of the spec, at that version (the swarm refuses a stale one).
-    /// The task template `change` gets is the one cryptus last sent
-    /// ([`SENT_TEMPLATE_LABEL`]), so what it leaves alone stays as it was.
+    /// The spec `change` gets has the health check the read loses
+    /// ([`HEALTHCHECK_LABEL`]), so what it leaves alone stays as it was.
     async fn update_with(
         &self,
         name: &str,
@@ -652,8 +662,7 @@ impl Engine {
             .and_then(|v| v.index)
             .and_then(|index| i32::try_from(index).ok())
             .with_context(|| format!("service {name} has no version the engine accepts"))?;
-        let mut spec = change(with_sent_template(current.spec.unwrap_or_default()));
-        keep_sent_template(&mut spec);
+        let spec = change(with_healthcheck(current.spec.unwrap_or_default()));
         let options = UpdateServiceOptions {
             version,
             ..Default::default()
@@ -1016,7 +1025,7 @@ mod tests {
     }
 
     #[test]
-    fn an_update_sends_back_the_template_cryptus_sent_not_the_engines_lossy_read() {
+    fn an_update_sends_back_the_read_with_the_health_check_the_read_lost() {
         let sent = service_body(&app_spec(), ApiVersion(1, 41));
         let read = as_the_engine_answers(&sent);
         let health = |spec: &EngineServiceSpec| {
@@ -1033,29 +1042,24 @@ mod tests {
         );
 
         // Scaled: only the count differs from what was sent.
-        let mut scaled = with_sent_template(read.clone());
+        let mut scaled = with_healthcheck(read.clone());
         scaled.mode = Some(service_mode(ServiceMode::Replicated(5)));
-        keep_sent_template(&mut scaled);
         assert_eq!(scaled.task_template, sent.task_template);
         assert_eq!(scaled.labels, sent.labels);
 
-        // Forced: the template sent next is the old one with the new
-        // ForceUpdate, and it is what the label keeps for the next update.
-        let mut forced = with_sent_template(read);
-        forced
-            .task_template
-            .as_mut()
-            .expect("template")
-            .force_update = Some(1);
-        keep_sent_template(&mut forced);
-        assert_eq!(health(&forced), health(&sent));
-        let again = with_sent_template(as_the_engine_answers(&forced));
-        assert_eq!(again.task_template, forced.task_template);
+        // Changed by hand since (`docker service update --image`, a
+        // forced update): the read's stays, with the health check back.
+        let mut by_hand = sent.clone();
+        let template = by_hand.task_template.as_mut().expect("a template");
+        template.force_update = Some(7);
+        template.container_spec.as_mut().expect("a container").image = Some("app:hand".into());
+        let kept = with_healthcheck(as_the_engine_answers(&by_hand));
+        assert_eq!(kept.task_template, by_hand.task_template);
 
         // A service with no such label (made otherwise) keeps the read.
         let mut foreign = as_the_engine_answers(&sent);
         foreign.labels = Some(HashMap::new());
-        assert_eq!(with_sent_template(foreign.clone()), foreign);
+        assert_eq!(with_healthcheck(foreign.clone()), foreign);
     }
 
     #[test]
