@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use support::lab_load::LabLoad;
@@ -2205,7 +2205,8 @@ fn prometheus_holds(lab: &SwarmLab, project: &TestProject, promql: &str, at_leas
 /// metric gate during its watch (exit 1, the edge on blue again), asked
 /// from inside the edge nginx; a green answering none is kept, and
 /// Prometheus scrapes its tasks. `status` and `health` work with the
-/// monitoring services, and `stop` removes every service and config.
+/// monitoring services, `restart` replaces every monitoring task and
+/// leaves the rest as it was, and `stop` removes every service and config.
 #[test]
 fn swarm_monitoring_scrapes_both_colors_and_the_metric_gate_rolls_back_a_failing_deploy() {
     let images: Vec<&str> = MONITORING_IMAGES.iter().map(|(_, image)| *image).collect();
@@ -2308,11 +2309,81 @@ fn swarm_monitoring_scrapes_both_colors_and_the_metric_gate_rolls_back_a_failing
         "the lab's clients: {} requests, {} failed",
         report.requests, report.failed
     );
+    restart_replaces_the_monitoring_tasks(&lab, &project);
 
     project.ok(&["stop"]);
     for object in ["service", "config"] {
         assert_eq!(listed(&lab, object, &stack).trim(), "", "{object}s left");
     }
+}
+
+/// `restart` of a Swarm stack with monitoring (`CRYPTUS_MONITORING=1`)
+/// replaces every task of each monitoring service, stop-first where it
+/// keeps data in a volume (pinned to one node with it), start-first for
+/// the exporters; Prometheus answers and scrapes green again afterwards,
+/// and the services, their images and counts, the configs, the cluster's
+/// state and what the edge serves stay as they were.
+fn restart_replaces_the_monitoring_tasks(lab: &SwarmLab, project: &TestProject) {
+    let monitoring = [
+        ("alertmanager", "stop-first"),
+        ("nginx-exporter", "start-first"),
+        ("node-exporter", "stop-first"),
+        ("prometheus", "stop-first"),
+        ("redis-exporter", "start-first"),
+    ];
+    let tasks = || -> Vec<BTreeSet<String>> {
+        monitoring
+            .iter()
+            .map(|(service, _)| running_tasks(lab, project, service))
+            .collect()
+    };
+    // The counts asked for, not those running: an old task may still be
+    // stopping while the other counts are read.
+    let objects = || {
+        let ids = lab.docker_ok(1, &["service", "ls", "-q"]);
+        let format =
+            "{{.Spec.Name}} {{json .Spec.Mode}} {{.Spec.TaskTemplate.ContainerSpec.Image}}";
+        let mut services = vec!["service", "inspect", "--format", format];
+        services.extend(ids.lines());
+        (
+            lab.docker_ok(1, &services),
+            lab.docker_ok(1, &["config", "ls", "--format", "{{.Name}}"]),
+            recorded_state(lab, project),
+        )
+    };
+    let (before, kept) = (tasks(), objects());
+    let restarted = project.ok(&["restart", "--timeout", "240s", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&restarted.stdout).expect("JSON");
+    let how: BTreeMap<String, String> = report["services"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no services in {report}"))
+        .iter()
+        .map(|s| {
+            let name = s["service"].as_str().unwrap_or("?").to_owned();
+            (name, s["how"]["replace"].as_str().unwrap_or("?").to_owned())
+        })
+        .collect();
+    for (service, order) in monitoring {
+        assert_eq!(
+            how.get(service).map(String::as_str),
+            Some(order),
+            "{report}"
+        );
+    }
+    let after = tasks();
+    for (n, (service, _)) in monitoring.iter().enumerate() {
+        assert_eq!(after[n].len(), before[n].len(), "{service}: {after:?}");
+        assert!(
+            !before[n].is_empty() && after[n].is_disjoint(&before[n]),
+            "{service} kept a task: before {:?}, after {:?}",
+            before[n],
+            after[n]
+        );
+    }
+    prometheus_holds(lab, project, "up{job=\"cryptus-green\"} == 1", 3);
+    prometheus_holds(lab, project, "up{job=\"prometheus\"} == 1", 1);
+    assert_eq!(objects(), kept, "the restart changed more than tasks");
+    edge_serves(lab, project, "green", "3.0.0");
 }
 
 /// The app's image with busybox at `/bin/busybox` (the app's is `FROM
