@@ -32,12 +32,28 @@ pub async fn prune(stack: &Stack<'_>) -> Result<Vec<String>> {
 /// Directories never sent to the engine.
 const SKIPPED: [&str; 2] = [".git", "target"];
 
-pub async fn build_color(
-    stack: &Stack<'_>,
-    color: Color,
-    context: Option<PathBuf>,
-    version: &str,
-) -> Result<Release> {
+/// What a build of `color` is made from, checked before anything is sent
+/// to the engine: the same checks and names for the build and for what a
+/// dry run says it would build.
+pub struct Input {
+    context: PathBuf,
+    dockerfile: String,
+    args: BTreeMap<String, String>,
+    /// The repository the image is tagged in: the compose file's image's,
+    /// else `<project>-app`.
+    repository: String,
+}
+
+impl Input {
+    /// The tag a build as `version` gets.
+    pub fn tag(&self, version: &str) -> String {
+        format!("{}:{version}", self.repository)
+    }
+}
+
+/// The build `color` would run from `context` (the compose file's `build:`
+/// when `None`), refused where there is no context or no Dockerfile.
+pub fn input(stack: &Stack<'_>, color: Color, context: Option<PathBuf>) -> Result<Input> {
     let service = stack
         .compose
         .service(color.service())
@@ -74,8 +90,23 @@ pub async fn build_color(
         .as_deref()
         .map(repository_of)
         .unwrap_or_else(|| format!("{}-app", stack.project.name));
-    let tag = format!("{repository}:{version}");
-    let archive = tar_context(&context)?;
+    Ok(Input {
+        context,
+        dockerfile,
+        args: build.map(|b| b.args).unwrap_or_default(),
+        repository,
+    })
+}
+
+pub async fn build_color(
+    stack: &Stack<'_>,
+    color: Color,
+    context: Option<PathBuf>,
+    version: &str,
+) -> Result<Release> {
+    let input = input(stack, color, context)?;
+    let tag = input.tag(version);
+    let archive = tar_context(&input.context)?;
     let labels = BTreeMap::from([
         (
             "org.opencontainers.image.version".to_owned(),
@@ -84,10 +115,9 @@ pub async fn build_color(
         // cryptus prunes what it built once no container uses it.
         (BUILT_LABEL.to_owned(), stack.project.name.clone()),
     ]);
-    let args = build.map(|b| b.args).unwrap_or_default();
     stack
         .engine
-        .build_image(archive, &dockerfile, &tag, labels, args)
+        .build_image(archive, &input.dockerfile, &tag, labels, input.args)
         .await?;
     Ok(Release {
         image: tag,

@@ -104,6 +104,7 @@ fn a_dry_run_prints_the_plan_and_changes_nothing() {
     let text = stdout(&output);
     assert!(text.contains("traffic moves from blue to green"), "{text}");
     assert!(text.contains("dry run: nothing was changed"), "{text}");
+    built_nothing(&project);
     assert_eq!(world(&project), before, "a dry run changed the stack");
 
     // With a warm standby, a rollback starts nothing new.
@@ -118,4 +119,24 @@ fn a_dry_run_prints_the_plan_and_changes_nothing() {
     let shrink = plan(&project, &["scale", "cryptus-green", "1"]);
     assert_eq!(shrink["action"], "nothing", "{shrink}");
     assert_eq!(world(&project), before, "a dry run changed the stack");
+}
+
+/// `deploy --dry-run --build`: the release is made during the run, the
+/// image is named as the build would tag it, and nothing is built.
+fn built_nothing(project: &TestProject) {
+    let context = std::path::Path::new(support::REPO).join("app");
+    let context = context.to_string_lossy().into_owned();
+    let args = ["deploy", "--build", &context, "--version", "7.1.3"];
+    let build = plan(project, &args);
+    assert!(build["release"].is_null(), "{build}");
+    assert_eq!(build["build"]["copy_to"], serde_json::json!([]), "{build}");
+    let image = build["build"]["image"].as_str().unwrap_or_default();
+    assert!(image.ends_with(":7.1.3"), "{build}");
+    let text = stdout(&project.run(&[&args[..], &["--dry-run"]].concat()));
+    assert!(text.contains("a build made during the run"), "{text}");
+    assert!(text.contains(&format!("build: {image}\n")), "{text}");
+    let tag = image.to_owned();
+    let built =
+        project.on_engine(move |docker| async move { docker.inspect_image(&tag).await.is_ok() });
+    assert!(!built, "{image} was built by a dry run");
 }

@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use support::lab_load::LabLoad;
@@ -2249,8 +2249,9 @@ fn prometheus_holds(lab: &SwarmLab, project: &TestProject, promql: &str, at_leas
 /// from inside the edge nginx; a green answering none is kept, and
 /// Prometheus scrapes its tasks, and cryptus's own metrics (the cluster's
 /// record) through node-exporter. node-exporter reads its node through its
-/// bind of the node's `/`. `status` and `health` work with the
-/// monitoring services, and `stop` removes every service and config.
+/// bind of the node's `/`. `status` and `health` work with the monitoring
+/// services, `restart` replaces every monitoring task and leaves the rest
+/// as it was, and `stop` removes every service and config.
 #[test]
 fn swarm_monitoring_scrapes_both_colors_and_the_metric_gate_rolls_back_a_failing_deploy() {
     let images: Vec<&str> = MONITORING_IMAGES.iter().map(|(_, image)| *image).collect();
@@ -2367,11 +2368,81 @@ fn swarm_monitoring_scrapes_both_colors_and_the_metric_gate_rolls_back_a_failing
         "the lab's clients: {} requests, {} failed",
         report.requests, report.failed
     );
+    restart_replaces_the_monitoring_tasks(&lab, &project);
 
     project.ok(&["stop"]);
     for object in ["service", "config"] {
         assert_eq!(listed(&lab, object, &stack).trim(), "", "{object}s left");
     }
+}
+
+/// `restart` of a Swarm stack with monitoring (`CRYPTUS_MONITORING=1`)
+/// replaces every task of each monitoring service, stop-first where it
+/// keeps data in a volume (pinned to one node with it), start-first for
+/// the exporters; Prometheus answers and scrapes green again afterwards,
+/// and the services, their images and counts, the configs, the cluster's
+/// state and what the edge serves stay as they were.
+fn restart_replaces_the_monitoring_tasks(lab: &SwarmLab, project: &TestProject) {
+    let monitoring = [
+        ("alertmanager", "stop-first"),
+        ("nginx-exporter", "start-first"),
+        ("node-exporter", "stop-first"),
+        ("prometheus", "stop-first"),
+        ("redis-exporter", "start-first"),
+    ];
+    let tasks = || -> Vec<BTreeSet<String>> {
+        monitoring
+            .iter()
+            .map(|(service, _)| running_tasks(lab, project, service))
+            .collect()
+    };
+    // The counts asked for, not those running: an old task may still be
+    // stopping while the other counts are read.
+    let objects = || {
+        let ids = lab.docker_ok(1, &["service", "ls", "-q"]);
+        let format =
+            "{{.Spec.Name}} {{json .Spec.Mode}} {{.Spec.TaskTemplate.ContainerSpec.Image}}";
+        let mut services = vec!["service", "inspect", "--format", format];
+        services.extend(ids.lines());
+        (
+            lab.docker_ok(1, &services),
+            lab.docker_ok(1, &["config", "ls", "--format", "{{.Name}}"]),
+            recorded_state(lab, project),
+        )
+    };
+    let (before, kept) = (tasks(), objects());
+    let restarted = project.ok(&["restart", "--timeout", "240s", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&restarted.stdout).expect("JSON");
+    let how: BTreeMap<String, String> = report["services"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no services in {report}"))
+        .iter()
+        .map(|s| {
+            let name = s["service"].as_str().unwrap_or("?").to_owned();
+            (name, s["how"]["replace"].as_str().unwrap_or("?").to_owned())
+        })
+        .collect();
+    for (service, order) in monitoring {
+        assert_eq!(
+            how.get(service).map(String::as_str),
+            Some(order),
+            "{report}"
+        );
+    }
+    let after = tasks();
+    for (n, (service, _)) in monitoring.iter().enumerate() {
+        assert_eq!(after[n].len(), before[n].len(), "{service}: {after:?}");
+        assert!(
+            !before[n].is_empty() && after[n].is_disjoint(&before[n]),
+            "{service} kept a task: before {:?}, after {:?}",
+            before[n],
+            after[n]
+        );
+    }
+    prometheus_holds(lab, project, "up{job=\"cryptus-green\"} == 1", 3);
+    prometheus_holds(lab, project, "up{job=\"prometheus\"} == 1", 1);
+    assert_eq!(objects(), kept, "the restart changed more than tasks");
+    edge_serves(lab, project, "green", "3.0.0");
 }
 
 /// The app's image with busybox at `/bin/busybox` (the app's is `FROM
@@ -2411,24 +2482,148 @@ fn declare_hooks(project: &TestProject, hooks: &str) {
     std::fs::write(&path, file).expect("writing the override file");
 }
 
-/// The services of the lab's swarm with their replica counts, the
-/// swarm's configs, and the cluster's newest state: what a dry run must
-/// leave as it found it.
+/// The services of the lab's swarm with their replica counts and spec
+/// versions (any service update raises one), the swarm's configs (the
+/// deploy lock is one), and the cluster's newest state: what a dry run
+/// must leave as it found it.
 fn swarm_objects(lab: &SwarmLab, project: &TestProject) -> (String, String, String) {
     let format = ["--format", "{{.Name}} {{.Mode}} {{.Replicas}} {{.Image}}"];
     let mut services = vec!["service", "ls"];
     services.extend(format);
+    let ids = lab.docker_ok(1, &["service", "ls", "-q"]);
+    let mut versions = vec![
+        "service",
+        "inspect",
+        "--format",
+        "{{.Spec.Name}} {{.Version.Index}}",
+    ];
+    versions.extend(ids.lines());
     let configs = lab.docker_ok(1, &["config", "ls", "--format", "{{.Name}}"]);
     (
-        lab.docker_ok(1, &services),
+        lab.docker_ok(1, &services) + &lab.docker_ok(1, &versions),
         configs,
         recorded_state(lab, project),
     )
 }
 
+/// `scale --dry-run` on a Swarm prints the plan one engine's does for the
+/// active color grown, shrunk or left, and for the idle color's count
+/// recorded, with the service and the edges that follow its tasks.
+fn scale_dry_runs_plan(lab: &SwarmLab, project: &TestProject) {
+    let blue = format!("{}_cryptus-blue", project.name);
+    let plan_of = |service: &str, replicas: &str| {
+        let output = project.run(&["scale", service, replicas, "--dry-run", "--json"]);
+        assert_code(&output, 0);
+        let document: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+        assert_eq!(document["dry_run"], true, "{document}");
+        document["plan"].clone()
+    };
+    let edges = serde_json::json!([lab.node_name(1)]);
+    let version = project.status()["releases"]["blue"]["version"].clone();
+    assert!(version.is_string(), "blue's release is not recorded");
+    for (replicas, action) in [("5", "grow"), ("2", "shrink")] {
+        let plan = plan_of("cryptus-blue", replicas);
+        assert_eq!(plan["operation"], "scale", "{plan}");
+        assert_eq!(plan["action"], action, "{plan}");
+        assert_eq!(
+            (&plan["active"], &plan["target"]),
+            (&"blue".into(), &"blue".into())
+        );
+        assert_eq!(plan["from_replicas"], 3, "{plan}");
+        assert_eq!(plan["replicas"].to_string(), replicas, "{plan}");
+        assert_eq!(plan["serve"], serde_json::json!([blue]), "{plan}");
+        assert_eq!(plan["edges"], edges, "{plan}");
+        assert_eq!(plan["release"]["version"], version, "{plan}");
+    }
+    let same = plan_of("cryptus-blue", "3");
+    assert_eq!(same["action"], "nothing", "{same}");
+    let idle = plan_of("cryptus-green", "2");
+    assert_eq!(idle["action"], "record", "{idle}");
+    assert_eq!(
+        (&idle["target"], &idle["replicas"]),
+        (&"green".into(), &2.into())
+    );
+    assert!(
+        idle["edges"].is_null(),
+        "nothing follows a recorded count: {idle}"
+    );
+    let text = stdout(&project.ok(&["scale", "cryptus-blue", "5", "--dry-run"]));
+    let version = version.as_str().unwrap_or_default();
+    assert!(
+        text.contains(&format!(
+            "scale: blue goes from 3 to 5 replicas of {version} ("
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "edge nginx follows the tasks on: {}",
+            lab.node_name(1)
+        )),
+        "{text}"
+    );
+    assert!(text.contains("(dry run: nothing was changed)"), "{text}");
+    let text = stdout(&project.ok(&["scale", "cryptus-green", "2", "--dry-run"]));
+    assert!(
+        text.contains("scale: green is idle; the next deploy into it starts 2 replicas"),
+        "{text}"
+    );
+}
+
+/// `deploy --dry-run --build` on a Swarm prints one engine's plan of a
+/// build (the release made during the run, the image named as the build
+/// tags it) and the nodes the image would be copied to from the manager;
+/// nothing is built, on any node.
+fn build_dry_run_plans_the_copies(lab: &SwarmLab, project: &TestProject) {
+    let context = std::path::Path::new(support::REPO).join("app");
+    let context = context.to_string_lossy().into_owned();
+    let args = [
+        "deploy",
+        "--dry-run",
+        "--build",
+        &context,
+        "--version",
+        "7.1.0",
+    ];
+    let output = project.run(&[&args[..], &["--json"]].concat());
+    assert_code(&output, 0);
+    let document: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    let plan = &document["plan"];
+    assert!(plan["release"].is_null(), "{plan}");
+    assert_eq!(plan["target"], "green", "{plan}");
+    let image = plan["build"]["image"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(image.ends_with(":7.1.0"), "{plan}");
+    let mut copied: Vec<&str> = plan["build"]["copy_to"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no copy_to in {plan}"))
+        .iter()
+        .filter_map(|n| n.as_str())
+        .collect();
+    copied.sort_unstable();
+    let (second, third) = (lab.node_name(2), lab.node_name(3));
+    assert_eq!(copied, [second.as_str(), third.as_str()], "{plan}");
+    let text = stdout(&project.ok(&args));
+    assert!(
+        text.contains("traffic moves from blue to green a build made during the run"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("build: {image} on the manager, then copied to ")),
+        "{text}"
+    );
+    for node in 1..=lab.nodes() {
+        let found = lab.docker(node, &["image", "inspect", &image]);
+        assert!(!found.status.success(), "{image} was built on node {node}");
+    }
+}
+
 /// `deploy --dry-run` on a Swarm prints the plan (target, release, tasks,
-/// what goes to 0, the edges that switch, the hooks) and changes no
-/// service, config or cluster state. The hooks run as jobs of the swarm:
+/// what goes to 0, the edges that switch, the hooks), as do `scale
+/// --dry-run` and `deploy --dry-run --build`, and none changes a service,
+/// config (the lock is one) or the cluster's state. The hooks run as jobs of the swarm:
 /// a failing pre-deploy hook (its output shown with its name) leaves blue
 /// serving, nothing made and no job behind, exit 1; then a pre-deploy hook
 /// runs once with its variables, green serves, and a failing post-deploy
@@ -2485,10 +2680,12 @@ fn swarm_dry_run_changes_nothing_and_hooks_run_as_jobs() {
     );
     assert!(text.contains("drain, then scale to 0 tasks"), "{text}");
     assert!(text.contains("(dry run: nothing was changed)"), "{text}");
+    scale_dry_runs_plan(&lab, &project);
+    build_dry_run_plans_the_copies(&lab, &project);
     assert_eq!(
         swarm_objects(&lab, &project),
         before,
-        "the dry run changed the swarm"
+        "a dry run changed the swarm"
     );
 
     declare_hooks(

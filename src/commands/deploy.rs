@@ -9,7 +9,7 @@ use anyhow::Result;
 
 use crate::cli::{HookArgs, SwitchArgs};
 use crate::context::Session;
-use crate::error::{EXIT_FAILED, EXIT_OK, usage};
+use crate::error::{EXIT_FAILED, EXIT_OK};
 use crate::lock;
 use crate::orchestrator::Orchestrator;
 use crate::output::{Printer, seconds};
@@ -90,18 +90,6 @@ pub async fn deploy(
     }
     let report = switch::deploy(&stack, source, version, settings).await?;
     show(&report, printer)
-}
-
-/// `scale --dry-run` prints the one-engine planner's plan; a Swarm's
-/// scale is not planned that way yet.
-pub fn refuse_dry_run_on_swarm(dry_run: bool) -> Result<()> {
-    if dry_run {
-        return Err(usage(
-            "scale --dry-run on a Docker Swarm is not done yet",
-            "`cryptus status` shows the active color and the recorded releases",
-        ));
-    }
-    Ok(())
 }
 
 /// A `--dry-run`'s plan: lines on stdout, or one JSON document.

@@ -8,7 +8,7 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use crate::context::Session;
-use crate::error::{EXIT_OK, usage};
+use crate::error::EXIT_OK;
 use crate::orchestrator::Orchestrator;
 use crate::output::Printer;
 use crate::project::Project;
@@ -52,14 +52,9 @@ pub async fn run(project: &Project, timeout: Duration, printer: &Printer) -> Res
     Ok(EXIT_OK)
 }
 
-/// The rolling restart on a Swarm, and its summary.
+/// The rolling restart on a Swarm (with `--monitoring`, its monitoring
+/// services among the others), and its summary.
 async fn on_swarm(session: &Session<'_>, timeout: Duration, printer: &Printer) -> Result<u8> {
-    if session.stack().project.monitoring {
-        return Err(usage(
-            "the monitoring services on a Docker Swarm are not done yet",
-            "restart without --monitoring (unset CRYPTUS_MONITORING), or use --orchestrator engine",
-        ));
-    }
     let report = crate::swarm::restart::run(&session.stack(), timeout).await?;
     if printer.json() {
         printer.out_json(&report)?;

@@ -9,7 +9,7 @@ use crate::output::Printer;
 use crate::project::Project;
 use crate::switch::{self, DryRun, Settings};
 
-use super::deploy::{refuse_dry_run_on_swarm, show_plan};
+use super::deploy::show_plan;
 use crate::orchestrator::Orchestrator;
 
 pub async fn run(
@@ -42,7 +42,13 @@ pub async fn run(
     let session = Session::open(project, printer).await?;
     let stack = session.stack();
     if project.orchestrator == Orchestrator::Swarm {
-        refuse_dry_run_on_swarm(dry_run)?;
+        if dry_run {
+            let color = switch::scale::color_to_scale(&stack, service, replicas)?;
+            return show_plan(
+                &crate::swarm::scale::dry_run(&stack, color, replicas).await?,
+                printer,
+            );
+        }
     } else {
         super::warn_not_applied(stack.compose, stack.engine, printer);
     }

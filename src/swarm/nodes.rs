@@ -171,8 +171,43 @@ async fn may_run_color<'s>(
 /// engine is not known refuse it before any is loaded.
 pub async fn load_on_nodes(stack: &Stack<'_>, color: Color, release: &Release) -> Result<()> {
     let image = &release.image;
-    let Some((engines, nodes)) = may_run_color(stack, color, release).await? else {
+    let Some((engines, nodes)) = load_targets(stack, color, release).await? else {
         return Ok(());
+    };
+    let loads = nodes.iter().map(|node| async {
+        let why = format!("{image} is loaded there");
+        let engine = engines.engine(node, &why).await?;
+        if engine.image_labels(image).await?.is_none() {
+            stack
+                .printer
+                .info(format!("loading {image} on {}", node.hostname));
+            let copied = stack.engine.copy_image(image, &engine);
+            tokio::time::timeout(LOAD_DEADLINE, copied)
+                .await
+                .map_err(|_| {
+                    anyhow::anyhow!("not done within {}", crate::output::uptime(LOAD_DEADLINE))
+                })
+                .and_then(|copied| copied)
+                .with_context(|| format!("loading {image} on {}", node.hostname))?;
+        }
+        Ok::<_, anyhow::Error>(())
+    });
+    try_join_all(loads).await?;
+    Ok(())
+}
+
+/// The nodes other than the manager's that an image of `color` built on
+/// the manager is loaded on (those `color`'s placement allows, ready),
+/// with their engines, for [`load_on_nodes`] and a dry run's plan alike;
+/// refused, naming them, where a node's engine is not known. `None` when
+/// the compose file has no such color.
+pub async fn load_targets<'s>(
+    stack: &'s Stack<'_>,
+    color: Color,
+    release: &Release,
+) -> Result<Option<(NodeEngines<'s>, Vec<Node>)>> {
+    let Some((engines, nodes)) = may_run_color(stack, color, release).await? else {
+        return Ok(None);
     };
     let unknown: Vec<String> = nodes
         .iter()
@@ -180,31 +215,13 @@ pub async fn load_on_nodes(stack: &Stack<'_>, color: Color, release: &Release) -
         .map(|node| format!("{} (no engine known)", node.hostname))
         .collect();
     if !unknown.is_empty() {
-        return Err(not_on_every_node(image, color, &unknown));
+        return Err(not_on_every_node(&release.image, color, &unknown));
     }
-    let loads = nodes
-        .iter()
+    let others = nodes
+        .into_iter()
         .filter(|node| !engines.is_manager(&node.id))
-        .map(|node| async {
-            let why = format!("{image} is loaded there");
-            let engine = engines.engine(node, &why).await?;
-            if engine.image_labels(image).await?.is_none() {
-                stack
-                    .printer
-                    .info(format!("loading {image} on {}", node.hostname));
-                let copied = stack.engine.copy_image(image, &engine);
-                tokio::time::timeout(LOAD_DEADLINE, copied)
-                    .await
-                    .map_err(|_| {
-                        anyhow::anyhow!("not done within {}", crate::output::uptime(LOAD_DEADLINE))
-                    })
-                    .and_then(|copied| copied)
-                    .with_context(|| format!("loading {image} on {}", node.hostname))?;
-            }
-            Ok::<_, anyhow::Error>(())
-        });
-    try_join_all(loads).await?;
-    Ok(())
+        .collect();
+    Ok(Some((engines, others)))
 }
 
 /// The longest an image may take to be copied from the manager to a node.

@@ -4,10 +4,10 @@
 //! update), and the run waits until every task it asks for is a new one,
 //! running (healthy, with a healthcheck), under `--timeout`:
 //!
-//! - the services that are no color and no edge (redis) first, as `start`
-//!   orders them; one that keeps data in a named volume stops its old task
-//!   before the new one starts (two redis on one volume would both write
-//!   it), the others start the new one first;
+//! - the services that are no color and no edge (redis, and the
+//!   monitoring services) first, as `start` orders them; one that keeps
+//!   data in a named volume stops its old task before the new one starts,
+//!   the others start the new one first (see [`plan`]);
 //! - the colors that run tasks, start-first: a new task enters
 //!   `tasks.<service>` once healthy, and an old one leaves the name before
 //!   it is stopped, so nginx, which re-resolves the name every second,
@@ -103,13 +103,22 @@ pub fn plan(project: &str, compose: &Compose, services: &[Service]) -> Vec<Step>
                 Some(service) if Color::of_service(service).is_some() => {
                     How::Replace(UpdateOrder::StartFirst)
                 }
+                // No state of its own (nginx-exporter, redis-exporter):
+                // the new task serves before the old one stops.
                 Some(service)
                     if compose.service(service).is_some() && !keeps_data(compose, service) =>
                 {
                     How::Replace(UpdateOrder::StartFirst)
                 }
-                // It keeps data in a volume, or the file no longer declares
-                // it (its volumes unknown): the old task stops first.
+                // A named volume lives on one node, and the service is
+                // pinned there with it (`plan::service_spec`): a new task
+                // started first would run beside the old one on that node,
+                // on the same files. Two redis would both write the dump;
+                // a second Prometheus cannot take its TSDB's lock and
+                // fails, which pauses the update; Alertmanager and Grafana
+                // would write the same state from two processes. So the
+                // old task stops first, as it does for a service the file
+                // no longer declares (its volumes unknown).
                 _ => How::Replace(UpdateOrder::StopFirst),
             };
             Step {
@@ -375,6 +384,17 @@ mod tests {
         }
     }
 
+    const START: How = How::Replace(UpdateOrder::StartFirst);
+    const STOP: How = How::Replace(UpdateOrder::StopFirst);
+
+    /// The plan's steps, each service with how it restarts.
+    fn steps_of(compose: &Compose, services: &[Service]) -> Vec<(String, How)> {
+        plan("shop", compose, services)
+            .into_iter()
+            .map(|s| (s.service, s.how))
+            .collect()
+    }
+
     #[test]
     fn the_colors_start_first_a_volume_stops_first_and_nginx_reloads_last() {
         let dir = tempfile::tempdir().unwrap();
@@ -395,14 +415,8 @@ mod tests {
             service("old", Some(1)),
             service("redis", Some(1)),
         ];
-        let steps: Vec<(String, How)> = plan("shop", &compose, &services)
-            .into_iter()
-            .map(|s| (s.service, s.how))
-            .collect();
-        let (start, stop) = (
-            How::Replace(UpdateOrder::StartFirst),
-            How::Replace(UpdateOrder::StopFirst),
-        );
+        let steps = steps_of(&compose, &services);
+        let (start, stop) = (START, STOP);
         assert_eq!(
             steps,
             [
@@ -414,6 +428,37 @@ mod tests {
             ],
             "green at 0 tasks is left alone"
         );
+    }
+
+    /// The shipped monitoring services: those that keep data in a volume
+    /// (pinned to one node with it) stop first, the exporters start first.
+    #[test]
+    fn the_monitoring_services_with_a_volume_stop_first() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("compose")).unwrap();
+        let file = dir.path().join("compose/docker-compose.monitoring.yml");
+        // The stack's file declares the network the monitoring file joins.
+        let text = include_str!("../../compose/docker-compose.monitoring.yml");
+        std::fs::write(&file, format!("{text}\nnetworks:\n  cryptus: {{}}\n")).unwrap();
+        let compose = crate::compose::load(&[file], &Default::default()).unwrap();
+        let names = [
+            "alertmanager",
+            "cadvisor",
+            "grafana",
+            "nginx-exporter",
+            "node-exporter",
+            "prometheus",
+            "redis-exporter",
+        ];
+        let services: Vec<Service> = names.iter().map(|n| service(n, Some(1))).collect();
+        let steps = steps_of(&compose, &services);
+        let (start, stop) = (START, STOP);
+        let expected: Vec<(String, How)> = names
+            .iter()
+            .zip([stop, start, stop, start, stop, stop, start])
+            .map(|(name, how)| (format!("shop_{name}"), how))
+            .collect();
+        assert_eq!(steps, expected);
     }
 
     #[test]

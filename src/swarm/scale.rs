@@ -27,8 +27,9 @@ use crate::error::failed_with_hint;
 use crate::health::{Expect, Probe};
 use crate::history::{Entry, Outcome, Side, operation};
 use crate::stack::{Color, Release};
-use crate::switch::Settings;
+use crate::switch::plan::Action;
 use crate::switch::scale::{Report, failed_cleanly};
+use crate::switch::{Plan, Settings};
 use crate::wait::{self, Limits, Seen};
 
 use super::edge::{Edge, Edges, Follower};
@@ -76,44 +77,36 @@ async fn locked(
     settings: &Settings,
 ) -> Result<Report> {
     let began = Instant::now();
-    let (engine, project) = (stack.engine, &stack.project.name);
-    let mut state = state::read(engine, project).await?;
-    let active = state.active.unwrap_or(Color::Blue);
-    let name = service_name(project, color.service());
-    let services = engine.services(project).await?;
-    let current = services
-        .iter()
-        .find(|s| s.name == name)
-        .and_then(|s| s.replicas)
-        .map(|n| u32::try_from(n).unwrap_or(u32::MAX));
+    let found = read(stack, color).await?;
+    let planned = plan(&found, color, replicas)?;
+    let Read {
+        mut state, name, ..
+    } = found;
     let mut report = Report {
         ok: true,
         service: color.service().to_owned(),
         color,
-        active: color == active,
-        from: current.unwrap_or(0),
+        active: color == planned.active,
+        from: planned.from_replicas,
         to: replicas,
-        pending: color != active,
+        pending: planned.action == Action::Record,
         warnings: Vec::new(),
     };
-    if color != active {
-        record_pending(stack, &mut state, color, replicas).await?;
-        return Ok(report);
+    match planned.action {
+        Action::Record => {
+            record_pending(stack, &mut state, color, replicas).await?;
+            return Ok(report);
+        }
+        Action::Nothing => {
+            stack.printer.info(format!(
+                "{} already runs {replicas} replicas",
+                color.service()
+            ));
+            return Ok(report);
+        }
+        _ => {}
     }
-    let from = current.filter(|n| *n > 0).ok_or_else(|| {
-        failed_with_hint(
-            format!("{name}, the active color, runs no task on the swarm"),
-            "run `cryptus start` first; `cryptus status` shows each service",
-        )
-    })?;
-    if from == replicas {
-        stack.printer.info(format!(
-            "{} already runs {replicas} replicas",
-            color.service()
-        ));
-        return Ok(report);
-    }
-    let release = state.releases.get(&color).cloned();
+    let release = planned.release;
     let expect = Expect {
         color,
         version: release.as_ref().map(|r| r.version.clone()),
@@ -122,7 +115,7 @@ async fn locked(
         stack,
         name: &name,
         expect: &expect,
-        from,
+        from: planned.from_replicas,
         to: replicas,
     };
     let done = change.apply(settings).await;
@@ -131,6 +124,82 @@ async fn locked(
         stack.printer.warn(warning);
     }
     done.map(|()| report)
+}
+
+/// What a scale of `color` to `replicas` would do, read without the lock
+/// as the run reads it ([`read`], [`plan`]) and changing nothing: not a
+/// service, the cluster's state or its lock. The edges that follow the
+/// tasks are named when the active color's count changes.
+pub async fn dry_run(stack: &Stack<'_>, color: Color, replicas: u32) -> Result<Plan> {
+    let found = read(stack, color).await?;
+    let mut planned = plan(&found, color, replicas)?;
+    if matches!(planned.action, Action::Grow | Action::Shrink) {
+        let edges = Edges::find(stack.engine, &stack.project.name).await?;
+        planned.edges = edges.all.iter().map(|e| e.node.clone()).collect();
+    }
+    Ok(planned)
+}
+
+/// What a scale reads of the cluster, its run and its dry run alike: the
+/// state (whose record names the active color) and the color's service
+/// with its count.
+struct Read {
+    state: ClusterState,
+    /// `<project>_cryptus-<color>`.
+    name: String,
+    /// The service's replicas; `None` when it has no service.
+    current: Option<u32>,
+}
+
+async fn read(stack: &Stack<'_>, color: Color) -> Result<Read> {
+    let (engine, project) = (stack.engine, &stack.project.name);
+    let state = state::read(engine, project).await?;
+    let name = service_name(project, color.service());
+    let services = engine.services(project).await?;
+    let current = services
+        .iter()
+        .find(|s| s.name == name)
+        .and_then(|s| s.replicas)
+        .map(|n| u32::try_from(n).unwrap_or(u32::MAX));
+    Ok(Read {
+        state,
+        name,
+        current,
+    })
+}
+
+/// What a scale of `color` to `replicas` does, from what [`read`] found,
+/// as one engine's planner says it: the idle color's count recorded for
+/// the next switch into it, nothing, or the active color's service grown
+/// or shrunk (the swarm chooses which tasks go). Pure.
+fn plan(read: &Read, color: Color, replicas: u32) -> Result<Plan> {
+    let active = read.state.active.unwrap_or(Color::Blue);
+    let mut plan = Plan::scale(
+        Action::Record,
+        active,
+        color,
+        read.state.releases.get(&color).cloned(),
+        read.current.unwrap_or(0),
+        replicas,
+    );
+    if color != active {
+        return Ok(plan);
+    }
+    let name = &read.name;
+    let from = read.current.filter(|n| *n > 0).ok_or_else(|| {
+        failed_with_hint(
+            format!("{name}, the active color, runs no task on the swarm"),
+            "run `cryptus start` first; `cryptus status` shows each service",
+        )
+    })?;
+    plan.from_replicas = from;
+    plan.serve = vec![name.clone()];
+    plan.action = match replicas.cmp(&from) {
+        std::cmp::Ordering::Equal => Action::Nothing,
+        std::cmp::Ordering::Greater => Action::Grow,
+        std::cmp::Ordering::Less => Action::Shrink,
+    };
+    Ok(plan)
 }
 
 /// The idle color: the count waits for the next switch into it.
@@ -332,6 +401,44 @@ mod tests {
             },
         };
         (addr.to_owned(), Probe::Answered(report))
+    }
+
+    /// The run and the dry run plan alike: the idle color's count is
+    /// recorded, the active color's service grows, shrinks or is left,
+    /// and an active color with no task is refused.
+    #[test]
+    fn a_scale_is_planned_from_the_record_and_the_service_count() {
+        let state = ClusterState {
+            active: Some(Color::Green),
+            ..Default::default()
+        };
+        let read = |current| Read {
+            state: state.clone(),
+            name: "shop_cryptus-green".into(),
+            current,
+        };
+        let planned = |current, color, replicas| {
+            plan(&read(current), color, replicas).map(|p| (p.action, p.from_replicas, p.serve))
+        };
+        let green = vec!["shop_cryptus-green".to_owned()];
+        assert_eq!(
+            planned(Some(3), Color::Green, 5).unwrap(),
+            (Action::Grow, 3, green.clone())
+        );
+        assert_eq!(
+            planned(Some(3), Color::Green, 2).unwrap(),
+            (Action::Shrink, 3, green.clone())
+        );
+        assert_eq!(
+            planned(Some(3), Color::Green, 3).unwrap(),
+            (Action::Nothing, 3, green)
+        );
+        assert_eq!(
+            planned(None, Color::Blue, 2).unwrap(),
+            (Action::Record, 0, Vec::new())
+        );
+        let refused = planned(Some(0), Color::Green, 2).unwrap_err();
+        assert!(refused.to_string().contains("runs no task"), "{refused:#}");
     }
 
     #[test]

@@ -27,7 +27,7 @@ use crate::health::{Expect, Probe};
 use crate::history::{Entry, HookRun, Outcome, Side, operation};
 use crate::stack::{Color, Release};
 use crate::switch::hooks::{self, Between};
-use crate::switch::plan::Action;
+use crate::switch::plan::{Action, PlannedBuild};
 use crate::switch::report::{Report, Steps, round};
 use crate::switch::watch;
 use crate::switch::{Ask, Plan, Settings, Source};
@@ -42,22 +42,6 @@ use super::state::{self, ClusterLock, ClusterState};
 
 /// Failed probes in a row, while watching, that put traffic back.
 const WATCH_FAILURES: u32 = 3;
-
-/// A dry run of `deploy --build` is refused before anything is touched:
-/// its release is known only once built.
-fn refuse_build(ask: &Ask) -> Result<()> {
-    if let Ask::Deploy {
-        source: Source::Build(_),
-        ..
-    } = ask
-    {
-        return Err(usage(
-            "deploy --dry-run --build on a Docker Swarm is not done: the release is known only once built",
-            "build the image and load it on every node, then deploy --dry-run --image",
-        ));
-    }
-    Ok(())
-}
 
 fn operation_of(ask: &Ask) -> &'static str {
     match ask {
@@ -108,8 +92,12 @@ async fn deploy_release(
     target: Color,
     source: Source,
     version: Option<String>,
+    run: Run,
 ) -> Result<Option<Release>> {
     let source = match source.for_color(stack, target) {
+        // A dry run's build is planned by [`dry_run`]: its release is
+        // known only once built.
+        Source::Build(_) if run == Run::Dry => return Ok(None),
         Source::Build(context) => {
             let built = crate::switch::deploy::build_release(stack, target, context, version);
             let release = built.await?;
@@ -138,7 +126,10 @@ async fn locked(
 ) -> Result<Report> {
     let operation = operation_of(&ask);
     let (state, active) = read_active(stack, &edge, true).await?;
-    let decided = decide(stack, ask, &state, active, steps).await?;
+    let decided = decide(stack, ask, &state, active, steps, Run::Real).await?;
+    let release = decided
+        .release
+        .ok_or_else(|| anyhow::anyhow!("the release to deploy is not known"))?;
     let switch = Switch {
         stack,
         settings,
@@ -146,7 +137,7 @@ async fn locked(
         operation,
         to: decided.to,
         from: decided.from,
-        release: decided.release,
+        release,
         replicas: decided.replicas,
         made: Made::Nothing,
         old_workers: Vec::new(),
@@ -220,12 +211,20 @@ fn forget_finished_canary(state: &mut ClusterState, active: Color) -> bool {
     over
 }
 
+/// Whether a switch runs, or is a dry run that builds nothing.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Run {
+    Real,
+    Dry,
+}
+
 /// What a switch decides from what runs and what was asked, before it
 /// changes anything.
 struct Decided {
     from: Side,
     to: Side,
-    release: Release,
+    /// `None` only in a dry run of `deploy --build`.
+    release: Option<Release>,
     /// The target's tasks once it serves.
     replicas: u64,
     /// The target's tasks now (0: at 0, or no service yet).
@@ -242,6 +241,7 @@ async fn decide(
     state: &ClusterState,
     active: Color,
     steps: &mut Steps<'_>,
+    run: Run,
 ) -> Result<Decided> {
     let (engine, project) = (stack.engine, &stack.project.name);
     let target = active.other();
@@ -288,20 +288,23 @@ async fn decide(
     };
     let release = match ask {
         Ask::Deploy { source, version } => {
-            let known = deploy_release(stack, target, source, version);
+            let known = deploy_release(stack, target, source, version, run);
             steps.wait("image", "getting the image", known).await?
         }
-        Ask::Rollback => rollback_to.cloned(),
+        Ask::Rollback => Some(rollback_to.cloned().ok_or_else(|| {
+            failed_with_hint(
+                format!("nothing to roll back to: {target} has run nothing on this swarm"),
+                "`cryptus status` shows the recorded releases; deploy one with `cryptus deploy --image ...`",
+            )
+        })?),
     };
-    let Some(release) = release else {
-        return Err(failed_with_hint(
-            format!("nothing to roll back to: {target} has run nothing on this swarm"),
-            "`cryptus status` shows the recorded releases; deploy one with `cryptus deploy --image ...`",
-        ));
+    let to_build = Release {
+        image: String::new(),
+        version: String::new(),
     };
     Ok(Decided {
         from,
-        to: side(target, &release, replicas),
+        to: side(target, release.as_ref().unwrap_or(&to_build), replicas),
         release,
         replicas,
         standing: replicas_of(target).unwrap_or(0),
@@ -313,14 +316,19 @@ async fn decide(
 /// and changing nothing: not a service, a config, the cluster's state.
 pub async fn dry_run(stack: &Stack<'_>, ask: Ask, settings: &Settings) -> Result<Plan> {
     ask.check()?;
-    refuse_build(&ask)?;
     let (engine, project) = (stack.engine, &stack.project.name);
     let edge = Edges::find(engine, project).await?;
     let (state, active) = read_active(stack, &edge, false).await?;
     let ends_canary = state.canary.is_some();
     let operation = operation_of(&ask);
+    let build = match &ask {
+        Ask::Deploy { source, version } => {
+            planned_build(stack, active.other(), source, version.as_deref()).await?
+        }
+        Ask::Rollback => None,
+    };
     let mut steps = Steps::new(stack.printer);
-    let decided = decide(stack, ask, &state, active, &mut steps).await?;
+    let decided = decide(stack, ask, &state, active, &mut steps, Run::Dry).await?;
     let edges = edge.all.iter().map(|e| e.node.clone()).collect();
     let mut plan = plan_of(
         project,
@@ -343,7 +351,35 @@ pub async fn dry_run(stack: &Stack<'_>, ask: Ask, settings: &Settings) -> Result
     } else {
         plan.hooks = hooks::planned(stack, operation, settings.hooks);
     }
+    plan.build = build;
     Ok(plan)
+}
+
+/// What a dry run's `deploy --build` into `target` builds, named and
+/// checked as one engine's dry run does, and the nodes the image would be
+/// copied to from the manager ([`super::nodes::load_targets`], which the
+/// run loads it on by); `None` when it builds nothing.
+async fn planned_build(
+    stack: &Stack<'_>,
+    target: Color,
+    source: &Source,
+    version: Option<&str>,
+) -> Result<Option<PlannedBuild>> {
+    let Some(image) = crate::switch::deploy::planned_build(stack, target, source, version)? else {
+        return Ok(None);
+    };
+    let release = Release {
+        image,
+        version: version.unwrap_or_default().to_owned(),
+    };
+    let copy_to = super::nodes::load_targets(stack, target, &release)
+        .await?
+        .map(|(_, nodes)| nodes.into_iter().map(|n| n.hostname).collect())
+        .unwrap_or_default();
+    Ok(Some(PlannedBuild {
+        image: release.image,
+        copy_to,
+    }))
 }
 
 /// [`dry_run`]'s plan, as one engine's planner shows one: the target's
@@ -365,7 +401,7 @@ fn plan_of(
         action: Action::Switch,
         active,
         target,
-        release: Some(decided.release.clone()),
+        release: decided.release.clone(),
         from_replicas: count(decided.standing),
         replicas: count(decided.replicas),
         reuse: false,
@@ -378,6 +414,7 @@ fn plan_of(
         clears_pending: state.pending.contains_key(&target),
         hooks: Vec::new(),
         edges,
+        build: None,
     }
 }
 
@@ -1032,7 +1069,7 @@ mod tests {
         let decided = Decided {
             from: side(Color::Blue, "1", 3),
             to: side(Color::Green, "2", 4),
-            release: release.clone(),
+            release: Some(release.clone()),
             replicas: 4,
             standing: 0,
             monitored: false,

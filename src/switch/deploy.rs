@@ -30,6 +30,7 @@ use crate::nginx::{Canary, Served};
 use crate::ready::WaitFor;
 use crate::wait::Limits;
 
+#[derive(Clone, Debug)]
 pub enum Source {
     /// The image the compose file names for the color.
     Compose,
@@ -299,6 +300,29 @@ pub async fn build_release(
     check_version(&version)?;
     crate::build::build_color(stack, target, context, &version).await
 }
+
+/// What a dry run says a deploy of `source` into `target` builds: the
+/// image named as the build tags it (the version given, else the time of
+/// the build), its input checked as the build checks it; `None` when it
+/// builds nothing.
+pub fn planned_build(
+    stack: &Stack<'_>,
+    target: Color,
+    source: &Source,
+    version: Option<&str>,
+) -> Result<Option<String>> {
+    let Source::Build(context) = source.clone().for_color(stack, target) else {
+        return Ok(None);
+    };
+    if let Some(version) = version {
+        check_version(version)?;
+    }
+    let input = crate::build::input(stack, target, context)?;
+    Ok(Some(input.tag(version.unwrap_or(BUILD_TIME))))
+}
+
+/// The tag's version a build without `--version` gets: its time.
+const BUILD_TIME: &str = "<YYYYmmdd-HHMMSS of the build>";
 
 /// The release a source names, read from the engine without pulling or
 /// building (what a deploy starts, and what `--dry-run` shows); `None`

@@ -86,14 +86,19 @@ pub async fn dry_run(stack: &Stack<'_>, ask: DryRun, settings: &Settings) -> Res
     }
     let lb = state::lb(stack).await?;
     let (observed, _) = state::read(stack, &lb, &crate::health::client(), rollback).await?;
+    let mut build = None;
     let request = match ask {
         DryRun::Switch(Ask::Rollback) => plan::Request::Rollback {
             keep_standby: settings.keep_standby,
         },
-        DryRun::Switch(Ask::Deploy { source, version }) => plan::Request::Deploy {
-            release: deploy::known_release(stack, observed.active.other(), source, version).await?,
-            keep_standby: settings.keep_standby,
-        },
+        DryRun::Switch(Ask::Deploy { source, version }) => {
+            let target = observed.active.other();
+            build = deploy::planned_build(stack, target, &source, version.as_deref())?;
+            plan::Request::Deploy {
+                release: deploy::known_release(stack, target, source, version).await?,
+                keep_standby: settings.keep_standby,
+            }
+        }
         DryRun::Scale { service, replicas } => plan::Request::Scale {
             color: scale::color_to_scale(stack, &service, replicas)?,
             replicas,
@@ -101,6 +106,10 @@ pub async fn dry_run(stack: &Stack<'_>, ask: DryRun, settings: &Settings) -> Res
     };
     let mut plan = plan::plan(&observed, &request)?;
     plan.hooks = hooks::planned(stack, &plan.operation, settings.hooks);
+    plan.build = build.map(|image| plan::PlannedBuild {
+        image,
+        copy_to: Vec::new(),
+    });
     Ok(plan)
 }
 

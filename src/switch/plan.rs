@@ -151,6 +151,19 @@ pub struct Plan {
     /// service then goes to 0 tasks rather than its containers stopping).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub edges: Vec<String>,
+    /// `deploy --build`: what it builds (`release` is then unknown).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub build: Option<PlannedBuild>,
+}
+
+/// The image `deploy --build` builds, as a dry run tells it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PlannedBuild {
+    /// The tag the build gives it.
+    pub image: String,
+    /// On a Swarm: the nodes it is then copied to from the manager, where
+    /// it is built.
+    pub copy_to: Vec<String>,
 }
 
 /// A deploy hook a switch runs: before the new color starts, or after the
@@ -163,6 +176,38 @@ pub struct PlannedHook {
 }
 
 impl Plan {
+    /// A scale of `target` from `from_replicas` to `replicas` as `action`
+    /// says, naming no container, task or edge yet.
+    pub fn scale(
+        action: Action,
+        active: Color,
+        target: Color,
+        release: Option<Release>,
+        from_replicas: u32,
+        replicas: u32,
+    ) -> Plan {
+        Plan {
+            operation: operation::SCALE.to_owned(),
+            action,
+            active,
+            target,
+            release,
+            from_replicas,
+            replicas,
+            reuse: false,
+            replace: Vec::new(),
+            start: Vec::new(),
+            serve: Vec::new(),
+            drain: Vec::new(),
+            remove: Vec::new(),
+            keep_standby: false,
+            clears_pending: false,
+            hooks: Vec::new(),
+            edges: Vec::new(),
+            build: None,
+        }
+    }
+
     /// The plan in lines, for the terminal.
     pub fn describe(&self) -> Vec<String> {
         let release = match &self.release {
@@ -213,6 +258,16 @@ impl Plan {
                     format!("  {when}, the {} hook: {}", h.hook, h.command.join(" "))
                 })
         };
+        if let Some(build) = &self.build {
+            lines.push(match build.copy_to.as_slice() {
+                [] => format!("  build: {}", build.image),
+                nodes => format!(
+                    "  build: {} on the manager, then copied to {}",
+                    build.image,
+                    nodes.join(", ")
+                ),
+            });
+        }
         lines.extend(hooks(false));
         let stop = if self.keep_standby {
             "drain, then stay up as a warm standby"
@@ -223,11 +278,16 @@ impl Plan {
         } else {
             "drain, then stop and go"
         };
+        // A scale's edges follow the service's tasks; a switch's flip.
+        let edges = match self.action {
+            Action::Grow | Action::Shrink => "edge nginx follows the tasks on",
+            _ => "edge nginx switched on",
+        };
         for (what, names) in [
             ("removed first", &self.replace),
             ("start", &self.start),
             ("nginx names", &self.serve),
-            ("edge nginx switched on", &self.edges),
+            (edges, &self.edges),
             (stop, &self.drain),
         ] {
             if !names.is_empty() {
@@ -295,6 +355,7 @@ fn after_canary(observed: &Observed, request: &Request, canary: Canary) -> Resul
                 clears_pending: false,
                 hooks: Vec::new(),
                 edges: Vec::new(),
+                build: None,
             })
         }
         _ => Err(failed_with_hint(live, hint)),
@@ -364,6 +425,7 @@ fn fresh_switch(
         clears_pending: false,
         hooks: Vec::new(),
         edges: Vec::new(),
+        build: None,
     })
 }
 
@@ -451,25 +513,8 @@ fn scale_active(observed: &Observed, replicas: u32) -> Result<Plan> {
         .filter(|_| !running.is_empty())
         .ok_or_else(|| failed(format!("no {color} container is running")))?;
     let from = count(&running);
-    let mut plan = Plan {
-        operation: operation::SCALE.to_owned(),
-        action: Action::Nothing,
-        active: color,
-        target: color,
-        release: Some(release),
-        from_replicas: from,
-        replicas,
-        reuse: false,
-        replace: Vec::new(),
-        start: Vec::new(),
-        serve: name_all(&running),
-        drain: Vec::new(),
-        remove: Vec::new(),
-        keep_standby: false,
-        clears_pending: false,
-        hooks: Vec::new(),
-        edges: Vec::new(),
-    };
+    let mut plan = Plan::scale(Action::Nothing, color, color, Some(release), from, replicas);
+    plan.serve = name_all(&running);
     if replicas > from {
         grow(observed, &running, &mut plan);
     } else if replicas < from {
@@ -521,25 +566,14 @@ fn scale_idle(observed: &Observed, color: Color, replicas: u32) -> Result<Plan> 
         .get(&color)
         .copied()
         .unwrap_or_else(|| count(&observed.replicas(color).iter().collect::<Vec<_>>()));
-    Ok(Plan {
-        operation: operation::SCALE.to_owned(),
-        action: Action::Record,
-        active: observed.active,
-        target: color,
-        release: observed.release(color),
-        from_replicas: from,
+    Ok(Plan::scale(
+        Action::Record,
+        observed.active,
+        color,
+        observed.release(color),
+        from,
         replicas,
-        reuse: false,
-        replace: Vec::new(),
-        start: Vec::new(),
-        serve: Vec::new(),
-        drain: Vec::new(),
-        remove: Vec::new(),
-        keep_standby: false,
-        clears_pending: false,
-        hooks: Vec::new(),
-        edges: Vec::new(),
-    })
+    ))
 }
 
 #[cfg(test)]
