@@ -34,14 +34,14 @@ const LOG_GRACE: Duration = Duration::from_secs(3);
 /// (nothing sends it traffic), never restarted. Labelled with the hook,
 /// so that a later run finds one a killed run left.
 pub fn job_spec(
-    project: &str,
+    (project, root): (&str, &std::path::Path),
     compose: &Compose,
     service: &Service,
     release: &Release,
     (hook, command): (Hook, &[String]),
     env: BTreeMap<String, String>,
 ) -> Result<Planned> {
-    let mut planned = service_spec(project, compose, service, release, None)?;
+    let mut planned = service_spec(project, root, compose, service, release, None)?;
     let spec = &mut planned.spec;
     spec.name = service_name(project, &format!("{}-{hook}", service.name));
     as_hook(&mut spec.container, (hook, command), env);
@@ -73,7 +73,7 @@ impl crate::switch::hooks::RunHook for Jobs {
         let project = &stack.project.name;
         let (service, release) = (one_off.service, one_off.release);
         let job = job_spec(
-            project,
+            (project, &stack.project.dir),
             stack.compose,
             service,
             release,
@@ -255,7 +255,7 @@ mod tests {
         let command = ["./migrate".to_owned(), "up".to_owned()];
         let env = BTreeMap::from([("CRYPTUS_TO_VERSION".to_owned(), "2".to_owned())]);
         let job = job_spec(
-            "shop",
+            ("shop", dir.path()),
             &compose,
             green,
             &release,

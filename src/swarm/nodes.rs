@@ -154,7 +154,15 @@ async fn may_run_color<'s>(
         return Ok(None);
     };
     let project = &stack.project.name;
-    let spec = super::plan::service_spec(project, stack.compose, service, release, None)?.spec;
+    let spec = super::plan::service_spec(
+        project,
+        &stack.project.dir,
+        stack.compose,
+        service,
+        release,
+        None,
+    )?
+    .spec;
     let (membership, nodes) = tokio::try_join!(engine.membership(), engine.nodes())?;
     let engines = NodeEngines::from_env(engine, &membership)?;
     let nodes = nodes

@@ -22,6 +22,7 @@
 //! names are what nginx follows.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
@@ -288,9 +289,11 @@ pub struct Planned {
 /// A service that keeps data in a named volume (redis), neither a color
 /// nor the edge, with no placement of its own, is pinned to the node `home`
 /// (a volume lives on one node: rescheduled elsewhere, the service would
-/// start on an empty one).
+/// start on an empty one). `root` is the project's directory on this
+/// machine (its files: `monitoring/`, and binds of it left out).
 pub fn service_spec(
     project: &str,
+    root: &Path,
     compose: &Compose,
     service: &Service,
     release: &Release,
@@ -373,11 +376,12 @@ pub fn service_spec(
     if !edge {
         grants.extend(monitoring_grants(
             project,
+            root,
             compose,
             &mut spec.container.mounts,
         )?);
     }
-    let warnings = leave_out_binds(&mut spec.container.mounts, &service.name, compose);
+    let warnings = leave_out_binds(&mut spec.container.mounts, &service.name, root, compose);
     Ok(Planned {
         spec,
         warnings,
@@ -387,12 +391,6 @@ pub fn service_spec(
 
 /// The project's directory of monitoring files, beside `compose/`.
 pub const MONITORING_DIR: &str = "monitoring";
-
-/// The project's directory on this machine: the one that holds `compose/`
-/// (the compose files' directory) beside `nginx/` and `monitoring/`.
-fn project_root(compose: &Compose) -> Option<&std::path::Path> {
-    compose.working_dir.parent()
-}
 
 /// The file under [`MONITORING_DIR`] that holds a password: a secret of
 /// the swarm, never a config.
@@ -409,12 +407,11 @@ const MAX_MONITORING_FILES: usize = 64;
 /// on the way ([`swarm_prometheus`]).
 fn monitoring_grants(
     project: &str,
+    root: &Path,
     compose: &Compose,
     mounts: &mut Vec<MountSpec>,
 ) -> Result<Vec<GrantPlan>> {
-    let Some(root) = project_root(compose).map(|d| d.join(MONITORING_DIR)) else {
-        return Ok(Vec::new());
-    };
+    let root = root.join(MONITORING_DIR);
     let mut planned = Vec::new();
     let mut taken = Vec::new();
     for (n, mount) in mounts.iter().enumerate() {
@@ -580,26 +577,56 @@ fn mode_of(service: &Service, edge: bool) -> Result<ServiceMode> {
     }
 }
 
+/// Paths every node has of its own, which the exporters and agents that
+/// read their node bind: kept on a Swarm with no warning.
+const NODE_PATHS: [&str; 10] = [
+    "/",
+    "/proc",
+    "/sys",
+    "/dev",
+    "/run",
+    "/var/run",
+    "/var/lib/docker",
+    "/var/run/docker.sock",
+    "/etc/localtime",
+    "/etc/timezone",
+];
+
 /// Leaves out, with a warning for each, the bind mounts of the project's
-/// own files: they are on this machine, and a task may run on any node.
-/// A bind of any other path is kept, as `docker stack deploy` keeps it: a
-/// path of whichever node runs the task (`/`, `/sys`, the engine's socket,
-/// which every node has, for the exporters that read their node).
-fn leave_out_binds(mounts: &mut Vec<MountSpec>, service: &str, compose: &Compose) -> Vec<String> {
+/// own files (below `root`, the project's directory, or the compose
+/// files' directory): they are on this machine, and a task may run on any
+/// node. A bind of any other path is kept, as `docker stack deploy` keeps
+/// it: a path of whichever node runs the task. One of the [`NODE_PATHS`]
+/// every node has (`/`, `/sys`, the engine's socket, for the exporters
+/// that read their node) is kept quietly; another is kept with a warning
+/// that each node that may run the task must have it.
+fn leave_out_binds(
+    mounts: &mut Vec<MountSpec>,
+    service: &str,
+    root: &Path,
+    compose: &Compose,
+) -> Vec<String> {
     let mut warnings = Vec::new();
-    let root = project_root(compose);
-    mounts.retain(|mount| match mount {
-        MountSpec::Bind { source, target, .. }
-            if root.is_none_or(|root| std::path::Path::new(source).starts_with(root)) =>
-        {
+    mounts.retain(|mount| {
+        let MountSpec::Bind { source, target, .. } = mount else {
+            return true;
+        };
+        let path = Path::new(source);
+        if path.starts_with(root) || path.starts_with(&compose.working_dir) {
             warnings.push(format!(
                 "services.{service}: the bind mount {source}:{target} is left out on a Docker Swarm \
                  (a file of the project on this machine, not on the nodes: a config or secret \
                  of the compose file gives a file to every task)"
             ));
-            false
+            return false;
         }
-        MountSpec::Bind { .. } | MountSpec::Volume { .. } => true,
+        if !NODE_PATHS.iter().any(|node| path == Path::new(node)) {
+            warnings.push(format!(
+                "services.{service}: the bind mount {source}:{target} names a path on whichever \
+                 node runs the task: every node its placement allows must have it"
+            ));
+        }
+        true
     });
     warnings
 }
@@ -763,9 +790,16 @@ volumes:
             .collect();
         assert_eq!(names, ["redis", "cryptus-blue", "nginx"]);
         let blue = compose.service("cryptus-blue").unwrap();
-        let spec = service_spec("shop", &compose, blue, &release(), Some("n1"))
-            .unwrap()
-            .spec;
+        let spec = service_spec(
+            "shop",
+            &compose.working_dir,
+            &compose,
+            blue,
+            &release(),
+            Some("n1"),
+        )
+        .unwrap()
+        .spec;
         assert_eq!(spec.name, "shop_cryptus-blue");
         assert_eq!(spec.mode, ServiceMode::Replicated(3));
         assert!(spec.dnsrr);
@@ -793,7 +827,15 @@ volumes:
     fn nginx_runs_on_every_manager_with_host_ports_and_configs() {
         let compose = compose();
         let nginx = compose.service("nginx").unwrap();
-        let planned = service_spec("shop", &compose, nginx, &release(), Some("n1")).unwrap();
+        let planned = service_spec(
+            "shop",
+            &compose.working_dir,
+            &compose,
+            nginx,
+            &release(),
+            Some("n1"),
+        )
+        .unwrap();
         assert!(planned.warnings.is_empty(), "{:?}", planned.warnings);
         let spec = planned.spec;
         assert_eq!(spec.mode, ServiceMode::Global);
@@ -828,7 +870,15 @@ volumes:
         );
 
         let redis = compose.service("redis").unwrap();
-        let planned = service_spec("shop", &compose, redis, &release(), Some("n1")).unwrap();
+        let planned = service_spec(
+            "shop",
+            &compose.working_dir,
+            &compose,
+            redis,
+            &release(),
+            Some("n1"),
+        )
+        .unwrap();
         let spec = planned.spec;
         assert_eq!(spec.mode, ServiceMode::Replicated(1));
         assert!(spec.spread.is_empty() && spec.dnsrr);
@@ -850,10 +900,13 @@ volumes:
         let conf = compose.working_dir.join("conf");
         assert_eq!(
             planned.warnings,
-            [format!(
-                "services.redis: the bind mount {}:/conf2 is left out on a Docker Swarm (a file of the project on this machine, not on the nodes: a config or secret of the compose file gives a file to every task)",
-                conf.display()
-            )]
+            [
+                "services.redis: the bind mount /srv/conf:/conf names a path on whichever node runs the task: every node its placement allows must have it".to_owned(),
+                format!(
+                    "services.redis: the bind mount {}:/conf2 is left out on a Docker Swarm (a file of the project on this machine, not on the nodes: a config or secret of the compose file gives a file to every task)",
+                    conf.display()
+                )
+            ]
         );
     }
 
@@ -882,7 +935,15 @@ volumes:
         std::fs::write(dir.path().join("app.ini"), "[app]\n").unwrap();
         let compose = load_in(dir.path(), GRANTED);
         let blue = compose.service("cryptus-blue").unwrap();
-        let planned = service_spec("shop", &compose, blue, &release(), None).unwrap();
+        let planned = service_spec(
+            "shop",
+            &compose.working_dir,
+            &compose,
+            blue,
+            &release(),
+            None,
+        )
+        .unwrap();
         assert!(planned.warnings.is_empty(), "{:?}", planned.warnings);
         assert!(
             planned.spec.container.mounts.is_empty() && planned.spec.container.files.is_empty(),
@@ -966,7 +1027,15 @@ volumes:
         let blue = compose.service("cryptus-blue").unwrap();
         let path = dir.path().join("token.txt");
         std::fs::remove_file(&path).unwrap();
-        let err = service_spec("shop", &compose, blue, &release(), None).unwrap_err();
+        let err = service_spec(
+            "shop",
+            &compose.working_dir,
+            &compose,
+            blue,
+            &release(),
+            None,
+        )
+        .unwrap_err();
         assert_eq!(crate::error::classify(&err).0, crate::error::EXIT_USAGE);
         let text = err.to_string();
         assert!(
@@ -1019,6 +1088,7 @@ networks:
         let spec = |name: &str| {
             service_spec(
                 "shop",
+                &compose.working_dir,
                 &compose,
                 compose.service(name).unwrap(),
                 &release(),
@@ -1125,12 +1195,13 @@ services:
       - ../monitoring:/etc/m:ro
       - ../monitoring/grafana/admin-password:/etc/pw:ro
       - /srv:/srv:ro
+      - /sys:/host/sys:ro
 "#,
         );
         let file = root.join("compose/c.yml");
         let compose = crate::compose::load(&[file], &crate::compose::Vars::default()).unwrap();
         let grafana = compose.service("grafana").unwrap();
-        let planned = service_spec("shop", &compose, grafana, &release(), None).unwrap();
+        let planned = service_spec("shop", root, &compose, grafana, &release(), None).unwrap();
         let grants: Vec<(Kind, &str)> = planned
             .grants
             .iter()
@@ -1155,15 +1226,18 @@ services:
                 .iter()
                 .all(|g| g.name.starts_with("shop_monitoring-"))
         );
+        let bind = |source: &str, target: &str| MountSpec::Bind {
+            source: source.into(),
+            target: target.into(),
+            read_only: true,
+        };
         assert_eq!(
             planned.spec.container.mounts,
-            [MountSpec::Bind {
-                source: "/srv".into(),
-                target: "/srv".into(),
-                read_only: true
-            }],
-            "a path of the node's stays"
+            [bind("/srv", "/srv"), bind("/sys", "/host/sys")],
+            "the node's paths stay"
         );
-        assert!(planned.warnings.is_empty(), "{:?}", planned.warnings);
+        // /sys is every node's; /srv must be there on each.
+        assert_eq!(planned.warnings.len(), 1, "{:?}", planned.warnings);
+        assert!(planned.warnings[0].contains("/srv:/srv names a path on whichever node"));
     }
 }

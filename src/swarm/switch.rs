@@ -554,7 +554,14 @@ impl Switch<'_> {
             )
         })?;
         let project = &stack.project.name;
-        let planned = service_spec(project, stack.compose, service, &self.release, None)?;
+        let planned = service_spec(
+            project,
+            &stack.project.dir,
+            stack.compose,
+            service,
+            &self.release,
+            None,
+        )?;
         let mut spec = planned.spec;
         super::up::give_grants(stack.engine, project, &mut spec, &planned.grants).await?;
         spec.mode = ServiceMode::Replicated(self.replicas);

@@ -127,7 +127,14 @@ async fn start_locked(stack: &Stack<'_>, timeout: Duration, deadline: Instant) -
     let mut specs = Vec::new();
     let mut grants = Vec::new();
     for service in &services {
-        let planned = service_spec(project, stack.compose, service, &release, home.as_deref())?;
+        let planned = service_spec(
+            project,
+            &stack.project.dir,
+            stack.compose,
+            service,
+            &release,
+            home.as_deref(),
+        )?;
         for warning in planned.warnings {
             stack.printer.warn_once(warning);
         }
