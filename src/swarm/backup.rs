@@ -156,7 +156,13 @@ pub async fn restore_history(engine: &Engine, project: &str, backed_up: &[u8]) -
         serde_json::from_slice(backed_up).context("reading the backup's cluster state")?;
     let mut state = super::state::read(engine, project).await?;
     state.history = backed_up.history;
-    super::state::write(engine, project, &mut state).await
+    super::state::write(engine, project, &mut state).await?;
+    // The history's counts in cryptus's metrics follow; the restore is
+    // done whether they do or not.
+    if let Err(err) = super::metrics::publish(engine, project, &state).await {
+        tracing::warn!("{err:#}");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

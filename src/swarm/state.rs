@@ -186,17 +186,18 @@ pub async fn record(
     let operation = entry.operation.clone();
     let payload = crate::notify::Payload::of(project, &entry);
     state.push(entry);
-    let recorded = state.clone();
-    let (written, mut warnings, published) = tokio::join!(
+    let (written, mut warnings) = tokio::join!(
         write(engine, project, state),
-        crate::notify::send(notify, &payload),
-        super::metrics::publish(engine, project, &recorded)
+        crate::notify::send(notify, &payload)
     );
-    if let Err(err) = written {
-        warnings.push(format!("recording the {operation} on the swarm: {err:#}"));
-    }
-    if let Err(err) = published {
-        warnings.push(format!("{err:#}"));
+    match written {
+        // What the metrics say is what the cluster records.
+        Ok(()) => {
+            if let Err(err) = super::metrics::publish(engine, project, state).await {
+                warnings.push(format!("{err:#}"));
+            }
+        }
+        Err(err) => warnings.push(format!("recording the {operation} on the swarm: {err:#}")),
     }
     warnings
 }
