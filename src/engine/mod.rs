@@ -1125,16 +1125,9 @@ impl Engine {
             .quiet(true)
             .build();
         let mut loading = to.docker.import_image_stream(options, saved, None);
+        let doing = format!("copying image {image}");
         while let Some(item) = loading.next().await {
-            let info = item
-                .map_err(|err| engine_error(&err))
-                .with_context(|| format!("copying image {image}"))?;
-            if let Some(detail) = info.error_detail {
-                let message = detail
-                    .message
-                    .unwrap_or_else(|| "the load failed".to_owned());
-                return Err(anyhow!("copying image {image}: {}", message.trim()));
-            }
+            progress(item, &doing, "the load failed")?;
         }
         Ok(())
     }
@@ -1162,16 +1155,9 @@ impl Engine {
                 .build_image(options, None, Some(bollard::body_full(context.into())));
         let mut id = None;
         let mut last_lines: Vec<String> = Vec::new();
+        let doing = format!("building image {tag}");
         while let Some(item) = stream.next().await {
-            let info = item
-                .map_err(|err| engine_error(&err))
-                .with_context(|| format!("building image {tag}"))?;
-            if let Some(detail) = info.error_detail {
-                let message = detail
-                    .message
-                    .unwrap_or_else(|| "the build failed".to_owned());
-                return Err(anyhow!("building image {tag}: {}", message.trim()));
-            }
+            let info = progress(item, &doing, "the build failed")?;
             if let Some(text) = info.stream {
                 for line in text.lines().filter(|l| !l.trim().is_empty()) {
                     tracing::debug!("build: {line}");
@@ -1199,6 +1185,24 @@ impl Engine {
                 }),
         }
     }
+}
+
+/// One item of a build's or a load's progress stream: an error of the
+/// stream, or one the engine reports in it (`doing` says what ran; `failed`
+/// when the engine gives no message).
+fn progress(
+    item: Result<bollard::models::BuildInfo, BollardError>,
+    doing: &str,
+    failed: &str,
+) -> Result<bollard::models::BuildInfo> {
+    let info = item
+        .map_err(|err| engine_error(&err))
+        .with_context(|| doing.to_owned())?;
+    if let Some(detail) = &info.error_detail {
+        let message = detail.message.as_deref().unwrap_or(failed);
+        return Err(anyhow!("{doing}: {}", message.trim()));
+    }
+    Ok(info)
 }
 
 /// A started exec, waiting for its input (see [`Engine::shell_waiting`]).
