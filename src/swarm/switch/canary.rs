@@ -415,6 +415,49 @@ mod tests {
         }
     }
 
+    /// `start` records the canary it ends as a repair from the canary's
+    /// release to the active color's, and warns as one engine does.
+    #[test]
+    fn a_canary_start_ends_is_a_repair_from_its_release() {
+        let release = |version: &str| Release {
+            image: format!("app:{version}"),
+            version: version.to_owned(),
+        };
+        let live = LiveCanary {
+            canary: Canary {
+                color: Color::Green,
+                percent: 10,
+            },
+            release: release("5.0.0"),
+        };
+        let mut state = ClusterState::default();
+        state.releases.insert(Color::Blue, release("1.0.0"));
+        state.replicas.insert(Color::Blue, 3);
+        let entry = ended_entry(&state, &live, Color::Blue, Duration::from_secs(2));
+        assert_eq!(entry.operation, "repair");
+        assert_eq!(entry.outcome, Outcome::Ok);
+        assert_eq!(
+            (entry.from.color, entry.from.version.as_str()),
+            (Color::Green, "5.0.0")
+        );
+        assert_eq!(
+            (entry.to.color, entry.to.version.as_str(), entry.to.replicas),
+            (Color::Blue, "1.0.0", 3)
+        );
+        assert_eq!(
+            entry.reason.as_deref(),
+            Some("ended a canary of green 5.0.0 at 10% that a killed deploy left")
+        );
+        assert_eq!(entry.durations.get("total"), Some(&2.0));
+        let warning = ended_warning(&live);
+        assert!(
+            warning.starts_with(
+                "a canary of green at 10% was live (its deploy did not finish): ended;"
+            ) && warning.ends_with("green's service is scaled to 0"),
+            "{warning}"
+        );
+    }
+
     #[test]
     fn a_canary_step_names_each_task_with_the_apps_port() {
         assert_eq!(
