@@ -12,15 +12,17 @@ use crate::engine::Engine;
 /// bash's `/dev/tcp` (the Debian nginx images have bash), or wget (Alpine's
 /// busybox). bash comes before wget: a static busybox's wget can fail to
 /// resolve, or crash, where bash's own sockets work. Each answer follows a line `@@ <address>`; a
-/// fetch that fails prints `HTTP/1.0 000 <why>`.
+/// fetch that fails prints `HTTP/1.0 000 <why>`. Each fetch ends within
+/// 3 s, its connect too: the address of a task that went away is not
+/// refused on the overlay, its connect waits out the kernel's retries.
 const PROBE_SCRIPT: &str = r#"name="$1"; port="$2"; path="$3"; how="$4"
 get() {
   if command -v curl >/dev/null 2>&1; then
     curl -s -i -m 3 "http://$1:$port$path" || echo "HTTP/1.0 000 curl exit $?"
   elif command -v bash >/dev/null 2>&1; then
-    bash -c 'exec 3<>"/dev/tcp/$0/$1" || exit 1
+    timeout 3 bash -c 'exec 3<>"/dev/tcp/$0/$1" || exit 1
       printf "GET %s HTTP/1.0\r\nHost: cryptus\r\nConnection: close\r\n\r\n" "$2" >&3
-      exec timeout 3 cat <&3' "$1" "$port" "$path" || echo "HTTP/1.0 000 no connection"
+      exec cat <&3' "$1" "$port" "$path" || echo "HTTP/1.0 000 no connection"
   elif command -v wget >/dev/null 2>&1; then
     body=$(wget -q -T 3 -O- "http://$1:$port$path" 2>&1) && printf 'HTTP/1.0 200 OK\r\n\r\n%s\n' "$body" \
       || printf 'HTTP/1.0 000 %s\n' "$body"

@@ -378,6 +378,25 @@ fn on_lab(lab: &SwarmLab, name: &str) -> TestProject {
     project
 }
 
+/// [`on_lab`], with nginx's rates above what the lab's clients send from
+/// their one address.
+fn on_lab_for_clients(lab: &SwarmLab, name: &str) -> TestProject {
+    let mut project = on_lab(lab, name);
+    for key in ["CRYPTUS_RATE_SITE", "CRYPTUS_RATE_API"] {
+        project.set_env(key, "1000000r/s");
+    }
+    project
+}
+
+/// Every kind of client, from inside the lab (node 1), through the edge's
+/// host-mode port, running.
+fn lab_clients(lab: &SwarmLab, project: &TestProject) -> LabLoad {
+    let addr = format!("{}:{}", SwarmLab::address(1), project.port);
+    let load = LabLoad::start(lab, 1, addr.parse().expect("an address"));
+    std::thread::sleep(Duration::from_secs(2));
+    load
+}
+
 /// [`on_lab`], edited, then started.
 fn started_on(lab: &SwarmLab, name: &str, edit: impl FnOnce(&TestProject)) -> TestProject {
     let project = on_lab(lab, name);
@@ -2810,7 +2829,8 @@ fn canary_deploy(project: &TestProject, version: &str, hold: &str) -> std::proce
 }
 
 /// A canary has ended: none recorded, blue active, 100 clients (cookies
-/// `<tag>-<n>`) all answered by blue, green scaled to 0.
+/// `<tag>-<n>`) all answered by blue, green scaled to 0 (or its service
+/// removed, where the canary's deploy made it).
 fn canary_ended(lab: &SwarmLab, project: &TestProject, tag: &str) {
     assert_eq!(swarm_canary(project), None);
     let status = project.status();
@@ -2828,7 +2848,7 @@ fn canary_ended(lab: &SwarmLab, project: &TestProject, tag: &str) {
         Duration::from_millis(500),
         || {
             let green = service_of(&project.status(), "cryptus-green");
-            if green["replicas"] == 0 {
+            if green["replicas"] == 0 || (green["name"].is_null() && green["running"] == 0) {
                 Ok(())
             } else {
                 Err(green.to_string())
@@ -2867,19 +2887,14 @@ fn until_swarm_canary(project: &TestProject, percent: u64) {
 /// rolled back at its first step by the tally of the edge's access log
 /// (no Prometheus on a Swarm): exit 1, every client back on blue, green at
 /// 0 tasks. A canary deploy killed at 10% is then waited for by `deploy`
-/// and ended by `rollback`.
+/// and ended by `rollback`; another, killed too, is ended by `start`.
 #[test]
 fn swarm_canary_gives_each_step_its_share_and_a_bad_canary_is_rolled_back() {
     let lab = SwarmLab::up(3);
-    let mut project = on_lab(&lab, "swarm-canary");
-    for key in ["CRYPTUS_RATE_SITE", "CRYPTUS_RATE_API"] {
-        project.set_env(key, "1000000r/s");
-    }
+    let mut project = on_lab_for_clients(&lab, "swarm-canary");
     project.set_service_env("green", "APP_ERROR_RATIO", "${GREEN_ERROR_RATIO:-0}");
     project.ok(&["start", "--timeout", "240s"]);
-    let addr = format!("{}:{}", SwarmLab::address(1), project.port);
-    let load = LabLoad::start(&lab, 1, addr.parse().expect("an address"));
-    std::thread::sleep(Duration::from_secs(2));
+    let load = lab_clients(&lab, &project);
 
     // Held long enough to measure each step on a busy machine: each
     // measurement then checks it was taken within its step.
@@ -2984,6 +2999,69 @@ fn swarm_canary_gives_each_step_its_share_and_a_bad_canary_is_rolled_back() {
     killed_canary_is_ended_by_rollback(&lab, &mut project);
 }
 
+/// A canary step whose new color stops answering mid-hold is rolled back
+/// at that step by the hold's probes, as on one engine: once a green
+/// task's container is killed through its node's engine (the swarm
+/// replaces it at another address, which the canary's upstream does not
+/// name), the probes of the tasks the upstream names fail, and the deploy
+/// exits 1 naming that task's address, well before its hold ends, every
+/// client back on blue and green at 0 tasks; the lab's clients see no
+/// request fail.
+#[test]
+fn swarm_canary_step_is_rolled_back_when_a_canary_task_stops_answering() {
+    let lab = SwarmLab::up(3);
+    let project = on_lab_for_clients(&lab, "swarm-canary-probe");
+    project.ok(&["start", "--timeout", "240s"]);
+    let load = lab_clients(&lab, &project);
+
+    let deploy = canary_deploy(&project, "2.0.0", "120s");
+    until_swarm_canary(&project, 10);
+    let filter = format!(
+        "label=com.docker.swarm.service.name={}_cryptus-green",
+        project.name
+    );
+    let (node, container) = (1..=lab.nodes())
+        .find_map(|node| {
+            let ids = lab.docker_ok(node, &["ps", "-q", "--filter", &filter]);
+            ids.lines().next().map(|id| (node, id.to_owned()))
+        })
+        .expect("a green task on some node");
+    let format = "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}";
+    let addresses = lab.docker_ok(node, &["inspect", "-f", format, &container]);
+    lab.docker_ok(node, &["kill", &container]);
+
+    let output = support::wait::output_within(
+        "the canary deploy with a dead task ended",
+        deploy,
+        Duration::from_secs(600),
+    );
+    assert_code(&output, 1);
+    let text = stderr(&output);
+    assert!(
+        text.contains("rolled back at 10%: green failed 3 looks in a row while held"),
+        "{text}"
+    );
+    assert!(
+        addresses
+            .split_whitespace()
+            .any(|address| text.contains(&format!("{address}: no answer"))),
+        "the reason does not name the killed task ({addresses}): {text}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(report["outcome"], "rolled-back", "{report}");
+    assert_eq!(report["failed_at"], 10, "{report}");
+    assert!(
+        report["total"].as_f64() < Some(120.0),
+        "the step failed before its hold ended: {report}"
+    );
+    canary_ended(&lab, &project, "p");
+    std::thread::sleep(Duration::from_secs(2));
+    every_kind_served(
+        load.finish().expect("the lab's clients"),
+        "across a canary whose task died",
+    );
+}
+
 /// A canary deploy SIGKILLed at 10% leaves its canary live and recorded:
 /// `deploy` waits for it (exit 1, naming it), and `rollback` ends it:
 /// every client back on blue, green at 0 tasks, no canary recorded.
@@ -3008,6 +3086,50 @@ fn killed_canary_is_ended_by_rollback(lab: &SwarmLab, project: &mut TestProject)
     let text = stderr(&output);
     assert!(text.contains("putting every client back on blue"), "{text}");
     canary_ended(lab, project, "k");
+    killed_canary_is_ended_by_start(lab, project);
+}
+
+/// A canary deploy SIGKILLed at 10% is ended by `start`, as on one engine:
+/// a warning, every client back on blue, green at 0 tasks, no canary
+/// recorded, and the end in the history as a repair.
+fn killed_canary_is_ended_by_start(lab: &SwarmLab, project: &TestProject) {
+    let mut deploy = canary_deploy(project, "5.0.0", "10m");
+    until_swarm_canary(project, 10);
+    deploy.kill().expect("killing the canary deploy");
+    deploy.wait().expect("reaping the canary deploy");
+    let output = project.run(&["start", "--timeout", "240s"]);
+    assert_code(&output, 0);
+    let text = stderr(&output);
+    assert!(
+        text.contains("a canary of green at 10% was live (its deploy did not finish): ended"),
+        "{text}"
+    );
+    canary_ended(lab, project, "s");
+    let output = project.ok(&["history", "--json", "--limit", "1"]);
+    let history: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    let newest = &history["entries"][0];
+    assert_eq!(
+        (&newest["operation"], &newest["outcome"]),
+        (&"repair".into(), &"ok".into()),
+        "{history}"
+    );
+    assert_eq!(
+        (&newest["from"]["color"], &newest["to"]["color"]),
+        (&"green".into(), &"blue".into()),
+        "{history}"
+    );
+    let reason = newest["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("ended a canary of green 5.0.0 at 10%"),
+        "{history}"
+    );
+    let again = project.run(&["start", "--timeout", "240s"]);
+    assert_code(&again, 0);
+    assert!(
+        !stderr(&again).contains("a canary of"),
+        "{}",
+        stderr(&again)
+    );
 }
 
 /// `deploy --build` on a Swarm: with a worker's engine not named, it

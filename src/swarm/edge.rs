@@ -415,6 +415,13 @@ impl Edge {
         self.run_probe(&tasks, APP_PORT, "all").await
     }
 
+    /// The app at each of `addrs`, as nginx's network reaches it: the
+    /// tasks a canary's upstream names by address.
+    pub async fn probe_addrs(&self, addrs: &[IpAddr]) -> Result<Vec<(String, Probe)>> {
+        let addrs: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+        self.run_probe(&addrs.join(" "), APP_PORT, "one").await
+    }
+
     /// One task of the app, by its container's name, which the swarm
     /// puts in the overlay's DNS once the task is healthy.
     pub async fn probe_task(&self, container: &str) -> Result<Probe> {

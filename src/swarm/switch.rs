@@ -35,6 +35,8 @@ use crate::wait::{self, Limits, Seen};
 
 mod canary;
 
+pub use canary::end_left;
+
 use super::edge::Edges;
 use super::plan::service_spec;
 use super::service_name;
@@ -428,6 +430,24 @@ enum Made {
     Updated,
 }
 
+/// The new color's tasks a look probes.
+#[derive(Clone, Copy)]
+enum Tasks<'a> {
+    /// Every address of its `tasks.<service>`, as many as it runs.
+    Named,
+    /// These addresses: those a canary's upstream names.
+    At(&'a [IpAddr]),
+}
+
+/// What [`Switch::probe`] looks at, and how its failure reads.
+struct Looks<'a> {
+    tasks: Tasks<'a>,
+    /// What each edge may answer as (through nginx, one of them).
+    edges: &'a [Expect],
+    /// When the looks failed: `while watched`.
+    during: &'a str,
+}
+
 struct Switch<'s> {
     stack: &'s Stack<'s>,
     settings: &'s Settings,
@@ -644,7 +664,7 @@ impl Switch<'_> {
             for (node, answers) in looks {
                 probes.push((node, Ok(in_a_row(answers?, needed as usize, &expect))));
             }
-            Ok(match not_serving(probes, &expect)? {
+            Ok(match not_serving(probes, std::slice::from_ref(&expect))? {
                 None => Seen::Ready(()),
                 Some(why) => Seen::Not(why),
             })
@@ -683,50 +703,13 @@ impl Switch<'_> {
             return Ok(());
         }
         let expect = self.expect();
-        let wanted = usize::try_from(self.replicas).unwrap_or(usize::MAX);
         let gate = self.metric_gate(watch);
-        let (client, printer) = (crate::health::client(), self.stack.printer);
-        let watching = async {
-            let end = Instant::now() + watch;
-            let mut next_gate = Instant::now() + watch::GATE_EVERY;
-            let (mut failures, mut gate_said) = (0, false);
-            while Instant::now() < end {
-                crate::interrupt::check()?;
-                let lb = not_serving(self.edge.probe_lbs().await, &expect)?;
-                let tasks = self.edge.first().probe_tasks(expect.color).await?;
-                let verdict = match gate_verdict(&tasks, &expect, wanted) {
-                    Seen::Not(why) => Some(why),
-                    Seen::Ready(_) => lb,
-                };
-                match verdict {
-                    Some(why) => {
-                        failures += 1;
-                        if failures >= WATCH_FAILURES {
-                            return Err(failed_with_hint(
-                                format!(
-                                    "{} failed {failures} looks in a row while watched: {why}",
-                                    expect.color
-                                ),
-                                "traffic is back on the old color; `cryptus status` shows the tasks",
-                            ));
-                        }
-                    }
-                    None => failures = 0,
-                }
-                if let Some(gate) = &gate
-                    && Instant::now() >= next_gate
-                {
-                    next_gate = Instant::now() + watch::GATE_EVERY;
-                    watch::ask_gate(printer, &client, gate, &mut gate_said).await?;
-                }
-                tokio::time::sleep(self.settings.poll).await;
-            }
-            // Once more at the end, over the whole window.
-            if let Some(gate) = &gate {
-                watch::ask_gate(printer, &client, gate, &mut gate_said).await?;
-            }
-            Ok(())
+        let looks = Looks {
+            tasks: Tasks::Named,
+            edges: std::slice::from_ref(&expect),
+            during: "while watched",
         };
+        let watching = self.probe(looks, watch, gate.as_ref());
         let message = format!(
             "watching {} for {}{}",
             expect.color,
@@ -738,6 +721,75 @@ impl Switch<'_> {
             }
         );
         steps.wait("watch", message, watching).await
+    }
+
+    /// Probes the new color's tasks and every edge every `--poll` for
+    /// `length`: each task must answer healthy as the new color and
+    /// release, each edge as one of `looks.edges`; [`WATCH_FAILURES`]
+    /// failed looks in a row fail it, naming what the last one saw. With
+    /// `gate`, its condition holding fails it too ([`watch::ask_gate`]).
+    /// The watch after the flip and a canary's hold both look so.
+    async fn probe(
+        &self,
+        looks: Looks<'_>,
+        length: Duration,
+        gate: Option<&watch::Gate>,
+    ) -> Result<()> {
+        let expect = self.expect();
+        let (client, printer) = (crate::health::client(), self.stack.printer);
+        let end = Instant::now() + length;
+        let mut next_gate = Instant::now() + watch::GATE_EVERY;
+        let (mut failures, mut gate_said) = (0, false);
+        while Instant::now() < end {
+            crate::interrupt::check()?;
+            match self.look(&looks, &expect).await? {
+                Some(why) => {
+                    failures += 1;
+                    if failures >= WATCH_FAILURES {
+                        return Err(failed_with_hint(
+                            format!(
+                                "{} failed {failures} looks in a row {}: {why}",
+                                expect.color, looks.during
+                            ),
+                            "traffic is back on the old color; `cryptus status` shows the tasks",
+                        ));
+                    }
+                }
+                None => failures = 0,
+            }
+            if let Some(gate) = gate
+                && Instant::now() >= next_gate
+            {
+                next_gate = Instant::now() + watch::GATE_EVERY;
+                watch::ask_gate(printer, &client, gate, &mut gate_said).await?;
+            }
+            tokio::time::sleep(self.settings.poll).await;
+        }
+        // Once more at the end, over the whole window.
+        if let Some(gate) = gate {
+            watch::ask_gate(printer, &client, gate, &mut gate_said).await?;
+        }
+        Ok(())
+    }
+
+    /// One look of [`Switch::probe`]: what failed, if anything did.
+    async fn look(&self, looks: &Looks<'_>, expect: &Expect) -> Result<Option<String>> {
+        let edge = self.edge.first();
+        let (lbs, tasks) = tokio::join!(self.edge.probe_lbs(), async {
+            match looks.tasks {
+                Tasks::Named => edge.probe_tasks(expect.color).await,
+                Tasks::At(addrs) => edge.probe_addrs(addrs).await,
+            }
+        });
+        let wanted = match looks.tasks {
+            Tasks::Named => usize::try_from(self.replicas).unwrap_or(usize::MAX),
+            Tasks::At(addrs) => addrs.len(),
+        };
+        let lb = not_serving(lbs, looks.edges)?;
+        Ok(match gate_verdict(&tasks?, expect, wanted) {
+            Seen::Not(why) => Some(why),
+            Seen::Ready(_) => lb,
+        })
     }
 
     /// Records the switch, drains nginx's old workers, and scales the old
@@ -928,15 +980,15 @@ pub fn believe(recorded: Option<Color>, served: Option<Color>) -> (Color, Option
     }
 }
 
-/// Of each edge's answer through nginx, those that are not `expect`, as
-/// one line naming each edge's node; `None` when every edge serves it. An
-/// edge that could not be asked ends the look.
-fn not_serving(probes: Vec<(&str, Result<Probe>)>, expect: &Expect) -> Result<Option<String>> {
+/// Of each edge's answer through nginx, those that are not as one of
+/// `expect`, as one line naming each edge's node; `None` when every edge
+/// serves one. An edge that could not be asked ends the look.
+fn not_serving(probes: Vec<(&str, Result<Probe>)>, expect: &[Expect]) -> Result<Option<String>> {
     let several = probes.len() > 1;
     let mut wrong = Vec::new();
     for (node, probe) in probes {
         let probe = probe?;
-        if !probe.satisfies(expect) {
+        if !expect.iter().any(|expect| probe.satisfies(expect)) {
             wrong.push(if several {
                 format!("nginx on {node}: {probe}")
             } else {

@@ -34,6 +34,10 @@ const POLL: Duration = Duration::from_millis(500);
 /// removes the network they use.
 const STOP_DEADLINE: Duration = Duration::from_secs(60);
 
+/// How long nginx's old workers may finish their requests when `start`
+/// ends a canary a killed deploy left: `deploy`'s `--drain` default.
+const CANARY_DRAIN: Duration = Duration::from_secs(30);
+
 /// The project's files nginx reads, given to it as configs.
 const NGINX_FILES: [&str; 2] = ["nginx.conf", "app.conf"];
 
@@ -44,11 +48,14 @@ pub struct Started {
     /// The services this run created; the others existed already.
     pub created: Vec<String>,
     pub services: Vec<String>,
+    /// A canary a killed deploy left, which this run ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended_canary: Option<crate::nginx::Canary>,
 }
 
 impl Started {
     pub fn changed(&self) -> bool {
-        !self.created.is_empty()
+        !self.created.is_empty() || self.ended_canary.is_some()
     }
 }
 
@@ -110,7 +117,7 @@ async fn start_locked(stack: &Stack<'_>, timeout: Duration, deadline: Instant) -
     let project = &stack.project.name;
     // The color and release the cluster records, else blue from the
     // compose file: a restarted stack serves what it served.
-    let recorded = super::state::read(stack.engine, project).await?;
+    let mut recorded = super::state::read(stack.engine, project).await?;
     let active = recorded.active.unwrap_or(Color::Blue);
     let release = match recorded.releases.get(&active) {
         Some(release) => release.clone(),
@@ -193,6 +200,8 @@ async fn start_locked(stack: &Stack<'_>, timeout: Duration, deadline: Instant) -
         }
         return Err(err);
     }
+    // Every edge serves the recorded color alone, as on one engine.
+    let ended = super::switch::end_left(stack, &mut recorded, active, CANARY_DRAIN).await?;
     if recorded.active.is_none() {
         record_first(stack, recorded, active, &release).await;
     }
@@ -201,6 +210,7 @@ async fn start_locked(stack: &Stack<'_>, timeout: Duration, deadline: Instant) -
         version: release.version,
         created,
         services: specs.into_iter().map(|s| s.name).collect(),
+        ended_canary: ended.map(|live| live.canary),
     })
 }
 

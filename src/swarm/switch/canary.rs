@@ -11,18 +11,27 @@
 //! from the task counts ([`canary::servers`]), as containers are on one
 //! engine; the flip to 100% goes back to the resolved name.
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
 use anyhow::Result;
 use tokio::time::Instant;
 
+use crate::context::Stack;
+use crate::engine::Engine;
 use crate::error::failed_with_hint;
-use crate::history::Outcome;
+use crate::history::{Entry, Outcome, Side, operation};
 use crate::nginx::{self, Served};
-use crate::stack::{APP_PORT, Color};
+use crate::output::Printer;
+use crate::stack::{APP_PORT, Color, Release};
 use crate::switch::canary::{self, Options, Progress, StepAnswers};
 use crate::switch::report::{Report, Steps};
 
-use super::Switch;
-use crate::swarm::state::LiveCanary;
+use super::{Looks, Switch, Tasks};
+use crate::health::Expect;
+use crate::swarm::edge::Edges;
+use crate::swarm::service_name;
+use crate::swarm::state::{ClusterState, LiveCanary};
 
 /// The `ip:port` of each address, as nginx's log names the upstream.
 fn with_port(addrs: &[std::net::IpAddr]) -> Vec<String> {
@@ -117,6 +126,19 @@ impl Switch<'_> {
             crate::output::seconds(options.hold)
         );
         let payload = crate::notify::Payload::canary_step(project, &self.from, &self.to, percent);
+        // The canary's tasks (those its upstream names) probed, and every
+        // edge answering healthy as either color, as one engine's hold
+        // probes its containers; the step's judge asks the gate.
+        let old = Expect {
+            color: self.from.color,
+            version: None,
+        };
+        let edges = [self.expect(), old];
+        let looks = Looks {
+            tasks: Tasks::At(&self.to_addrs),
+            edges: &edges,
+            during: "while held",
+        };
         let (held, answers, warnings) = canary::hold_step(
             steps,
             (percent, message),
@@ -125,7 +147,9 @@ impl Switch<'_> {
             // against the tally of every edge's log, as on one engine.
             async |answers: &mut StepAnswers| {
                 let gate = gate.as_ref().map(|gate| (&client, gate));
-                canary::judge_step(&logs, &canary_addrs, gate, until, answers).await
+                let judged = canary::judge_step(&logs, &canary_addrs, gate, until, answers);
+                tokio::try_join!(self.probe(looks, options.hold, None), judged)?;
+                Ok(())
             },
         )
         .await;
@@ -148,6 +172,50 @@ pub fn live(live: &LiveCanary, active: Color) -> anyhow::Error {
     )
 }
 
+/// Ending a canary a killed deploy left, as `rollback` and `start` do:
+/// every edge back on the active color, then nginx's old workers drained
+/// and the canary's service scaled to 0.
+pub struct Ending<'e> {
+    pub edge: &'e Edges,
+    pub active: Color,
+    /// The canary's service.
+    pub canary: String,
+}
+
+impl Ending<'_> {
+    /// Every edge serves the active color alone, its answering tasks the
+    /// backups while nginx's new workers resolve its name. The workers
+    /// from before, to drain.
+    pub async fn back(&self) -> (Vec<Vec<String>>, Result<()>) {
+        let probes = self.edge.first().probe_tasks(self.active).await;
+        let addrs = probes.map(|p| super::answering(&p)).unwrap_or_default();
+        let old = self.edge.workers().await;
+        (old, self.edge.apply(self.active, &addrs).await)
+    }
+
+    /// Drains the `old` workers (up to `drain`: one that outlives it is a
+    /// warning), then scales the canary's service to 0.
+    pub async fn retire(
+        &self,
+        engine: &Engine,
+        printer: &Printer,
+        old: &[Vec<String>],
+        drain: Duration,
+    ) -> Result<()> {
+        if let Err(err) = self.edge.drain(printer, old, drain).await {
+            printer.warn(format!("{err:#}"));
+        }
+        engine.scale_service(&self.canary, 0).await.map(|_| ())
+    }
+
+    fn retiring(&self) -> String {
+        format!(
+            "draining nginx's old workers, then scaling {} to 0",
+            self.canary
+        )
+    }
+}
+
 impl Switch<'_> {
     /// A rollback while a canary a killed deploy left is live: every edge
     /// goes back to the served color (`from`), then the canary's color
@@ -158,41 +226,37 @@ impl Switch<'_> {
         steps: &mut Steps<'_>,
         began: Instant,
     ) -> Result<Report> {
-        let (active, canary) = (self.from.color, self.target_name());
-        let probes = self.edge.first().probe_tasks(active).await;
-        self.from_addrs = probes.map(|p| super::answering(&p)).unwrap_or_default();
-        self.old_workers = self.edge.workers().await;
-        let apply = self.edge.apply(active, &self.from_addrs);
-        let back = steps
-            .run(
-                "switch",
-                format!("putting every client back on {active}"),
-                apply,
-            )
-            .await;
-        // What moved: from the canary's release back to the served color's.
-        std::mem::swap(&mut self.from, &mut self.to);
-        if let Err(err) = back {
-            // The canary stays recorded: it is live still.
-            let mut report = self.report(steps, began, Outcome::Failed, Some(&err));
-            report.warnings.extend(self.record(&report).await);
-            for warning in &report.warnings {
-                self.stack.printer.warn(warning);
-            }
-            return Ok(report);
-        }
-        let (stack, settings) = (self.stack, self.settings);
-        let retire = async {
-            let drained = self
-                .edge
-                .drain(stack.printer, &self.old_workers, settings.drain);
-            if let Err(err) = drained.await {
-                stack.printer.warn(format!("{err:#}"));
-            }
-            stack.engine.scale_service(&canary, 0).await.map(|_| ())
+        let active = self.from.color;
+        let ending = Ending {
+            edge: &self.edge,
+            active,
+            canary: self.target_name(),
         };
-        let message = format!("draining nginx's old workers, then scaling {canary} to 0");
-        let retired = steps.run("drain", message, retire).await;
+        let message = format!("putting every client back on {active}");
+        let back = async {
+            let (old, applied) = ending.back().await;
+            applied.map(|()| old)
+        };
+        let back = steps.run("switch", message, back).await;
+        let old_workers = match back {
+            Ok(old) => old,
+            Err(err) => {
+                // What moved: from the canary's release back to the served
+                // color's. The canary stays recorded: it is live still.
+                std::mem::swap(&mut self.from, &mut self.to);
+                let mut report = self.report(steps, began, Outcome::Failed, Some(&err));
+                report.warnings.extend(self.record(&report).await);
+                for warning in &report.warnings {
+                    self.stack.printer.warn(warning);
+                }
+                return Ok(report);
+            }
+        };
+        let (stack, settings) = (self.stack, self.settings);
+        let retire = ending.retire(stack.engine, stack.printer, &old_workers, settings.drain);
+        let retired = steps.run("drain", ending.retiring(), retire).await;
+        std::mem::swap(&mut self.from, &mut self.to);
+        self.old_workers = old_workers;
         self.state.canary = None;
         self.state.active = Some(active);
         let mut report = self.report(steps, began, Outcome::Ok, None);
@@ -204,6 +268,101 @@ impl Switch<'_> {
             stack.printer.warn(warning);
         }
         Ok(report)
+    }
+}
+
+/// What `start` tells of a canary a killed deploy left, which it ends as
+/// on one engine.
+pub fn ended_warning(live: &LiveCanary) -> String {
+    let color = live.canary.color;
+    format!(
+        "a canary of {color} at {}% was live (its deploy did not finish): ended; \
+         every client is on the active color, and {color}'s service is scaled to 0",
+        live.canary.percent
+    )
+}
+
+/// `start` serves the recorded active color alone, as on one engine: a
+/// canary a killed deploy left ends (every edge on `active`, the canary's
+/// service at 0 tasks), with a warning, and the end is recorded in the
+/// history as a repair from the canary's release to the active color's.
+/// What went wrong after the edges were put back is a warning; the
+/// canary stays recorded until they are.
+pub async fn end_left(
+    stack: &Stack<'_>,
+    state: &mut ClusterState,
+    active: Color,
+    drain: Duration,
+) -> Result<Option<LiveCanary>> {
+    let Some(live) = state.canary.clone() else {
+        return Ok(None);
+    };
+    let began = Instant::now();
+    let (engine, project, printer) = (stack.engine, &stack.project.name, stack.printer);
+    let edge = Edges::find(engine, project).await?;
+    let ending = Ending {
+        edge: &edge,
+        active,
+        canary: service_name(project, live.canary.color.service()),
+    };
+    let step = printer.step(format!("putting every client back on {active}"));
+    let (old, applied) = ending.back().await;
+    if let Err(err) = applied {
+        step.fail();
+        return Err(err.context(format!(
+            "ending the canary of {} a killed deploy left",
+            live.canary.color
+        )));
+    }
+    step.done();
+    let step = printer.step(ending.retiring());
+    match ending.retire(engine, printer, &old, drain).await {
+        Ok(()) => {
+            step.done();
+        }
+        Err(err) => {
+            step.fail();
+            printer.warn(format!("{err:#}"));
+        }
+    }
+    printer.warn(ended_warning(&live));
+    state.canary = None;
+    state.active = Some(active);
+    let entry = ended_entry(state, &live, active, began.elapsed());
+    for warning in super::state::record(engine, project, state, entry, &[]).await {
+        printer.warn(warning);
+    }
+    Ok(Some(live))
+}
+
+/// The history's entry for a canary `start` ended: a repair from the
+/// canary's release to the active color's.
+fn ended_entry(state: &ClusterState, live: &LiveCanary, active: Color, took: Duration) -> Entry {
+    let side = |color: Color, release: Option<&Release>| Side {
+        color,
+        image: release.map(|r| r.image.clone()).unwrap_or_default(),
+        version: release.map(|r| r.version.clone()).unwrap_or_default(),
+        image_id: None,
+        replicas: state.replicas.get(&color).copied().unwrap_or_default(),
+    };
+    let canary = live.canary.color;
+    Entry {
+        time: chrono::Utc::now(),
+        operation: operation::REPAIR.to_owned(),
+        user: crate::lock::user(),
+        host: crate::lock::hostname(),
+        from: Side {
+            replicas: 0,
+            ..side(canary, Some(&live.release))
+        },
+        to: side(active, state.releases.get(&active)),
+        outcome: Outcome::Ok,
+        reason: Some(format!(
+            "ended a canary of {canary} {} at {}% that a killed deploy left",
+            live.release.version, live.canary.percent
+        )),
+        durations: BTreeMap::from([("total".to_owned(), took.as_secs_f64())]),
+        hooks: Vec::new(),
     }
 }
 
@@ -254,6 +413,49 @@ mod tests {
                 assert!(!text.contains("resolve"), "{text}");
             }
         }
+    }
+
+    /// `start` records the canary it ends as a repair from the canary's
+    /// release to the active color's, and warns as one engine does.
+    #[test]
+    fn a_canary_start_ends_is_a_repair_from_its_release() {
+        let release = |version: &str| Release {
+            image: format!("app:{version}"),
+            version: version.to_owned(),
+        };
+        let live = LiveCanary {
+            canary: Canary {
+                color: Color::Green,
+                percent: 10,
+            },
+            release: release("5.0.0"),
+        };
+        let mut state = ClusterState::default();
+        state.releases.insert(Color::Blue, release("1.0.0"));
+        state.replicas.insert(Color::Blue, 3);
+        let entry = ended_entry(&state, &live, Color::Blue, Duration::from_secs(2));
+        assert_eq!(entry.operation, "repair");
+        assert_eq!(entry.outcome, Outcome::Ok);
+        assert_eq!(
+            (entry.from.color, entry.from.version.as_str()),
+            (Color::Green, "5.0.0")
+        );
+        assert_eq!(
+            (entry.to.color, entry.to.version.as_str(), entry.to.replicas),
+            (Color::Blue, "1.0.0", 3)
+        );
+        assert_eq!(
+            entry.reason.as_deref(),
+            Some("ended a canary of green 5.0.0 at 10% that a killed deploy left")
+        );
+        assert_eq!(entry.durations.get("total"), Some(&2.0));
+        let warning = ended_warning(&live);
+        assert!(
+            warning.starts_with(
+                "a canary of green at 10% was live (its deploy did not finish): ended;"
+            ) && warning.ends_with("green's service is scaled to 0"),
+            "{warning}"
+        );
     }
 
     #[test]
