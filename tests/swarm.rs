@@ -3001,7 +3001,7 @@ fn swarm_canary_gives_each_step_its_share_and_a_bad_canary_is_rolled_back() {
 
 /// A canary step whose new color stops answering mid-hold is rolled back
 /// at that step by the hold's probes, as on one engine: once a green
-/// task's container is killed through its node's engine (the swarm
+/// task's container is stopped through its node's engine (the swarm
 /// replaces it at another address, which the canary's upstream does not
 /// name), the probes of the tasks the upstream names fail, and the deploy
 /// exits 1 naming that task's address, well before its hold ends, every
@@ -3028,7 +3028,10 @@ fn swarm_canary_step_is_rolled_back_when_a_canary_task_stops_answering() {
         .expect("a green task on some node");
     let format = "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}";
     let addresses = lab.docker_ok(node, &["inspect", "-f", format, &container]);
-    lab.docker_ok(node, &["kill", &container]);
+    // Stopped, not killed: the app finishes the requests in flight (a
+    // POST cut there would fail, which no proxy may resend), then its
+    // address answers no more.
+    lab.docker_ok(node, &["stop", "-t", "10", &container]);
 
     let output = support::wait::output_within(
         "the canary deploy with a dead task ended",
