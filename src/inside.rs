@@ -90,13 +90,14 @@ pub async fn fetch(
 }
 
 /// Asks redis at `$0:$1` for `INFO default`, then QUIT (redis closes), with
-/// bash's `/dev/tcp` (redis speaks its inline protocol to a plain line);
-/// prints `-ERR ...` when it cannot connect, `@@ no bash` when the image
-/// has no bash to ask with.
+/// bash's `/dev/tcp` (redis speaks its inline protocol to a plain line),
+/// all within 3 s (a connect to an address gone from the overlay is never
+/// refused); prints `@@ no connection ...` when it cannot connect, `@@ no
+/// bash` when the image has no bash to ask with.
 const REDIS_SCRIPT: &str = r#"command -v bash >/dev/null 2>&1 || { echo "@@ no bash"; exit 0; }
-exec bash -c 'exec 3<>"/dev/tcp/$0/$1" 2>/dev/null || { echo "-ERR no connection to $0:$1"; exit 0; }
+timeout 3 bash -c 'exec 3<>"/dev/tcp/$0/$1" 2>/dev/null || exit 1
 printf "INFO default\r\nQUIT\r\n" >&3
-exec timeout 3 cat <&3' "$1" "$2""#;
+cat <&3' "$1" "$2" || echo "@@ no connection to $1:$2 within 3 s""#;
 
 /// redis's `INFO default` at `host:port`, asked over the network from
 /// inside `container`: `None` when its image has no bash to ask with; an
@@ -119,6 +120,9 @@ fn redis_answer(output: &str) -> Result<Option<std::collections::BTreeMap<String
     let first = output.lines().next().unwrap_or_default().trim();
     if first == "@@ no bash" {
         return Ok(None);
+    }
+    if let Some(why) = output.lines().find_map(|l| l.trim().strip_prefix("@@ ")) {
+        anyhow::bail!("{why}");
     }
     if let Some(error) = first.strip_prefix('-') {
         anyhow::bail!("redis answered: {error}");
@@ -150,6 +154,7 @@ mod tests {
             "redis answered: NOAUTH Authentication required."
         );
         assert!(redis_answer("").is_err());
-        assert!(redis_answer("-ERR no connection to r:6379\n").is_err());
+        let cut = redis_answer("@@ no connection to r:6379 within 3 s\n").unwrap_err();
+        assert_eq!(cut.to_string(), "no connection to r:6379 within 3 s");
     }
 }

@@ -3065,6 +3065,78 @@ fn swarm_canary_step_is_rolled_back_when_a_canary_task_stops_answering() {
     );
 }
 
+/// A canary deploy SIGKILLed after its flip to 100% (in its watch, before
+/// it recorded the end) leaves the canary in the cluster's record while
+/// every edge serves green alone. `start` then goes by what the edges
+/// serve, as deploy and rollback do: the canary is over, so it is
+/// forgotten, nothing is put back, green keeps serving and blue is not
+/// brought back; the record says green.
+#[test]
+fn swarm_start_after_a_canary_deploy_killed_after_its_flip_keeps_the_new_color() {
+    let lab = SwarmLab::up(3);
+    let project = on_lab_for_clients(&lab, "swarm-canary-flip");
+    project.ok(&["start", "--timeout", "240s"]);
+    let image = support::app_image();
+    let mut deploy = project
+        .command(&[
+            "deploy",
+            "--image",
+            &image,
+            "--version",
+            "6.0.0",
+            "--canary",
+            "10",
+            "--step",
+            "1s",
+            "--watch",
+            "10m",
+            "--timeout",
+            "240s",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting the canary deploy");
+    eventually(
+        "the edge serving green alone, the deploy in its watch",
+        Duration::from_secs(300),
+        Duration::from_millis(200),
+        || {
+            let upstream = edge_upstream(&lab, &project);
+            if upstream.contains("# active: green\n") && !upstream.contains("# canary:") {
+                Ok(())
+            } else {
+                Err(upstream)
+            }
+        },
+    );
+    deploy.kill().expect("killing the deploy in its watch");
+    deploy.wait().expect("reaping the deploy");
+    assert!(
+        swarm_canary(&project).is_some(),
+        "the killed deploy left its canary recorded"
+    );
+
+    let output = project.run(&["start", "--timeout", "240s"]);
+    assert_code(&output, 0);
+    let said = stderr(&output);
+    assert!(!said.contains("ended; every client"), "{said}");
+    assert_eq!(swarm_canary(&project), None, "the canary is forgotten");
+    let status = project.status();
+    assert_eq!(status["active"], "green", "{status}");
+    let after = ask_each_in_lab(&lab, &project, ("f", 50), "/api/health");
+    assert!(
+        after
+            .iter()
+            .all(|(code, color)| *code == 200 && color == "green"),
+        "{after:?}"
+    );
+    assert!(
+        service_of(&project.status(), "cryptus-green")["running"].as_u64() > Some(0),
+        "green still runs"
+    );
+}
+
 /// A canary deploy SIGKILLed at 10% leaves its canary live and recorded:
 /// `deploy` waits for it (exit 1, naming it), and `rollback` ends it:
 /// every client back on blue, green at 0 tasks, no canary recorded.

@@ -579,7 +579,7 @@ fn mode_of(service: &Service, edge: bool) -> Result<ServiceMode> {
 
 /// Paths every node has of its own, which the exporters and agents that
 /// read their node bind: kept on a Swarm with no warning.
-const NODE_PATHS: [&str; 10] = [
+pub(super) const NODE_PATHS: [&str; 10] = [
     "/",
     "/proc",
     "/sys",

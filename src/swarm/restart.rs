@@ -129,12 +129,18 @@ pub fn plan(project: &str, compose: &Compose, services: &[Service]) -> Vec<Step>
         .collect()
 }
 
-/// Whether a compose service keeps data in a named volume.
+/// Whether a compose service keeps data of its own: in a named volume, or
+/// in a writable bind of a node's path other than those every node has
+/// (`/srv/grafana`: two tasks on that node would write the same files).
 fn keeps_data(compose: &Compose, service: &str) -> bool {
     compose.service(service).is_some_and(|s| {
-        s.mounts
-            .iter()
-            .any(|m| m.kind == MountKind::Volume && !m.source.is_empty())
+        s.mounts.iter().any(|m| match m.kind {
+            MountKind::Volume => !m.source.is_empty(),
+            MountKind::Bind => {
+                !m.read_only && !super::plan::NODE_PATHS.contains(&m.source.as_str())
+            }
+            MountKind::Tmpfs => false,
+        })
     })
 }
 
@@ -459,6 +465,27 @@ mod tests {
             .map(|(name, how)| (format!("shop_{name}"), how))
             .collect();
         assert_eq!(steps, expected);
+    }
+
+    #[test]
+    fn a_writable_bind_of_a_nodes_own_data_stops_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("compose.yml");
+        let text = "services:\n  grafana:\n    image: g:1\n    volumes: [/srv/grafana:/var/lib/grafana]\n\
+                    \x20 agent:\n    image: a:1\n    volumes: [/var/run/docker.sock:/var/run/docker.sock, /srv/conf:/conf:ro]\n";
+        std::fs::write(&file, text).unwrap();
+        let compose = crate::compose::load(&[file], &Default::default()).unwrap();
+        let services: Vec<Service> = ["agent", "grafana"]
+            .iter()
+            .map(|n| service(n, Some(1)))
+            .collect();
+        assert_eq!(
+            steps_of(&compose, &services),
+            [
+                ("shop_agent".to_owned(), START),
+                ("shop_grafana".to_owned(), STOP)
+            ]
+        );
     }
 
     #[test]

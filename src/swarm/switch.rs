@@ -785,8 +785,15 @@ impl Switch<'_> {
             Tasks::Named => usize::try_from(self.replicas).unwrap_or(usize::MAX),
             Tasks::At(addrs) => addrs.len(),
         };
-        let lb = not_serving(lbs, looks.edges)?;
-        Ok(match gate_verdict(&tasks?, expect, wanted) {
+        // An exec that failed (an edge's engine that did not answer once)
+        // is a failed look, counted as the others are: not the end of
+        // the watch.
+        let lb = not_serving(lbs, looks.edges).unwrap_or_else(|err| Some(format!("{err:#}")));
+        let tasks = match tasks {
+            Ok(tasks) => tasks,
+            Err(err) => return Ok(Some(format!("probing the tasks: {err:#}"))),
+        };
+        Ok(match gate_verdict(&tasks, expect, wanted) {
             Seen::Not(why) => Some(why),
             Seen::Ready(_) => lb,
         })

@@ -201,13 +201,20 @@ async fn start_locked(stack: &Stack<'_>, timeout: Duration, deadline: Instant) -
         return Err(err);
     }
     // Every edge serves the recorded color alone, as on one engine.
-    let ended = super::switch::end_left(stack, &mut recorded, active, CANARY_DRAIN).await?;
+    let (active, ended) =
+        super::switch::end_left(stack, &mut recorded, active, CANARY_DRAIN).await?;
+    // The edges may serve another color than the record said (a canary
+    // deploy cut short after its flip): its release is the one to tell.
+    let version = recorded
+        .releases
+        .get(&active)
+        .map_or(release.version.clone(), |r| r.version.clone());
     if recorded.active.is_none() {
         record_first(stack, recorded, active, &release).await;
     }
     Ok(Started {
         active,
-        version: release.version,
+        version,
         created,
         services: specs.into_iter().map(|s| s.name).collect(),
         ended_canary: ended.map(|live| live.canary),

@@ -412,10 +412,22 @@ pub async fn hold_step(
 }
 
 /// The status and the last upstream address of an access-log line.
+/// The routes of probes and scrapes, which a step's count leaves out (as
+/// [`crate::metrics::DEFAULT_GATE`] does): the hold's own probes through
+/// nginx would otherwise fill a quiet canary's count with healthy answers.
+const NOT_CLIENTS: [&str; 2] = ["/api/health", "/metrics"];
+
 fn parse_line(line: &str) -> Option<(u16, &str)> {
     // The request is the first quoted field; nginx escapes quotes in it.
     let (_, rest) = line.split_once('"')?;
-    let (_, rest) = rest.split_once("\" ")?;
+    let (request, rest) = rest.split_once("\" ")?;
+    // Probes (cryptus's own, through nginx, and Prometheus's scrapes) are
+    // no client's answers: left out, as the metric gate leaves them out.
+    let path = request.split_whitespace().nth(1).unwrap_or_default();
+    let path = path.split('?').next().unwrap_or_default();
+    if NOT_CLIENTS.contains(&path) {
+        return None;
+    }
     let status: u16 = rest.split_whitespace().next()?.parse().ok()?;
     let mut addresses = rest.split(" upstream=").nth(1)?.split_whitespace();
     // `a:1, b:2` when nginx tried more than one: the last one answered.
@@ -521,6 +533,12 @@ mod tests {
         answers.count(&line(200, "172.18.0.4:3000"), &canary);
         answers.count(&line(502, "172.18.0.4:3000, 172.18.0.5:3000"), &canary);
         answers.count("not a log line", &canary);
+        // Probes and scrapes through nginx are no client's: not counted.
+        for path in ["/api/health", "/api/health?probe=1", "/metrics"] {
+            let probe = line(200, "172.18.0.5:3000").replace("/api/x?a=\\x22", path);
+            assert!(probe.contains(path), "{probe}");
+            answers.count(&probe, &canary);
+        }
         assert_eq!(
             (answers.requests, answers.errors, answers.others),
             (31, 1, 1)

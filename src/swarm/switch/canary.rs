@@ -273,11 +273,16 @@ impl Switch<'_> {
 
 /// What `start` tells of a canary a killed deploy left, which it ends as
 /// on one engine.
-pub fn ended_warning(live: &LiveCanary) -> String {
+pub fn ended_warning(live: &LiveCanary, retired: bool) -> String {
     let color = live.canary.color;
+    let service = if retired {
+        format!("{color}'s service is scaled to 0")
+    } else {
+        format!("{color}'s service could not be scaled to 0 (said above)")
+    };
     format!(
         "a canary of {color} at {}% was live (its deploy did not finish): ended; \
-         every client is on the active color, and {color}'s service is scaled to 0",
+         every client is on the active color, and {service}",
         live.canary.percent
     )
 }
@@ -287,19 +292,32 @@ pub fn ended_warning(live: &LiveCanary) -> String {
 /// service at 0 tasks), with a warning, and the end is recorded in the
 /// history as a repair from the canary's release to the active color's.
 /// What went wrong after the edges were put back is a warning; the
-/// canary stays recorded until they are.
+/// canary stays recorded until they are. The edges are asked first, as
+/// deploy and rollback ask them ([`super::read_active`]): a canary whose
+/// deploy was cut short after its flip to 100% is over, so it is
+/// forgotten and nothing is put back (the record is corrected to the
+/// color they serve). The color that serves, and the canary ended.
 pub async fn end_left(
     stack: &Stack<'_>,
     state: &mut ClusterState,
     active: Color,
     drain: Duration,
-) -> Result<Option<LiveCanary>> {
-    let Some(live) = state.canary.clone() else {
-        return Ok(None);
-    };
+) -> Result<(Color, Option<LiveCanary>)> {
+    if state.canary.is_none() {
+        return Ok((active, None));
+    }
     let began = Instant::now();
     let (engine, project, printer) = (stack.engine, &stack.project.name, stack.printer);
-    let edge = Edges::find(engine, project).await?;
+    let edge = Edges::find(engine, project).await.map_err(|err| {
+        err.context(
+            "a canary a killed deploy left is recorded, and no edge nginx answers to end it",
+        )
+    })?;
+    let (read, active) = super::read_active(stack, &edge, true).await?;
+    *state = read;
+    let Some(live) = state.canary.clone() else {
+        return Ok((active, None));
+    };
     let ending = Ending {
         edge: &edge,
         active,
@@ -309,30 +327,35 @@ pub async fn end_left(
     let (old, applied) = ending.back().await;
     if let Err(err) = applied {
         step.fail();
-        return Err(err.context(format!(
-            "ending the canary of {} a killed deploy left",
-            live.canary.color
-        )));
+        return Err(failed_with_hint(
+            format!(
+                "ending the canary of {} a killed deploy left: {err:#}",
+                live.canary.color
+            ),
+            "`cryptus status` shows what each edge serves; `cryptus rollback` ends the canary once every edge answers",
+        ));
     }
     step.done();
     let step = printer.step(ending.retiring());
-    match ending.retire(engine, printer, &old, drain).await {
+    let retired = match ending.retire(engine, printer, &old, drain).await {
         Ok(()) => {
             step.done();
+            true
         }
         Err(err) => {
             step.fail();
             printer.warn(format!("{err:#}"));
+            false
         }
-    }
-    printer.warn(ended_warning(&live));
+    };
+    printer.warn(ended_warning(&live, retired));
     state.canary = None;
     state.active = Some(active);
     let entry = ended_entry(state, &live, active, began.elapsed());
     for warning in super::state::record(engine, project, state, entry, &[]).await {
         printer.warn(warning);
     }
-    Ok(Some(live))
+    Ok((active, Some(live)))
 }
 
 /// The history's entry for a canary `start` ended: a repair from the
@@ -449,7 +472,8 @@ mod tests {
             Some("ended a canary of green 5.0.0 at 10% that a killed deploy left")
         );
         assert_eq!(entry.durations.get("total"), Some(&2.0));
-        let warning = ended_warning(&live);
+        assert!(ended_warning(&live, false).ends_with("could not be scaled to 0 (said above)"));
+        let warning = ended_warning(&live, true);
         assert!(
             warning.starts_with(
                 "a canary of green at 10% was live (its deploy did not finish): ended;"
