@@ -126,35 +126,7 @@ async fn start_locked(stack: &Stack<'_>, timeout: Duration, deadline: Instant) -
     let services = plan::services(stack.compose, active)?;
     // Grafana's password is made before its file becomes a secret.
     stack.ensure_secrets().await?;
-    // Planned before anything is made: what the swarm cannot run is refused
-    // while nothing has changed.
-    // A service with a volume is pinned to the manager's node: its data
-    // lives there.
-    let home = stack.engine.membership().await?.node_id;
-    let mut specs = Vec::new();
-    let mut grants = Vec::new();
-    for service in &services {
-        let planned = service_spec(
-            project,
-            &stack.project.dir,
-            stack.compose,
-            service,
-            &release,
-            home.as_deref(),
-        )?;
-        for warning in planned.warnings {
-            stack.printer.warn_once(warning);
-        }
-        let mut spec = planned.spec;
-        // The active color runs as many tasks as the last switch gave it.
-        if let Some(&replicas) = recorded.replicas.get(&active)
-            && Color::of_service(&service.name) == Some(active)
-        {
-            spec.mode = ServiceMode::Replicated(u64::from(replicas));
-        }
-        specs.push(spec);
-        grants.push(planned.grants);
-    }
+    let (mut specs, grants) = plan_all(stack, &services, &recorded, active, &release).await?;
 
     for service in &services {
         for network in &service.networks {
@@ -219,6 +191,45 @@ async fn start_locked(stack: &Stack<'_>, timeout: Duration, deadline: Instant) -
         services: specs.into_iter().map(|s| s.name).collect(),
         ended_canary: ended.map(|live| live.canary),
     })
+}
+
+/// Every service's spec and the grants it needs, planned before anything
+/// is made: what the swarm cannot run is refused while nothing has
+/// changed. A service with a volume is pinned to the manager's node (its
+/// data lives there); the active color runs as many tasks as the last
+/// switch gave it.
+async fn plan_all(
+    stack: &Stack<'_>,
+    services: &[&crate::compose::Service],
+    recorded: &super::state::ClusterState,
+    active: Color,
+    release: &crate::stack::Release,
+) -> Result<(Vec<ServiceSpec>, Vec<Vec<GrantPlan>>)> {
+    let home = stack.engine.membership().await?.node_id;
+    let mut specs = Vec::new();
+    let mut grants = Vec::new();
+    for service in services {
+        let planned = service_spec(
+            &stack.project.name,
+            &stack.project.dir,
+            stack.compose,
+            service,
+            release,
+            home.as_deref(),
+        )?;
+        for warning in planned.warnings {
+            stack.printer.warn_once(warning);
+        }
+        let mut spec = planned.spec;
+        if let Some(&replicas) = recorded.replicas.get(&active)
+            && Color::of_service(&service.name) == Some(active)
+        {
+            spec.mode = ServiceMode::Replicated(u64::from(replicas));
+        }
+        specs.push(spec);
+        grants.push(planned.grants);
+    }
+    Ok((specs, grants))
 }
 
 /// The first start on a swarm records what it serves, for `status`, the

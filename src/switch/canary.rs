@@ -412,20 +412,20 @@ pub async fn hold_step(
 }
 
 /// The status and the last upstream address of an access-log line.
-/// The routes of probes and scrapes, which a step's count leaves out (as
-/// [`crate::metrics::DEFAULT_GATE`] does): the hold's own probes through
-/// nginx would otherwise fill a quiet canary's count with healthy answers.
-const NOT_CLIENTS: [&str; 2] = ["/api/health", "/metrics"];
+/// Where cryptus's own probes through nginx come from (inside nginx's
+/// container): a step's count leaves them out, or the hold's probes would
+/// fill a quiet canary's count with healthy answers. Clients come through
+/// the published port, never from there.
+const PROBES_FROM: [&str; 2] = ["127.0.0.1", "::1"];
 
 fn parse_line(line: &str) -> Option<(u16, &str)> {
     // The request is the first quoted field; nginx escapes quotes in it.
-    let (_, rest) = line.split_once('"')?;
-    let (request, rest) = rest.split_once("\" ")?;
-    // Probes (cryptus's own, through nginx, and Prometheus's scrapes) are
-    // no client's answers: left out, as the metric gate leaves them out.
-    let path = request.split_whitespace().nth(1).unwrap_or_default();
-    let path = path.split('?').next().unwrap_or_default();
-    if NOT_CLIENTS.contains(&path) {
+    let (head, rest) = line.split_once('"')?;
+    let (_, rest) = rest.split_once("\" ")?;
+    // cryptus's own probes through nginx, asked from inside its container,
+    // are no client's answers: left out.
+    let remote = head.split(" [").next()?.split_whitespace().last()?;
+    if PROBES_FROM.contains(&remote) {
         return None;
     }
     let status: u16 = rest.split_whitespace().next()?.parse().ok()?;
@@ -524,7 +524,7 @@ mod tests {
         let mut answers = StepAnswers::default();
         let line = |status: u16, upstream: &str| {
             format!(
-                "2026-11-30T03:00:00.1Z 127.0.0.1 [30/Nov/2026:03:00:00 +0000] \"GET /api/x?a=\\x22 HTTP/1.1\" {status} 12 rt=0.001 upstream={upstream} color=blue;canary=green:10"
+                "2026-11-30T03:00:00.1Z 10.99.0.11 [30/Nov/2026:03:00:00 +0000] \"GET /api/x?a=\\x22 HTTP/1.1\" {status} 12 rt=0.001 upstream={upstream} color=blue;canary=green:10"
             )
         };
         for _ in 0..30 {
@@ -533,10 +533,11 @@ mod tests {
         answers.count(&line(200, "172.18.0.4:3000"), &canary);
         answers.count(&line(502, "172.18.0.4:3000, 172.18.0.5:3000"), &canary);
         answers.count("not a log line", &canary);
-        // Probes and scrapes through nginx are no client's: not counted.
-        for path in ["/api/health", "/api/health?probe=1", "/metrics"] {
-            let probe = line(200, "172.18.0.5:3000").replace("/api/x?a=\\x22", path);
-            assert!(probe.contains(path), "{probe}");
+        // cryptus's own probes, from inside nginx's container, are no
+        // client's: not counted.
+        for from in ["127.0.0.1", "::1"] {
+            let probe = line(200, "172.18.0.5:3000").replace("10.99.0.11", from);
+            assert!(probe.contains(&format!(" {from} [")), "{probe}");
             answers.count(&probe, &canary);
         }
         assert_eq!(
