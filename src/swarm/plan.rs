@@ -725,6 +725,19 @@ mod tests {
 
     use super::*;
 
+    /// [`service_spec`] for project `shop` in the compose file's own
+    /// directory, with [`release`].
+    fn spec_for(compose: &Compose, service: &Service, home: Option<&str>) -> Result<Planned> {
+        service_spec(
+            "shop",
+            &compose.working_dir,
+            compose,
+            service,
+            &release(),
+            home,
+        )
+    }
+
     /// The compose file `text`, with `beside` files next to it.
     fn load(text: &str, beside: &[(&str, &str)]) -> Compose {
         let dir = tempfile::tempdir().unwrap();
@@ -790,16 +803,7 @@ volumes:
             .collect();
         assert_eq!(names, ["redis", "cryptus-blue", "nginx"]);
         let blue = compose.service("cryptus-blue").unwrap();
-        let spec = service_spec(
-            "shop",
-            &compose.working_dir,
-            &compose,
-            blue,
-            &release(),
-            Some("n1"),
-        )
-        .unwrap()
-        .spec;
+        let spec = spec_for(&compose, blue, Some("n1")).unwrap().spec;
         assert_eq!(spec.name, "shop_cryptus-blue");
         assert_eq!(spec.mode, ServiceMode::Replicated(3));
         assert!(spec.dnsrr);
@@ -827,15 +831,7 @@ volumes:
     fn nginx_runs_on_every_manager_with_host_ports_and_configs() {
         let compose = compose();
         let nginx = compose.service("nginx").unwrap();
-        let planned = service_spec(
-            "shop",
-            &compose.working_dir,
-            &compose,
-            nginx,
-            &release(),
-            Some("n1"),
-        )
-        .unwrap();
+        let planned = spec_for(&compose, nginx, Some("n1")).unwrap();
         assert!(planned.warnings.is_empty(), "{:?}", planned.warnings);
         let spec = planned.spec;
         assert_eq!(spec.mode, ServiceMode::Global);
@@ -870,15 +866,7 @@ volumes:
         );
 
         let redis = compose.service("redis").unwrap();
-        let planned = service_spec(
-            "shop",
-            &compose.working_dir,
-            &compose,
-            redis,
-            &release(),
-            Some("n1"),
-        )
-        .unwrap();
+        let planned = spec_for(&compose, redis, Some("n1")).unwrap();
         let spec = planned.spec;
         assert_eq!(spec.mode, ServiceMode::Replicated(1));
         assert!(spec.spread.is_empty() && spec.dnsrr);
@@ -935,15 +923,7 @@ volumes:
         std::fs::write(dir.path().join("app.ini"), "[app]\n").unwrap();
         let compose = load_in(dir.path(), GRANTED);
         let blue = compose.service("cryptus-blue").unwrap();
-        let planned = service_spec(
-            "shop",
-            &compose.working_dir,
-            &compose,
-            blue,
-            &release(),
-            None,
-        )
-        .unwrap();
+        let planned = spec_for(&compose, blue, None).unwrap();
         assert!(planned.warnings.is_empty(), "{:?}", planned.warnings);
         assert!(
             planned.spec.container.mounts.is_empty() && planned.spec.container.files.is_empty(),
@@ -1027,15 +1007,7 @@ volumes:
         let blue = compose.service("cryptus-blue").unwrap();
         let path = dir.path().join("token.txt");
         std::fs::remove_file(&path).unwrap();
-        let err = service_spec(
-            "shop",
-            &compose.working_dir,
-            &compose,
-            blue,
-            &release(),
-            None,
-        )
-        .unwrap_err();
+        let err = spec_for(&compose, blue, None).unwrap_err();
         assert_eq!(crate::error::classify(&err).0, crate::error::EXIT_USAGE);
         let text = err.to_string();
         assert!(
@@ -1085,16 +1057,7 @@ networks:
 "#,
             &[],
         );
-        let spec = |name: &str| {
-            service_spec(
-                "shop",
-                &compose.working_dir,
-                &compose,
-                compose.service(name).unwrap(),
-                &release(),
-                None,
-            )
-        };
+        let spec = |name: &str| spec_for(&compose, compose.service(name).unwrap(), None);
         let blue = spec("cryptus-blue").unwrap().spec;
         assert_eq!(blue.mode, ServiceMode::Replicated(4));
         assert!(!blue.dnsrr, "vip as asked");
