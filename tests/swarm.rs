@@ -2502,9 +2502,10 @@ fn declare_hooks(project: &TestProject, hooks: &str) {
 }
 
 /// The services of the lab's swarm with their replica counts and spec
-/// versions (any service update raises one), the swarm's configs (the
-/// deploy lock is one), and the cluster's newest state: what a dry run
-/// must leave as it found it.
+/// versions (any service update raises one), the swarm's configs (a
+/// deploy lock left behind would show there; one taken and released
+/// leaves no trace), and the cluster's newest state: what a dry run must
+/// leave as it found it.
 fn swarm_objects(lab: &SwarmLab, project: &TestProject) -> (String, String, String) {
     let format = ["--format", "{{.Name}} {{.Mode}} {{.Replicas}} {{.Image}}"];
     let mut services = vec!["service", "ls"];
