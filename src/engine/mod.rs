@@ -26,6 +26,7 @@ use futures_util::StreamExt;
 use crate::error::usage;
 
 mod container;
+pub mod registry;
 mod spec;
 mod stats;
 mod swarm;
@@ -1187,23 +1188,41 @@ impl Engine {
     }
 }
 
-/// One item of a build's or a load's progress stream: an error of the
+/// One item of a build's, load's, push's or pull's progress stream: an error of the
 /// stream, or one the engine reports in it (`doing` says what ran; `failed`
 /// when the engine gives no message).
-fn progress(
-    item: Result<bollard::models::BuildInfo, BollardError>,
-    doing: &str,
-    failed: &str,
-) -> Result<bollard::models::BuildInfo> {
+fn progress<I: Reported>(item: Result<I, BollardError>, doing: &str, failed: &str) -> Result<I> {
     let info = item
         .map_err(|err| engine_error(&err))
         .with_context(|| doing.to_owned())?;
-    if let Some(detail) = &info.error_detail {
+    if let Some(detail) = info.error_detail() {
         let message = detail.message.as_deref().unwrap_or(failed);
         return Err(anyhow!("{doing}: {}", message.trim()));
     }
     Ok(info)
 }
+
+/// An item of a progress stream (a build's, a load's, a push's, a
+/// pull's): each may carry the error the engine met.
+trait Reported {
+    fn error_detail(&self) -> Option<&bollard::models::ErrorDetail>;
+}
+
+macro_rules! reported {
+    ($($item:ty),*) => {$(
+        impl Reported for $item {
+            fn error_detail(&self) -> Option<&bollard::models::ErrorDetail> {
+                self.error_detail.as_ref()
+            }
+        }
+    )*};
+}
+
+reported!(
+    bollard::models::BuildInfo,
+    bollard::models::PushImageInfo,
+    bollard::models::CreateImageInfo
+);
 
 /// A started exec, waiting for its input (see [`Engine::shell_waiting`]).
 pub struct WaitingShell {

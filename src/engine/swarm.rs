@@ -27,6 +27,7 @@ use bollard::query_parameters::{
 };
 use serde::Serialize;
 
+use super::registry::{Login, credentials};
 use super::spec::{health_config, mount};
 use super::{
     ApiVersion, ContainerSpec, Engine, LogChunk, PortSpec, engine_error, log_chunk, log_options,
@@ -608,9 +609,17 @@ fn host_ports(spec: &ServiceSpec) -> Vec<EndpointPortConfig> {
 impl Engine {
     /// Creates a service; `false` when one of that name exists already
     /// (left as it is).
+    /// Its image's registry login, when the docker CLI's config has one,
+    /// goes with it, for the nodes to pull with (as `docker stack deploy
+    /// --with-registry-auth`).
     pub async fn create_service(&self, spec: &ServiceSpec) -> Result<bool> {
         let body = service_body(spec, self.api_version());
-        match self.docker.create_service(body, None).await {
+        let login = Login::for_image(&spec.container.image)?;
+        match self
+            .docker
+            .create_service(body, login.as_ref().map(|l| credentials(Some(l))))
+            .await
+        {
             Ok(_) => Ok(true),
             Err(err) if super::status(&err) == Some(409) => Ok(false),
             Err(err) => {
@@ -621,15 +630,17 @@ impl Engine {
 
     /// Replaces a service's spec with `spec` (its tasks are replaced as
     /// the swarm's update policy says); `false` when there is no such service.
+    /// Its image's registry login goes with it, as on creation.
     pub async fn update_service(&self, spec: &ServiceSpec) -> Result<bool> {
         let body = service_body(spec, self.api_version());
-        self.update_with(&spec.name, |_| body).await
+        let login = Login::for_image(&spec.container.image)?;
+        self.update_with(&spec.name, login.as_ref(), |_| body).await
     }
 
     /// Sets a replicated service's replica count; `false` when there is no
     /// such service.
     pub async fn scale_service(&self, name: &str, replicas: u64) -> Result<bool> {
-        self.update_with(name, |mut current| {
+        self.update_with(name, None, |mut current| {
             current.mode = Some(service_mode(ServiceMode::Replicated(replicas)));
             current
         })
@@ -640,9 +651,11 @@ impl Engine {
     /// makes of the spec, at that version (the swarm refuses a stale one).
     /// The spec `change` gets has the health check the read loses
     /// ([`HEALTHCHECK_LABEL`]), so what it leaves alone stays as it was.
+    /// Without a `login`, the swarm keeps the one the service was given.
     async fn update_with(
         &self,
         name: &str,
+        login: Option<&Login>,
         change: impl FnOnce(EngineServiceSpec) -> EngineServiceSpec,
     ) -> Result<bool> {
         let current = match self
@@ -668,7 +681,7 @@ impl Engine {
             ..Default::default()
         };
         self.docker
-            .update_service(name, spec, options, None)
+            .update_service(name, spec, options, login.map(|l| credentials(Some(l))))
             .await
             .map_err(|err| engine_error(&err))
             .with_context(|| format!("updating service {name}"))?;
@@ -681,7 +694,7 @@ impl Engine {
     /// no such service. The swarm goes on with the update by itself: watch
     /// it with [`Engine::update_state`].
     pub async fn restart_service(&self, name: &str, order: UpdateOrder) -> Result<bool> {
-        self.update_with(name, |mut spec| {
+        self.update_with(name, None, |mut spec| {
             let template = spec.task_template.get_or_insert_with(Default::default);
             template.force_update = Some(template.force_update.unwrap_or(0).wrapping_add(1));
             let mut update = spec.update_config.take().unwrap_or_default();

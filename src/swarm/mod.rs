@@ -18,6 +18,7 @@ pub mod maintenance;
 pub mod metrics;
 pub mod nodes;
 pub mod plan;
+pub mod registry;
 pub mod resources;
 pub mod restart;
 pub mod scale;

@@ -91,22 +91,14 @@ pub fn may_run(node: &Node, constraints: &[String]) -> bool {
     })
 }
 
-/// Whether an image reference names a registry host
-/// (`registry.example:5000/app:2`, `localhost/app`): every node can pull
-/// it, so it need not be on a node already.
-pub fn names_registry(reference: &str) -> bool {
-    reference
-        .split_once('/')
-        .is_some_and(|(host, _)| host.contains('.') || host.contains(':') || host == "localhost")
-}
-
 /// Every ready, active node that may run `color` (by its service's
 /// placement constraints) must have `image`, asked of each node's engine;
 /// else one error naming the nodes that lack it or whose engine is not
-/// known. An image of a registry is not asked for (every node can pull it).
+/// known. An image of a registry is not asked for here: the nodes pull
+/// it ([`super::registry::on_nodes`] asks whether they can).
 pub async fn image_on_nodes(stack: &Stack<'_>, color: Color, release: &Release) -> Result<()> {
     let image = &release.image;
-    if names_registry(image) {
+    if super::registry::names_registry(image) {
         return Ok(());
     }
     let Some((engines, nodes)) = may_run_color(stack, color, release).await? else {
@@ -144,7 +136,7 @@ fn not_on_every_node(image: &str, color: Color, missing: &[String]) -> anyhow::E
 /// The ready, active nodes `color`'s placement allows for `release`, with
 /// the engines of the nodes; `None` when the compose file has no such
 /// color.
-async fn may_run_color<'s>(
+pub(super) async fn may_run_color<'s>(
     stack: &'s Stack<'_>,
     color: Color,
     release: &Release,
@@ -452,15 +444,6 @@ mod tests {
                 .into_iter()
                 .collect(),
         }
-    }
-
-    #[test]
-    fn an_image_of_a_registry_is_told_from_a_local_one() {
-        assert!(names_registry("registry.example:5000/app:2"));
-        assert!(names_registry("localhost/app"));
-        assert!(names_registry("ghcr.io/acme/app:1"));
-        assert!(!names_registry("acme/app:1"));
-        assert!(!names_registry("app:1"));
     }
 
     #[test]

@@ -39,6 +39,7 @@ pub use canary::end_left;
 
 use super::edge::Edges;
 use super::plan::service_spec;
+use super::registry::{self, Registry};
 use super::service_name;
 use super::state::{self, ClusterLock, ClusterState};
 
@@ -85,10 +86,15 @@ async fn recorded_release(
     }
 }
 
-/// The release a deploy asks for, when it names one; an image it gives
-/// is on every node that may run `target`. One it builds is built on the
-/// manager and loaded on the other nodes that may run `target` and lack
-/// it, through their engines.
+/// The release a deploy asks for, when it names one. An image of a
+/// registry is pulled on the manager when it lacks it (a dry run pulls
+/// nothing), asked of the registry by every node that may run `target`
+/// and pinned to its digest ([`registry::on_nodes`]). With a registry
+/// named (`CRYPTUS_SWARM_REGISTRY`), an image it gives or builds that only
+/// the manager has is pushed there for the nodes to pull; without one, an
+/// image it gives is on every node that may run `target`, and one it
+/// builds is built on the manager and loaded on the other nodes that may
+/// run `target` and lack it, through their engines.
 async fn deploy_release(
     stack: &Stack<'_>,
     target: Color,
@@ -96,6 +102,7 @@ async fn deploy_release(
     version: Option<String>,
     run: Run,
 ) -> Result<Option<Release>> {
+    let registry = Registry::from_env()?;
     let source = match source.for_color(stack, target) {
         // A dry run's build is planned by [`dry_run`]: its release is
         // known only once built.
@@ -103,6 +110,11 @@ async fn deploy_release(
         Source::Build(context) => {
             let built = crate::switch::deploy::build_release(stack, target, context, version);
             let release = built.await?;
+            if let Some(registry) = &registry {
+                return registry::push(stack, target, registry, &release)
+                    .await
+                    .map(Some);
+            }
             super::nodes::load_on_nodes(stack, target, &release).await?;
             super::nodes::image_on_nodes(stack, target, &release).await?;
             return Ok(Some(release));
@@ -110,12 +122,49 @@ async fn deploy_release(
         other => other,
     };
     let given = matches!(source, Source::Image(_));
-    let known = crate::switch::deploy::known_release(stack, target, source, version);
-    let release = known.await?;
-    if let Some(release) = release.as_ref().filter(|_| given) {
-        super::nodes::image_on_nodes(stack, target, release).await?;
+    let reference = match &source {
+        Source::Image(reference) => reference.clone(),
+        _ => stack.default_release(target).await?.image,
+    };
+    if registry::names_registry(&reference) {
+        let release = if registry::on_manager(stack, &reference, run == Run::Real).await? {
+            crate::switch::deploy::known_release(stack, target, source, version).await?
+        } else {
+            Some(unpulled(reference, version)?)
+        };
+        return match release {
+            Some(release) => registry::on_nodes(stack, target, &release).await.map(Some),
+            None => Ok(None),
+        };
     }
-    Ok(release)
+    let known = crate::switch::deploy::known_release(stack, target, source, version);
+    let release = match known.await? {
+        Some(release) if given => release,
+        other => return Ok(other),
+    };
+    match &registry {
+        Some(registry) if run == Run::Real => registry::push(stack, target, registry, &release)
+            .await
+            .map(Some),
+        // A dry run's plan names where the image would be pushed.
+        Some(_) => Ok(Some(release)),
+        None => {
+            super::nodes::image_on_nodes(stack, target, &release).await?;
+            Ok(Some(release))
+        }
+    }
+}
+
+/// The release of a registry's image a dry run did not pull: its version
+/// from `--version`, else the image's tag.
+fn unpulled(reference: String, version: Option<String>) -> Result<Release> {
+    let version =
+        version.unwrap_or_else(|| crate::stack::image_version(&reference, &Default::default()));
+    crate::switch::deploy::check_version(&version)?;
+    Ok(Release {
+        image: reference,
+        version,
+    })
 }
 
 async fn locked(
@@ -323,6 +372,13 @@ pub async fn dry_run(stack: &Stack<'_>, ask: Ask, settings: &Settings) -> Result
     let (state, active) = read_active(stack, &edge, false).await?;
     let ends_canary = state.canary.is_some();
     let operation = operation_of(&ask);
+    let given = matches!(
+        &ask,
+        Ask::Deploy {
+            source: Source::Image(_),
+            ..
+        }
+    );
     let build = match &ask {
         Ask::Deploy { source, version } => {
             planned_build(stack, active.other(), source, version.as_deref()).await?
@@ -353,6 +409,18 @@ pub async fn dry_run(stack: &Stack<'_>, ask: Ask, settings: &Settings) -> Result
     } else {
         plan.hooks = hooks::planned(stack, operation, settings.hooks);
     }
+    // What the run pushes: an image it builds or is given, when only the
+    // manager has it.
+    if let Some(registry) = Registry::from_env()? {
+        let image = match (&build, &plan.release) {
+            (Some(build), _) => Some(&build.image),
+            (None, release) => release.as_ref().filter(|_| given).map(|r| &r.image),
+        };
+        if let Some(image) = image.filter(|image| !registry::names_registry(image)) {
+            let push = registry.reference(image);
+            plan.push = Some(push.map_err(|why| failed_with_hint(why, "deploy a tagged image"))?);
+        }
+    }
     plan.build = build;
     Ok(plan)
 }
@@ -374,10 +442,14 @@ async fn planned_build(
         image,
         version: version.unwrap_or_default().to_owned(),
     };
-    let copy_to = super::nodes::load_targets(stack, target, &release)
-        .await?
-        .map(|(_, nodes)| nodes.into_iter().map(|n| n.hostname).collect())
-        .unwrap_or_default();
+    // With a registry the image is pushed there rather than copied.
+    let copy_to = match Registry::from_env()? {
+        Some(_) => Vec::new(),
+        None => super::nodes::load_targets(stack, target, &release)
+            .await?
+            .map(|(_, nodes)| nodes.into_iter().map(|n| n.hostname).collect())
+            .unwrap_or_default(),
+    };
     Ok(Some(PlannedBuild {
         image: release.image,
         copy_to,
@@ -417,6 +489,7 @@ fn plan_of(
         hooks: Vec::new(),
         edges,
         build: None,
+        push: None,
     }
 }
 

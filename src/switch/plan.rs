@@ -154,6 +154,10 @@ pub struct Plan {
     /// `deploy --build`: what it builds (`release` is then unknown).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub build: Option<PlannedBuild>,
+    /// On a Swarm with a registry named: the reference the image, one only
+    /// the manager has, is pushed as, for the nodes to pull.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub push: Option<String>,
 }
 
 /// The image `deploy --build` builds, as a dry run tells it.
@@ -205,6 +209,7 @@ impl Plan {
             hooks: Vec::new(),
             edges: Vec::new(),
             build: None,
+            push: None,
         }
     }
 
@@ -267,6 +272,14 @@ impl Plan {
                     nodes.join(", ")
                 ),
             });
+        }
+        if let Some(push) = &self.push {
+            let image = match (&self.build, &self.release) {
+                (Some(build), _) => build.image.as_str(),
+                (None, Some(release)) => release.image.as_str(),
+                (None, None) => "the image",
+            };
+            lines.push(format!("  push: {image} as {push}, for the nodes to pull"));
         }
         lines.extend(hooks(false));
         let stop = if self.keep_standby {
@@ -356,6 +369,7 @@ fn after_canary(observed: &Observed, request: &Request, canary: Canary) -> Resul
                 hooks: Vec::new(),
                 edges: Vec::new(),
                 build: None,
+                push: None,
             })
         }
         _ => Err(failed_with_hint(live, hint)),
@@ -426,6 +440,7 @@ fn fresh_switch(
         hooks: Vec::new(),
         edges: Vec::new(),
         build: None,
+        push: None,
     })
 }
 
