@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Makes every image the cryptus stack needs, on a machine with no image registry.
 #
-#   scripts/make-images.sh [--rebuild] [--pull] [--monitoring] [--systemd] [--old-nginx]
+#   scripts/make-images.sh [--rebuild] [--pull] [--monitoring] [--systemd] [--old-nginx] [--registry]
 #
 # nginx and redis come from this host's Debian packages: the binary and every
 # shared library `ldd` lists are copied into a root filesystem with the users,
@@ -25,6 +25,10 @@
 # mounted into it needs), so README's backup timer fires under real systemd.
 # With --old-nginx, for the tests only: cryptus/nginx:host, this host's own
 # nginx package (Debian 12's 1.22), an nginx without upstream `resolve`.
+# With --registry, for the tests only: cryptus/registry:offline, Debian's
+# docker-registry (distribution 2.8) as the official registry:2 image runs
+# it (port 5000, data in /var/lib/registry), for the Swarm lab's nodes to
+# push to and pull from.
 # With --pull, where a registry is reachable, the official images the compose
 # file defaults to (nginx:1.28-alpine, redis:7-alpine) are pulled instead and
 # no offline nginx or redis image is made; without it nothing leaves the host.
@@ -37,6 +41,7 @@ pull=0
 monitoring=0
 systemd=0
 old_nginx=0
+registry=0
 for arg in "$@"; do
   case "$arg" in
     --rebuild) rebuild=1 ;;
@@ -44,7 +49,8 @@ for arg in "$@"; do
     --monitoring) monitoring=1 ;;
     --systemd) systemd=1 ;;
     --old-nginx) old_nginx=1 ;;
-    *) echo "usage: scripts/make-images.sh [--rebuild] [--pull] [--monitoring] [--systemd] [--old-nginx]" >&2; exit 2 ;;
+    --registry) registry=1 ;;
+    *) echo "usage: scripts/make-images.sh [--rebuild] [--pull] [--monitoring] [--systemd] [--old-nginx] [--registry]" >&2; exit 2 ;;
   esac
 done
 
@@ -66,6 +72,7 @@ command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_packages+=(nginx)
 [ -x /usr/bin/redis-cli ] || need_packages+=(redis-tools)
 [ -x /bin/busybox ] || need_packages+=(busybox-static)
 [ $systemd = 0 ] || [ -x /lib/systemd/systemd ] || need_packages+=(systemd)
+[ $registry = 0 ] || [ -x /usr/bin/docker-registry ] || need_packages+=(docker-registry)
 if [ $monitoring = 1 ]; then
   [ -x /usr/bin/prometheus ] || need_packages+=(prometheus)
   [ -x /usr/bin/prometheus-alertmanager ] || need_packages+=(prometheus-alertmanager)
@@ -331,6 +338,38 @@ make_systemd() {
     --message "systemd $(/lib/systemd/systemd --version | sed -n '1s/^systemd \([0-9]*\).*/\1/p') from Debian's package, for tests"
 }
 
+# The registry, as the official registry:2 image runs it: /bin/registry
+# serve /etc/docker/registry/config.yml, on port 5000, storing in
+# /var/lib/registry, with deletes allowed.
+make_registry() {
+  local tag=${REGISTRY_TEST_IMAGE:-cryptus/registry:offline}
+  if exists "$tag" && [ $rebuild = 0 ]; then say "$tag exists"; return; fi
+  local root="$work/registry"
+  base_rootfs "$root"
+  add_shell "$root"
+  copy_with_libs "$root" /usr/bin/docker-registry /bin/registry
+  mkdir -p "$root/etc/docker/registry" "$root/var/lib/registry"
+  cat > "$root/etc/docker/registry/config.yml" <<'EOF'
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: /var/lib/registry
+  delete:
+    enabled: true
+http:
+  addr: :5000
+EOF
+  import_rootfs "$root" "$tag" \
+    --change 'ENV PATH=/bin' \
+    --change 'VOLUME /var/lib/registry' \
+    --change 'EXPOSE 5000' \
+    --change 'ENTRYPOINT ["/bin/registry"]' \
+    --change 'CMD ["serve", "/etc/docker/registry/config.yml"]' \
+    --message "registry $(/usr/bin/docker-registry --version 2>/dev/null | awk '{print $3}') from Debian's docker-registry, for tests"
+}
+
 mkdir -p "$work"
 if [ $pull = 1 ] && docker pull -q nginx:1.28-alpine >/dev/null 2>&1 && docker pull -q redis:7-alpine >/dev/null 2>&1; then
   say "pulled the official nginx:1.28-alpine and redis:7-alpine"
@@ -343,4 +382,5 @@ make_app
 [ $monitoring = 1 ] && make_monitoring
 [ $systemd = 1 ] && make_systemd
 [ $old_nginx = 1 ] && make_old_nginx
+[ $registry = 1 ] && make_registry
 exit 0

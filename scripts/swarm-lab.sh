@@ -8,7 +8,12 @@
 #       socket (DIR/nN/docker.sock) and containerd; forms a swarm (node 1 the
 #       manager, the others workers); loads IMAGE... from the host engine
 #       (docker save | docker load, no registry) and a busybox tool image
-#       (cryptus-lab/busybox:1) into every node.
+#       (cryptus-lab/busybox:1) into every node. A task runs the image its
+#       node has, with no registry lookup; with LAB_PULL=1, a task pulls
+#       its image first, as on a real node: from a registry the test runs
+#       on a lab address (every node trusts plain HTTP on the lab's
+#       network); any other pull fails at once (the lab has no route out)
+#       and the task runs the image its node has.
 #   scripts/swarm-lab.sh down DIR
 #       removes everything the lab named by DIR made, whether it is up, half
 #       started or left by a killed run; a lab that is not there is no error.
@@ -182,6 +187,7 @@ write_daemon_json() {
   "iptables": true,
   "ip-forward": true,
   "live-restore": false,
+  "insecure-registries": ["$SUBNET.0/24"],
   "shutdown-timeout": 5
 }
 JSON
@@ -191,8 +197,9 @@ JSON
 # the node's own mount namespace, our copies of the host engine's mounts are
 # dropped (so the node never pins them) and /run/docker and /run/containerd
 # are shadowed by tmpfs, so the node neither finds the host's containerd nor
-# shares its shim sockets. DOCKER_SERVICE_PREFER_OFFLINE_IMAGE: a service's
-# task runs the image loaded into the node, with no registry lookup.
+# shares its shim sockets. DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1 (unless
+# LAB_PULL=1): a service's task runs the image loaded into the node, with no
+# registry lookup.
 NODE_INIT='
 set -e
 hostname "$1"
@@ -200,17 +207,18 @@ awk "{print \$2}" /proc/self/mounts | grep -E "^/(var/lib/docker|run/docker|run/
   while read -r m; do umount -l "$m" 2>/dev/null || true; done
 mount -t tmpfs -o mode=0711,size=64m ctsw-run /run/docker
 mount -t tmpfs -o mode=0711,size=64m ctsw-run /run/containerd
-exec env DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1 dockerd --config-file "$2"
+exec env DOCKER_SERVICE_PREFER_OFFLINE_IMAGE="$3" dockerd --config-file "$2"
 '
 
 start_node() {
-  local n=$1 dir
+  local n=$1 dir offline=1
+  [ "${LAB_PULL:-}" = 1 ] && offline=
   dir=$(dir_of "$n")
   mkdir -p "$dir"
   write_daemon_json "$n"
   setsid nsenter --net="/run/netns/$(ns_of "$n")" -- \
     unshare --mount --uts --propagation slave -- \
-    sh -c "$NODE_INIT" node-init "$(ns_of "$n")" "$dir/daemon.json" \
+    sh -c "$NODE_INIT" node-init "$(ns_of "$n")" "$dir/daemon.json" "$offline" \
     >"$dir/dockerd.log" 2>&1 </dev/null &
   echo $! >"$dir/launcher.pid"
 }

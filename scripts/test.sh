@@ -43,5 +43,5 @@ sweep() {
 }
 trap sweep EXIT
 
-scripts/make-images.sh --monitoring --systemd --old-nginx
+scripts/make-images.sh --monitoring --systemd --old-nginx --registry
 cargo test --workspace --locked "$@"

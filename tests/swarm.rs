@@ -3272,3 +3272,159 @@ fn swarm_deploy_build_builds_on_the_manager_and_loads_the_image_on_every_node() 
         "{served}"
     );
 }
+
+/// Issue 16's images through a registry: with `CRYPTUS_SWARM_REGISTRY`, an
+/// image only the manager has is pushed there and every node pulls it,
+/// pinned to its digest; a node that cannot get it, or a registry that
+/// lacks it, is refused before anything changes; a dry run pushes
+/// nothing; and `--build` needs no node engine named. The registry is
+/// Debian's docker-registry, a container on the manager's node.
+#[test]
+fn swarm_deploy_pushes_to_the_registry_and_every_node_pulls_the_pinned_image() {
+    let lab = SwarmLab::up_pulling(3, &[support::REGISTRY_IMAGE]);
+    let registry = format!("{}:5000", SwarmLab::address(1));
+    lab.docker_ok(
+        1,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "lab-registry",
+            "-p",
+            &format!("{registry}:5000"),
+            "-p",
+            "127.0.0.1:5001:5000",
+            support::REGISTRY_IMAGE,
+        ],
+    );
+    let mut project = started_on(&lab, "swarm-registry", |_| {});
+    let local = "lab-only/app:9.0.0";
+    lab.docker_ok(1, &["tag", &support::app_image(), local]);
+    let deploy = |project: &TestProject, image: &str, extra: &[&str]| {
+        let mut args = vec!["deploy", "--image", image, "--version", "9.0.0"];
+        args.extend_from_slice(&["--timeout", "240s", "--json"]);
+        args.extend_from_slice(extra);
+        project.run(&args)
+    };
+    let tags = |repository: &str| {
+        let url = format!("http://{registry}/v2/{repository}/tags/list");
+        let output = lab
+            .in_node(1, &["curl", "-s", "--max-time", "10", &url])
+            .output()
+            .expect("asking the registry");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+
+    // The registry at the manager's own loopback: the manager pushes, the
+    // workers (asking their own loopback) cannot get it.
+    project.set_env("CRYPTUS_SWARM_REGISTRY", "127.0.0.1:5001/unreachable");
+    let refused = deploy(&project, local, &[]);
+    assert_code(&refused, 1);
+    let said = stderr(&refused);
+    assert!(
+        said.contains("cannot be got from its registry by every node that may run green")
+            && said.contains(&lab.node_name(2))
+            && said.contains(&lab.node_name(3))
+            && said.contains("hint:"),
+        "the workers that cannot pull are not named: {said}"
+    );
+    nothing_changed(&lab, &project, "a deploy the workers cannot pull");
+
+    project.set_env("CRYPTUS_SWARM_REGISTRY", &format!("{registry}/lab"));
+    let pushed_as = format!("{registry}/lab/lab-only/app:9.0.0");
+    let planned = project.run(&["deploy", "--dry-run", "--image", local, "--json"]);
+    assert_code(&planned, 0);
+    let plan: serde_json::Value = serde_json::from_slice(&planned.stdout).expect("JSON");
+    assert_eq!(plan["plan"]["push"], pushed_as.as_str(), "{plan}");
+    assert!(
+        tags("lab/lab-only/app").contains("NAME_UNKNOWN"),
+        "a dry run pushed: {}",
+        tags("lab/lab-only/app")
+    );
+    nothing_changed(&lab, &project, "a dry run with a registry");
+
+    let missing = deploy(&project, &format!("{registry}/lab/missing:1"), &[]);
+    assert_code(&missing, 1);
+    assert!(
+        stderr(&missing).contains("missing") && stderr(&missing).contains("hint:"),
+        "{}",
+        stderr(&missing)
+    );
+    nothing_changed(&lab, &project, "a deploy of an image the registry lacks");
+
+    let deployed = deploy(&project, local, &[]);
+    assert_code(&deployed, 0);
+    let report: serde_json::Value = serde_json::from_slice(&deployed.stdout).expect("JSON");
+    let image = report["to"]["image"]
+        .as_str()
+        .expect("the image")
+        .to_owned();
+    assert!(
+        image.starts_with(&format!("{pushed_as}@sha256:")),
+        "not the pushed reference pinned to its digest: {report}"
+    );
+    assert!(tags("lab/lab-only/app").contains("9.0.0"));
+    // One task per node: a node that could not pull would have had its
+    // task rejected and placed on the manager.
+    let spread = |project: &TestProject, service: &str| -> BTreeSet<String> {
+        tasks_on_nodes(project, service, 3).into_iter().collect()
+    };
+    assert_eq!(spread(&project, "cryptus-green").len(), 3);
+    let by_digest = format!(
+        "{registry}/lab/lab-only/app@{}",
+        image.rsplit('@').next().unwrap()
+    );
+    for node in 2..=3 {
+        lab.docker_ok(node, &["image", "inspect", &by_digest]);
+        assert!(
+            !lab.docker(node, &["image", "inspect", local])
+                .status
+                .success(),
+            "node {node} had the local image: the test proves nothing"
+        );
+    }
+    edge_serves(&lab, &project, "green", "9.0.0");
+
+    // With a registry no node's engine needs naming, even for a build.
+    project.set_env("CRYPTUS_SWARM_NODES", "");
+    let context = std::path::Path::new(support::REPO).join("app");
+    let built = project.run(&[
+        "deploy",
+        "--build",
+        &context.to_string_lossy(),
+        "--version",
+        "9.1.0",
+        "--timeout",
+        "240s",
+        "--json",
+    ]);
+    assert_code(&built, 0);
+    let report: serde_json::Value = serde_json::from_slice(&built.stdout).expect("JSON");
+    let image = report["to"]["image"].as_str().expect("the image");
+    assert!(
+        image.starts_with(&format!("{registry}/lab/")) && image.contains(":9.1.0@sha256:"),
+        "the build was not pushed: {report}"
+    );
+    assert_eq!(spread(&project, "cryptus-blue").len(), 3);
+    edge_serves(&lab, &project, "blue", "9.1.0");
+
+    // An image of the registry the manager lacks is pulled there first.
+    lab.docker_ok(1, &["image", "rm", &pushed_as]);
+    let pulled = project.run(&[
+        "deploy",
+        "--image",
+        &pushed_as,
+        "--version",
+        "9.2.0",
+        "--timeout",
+        "240s",
+    ]);
+    assert_code(&pulled, 0);
+    assert!(
+        stderr(&pulled).contains(&format!("pulling {pushed_as} on the manager")),
+        "{}",
+        stderr(&pulled)
+    );
+    lab.docker_ok(1, &["image", "inspect", &pushed_as]);
+    edge_serves(&lab, &project, "green", "9.2.0");
+}

@@ -47,6 +47,10 @@ pub fn redis_image() -> String {
     std::env::var("CRYPTUS_TEST_REDIS_IMAGE").unwrap_or_else(|_| "cryptus/redis:offline".into())
 }
 
+/// The registry the Swarm lab's nodes push to and pull from
+/// (`scripts/make-images.sh --registry`).
+pub const REGISTRY_IMAGE: &str = "cryptus/registry:offline";
+
 pub fn app_image() -> String {
     std::env::var("CRYPTUS_TEST_APP_IMAGE").unwrap_or_else(|_| "cryptus:latest".into())
 }
@@ -112,9 +116,10 @@ fn shown(command: &std::process::Command) -> String {
 
 /// The variables cryptus reads that a test's environment must not leak
 /// into a run: each run is given its own.
-pub const CRYPTUS_VARIABLES: [&str; 13] = [
+pub const CRYPTUS_VARIABLES: [&str; 14] = [
     "CRYPTUS_PROJECT",
     "CRYPTUS_ORCHESTRATOR",
+    "CRYPTUS_SWARM_REGISTRY",
     "CRYPTUS_NOTIFY_URL",
     "NGINX_IMAGE",
     "REDIS_IMAGE",

@@ -60,6 +60,18 @@ impl SwarmLab {
     /// too (the monitoring images: only the tests that run them pay for
     /// copying them into every node).
     pub fn up_with(nodes: usize, extra: &[&str]) -> SwarmLab {
+        SwarmLab::start(nodes, extra, false)
+    }
+
+    /// [`SwarmLab::up_with`], with nodes that pull a task's image before
+    /// running it, as real nodes do (`LAB_PULL=1`): from a registry the
+    /// test runs on a lab address; any other pull fails at once (the lab
+    /// has no route out) and the task runs the image its node has.
+    pub fn up_pulling(nodes: usize, extra: &[&str]) -> SwarmLab {
+        SwarmLab::start(nodes, extra, true)
+    }
+
+    fn start(nodes: usize, extra: &[&str], pull: bool) -> SwarmLab {
         assert!((1..=9).contains(&nodes), "a lab has 1 to 9 nodes");
         let lab = SwarmLab::named(nodes);
         // Made before the script runs: should it fail or hang, the drop
@@ -68,7 +80,8 @@ impl SwarmLab {
         command
             .arg(nodes.to_string())
             .args(lab_images())
-            .args(extra);
+            .args(extra)
+            .env("LAB_PULL", if pull { "1" } else { "" });
         let output = run_within("the swarm lab is up", command, LAB_DEADLINE);
         assert!(
             output.status.success(),
