@@ -341,6 +341,8 @@ fn start_spreads_blue_over_the_nodes_and_status_names_each_tasks_node() {
     let again: serde_json::Value = serde_json::from_slice(&again.stdout).expect("JSON");
     assert_eq!(again["changed"], false, "{again}");
 
+    start_applies_a_changed_compose_file(&lab, &project);
+
     project.ok(&["stop"]);
     let left = lab.docker_ok(1, &["stack", "services", &project.name, "-q"]);
     assert_eq!(left.trim(), "", "services left after stop");
@@ -353,6 +355,56 @@ fn start_spreads_blue_over_the_nodes_and_status_names_each_tasks_node() {
             .all(|s| s["name"].is_null()),
         "{status}"
     );
+}
+
+/// A `start` after nginx's `app.conf` and redis's environment changed
+/// gives nginx and redis the new spec (their tasks replaced), keeps
+/// blue's tasks (a color changes at a deploy), and the edge serves the new
+/// location and still blue; the `start` after it changes nothing.
+fn start_applies_a_changed_compose_file(lab: &SwarmLab, project: &TestProject) {
+    let blue = running_tasks(lab, project, "cryptus-blue");
+    let app_conf = project.path().join("nginx/app.conf");
+    let mut conf = std::fs::read_to_string(&app_conf).expect("reading app.conf");
+    conf.push_str("\nlocation = /cryptus-changed {\n    return 200 \"changed\\n\";\n}\n");
+    std::fs::write(&app_conf, conf).expect("writing app.conf");
+    let override_file = project.path().join("compose/docker-compose.override.yml");
+    let mut text = std::fs::read_to_string(&override_file).expect("reading the override");
+    text.push_str("  redis:\n    environment:\n      CRYPTUS_TEST_CHANGED: \"1\"\n");
+    std::fs::write(&override_file, text).expect("writing the override");
+
+    let changed = project.ok(&["start", "--json", "--timeout", "240s"]);
+    let changed: serde_json::Value = serde_json::from_slice(&changed.stdout).expect("JSON");
+    assert_eq!(changed["changed"], true, "{changed}");
+    let replaced: BTreeSet<String> = changed["start"]["replaced"]
+        .as_array()
+        .expect("replaced services")
+        .iter()
+        .map(|r| r["service"].as_str().expect("a service").to_owned())
+        .collect();
+    let expected: BTreeSet<String> = ["nginx", "redis"]
+        .iter()
+        .map(|s| format!("{}_{s}", project.name))
+        .collect();
+    assert_eq!(replaced, expected, "{changed}");
+    assert_eq!(
+        running_tasks(lab, project, "cryptus-blue"),
+        blue,
+        "blue's tasks were replaced"
+    );
+    let answer = edge_answer(lab, project, 1, "/cryptus-changed");
+    assert!(
+        answer.contains("200") && answer.contains("changed"),
+        "{answer}"
+    );
+    let served = served_by_edge(lab, project);
+    assert_eq!(served["instance"], "blue", "{served}");
+    let redis = task_on_manager(lab, project, "redis");
+    let env = lab.docker_ok(1, &["inspect", "-f", "{{json .Config.Env}}", &redis]);
+    assert!(env.contains("CRYPTUS_TEST_CHANGED=1"), "{env}");
+
+    let again = project.ok(&["start", "--json"]);
+    let again: serde_json::Value = serde_json::from_slice(&again.stdout).expect("JSON");
+    assert_eq!(again["changed"], false, "{again}");
 }
 
 /// The ids of the lab's `object`s (`network`, `config`) that `filter`

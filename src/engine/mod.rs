@@ -39,8 +39,8 @@ pub use spec::{
 };
 pub use stats::{HostInfo, Usage};
 pub use swarm::{
-    Membership, Node, STACK_IMAGE_LABEL, STACK_LABEL, Service, ServiceMode, ServiceSpec,
-    SwarmConfig, SwarmFile, Task, UpdateOrder,
+    Membership, Node, SPEC_DIGEST_LABEL, STACK_IMAGE_LABEL, STACK_LABEL, Service, ServiceMode,
+    ServiceSpec, SwarmConfig, SwarmFile, Task, UpdateOrder, spec_digest,
 };
 
 /// The label Compose puts on everything of a project.

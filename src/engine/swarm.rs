@@ -14,11 +14,12 @@ use bollard::models::{
     EndpointPortConfigPublishModeEnum, EndpointSpec, EndpointSpecModeEnum, Limit, LocalNodeState,
     NetworkAttachmentConfig, Node as NodeModel, SecretSpec, Service as ServiceModel,
     ServiceSpec as EngineServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated,
-    ServiceSpecModeReplicatedJob, ServiceSpecUpdateConfigOrderEnum, SystemInfo, Task as TaskModel,
-    TaskSpec, TaskSpecContainerSpec, TaskSpecContainerSpecConfigs, TaskSpecContainerSpecFile,
-    TaskSpecContainerSpecFile1, TaskSpecContainerSpecSecrets, TaskSpecLogDriver, TaskSpecPlacement,
-    TaskSpecPlacementPreferences, TaskSpecPlacementSpread, TaskSpecResources,
-    TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum, TaskState,
+    ServiceSpecModeReplicatedJob, ServiceSpecUpdateConfig,
+    ServiceSpecUpdateConfigFailureActionEnum, ServiceSpecUpdateConfigOrderEnum, SystemInfo,
+    Task as TaskModel, TaskSpec, TaskSpecContainerSpec, TaskSpecContainerSpecConfigs,
+    TaskSpecContainerSpecFile, TaskSpecContainerSpecFile1, TaskSpecContainerSpecSecrets,
+    TaskSpecLogDriver, TaskSpecPlacement, TaskSpecPlacementPreferences, TaskSpecPlacementSpread,
+    TaskSpecResources, TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum, TaskState,
 };
 use bollard::query_parameters::{
     InspectServiceOptions, ListConfigsOptionsBuilder, ListNetworksOptionsBuilder, ListNodesOptions,
@@ -393,6 +394,34 @@ fn service_body(spec: &ServiceSpec, api: ApiVersion) -> EngineServiceSpec {
     body
 }
 
+/// The service label holding [`spec_digest`] of the spec cryptus made the
+/// service from: `start` replaces a service whose planned spec's digest
+/// differs (its compose file, nginx's files or a secret changed).
+pub const SPEC_DIGEST_LABEL: &str = "cryptus.spec-digest";
+
+/// The digest of what `spec` asks of the swarm, as the engine is sent it,
+/// leaving out what differs between two plans of one unchanged compose
+/// file: the ids of configs and secrets (their names carry their
+/// content), the files and placement pins in `volatile` (nginx's seed
+/// upstream, which names the color served; the pin to the node of the
+/// manager `start` talks to), and the digest's own label. Keys are
+/// sorted, so it does not depend on a map's order.
+pub fn spec_digest(spec: &ServiceSpec, volatile: &[&str]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut spec = spec.clone();
+    spec.labels.remove(SPEC_DIGEST_LABEL);
+    spec.constraints.retain(|c| !volatile.contains(&c.as_str()));
+    spec.configs
+        .retain(|f| !volatile.contains(&f.target.as_str()));
+    for file in spec.configs.iter_mut().chain(spec.secrets.iter_mut()) {
+        file.id.clear();
+    }
+    let body = service_body(&spec, super::spec::START_INTERVAL_API);
+    let sorted = serde_json::to_value(&body).map_or_else(|_| String::new(), |v| v.to_string());
+    let hash = format!("{:x}", Sha256::digest(sorted.as_bytes()));
+    hash[..16].to_owned()
+}
+
 /// The service label holding the container's health check as cryptus sent
 /// it. bollard's model names it `HealthCheck` where the engine writes
 /// `Healthcheck`, so the engine's answer read through the model has none.
@@ -686,6 +715,55 @@ impl Engine {
             .map_err(|err| engine_error(&err))
             .with_context(|| format!("updating service {name}"))?;
         Ok(true)
+    }
+
+    /// Replaces service `spec.name`'s spec with `spec`, one task at a time,
+    /// each stopped before its new one starts (a volume or a host port
+    /// cannot be shared), and put back by the swarm itself should a new
+    /// task fail. Placement pins on `node.id` the service has are kept over
+    /// the planned ones: its data lives on that node. `false` when there is
+    /// no such service. Watch it with [`Engine::update_state`].
+    pub async fn replace_service(&self, spec: &ServiceSpec) -> Result<bool> {
+        let mut body = service_body(spec, self.api_version());
+        let login = Login::for_image(&spec.container.image)?;
+        self.update_with(&spec.name, login.as_ref(), move |current| {
+            let pinned = |constraints: Option<&Vec<String>>| -> Vec<String> {
+                constraints
+                    .into_iter()
+                    .flatten()
+                    .filter(|c| c.replace(' ', "").starts_with("node.id=="))
+                    .cloned()
+                    .collect()
+            };
+            let placement = |s: &EngineServiceSpec| {
+                s.task_template
+                    .as_ref()
+                    .and_then(|t| t.placement.as_ref())
+                    .and_then(|p| p.constraints.as_ref())
+                    .cloned()
+            };
+            let kept = pinned(placement(&current).as_ref());
+            if !kept.is_empty()
+                && let Some(placement) = body
+                    .task_template
+                    .as_mut()
+                    .and_then(|t| t.placement.as_mut())
+            {
+                let mut constraints = placement.constraints.take().unwrap_or_default();
+                constraints.retain(|c| !c.replace(' ', "").starts_with("node.id=="));
+                constraints.extend(kept);
+                placement.constraints = Some(constraints);
+            }
+            body.update_config = Some(ServiceSpecUpdateConfig {
+                parallelism: Some(1),
+                order: Some(ServiceSpecUpdateConfigOrderEnum::STOP_FIRST),
+                failure_action: Some(ServiceSpecUpdateConfigFailureActionEnum::ROLLBACK),
+                monitor: Some(nanos(Duration::from_secs(5))),
+                ..Default::default()
+            });
+            body
+        })
+        .await
     }
 
     /// Replaces every task of a service with a new one of the same spec,
@@ -999,6 +1077,52 @@ impl Engine {
 mod tests {
     use super::*;
     use bollard::models::SwarmInfo;
+
+    #[test]
+    fn a_specs_digest_follows_what_the_swarm_runs_and_leaves_out_what_varies() {
+        let mut spec = ServiceSpec::plain("shop_nginx", ServiceMode::Global);
+        spec.container.image = "nginx:1".into();
+        spec.container.env = BTreeMap::from([("A".into(), "1".into())]);
+        spec.constraints = vec!["node.role==manager".into(), "node.id==n1".into()];
+        spec.configs = vec![
+            SwarmFile::new(
+                "shop_nginx-app-conf-aa".into(),
+                "id1".into(),
+                "/etc/a".into(),
+            ),
+            SwarmFile::new(
+                "shop_nginx-upstream-conf-bb".into(),
+                "id2".into(),
+                "/seed".into(),
+            ),
+        ];
+        let volatile = ["/seed", "node.id==n1"];
+        let digest = spec_digest(&spec, &volatile);
+        assert_eq!(digest.len(), 16);
+        assert_eq!(digest, spec_digest(&spec.clone(), &volatile), "not stable");
+
+        let mut same = spec.clone();
+        same.configs[0].id = "other-id".into();
+        same.configs[1].name = "shop_nginx-upstream-conf-cc".into();
+        same.constraints[1] = "node.id==n2".into();
+        same.labels
+            .insert(SPEC_DIGEST_LABEL.into(), "an older digest".into());
+        assert_eq!(
+            spec_digest(&same, &["/seed", "node.id==n2"]),
+            digest,
+            "config ids, the seed upstream, the home pin or the label itself counted"
+        );
+
+        let mut env = spec.clone();
+        env.container.env.insert("B".into(), "2".into());
+        let mut file = spec.clone();
+        file.configs[0].name = "shop_nginx-app-conf-dd".into();
+        let mut placed = spec.clone();
+        placed.constraints[0] = "node.labels.edge==true".into();
+        for (what, changed) in [("env", env), ("a config", file), ("placement", placed)] {
+            assert_ne!(spec_digest(&changed, &volatile), digest, "{what} left out");
+        }
+    }
 
     fn info(state: Option<LocalNodeState>, control: Option<bool>) -> SystemInfo {
         SystemInfo {

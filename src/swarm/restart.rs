@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 use crate::compose::{Compose, MountKind};
 use crate::context::Stack;
-use crate::engine::{Engine, Service, Task, UpdateOrder};
+use crate::engine::{Engine, Service, ServiceSpec, Task, UpdateOrder};
 use crate::error::failed_with_hint;
 
 use crate::stack::{Color, LB_SERVICE};
@@ -204,7 +204,7 @@ async fn restart_locked(stack: &Stack<'_>, timeout: Duration) -> Result<Report> 
                 };
                 let replaced = Replace {
                     service: &step.service,
-                    order,
+                    change: Change::Restart(order),
                     deadline,
                     timeout,
                     follower: follower.as_ref(),
@@ -273,33 +273,47 @@ fn current(services: &[Service], tasks: &[Task], service: &str) -> Vec<String> {
         .collect()
 }
 
+/// What gives a service its new tasks.
+#[derive(Clone, Copy)]
+pub(super) enum Change<'r> {
+    /// The same spec, in this order (`restart`).
+    Restart(UpdateOrder),
+    /// This spec, one task at a time, stop-first ([`Engine::replace_service`]).
+    Respec(&'r ServiceSpec),
+}
+
 /// One service to give new tasks.
-struct Replace<'r> {
-    service: &'r str,
-    order: UpdateOrder,
-    deadline: Instant,
-    timeout: Duration,
+pub(super) struct Replace<'r> {
+    pub service: &'r str,
+    pub change: Change<'r>,
+    pub deadline: Instant,
+    pub timeout: Duration,
     /// Edges to re-pin as the tasks change, for the active color.
-    follower: Option<&'r Follower<'r>>,
+    pub follower: Option<&'r Follower<'r>>,
 }
 
 impl Replace<'_> {
-    /// Gives `service` new tasks in `order` and waits until every task it
-    /// asks for is a new one, running; a paused or rolled-back update fails
-    /// at once with the swarm's message. The tasks before and after.
-    async fn run(&self, engine: &Engine, project: &str) -> Result<(Vec<String>, Vec<String>)> {
+    /// Gives `service` new tasks as `change` says and waits until every
+    /// task it asks for is a new one, running; a paused or rolled-back
+    /// update fails at once with the swarm's message. The tasks before and
+    /// after.
+    pub async fn run(&self, engine: &Engine, project: &str) -> Result<(Vec<String>, Vec<String>)> {
         let Replace {
             service,
-            order,
+            change,
             deadline,
             timeout,
             follower,
         } = *self;
         let (services, tasks) = tokio::try_join!(engine.services(project), engine.tasks(project))?;
         let before = current(&services, &tasks, service);
-        if !engine.restart_service(service, order).await? {
+        let asked = match change {
+            Change::Restart(order) => engine.restart_service(service, order).await?,
+            Change::Respec(spec) => engine.replace_service(spec).await?,
+        };
+        if !asked {
             return Err(failed_with_hint(
-                format!("service {service} went away during the restart"),
+                format!("service {service} went away while its tasks were replaced"),
                 "another tool changes the stack; `cryptus status` shows it",
             ));
         }
@@ -312,7 +326,7 @@ impl Replace<'_> {
                 && (state == "paused" || state.starts_with("rollback"))
             {
                 return Err(failed_with_hint(
-                    format!("the swarm stopped restarting {service} ({state}): {message}"),
+                    format!("the swarm stopped replacing the tasks of {service} ({state}): {message}"),
                     format!(
                         "the tasks not yet replaced still run; `docker service ps --no-trunc {service}` on the manager tells why"
                     ),
@@ -331,7 +345,7 @@ impl Replace<'_> {
         |last| {
             failed_with_hint(
                 format!(
-                    "{service} did not restart within {}: {last}",
+                    "{service} did not get its new tasks within {}: {last}",
                     crate::output::uptime(timeout)
                 ),
                 format!(

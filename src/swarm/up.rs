@@ -16,7 +16,9 @@ use tokio::time::Instant;
 
 use crate::compose::Kind;
 use crate::context::Stack;
-use crate::engine::{Engine, Service, ServiceMode, ServiceSpec, SwarmFile, Task};
+use crate::engine::{
+    Engine, SPEC_DIGEST_LABEL, Service, ServiceMode, ServiceSpec, SwarmFile, Task, spec_digest,
+};
 use crate::error::{failed_with_hint, usage};
 use crate::lb;
 use crate::output::Printer;
@@ -47,15 +49,26 @@ pub struct Started {
     pub version: String,
     /// The services this run created; the others existed already.
     pub created: Vec<String>,
+    /// The services that existed and were given the spec the compose file
+    /// now plans (their tasks replaced one at a time).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub replaced: Vec<Replaced>,
     pub services: Vec<String>,
     /// A canary a killed deploy left, which this run ended.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ended_canary: Option<crate::nginx::Canary>,
 }
 
+/// A service `start` gave a new spec, and why.
+#[derive(Debug, Serialize)]
+pub struct Replaced {
+    pub service: String,
+    pub why: String,
+}
+
 impl Started {
     pub fn changed(&self) -> bool {
-        !self.created.is_empty() || self.ended_canary.is_some()
+        !self.created.is_empty() || !self.replaced.is_empty() || self.ended_canary.is_some()
     }
 }
 
@@ -126,7 +139,7 @@ async fn start_locked(stack: &Stack<'_>, timeout: Duration, deadline: Instant) -
     let services = plan::services(stack.compose, active)?;
     // Grafana's password is made before its file becomes a secret.
     stack.ensure_secrets().await?;
-    let (mut specs, grants) = plan_all(stack, &services, &recorded, active, &release).await?;
+    let (mut specs, grants, home) = plan_all(stack, &services, &recorded, active, &release).await?;
 
     for service in &services {
         for network in &service.networks {
@@ -157,6 +170,7 @@ async fn start_locked(stack: &Stack<'_>, timeout: Duration, deadline: Instant) -
     for (spec, grants) in specs.iter_mut().zip(&grants) {
         give_grants(stack.engine, project, spec, grants).await?;
     }
+    label_digests(&mut specs, home.as_deref());
     // A restore killed after it scaled redis to 0 leaves it there, perhaps
     // with its scratch redis on the volume: the scratch goes first, then
     // redis gets its count back.
@@ -164,14 +178,21 @@ async fn start_locked(stack: &Stack<'_>, timeout: Duration, deadline: Instant) -
     restore_scaled_down(stack, &specs).await?;
     let mut created = Vec::new();
     let result = create_and_wait(stack, &specs, &mut created, deadline, timeout).await;
-    if let Err(err) = result {
-        for name in created.iter().rev() {
-            if let Err(undo) = stack.engine.remove_service(name).await {
-                stack.printer.warn(format!("{undo:#}"));
+    let replaced = match result {
+        Ok(()) => replace_changed(stack, &specs, &created, deadline, timeout).await,
+        Err(err) => Err(err),
+    };
+    let replaced = match replaced {
+        Ok(replaced) => replaced,
+        Err(err) => {
+            for name in created.iter().rev() {
+                if let Err(undo) = stack.engine.remove_service(name).await {
+                    stack.printer.warn(format!("{undo:#}"));
+                }
             }
+            return Err(err);
         }
-        return Err(err);
-    }
+    };
     // Every edge serves the recorded color alone, as on one engine.
     let (active, ended) =
         super::switch::end_left(stack, &mut recorded, active, CANARY_DRAIN).await?;
@@ -188,6 +209,7 @@ async fn start_locked(stack: &Stack<'_>, timeout: Duration, deadline: Instant) -
         active,
         version,
         created,
+        replaced,
         services: specs.into_iter().map(|s| s.name).collect(),
         ended_canary: ended.map(|live| live.canary),
     })
@@ -204,7 +226,7 @@ async fn plan_all(
     recorded: &super::state::ClusterState,
     active: Color,
     release: &crate::stack::Release,
-) -> Result<(Vec<ServiceSpec>, Vec<Vec<GrantPlan>>)> {
+) -> Result<(Vec<ServiceSpec>, Vec<Vec<GrantPlan>>, Option<String>)> {
     let home = stack.engine.membership().await?.node_id;
     let mut specs = Vec::new();
     let mut grants = Vec::new();
@@ -229,7 +251,82 @@ async fn plan_all(
         specs.push(spec);
         grants.push(planned.grants);
     }
-    Ok((specs, grants))
+    Ok((specs, grants, home))
+}
+
+/// Labels each spec with its digest ([`SPEC_DIGEST_LABEL`]), leaving out
+/// what two plans of one unchanged compose file may differ in: nginx's
+/// seed upstream (it names the color served) and the pin to the node of
+/// `home`, the manager this `start` talks to (another manager's `start`
+/// must not move redis off its volume).
+fn label_digests(specs: &mut [ServiceSpec], home: Option<&str>) {
+    let seed = format!("{}/{}", plan::SEED_DIR, crate::nginx::UPSTREAM_FILE);
+    let pin = home.map(|node| format!("node.id=={node}"));
+    let volatile: Vec<&str> = [Some(seed.as_str()), pin.as_deref()]
+        .into_iter()
+        .flatten()
+        .collect();
+    for spec in specs {
+        let digest = spec_digest(spec, &volatile);
+        spec.labels.insert(SPEC_DIGEST_LABEL.to_owned(), digest);
+    }
+}
+
+/// Why service `spec` that exists must be given `spec`: its digest label
+/// differs (the compose file, nginx's files, a secret or a config
+/// changed) or it has none (made by a cryptus before the label). `None`
+/// for the colors, which run the release a switch gave them, as on one
+/// engine, and for a service that matches.
+fn stale(spec: &ServiceSpec, existing: &[Service]) -> Option<String> {
+    if Color::of_service(spec.name.rsplit('_').next().unwrap_or_default()).is_some() {
+        return None;
+    }
+    let service = existing.iter().find(|s| s.name == spec.name)?;
+    match service.labels.get(SPEC_DIGEST_LABEL) {
+        Some(digest) if Some(digest) == spec.labels.get(SPEC_DIGEST_LABEL) => None,
+        Some(_) => Some("its compose file, nginx's files, a secret or a config changed".to_owned()),
+        None => Some("made by a cryptus that did not record its spec".to_owned()),
+    }
+}
+
+/// Gives every service that existed before this run ([`stale`]) the spec
+/// planned now, one service after the other, each one task at a time
+/// (stop-first: a volume or a host port is not shared), waiting until its
+/// tasks are new ones, running; a new task that fails makes the swarm put
+/// the service back, and the run fails.
+async fn replace_changed(
+    stack: &Stack<'_>,
+    specs: &[ServiceSpec],
+    created: &[String],
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<Vec<Replaced>> {
+    let project = &stack.project.name;
+    let existing = stack.engine.services(project).await?;
+    let mut replaced = Vec::new();
+    for spec in specs.iter().filter(|s| !created.contains(&s.name)) {
+        let Some(why) = stale(spec, &existing) else {
+            continue;
+        };
+        crate::interrupt::check()?;
+        let step = stack
+            .printer
+            .step(format!("replacing the tasks of {} ({why})", spec.name));
+        let replace = super::restart::Replace {
+            service: &spec.name,
+            change: super::restart::Change::Respec(spec),
+            deadline,
+            timeout,
+            follower: None,
+        };
+        let (_, after) = replace.run(stack.engine, project).await?;
+        step.done_with(format!("{} new task(s)", after.len()));
+        replaced.push(Replaced {
+            service: spec.name.clone(),
+            why,
+        });
+    }
+    Ok(replaced)
 }
 
 /// The first start on a swarm records what it serves, for `status`, the
@@ -518,6 +615,39 @@ mod tests {
 
     fn spec(mode: ServiceMode) -> ServiceSpec {
         ServiceSpec::plain("shop_cryptus-blue", mode)
+    }
+
+    #[test]
+    fn start_replaces_a_service_whose_spec_digest_changed_but_never_a_color() {
+        let labelled = |name: &str, digest: Option<&str>| {
+            let mut spec = ServiceSpec::plain(name, ServiceMode::Replicated(1));
+            if let Some(digest) = digest {
+                spec.labels.insert(SPEC_DIGEST_LABEL.into(), digest.into());
+            }
+            spec
+        };
+        let running = |spec: &ServiceSpec| Service {
+            id: "id".into(),
+            name: spec.name.clone(),
+            labels: spec.labels.clone(),
+            replicas: Some(1),
+            image: "x:1".into(),
+        };
+        let existing = [
+            running(&labelled("shop_redis", Some("d1"))),
+            running(&labelled("shop_nginx", None)),
+            running(&labelled("shop_cryptus-blue", Some("d1"))),
+        ];
+        assert_eq!(stale(&labelled("shop_redis", Some("d1")), &existing), None);
+        let changed = stale(&labelled("shop_redis", Some("d2")), &existing);
+        assert!(changed.is_some_and(|why| why.contains("changed")));
+        let unlabelled = stale(&labelled("shop_nginx", Some("d1")), &existing);
+        assert!(unlabelled.is_some_and(|why| why.contains("did not record")));
+        assert_eq!(
+            stale(&labelled("shop_cryptus-blue", Some("d2")), &existing),
+            None
+        );
+        assert_eq!(stale(&labelled("shop_other", Some("d2")), &existing), None);
     }
 
     fn task(state: &str, error: Option<&str>) -> Task {
