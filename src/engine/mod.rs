@@ -154,6 +154,9 @@ impl Engine {
             let tls = tls::manager_dir_from_env();
             return Engine::connect_to(&host, tls.as_deref(), hint).await;
         }
+        if host.starts_with("ssh://") {
+            return Engine::connect_to(&host, None, hint).await;
+        }
         // An empty DOCKER_HOST means the local socket, as for the docker CLI.
         let docker = match set {
             Some(_) => Docker::connect_with_defaults(),
@@ -162,11 +165,14 @@ impl Engine {
         Engine::negotiate(docker, &host, hint).await
     }
 
-    /// Connects to the engine at `endpoint` (`unix://PATH` or
-    /// `tcp://HOST:PORT`), whatever DOCKER_HOST says; over TLS with the
-    /// certificates in `tls` (a tcp:// one only). `hint` is what an
-    /// unreachable engine's error suggests. Certificates that cannot be
-    /// read or parsed are a usage error naming the file.
+    /// Connects to the engine at `endpoint` (`unix://PATH`,
+    /// `tcp://HOST:PORT` or `ssh://[USER@]HOST[:PORT]`), whatever
+    /// DOCKER_HOST says; over TLS with the certificates in `tls` (a tcp://
+    /// one only). `hint` is what an unreachable engine's error suggests.
+    /// Certificates that cannot be read or parsed are a usage error naming
+    /// the file. Over ssh, as the docker CLI: the system's `ssh` (its
+    /// config, keys, agent and known hosts) runs `docker system
+    /// dial-stdio` on the host, whose user must be allowed to use docker.
     pub async fn connect_to(endpoint: &str, tls: Option<&Path>, hint: &str) -> Result<Engine> {
         let docker = if endpoint.starts_with("unix://") {
             Docker::connect_with_unix(endpoint, CLIENT_TIMEOUT, bollard::API_DEFAULT_VERSION)
@@ -201,10 +207,22 @@ impl Engine {
             return Engine::negotiate(docker, endpoint, &hint).await;
         } else if endpoint.starts_with("tcp://") || endpoint.starts_with("http://") {
             Docker::connect_with_http(endpoint, CLIENT_TIMEOUT, bollard::API_DEFAULT_VERSION)
+        } else if endpoint.starts_with("ssh://") {
+            let hint = format!(
+                "{hint}; over ssh, `ssh {}` must log in with no prompt (a key, the host in known_hosts) and `docker version` must work there",
+                endpoint.trim_start_matches("ssh://")
+            );
+            let docker = Docker::connect_with_ssh(
+                endpoint,
+                CLIENT_TIMEOUT,
+                bollard::API_DEFAULT_VERSION,
+                None,
+            );
+            return Engine::negotiate(docker, endpoint, &hint).await;
         } else {
             return Err(usage(
                 format!(
-                    "cannot reach the Docker engine at {endpoint}: not a unix:// or tcp:// address"
+                    "cannot reach the Docker engine at {endpoint}: not a unix://, tcp:// or ssh:// address"
                 ),
                 hint,
             ));

@@ -23,8 +23,7 @@ use crate::stack::{Color, Release};
 pub const NODES_VAR: &str = "CRYPTUS_SWARM_NODES";
 
 /// What the setting looks like, for hints.
-const NODES_FORM: &str =
-    "CRYPTUS_SWARM_NODES=\"<node hostname or id>=unix:///PATH|tcp://HOST:PORT,...\"";
+const NODES_FORM: &str = "CRYPTUS_SWARM_NODES=\"<node hostname or id>=unix:///PATH|tcp://HOST:PORT|ssh://USER@HOST,...\"";
 
 /// The setting's entries: a node (hostname or id) and its engine's URL.
 /// An empty setting names none; anything else not of the form is why.
@@ -38,12 +37,12 @@ pub fn parse_nodes(setting: &str) -> Result<Vec<(String, String)>, String> {
         if node.is_empty() || node.contains(char::is_whitespace) {
             return Err(format!("'{entry}' names no node"));
         }
-        let address = url
-            .strip_prefix("unix://")
-            .or_else(|| url.strip_prefix("tcp://"));
+        let address = ["unix://", "tcp://", "ssh://"]
+            .iter()
+            .find_map(|scheme| url.strip_prefix(scheme));
         if address.is_none_or(str::is_empty) {
             return Err(format!(
-                "'{url}' (for {node}) is not a unix:// or tcp:// engine URL"
+                "'{url}' (for {node}) is not a unix://, tcp:// or ssh:// engine URL"
             ));
         }
         if entries.iter().any(|(known, _)| known == node) {
@@ -384,7 +383,7 @@ impl<'m> NodeEngines<'m> {
                     node.hostname
                 ),
                 format!(
-                    "name it in {NODES_VAR} (\"{}=unix:///PATH or tcp://HOST:PORT\"); docs/swarm.md",
+                    "name it in {NODES_VAR} (\"{}=unix:///PATH, tcp://HOST:PORT or ssh://USER@HOST\"); docs/swarm.md",
                     node.hostname
                 ),
             ));
@@ -467,13 +466,16 @@ mod tests {
 
     #[test]
     fn the_setting_names_each_nodes_engine() {
-        let entries = parse_nodes(" n2=unix:///tmp/n2/docker.sock, abc123=tcp://10.0.0.3:2375 ,")
-            .expect("a good setting");
+        let entries = parse_nodes(
+            " n2=unix:///tmp/n2/docker.sock, abc123=tcp://10.0.0.3:2375 ,n4=ssh://ops@10.0.0.4:2222",
+        )
+        .expect("a good setting");
         assert_eq!(
             entries,
             [
                 ("n2".to_owned(), "unix:///tmp/n2/docker.sock".to_owned()),
-                ("abc123".to_owned(), "tcp://10.0.0.3:2375".to_owned())
+                ("abc123".to_owned(), "tcp://10.0.0.3:2375".to_owned()),
+                ("n4".to_owned(), "ssh://ops@10.0.0.4:2222".to_owned())
             ]
         );
         assert_eq!(parse_nodes(""), Ok(Vec::new()));
@@ -493,9 +495,9 @@ mod tests {
         for (setting, says) in [
             ("n2", "'n2' is not <node>=<engine URL>"),
             ("=unix:///s", "names no node"),
-            ("n2=/tmp/s", "is not a unix:// or tcp:// engine URL"),
-            ("n2=ssh://h", "is not a unix:// or tcp:// engine URL"),
-            ("n2=tcp://", "is not a unix:// or tcp:// engine URL"),
+            ("n2=/tmp/s", "is not a unix://, tcp:// or ssh:// engine URL"),
+            ("n2=ssh://", "is not a unix://, tcp:// or ssh:// engine URL"),
+            ("n2=tcp://", "is not a unix://, tcp:// or ssh:// engine URL"),
             ("n2=unix:///a,n2=unix:///b", "n2 is named twice"),
         ] {
             let why = parse_nodes(setting).expect_err(setting);
