@@ -246,7 +246,9 @@ impl Engine {
         // Ask `/version` unversioned: every engine answers it, whatever API
         // versions it supports. bollard then speaks the older of its own
         // version and the engine's, so old engines (API 1.41) and new ones work.
+        // A registry login goes in the alphabet the engine reads.
         let docker = docker.with_request_modifier(|mut request| {
+            registry::url_safe_auth(request.headers_mut());
             let path = request.uri().path();
             if let Some(rest) = path.strip_prefix("/v")
                 && let Some((_, tail)) = rest.split_once('/')

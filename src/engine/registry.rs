@@ -2,7 +2,10 @@
 //! pulling an image, asking a registry for the digest of what a reference
 //! names, and the login each request carries. Logins are read where
 //! `docker login` writes them (the `auths` of the docker CLI's
-//! `config.json`), so an operator logs in once, as for the docker CLI.
+//! `config.json`), so an operator logs in once, as for the docker CLI; one
+//! is sent only for a reference that names its registry host (Docker Hub's
+//! private images as `docker.io/acme/app`), so a Docker Hub login is not
+//! handed to every service.
 
 use std::path::PathBuf;
 
@@ -17,10 +20,6 @@ use futures_util::StreamExt;
 use super::{Engine, engine_error, progress};
 use crate::error::usage;
 
-/// The host Docker Hub's images are pulled from, for a reference that
-/// names no registry.
-const DOCKER_HUB: &str = "docker.io";
-
 /// The largest docker CLI config cryptus reads.
 const CONFIG_LIMIT: u64 = 1 << 20;
 
@@ -33,6 +32,11 @@ pub fn registry_of(reference: &str) -> Option<&str> {
         .split_once('/')
         .map(|(host, _)| host)
         .filter(|host| host.contains('.') || host.contains(':') || *host == "localhost")
+}
+
+/// A reference's digest (`...@sha256:...`), when it names one.
+pub fn digest_of(reference: &str) -> Option<&str> {
+    reference.split_once('@').map(|(_, digest)| digest)
 }
 
 /// A reference's repository and its tag (`latest` when it names none),
@@ -64,12 +68,21 @@ impl std::fmt::Debug for Login {
 }
 
 impl Login {
-    /// The login for the registry `reference` is pulled from, from the
-    /// docker CLI's config (`$DOCKER_CONFIG/config.json`, else
-    /// `~/.docker/config.json`); `None` without one. A config that cannot
-    /// be read is a configuration error naming it.
+    /// The login for the registry `reference` names, from the docker
+    /// CLI's config (`$DOCKER_CONFIG/config.json`, else
+    /// `~/.docker/config.json`); `None` without one, or when the reference
+    /// names no registry host. A config that cannot be read is a
+    /// configuration error naming it.
     pub fn for_image(reference: &str) -> Result<Option<Login>> {
-        let Some(path) = config_path() else {
+        Login::in_config(reference, config_path())
+    }
+
+    /// [`Login::for_image`], with the config at `path`.
+    fn in_config(reference: &str, path: Option<PathBuf>) -> Result<Option<Login>> {
+        let Some(host) = registry_of(reference) else {
+            return Ok(None);
+        };
+        let Some(path) = path else {
             return Ok(None);
         };
         let text = match read_bounded(&path) {
@@ -82,7 +95,6 @@ impl Login {
                 ));
             }
         };
-        let host = registry_of(reference).unwrap_or(DOCKER_HUB);
         login_in(&text, host).map_err(|why| {
             usage(
                 format!("the docker CLI's config {}: {why}", path.display()),
@@ -139,7 +151,21 @@ pub fn login_in(text: &str, host: &str) -> Result<Option<Login>, String> {
         let hub = |h: &str| matches!(h, "docker.io" | "index.docker.io" | "registry-1.docker.io");
         key == host || (hub(key) && hub(host))
     };
-    let Some((key, entry)) = config.auths.iter().find(|(key, _)| same(key)) else {
+    // An empty entry (a credential helper's) must not hide a filled one
+    // under another spelling of the host.
+    let filled = |entry: &&Entry| {
+        entry.auth.as_deref().is_some_and(|a| !a.is_empty())
+            || entry.username.is_some()
+            || entry
+                .identitytoken
+                .as_deref()
+                .is_some_and(|t| !t.is_empty())
+    };
+    let Some((key, entry)) = config
+        .auths
+        .iter()
+        .find(|(key, entry)| same(key) && filled(entry))
+    else {
         return Ok(None);
     };
     let (mut username, mut password) = (entry.username.clone(), entry.password.clone());
@@ -164,6 +190,20 @@ pub fn login_in(text: &str, host: &str) -> Result<Option<Login>, String> {
         password,
         identity_token,
     }))
+}
+
+/// Rewrites a request's `X-Registry-Auth` into the URL-safe base64 the
+/// engine decodes (`base64.URLEncoding`): bollard encodes it in the
+/// standard alphabet, whose `+` and `/` (a login whose JSON has them)
+/// would make the engine drop the login and go on anonymously.
+pub(super) fn url_safe_auth(headers: &mut http::HeaderMap) {
+    let Some(value) = headers.get("X-Registry-Auth").and_then(|v| v.to_str().ok()) else {
+        return;
+    };
+    let safe = value.replace('+', "-").replace('/', "_");
+    if let Ok(safe) = http::HeaderValue::from_str(&safe) {
+        headers.insert("X-Registry-Auth", safe);
+    }
 }
 
 /// What a request to the registry carries: the login, or an empty one
@@ -211,10 +251,15 @@ impl Engine {
         Ok(())
     }
 
-    /// Pulls `reference` from its registry. The caller bounds it in time.
+    /// Pulls `reference` from its registry: by its digest when it names
+    /// one, else its tag (`latest` when it names none: with no tag the
+    /// engine would pull every tag of the repository). The caller bounds
+    /// it in time.
     pub async fn pull_image(&self, reference: &str, login: Option<&Login>) -> Result<()> {
+        let (repository, tag) = repository_and_tag(reference);
         let options = CreateImageOptionsBuilder::default()
-            .from_image(reference)
+            .from_image(repository)
+            .tag(digest_of(reference).unwrap_or(tag))
             .build();
         let mut pulling = self
             .docker
@@ -302,9 +347,47 @@ mod tests {
     }
 
     #[test]
+    fn a_registry_login_header_is_sent_in_the_url_safe_alphabet() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            "X-Registry-Auth",
+            http::HeaderValue::from_static("ab+c/d=="),
+        );
+        headers.insert("Content-Type", http::HeaderValue::from_static("a/b+c"));
+        url_safe_auth(&mut headers);
+        assert_eq!(headers["X-Registry-Auth"], "ab-c_d==");
+        assert_eq!(headers["Content-Type"], "a/b+c", "another header changed");
+        let mut none = http::HeaderMap::new();
+        url_safe_auth(&mut none);
+        assert!(none.is_empty());
+    }
+
+    #[test]
+    fn a_login_is_only_looked_for_where_a_reference_names_its_registry() {
+        let dir = tempfile::tempdir().unwrap();
+        let broken = dir.path().join("config.json");
+        std::fs::write(&broken, "not json").unwrap();
+        let login = |reference| Login::in_config(reference, Some(broken.clone()));
+        assert_eq!(login("cryptus-app:1").unwrap(), None);
+        assert_eq!(login("acme/app:1").unwrap(), None);
+        let err = login("registry.example/app:1").unwrap_err();
+        assert!(format!("{err:#}").contains("config.json"), "{err:#}");
+        let missing = Login::in_config("registry.example/app:1", Some(dir.path().join("none")));
+        assert_eq!(missing.unwrap(), None);
+    }
+
+    #[test]
     fn a_login_kept_by_a_credential_helper_only_is_not_found_and_a_broken_one_is_refused() {
         let helper = r#"{"auths": {"registry.example": {}}, "credsStore": "pass"}"#;
         assert_eq!(login_in(helper, "registry.example").unwrap(), None);
+        let shadowed = r#"{"auths": {"https://registry.example": {},
+            "registry.example": {"auth": "b3BzOnB3"}}}"#;
+        let login = login_in(shadowed, "registry.example").unwrap().unwrap();
+        assert_eq!(
+            login.username.as_deref(),
+            Some("ops"),
+            "an empty entry hid it"
+        );
         assert_eq!(login_in("{}", "registry.example").unwrap(), None);
         let broken = r#"{"auths": {"registry.example": {"auth": "not base64!"}}}"#;
         let why = login_in(broken, "registry.example").unwrap_err();

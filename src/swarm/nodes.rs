@@ -94,7 +94,7 @@ pub fn may_run(node: &Node, constraints: &[String]) -> bool {
 /// placement constraints) must have `image`, asked of each node's engine;
 /// else one error naming the nodes that lack it or whose engine is not
 /// known. An image of a registry is not asked for here: the nodes pull
-/// it ([`super::registry::on_nodes`] asks whether they can).
+/// it ([`super::registry::release`] asks whether they can).
 pub async fn image_on_nodes(stack: &Stack<'_>, color: Color, release: &Release) -> Result<()> {
     let image = &release.image;
     if super::registry::names_registry(image) {

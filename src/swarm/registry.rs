@@ -4,8 +4,9 @@
 //! through the manager's engine, rather than copied to every node. Every
 //! image of a registry a deploy runs is asked of the registry by the
 //! manager and by each node that may run the color whose engine is known,
-//! before anything changes, and pinned to the digest the manager was
-//! given: every task runs the same image, whatever the tag names later.
+//! before the stack changes, pinned to the digest the manager was given,
+//! and pulled on the manager by that digest (its labels give the version):
+//! every task runs the same image, whatever the tag names later.
 
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use crate::context::Stack;
 use crate::engine::Engine;
 use crate::engine::registry::{Login, registry_of, repository_and_tag};
 use crate::error::{failed_with_hint, usage};
-use crate::stack::{Color, Release};
+use crate::stack::{Color, Release, image_version};
 
 /// The setting that names the registry.
 pub const REGISTRY_VAR: &str = "CRYPTUS_SWARM_REGISTRY";
@@ -69,9 +70,17 @@ impl Registry {
             ));
         }
         let (host, path) = setting.split_once('/').unwrap_or((setting, ""));
-        let host_char = |c: char| c.is_ascii_alphanumeric() || ".-:[]".contains(c);
-        if host.is_empty() || !host.chars().all(host_char) {
-            return Err(format!("'{host}' is not a registry host"));
+        let (name, port) = host.split_once(':').unwrap_or((host, ""));
+        let name_ok = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".-".contains(c));
+        let port_ok = !host.contains(':')
+            || (!port.is_empty() && port.len() <= 5 && port.chars().all(|c| c.is_ascii_digit()));
+        if !name_ok || !port_ok {
+            return Err(format!(
+                "'{host}' is not a registry host (a name or an IPv4 address, and a port in digits)"
+            ));
         }
         if registry_of(&format!("{host}/x")).is_none() {
             return Err(format!(
@@ -100,10 +109,19 @@ impl Registry {
     pub fn reference(&self, image: &str) -> Result<String, String> {
         let bare = image.split('@').next().unwrap_or(image);
         let looks_like_id = bare.starts_with("sha256:")
-            || (bare.len() >= 12 && bare.chars().all(|c| c.is_ascii_hexdigit()));
+            || (bare.len() == 64 && bare.chars().all(|c| c.is_ascii_hexdigit()));
         if looks_like_id {
             return Err(format!(
                 "{image} is an image id: tag it (docker tag) to push it by a name"
+            ));
+        }
+        let tagged = bare
+            .rsplit('/')
+            .next()
+            .is_some_and(|last| last.contains(':'));
+        if image.contains('@') && !tagged {
+            return Err(format!(
+                "{image} names a digest and no tag: tag it (docker tag) to push it by a name"
             ));
         }
         let (repository, tag) = repository_and_tag(image);
@@ -128,11 +146,12 @@ pub fn names_registry(image: &str) -> bool {
     registry_of(image).is_some()
 }
 
-/// Pushes `release`'s image, one only the manager has, to `registry`
-/// through the manager's engine (tagged under the registry's name first),
-/// then checks it as every registry image ([`on_nodes`]). Returns the
-/// release as the color's tasks will run it: the pushed reference, pinned
-/// to its digest.
+/// Pushes `release`'s image, one named with no registry host, to
+/// `registry` through the manager's engine (tagged under the registry's
+/// name first), then checks it as every registry image ([`release`]).
+/// The push comes before the nodes are asked (the registry must hold the
+/// image to be asked for it): a deploy refused after it leaves the image
+/// in the registry and its tag on the manager, and the stack as it was.
 pub async fn push(
     stack: &Stack<'_>,
     color: Color,
@@ -150,78 +169,89 @@ pub async fn push(
     bounded(TRANSFER_DEADLINE, pushed)
         .await
         .map_err(|err| failed_with_hint(format!("{err:#}"), REGISTRY_HINT))?;
-    let pushed = Release {
-        image: target,
-        version: release.version.clone(),
-    };
-    on_nodes(stack, color, &pushed).await
+    let version = Some(release.version.clone());
+    self::release(stack, color, &target, version, false).await
 }
 
-/// Pulls `reference`, an image of a registry, on the manager when its
-/// engine does not have it: its labels then give the release's version,
-/// as on one engine, and a pull the manager cannot do stops the deploy
-/// before anything changes. `false` when it is not there and `pull` is
-/// off (a dry run pulls nothing).
-pub async fn on_manager(stack: &Stack<'_>, reference: &str, pull: bool) -> Result<bool> {
-    if stack.engine.image_labels(reference).await?.is_some() {
-        return Ok(true);
-    }
-    if !pull {
-        return Ok(false);
-    }
+/// The release of `reference`, an image of a registry, as `color`'s
+/// tasks will run it: the manager asks the registry for its digest; the
+/// manager pulls it by that digest when it lacks it (`pull`: a dry run
+/// pulls nothing), and its labels give the version where `version` does
+/// not (as on one engine; else its tag); each node that may run `color`
+/// whose engine is known (`CRYPTUS_SWARM_NODES`) must be given the same
+/// digest (a node whose engine is not known pulls when its task starts,
+/// and the health gate sees one that cannot). A node that cannot get it
+/// is named in one error (exit 1) before the stack changes. The image is
+/// pinned to the digest.
+pub async fn release(
+    stack: &Stack<'_>,
+    color: Color,
+    reference: &str,
+    version: Option<String>,
+    pull: bool,
+) -> Result<Release> {
     let login = Login::for_image(reference)?;
-    stack
-        .printer
-        .info(format!("pulling {reference} on the manager"));
-    let pulled = stack.engine.pull_image(reference, login.as_ref());
-    bounded(TRANSFER_DEADLINE, pulled)
+    let login = login.as_ref();
+    let digest = ask(stack.engine, reference, login)
         .await
-        .map_err(|err| failed_with_hint(format!("{err:#}"), REGISTRY_HINT))?;
-    Ok(true)
+        .map_err(|err| cannot_get(reference, color, &[format!("the manager ({err:#})")]))?;
+    let (repository, _) = repository_and_tag(reference);
+    let by_digest = format!("{repository}@{digest}");
+    let mut labels = stack.engine.image_labels(&by_digest).await?;
+    if labels.is_none() && pull {
+        stack
+            .printer
+            .info(format!("pulling {reference} on the manager"));
+        let pulled = stack.engine.pull_image(&by_digest, login);
+        bounded(TRANSFER_DEADLINE, pulled)
+            .await
+            .map_err(|err| failed_with_hint(format!("{err:#}"), REGISTRY_HINT))?;
+        labels = stack.engine.image_labels(&by_digest).await?;
+    }
+    let version = version.unwrap_or_else(|| image_version(reference, &labels.unwrap_or_default()));
+    crate::switch::deploy::check_version(&version)?;
+    let release = Release {
+        image: pinned(reference, &digest),
+        version,
+    };
+    let refused = nodes_refusing(stack, color, &release, reference, &digest, login).await?;
+    if !refused.is_empty() {
+        return Err(cannot_get(reference, color, &refused));
+    }
+    Ok(release)
 }
 
-/// Every node that may run `color` can get `release`'s image, one of a
-/// registry: the manager asks the registry for its digest, and so does
-/// each node the color's placement allows whose engine is known
-/// (`CRYPTUS_SWARM_NODES`); a node whose engine is not known pulls it when
-/// its task starts, and the health gate sees one that cannot. A node that
-/// cannot, or is given another digest, is named in one error (exit 1),
-/// before anything changes. Returns the release pinned to the manager's
-/// digest.
-pub async fn on_nodes(stack: &Stack<'_>, color: Color, release: &Release) -> Result<Release> {
-    let image = &release.image;
-    let login = Login::for_image(image)?;
-    let login = login.as_ref();
-    let digest = ask(stack.engine, image, login)
-        .await
-        .map_err(|err| cannot_get(image, color, &[format!("the manager ({err:#})")]))?;
-    let mut refused = Vec::new();
-    if let Some((engines, nodes)) = super::nodes::may_run_color(stack, color, release).await? {
-        let others = nodes
-            .iter()
-            .filter(|node| engines.knows(node) && !engines.is_manager(&node.id));
-        let asked = others.map(|node| async {
-            let engine = engines
-                .engine(node, &format!("{image} is asked of the registry"))
-                .await?;
-            Ok::<_, anyhow::Error>(match ask(&engine, image, login).await {
-                Ok(theirs) if theirs == digest => None,
-                Ok(theirs) => Some(format!(
-                    "{} (given {theirs}, the manager {digest})",
-                    node.hostname
-                )),
-                Err(err) => Some(format!("{} ({err:#})", node.hostname)),
-            })
-        });
-        refused.extend(try_join_all(asked).await?.into_iter().flatten());
-    }
-    if !refused.is_empty() {
-        return Err(cannot_get(image, color, &refused));
-    }
-    Ok(Release {
-        image: pinned(image, &digest),
-        version: release.version.clone(),
-    })
+/// The nodes other than the manager that may run `color` for `release`,
+/// whose engines are known, that cannot get `image` at `digest`, each with
+/// why.
+async fn nodes_refusing(
+    stack: &Stack<'_>,
+    color: Color,
+    release: &Release,
+    image: &str,
+    digest: &str,
+    login: Option<&Login>,
+) -> Result<Vec<String>> {
+    let Some((engines, nodes)) = super::nodes::may_run_color(stack, color, release).await? else {
+        return Ok(Vec::new());
+    };
+    let others = nodes
+        .iter()
+        .filter(|node| engines.knows(node) && !engines.is_manager(&node.id));
+    let asked = others.map(|node| async {
+        let engine = engines
+            .engine(node, &format!("{image} is asked of the registry"))
+            .await?;
+        Ok::<_, anyhow::Error>(match ask(&engine, image, login).await {
+            Ok(theirs) if theirs == digest => None,
+            Ok(theirs) => Some(format!(
+                "{} (given {theirs}, the manager {digest})",
+                node.hostname
+            )),
+            Err(err) => Some(format!("{} ({err:#})", node.hostname)),
+        })
+    });
+    Ok(try_join_all(asked).await?.into_iter().flatten().collect())
 }
 
 /// The digest of `image` as the registry answers `engine`, within
@@ -276,6 +306,10 @@ mod tests {
             ("registry.example:5000//acme", "not a repository path"),
             ("reg istry.example", "not a registry host"),
             ("registry.example:5000/app:2", "not a repository path"),
+            ("a:b:c", "not a registry host"),
+            ("reg.example:abc", "not a registry host"),
+            ("[::1]:5000", "not a registry host"),
+            ("reg.example:123456", "not a registry host"),
         ] {
             let err = Registry::parse(bad).unwrap_err();
             assert!(err.contains(why), "{bad}: {err}");
@@ -310,9 +344,19 @@ mod tests {
                 .contains("image id")
         );
         assert!(
-            acme.reference("0123456789abcdef")
+            acme.reference(&"0a".repeat(32))
                 .unwrap_err()
-                .contains("tag it")
+                .contains("image id")
+        );
+        assert!(
+            acme.reference("app@sha256:0123")
+                .unwrap_err()
+                .contains("no tag"),
+            "a digest alone would be pushed as latest"
+        );
+        assert_eq!(
+            acme.reference("app:2@sha256:0123").unwrap(),
+            "registry.example:5000/acme/app:2"
         );
     }
 

@@ -87,11 +87,11 @@ async fn recorded_release(
 }
 
 /// The release a deploy asks for, when it names one. An image of a
-/// registry is pulled on the manager when it lacks it (a dry run pulls
-/// nothing), asked of the registry by every node that may run `target`
-/// and pinned to its digest ([`registry::on_nodes`]). With a registry
-/// named (`CRYPTUS_SWARM_REGISTRY`), an image it gives or builds that only
-/// the manager has is pushed there for the nodes to pull; without one, an
+/// registry is asked of the registry by every node that may run `target`,
+/// pinned to its digest and pulled on the manager by it (a dry run pulls
+/// nothing: [`registry::release`]). With a registry named
+/// (`CRYPTUS_SWARM_REGISTRY`), an image it gives or builds named with no
+/// registry host is pushed there for the nodes to pull; without one, an
 /// image it gives is on every node that may run `target`, and one it
 /// builds is built on the manager and loaded on the other nodes that may
 /// run `target` and lack it, through their engines.
@@ -127,15 +127,8 @@ async fn deploy_release(
         _ => stack.default_release(target).await?.image,
     };
     if registry::names_registry(&reference) {
-        let release = if registry::on_manager(stack, &reference, run == Run::Real).await? {
-            crate::switch::deploy::known_release(stack, target, source, version).await?
-        } else {
-            Some(unpulled(reference, version)?)
-        };
-        return match release {
-            Some(release) => registry::on_nodes(stack, target, &release).await.map(Some),
-            None => Ok(None),
-        };
+        let release = registry::release(stack, target, &reference, version, run == Run::Real);
+        return release.await.map(Some);
     }
     let known = crate::switch::deploy::known_release(stack, target, source, version);
     let release = match known.await? {
@@ -153,18 +146,6 @@ async fn deploy_release(
             Ok(Some(release))
         }
     }
-}
-
-/// The release of a registry's image a dry run did not pull: its version
-/// from `--version`, else the image's tag.
-fn unpulled(reference: String, version: Option<String>) -> Result<Release> {
-    let version =
-        version.unwrap_or_else(|| crate::stack::image_version(&reference, &Default::default()));
-    crate::switch::deploy::check_version(&version)?;
-    Ok(Release {
-        image: reference,
-        version,
-    })
 }
 
 async fn locked(
