@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use support::lab_load::LabLoad;
+use support::ssh_gate::SshGate;
 use support::swarm_lab::SwarmLab;
 use support::wait::eventually;
 use support::{TestProject, assert_code, on_engine, stderr, stdout};
@@ -3368,7 +3369,8 @@ fn swarm_deploy_pushes_to_the_registry_and_every_node_pulls_the_pinned_image() {
     };
 
     // The registry at the manager's own loopback: the manager pushes, the
-    // workers (asking their own loopback) cannot get it.
+    // workers (asking their own loopback) cannot get it. The push stays in
+    // the registry; the stack is unchanged.
     project.set_env("CRYPTUS_SWARM_REGISTRY", "127.0.0.1:5001/unreachable");
     let refused = deploy(&project, local, &[]);
     assert_code(&refused, 1);
@@ -3407,12 +3409,12 @@ fn swarm_deploy_pushes_to_the_registry_and_every_node_pulls_the_pinned_image() {
     let deployed = deploy(&project, local, &[]);
     assert_code(&deployed, 0);
     let report: serde_json::Value = serde_json::from_slice(&deployed.stdout).expect("JSON");
-    let image = report["to"]["image"]
+    let first = report["to"]["image"]
         .as_str()
         .expect("the image")
         .to_owned();
     assert!(
-        image.starts_with(&format!("{pushed_as}@sha256:")),
+        first.starts_with(&format!("{pushed_as}@sha256:")),
         "not the pushed reference pinned to its digest: {report}"
     );
     assert!(tags("lab/lab-only/app").contains("9.0.0"));
@@ -3422,10 +3424,8 @@ fn swarm_deploy_pushes_to_the_registry_and_every_node_pulls_the_pinned_image() {
         tasks_on_nodes(project, service, 3).into_iter().collect()
     };
     assert_eq!(spread(&project, "cryptus-green").len(), 3);
-    let by_digest = format!(
-        "{registry}/lab/lab-only/app@{}",
-        image.rsplit('@').next().unwrap()
-    );
+    let first_digest = first.rsplit('@').next().unwrap_or_default().to_owned();
+    let by_digest = format!("{registry}/lab/lab-only/app@{first_digest}");
     for node in 2..=3 {
         lab.docker_ok(node, &["image", "inspect", &by_digest]);
         assert!(
@@ -3460,16 +3460,28 @@ fn swarm_deploy_pushes_to_the_registry_and_every_node_pulls_the_pinned_image() {
     assert_eq!(spread(&project, "cryptus-blue").len(), 3);
     edge_serves(&lab, &project, "blue", "9.1.0");
 
-    // An image of the registry the manager lacks is pulled there first.
-    lab.docker_ok(1, &["image", "rm", &pushed_as]);
+    // The tag pushed again from another node, with another version label:
+    // the manager's own copy of the tag is stale. The deploy goes by the
+    // registry's digest, pulls it on the manager and reads its version.
+    let context = tempfile::tempdir().expect("a build context");
+    std::fs::write(
+        context.path().join("Dockerfile"),
+        format!(
+            "FROM {}\nLABEL org.opencontainers.image.version=9.9.9\n",
+            support::app_image()
+        ),
+    )
+    .expect("writing the Dockerfile");
+    let context = context.path().to_string_lossy().into_owned();
+    lab.docker_ok(2, &["build", "-q", "-t", &pushed_as, &context]);
+    lab.docker_ok(2, &["push", &pushed_as]);
     let pulled = project.run(&[
         "deploy",
         "--image",
         &pushed_as,
-        "--version",
-        "9.2.0",
         "--timeout",
         "240s",
+        "--json",
     ]);
     assert_code(&pulled, 0);
     assert!(
@@ -3477,6 +3489,96 @@ fn swarm_deploy_pushes_to_the_registry_and_every_node_pulls_the_pinned_image() {
         "{}",
         stderr(&pulled)
     );
-    lab.docker_ok(1, &["image", "inspect", &pushed_as]);
-    edge_serves(&lab, &project, "green", "9.2.0");
+    let report: serde_json::Value = serde_json::from_slice(&pulled.stdout).expect("JSON");
+    assert_eq!(
+        report["to"]["version"], "9.9.9",
+        "the manager's stale tag gave the version: {report}"
+    );
+    let repinned = report["to"]["image"].as_str().expect("the image");
+    assert!(
+        repinned.starts_with(&format!("{pushed_as}@sha256:")) && !repinned.ends_with(&first_digest),
+        "not pinned to the tag's new digest: {report}"
+    );
+    edge_serves(&lab, &project, "green", "9.9.9");
+}
+
+/// Issue 16's engines over ssh: the manager (`DOCKER_HOST=ssh://...`) and
+/// a worker (`CRYPTUS_SWARM_NODES`) reached through sshd and the docker
+/// CLI's `dial-stdio`, as the docker CLI reaches them. `start`, `status`,
+/// `resources` (the worker's tasks sampled through its engine, node 3's
+/// named as not known) and `backup` of redis on the worker (exec and
+/// archive copy through ssh) work; an entry whose ssh reaches another
+/// node's engine is refused (exit 2), as is one no ssh answers.
+#[test]
+fn swarm_reaches_the_manager_and_a_worker_over_ssh() {
+    let lab = SwarmLab::up(3);
+    let manager = SshGate::start(&lab.host(1));
+    let worker_gate = SshGate::start(&lab.host(2));
+    let worker = lab.node_name(2);
+    let mut project = on_lab(&lab, "swarm-ssh");
+    project.set_env("DOCKER_HOST", &manager.url());
+    project.set_env("PATH", &manager.path());
+    project.set_env(
+        "CRYPTUS_SWARM_NODES",
+        &format!("{worker}={}", worker_gate.url()),
+    );
+    std::fs::write(
+        project.path().join("compose/docker-compose.override.yml"),
+        format!(
+            "services:\n  cryptus-blue:\n    deploy:\n      replicas: 3\n  redis:\n    deploy:\n      placement:\n        constraints: [node.hostname == {worker}]\n"
+        ),
+    )
+    .expect("writing the override file");
+    project.ok(&["start", "--timeout", "240s"]);
+    let status = project.status();
+    assert_eq!(status["orchestrator"], "swarm", "{status}");
+    assert_eq!(
+        service_of(&status, "redis")["tasks"][0]["node"],
+        worker.as_str()
+    );
+
+    let report = resources_json(&project);
+    let tasks = report["tasks"].as_array().expect("tasks");
+    let sampled = |node: &str| {
+        tasks
+            .iter()
+            .filter(|t| t["node"] == node)
+            .map(|t| !t["usage"].is_null())
+            .collect::<Vec<bool>>()
+    };
+    assert!(
+        !sampled(&worker).is_empty() && sampled(&worker).iter().all(|s| *s),
+        "the worker's tasks were not sampled over ssh: {report}"
+    );
+    assert!(
+        sampled(&lab.node_name(3)).iter().all(|s| !s),
+        "node 3 has no engine named: {report}"
+    );
+
+    redis_cli_on(&lab, &project, 2, &["set", "over:ssh", "kept"]);
+    let keys = redis_cli_on(&lab, &project, 2, &["dbsize"]);
+    backed_up(&project, keys.trim());
+
+    project.set_env(
+        "CRYPTUS_SWARM_NODES",
+        &format!("{worker}={}", manager.url()),
+    );
+    let wrong = project.run(&["backup"]);
+    assert_code(&wrong, 2);
+    assert!(
+        stderr(&wrong).contains(&format!("named in CRYPTUS_SWARM_NODES for {worker}")),
+        "{}",
+        stderr(&wrong)
+    );
+    project.set_env(
+        "CRYPTUS_SWARM_NODES",
+        &format!("{worker}=ssh://root@127.0.0.1:{}", support::free_port()),
+    );
+    let unanswered = project.run(&["backup"]);
+    assert_code(&unanswered, 2);
+    assert!(
+        stderr(&unanswered).contains("over ssh") && stderr(&unanswered).contains("hint:"),
+        "{}",
+        stderr(&unanswered)
+    );
 }

@@ -6,7 +6,8 @@
 //! Here: the cryptus binary, its runs (each under a deadline) and the
 //! images. [`project`]: the isolated project; [`engine`]: engine calls and
 //! removal; [`http`]: single requests; [`private_engine`]: a dockerd of a
-//! test's own; [`swarm_lab`]: a Docker Swarm of a test's own; [`wait`]:
+//! test's own; [`swarm_lab`]: a Docker Swarm of a test's own; [`ssh_gate`]:
+//! an sshd reaching one of its engines, for `ssh://` URLs; [`wait`]:
 //! every wait; [`load`]: load through the load balancer.
 
 // Each test file compiles this module and uses a part of it.
@@ -18,6 +19,7 @@ pub mod lab_load;
 pub mod load;
 pub mod private_engine;
 mod project;
+pub mod ssh_gate;
 pub mod swarm_lab;
 pub mod wait;
 
