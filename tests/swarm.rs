@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use support::lab_load::LabLoad;
-use support::ssh_gate::SshGate;
+use support::ssh_gate::SshGates;
 use support::swarm_lab::SwarmLab;
 use support::wait::eventually;
 use support::{TestProject, assert_code, on_engine, stderr, stdout};
@@ -3512,16 +3512,12 @@ fn swarm_deploy_pushes_to_the_registry_and_every_node_pulls_the_pinned_image() {
 #[test]
 fn swarm_reaches_the_manager_and_a_worker_over_ssh() {
     let lab = SwarmLab::up(3);
-    let manager = SshGate::start(&lab.host(1));
-    let worker_gate = SshGate::start(&lab.host(2));
+    let gates = SshGates::start(&[&lab.host(1), &lab.host(2)]);
     let worker = lab.node_name(2);
     let mut project = on_lab(&lab, "swarm-ssh");
-    project.set_env("DOCKER_HOST", &manager.url());
-    project.set_env("PATH", &manager.path());
-    project.set_env(
-        "CRYPTUS_SWARM_NODES",
-        &format!("{worker}={}", worker_gate.url()),
-    );
+    project.set_env("DOCKER_HOST", &gates.url(1));
+    project.set_env("PATH", &gates.path());
+    project.set_env("CRYPTUS_SWARM_NODES", &format!("{worker}={}", gates.url(2)));
     std::fs::write(
         project.path().join("compose/docker-compose.override.yml"),
         format!(
@@ -3559,10 +3555,7 @@ fn swarm_reaches_the_manager_and_a_worker_over_ssh() {
     let keys = redis_cli_on(&lab, &project, 2, &["dbsize"]);
     backed_up(&project, keys.trim());
 
-    project.set_env(
-        "CRYPTUS_SWARM_NODES",
-        &format!("{worker}={}", manager.url()),
-    );
+    project.set_env("CRYPTUS_SWARM_NODES", &format!("{worker}={}", gates.url(1)));
     let wrong = project.run(&["backup"]);
     assert_code(&wrong, 2);
     assert!(
@@ -3570,10 +3563,7 @@ fn swarm_reaches_the_manager_and_a_worker_over_ssh() {
         "{}",
         stderr(&wrong)
     );
-    project.set_env(
-        "CRYPTUS_SWARM_NODES",
-        &format!("{worker}=ssh://root@127.0.0.1:{}", support::free_port()),
-    );
+    project.set_env("CRYPTUS_SWARM_NODES", &format!("{worker}={}", gates.url(0)));
     let unanswered = project.run(&["backup"]);
     assert_code(&unanswered, 2);
     assert!(

@@ -208,6 +208,14 @@ impl Engine {
         } else if endpoint.starts_with("tcp://") || endpoint.starts_with("http://") {
             Docker::connect_with_http(endpoint, CLIENT_TIMEOUT, bollard::API_DEFAULT_VERSION)
         } else if endpoint.starts_with("ssh://") {
+            if let Some((name, port)) = ssh_port(endpoint) {
+                return Err(usage(
+                    format!(
+                        "{endpoint} names a port, which cryptus's ssh transport cannot pass to ssh"
+                    ),
+                    ssh_port_hint(name, port),
+                ));
+            }
             let hint = format!(
                 "{hint}; over ssh, `ssh {}` must log in with no prompt (a key, the host in known_hosts) and `docker version` must work there",
                 endpoint.trim_start_matches("ssh://")
@@ -1316,6 +1324,25 @@ async fn exchange(started: StartExecResults, input: Option<&[u8]>) -> Result<(St
     Ok((stdout, stderr))
 }
 
+/// The host and port an `ssh://` URL names, when it names a port:
+/// bollard's ssh transport hands `ssh` the URL's `user@host:port` as one
+/// destination, which `ssh` reads as a host named `host:port`, so such a
+/// URL is refused (the port belongs in the ssh config).
+pub fn ssh_port(endpoint: &str) -> Option<(&str, &str)> {
+    let authority = endpoint.strip_prefix("ssh://")?;
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    host.trim_end_matches('/').split_once(':')
+}
+
+/// The hint for an `ssh://` URL that names a port.
+pub fn ssh_port_hint(name: &str, port: &str) -> String {
+    format!(
+        "name the port in ~/.ssh/config (Host {name}-engine, HostName {name}, Port {port}) and use ssh://USER@{name}-engine"
+    )
+}
+
 fn hyper_uri(parts: http::uri::Parts) -> Result<http::Uri, http::uri::InvalidUriParts> {
     http::Uri::from_parts(parts)
 }
@@ -1423,6 +1450,15 @@ fn describe(err: &BollardError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ssh_url_with_a_port_is_told_apart() {
+        assert_eq!(ssh_port("ssh://ops@node2:2222"), Some(("node2", "2222")));
+        assert_eq!(ssh_port("ssh://node2:22/"), Some(("node2", "22")));
+        assert_eq!(ssh_port("ssh://ops@node2"), None);
+        assert_eq!(ssh_port("tcp://node2:2376"), None);
+        assert!(ssh_port_hint("node2", "2222").contains("Port 2222"));
+    }
     use crate::error::{EXIT_USAGE, classify};
 
     #[test]

@@ -45,6 +45,12 @@ pub fn parse_nodes(setting: &str) -> Result<Vec<(String, String)>, String> {
                 "'{url}' (for {node}) is not a unix://, tcp:// or ssh:// engine URL"
             ));
         }
+        if let Some((name, port)) = crate::engine::ssh_port(url) {
+            return Err(format!(
+                "'{url}' (for {node}) names a port, which cryptus's ssh transport cannot pass to ssh: {}",
+                crate::engine::ssh_port_hint(name, port)
+            ));
+        }
         if entries.iter().any(|(known, _)| known == node) {
             return Err(format!("{node} is named twice"));
         }
@@ -467,7 +473,7 @@ mod tests {
     #[test]
     fn the_setting_names_each_nodes_engine() {
         let entries = parse_nodes(
-            " n2=unix:///tmp/n2/docker.sock, abc123=tcp://10.0.0.3:2375 ,n4=ssh://ops@10.0.0.4:2222",
+            " n2=unix:///tmp/n2/docker.sock, abc123=tcp://10.0.0.3:2375 ,n4=ssh://ops@10.0.0.4",
         )
         .expect("a good setting");
         assert_eq!(
@@ -475,7 +481,7 @@ mod tests {
             [
                 ("n2".to_owned(), "unix:///tmp/n2/docker.sock".to_owned()),
                 ("abc123".to_owned(), "tcp://10.0.0.3:2375".to_owned()),
-                ("n4".to_owned(), "ssh://ops@10.0.0.4:2222".to_owned())
+                ("n4".to_owned(), "ssh://ops@10.0.0.4".to_owned())
             ]
         );
         assert_eq!(parse_nodes(""), Ok(Vec::new()));
@@ -497,6 +503,7 @@ mod tests {
             ("=unix:///s", "names no node"),
             ("n2=/tmp/s", "is not a unix://, tcp:// or ssh:// engine URL"),
             ("n2=ssh://", "is not a unix://, tcp:// or ssh:// engine URL"),
+            ("n2=ssh://ops@h:2222", "names a port"),
             ("n2=tcp://", "is not a unix://, tcp:// or ssh:// engine URL"),
             ("n2=unix:///a,n2=unix:///b", "n2 is named twice"),
         ] {
