@@ -403,6 +403,21 @@ fn start_applies_a_changed_compose_file(lab: &SwarmLab, project: &TestProject) {
     let env = lab.docker_ok(1, &["inspect", "-f", "{{json .Config.Env}}", &redis]);
     assert!(env.contains("CRYPTUS_TEST_CHANGED=1"), "{env}");
 
+    // A change the swarm makes no new task for by itself (the service's
+    // own labels) is applied too, within the run's deadline.
+    let mut text = std::fs::read_to_string(&override_file).expect("reading the override");
+    text.push_str("    deploy:\n      labels:\n        cryptus.test: changed\n");
+    std::fs::write(&override_file, text).expect("writing the override");
+    let labelled = project.ok(&["start", "--json", "--timeout", "90s"]);
+    let labelled: serde_json::Value = serde_json::from_slice(&labelled.stdout).expect("JSON");
+    let replaced: Vec<&str> = labelled["start"]["replaced"]
+        .as_array()
+        .expect("replaced services")
+        .iter()
+        .filter_map(|r| r["service"].as_str())
+        .collect();
+    assert_eq!(replaced, [format!("{}_redis", project.name)], "{labelled}");
+
     let again = project.ok(&["start", "--json"]);
     let again: serde_json::Value = serde_json::from_slice(&again.stdout).expect("JSON");
     assert_eq!(again["changed"], false, "{again}");
@@ -3517,6 +3532,7 @@ fn swarm_reaches_the_manager_and_a_worker_over_ssh() {
     let mut project = on_lab(&lab, "swarm-ssh");
     project.set_env("DOCKER_HOST", &gates.url(1));
     project.set_env("PATH", &gates.path());
+    project.set_env("XDG_STATE_HOME", &gates.state_dir());
     project.set_env("CRYPTUS_SWARM_NODES", &format!("{worker}={}", gates.url(2)));
     std::fs::write(
         project.path().join("compose/docker-compose.override.yml"),

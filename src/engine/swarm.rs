@@ -720,39 +720,42 @@ impl Engine {
     /// Replaces service `spec.name`'s spec with `spec`, one task at a time,
     /// each stopped before its new one starts (a volume or a host port
     /// cannot be shared), and put back by the swarm itself should a new
-    /// task fail. Placement pins on `node.id` the service has are kept over
-    /// the planned ones: its data lives on that node. `false` when there is
-    /// no such service. Watch it with [`Engine::update_state`].
-    pub async fn replace_service(&self, spec: &ServiceSpec) -> Result<bool> {
+    /// task fail. Every task is replaced, even where only the service's
+    /// labels or count changed (a forced update), so the update always
+    /// runs to `completed`. Where `spec` carries `auto_pin` (the pin to
+    /// the manager's node the planner gives a service with a volume and no
+    /// placement of its own), the service's own `node.id` pin is kept in
+    /// its place: its data lives on that node. `false` when there is no
+    /// such service. Watch it with [`Engine::update_state`].
+    pub async fn replace_service(
+        &self,
+        spec: &ServiceSpec,
+        auto_pin: Option<&str>,
+    ) -> Result<bool> {
         let mut body = service_body(spec, self.api_version());
         let login = Login::for_image(&spec.container.image)?;
+        let auto_pinned = auto_pin.is_some_and(|pin| spec.constraints.iter().any(|c| c == pin));
         self.update_with(&spec.name, login.as_ref(), move |current| {
-            let pinned = |constraints: Option<&Vec<String>>| -> Vec<String> {
-                constraints
-                    .into_iter()
-                    .flatten()
-                    .filter(|c| c.replace(' ', "").starts_with("node.id=="))
-                    .cloned()
-                    .collect()
-            };
-            let placement = |s: &EngineServiceSpec| {
-                s.task_template
-                    .as_ref()
-                    .and_then(|t| t.placement.as_ref())
-                    .and_then(|p| p.constraints.as_ref())
-                    .cloned()
-            };
-            let kept = pinned(placement(&current).as_ref());
-            if !kept.is_empty()
-                && let Some(placement) = body
-                    .task_template
-                    .as_mut()
-                    .and_then(|t| t.placement.as_mut())
-            {
-                let mut constraints = placement.constraints.take().unwrap_or_default();
-                constraints.retain(|c| !c.replace(' ', "").starts_with("node.id=="));
-                constraints.extend(kept);
-                placement.constraints = Some(constraints);
+            let template = current.task_template.as_ref();
+            let kept: Vec<String> = template
+                .and_then(|t| t.placement.as_ref())
+                .and_then(|p| p.constraints.as_ref())
+                .into_iter()
+                .flatten()
+                .filter(|c| c.replace(' ', "").starts_with("node.id=="))
+                .cloned()
+                .collect();
+            let forced = template.and_then(|t| t.force_update).unwrap_or(0);
+            if let Some(template) = body.task_template.as_mut() {
+                template.force_update = Some(forced.wrapping_add(1));
+                if let (true, false, Some(placement)) =
+                    (auto_pinned, kept.is_empty(), template.placement.as_mut())
+                {
+                    let mut constraints = placement.constraints.take().unwrap_or_default();
+                    constraints.retain(|c| Some(c.as_str()) != auto_pin);
+                    constraints.extend(kept);
+                    placement.constraints = Some(constraints);
+                }
             }
             body.update_config = Some(ServiceSpecUpdateConfig {
                 parallelism: Some(1),

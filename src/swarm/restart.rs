@@ -278,8 +278,9 @@ fn current(services: &[Service], tasks: &[Task], service: &str) -> Vec<String> {
 pub(super) enum Change<'r> {
     /// The same spec, in this order (`restart`).
     Restart(UpdateOrder),
-    /// This spec, one task at a time, stop-first ([`Engine::replace_service`]).
-    Respec(&'r ServiceSpec),
+    /// This spec, one task at a time, stop-first, with the pin the planner
+    /// gave it to the manager's node, if any ([`Engine::replace_service`]).
+    Respec(&'r ServiceSpec, Option<&'r str>),
 }
 
 /// One service to give new tasks.
@@ -309,7 +310,7 @@ impl Replace<'_> {
         let before = current(&services, &tasks, service);
         let asked = match change {
             Change::Restart(order) => engine.restart_service(service, order).await?,
-            Change::Respec(spec) => engine.replace_service(spec).await?,
+            Change::Respec(spec, auto_pin) => engine.replace_service(spec, auto_pin).await?,
         };
         if !asked {
             return Err(failed_with_hint(
@@ -322,7 +323,8 @@ impl Replace<'_> {
         Limits::until(deadline, POLL),
         || async {
             crate::interrupt::check()?;
-            if let Some((state, message)) = engine.update_state(service).await?
+            let update = engine.update_state(service).await?;
+            if let Some((state, message)) = &update
                 && (state == "paused" || state.starts_with("rollback"))
             {
                 return Err(failed_with_hint(
@@ -337,6 +339,16 @@ impl Replace<'_> {
             }
             let (services, tasks) =
                 tokio::try_join!(engine.services(project), engine.tasks(project))?;
+            // A new spec is watched by the swarm for a while after its last
+            // task starts (and put back if one fails then): done once the
+            // swarm says so.
+            let watched = matches!(change, Change::Respec(..))
+                && update.as_ref().is_none_or(|(state, _)| state != "completed");
+            if watched && still_old(&services, &tasks, service, &old).is_none() {
+                return Ok(Seen::Not(format!(
+                    "{service}: the swarm still watches its new tasks"
+                )));
+            }
             Ok(match still_old(&services, &tasks, service, &old) {
                 None => Seen::Ready(current(&services, &tasks, service)),
                 Some(why) => Seen::Not(why),

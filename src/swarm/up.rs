@@ -179,7 +179,10 @@ async fn start_locked(stack: &Stack<'_>, timeout: Duration, deadline: Instant) -
     let mut created = Vec::new();
     let result = create_and_wait(stack, &specs, &mut created, deadline, timeout).await;
     let replaced = match result {
-        Ok(()) => replace_changed(stack, &specs, &created, deadline, timeout).await,
+        Ok(()) => {
+            let home = home.as_deref();
+            replace_changed(stack, &specs, &created, home, deadline, timeout).await
+        }
         Err(err) => Err(err),
     };
     let replaced = match replaced {
@@ -298,11 +301,13 @@ async fn replace_changed(
     stack: &Stack<'_>,
     specs: &[ServiceSpec],
     created: &[String],
+    home: Option<&str>,
     deadline: Instant,
     timeout: Duration,
 ) -> Result<Vec<Replaced>> {
     let project = &stack.project.name;
     let existing = stack.engine.services(project).await?;
+    let auto_pin = home.map(|node| format!("node.id=={node}"));
     let mut replaced = Vec::new();
     for spec in specs.iter().filter(|s| !created.contains(&s.name)) {
         let Some(why) = stale(spec, &existing) else {
@@ -314,7 +319,7 @@ async fn replace_changed(
             .step(format!("replacing the tasks of {} ({why})", spec.name));
         let replace = super::restart::Replace {
             service: &spec.name,
-            change: super::restart::Change::Respec(spec),
+            change: super::restart::Change::Respec(spec, auto_pin.as_deref()),
             deadline,
             timeout,
             follower: None,
