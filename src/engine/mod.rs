@@ -208,6 +208,9 @@ impl Engine {
         } else if endpoint.starts_with("tcp://") || endpoint.starts_with("http://") {
             Docker::connect_with_http(endpoint, CLIENT_TIMEOUT, bollard::API_DEFAULT_VERSION)
         } else if endpoint.starts_with("ssh://") {
+            if let Some(fault) = ssh_url_fault(endpoint) {
+                return Err(usage(format!("{endpoint} {fault}"), "give ssh://USER@HOST"));
+            }
             if let Some((name, port)) = ssh_port(endpoint) {
                 return Err(usage(
                     format!(
@@ -1330,10 +1333,37 @@ async fn exchange(started: StartExecResults, input: Option<&[u8]>) -> Result<(St
 /// URL is refused (the port belongs in the ssh config).
 pub fn ssh_port(endpoint: &str) -> Option<(&str, &str)> {
     let authority = endpoint.strip_prefix("ssh://")?;
+    let authority = authority.split('/').next().unwrap_or(authority);
     let host = authority
         .rsplit_once('@')
         .map_or(authority, |(_, host)| host);
-    host.trim_end_matches('/').split_once(':')
+    match host.strip_prefix('[') {
+        Some(bracketed) => {
+            let (name, after) = bracketed.split_once(']')?;
+            after.strip_prefix(':').map(|port| (name, port))
+        }
+        None => host.split_once(':'),
+    }
+}
+
+/// Why an `ssh://` URL cannot name an engine, other than a port: a path
+/// (the engine is the one the host's docker CLI talks to), no host, or a
+/// host ssh would read as an option.
+pub fn ssh_url_fault(endpoint: &str) -> Option<&'static str> {
+    let authority = endpoint.strip_prefix("ssh://")?;
+    let (authority, path) = authority.split_once('/').unwrap_or((authority, ""));
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    if !path.is_empty() {
+        Some("names a path: the engine reached is the one the host's docker CLI uses")
+    } else if host.is_empty() {
+        Some("names no host")
+    } else if host.starts_with('-') {
+        Some("names a host ssh would read as an option")
+    } else {
+        None
+    }
 }
 
 /// The hint for an `ssh://` URL that names a port.
@@ -1457,6 +1487,15 @@ mod tests {
         assert_eq!(ssh_port("ssh://node2:22/"), Some(("node2", "22")));
         assert_eq!(ssh_port("ssh://ops@node2"), None);
         assert_eq!(ssh_port("tcp://node2:2376"), None);
+        assert_eq!(ssh_port("ssh://ops@[fd00::2]"), None);
+        assert_eq!(ssh_port("ssh://ops@[fd00::2]:22"), Some(("fd00::2", "22")));
+        assert_eq!(ssh_port("ssh://h/x:1"), None);
+        assert_eq!(ssh_url_fault("ssh://ops@h"), None);
+        assert!(
+            ssh_url_fault("ssh://ops@h/var/run/docker.sock").is_some_and(|f| f.contains("path"))
+        );
+        assert!(ssh_url_fault("ssh://ops@").is_some_and(|f| f.contains("no host")));
+        assert!(ssh_url_fault("ssh://-oProxyCommand=x").is_some_and(|f| f.contains("option")));
         assert!(ssh_port_hint("node2", "2222").contains("Port 2222"));
     }
     use crate::error::{EXIT_USAGE, classify};

@@ -45,6 +45,9 @@ pub fn parse_nodes(setting: &str) -> Result<Vec<(String, String)>, String> {
                 "'{url}' (for {node}) is not a unix://, tcp:// or ssh:// engine URL"
             ));
         }
+        if let Some(fault) = crate::engine::ssh_url_fault(url) {
+            return Err(format!("'{url}' (for {node}) {fault}"));
+        }
         if let Some((name, port)) = crate::engine::ssh_port(url) {
             return Err(format!(
                 "'{url}' (for {node}) names a port, which cryptus's ssh transport cannot pass to ssh: {}",

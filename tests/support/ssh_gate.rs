@@ -119,6 +119,12 @@ impl SshGates {
         format!("ssh://root@ctgate{n}")
     }
 
+    /// Where the ssh masters' control sockets go (`XDG_STATE_HOME`): the
+    /// gates' own directory, not the user's home.
+    pub fn state_dir(&self) -> String {
+        self.dir.path().display().to_string()
+    }
+
     /// A `PATH` whose `ssh` is the gates' wrapper.
     pub fn path(&self) -> String {
         format!(
