@@ -213,15 +213,11 @@ impl Plan {
         }
     }
 
-    /// The plan in lines, for the terminal.
-    pub fn describe(&self) -> Vec<String> {
-        let release = match &self.release {
-            Some(release) => format!("{} ({})", release.version, release.image),
-            None => "a build made during the run".to_owned(),
-        };
+    /// The plan's first line: what happens, to which color and release.
+    fn headline(&self, release: &str) -> String {
         let plural = |n: u32| if n == 1 { "" } else { "s" };
         let (target, replicas) = (self.target, self.replicas);
-        let mut lines = vec![match self.action {
+        match self.action {
             Action::Switch => format!(
                 "{}: traffic moves from {} to {target} {release}, {replicas} replica{}{}",
                 self.operation,
@@ -253,16 +249,12 @@ impl Plan {
                     plural(replicas)
                 )
             }
-        }];
-        let hooks = |post: bool| {
-            self.hooks
-                .iter()
-                .filter(move |h| h.post == post)
-                .map(move |h| {
-                    let when = if post { "after the switch" } else { "first" };
-                    format!("  {when}, the {} hook: {}", h.hook, h.command.join(" "))
-                })
-        };
+        }
+    }
+
+    /// What a `--build` builds and where a registry push sends it.
+    fn image_lines(&self) -> Vec<String> {
+        let mut lines = Vec::new();
         if let Some(build) = &self.build {
             lines.push(match build.copy_to.as_slice() {
                 [] => format!("  build: {}", build.image),
@@ -281,6 +273,27 @@ impl Plan {
             };
             lines.push(format!("  push: {image} as {push}, for the nodes to pull"));
         }
+        lines
+    }
+
+    /// The plan in lines, for the terminal.
+    pub fn describe(&self) -> Vec<String> {
+        let release = match &self.release {
+            Some(release) => format!("{} ({})", release.version, release.image),
+            None => "a build made during the run".to_owned(),
+        };
+        let target = self.target;
+        let mut lines = vec![self.headline(&release)];
+        let hooks = |post: bool| {
+            self.hooks
+                .iter()
+                .filter(move |h| h.post == post)
+                .map(move |h| {
+                    let when = if post { "after the switch" } else { "first" };
+                    format!("  {when}, the {} hook: {}", h.hook, h.command.join(" "))
+                })
+        };
+        lines.extend(self.image_lines());
         lines.extend(hooks(false));
         let stop = if self.keep_standby {
             "drain, then stay up as a warm standby"
