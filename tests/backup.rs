@@ -361,20 +361,15 @@ fn a_failing_backup_says_why_in_one_line_and_leaves_nothing() {
 fn a_backup_started_during_a_deploy_waits_for_the_lock() {
     let project = TestProject::new("backuplock");
     project.ok(&["start"]);
-    let mut deploy = project
-        .command(&[
-            "deploy",
-            "--image",
-            &app_image(),
-            "--version",
-            "2.0.0",
-            "--watch",
-            "3s",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut deploy = project.spawn(&[
+        "deploy",
+        "--image",
+        &app_image(),
+        "--version",
+        "2.0.0",
+        "--watch",
+        "3s",
+    ]);
     eventually(
         "the deploy holds the lock",
         Duration::from_secs(10),

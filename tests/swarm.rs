@@ -897,20 +897,15 @@ fn swarm_deploy_that_never_gets_healthy_leaves_blue_and_a_held_lock_refuses_anot
     // A deploy SIGKILLed while it holds the cluster's lock: the next
     // deploy from this host sees its process gone, breaks the lock, and
     // deploys.
-    let mut killed = project
-        .command(&[
-            "deploy",
-            "--image",
-            &support::app_image(),
-            "--version",
-            "2.0.0",
-            "--timeout",
-            "120s",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("starting the deploy");
+    let mut killed = project.spawn(&[
+        "deploy",
+        "--image",
+        &support::app_image(),
+        "--version",
+        "2.0.0",
+        "--timeout",
+        "120s",
+    ]);
     let pid = format!("cryptus.lock.pid={}", killed.id());
     support::wait::eventually(
         "the killed deploy's lock on the cluster",
@@ -3146,26 +3141,21 @@ fn swarm_start_after_a_canary_deploy_killed_after_its_flip_keeps_the_new_color()
     let project = on_lab_for_clients(&lab, "swarm-canary-flip");
     project.ok(&["start", "--timeout", "240s"]);
     let image = support::app_image();
-    let mut deploy = project
-        .command(&[
-            "deploy",
-            "--image",
-            &image,
-            "--version",
-            "6.0.0",
-            "--canary",
-            "10",
-            "--step",
-            "1s",
-            "--watch",
-            "10m",
-            "--timeout",
-            "240s",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("starting the canary deploy");
+    let mut deploy = project.spawn(&[
+        "deploy",
+        "--image",
+        &image,
+        "--version",
+        "6.0.0",
+        "--canary",
+        "10",
+        "--step",
+        "1s",
+        "--watch",
+        "10m",
+        "--timeout",
+        "240s",
+    ]);
     eventually(
         "the edge serving green alone, the deploy in its watch",
         Duration::from_secs(300),

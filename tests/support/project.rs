@@ -110,6 +110,17 @@ impl TestProject {
         command(&full, &env)
     }
 
+    /// Starts cryptus against this project in the background, its output
+    /// discarded: a run a test interrupts or kills.
+    #[track_caller]
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        self.command(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting cryptus")
+    }
+
     /// Runs cryptus against this project.
     #[track_caller]
     pub fn run(&self, args: &[&str]) -> Output {
