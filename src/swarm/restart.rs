@@ -344,14 +344,12 @@ impl Replace<'_> {
             // swarm says so.
             let watched = matches!(change, Change::Respec(..))
                 && update.as_ref().is_none_or(|(state, _)| state != "completed");
-            if watched && still_old(&services, &tasks, service, &old).is_none() {
-                return Ok(Seen::Not(format!(
-                    "{service}: the swarm still watches its new tasks"
-                )));
-            }
             Ok(match still_old(&services, &tasks, service, &old) {
-                None => Seen::Ready(current(&services, &tasks, service)),
                 Some(why) => Seen::Not(why),
+                None if watched => Seen::Not(format!(
+                    "{service}: the swarm still watches its new tasks"
+                )),
+                None => Seen::Ready(current(&services, &tasks, service)),
             })
         },
         |last| {

@@ -353,6 +353,7 @@ pub async fn dry_run(stack: &Stack<'_>, ask: Ask, settings: &Settings) -> Result
     let (state, active) = read_active(stack, &edge, false).await?;
     let ends_canary = state.canary.is_some();
     let operation = operation_of(&ask);
+    let registry = Registry::from_env()?;
     let given = matches!(
         &ask,
         Ask::Deploy {
@@ -362,7 +363,8 @@ pub async fn dry_run(stack: &Stack<'_>, ask: Ask, settings: &Settings) -> Result
     );
     let build = match &ask {
         Ask::Deploy { source, version } => {
-            planned_build(stack, active.other(), source, version.as_deref()).await?
+            let version = version.as_deref();
+            planned_build(stack, active.other(), source, version, registry.is_some()).await?
         }
         Ask::Rollback => None,
     };
@@ -392,7 +394,7 @@ pub async fn dry_run(stack: &Stack<'_>, ask: Ask, settings: &Settings) -> Result
     }
     // What the run pushes: an image it builds or is given, when only the
     // manager has it.
-    if let Some(registry) = Registry::from_env()? {
+    if let Some(registry) = &registry {
         let image = match (&build, &plan.release) {
             (Some(build), _) => Some(&build.image),
             (None, release) => release.as_ref().filter(|_| given).map(|r| &r.image),
@@ -409,12 +411,14 @@ pub async fn dry_run(stack: &Stack<'_>, ask: Ask, settings: &Settings) -> Result
 /// What a dry run's `deploy --build` into `target` builds, named and
 /// checked as one engine's dry run does, and the nodes the image would be
 /// copied to from the manager ([`super::nodes::load_targets`], which the
-/// run loads it on by); `None` when it builds nothing.
+/// run loads it on by), none when it is `pushed` to a registry; `None`
+/// when it builds nothing.
 async fn planned_build(
     stack: &Stack<'_>,
     target: Color,
     source: &Source,
     version: Option<&str>,
+    pushed: bool,
 ) -> Result<Option<PlannedBuild>> {
     let Some(image) = crate::switch::deploy::planned_build(stack, target, source, version)? else {
         return Ok(None);
@@ -424,12 +428,13 @@ async fn planned_build(
         version: version.unwrap_or_default().to_owned(),
     };
     // With a registry the image is pushed there rather than copied.
-    let copy_to = match Registry::from_env()? {
-        Some(_) => Vec::new(),
-        None => super::nodes::load_targets(stack, target, &release)
+    let copy_to = if pushed {
+        Vec::new()
+    } else {
+        super::nodes::load_targets(stack, target, &release)
             .await?
             .map(|(_, nodes)| nodes.into_iter().map(|n| n.hostname).collect())
-            .unwrap_or_default(),
+            .unwrap_or_default()
     };
     Ok(Some(PlannedBuild {
         image: release.image,
