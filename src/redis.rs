@@ -12,9 +12,6 @@ use crate::wait::{self, Limits, Seen};
 
 /// How often a wait on Redis looks again.
 const POLL_EVERY: Duration = Duration::from_millis(50);
-/// How long a scratch Redis whose creation a signal cut short is looked for.
-const LATE_SCRATCH_WITHIN: Duration = Duration::from_secs(1);
-const LATE_SCRATCH_EVERY: Duration = Duration::from_millis(100);
 
 pub struct Redis<'a> {
     pub engine: &'a Engine,
@@ -170,44 +167,6 @@ pub fn count_keys(keyspace: &BTreeMap<String, String>) -> u64 {
         })
         .sum()
 }
-
-/// Removes a scratch Redis by name. After a signal cut its creation short
-/// the engine may still be making it, so it is looked for a moment more.
-pub async fn remove_scratch(engine: &Engine, name: &str, interrupted: bool) -> Result<()> {
-    engine.remove(name, true).await?;
-    if !interrupted {
-        return Ok(());
-    }
-    let late = wait::until(
-        Limits::within(LATE_SCRATCH_WITHIN, LATE_SCRATCH_EVERY),
-        || async {
-            if engine.inspect(name).await?.is_none() {
-                return Ok(Seen::Not("no container".to_owned()));
-            }
-            engine.remove(name, true).await?;
-            Ok(Seen::Ready(()))
-        },
-        |_| anyhow::Error::new(NeverMade),
-    )
-    .await;
-    match late {
-        Err(err) if err.is::<NeverMade>() => Ok(()),
-        other => other,
-    }
-}
-
-/// The end of the look for a late scratch Redis when none came: not a
-/// failure, the creation never reached the engine.
-#[derive(Debug)]
-struct NeverMade;
-
-impl std::fmt::Display for NeverMade {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("no late scratch redis appeared")
-    }
-}
-
-impl std::error::Error for NeverMade {}
 
 /// What a [`Scratch`] Redis loads: `dir/file`, from `volume` (name, mount
 /// point) when given, after writing `dump` there when given.

@@ -108,10 +108,11 @@ fn running_redis<'c>(project: &Project, containers: &'c [Container]) -> Result<&
 }
 
 /// Removes the scratch redis whatever happened: an interrupted wait drops
-/// the future that would have removed it.
+/// the future that would have removed it. A creation the signal cut short
+/// is finished first ([`crate::engine::whole`]), so a late scratch is seen.
 async fn remove_scratch(engine: &Engine, project: &Project, printer: &Printer) {
     let scratch = crate::redis::scratch_name(&project.name, "check");
-    let removed = crate::redis::remove_scratch(engine, &scratch, interrupt::seen());
+    let removed = engine.remove(&scratch, true);
     if let Err(err) = super::cleanup(removed).await {
         printer.warn(format!("removing {scratch}: {err:#}"));
     }

@@ -31,6 +31,7 @@ mod spec;
 mod stats;
 mod swarm;
 pub mod tls;
+pub mod whole;
 
 pub use container::{Container, Listed};
 pub use spec::{
@@ -57,6 +58,12 @@ pub const VOLUME_LABEL: &str = "com.docker.compose.volume";
 /// The tracing target of the engine client library, so that `-vv` can show
 /// its requests without naming it outside this module.
 pub const CLIENT_LOG_TARGET: &str = "bollard";
+
+/// [`Engine::put_file`]'s script: `sh -c SCRIPT sh PATH SIZE`, the content
+/// on stdin, renamed into place only when SIZE bytes arrived. `wc`'s count
+/// is left unquoted: some print it padded with spaces.
+pub const PUT_FILE_SCRIPT: &str = r#"cat > "$1.tmp" && [ $(wc -c < "$1.tmp") -eq "$2" ] && mv -f "$1.tmp" "$1" && exit 0
+rm -f "$1.tmp"; echo "the content did not arrive whole"; exit 1"#;
 
 /// How long to wait for the engine to answer its first ping.
 const PING_TIMEOUT: Duration = Duration::from_secs(5);
@@ -286,6 +293,16 @@ impl Engine {
         ApiVersion(version.major_version, version.minor_version)
     }
 
+    /// Runs a request that changes the engine whole: a caller dropped while
+    /// it runs leaves it running to its end ([`whole::whole`]).
+    async fn whole<T, F>(&self, request: impl FnOnce(Docker) -> F) -> Result<T>
+    where
+        F: std::future::Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        whole::whole(request(self.docker.clone())).await
+    }
+
     /// Every container of a project, running or not, ordered by service and number.
     pub async fn containers(&self, project: &str) -> Result<Vec<Container>> {
         Ok(self.containers_listed(project).await?.0)
@@ -331,6 +348,7 @@ impl Engine {
 
     /// The containers one filter selects (`all`: stopped ones too).
     async fn list(&self, (key, value): (&str, &str), all: bool) -> Result<Vec<ContainerSummary>> {
+        whole::settled().await;
         let filters: HashMap<&str, Vec<&str>> = HashMap::from([(key, vec![value])]);
         let options = ListContainersOptionsBuilder::default()
             .all(all)
@@ -364,6 +382,7 @@ impl Engine {
     /// name, its project label, host port), to tell a taken port before
     /// anything is created.
     pub async fn published_host_ports(&self) -> Result<Vec<(String, Option<String>, u16)>> {
+        whole::settled().await;
         let options = ListContainersOptionsBuilder::default().all(false).build();
         let summaries = self
             .docker
@@ -394,6 +413,7 @@ impl Engine {
 
     /// Removes a network; gone already is fine.
     pub async fn remove_network(&self, name: &str) -> Result<()> {
+        whole::settled().await;
         removed(self.docker.remove_network(name).await, || {
             format!("removing network {name}")
         })
@@ -401,6 +421,7 @@ impl Engine {
 
     /// Removes a volume; gone already is fine.
     pub async fn remove_volume(&self, name: &str) -> Result<()> {
+        whole::settled().await;
         let result = self
             .docker
             .remove_volume(name, None::<bollard::query_parameters::RemoveVolumeOptions>)
@@ -427,6 +448,7 @@ impl Engine {
 
     /// One container by name or id; `None` if there is no such container.
     pub async fn inspect(&self, name: &str) -> Result<Option<Container>> {
+        whole::settled().await;
         match self.docker.inspect_container(name, None).await {
             Ok(response) => Ok(Some(container::from_inspect(response))),
             Err(err) if is_not_found(&err) => Ok(None),
@@ -498,7 +520,10 @@ impl Engine {
             ipam,
             ..Default::default()
         };
-        match self.docker.create_network(request).await {
+        let created = self
+            .whole(|docker| async move { docker.create_network(request).await })
+            .await?;
+        match created {
             Ok(_) => Ok(true),
             // Created meanwhile by a concurrent cryptus: that is fine.
             Err(err) if status(&err) == Some(409) => Ok(false),
@@ -543,9 +568,8 @@ impl Engine {
             labels: Some(labels.into_iter().collect()),
             ..Default::default()
         };
-        self.docker
-            .create_volume(request)
-            .await
+        self.whole(|docker| async move { docker.create_volume(request).await })
+            .await?
             .map_err(|err| engine_error(&err))
             .with_context(|| format!("creating volume {name}"))?;
         Ok(true)
@@ -555,6 +579,13 @@ impl Engine {
     /// joined after creation, since older engines accept only one network at
     /// create time.
     pub async fn create_container(&self, spec: &ContainerSpec) -> Result<String> {
+        let engine = self.clone();
+        let spec = spec.clone();
+        self.whole(|_| async move { engine.create_container_now(&spec).await })
+            .await?
+    }
+
+    async fn create_container_now(&self, spec: &ContainerSpec) -> Result<String> {
         let name = &spec.name;
         let options = CreateContainerOptionsBuilder::default().name(name).build();
         let created = self
@@ -586,7 +617,10 @@ impl Engine {
         let name = &spec.name;
         let options = CreateContainerOptionsBuilder::default().name(name).build();
         let body = spec::create_body(spec, self.api_version());
-        match self.docker.create_container(Some(options), body).await {
+        let created = self
+            .whole(|docker| async move { docker.create_container(Some(options), body).await })
+            .await?;
+        match created {
             Ok(created) => Ok(Some(created.id)),
             Err(err) if status(&err) == Some(409) => Ok(None),
             Err(err) => {
@@ -596,7 +630,11 @@ impl Engine {
     }
 
     pub async fn start(&self, name: &str) -> Result<()> {
-        match self.docker.start_container(name, None).await {
+        let id = name.to_owned();
+        let started = self
+            .whole(|docker| async move { docker.start_container(&id, None).await })
+            .await?;
+        match started {
             Ok(()) => Ok(()),
             // 304: already running.
             Err(err) if status(&err) == Some(304) => Ok(()),
@@ -644,6 +682,7 @@ impl Engine {
             .force(force)
             .v(true)
             .build();
+        whole::settled().await;
         match self.docker.remove_container(name, Some(options)).await {
             Ok(()) => Ok(()),
             Err(err) if is_not_found(&err) => Ok(()),
@@ -814,9 +853,11 @@ impl Engine {
 
     /// Writes one file into a running container so that no reader sees half
     /// of it: in one exec the content arrives on stdin, goes to a temporary
-    /// name and is renamed into place. That needs a shell in the image (the
-    /// official images have one); without one the archive upload replaces
-    /// the file.
+    /// name and is renamed into place only if all of it arrived (a stdin
+    /// closed early, by a caller gone or a connection lost, leaves the old
+    /// file). That needs a shell in the image (the official images have
+    /// one); without one the archive upload replaces the file. It runs
+    /// whole: a caller dropped meanwhile does not cut it.
     pub async fn put_file(
         &self,
         container: &str,
@@ -824,13 +865,33 @@ impl Engine {
         name: &str,
         content: &[u8],
     ) -> Result<()> {
-        const SCRIPT: &str = r#"cat > "$1.tmp" && mv -f "$1.tmp" "$1""#;
+        let engine = self.clone();
+        let (container, dir, name) = (container.to_owned(), dir.to_owned(), name.to_owned());
+        let content = content.to_vec();
+        self.whole(|_| async move { engine.put_file_now(&container, &dir, &name, &content).await })
+            .await?
+    }
+
+    async fn put_file_now(
+        &self,
+        container: &str,
+        dir: &str,
+        name: &str,
+        content: &[u8],
+    ) -> Result<()> {
         let path = format!("{}/{name}", dir.trim_end_matches('/'));
+        let size = content.len().to_string();
         // As root: the directory is cryptus's (a volume the engine made,
         // owned by root), while the image may run as nobody, as the official
         // node-exporter does. Readers get the file 0644.
         match self
-            .shell_as(container, SCRIPT, &[&path], content, Some("0"))
+            .shell_as(
+                container,
+                PUT_FILE_SCRIPT,
+                &[&path, &size],
+                content,
+                Some("0"),
+            )
             .await?
         {
             Some(output) if output.code != 0 => Err(anyhow!(
@@ -997,11 +1058,16 @@ impl Engine {
         }
         let archive = builder.into_inner().context("packing files for upload")?;
         let options = UploadToContainerOptionsBuilder::default().path(dir).build();
-        self.docker
-            .upload_to_container(container, Some(options), bollard::body_full(archive.into()))
-            .await
-            .map_err(|err| engine_error(&err))
-            .with_context(|| format!("writing into {dir} of container {container}"))
+        let into = container.to_owned();
+        self.whole(|docker| async move {
+            let archive = bollard::body_full(archive.into());
+            docker
+                .upload_to_container(&into, Some(options), archive)
+                .await
+        })
+        .await?
+        .map_err(|err| engine_error(&err))
+        .with_context(|| format!("writing into {dir} of container {container}"))
     }
 
     /// The last `lines` lines a container wrote, stdout and stderr together.

@@ -236,6 +236,7 @@ impl Engine {
 
     /// The services of a project's stack, by name.
     pub async fn services(&self, project: &str) -> Result<Vec<Service>> {
+        super::whole::settled().await;
         let filter = stack_filter(project);
         let filters = HashMap::from([("label", vec![filter.as_str()])]);
         let options = ListServicesOptionsBuilder::default()
@@ -255,6 +256,7 @@ impl Engine {
 
     /// The tasks of a project's stack, every state.
     pub async fn tasks(&self, project: &str) -> Result<Vec<Task>> {
+        super::whole::settled().await;
         let filter = stack_filter(project);
         let filters = HashMap::from([("label", vec![filter.as_str()])]);
         let options = ListTasksOptionsBuilder::default().filters(&filters).build();
@@ -644,11 +646,11 @@ impl Engine {
     pub async fn create_service(&self, spec: &ServiceSpec) -> Result<bool> {
         let body = service_body(spec, self.api_version());
         let login = Login::for_image(&spec.container.image)?;
-        match self
-            .docker
-            .create_service(body, login.as_ref().map(|l| credentials(Some(l))))
-            .await
-        {
+        let auth = login.as_ref().map(|l| credentials(Some(l)));
+        let created = self
+            .whole(|docker| async move { docker.create_service(body, auth).await })
+            .await?;
+        match created {
             Ok(_) => Ok(true),
             Err(err) if super::status(&err) == Some(409) => Ok(false),
             Err(err) => {
@@ -687,6 +689,7 @@ impl Engine {
         login: Option<&Login>,
         change: impl FnOnce(EngineServiceSpec) -> EngineServiceSpec,
     ) -> Result<bool> {
+        super::whole::settled().await;
         let current = match self
             .docker
             .inspect_service(name, None::<InspectServiceOptions>)
@@ -709,11 +712,13 @@ impl Engine {
             version,
             ..Default::default()
         };
-        self.docker
-            .update_service(name, spec, options, login.map(|l| credentials(Some(l))))
-            .await
-            .map_err(|err| engine_error(&err))
-            .with_context(|| format!("updating service {name}"))?;
+        let (service, auth) = (name.to_owned(), login.map(|l| credentials(Some(l))));
+        self.whole(
+            |docker| async move { docker.update_service(&service, spec, options, auth).await },
+        )
+        .await?
+        .map_err(|err| engine_error(&err))
+        .with_context(|| format!("updating service {name}"))?;
         Ok(true)
     }
 
@@ -794,6 +799,7 @@ impl Engine {
     /// `completed`, `rollback_started`, ...) with the swarm's message;
     /// `None` when it has had none, or is gone.
     pub async fn update_state(&self, name: &str) -> Result<Option<(String, String)>> {
+        super::whole::settled().await;
         let service = match self
             .docker
             .inspect_service(name, None::<InspectServiceOptions>)
@@ -830,6 +836,7 @@ impl Engine {
 
     /// Removes a service (its tasks stop); one already gone is no error.
     pub async fn remove_service(&self, name: &str) -> Result<()> {
+        super::whole::settled().await;
         removed(self.docker.delete_service(name).await, || {
             format!("removing service {name}")
         })
@@ -869,7 +876,10 @@ impl Engine {
             data: Some(base64::engine::general_purpose::STANDARD.encode(data)),
             ..Default::default()
         };
-        match self.docker.create_config(spec).await {
+        let created = self
+            .whole(|docker| async move { docker.create_config(spec).await })
+            .await?;
+        match created {
             Ok(created) => Ok(Some(created.id)),
             Err(err) if super::status(&err) == Some(409) => Ok(None),
             Err(err) => Err(engine_error(&err)).with_context(|| format!("creating config {name}")),
@@ -895,6 +905,7 @@ impl Engine {
 
     /// The configs a filter selects, with their labels and data.
     pub async fn configs_by(&self, key: &str, value: &str, what: &str) -> Result<Vec<SwarmConfig>> {
+        super::whole::settled().await;
         let filters = HashMap::from([(key, vec![value])]);
         let options = ListConfigsOptionsBuilder::default()
             .filters(&filters)
@@ -946,6 +957,7 @@ impl Engine {
         labels: &BTreeMap<String, String>,
     ) -> Result<bool> {
         let what = || format!("relabelling config {id}");
+        super::whole::settled().await;
         let config = match self.docker.inspect_config(id).await {
             Ok(config) => config,
             Err(err) if super::is_not_found(&err) => return Ok(false),
@@ -967,7 +979,11 @@ impl Engine {
         let options = UpdateConfigOptionsBuilder::default()
             .version(version)
             .build();
-        match self.docker.update_config(id, spec, options).await {
+        let config = id.to_owned();
+        let updated = self
+            .whole(|docker| async move { docker.update_config(&config, spec, options).await })
+            .await?;
+        match updated {
             Ok(()) => Ok(true),
             Err(err) if super::is_not_found(&err) => Ok(false),
             Err(err) => Err(engine_error(&err)).with_context(what),
@@ -991,7 +1007,10 @@ impl Engine {
             data: Some(base64::engine::general_purpose::STANDARD.encode(data)),
             ..Default::default()
         };
-        match self.docker.create_secret(spec).await {
+        let created = self
+            .whole(|docker| async move { docker.create_secret(spec).await })
+            .await?;
+        match created {
             Ok(created) => Ok(created.id),
             Err(err) if super::status(&err) == Some(409) => self
                 .secret_id(name)
@@ -1009,6 +1028,7 @@ impl Engine {
         value: &str,
         what: &str,
     ) -> Result<Vec<(String, String)>> {
+        super::whole::settled().await;
         let filters = HashMap::from([(key, vec![value])]);
         let options = ListSecretsOptionsBuilder::default()
             .filters(&filters)
@@ -1047,6 +1067,7 @@ impl Engine {
 
     /// Removes a secret; one already gone is no error.
     pub async fn remove_secret(&self, name: &str) -> Result<()> {
+        super::whole::settled().await;
         removed(self.docker.delete_secret(name).await, || {
             format!("removing secret {name}")
         })
@@ -1054,6 +1075,7 @@ impl Engine {
 
     /// The names of the networks of a project's stack.
     pub async fn stack_networks(&self, project: &str) -> Result<Vec<String>> {
+        super::whole::settled().await;
         let filter = stack_filter(project);
         let filters = HashMap::from([("label", vec![filter.as_str()])]);
         let options = ListNetworksOptionsBuilder::default()
@@ -1070,6 +1092,7 @@ impl Engine {
 
     /// Removes a config; one already gone is no error.
     pub async fn remove_config(&self, name: &str) -> Result<()> {
+        super::whole::settled().await;
         removed(self.docker.delete_config(name).await, || {
             format!("removing config {name}")
         })
