@@ -43,7 +43,11 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    match runtime.block_on(commands::run(cli, &printer)) {
+    let result = runtime.block_on(commands::run(cli, &printer));
+    // Requests a dropped wait left running end before the runtime does,
+    // which would cut them (each within its window).
+    runtime.block_on(cryptus::engine::whole::settled());
+    match result {
         Ok(code) => ExitCode::from(code),
         Err(err) if error::is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {

@@ -732,7 +732,7 @@ impl Nginx<'_> {
     pub async fn reload(&self) -> Result<()> {
         let output = self
             .engine
-            .exec(&self.container, &["nginx", "-c", CONF, "-s", "reload"])
+            .exec_change(&self.container, &["nginx", "-c", CONF, "-s", "reload"])
             .await
             .with_context(|| format!("reloading nginx in {}", self.container))?;
         if output.code != 0 {

@@ -53,6 +53,15 @@ fn a_container_creation_cut_short_ends_whole_and_its_removal_sees_it() {
             );
             engine.remove(&name, true).await.expect("removing");
         }
+        // Cut, then removed at once, with no look first: the removal
+        // itself waits for the creation.
+        for (round, after) in [0u64, 5].into_iter().enumerate() {
+            let name = format!("{}-cut-removed-{round}", project.name);
+            let container = spec(&project, &name, app_image());
+            let creating = engine.create_container(&container);
+            let _ = tokio::time::timeout(Duration::from_millis(after), creating).await;
+            engine.remove(&name, true).await.expect("removing");
+        }
         // Nothing the engine finishes later comes back.
         tokio::time::sleep(Duration::from_millis(500)).await;
         let left = engine.containers(&project.name).await.expect("listing");
@@ -70,7 +79,7 @@ fn a_file_whose_content_ends_early_is_never_put_in_place() {
         let engine = Engine::connect().await.expect("the engine");
         let name = format!("{}-writer", project.name);
         let mut writer = spec(&project, &name, nginx_image());
-        writer.command = Some(vec!["sleep".into(), "120".into()]);
+        writer.command = Some(vec!["sleep".into(), "infinity".into()]);
         engine.create_container(&writer).await.expect("creating");
         engine.start(&name).await.expect("starting");
 
@@ -84,14 +93,14 @@ fn a_file_whose_content_ends_early_is_never_put_in_place() {
             .expect("running the script")
             .expect("the image has a shell");
         assert_eq!(cut.code, 1, "{cut:?}");
-        assert!(cut.stdout.contains("did not arrive whole"), "{cut:?}");
+        assert!(cut.stderr.contains("did not arrive whole"), "{cut:?}");
         let kept = engine.read_file(&name, "/tmp/conf").await.expect("reading");
         assert_eq!(kept.as_deref(), Some(&b"old content\n"[..]));
-        let temporary = engine
-            .read_file(&name, "/tmp/conf.tmp")
+        let listed = engine
+            .exec(&name, &["ls", "/tmp"])
             .await
-            .expect("reading");
-        assert_eq!(temporary, None, "the temporary stayed");
+            .expect("listing /tmp");
+        assert_eq!(listed.stdout.trim(), "conf", "a temporary stayed");
 
         engine
             .put_file(&name, "/tmp", "conf", b"new content\n")

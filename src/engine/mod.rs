@@ -60,10 +60,13 @@ pub const VOLUME_LABEL: &str = "com.docker.compose.volume";
 pub const CLIENT_LOG_TARGET: &str = "bollard";
 
 /// [`Engine::put_file`]'s script: `sh -c SCRIPT sh PATH SIZE`, the content
-/// on stdin, renamed into place only when SIZE bytes arrived. `wc`'s count
-/// is left unquoted: some print it padded with spaces.
-pub const PUT_FILE_SCRIPT: &str = r#"cat > "$1.tmp" && [ $(wc -c < "$1.tmp") -eq "$2" ] && mv -f "$1.tmp" "$1" && exit 0
-rm -f "$1.tmp"; echo "the content did not arrive whole"; exit 1"#;
+/// on stdin, into a temporary of this run's own, renamed into place only
+/// when SIZE bytes arrived. `wc`'s count is left unquoted: some print it
+/// padded with spaces.
+pub const PUT_FILE_SCRIPT: &str = r#"t="$1.tmp.$$"
+cat > "$t" || { rm -f "$t"; echo "cannot write $t" >&2; exit 1; }
+if [ $(wc -c < "$t") -ne "$2" ]; then rm -f "$t"; echo "the content did not arrive whole" >&2; exit 1; fi
+mv -f "$t" "$1" || { rm -f "$t"; echo "cannot rename $t to $1" >&2; exit 1; }"#;
 
 /// How long to wait for the engine to answer its first ping.
 const PING_TIMEOUT: Duration = Duration::from_secs(5);
@@ -492,6 +495,7 @@ impl Engine {
         network: &crate::compose::Network,
         labels: BTreeMap<String, String>,
     ) -> Result<bool> {
+        whole::settled().await;
         if self.network_exists(name).await? {
             return Ok(false);
         }
@@ -554,6 +558,7 @@ impl Engine {
         driver: Option<&str>,
         labels: BTreeMap<String, String>,
     ) -> Result<bool> {
+        whole::settled().await;
         match self.docker.inspect_volume(name).await {
             Ok(_) => return Ok(false),
             Err(err) if is_not_found(&err) => {}
@@ -579,6 +584,7 @@ impl Engine {
     /// joined after creation, since older engines accept only one network at
     /// create time.
     pub async fn create_container(&self, spec: &ContainerSpec) -> Result<String> {
+        whole::settled().await;
         let engine = self.clone();
         let spec = spec.clone();
         self.whole(|_| async move { engine.create_container_now(&spec).await })
@@ -617,6 +623,7 @@ impl Engine {
         let name = &spec.name;
         let options = CreateContainerOptionsBuilder::default().name(name).build();
         let body = spec::create_body(spec, self.api_version());
+        whole::settled().await;
         let created = self
             .whole(|docker| async move { docker.create_container(Some(options), body).await })
             .await?;
@@ -630,6 +637,7 @@ impl Engine {
     }
 
     pub async fn start(&self, name: &str) -> Result<()> {
+        whole::settled().await;
         let id = name.to_owned();
         let started = self
             .whole(|docker| async move { docker.start_container(&id, None).await })
@@ -660,11 +668,12 @@ impl Engine {
         if let Some(timeout) = timeout {
             options = options.t(i32::try_from(timeout.as_secs()).unwrap_or(i32::MAX));
         }
-        match self
-            .docker
-            .stop_container(name, Some(options.build()))
-            .await
-        {
+        whole::settled().await;
+        let (id, options) = (name.to_owned(), options.build());
+        let stopped = self
+            .whole(|docker| async move { docker.stop_container(&id, Some(options)).await })
+            .await?;
+        match stopped {
             Ok(()) => Ok(()),
             Err(err) if status(&err) == Some(304) || is_not_found(&err) => Ok(()),
             Err(err) => {
@@ -807,7 +816,8 @@ impl Engine {
     }
 
     /// Runs a script with `sh` in a running container, `input` on its stdin;
-    /// `None` if the image has no shell.
+    /// `None` if the image has no shell. A script changes things: it runs
+    /// whole, a caller dropped meanwhile does not cut it.
     pub async fn shell(
         &self,
         container: &str,
@@ -815,7 +825,32 @@ impl Engine {
         args: &[&str],
         input: &[u8],
     ) -> Result<Option<ExecOutput>> {
-        self.shell_as(container, script, args, input, None).await
+        whole::settled().await;
+        let engine = self.clone();
+        let (container, script) = (container.to_owned(), script.to_owned());
+        let args: Vec<String> = args.iter().map(|arg| (*arg).to_owned()).collect();
+        let input = input.to_vec();
+        self.whole(|_| async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            engine
+                .shell_as(&container, &script, &args, &input, None)
+                .await
+        })
+        .await?
+    }
+
+    /// Runs a command that changes something in a running container (a
+    /// reload), whole: a caller dropped meanwhile does not cut it.
+    pub async fn exec_change(&self, container: &str, command: &[&str]) -> Result<ExecOutput> {
+        whole::settled().await;
+        let engine = self.clone();
+        let container = container.to_owned();
+        let command: Vec<String> = command.iter().map(|part| (*part).to_owned()).collect();
+        self.whole(|_| async move {
+            let command: Vec<&str> = command.iter().map(String::as_str).collect();
+            engine.exec(&container, &command).await
+        })
+        .await?
     }
 
     /// [`Engine::shell`] as `user` (the container's own when `None`).
@@ -865,6 +900,7 @@ impl Engine {
         name: &str,
         content: &[u8],
     ) -> Result<()> {
+        whole::settled().await;
         let engine = self.clone();
         let (container, dir, name) = (container.to_owned(), dir.to_owned(), name.to_owned());
         let content = content.to_vec();
@@ -895,9 +931,8 @@ impl Engine {
             .await?
         {
             Some(output) if output.code != 0 => Err(anyhow!(
-                "writing {path} in {container} failed: {}{}",
-                output.stdout.trim(),
-                output.stderr.trim()
+                "writing {path} in {container} failed: {}",
+                said(&output)
             )),
             Some(_) => Ok(()),
             None => {
@@ -937,6 +972,7 @@ impl Engine {
         path: &str,
         limit: usize,
     ) -> Result<Option<Vec<u8>>> {
+        whole::settled().await;
         let options = DownloadFromContainerOptionsBuilder::default()
             .path(path)
             .build();
@@ -1020,6 +1056,7 @@ impl Engine {
         files: &[(&str, &[u8], u32)],
         owner: (u64, u64),
     ) -> Result<()> {
+        whole::settled().await;
         let mut builder = tar::Builder::new(Vec::new());
         let now = u64::try_from(Utc::now().timestamp()).unwrap_or_default();
         let mut dirs: Vec<&str> = files
@@ -1333,8 +1370,13 @@ pub struct WaitingShell {
 impl WaitingShell {
     /// Feeds `input`, closes stdin and collects what the script said and
     /// its exit code; `None` if the image has no shell.
+    /// It runs whole: once fed, the script changes things, and a caller
+    /// dropped meanwhile does not cut it.
     pub async fn finish(self, input: &[u8]) -> Result<Option<ExecOutput>> {
-        Ok(unless_no_shell(self.output(Some(input)).await?))
+        whole::settled().await;
+        let input = input.to_vec();
+        let output = whole::whole(async move { self.output(Some(&input)).await }).await??;
+        Ok(unless_no_shell(output))
     }
 
     async fn output(self, input: Option<&[u8]>) -> Result<ExecOutput> {
@@ -1357,6 +1399,15 @@ impl WaitingShell {
 }
 
 /// A shell's output, or `None` when the image has no `sh` to run it.
+/// What a command said, stderr then stdout, each trimmed, joined by `; `.
+fn said(output: &ExecOutput) -> String {
+    [output.stderr.trim(), output.stdout.trim()]
+        .into_iter()
+        .filter(|part| !part.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 fn unless_no_shell(output: ExecOutput) -> Option<ExecOutput> {
     let missing = (output.code == 126 || output.code == 127)
         && format!("{}{}", output.stdout, output.stderr).contains("executable file not found");

@@ -647,6 +647,7 @@ impl Engine {
         let body = service_body(spec, self.api_version());
         let login = Login::for_image(&spec.container.image)?;
         let auth = login.as_ref().map(|l| credentials(Some(l)));
+        super::whole::settled().await;
         let created = self
             .whole(|docker| async move { docker.create_service(body, auth).await })
             .await?;
@@ -876,6 +877,7 @@ impl Engine {
             data: Some(base64::engine::general_purpose::STANDARD.encode(data)),
             ..Default::default()
         };
+        super::whole::settled().await;
         let created = self
             .whole(|docker| async move { docker.create_config(spec).await })
             .await?;
@@ -956,8 +958,10 @@ impl Engine {
         id: &str,
         labels: &BTreeMap<String, String>,
     ) -> Result<bool> {
+        // No wait for abandoned requests here: the lock's heartbeat writes
+        // through this, and a heartbeat held back would let another run
+        // take the lock for stale. It goes by id; a stale version is refused.
         let what = || format!("relabelling config {id}");
-        super::whole::settled().await;
         let config = match self.docker.inspect_config(id).await {
             Ok(config) => config,
             Err(err) if super::is_not_found(&err) => return Ok(false),
@@ -1007,6 +1011,7 @@ impl Engine {
             data: Some(base64::engine::general_purpose::STANDARD.encode(data)),
             ..Default::default()
         };
+        super::whole::settled().await;
         let created = self
             .whole(|docker| async move { docker.create_secret(spec).await })
             .await?;
