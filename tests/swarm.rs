@@ -4,6 +4,7 @@
 
 mod support;
 
+use base64::Engine as _;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -3505,6 +3506,148 @@ fn swarm_deploy_pushes_to_the_registry_and_every_node_pulls_the_pinned_image() {
         "not pinned to the tag's new digest: {report}"
     );
     edge_serves(&lab, &project, "green", "9.9.9");
+}
+
+/// The bcrypt hash of `lab-secret`, the password of the lab registry's
+/// user `lab` (distribution reads bcrypt only).
+const LAB_REGISTRY_HASH: &str = "$2b$05$gKg4XVuON.dofUOaTMhz8OFxkruJBOVoxAXfZy9osJy1GNtrev1dC";
+
+/// Issue 16's registry that asks for a login (Debian's docker-registry
+/// with htpasswd): with no login, or a wrong one, the push is refused and
+/// nothing changes; with the login kept by a credential helper (a
+/// `credsStore`, as `docker login` keeps it on a desktop), the push, the
+/// manager's digest question and every node's pull carry it, and the
+/// helper is asked once in the run.
+#[test]
+fn swarm_deploy_through_a_registry_that_asks_for_a_login() {
+    let lab = SwarmLab::up_pulling(3, &[support::REGISTRY_IMAGE]);
+    let registry = format!("{}:5000", SwarmLab::address(1));
+    let files = tempfile::tempdir().expect("a directory for the login files");
+    let auth = files.path().join("auth");
+    std::fs::create_dir(&auth).expect("making the auth directory");
+    std::fs::write(auth.join("htpasswd"), format!("lab:{LAB_REGISTRY_HASH}\n"))
+        .expect("writing htpasswd");
+    lab.docker_ok(
+        1,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "lab-registry",
+            "-p",
+            &format!("{registry}:5000"),
+            "-v",
+            &format!("{}:/auth:ro", auth.display()),
+            "-e",
+            "REGISTRY_AUTH=htpasswd",
+            "-e",
+            "REGISTRY_AUTH_HTPASSWD_REALM=lab",
+            "-e",
+            "REGISTRY_AUTH_HTPASSWD_PATH=/auth/htpasswd",
+            support::REGISTRY_IMAGE,
+        ],
+    );
+    let mut project = started_on(&lab, "swarm-login", |_| {});
+    let local = "lab-only/app:9.0.0";
+    lab.docker_ok(1, &["tag", &support::app_image(), local]);
+    project.set_env("CRYPTUS_SWARM_REGISTRY", &format!("{registry}/lab"));
+    let config_dir = files.path().join("docker");
+    std::fs::create_dir(&config_dir).expect("making the docker config directory");
+    project.set_env("DOCKER_CONFIG", &config_dir.to_string_lossy());
+    let config = config_dir.join("config.json");
+    let deploy = |project: &TestProject| {
+        project.run(&[
+            "deploy",
+            "--image",
+            local,
+            "--version",
+            "9.0.0",
+            "--timeout",
+            "240s",
+            "--json",
+        ])
+    };
+    let refused_push = |project: &TestProject, what: &str| {
+        let refused = deploy(project);
+        assert_code(&refused, 1);
+        let said = stderr(&refused);
+        assert!(
+            said.contains("push")
+                && ["unauthorized", "authentication required", "no basic auth"]
+                    .iter()
+                    .any(|why| said.contains(why))
+                && said.contains("hint:"),
+            "{what}: {said}"
+        );
+        nothing_changed(&lab, project, what);
+    };
+
+    refused_push(&project, "a push with no login");
+    let wrong = base64::engine::general_purpose::STANDARD.encode("lab:wrong");
+    std::fs::write(
+        &config,
+        format!(r#"{{"auths": {{"{registry}": {{"auth": "{wrong}"}}}}}}"#),
+    )
+    .expect("writing the docker config");
+    refused_push(&project, "a push with a wrong password");
+
+    // The login kept by a credential helper: a program on PATH, as the
+    // docker CLI runs it (`get`, the host on stdin).
+    let bin = files.path().join("bin");
+    std::fs::create_dir(&bin).expect("making the helper's directory");
+    let asked = files.path().join("asked");
+    let helper = bin.join("docker-credential-ctlab");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = get ] || exit 1\nread -r host\necho \"$host\" >> {asked}\n\
+             if [ \"$host\" = {registry} ]; then\n  printf '{{\"ServerURL\": \"%s\", \"Username\": \"lab\", \"Secret\": \"lab-secret\"}}' \"$host\"\n\
+             else\n  echo 'credentials not found in native keychain'; exit 1\nfi\n",
+            asked = asked.display()
+        ),
+    )
+    .expect("writing the helper");
+    std::fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("making the helper executable");
+    std::fs::write(
+        &config,
+        format!(r#"{{"auths": {{"{registry}": {{}}}}, "credsStore": "ctlab"}}"#),
+    )
+    .expect("writing the docker config");
+    let path = std::env::var("PATH").unwrap_or_default();
+    project.set_env("PATH", &format!("{}:{path}", bin.display()));
+
+    let deployed = deploy(&project);
+    assert_code(&deployed, 0);
+    let report: serde_json::Value = serde_json::from_slice(&deployed.stdout).expect("JSON");
+    let pushed_as = format!("{registry}/lab/lab-only/app:9.0.0");
+    let image = report["to"]["image"].as_str().expect("the image");
+    assert!(
+        image.starts_with(&format!("{pushed_as}@sha256:")),
+        "not the pushed reference pinned to its digest: {report}"
+    );
+    let asks = std::fs::read_to_string(&asked).expect("the helper was asked");
+    assert_eq!(
+        asks.lines().collect::<Vec<_>>(),
+        [registry.as_str()],
+        "the helper was not asked once for the registry"
+    );
+    let spread: BTreeSet<String> = tasks_on_nodes(&project, "cryptus-green", 3)
+        .into_iter()
+        .collect();
+    assert_eq!(spread.len(), 3, "a node could not pull with the login");
+    let digest = image.rsplit('@').next().unwrap_or_default();
+    for node in 2..=3 {
+        lab.docker_ok(
+            node,
+            &[
+                "image",
+                "inspect",
+                &format!("{registry}/lab/lab-only/app@{digest}"),
+            ],
+        );
+    }
+    edge_serves(&lab, &project, "green", "9.0.0");
 }
 
 /// Issue 16's engines over ssh: the manager (`DOCKER_HOST=ssh://...`) and

@@ -1,13 +1,18 @@
 //! Image registries as an engine reaches them: tagging, pushing and
 //! pulling an image, asking a registry for the digest of what a reference
-//! names, and the login each request carries. Logins are read where
-//! `docker login` writes them (the `auths` of the docker CLI's
-//! `config.json`), so an operator logs in once, as for the docker CLI; one
-//! is sent only for a reference that names its registry host (Docker Hub's
-//! private images as `docker.io/acme/app`), so a Docker Hub login is not
-//! handed to every service.
+//! names, and the login each request carries. Logins are found where
+//! `docker login` keeps them, the docker CLI's `config.json`: its
+//! credential helper for the registry (`credHelpers`, else `credsStore`),
+//! run as the docker CLI runs it, or else its `auths`; so an operator logs
+//! in once, as for the docker CLI. One is sent only for a reference that
+//! names its registry host (Docker Hub's private images as
+//! `docker.io/acme/app`), so a Docker Hub login is not handed to every
+//! service.
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use base64::Engine as _;
@@ -22,6 +27,14 @@ use crate::error::usage;
 
 /// The largest docker CLI config cryptus reads.
 const CONFIG_LIMIT: u64 = 1 << 20;
+
+/// How long a credential helper may take (one that asks a cloud for a
+/// token takes seconds).
+const HELPER_DEADLINE: Duration = Duration::from_secs(30);
+
+/// The logins found in this run, by config and registry host: a helper is
+/// run once per registry, however many requests need its login.
+static FOUND: Mutex<BTreeMap<(PathBuf, String), Option<Login>>> = Mutex::new(BTreeMap::new());
 
 /// The registry host a reference names (`registry.example:5000/app:2`,
 /// `localhost/app`), or `None` for one of Docker Hub's (`app:1`,
@@ -71,20 +84,29 @@ impl Login {
     /// The login for the registry `reference` names, from the docker
     /// CLI's config (`$DOCKER_CONFIG/config.json`, else
     /// `~/.docker/config.json`); `None` without one, or when the reference
-    /// names no registry host. A config that cannot be read is a
-    /// configuration error naming it.
-    pub fn for_image(reference: &str) -> Result<Option<Login>> {
-        Login::in_config(reference, config_path())
+    /// names no registry host. A config that cannot be read, or a
+    /// credential helper that is missing or fails, is a configuration
+    /// error naming it.
+    pub async fn for_image(reference: &str) -> Result<Option<Login>> {
+        Login::in_config(reference, config_path()).await
     }
 
     /// [`Login::for_image`], with the config at `path`.
-    fn in_config(reference: &str, path: Option<PathBuf>) -> Result<Option<Login>> {
+    async fn in_config(reference: &str, path: Option<PathBuf>) -> Result<Option<Login>> {
         let Some(host) = registry_of(reference) else {
             return Ok(None);
         };
         let Some(path) = path else {
             return Ok(None);
         };
+        let key = (path.clone(), host.to_owned());
+        if let Some(found) = FOUND
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+        {
+            return Ok(found.clone());
+        }
         let text = match read_bounded(&path) {
             Ok(text) => text,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -95,13 +117,176 @@ impl Login {
                 ));
             }
         };
-        login_in(&text, host).map_err(|why| {
+        let broken = |why: String| {
             usage(
                 format!("the docker CLI's config {}: {why}", path.display()),
                 "log in again (docker login) or fix the file",
             )
-        })
+        };
+        let found = match helper_in(&text, host).map_err(broken)? {
+            Some(helper) => ask_helper(&helper, host, &path).await?,
+            None => login_in(&text, host).map_err(broken)?,
+        };
+        FOUND
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, found.clone());
+        Ok(found)
     }
+}
+
+/// The credential helper a docker CLI config (`text`) names for `host`,
+/// as the docker CLI chooses it: `credHelpers`' entry for the host, else
+/// `credsStore`; `None` when it names neither (its `auths` hold the
+/// logins). A helper's name must be a plain program suffix.
+pub fn helper_in(text: &str, host: &str) -> Result<Option<String>, String> {
+    #[derive(serde::Deserialize)]
+    struct Config {
+        #[serde(default, rename = "credHelpers")]
+        cred_helpers: BTreeMap<String, String>,
+        #[serde(rename = "credsStore")]
+        creds_store: Option<String>,
+    }
+    let config: Config = serde_json::from_str(text).map_err(|err| format!("not JSON: {err}"))?;
+    let named = config
+        .cred_helpers
+        .iter()
+        .find(|(key, _)| same_host(key, host))
+        .map(|(_, helper)| helper.clone())
+        .or(config.creds_store)
+        .filter(|helper| !helper.is_empty());
+    match named {
+        Some(helper)
+            if !helper
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                || helper.starts_with('.') =>
+        {
+            Err(format!(
+                "the credential helper {helper:?} is not a plain name (docker-credential-<name>)"
+            ))
+        }
+        named => Ok(named),
+    }
+}
+
+/// Runs `docker-credential-<helper> get` for `host`, as the docker CLI
+/// does: the host on its stdin, `{"ServerURL", "Username", "Secret"}` on
+/// its stdout (`<token>` as the user name: the secret is an identity
+/// token). A helper that has no login for the host says so, and there is
+/// none; one that is missing, fails or takes too long is a configuration
+/// error.
+async fn ask_helper(helper: &str, host: &str, config: &Path) -> Result<Option<Login>> {
+    use tokio::io::AsyncWriteExt;
+    let program = format!("docker-credential-{helper}");
+    let named = format!(
+        "{program}, the credential helper {} names",
+        config.display()
+    );
+    let hint = format!(
+        "log in again (docker login {host}), or fix credHelpers and credsStore in {}",
+        config.display()
+    );
+    let mut child = match tokio::process::Command::new(&program)
+        .arg("get")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            return Err(usage(
+                format!("{named}, is not installed (not found on PATH)"),
+                format!(
+                    "install it, or remove it from {} and log in again",
+                    config.display()
+                ),
+            ));
+        }
+        Err(err) => return Err(usage(format!("running {named}: {err}"), hint)),
+    };
+    let asked = async {
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(host.as_bytes()).await?;
+        }
+        child.wait_with_output().await
+    };
+    let output = match tokio::time::timeout(HELPER_DEADLINE, asked).await {
+        Ok(Ok(output)) => output,
+        Ok(Err(err)) => return Err(usage(format!("running {named}: {err}"), hint)),
+        Err(_) => {
+            return Err(usage(
+                format!(
+                    "{named}, gave no login for {host} within {}s",
+                    HELPER_DEADLINE.as_secs()
+                ),
+                hint,
+            ));
+        }
+    };
+    helper_answer(
+        output.status.success(),
+        &output.stdout,
+        &output.stderr,
+        host,
+    )
+    .map_err(|why| usage(format!("{named}, failed for {host}: {why}"), hint))
+}
+
+/// What a credential helper's answer (`ok`: it exited 0) says of `host`'s
+/// login.
+pub fn helper_answer(
+    ok: bool,
+    stdout: &[u8],
+    stderr: &[u8],
+    host: &str,
+) -> Result<Option<Login>, String> {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        #[serde(rename = "Username", default)]
+        username: String,
+        #[serde(rename = "Secret", default)]
+        secret: String,
+    }
+    let said = |bytes: &[u8]| String::from_utf8_lossy(bytes).trim().to_owned();
+    if !ok {
+        let why = format!("{} {}", said(stdout), said(stderr));
+        // The helpers' own words for "no login kept for this host".
+        if why.contains("credentials not found") {
+            return Ok(None);
+        }
+        let why = why.trim().lines().next().unwrap_or("").to_owned();
+        return Err(if why.is_empty() {
+            "it exited with an error and said nothing".to_owned()
+        } else {
+            why
+        });
+    }
+    let answer: Answer = serde_json::from_slice(stdout)
+        .map_err(|err| format!("its answer is not the JSON a helper gives: {err}"))?;
+    if answer.username.is_empty() && answer.secret.is_empty() {
+        return Ok(None);
+    }
+    let token = answer.username == "<token>";
+    Ok(Some(Login {
+        server: host.to_owned(),
+        username: (!token).then(|| answer.username.clone()),
+        password: (!token).then(|| answer.secret.clone()),
+        identity_token: token.then_some(answer.secret),
+    }))
+}
+
+/// Whether a config's key (`host:5000`, `https://host:5000/v2/`) names
+/// `host` (Docker Hub under any of its names).
+fn same_host(key: &str, host: &str) -> bool {
+    let key = key
+        .trim_start_matches("https://")
+        .trim_start_matches("http://");
+    let key = key.split('/').next().unwrap_or(key);
+    let hub = |h: &str| matches!(h, "docker.io" | "index.docker.io" | "registry-1.docker.io");
+    key == host || (hub(key) && hub(host))
 }
 
 /// Where the docker CLI keeps its config.
@@ -127,8 +312,8 @@ fn read_bounded(path: &std::path::Path) -> std::io::Result<String> {
 /// entry whose key names that host (`host:5000`, `https://host:5000/v2/`;
 /// Docker Hub's as `https://index.docker.io/v1/`), with `auth` (base64 of
 /// `user:password`), `username` and `password`, or `identitytoken`.
-/// Credential helpers (`credsStore`, `credHelpers`) are not run: a login
-/// kept only there is not found.
+/// (Where a credential helper is named, [`helper_in`], it is asked
+/// instead, as the docker CLI does.)
 pub fn login_in(text: &str, host: &str) -> Result<Option<Login>, String> {
     #[derive(serde::Deserialize)]
     struct Config {
@@ -143,14 +328,6 @@ pub fn login_in(text: &str, host: &str) -> Result<Option<Login>, String> {
         identitytoken: Option<String>,
     }
     let config: Config = serde_json::from_str(text).map_err(|err| format!("not JSON: {err}"))?;
-    let same = |key: &str| {
-        let key = key
-            .trim_start_matches("https://")
-            .trim_start_matches("http://");
-        let key = key.split('/').next().unwrap_or(key);
-        let hub = |h: &str| matches!(h, "docker.io" | "index.docker.io" | "registry-1.docker.io");
-        key == host || (hub(key) && hub(host))
-    };
     // An empty entry (a credential helper's) must not hide a filled one
     // under another spelling of the host.
     let filled = |entry: &&Entry| {
@@ -164,7 +341,7 @@ pub fn login_in(text: &str, host: &str) -> Result<Option<Login>, String> {
     let Some((key, entry)) = config
         .auths
         .iter()
-        .find(|(key, entry)| same(key) && filled(entry))
+        .find(|(key, entry)| same_host(key, host) && filled(entry))
     else {
         return Ok(None);
     };
@@ -362,24 +539,97 @@ mod tests {
         assert!(none.is_empty());
     }
 
-    #[test]
-    fn a_login_is_only_looked_for_where_a_reference_names_its_registry() {
+    #[tokio::test]
+    async fn a_login_is_only_looked_for_where_a_reference_names_its_registry() {
         let dir = tempfile::tempdir().unwrap();
         let broken = dir.path().join("config.json");
         std::fs::write(&broken, "not json").unwrap();
         let login = |reference| Login::in_config(reference, Some(broken.clone()));
-        assert_eq!(login("cryptus-app:1").unwrap(), None);
-        assert_eq!(login("acme/app:1").unwrap(), None);
-        let err = login("registry.example/app:1").unwrap_err();
+        assert_eq!(login("cryptus-app:1").await.unwrap(), None);
+        assert_eq!(login("acme/app:1").await.unwrap(), None);
+        let err = login("registry.example/app:1").await.unwrap_err();
         assert!(format!("{err:#}").contains("config.json"), "{err:#}");
         let missing = Login::in_config("registry.example/app:1", Some(dir.path().join("none")));
-        assert_eq!(missing.unwrap(), None);
+        assert_eq!(missing.await.unwrap(), None);
     }
 
     #[test]
-    fn a_login_kept_by_a_credential_helper_only_is_not_found_and_a_broken_one_is_refused() {
-        let helper = r#"{"auths": {"registry.example": {}}, "credsStore": "pass"}"#;
-        assert_eq!(login_in(helper, "registry.example").unwrap(), None);
+    fn a_credential_helper_is_chosen_as_the_docker_cli_chooses_it() {
+        let config = r#"{"auths": {"registry.example": {"auth": "b3BzOnB3"}},
+            "credHelpers": {"https://ecr.example/": "ecr-login", "gcr.example": "gcloud"},
+            "credsStore": "pass"}"#;
+        let helper = |host| helper_in(config, host).unwrap();
+        assert_eq!(helper("ecr.example").as_deref(), Some("ecr-login"));
+        assert_eq!(helper("gcr.example").as_deref(), Some("gcloud"));
+        // The store, for every other host: the auths entry is not used.
+        assert_eq!(helper("registry.example").as_deref(), Some("pass"));
+        let no_store = r#"{"auths": {}, "credHelpers": {"ecr.example": "ecr-login"}}"#;
+        assert_eq!(helper_in(no_store, "other.example").unwrap(), None);
+        assert_eq!(
+            helper_in(r#"{"credsStore": ""}"#, "a.example").unwrap(),
+            None
+        );
+        for bad in ["../../bin/sh", "a b", ".hidden", "x/y"] {
+            let config = format!(r#"{{"credsStore": "{bad}"}}"#);
+            assert!(helper_in(&config, "a.example").is_err(), "{bad} accepted");
+        }
+        assert!(helper_in("not json", "a.example").is_err());
+    }
+
+    #[test]
+    fn a_credential_helpers_answer_gives_a_login_a_token_none_or_its_error() {
+        let host = "registry.example:5000";
+        let answer =
+            br#"{"ServerURL": "registry.example:5000", "Username": "ops", "Secret": "pw"}"#;
+        let login = helper_answer(true, answer, b"", host).unwrap().unwrap();
+        assert_eq!(login.username.as_deref(), Some("ops"));
+        assert_eq!(login.password.as_deref(), Some("pw"));
+        assert_eq!(login.server, host);
+        let token = br#"{"Username": "<token>", "Secret": "tok"}"#;
+        let login = helper_answer(true, token, b"", host).unwrap().unwrap();
+        assert_eq!(login.identity_token.as_deref(), Some("tok"));
+        assert_eq!((login.username, login.password), (None, None));
+        let absent = helper_answer(
+            false,
+            b"credentials not found in native keychain\n",
+            b"",
+            host,
+        );
+        assert_eq!(absent.unwrap(), None);
+        let empty = helper_answer(true, br#"{"Username": "", "Secret": ""}"#, b"", host);
+        assert_eq!(empty.unwrap(), None);
+        let why = helper_answer(false, b"", b"gpg: decryption failed\nmore\n", host).unwrap_err();
+        assert_eq!(why, "gpg: decryption failed");
+        assert!(
+            helper_answer(false, b"", b"", host)
+                .unwrap_err()
+                .contains("said nothing")
+        );
+        assert!(helper_answer(true, b"not json", b"", host).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_missing_credential_helper_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.json");
+        std::fs::write(&config, r#"{"credsStore": "cryptus-missing-helper-xyz"}"#).unwrap();
+        let err = Login::in_config("registry.example/app:1", Some(config.clone()))
+            .await
+            .unwrap_err();
+        let said = format!("{err:#}");
+        assert!(
+            said.contains("docker-credential-cryptus-missing-helper-xyz")
+                && said.contains("not installed")
+                && said.contains("config.json"),
+            "{said}"
+        );
+        // A reference with no registry host asks no helper.
+        let hub = Login::in_config("acme/app:1", Some(config)).await.unwrap();
+        assert_eq!(hub, None);
+    }
+
+    #[test]
+    fn an_empty_auths_entry_hides_no_filled_one_and_a_broken_one_is_refused() {
         let shadowed = r#"{"auths": {"https://registry.example": {},
             "registry.example": {"auth": "b3BzOnB3"}}}"#;
         let login = login_in(shadowed, "registry.example").unwrap().unwrap();

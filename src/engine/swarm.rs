@@ -645,7 +645,7 @@ impl Engine {
     /// --with-registry-auth`).
     pub async fn create_service(&self, spec: &ServiceSpec) -> Result<bool> {
         let body = service_body(spec, self.api_version());
-        let login = Login::for_image(&spec.container.image)?;
+        let login = Login::for_image(&spec.container.image).await?;
         let auth = login.as_ref().map(|l| credentials(Some(l)));
         super::whole::settled().await;
         let created = self
@@ -665,7 +665,7 @@ impl Engine {
     /// Its image's registry login goes with it, as on creation.
     pub async fn update_service(&self, spec: &ServiceSpec) -> Result<bool> {
         let body = service_body(spec, self.api_version());
-        let login = Login::for_image(&spec.container.image)?;
+        let login = Login::for_image(&spec.container.image).await?;
         self.update_with(&spec.name, login.as_ref(), |_| body).await
     }
 
@@ -739,7 +739,7 @@ impl Engine {
         auto_pin: Option<&str>,
     ) -> Result<bool> {
         let mut body = service_body(spec, self.api_version());
-        let login = Login::for_image(&spec.container.image)?;
+        let login = Login::for_image(&spec.container.image).await?;
         let auto_pinned = auto_pin.is_some_and(|pin| spec.constraints.iter().any(|c| c == pin));
         self.update_with(&spec.name, login.as_ref(), move |current| {
             let template = current.task_template.as_ref();

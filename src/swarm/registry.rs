@@ -162,7 +162,7 @@ pub async fn push(
     let target = registry
         .reference(image)
         .map_err(|why| failed_with_hint(why, "deploy a tagged image"))?;
-    let login = Login::for_image(&target)?;
+    let login = Login::for_image(&target).await?;
     stack.printer.info(format!("pushing {image} as {target}"));
     stack.engine.tag_image(image, &target).await?;
     let pushed = stack.engine.push_image(&target, login.as_ref());
@@ -190,7 +190,7 @@ pub async fn release(
     version: Option<String>,
     pull: bool,
 ) -> Result<Release> {
-    let login = Login::for_image(reference)?;
+    let login = Login::for_image(reference).await?;
     let login = login.as_ref();
     let digest = ask(stack.engine, reference, login)
         .await
