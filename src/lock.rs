@@ -326,7 +326,7 @@ fn spawn_heartbeat(engine: Engine, id: String) -> JoinHandle<()> {
             tokio::time::sleep(HEARTBEAT_EVERY).await;
             let beat = Utc::now().to_rfc3339();
             if let Err(err) = engine
-                .write_files(
+                .write_files_at_once(
                     &id,
                     HEARTBEAT_DIR,
                     &[(HEARTBEAT_FILE, beat.as_bytes(), 0o644)],

@@ -43,11 +43,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let result = runtime.block_on(commands::run(cli, &printer));
-    // Requests a dropped wait left running end before the runtime does,
-    // which would cut them (each within its window).
-    runtime.block_on(cryptus::engine::whole::settled());
-    match result {
+    let exit = match runtime.block_on(commands::run(cli, &printer)) {
         Ok(code) => ExitCode::from(code),
         Err(err) if error::is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
@@ -55,7 +51,12 @@ fn main() -> ExitCode {
             printer.report_failure(&format!("{err:#}"), hint, code);
             ExitCode::from(code)
         }
-    }
+    };
+    // Requests a dropped wait left running end before the runtime does,
+    // which would cut them (each within its window); the outcome is
+    // already printed.
+    runtime.block_on(cryptus::engine::whole::settled());
+    exit
 }
 
 /// Bad arguments exit 2 with clap's message; under `--json` the failure

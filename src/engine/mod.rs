@@ -65,7 +65,7 @@ pub const CLIENT_LOG_TARGET: &str = "bollard";
 /// padded with spaces.
 pub const PUT_FILE_SCRIPT: &str = r#"t="$1.tmp.$$"
 cat > "$t" || { rm -f "$t"; echo "cannot write $t" >&2; exit 1; }
-if [ $(wc -c < "$t") -ne "$2" ]; then rm -f "$t"; echo "the content did not arrive whole" >&2; exit 1; fi
+n=$(wc -c < "$t") && [ $n -eq "$2" ] || { rm -f "$t"; echo "the content did not arrive whole" >&2; exit 1; }
 mv -f "$t" "$1" || { rm -f "$t"; echo "cannot rename $t to $1" >&2; exit 1; }"#;
 
 /// How long to wait for the engine to answer its first ping.
@@ -935,9 +935,10 @@ impl Engine {
                 said(&output)
             )),
             Some(_) => Ok(()),
+            // Already in a whole task of its own: no request inside another.
             None => {
-                self.write_files(container, dir, &[(name, content, 0o644)])
-                    .await
+                let archive = pack(&[(name, content, 0o644)], (0, 0))?;
+                self.upload(container, dir, archive).await
             }
         }
     }
@@ -1048,7 +1049,7 @@ impl Engine {
     /// [`Engine::write_files`], owned by `owner` (uid, gid), the directories
     /// the paths name included: a service that runs as another user (the
     /// official Prometheus image runs as nobody) must be able to write and
-    /// delete what is restored for it.
+    /// delete what is restored for it. It runs whole.
     pub async fn write_files_as(
         &self,
         container: &str,
@@ -1057,54 +1058,34 @@ impl Engine {
         owner: (u64, u64),
     ) -> Result<()> {
         whole::settled().await;
-        let mut builder = tar::Builder::new(Vec::new());
-        let now = u64::try_from(Utc::now().timestamp()).unwrap_or_default();
-        let mut dirs: Vec<&str> = files
-            .iter()
-            .flat_map(|(name, _, _)| {
-                name.match_indices('/')
-                    .map(|(end, _)| &name[..end])
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        dirs.sort_unstable();
-        dirs.dedup();
-        for name in dirs {
-            let mut header = tar::Header::new_gnu();
-            header.set_size(0);
-            header.set_mode(0o755);
-            header.set_mtime(now);
-            header.set_uid(owner.0);
-            header.set_gid(owner.1);
-            header.set_entry_type(tar::EntryType::Directory);
-            builder
-                .append_data(&mut header, format!("{name}/"), std::io::empty())
-                .with_context(|| format!("packing {name}/"))?;
-        }
-        for (name, content, mode) in files {
-            let mut header = tar::Header::new_gnu();
-            header.set_size(content.len() as u64);
-            header.set_mode(*mode);
-            header.set_mtime(now);
-            header.set_uid(owner.0);
-            header.set_gid(owner.1);
-            header.set_entry_type(tar::EntryType::Regular);
-            builder
-                .append_data(&mut header, name, *content)
-                .with_context(|| format!("packing {name}"))?;
-        }
-        let archive = builder.into_inner().context("packing files for upload")?;
+        let archive = pack(files, owner)?;
+        let engine = self.clone();
+        let (container, dir) = (container.to_owned(), dir.to_owned());
+        self.whole(|_| async move { engine.upload(&container, &dir, archive).await })
+            .await?
+    }
+
+    /// [`Engine::write_files`] at once, waiting for no abandoned request
+    /// and cut if its caller gives up: for the lock's heartbeat, which must
+    /// never be held back (a late beat lets another run take a live lock
+    /// for stale), and which the next beat writes again anyway.
+    pub async fn write_files_at_once(
+        &self,
+        container: &str,
+        dir: &str,
+        files: &[(&str, &[u8], u32)],
+    ) -> Result<()> {
+        self.upload(container, dir, pack(files, (0, 0))?).await
+    }
+
+    /// Unpacks a tar `archive` into `dir` of a container.
+    async fn upload(&self, container: &str, dir: &str, archive: Vec<u8>) -> Result<()> {
         let options = UploadToContainerOptionsBuilder::default().path(dir).build();
-        let into = container.to_owned();
-        self.whole(|docker| async move {
-            let archive = bollard::body_full(archive.into());
-            docker
-                .upload_to_container(&into, Some(options), archive)
-                .await
-        })
-        .await?
-        .map_err(|err| engine_error(&err))
-        .with_context(|| format!("writing into {dir} of container {container}"))
+        self.docker
+            .upload_to_container(container, Some(options), bollard::body_full(archive.into()))
+            .await
+            .map_err(|err| engine_error(&err))
+            .with_context(|| format!("writing into {dir} of container {container}"))
     }
 
     /// The last `lines` lines a container wrote, stdout and stderr together.
@@ -1398,7 +1379,48 @@ impl WaitingShell {
     }
 }
 
-/// A shell's output, or `None` when the image has no `sh` to run it.
+/// A tar archive of `files` (name, content, mode), with the directories
+/// their names hold, every entry owned by `owner` (uid, gid).
+fn pack(files: &[(&str, &[u8], u32)], owner: (u64, u64)) -> Result<Vec<u8>> {
+    let mut builder = tar::Builder::new(Vec::new());
+    let now = u64::try_from(Utc::now().timestamp()).unwrap_or_default();
+    let mut dirs: Vec<&str> = files
+        .iter()
+        .flat_map(|(name, _, _)| {
+            name.match_indices('/')
+                .map(|(end, _)| &name[..end])
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    dirs.sort_unstable();
+    dirs.dedup();
+    for name in dirs {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(0);
+        header.set_mode(0o755);
+        header.set_mtime(now);
+        header.set_uid(owner.0);
+        header.set_gid(owner.1);
+        header.set_entry_type(tar::EntryType::Directory);
+        builder
+            .append_data(&mut header, format!("{name}/"), std::io::empty())
+            .with_context(|| format!("packing {name}/"))?;
+    }
+    for (name, content, mode) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(content.len() as u64);
+        header.set_mode(*mode);
+        header.set_mtime(now);
+        header.set_uid(owner.0);
+        header.set_gid(owner.1);
+        header.set_entry_type(tar::EntryType::Regular);
+        builder
+            .append_data(&mut header, name, *content)
+            .with_context(|| format!("packing {name}"))?;
+    }
+    builder.into_inner().context("packing files for upload")
+}
+
 /// What a command said, stderr then stdout, each trimmed, joined by `; `.
 fn said(output: &ExecOutput) -> String {
     [output.stderr.trim(), output.stdout.trim()]
@@ -1408,6 +1430,7 @@ fn said(output: &ExecOutput) -> String {
         .join("; ")
 }
 
+/// A shell's output, or `None` when the image has no `sh` to run it.
 fn unless_no_shell(output: ExecOutput) -> Option<ExecOutput> {
     let missing = (output.code == 126 || output.code == 127)
         && format!("{}{}", output.stdout, output.stderr).contains("executable file not found");
