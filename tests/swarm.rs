@@ -3514,10 +3514,11 @@ const LAB_REGISTRY_HASH: &str = "$2b$05$gKg4XVuON.dofUOaTMhz8OFxkruJBOVoxAXfZy9o
 
 /// Issue 16's registry that asks for a login (Debian's docker-registry
 /// with htpasswd): with no login, or a wrong one, the push is refused and
-/// nothing changes; with the login kept by a credential helper (a
-/// `credsStore`, as `docker login` keeps it on a desktop), the push, the
-/// manager's digest question and every node's pull carry it, and the
-/// helper is asked once in the run.
+/// nothing changes; with the login kept by a credential helper (the
+/// registry's `credHelpers` entry, over a `credsStore` that is not even
+/// installed), the push, the manager's digest question and every node's
+/// pull carry it, and the helper is asked once in the run, with exactly
+/// the registry's host on its stdin.
 #[test]
 fn swarm_deploy_through_a_registry_that_asks_for_a_login() {
     let lab = SwarmLab::up_pulling(3, &[support::REGISTRY_IMAGE]);
@@ -3546,6 +3547,38 @@ fn swarm_deploy_through_a_registry_that_asks_for_a_login() {
             "REGISTRY_AUTH_HTPASSWD_PATH=/auth/htpasswd",
             support::REGISTRY_IMAGE,
         ],
+    );
+    // Listening, and asking for a login, before the first push.
+    let v2 = format!("http://{registry}/v2/");
+    eventually(
+        "the lab registry asking for a login",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || {
+            let output = lab
+                .in_node(
+                    1,
+                    &[
+                        "curl",
+                        "-s",
+                        "-o",
+                        "/dev/null",
+                        "-w",
+                        "%{http_code}",
+                        "--max-time",
+                        "5",
+                        &v2,
+                    ],
+                )
+                .output()
+                .map_err(|err| err.to_string())?;
+            let code = String::from_utf8_lossy(&output.stdout).into_owned();
+            if code == "401" {
+                Ok(())
+            } else {
+                Err(format!("HTTP {code}"))
+            }
+        },
     );
     let mut project = started_on(&lab, "swarm-login", |_| {});
     let local = "lab-only/app:9.0.0";
@@ -3600,8 +3633,8 @@ fn swarm_deploy_through_a_registry_that_asks_for_a_login() {
     std::fs::write(
         &helper,
         format!(
-            "#!/bin/sh\n[ \"$1\" = get ] || exit 1\nread -r host\necho \"$host\" >> {asked}\n\
-             if [ \"$host\" = {registry} ]; then\n  printf '{{\"ServerURL\": \"%s\", \"Username\": \"lab\", \"Secret\": \"lab-secret\"}}' \"$host\"\n\
+            "#!/bin/sh\n[ \"$1\" = get ] || exit 1\ncat > {asked}.in\ncat {asked}.in >> {asked}\n\
+             host=$(cat {asked}.in)\nif [ \"$host\" = {registry} ]; then\n  printf '{{\"ServerURL\": \"%s\", \"Username\": \"lab\", \"Secret\": \"lab-secret\"}}' \"$host\"\n\
              else\n  echo 'credentials not found in native keychain'; exit 1\nfi\n",
             asked = asked.display()
         ),
@@ -3611,7 +3644,10 @@ fn swarm_deploy_through_a_registry_that_asks_for_a_login() {
         .expect("making the helper executable");
     std::fs::write(
         &config,
-        format!(r#"{{"auths": {{"{registry}": {{}}}}, "credsStore": "ctlab"}}"#),
+        format!(
+            r#"{{"auths": {{"{registry}": {{}}}}, "credsStore": "cryptus-not-installed",
+                "credHelpers": {{"{registry}": "ctlab"}}}}"#
+        ),
     )
     .expect("writing the docker config");
     let path = std::env::var("PATH").unwrap_or_default();
@@ -3628,9 +3664,8 @@ fn swarm_deploy_through_a_registry_that_asks_for_a_login() {
     );
     let asks = std::fs::read_to_string(&asked).expect("the helper was asked");
     assert_eq!(
-        asks.lines().collect::<Vec<_>>(),
-        [registry.as_str()],
-        "the helper was not asked once for the registry"
+        asks, registry,
+        "the helper was not asked once, with the registry's host alone"
     );
     let spread: BTreeSet<String> = tasks_on_nodes(&project, "cryptus-green", 3)
         .into_iter()

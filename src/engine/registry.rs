@@ -36,6 +36,14 @@ const HELPER_DEADLINE: Duration = Duration::from_secs(30);
 /// run once per registry, however many requests need its login.
 static FOUND: Mutex<BTreeMap<(PathBuf, String), Option<Login>>> = Mutex::new(BTreeMap::new());
 
+/// Held while a login is looked for, so that two requests needing one at
+/// once run a helper once.
+static LOOKING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The key the docker CLI keeps Docker Hub's logins under, and hands a
+/// credential helper for it.
+const HUB_SERVER: &str = "https://index.docker.io/v1/";
+
 /// The registry host a reference names (`registry.example:5000/app:2`,
 /// `localhost/app`), or `None` for one of Docker Hub's (`app:1`,
 /// `acme/app`), as the docker CLI tells them: the part before the first
@@ -100,6 +108,7 @@ impl Login {
             return Ok(None);
         };
         let key = (path.clone(), host.to_owned());
+        let _looking = LOOKING.lock().await;
         if let Some(found) = FOUND
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -136,9 +145,10 @@ impl Login {
 }
 
 /// The credential helper a docker CLI config (`text`) names for `host`,
-/// as the docker CLI chooses it: `credHelpers`' entry for the host, else
-/// `credsStore`; `None` when it names neither (its `auths` hold the
-/// logins). A helper's name must be a plain program suffix.
+/// as the docker CLI chooses it: `credHelpers`' entry whose key is the
+/// host's server key exactly ([`server_key`]), else `credsStore`; `None`
+/// when it names neither (its `auths` hold the logins). A helper's name
+/// must be a plain program suffix.
 pub fn helper_in(text: &str, host: &str) -> Result<Option<String>, String> {
     #[derive(serde::Deserialize)]
     struct Config {
@@ -150,9 +160,8 @@ pub fn helper_in(text: &str, host: &str) -> Result<Option<String>, String> {
     let config: Config = serde_json::from_str(text).map_err(|err| format!("not JSON: {err}"))?;
     let named = config
         .cred_helpers
-        .iter()
-        .find(|(key, _)| same_host(key, host))
-        .map(|(_, helper)| helper.clone())
+        .get(server_key(host))
+        .cloned()
         .or(config.creds_store)
         .filter(|helper| !helper.is_empty());
     match named {
@@ -177,6 +186,7 @@ pub fn helper_in(text: &str, host: &str) -> Result<Option<String>, String> {
 /// none; one that is missing, fails or takes too long is a configuration
 /// error.
 async fn ask_helper(helper: &str, host: &str, config: &Path) -> Result<Option<Login>> {
+    let server = server_key(host);
     use tokio::io::AsyncWriteExt;
     let program = format!("docker-credential-{helper}");
     let named = format!(
@@ -209,7 +219,12 @@ async fn ask_helper(helper: &str, host: &str, config: &Path) -> Result<Option<Lo
     };
     let asked = async {
         if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(host.as_bytes()).await?;
+            // A helper that failed before reading its input says why on
+            // its output: its exit is judged, not the closed pipe.
+            match stdin.write_all(server.as_bytes()).await {
+                Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => return Err(err),
+                _ => {}
+            }
         }
         child.wait_with_output().await
     };
@@ -230,7 +245,7 @@ async fn ask_helper(helper: &str, host: &str, config: &Path) -> Result<Option<Lo
         output.status.success(),
         &output.stdout,
         &output.stderr,
-        host,
+        server,
     )
     .map_err(|why| usage(format!("{named}, failed for {host}: {why}"), hint))
 }
@@ -252,14 +267,21 @@ pub fn helper_answer(
     }
     let said = |bytes: &[u8]| String::from_utf8_lossy(bytes).trim().to_owned();
     if !ok {
-        let why = format!("{} {}", said(stdout), said(stderr));
+        let (out, err) = (said(stdout), said(stderr));
         // The helpers' own words for "no login kept for this host".
-        if why.contains("credentials not found") {
+        if out.contains("credentials not found") || err.contains("credentials not found") {
             return Ok(None);
         }
-        let why = why.trim().lines().next().unwrap_or("").to_owned();
+        // Its error, never an answer it printed first (a secret).
+        let why = [err.as_str(), out.as_str()]
+            .into_iter()
+            .find(|text| !text.is_empty() && !text.contains('{'))
+            .and_then(|text| text.lines().next())
+            .unwrap_or("")
+            .trim()
+            .to_owned();
         return Err(if why.is_empty() {
-            "it exited with an error and said nothing".to_owned()
+            "it exited with an error and said nothing to show".to_owned()
         } else {
             why
         });
@@ -276,6 +298,20 @@ pub fn helper_answer(
         password: (!token).then(|| answer.secret.clone()),
         identity_token: token.then_some(answer.secret),
     }))
+}
+
+/// The key the docker CLI keeps `host`'s login under and asks a helper
+/// for: the host itself, or [`HUB_SERVER`] for Docker Hub under any of
+/// its names.
+fn server_key(host: &str) -> &str {
+    if matches!(
+        host,
+        "docker.io" | "index.docker.io" | "registry-1.docker.io"
+    ) {
+        HUB_SERVER
+    } else {
+        host
+    }
 }
 
 /// Whether a config's key (`host:5000`, `https://host:5000/v2/`) names
@@ -556,11 +592,16 @@ mod tests {
     #[test]
     fn a_credential_helper_is_chosen_as_the_docker_cli_chooses_it() {
         let config = r#"{"auths": {"registry.example": {"auth": "b3BzOnB3"}},
-            "credHelpers": {"https://ecr.example/": "ecr-login", "gcr.example": "gcloud"},
+            "credHelpers": {"ecr.example": "ecr-login", "https://gcr.example/": "gcloud",
+                "https://index.docker.io/v1/": "hub-helper"},
             "credsStore": "pass"}"#;
         let helper = |host| helper_in(config, host).unwrap();
         assert_eq!(helper("ecr.example").as_deref(), Some("ecr-login"));
-        assert_eq!(helper("gcr.example").as_deref(), Some("gcloud"));
+        // Keys are the hosts exactly, as the docker CLI reads them.
+        assert_eq!(helper("gcr.example").as_deref(), Some("pass"));
+        // Docker Hub under its server key, whichever name the image uses.
+        assert_eq!(helper("docker.io").as_deref(), Some("hub-helper"));
+        assert_eq!(helper("index.docker.io").as_deref(), Some("hub-helper"));
         // The store, for every other host: the auths entry is not used.
         assert_eq!(helper("registry.example").as_deref(), Some("pass"));
         let no_store = r#"{"auths": {}, "credHelpers": {"ecr.example": "ecr-login"}}"#;
@@ -606,6 +647,11 @@ mod tests {
                 .contains("said nothing")
         );
         assert!(helper_answer(true, b"not json", b"", host).is_err());
+        // An answer printed before a failure never goes into the error.
+        let leaked = helper_answer(false, answer, b"", host).unwrap_err();
+        assert!(!leaked.contains("pw"), "{leaked}");
+        let leaked = helper_answer(false, answer, b"keychain locked", host).unwrap_err();
+        assert_eq!(leaked, "keychain locked");
     }
 
     #[tokio::test]
