@@ -55,6 +55,13 @@ fn main() -> ExitCode {
     // Requests a dropped wait left running end before the runtime does,
     // which would cut them (each within its window); the outcome is
     // already printed.
+    let abandoned = cryptus::engine::whole::abandoned();
+    if abandoned > 0 {
+        printer.info(format!(
+            "waiting up to {}s for {abandoned} engine request(s) already sent to end",
+            cryptus::engine::whole::SETTLE_WITHIN.as_secs()
+        ));
+    }
     runtime.block_on(cryptus::engine::whole::settled());
     exit
 }

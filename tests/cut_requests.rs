@@ -101,6 +101,22 @@ fn a_file_whose_content_ends_early_is_never_put_in_place() {
             .await
             .expect("listing /tmp");
         assert_eq!(listed.stdout.trim(), "conf", "a temporary stayed");
+        // A size check that cannot even compare refuses too.
+        let unchecked = engine
+            .shell(&name, PUT_FILE_SCRIPT, &["/tmp/conf", "x"], b"new")
+            .await
+            .expect("running the script")
+            .expect("the image has a shell");
+        assert_eq!(unchecked.code, 1, "{unchecked:?}");
+        let kept = engine.read_file(&name, "/tmp/conf").await.expect("reading");
+        assert_eq!(kept.as_deref(), Some(&b"old content\n"[..]));
+        // A directory in the file's place is refused, not written into.
+        let into_dir = engine
+            .shell(&name, PUT_FILE_SCRIPT, &["/tmp", "3"], b"new")
+            .await
+            .expect("running the script")
+            .expect("the image has a shell");
+        assert_eq!(into_dir.code, 1, "{into_dir:?}");
 
         engine
             .put_file(&name, "/tmp", "conf", b"new content\n")

@@ -3633,8 +3633,8 @@ fn swarm_deploy_through_a_registry_that_asks_for_a_login() {
     std::fs::write(
         &helper,
         format!(
-            "#!/bin/sh\n[ \"$1\" = get ] || exit 1\ncat > {asked}.in\ncat {asked}.in >> {asked}\n\
-             host=$(cat {asked}.in)\nif [ \"$host\" = {registry} ]; then\n  printf '{{\"ServerURL\": \"%s\", \"Username\": \"lab\", \"Secret\": \"lab-secret\"}}' \"$host\"\n\
+            "#!/bin/sh\n[ \"$1\" = get ] || exit 1\ncat > '{asked}.in'\ncat '{asked}.in' >> '{asked}'\n\
+             host=$(cat '{asked}.in')\nif [ \"$host\" = {registry} ]; then\n  printf '{{\"ServerURL\": \"%s\", \"Username\": \"lab\", \"Secret\": \"lab-secret\"}}' \"$host\"\n\
              else\n  echo 'credentials not found in native keychain'; exit 1\nfi\n",
             asked = asked.display()
         ),

@@ -66,6 +66,7 @@ pub const CLIENT_LOG_TARGET: &str = "bollard";
 pub const PUT_FILE_SCRIPT: &str = r#"t="$1.tmp.$$"
 cat > "$t" || { rm -f "$t"; echo "cannot write $t" >&2; exit 1; }
 n=$(wc -c < "$t") && [ $n -eq "$2" ] || { rm -f "$t"; echo "the content did not arrive whole" >&2; exit 1; }
+[ -d "$1" ] && { rm -f "$t"; echo "$1 is a directory" >&2; exit 1; }
 mv -f "$t" "$1" || { rm -f "$t"; echo "cannot rename $t to $1" >&2; exit 1; }"#;
 
 /// How long to wait for the engine to answer its first ping.

@@ -107,14 +107,21 @@ impl Login {
         let Some(path) = path else {
             return Ok(None);
         };
-        let key = (path.clone(), host.to_owned());
+        let key = (path.clone(), server_key(host).to_owned());
+        let known = || {
+            FOUND
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&key)
+                .cloned()
+        };
+        if let Some(found) = known() {
+            return Ok(found);
+        }
         let _looking = LOOKING.lock().await;
-        if let Some(found) = FOUND
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&key)
-        {
-            return Ok(found.clone());
+        // Found meanwhile by the lookup this one waited for.
+        if let Some(found) = known() {
+            return Ok(found);
         }
         let text = match read_bounded(&path) {
             Ok(text) => text,
@@ -272,14 +279,9 @@ pub fn helper_answer(
         if out.contains("credentials not found") || err.contains("credentials not found") {
             return Ok(None);
         }
-        // Its error, never an answer it printed first (a secret).
-        let why = [err.as_str(), out.as_str()]
-            .into_iter()
-            .find(|text| !text.is_empty() && !text.contains('{'))
-            .and_then(|text| text.lines().next())
-            .unwrap_or("")
-            .trim()
-            .to_owned();
+        // Its error from stderr only: what it printed on stdout may be
+        // an answer, a secret.
+        let why = err.lines().next().unwrap_or("").trim().to_owned();
         return Err(if why.is_empty() {
             "it exited with an error and said nothing to show".to_owned()
         } else {
@@ -287,7 +289,15 @@ pub fn helper_answer(
         });
     }
     let answer: Answer = serde_json::from_slice(stdout)
-        .map_err(|err| format!("its answer is not the JSON a helper gives: {err}"))?;
+        // Where it broke, never the text (it may hold the secret).
+        .map_err(|err| {
+            format!(
+                "its answer is not the JSON a helper gives ({:?} error at line {}, column {})",
+                err.classify(),
+                err.line(),
+                err.column()
+            )
+        })?;
     if answer.username.is_empty() && answer.secret.is_empty() {
         return Ok(None);
     }
@@ -304,10 +314,7 @@ pub fn helper_answer(
 /// for: the host itself, or [`HUB_SERVER`] for Docker Hub under any of
 /// its names.
 fn server_key(host: &str) -> &str {
-    if matches!(
-        host,
-        "docker.io" | "index.docker.io" | "registry-1.docker.io"
-    ) {
+    if matches!(host, "docker.io" | "index.docker.io") {
         HUB_SERVER
     } else {
         host

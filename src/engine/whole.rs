@@ -25,7 +25,7 @@ use tokio::time::Instant;
 /// long it may still run, from the moment its caller gave it up: bollard
 /// bounds a request only until its answer's headers (an exec's output may
 /// never end), and a cleanup must end well within its own deadlines.
-const SETTLE_WITHIN: Duration = Duration::from_secs(20);
+pub const SETTLE_WITHIN: Duration = Duration::from_secs(20);
 
 /// The requests that run on whose callers gave them up, each with the end
 /// of its window (abandoned + [`SETTLE_WITHIN`]).
