@@ -223,11 +223,23 @@ start_node() {
   echo $! >"$dir/launcher.pid"
 }
 
+# Whether node N's launcher still runs (not a zombie): from the fork to
+# its exec of setsid, the launcher is a copy of this shell, whose command
+# line names no config file, so dockerd_pid cannot see it yet; a busy
+# machine stretches that moment.
+launcher_alive() {
+  local p state
+  p=$(cat "$(dir_of "$1")/launcher.pid" 2>/dev/null) || return 1
+  state=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | cut -d' ' -f1) || return 1
+  [ -n "$state" ] && [ "$state" != Z ]
+}
+
 wait_engine() {
   local n=$1 i
   for i in $(seq 1 120); do
     alive_engine "$n" && return 0
-    dockerd_pid "$n" >/dev/null || { tail -20 "$(dir_of "$n")/dockerd.log" >&2; die "dockerd of node $n exited"; }
+    dockerd_pid "$n" >/dev/null || launcher_alive "$n" ||
+      { tail -20 "$(dir_of "$n")/dockerd.log" >&2; die "dockerd of node $n exited"; }
     sleep 0.5
   done
   tail -20 "$(dir_of "$n")/dockerd.log" >&2
