@@ -3332,6 +3332,19 @@ fn swarm_deploy_build_builds_on_the_manager_and_loads_the_image_on_every_node() 
     );
 }
 
+/// Runs Debian's docker-registry (`scripts/make-images.sh --registry`) in
+/// a container on the manager's node, published on the node's lab address
+/// port 5000, with `options` for `docker run`; its address.
+fn run_lab_registry(lab: &SwarmLab, options: &[&str]) -> String {
+    let registry = format!("{}:5000", SwarmLab::address(1));
+    let published = format!("{registry}:5000");
+    let mut args = vec!["run", "-d", "--name", "lab-registry", "-p", &published];
+    args.extend_from_slice(options);
+    args.push(support::REGISTRY_IMAGE);
+    lab.docker_ok(1, &args);
+    registry
+}
+
 /// Issue 16's images through a registry: with `CRYPTUS_SWARM_REGISTRY`, an
 /// image only the manager has is pushed there and every node pulls it,
 /// pinned to its digest; a node that cannot get it, or a registry that
@@ -3341,21 +3354,7 @@ fn swarm_deploy_build_builds_on_the_manager_and_loads_the_image_on_every_node() 
 #[test]
 fn swarm_deploy_pushes_to_the_registry_and_every_node_pulls_the_pinned_image() {
     let lab = SwarmLab::up_pulling(3, &[support::REGISTRY_IMAGE]);
-    let registry = format!("{}:5000", SwarmLab::address(1));
-    lab.docker_ok(
-        1,
-        &[
-            "run",
-            "-d",
-            "--name",
-            "lab-registry",
-            "-p",
-            &format!("{registry}:5000"),
-            "-p",
-            "127.0.0.1:5001:5000",
-            support::REGISTRY_IMAGE,
-        ],
-    );
+    let registry = run_lab_registry(&lab, &["-p", "127.0.0.1:5001:5000"]);
     let mut project = started_on(&lab, "swarm-registry", |_| {});
     let local = "lab-only/app:9.0.0";
     lab.docker_ok(1, &["tag", &support::app_image(), local]);
@@ -3522,21 +3521,14 @@ const LAB_REGISTRY_HASH: &str = "$2b$05$gKg4XVuON.dofUOaTMhz8OFxkruJBOVoxAXfZy9o
 #[test]
 fn swarm_deploy_through_a_registry_that_asks_for_a_login() {
     let lab = SwarmLab::up_pulling(3, &[support::REGISTRY_IMAGE]);
-    let registry = format!("{}:5000", SwarmLab::address(1));
     let files = tempfile::tempdir().expect("a directory for the login files");
     let auth = files.path().join("auth");
     std::fs::create_dir(&auth).expect("making the auth directory");
     std::fs::write(auth.join("htpasswd"), format!("lab:{LAB_REGISTRY_HASH}\n"))
         .expect("writing htpasswd");
-    lab.docker_ok(
-        1,
+    let registry = run_lab_registry(
+        &lab,
         &[
-            "run",
-            "-d",
-            "--name",
-            "lab-registry",
-            "-p",
-            &format!("{registry}:5000"),
             "-v",
             &format!("{}:/auth:ro", auth.display()),
             "-e",
@@ -3545,7 +3537,6 @@ fn swarm_deploy_through_a_registry_that_asks_for_a_login() {
             "REGISTRY_AUTH_HTPASSWD_REALM=lab",
             "-e",
             "REGISTRY_AUTH_HTPASSWD_PATH=/auth/htpasswd",
-            support::REGISTRY_IMAGE,
         ],
     );
     // Listening, and asking for a login, before the first push.

@@ -187,6 +187,13 @@ mod tests {
         panic!("a request's task panics")
     }
 
+    /// Starts `request` through [`whole`] and gives it up 20 ms later,
+    /// while it runs.
+    async fn abandon<T: Send + 'static>(request: impl Future<Output = T> + Send + 'static) {
+        let cut = tokio::time::timeout(Duration::from_millis(20), whole(request)).await;
+        assert!(cut.is_err(), "the request ended before it was given up");
+    }
+
     /// One test: the count is process-wide, and tests run side by side.
     /// The clock is paused: it jumps to whatever is next due.
     #[tokio::test(start_paused = true)]
@@ -202,12 +209,11 @@ mod tests {
         // Dropped while it runs: it goes on, and settled waits for it.
         let ended = Arc::new(AtomicBool::new(false));
         let flag = ended.clone();
-        let request = whole(async move {
+        abandon(async move {
             tokio::time::sleep(Duration::from_millis(300)).await;
             flag.store(true, Ordering::SeqCst);
-        });
-        let cut = tokio::time::timeout(Duration::from_millis(20), request).await;
-        assert!(cut.is_err(), "the request was cut short");
+        })
+        .await;
         assert!(!ended.load(Ordering::SeqCst));
         assert_eq!(abandoned(), 1);
         settled().await;
@@ -215,21 +221,18 @@ mod tests {
         assert_eq!(abandoned(), 0);
 
         // Dropped, then its task panics: no longer counted either.
-        let request = whole(async {
+        abandon(async {
             tokio::time::sleep(Duration::from_millis(100)).await;
             panics()
-        });
-        let cut = tokio::time::timeout(Duration::from_millis(20), request).await;
-        assert!(cut.is_err(), "the request was cut short");
+        })
+        .await;
         assert_eq!(abandoned(), 1);
         settled().await;
         assert_eq!(abandoned(), 0);
 
         // Inside a request's own task, nothing waits: a request that asks
         // the engine must not wait for itself.
-        let blocker = whole(tokio::time::sleep(Duration::from_secs(1)));
-        let cut = tokio::time::timeout(Duration::from_millis(20), blocker).await;
-        assert!(cut.is_err(), "the request was cut short");
+        abandon(tokio::time::sleep(Duration::from_secs(1))).await;
         let began = Instant::now();
         whole(settled()).await.expect("settled inside a request");
         assert_eq!(began.elapsed(), Duration::ZERO);
@@ -239,9 +242,7 @@ mod tests {
 
         // One that would hang: waited for, and run, only for its window
         // after it was abandoned, then dropped too.
-        let hangs = whole(tokio::time::sleep(Duration::from_secs(3600)));
-        let cut = tokio::time::timeout(Duration::from_millis(20), hangs).await;
-        assert!(cut.is_err(), "the request was cut short");
+        abandon(tokio::time::sleep(Duration::from_secs(3600))).await;
         let began = Instant::now();
         settled().await;
         assert_eq!(began.elapsed(), SETTLE_WITHIN);
@@ -250,16 +251,15 @@ mod tests {
 
         // Two abandoned at different times: each is waited for in its own
         // window, so the later one is not cut short by the earlier's end.
-        let first = whole(tokio::time::sleep(Duration::from_secs(3600)));
-        let _ = tokio::time::timeout(Duration::from_millis(20), first).await;
+        abandon(tokio::time::sleep(Duration::from_secs(3600))).await;
         tokio::time::sleep(Duration::from_secs(15)).await;
         let ended = Arc::new(AtomicBool::new(false));
         let flag = ended.clone();
-        let second = whole(async move {
+        abandon(async move {
             tokio::time::sleep(Duration::from_secs(10)).await;
             flag.store(true, Ordering::SeqCst);
-        });
-        let _ = tokio::time::timeout(Duration::from_millis(20), second).await;
+        })
+        .await;
         settled().await;
         assert!(
             ended.load(Ordering::SeqCst),
