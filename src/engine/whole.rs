@@ -55,6 +55,13 @@ struct Shared {
     stand: Mutex<Stand>,
 }
 
+impl Shared {
+    /// Its standing, locked (a panic elsewhere leaves it readable).
+    fn stand(&self) -> std::sync::MutexGuard<'_, Stand> {
+        self.stand.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// Runs `request` to its end in a task of its own and returns its output
 /// (an error only if the task itself failed). Dropping the returned future
 /// leaves the request running, in [`ABANDONED`] until it ends, or until
@@ -108,11 +115,7 @@ struct Caller {
 
 impl Drop for Caller {
     fn drop(&mut self) {
-        let mut now = self
-            .shared
-            .stand
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut now = self.shared.stand();
         if *now == Stand::Running {
             *now = Stand::Abandoned;
             let until = Instant::now() + SETTLE_WITHIN;
@@ -134,11 +137,7 @@ struct Ending {
 
 impl Drop for Ending {
     fn drop(&mut self) {
-        let mut now = self
-            .shared
-            .stand
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut now = self.shared.stand();
         if *now == Stand::Abandoned {
             ABANDONED.send_modify(|abandoned| {
                 abandoned.remove(&self.shared.id);
